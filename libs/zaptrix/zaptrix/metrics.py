@@ -1,0 +1,29 @@
+"""Prometheus metrics shared by every process. Service-specific metrics live beside their service."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+EXTERNAL_CALLS = Counter(
+    "zaptrix_external_api_calls_total",
+    "Calls to Meta's Graph API, Bitrix24 REST and OAuth by outcome (ok or the platform's error code)",
+    ["platform", "method", "outcome"],
+)
+EXTERNAL_LATENCY = Histogram(
+    "zaptrix_external_api_seconds", "Latency of external API calls", ["platform", "method"]
+)
+EVENTS_PRODUCED = Counter("zaptrix_events_produced_total", "Events produced to Kafka", ["topic", "event_type"])
+EVENTS_HANDLED = Counter(
+    "zaptrix_events_handled_total",
+    "Events consumed, by outcome (ok, duplicate, retried, dead_lettered)",
+    ["topic", "event_type", "outcome"],
+)
+DEAD_LETTERS = Counter("zaptrix_dead_letters_total", "Events moved to a dead-letter topic", ["topic", "reason"])
+CONSUMER_LAG = Gauge("zaptrix_kafka_consumer_lag", "Records behind the end of the partition", ["topic", "partition"])
+HANDLE_SECONDS = Histogram("zaptrix_event_handle_seconds", "Time to handle one consumed event", ["topic"])
+
+
+def serve_metrics(port: int) -> None:
+    """Expose /metrics on its own port (for processes without an HTTP server). 0 disables."""
+    if port:
+        start_http_server(port, addr="0.0.0.0")

@@ -1,0 +1,63 @@
+"""OpenTelemetry set-up: one TracerProvider per process, OTLP export, official instrumentations.
+
+The SDK reads the standard variables itself: OTEL_SERVICE_NAME, OTEL_RESOURCE_ATTRIBUTES,
+OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_TRACES_SAMPLER(_ARG). Spans are exported only when an OTLP endpoint is
+configured (OTEL_EXPORTER_OTLP_ENDPOINT or OTEL_EXPORTER_OTLP_TRACES_ENDPOINT) or an exporter is passed in.
+
+aiokafka's official instrumentation is deliberately not enabled: its send wrapper injects a second
+traceparent header and its consumer span ends before the handler runs, so zaptrix.kafka creates the
+PRODUCER and CONSUMER spans itself (with messaging semantic conventions) and propagates W3C context.
+"""
+
+from __future__ import annotations
+
+import os
+
+from opentelemetry import trace
+from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+
+_configured = False
+
+
+def setup_telemetry(service_name: str, exporter: SpanExporter | None = None) -> TracerProvider:
+    """Configure tracing once per process and instrument grpc (aio), asyncpg and httpx."""
+    global _configured
+    current = trace.get_tracer_provider()
+    if _configured and isinstance(current, TracerProvider):
+        if exporter is not None:
+            current.add_span_processor(BatchSpanProcessor(exporter))
+        return current
+    resource = Resource.create({SERVICE_NAME: os.environ.get("OTEL_SERVICE_NAME", service_name)})
+    provider = TracerProvider(resource=resource)
+    if exporter is None and (
+        os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+    ):
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+        exporter = OTLPSpanExporter()
+    if exporter is not None:
+        provider.add_span_processor(BatchSpanProcessor(exporter))
+    trace.set_tracer_provider(provider)
+    _instrument_libraries()
+    _configured = True
+    return provider
+
+
+def _instrument_libraries() -> None:
+    from opentelemetry.instrumentation.asyncpg import AsyncPGInstrumentor
+    from opentelemetry.instrumentation.grpc import GrpcAioInstrumentorClient, GrpcAioInstrumentorServer
+    from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
+
+    GrpcAioInstrumentorServer().instrument()
+    GrpcAioInstrumentorClient().instrument()
+    AsyncPGInstrumentor().instrument()
+    HTTPXClientInstrumentor().instrument()
+
+
+def shutdown_telemetry() -> None:
+    provider = trace.get_tracer_provider()
+    if isinstance(provider, TracerProvider):
+        provider.force_flush(timeout_millis=5000)
+        provider.shutdown()
