@@ -28,7 +28,9 @@ async def _watch_readiness(
         except Exception:
             ok = False
         if ok != last:
-            status = health_pb2.HealthCheckResponse.SERVING if ok else health_pb2.HealthCheckResponse.NOT_SERVING
+            status = (
+                health_pb2.HealthCheckResponse.SERVING if ok else health_pb2.HealthCheckResponse.NOT_SERVING
+            )
             for name in ["", *service_names]:
                 await servicer.set(name, status)
             log.info("health changed", serving=ok)

@@ -12,14 +12,20 @@ EXTERNAL_CALLS = Counter(
 EXTERNAL_LATENCY = Histogram(
     "zaptrix_external_api_seconds", "Latency of external API calls", ["platform", "method"]
 )
-EVENTS_PRODUCED = Counter("zaptrix_events_produced_total", "Events produced to Kafka", ["topic", "event_type"])
+EVENTS_PRODUCED = Counter(
+    "zaptrix_events_produced_total", "Events produced to Kafka", ["topic", "event_type"]
+)
 EVENTS_HANDLED = Counter(
     "zaptrix_events_handled_total",
     "Events consumed, by outcome (ok, duplicate, retried, dead_lettered)",
     ["topic", "event_type", "outcome"],
 )
-DEAD_LETTERS = Counter("zaptrix_dead_letters_total", "Events moved to a dead-letter topic", ["topic", "reason"])
-CONSUMER_LAG = Gauge("zaptrix_kafka_consumer_lag", "Records behind the end of the partition", ["topic", "partition"])
+DEAD_LETTERS = Counter(
+    "zaptrix_dead_letters_total", "Events moved to a dead-letter topic", ["topic", "reason"]
+)
+CONSUMER_LAG = Gauge(
+    "zaptrix_kafka_consumer_lag", "Records behind the end of the partition", ["topic", "partition"]
+)
 HANDLE_SECONDS = Histogram("zaptrix_event_handle_seconds", "Time to handle one consumed event", ["topic"])
 
 

@@ -16,7 +16,8 @@ class CommonSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="ZAPTRIX_", extra="ignore", env_ignore_empty=True)
 
     environment: Literal["dev", "test", "production"] = Field(
-        "dev", description="dev/test allow plain-http endpoints of the sandbox stand-ins; production refuses them"
+        "dev",
+        description="dev/test allow plain-http endpoints of the sandbox stand-ins; production refuses them",
     )
     log_level: str = Field("INFO", description="Python log level name")
     allow_insecure_http: bool = Field(
@@ -34,7 +35,9 @@ class KafkaSettings(BaseSettings):
     sasl_password: SecretStr | None = None
     topic_prefix: str = Field("zaptrix", description="Topics are <prefix>.<flow>[.retry|.dlq].v1")
     linger_ms: int = Field(2, description="Producer linger: concurrent webhooks share a batch")
-    request_timeout_ms: int = Field(5000, description="Producer request timeout; past it the webhook gets 503")
+    request_timeout_ms: int = Field(
+        5000, description="Producer request timeout; past it the webhook gets 503"
+    )
     consumer_fetch_max_wait_ms: int = Field(20, description="Bounds end-to-end latency of an idle consumer")
     consumer_max_records: int = Field(200, description="Records per poll batch")
 
@@ -56,5 +59,7 @@ class GrpcClientSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="ZAPTRIX_", extra="ignore", env_ignore_empty=True)
 
     mapper_addr: str = Field("127.0.0.1:50051", description="host:port of the mapper gRPC service")
-    token_keeper_addr: str = Field("127.0.0.1:50052", description="host:port of the token-keeper gRPC service")
+    token_keeper_addr: str = Field(
+        "127.0.0.1:50052", description="host:port of the token-keeper gRPC service"
+    )
     grpc_timeout_s: float = Field(3.0, description="Deadline of each gRPC call")

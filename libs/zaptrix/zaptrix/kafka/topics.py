@@ -1,0 +1,26 @@
+"""Topic names. Versioned so that an incompatible envelope can move to .v2 beside .v1."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class Flow(StrEnum):
+    WA_TO_B24 = "wa-to-b24"  # customer messages and Meta statuses, consumed by the bitrix dispatcher
+    B24_TO_WA = "b24-to-wa"  # operator messages and reads, consumed by the meta dispatcher
+
+
+@dataclass(frozen=True)
+class FlowTopics:
+    main: str
+    retry: str
+    dlq: str
+
+    def all(self) -> list[str]:
+        return [self.main, self.retry, self.dlq]
+
+
+def topics_for(flow: Flow, prefix: str = "zaptrix") -> FlowTopics:
+    base = f"{prefix}.{flow.value}"
+    return FlowTopics(main=f"{base}.v1", retry=f"{base}.retry.v1", dlq=f"{base}.dlq.v1")

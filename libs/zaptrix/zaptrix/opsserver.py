@@ -1,0 +1,43 @@
+"""A tiny HTTP server for processes without a web framework (dispatchers): /health, /ready, /metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Mapping
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from zaptrix.health import CachedChecks, Check, health_document
+
+
+async def serve_ops(port: int, service: str, checks: Mapping[str, Check]) -> asyncio.Server:
+    cached = CachedChecks(checks)
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            request_line = await asyncio.wait_for(reader.readline(), timeout=5)
+            while (await asyncio.wait_for(reader.readline(), timeout=5)) not in (b"\r\n", b"\n", b""):
+                pass
+            parts = request_line.decode(errors="replace").split()
+            path = parts[1].split("?", 1)[0] if len(parts) > 1 else "/"
+            if path == "/metrics":
+                status, ctype, body = 200, CONTENT_TYPE_LATEST, generate_latest()
+            elif path in ("/health", "/ready"):
+                doc = health_document(service, await cached.results())
+                ok = doc["status"] == "ok" or (
+                    path == "/health" and doc["dependencies"].get("consumer") == "up"
+                )
+                status, ctype, body = (200 if ok else 503), "application/json", json.dumps(doc).encode()
+            else:
+                status, ctype, body = 404, "text/plain", b"not found"
+            reason = {200: "OK", 404: "Not Found", 503: "Service Unavailable"}[status]
+            head = f"HTTP/1.1 {status} {reason}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+            writer.write(head.encode() + body)
+            await writer.drain()
+        except (TimeoutError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    return await asyncio.start_server(handle, host="0.0.0.0", port=port)

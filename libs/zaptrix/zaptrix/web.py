@@ -1,0 +1,94 @@
+"""Sanic wiring shared by the two web services: SERVER spans, request metrics, /health, /ready, /metrics.
+
+No official OpenTelemetry instrumentation exists for Sanic, so a small middleware extracts the W3C
+context from the request headers and opens the SERVER span with HTTP semantic-convention attributes.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+
+from opentelemetry import context as otel_context
+from opentelemetry import propagate, trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
+from sanic import HTTPResponse, Request, Sanic, json, raw
+from sanic.response import BaseHTTPResponse
+
+from zaptrix.health import CachedChecks, Check, health_document
+
+tracer = trace.get_tracer("zaptrix.web")
+
+HTTP_REQUESTS = Counter("zaptrix_http_requests_total", "HTTP requests", ["route", "method", "status"])
+HTTP_SECONDS = Histogram(
+    "zaptrix_http_request_seconds",
+    "HTTP request latency",
+    ["route", "method"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
+_UNTRACED = frozenset({"/health", "/ready", "/metrics"})
+
+
+def instrument_sanic(app: Sanic) -> None:  # type: ignore[type-arg]
+    async def _start(request: Request) -> None:
+        request.ctx.started = time.perf_counter()
+        if request.path in _UNTRACED:
+            return
+        route = request.route.path if request.route else request.path
+        parent = propagate.extract(dict(request.headers))
+        span = tracer.start_span(
+            f"{request.method} /{route.lstrip('/')}",
+            context=parent,
+            kind=SpanKind.SERVER,
+            attributes={
+                "http.request.method": request.method,
+                "http.route": f"/{route.lstrip('/')}",
+                "url.path": request.path,
+                "server.port": request.server_port,
+                "user_agent.original": request.headers.get("user-agent", ""),
+            },
+        )
+        request.ctx.span = span
+        request.ctx.otel_token = otel_context.attach(trace.set_span_in_context(span))
+
+    async def _finish(request: Request, response: BaseHTTPResponse) -> None:
+        route = f"/{request.route.path.lstrip('/')}" if request.route else "unmatched"
+        status = response.status if response is not None else 500
+        HTTP_REQUESTS.labels(route, request.method, str(status)).inc()
+        started = getattr(request.ctx, "started", None)
+        if started is not None:
+            HTTP_SECONDS.labels(route, request.method).observe(time.perf_counter() - started)
+        span = getattr(request.ctx, "span", None)
+        if span is None:
+            return
+        span.set_attribute("http.response.status_code", status)
+        if status >= 500:
+            span.set_status(Status(StatusCode.ERROR))
+        span.end()
+        token = getattr(request.ctx, "otel_token", None)
+        if token is not None:
+            otel_context.detach(token)
+            request.ctx.otel_token = None
+
+    app.register_middleware(_start, "request", priority=100)
+    app.register_middleware(_finish, "response", priority=100)
+
+
+def add_ops_routes(app: Sanic, service: str, checks: Mapping[str, Check]) -> CachedChecks:  # type: ignore[type-arg]
+    cached = CachedChecks(checks)
+
+    async def health(_: Request) -> HTTPResponse:
+        return json(health_document(service, await cached.results()))
+
+    async def ready(_: Request) -> HTTPResponse:
+        doc = health_document(service, await cached.results())
+        return json(doc, status=200 if doc["status"] == "ok" else 503)
+
+    async def metrics(_: Request) -> HTTPResponse:
+        return raw(generate_latest(), content_type=CONTENT_TYPE_LATEST)
+
+    app.add_route(health, "/health", methods=["GET"], name="health")
+    app.add_route(ready, "/ready", methods=["GET"], name="ready")
+    app.add_route(metrics, "/metrics", methods=["GET"], name="metrics")
+    return cached
