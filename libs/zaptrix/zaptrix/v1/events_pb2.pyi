@@ -117,6 +117,8 @@ class Media(_message.Message):
     FILENAME_FIELD_NUMBER: _builtins.int
     CAPTION_FIELD_NUMBER: _builtins.int
     KIND_FIELD_NUMBER: _builtins.int
+    URL_FIELD_NUMBER: _builtins.int
+    FILE_SIZE_FIELD_NUMBER: _builtins.int
     media_id: _builtins.str
     """Graph media id (valid ~7 days after the webhook)"""
     mime_type: _builtins.str
@@ -125,6 +127,9 @@ class Media(_message.Message):
     caption: _builtins.str
     kind: _builtins.str
     """image | video | audio | voice | document | sticker"""
+    url: _builtins.str
+    """Signed, expiring URL of meta-ingress's media proxy (what Bitrix24 downloads); set by meta-ingress."""
+    file_size: _builtins.int
     def __init__(
         self,
         *,
@@ -134,10 +139,12 @@ class Media(_message.Message):
         filename: _builtins.str = ...,
         caption: _builtins.str = ...,
         kind: _builtins.str = ...,
+        url: _builtins.str = ...,
+        file_size: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["caption", b"caption", "filename", b"filename", "kind", b"kind", "media_id", b"media_id", "mime_type", b"mime_type", "sha256", b"sha256"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["caption", b"caption", "file_size", b"file_size", "filename", b"filename", "kind", b"kind", "media_id", b"media_id", "mime_type", b"mime_type", "sha256", b"sha256", "url", b"url"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
