@@ -1,0 +1,192 @@
+"""Graph API stand-in: the documented Cloud API endpoints (messages, media) on Sanic."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlencode
+
+import httpx
+from sanic import Request
+from sanic.request import RequestParameters
+from sanic.response import HTTPResponse, raw
+from sanic.response import json as json_response
+
+from . import graph_sim
+from .graph_errors import GraphError, no_object, param_error
+from .graph_outbound import Outbound, check_media
+from .graph_settings import Channel, GraphOptions, GraphSettings
+from .graph_state import GraphState, Media, Sent
+from .graph_validate import SendRequest, validate
+from .graph_webhooks import WebhookSender
+from .tasks import Background
+from .web import App, new_app
+
+_VERSION = re.compile(r"^v\d+\.\d+$")
+_UPLOAD_KINDS = {"image/jpeg": "image", "image/png": "image", "image/webp": "sticker", "video/mp4": "video",
+                 "video/3gpp": "video", "audio/aac": "audio", "audio/amr": "audio", "audio/mpeg": "audio",
+                 "audio/mp4": "audio", "audio/ogg": "audio"}
+
+
+@dataclass
+class GraphSandbox:
+    settings: GraphSettings
+    state: GraphState
+    background: Background = field(default_factory=Background)
+    client: httpx.AsyncClient = field(default_factory=httpx.AsyncClient)
+
+    @property
+    def sender(self) -> WebhookSender:
+        return WebhookSender(self.state, self.client, self.background)
+
+    @property
+    def outbound(self) -> Outbound:
+        return Outbound(self.state, self.sender, self.client, self.background)
+
+    def initial_options(self) -> GraphOptions:
+        return GraphOptions.model_validate(self.settings.model_dump(include=set(GraphOptions.model_fields)))
+
+    # --- auth ------------------------------------------------------------------------------------
+    def token(self, request: Request) -> str:
+        header = request.headers.get("authorization", "")
+        if not header.lower().startswith("bearer ") or not header[7:].strip():
+            raise GraphError(190, "An active access token must be used to query information about the current "
+                                  "user.", status=401)
+        token = header[7:].strip()
+        if token in self.state.expired_tokens:
+            raise GraphError(190, "Error validating access token: Session has expired.", status=401, subcode=463)
+        if not any(c.access_token == token for c in self.state.options.channels):
+            raise GraphError(190, "Invalid OAuth access token - Cannot parse access token", status=401)
+        return token
+
+    def channel(self, request: Request, version: str, phone_number_id: str, method: str) -> Channel:
+        check_version(version)
+        token = self.token(request)
+        channel = self.state.channel(phone_number_id)
+        if channel is None or channel.access_token != token:
+            raise no_object(phone_number_id, method)
+        return channel
+
+    # --- media URLs --------------------------------------------------------------------------------
+    def media_url(self, media: Media) -> str:
+        expires = int(time.time() + self.state.options.media_url_ttl_s)
+        digest = hmac.new(self.state.options.app_secret.encode(), f"{media.id}:{expires}".encode(),
+                          hashlib.sha256).hexdigest()[:32]
+        query = urlencode({"mid": media.id, "ext": expires, "hash": digest})
+        return f"{self.settings.base_url()}/whatsapp_business/attachments/?{query}"
+
+
+def check_version(version: str) -> None:
+    if not _VERSION.match(version):
+        raise GraphError(2500, f"Unknown path components: /{version}", status=400)
+
+
+def _json_body(request: Request) -> Any:
+    try:
+        return json.loads(request.body or b"null")
+    except ValueError:
+        raise param_error("Invalid parameter", details="The request body is not valid JSON.") from None
+
+
+def _register_api(app: App, sb: GraphSandbox) -> None:
+    @app.post("/<version>/<phone_number_id>/messages")
+    async def messages(request: Request, version: str, phone_number_id: str) -> HTTPResponse:
+        payload: Any = None
+        try:
+            channel = sb.channel(request, version, phone_number_id, "post")
+            payload = _json_body(request)
+            req = validate(payload)
+            if isinstance(req, SendRequest):
+                return json_response(sb.outbound.send(channel, req, payload))
+            return json_response(sb.outbound.read(channel, req))
+        except GraphError as err:
+            body = err.body()
+            if payload is not None and not (isinstance(payload, dict) and "status" in payload):
+                sb.state.record_sent(Sent(phone_number_id=phone_number_id, payload=payload, http_status=err.status,
+                                          response=body, outcome="rejected", error_code=err.code,
+                                          to=payload.get("to") if isinstance(payload, dict) else None,
+                                          type=payload.get("type") if isinstance(payload, dict) else None))
+            return json_response(body, status=err.status)
+
+    @app.post("/<version>/<phone_number_id>/media")
+    async def upload(request: Request, version: str, phone_number_id: str) -> HTTPResponse:
+        channel = sb.channel(request, version, phone_number_id, "post")
+        form = request.form or RequestParameters()
+        if form.get("messaging_product") != "whatsapp":
+            raise param_error("The parameter messaging_product is required.")
+        upload = request.files.get("file") if request.files else None
+        if upload is None:
+            raise param_error("The parameter file is required.")
+        mime = (form.get("type") or upload.type or "").split(";")[0].strip().lower()
+        kind = _UPLOAD_KINDS.get(mime, "document")
+        problem = check_media(kind, mime, len(upload.body)) if mime else "The parameter type is required."
+        if problem:
+            raise param_error("Param file must be a file with a supported type and size.", details=problem)
+        media = Media(id=sb.state.new_media_id(), phone_number_id=channel.phone_number_id, data=upload.body,
+                      mime_type=mime, filename=upload.name)
+        sb.state.media[media.id] = media
+        return json_response({"id": media.id})
+
+    @app.get("/<version>/<media_id>")
+    async def media_info(request: Request, version: str, media_id: str) -> HTTPResponse:
+        check_version(version)
+        token = sb.token(request)
+        media = sb.state.media.get(media_id)
+        channel = sb.state.channel(media.phone_number_id) if media else None
+        if media is None or channel is None or channel.access_token != token:
+            raise no_object(media_id)
+        return json_response({"messaging_product": "whatsapp", "url": sb.media_url(media),
+                              "mime_type": media.mime_type, "sha256": media.sha256_hex,
+                              "file_size": len(media.data), "id": media.id})
+
+    @app.delete("/<version>/<media_id>")
+    async def media_delete(request: Request, version: str, media_id: str) -> HTTPResponse:
+        check_version(version)
+        token = sb.token(request)
+        media = sb.state.media.get(media_id)
+        channel = sb.state.channel(media.phone_number_id) if media else None
+        if media is None or channel is None or channel.access_token != token:
+            raise no_object(media_id, "delete")
+        del sb.state.media[media_id]
+        return json_response({"success": True})
+
+    @app.get("/whatsapp_business/attachments/")
+    async def download(request: Request) -> HTTPResponse:
+        token = sb.token(request)  # the download needs the same Bearer token (whatsapp.md A4)
+        mid, ext, digest = (request.args.get(k, "") for k in ("mid", "ext", "hash"))
+        media = sb.state.media.get(mid)
+        expected = hmac.new(sb.state.options.app_secret.encode(), f"{mid}:{ext}".encode(),
+                            hashlib.sha256).hexdigest()[:32]
+        if media is None or not hmac.compare_digest(expected, digest):
+            return raw(b"Not Found", status=404, content_type="text/plain")
+        channel = sb.state.channel(media.phone_number_id)
+        if channel is None or channel.access_token != token:
+            return raw(b"Forbidden", status=403, content_type="text/plain")
+        if not ext.isdigit() or time.time() > int(ext):
+            return raw(b"URL signature expired", status=403, content_type="text/plain")
+        return raw(media.data, content_type=media.mime_type.split(";")[0].strip())
+
+
+def create_app(settings: GraphSettings | None = None, name: str = "sandbox_graph") -> App:
+    settings = settings or GraphSettings()
+    app = new_app(name)
+    sb = GraphSandbox(settings=settings, state=GraphState(GraphOptions()))
+    sb.state.options = sb.initial_options()
+
+    @app.exception(GraphError)
+    async def graph_error(request: Request, err: GraphError) -> HTTPResponse:
+        return err.response()
+
+    @app.after_server_stop
+    async def close(app: App) -> None:
+        await sb.background.cancel_all()
+        await sb.client.aclose()
+
+    _register_api(app, sb)
+    graph_sim.register(app, sb)
+    return app
