@@ -1,0 +1,50 @@
+"""The health endpoints report a dependency that is down as down (liveness stays up, readiness fails)."""
+
+from __future__ import annotations
+
+import socket
+
+import grpc
+import httpx
+from zaptrix.health import grpc_health_check
+from zaptrix.kafka import EventProducer
+from zaptrix.opsserver import serve_ops
+from zaptrix.settings import KafkaSettings
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def test_kafka_down_is_reported_down(kafka_bootstrap: str) -> None:
+    up = EventProducer(KafkaSettings(bootstrap_servers=kafka_bootstrap), client_id="h1")
+    await up.start()
+    dead_port = _free_port()
+    dead_mapper = grpc.aio.insecure_channel(f"127.0.0.1:{dead_port}")
+    port = _free_port()
+    server = await serve_ops(
+        port,
+        "test",
+        {"consumer": lambda: _true(), "kafka": up.healthy, "mapper": grpc_health_check(dead_mapper)},
+    )
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+            health = await client.get("/health")
+            ready = await client.get("/ready")
+            metrics = await client.get("/metrics")
+    finally:
+        server.close()
+        await dead_mapper.close()
+        await up.stop()
+    assert health.status_code == 200
+    doc = health.json()
+    assert doc["status"] == "degraded" and doc["service"] == "test" and doc["timestamp"]
+    assert doc["dependencies"] == {"consumer": "up", "kafka": "up", "mapper": "down"}
+    assert ready.status_code == 503
+    assert b"zaptrix_events_produced_total" in metrics.content
+
+
+async def _true() -> bool:
+    return True
