@@ -7,7 +7,7 @@ export UV_CACHE_DIR ?= $(ZAPTRIX_CACHE)/uv
 export UV_PYTHON_DOWNLOADS := never
 export UV_LINK_MODE := copy
 
-.PHONY: help run test check lint typecheck protos protos-check bench sync stack-up stack-down clean
+.PHONY: help run test check lint typecheck protos protos-check docs bench sync stack-up stack-down clean
 
 help:
 	@echo "make run    - start the whole system locally (PostgreSQL, Kafka, Jaeger, all services, sandbox stand-ins)"
@@ -38,6 +38,9 @@ protos: sync
 
 protos-check: sync
 	@"$$(dev/stack/uv.sh)" run --frozen dev/protos.sh --check
+
+docs: sync
+	@"$$(dev/stack/uv.sh)" run --frozen python dev/config_docs.py
 
 bench: sync
 	@dev/bench.sh

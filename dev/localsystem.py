@@ -1,0 +1,352 @@
+"""The whole Zaptrix system as local processes, exactly the entrypoints the containers run.
+
+Used by `make run` (dev/run.py) and by the end-to-end tests (tests/e2e). PostgreSQL and Kafka are started
+by dev/stack; this module runs migrations, the sandbox stand-ins (when no real credentials are given),
+mapper, token-keeper, both web services and both dispatchers, waits until each is ready, and seeds the
+sandbox portal and WhatsApp channel through the real install flow.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import sys
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import grpc
+import httpx
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+BIN = Path(sys.executable).parent
+ROOT = Path(__file__).resolve().parent.parent
+
+# The sandbox's well-known identities (dev/sandbox defaults; see docs/sandbox.md).
+SANDBOX_MEMBER_ID = "sandbox-member-1"
+SANDBOX_PHONE_NUMBER_ID = "100000000000001"
+SANDBOX_DISPLAY_NUMBER = "15550000001"
+SANDBOX_WA_TOKEN = "sandbox-wa-token"
+SANDBOX_APP_SECRET = "sandbox-app-secret"
+SANDBOX_VERIFY_TOKEN = "sandbox-verify-token"
+SANDBOX_LINE_ID = 1
+CONNECTOR_ID = "zaptrix_whatsapp"
+# Development-only key material: refused when ZAPTRIX_ENVIRONMENT=production.
+DEV_KEYS = "dev1:MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="
+DEV_MEDIA_SECRET = "dev-media-url-secret-change-me"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass(frozen=True)
+class Ports:
+    pg: int = 55432
+    kafka: int = 19092
+    otlp: int | None = 4317
+    meta_web: int = 8080
+    bitrix_web: int = 8081
+    mapper: int = 50051
+    token_keeper: int = 50052
+    mapper_metrics: int = 9101
+    token_keeper_metrics: int = 9102
+    meta_dispatcher: int = 9103
+    bitrix_dispatcher: int = 9104
+    graph: int = 8090
+    bitrix: int = 8091
+
+    @classmethod
+    def random(cls, pg: int, kafka: int) -> Ports:
+        """Free ports for everything we start ourselves (tests run beside a `make run`)."""
+        names = [f for f in cls.__dataclass_fields__ if f not in ("pg", "kafka", "otlp")]
+        return cls(pg=pg, kafka=kafka, otlp=None, **{n: free_port() for n in names})
+
+
+@dataclass
+class Process:
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+    ready: Callable[[], Awaitable[bool]] | None = None
+    proc: asyncio.subprocess.Process | None = None
+    pump: asyncio.Task[None] | None = None
+
+
+async def _http_ok(url: str) -> bool:
+    try:
+        async with httpx.AsyncClient(timeout=1.0) as client:
+            return (await client.get(url)).status_code < 500
+    except httpx.HTTPError:
+        return False
+
+
+async def _grpc_serving(addr: str) -> bool:
+    async with grpc.aio.insecure_channel(addr) as channel:
+        try:
+            resp = await health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(), timeout=1.0
+            )
+        except grpc.aio.AioRpcError:
+            return False
+        return bool(resp.status == health_pb2.HealthCheckResponse.SERVING)
+
+
+@dataclass
+class LocalSystem:
+    ports: Ports
+    state_dir: Path
+    database_url: str
+    topic_prefix: str = "zaptrix"
+    sandbox: bool = True
+    echo: bool = False
+    extra_env: dict[str, dict[str, str]] = field(default_factory=dict)
+    processes: dict[str, Process] = field(default_factory=dict)
+
+    # ---- configuration ------------------------------------------------------------------------------
+
+    def base_env(self, service: str) -> dict[str, str]:
+        p = self.ports
+        # With the sandbox, settings come only from here; with real credentials, the caller's ZAPTRIX_*
+        # variables (Graph URL, OAuth URL, secrets) pass through to every process.
+        own = ("ZAPTRIX_", "OTEL_", "SANDBOX_") if self.sandbox else ("SANDBOX_",)
+        env = {k: v for k, v in os.environ.items() if not k.startswith(own) or k.startswith("ZAPTRIX_CACHE")}
+        env.update(
+            {
+                "OTEL_SERVICE_NAME": service,
+                "ZAPTRIX_ENVIRONMENT": "dev",
+                "ZAPTRIX_LOG_LEVEL": "INFO",
+                "ZAPTRIX_KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{p.kafka}",
+                "ZAPTRIX_KAFKA_TOPIC_PREFIX": self.topic_prefix,
+                "ZAPTRIX_MAPPER_ADDR": f"127.0.0.1:{p.mapper}",
+                "ZAPTRIX_TOKEN_KEEPER_ADDR": f"127.0.0.1:{p.token_keeper}",
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
+        if p.otlp:
+            env["OTEL_EXPORTER_OTLP_ENDPOINT"] = f"http://127.0.0.1:{p.otlp}"
+        if self.sandbox:
+            env["ZAPTRIX_ALLOW_INSECURE_HTTP"] = "true"
+        env.update(self.extra_env.get(service, {}))
+        return env
+
+    def definitions(self) -> list[Process]:
+        p = self.ports
+        db = {"ZAPTRIX_DATABASE_URL": self.database_url}
+        procs: list[Process] = []
+        if self.sandbox:
+            procs += [
+                Process(
+                    "sandbox-graph",
+                    [str(BIN / "sandbox-graph")],
+                    self.base_env("sandbox-graph")
+                    | {
+                        "SANDBOX_GRAPH_PORT": str(p.graph),
+                        "SANDBOX_GRAPH_WEBHOOK_URL": f"http://127.0.0.1:{p.meta_web}/webhooks/meta",
+                    },
+                    lambda: _http_ok(f"http://127.0.0.1:{p.graph}/_sandbox/sent"),
+                ),
+                Process(
+                    "sandbox-bitrix",
+                    [str(BIN / "sandbox-bitrix")],
+                    self.base_env("sandbox-bitrix")
+                    | {
+                        "SANDBOX_BITRIX_PORT": str(p.bitrix),
+                        "SANDBOX_BITRIX_OUTBOUND_URL": f"http://127.0.0.1:{p.bitrix_web}/webhooks/bitrix24/outbound",
+                        "SANDBOX_BITRIX_INSTALL_URL": f"http://127.0.0.1:{p.bitrix_web}/webhooks/bitrix24/install",
+                    },
+                    lambda: _http_ok(
+                        f"http://127.0.0.1:{p.bitrix}/_sandbox/portals/{SANDBOX_MEMBER_ID}/stats"
+                    ),
+                ),
+            ]
+        tk_env = db | {
+            "ZAPTRIX_TOKEN_KEEPER_KEYS": DEV_KEYS,
+            "ZAPTRIX_TOKEN_KEEPER_ACTIVE_KEY_ID": "dev1",
+            "ZAPTRIX_GRPC_PORT": str(p.token_keeper),
+            "ZAPTRIX_METRICS_PORT": str(p.token_keeper_metrics),
+        }
+        if self.sandbox:
+            tk_env["ZAPTRIX_BITRIX_OAUTH_URL"] = f"http://127.0.0.1:{p.bitrix}/oauth/token/"
+        graph = {"ZAPTRIX_GRAPH_API_BASE_URL": f"http://127.0.0.1:{p.graph}"} if self.sandbox else {}
+        meta = graph | {
+            "ZAPTRIX_WEB_PORT": str(p.meta_web),
+            "ZAPTRIX_PUBLIC_BASE_URL": f"http://127.0.0.1:{p.meta_web}",
+            "ZAPTRIX_MEDIA_URL_SECRET": DEV_MEDIA_SECRET,
+            "ZAPTRIX_DISPATCHER_METRICS_PORT": str(p.meta_dispatcher),
+        }
+        bitrix = {
+            "ZAPTRIX_WEB_PORT": str(p.bitrix_web),
+            "ZAPTRIX_PUBLIC_BASE_URL": f"http://127.0.0.1:{p.bitrix_web}",
+            "ZAPTRIX_DISPATCHER_METRICS_PORT": str(p.bitrix_dispatcher),
+        }
+        procs += [
+            Process(
+                "mapper",
+                [str(BIN / "mapper-server")],
+                self.base_env("mapper")
+                | db
+                | {"ZAPTRIX_GRPC_PORT": str(p.mapper), "ZAPTRIX_METRICS_PORT": str(p.mapper_metrics)},
+                lambda: _grpc_serving(f"127.0.0.1:{p.mapper}"),
+            ),
+            Process(
+                "token-keeper",
+                [str(BIN / "token-keeper-server")],
+                self.base_env("token-keeper") | tk_env,
+                lambda: _grpc_serving(f"127.0.0.1:{p.token_keeper}"),
+            ),
+            Process(
+                "meta-ingress",
+                [str(BIN / "meta-ingress-web")],
+                self.base_env("meta-ingress") | meta,
+                lambda: _http_ok(f"http://127.0.0.1:{p.meta_web}/health"),
+            ),
+            Process(
+                "meta-dispatcher",
+                [str(BIN / "meta-dispatcher")],
+                self.base_env("meta-dispatcher") | meta,
+                lambda: _http_ok(f"http://127.0.0.1:{p.meta_dispatcher}/health"),
+            ),
+            Process(
+                "bitrix-ingress",
+                [str(BIN / "bitrix-ingress-web")],
+                self.base_env("bitrix-ingress") | bitrix,
+                lambda: _http_ok(f"http://127.0.0.1:{p.bitrix_web}/health"),
+            ),
+            Process(
+                "bitrix-dispatcher",
+                [str(BIN / "bitrix-dispatcher")],
+                self.base_env("bitrix-dispatcher") | bitrix,
+                lambda: _http_ok(f"http://127.0.0.1:{p.bitrix_dispatcher}/health"),
+            ),
+        ]
+        return procs
+
+    # ---- lifecycle ----------------------------------------------------------------------------------
+
+    async def migrate(self) -> None:
+        for script in ("mapper-migrate", "token-keeper-migrate"):
+            env = self.base_env(script) | {"ZAPTRIX_DATABASE_URL": self.database_url}
+            proc = await asyncio.create_subprocess_exec(
+                str(BIN / script), env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+            )
+            out, _ = await proc.communicate()
+            if proc.returncode != 0:
+                raise RuntimeError(f"{script} failed:\n{out.decode(errors='replace')}")
+
+    async def start(self, only: set[str] | None = None, ready_timeout_s: float = 60.0) -> None:
+        (self.state_dir / "logs").mkdir(parents=True, exist_ok=True)
+        await self.migrate()
+        for proc in self.definitions():
+            if only is None or proc.name in only:
+                await self.start_process(proc, ready_timeout_s)
+
+    async def start_process(self, proc: Process, ready_timeout_s: float = 60.0) -> None:
+        proc.proc = await asyncio.create_subprocess_exec(
+            *proc.argv,
+            env=proc.env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True,
+        )
+        proc.pump = asyncio.create_task(self._pump(proc))
+        self.processes[proc.name] = proc
+        if proc.ready is None:
+            return
+        deadline = asyncio.get_running_loop().time() + ready_timeout_s
+        while not await proc.ready():
+            if proc.proc.returncode is not None:
+                raise RuntimeError(
+                    f"{proc.name} exited with {proc.proc.returncode}:\n{self.log_tail(proc.name)}"
+                )
+            if asyncio.get_running_loop().time() > deadline:
+                raise RuntimeError(
+                    f"{proc.name} not ready after {ready_timeout_s}s:\n{self.log_tail(proc.name)}"
+                )
+            await asyncio.sleep(0.2)
+
+    async def _pump(self, proc: Process) -> None:
+        assert proc.proc is not None and proc.proc.stdout is not None
+        path = self.state_dir / "logs" / f"{proc.name}.log"
+        with path.open("ab") as log:
+            async for line in proc.proc.stdout:
+                log.write(line)
+                log.flush()
+                if self.echo:
+                    sys.stdout.write(f"{proc.name:>18} | {line.decode(errors='replace')}")
+
+    def log_tail(self, name: str, lines: int = 40) -> str:
+        path = self.state_dir / "logs" / f"{name}.log"
+        if not path.exists():
+            return "(no log)"
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+    async def stop_process(self, name: str, grace_s: float = 10.0) -> None:
+        proc = self.processes.pop(name, None)
+        if proc is None or proc.proc is None:
+            return
+        if proc.proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(proc.proc.wait(), grace_s)
+            except TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.proc.kill()
+                await proc.proc.wait()
+        if proc.pump is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(proc.pump, 2)
+
+    async def stop(self) -> None:
+        # Web and dispatchers first, state owners last, so in-flight work can finish cleanly.
+        for name in reversed(list(self.processes)):
+            await self.stop_process(name)
+
+    async def seed(self) -> None:
+        """Install the sandbox app into the sandbox portal (the real ONAPPINSTALL flow through bitrix-ingress),
+        then give token-keeper the sandbox WhatsApp channel's credentials and bind it to the Open Line."""
+        from zaptrix.v1 import mapper_pb2, mapper_pb2_grpc, token_keeper_pb2, token_keeper_pb2_grpc
+
+        p = self.ports
+        async with httpx.AsyncClient(timeout=10) as client:
+            resp = await client.post(
+                f"http://127.0.0.1:{p.bitrix}/_sandbox/portals/{SANDBOX_MEMBER_ID}/install"
+            )
+            resp.raise_for_status()
+            if resp.json().get("gateway_status") != 200:
+                raise RuntimeError(f"app install failed: {resp.text}\n{self.log_tail('bitrix-ingress')}")
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{p.token_keeper}") as channel:
+            await token_keeper_pb2_grpc.TokenKeeperStub(channel).UpsertChannelCredentials(
+                token_keeper_pb2.UpsertChannelCredentialsRequest(
+                    phone_number_id=SANDBOX_PHONE_NUMBER_ID,
+                    access_token=SANDBOX_WA_TOKEN,
+                    app_secret=SANDBOX_APP_SECRET,
+                    verify_token=SANDBOX_VERIFY_TOKEN,
+                    waba_id="200000000000001",
+                ),
+                timeout=5,
+            )
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{p.mapper}") as channel:
+            await mapper_pb2_grpc.MapperStub(channel).BindChannel(
+                mapper_pb2.BindChannelRequest(
+                    channel=mapper_pb2.Channel(
+                        phone_number_id=SANDBOX_PHONE_NUMBER_ID,
+                        display_phone_number=SANDBOX_DISPLAY_NUMBER,
+                        member_id=SANDBOX_MEMBER_ID,
+                        line_id=SANDBOX_LINE_ID,
+                        connector_id=CONNECTOR_ID,
+                        crm_mode=mapper_pb2.CRM_MODE_GATEWAY,
+                        active=True,
+                    )
+                ),
+                timeout=5,
+            )
+
+    def with_ports(self, **changes: int) -> LocalSystem:
+        return replace(self, ports=replace(self.ports, **changes))
