@@ -1,0 +1,75 @@
+"""Bitrix24 stand-in: OAuth server + REST (/rest/{method}.json) + simulator, on Sanic."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+from sanic import Request
+from sanic.response import HTTPResponse
+
+from . import bitrix_crm, bitrix_imconnector, bitrix_sim
+from .bitrix_oauth import handle_token
+from .bitrix_rest import handle
+from .bitrix_settings import BitrixOptions, BitrixSettings
+from .bitrix_state import PortalState
+from .tasks import Background
+from .web import App, new_app
+
+assert bitrix_crm and bitrix_imconnector  # imported for their @method registrations
+
+
+@dataclass
+class BitrixSandbox:
+    settings: BitrixSettings
+    options: BitrixOptions = field(default_factory=BitrixOptions)
+    portals: dict[str, PortalState] = field(default_factory=dict)
+    background: Background = field(default_factory=Background)
+    client: httpx.AsyncClient = field(default_factory=httpx.AsyncClient)
+
+    @property
+    def base_url(self) -> str:
+        return self.settings.base_url()
+
+    def reset(self) -> None:
+        self.options = BitrixOptions.model_validate(self.settings.model_dump(include=set(BitrixOptions.model_fields)))
+        self.portals = {}
+        for spec in self.options.portals:
+            portal = PortalState(spec, self.options)
+            portal.issue(self.options)  # the installer's tokens, as handed over by ONAPPINSTALL
+            self.portals[spec.member_id] = portal
+
+    def portal_view(self, p: PortalState) -> dict[str, Any]:
+        return {
+            "member_id": p.spec.member_id, "domain": p.spec.domain, "client_id": p.spec.client_id,
+            "client_endpoint": f"{self.base_url}/rest/", "line_id": p.spec.line_id,
+            "connector_id": p.spec.connector_id, "access_token": p.current_access, "refresh_token": p.current_refresh,
+            "connectors": {c.id: {"name": c.name, "flags": c.flags} for c in p.connectors.values()},
+            "active": {str(line): sorted(c) for line, c in p.active.items()},
+            "connector_data": [{"connector": c, "line": line, "data": d} for (c, line), d in p.connector_data.items()],
+            "bindings": p.bindings,
+        }
+
+
+def create_app(settings: BitrixSettings | None = None, name: str = "sandbox_bitrix") -> App:
+    settings = settings or BitrixSettings()
+    app = new_app(name)
+    sb = BitrixSandbox(settings=settings)
+    sb.reset()
+
+    @app.route("/oauth/token", methods=["GET", "POST"], strict_slashes=False)
+    async def token(request: Request) -> HTTPResponse:
+        return handle_token(request, sb.portals, sb.options, sb.base_url)
+
+    @app.route("/rest/<method_name>", methods=["GET", "POST"])
+    async def rest(request: Request, method_name: str) -> HTTPResponse:
+        return handle(request, method_name, sb.portals, sb.options, sb.base_url, sb.background, sb.client)
+
+    @app.after_server_stop
+    async def close(app: App) -> None:
+        await sb.background.cancel_all()
+        await sb.client.aclose()
+
+    bitrix_sim.register(app, sb)
+    return app
