@@ -1,0 +1,93 @@
+"""Settings of the token-keeper processes (server, migrate, admin).
+
+Every field is an environment variable with the ``ZAPTRIX_`` prefix, e.g. ``ZAPTRIX_GRPC_PORT``,
+``ZAPTRIX_TOKEN_KEEPER_KEYS``, ``ZAPTRIX_BITRIX_OAUTH_URL``. The database DSN is ``ZAPTRIX_DATABASE_URL``
+(zaptrix.settings.DatabaseSettings). See docs/token-keeper.md.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+from urllib.parse import urlsplit
+
+from pydantic import Field, SecretStr, model_validator
+from zaptrix.settings import CommonSettings
+
+
+class InsecureUrlError(ValueError):
+    """A plain-http URL where https is required."""
+
+
+class TokenKeeperSettings(CommonSettings):
+    grpc_port: int = Field(50052, description="gRPC port (TokenKeeper + grpc.health.v1)")
+    metrics_port: int = Field(9102, description="Prometheus /metrics port; 0 disables")
+
+    token_keeper_keys: SecretStr | None = Field(
+        None,
+        description=(
+            'AES-256 keys: JSON {"kid": "<base64 32 bytes>", ...} or "kid:<base64>,kid2:<base64>". '
+            "Required in production; dev/test fall back to a published dev key with a loud warning"
+        ),
+    )
+    token_keeper_active_key_id: str | None = Field(
+        None, description="Key id used for new writes; optional when exactly one key is configured"
+    )
+
+    bitrix_oauth_url: str = Field(
+        "https://oauth.bitrix.info/oauth/token/",
+        description="Bitrix24 OAuth token endpoint (the client secret is only ever sent here)",
+    )
+    bitrix_oauth_method: Literal["GET", "POST"] = Field(
+        "GET", description="HTTP method of the refresh request (Bitrix24 documents GET with query parameters)"
+    )
+    refresh_margin_s: int = Field(
+        300, ge=0, description="GetAccessToken returns a token valid at least this long, refreshing first"
+    )
+    http_timeout_s: float = Field(5.0, gt=0, description="Timeout of one OAuth HTTP attempt")
+    oauth_attempts: int = Field(3, ge=1, le=10, description="Attempts of one refresh on transient failures")
+    oauth_budget_s: float = Field(
+        15.0, gt=0, description="Upper bound of one refresh including retries (the portal row stays locked)"
+    )
+    refresh_failure_cooldown_s: float = Field(
+        20.0,
+        ge=0,
+        description="After a failed refresh, callers are not allowed to trigger another for this long",
+    )
+    forced_refresh_min_interval_s: float = Field(
+        10.0,
+        ge=0,
+        description="ReportTokenRejected of the current token refreshes at most this often per portal",
+    )
+    idle_refresh_after_days: float = Field(
+        150.0,
+        gt=0,
+        description="Refresh an idle portal when its refresh token is older than this (Bitrix24: 180-day life)",
+    )
+    idle_check_interval_s: float = Field(3600.0, gt=0, description="How often the idle-portal sweep runs")
+    channel_cache_ttl_s: float = Field(
+        30.0,
+        ge=0,
+        description="GetChannelCredentials answers from memory this long (other replicas' updates)",
+    )
+    gauge_interval_s: float = Field(30.0, gt=0, description="How often portal-state gauges are recomputed")
+
+    @model_validator(mode="after")
+    def _check_oauth_url(self) -> TokenKeeperSettings:
+        require_https(self.bitrix_oauth_url, self, what="ZAPTRIX_BITRIX_OAUTH_URL")
+        if self.oauth_budget_s <= self.http_timeout_s:
+            raise ValueError("oauth_budget_s must be larger than http_timeout_s")
+        return self
+
+
+def require_https(url: str, settings: CommonSettings, *, what: str) -> None:
+    """Refuse anything but https, except plain http when allowed outside production (sandbox)."""
+    parts = urlsplit(url)
+    if not parts.netloc:
+        raise InsecureUrlError(f"{what} is not an absolute URL")
+    if parts.scheme == "https":
+        return
+    if parts.scheme == "http" and settings.allow_insecure_http and settings.environment != "production":
+        return
+    raise InsecureUrlError(
+        f"{what} must use https (plain http only with ZAPTRIX_ALLOW_INSECURE_HTTP=true outside production)"
+    )
