@@ -125,6 +125,8 @@ def _register_api(app: App, sb: GraphSandbox) -> None:
         mime = (form.get("type") or upload.type or "").split(";")[0].strip().lower()
         kind = _UPLOAD_KINDS.get(mime, "document")
         problem = check_media(kind, mime, len(upload.body)) if mime else "The parameter type is required."
+        if mime.split("/")[0] in ("image", "video", "audio") and mime not in _UPLOAD_KINDS:
+            problem = f"Unsupported media type {mime} (whatsapp.md A4)."
         if problem:
             raise param_error("Param file must be a file with a supported type and size.", details=problem)
         media = Media(id=sb.state.new_media_id(), phone_number_id=channel.phone_number_id, data=upload.body,

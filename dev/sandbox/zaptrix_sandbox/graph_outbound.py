@@ -65,9 +65,6 @@ class Outbound:
             raise GraphError(130429, status=opts.throughput_http_status,
                              details=f"Throughput of {opts.throughput_mps:g} messages/s for this phone number "
                                      "was exceeded.")
-        if not state.pair(pnid, req.wa_id).try_take():
-            raise GraphError(131056, details="Message failed to send because there were too many messages sent "
-                                             "from this phone number to the same phone number in a short period.")
         category = "service"
         if req.type == "template":
             category = self._template(req.obj).category
@@ -80,6 +77,10 @@ class Outbound:
             if opts.window_error_mode == "sync":
                 raise GraphError(131047, details=details)
             failure = (131047, details)
+        # Only a send that would go out counts toward the pair limit (checked after synchronous refusals).
+        if not state.pair(pnid, req.wa_id).try_take():
+            raise GraphError(131056, details="Message failed to send because there were too many messages sent "
+                                             "from this phone number to the same phone number in a short period.")
         if req.type in MEDIA_TYPES and req.obj.get("id") and req.obj["id"] not in state.media:
             failure = failure or (131053, f"Media id {req.obj['id']} was not found.")
         wamid = new_wamid()

@@ -1,0 +1,179 @@
+"""`zaptrix-dev`: play customer and operator against the local stand-ins and see what each side got.
+
+    zaptrix-dev customer-says --from 491701234567 --name Anna "Hello"
+    zaptrix-dev customer-says --from 491701234567 --image [--file PATH] "caption"
+    zaptrix-dev operator-says --chat <external chat id> "Hi Anna"
+    zaptrix-dev chats
+    zaptrix-dev customer-inbox --to 491701234567
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+DEFAULT_GRAPH = "http://127.0.0.1:8090"
+DEFAULT_BITRIX = "http://127.0.0.1:8091"
+
+
+def _media(path: str | None, kind: str, caption: str) -> dict[str, Any]:
+    media: dict[str, Any] = {}
+    if caption and kind != "audio":
+        media["caption"] = caption
+    if path:
+        file = Path(path)
+        media["content_b64"] = base64.b64encode(file.read_bytes()).decode()
+        media["filename"] = file.name
+        ext = file.suffix.lower().lstrip(".")
+        media["mime_type"] = {"png": "image/png", "jpg": "image/jpeg", "jpeg": "image/jpeg", "pdf": "application/pdf",
+                              "txt": "text/plain", "ogg": "audio/ogg; codecs=opus", "mp4": "video/mp4"}.get(
+            ext, "application/octet-stream")
+    return media
+
+
+def customer_says(args: argparse.Namespace, client: httpx.Client) -> int:
+    text = " ".join(args.text)
+    body: dict[str, Any] = {"name": args.name}
+    if args.phone_number_id:
+        body["phone_number_id"] = args.phone_number_id
+    if args.reply_to:
+        body["context"] = {"message_id": args.reply_to}
+    if args.image or args.document:
+        kind = "image" if args.image else "document"
+        body.update(type=kind, media=_media(args.file, kind, text))
+    elif args.location:
+        lat, _, lon = args.location.partition(",")
+        body.update(type="location", location={"latitude": float(lat), "longitude": float(lon),
+                                               **({"name": text} if text else {})})
+    else:
+        body.update(type="text", text=text)
+    response = client.post(f"{args.graph_url}/_sandbox/customers/{args.sender}/messages", json=body)
+    response.raise_for_status()
+    data = response.json()
+    print(f"customer {args.sender} sent {body['type']} {data['wamid']}")
+    status = data["status_code_from_gateway"]
+    print(f"gateway answered the webhook with HTTP {status}" if status else "gateway unreachable (see GET /_sandbox/webhooks)")
+    return 0 if data["status_code_from_gateway"] == 200 else 1
+
+
+def operator_says(args: argparse.Namespace, client: httpx.Client) -> int:
+    body: dict[str, Any] = {"chat_id": args.chat, "text": " ".join(args.text), "operator": args.operator}
+    if args.file:
+        file = Path(args.file)
+        body["files"] = [{"name": file.name, "content_b64": base64.b64encode(file.read_bytes()).decode()}]
+    response = client.post(f"{args.bitrix_url}/_sandbox/portals/{args.portal}/operator-messages", json=body)
+    if response.status_code != 200:
+        print(f"not sent: {response.text}", file=sys.stderr)
+        return 1
+    data = response.json()
+    print(f"operator message {data['im']['message_id']} in chat {data['im']['chat_id']}: {data['text']}")
+    print(f"gateway answered the event with HTTP {data['status_code']}" + (f" ({data['error']})" if data["error"] else ""))
+    return 0 if data["status_code"] == 200 else 1
+
+
+def _when(ts: float) -> str:
+    return datetime.fromtimestamp(ts).strftime("%H:%M:%S")
+
+
+def chats(args: argparse.Namespace, client: httpx.Client) -> int:
+    response = client.get(f"{args.bitrix_url}/_sandbox/portals/{args.portal}/chats")
+    response.raise_for_status()
+    items = response.json()["chats"]
+    if not items:
+        print("no Open Lines chats yet")
+    for chat in items:
+        user = chat["user"]
+        who = " ".join(str(user.get(k) or "") for k in ("name", "last_name")).strip() or user.get("id")
+        print(f"== chat {chat['chat_id']} (external {chat['external_chat_id']}), session {chat['session_id']}: {who}")
+        for m in chat["messages"]:
+            marks = ""
+            if m["direction"] == "operator":
+                marks = " [delivered, read]" if m["delivered"] else " [not delivered]"
+            extra = "".join(f"\n      file {f['name']} ({f.get('download', 'link')})" for f in m["files"])
+            flags = (" (edited)" if m["edited"] else "") + (" (deleted)" if m["deleted"] else "") + \
+                (f" (duplicate of {m['duplicate_of']})" if m["duplicate_of"] else "")
+            print(f"  {_when(m['date'])} {m['author']}: {m['text']}{flags}{marks}{extra}")
+    return 0
+
+
+def customer_inbox(args: argparse.Namespace, client: httpx.Client) -> int:
+    response = client.get(f"{args.graph_url}/_sandbox/sent", params={"to": args.to})
+    response.raise_for_status()
+    items = response.json()["sent"]
+    if not items:
+        print(f"nothing sent to {args.to} yet")
+    for s in items:
+        payload = s["payload"] if isinstance(s["payload"], dict) else {}
+        kind = payload.get("type", "?")
+        obj = payload.get(kind, {})
+        if kind == "text":
+            content = obj.get("body", "")
+        elif kind == "template":
+            content = f"template {obj.get('name')} ({obj.get('language', {}).get('code')})"
+        elif isinstance(obj, dict):
+            content = f"{kind} {obj.get('caption') or obj.get('link') or obj.get('id') or json.dumps(obj)}"
+        else:
+            content = kind
+        error = f" error {s['error_code']}" if s["error_code"] else ""
+        print(f"  {_when(s['at'])} [{s['outcome']}{error}] {content}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="zaptrix-dev", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--graph-url", default=os.environ.get("ZAPTRIX_DEV_GRAPH_URL", DEFAULT_GRAPH))
+    parser.add_argument("--bitrix-url", default=os.environ.get("ZAPTRIX_DEV_BITRIX_URL", DEFAULT_BITRIX))
+    parser.add_argument("--portal", default=os.environ.get("ZAPTRIX_DEV_PORTAL", "sandbox-member-1"))
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    say = sub.add_parser("customer-says", help="a WhatsApp customer writes to the business")
+    say.add_argument("--from", dest="sender", required=True, help="customer wa_id, e.g. 491701234567")
+    say.add_argument("--name", default="Sandbox Customer", help="WhatsApp profile name")
+    say.add_argument("--phone-number-id", help="business number (default: the first channel)")
+    say.add_argument("--reply-to", help="wamid the customer replies to")
+    kind = say.add_mutually_exclusive_group()
+    kind.add_argument("--image", action="store_true", help="send an image (a generated JPEG unless --file)")
+    kind.add_argument("--document", action="store_true", help="send a document (a generated PDF unless --file)")
+    kind.add_argument("--location", help="send a location LAT,LON (the text becomes its name)")
+    say.add_argument("--file", help="own file for --image/--document")
+    say.add_argument("text", nargs="*", help="message text (caption for media)")
+    say.set_defaults(func=customer_says)
+
+    op = sub.add_parser("operator-says", help="a Bitrix24 operator answers in an Open Lines chat")
+    op.add_argument("--chat", required=True, help="external chat id (see `zaptrix-dev chats`)")
+    op.add_argument("--operator", default="Sandbox Operator", help="operator name (signature prefix)")
+    op.add_argument("--file", help="attach a file")
+    op.add_argument("text", nargs="*")
+    op.set_defaults(func=operator_says)
+
+    sub.add_parser("chats", help="the Open Lines chats as the operator sees them").set_defaults(func=chats)
+
+    inbox = sub.add_parser("customer-inbox", help="what a customer received on WhatsApp")
+    inbox.add_argument("--to", required=True, help="customer wa_id")
+    inbox.set_defaults(func=customer_inbox)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        with httpx.Client(timeout=30.0) as client:
+            code: int = args.func(args, client)
+    except httpx.HTTPError as exc:
+        print(f"error: {exc} (are the stand-ins running? `make run` or sandbox-graph / sandbox-bitrix)",
+              file=sys.stderr)
+        return 2
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
