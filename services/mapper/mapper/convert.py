@@ -1,0 +1,213 @@
+"""Protobuf <-> model conversions, with the input validation that makes bad requests INVALID_ARGUMENT."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+
+from google.protobuf.timestamp_pb2 import Timestamp
+from zaptrix.v1 import mapper_pb2 as pb
+
+from mapper.errors import InvalidArgument
+from mapper.model import (
+    BITRIX_STATUSES,
+    WHATSAPP_STATUSES,
+    ChannelBinding,
+    ChannelSpec,
+    Conversation,
+    ConversationUpdate,
+    CrmMode,
+    Direction,
+    LinkSpec,
+    MessageLink,
+)
+
+MAX_ID = 256  # ids from Meta and Bitrix24 are far shorter; this stops abuse, not real data
+MAX_TEXT = 1024  # contact names, template names
+MAX_RESULT = 4096  # what a dedupe record remembers
+# Timestamps only move forward, so one from a broken clock would freeze a field: refuse far-future ones.
+MAX_CLOCK_SKEW = timedelta(days=1)
+
+_CRM_FROM_PB = {
+    pb.CRM_MODE_UNSPECIFIED: CrmMode.GATEWAY,
+    pb.CRM_MODE_GATEWAY: CrmMode.GATEWAY,
+    pb.CRM_MODE_OPEN_LINE: CrmMode.OPEN_LINE,
+}
+_CRM_TO_PB = {CrmMode.GATEWAY: pb.CRM_MODE_GATEWAY, CrmMode.OPEN_LINE: pb.CRM_MODE_OPEN_LINE}
+_DIRECTION_FROM_PB = {pb.DIRECTION_INBOUND: Direction.INBOUND, pb.DIRECTION_OUTBOUND: Direction.OUTBOUND}
+_DIRECTION_TO_PB = {v: k for k, v in _DIRECTION_FROM_PB.items()}
+
+
+# --- input -----------------------------------------------------------------------------------------
+
+
+def checked(value: str, field: str, max_len: int) -> str:
+    if len(value) > max_len:
+        raise InvalidArgument(f"{field} is longer than {max_len} characters")
+    if "\x00" in value:
+        raise InvalidArgument(f"{field} contains a NUL character")
+    return value
+
+
+def required(value: str, field: str, max_len: int = MAX_ID) -> str:
+    if not value.strip():
+        raise InvalidArgument(f"{field} is required")
+    return checked(value, field, max_len)
+
+
+def optional(value: str, field: str, max_len: int = MAX_ID) -> str | None:
+    """Empty means absent."""
+    return checked(value, field, max_len) if value.strip() else None
+
+
+def conversation_id(value: str, field: str = "id") -> uuid.UUID:
+    required(value, field)
+    try:
+        return uuid.UUID(value)
+    except ValueError as exc:
+        raise InvalidArgument(f"{field} is not a uuid") from exc
+
+
+def timestamp(ts: Timestamp, field: str) -> datetime:
+    try:
+        value = ts.ToDatetime(tzinfo=UTC)
+    except (ValueError, OverflowError) as exc:
+        raise InvalidArgument(f"{field} is not a valid timestamp") from exc
+    if value > datetime.now(UTC) + MAX_CLOCK_SKEW:
+        raise InvalidArgument(f"{field} is more than {MAX_CLOCK_SKEW} in the future")
+    return value
+
+
+def status(value: str, field: str, vocabulary: tuple[str, ...]) -> str:
+    if value not in vocabulary:
+        raise InvalidArgument(f"{field} must be one of {', '.join(vocabulary)}")
+    return value
+
+
+def channel_spec(c: pb.Channel) -> ChannelSpec:
+    crm_mode = _CRM_FROM_PB.get(c.crm_mode)
+    if crm_mode is None:
+        raise InvalidArgument(f"unknown crm_mode {c.crm_mode}")
+    if c.line_id <= 0:
+        raise InvalidArgument("line_id must be a positive Open Line id")
+    template = optional(c.reengagement_template, "reengagement_template", MAX_TEXT)
+    language = optional(c.template_language, "template_language", 32)
+    if template is not None and language is None:
+        raise InvalidArgument("template_language is required with reengagement_template")
+    return ChannelSpec(
+        phone_number_id=required(c.phone_number_id, "phone_number_id"),
+        display_phone_number=checked(c.display_phone_number, "display_phone_number", 64),
+        member_id=required(c.member_id, "member_id"),
+        line_id=c.line_id,
+        connector_id=required(c.connector_id, "connector_id"),
+        crm_mode=crm_mode,
+        reengagement_template=template,
+        template_language=language,
+        active=c.active,
+    )
+
+
+def conversation_update(r: pb.UpdateConversationRequest) -> ConversationUpdate:
+    return ConversationUpdate(
+        id=conversation_id(r.id),
+        bitrix_contact_id=checked(r.bitrix_contact_id, "bitrix_contact_id", MAX_ID)
+        if r.HasField("bitrix_contact_id")
+        else None,
+        bitrix_chat_id=checked(r.bitrix_chat_id, "bitrix_chat_id", MAX_ID)
+        if r.HasField("bitrix_chat_id")
+        else None,
+        contact_name=checked(r.contact_name, "contact_name", MAX_TEXT)
+        if r.HasField("contact_name")
+        else None,
+        last_message_at=timestamp(r.last_message_at, "last_message_at")
+        if r.HasField("last_message_at")
+        else None,
+        last_customer_message_at=timestamp(r.last_customer_message_at, "last_customer_message_at")
+        if r.HasField("last_customer_message_at")
+        else None,
+    )
+
+
+def link_spec(link: pb.MessageLink) -> LinkSpec:
+    direction = _DIRECTION_FROM_PB.get(link.direction)
+    if direction is None:
+        raise InvalidArgument("direction must be DIRECTION_INBOUND or DIRECTION_OUTBOUND")
+    wa = optional(link.whatsapp_status, "whatsapp_status")
+    b24 = optional(link.bitrix_status, "bitrix_status")
+    return LinkSpec(
+        wamid=required(link.wamid, "wamid"),
+        conversation_id=conversation_id(link.conversation_id, "conversation_id"),
+        direction=direction,
+        member_id=optional(link.member_id, "member_id"),
+        bitrix_message_id=optional(link.bitrix_message_id, "bitrix_message_id"),
+        bitrix_chat_id=optional(link.bitrix_chat_id, "bitrix_chat_id"),
+        whatsapp_status=None if wa is None else status(wa, "whatsapp_status", WHATSAPP_STATUSES),
+        bitrix_status=None if b24 is None else status(b24, "bitrix_status", BITRIX_STATUSES),
+    )
+
+
+def status_update(r: pb.UpdateMessageStatusRequest) -> tuple[str, str | None, str | None]:
+    wa = (
+        status(r.whatsapp_status, "whatsapp_status", WHATSAPP_STATUSES)
+        if r.HasField("whatsapp_status")
+        else None
+    )
+    b24 = status(r.bitrix_status, "bitrix_status", BITRIX_STATUSES) if r.HasField("bitrix_status") else None
+    return required(r.wamid, "wamid"), wa, b24
+
+
+# --- output ----------------------------------------------------------------------------------------
+
+
+def _set_ts(target: Timestamp, value: datetime | None) -> None:
+    if value is not None:
+        target.FromDatetime(value)
+
+
+def channel_pb(c: ChannelBinding) -> pb.Channel:
+    out = pb.Channel(
+        phone_number_id=c.phone_number_id,
+        display_phone_number=c.display_phone_number,
+        member_id=c.member_id,
+        line_id=c.line_id,
+        connector_id=c.connector_id,
+        crm_mode=_CRM_TO_PB[c.crm_mode],
+        reengagement_template=c.reengagement_template or "",
+        template_language=c.template_language or "",
+        active=c.active,
+    )
+    _set_ts(out.created_at, c.created_at)
+    return out
+
+
+def conversation_pb(c: Conversation) -> pb.Conversation:
+    out = pb.Conversation(
+        id=str(c.id),
+        phone_number_id=c.phone_number_id,
+        wa_id=c.wa_id,
+        member_id=c.member_id,
+        external_chat_id=c.external_chat_id,
+        bitrix_contact_id=c.bitrix_contact_id or "",
+        bitrix_chat_id=c.bitrix_chat_id or "",
+        contact_name=c.contact_name or "",
+    )
+    _set_ts(out.last_message_at, c.last_message_at)
+    _set_ts(out.last_customer_message_at, c.last_customer_message_at)
+    _set_ts(out.created_at, c.created_at)
+    return out
+
+
+def link_pb(link: MessageLink) -> pb.MessageLink:
+    out = pb.MessageLink(
+        conversation_id=str(link.conversation_id),
+        direction=_DIRECTION_TO_PB[link.direction],
+        wamid=link.wamid,
+        member_id=link.member_id,
+        bitrix_message_id=link.bitrix_message_id or "",
+        bitrix_chat_id=link.bitrix_chat_id or "",
+        whatsapp_status=link.whatsapp_status or "",
+        bitrix_status=link.bitrix_status or "",
+    )
+    _set_ts(out.created_at, link.created_at)
+    _set_ts(out.updated_at, link.updated_at)
+    return out

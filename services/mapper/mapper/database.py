@@ -1,0 +1,99 @@
+"""The asyncpg pool: opened in the background, every acquire bounded, transient failures → Unavailable."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import asyncpg
+from zaptrix.logging import get_logger
+from zaptrix.settings import DatabaseSettings
+
+from mapper.errors import Unavailable
+
+log = get_logger(__name__)
+
+# Failures that say "the database cannot serve right now", never "this request is wrong". Every
+# mapper RPC is idempotent, so callers may retry them (gRPC UNAVAILABLE) with backoff.
+TRANSIENT: tuple[type[BaseException], ...] = (
+    OSError,  # refused, reset, and TimeoutError (pool acquire, command_timeout)
+    asyncpg.exceptions.ConnectionDoesNotExistError,
+    asyncpg.exceptions.PostgresConnectionError,  # SQLSTATE class 08
+    asyncpg.exceptions.OperatorInterventionError,  # 57: statement timeout, admin shutdown, starting up
+    asyncpg.exceptions.InsufficientResourcesError,  # 53: too many connections, disk full
+    asyncpg.exceptions.TransactionRollbackError,  # 40: serialization failure, deadlock
+    asyncpg.exceptions.InvalidCatalogNameError,  # the database is gone (dropped, being restored)
+    asyncpg.exceptions.InvalidAuthorizationSpecificationError,  # credentials rotated under us
+)
+
+
+class Database:
+    def __init__(
+        self, settings: DatabaseSettings, *, connect_timeout_s: float, application_name: str
+    ) -> None:
+        self.settings = settings
+        self.connect_timeout_s = connect_timeout_s
+        self.application_name = application_name
+        self.pool: asyncpg.Pool | None = None
+
+    async def open(self) -> None:
+        """One attempt to open the pool (connects pool_min_size connections)."""
+        s = self.settings
+        self.pool = await asyncpg.create_pool(
+            dsn=s.url.get_secret_value(),
+            min_size=s.pool_min_size,
+            max_size=s.pool_max_size,
+            timeout=self.connect_timeout_s,
+            # Client-side backstop a little above the server's statement_timeout.
+            command_timeout=s.statement_timeout_ms / 1000 + 1,
+            max_inactive_connection_lifetime=300,
+            server_settings={
+                "application_name": self.application_name,
+                "statement_timeout": str(s.statement_timeout_ms),
+                "idle_in_transaction_session_timeout": str(max(s.statement_timeout_ms * 2, 10_000)),
+            },
+        )
+
+    async def open_until_ready(self, stopped: asyncio.Event | None = None) -> None:
+        """Retry opening the pool with capped backoff; the server answers NOT_SERVING meanwhile."""
+        delay = 0.5
+        while self.pool is None:
+            try:
+                await self.open()
+                log.info("database pool open", min_size=self.settings.pool_min_size)
+                return
+            except TRANSIENT as exc:
+                log.warning("database unreachable, retrying", error=type(exc).__name__, retry_in_s=delay)
+            if stopped is not None and stopped.is_set():
+                return
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 10.0)
+
+    async def close(self, timeout_s: float = 5.0) -> None:
+        pool, self.pool = self.pool, None
+        if pool is not None:
+            try:
+                await asyncio.wait_for(pool.close(), timeout_s)
+            except TimeoutError:
+                pool.terminate()
+
+    @asynccontextmanager
+    async def connection(self) -> AsyncIterator[Any]:
+        """A pooled connection; never waits longer than acquire_timeout_s for one."""
+        if self.pool is None:
+            raise Unavailable("database not connected yet")
+        try:
+            async with self.pool.acquire(timeout=self.settings.acquire_timeout_s) as conn:
+                yield conn
+        except TRANSIENT as exc:
+            raise Unavailable(f"database unavailable ({type(exc).__name__})") from exc
+
+    async def ping(self) -> bool:
+        """Readiness: a round trip through the pool."""
+        try:
+            async with self.connection() as conn:
+                return bool(await conn.fetchval("SELECT 1") == 1)
+        except Unavailable:
+            return False

@@ -1,0 +1,27 @@
+"""Domain errors. The servicer maps each to a gRPC status code; messages never carry secrets."""
+
+from __future__ import annotations
+
+
+class MapperError(Exception):
+    """Base of the errors a caller can act on."""
+
+
+class InvalidArgument(MapperError):
+    """The request itself is wrong (empty id, unknown enum, malformed uuid): do not retry."""
+
+
+class NotFound(MapperError):
+    """The addressed row does not exist."""
+
+
+class AlreadyExists(MapperError):
+    """The request conflicts with an existing row (e.g. a wamid linked to something else)."""
+
+
+class FailedPrecondition(MapperError):
+    """The system is not in a state that allows this (e.g. a conversation on an unbound channel)."""
+
+
+class Unavailable(MapperError):
+    """The database cannot be reached right now: retry with backoff."""

@@ -1,0 +1,25 @@
+"""Prometheus metrics of the mapper (the grpc OTel instrumentation gives traces, not metrics)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Histogram
+
+RPCS = Counter(
+    "zaptrix_mapper_rpcs_total",
+    "Mapper RPCs handled, by method and gRPC status code",
+    ["method", "code"],
+)
+RPC_SECONDS = Histogram(
+    "zaptrix_mapper_rpc_seconds",
+    "Time to handle one mapper RPC (server side, excluding transport)",
+    ["method"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+)
+CACHE_LOOKUPS = Counter(
+    "zaptrix_mapper_cache_lookups_total",
+    "In-process cache lookups by cache and result (hit, miss)",
+    ["cache", "result"],
+)
+CONVERSATIONS_CREATED = Counter("zaptrix_mapper_conversations_created_total", "Conversations created")
+DEDUPE_EXPIRED = Counter("zaptrix_mapper_dedupe_expired_total", "Processed-event records deleted by expiry")
+DEDUPE_EXPIRY_ERRORS = Counter("zaptrix_mapper_dedupe_expiry_errors_total", "Expiry sweeps that failed")

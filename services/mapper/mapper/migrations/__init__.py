@@ -1,0 +1,1 @@
+"""Alembic scripts of the mapper schema. Run them with `mapper-migrate` (see mapper.migrate)."""

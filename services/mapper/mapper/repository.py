@@ -1,0 +1,461 @@
+"""All SQL of the mapper. Each method is one short unit of work on one pooled connection.
+
+Tables live in the ``mapper`` schema and are always schema-qualified (no reliance on search_path).
+Statements run in autocommit unless a method opens a transaction; READ COMMITTED throughout.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timedelta
+from typing import Any
+
+import asyncpg
+
+from mapper.database import Database
+from mapper.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from mapper.model import (
+    BITRIX_STATUSES,
+    WHATSAPP_STATUSES,
+    ChannelBinding,
+    ChannelSpec,
+    Conversation,
+    ConversationUpdate,
+    CrmMode,
+    Direction,
+    LinkSpec,
+    MessageLink,
+)
+
+Record = Any  # asyncpg.Record: untyped
+
+# Queries interpolate only the constant column lists and WHERE clauses below (ruff S608 is silenced
+# for those lines); every value is a bound $n parameter.
+
+CHANNEL_COLUMNS = """phone_number_id, display_phone_number, member_id, line_id, connector_id, crm_mode,
+    reengagement_template, template_language, active, created_at, updated_at"""
+CONVERSATION_COLUMNS = """id, phone_number_id, meta_whatsapp_id, member_id, external_chat_id,
+    bitrix_contact_id, bitrix_chat_id, contact_name, last_message_at, last_customer_message_at,
+    created_at, updated_at"""
+LINK_COLUMNS = """wamid, conversation_id, direction, member_id, bitrix_message_id, bitrix_chat_id,
+    whatsapp_status, bitrix_status, created_at, updated_at"""
+
+
+def _channel(r: Record) -> ChannelBinding:
+    return ChannelBinding(
+        phone_number_id=r["phone_number_id"],
+        display_phone_number=r["display_phone_number"],
+        member_id=r["member_id"],
+        line_id=r["line_id"],
+        connector_id=r["connector_id"],
+        crm_mode=CrmMode(r["crm_mode"]),
+        reengagement_template=r["reengagement_template"],
+        template_language=r["template_language"],
+        active=r["active"],
+        created_at=r["created_at"],
+        updated_at=r["updated_at"],
+    )
+
+
+def _conversation(r: Record) -> Conversation:
+    return Conversation(
+        id=r["id"],
+        phone_number_id=r["phone_number_id"],
+        wa_id=r["meta_whatsapp_id"],
+        member_id=r["member_id"],
+        external_chat_id=r["external_chat_id"],
+        bitrix_contact_id=r["bitrix_contact_id"],
+        bitrix_chat_id=r["bitrix_chat_id"],
+        contact_name=r["contact_name"],
+        last_message_at=r["last_message_at"],
+        last_customer_message_at=r["last_customer_message_at"],
+        created_at=r["created_at"],
+        updated_at=r["updated_at"],
+    )
+
+
+def _link(r: Record) -> MessageLink:
+    return MessageLink(
+        wamid=r["wamid"],
+        conversation_id=r["conversation_id"],
+        direction=Direction(r["direction"]),
+        member_id=r["member_id"],
+        bitrix_message_id=r["bitrix_message_id"],
+        bitrix_chat_id=r["bitrix_chat_id"],
+        whatsapp_status=r["whatsapp_status"],
+        bitrix_status=r["bitrix_status"],
+        created_at=r["created_at"],
+        updated_at=r["updated_at"],
+    )
+
+
+# --- channel bindings ------------------------------------------------------------------------------
+
+_UPSERT_CHANNEL = f"""
+INSERT INTO mapper.channel_binding (phone_number_id, display_phone_number, member_id, line_id,
+    connector_id, crm_mode, reengagement_template, template_language, active)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+ON CONFLICT (phone_number_id) DO UPDATE SET
+    display_phone_number = EXCLUDED.display_phone_number,
+    member_id = EXCLUDED.member_id,
+    line_id = EXCLUDED.line_id,
+    connector_id = EXCLUDED.connector_id,
+    crm_mode = EXCLUDED.crm_mode,
+    reengagement_template = EXCLUDED.reengagement_template,
+    template_language = EXCLUDED.template_language,
+    active = EXCLUDED.active,
+    updated_at = now()
+RETURNING {CHANNEL_COLUMNS}"""  # noqa: S608
+
+# --- conversations ---------------------------------------------------------------------------------
+
+_SELECT_CONVERSATION = f"SELECT {CONVERSATION_COLUMNS} FROM mapper.conversation_mapping"  # noqa: S608
+
+# member_id comes from the binding in the same statement, under FOR KEY SHARE: a concurrent
+# BindChannel that moves the number to another portal (allowed only while it has no conversations)
+# either waits for this insert and then sees the conversation, or commits first and this statement
+# re-reads the binding. With no conflict target, every unique index (channel+customer, external
+# chat id, primary key) is an arbiter, so 50 concurrent first messages never raise a unique violation.
+_INSERT_CONVERSATION = f"""
+INSERT INTO mapper.conversation_mapping (phone_number_id, meta_whatsapp_id, member_id, external_chat_id,
+    contact_name)
+SELECT cb.phone_number_id, $2, cb.member_id, $3, $4
+FROM mapper.channel_binding cb
+WHERE cb.phone_number_id = $1 AND cb.active
+FOR KEY SHARE
+ON CONFLICT DO NOTHING
+RETURNING {CONVERSATION_COLUMNS}"""  # noqa: S608
+
+# Present fields only; "" clears a text field; timestamps move forward only (GREATEST ignores NULL).
+# A customer message is also a message, so it advances last_message_at too.
+_UPDATE_CONVERSATION = f"""
+UPDATE mapper.conversation_mapping SET
+    bitrix_contact_id = CASE WHEN $2::text IS NULL THEN bitrix_contact_id ELSE NULLIF($2, '') END,
+    bitrix_chat_id = CASE WHEN $3::text IS NULL THEN bitrix_chat_id ELSE NULLIF($3, '') END,
+    contact_name = CASE WHEN $4::text IS NULL THEN contact_name ELSE NULLIF($4, '') END,
+    last_message_at = GREATEST(last_message_at, $5::timestamptz, $6::timestamptz),
+    last_customer_message_at = GREATEST(last_customer_message_at, $6::timestamptz),
+    updated_at = now()
+WHERE id = $1
+RETURNING {CONVERSATION_COLUMNS}"""  # noqa: S608
+
+# --- message links ---------------------------------------------------------------------------------
+
+_SELECT_LINK = f"SELECT {LINK_COLUMNS} FROM mapper.message_link"  # noqa: S608
+
+# member_id (and bitrix_chat_id unless given) come from the conversation. Nothing is inserted when the
+# conversation is missing or belongs to another portal, or on any unique conflict (wamid, or the
+# portal's bitrix message id): the caller then finds out which.
+_INSERT_LINK = f"""
+INSERT INTO mapper.message_link (wamid, conversation_id, direction, member_id, bitrix_message_id,
+    bitrix_chat_id, whatsapp_status, bitrix_status)
+SELECT $1, c.id, $3, c.member_id, $5, COALESCE($6, c.bitrix_chat_id), $7, $8
+FROM mapper.conversation_mapping c
+WHERE c.id = $2 AND ($4::text IS NULL OR c.member_id = $4)
+ON CONFLICT DO NOTHING
+RETURNING {LINK_COLUMNS}"""  # noqa: S608
+
+_COMPLETE_LINK = f"""
+UPDATE mapper.message_link SET
+    bitrix_message_id = COALESCE(bitrix_message_id, $2),
+    bitrix_chat_id = COALESCE(bitrix_chat_id, $3),
+    updated_at = now()
+WHERE wamid = $1
+RETURNING {LINK_COLUMNS}"""  # noqa: S608
+
+# Statuses only move forward along their vocabulary ($4 / $5); updating under the row lock makes
+# concurrent webhooks (read and delivered racing on two replicas) end at the later one.
+_UPDATE_STATUS = f"""
+UPDATE mapper.message_link SET
+    whatsapp_status = CASE
+        WHEN $2::text IS NULL THEN whatsapp_status
+        WHEN COALESCE(array_position($4::text[], whatsapp_status), 0) > array_position($4::text[], $2)
+            THEN whatsapp_status
+        ELSE $2 END,
+    bitrix_status = CASE
+        WHEN $3::text IS NULL THEN bitrix_status
+        WHEN COALESCE(array_position($5::text[], bitrix_status), 0) > array_position($5::text[], $3)
+            THEN bitrix_status
+        ELSE $3 END,
+    updated_at = now()
+WHERE wamid = $1
+RETURNING {LINK_COLUMNS}"""  # noqa: S608
+
+# --- dedupe ----------------------------------------------------------------------------------------
+
+_EXPIRE_PROCESSED = """
+DELETE FROM mapper.processed_event WHERE event_id IN (
+    SELECT event_id FROM mapper.processed_event
+    WHERE processed_at < now() - $1::interval
+    ORDER BY processed_at
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED)"""
+
+
+class Repository:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    # channel bindings
+
+    async def bind_channel(self, spec: ChannelSpec) -> tuple[ChannelBinding, bool]:
+        """Create or replace a binding; returns it and whether it was created."""
+        async with self.db.connection() as conn, conn.transaction():
+            current = await conn.fetchrow(
+                "SELECT member_id FROM mapper.channel_binding WHERE phone_number_id = $1 FOR UPDATE",
+                spec.phone_number_id,
+            )
+            if current is not None and current["member_id"] != spec.member_id:
+                in_use = await conn.fetchval(
+                    "SELECT EXISTS (SELECT 1 FROM mapper.conversation_mapping WHERE phone_number_id = $1)",
+                    spec.phone_number_id,
+                )
+                if in_use:
+                    raise AlreadyExists(
+                        f"phone_number_id {spec.phone_number_id} is bound to portal {current['member_id']} "
+                        "and has conversations there; it cannot move to another portal"
+                    )
+            row = await conn.fetchrow(
+                _UPSERT_CHANNEL,
+                spec.phone_number_id,
+                spec.display_phone_number,
+                spec.member_id,
+                spec.line_id,
+                spec.connector_id,
+                spec.crm_mode.value,
+                spec.reengagement_template,
+                spec.template_language,
+                spec.active,
+            )
+        return _channel(row), current is None
+
+    async def get_channel(self, phone_number_id: str) -> ChannelBinding | None:
+        async with self.db.connection() as conn:
+            row = await conn.fetchrow(
+                f"SELECT {CHANNEL_COLUMNS} FROM mapper.channel_binding WHERE phone_number_id = $1",  # noqa: S608
+                phone_number_id,
+            )
+        return None if row is None else _channel(row)
+
+    async def list_channels(self, member_id: str | None) -> list[ChannelBinding]:
+        async with self.db.connection() as conn:
+            rows = await conn.fetch(
+                f"SELECT {CHANNEL_COLUMNS} FROM mapper.channel_binding"  # noqa: S608
+                " WHERE $1::text IS NULL OR member_id = $1 ORDER BY member_id, phone_number_id",
+                member_id,
+            )
+        return [_channel(r) for r in rows]
+
+    # conversations
+
+    async def get_or_create_conversation(
+        self, phone_number_id: str, wa_id: str, external_chat_id: str, contact_name: str | None
+    ) -> tuple[Conversation, bool]:
+        """Exactly one caller gets created=True, however many race (see _INSERT_CONVERSATION)."""
+        by_key = f"{_SELECT_CONVERSATION} WHERE phone_number_id = $1 AND meta_whatsapp_id = $2"
+        async with self.db.connection() as conn:
+            row = await conn.fetchrow(by_key, phone_number_id, wa_id)
+            if row is not None:
+                return _conversation(row), False
+            row = await conn.fetchrow(
+                _INSERT_CONVERSATION, phone_number_id, wa_id, external_chat_id, contact_name
+            )
+            if row is not None:
+                return _conversation(row), True
+            # Lost the race (the winner has committed: its row is visible to this new statement),
+            # or the binding is gone / inactive.
+            row = await conn.fetchrow(by_key, phone_number_id, wa_id)
+            if row is not None:
+                return _conversation(row), False
+            channel = await conn.fetchrow(
+                "SELECT active FROM mapper.channel_binding WHERE phone_number_id = $1", phone_number_id
+            )
+        if channel is None:
+            raise FailedPrecondition(f"phone_number_id {phone_number_id} is not bound to a portal")
+        if not channel["active"]:
+            raise FailedPrecondition(f"channel {phone_number_id} is inactive")
+        raise AlreadyExists(f"external chat id {external_chat_id} is taken by another conversation")
+
+    async def find_conversation(self, where: str, *args: object) -> Conversation | None:
+        async with self.db.connection() as conn:
+            row = await conn.fetchrow(f"{_SELECT_CONVERSATION} WHERE {where}", *args)
+        return None if row is None else _conversation(row)
+
+    async def conversation_by_id(self, conversation_id: uuid.UUID) -> Conversation | None:
+        return await self.find_conversation("id = $1", conversation_id)
+
+    async def conversation_by_customer(self, phone_number_id: str, wa_id: str) -> Conversation | None:
+        return await self.find_conversation(
+            "phone_number_id = $1 AND meta_whatsapp_id = $2", phone_number_id, wa_id
+        )
+
+    async def conversation_by_external_chat(self, external_chat_id: str) -> Conversation | None:
+        return await self.find_conversation("external_chat_id = $1", external_chat_id)
+
+    async def conversation_by_bitrix_chat(self, member_id: str, bitrix_chat_id: str) -> Conversation | None:
+        # Bitrix24 groups a line's chats by user, so in principle two conversations could share one chat;
+        # the most recently active one is the one an operator is answering.
+        return await self.find_conversation(
+            "member_id = $1 AND bitrix_chat_id = $2"
+            " ORDER BY last_message_at DESC NULLS LAST, created_at DESC LIMIT 1",
+            member_id,
+            bitrix_chat_id,
+        )
+
+    async def update_conversation(self, update: ConversationUpdate) -> Conversation:
+        if not update.changes_anything:
+            found = await self.conversation_by_id(update.id)
+        else:
+            async with self.db.connection() as conn:
+                row = await conn.fetchrow(
+                    _UPDATE_CONVERSATION,
+                    update.id,
+                    update.bitrix_contact_id,
+                    update.bitrix_chat_id,
+                    update.contact_name,
+                    update.last_message_at,
+                    update.last_customer_message_at,
+                )
+            found = None if row is None else _conversation(row)
+        if found is None:
+            raise NotFound(f"conversation {update.id} not found")
+        return found
+
+    # message links
+
+    async def link_message(self, spec: LinkSpec) -> tuple[MessageLink, bool]:
+        """Record a link, idempotently. Returns it and whether this call created it."""
+        async with self.db.connection() as conn:
+            try:
+                row = await conn.fetchrow(
+                    _INSERT_LINK,
+                    spec.wamid,
+                    spec.conversation_id,
+                    spec.direction.value,
+                    spec.member_id,
+                    spec.bitrix_message_id,
+                    spec.bitrix_chat_id,
+                    spec.whatsapp_status,
+                    spec.bitrix_status,
+                )
+            except asyncpg.exceptions.ForeignKeyViolationError as exc:  # conversation deleted meanwhile
+                raise NotFound(f"conversation {spec.conversation_id} not found") from exc
+            if row is not None:
+                return _link(row), True
+            existing = await conn.fetchrow(f"{_SELECT_LINK} WHERE wamid = $1", spec.wamid)
+            if existing is not None:
+                return await self._same_link(conn, _link(existing), spec), False
+            conversation = await conn.fetchrow(
+                "SELECT member_id FROM mapper.conversation_mapping WHERE id = $1", spec.conversation_id
+            )
+            if conversation is None:
+                raise NotFound(f"conversation {spec.conversation_id} not found")
+            if spec.member_id is not None and conversation["member_id"] != spec.member_id:
+                raise InvalidArgument(
+                    f"member_id {spec.member_id} is not the portal of conversation {spec.conversation_id}"
+                )
+        raise AlreadyExists(
+            f"bitrix message {spec.bitrix_message_id} of portal {conversation['member_id']}"
+            " is already linked to another wamid"
+        )
+
+    async def _same_link(self, conn: Any, existing: MessageLink, spec: LinkSpec) -> MessageLink:
+        """A repeated LinkMessage: the same link (possibly completing a missing Bitrix24 id) or a conflict."""
+        _check_same(existing, spec)
+        needs = (spec.bitrix_message_id is not None and existing.bitrix_message_id is None) or (
+            spec.bitrix_chat_id is not None and existing.bitrix_chat_id is None
+        )
+        if not needs:
+            return existing
+        try:
+            row = await conn.fetchrow(_COMPLETE_LINK, spec.wamid, spec.bitrix_message_id, spec.bitrix_chat_id)
+        except asyncpg.exceptions.UniqueViolationError as exc:
+            raise AlreadyExists(
+                f"bitrix message {spec.bitrix_message_id} is already linked to another wamid"
+            ) from exc
+        completed = _link(row)
+        _check_same(completed, spec)  # a concurrent completion may have won with other ids
+        return completed
+
+    async def find_link(self, where: str, *args: object) -> MessageLink | None:
+        async with self.db.connection() as conn:
+            row = await conn.fetchrow(f"{_SELECT_LINK} WHERE {where}", *args)
+        return None if row is None else _link(row)
+
+    async def link_by_wamid(self, wamid: str) -> MessageLink | None:
+        return await self.find_link("wamid = $1", wamid)
+
+    async def link_by_bitrix_message(self, member_id: str, bitrix_message_id: str) -> MessageLink | None:
+        return await self.find_link("member_id = $1 AND bitrix_message_id = $2", member_id, bitrix_message_id)
+
+    async def update_message_status(
+        self, wamid: str, whatsapp_status: str | None, bitrix_status: str | None
+    ) -> MessageLink:
+        if whatsapp_status is None and bitrix_status is None:
+            found = await self.link_by_wamid(wamid)
+        else:
+            async with self.db.connection() as conn:
+                row = await conn.fetchrow(
+                    _UPDATE_STATUS,
+                    wamid,
+                    whatsapp_status,
+                    bitrix_status,
+                    list(WHATSAPP_STATUSES),
+                    list(BITRIX_STATUSES),
+                )
+            found = None if row is None else _link(row)
+        if found is None:
+            raise NotFound(f"no message link for wamid {wamid}")
+        return found
+
+    # dedupe
+
+    async def check_processed(self, event_id: str) -> str | None:
+        """The recorded result when the event was processed, else None."""
+        async with self.db.connection() as conn:
+            result: str | None = await conn.fetchval(
+                "SELECT result FROM mapper.processed_event WHERE event_id = $1", event_id
+            )
+        return result
+
+    async def mark_processed(self, event_id: str, result: str) -> bool:
+        """Record the event; returns True when it already was (the first result is kept)."""
+        async with self.db.connection() as conn:
+            inserted = await conn.fetchval(
+                "INSERT INTO mapper.processed_event (event_id, result) VALUES ($1, $2)"
+                " ON CONFLICT (event_id) DO NOTHING RETURNING true",
+                event_id,
+                result,
+            )
+        return inserted is None
+
+    async def expire_processed(self, older_than: timedelta, batch: int) -> int:
+        """Delete one batch of records older than `older_than`; returns how many."""
+        async with self.db.connection() as conn:
+            status: str = await conn.execute(_EXPIRE_PROCESSED, older_than, batch)
+        return int(status.rsplit(" ", 1)[-1])
+
+    async def now(self) -> datetime:
+        async with self.db.connection() as conn:
+            value: datetime = await conn.fetchval("SELECT now()")
+        return value
+
+
+def _check_same(existing: MessageLink, spec: LinkSpec) -> None:
+    def differs(have: object, want: object) -> bool:
+        return want is not None and have is not None and have != want
+
+    if existing.conversation_id != spec.conversation_id or existing.direction != spec.direction:
+        raise AlreadyExists(
+            f"wamid {spec.wamid} is already linked ({existing.direction.value}, conversation"
+            f" {existing.conversation_id})"
+        )
+    if differs(existing.member_id, spec.member_id) or differs(
+        existing.bitrix_message_id, spec.bitrix_message_id
+    ):
+        raise AlreadyExists(
+            f"wamid {spec.wamid} is already linked to bitrix message {existing.bitrix_message_id}"
+            f" of portal {existing.member_id}"
+        )
+    if differs(existing.bitrix_chat_id, spec.bitrix_chat_id):
+        raise AlreadyExists(f"wamid {spec.wamid} is already linked to bitrix chat {existing.bitrix_chat_id}")

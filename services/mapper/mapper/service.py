@@ -1,0 +1,157 @@
+"""The mapper's operations: repository calls plus the in-process caches (see docs/mapper.md).
+
+What is cached, and why it is safe with several replicas:
+- Active channel bindings (read on every message, written by an operator now and then). BindChannel
+  in this process invalidates its entry; another replica's BindChannel becomes visible here within
+  channel_cache_ttl_s. Inactive or missing bindings are never cached, so activating a channel is seen
+  at once everywhere; only a deactivation or an edit of line/connector can lag by the TTL.
+- Event ids known to be processed: once true, "processed" never becomes false again (expiry removes
+  records only after dedupe_retention_hours, and the cache TTL is shorter), so a hit is always right.
+  "Not processed" is never cached.
+Conversations and message links are not cached: every RPC returning them carries fields another
+replica may have just written (the Bitrix24 contact/chat ids, the 24 h window's timestamp, statuses),
+and each is already one indexed statement.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from mapper.cache import TTLCache
+from mapper.errors import FailedPrecondition, NotFound
+from mapper.metrics import CONVERSATIONS_CREATED
+from mapper.model import (
+    ChannelBinding,
+    ChannelSpec,
+    Conversation,
+    ConversationUpdate,
+    LinkSpec,
+    MessageLink,
+    external_chat_id,
+)
+from mapper.repository import Repository
+from mapper.settings import MapperSettings
+
+
+class MapperService:
+    def __init__(self, repo: Repository, settings: MapperSettings) -> None:
+        self.repo = repo
+        self.channels: TTLCache[str, ChannelBinding] = TTLCache(
+            "channel", settings.channel_cache_size, settings.channel_cache_ttl_s
+        )
+        self.processed: TTLCache[str, str] = TTLCache(
+            "processed_event", settings.dedupe_cache_size, settings.dedupe_cache_ttl_s
+        )
+
+    # channel bindings
+
+    async def bind_channel(self, spec: ChannelSpec) -> ChannelBinding:
+        # Invalidate before (a reader already in flight must not store what it read) and after (a
+        # reader that started in between may have read the old row). The next read fetches the new one.
+        self.channels.invalidate(spec.phone_number_id)
+        try:
+            binding, _ = await self.repo.bind_channel(spec)
+        finally:
+            self.channels.invalidate(spec.phone_number_id)
+        return binding
+
+    async def get_channel(self, phone_number_id: str) -> ChannelBinding:
+        cached = self.channels.get(phone_number_id)
+        if cached is not None:
+            return cached
+        generation = self.channels.generation()
+        binding = await self.repo.get_channel(phone_number_id)
+        if binding is None:
+            raise NotFound(f"channel {phone_number_id} is not bound")
+        if binding.active:
+            self.channels.put(phone_number_id, binding, generation=generation)
+        return binding
+
+    async def list_channels(self, member_id: str | None) -> list[ChannelBinding]:
+        return await self.repo.list_channels(member_id)
+
+    # conversations
+
+    async def get_or_create_conversation(
+        self, phone_number_id: str, wa_id: str, contact_name: str | None
+    ) -> tuple[Conversation, bool]:
+        try:
+            channel = await self.get_channel(phone_number_id)
+        except NotFound as exc:
+            raise FailedPrecondition(f"phone_number_id {phone_number_id} is not bound to a portal") from exc
+        if not channel.active:
+            raise FailedPrecondition(f"channel {phone_number_id} is inactive")
+        conversation, created = await self.repo.get_or_create_conversation(
+            phone_number_id, wa_id, external_chat_id(phone_number_id, wa_id), contact_name
+        )
+        if created:
+            CONVERSATIONS_CREATED.inc()
+        return conversation, created
+
+    @staticmethod
+    def _found(conversation: Conversation | None, what: str) -> Conversation:
+        if conversation is None:
+            raise NotFound(f"no conversation for {what}")
+        return conversation
+
+    async def conversation_by_id(self, conversation_id: uuid.UUID) -> Conversation:
+        return self._found(await self.repo.conversation_by_id(conversation_id), f"id {conversation_id}")
+
+    async def conversation_by_customer(self, phone_number_id: str, wa_id: str) -> Conversation:
+        found = await self.repo.conversation_by_customer(phone_number_id, wa_id)
+        return self._found(found, f"channel {phone_number_id} and this wa_id")
+
+    async def conversation_by_external_chat(self, external_chat: str) -> Conversation:
+        found = await self.repo.conversation_by_external_chat(external_chat)
+        return self._found(found, f"external chat id {external_chat}")
+
+    async def conversation_by_bitrix_chat(self, member_id: str, bitrix_chat_id: str) -> Conversation:
+        found = await self.repo.conversation_by_bitrix_chat(member_id, bitrix_chat_id)
+        return self._found(found, f"bitrix chat {bitrix_chat_id} of portal {member_id}")
+
+    async def update_conversation(self, update: ConversationUpdate) -> Conversation:
+        return await self.repo.update_conversation(update)
+
+    # message links
+
+    async def link_message(self, spec: LinkSpec) -> MessageLink:
+        link, _ = await self.repo.link_message(spec)
+        return link
+
+    async def link_by_wamid(self, wamid: str) -> MessageLink:
+        link = await self.repo.link_by_wamid(wamid)
+        if link is None:
+            raise NotFound(f"no message link for wamid {wamid}")
+        return link
+
+    async def link_by_bitrix_message(self, member_id: str, bitrix_message_id: str) -> MessageLink:
+        link = await self.repo.link_by_bitrix_message(member_id, bitrix_message_id)
+        if link is None:
+            raise NotFound(f"no message link for bitrix message {bitrix_message_id} of portal {member_id}")
+        return link
+
+    async def update_message_status(
+        self, wamid: str, whatsapp_status: str | None, bitrix_status: str | None
+    ) -> MessageLink:
+        return await self.repo.update_message_status(wamid, whatsapp_status, bitrix_status)
+
+    # dedupe
+
+    async def check_processed(self, event_id: str) -> str | None:
+        """The recorded result when the event was processed, else None."""
+        cached = self.processed.get(event_id)
+        if cached is not None:
+            return cached
+        result = await self.repo.check_processed(event_id)
+        if result is not None:
+            self.processed.put(event_id, result)
+        return result
+
+    async def mark_processed(self, event_id: str, result: str) -> bool:
+        """Returns True when the event already was processed (its first result is kept)."""
+        if self.processed.get(event_id) is not None:
+            return True
+        already = await self.repo.mark_processed(event_id, result)
+        if not already:
+            self.processed.put(event_id, result)
+        return already

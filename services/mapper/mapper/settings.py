@@ -1,0 +1,42 @@
+"""Settings of the mapper process. Every field is an environment variable ``ZAPTRIX_<FIELD>``.
+
+The database connection comes from zaptrix.settings.DatabaseSettings (``ZAPTRIX_DATABASE_*``).
+"""
+
+from __future__ import annotations
+
+from pydantic import Field, model_validator
+from zaptrix.settings import CommonSettings
+
+
+class MapperSettings(CommonSettings):
+    grpc_port: int = Field(50051, description="gRPC listen port (Mapper + grpc.health.v1.Health)")
+    metrics_port: int = Field(9101, description="Prometheus /metrics port; 0 disables")
+    shutdown_grace_s: float = Field(10.0, description="In-flight RPCs get this long to finish on SIGTERM")
+    health_period_s: float = Field(2.0, description="How often readiness (SELECT 1) is re-checked")
+    db_connect_timeout_s: float = Field(5.0, description="Timeout of one new PostgreSQL connection")
+
+    # Dedupe records must outlive every way an event can come back:
+    # - Meta retries an unacknowledged webhook "with decreasing frequency" for up to 7 days;
+    # - Kafka keeps records 7 days by default (log.retention.hours=168), so a consumer-group offset
+    #   reset can replay a week;
+    # - our own retry topic and dead-letter replay are bounded by both.
+    # 8 days covers the longest of them with a day's margin. A row is ~100 bytes: a million events
+    # a day costs under 1 GB.
+    dedupe_retention_hours: int = Field(192, ge=1, description="Keep processed-event records this long")
+    dedupe_expiry_interval_s: float = Field(300.0, gt=0, description="Pause between expiry sweeps")
+    dedupe_expiry_batch: int = Field(1000, ge=1, description="Rows deleted per statement (short locks)")
+
+    # Caches (0 entries disables one). See docs/mapper.md for why each is safe.
+    channel_cache_size: int = Field(4096, ge=0, description="Active channel bindings kept in memory")
+    channel_cache_ttl_s: float = Field(
+        30.0, gt=0, description="Bounds how long another replica's BindChannel can go unseen here"
+    )
+    dedupe_cache_size: int = Field(100_000, ge=0, description="Event ids known to be processed")
+    dedupe_cache_ttl_s: float = Field(600.0, gt=0, description="Must stay below the dedupe retention")
+
+    @model_validator(mode="after")
+    def _cache_within_retention(self) -> MapperSettings:
+        if self.dedupe_cache_ttl_s >= self.dedupe_retention_hours * 3600:
+            raise ValueError("dedupe_cache_ttl_s must be shorter than dedupe_retention_hours")
+        return self
