@@ -1,0 +1,479 @@
+{{/*
+One template set for every component. Each named template takes (list $root $c) where $c is the
+effective component config built by "zaptrix.componentConfig".
+*/}}
+
+{{/* ConfigMap data: the component's non-secret settings, exactly the ones its service reads. */}}
+{{- define "zaptrix.configData" -}}
+{{- $root := index . 0 -}}
+{{- $c := index . 1 -}}
+{{- $data := dict
+  "ZAPTRIX_ENVIRONMENT" $root.Values.config.environment
+  "ZAPTRIX_LOG_LEVEL" ($c.logLevel | default $root.Values.config.logLevel)
+  "OTEL_SERVICE_NAME" $c.name
+  "OTEL_TRACES_SAMPLER" $root.Values.otel.sampler
+  "OTEL_TRACES_SAMPLER_ARG" ($root.Values.otel.samplerArg | toString)
+-}}
+{{- if $root.Values.otel.endpoint -}}
+{{- $_ := set $data "OTEL_EXPORTER_OTLP_ENDPOINT" $root.Values.otel.endpoint -}}
+{{- end -}}
+{{- if $c.connections.kafka -}}
+{{- $_ := set $data "ZAPTRIX_KAFKA_BOOTSTRAP_SERVERS" $root.Values.kafka.bootstrapServers -}}
+{{- $_ := set $data "ZAPTRIX_KAFKA_SECURITY_PROTOCOL" $root.Values.kafka.securityProtocol -}}
+{{- $_ := set $data "ZAPTRIX_KAFKA_TOPIC_PREFIX" $root.Values.kafka.topicPrefix -}}
+{{- if $root.Values.kafka.sasl.enabled -}}
+{{- $_ := set $data "ZAPTRIX_KAFKA_SASL_MECHANISM" $root.Values.kafka.sasl.mechanism -}}
+{{- $_ := set $data "ZAPTRIX_KAFKA_SASL_USERNAME" (required "kafka.sasl.username is required when kafka.sasl.enabled" $root.Values.kafka.sasl.username) -}}
+{{- end -}}
+{{- end -}}
+{{- if $c.connections.mapper -}}
+{{- $_ := set $data "ZAPTRIX_MAPPER_ADDR" (include "zaptrix.grpcAddr" (list $root "mapper")) -}}
+{{- end -}}
+{{- if $c.connections.tokenKeeper -}}
+{{- $_ := set $data "ZAPTRIX_TOKEN_KEEPER_ADDR" (include "zaptrix.grpcAddr" (list $root "tokenKeeper")) -}}
+{{- end -}}
+{{- range $port, $envName := $c.portEnv -}}
+{{- $_ := set $data $envName (index $c.ports $port | toString) -}}
+{{- end -}}
+{{- range $k, $v := $c.env -}}
+{{- $_ := set $data $k ($v | toString) -}}
+{{- end -}}
+{{- toYaml $data -}}
+{{- end -}}
+
+{{- define "zaptrix.configmap" -}}
+{{- $root := index . 0 -}}
+{{- $c := index . 1 }}
+---
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: {{ $c.fullname }}
+  namespace: {{ $root.Release.Namespace }}
+  labels:
+    {{- include "zaptrix.componentLabels" (list $root $c.name) | nindent 4 }}
+data:
+  {{- include "zaptrix.configData" (list $root $c) | nindent 2 }}
+{{- end -}}
+
+{{- define "zaptrix.serviceaccount" -}}
+{{- $root := index . 0 -}}
+{{- $c := index . 1 -}}
+{{- if $c.serviceAccount.create }}
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata:
+  name: {{ $c.fullname }}
+  namespace: {{ $root.Release.Namespace }}
+  labels:
+    {{- include "zaptrix.componentLabels" (list $root $c.name) | nindent 4 }}
+  {{- with $c.serviceAccount.annotations }}
+  annotations:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+# No component talks to the Kubernetes API.
+automountServiceAccountToken: false
+{{- end }}
+{{- end -}}
+
+{{/* env entries of a container: secrets by reference, plus the pod name for OTEL resource attributes. */}}
+{{- define "zaptrix.secretEnv" -}}
+{{- $root := index . 0 -}}
+{{- $c := index . 1 -}}
+{{- $optional := splitList "\n" (include "zaptrix.optionalSecretKeys" $root) -}}
+{{- range $envName, $keyId := $c.secretEnv }}
+- name: {{ $envName }}
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "zaptrix.secretName" $root }}
+      key: {{ index $root.Values.secrets.keys $keyId }}
+      {{- if has $keyId $optional }}
+      optional: true
+      {{- end }}
+{{- end }}
+{{- if and $c.connections.kafka $root.Values.kafka.sasl.enabled }}
+- name: ZAPTRIX_KAFKA_SASL_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "zaptrix.secretName" $root }}
+      key: {{ $root.Values.secrets.keys.kafkaSaslPassword }}
+{{- end }}
+{{- end -}}
+
+{{- define "zaptrix.podSecurity" -}}
+{{- $root := index . 0 -}}
+{{- $c := index . 1 -}}
+automountServiceAccountToken: false
+securityContext:
+  {{- toYaml $c.podSecurityContext | nindent 2 }}
+{{- with $root.Values.image.pullSecrets }}
+imagePullSecrets:
+  {{- range . }}
+  - name: {{ . }}
+  {{- end }}
+{{- end }}
+{{- end -}}
+
+{{- define "zaptrix.deployment" -}}
+{{- $root := index . 0 -}}
+{{- $c := index . 1 }}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: {{ $c.fullname }}
+  namespace: {{ $root.Release.Namespace }}
+  labels:
+    {{- include "zaptrix.componentLabels" (list $root $c.name) | nindent 4 }}
+spec:
+  {{- if not $c.autoscaling.enabled }}
+  replicas: {{ $c.replicas }}
+  {{- end }}
+  revisionHistoryLimit: {{ $c.revisionHistoryLimit }}
+  selector:
+    matchLabels:
+      {{- include "zaptrix.selectorLabels" (list $root $c.name) | nindent 6 }}
+  strategy:
+    type: RollingUpdate
+    rollingUpdate:
+      maxSurge: 25%
+      maxUnavailable: 0
+  template:
+    metadata:
+      labels:
+        {{- include "zaptrix.componentLabels" (list $root $c.name) | nindent 8 }}
+        {{- with $c.podLabels }}
+        {{- toYaml . | nindent 8 }}
+        {{- end }}
+      annotations:
+        checksum/config: {{ include "zaptrix.configData" (list $root $c) | sha256sum }}
+        {{- if $root.Values.secrets.create }}
+        checksum/secret: {{ include "zaptrix.secretData" $root | sha256sum }}
+        {{- end }}
+        {{- with $c.podAnnotations }}
+        {{- toYaml . | nindent 8 }}
+        {{- end }}
+    spec:
+      serviceAccountName: {{ if $c.serviceAccount.create }}{{ $c.fullname }}{{ else }}{{ $c.serviceAccount.name | default "default" }}{{ end }}
+      {{- include "zaptrix.podSecurity" (list $root $c) | nindent 6 }}
+      terminationGracePeriodSeconds: {{ $c.terminationGracePeriodSeconds }}
+      {{- with $c.priorityClassName }}
+      priorityClassName: {{ . }}
+      {{- end }}
+      {{- with $c.nodeSelector }}
+      nodeSelector:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+      {{- with $c.tolerations }}
+      tolerations:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+      {{- with $c.affinity }}
+      affinity:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+      {{- if $c.topologySpread.enabled }}
+      topologySpreadConstraints:
+        {{- range $c.topologySpread.topologyKeys }}
+        - topologyKey: {{ . }}
+          maxSkew: {{ $c.topologySpread.maxSkew }}
+          whenUnsatisfiable: {{ $c.topologySpread.whenUnsatisfiable }}
+          labelSelector:
+            matchLabels:
+              {{- include "zaptrix.selectorLabels" (list $root $c.name) | nindent 14 }}
+          matchLabelKeys: [pod-template-hash]
+        {{- end }}
+      {{- end }}
+      containers:
+        - name: {{ $c.name }}
+          image: {{ include "zaptrix.image" (list $root $c) }}
+          imagePullPolicy: {{ $c.image.pullPolicy | default $root.Values.image.pullPolicy }}
+          command:
+            {{- toYaml $c.command | nindent 12 }}
+          {{- with $c.args }}
+          args:
+            {{- toYaml . | nindent 12 }}
+          {{- end }}
+          ports:
+            {{- range $name, $port := $c.ports }}
+            - name: {{ $name }}
+              containerPort: {{ $port }}
+              protocol: TCP
+            {{- end }}
+          envFrom:
+            - configMapRef:
+                name: {{ $c.fullname }}
+          env:
+            - name: K8S_POD_NAME
+              valueFrom:
+                fieldRef:
+                  fieldPath: metadata.name
+            - name: OTEL_RESOURCE_ATTRIBUTES
+              value: {{ include "zaptrix.otelResourceAttributes" (list $root) | quote }}
+            {{- include "zaptrix.secretEnv" (list $root $c) | nindent 12 }}
+          {{- with $c.startupProbe }}
+          startupProbe:
+            {{- toYaml . | nindent 12 }}
+          {{- end }}
+          livenessProbe:
+            {{- toYaml $c.livenessProbe | nindent 12 }}
+          readinessProbe:
+            {{- toYaml $c.readinessProbe | nindent 12 }}
+          {{- if $c.preStopSleepSeconds }}
+          lifecycle:
+            preStop:
+              exec:
+                # Keep serving while the endpoint removal reaches every node, then take SIGTERM.
+                command: [sleep, {{ $c.preStopSleepSeconds | quote }}]
+          {{- end }}
+          resources:
+            {{- toYaml $c.resources | nindent 12 }}
+          securityContext:
+            {{- toYaml $c.securityContext | nindent 12 }}
+          volumeMounts:
+            - name: tmp
+              mountPath: /tmp
+      volumes:
+        - name: tmp
+          emptyDir:
+            sizeLimit: {{ $c.tmpSizeLimit }}
+{{- end -}}
+
+{{- define "zaptrix.service" -}}
+{{- $root := index . 0 -}}
+{{- $c := index . 1 }}
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: {{ $c.fullname }}
+  namespace: {{ $root.Release.Namespace }}
+  labels:
+    {{- include "zaptrix.componentLabels" (list $root $c.name) | nindent 4 }}
+spec:
+  type: ClusterIP
+  selector:
+    {{- include "zaptrix.selectorLabels" (list $root $c.name) | nindent 4 }}
+  ports:
+    {{- range $name, $port := $c.ports }}
+    - name: {{ $name }}
+      port: {{ $port }}
+      targetPort: {{ $name }}
+      protocol: TCP
+      {{- if eq $name "grpc" }}
+      appProtocol: grpc
+      {{- else }}
+      appProtocol: http
+      {{- end }}
+    {{- end }}
+{{- end -}}
+
+{{- define "zaptrix.hpa" -}}
+{{- $root := index . 0 -}}
+{{- $c := index . 1 -}}
+{{- if $c.autoscaling.enabled }}
+---
+apiVersion: autoscaling/v2
+kind: HorizontalPodAutoscaler
+metadata:
+  name: {{ $c.fullname }}
+  namespace: {{ $root.Release.Namespace }}
+  labels:
+    {{- include "zaptrix.componentLabels" (list $root $c.name) | nindent 4 }}
+spec:
+  scaleTargetRef:
+    apiVersion: apps/v1
+    kind: Deployment
+    name: {{ $c.fullname }}
+  minReplicas: {{ $c.autoscaling.minReplicas }}
+  maxReplicas: {{ $c.autoscaling.maxReplicas }}
+  metrics:
+    - type: Resource
+      resource:
+        name: cpu
+        target:
+          type: Utilization
+          averageUtilization: {{ $c.autoscaling.targetCPUUtilizationPercentage }}
+    {{- if $c.autoscaling.targetMemoryUtilizationPercentage }}
+    - type: Resource
+      resource:
+        name: memory
+        target:
+          type: Utilization
+          averageUtilization: {{ $c.autoscaling.targetMemoryUtilizationPercentage }}
+    {{- end }}
+  {{- with $c.autoscaling.behavior }}
+  behavior:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+{{- end }}
+{{- end -}}
+
+{{- define "zaptrix.pdb" -}}
+{{- $root := index . 0 -}}
+{{- $c := index . 1 -}}
+{{- if $c.pdb.enabled }}
+---
+apiVersion: policy/v1
+kind: PodDisruptionBudget
+metadata:
+  name: {{ $c.fullname }}
+  namespace: {{ $root.Release.Namespace }}
+  labels:
+    {{- include "zaptrix.componentLabels" (list $root $c.name) | nindent 4 }}
+spec:
+  {{- if hasKey $c.pdb "minAvailable" }}
+  minAvailable: {{ $c.pdb.minAvailable }}
+  {{- else }}
+  maxUnavailable: {{ $c.pdb.maxUnavailable | default 1 }}
+  {{- end }}
+  # A pod that never became ready may always be evicted (it serves nothing).
+  unhealthyPodEvictionPolicy: AlwaysAllow
+  selector:
+    matchLabels:
+      {{- include "zaptrix.selectorLabels" (list $root $c.name) | nindent 6 }}
+{{- end }}
+{{- end -}}
+
+{{/*
+NetworkPolicy of one component. Ingress: web components from the ingress controller on http;
+mapper and token-keeper on grpc only from our components that declare the connection; metrics from
+the monitoring namespace. Kubelet probes are not subject to NetworkPolicy.
+*/}}
+{{- define "zaptrix.networkpolicy" -}}
+{{- $root := index . 0 -}}
+{{- $c := index . 1 -}}
+{{- $np := $root.Values.networkPolicy -}}
+{{- if $np.enabled }}
+{{- $clients := list -}}
+{{- if eq $c.kind "grpc" -}}
+{{- range $key, $other := $root.Values.components -}}
+{{- if and $other.enabled (index ($other.connections | default dict) $c.key) -}}
+{{- $clients = append $clients ($key | kebabcase) -}}
+{{- end -}}
+{{- end -}}
+{{- end }}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata:
+  name: {{ $c.fullname }}
+  namespace: {{ $root.Release.Namespace }}
+  labels:
+    {{- include "zaptrix.componentLabels" (list $root $c.name) | nindent 4 }}
+spec:
+  podSelector:
+    matchLabels:
+      {{- include "zaptrix.selectorLabels" (list $root $c.name) | nindent 6 }}
+  policyTypes:
+    - Ingress
+    {{- if $np.egress.enabled }}
+    - Egress
+    {{- end }}
+  ingress:
+    {{- if eq $c.kind "web" }}
+    - from:
+        - {{- with $np.ingressController.namespaceSelector }}
+          namespaceSelector:
+            {{- toYaml . | nindent 12 }}
+          {{- end }}
+          podSelector:
+            {{- toYaml ($np.ingressController.podSelector | default dict) | nindent 12 }}
+      ports:
+        - port: http
+          protocol: TCP
+    {{- end }}
+    {{- if and (eq $c.kind "grpc") $clients }}
+    - from:
+        - podSelector:
+            matchExpressions:
+              - key: app.kubernetes.io/instance
+                operator: In
+                values: [{{ $root.Release.Name | quote }}]
+              - key: app.kubernetes.io/name
+                operator: In
+                values: [{{ include "zaptrix.name" $root | quote }}]
+              - key: app.kubernetes.io/component
+                operator: In
+                values:
+                  {{- toYaml $clients | nindent 18 }}
+      ports:
+        - port: grpc
+          protocol: TCP
+    {{- end }}
+    - from:
+        - {{- with $np.metrics.namespaceSelector }}
+          namespaceSelector:
+            {{- toYaml . | nindent 12 }}
+          {{- end }}
+          podSelector:
+            {{- toYaml ($np.metrics.podSelector | default dict) | nindent 12 }}
+      ports:
+        - port: {{ ternary "http" "metrics" (eq $c.kind "web") }}
+          protocol: TCP
+  {{- if $np.egress.enabled }}
+  egress:
+    # DNS
+    - to:
+        - namespaceSelector: {}
+          podSelector:
+            matchLabels:
+              k8s-app: kube-dns
+      ports:
+        - {port: 53, protocol: UDP}
+        - {port: 53, protocol: TCP}
+    {{- if or $c.connections.mapper $c.connections.tokenKeeper }}
+    # Our gRPC services
+    - to:
+        - podSelector:
+            matchExpressions:
+              - key: app.kubernetes.io/instance
+                operator: In
+                values: [{{ $root.Release.Name | quote }}]
+              - key: app.kubernetes.io/component
+                operator: In
+                values:
+                  {{- if $c.connections.mapper }}
+                  - mapper
+                  {{- end }}
+                  {{- if $c.connections.tokenKeeper }}
+                  - token-keeper
+                  {{- end }}
+      ports:
+        - port: grpc
+          protocol: TCP
+    {{- end }}
+    {{- with $np.egress.extraRules }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
+  {{- end }}
+{{- end }}
+{{- end -}}
+
+{{- define "zaptrix.servicemonitor" -}}
+{{- $root := index . 0 -}}
+{{- $c := index . 1 -}}
+{{- if $root.Values.serviceMonitor.enabled }}
+---
+apiVersion: monitoring.coreos.com/v1
+kind: ServiceMonitor
+metadata:
+  name: {{ $c.fullname }}
+  namespace: {{ $root.Release.Namespace }}
+  labels:
+    {{- include "zaptrix.componentLabels" (list $root $c.name) | nindent 4 }}
+    {{- with $root.Values.serviceMonitor.labels }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
+spec:
+  selector:
+    matchLabels:
+      {{- include "zaptrix.selectorLabels" (list $root $c.name) | nindent 6 }}
+  endpoints:
+    - port: {{ ternary "http" "metrics" (eq $c.kind "web") }}
+      path: /metrics
+      interval: {{ $root.Values.serviceMonitor.interval }}
+      scrapeTimeout: {{ $root.Values.serviceMonitor.scrapeTimeout }}
+{{- end }}
+{{- end -}}
