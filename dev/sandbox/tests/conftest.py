@@ -79,6 +79,11 @@ def _handler(stub: GatewayStub) -> type[BaseHTTPRequestHandler]:
                 self.end_headers()
                 self.wfile.write(data)
                 return
+            if self.path.startswith("/media/"):  # files not registered in stub.files do not exist
+                self.send_response(404)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
             with stub.lock:
                 stub.received.append(Received(self.command, self.path, dict(self.headers.items()), body))
                 status = stub.statuses.pop(0) if stub.statuses else 200
