@@ -24,7 +24,7 @@ async def create_pool(
             (OSError, asyncpg.CannotConnectNowError, asyncpg.TooManyConnectionsError)
         ),
         stop=stop_after_delay(connect_for_s),
-        wait=wait_exponential_jitter(initial=0.2, max=3.0),
+        wait=wait_exponential_jitter(multiplier=0.2, max=3.0),
         reraise=True,
     ):
         with attempt:

@@ -86,7 +86,7 @@ class TokenGrant:
 
 def _strip_query(url: str) -> str:
     p = urlsplit(url)
-    return urlunsplit((p.scheme, p.hostname or "", p.path, "", ""))
+    return urlunsplit((p.scheme, p.netloc.rsplit("@", 1)[-1], p.path, "", ""))
 
 
 def _scrub(text: str, secrets: list[str]) -> str:
@@ -108,6 +108,7 @@ class BitrixOAuthClient:
 
     @staticmethod
     def _uninstrument(client: httpx.AsyncClient) -> None:
+        """Undo the global httpx instrumentation for this client (it would record the secret query string)."""
         try:
             from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
 
@@ -128,7 +129,7 @@ class BitrixOAuthClient:
         retrying = AsyncRetrying(
             retry=retry_if_exception_type(_Transient),
             stop=stop_after_attempt(s.oauth_attempts) | stop_after_delay(s.oauth_budget_s - s.http_timeout_s),
-            wait=wait_exponential_jitter(initial=0.2, max=2.0, jitter=0.3),
+            wait=wait_exponential_jitter(multiplier=0.2, max=2.0, jitter=0.3),
             reraise=True,
         )
         try:
@@ -151,6 +152,7 @@ class BitrixOAuthClient:
             "refresh_token": refresh_token.get_secret_value(),
         }
         secrets = [params["client_secret"], params["refresh_token"]]
+        self._uninstrument(self._http)  # again: instrumentation may have been enabled after __init__
         method = self.settings.bitrix_oauth_method
         with tracer.start_as_current_span(
             f"{method} oauth/token",
