@@ -119,7 +119,7 @@ def _start(module: str, env: dict[str, str], port: int) -> subprocess.Popen[byte
         if proc.poll() is not None:
             raise RuntimeError(f"{module} exited: {proc.stderr.read().decode() if proc.stderr else ''}")
         try:
-            httpx.get(f"http://127.0.0.1:{port}/_sandbox/ping", timeout=0.5)
+            httpx.get(f"http://127.0.0.1:{port}/_sandbox/health", timeout=0.5).raise_for_status()
             return proc
         except httpx.HTTPError:
             time.sleep(0.05)

@@ -79,6 +79,10 @@ def register(app: App, sb: BitrixSandbox) -> None:
             entry.update(width=1, height=1)
         return entry
 
+    @app.get("/_sandbox/health")
+    async def health(request: Request) -> HTTPResponse:
+        return json_response({"status": "ok"})
+
     @app.get("/_sandbox/portals")
     async def portals(request: Request) -> HTTPResponse:
         return json_response({"portals": [sb.portal_view(p) for p in sb.portals.values()]})
@@ -116,6 +120,8 @@ def register(app: App, sb: BitrixSandbox) -> None:
             spec = OperatorMessage.model_validate(request.json or {})
         except ValidationError as exc:
             return json_response({"error": "invalid request", "details": exc.errors(include_url=False)}, status=400)
+        if not spec.text.strip() and not spec.files:
+            return _bad("an operator message needs text or files")
         chat = p.chat_by_external(spec.chat_id)
         if chat is None:
             return _bad(f"no Open Lines chat for external chat id {spec.chat_id} (the customer must write first)", 404)

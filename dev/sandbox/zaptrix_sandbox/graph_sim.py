@@ -41,6 +41,10 @@ def register(app: App, sb: GraphSandbox) -> None:
             return sb.state.options.channels[0]
         return sb.state.channel(phone_number_id)
 
+    @app.get("/_sandbox/health")
+    async def health(request: Request) -> HTTPResponse:
+        return json_response({"status": "ok"})
+
     @app.post("/_sandbox/customers/<wa_id>/messages")
     async def customer_message(request: Request, wa_id: str) -> HTTPResponse:
         try:
