@@ -108,7 +108,7 @@ async def test_delivery_status_marks_the_operator_message(bitrix: httpx.AsyncCli
 
 async def test_install_event_hands_over_working_tokens(bitrix: httpx.AsyncClient, stub: GatewayStub) -> None:
     r = await bitrix.post(f"/_sandbox/portals/{PORTAL}/install")
-    assert r.json()["status_code"] == 200
+    assert r.json()["gateway_status"] == 200 == r.json()["status_code"]
     [event] = stub.on("/webhooks/bitrix24/install")
     form = pairs(event.body)
     assert form["event"] == "ONAPPINSTALL" and form["data[INSTALLED]"] == "Y"

@@ -149,7 +149,7 @@ def register(app: App, sb: BitrixSandbox) -> None:
         data = {"CONNECTOR": chat.connector, "LINE": str(chat.line), "DATA" if spec.use_data_key else "MESSAGES": [item]}
         record = await post_event(sb.client, p, sb.options, "ONIMCONNECTORMESSAGEADD", data,
                                   auth(p, user_id, spec.omit_tokens, spec.wrong_application_token))
-        return json_response({"status_code": record["status_code"], "error": record["error"],
+        return json_response({"gateway_status": record["status_code"], "status_code": record["status_code"], "error": record["error"],
                               "im": item["im"], "text": text, "form": record["form"]})
 
     @app.post("/_sandbox/portals/<member_id>/operator-messages/<message_id:int>/<action:update|delete>")
@@ -182,7 +182,7 @@ def register(app: App, sb: BitrixSandbox) -> None:
         event = "ONIMCONNECTORMESSAGEUPDATE" if action == "update" else "ONIMCONNECTORMESSAGEDELETE"
         record = await post_event(sb.client, p, sb.options, event, data,
                                   auth(p, p.operator(spec.operator), spec.omit_tokens, spec.wrong_application_token))
-        return json_response({"status_code": record["status_code"], "error": record["error"], "form": record["form"]})
+        return json_response({"gateway_status": record["status_code"], "status_code": record["status_code"], "error": record["error"], "form": record["form"]})
 
     @app.post("/_sandbox/portals/<member_id>/<what:line-delete|status-delete>")
     async def line_events(request: Request, member_id: str, what: str) -> HTTPResponse:
@@ -198,7 +198,7 @@ def register(app: App, sb: BitrixSandbox) -> None:
         else:
             event, data = "ONIMCONNECTORSTATUSDELETE", {"connector": connector, "line": str(line)}
         record = await post_event(sb.client, p, sb.options, event, data, auth(p, 1, False, False))
-        return json_response({"status_code": record["status_code"], "error": record["error"]})
+        return json_response({"gateway_status": record["status_code"], "status_code": record["status_code"], "error": record["error"]})
 
     @app.post("/_sandbox/portals/<member_id>/<what:install|uninstall>")
     async def install(request: Request, member_id: str, what: str) -> HTTPResponse:
@@ -217,7 +217,7 @@ def register(app: App, sb: BitrixSandbox) -> None:
             p.connectors.clear()
             for active in p.active.values():
                 active.clear()
-        return json_response({"status_code": record["status_code"], "error": record["error"], "form": record["form"]})
+        return json_response({"gateway_status": record["status_code"], "status_code": record["status_code"], "error": record["error"], "form": record["form"]})
 
     @app.post("/_sandbox/portals/<member_id>/<what:expire-token|expire-refresh-token>")
     async def expire(request: Request, member_id: str, what: str) -> HTTPResponse:

@@ -58,7 +58,7 @@ def register(app: App, sb: GraphSandbox) -> None:
         payload = envelope(channel, value_of(channel, contacts=[contact], messages=[message]))
         delivery, status = await sb.sender.send("message", payload, spec.signature)
         return json_response({"wamid": message["id"], "delivery_id": delivery.id,
-                              "status_code_from_gateway": status, "payload": payload})
+                              "status_code_from_gateway": status, "gateway_status": status, "payload": payload})
 
     @app.post("/_sandbox/webhooks")
     async def batch(request: Request) -> HTTPResponse:
@@ -83,7 +83,7 @@ def register(app: App, sb: GraphSandbox) -> None:
             payload = {"object": "whatsapp_business_account", "entry": entries}
         delivery, status = await sb.sender.send("batch", payload, spec.signature)
         return json_response({"wamids": [m["id"] for _, _, m in built], "delivery_id": delivery.id,
-                              "status_code_from_gateway": status, "payload": payload})
+                              "status_code_from_gateway": status, "gateway_status": status, "payload": payload})
 
     @app.post("/_sandbox/webhooks/<delivery_id>/replay")
     async def replay(request: Request, delivery_id: str) -> HTTPResponse:
@@ -94,7 +94,7 @@ def register(app: App, sb: GraphSandbox) -> None:
         copy.body, copy.headers, copy.signature = original.body, dict(original.headers), original.signature
         copy.replay_of = delivery_id
         status = await sb.sender.deliver(copy)
-        return json_response({"delivery_id": copy.id, "status_code_from_gateway": status})
+        return json_response({"delivery_id": copy.id, "status_code_from_gateway": status, "gateway_status": status})
 
     @app.post("/_sandbox/statuses")
     async def inject_status(request: Request) -> HTTPResponse:
@@ -108,7 +108,7 @@ def register(app: App, sb: GraphSandbox) -> None:
         error = (int(body.get("error_code", 131000)), str(body.get("details", "Something went wrong"))) \
             if status == "failed" else None
         code = await sb.outbound.post_status(channel, sent, status, error=error)
-        return json_response({"status_code_from_gateway": code})
+        return json_response({"status_code_from_gateway": code, "gateway_status": code})
 
     @app.post("/_sandbox/customers/<wa_id>/read")
     async def customer_reads(request: Request, wa_id: str) -> HTTPResponse:
