@@ -32,6 +32,10 @@ effective component config built by "zaptrix.componentConfig".
 {{- if $c.connections.tokenKeeper -}}
 {{- $_ := set $data "ZAPTRIX_TOKEN_KEEPER_ADDR" (include "zaptrix.grpcAddr" (list $root "tokenKeeper")) -}}
 {{- end -}}
+{{- $publicUrl := include "zaptrix.publicBaseUrl" $root -}}
+{{- if and $c.publicUrl $publicUrl -}}
+{{- $_ := set $data "ZAPTRIX_PUBLIC_BASE_URL" $publicUrl -}}
+{{- end -}}
 {{- range $port, $envName := $c.portEnv -}}
 {{- $_ := set $data $envName (index $c.ports $port | toString) -}}
 {{- end -}}

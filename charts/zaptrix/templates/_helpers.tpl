@@ -123,6 +123,16 @@ dict passed last (templates cannot return objects), so numbers keep their type.
 {{/* Secret key ids whose secretKeyRef is optional (the setting has a default). */}}
 {{- define "zaptrix.optionalSecretKeys" -}}
 tokenKeeperActiveKeyId
+bitrixClientSecret
+{{- end -}}
+
+{{/* ZAPTRIX_PUBLIC_BASE_URL: config.publicBaseUrl, else https://<ingress.host> (http without TLS). */}}
+{{- define "zaptrix.publicBaseUrl" -}}
+{{- if .Values.config.publicBaseUrl -}}
+{{- .Values.config.publicBaseUrl | trimSuffix "/" -}}
+{{- else if and .Values.ingress.enabled .Values.ingress.host -}}
+{{- printf "%s://%s" (ternary "https" "http" (not (empty .Values.ingress.tls))) .Values.ingress.host -}}
+{{- end -}}
 {{- end -}}
 
 {{/* The OTEL_RESOURCE_ATTRIBUTES value (k8s.pod.name comes from the K8S_POD_NAME variable). */}}

@@ -1,0 +1,272 @@
+"""Policies asserted on the rendered manifests of every value set (default, production, dev)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from chart_support import PRODUCTION_VALUES, RELEASE, Rendered, component_name, pod_specs
+
+COMPONENTS = (
+    "meta-ingress",
+    "meta-dispatcher",
+    "bitrix-ingress",
+    "bitrix-dispatcher",
+    "mapper",
+    "token-keeper",
+)
+WEB = ("meta-ingress", "bitrix-ingress")
+DISPATCHERS = ("meta-dispatcher", "bitrix-dispatcher")
+GRPC = ("mapper", "token-keeper")
+UID = 10001
+IMAGE = re.compile(
+    r"^(?P<repo>[a-z0-9][a-z0-9._/:-]*?):(?P<tag>[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})(@sha256:[a-f0-9]{64})?$"
+)
+
+
+def containers(spec: dict[str, Any]) -> list[dict[str, Any]]:
+    return [*spec.get("initContainers", []), *spec["containers"]]
+
+
+def test_every_component_is_deployed(rendered: Rendered) -> None:
+    names = {d["metadata"]["labels"]["app.kubernetes.io/component"] for d in rendered.of_kind("Deployment")}
+    assert names == set(COMPONENTS)
+    for kind in ("Service", "ServiceAccount", "ConfigMap"):
+        assert {d["metadata"]["name"] for d in rendered.of_kind(kind)} >= {
+            component_name(c) for c in COMPONENTS
+        }
+
+
+def test_pods_run_non_root_read_only_without_capabilities(rendered: Rendered) -> None:
+    for workload, spec in pod_specs(rendered):
+        where = f"{workload['kind']}/{workload['metadata']['name']}"
+        pod = spec["securityContext"]
+        assert pod["runAsNonRoot"] is True, where
+        assert (pod["runAsUser"], pod["runAsGroup"], pod["fsGroup"]) == (UID, UID, UID), where
+        assert pod["seccompProfile"]["type"] == "RuntimeDefault", where
+        assert spec["automountServiceAccountToken"] is False, where
+        assert not spec.get("hostNetwork") and not spec.get("hostPID") and not spec.get("hostIPC"), where
+        for c in containers(spec):
+            sc = c["securityContext"]
+            assert sc["runAsNonRoot"] is True and sc["runAsUser"] == UID, where
+            assert sc["readOnlyRootFilesystem"] is True, where
+            assert sc["allowPrivilegeEscalation"] is False, where
+            assert sc.get("privileged", False) is False, where
+            assert sc["capabilities"]["drop"] == ["ALL"] and not sc["capabilities"].get("add"), where
+            assert sc["seccompProfile"]["type"] == "RuntimeDefault", where
+            # Python needs a writable /tmp: an emptyDir, the only writable path.
+            mounts = {m["mountPath"]: m["name"] for m in c.get("volumeMounts", [])}
+            assert "/tmp" in mounts, where
+            volume = next(v for v in spec["volumes"] if v["name"] == mounts["/tmp"])
+            assert "emptyDir" in volume, where
+
+
+def test_every_container_has_resources(rendered: Rendered) -> None:
+    for workload, spec in pod_specs(rendered):
+        for c in containers(spec):
+            res = c["resources"]
+            where = f"{workload['metadata']['name']}/{c['name']}"
+            assert res["requests"]["cpu"] and res["requests"]["memory"], where
+            assert res["limits"]["memory"] and res["limits"]["cpu"], where
+
+
+def test_images_are_pinned_never_latest(rendered: Rendered) -> None:
+    for _workload, spec in pod_specs(rendered):
+        for c in containers(spec):
+            m = IMAGE.match(c["image"])
+            assert m, f"{c['image']} has no tag"
+            assert m["tag"].lower() != "latest", c["image"]
+            assert c["imagePullPolicy"] in ("IfNotPresent", "Always")
+
+
+def test_service_containers_have_probes_on_declared_ports(rendered: Rendered) -> None:
+    for d in rendered.of_kind("Deployment"):
+        component = d["metadata"]["labels"]["app.kubernetes.io/component"]
+        (c,) = d["spec"]["template"]["spec"]["containers"]
+        ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+        for kind in ("livenessProbe", "readinessProbe", "startupProbe"):
+            probe = c[kind]
+            if component in GRPC:
+                assert probe["grpc"]["port"] == ports["grpc"], (component, kind)
+            else:
+                get = probe["httpGet"]
+                assert get["port"] in ports, (component, kind)
+                expected = "/ready" if kind == "readinessProbe" else "/health"
+                assert get["path"] == expected, (component, kind)
+        if component in WEB:
+            assert c["livenessProbe"]["httpGet"]["port"] == "http"
+        if component in DISPATCHERS:
+            assert c["livenessProbe"]["httpGet"]["port"] == "metrics"
+        assert c["livenessProbe"]["failureThreshold"] >= 3
+
+
+def test_migrations_are_pre_install_and_pre_upgrade_hook_jobs(rendered: Rendered) -> None:
+    jobs = {j["metadata"]["name"]: j for j in rendered.of_kind("Job")}
+    assert set(jobs) == {f"{component_name('mapper')}-migrate", f"{component_name('token-keeper')}-migrate"}
+    for name, job in jobs.items():
+        ann = job["metadata"]["annotations"]
+        assert set(ann["helm.sh/hook"].split(",")) == {"pre-install", "pre-upgrade"}, name
+        assert set(ann["helm.sh/hook-delete-policy"].split(",")) == {"before-hook-creation", "hook-succeeded"}
+        assert int(ann["helm.sh/hook-weight"]) < 0
+        assert job["spec"]["backoffLimit"] >= 1 and job["spec"]["activeDeadlineSeconds"] > 0
+        spec = job["spec"]["template"]["spec"]
+        assert spec["restartPolicy"] == "Never"
+        (c,) = spec["containers"]
+        assert c["command"] == [
+            name.removeprefix(f"{RELEASE}-zaptrix-")
+        ]  # mapper-migrate, token-keeper-migrate
+        # Pre-install hooks run before the release's own objects exist: nothing but a Secret may be referenced.
+        assert "serviceAccountName" not in spec and "envFrom" not in c
+        refs = [e["valueFrom"]["secretKeyRef"]["name"] for e in c["env"] if "valueFrom" in e]
+        assert refs, "the migration gets its database URL from a Secret"
+        secrets = {s["metadata"]["name"]: s for s in rendered.of_kind("Secret")}
+        for ref in refs:
+            if ref in secrets:  # chart-created: must itself be an earlier hook
+                hook = secrets[ref]["metadata"].get("annotations", {})
+                assert "pre-install" in hook.get("helm.sh/hook", ""), ref
+                assert int(hook["helm.sh/hook-weight"]) < int(ann["helm.sh/hook-weight"])
+
+
+def test_each_database_url_goes_only_to_its_owner(rendered: Rendered) -> None:
+    owner = {
+        "mapper-database-url": {"mapper", "mapper-migrate"},
+        "token-keeper-database-url": {"token-keeper", "token-keeper-migrate"},
+    }
+    for workload, spec in pod_specs(rendered):
+        component = workload["metadata"]["labels"]["app.kubernetes.io/component"]
+        for c in containers(spec):
+            for e in c.get("env", []):
+                ref = e.get("valueFrom", {}).get("secretKeyRef")
+                if e["name"] == "ZAPTRIX_DATABASE_URL":
+                    assert ref and component in owner[ref["key"]], (component, ref)
+                if ref and ref["key"] in owner:
+                    assert component in owner[ref["key"]], (component, ref["key"])
+
+
+@pytest.mark.parametrize("production", [False, True], ids=["default", "production"])
+def test_network_policies_restrict_ingress(render: Callable[..., Rendered], production: bool) -> None:
+    rendered = render((PRODUCTION_VALUES,) if production else ())
+    policies = {
+        p["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/component"]: p
+        for p in rendered.of_kind("NetworkPolicy")
+    }
+    assert set(policies) == set(COMPONENTS)
+    for component, p in policies.items():
+        assert "Ingress" in p["spec"]["policyTypes"]
+        for rule in p["spec"]["ingress"]:
+            assert rule.get("from"), f"{component}: an ingress rule without `from` admits everyone"
+            assert rule.get("ports"), f"{component}: an ingress rule without ports admits every port"
+        ports = {port["port"] for rule in p["spec"]["ingress"] for port in rule["ports"]}
+        if component in WEB:
+            assert ports == {"http"}
+        elif component in DISPATCHERS:
+            assert ports == {"metrics"}, "dispatchers serve nothing but metrics"
+        else:
+            assert ports == {"grpc", "metrics"}
+    for component in GRPC:
+        grpc_rules = [r for r in policies[component]["spec"]["ingress"] if r["ports"][0]["port"] == "grpc"]
+        assert len(grpc_rules) == 1
+        (peer,) = grpc_rules[0]["from"]
+        assert "namespaceSelector" not in peer and "ipBlock" not in peer, "only pods of this namespace"
+        expr = {e["key"]: e["values"] for e in peer["podSelector"]["matchExpressions"]}
+        assert expr["app.kubernetes.io/instance"] == [RELEASE]
+        assert set(expr["app.kubernetes.io/component"]) == {
+            "meta-ingress",
+            "meta-dispatcher",
+            "bitrix-ingress",
+            "bitrix-dispatcher",
+        }
+
+
+def test_ingress_routes_the_webhooks_and_media_to_the_right_services(rendered: Rendered) -> None:
+    (ingress,) = rendered.of_kind("Ingress")
+    routes = {
+        p["path"]: (p["pathType"], p["backend"]["service"]["name"], p["backend"]["service"]["port"]["name"])
+        for rule in ingress["spec"]["rules"]
+        for p in rule["http"]["paths"]
+    }
+    assert routes == {
+        "/webhooks/meta": ("Prefix", component_name("meta-ingress"), "http"),
+        "/media": ("Prefix", component_name("meta-ingress"), "http"),
+        "/webhooks/bitrix24": ("Prefix", component_name("bitrix-ingress"), "http"),
+    }
+    services = {s["metadata"]["name"]: s for s in rendered.of_kind("Service")}
+    for _, service, port in routes.values():
+        assert port in {p["name"] for p in services[service]["spec"]["ports"]}
+
+
+def test_production_ingress_has_tls_and_class(render: Callable[..., Rendered]) -> None:
+    (ingress,) = render((PRODUCTION_VALUES,)).of_kind("Ingress")
+    assert ingress["spec"]["ingressClassName"] == "nginx"
+    assert ingress["spec"]["tls"] == [{"secretName": "zaptrix-tls", "hosts": ["zaptrix.example.com"]}]
+    assert ingress["spec"]["rules"][0]["host"] == "zaptrix.example.com"
+
+
+def test_services_select_their_pods_and_expose_declared_ports(rendered: Rendered) -> None:
+    deployments = {d["metadata"]["name"]: d for d in rendered.of_kind("Deployment")}
+    for s in rendered.of_kind("Service"):
+        d = deployments[s["metadata"]["name"]]
+        assert s["spec"]["selector"] == d["spec"]["selector"]["matchLabels"]
+        labels = d["spec"]["template"]["metadata"]["labels"]
+        assert all(labels[k] == v for k, v in s["spec"]["selector"].items())
+        container_ports = {p["name"] for p in d["spec"]["template"]["spec"]["containers"][0]["ports"]}
+        assert {p["targetPort"] for p in s["spec"]["ports"]} == container_ports
+
+
+def test_production_autoscales_web_and_dispatchers_with_disruption_budgets(
+    render: Callable[..., Rendered],
+) -> None:
+    rendered = render((PRODUCTION_VALUES,))
+    hpas = {h["spec"]["scaleTargetRef"]["name"]: h for h in rendered.of_kind("HorizontalPodAutoscaler")}
+    assert set(hpas) == {component_name(c) for c in (*WEB, *DISPATCHERS)}
+    for name, hpa in hpas.items():
+        assert hpa["apiVersion"] == "autoscaling/v2"
+        assert 1 <= hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"]
+        assert "replicas" not in rendered.named("Deployment", name)["spec"], "the HPA owns the replica count"
+    pdbs = {p["metadata"]["name"] for p in rendered.of_kind("PodDisruptionBudget")}
+    assert pdbs == {component_name(c) for c in COMPONENTS}
+
+
+def test_dev_profile_runs_one_replica_with_debug_logs(render: Callable[..., Rendered]) -> None:
+    from chart_support import DEV_VALUES
+
+    rendered = render((DEV_VALUES,))
+    assert not rendered.of_kind("HorizontalPodAutoscaler")
+    assert not rendered.of_kind("NetworkPolicy"), (
+        "local clusters rarely enforce them; values-dev.yaml turns them off"
+    )
+    for d in rendered.of_kind("Deployment"):
+        assert d["spec"]["replicas"] == 1
+    for cm in rendered.of_kind("ConfigMap"):
+        assert cm["data"]["ZAPTRIX_LOG_LEVEL"] == "DEBUG"
+
+
+def test_config_and_secret_changes_roll_the_pods(render: Callable[..., Rendered]) -> None:
+    base = render()
+    changed = render(sets=("config.logLevel=WARNING",))
+    for d in base.of_kind("Deployment"):
+        other = changed.named("Deployment", d["metadata"]["name"])
+        assert (
+            d["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
+            != other["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
+        )
+
+
+def test_service_accounts_do_not_mount_tokens(rendered: Rendered) -> None:
+    for sa in rendered.of_kind("ServiceAccount"):
+        assert sa["automountServiceAccountToken"] is False
+    for d in rendered.of_kind("Deployment"):
+        assert d["spec"]["template"]["spec"]["serviceAccountName"] == d["metadata"]["name"]
+
+
+def test_labels_and_selectors(rendered: Rendered) -> None:
+    for d in rendered.of_kind("Deployment"):
+        selector = d["spec"]["selector"]["matchLabels"]
+        assert set(selector) == {
+            "app.kubernetes.io/name",
+            "app.kubernetes.io/instance",
+            "app.kubernetes.io/component",
+        }
+        assert len(d["metadata"]["name"]) <= 63
