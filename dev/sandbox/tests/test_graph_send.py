@@ -88,11 +88,12 @@ async def test_bad_payloads_are_refused_with_code_100(graph: httpx.AsyncClient, 
 
 
 async def test_throughput_limit_gives_130429(graph: httpx.AsyncClient) -> None:
-    await graph.post("/_sandbox/config", json={"throughput_mps": 5, "window_enforced": False})
-    results = [await graph.post(URL, json=text(to=f"4917000000{i:02d}"), headers=TOKEN) for i in range(8)]
-    assert [r.status_code for r in results] == [200] * 5 + [429] * 3
-    assert {error_of(r)["code"] for r in results[5:]} == {130429}
-    await asyncio.sleep(0.25)  # 5 tokens/s: one back after 0.2 s
+    await graph.post("/_sandbox/config", json={"throughput_mps": 2, "window_enforced": False})
+    results = [await graph.post(URL, json=text(to=f"4917000000{i:02d}"), headers=TOKEN) for i in range(5)]
+    assert [r.status_code for r in results] == [200] * 2 + [429] * 3
+    assert {error_of(r)["code"] for r in results[2:]} == {130429}
+    assert "Rate limit hit" in error_of(results[2])["message"]
+    await asyncio.sleep(0.55)  # 2 tokens/s: one back after 0.5 s
     assert (await graph.post(URL, json=text(to="491700000099"), headers=TOKEN)).status_code == 200
     assert (await graph.post(URL, json=text(to="491700000098"), headers=TOKEN)).status_code == 429
 
