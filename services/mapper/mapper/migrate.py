@@ -101,6 +101,12 @@ def head_revision() -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
+    configure_logging("mapper-migrate", "INFO")
+    sys.exit(cli(argv, DatabaseSettings().url.get_secret_value()))
+
+
+def cli(argv: list[str] | None, dsn: str) -> int:
+    """The command line without process set-up; returns the exit code."""
     parser = argparse.ArgumentParser(
         prog="mapper-migrate",
         description="Migrate the mapper schema (DSN from ZAPTRIX_DATABASE_URL). Safe to run concurrently.",
@@ -112,21 +118,18 @@ def main(argv: list[str] | None = None) -> None:
     down.add_argument("revision")
     sub.add_parser("current", help="print the applied revision")
     args = parser.parse_args(argv)
-
-    db = DatabaseSettings()
-    configure_logging("mapper-migrate", "INFO")
-    dsn = db.url.get_secret_value()
     action = args.action or "upgrade"
     try:
         if action == "current":
             print(asyncio.run(current_revision(dsn)) or "none")  # noqa: T201
-            return
+            return 0
         revision = getattr(args, "revision", "head")
         log.info("migrating", action=action, revision=revision, schema=SCHEMA)
         asyncio.run(upgrade(dsn, revision) if action == "upgrade" else downgrade(dsn, revision))
         log.info("migrated", action=action, revision=revision, schema=SCHEMA)
+        return 0
     except (OSError, asyncpg.PostgresError, DBAPIError) as exc:
         # The DSN is never logged: it carries the password. A DBAPIError wraps the driver's error.
         cause = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
         log.error("migration failed", error=type(cause).__name__, detail=str(cause).splitlines()[0])
-        sys.exit(1)
+        return 1

@@ -15,14 +15,13 @@ from zaptrix.v1 import mapper_pb2_grpc
 
 sys.path.insert(0, str(Path(__file__).parent))  # mapper_support (pytest runs with --import-mode=importlib)
 
-from mapper_support import Mapper, db_settings  # noqa: E402
-
-from mapper import migrate  # noqa: E402
-from mapper.database import Database  # noqa: E402
-from mapper.repository import Repository  # noqa: E402
-from mapper.service import MapperService  # noqa: E402
-from mapper.servicer import MapperServicer  # noqa: E402
-from mapper.settings import MapperSettings  # noqa: E402
+from mapper import migrate
+from mapper.database import Database
+from mapper.repository import Repository
+from mapper.service import MapperService
+from mapper.servicer import MapperServicer
+from mapper.settings import MapperSettings
+from mapper_support import Mapper, db_settings
 
 
 @pytest.fixture
@@ -39,7 +38,10 @@ def mapper_settings() -> MapperSettings:
 
 @pytest.fixture
 async def mapper(migrated_db: str, mapper_settings: MapperSettings) -> AsyncIterator[Mapper]:
-    db = Database(db_settings(migrated_db), connect_timeout_s=5, application_name="mapper-test")
+    # A warm pool: concurrent calls really run concurrently in PostgreSQL (no request waits to connect).
+    db = Database(
+        db_settings(migrated_db, pool_min_size=10), connect_timeout_s=5, application_name="mapper-test"
+    )
     await db.open()
     service = MapperService(Repository(db), mapper_settings)
     server = grpc.aio.server()

@@ -13,11 +13,10 @@ from typing import Any
 import asyncpg
 import grpc
 import pytest
-from zaptrix.settings import DatabaseSettings
-from zaptrix.v1 import mapper_pb2 as pb
-
 from mapper.database import Database
 from mapper.service import MapperService
+from zaptrix.settings import DatabaseSettings
+from zaptrix.v1 import mapper_pb2 as pb
 
 
 def free_port() -> int:
@@ -33,7 +32,7 @@ def console_script(name: str) -> str:
 
 
 def db_settings(dsn: str, **overrides: Any) -> DatabaseSettings:
-    return DatabaseSettings(url=dsn, pool_min_size=1, pool_max_size=10, **overrides)
+    return DatabaseSettings(**{"url": dsn, "pool_min_size": 1, "pool_max_size": 10, **overrides})
 
 
 async def sql(dsn: str, query: str, *args: Any) -> Any:
@@ -55,7 +54,9 @@ class Mapper:
         """Talk to PostgreSQL behind the service's back (as another replica or an operator would)."""
         return await sql(self.dsn, query, *args)
 
-    async def bind(self, phone_number_id: str = "1001", member_id: str = "portal-a", **fields: Any) -> pb.Channel:
+    async def bind(
+        self, phone_number_id: str = "1001", member_id: str = "portal-a", **fields: Any
+    ) -> pb.Channel:
         channel = pb.Channel(
             phone_number_id=phone_number_id,
             display_phone_number=fields.pop("display_phone_number", "+1 555 0100"),
@@ -67,7 +68,9 @@ class Mapper:
         )
         return await self.stub.BindChannel(pb.BindChannelRequest(channel=channel))
 
-    async def conversation(self, phone_number_id: str = "1001", wa_id: str = "15550001111") -> pb.Conversation:
+    async def conversation(
+        self, phone_number_id: str = "1001", wa_id: str = "15550001111"
+    ) -> pb.Conversation:
         response = await self.stub.GetOrCreateConversation(
             pb.GetOrCreateConversationRequest(phone_number_id=phone_number_id, wa_id=wa_id)
         )

@@ -43,7 +43,9 @@ async def test_unspecified_crm_mode_means_gateway_and_rebinding_replaces(mapper:
 
 
 async def test_channel_errors(mapper: Mapper) -> None:
-    await expect_code(mapper.stub.GetChannel(pb.GetChannelRequest(phone_number_id="404")), grpc.StatusCode.NOT_FOUND)
+    await expect_code(
+        mapper.stub.GetChannel(pb.GetChannelRequest(phone_number_id="404")), grpc.StatusCode.NOT_FOUND
+    )
     await expect_code(mapper.stub.GetChannel(pb.GetChannelRequest()), INVALID)
     await expect_code(mapper.stub.BindChannel(pb.BindChannelRequest()), INVALID)
     await expect_code(mapper.bind("1001", member_id=""), INVALID)
