@@ -1,0 +1,222 @@
+"""Pure building blocks of the dispatcher: MESSAGES[] items, calls, and packing calls into requests.
+
+Throughput at Bitrix24's limit comes from packing, not from parallelism: a portal allows 2 requests/s,
+so 100 customer messages/s need ~50 messages per request. Messages for one (connector, line) are
+chunked into imconnector.send.messages calls of at most ``max_messages`` messages (and at most
+``max_files`` messages with files, because Bitrix24 downloads files inside the request); several
+calls (other lines, delivery statuses, CRM look-ups) are packed into one ``batch`` request of at most
+``max_commands`` sub-calls and ``max_batch_messages`` messages. Order within a conversation is
+preserved: items keep their order inside a call, and calls keep their order across requests.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from google.protobuf.timestamp_pb2 import Timestamp
+from zaptrix.v1 import events_pb2
+
+from bitrix_ingress.text import file_name, notice_text, quote_block, split_name, whatsapp_to_bbcode
+
+SEND_MESSAGES = "imconnector.send.messages"
+STATUS_DELIVERY = "imconnector.send.status.delivery"
+STATUS_READING = "imconnector.send.status.reading"
+IM_MESSAGE_ADD = "im.message.add"
+
+
+def unix(ts: Timestamp | None) -> int:
+    if ts is not None and (ts.seconds or ts.nanos):
+        return int(ts.seconds)
+    return int(datetime.now(UTC).timestamp())
+
+
+def build_user(wa_id: str, contact_name: str) -> dict[str, Any]:
+    """The external user. Always built the same way from (wa_id, name): Bitrix24 rewrites the user's
+    name whenever the block changes, and an empty name would turn the customer into "Guest"."""
+    name, last_name = split_name(contact_name)
+    return {"id": wa_id, "name": name, "last_name": last_name, "phone": f"+{wa_id}"}
+
+
+def render_text(
+    cm: events_pb2.CustomerMessage, reply_label: str = "", *, convert_formatting: bool = True
+) -> str:
+    text = cm.text
+    if not text and cm.reaction_emoji:
+        text = f"Reacted {cm.reaction_emoji}"
+    if not text and cm.HasField("location"):
+        loc = cm.location
+        lines = [x for x in (loc.name, loc.address) if x]
+        lines.append(loc.url or f"https://maps.google.com/?q={loc.latitude},{loc.longitude}")
+        text = "📍 " + "\n".join(lines)
+    body = whatsapp_to_bbcode(text, convert_formatting=convert_formatting) if text else ""
+    missing = [m.kind or "file" for m in cm.media if not m.url]
+    if missing:
+        note = ", ".join(sorted(set(missing)))
+        body = (body + "\n" if body else "") + f"[i]({note} could not be fetched from WhatsApp)[/i]"
+    if cm.forwarded:
+        body = "[i]Forwarded[/i]\n" + body
+    if reply_label:
+        body = quote_block(reply_label) + body
+    if not body and not any(m.url for m in cm.media):
+        body = f"[i]({cm.type or 'empty'} message)[/i]"
+    return body
+
+
+def build_files(cm: events_pb2.CustomerMessage) -> list[dict[str, str]]:
+    return [
+        {"url": m.url, "name": file_name(m.filename, m.mime_type, m.kind, m.media_id or cm.wamid)}
+        for m in cm.media
+        if m.url
+    ]
+
+
+def build_customer_item(
+    cm: events_pb2.CustomerMessage,
+    *,
+    contact_name: str,
+    external_chat_id: str,
+    reply_label: str = "",
+    chat_name: str = "",
+) -> dict[str, Any]:
+    message: dict[str, Any] = {"id": cm.wamid, "date": unix(cm.sent_at)}
+    text = render_text(cm, reply_label)
+    if text:
+        message["text"] = text
+    files = build_files(cm)
+    if files:
+        message["files"] = files
+    chat: dict[str, Any] = {"id": external_chat_id}
+    if chat_name:
+        chat["name"] = chat_name
+    return {"user": build_user(cm.wa_id, contact_name), "message": message, "chat": chat}
+
+
+def notice_id(event_id: str) -> str:
+    return "zaptrix-notice-" + hashlib.sha256(event_id.encode()).hexdigest()[:24]
+
+
+def build_notice_item(
+    *, event_id: str, wa_id: str, contact_name: str, external_chat_id: str, body: str
+) -> dict[str, Any]:
+    """A failure notice posted through the connector: lands in the conversation's chat, is never relayed
+    back to WhatsApp (connector events fire only for operator messages), and skips the CRM tracker."""
+    return {
+        "user": build_user(wa_id, contact_name),
+        "message": {
+            "id": notice_id(event_id),
+            "date": int(datetime.now(UTC).timestamp()),
+            "text": notice_text(body),
+            "disable_crm": "Y",
+        },
+        "chat": {"id": external_chat_id},
+    }
+
+
+def build_status_item(
+    *, bitrix_chat_id: str, bitrix_message_id: str, wamids: list[str], external_chat_id: str, at: int | None
+) -> dict[str, Any]:
+    message: dict[str, Any] = {"id": wamids}
+    if at is not None:
+        message["date"] = at
+    return {
+        "im": {"chat_id": bitrix_chat_id, "message_id": bitrix_message_id},
+        "message": message,
+        "chat": {"id": external_chat_id},
+    }
+
+
+def failure_text(
+    error: events_pb2.GraphError | None, *, template_sent: bool = False, template: str = ""
+) -> str:
+    """The operator-facing reason an operator message did not reach WhatsApp."""
+    code = error.code if error is not None else 0
+    if code == 131047:
+        reason = (
+            "more than 24 hours have passed since the customer's last message, so WhatsApp only accepts "
+            "a template message now."
+        )
+        if template_sent:
+            reason += f" The re-engagement template{f' {template}' if template else ''} was sent instead."
+        else:
+            reason += " Ask the customer to write first, or send a template."
+        return f"Not delivered to WhatsApp: {reason}"
+    if error is None:
+        return "Not delivered to WhatsApp."
+    detail = error.title or error.message or "unknown error"
+    if error.details and error.details not in detail:
+        detail = f"{detail}: {error.details}"
+    return f"Not delivered to WhatsApp: {detail} (error {code})."
+
+
+@dataclass(eq=False)
+class Item:
+    """One element of a call's MESSAGES[] (or a whole single-purpose call), owned by one work item."""
+
+    owner: Any
+    payload: dict[str, Any]
+    has_files: bool = False
+
+
+@dataclass(eq=False)
+class Call:
+    """One REST method invocation. ``items`` fill ``MESSAGES``; other calls carry ``params`` only."""
+
+    method: str
+    base: dict[str, Any]
+    items: list[Item] = field(default_factory=list)
+    messages: bool = True
+
+    def params(self) -> dict[str, Any]:
+        if not self.messages:
+            return dict(self.base)
+        return {**self.base, "MESSAGES": [i.payload for i in self.items]}
+
+    @property
+    def weight(self) -> int:
+        return max(1, len(self.items)) if self.messages else 1
+
+    def split(self) -> tuple[Call, Call]:
+        half = len(self.items) // 2
+        return (
+            Call(self.method, self.base, self.items[:half], self.messages),
+            Call(self.method, self.base, self.items[half:], self.messages),
+        )
+
+
+def chunk(
+    method: str, base: dict[str, Any], items: list[Item], *, max_messages: int, max_files: int
+) -> list[Call]:
+    """Cut a line's ordered items into calls of at most max_messages (max_files of them with files)."""
+    calls: list[Call] = []
+    current: list[Item] = []
+    files = 0
+    for item in items:
+        if current and (len(current) >= max_messages or (item.has_files and files >= max_files)):
+            calls.append(Call(method, base, current))
+            current, files = [], 0
+        current.append(item)
+        files += 1 if item.has_files else 0
+    if current:
+        calls.append(Call(method, base, current))
+    return calls
+
+
+def pack(calls: list[Call], *, use_batch: bool, max_commands: int, max_messages: int) -> list[list[Call]]:
+    """Group calls (in order) into HTTP requests: a list of one call is sent as is, more as a batch."""
+    if not use_batch:
+        return [[c] for c in calls]
+    requests: list[list[Call]] = []
+    current: list[Call] = []
+    weight = 0
+    for call in calls:
+        if current and (len(current) >= max_commands or weight + call.weight > max_messages):
+            requests.append(current)
+            current, weight = [], 0
+        current.append(call)
+        weight += call.weight
+    if current:
+        requests.append(current)
+    return requests

@@ -1,0 +1,173 @@
+"""Typed calls to the mapper and token-keeper (gRPC), with their failures mapped to our error kinds.
+
+``NOT_FOUND`` becomes :class:`NotFound` (callers decide what an unknown thing means);
+``INVALID_ARGUMENT``/``PERMISSION_DENIED`` are permanent; everything else (UNAVAILABLE,
+DEADLINE_EXCEEDED, FAILED_PRECONDITION such as a portal that needs re-authorisation, ...) is
+transient: the event is retried later.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import Any, TypeVar
+
+import grpc
+from zaptrix.clients import Clients
+from zaptrix.v1 import mapper_pb2, token_keeper_pb2
+
+T = TypeVar("T")
+
+_PERMANENT = frozenset({grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.PERMISSION_DENIED})
+
+
+class NotFound(Exception):
+    def __init__(self, what: str) -> None:
+        super().__init__(f"{what}: not found")
+        self.reason = f"{what}: not found"
+
+
+class RpcFailed(Exception):
+    def __init__(self, what: str, code: str, details: str, *, permanent: bool) -> None:
+        self.reason = f"{what}: {code}: {details}"[:500]
+        self.code = code
+        self.permanent = permanent
+        super().__init__(self.reason)
+
+
+class Deps:
+    """The gRPC dependencies of both processes."""
+
+    def __init__(self, clients: Clients) -> None:
+        self.clients = clients
+        self.mapper: Any = clients.mapper
+        self.tk: Any = clients.token_keeper
+
+    async def _unary(self, fn: Callable[..., Awaitable[T]], request: Any, what: str) -> T:
+        try:
+            return await fn(request, timeout=self.clients.timeout)
+        except grpc.aio.AioRpcError as exc:
+            code = exc.code()
+            if code == grpc.StatusCode.NOT_FOUND:
+                raise NotFound(what) from exc
+            raise RpcFailed(what, code.name, exc.details() or "", permanent=code in _PERMANENT) from exc
+
+    # --- token-keeper ---------------------------------------------------------------------
+
+    async def verify_application_token(
+        self, member_id: str, application_token: str
+    ) -> token_keeper_pb2.VerifyApplicationTokenResponse:
+        req = token_keeper_pb2.VerifyApplicationTokenRequest(
+            member_id=member_id, application_token=application_token
+        )
+        return await self._unary(self.tk.VerifyApplicationToken, req, "token-keeper VerifyApplicationToken")
+
+    async def get_access_token(self, member_id: str) -> token_keeper_pb2.AccessToken:
+        req = token_keeper_pb2.GetAccessTokenRequest(member_id=member_id)
+        return await self._unary(self.tk.GetAccessToken, req, "token-keeper GetAccessToken")
+
+    async def report_token_rejected(
+        self, member_id: str, access_token: str, error: str
+    ) -> token_keeper_pb2.AccessToken:
+        req = token_keeper_pb2.ReportTokenRejectedRequest(
+            member_id=member_id, access_token=access_token, error=error
+        )
+        return await self._unary(self.tk.ReportTokenRejected, req, "token-keeper ReportTokenRejected")
+
+    async def upsert_portal(self, req: token_keeper_pb2.UpsertPortalRequest) -> token_keeper_pb2.PortalStatus:
+        return await self._unary(self.tk.UpsertPortal, req, "token-keeper UpsertPortal")
+
+    async def get_portal_status(self, member_id: str) -> token_keeper_pb2.PortalStatus:
+        req = token_keeper_pb2.GetPortalStatusRequest(member_id=member_id)
+        return await self._unary(self.tk.GetPortalStatus, req, "token-keeper GetPortalStatus")
+
+    # --- mapper ---------------------------------------------------------------------------
+
+    async def get_channel(self, phone_number_id: str) -> mapper_pb2.Channel:
+        req = mapper_pb2.GetChannelRequest(phone_number_id=phone_number_id)
+        return await self._unary(self.mapper.GetChannel, req, "mapper GetChannel")
+
+    async def list_channels(self, member_id: str) -> mapper_pb2.ListChannelsResponse:
+        req = mapper_pb2.ListChannelsRequest(member_id=member_id)
+        return await self._unary(self.mapper.ListChannels, req, "mapper ListChannels")
+
+    async def get_or_create_conversation(
+        self, phone_number_id: str, wa_id: str, contact_name: str
+    ) -> mapper_pb2.GetOrCreateConversationResponse:
+        req = mapper_pb2.GetOrCreateConversationRequest(
+            phone_number_id=phone_number_id, wa_id=wa_id, contact_name=contact_name
+        )
+        return await self._unary(self.mapper.GetOrCreateConversation, req, "mapper GetOrCreateConversation")
+
+    async def find_conversation_by_external(self, external_chat_id: str) -> mapper_pb2.Conversation:
+        req = mapper_pb2.FindConversationRequest(external_chat_id=external_chat_id)
+        return await self._unary(self.mapper.FindConversation, req, "mapper FindConversation")
+
+    async def find_conversation_by_id(self, conversation_id: str) -> mapper_pb2.Conversation:
+        req = mapper_pb2.FindConversationRequest(id=conversation_id)
+        return await self._unary(self.mapper.FindConversation, req, "mapper FindConversation")
+
+    async def find_conversation_by_customer(
+        self, phone_number_id: str, wa_id: str
+    ) -> mapper_pb2.Conversation:
+        req = mapper_pb2.FindConversationRequest(
+            channel_customer=mapper_pb2.ChannelCustomer(phone_number_id=phone_number_id, wa_id=wa_id)
+        )
+        return await self._unary(self.mapper.FindConversation, req, "mapper FindConversation")
+
+    async def update_conversation(
+        self,
+        conversation_id: str,
+        *,
+        bitrix_contact_id: str | None = None,
+        bitrix_chat_id: str | None = None,
+        contact_name: str | None = None,
+        last_message_at: datetime | None = None,
+        last_customer_message_at: datetime | None = None,
+    ) -> mapper_pb2.Conversation:
+        req = mapper_pb2.UpdateConversationRequest(id=conversation_id)
+        if bitrix_contact_id is not None:
+            req.bitrix_contact_id = bitrix_contact_id
+        if bitrix_chat_id is not None:
+            req.bitrix_chat_id = bitrix_chat_id
+        if contact_name is not None:
+            req.contact_name = contact_name
+        if last_message_at is not None:
+            req.last_message_at.FromDatetime(last_message_at)
+        if last_customer_message_at is not None:
+            req.last_customer_message_at.FromDatetime(last_customer_message_at)
+        return await self._unary(self.mapper.UpdateConversation, req, "mapper UpdateConversation")
+
+    async def link_message(self, link: mapper_pb2.MessageLink) -> mapper_pb2.MessageLink:
+        req = mapper_pb2.LinkMessageRequest(link=link)
+        return await self._unary(self.mapper.LinkMessage, req, "mapper LinkMessage")
+
+    async def find_message_link(self, wamid: str) -> mapper_pb2.MessageLink:
+        req = mapper_pb2.FindMessageLinkRequest(wamid=wamid)
+        return await self._unary(self.mapper.FindMessageLink, req, "mapper FindMessageLink")
+
+    async def find_message_link_by_bitrix(
+        self, member_id: str, bitrix_message_id: str
+    ) -> mapper_pb2.MessageLink:
+        req = mapper_pb2.FindMessageLinkRequest(
+            bitrix_message=mapper_pb2.PortalMessage(member_id=member_id, bitrix_message_id=bitrix_message_id)
+        )
+        return await self._unary(self.mapper.FindMessageLink, req, "mapper FindMessageLink")
+
+    async def update_message_status(
+        self, wamid: str, *, whatsapp_status: str | None = None, bitrix_status: str | None = None
+    ) -> mapper_pb2.MessageLink:
+        req = mapper_pb2.UpdateMessageStatusRequest(wamid=wamid)
+        if whatsapp_status is not None:
+            req.whatsapp_status = whatsapp_status
+        if bitrix_status is not None:
+            req.bitrix_status = bitrix_status
+        return await self._unary(self.mapper.UpdateMessageStatus, req, "mapper UpdateMessageStatus")
+
+    async def check_processed(self, event_id: str) -> mapper_pb2.CheckProcessedResponse:
+        req = mapper_pb2.CheckProcessedRequest(event_id=event_id)
+        return await self._unary(self.mapper.CheckProcessed, req, "mapper CheckProcessed")
+
+    async def mark_processed(self, event_id: str, result: str) -> mapper_pb2.MarkProcessedResponse:
+        req = mapper_pb2.MarkProcessedRequest(event_id=event_id, result=result)
+        return await self._unary(self.mapper.MarkProcessed, req, "mapper MarkProcessed")

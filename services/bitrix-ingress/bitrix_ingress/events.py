@@ -1,0 +1,376 @@
+"""Bitrix24 connector events (form-encoded, PHP-style keys) -> normalized zaptrix.v1 envelopes.
+
+Pure functions: no I/O. The web handler authenticates the event first, then calls :func:`normalize`,
+resolves each envelope's conversation key through the mapper and produces the envelopes.
+
+| Bitrix24 event | envelope(s) | event id |
+|---|---|---|
+| ONIMCONNECTORMESSAGEADD | OperatorMessage per message (+ OperatorRead per chat when read_on_reply) | ``b24:<member>:<im.message_id>`` (read: ``b24-read:<member>:<chat>:<ts>``) |
+| ONIMCONNECTORMESSAGEUPDATE | OperatorMessageEdit | ``b24-edit:<member>:<im.message_id>:<sha256(text)[:16]>`` |
+| ONIMCONNECTORMESSAGEDELETE | OperatorMessageDelete | ``b24-del:<member>:<im.message_id>`` |
+| ONIMCONNECTORDIALOGFINISH | OperatorRead per dialog | ``b24-read:<member>:<chat>:<ts>`` |
+| ONIMCONNECTORSTATUSDELETE | LineRemoved | ``b24-status-del:<member>:<connector>:<line>:<ts>`` |
+| ONIMCONNECTORLINEDELETE | LineRemoved | ``b24-line-del:<member>:<line>:<ts>`` |
+| ONAPPUNINSTALL | LineRemoved with line_id 0 (= every line of the portal) | ``b24-uninstall:<member>:<ts>`` |
+
+Both payload shapes are read: ``data[MESSAGES]`` (current) and ``data[DATA]`` (older), keys in any
+case, ``message.id`` as an array or a single value. One malformed message among several is skipped
+(and reported) rather than failing the others: Bitrix24 never resends an event.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import mimetypes
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from zaptrix.kafka import new_envelope
+from zaptrix.v1 import events_pb2
+
+from bitrix_ingress.formparse import as_list, get_ci, get_path, get_str
+from bitrix_ingress.text import is_notice
+
+MESSAGE_ADD = "ONIMCONNECTORMESSAGEADD"
+MESSAGE_UPDATE = "ONIMCONNECTORMESSAGEUPDATE"
+MESSAGE_DELETE = "ONIMCONNECTORMESSAGEDELETE"
+DIALOG_FINISH = "ONIMCONNECTORDIALOGFINISH"
+STATUS_DELETE = "ONIMCONNECTORSTATUSDELETE"
+LINE_DELETE = "ONIMCONNECTORLINEDELETE"
+APP_INSTALL = "ONAPPINSTALL"
+APP_UNINSTALL = "ONAPPUNINSTALL"
+
+# What install binds to the outbound URL (event.bind takes the CamelCase names).
+OUTBOUND_EVENTS = (
+    "OnImConnectorMessageAdd",
+    "OnImConnectorMessageUpdate",
+    "OnImConnectorMessageDelete",
+    "OnImConnectorStatusDelete",
+    "OnImConnectorLineDelete",
+    "OnImConnectorDialogFinish",
+)
+HANDLED = frozenset(
+    {MESSAGE_ADD, MESSAGE_UPDATE, MESSAGE_DELETE, DIALOG_FINISH, STATUS_DELETE, LINE_DELETE, APP_UNINSTALL}
+)
+
+_SECRET_AUTH_KEYS = frozenset({"access_token", "refresh_token", "application_token", "auth_id", "refresh_id"})
+
+
+class EventError(ValueError):
+    """The event cannot be read; the message is safe to return in a 400 answer."""
+
+
+@dataclass(frozen=True)
+class Auth:
+    member_id: str
+    application_token: str
+    domain: str
+    access_token: str  # may be empty: events caused by automation carry no tokens
+
+    @classmethod
+    def from_form(cls, form: dict[str, Any]) -> Auth:
+        auth = form.get("auth")
+        if not isinstance(auth, dict):
+            auth = {}
+        return cls(
+            member_id=get_str(auth, "member_id") or get_str(form, "member_id"),
+            application_token=get_str(auth, "application_token"),
+            domain=get_str(auth, "domain"),
+            access_token=get_str(auth, "access_token"),
+        )
+
+
+@dataclass
+class Pending:
+    """An envelope whose Kafka key is still to be resolved (``external_chat_id``) or already known."""
+
+    envelope: events_pb2.Envelope
+    external_chat_id: str = ""
+    key: str = ""
+
+
+@dataclass
+class Normalized:
+    event: str
+    member_id: str
+    pending: list[Pending] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # why items were left out (logged, counted)
+    reply_lookups: dict[int, str] = field(default_factory=dict)  # pending index -> internal REPLY_ID
+
+
+def event_name(form: dict[str, Any]) -> str:
+    return get_str(form, "event").upper()
+
+
+def redacted(form: dict[str, Any]) -> dict[str, Any]:
+    """The form without secrets, for the ERROR log of an event we could not accept."""
+    out = dict(form)
+    auth = out.get("auth")
+    if isinstance(auth, dict):
+        out["auth"] = {k: ("[redacted]" if k.lower() in _SECRET_AUTH_KEYS else v) for k, v in auth.items()}
+    for key in list(out):
+        if key.upper() in {"AUTH_ID", "REFRESH_ID", "APPLICATION_TOKEN"}:
+            out[key] = "[redacted]"
+    return out
+
+
+def _ts(form: dict[str, Any]) -> tuple[str, datetime]:
+    raw = get_str(form, "ts")
+    try:
+        seconds = int(float(raw))
+        if 0 < seconds < 10**11:
+            return str(seconds), datetime.fromtimestamp(seconds, UTC)
+    except ValueError:
+        pass
+    now = datetime.now(UTC)
+    return str(int(now.timestamp())), now
+
+
+def _int(value: str, what: str) -> int:
+    try:
+        number = int(value)
+    except ValueError as exc:
+        raise EventError(f"{what} is not an integer: {value[:40]!r}") from exc
+    if number < 0 or number > 2**62:
+        raise EventError(f"{what} out of range")
+    return number
+
+
+def _id(value: str) -> str:
+    """An id as we use it in keys: no separators that would make event ids ambiguous."""
+    return value.replace(":", "_")[:200]
+
+
+def _messages(data: Any) -> list[Any]:
+    return as_list(get_ci(data, "MESSAGES") if get_ci(data, "MESSAGES") is not None else get_ci(data, "DATA"))
+
+
+def _files(message: Any) -> list[events_pb2.BitrixFile]:
+    out = []
+    for item in as_list(get_ci(message, "files")):
+        if not isinstance(item, dict):
+            continue
+        link = get_str(item, "link") or get_str(item, "url") or get_str(item, "urlDownload")
+        if not link:
+            continue
+        name = get_str(item, "name") or "file"
+        size_raw = get_str(item, "size")
+        size = int(size_raw) if size_raw.isdigit() and len(size_raw) < 18 else 0
+        mime = get_str(item, "mime_type") or mimetypes.guess_type(name)[0] or ""
+        out.append(
+            events_pb2.BitrixFile(name=name, type=get_str(item, "type"), link=link, size=size, mime_type=mime)
+        )
+    return out
+
+
+def _common(data: Any) -> tuple[str, int]:
+    connector = get_str(data, "CONNECTOR") or get_str(data, "connector")
+    line_raw = get_str(data, "LINE") or get_str(data, "line")
+    line = _int(line_raw, "data[LINE]") if line_raw else 0
+    return connector.lower(), line
+
+
+def normalize(form: dict[str, Any], auth: Auth, *, connector_id: str, read_on_reply: bool) -> Normalized:
+    """The envelopes for one authenticated event. Raises EventError when nothing usable is in it."""
+    event = event_name(form)
+    out = Normalized(event=event, member_id=auth.member_id)
+    ts_text, occurred = _ts(form)
+    data = form.get("data")
+    member = _id(auth.member_id)
+
+    if event in (MESSAGE_ADD, MESSAGE_UPDATE, MESSAGE_DELETE):
+        if not isinstance(data, dict):
+            raise EventError("data is missing or not a map")
+        connector, line = _common(data)
+        connector = connector or connector_id
+        items = _messages(data)
+        if not items:
+            raise EventError("data[MESSAGES] (or data[DATA]) is missing or empty")
+        read_chats: list[str] = []
+        notices = 0
+        for index, item in enumerate(items):
+            try:
+                pending, reply_id = _message_item(event, item, auth, connector, line, occurred, member)
+            except EventError as exc:
+                out.skipped.append(f"message {index}: {exc}")
+                continue
+            if pending is None:
+                notices += 1
+                out.skipped.append(f"message {index}: our own failure notice, not relayed")
+                continue
+            if reply_id:
+                out.reply_lookups[len(out.pending)] = reply_id
+            out.pending.append(pending)
+            if event == MESSAGE_ADD and pending.external_chat_id not in read_chats:
+                read_chats.append(pending.external_chat_id)
+        if not out.pending and notices < len(items):
+            raise EventError("; ".join(out.skipped)[:500])
+        if read_on_reply:
+            for chat in read_chats:
+                env = new_envelope(
+                    f"b24-read:{member}:{_id(chat)}:{ts_text}",
+                    "-",
+                    events_pb2.PLATFORM_BITRIX24,
+                    occurred,
+                    operator_read=events_pb2.OperatorRead(member_id=auth.member_id, external_chat_id=chat),
+                )
+                out.pending.append(Pending(env, external_chat_id=chat))
+        return out
+
+    if event == DIALOG_FINISH:
+        if not isinstance(data, dict):
+            raise EventError("data is missing or not a map")
+        for index, item in enumerate(_messages(data)):
+            chat = get_str(item, "connector", "chat_id") or get_str(item, "chat", "id")
+            if not chat:
+                out.skipped.append(f"dialog {index}: no connector.chat_id")
+                continue
+            env = new_envelope(
+                f"b24-read:{member}:{_id(chat)}:{ts_text}",
+                "-",
+                events_pb2.PLATFORM_BITRIX24,
+                occurred,
+                operator_read=events_pb2.OperatorRead(member_id=auth.member_id, external_chat_id=chat),
+            )
+            out.pending.append(Pending(env, external_chat_id=chat))
+        return out
+
+    if event == STATUS_DELETE:
+        if not isinstance(data, dict):
+            raise EventError("data is missing or not a map")
+        connector, line = _common(data)
+        connector = connector or connector_id
+        env = new_envelope(
+            f"b24-status-del:{member}:{_id(connector)}:{line}:{ts_text}",
+            "-",
+            events_pb2.PLATFORM_BITRIX24,
+            occurred,
+            line_removed=events_pb2.LineRemoved(
+                member_id=auth.member_id, connector_id=connector, line_id=line
+            ),
+        )
+        out.pending.append(Pending(env, key=f"line:{auth.member_id}:{line}"))
+        return out
+
+    if event == LINE_DELETE:
+        if isinstance(data, dict):
+            line_raw = get_str(data, "LINE") or get_str(data, "line") or get_str(data, "LINE_ID")
+        else:
+            line_raw = get_str(form, "data")
+        if not line_raw:
+            raise EventError("data (the line id) is missing")
+        line = _int(line_raw, "data")
+        env = new_envelope(
+            f"b24-line-del:{member}:{line}:{ts_text}",
+            "-",
+            events_pb2.PLATFORM_BITRIX24,
+            occurred,
+            line_removed=events_pb2.LineRemoved(
+                member_id=auth.member_id, connector_id=connector_id, line_id=line
+            ),
+        )
+        out.pending.append(Pending(env, key=f"line:{auth.member_id}:{line}"))
+        return out
+
+    if event == APP_UNINSTALL:
+        env = new_envelope(
+            f"b24-uninstall:{member}:{ts_text}",
+            "-",
+            events_pb2.PLATFORM_BITRIX24,
+            occurred,
+            line_removed=events_pb2.LineRemoved(
+                member_id=auth.member_id, connector_id=connector_id, line_id=0
+            ),
+        )
+        out.pending.append(Pending(env, key=f"portal:{auth.member_id}"))
+        return out
+
+    return out  # an event we do not handle: acknowledged, nothing produced
+
+
+def _message_item(
+    event: str, item: Any, auth: Auth, connector: str, line: int, occurred: datetime, member: str
+) -> tuple[Pending | None, str]:
+    if not isinstance(item, dict):
+        raise EventError("not a map")
+    bitrix_chat_id = get_str(item, "im", "chat_id")
+    bitrix_message_id = get_str(item, "im", "message_id")
+    external_chat_id = get_str(item, "chat", "id")
+    message = get_path(item, "message")
+    if not isinstance(message, dict):
+        message = {}
+    if not external_chat_id:
+        raise EventError("chat.id (our external chat id) is missing")
+    text = get_str(message, "text") if isinstance(get_path(message, "text"), str) else ""
+    external_ids = [
+        str(v).strip() for v in as_list(get_ci(message, "id")) if isinstance(v, str | int) and str(v).strip()
+    ]
+
+    if event == MESSAGE_ADD:
+        if not bitrix_message_id:
+            raise EventError("im.message_id is missing")
+        files = _files(message)
+        if not text and not files:
+            raise EventError("neither text nor files")
+        if is_notice(text) and not files:
+            return None, ""
+        reply_id = get_str(message, "params", "REPLY_ID") or get_str(message, "params", "reply_id")
+        env = new_envelope(
+            f"b24:{member}:{_id(bitrix_message_id)}",
+            "-",
+            events_pb2.PLATFORM_BITRIX24,
+            occurred,
+            operator_message=events_pb2.OperatorMessage(
+                member_id=auth.member_id,
+                domain=auth.domain,
+                connector_id=connector,
+                line_id=line,
+                bitrix_chat_id=bitrix_chat_id,
+                bitrix_message_id=bitrix_message_id,
+                external_chat_id=external_chat_id,
+                operator_user_id=get_str(message, "user_id"),
+                text_bbcode=text,
+                files=files,
+            ),
+        )
+        return Pending(env, external_chat_id=external_chat_id), reply_id
+
+    ref = bitrix_message_id or (external_ids[0] if external_ids else "")
+    if not ref:
+        raise EventError("neither im.message_id nor message.id")
+    if event == MESSAGE_UPDATE:
+        digest = hashlib.sha256(text.encode()).hexdigest()[:16]
+        env = new_envelope(
+            f"b24-edit:{member}:{_id(ref)}:{digest}",
+            "-",
+            events_pb2.PLATFORM_BITRIX24,
+            occurred,
+            operator_message_edit=events_pb2.OperatorMessageEdit(
+                member_id=auth.member_id,
+                connector_id=connector,
+                line_id=line,
+                bitrix_chat_id=bitrix_chat_id,
+                bitrix_message_id=bitrix_message_id,
+                external_chat_id=external_chat_id,
+                external_message_ids=external_ids,
+                text_bbcode=text,
+            ),
+        )
+        return Pending(env, external_chat_id=external_chat_id), ""
+    env = new_envelope(
+        f"b24-del:{member}:{_id(ref)}",
+        "-",
+        events_pb2.PLATFORM_BITRIX24,
+        occurred,
+        operator_message_delete=events_pb2.OperatorMessageDelete(
+            member_id=auth.member_id,
+            connector_id=connector,
+            line_id=line,
+            bitrix_chat_id=bitrix_chat_id,
+            bitrix_message_id=bitrix_message_id,
+            external_chat_id=external_chat_id,
+            external_message_ids=external_ids,
+        ),
+    )
+    return Pending(env, external_chat_id=external_chat_id), ""

@@ -1,0 +1,374 @@
+"""App installation, connector registration, event binding and the connector settings page.
+
+Install arrives in one of two shapes (DOCS settings/app-installation, api-reference/common/events):
+
+- ``event=ONAPPINSTALL`` with ``auth[access_token|refresh_token|expires|application_token|member_id|
+  domain|client_endpoint|server_endpoint|scope]`` — the "script only" app's initial installation
+  request, and the OnAppInstall event of a UI app;
+- the POST that opens a UI app's install page: ``AUTH_ID``, ``REFRESH_ID``, ``AUTH_EXPIRES``,
+  ``member_id``, ``DOMAIN``, ``PROTOCOL`` (form or query string); the page must call
+  ``BX24.installFinish()`` before Bitrix24 delivers any event.
+
+Before anything is stored the payload is proven genuine: a known portal's install must carry its
+stored application_token, or its access token must work on the portal's stored REST endpoint
+(``app.info``); a new portal's token must work on the endpoint it names (https host names only).
+Then the tokens go to token-keeper (UpsertPortal) and :func:`ensure_setup` registers the connector
+and binds the events — idempotent, so running it again (re-install, app update, an admin opening
+the app) repairs a half-finished setup.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+from zaptrix.logging import get_logger
+from zaptrix.v1 import token_keeper_pb2
+
+from bitrix_ingress.deps import Deps, NotFound
+from bitrix_ingress.events import OUTBOUND_EVENTS
+from bitrix_ingress.formparse import get_str
+from bitrix_ingress.portal import PortalClient, Token
+from bitrix_ingress.rest import BitrixError, TokenError
+from bitrix_ingress.settings import InsecureUrlError, WebSettings, check_portal_endpoint
+
+log = get_logger(__name__)
+
+OUTBOUND_PATH = "/webhooks/bitrix24/outbound"
+INSTALL_PATH = "/webhooks/bitrix24/install"
+SETTINGS_PATH = "/webhooks/bitrix24/settings"
+LIFECYCLE_EVENTS = ("OnAppUninstall", "OnAppInstall")
+
+_ICON_SVG = (
+    '<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 64 64">'
+    '<path fill="#fff" d="M32 6C17.6 6 6 17.3 6 31.2c0 4.9 1.4 9.4 3.9 13.3L6 58l14-3.7c3.6 1.9 7.7 3 12 3 '
+    '14.4 0 26-11.3 26-25.2S46.4 6 32 6z"/>'
+    '<path fill="#25D366" d="M24.6 19.5c-.6-1.3-1.2-1.3-1.8-1.3h-1.5c-.5 0-1.4.2-2.1 1s-2.8 2.7-2.8 6.6 '
+    "2.9 7.7 3.3 8.2c.4.5 5.6 8.9 13.8 12.1 6.8 2.7 8.2 2.1 9.7 2s4.8-2 5.4-3.9c.7-1.9.7-3.5.5-3.9-.2-.3-.7"
+    "-.5-1.5-.9s-4.8-2.4-5.5-2.6c-.7-.3-1.3-.4-1.8.4s-2.1 2.6-2.5 3.1c-.5.5-.9.6-1.7.2s-3.4-1.2-6.4-3.9c"
+    "-2.4-2.1-4-4.7-4.4-5.5-.5-.8 0-1.2.4-1.6.4-.4.8-.9 1.2-1.4.4-.5.5-.8.8-1.3.3-.5.1-1-.1-1.4-.2-.3-1.7"
+    '-4.2-2.4-5.7z"/></svg>'
+)
+ICON_DATA_URI = "data:image/svg+xml;charset=US-ASCII," + quote(_ICON_SVG, safe="")
+
+
+class InstallRefused(Exception):
+    """The install request is not genuine or not usable (answered 401/400 with this reason)."""
+
+    def __init__(self, reason: str, status: int = 401) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.status = status
+
+
+@dataclass
+class InstallRequest:
+    kind: str  # "event" (ONAPPINSTALL) or "page" (a UI app's install/app page)
+    member_id: str
+    domain: str
+    client_endpoint: str
+    server_endpoint: str
+    access_token: str
+    refresh_token: str
+    expires_at: float
+    application_token: str
+    scope: str
+
+
+def _expires(auth: dict[str, Any], now: float) -> float:
+    expires = get_str(auth, "expires")
+    if expires.isdigit() and len(expires) < 12:
+        return float(expires)
+    expires_in = get_str(auth, "expires_in") or get_str(auth, "AUTH_EXPIRES")
+    if expires_in.isdigit() and len(expires_in) < 9:
+        return now + float(expires_in)
+    return now + 3600.0
+
+
+def parse_install(form: dict[str, Any], query: dict[str, Any], settings: WebSettings) -> InstallRequest:
+    """Read either install shape; raises InstallRefused(400) when required fields are missing."""
+    now = time.time()
+    merged = {**query, **form}
+    if get_str(merged, "event").upper() == "ONAPPINSTALL":
+        auth = merged.get("auth")
+        if not isinstance(auth, dict):
+            raise InstallRefused("ONAPPINSTALL without auth[...]", 400)
+        req = InstallRequest(
+            kind="event",
+            member_id=get_str(auth, "member_id"),
+            domain=get_str(auth, "domain"),
+            client_endpoint=get_str(auth, "client_endpoint"),
+            server_endpoint=get_str(auth, "server_endpoint") or settings.bitrix_oauth_server_endpoint,
+            access_token=get_str(auth, "access_token"),
+            refresh_token=get_str(auth, "refresh_token"),
+            expires_at=_expires(auth, now),
+            application_token=get_str(auth, "application_token"),
+            scope=get_str(auth, "scope"),
+        )
+        if not req.client_endpoint and req.domain:
+            req.client_endpoint = f"https://{req.domain}/rest/"
+    else:
+        domain = get_str(merged, "DOMAIN")
+        protocol = get_str(merged, "PROTOCOL")
+        scheme = "http" if protocol == "0" else "https"
+        req = InstallRequest(
+            kind="page",
+            member_id=get_str(merged, "member_id"),
+            domain=domain,
+            client_endpoint=f"{scheme}://{domain}/rest/" if domain else "",
+            server_endpoint=get_str(merged, "SERVER_ENDPOINT") or settings.bitrix_oauth_server_endpoint,
+            access_token=get_str(merged, "AUTH_ID"),
+            refresh_token=get_str(merged, "REFRESH_ID"),
+            expires_at=_expires({"AUTH_EXPIRES": get_str(merged, "AUTH_EXPIRES")}, now),
+            application_token=get_str(merged, "APPLICATION_TOKEN"),
+            scope=get_str(merged, "APPLICATION_SCOPE"),
+        )
+    missing = [n for n in ("member_id", "access_token", "client_endpoint") if not getattr(req, n)]
+    if missing:
+        raise InstallRefused(f"install request without {', '.join(missing)}", 400)
+    if not req.domain:
+        req.domain = urlsplit(req.client_endpoint).hostname or ""
+    try:
+        check_portal_endpoint(req.client_endpoint, settings)
+    except InsecureUrlError as exc:
+        raise InstallRefused(str(exc), 400) from exc
+    return req
+
+
+async def verify_install(
+    req: InstallRequest, deps: Deps, portals: PortalClient
+) -> tuple[token_keeper_pb2.PortalStatus | None, dict[str, Any]]:
+    """Prove the request genuine; returns the stored portal (None when new) and app.info's result."""
+    stored: token_keeper_pb2.PortalStatus | None
+    try:
+        stored = await deps.get_portal_status(req.member_id)
+    except NotFound:
+        stored = None
+    if stored is not None and req.application_token:
+        verdict = await deps.verify_application_token(req.member_id, req.application_token)
+        trusted_by_app_token = verdict.valid
+    else:
+        trusted_by_app_token = False
+    # The token must work on the portal: the stored endpoint for a known portal, else the named one.
+    endpoint = (
+        stored.client_endpoint if stored is not None and stored.client_endpoint else req.client_endpoint
+    )
+    token = Token(req.member_id, req.access_token, endpoint, req.expires_at)
+    try:
+        info = await portals.call_with_token(req.member_id, token, "app.info", {})
+    except TokenError as exc:
+        if trusted_by_app_token:
+            return stored, {}
+        raise InstallRefused(f"the access token does not work on the portal: {exc.code}") from exc
+    except BitrixError as exc:
+        if trusted_by_app_token:
+            return stored, {}
+        raise InstallRefused(f"cannot verify the install on the portal: {exc.code}", 401) from exc
+    return stored, info if isinstance(info, dict) else {}
+
+
+def upsert_request(req: InstallRequest, settings: WebSettings) -> token_keeper_pb2.UpsertPortalRequest:
+    out = token_keeper_pb2.UpsertPortalRequest(
+        member_id=req.member_id,
+        domain=req.domain,
+        client_endpoint=req.client_endpoint,
+        server_endpoint=req.server_endpoint,
+        client_id=settings.bitrix_client_id,
+        client_secret=settings.bitrix_client_secret.get_secret_value()
+        if settings.bitrix_client_secret
+        else "",
+        access_token=req.access_token,
+        refresh_token=req.refresh_token,
+        application_token=req.application_token,
+        scope=req.scope,
+    )
+    out.access_expires_at.FromDatetime(datetime.fromtimestamp(req.expires_at, UTC))
+    return out
+
+
+def register_params(settings: WebSettings) -> dict[str, Any]:
+    return {
+        "ID": settings.connector_id,
+        "NAME": settings.connector_name,
+        "ICON": {
+            "DATA_IMAGE": ICON_DATA_URI,
+            "COLOR": settings.connector_color,
+            "SIZE": "90%",
+            "POSITION": "center",
+        },
+        "PLACEMENT_HANDLER": settings.url(SETTINGS_PATH),
+        "CHAT_GROUP": False,
+    }
+
+
+def desired_bindings(settings: WebSettings) -> dict[str, str]:
+    """event name (upper case, as event.get reports it) -> handler URL."""
+    out = {name.upper(): settings.url(OUTBOUND_PATH) for name in OUTBOUND_EVENTS}
+    out.update({name.upper(): settings.url(INSTALL_PATH) for name in LIFECYCLE_EVENTS})
+    return out
+
+
+_CAMEL = {name.upper(): name for name in (*OUTBOUND_EVENTS, *LIFECYCLE_EVENTS)}
+
+
+async def ensure_setup(
+    member_id: str, token: Token, portals: PortalClient, settings: WebSettings
+) -> list[str]:
+    """Register the connector and bind our events (idempotent). Returns what was changed."""
+    changes: list[str] = []
+    result = await portals.call_with_token(
+        member_id, token, "imconnector.register", register_params(settings)
+    )
+    if isinstance(result, dict) and result.get("result") is False:
+        raise InstallRefused(f"imconnector.register refused: {result.get('error') or 'unknown error'}", 502)
+    changes.append(f"connector {settings.connector_id} registered")
+
+    bound = await portals.call_with_token(member_id, token, "event.get", {})
+    have: set[tuple[str, str]] = set()
+    for item in bound if isinstance(bound, list) else []:
+        if isinstance(item, dict):
+            have.add((str(item.get("event", "")).upper(), str(item.get("handler", ""))))
+    want = desired_bindings(settings)
+    for event, handler in sorted(have):
+        if event in want and handler != want[event]:
+            await portals.call_with_token(
+                member_id, token, "event.unbind", {"event": _CAMEL.get(event, event), "handler": handler}
+            )
+            changes.append(f"unbound stale {event} -> {handler}")
+    for event, handler in want.items():
+        if (event, handler) in have:
+            continue
+        try:
+            await portals.call_with_token(
+                member_id, token, "event.bind", {"event": _CAMEL.get(event, event), "handler": handler}
+            )
+            changes.append(f"bound {event}")
+        except BitrixError as exc:
+            if "already" in exc.description.lower() or "already" in exc.code.lower():
+                continue
+            raise
+    return changes
+
+
+def install_finish_page(domain: str, changes: list[str]) -> str:
+    items = "".join(f"<li>{html.escape(c)}</li>" for c in changes)
+    return f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>Zaptrix WhatsApp connector</title>
+<script src="//api.bitrix24.com/api/v1/"></script></head>
+<body style="font-family:sans-serif">
+<h2>WhatsApp connector installed</h2>
+<p>Portal {html.escape(domain)}: open Contact Center, pick the WhatsApp (Zaptrix) tile and connect it to an
+Open Line.</p><ul>{items}</ul>
+<script>if (window.BX24) {{ BX24.init(function () {{ BX24.installFinish(); }}); }}</script>
+</body></html>"""
+
+
+@dataclass
+class PlacementRequest:
+    member_id: str
+    auth_id: str
+    application_token: str
+    connector: str
+    line: int
+    active_status: bool
+    action: str
+    raw_options: str
+
+
+def parse_placement(form: dict[str, Any], query: dict[str, Any], settings: WebSettings) -> PlacementRequest:
+    merged = {**query, **form}
+    placement = get_str(merged, "PLACEMENT")
+    if placement and placement != "SETTING_CONNECTOR":
+        raise InstallRefused(f"unexpected PLACEMENT {placement[:40]!r}", 400)
+    raw = get_str(merged, "PLACEMENT_OPTIONS")
+    try:
+        options = json.loads(raw) if raw else {}
+    except ValueError as exc:
+        raise InstallRefused("PLACEMENT_OPTIONS is not JSON", 400) from exc
+    if not isinstance(options, dict):
+        raise InstallRefused("PLACEMENT_OPTIONS is not an object", 400)
+    connector = str(options.get("CONNECTOR") or "").lower()
+    if connector and connector != settings.connector_id:
+        raise InstallRefused(
+            f"this handler serves connector {settings.connector_id}, not {connector[:60]}", 400
+        )
+    try:
+        line = int(str(options.get("LINE") or "0"))
+    except ValueError as exc:
+        raise InstallRefused("PLACEMENT_OPTIONS.LINE is not an integer", 400) from exc
+    if line <= 0:
+        raise InstallRefused("PLACEMENT_OPTIONS.LINE is missing", 400)
+    member_id = get_str(merged, "member_id")
+    auth_id = get_str(merged, "AUTH_ID")
+    if not member_id or not auth_id:
+        raise InstallRefused("placement request without member_id/AUTH_ID", 401)
+    active = str(options.get("ACTIVE_STATUS", "")).lower() in ("1", "y", "true")
+    return PlacementRequest(
+        member_id=member_id,
+        auth_id=auth_id,
+        application_token=get_str(merged, "APPLICATION_TOKEN"),
+        connector=settings.connector_id,
+        line=line,
+        active_status=active,
+        action=get_str(merged, "action").lower(),
+        raw_options=raw,
+    )
+
+
+def settings_page(
+    *,
+    settings: WebSettings,
+    req: PlacementRequest,
+    active: bool,
+    channels: list[tuple[str, str]],
+    message: str,
+) -> str:
+    esc = html.escape
+    rows = "".join(
+        f"<li>{esc(display or pid)} (phone_number_id {esc(pid)})</li>" for pid, display in channels
+    )
+    numbers = (
+        f"<ul>{rows}</ul>"
+        if rows
+        else (
+            "<p>No WhatsApp number is bound to this Open Line yet. Ask the Zaptrix operator to bind one "
+            f"(member_id <code>{esc(req.member_id)}</code>, line <code>{req.line}</code>).</p>"
+        )
+    )
+    toggle_action = "deactivate" if active else "activate"
+    toggle_label = "Disconnect this Open Line" if active else "Connect this Open Line"
+    hidden = "".join(
+        f'<input type="hidden" name="{esc(k)}" value="{esc(v)}">'
+        for k, v in (
+            ("member_id", req.member_id),
+            ("AUTH_ID", req.auth_id),
+            ("APPLICATION_TOKEN", req.application_token),
+            ("PLACEMENT", "SETTING_CONNECTOR"),
+            ("PLACEMENT_OPTIONS", req.raw_options),
+            ("action", toggle_action),
+        )
+    )
+    state = "connected" if active else "not connected"
+    return f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>{esc(settings.connector_name)}</title></head>
+<body style="font-family:sans-serif">
+<h2>{esc(settings.connector_name)}</h2>
+<p>Open Line {req.line}: <b>{state}</b>. {esc(message)}</p>
+<h3>WhatsApp numbers on this line</h3>{numbers}
+<form method="post" action="{esc(settings.url(SETTINGS_PATH))}">{hidden}
+<button type="submit">{esc(toggle_label)}</button></form>
+</body></html>"""
+
+
+def connector_data(settings: WebSettings, line: int) -> dict[str, Any]:
+    return {
+        "ID": f"{settings.connector_id}_line{line}",
+        "URL": settings.public_base_url,
+        "URL_IM": settings.public_base_url,
+        "NAME": settings.connector_name,
+    }

@@ -1,0 +1,49 @@
+"""Prometheus metrics of bitrix-ingress (shared ones live in zaptrix.metrics)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Histogram
+
+EVENTS_RECEIVED = Counter(
+    "zaptrix_bitrix_events_received_total",
+    "Bitrix24 events received by outcome (accepted, ignored, unauthorized, malformed, unavailable)",
+    ["event", "outcome"],
+)
+EVENTS_LOST = Counter(
+    "zaptrix_bitrix_events_lost_total",
+    "Bitrix24 events answered 503 (Bitrix24 never resends them): logged in full at ERROR",
+    ["event", "reason"],
+)
+ITEMS_SKIPPED = Counter(
+    "zaptrix_bitrix_event_items_skipped_total",
+    "Messages inside an event left out (malformed, or our own failure notice echoed back)",
+    ["event"],
+)
+UNRESOLVED_CHATS = Counter(
+    "zaptrix_bitrix_unresolved_chats_total",
+    "Operator events whose external chat id the mapper does not know (or could not be asked)",
+    ["reason"],
+)
+INSTALLS = Counter("zaptrix_bitrix_installs_total", "Install/setup requests by outcome", ["kind", "outcome"])
+
+MESSAGES_PER_CALL = Histogram(
+    "zaptrix_bitrix_messages_per_call",
+    "Messages carried by one imconnector.send.messages call",
+    buckets=(1, 2, 5, 10, 20, 50, 100, 200),
+)
+REQUESTS_PER_FLUSH = Histogram(
+    "zaptrix_bitrix_requests_per_portal_flush",
+    "HTTP requests one poll batch needed for one portal",
+    buckets=(1, 2, 3, 5, 10, 20, 50),
+)
+DELIVERED = Counter(
+    "zaptrix_bitrix_customer_messages_total", "Customer messages handled, by outcome", ["outcome"]
+)
+STATUSES = Counter(
+    "zaptrix_bitrix_statuses_total", "WhatsApp statuses handled, by status and outcome", ["status", "outcome"]
+)
+NOTICES = Counter("zaptrix_bitrix_notices_total", "Failure notices posted to operators", ["source", "via"])
+CRM = Counter("zaptrix_bitrix_crm_contacts_total", "First-contact CRM lookups by outcome", ["outcome"])
+BATCH_FALLBACKS = Counter(
+    "zaptrix_bitrix_batch_fallbacks_total", "Portals where imconnector.* was refused inside batch"
+)

@@ -1,0 +1,76 @@
+"""Per-portal pacing of REST requests, mirroring Bitrix24's own leaky bucket.
+
+Bitrix24 counts requests per portal (and source IP) in a leaky bucket: each request adds one, the
+level drains at 2/s (Enterprise 5/s), and above 50 (Enterprise 250) requests get
+``QUERY_LIMIT_EXCEEDED``. Our pacer is the same shape with a smaller bucket (default 2/s, burst
+10): whatever the load, a portal never sees more than `burst` requests at once nor more than `rate`
+per second sustained from this process. When Bitrix24 still answers QUERY_LIMIT_EXCEEDED (another
+app on the same egress IP, another replica), the portal is paused with exponential backoff and
+jitter, honouring Retry-After, and requests resume at the sustained rate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Callable
+
+from aiolimiter import AsyncLimiter
+from prometheus_client import Counter, Histogram
+
+from bitrix_ingress.settings import RateSpec
+
+PACER_WAIT = Histogram(
+    "zaptrix_bitrix_pacer_wait_seconds",
+    "Time a REST request waited for its portal's pacer",
+    buckets=(0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30),
+)
+RATE_LIMITED = Counter(
+    "zaptrix_bitrix_rate_limited_total", "QUERY_LIMIT_EXCEEDED answers (each pauses the portal)"
+)
+
+
+class PortalPacer:
+    def __init__(self, spec: RateSpec, clock: Callable[[], float] = time.monotonic) -> None:
+        self.spec = spec
+        self._clock = clock
+        self._limiter = AsyncLimiter(spec.burst, spec.burst / spec.rate)
+        self.paused_until = 0.0
+        self.penalties = 0
+
+    async def acquire(self) -> None:
+        started = self._clock()
+        while True:
+            wait = self.paused_until - self._clock()
+            if wait <= 0:
+                break
+            await asyncio.sleep(wait)
+        await self._limiter.acquire()
+        PACER_WAIT.observe(self._clock() - started)
+
+    def slow_down(self, retry_after: float | None = None) -> float:
+        """Pause the portal after QUERY_LIMIT_EXCEEDED; returns the pause in seconds."""
+        RATE_LIMITED.inc()
+        self.penalties += 1
+        ceiling = min(30.0, 1.0 * 2 ** min(self.penalties, 5))  # 2, 4, 8, 16, 30 s
+        delay = max(retry_after or 0.0, random.uniform(ceiling / 2, ceiling))
+        self.paused_until = max(self.paused_until, self._clock() + delay)
+        return delay
+
+    def succeeded(self) -> None:
+        self.penalties = 0
+
+
+class PacerRegistry:
+    """One pacer per portal (member_id), created on first use with the portal's rate."""
+
+    def __init__(self, rate_for: Callable[[str], RateSpec]) -> None:
+        self._rate_for = rate_for
+        self._pacers: dict[str, PortalPacer] = {}
+
+    def get(self, member_id: str) -> PortalPacer:
+        pacer = self._pacers.get(member_id)
+        if pacer is None:
+            pacer = self._pacers[member_id] = PortalPacer(self._rate_for(member_id))
+        return pacer

@@ -1,0 +1,358 @@
+"""A small typed Bitrix24 REST client: one httpx.AsyncClient per process, typed errors, metrics.
+
+``call(endpoint, token, method, params)`` POSTs to ``<client_endpoint><method>`` with the access token
+as the ``auth`` parameter of the body (never in the URL, so it stays out of access logs) and returns
+the ``result`` member, or raises a :class:`BitrixError` subclass classified from the documented
+error codes (DOCS limits.md, oauth/error-codes.md, imconnector method pages):
+
+| class | codes | meaning for the caller |
+|---|---|---|
+| ExpiredToken | 401 expired_token | ReportTokenRejected, then retry once |
+| InvalidToken | 401 invalid_token, NO_AUTH_FOUND | same |
+| QueryLimitExceeded | 503 QUERY_LIMIT_EXCEEDED | slow the portal down and retry in place |
+| MethodBlocked | 429 OPERATION_TIME_LIMIT | that method is blocked until operating_reset_at |
+| Overloaded | 503 OVERLOAD_LIMIT | manual block by Bitrix24: retry much later |
+| ServerError / TransportError / BadResponse | 5xx, timeouts, non-JSON | transient |
+| ArgumentError | 400 ERROR_ARGUMENT, IMCONNECTOR_*, other 4xx codes | permanent |
+| NotActiveLine | NOT_ACTIVE_LINE | permanent |
+| WrongAuthType | 403 WRONG_AUTH_TYPE | permanent (imconnector.* needs app context) |
+| AccessDenied | insufficient_scope, ACCESS_DENIED, user_access_error, ... | permanent |
+| MethodNotFound | ERROR_METHOD_NOT_FOUND | permanent |
+
+OpenTelemetry CLIENT spans come from the httpx instrumentation (zaptrix.telemetry); the token never
+appears in a span because it travels in the body.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
+from typing import Any, Literal
+
+import httpx
+from zaptrix.metrics import EXTERNAL_CALLS, EXTERNAL_LATENCY
+
+from bitrix_ingress.formparse import as_list, build_query
+
+PLATFORM = "bitrix24"
+
+
+class BitrixError(Exception):
+    """An error answered by Bitrix24 (or on the way there). ``str()`` never contains a token."""
+
+    permanent = False
+
+    def __init__(
+        self,
+        code: str,
+        description: str = "",
+        *,
+        status: int | None = None,
+        method: str = "",
+        retry_after: float | None = None,
+    ) -> None:
+        self.code = code
+        self.description = description[:500]
+        self.status = status
+        self.method = method
+        self.retry_after = retry_after
+        super().__init__(self.reason)
+
+    @property
+    def reason(self) -> str:
+        where = f"{self.method}: " if self.method else ""
+        status = f" (HTTP {self.status})" if self.status else ""
+        desc = f": {self.description}" if self.description else ""
+        return f"{where}{self.code}{status}{desc}"
+
+
+class TransientBitrixError(BitrixError):
+    """Worth retrying later."""
+
+
+class PermanentBitrixError(BitrixError):
+    """Will fail the same way again: dead-letter with the reason."""
+
+    permanent = True
+
+
+class TokenError(TransientBitrixError):
+    """The access token was refused; the caller refreshes it through token-keeper."""
+
+
+class ExpiredToken(TokenError):
+    pass
+
+
+class InvalidToken(TokenError):
+    pass
+
+
+class QueryLimitExceeded(TransientBitrixError):
+    pass
+
+
+class MethodBlocked(TransientBitrixError):
+    pass
+
+
+class Overloaded(TransientBitrixError):
+    pass
+
+
+class ServerError(TransientBitrixError):
+    pass
+
+
+class TransportError(TransientBitrixError):
+    pass
+
+
+class BadResponse(TransientBitrixError):
+    pass
+
+
+class ArgumentError(PermanentBitrixError):
+    pass
+
+
+class NotActiveLine(PermanentBitrixError):
+    pass
+
+
+class WrongAuthType(PermanentBitrixError):
+    pass
+
+
+class AccessDenied(PermanentBitrixError):
+    pass
+
+
+class MethodNotFound(PermanentBitrixError):
+    pass
+
+
+_BY_CODE: dict[str, type[BitrixError]] = {
+    "expired_token": ExpiredToken,
+    "invalid_token": InvalidToken,
+    "NO_AUTH_FOUND": InvalidToken,
+    "QUERY_LIMIT_EXCEEDED": QueryLimitExceeded,
+    "OPERATION_TIME_LIMIT": MethodBlocked,
+    "OVERLOAD_LIMIT": Overloaded,
+    "INTERNAL_SERVER_ERROR": ServerError,
+    "ERROR_ARGUMENT": ArgumentError,
+    "ERROR_CORE": ServerError,
+    "NOT_ACTIVE_LINE": NotActiveLine,
+    "WRONG_AUTH_TYPE": WrongAuthType,
+    "insufficient_scope": AccessDenied,
+    "invalid_scope": AccessDenied,
+    "ACCESS_DENIED": AccessDenied,
+    "ACCESS_ERROR": AccessDenied,
+    "INVALID_CREDENTIALS": AccessDenied,
+    "user_access_error": AccessDenied,
+    "PAYMENT_REQUIRED": AccessDenied,
+    "INVALID_REQUEST": ArgumentError,
+    "ERROR_METHOD_NOT_FOUND": MethodNotFound,
+    "ERROR_BATCH_METHOD_NOT_ALLOWED": MethodNotFound,
+    "ERROR_BATCH_LENGTH_EXCEEDED": ArgumentError,
+    "WRONG_APP_ID": AccessDenied,
+}
+
+
+def classify(
+    code: str,
+    description: str = "",
+    *,
+    status: int | None = None,
+    method: str = "",
+    retry_after: float | None = None,
+) -> BitrixError:
+    """The typed error for a Bitrix24 error code (HTTP status decides for codes we do not know)."""
+    code = code or "UNKNOWN"
+    cls = _BY_CODE.get(code) or _BY_CODE.get(code.upper()) or _BY_CODE.get(code.lower())
+    if cls is None:
+        if code.upper().startswith(("IMCONNECTOR_", "ERROR_IMCONNECTOR_", "CONNECTOR_")):
+            cls = ArgumentError
+        elif status is not None and (status >= 500 or status == 408):
+            cls = ServerError
+        elif status == 401:
+            cls = InvalidToken
+        elif status == 429:
+            cls = MethodBlocked
+        elif status is None:
+            # a nested (batch) error without an HTTP status: unknown codes are not retried forever
+            cls = ArgumentError
+        else:
+            cls = ArgumentError
+    return cls(code, description, status=status, method=method, retry_after=retry_after)
+
+
+def _retry_after(resp: httpx.Response, payload: Any) -> float | None:
+    header = resp.headers.get("retry-after")
+    if header:
+        try:
+            return max(0.0, float(header))
+        except ValueError:
+            try:
+                return max(0.0, parsedate_to_datetime(header).timestamp() - time.time())
+            except (TypeError, ValueError):
+                pass
+    if isinstance(payload, dict):
+        timing = payload.get("time")
+        if isinstance(timing, dict) and timing.get("operating_reset_at"):
+            try:
+                return max(0.0, float(timing["operating_reset_at"]) - time.time())
+            except (TypeError, ValueError):
+                return None
+    return None
+
+
+@dataclass
+class BatchResult:
+    """Per sub-command: its result, or its typed error."""
+
+    results: dict[str, Any] = field(default_factory=dict)
+    errors: dict[str, BitrixError] = field(default_factory=dict)
+
+
+class BitrixRest:
+    """The process-wide HTTP client for Bitrix24 portals (connection pooling across portals)."""
+
+    def __init__(
+        self,
+        *,
+        timeout_s: float = 65.0,
+        connect_timeout_s: float = 5.0,
+        body: Literal["json", "form"] = "json",
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.body = body
+        self._http = httpx.AsyncClient(
+            timeout=httpx.Timeout(timeout_s, connect=connect_timeout_s),
+            limits=httpx.Limits(max_connections=256, max_keepalive_connections=64, keepalive_expiry=30),
+            follow_redirects=False,
+            transport=transport,
+            headers={"User-Agent": "zaptrix-bitrix-ingress/0.1", "Accept": "application/json"},
+        )
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    @staticmethod
+    def method_url(endpoint: str, method: str) -> str:
+        return endpoint.rstrip("/") + "/" + method
+
+    async def call(self, endpoint: str, token: str, method: str, params: Mapping[str, Any]) -> Any:
+        """POST one method; returns its ``result``."""
+        payload = await self._post(endpoint, token, method, params)
+        return payload.get("result")
+
+    async def call_full(self, endpoint: str, token: str, method: str, params: Mapping[str, Any]) -> Any:
+        """POST one method; returns the whole response document (``result``, ``time``, ``total``...)."""
+        return await self._post(endpoint, token, method, params)
+
+    async def batch(
+        self,
+        endpoint: str,
+        token: str,
+        commands: Mapping[str, tuple[str, Mapping[str, Any]]],
+        *,
+        halt: bool = False,
+    ) -> BatchResult:
+        """One ``batch`` request (one hit on the portal's leaky bucket) with up to 50 sub-commands."""
+        if not commands or len(commands) > 50:
+            raise ValueError("batch takes 1..50 commands")
+        cmd = {key: f"{method}?{build_query(params)}" for key, (method, params) in commands.items()}
+        payload = await self._post(endpoint, token, "batch", {"halt": 1 if halt else 0, "cmd": cmd})
+        outer = payload.get("result")
+        if not isinstance(outer, dict):
+            raise BadResponse("BAD_BATCH_RESPONSE", "batch result is not an object", method="batch")
+        results = outer.get("result") or {}
+        errors = outer.get("result_error") or {}
+        if isinstance(results, list):  # PHP serialises an empty map as []
+            results = {str(i): v for i, v in enumerate(results)}
+        if isinstance(errors, list):
+            errors = {str(i): v for i, v in enumerate(errors)}
+        out = BatchResult()
+        for key, (method, _) in commands.items():
+            if key in errors:
+                err = errors[key]
+                if isinstance(err, dict):
+                    code = str(err.get("error") or "UNKNOWN")
+                    desc = str(err.get("error_description") or "")
+                else:
+                    code, desc = "UNKNOWN", str(err)
+                out.errors[key] = classify(code, desc, method=method)
+                EXTERNAL_CALLS.labels(PLATFORM, method, code[:40]).inc()
+            elif key in results:
+                out.results[key] = results[key]
+                EXTERNAL_CALLS.labels(PLATFORM, method, "ok").inc()
+            else:  # halted or skipped by Bitrix24
+                out.errors[key] = ServerError("NOT_EXECUTED", "sub-command was not executed", method=method)
+        return out
+
+    async def _post(
+        self, endpoint: str, token: str, method: str, params: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        url = self.method_url(endpoint, method)
+        body = {**params, "auth": token}
+        started = time.perf_counter()
+        outcome = "transport_error"
+        try:
+            try:
+                if self.body == "json":
+                    resp = await self._http.post(url, json=body)
+                else:
+                    resp = await self._http.post(
+                        url,
+                        content=build_query(body).encode(),
+                        headers={"Content-Type": "application/x-www-form-urlencoded"},
+                    )
+            except httpx.TimeoutException as exc:
+                outcome = "timeout"
+                raise TransportError("TIMEOUT", type(exc).__name__, method=method) from exc
+            except httpx.HTTPError as exc:
+                raise TransportError("TRANSPORT_ERROR", type(exc).__name__, method=method) from exc
+            payload = self._decode(resp, method)
+            err = payload.get("error")
+            if err or resp.status_code >= 400:
+                code = str(err or f"HTTP_{resp.status_code}")
+                outcome = code[:40]
+                raise classify(
+                    code,
+                    str(payload.get("error_description") or ""),
+                    status=resp.status_code,
+                    method=method,
+                    retry_after=_retry_after(resp, payload),
+                )
+            outcome = "ok"
+            return payload
+        finally:
+            EXTERNAL_LATENCY.labels(PLATFORM, method).observe(time.perf_counter() - started)
+            if method != "batch" or outcome != "ok":
+                EXTERNAL_CALLS.labels(PLATFORM, method, outcome).inc()
+
+    @staticmethod
+    def _decode(resp: httpx.Response, method: str) -> dict[str, Any]:
+        try:
+            payload = json.loads(resp.content) if resp.content else {}
+        except ValueError:
+            payload = None
+        if not isinstance(payload, dict):
+            if resp.status_code >= 400:
+                return {"error": f"HTTP_{resp.status_code}"}
+            raise BadResponse("BAD_RESPONSE", f"not a JSON object (HTTP {resp.status_code})", method=method)
+        return payload
+
+
+def result_items(result: Any) -> list[Any]:
+    """``DATA.RESULT`` of imconnector.send.messages as a list (PHP may send a numeric-keyed map)."""
+    if not isinstance(result, dict):
+        return []
+    data = result.get("DATA") or result.get("data")
+    if not isinstance(data, dict):
+        return []
+    return as_list(data.get("RESULT") or data.get("result"))

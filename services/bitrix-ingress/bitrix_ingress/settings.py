@@ -1,0 +1,237 @@
+"""Settings of the bitrix-ingress processes: ``bitrix-ingress-web`` and ``bitrix-dispatcher``.
+
+Every field is an environment variable with the ``ZAPTRIX_`` prefix (``ZAPTRIX_PUBLIC_BASE_URL``,
+``ZAPTRIX_BITRIX_RATE_PER_S``, ...). Kafka and gRPC client settings are the shared
+:class:`zaptrix.settings.KafkaSettings` (``ZAPTRIX_KAFKA_*``) and :class:`GrpcClientSettings`.
+See docs/bitrix-ingress.md.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from typing import Literal
+from urllib.parse import urlsplit
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings
+from zaptrix.settings import CommonSettings, GrpcClientSettings, KafkaSettings
+
+
+class InsecureUrlError(ValueError):
+    """A URL that may not be used (plain http outside the sandbox, not absolute, ...)."""
+
+
+def check_url(url: str, settings: CommonSettings, *, what: str) -> str:
+    """Refuse anything but https, except plain http when explicitly allowed outside production."""
+    parts = urlsplit(url)
+    if not parts.netloc or not parts.hostname:
+        raise InsecureUrlError(f"{what} is not an absolute URL")
+    if parts.scheme == "https":
+        return url
+    if parts.scheme == "http" and settings.allow_insecure_http and settings.environment != "production":
+        return url
+    raise InsecureUrlError(
+        f"{what} must use https (plain http only with ZAPTRIX_ALLOW_INSECURE_HTTP=true outside production)"
+    )
+
+
+def check_portal_endpoint(url: str, settings: BitrixCommonSettings) -> str:
+    """A portal's REST endpoint (client_endpoint): https, a host name, and an allowed suffix.
+
+    The endpoint comes from Bitrix24 payloads, so it is also an SSRF guard: IP literals and
+    localhost are refused unless the sandbox (allow_insecure_http) is configured.
+    """
+    check_url(url, settings, what="portal client_endpoint")
+    host = (urlsplit(url).hostname or "").lower().rstrip(".")
+    if not settings.allow_insecure_http:
+        if host == "localhost" or host.endswith(".localhost"):
+            raise InsecureUrlError("portal client_endpoint points at localhost")
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            pass
+        else:
+            raise InsecureUrlError("portal client_endpoint is an IP address, not a portal host name")
+    suffixes = settings.bitrix_portal_host_suffixes
+    if suffixes and not any(host == s.lstrip(".") or host.endswith("." + s.lstrip(".")) for s in suffixes):
+        raise InsecureUrlError(f"portal host {host!r} is not in ZAPTRIX_BITRIX_PORTAL_HOST_SUFFIXES")
+    return url
+
+
+@dataclass(frozen=True)
+class RateSpec:
+    """Our pacing of one portal's REST calls: `rate` requests/s sustained, `burst` at most at once."""
+
+    rate: float
+    burst: int
+
+    @classmethod
+    def parse(cls, text: str) -> RateSpec:
+        rate_s, _, burst_s = text.strip().partition("/")
+        try:
+            rate = float(rate_s)
+            burst = int(burst_s) if burst_s else max(1, int(rate * 5))
+        except ValueError as exc:
+            raise ValueError(f"rate spec {text!r} is not '<requests per s>/<burst>'") from exc
+        if rate <= 0 or burst < 1:
+            raise ValueError(f"rate spec {text!r} needs a positive rate and a burst of at least 1")
+        return cls(rate, burst)
+
+
+class BitrixCommonSettings(CommonSettings):
+    """Read by both processes."""
+
+    connector_id: str = Field(
+        "zaptrix_whatsapp",
+        description="Open Lines connector ID registered in every portal (lowercase letters, digits, _)",
+    )
+    public_base_url: str = Field(
+        "http://127.0.0.1:8081",
+        description=(
+            "Public https base URL of bitrix-ingress-web as Bitrix24 reaches it; the event handler and "
+            "PLACEMENT_HANDLER URLs given to Bitrix24 are built from it"
+        ),
+    )
+    bitrix_rate_per_s: float = Field(
+        2.0, gt=0, description="Sustained REST requests/s per portal from this process (Bitrix24: 2/s)"
+    )
+    bitrix_burst: int = Field(
+        10, ge=1, le=50, description="Requests per portal that may go at once (Bitrix24 bucket: 50)"
+    )
+    bitrix_portal_rates: dict[str, str] = Field(
+        default_factory=dict,
+        description=(
+            'Per-portal override as JSON {"<member_id>": "<rate>/<burst>"}, e.g. "5/50" for Enterprise '
+            "portals (Bitrix24: 5/s, bucket 250)"
+        ),
+    )
+    bitrix_portal_host_suffixes: list[str] = Field(
+        default_factory=list,
+        description=(
+            'Allowed portal host suffixes as JSON, e.g. ["bitrix24.com","bitrix24.de"]; empty allows any '
+            "https host name"
+        ),
+    )
+    bitrix_rest_body: Literal["json", "form"] = Field(
+        "json", description="Body encoding of REST calls (Bitrix24 accepts both)"
+    )
+    bitrix_rest_timeout_s: float = Field(
+        65.0, gt=0, description="Read timeout of one REST call (Bitrix24 cloud stops a request at 60 s)"
+    )
+    bitrix_rest_connect_timeout_s: float = Field(5.0, gt=0, description="Connect timeout of REST calls")
+
+    @field_validator("connector_id")
+    @classmethod
+    def _connector_id(cls, value: str) -> str:
+        value = value.strip().lower()
+        if not value or "." in value or not all(c.isascii() and (c.isalnum() or c == "_") for c in value):
+            raise ValueError(
+                "connector_id: lowercase letters, digits and '_' only ('.' is refused by Bitrix24)"
+            )
+        return value
+
+    @field_validator("bitrix_portal_rates")
+    @classmethod
+    def _rates(cls, value: dict[str, str]) -> dict[str, str]:
+        for spec in value.values():
+            RateSpec.parse(spec)
+        return value
+
+    @model_validator(mode="after")
+    def _check_public_url(self) -> BitrixCommonSettings:
+        check_url(self.public_base_url, self, what="ZAPTRIX_PUBLIC_BASE_URL")
+        return self
+
+    def rate_for(self, member_id: str) -> RateSpec:
+        spec = self.bitrix_portal_rates.get(member_id)
+        return RateSpec.parse(spec) if spec else RateSpec(self.bitrix_rate_per_s, self.bitrix_burst)
+
+    def url(self, path: str) -> str:
+        return self.public_base_url.rstrip("/") + path
+
+
+class WebSettings(BitrixCommonSettings):
+    """bitrix-ingress-web: Bitrix24 events, app install and the connector settings page."""
+
+    web_port: int = Field(8081, description="HTTP port of bitrix-ingress-web")
+    web_max_body_bytes: int = Field(1_000_000, ge=10_000, description="Largest accepted request body")
+    produce_timeout_s: float = Field(
+        4.0, gt=0, description="Longest wait for Kafka's acknowledgement before answering 503"
+    )
+    verify_cache_s: float = Field(
+        30.0, ge=0, description="How long a verified (member_id, application_token) pair is trusted"
+    )
+    read_on_reply: bool = Field(
+        True,
+        description="An operator reply also marks the customer's messages read on WhatsApp (OperatorRead)",
+    )
+    connector_name: str = Field("WhatsApp (Zaptrix)", description="Connector name shown in Contact Center")
+    connector_color: str = Field("#25D366", description="Connector tile colour")
+    bitrix_client_id: str = Field(
+        "", description="OAuth client_id of the Bitrix24 app, stored with each installed portal"
+    )
+    bitrix_client_secret: SecretStr | None = Field(
+        None,
+        description=(
+            "OAuth client_secret passed to token-keeper on install; empty keeps the one stored there "
+            "(token-keeper-admin)"
+        ),
+    )
+    bitrix_oauth_server_endpoint: str = Field(
+        "https://oauth.bitrix.info/rest/",
+        description="Used when an install payload carries no auth[server_endpoint]",
+    )
+
+
+class DispatcherSettings(BitrixCommonSettings):
+    """bitrix-dispatcher: Kafka wa-to-b24 -> Bitrix24 REST."""
+
+    dispatcher_metrics_port: int = Field(9104, description="Port of /health, /ready and /metrics")
+    consumer_group: str = Field("bitrix-dispatcher", description="Kafka consumer group")
+    bitrix_max_messages_per_call: int = Field(
+        50, ge=1, le=200, description="MESSAGES[] per imconnector.send.messages call"
+    )
+    bitrix_max_files_per_call: int = Field(
+        10, ge=1, description="Messages with files per call (Bitrix24 downloads them inside the request)"
+    )
+    bitrix_use_batch: bool = Field(
+        True,
+        description=(
+            "Pack several calls into one `batch` request (one request for the rate limit); falls back to "
+            "single calls per portal when Bitrix24 refuses imconnector.* inside batch"
+        ),
+    )
+    bitrix_batch_max_commands: int = Field(10, ge=1, le=50, description="Sub-calls per batch request")
+    bitrix_batch_max_messages: int = Field(
+        100, ge=1, description="Messages across one batch request (bounds its execution time)"
+    )
+    bitrix_rest_attempts: int = Field(
+        3, ge=1, le=10, description="Attempts of one call on 5xx/transport errors before the event is retried"
+    )
+    bitrix_rate_limit_max_wait_s: float = Field(
+        30.0, gt=0, description="Longest in-place wait on QUERY_LIMIT_EXCEEDED before the retry topic"
+    )
+    bitrix_notice_via: Literal["connector", "im"] = Field(
+        "connector",
+        description=(
+            "How failure notices reach the operator: 'connector' (imconnector.send.messages, works in app "
+            "context) or 'im' (im.message.add SYSTEM=Y, needs the im scope and chat access)"
+        ),
+    )
+    bitrix_send_read_status: bool = Field(
+        False,
+        description="Also call imconnector.send.status.reading (a documented no-op; delivery marks read)",
+    )
+    dispatch_concurrency: int = Field(32, ge=1, description="Conversations prepared concurrently")
+    channel_cache_s: float = Field(30.0, ge=0, description="How long a channel binding is cached")
+    max_attempts: int = Field(8, ge=1, description="Deliveries of one event before the dead-letter topic")
+    retry_base_s: float = Field(2.0, gt=0, description="First retry delay (doubles each attempt, jittered)")
+
+
+SETTINGS_CLASSES: list[type[BaseSettings]] = [
+    WebSettings,
+    DispatcherSettings,
+    KafkaSettings,
+    GrpcClientSettings,
+]
