@@ -6,7 +6,8 @@ The database connection comes from zaptrix.settings.DatabaseSettings (``ZAPTRIX_
 from __future__ import annotations
 
 from pydantic import Field, model_validator
-from zaptrix.settings import CommonSettings
+from pydantic_settings import BaseSettings
+from zaptrix.settings import CommonSettings, DatabaseSettings
 
 
 class MapperSettings(CommonSettings):
@@ -23,7 +24,12 @@ class MapperSettings(CommonSettings):
     # - our own retry topic and dead-letter replay are bounded by both.
     # 8 days covers the longest of them with a day's margin. A row is ~100 bytes: a million events
     # a day costs under 1 GB.
-    dedupe_retention_hours: int = Field(192, ge=1, description="Keep processed-event records this long")
+    dedupe_retention_hours: int = Field(
+        192,
+        ge=1,
+        description="Keep processed-event records this long: past Meta's 7-day webhook retries and Kafka's"
+        " default 7-day retention (see docs/mapper.md)",
+    )
     dedupe_expiry_interval_s: float = Field(300.0, gt=0, description="Pause between expiry sweeps")
     dedupe_expiry_batch: int = Field(1000, ge=1, description="Rows deleted per statement (short locks)")
 
@@ -40,3 +46,7 @@ class MapperSettings(CommonSettings):
         if self.dedupe_cache_ttl_s >= self.dedupe_retention_hours * 3600:
             raise ValueError("dedupe_cache_ttl_s must be shorter than dedupe_retention_hours")
         return self
+
+
+# Read by dev/config_docs.py (docs/configuration.md): what mapper-server and mapper-migrate read.
+SETTINGS_CLASSES: list[type[BaseSettings]] = [MapperSettings, DatabaseSettings]
