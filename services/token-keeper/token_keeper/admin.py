@@ -27,9 +27,9 @@ from zaptrix.settings import DatabaseSettings
 
 from token_keeper.crypto import KeyConfigError, generate_key
 from token_keeper.db import SchemaMissing, create_pool
+from token_keeper.keys import load_keyring
 from token_keeper.oauth import BitrixOAuthClient
 from token_keeper.repository import STATE_UNINSTALLED, Repository
-from token_keeper.server import load_keyring
 from token_keeper.service import ChannelUpsert, PortalUpsert, TokenKeeperError, TokenService, utcnow
 from token_keeper.settings import TokenKeeperSettings
 

@@ -12,27 +12,16 @@ from zaptrix.logging import configure_logging, get_logger
 from zaptrix.settings import DatabaseSettings
 from zaptrix.telemetry import setup_telemetry, shutdown_telemetry
 
-from token_keeper.crypto import KeyConfigError, Keyring, keyring_from_config
+from token_keeper.crypto import KeyConfigError, Keyring
 from token_keeper.db import SchemaMissing, create_pool
 from token_keeper.grpc_api import register
+from token_keeper.keys import load_keyring
 from token_keeper.oauth import BitrixOAuthClient
 from token_keeper.repository import Repository
 from token_keeper.service import TokenService
 from token_keeper.settings import TokenKeeperSettings
 
 log = get_logger(__name__)
-
-
-def load_keyring(settings: TokenKeeperSettings) -> Keyring:
-    raw = settings.token_keeper_keys.get_secret_value() if settings.token_keeper_keys else None
-    keyring = keyring_from_config(raw, settings.token_keeper_active_key_id, environment=settings.environment)
-    if keyring.is_dev:
-        log.warning(
-            "!!! USING THE PUBLISHED DEV ENCRYPTION KEY: stored secrets are NOT protected. "
-            "Set ZAPTRIX_TOKEN_KEEPER_KEYS (refused in production) !!!",
-            environment=settings.environment,
-        )
-    return keyring
 
 
 async def check_key_ids(pool: asyncpg.Pool, repo: Repository) -> None:
