@@ -175,7 +175,8 @@ class TokenService:
 
     def _issue(self, row: PortalRow) -> IssuedToken:
         token = self._decrypt(lambda: self.repo.access_token(row), row.member_id)
-        assert token is not None
+        if token is None:  # only when a caller decided no refresh is needed (idle sweep racing an upsert)
+            raise RefreshUnavailable(f"portal {row.member_id} has no access token stored yet; retry")
         issued = IssuedToken(row.member_id, SecretStr(token), row.access_expires_at, row.client_endpoint)
         if row.access_expires_at - self.clock() >= self.margin:
             self._tokens[row.member_id] = issued

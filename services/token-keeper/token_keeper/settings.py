@@ -11,7 +11,7 @@ from typing import Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, model_validator
-from zaptrix.settings import CommonSettings
+from zaptrix.settings import CommonSettings, DatabaseSettings
 
 
 class InsecureUrlError(ValueError):
@@ -91,3 +91,7 @@ def require_https(url: str, settings: CommonSettings, *, what: str) -> None:
     raise InsecureUrlError(
         f"{what} must use https (plain http only with ZAPTRIX_ALLOW_INSECURE_HTTP=true outside production)"
     )
+
+
+# Read by dev/config_docs.py (docs/configuration.md): every settings class token-keeper's processes read.
+SETTINGS_CLASSES = [TokenKeeperSettings, DatabaseSettings]
