@@ -15,6 +15,7 @@ from zaptrix.metrics import serve_metrics
 log = get_logger(__name__)
 
 Readiness = Callable[[], Awaitable[bool]]
+LIVENESS_SERVICE = "liveness"
 
 
 async def _watch_readiness(
@@ -52,6 +53,9 @@ async def serve(
     server = grpc.aio.server()
     names = register(server)
     servicer = health.aio.HealthServicer()
+    # "liveness" stays SERVING while the process runs (liveness probes); "" and each service follow
+    # readiness, i.e. the database, so a database outage takes pods out of rotation without restarts.
+    await servicer.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
     health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
     bound = server.add_insecure_port(f"0.0.0.0:{port}")
     serve_metrics(metrics_port)
