@@ -211,7 +211,7 @@ async def test_grpc_api_install_verify_channels_and_cached_latency(
     for _ in range(50):
         await stub.GetAccessToken(req, timeout=5)
     samples = []
-    for _ in range(1000):
+    for _ in range(500):
         t0 = time.perf_counter()
         r = await stub.GetAccessToken(req, timeout=5)
         samples.append(time.perf_counter() - t0)
@@ -219,13 +219,13 @@ async def test_grpc_api_install_verify_channels_and_cached_latency(
     samples.sort()
     p50, p99 = statistics.median(samples) * 1000, samples[int(len(samples) * 0.99)] * 1000
     t0 = time.perf_counter()
-    await asyncio.gather(*(stub.GetAccessToken(req, timeout=5) for _ in range(1000)))
-    rate = 1000 / (time.perf_counter() - t0)
-    print(f"\nGetAccessToken cached: p50={p50:.2f} ms p99={p99:.2f} ms; 1000 concurrent: {rate:.0f} calls/s")
+    await asyncio.gather(*(stub.GetAccessToken(req, timeout=5) for _ in range(500)))
+    rate = 500 / (time.perf_counter() - t0)
+    print(f"\nGetAccessToken cached: p50={p50:.2f} ms p99={p99:.2f} ms; 500 concurrent: {rate:.0f} calls/s")
     assert p99 < 50
     assert await sandbox.refresh_count(spec["member_id"]) == 0
     text = await server.metrics()
-    assert metric(text, "zaptrix_token_cache_total", result="hit") >= 2000
+    assert metric(text, "zaptrix_token_cache_total", result="hit") >= 1000
 
     log = server.log_text()
     secrets = [spec["client_secret"], live["refresh_token"], live["access_token"], spec["application_token"]]

@@ -24,6 +24,12 @@ VERSION_TABLE = "alembic_version"
 # pg_advisory_xact_lock key serializing concurrent migration runs (stable: "tk-migr" as an int64).
 MIGRATION_LOCK_KEY = int.from_bytes(b"tk-migr\x00", "big") >> 1
 
+# Only when missing: CREATE SCHEMA IF NOT EXISTS still needs CREATE on the database, which a least-privilege
+# role owning a pre-created schema (docs/deploy.md) does not have.
+CREATE_SCHEMA_SQL = f"""DO $$ BEGIN
+    IF NOT EXISTS (SELECT FROM pg_namespace WHERE nspname = '{SCHEMA}') THEN CREATE SCHEMA {SCHEMA}; END IF;
+END $$"""
+
 log = get_logger(__name__)
 
 

@@ -14,7 +14,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from token_keeper.migrate import MIGRATION_LOCK_KEY, SCHEMA, VERSION_TABLE, sqlalchemy_url
+from token_keeper.migrate import CREATE_SCHEMA_SQL, MIGRATION_LOCK_KEY, SCHEMA, VERSION_TABLE, sqlalchemy_url
 
 config = context.config
 
@@ -32,7 +32,7 @@ def _configure(**kwargs: object) -> None:
 def run_offline() -> None:
     _configure(url=sqlalchemy_url(config.attributes["database_url"]), literal_binds=True)
     with context.begin_transaction():
-        context.execute(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")
+        context.execute(CREATE_SCHEMA_SQL)
         context.run_migrations()
 
 
@@ -40,7 +40,7 @@ def _run_sync(connection: Connection) -> None:
     _configure(connection=connection)
     with context.begin_transaction():
         connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
-        connection.execute(text(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}"))
+        connection.execute(text(CREATE_SCHEMA_SQL))
         context.run_migrations()
 
 

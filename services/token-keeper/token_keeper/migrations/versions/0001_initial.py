@@ -11,6 +11,8 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
 
+from token_keeper.migrate import CREATE_SCHEMA_SQL
+
 revision = "0001"
 down_revision = None
 branch_labels = None
@@ -33,7 +35,7 @@ def _timestamps() -> list[sa.Column[object]]:
 def upgrade() -> None:
     # env.py already creates the schema (the version table lives in it); kept here so that offline SQL and a
     # reader of this file see where the schema comes from.
-    op.execute(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")
+    op.execute(CREATE_SCHEMA_SQL)
     op.create_table(
         "portal_config",
         sa.Column("member_id", sa.Text(), primary_key=True),
