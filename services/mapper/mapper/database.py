@@ -29,6 +29,16 @@ TRANSIENT: tuple[type[BaseException], ...] = (
 )
 
 
+async def _keep_session(conn: Any) -> None:
+    """Release without asyncpg's default reset query.
+
+    asyncpg normally runs ``SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL`` on
+    every release: a second round trip for each one-statement RPC. The mapper never changes session state
+    (no SET, LISTEN, cursors or session advisory locks; the migration runner uses its own connection),
+    so there is nothing to reset. asyncpg still rolls back a transaction left open, reset or not.
+    """
+
+
 class Database:
     def __init__(
         self, settings: DatabaseSettings, *, connect_timeout_s: float, application_name: str
@@ -49,6 +59,7 @@ class Database:
             # Client-side backstop a little above the server's statement_timeout.
             command_timeout=s.statement_timeout_ms / 1000 + 1,
             max_inactive_connection_lifetime=300,
+            reset=_keep_session,
             server_settings={
                 "application_name": self.application_name,
                 "statement_timeout": str(s.statement_timeout_ms),
