@@ -171,10 +171,36 @@ async def test_admin_add_status_verify_and_rotate_keys(
         "rows_by_key_id": {"k2": 3},
     }
 
+    # Operator fix of NEEDS_REAUTH: only a new refresh token, everything else kept; --verify proves it.
+    await sandbox.expire_refresh_token(spec2["member_id"])
+    r = await cli(["token-keeper-admin", "refresh", "--member-id", spec2["member_id"]], env2)
+    assert r.returncode == 1 and "needs re-authorisation" in r.stderr
+    r = await cli(["token-keeper-admin", "status"], env2)
+    assert "NEEDS_REAUTH" in r.stdout and "1 portal(s) need re-authorisation" in r.stdout
+    await sandbox.reset()  # the portal admin reinstalls: a new refresh token
+    new_rt = (await sandbox.portal(spec2["member_id"]))["refresh_token"]
+    r = await cli(
+        [
+            "token-keeper-admin",
+            "add-portal",
+            "--member-id",
+            spec2["member_id"],
+            "--keep-secrets",
+            "--refresh-token-env",
+            "TK_NEW_RT",
+            "--verify",
+        ],
+        {**env2, "TK_NEW_RT": new_rt},
+    )
+    assert r.returncode == 0, r.stderr + r.stdout
+    assert "state=active" in r.stdout and "refresh ok" in r.stdout
+    assert await sandbox.refresh_count(spec2["member_id"]) == 1  # counted since the reset
+
     # Without the right key, the refresh is refused with a clear error, no secret, no Bitrix24 call.
     r = await cli(["token-keeper-admin", "refresh", "--member-id", spec2["member_id"]], env)
     assert r.returncode == 1 and "k2" in r.stderr and "not configured" in r.stderr
     assert await sandbox.refresh_count(spec2["member_id"]) == 1
+    assert find_secrets_in(r.stdout + r.stderr, [new_rt, spec2["client_secret"]]) == []
 
 
 async def test_generate_key_and_dev_key_warning(
