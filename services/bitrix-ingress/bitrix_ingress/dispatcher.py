@@ -836,7 +836,7 @@ class BitrixDispatcher:
 async def _in_place(fn: Callable[[], Awaitable[T]], budget_s: float = 8.0) -> T:
     async for attempt in AsyncRetrying(
         stop=stop_after_delay(budget_s),
-        wait=wait_exponential_jitter(initial=0.2, max=2.0),
+        wait=wait_exponential_jitter(multiplier=0.2, max=2.0, jitter=0.2),
         retry=retry_if_exception_type(RpcFailed),
         reraise=True,
     ):

@@ -157,7 +157,9 @@ class PortalClient:
     async def _run(self, member_id: str, fn: Callable[[Token], Awaitable[T]]) -> T:
         async for attempt in AsyncRetrying(
             stop=stop_after_attempt(self.attempts),
-            wait=wait_exponential_jitter(initial=self.backoff_initial_s, max=self.backoff_max_s),
+            wait=wait_exponential_jitter(
+                multiplier=self.backoff_initial_s, max=self.backoff_max_s, jitter=self.backoff_initial_s
+            ),
             retry=retry_if_exception(_retryable),
             reraise=True,
         ):

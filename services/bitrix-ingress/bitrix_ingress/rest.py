@@ -190,7 +190,7 @@ def classify(
     return cls(code, description, status=status, method=method, retry_after=retry_after)
 
 
-def _retry_after(resp: httpx.Response, payload: Any) -> float | None:
+def _retry_after(resp: httpx.Response, payload: Any, code: str) -> float | None:
     header = resp.headers.get("retry-after")
     if header:
         try:
@@ -200,7 +200,7 @@ def _retry_after(resp: httpx.Response, payload: Any) -> float | None:
                 return max(0.0, parsedate_to_datetime(header).timestamp() - time.time())
             except (TypeError, ValueError):
                 pass
-    if isinstance(payload, dict):
+    if code == "OPERATION_TIME_LIMIT" and isinstance(payload, dict):
         timing = payload.get("time")
         if isinstance(timing, dict) and timing.get("operating_reset_at"):
             try:
@@ -326,7 +326,7 @@ class BitrixRest:
                     str(payload.get("error_description") or ""),
                     status=resp.status_code,
                     method=method,
-                    retry_after=_retry_after(resp, payload),
+                    retry_after=_retry_after(resp, payload, code),
                 )
             outcome = "ok"
             return payload

@@ -86,13 +86,6 @@ class BitrixCommonSettings(CommonSettings):
         "zaptrix_whatsapp",
         description="Open Lines connector ID registered in every portal (lowercase letters, digits, _)",
     )
-    public_base_url: str = Field(
-        "http://127.0.0.1:8081",
-        description=(
-            "Public https base URL of bitrix-ingress-web as Bitrix24 reaches it; the event handler and "
-            "PLACEMENT_HANDLER URLs given to Bitrix24 are built from it"
-        ),
-    )
     bitrix_rate_per_s: float = Field(
         2.0, gt=0, description="Sustained REST requests/s per portal from this process (Bitrix24: 2/s)"
     )
@@ -138,23 +131,22 @@ class BitrixCommonSettings(CommonSettings):
             RateSpec.parse(spec)
         return value
 
-    @model_validator(mode="after")
-    def _check_public_url(self) -> BitrixCommonSettings:
-        check_url(self.public_base_url, self, what="ZAPTRIX_PUBLIC_BASE_URL")
-        return self
-
     def rate_for(self, member_id: str) -> RateSpec:
         spec = self.bitrix_portal_rates.get(member_id)
         return RateSpec.parse(spec) if spec else RateSpec(self.bitrix_rate_per_s, self.bitrix_burst)
-
-    def url(self, path: str) -> str:
-        return self.public_base_url.rstrip("/") + path
 
 
 class WebSettings(BitrixCommonSettings):
     """bitrix-ingress-web: Bitrix24 events, app install and the connector settings page."""
 
     web_port: int = Field(8081, description="HTTP port of bitrix-ingress-web")
+    public_base_url: str = Field(
+        "",
+        description=(
+            "Public https base URL of bitrix-ingress-web as Bitrix24 reaches it (e.g. https://zaptrix.example.com); "
+            "event handler and PLACEMENT_HANDLER URLs given to Bitrix24 are built from it. Required for install"
+        ),
+    )
     web_max_body_bytes: int = Field(1_000_000, ge=10_000, description="Largest accepted request body")
     produce_timeout_s: float = Field(
         4.0, gt=0, description="Longest wait for Kafka's acknowledgement before answering 503"
@@ -182,6 +174,19 @@ class WebSettings(BitrixCommonSettings):
         "https://oauth.bitrix.info/rest/",
         description="Used when an install payload carries no auth[server_endpoint]",
     )
+
+    @model_validator(mode="after")
+    def _check_public_url(self) -> WebSettings:
+        if self.public_base_url:
+            check_url(self.public_base_url, self, what="ZAPTRIX_PUBLIC_BASE_URL")
+        return self
+
+    def url(self, path: str) -> str:
+        if not self.public_base_url:
+            raise InsecureUrlError(
+                "ZAPTRIX_PUBLIC_BASE_URL is not set: Bitrix24 needs it to reach this service"
+            )
+        return self.public_base_url.rstrip("/") + path
 
 
 class DispatcherSettings(BitrixCommonSettings):

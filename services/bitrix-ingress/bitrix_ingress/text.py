@@ -26,33 +26,35 @@ _NOTICE_RE = re.compile(r"⚠\ufe0f?\s*Zaptrix:")
 _APOSTROPHES = frozenset("'`\u2019\u2018\u02bc\u00b4\u2032")
 _HYPHENS = frozenset("-\u2010\u2011\u2012\u2013\u2014")
 _SEPARATORS = frozenset('._,;:/\\|+&()[]{}<>"!?#*~=^@%$')
-_VARIATION_SELECTORS = re.compile("[\ufe00-\ufe0f\U000e0100-\U000e01ef]")
 
 
 def _clean_name(raw: str) -> str:
-    text = _VARIATION_SELECTORS.sub("", unicodedata.normalize("NFC", raw))
+    """Letters (as Python's ``str.isalpha``, after NFC), single hyphens/apostrophes inside words, spaces."""
     out: list[str] = []
-    for ch in text:
-        cat = unicodedata.category(ch)
-        if cat[0] == "L" or (cat[0] == "M" and out and out[-1] not in " -'"):
+    for ch in unicodedata.normalize("NFC", raw):
+        if ch.isalpha():
             out.append(ch)
         elif ch in _APOSTROPHES:
             out.append("'")
         elif ch in _HYPHENS:
             out.append("-")
-        elif ch.isspace() or ch in _SEPARATORS:
-            out.append(" ")
         elif ch.isdigit():
             out.append("\x00")  # marks the word; dropped below
-        # emoji, symbols and control characters are dropped
+        elif ch.isspace() or ch in _SEPARATORS:
+            out.append(" ")
+        # combining marks, emoji, symbols and control characters are dropped
     words = []
-    for word in "".join(out).split():
-        if "\x00" in word:
-            word = word.replace("\x00", "")
-            if len(word) <= 2:  # "2nd", "B2": what is left of a number is not a name
+    for raw_word in "".join(out).split():
+        had_digit = "\x00" in raw_word
+        pieces = re.split(r"([-']+)", raw_word.replace("\x00", ""))
+        word = ""
+        for i in range(0, len(pieces), 2):
+            piece = pieces[i]
+            if not piece:
                 continue
-        word = word.strip("-'")
-        word = re.sub(r"-{2,}", "-", re.sub(r"'{2,}", "'", word))
+            word = f"{word}{pieces[i - 1][0]}{piece}" if word else piece
+        if had_digit and len(word) <= 2:  # "2nd", "B2": what is left of a number is not a name
+            continue
         if word:
             words.append(word)
     return " ".join(words)
@@ -78,10 +80,12 @@ def split_name(profile_name: str) -> tuple[str, str]:
 
 
 def display_name(profile_name: str, wa_id: str) -> str:
-    name, last = split_name(profile_name)
-    if (name, last) == FALLBACK_NAME:
-        return f"+{wa_id}"
-    return f"{name} {last}".strip()
+    """A chat title: the profile name as the customer wrote it (no control characters), else the number."""
+    shown = "".join(
+        ch for ch in unicodedata.normalize("NFC", profile_name or "") if unicodedata.category(ch)[0] != "C"
+    )
+    shown = " ".join(shown.split())[:60]
+    return shown or f"+{wa_id}"
 
 
 # Tag names Bitrix24's chat parses; an opening bracket before one of them is neutralised.

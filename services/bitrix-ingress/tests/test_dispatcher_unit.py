@@ -1,0 +1,330 @@
+"""The dispatcher's batch handler against in-memory gRPC fakes and a scripted Bitrix24 (httpx mock)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import pytest
+from bitrix_ingress.deps import Deps
+from bitrix_ingress.dispatcher import BitrixDispatcher
+from bitrix_ingress.formparse import as_list
+from bitrix_ingress.pacing import PacerRegistry
+from bitrix_ingress.portal import PortalClient
+from bitrix_ingress.rest import BitrixRest
+from bitrix_ingress.settings import DispatcherSettings
+from bitrix_support import FakeBitrix, GrpcFakes, Portal
+from opentelemetry import trace
+from zaptrix.clients import Clients
+from zaptrix.kafka import Received, new_envelope
+from zaptrix.settings import GrpcClientSettings
+from zaptrix.v1 import events_pb2, mapper_pb2
+
+tracer = trace.get_tracer("test")
+
+
+@dataclass
+class Harness:
+    fakes: GrpcFakes
+    bitrix: FakeBitrix
+    make: Callable[..., BitrixDispatcher]
+
+    async def run(self, records: list[Received], **settings: Any) -> list[str]:
+        outcomes = await self.make(**settings).handle(records)
+        return [o.kind for o in outcomes]
+
+
+@pytest.fixture
+async def h(fakes: GrpcFakes) -> AsyncIterator[Harness]:
+    fakes.token_keeper.add(Portal("m1", "apptok", access_token="access-1"))
+    fakes.mapper.bind("100", "m1", 7)
+    bitrix = FakeBitrix()
+    clients = Clients(GrpcClientSettings(mapper_addr=fakes.addr, token_keeper_addr=fakes.addr))
+    deps = Deps(clients)
+    made: list[BitrixRest] = []
+
+    def make(**kw: Any) -> BitrixDispatcher:
+        settings = DispatcherSettings(**{"bitrix_rate_per_s": 100.0, "bitrix_burst": 50, **kw})
+        rest = BitrixRest(transport=bitrix.transport())
+        made.append(rest)
+        portals = PortalClient(
+            deps,
+            rest,
+            PacerRegistry(settings.rate_for),
+            settings,
+            attempts=2,
+            backoff_initial_s=0.01,
+            backoff_max_s=0.02,
+        )
+        return BitrixDispatcher(settings, deps, portals)
+
+    yield Harness(fakes, bitrix, make)
+    for rest in made:
+        await rest.aclose()
+    await clients.close()
+
+
+def received(env: events_pb2.Envelope, offset: int = 0) -> Received:
+    return Received(
+        env,
+        "t",
+        0,
+        offset,
+        env.conversation_key.encode(),
+        env.SerializeToString(),
+        [],
+        1,
+        tracer.start_span("r"),
+    )
+
+
+def customer(wa_id: str, n: int, *, pnid: str = "100", name: str = "Anna Schmidt", **kw: Any) -> Received:
+    cm = events_pb2.CustomerMessage(
+        phone_number_id=pnid,
+        wa_id=wa_id,
+        profile_name=name,
+        wamid=f"wamid.{wa_id}.{n}",
+        type="text",
+        text=f"hello {n}",
+        **kw,
+    )
+    cm.sent_at.FromSeconds(1_700_000_000 + n)
+    env = new_envelope(f"wa:{cm.wamid}", f"{pnid}:{wa_id}", events_pb2.PLATFORM_WHATSAPP, customer_message=cm)
+    return received(env, n)
+
+
+def status(wamid: str, value: str, wa_id: str = "4917", **kw: Any) -> Received:
+    st = events_pb2.WhatsAppStatus(phone_number_id="100", wa_id=wa_id, wamid=wamid, status=value, **kw)
+    st.at.FromSeconds(1_700_000_100)
+    env = new_envelope(
+        f"wa-status:{wamid}:{value}", f"100:{wa_id}", events_pb2.PLATFORM_WHATSAPP, whatsapp_status=st
+    )
+    return received(env)
+
+
+def outbound_link(h: Harness, wa_id: str = "4917", wamid: str = "wamid.out1") -> mapper_pb2.Conversation:
+    conv = h.fakes.mapper.add_conversation("100", wa_id, "Anna")
+    h.fakes.mapper.links[wamid] = mapper_pb2.MessageLink(
+        conversation_id=conv.id,
+        direction=mapper_pb2.DIRECTION_OUTBOUND,
+        wamid=wamid,
+        member_id="m1",
+        bitrix_message_id="86497",
+        bitrix_chat_id="1807",
+    )
+    return conv
+
+
+async def test_many_messages_few_requests_in_conversation_order(h: Harness) -> None:
+    records = [customer(f"49170{c}", n) for n in range(12) for c in range(10)]  # 10 customers, interleaved
+    assert await h.run(records) == ["ok"] * 120
+    # CRM: one batch of look-ups, one batch of creations; messages: 50+50 in one batch, then a call of 20.
+    assert [r.method for r in h.bitrix.requests] == ["batch", "batch", "batch", "imconnector.send.messages"]
+    sent = h.bitrix.sent_messages()
+    assert len(sent) == 120
+    for c in range(10):
+        ids = [m["message"]["id"] for m in sent if m["user"]["id"] == f"49170{c}"]
+        assert ids == [f"wamid.49170{c}.{n}" for n in range(12)]
+    assert len(h.bitrix.contacts) == 10  # exactly one contact per new customer
+    assert h.fakes.mapper.count("MarkProcessed") == 120 and h.fakes.mapper.count("LinkMessage") == 120
+    conv = h.fakes.mapper.by_customer("100", "491700")
+    assert conv is not None and conv.bitrix_chat_id and conv.bitrix_contact_id
+    assert conv.last_customer_message_at.seconds == 1_700_000_011
+    first = sent[0]
+    assert first["user"] == {"id": "491700", "name": "Anna", "last_name": "Schmidt", "phone": "+491700"}
+    assert first["chat"]["id"] == "wa_100_491700"
+
+
+async def test_a_redelivered_message_is_not_sent_twice(h: Harness) -> None:
+    records = [customer("4917", n) for n in range(3)]
+    assert await h.run(records) == ["ok"] * 3
+    before = len(h.bitrix.calls)
+    links = h.fakes.mapper.count("LinkMessage")
+    assert await h.run([customer("4917", n) for n in range(3)]) == ["duplicate"] * 3
+    assert len(h.bitrix.calls) == before  # nothing reached Bitrix24 again
+    assert h.fakes.mapper.count("LinkMessage") == links + 3  # bookkeeping redone (idempotent)
+
+
+async def test_returning_customer_is_found_not_created(h: Harness) -> None:
+    h.bitrix.contacts[77] = "4917"
+    assert await h.run([customer("4917", 1), customer("4917", 2)]) == ["ok", "ok"]
+    assert "crm.contact.add" not in h.bitrix.methods()
+    assert [m for m in h.bitrix.methods() if m.startswith("crm.")] == ["crm.duplicate.findbycomm"]
+    conv = h.fakes.mapper.by_customer("100", "4917")
+    assert conv is not None and conv.bitrix_contact_id == "77"
+    assert await h.run([customer("4917", 3)]) == ["ok"]
+    assert [m for m in h.bitrix.methods() if m.startswith("crm.")] == [
+        "crm.duplicate.findbycomm"
+    ]  # remembered
+
+
+async def test_open_line_mode_leaves_crm_to_the_tracker(h: Harness) -> None:
+    h.fakes.mapper.bind("100", "m1", 7, crm_mode=mapper_pb2.CRM_MODE_OPEN_LINE)
+    assert await h.run([customer("4917", 1)]) == ["ok"]
+    assert not [m for m in h.bitrix.methods() if m.startswith("crm.")]
+    assert h.bitrix.sent_messages()[0]["user"]["phone"] == "+4917"
+
+
+async def test_crm_without_scope_still_delivers(h: Harness) -> None:
+    h.bitrix.script["crm.duplicate.findbycomm"] = [(403, {"error": "insufficient_scope"})]
+    assert await h.run([customer("4917", 1)]) == ["ok"]
+    assert len(h.bitrix.sent_messages()) == 1
+
+
+async def test_one_bad_message_is_isolated_by_bisecting(h: Harness) -> None:
+    h.bitrix.bad_message_ids = {"wamid.c.1"}
+    records = [customer(w, 1) for w in ("a", "b", "c", "d", "e")]
+    outcomes = await h.make().handle(records)
+    assert [o.kind for o in outcomes] == ["ok", "ok", "dead", "ok", "ok"]
+    assert "ERROR_ARGUMENT" in outcomes[2].reason
+    delivered = [m["message"]["id"] for m in h.bitrix.sent_messages()]
+    assert sorted(set(delivered)) == ["wamid.a.1", "wamid.b.1", "wamid.d.1", "wamid.e.1"]
+    assert delivered.count("wamid.a.1") == 1  # the bad call failed whole: nothing was stored twice
+
+
+async def test_a_failure_holds_the_rest_of_its_conversation(h: Harness) -> None:
+    h.fakes.mapper.fail_if.append(
+        ("GetOrCreateConversation", lambda r: r.wa_id == "a", grpc.StatusCode.UNAVAILABLE)
+    )
+    outcomes = await h.make().handle([customer("a", 1), customer("a", 2), customer("b", 1)])
+    assert [o.kind for o in outcomes] == ["retry", "retry", "ok"]
+    assert "held behind" in outcomes[1].reason
+    assert [m["message"]["id"] for m in h.bitrix.sent_messages()] == ["wamid.b.1"]
+
+
+async def test_transient_bitrix_failure_retries_and_keeps_order(h: Harness) -> None:
+    h.bitrix.script["batch"] = [(500, {"error": "INTERNAL_SERVER_ERROR"})] * 2
+    records = [customer("a", n) for n in range(60)]  # two calls in one batch request
+    outcomes = await h.make().handle(records)
+    assert {o.kind for o in outcomes} == {"retry"}
+    assert h.bitrix.sent_messages() == []
+
+
+async def test_per_message_failure_is_retried(h: Harness) -> None:
+    h.bitrix.per_message_failures = {"wamid.a.1"}
+    outcomes = await h.make().handle([customer("a", 1), customer("b", 1)])
+    assert [o.kind for o in outcomes] == ["retry", "ok"] and "could not save the file" in outcomes[0].reason
+    assert "wa:wamid.a.1" not in h.fakes.mapper.processed
+
+
+async def test_inactive_line_is_dead_lettered(h: Harness) -> None:
+    h.fakes.mapper.bind("100", "m1", 7, crm_mode=mapper_pb2.CRM_MODE_OPEN_LINE)
+    h.bitrix.script["imconnector.send.messages"] = [
+        (400, {"error": "NOT_ACTIVE_LINE", "error_description": "inactive"})
+    ]
+    outcomes = await h.make().handle([customer("a", 1)])
+    assert outcomes[0].kind == "dead" and "NOT_ACTIVE_LINE" in outcomes[0].reason
+
+
+async def test_unknown_channel_is_dead_lettered(h: Harness) -> None:
+    outcomes = await h.make().handle([customer("a", 1, pnid="999")])
+    assert outcomes[0].kind == "dead" and "999" in outcomes[0].reason
+
+
+async def test_batch_refused_for_imconnector_falls_back_to_single_calls(h: Harness) -> None:
+    h.fakes.mapper.bind("200", "m1", 8, crm_mode=mapper_pb2.CRM_MODE_OPEN_LINE)
+    h.fakes.mapper.bind("100", "m1", 7, crm_mode=mapper_pb2.CRM_MODE_OPEN_LINE)
+    h.bitrix.refuse_imconnector_in_batch = True
+    d = h.make()
+    records = [customer("a", 1), customer("b", 1, pnid="200")]
+    assert [o.kind for o in await d.handle(records)] == ["ok", "ok"]
+    assert [r.method for r in h.bitrix.requests] == [
+        "batch",
+        "imconnector.send.messages",
+        "imconnector.send.messages",
+    ]
+    h.bitrix.requests.clear()
+    assert [o.kind for o in await d.handle([customer("a", 2), customer("b", 2, pnid="200")])] == ["ok", "ok"]
+    assert [r.method for r in h.bitrix.requests] == ["imconnector.send.messages"] * 2  # remembered per portal
+
+
+async def test_expired_token_mid_flow(h: Harness) -> None:
+    d = h.make()
+    assert [o.kind for o in await d.handle([customer("a", 1)])] == ["ok"]
+    h.bitrix.expired_tokens.add("access-1")
+    h.bitrix.valid_tokens.add("access-1-r")
+    assert [o.kind for o in await d.handle([customer("a", 2), customer("b", 1)])] == ["ok", "ok"]
+    assert len(h.fakes.token_keeper.rejections) == 1
+
+
+async def test_delivered_status_reaches_bitrix_once(h: Harness) -> None:
+    conv = outbound_link(h)
+    assert await h.run([status("wamid.out1", "sent")]) == ["ok"]
+    assert await h.run([status("wamid.out1", "delivered")]) == ["ok"]
+    (call,) = [c for c in h.bitrix.calls if c.method == "imconnector.send.status.delivery"]
+    (item,) = as_list(call.params["MESSAGES"])
+    assert item["im"] == {"chat_id": "1807", "message_id": "86497"}
+    assert as_list(item["message"]["id"]) == ["wamid.out1"] and str(item["message"]["date"]) == "1700000100"
+    assert item["chat"] == {"id": conv.external_chat_id}
+    link = h.fakes.mapper.links["wamid.out1"]
+    assert (link.whatsapp_status, link.bitrix_status) == ("delivered", "delivered")
+    assert await h.run([status("wamid.out1", "read")]) == ["ok"]
+    assert (
+        len([c for c in h.bitrix.calls if c.method.startswith("imconnector.send.status")]) == 1
+    )  # read = delivered
+    assert h.fakes.mapper.links["wamid.out1"].whatsapp_status == "read"
+
+
+async def test_read_before_delivered_reports_delivery(h: Harness) -> None:
+    outbound_link(h)
+    assert await h.run([status("wamid.out1", "read")]) == ["ok"]
+    assert [c.method for c in h.bitrix.calls] == ["imconnector.send.status.delivery"]
+    assert h.fakes.mapper.links["wamid.out1"].bitrix_status == "read"
+
+
+async def test_statuses_of_unknown_messages_are_acknowledged(h: Harness) -> None:
+    assert await h.run([status("wamid.someone-else", "delivered")]) == ["ok"]
+    assert h.bitrix.calls == []
+
+
+async def test_failed_status_becomes_a_visible_notice(h: Harness) -> None:
+    conv = outbound_link(h)
+    err = events_pb2.GraphError(code=131047, title="Re-engagement message")
+    assert await h.run([status("wamid.out1", "failed", errors=[err])]) == ["ok"]
+    (notice,) = h.bitrix.sent_messages()
+    assert notice["chat"]["id"] == conv.external_chat_id and notice["user"]["name"] == "Anna"
+    assert notice["message"]["text"].startswith("⚠️ Zaptrix: Not delivered to WhatsApp: more than 24 hours")
+    assert notice["message"]["disable_crm"] == "Y"
+    link = h.fakes.mapper.links["wamid.out1"]
+    assert (link.whatsapp_status, link.bitrix_status) == ("failed", "failed")
+
+
+async def test_send_failure_notice(h: Harness) -> None:
+    conv = h.fakes.mapper.add_conversation("100", "4917", "Anna")
+    sf = events_pb2.SendFailure(
+        member_id="m1",
+        line_id=7,
+        connector_id="zaptrix_whatsapp",
+        bitrix_chat_id="1807",
+        bitrix_message_id="86497",
+        external_chat_id=conv.external_chat_id,
+        error=events_pb2.GraphError(code=131047, title="Re-engagement message"),
+        template_sent=True,
+    )
+    env = new_envelope("wa-fail:b24:m1:86497", "100:4917", events_pb2.PLATFORM_WHATSAPP, send_failure=sf)
+    assert await h.run([received(env)]) == ["ok"]
+    (notice,) = h.bitrix.sent_messages()
+    assert "template was sent instead" in notice["message"]["text"]
+    assert await h.run([received(env)]) == ["duplicate"]
+    assert len(h.bitrix.sent_messages()) == 1
+
+
+async def test_notice_via_im_message_add(h: Harness) -> None:
+    outbound_link(h)
+    assert await h.run([status("wamid.out1", "failed")], bitrix_notice_via="im") == ["ok"]
+    (call,) = h.bitrix.calls
+    assert (
+        call.method == "im.message.add"
+        and call.params["DIALOG_ID"] == "chat1807"
+        and call.params["SYSTEM"] == "Y"
+    )
+
+
+async def test_unexpected_event_kinds_are_dead_lettered(h: Harness) -> None:
+    env = new_envelope(
+        "b24:m1:1", "k", events_pb2.PLATFORM_BITRIX24, operator_read=events_pb2.OperatorRead(member_id="m1")
+    )
+    outcomes = await h.make().handle([received(env)])
+    assert outcomes[0].kind == "dead" and "operator_read" in outcomes[0].reason
