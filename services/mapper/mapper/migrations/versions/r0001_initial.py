@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-05-09
+Create Date: 2026-11-26
 """
 
 from __future__ import annotations
