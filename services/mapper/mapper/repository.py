@@ -276,26 +276,26 @@ class Repository:
             raise FailedPrecondition(f"channel {phone_number_id} is inactive")
         raise AlreadyExists(f"external chat id {external_chat_id} is taken by another conversation")
 
-    async def find_conversation(self, where: str, *args: object) -> Conversation | None:
+    async def _find_conversation(self, where: str, *args: object) -> Conversation | None:
         async with self.db.connection() as conn:
             row = await conn.fetchrow(f"{_SELECT_CONVERSATION} WHERE {where}", *args)
         return None if row is None else _conversation(row)
 
     async def conversation_by_id(self, conversation_id: uuid.UUID) -> Conversation | None:
-        return await self.find_conversation("id = $1", conversation_id)
+        return await self._find_conversation("id = $1", conversation_id)
 
     async def conversation_by_customer(self, phone_number_id: str, wa_id: str) -> Conversation | None:
-        return await self.find_conversation(
+        return await self._find_conversation(
             "phone_number_id = $1 AND meta_whatsapp_id = $2", phone_number_id, wa_id
         )
 
     async def conversation_by_external_chat(self, external_chat_id: str) -> Conversation | None:
-        return await self.find_conversation("external_chat_id = $1", external_chat_id)
+        return await self._find_conversation("external_chat_id = $1", external_chat_id)
 
     async def conversation_by_bitrix_chat(self, member_id: str, bitrix_chat_id: str) -> Conversation | None:
         # Bitrix24 groups a line's chats by user, so in principle two conversations could share one chat;
         # the most recently active one is the one an operator is answering.
-        return await self.find_conversation(
+        return await self._find_conversation(
             "member_id = $1 AND bitrix_chat_id = $2"
             " ORDER BY last_message_at DESC NULLS LAST, created_at DESC LIMIT 1",
             member_id,
@@ -377,16 +377,18 @@ class Repository:
         _check_same(completed, spec)  # a concurrent completion may have won with other ids
         return completed
 
-    async def find_link(self, where: str, *args: object) -> MessageLink | None:
+    async def _find_link(self, where: str, *args: object) -> MessageLink | None:
         async with self.db.connection() as conn:
             row = await conn.fetchrow(f"{_SELECT_LINK} WHERE {where}", *args)
         return None if row is None else _link(row)
 
     async def link_by_wamid(self, wamid: str) -> MessageLink | None:
-        return await self.find_link("wamid = $1", wamid)
+        return await self._find_link("wamid = $1", wamid)
 
     async def link_by_bitrix_message(self, member_id: str, bitrix_message_id: str) -> MessageLink | None:
-        return await self.find_link("member_id = $1 AND bitrix_message_id = $2", member_id, bitrix_message_id)
+        return await self._find_link(
+            "member_id = $1 AND bitrix_message_id = $2", member_id, bitrix_message_id
+        )
 
     async def update_message_status(
         self, wamid: str, whatsapp_status: str | None, bitrix_status: str | None
