@@ -63,7 +63,9 @@ def rpc(
         except MapperError as exc:
             code = _CODES.get(type(exc), grpc.StatusCode.INTERNAL)
             if code is grpc.StatusCode.UNAVAILABLE:
-                log.warning("rpc unavailable", method=method, error=str(exc))
+                # Debug only: during an outage this fires for every request. The outage itself is logged
+                # by the health watcher and the pool's reconnect loop, and counted in zaptrix_mapper_rpcs_total.
+                log.debug("rpc unavailable", method=method, error=str(exc))
             await _abort(context, code, str(exc))
         except asyncio.CancelledError:
             code = grpc.StatusCode.CANCELLED
