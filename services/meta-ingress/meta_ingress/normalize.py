@@ -1,0 +1,445 @@
+"""Meta's `messages` webhook → one zaptrix.v1.Envelope per customer message and per status.
+
+Pure functions, no I/O. The payload shapes follow whatsapp.md A2: ``entry[].changes[].value`` with
+``metadata``, ``contacts``, ``messages``, ``statuses`` and ``errors``. Every documented message type gets a
+readable ``text`` (what Bitrix24 cannot show natively: locations, contact cards, reactions, orders,
+interactive replies, unsupported messages); the original message object travels in ``raw_json``.
+
+Shape errors that make an item impossible to route or dedupe (no message id, no customer, a value that
+is not an object) raise WebhookShapeError → HTTP 400. Meta then keeps the webhook and retries it for
+days, so a payload we cannot read yet is not lost: it arrives again once we deploy a fix. Anything merely
+unknown (a new message type, an unknown interactive reply) is normalized leniently instead.
+"""
+
+from __future__ import annotations
+
+import json
+import mimetypes
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from zaptrix.v1 import events_pb2
+
+MediaUrl = Callable[[str, str, str], str]  # (phone_number_id, media_id, filename) -> signed URL
+
+_MAX_TIMESTAMP = 253402300799  # 9999-12-31T23:59:59Z, the end of google.protobuf.Timestamp
+MEDIA_TYPES = ("image", "video", "audio", "document", "sticker")
+_EXTENSIONS = {
+    "image/jpeg": ".jpg",
+    "image/png": ".png",
+    "image/webp": ".webp",
+    "video/mp4": ".mp4",
+    "video/3gpp": ".3gp",
+    "audio/ogg": ".ogg",
+    "audio/mpeg": ".mp3",
+    "audio/aac": ".aac",
+    "audio/amr": ".amr",
+    "audio/mp4": ".m4a",
+    "application/pdf": ".pdf",
+    "text/plain": ".txt",
+}
+
+
+class WebhookShapeError(ValueError):
+    """The payload is not a Cloud API webhook we can read; the reason is returned to the caller (400)."""
+
+
+@dataclass
+class Change:
+    """One ``entry[].changes[]`` item of field ``messages``."""
+
+    phone_number_id: str
+    display_phone_number: str
+    value: dict[str, Any]
+
+
+@dataclass
+class Webhook:
+    changes: list[Change] = field(default_factory=list)
+    ignored_fields: list[str] = field(default_factory=list)  # changes of other fields (not ours)
+
+    @property
+    def channels(self) -> list[str]:
+        return list(dict.fromkeys(c.phone_number_id for c in self.changes))
+
+
+@dataclass
+class Normalized:
+    envelopes: list[events_pb2.Envelope] = field(default_factory=list)
+    messages: int = 0
+    statuses: int = 0
+    # value-level errors[] (not tied to a message): (phone_number_id, code, title, details)
+    system_errors: list[tuple[str, int, str, str]] = field(default_factory=list)
+    types: list[str] = field(default_factory=list)
+
+
+def _obj(value: Any, where: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise WebhookShapeError(f"{where} must be a JSON object")
+    return value
+
+
+def _list(value: Any, where: str) -> list[Any]:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise WebhookShapeError(f"{where} must be a JSON array")
+    return value
+
+
+def _str(value: Any) -> str:
+    """A scalar as text ("" for missing or structured values)."""
+    if value is None or isinstance(value, dict | list):
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _dicts(value: Any) -> list[dict[str, Any]]:
+    """The objects of a list (anything else: none). For optional, display-only sub-structures."""
+    return [v for v in value if isinstance(v, dict)] if isinstance(value, list) else []
+
+
+def _sub(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _id(value: Any, where: str) -> str:
+    text = _str(value).strip()
+    if not text:
+        raise WebhookShapeError(f"{where} is missing")
+    if len(text) > 512:
+        raise WebhookShapeError(f"{where} is too long")
+    return text
+
+
+def parse_envelope(payload: Any) -> Webhook:
+    """Validate the outer shape and find the channels (``metadata.phone_number_id``) it concerns."""
+    body = _obj(payload, "the webhook body")
+    if body.get("object") != "whatsapp_business_account":
+        raise WebhookShapeError(f"unexpected object {_str(body.get('object'))[:60]!r}")
+    hook = Webhook()
+    for i, entry in enumerate(_list(body.get("entry"), "entry")):
+        entry = _obj(entry, f"entry[{i}]")
+        for j, change in enumerate(_list(entry.get("changes"), f"entry[{i}].changes")):
+            where = f"entry[{i}].changes[{j}]"
+            change = _obj(change, where)
+            fld = _str(change.get("field"))
+            value = _obj(change.get("value"), f"{where}.value")
+            if fld != "messages":
+                hook.ignored_fields.append(fld or "?")
+                continue
+            metadata = _obj(value.get("metadata"), f"{where}.value.metadata")
+            pnid = _id(metadata.get("phone_number_id"), f"{where}.value.metadata.phone_number_id")
+            hook.changes.append(Change(pnid, _str(metadata.get("display_phone_number")), value))
+    return hook
+
+
+def _timestamp(value: Any) -> int:
+    text = _str(value)
+    if text.isdigit() and int(text) <= _MAX_TIMESTAMP:
+        return int(text)
+    return int(time.time())
+
+
+def _filename(kind: str, media_id: str, mime: str, given: str) -> str:
+    if given:
+        return given
+    base = mime.split(";", 1)[0].strip().lower()
+    ext = _EXTENSIONS.get(base) or mimetypes.guess_extension(base) or ""
+    return f"{kind}-{media_id}{ext}"
+
+
+def _num(value: Any) -> str:
+    if isinstance(value, bool):
+        return ""
+    if isinstance(value, int | float):
+        return f"{value:g}" if isinstance(value, float) else str(value)
+    return _str(value)
+
+
+def render_location(loc: dict[str, Any]) -> tuple[str, events_pb2.Location]:
+    lat, lon = loc.get("latitude"), loc.get("longitude")
+    name, address, url = _str(loc.get("name")), _str(loc.get("address")), _str(loc.get("url"))
+    proto = events_pb2.Location(name=name, address=address, url=url)
+    try:
+        proto.latitude, proto.longitude = float(lat), float(lon)  # type: ignore[arg-type]
+        coords = f"{_num(lat)}, {_num(lon)}"
+        maps = f"https://maps.google.com/?q={_num(lat)},{_num(lon)}"
+    except (TypeError, ValueError):
+        coords, maps = "", ""
+    label = ", ".join(p for p in (name, address) if p)
+    parts = ["📍 Location:"]
+    if label:
+        parts.append(label)
+    if coords:
+        parts.append(f"({coords})")
+    if maps:
+        parts.append(maps)
+    text = " ".join(parts)
+    if url:
+        text += f"\n{url}"
+    return text, proto
+
+
+def render_contacts(cards: list[dict[str, Any]]) -> str:
+    out: list[str] = []
+    for card in cards:
+        name = _sub(card.get("name"))
+        full = _str(name.get("formatted_name")) or " ".join(
+            p for p in (_str(name.get("first_name")), _str(name.get("last_name"))) if p
+        )
+        lines = [f"👤 Contact: {full or 'unnamed'}"]
+        for phone in _dicts(card.get("phones")):
+            number = _str(phone.get("phone")) or _str(phone.get("wa_id"))
+            tags = [t for t in (_str(phone.get("type")), "WhatsApp" if phone.get("wa_id") else "") if t]
+            lines.append(f"📞 {number}" + (f" ({', '.join(tags)})" if tags else ""))
+        lines += [f"✉️ {_str(e.get('email'))}" for e in _dicts(card.get("emails")) if e.get("email")]
+        org = _sub(card.get("org"))
+        company = ", ".join(_str(org.get(k)) for k in ("company", "department", "title") if org.get(k))
+        if company:
+            lines.append(f"🏢 {company}")
+        lines += [f"🔗 {_str(u.get('url'))}" for u in _dicts(card.get("urls")) if u.get("url")]
+        for addr in _dicts(card.get("addresses")):
+            text = ", ".join(
+                _str(addr.get(k)) for k in ("street", "city", "state", "zip", "country") if addr.get(k)
+            )
+            if text:
+                lines.append(f"🏠 {text}")
+        if card.get("birthday"):
+            lines.append(f"🎂 {_str(card.get('birthday'))}")
+        out.append("\n".join(lines))
+    return "\n\n".join(out) or "👤 Contact card (empty)"
+
+
+def render_interactive(obj: dict[str, Any]) -> str:
+    kind = _str(obj.get("type"))
+    reply = _sub(obj.get(kind))
+    if kind in ("button_reply", "list_reply"):
+        title, description = _str(reply.get("title")), _str(reply.get("description"))
+        text = title or _str(reply.get("id")) or f"[{kind}]"
+        return f"{text} ({description})" if description else text
+    if kind == "nfm_reply":  # WhatsApp Flows: the customer submitted a form
+        lines = [f"📝 Form submitted: {_str(reply.get('name')) or 'flow'}"]
+        body = _str(reply.get("body"))
+        if body and body.lower() != "sent":
+            lines.append(body)
+        try:
+            answers = json.loads(_str(reply.get("response_json")) or "{}")
+        except ValueError:
+            answers = {}
+        if isinstance(answers, dict):
+            lines += [f"• {k}: {_str(v) or json.dumps(v, ensure_ascii=False)}" for k, v in answers.items()]
+        return "\n".join(lines)
+    title = _str(reply.get("title")) or _str(reply.get("body"))
+    return f"[Interactive reply: {kind or 'unknown'}]" + (f" {title}" if title else "")
+
+
+def render_order(order: dict[str, Any]) -> str:
+    items = _dicts(order.get("product_items"))
+    head = f"🛒 Order: {len(items)} item{'s' if len(items) != 1 else ''}"
+    if order.get("catalog_id"):
+        head += f" (catalog {_str(order.get('catalog_id'))})"
+    lines = [head]
+    for item in items:
+        line = f"• {_num(item.get('quantity')) or '1'} x {_str(item.get('product_retailer_id'))}"
+        if item.get("item_price") is not None:
+            line += f" @ {_num(item.get('item_price'))} {_str(item.get('currency'))}".rstrip()
+        lines.append(line)
+    if order.get("text"):
+        lines.append(_str(order.get("text")))
+    return "\n".join(lines)
+
+
+def _errors(value: Any) -> list[events_pb2.GraphError]:
+    out = []
+    for err in _dicts(value):
+        data = _sub(err.get("error_data"))
+        code = _str(err.get("code"))
+        out.append(
+            events_pb2.GraphError(
+                code=int(code) if code.isdigit() and int(code) < 2**31 else 0,
+                title=_str(err.get("title")),
+                message=_str(err.get("message")),
+                details=_str(data.get("details")),
+            )
+        )
+    return out
+
+
+def _error_text(errors: list[events_pb2.GraphError]) -> str:
+    parts = []
+    for e in errors:
+        detail = e.details or e.message
+        parts.append(f"{e.code}: {e.title}" + (f" ({detail})" if detail and detail != e.title else ""))
+    return "; ".join(parts)
+
+
+def _referral_text(ref: dict[str, Any]) -> str:
+    headline, body, url = _str(ref.get("headline")), _str(ref.get("body")), _str(ref.get("source_url"))
+    source = _str(ref.get("source_type"))
+    text = "📣 Came from " + ("an ad" if source in ("ad", "") else f"a {source}")
+    if headline or body:
+        text += ": " + " — ".join(p for p in (headline, body) if p)
+    if url:
+        text += f" {url}"
+    return text
+
+
+def customer_message(
+    change: Change,
+    msg: dict[str, Any],
+    names: dict[str, str],
+    media_url: MediaUrl,
+    default_customer: str,
+) -> events_pb2.Envelope:
+    pnid = change.phone_number_id
+    wamid = _id(msg.get("id"), "messages[].id")
+    customer = _str(msg.get("from")) or _str(msg.get("from_user_id")) or default_customer
+    if not customer:
+        raise WebhookShapeError(f"message {wamid[:80]} names no customer (from / contacts[].wa_id)")
+    kind = _str(msg.get("type")) or "unknown"
+    out = events_pb2.CustomerMessage(
+        phone_number_id=pnid,
+        display_phone_number=change.display_phone_number,
+        wa_id=customer,
+        profile_name=names.get(customer, ""),
+        wamid=wamid,
+        type=kind,
+        raw_json=json.dumps(msg, ensure_ascii=False, separators=(",", ":")),
+    )
+    sent_at = _timestamp(msg.get("timestamp"))
+    out.sent_at.seconds = sent_at
+    text = ""
+    body = _sub(msg.get(kind))
+    errors = _errors(msg.get("errors"))
+    if kind == "text":
+        text = _str(body.get("body"))
+    elif kind in MEDIA_TYPES:
+        media_id = _id(body.get("id"), f"messages[].{kind}.id")
+        mime = _str(body.get("mime_type"))
+        media_kind = "voice" if kind == "audio" and body.get("voice") is True else kind
+        filename = _filename(media_kind, media_id, mime, _str(body.get("filename")))
+        caption = _str(body.get("caption"))
+        out.media.append(
+            events_pb2.Media(
+                media_id=media_id,
+                mime_type=mime,
+                sha256=_str(body.get("sha256")),
+                filename=filename,
+                caption=caption,
+                kind=media_kind,
+                url=media_url(pnid, media_id, filename),
+                file_size=body["file_size"] if isinstance(body.get("file_size"), int) else 0,
+            )
+        )
+        text = caption
+    elif kind == "location":
+        text, location = render_location(body)
+        out.location.CopyFrom(location)
+    elif kind == "contacts":
+        text = render_contacts(_dicts(msg.get("contacts")))
+    elif kind == "interactive":
+        text = render_interactive(body)
+    elif kind == "button":
+        text = _str(body.get("text")) or _str(body.get("payload")) or "[button]"
+    elif kind == "reaction":
+        emoji = _str(body.get("emoji"))
+        out.reaction_emoji = emoji
+        out.reaction_to_wamid = _str(body.get("message_id"))
+        text = f"Reacted {emoji} to your message" if emoji else "Removed a reaction from your message"
+    elif kind == "order":
+        text = render_order(body)
+    elif kind == "system":
+        text = _str(body.get("body")) or f"[System message: {_str(body.get('type')) or 'unknown'}]"
+    elif kind == "request_welcome":
+        text = "👋 The customer opened the chat"
+    else:  # "unsupported" and any type this code does not know yet
+        shown = _str(body.get("type")) if kind == "unsupported" else kind
+        if not shown and errors:
+            shown = errors[0].title or str(errors[0].code)
+        text = f"[Unsupported message type: {shown or kind}]"
+    if errors:
+        text = f"{text}\n⚠️ {_error_text(errors)}" if text else f"⚠️ {_error_text(errors)}"
+    context = _sub(msg.get("context"))
+    out.reply_to_wamid = _str(context.get("id"))
+    out.forwarded = bool(context.get("forwarded") or context.get("frequently_forwarded"))
+    product = context.get("referred_product")
+    if isinstance(product, dict):
+        text += f"\n🛍 Asked about product {_str(product.get('product_retailer_id'))}"
+        if product.get("catalog_id"):
+            text += f" (catalog {_str(product.get('catalog_id'))})"
+    referral = msg.get("referral")
+    if isinstance(referral, dict):
+        text = f"{text}\n\n{_referral_text(referral)}" if text else _referral_text(referral)
+    out.text = text.strip()
+    env = events_pb2.Envelope(
+        event_id=f"wa:{wamid}",
+        conversation_key=f"{pnid}:{customer}",
+        source=events_pb2.PLATFORM_WHATSAPP,
+        customer_message=out,
+    )
+    env.occurred_at.seconds = sent_at
+    return env
+
+
+def status_event(change: Change, st: dict[str, Any]) -> events_pb2.Envelope:
+    pnid = change.phone_number_id
+    wamid = _id(st.get("id"), "statuses[].id")
+    status = _id(st.get("status"), "statuses[].status").lower()
+    recipient = _str(st.get("recipient_id")) or _str(st.get("recipient_user_id"))
+    at = _timestamp(st.get("timestamp"))
+    out = events_pb2.WhatsAppStatus(phone_number_id=pnid, wa_id=recipient, wamid=wamid, status=status)
+    out.at.seconds = at
+    out.errors.extend(_errors(st.get("errors")))
+    env = events_pb2.Envelope(
+        event_id=f"wa-status:{wamid}:{status}",
+        conversation_key=f"{pnid}:{recipient}",
+        source=events_pb2.PLATFORM_WHATSAPP,
+        whatsapp_status=out,
+    )
+    env.occurred_at.seconds = at
+    return env
+
+
+def _contact_names(value: dict[str, Any]) -> tuple[dict[str, str], str]:
+    names: dict[str, str] = {}
+    first = ""
+    for i, contact in enumerate(_list(value.get("contacts"), "value.contacts")):
+        contact = _obj(contact, f"value.contacts[{i}]")
+        key = _str(contact.get("wa_id")) or _str(contact.get("user_id"))
+        profile = _sub(contact.get("profile"))
+        if key:
+            names[key] = _str(profile.get("name")) or _str(profile.get("username"))
+            first = first or key
+    return names, first
+
+
+def _items(value: dict[str, Any], key: str) -> Iterator[tuple[int, dict[str, Any]]]:
+    for i, item in enumerate(_list(value.get(key), f"value.{key}")):
+        yield i, _obj(item, f"value.{key}[{i}]")
+
+
+def normalize(hook: Webhook, media_url: MediaUrl) -> Normalized:
+    result = Normalized()
+    for change in hook.changes:
+        value = change.value
+        names, first = _contact_names(value)
+        # Only a single-contact change may fall back to contacts[0] for a message without "from".
+        default_customer = first if len(names) == 1 else ""
+        for _, msg in _items(value, "messages"):
+            env = customer_message(change, msg, names, media_url, default_customer)
+            result.envelopes.append(env)
+            result.messages += 1
+            result.types.append(env.customer_message.type)
+        for _, st in _items(value, "statuses"):
+            result.envelopes.append(status_event(change, st))
+            result.statuses += 1
+        for err in _errors(value.get("errors")):
+            result.system_errors.append(
+                (change.phone_number_id, err.code, err.title, err.details or err.message)
+            )
+    return result

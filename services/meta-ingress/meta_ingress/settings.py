@@ -1,0 +1,234 @@
+"""Settings of the meta-ingress processes: the web entrypoint and the dispatcher.
+
+Every field is an environment variable with the ``ZAPTRIX_`` prefix (e.g. ``ZAPTRIX_WEB_PORT``,
+``ZAPTRIX_GRAPH_API_VERSION``, ``ZAPTRIX_MEDIA_URL_SECRET``). Kafka and the gRPC addresses come from the
+shared ``zaptrix.settings.KafkaSettings`` (``ZAPTRIX_KAFKA_*``) and ``GrpcClientSettings``
+(``ZAPTRIX_MAPPER_ADDR``, ``ZAPTRIX_TOKEN_KEEPER_ADDR``). See docs/meta-ingress.md.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+from urllib.parse import urlsplit
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings
+from zaptrix.settings import CommonSettings, GrpcClientSettings, KafkaSettings
+
+_VERSION = re.compile(r"^v\d+\.\d+$")
+# whatsapp.md A4: "Media IDs in webhooks expire after 7 days"; a signed URL never outlives its media id.
+MEDIA_ID_LIFETIME_S = 7 * 24 * 3600
+# whatsapp.md A3: v20.0 is dead; anything older than v23.0 is refused so a stale env var cannot slip in.
+OLDEST_GRAPH_VERSION = (23, 0)
+
+
+class InsecureUrlError(ValueError):
+    """A plain-http URL where https is required."""
+
+
+def require_https(url: str, settings: CommonSettings, *, what: str) -> None:
+    """Refuse anything but https, except plain http when allowed outside production (sandbox)."""
+    parts = urlsplit(url)
+    if not parts.netloc:
+        raise InsecureUrlError(f"{what} is not an absolute URL: {url!r}")
+    if parts.scheme == "https":
+        return
+    if parts.scheme == "http" and settings.allow_insecure_http and settings.environment != "production":
+        return
+    raise InsecureUrlError(
+        f"{what} must use https (plain http only with ZAPTRIX_ALLOW_INSECURE_HTTP=true outside production)"
+    )
+
+
+def url_allowed(url: str, settings: CommonSettings) -> bool:
+    try:
+        require_https(url, settings, what="url")
+    except InsecureUrlError:
+        return False
+    return True
+
+
+class MetaSettings(CommonSettings):
+    """What both processes read: the Graph API, credentials caching, signed media URLs."""
+
+    graph_api_base_url: str = Field(
+        "https://graph.facebook.com", description="Graph API base URL (the sandbox stand-in in dev)"
+    )
+    graph_api_version: str = Field(
+        "v25.0", description="Graph API version used in every path (v23.0 or later; see whatsapp.md A3)"
+    )
+    graph_connect_timeout_s: float = Field(3.0, gt=0, description="TCP/TLS connect timeout to the Graph API")
+    graph_timeout_s: float = Field(10.0, gt=0, description="Read timeout of one Graph API call")
+    graph_max_connections: int = Field(200, ge=1, description="Connection pool size towards the Graph API")
+
+    credentials_cache_ttl_s: float = Field(
+        60.0,
+        ge=0,
+        description="Channel credentials (token-keeper) are reused from memory this long; 0 disables the cache",
+    )
+    credentials_negative_ttl_s: float = Field(
+        5.0, ge=0, description="An unknown phone_number_id is remembered as unknown this long"
+    )
+    credentials_stale_max_s: float = Field(
+        900.0,
+        ge=0,
+        description="While token-keeper is unreachable, expired cache entries are still used up to this age",
+    )
+
+    public_base_url: str = Field(
+        "http://127.0.0.1:8080",
+        description="How Bitrix24 reaches this service's media proxy (must be https in production)",
+    )
+    media_url_secret: SecretStr = Field(
+        SecretStr(""),
+        description="HMAC-SHA256 key of the signed media URLs (required in production; 32+ random bytes)",
+    )
+    media_url_ttl_s: int = Field(
+        6 * 24 * 3600,
+        ge=60,
+        le=MEDIA_ID_LIFETIME_S,
+        description="Lifetime of a signed media URL (<= the 7-day life of a webhook media id)",
+    )
+
+    @model_validator(mode="after")
+    def _check_meta(self) -> MetaSettings:
+        require_https(self.graph_api_base_url, self, what="ZAPTRIX_GRAPH_API_BASE_URL")
+        match = _VERSION.match(self.graph_api_version)
+        if not match:
+            raise ValueError(f"graph_api_version must look like v24.0, got {self.graph_api_version!r}")
+        major, minor = (int(p) for p in self.graph_api_version[1:].split("."))
+        if (major, minor) < OLDEST_GRAPH_VERSION:
+            raise ValueError(
+                f"graph_api_version {self.graph_api_version} is older than v23.0 (whatsapp.md A3)"
+            )
+        public = urlsplit(self.public_base_url)
+        if public.scheme not in ("http", "https") or not public.netloc:
+            raise ValueError(f"public_base_url must be an absolute URL, got {self.public_base_url!r}")
+        if self.environment == "production" and public.scheme != "https":
+            raise InsecureUrlError("ZAPTRIX_PUBLIC_BASE_URL must use https in production")
+        secret = self.media_url_secret.get_secret_value()
+        if self.environment == "production" and len(secret) < 32:
+            raise ValueError("ZAPTRIX_MEDIA_URL_SECRET must be set (32+ characters) in production")
+        return self
+
+    @property
+    def graph_root(self) -> str:
+        return f"{self.graph_api_base_url.rstrip('/')}/{self.graph_api_version}"
+
+    def media_secret_bytes(self) -> bytes:
+        """The signing key; outside production an unset secret falls back to a fixed dev key."""
+        secret = self.media_url_secret.get_secret_value()
+        return (secret or "zaptrix-dev-media-url-secret").encode()
+
+
+class WebSettings(MetaSettings):
+    """meta-ingress-web: Meta's webhooks and the signed media proxy."""
+
+    web_host: str = Field("0.0.0.0", description="Listen address of the web process")
+    web_port: int = Field(
+        8080, description="HTTP port: /webhooks/meta, /media/..., /health, /ready, /metrics"
+    )
+    publish_timeout_s: float = Field(
+        4.0,
+        gt=0,
+        description="A webhook whose events Kafka has not acknowledged in this time gets 503 (Meta retries)",
+    )
+    webhook_max_bytes: int = Field(
+        4 * 1024 * 1024, ge=1024, description="Largest webhook body accepted (Meta: up to about 3 MB)"
+    )
+    media_chunk_bytes: int = Field(64 * 1024, ge=4096, description="Chunk size of the streamed media proxy")
+    media_download_timeout_s: float = Field(
+        60.0, gt=0, description="Read timeout while streaming a file from Meta's media URL"
+    )
+
+
+class DispatcherSettings(MetaSettings):
+    """meta-dispatcher: operator events from Kafka to the Graph API."""
+
+    dispatcher_metrics_port: int = Field(9103, description="Port of /health, /ready and /metrics")
+    consumer_group: str = Field("meta-dispatcher", description="Kafka consumer group")
+    consumer_concurrency: int = Field(64, ge=1, description="Conversations handled concurrently per batch")
+
+    throughput_mps: float = Field(
+        80.0, gt=0, description="Messages per second per phone number (Meta's default: 80; upgraded: 1,000)"
+    )
+    throughput_overrides: dict[str, float] = Field(
+        default_factory=dict,
+        description='Per-channel throughput, JSON {"<phone_number_id>": mps} (e.g. 20 for coexistence numbers)',
+    )
+    throughput_burst_s: float = Field(
+        0.1,
+        gt=0,
+        le=1.0,
+        description="Burst allowance in seconds of throughput (small: keeps clear of Meta's own bucket)",
+    )
+    pair_rate_per_s: float = Field(
+        1 / 6, gt=0, description="Messages per second to one customer (Meta's pair limit 131056: 1 per 6 s)"
+    )
+    pair_burst: int = Field(1, ge=1, description="Messages to one customer allowed back to back")
+    pair_margin_s: float = Field(
+        0.25, ge=0, description="Safety gap added to the pair interval (network jitter)"
+    )
+    pair_inline_wait_max_s: float = Field(
+        1.0,
+        ge=0,
+        description="Longer pair waits go through the retry topic instead of holding the consumer batch",
+    )
+
+    send_attempts: int = Field(3, ge=1, le=10, description="In-process attempts of one Graph call")
+    send_backoff_base_s: float = Field(
+        0.25, gt=0, description="First in-process backoff (exponential, jitter)"
+    )
+    send_backoff_max_s: float = Field(
+        3.0, gt=0, description="Longest in-process wait; a longer Retry-After goes to the retry topic"
+    )
+
+    media_send_mode: Literal["upload", "link"] = Field(
+        "upload",
+        description=(
+            "upload: fetch the Bitrix24 file and POST it to /<phone_number_id>/media (Meta's recommendation, "
+            "errors known at send time); link: let Meta fetch the Bitrix24 link itself"
+        ),
+    )
+    upload_max_bytes: int = Field(
+        100 * 1024 * 1024, ge=1024, description="Largest file fetched for upload (Meta's document limit)"
+    )
+    file_fetch_timeout_s: float = Field(30.0, gt=0, description="Read timeout fetching a Bitrix24 file")
+
+    edit_mode: Literal["correction", "notice"] = Field(
+        "notice",
+        description=(
+            "WhatsApp cannot edit a sent message. correction: send the new text as a follow-up; "
+            "notice: send nothing to the customer, tell the operator"
+        ),
+    )
+    correction_prefix: str = Field("✏️ Correction: ", description="Prefix of a follow-up correction")
+    delete_mode: Literal["notice", "ignore"] = Field(
+        "notice", description="WhatsApp cannot delete a sent message: tell the operator (notice) or only log"
+    )
+    operator_read_typing_indicator: bool = Field(
+        False, description="Also show the typing indicator when the operator reads the chat"
+    )
+    window_precheck: bool = Field(
+        True,
+        description=(
+            "Skip a plain send when the conversation's last customer message is known to be older than 24 h "
+            "(the operator is told at once; Meta's 131047 stays the final word)"
+        ),
+    )
+    template_cooldown_s: int = Field(
+        24 * 3600,
+        ge=60,
+        description="At most one re-engagement template per conversation in this period",
+    )
+    channel_cache_ttl_s: float = Field(30.0, ge=0, description="Mapper channel bindings are reused this long")
+
+
+# Every settings class a meta-ingress process reads (the chart tests discover env vars from this list).
+SETTINGS_CLASSES: list[type[BaseSettings]] = [
+    WebSettings,
+    DispatcherSettings,
+    KafkaSettings,
+    GrpcClientSettings,
+]

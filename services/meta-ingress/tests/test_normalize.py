@@ -1,0 +1,315 @@
+"""Webhook → events, one fixture per documented message type (shapes from whatsapp.md A2)."""
+
+from __future__ import annotations
+
+import json
+import random
+from typing import Any
+
+import pytest
+from meta_ingress.normalize import Normalized, WebhookShapeError, normalize, parse_envelope
+from meta_support import PNID, msg, status, value, webhook
+from zaptrix.v1 import events_pb2
+
+
+def media_url(pnid: str, media_id: str, filename: str) -> str:
+    return f"https://mi/media/{pnid}/{media_id}?fn={filename}"
+
+
+def run(payload: Any) -> Normalized:
+    return normalize(parse_envelope(payload), media_url)
+
+
+def one(message: dict[str, Any], **value_kw: Any) -> events_pb2.CustomerMessage:
+    result = run(webhook(value([message], **value_kw)))
+    assert len(result.envelopes) == 1
+    env = result.envelopes[0]
+    assert env.event_id == f"wa:{message['id']}"
+    assert env.conversation_key == f"{PNID}:{message['from']}"
+    assert env.source == events_pb2.PLATFORM_WHATSAPP
+    assert json.loads(env.customer_message.raw_json) == message
+    return env.customer_message
+
+
+def test_text() -> None:
+    m = one(msg("text", {"body": "Hello"}))
+    assert (m.type, m.text, m.wa_id, m.profile_name, m.wamid) == (
+        "text",
+        "Hello",
+        "16505551234",
+        "Ana",
+        m.wamid,
+    )
+    assert (
+        m.sent_at.seconds == 1749416383
+        and m.phone_number_id == PNID
+        and m.display_phone_number == "15550000001"
+    )
+
+
+@pytest.mark.parametrize("kind", ["image", "video", "document", "sticker"])
+def test_media(kind: str) -> None:
+    body = {"id": "1234", "mime_type": "image/jpeg", "sha256": "q83v", "caption": "cap"}
+    if kind == "document":
+        body["filename"] = "invoice.pdf"
+    m = one(msg(kind, body))
+    media = m.media[0]
+    assert (media.media_id, media.kind, media.mime_type, media.sha256) == ("1234", kind, "image/jpeg", "q83v")
+    assert media.url == media_url(PNID, "1234", media.filename)
+    assert media.filename == ("invoice.pdf" if kind == "document" else f"{kind}-1234.jpg")
+    assert m.text == "cap"
+
+
+def test_audio_and_voice() -> None:
+    voice = one(msg("audio", {"id": "77", "mime_type": "audio/ogg; codecs=opus", "voice": True}))
+    assert voice.media[0].kind == "voice" and voice.media[0].filename == "voice-77.ogg" and voice.text == ""
+    audio = one(msg("audio", {"id": "78", "mime_type": "audio/mpeg"}))
+    assert audio.media[0].kind == "audio" and audio.media[0].filename.endswith(".mp3")
+
+
+def test_location() -> None:
+    m = one(
+        msg("location", {"latitude": 52.52, "longitude": 13.405, "name": "Office", "address": "Main St 1"})
+    )
+    assert m.text == "📍 Location: Office, Main St 1 (52.52, 13.405) https://maps.google.com/?q=52.52,13.405"
+    assert (m.location.latitude, m.location.longitude, m.location.name) == (52.52, 13.405, "Office")
+    bare = one(msg("location", {"latitude": "1", "longitude": "2"}))
+    assert bare.text == "📍 Location: (1, 2) https://maps.google.com/?q=1,2"
+
+
+def test_contacts() -> None:
+    card = {
+        "name": {"formatted_name": "Max Mustermann", "first_name": "Max"},
+        "phones": [{"phone": "+49 170 0000000", "type": "CELL", "wa_id": "491700000000"}],
+        "emails": [{"email": "max@example.com", "type": "WORK"}],
+        "org": {"company": "ACME", "title": "CTO"},
+        "urls": [{"url": "https://acme.example"}],
+    }
+    m = one(msg("text", None, type="contacts", contacts=[card, {"name": {"first_name": "Eva"}}]))
+    assert m.type == "contacts"
+    assert m.text == (
+        "👤 Contact: Max Mustermann\n📞 +49 170 0000000 (CELL, WhatsApp)\n✉️ max@example.com\n🏢 ACME, CTO\n"
+        "🔗 https://acme.example\n\n👤 Contact: Eva"
+    )
+
+
+@pytest.mark.parametrize(
+    ("body", "text"),
+    [
+        ({"type": "button_reply", "button_reply": {"id": "yes", "title": "Yes, please"}}, "Yes, please"),
+        (
+            {"type": "list_reply", "list_reply": {"id": "r1", "title": "Red", "description": "warm"}},
+            "Red (warm)",
+        ),
+        (
+            {
+                "type": "nfm_reply",
+                "nfm_reply": {"name": "flow", "body": "Sent", "response_json": '{"size": "L", "qty": 2}'},
+            },
+            "📝 Form submitted: flow\n• size: L\n• qty: 2",
+        ),
+        (
+            {"type": "call_permission_reply", "call_permission_reply": {}},
+            "[Interactive reply: call_permission_reply]",
+        ),
+    ],
+)
+def test_interactive(body: dict[str, Any], text: str) -> None:
+    assert one(msg("interactive", body)).text == text
+
+
+def test_button_reaction_order_system_and_welcome() -> None:
+    assert one(msg("button", {"payload": "STOP", "text": "Stop promotions"})).text == "Stop promotions"
+    r = one(msg("reaction", {"message_id": "wamid.OUT", "emoji": "👍"}))
+    assert (r.text, r.reaction_emoji, r.reaction_to_wamid) == (
+        "Reacted 👍 to your message",
+        "👍",
+        "wamid.OUT",
+    )
+    assert one(msg("reaction", {"message_id": "wamid.OUT", "emoji": ""})).text.startswith(
+        "Removed a reaction"
+    )
+    order = one(
+        msg(
+            "order",
+            {
+                "catalog_id": "C1",
+                "text": "asap",
+                "product_items": [
+                    {"product_retailer_id": "SKU-1", "quantity": 2, "item_price": 9.5, "currency": "EUR"}
+                ],
+            },
+        )
+    )
+    assert order.text == "🛒 Order: 1 item (catalog C1)\n• 2 x SKU-1 @ 9.5 EUR\nasap"
+    system = one(msg("system", {"body": "User A changed from 1 to 2", "type": "user_changed_number"}))
+    assert system.text == "User A changed from 1 to 2"
+    assert one(msg("request_welcome")).text == "👋 The customer opened the chat"
+
+
+def test_unsupported_and_unknown_types_are_never_dropped() -> None:
+    errors = [
+        {
+            "code": 131051,
+            "title": "Message type unknown",
+            "message": "Message type unknown",
+            "error_data": {"details": "Message type is currently not supported."},
+        }
+    ]
+    m = one(msg("unsupported", {"type": "edit"}, errors=errors))
+    assert m.text == (
+        "[Unsupported message type: edit]\n⚠️ 131051: Message type unknown (Message type is currently not supported.)"
+    )
+    legacy = one(msg("unknown", None, errors=errors))
+    assert legacy.text.startswith("[Unsupported message type: unknown]")
+    future = one(msg("hologram", {"id": "1"}))
+    assert future.text == "[Unsupported message type: hologram]"
+
+
+def test_reply_forward_referral_and_product_context() -> None:
+    m = one(msg("text", {"body": "this one"}, context={"from": "155", "id": "wamid.Q", "forwarded": True}))
+    assert m.reply_to_wamid == "wamid.Q" and m.forwarded
+    assert one(msg("text", {"body": "x"}, context={"frequently_forwarded": True})).forwarded
+    ad = one(
+        msg(
+            "text",
+            {"body": "Hi!"},
+            referral={
+                "source_url": "https://fb.me/ad",
+                "source_type": "ad",
+                "headline": "Sale",
+                "body": "50% off",
+            },
+        )
+    )
+    assert ad.text == "Hi!\n\n📣 Came from an ad: Sale — 50% off https://fb.me/ad"
+    product = one(
+        msg(
+            "text",
+            {"body": "price?"},
+            context={"id": "w", "referred_product": {"catalog_id": "C9", "product_retailer_id": "SKU-9"}},
+        )
+    )
+    assert product.text == "price?\n🛍 Asked about product SKU-9 (catalog C9)"
+
+
+def test_statuses_and_value_errors() -> None:
+    failed = status(
+        "wamid.A",
+        "failed",
+        errors=[
+            {"code": 131026, "title": "Message undeliverable", "error_data": {"details": "not on WhatsApp"}}
+        ],
+    )
+    payload = webhook(
+        value(
+            [],
+            [status("wamid.A", "sent"), failed],
+            errors=[{"code": 131000, "title": "Something went wrong"}],
+        )
+    )
+    result = run(payload)
+    assert [e.event_id for e in result.envelopes] == ["wa-status:wamid.A:sent", "wa-status:wamid.A:failed"]
+    st = result.envelopes[1].whatsapp_status
+    assert (st.wamid, st.status, st.wa_id, st.at.seconds) == ("wamid.A", "failed", "16505551234", 1749416400)
+    assert (st.errors[0].code, st.errors[0].details) == (131026, "not on WhatsApp")
+    assert result.envelopes[0].conversation_key == f"{PNID}:16505551234"
+    assert result.system_errors == [(PNID, 131000, "Something went wrong", "")]
+
+
+def test_several_entries_changes_messages_and_bsuid() -> None:
+    a, b = msg("text", {"body": "a"}), msg("text", {"body": "b"})
+    c = msg("text", {"body": "c"}, frm="4911")
+    payload = webhook(value([a, b]), value([c], [status("w", "read")]), entries=2)
+    hook = parse_envelope(payload)
+    assert hook.channels == [PNID]
+    result = normalize(hook, media_url)
+    assert [e.customer_message.text for e in result.envelopes[:3]] == ["a", "b", "c"]
+    assert result.messages == 3 and result.statuses == 1
+    # 2026: no wa_id, a business-scoped user id instead; a message without "from" names the one contact
+    bsuid = {"id": "wamid.B", "timestamp": "1", "type": "text", "text": {"body": "hi"}}
+    m = run(webhook(value([bsuid], contacts=[{"profile": {"username": "@ana"}, "user_id": "US.123"}])))
+    assert m.envelopes[0].conversation_key == f"{PNID}:US.123"
+    assert m.envelopes[0].customer_message.profile_name == "@ana"
+
+
+def test_other_fields_are_ignored_not_refused() -> None:
+    payload = {
+        "object": "whatsapp_business_account",
+        "entry": [
+            {
+                "id": "1",
+                "changes": [{"field": "message_template_status_update", "value": {"event": "APPROVED"}}],
+            }
+        ],
+    }
+    hook = parse_envelope(payload)
+    assert hook.channels == [] and hook.ignored_fields == ["message_template_status_update"]
+    assert run({"object": "whatsapp_business_account", "entry": []}).envelopes == []
+
+
+@pytest.mark.parametrize(
+    ("payload", "reason"),
+    [
+        ([], "body must be a JSON object"),
+        ({"object": "page"}, "unexpected object"),
+        ({"object": "whatsapp_business_account", "entry": {}}, "entry must be a JSON array"),
+        ({"object": "whatsapp_business_account", "entry": [1]}, r"entry\[0\] must be"),
+        (webhook({"metadata": {}}), "phone_number_id is missing"),
+        (webhook(value([{"from": "1", "type": "text"}])), r"messages\[\].id is missing"),
+        (webhook(value([{"id": "w", "type": "text"}], contacts=[])), "names no customer"),
+        (webhook(value([msg("image", {"mime_type": "image/png"})])), r"image.id is missing"),
+        (webhook(value([], [{"status": "read"}])), r"statuses\[\].id is missing"),
+        (webhook({**value([]), "messages": {"id": 1}}), "value.messages must be a JSON array"),
+        (webhook({**value([]), "messages": ["x"]}), r"value.messages\[0\] must be"),
+    ],
+)
+def test_shape_errors(payload: Any, reason: str) -> None:
+    with pytest.raises(WebhookShapeError, match=reason):
+        run(payload)
+
+
+def _mutate(node: Any, rng: random.Random) -> Any:
+    junk = [None, 0, -1, 2**70, 1.5, "", "x" * 600, [], {}, [1, "a"], {"a": None}, True]
+    if isinstance(node, dict):
+        out = {k: _mutate(v, rng) if rng.random() < 0.8 else rng.choice(junk) for k, v in node.items()}
+        if rng.random() < 0.2 and out:
+            out.pop(rng.choice(list(out)))
+        return out
+    if isinstance(node, list):
+        return [_mutate(v, rng) for v in node]
+    return rng.choice(junk) if rng.random() < 0.3 else node
+
+
+def test_fuzz_only_shape_errors_escape() -> None:
+    """Random damage to valid payloads of every type: a result or WebhookShapeError, nothing else."""
+    messages = [
+        msg("text", {"body": "x"}, context={"id": "w", "forwarded": True}),
+        msg("image", {"id": "1", "mime_type": "image/png", "caption": "c"}),
+        msg("audio", {"id": "2", "voice": True}),
+        msg("location", {"latitude": 1, "longitude": 2}),
+        msg(
+            "text",
+            None,
+            type="contacts",
+            contacts=[{"name": {"formatted_name": "A"}, "phones": [{"phone": "1"}]}],
+        ),
+        msg("interactive", {"type": "nfm_reply", "nfm_reply": {"response_json": "{}"}}),
+        msg("reaction", {"message_id": "w", "emoji": "x"}),
+        msg("order", {"product_items": [{"quantity": 1}]}),
+        msg("unsupported", {"type": "x"}, errors=[{"code": 1}], referral={"headline": "h"}),
+    ]
+    base = webhook(value(messages, [status("w", "failed", errors=[{"code": "5"}])], errors=[{"code": 2}]))
+    rng = random.Random(1)
+    outcomes = {"ok": 0, "shape": 0}
+    for _ in range(3000):
+        payload = _mutate(base, rng)
+        try:
+            result = run(payload)
+        except WebhookShapeError:
+            outcomes["shape"] += 1
+            continue
+        for env in result.envelopes:
+            env.SerializeToString()  # every produced event is encodable
+        outcomes["ok"] += 1
+    assert outcomes["ok"] > 100 and outcomes["shape"] > 100

@@ -1,0 +1,54 @@
+"""Settings: validation and the list the chart tests read."""
+
+from __future__ import annotations
+
+import pytest
+from meta_ingress import settings as s
+from pydantic import ValidationError
+
+
+def test_defaults() -> None:
+    web = s.WebSettings()
+    dispatcher = s.DispatcherSettings()
+    assert web.web_port == 8080 and dispatcher.dispatcher_metrics_port == 9103
+    assert dispatcher.throughput_mps == 80 and dispatcher.pair_rate_per_s == pytest.approx(1 / 6)
+    assert web.graph_root == "https://graph.facebook.com/v25.0"
+    assert web.media_url_ttl_s <= s.MEDIA_ID_LIFETIME_S
+
+
+def test_plain_http_graph_needs_the_sandbox_switch(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ValidationError, match="https"):
+        s.WebSettings(graph_api_base_url="http://127.0.0.1:8090")
+    assert s.WebSettings(graph_api_base_url="http://127.0.0.1:8090", allow_insecure_http=True)
+    with pytest.raises(ValidationError, match="https"):
+        s.WebSettings(
+            graph_api_base_url="http://x",
+            allow_insecure_http=True,
+            environment="production",
+            media_url_secret="x" * 32,
+            public_base_url="https://mi",
+        )
+
+
+@pytest.mark.parametrize("version", ["v20.0", "v22.0", "25", "v25", "latest"])
+def test_old_or_malformed_graph_versions_are_refused(version: str) -> None:
+    with pytest.raises(ValidationError):
+        s.WebSettings(graph_api_version=version)
+
+
+def test_production_needs_a_media_secret_and_https_public_url() -> None:
+    with pytest.raises(ValidationError, match="MEDIA_URL_SECRET"):
+        s.WebSettings(environment="production", public_base_url="https://mi.example.com")
+    with pytest.raises(ValidationError, match="https"):
+        s.WebSettings(environment="production", media_url_secret="k" * 32, public_base_url="http://mi")
+    with pytest.raises(ValidationError):
+        s.WebSettings(media_url_ttl_s=8 * 24 * 3600)
+
+
+def test_env_and_settings_classes(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ZAPTRIX_THROUGHPUT_OVERRIDES", '{"123": 20}')
+    monkeypatch.setenv("ZAPTRIX_WEB_PORT", "9000")
+    assert s.DispatcherSettings().throughput_overrides == {"123": 20.0}
+    assert s.WebSettings().web_port == 9000
+    names = {cls.__name__ for cls in s.SETTINGS_CLASSES}
+    assert {"WebSettings", "DispatcherSettings", "KafkaSettings", "GrpcClientSettings"} <= names
