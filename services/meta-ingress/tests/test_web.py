@@ -1,0 +1,214 @@
+"""The real `meta-ingress-web` process against real Kafka: webhooks in, events out."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+import httpx
+import pytest
+from meta_support import (
+    APP_SECRET,
+    PNID,
+    TOKEN,
+    VERIFY_TOKEN,
+    Fakes,
+    Proc,
+    TopicReader,
+    dump,
+    msg,
+    sign,
+    status,
+    value,
+    webhook,
+)
+from zaptrix.kafka import Flow, topics_for
+
+
+@pytest.fixture
+async def reader(kafka_bootstrap: str, topic_prefix: str) -> TopicReader:
+    r = await TopicReader(kafka_bootstrap, topics_for(Flow.WA_TO_B24, topic_prefix).main).start()
+    await r.take(10_000, within=0.5)  # skip what earlier tests produced
+    yield r  # type: ignore[misc]
+    await r.stop()
+
+
+async def post(web: Proc, body: bytes, signature: str | None = "auto") -> httpx.Response:
+    headers = {"Content-Type": "application/json"}
+    if signature == "auto":
+        headers["X-Hub-Signature-256"] = sign(body)
+    elif signature is not None:
+        headers["X-Hub-Signature-256"] = signature
+    async with httpx.AsyncClient(timeout=10) as client:
+        return await client.post(f"{web.url}/webhooks/meta", content=body, headers=headers)
+
+
+async def test_verification_handshake(web: Proc, fresh: Fakes) -> None:
+    async with httpx.AsyncClient(base_url=web.url) as client:
+        ok = await client.get(
+            "/webhooks/meta",
+            params={"hub.mode": "subscribe", "hub.verify_token": VERIFY_TOKEN, "hub.challenge": "1158201444"},
+        )
+        assert ok.status_code == 200
+        assert ok.text == "1158201444"
+        assert ok.headers["content-type"].startswith("text/plain")
+        wrong = await client.get(
+            "/webhooks/meta",
+            params={"hub.mode": "subscribe", "hub.verify_token": "nope", "hub.challenge": "x"},
+        )
+        assert wrong.status_code == 403
+        missing = await client.get("/webhooks/meta", params={"hub.mode": "subscribe", "hub.challenge": "x"})
+        assert missing.status_code == 400
+        mode = await client.get(
+            "/webhooks/meta",
+            params={"hub.mode": "unsubscribe", "hub.verify_token": VERIFY_TOKEN, "hub.challenge": "x"},
+        )
+        assert mode.status_code == 400
+
+
+async def test_multi_message_webhook_becomes_one_event_each(
+    web: Proc, fresh: Fakes, reader: TopicReader
+) -> None:
+    text = msg("text", {"body": "Olá — ação"})
+    image = msg("image", {"id": "9001", "mime_type": "image/jpeg", "sha256": "abc", "caption": "look"})
+    other = msg("text", {"body": "from the second customer"}, frm="4915112345678")
+    st = status("wamid.OUT1", "delivered")
+    failed = status("wamid.OUT2", "failed", errors=[{"code": 131047, "title": "Re-engagement message"}])
+    payload = webhook(value([text, image], [st]), value([other], [failed]), entries=2)
+    body = dump(payload).replace("Olá — ação".encode(), b"Ol\\u00e1 \\u2014 a\\u00e7\\u00e3o")  # Meta escapes
+    resp = await post(web, body)
+    assert resp.status_code == 200, resp.text
+    assert resp.json() == {"events": 5}
+    records = await reader.take(5)
+    assert len(records) == 5
+    by_id = {r.envelope.event_id: r for r in records}
+    assert set(by_id) == {
+        f"wa:{text['id']}",
+        f"wa:{image['id']}",
+        f"wa:{other['id']}",
+        "wa-status:wamid.OUT1:delivered",
+        "wa-status:wamid.OUT2:failed",
+    }
+    for rec in records:
+        assert rec.headers["traceparent"].startswith("00-")
+        assert rec.headers["zaptrix-event-id"] == rec.envelope.event_id
+        assert rec.key == rec.envelope.conversation_key.encode()
+    first = by_id[f"wa:{text['id']}"]
+    assert first.envelope.conversation_key == f"{PNID}:16505551234"
+    assert first.envelope.customer_message.text == "Olá — ação"
+    assert first.envelope.customer_message.profile_name == "Ana"
+    # one conversation keeps its order: both messages of 16505551234 on one partition, in order
+    pic = by_id[f"wa:{image['id']}"].envelope.customer_message
+    assert pic.media[0].url.startswith(f"{web.url}/media/{PNID}/9001?")
+    assert pic.text == "look"
+    failure = by_id["wa-status:wamid.OUT2:failed"].envelope.whatsapp_status
+    assert failure.errors[0].code == 131047
+    # the credentials were fetched once for the whole webhook, not per event
+    assert fresh.token_keeper.calls.count(f"GetChannelCredentials:{PNID}") <= 1
+
+
+async def test_bad_or_missing_signature_is_401_and_produces_nothing(
+    web: Proc, fresh: Fakes, reader: TopicReader
+) -> None:
+    body = dump(webhook(value([msg("text", {"body": "forged"})])))
+    assert (await post(web, body, sign(body, "not-the-secret"))).status_code == 401
+    assert (await post(web, body, None)).status_code == 401
+    assert (await post(web, body, "sha1=abc")).status_code == 401
+    tampered = body.replace(b"forged", b"F0rged")
+    assert (await post(web, tampered, sign(body))).status_code == 401
+    assert await reader.nothing_within(0.5)
+    good = dump(webhook(value([msg("text", {"body": "genuine"})])))
+    assert (await post(web, good)).status_code == 200
+    records = await reader.take(1)
+    assert records[0].envelope.customer_message.text == "genuine"
+
+
+async def test_malformed_and_unknown_shapes_are_400_never_500(
+    web: Proc, fresh: Fakes, reader: TopicReader
+) -> None:
+    cases = [
+        b"",
+        b"{",
+        b"[]",
+        b'"text"',
+        b"null",
+        b'{"object": "page", "entry": []}',
+        b'{"object": "whatsapp_business_account", "entry": {}}',
+        b'{"object": "whatsapp_business_account", "entry": [{"changes": [{"field": "messages", "value": []}]}]}',
+        b'{"object": "whatsapp_business_account", "entry": [{"changes": [{"field": "messages", "value": {}}]}]}',
+        b"[" * 100_000,
+        "\udcff".encode("utf-8", "surrogatepass"),
+    ]
+    for body in cases:
+        resp = await post(web, body)
+        assert resp.status_code == 400, (body[:80], resp.status_code, resp.text)
+        assert resp.json()["error"]
+    # a signed message without an id cannot be deduplicated: 400 (Meta keeps it and retries)
+    no_id = dump(webhook(value([{"from": "1", "type": "text", "text": {"body": "x"}}])))
+    resp = await post(web, no_id)
+    assert resp.status_code == 400 and "id" in resp.json()["error"]
+    # fuzz: random mutations of a valid payload are answered 200/400/401/404, never 5xx
+    base = dump(webhook(value([msg("location", {"latitude": 1.5, "longitude": 2})], [status("w", "read")])))
+    rng = random.Random(7)
+    async with httpx.AsyncClient(timeout=10) as client:
+        for _ in range(150):
+            data = bytearray(base)
+            for _ in range(rng.randint(1, 6)):
+                data[rng.randrange(len(data))] = rng.choice(b'{}[]":,0123456789abcnull\\ \xff')
+            body = bytes(data)
+            resp = await client.post(
+                f"{web.url}/webhooks/meta", content=body, headers={"X-Hub-Signature-256": sign(body)}
+            )
+            assert resp.status_code in (200, 400, 401, 404), (body, resp.status_code, resp.text)
+
+
+async def test_unknown_channel_is_404_and_webhooks_without_channel(web: Proc, fresh: Fakes) -> None:
+    body = dump(webhook(value([msg("text", {"body": "hi"})], pnid="999")))
+    resp = await post(web, body)
+    assert resp.status_code == 404
+    assert resp.json()["phone_number_id"] == "999"
+    # Only fields we do not handle (no channel): 200 when signed by a known app secret, else 401.
+    await post(web, dump(webhook(value([msg("text", {"body": "warm the cache"})]))))
+    other = dump(
+        {
+            "object": "whatsapp_business_account",
+            "entry": [
+                {"id": "1", "changes": [{"field": "account_update", "value": {"event": "VERIFIED_ACCOUNT"}}]}
+            ],
+        }
+    )
+    assert (await post(web, other)).status_code == 200
+    assert (await post(web, other, sign(other, "wrong"))).status_code == 401
+
+
+async def test_token_keeper_down_is_503(web: Proc, fresh: Fakes) -> None:
+    fresh.token_keeper.down = True
+    await asyncio.sleep(
+        0.6
+    )  # the web's cache TTL in these tests is 0.5 s (stale entries still serve: new channel)
+    fresh.token_keeper.channels["555"] = fresh.token_keeper.channels[PNID]
+    resp = await post(web, dump(webhook(value([msg("text", {"body": "hi"})], pnid="555"))))
+    assert resp.status_code == 503
+
+
+async def test_kafka_unreachable_is_503(web_without_kafka: Proc, fresh: Fakes) -> None:
+    async with httpx.AsyncClient(base_url=web_without_kafka.url) as client:
+        ready = await client.get("/ready")
+        assert ready.status_code == 503
+        assert ready.json()["dependencies"] == {"kafka": "down", "token_keeper": "up"}
+        body = dump(webhook(value([msg("text", {"body": "hi"})])))
+        resp = await client.post("/webhooks/meta", content=body, headers={"X-Hub-Signature-256": sign(body)})
+        assert resp.status_code == 503
+        assert "Kafka" in resp.json()["error"]
+        # the verification handshake does not need Kafka
+        verify = await client.get(
+            "/webhooks/meta",
+            params={"hub.mode": "subscribe", "hub.verify_token": VERIFY_TOKEN, "hub.challenge": "7"},
+        )
+        assert verify.text == "7"
+
+
+async def test_logs_never_carry_secrets(web: Proc, web_without_kafka: Proc, dispatcher: Proc) -> None:
+    for proc in (web, web_without_kafka, dispatcher):
+        logs = proc.logs()
+        assert APP_SECRET not in logs and TOKEN not in logs
