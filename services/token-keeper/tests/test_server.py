@@ -3,21 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import statistics
-import subprocess
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
+import asyncpg
 import grpc
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tk_support import (
     PORTALS,
     Sandbox,
     Server,
-    console_script,
     find_secrets_in,
     install_portal,
     new_keyring,
@@ -127,8 +128,19 @@ async def test_invalid_grant_is_visible_in_status_metrics_and_log_without_retry_
     assert find_secrets_in(log, [p["refresh_token"], p["client_secret"], p["access_token"]]) == []
 
 
+async def wait_health(server: Server, want: int, within_s: float = 10.0) -> bool:
+    stub = health_pb2_grpc.HealthStub(server.channel)
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        r = await stub.Check(health_pb2.HealthCheckRequest(service="zaptrix.v1.TokenKeeper"), timeout=2)
+        if r.status == want:
+            return True
+        await asyncio.sleep(0.2)
+    return False
+
+
 async def test_grpc_api_install_verify_channels_and_cached_latency(
-    db_url: str, sandbox: Sandbox, start_server: StartServer
+    db_url: str, pg_server_url: str, sandbox: Sandbox, start_server: StartServer
 ) -> None:
     _, keys_raw = new_keyring("k1")
     server = await start_server(server_env(db_url, sandbox.oauth_url, keys_raw))
@@ -227,6 +239,26 @@ async def test_grpc_api_install_verify_channels_and_cached_latency(
     text = await server.metrics()
     assert metric(text, "zaptrix_token_cache_total", result="hit") >= 1000
 
+    # PostgreSQL becomes unreachable: cached tokens keep flowing, the rest is UNAVAILABLE, health NOT_SERVING.
+    db_name = db_url.rsplit("/", 1)[1]
+    admin = await asyncpg.connect(pg_server_url)
+    try:
+        await admin.execute(f'ALTER DATABASE "{db_name}" ALLOW_CONNECTIONS false')
+        await admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1", db_name
+        )
+        assert (await stub.GetAccessToken(req, timeout=5)).access_token == live["access_token"]
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.GetPortalStatus(pb.GetPortalStatusRequest(member_id=spec["member_id"]), timeout=10)
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert await wait_health(server, health_pb2.HealthCheckResponse.NOT_SERVING)
+    finally:
+        await admin.execute(f'ALTER DATABASE "{db_name}" ALLOW_CONNECTIONS true')
+        await admin.close()
+    assert await wait_health(server, health_pb2.HealthCheckResponse.SERVING)
+    status = await stub.GetPortalStatus(pb.GetPortalStatusRequest(member_id=spec["member_id"]), timeout=5)
+    assert status.state == pb.PORTAL_STATE_ACTIVE
+
     log = server.log_text()
     secrets = [spec["client_secret"], live["refresh_token"], live["access_token"], spec["application_token"]]
     assert (
@@ -235,16 +267,19 @@ async def test_grpc_api_install_verify_channels_and_cached_latency(
     )
 
 
-def test_production_refuses_to_start_without_keys(db_url: str) -> None:
+def test_production_refuses_to_start_without_keys(
+    db_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from token_keeper.server import main
+
     env = server_env(db_url, "https://oauth.bitrix.info/oauth/token/", None, ZAPTRIX_ENVIRONMENT="production")
     env.pop("ZAPTRIX_ALLOW_INSECURE_HTTP")
-    proc = subprocess.run(
-        [console_script("token-keeper-server")],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
-    assert proc.returncode == 2, proc.stdout + proc.stderr
-    assert "ZAPTRIX_TOKEN_KEEPER_KEYS is required in production" in proc.stdout
+    for key in [k for k in os.environ if k.startswith("ZAPTRIX_")]:
+        monkeypatch.delenv(key)
+    for key, value in env.items():
+        if key.startswith("ZAPTRIX_"):
+            monkeypatch.setenv(key, value)
+    with pytest.raises(SystemExit) as exit_:
+        main()  # the console script's entry point, before anything listens
+    assert exit_.value.code == 2
+    assert "ZAPTRIX_TOKEN_KEEPER_KEYS is required in production" in capsys.readouterr().out

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from functools import wraps
 from typing import Any, TypeVar
 
+import asyncpg
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 from pydantic import SecretStr
@@ -20,6 +21,7 @@ from token_keeper.repository import STATE_ACTIVE, STATE_NEEDS_REAUTH, STATE_UNIN
 from token_keeper.service import (
     ChannelUpsert,
     CredentialsUnreadable,
+    DatabaseUnavailable,
     InvalidInput,
     IssuedToken,
     NotFound,
@@ -42,7 +44,19 @@ _ERRORS: list[tuple[type[Exception], grpc.StatusCode]] = [
     (PortalUnusable, grpc.StatusCode.FAILED_PRECONDITION),
     (RefreshUnavailable, grpc.StatusCode.UNAVAILABLE),
     (CredentialsUnreadable, grpc.StatusCode.INTERNAL),
+    (DatabaseUnavailable, grpc.StatusCode.UNAVAILABLE),
 ]
+
+# Failures of the database itself, not of the request: the caller should retry. SQLSTATE classes 08
+# (connection exception), 53 (insufficient resources), 57 (operator intervention, incl. statement timeout).
+_INFRA_SQLSTATE_CLASSES = frozenset({"08", "53", "57"})
+
+
+def _is_infra(exc: Exception) -> bool:
+    if isinstance(exc, TimeoutError | OSError | asyncpg.InterfaceError):
+        return True
+    return isinstance(exc, asyncpg.PostgresError) and (exc.sqlstate or "")[:2] in _INFRA_SQLSTATE_CLASSES
+
 
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
@@ -111,6 +125,10 @@ def rpc(fn: Handler[Req, Resp]) -> Handler[Req, Resp]:
                     code = status
                     break
             else:
+                if _is_infra(exc):
+                    code = grpc.StatusCode.UNAVAILABLE
+                    log.warning("database unavailable", method=method, error_type=type(exc).__name__)
+                    await context.abort(code, "token-keeper's database is unavailable; retry")
                 code = grpc.StatusCode.INTERNAL
                 # Type only: exception texts of drivers may quote parameters.
                 log.error("unexpected error", method=method, error_type=type(exc).__name__)

@@ -15,11 +15,12 @@ Refresh discipline (docs/token-keeper.md):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import random
 import re
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TypeVar
@@ -75,6 +76,10 @@ class PortalUnusable(TokenKeeperError):
 
 class RefreshUnavailable(TokenKeeperError):
     """A refresh could not be done now (Bitrix24 unreachable, lock busy, cooldown): retry later (UNAVAILABLE)."""
+
+
+class DatabaseUnavailable(TokenKeeperError):
+    """No database connection could be had (down, refusing connections, pool exhausted): retry (UNAVAILABLE)."""
 
 
 class CredentialsUnreadable(TokenKeeperError):
@@ -162,6 +167,20 @@ class TokenService:
         self._inflight: dict[str, asyncio.Task[IssuedToken]] = {}
         self._lock_budget_ms = int((settings.oauth_budget_s + 5.0) * 1000)
 
+    @contextlib.asynccontextmanager
+    async def _conn(self) -> AsyncIterator[asyncpg.Connection]:
+        """A pooled connection; failing to get one is DatabaseUnavailable whatever the driver raised."""
+        try:
+            conn = await self.pool.acquire(timeout=self.acquire_timeout_s)
+        except Exception as exc:
+            raise DatabaseUnavailable(
+                f"token-keeper's database is unavailable ({type(exc).__name__}); retry"
+            ) from None
+        try:
+            yield conn
+        finally:
+            await self.pool.release(conn)
+
     # ---- access tokens -----------------------------------------------------------------------------------------
 
     def _fresh(self, row: PortalRow, now: datetime) -> bool:
@@ -208,7 +227,7 @@ class TokenService:
             return cached
         metrics.TOKEN_CACHE.labels("miss").inc()
         check_ident(member_id, "member_id")
-        async with self.pool.acquire(timeout=self.acquire_timeout_s) as conn:
+        async with self._conn() as conn:
             row = await self.repo.get_portal(conn, member_id)
         if row is None:
             raise NotFound(f"unknown portal {member_id}")
@@ -221,7 +240,7 @@ class TokenService:
         check_ident(member_id, "member_id")
         self._tokens.pop(member_id, None)
         rejected_s = SecretStr(rejected)
-        async with self.pool.acquire(timeout=self.acquire_timeout_s) as conn:
+        async with self._conn() as conn:
             row = await self.repo.get_portal(conn, member_id)
         if row is None:
             raise NotFound(f"unknown portal {member_id}")
@@ -280,7 +299,7 @@ class TokenService:
         started = time.monotonic()
         failure: TokenKeeperError | None = None
         issued: IssuedToken | None = None
-        async with self.pool.acquire(timeout=self.acquire_timeout_s) as conn:
+        async with self._conn() as conn:
             try:
                 async with conn.transaction():
                     budget = self._lock_budget_ms
@@ -297,7 +316,7 @@ class TokenService:
                         log.debug("refreshed meanwhile by another caller", member_id=member_id)
                         return self._issue(row)
                     issued, failure = await self._do_refresh(conn, row, trigger, now)
-            except asyncpg.LockNotAvailableError:
+            except (asyncpg.LockNotAvailableError, asyncpg.QueryCanceledError):
                 metrics.REFRESHES.labels(trigger, "lock_timeout").inc()
                 raise RefreshUnavailable(
                     f"portal {member_id} is being refreshed by another replica for too long; retry"
@@ -427,7 +446,7 @@ class TokenService:
     async def refresh_idle_portals(self) -> int:
         """Refresh portals whose refresh token nears the end of its 180-day life; returns how many were due."""
         threshold = self.clock() - timedelta(days=self.settings.idle_refresh_after_days)
-        async with self.pool.acquire(timeout=self.acquire_timeout_s) as conn:
+        async with self._conn() as conn:
             due = await self.repo.idle_portals(conn, threshold)
         for member_id in due:
             try:
@@ -452,7 +471,7 @@ class TokenService:
     async def upsert_portal(self, req: PortalUpsert) -> PortalRow:
         member_id = check_ident(req.member_id, "member_id")
         now = self.clock()
-        async with self.pool.acquire(timeout=self.acquire_timeout_s) as conn, conn.transaction():
+        async with self._conn() as conn, conn.transaction():
             await self.repo.lock_portal_ident(conn, member_id)
             old = await self.repo.get_portal(conn, member_id, for_update=True)
             old_secrets = (
@@ -537,14 +556,14 @@ class TokenService:
 
     async def get_portal(self, member_id: str) -> PortalRow:
         check_ident(member_id, "member_id")
-        async with self.pool.acquire(timeout=self.acquire_timeout_s) as conn:
+        async with self._conn() as conn:
             row = await self.repo.get_portal(conn, member_id)
         if row is None:
             raise NotFound(f"unknown portal {member_id}")
         return row
 
     async def list_portals(self) -> list[PortalRow]:
-        async with self.pool.acquire(timeout=self.acquire_timeout_s) as conn:
+        async with self._conn() as conn:
             return await self.repo.list_portals(conn)
 
     async def verify_application_token(self, member_id: str, token: str) -> tuple[bool, bool]:
@@ -557,7 +576,7 @@ class TokenService:
                 return True, True
             if time.monotonic() - entry.at < 1.0:
                 return False, True
-        async with self.pool.acquire(timeout=self.acquire_timeout_s) as conn:
+        async with self._conn() as conn:
             row = await self.repo.get_portal(conn, member_id)
         if row is None:
             self._app_tokens.pop(member_id, None)
@@ -570,7 +589,7 @@ class TokenService:
 
     async def upsert_channel(self, req: ChannelUpsert) -> ChannelRow:
         pid = check_ident(req.phone_number_id, "phone_number_id")
-        async with self.pool.acquire(timeout=self.acquire_timeout_s) as conn, conn.transaction():
+        async with self._conn() as conn, conn.transaction():
             await self.repo.lock_channel_ident(conn, pid)
             old = await self.repo.get_channel(conn, pid, for_update=True)
             old_s = (
@@ -599,7 +618,7 @@ class TokenService:
         entry = self._channels.get(pid)
         if entry is not None and time.monotonic() - entry.at < self.settings.channel_cache_ttl_s:
             return entry.value  # type: ignore[return-value]
-        async with self.pool.acquire(timeout=self.acquire_timeout_s) as conn:
+        async with self._conn() as conn:
             row = await self.repo.get_channel(conn, pid)
         if row is None:
             raise NotFound(f"unknown channel {pid}")
@@ -610,7 +629,7 @@ class TokenService:
     async def check_verify_token(self, verify_token: str) -> bool:
         if not verify_token:
             return False
-        async with self.pool.acquire(timeout=self.acquire_timeout_s) as conn:
+        async with self._conn() as conn:
             rows = await self.repo.channels_by_verify_hash(
                 conn, self.repo.keyring.lookup_hashes(verify_token)
             )
@@ -630,7 +649,7 @@ class TokenService:
     # ---- background --------------------------------------------------------------------------------------------
 
     async def update_gauges(self) -> None:
-        async with self.pool.acquire(timeout=self.acquire_timeout_s) as conn:
+        async with self._conn() as conn:
             counts = await self.repo.count_portals_by_state(conn)
         for state in (STATE_ACTIVE, STATE_NEEDS_REAUTH, STATE_UNINSTALLED):
             metrics.PORTALS_BY_STATE.labels(state).set(counts.get(state, 0))
