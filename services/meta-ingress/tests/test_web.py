@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import random
+import time
 
 import httpx
 import pytest
+from meta_ingress.media_url import sign_url
 from meta_support import (
     APP_SECRET,
     PNID,
@@ -212,3 +215,92 @@ async def test_logs_never_carry_secrets(web: Proc, web_without_kafka: Proc, disp
     for proc in (web, web_without_kafka, dispatcher):
         logs = proc.logs()
         assert APP_SECRET not in logs and TOKEN not in logs
+
+
+async def test_sandbox_webhook_and_media_proxy_streams_the_file(
+    web: Proc, fresh: Fakes, graph: httpx.AsyncClient, reader: TopicReader
+) -> None:
+    """The Graph stand-in posts a signed image webhook to the real web process; the signed URL in the event
+    streams the very bytes the stand-in holds (media id → Graph lookup → download with the token)."""
+    (
+        await graph.post("/_sandbox/config", json={"webhook_url": f"{web.url}/webhooks/meta"})
+    ).raise_for_status()
+    sent = await graph.post(
+        "/_sandbox/customers/4917000000001/messages",
+        json={
+            "type": "document",
+            "media": {
+                "caption": "my invoice",
+                "filename": "Rechnung März.pdf",
+                "mime_type": "application/pdf",
+            },
+        },
+    )
+    assert sent.json()["status_code_from_gateway"] == 200
+    (record,) = await reader.take(1)
+    message = record.envelope.customer_message
+    assert (message.type, message.text, message.wa_id) == ("document", "my invoice", "4917000000001")
+    media = message.media[0]
+    assert media.filename == "Rechnung März.pdf" and media.url.startswith(
+        f"{web.url}/media/{PNID}/{media.media_id}?"
+    )
+    expected = (await graph.get(f"/_sandbox/media/{media.media_id}")).json()
+    async with httpx.AsyncClient(timeout=10) as client:
+        resp = await client.get(media.url)
+        assert resp.status_code == 200
+        assert hashlib.sha256(resp.content).hexdigest() == expected["sha256"]
+        assert resp.headers["content-type"] == "application/pdf"
+        assert resp.headers["content-length"] == str(expected["size"])
+        assert "filename*=UTF-8''Rechnung%20M%C3%A4rz.pdf" in resp.headers["content-disposition"]
+        head = await client.head(media.url)
+        assert head.status_code == 200 and head.headers["content-type"] == "application/pdf"
+        # tampered, expired, unknown
+        assert (await client.get(media.url.replace("sig=", "sig=0"))).status_code == 403
+        other = media.url.replace(f"/{media.media_id}?", "/1234567?")
+        assert (await client.get(other)).status_code == 403
+        secret = b"test-media-secret-0123456789abcdef"
+        expired = sign_url(web.url, secret, PNID, media.media_id, "x.pdf", 60, now=time.time() - 120)
+        refused = await client.get(expired)
+        assert refused.status_code == 403 and "expired" in refused.text
+        unknown = sign_url(web.url, secret, PNID, "999999", "x.pdf", 60)
+        assert (await client.get(unknown)).status_code == 404
+        metrics = (await client.get(f"{web.url}/metrics")).text
+    assert 'zaptrix_meta_media_proxy_total{outcome="ok"}' in metrics
+
+
+async def test_sandbox_batch_of_every_type(
+    web: Proc, fresh: Fakes, graph: httpx.AsyncClient, reader: TopicReader
+) -> None:
+    (
+        await graph.post("/_sandbox/config", json={"webhook_url": f"{web.url}/webhooks/meta"})
+    ).raise_for_status()
+    kinds = [
+        "text",
+        "image",
+        "video",
+        "audio",
+        "document",
+        "sticker",
+        "location",
+        "contacts",
+        "interactive",
+        "button",
+        "reaction",
+        "unsupported",
+    ]
+    items = [
+        {"type": k, "wa_id": f"49170000{i:04d}", "text": "hi" if k == "text" else None}
+        for i, k in enumerate(kinds)
+    ]
+    items[10]["reaction"] = {"message_id": "wamid.X", "emoji": "❤️"}
+    resp = await graph.post("/_sandbox/webhooks", json={"messages": items, "layout": "entries"})
+    assert resp.json()["status_code_from_gateway"] == 200, resp.text
+    records = await reader.take(len(kinds))
+    got = {r.envelope.customer_message.type: r.envelope.customer_message for r in records}
+    assert set(got) == set(kinds)
+    assert got["audio"].media[0].kind == "voice"
+    assert got["location"].text.startswith("📍 Location:")
+    assert got["contacts"].text.startswith("👤 Contact: Max Mustermann")
+    assert got["reaction"].text == "Reacted ❤️ to your message"
+    assert got["unsupported"].text.startswith("[Unsupported message type: unknown]")
+    assert all(m.raw_json for m in got.values())
