@@ -64,7 +64,8 @@ def configure_logging(service: str, level: str = "INFO") -> None:
     root.setLevel(level.upper())
     structlog.contextvars.bind_contextvars(service=service)
     # Sanic and aiokafka are chatty at INFO about internals.
-    for noisy in ("sanic.access", "aiokafka", "kafka"):
+    # httpx logs every request URL at INFO, query string (and so credentials) included.
+    for noisy in ("sanic.access", "aiokafka", "kafka", "httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
 
 

@@ -12,11 +12,13 @@ PRODUCER and CONSUMER spans itself (with messaging semantic conventions) and pro
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from opentelemetry import trace
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+from opentelemetry.trace import Span
 
 _configured = False
 
@@ -53,7 +55,24 @@ def _instrument_libraries() -> None:
     GrpcAioInstrumentorServer().instrument()  # type: ignore[no-untyped-call]
     GrpcAioInstrumentorClient().instrument()  # type: ignore[no-untyped-call]
     AsyncPGInstrumentor().instrument()  # type: ignore[no-untyped-call]
-    HTTPXClientInstrumentor().instrument()
+    HTTPXClientInstrumentor().instrument(request_hook=_strip_query, async_request_hook=_strip_query_async)
+
+
+def _without_query(url: object) -> str:
+    text = str(url)
+    return text.split("?", 1)[0]
+
+
+def _strip_query(span: Span, request: Any) -> None:
+    """Query strings may carry credentials (Bitrix24 `auth=`, OAuth refresh parameters): never record them."""
+    if span.is_recording():
+        url = _without_query(request.url)
+        span.set_attribute("url.full", url)
+        span.set_attribute("http.url", url)
+
+
+async def _strip_query_async(span: Span, request: Any) -> None:
+    _strip_query(span, request)
 
 
 def shutdown_telemetry() -> None:
