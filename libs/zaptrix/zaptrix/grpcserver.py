@@ -48,8 +48,11 @@ async def serve(
     grace_s: float = 10.0,
     health_period_s: float = 2.0,
     stopped: asyncio.Event | None = None,
+    bound: asyncio.Future[int] | None = None,
 ) -> None:
-    """Serve until SIGTERM/SIGINT (or `stopped` is set). `register` adds servicers and returns their names."""
+    """Serve until SIGTERM/SIGINT, or until `stopped` is set when one is passed (then no signal handlers are
+    installed: the caller owns the lifecycle). `register` adds servicers and returns their names.
+    Port 0 binds a free port; `bound` receives the port actually bound."""
     server = grpc.aio.server()
     names = register(server)
     servicer = health.aio.HealthServicer()
@@ -57,15 +60,19 @@ async def serve(
     # readiness, i.e. the database, so a database outage takes pods out of rotation without restarts.
     await servicer.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
     health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
-    bound = server.add_insecure_port(f"0.0.0.0:{port}")
+    actual = server.add_insecure_port(f"0.0.0.0:{port}")
     serve_metrics(metrics_port)
     await server.start()
-    log.info("grpc server started", port=bound, services=names, metrics_port=metrics_port)
+    if bound is not None:
+        bound.set_result(actual)
+    log.info("grpc server started", port=actual, services=names, metrics_port=metrics_port)
     watcher = asyncio.create_task(_watch_readiness(servicer, names, readiness, health_period_s))
-    stop = stopped or asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    stop = stopped
+    if stop is None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     log.info("grpc server stopping", grace_s=grace_s)
     await servicer.enter_graceful_shutdown()
