@@ -4,7 +4,6 @@ import httpx
 from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-
 from zaptrix.telemetry import _strip_query
 
 

@@ -13,6 +13,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class CommonSettings(BaseSettings):
+    """Read by every process."""
+
     model_config = SettingsConfigDict(env_prefix="ZAPTRIX_", extra="ignore", env_ignore_empty=True)
 
     environment: Literal["dev", "test", "production"] = Field(
@@ -26,6 +28,8 @@ class CommonSettings(BaseSettings):
 
 
 class KafkaSettings(BaseSettings):
+    """Read by the web services (producers) and the dispatchers (consumers and producers)."""
+
     model_config = SettingsConfigDict(env_prefix="ZAPTRIX_KAFKA_", extra="ignore", env_ignore_empty=True)
 
     bootstrap_servers: str = Field("127.0.0.1:19092", description="Comma-separated Kafka bootstrap servers")
@@ -43,6 +47,8 @@ class KafkaSettings(BaseSettings):
 
 
 class DatabaseSettings(BaseSettings):
+    """Read only by mapper and token-keeper (and their migrations); nothing else touches PostgreSQL."""
+
     model_config = SettingsConfigDict(env_prefix="ZAPTRIX_DATABASE_", extra="ignore", env_ignore_empty=True)
 
     url: SecretStr = Field(
@@ -56,6 +62,8 @@ class DatabaseSettings(BaseSettings):
 
 
 class GrpcClientSettings(BaseSettings):
+    """Where the web services and dispatchers find mapper and token-keeper."""
+
     model_config = SettingsConfigDict(env_prefix="ZAPTRIX_", extra="ignore", env_ignore_empty=True)
 
     mapper_addr: str = Field("127.0.0.1:50051", description="host:port of the mapper gRPC service")
