@@ -15,6 +15,7 @@ from types import SimpleNamespace
 from typing import Any
 from urllib.parse import quote
 
+from prometheus_client import Counter
 from sanic import HTTPResponse, Request, Sanic
 from sanic import json as json_response
 from sanic.config import Config
@@ -49,6 +50,18 @@ App = Sanic[Config, SimpleNamespace]
 log = get_logger(__name__)
 
 _SECURITY_HEADERS = {"X-Content-Type-Options": "nosniff", "Cache-Control": "no-store"}
+
+
+_children: dict[tuple[int, str], Any] = {}
+
+
+def _child(metric: Counter, label: str) -> Any:
+    """A labelled child, cached: .labels() costs a lock and a tuple build on every webhook."""
+    key = (id(metric), label)
+    child = _children.get(key)
+    if child is None:
+        child = _children[key] = metric.labels(label)
+    return child
 
 
 def _error(status: int, reason: str, **extra: Any) -> HTTPResponse:
@@ -208,9 +221,8 @@ class Webhooks:
                 WEBHOOKS.labels("kafka_unavailable").inc()
                 return _error(503, "Kafka is not reachable; Meta will retry")
             try:
-                await asyncio.wait_for(
-                    producer.publish(self.topic, result.envelopes), timeout=self.settings.publish_timeout_s
-                )
+                async with asyncio.timeout(self.settings.publish_timeout_s):  # no extra task, unlike wait_for
+                    await producer.publish(self.topic, result.envelopes)
             except (PublishError, TimeoutError) as exc:
                 WEBHOOKS.labels("kafka_unavailable").inc()
                 log.warning(
@@ -220,15 +232,25 @@ class Webhooks:
                 )
                 return _error(503, "Kafka did not accept the events; Meta will retry")
         for kind in result.types:
-            INBOUND_MESSAGES.labels(kind[:40]).inc()
-        for env in result.envelopes:
-            if env.HasField("whatsapp_status"):
-                INBOUND_STATUSES.labels(env.whatsapp_status.status[:20]).inc()
-        WEBHOOKS.labels("ok").inc()
+            _child(INBOUND_MESSAGES, kind[:40]).inc()
+        if result.statuses:
+            for env in result.envelopes:
+                if env.HasField("whatsapp_status"):
+                    _child(INBOUND_STATUSES, env.whatsapp_status.status[:20]).inc()
+        _child(WEBHOOKS, "ok").inc()
         return json_response({"events": len(result.envelopes)})
 
     async def _credentials(self, channels: list[str]) -> list[Credentials] | HTTPResponse:
-        results = await asyncio.gather(*(self.credentials.get(p) for p in channels), return_exceptions=True)
+        results: list[Credentials | BaseException]
+        if len(channels) == 1:  # the usual case: no gather, no tasks
+            try:
+                results = [await self.credentials.get(channels[0])]
+            except Exception as exc:
+                results = [exc]
+        else:
+            results = await asyncio.gather(
+                *(self.credentials.get(p) for p in channels), return_exceptions=True
+            )
         found: list[Credentials] = []
         for pnid, result in zip(channels, results, strict=True):
             if isinstance(result, UnknownChannel):
