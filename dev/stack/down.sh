@@ -4,7 +4,7 @@
 # Usage: down.sh [--reset]
 set -euo pipefail
 STACK_NAME=down
-# shellcheck source=lib.sh
+# shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 reset=false

@@ -3,7 +3,7 @@
 # Usage: jaeger.sh start|stop|status|path
 set -euo pipefail
 STACK_NAME=jaeger
-# shellcheck source=lib.sh
+# shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 JAEGER_VERSION=v1.76.0   # module tag of github.com/jaegertracing/jaeger; the binary is Jaeger v2

@@ -3,7 +3,7 @@
 # Usage: kafka.sh start|stop|status|topics [EXTRA_TOPIC...]|run-class CLASS [ARGS...]
 set -euo pipefail
 STACK_NAME=kafka
-# shellcheck source=lib.sh
+# shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 KAFKA_VERSION=4.4.0

@@ -3,7 +3,7 @@
 # Usage: postgres.sh start|stop|status|url
 set -euo pipefail
 STACK_NAME=postgres
-# shellcheck source=lib.sh
+# shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 PG_DIR="$ZAPTRIX_STATE/pg"       # also holds the unix socket

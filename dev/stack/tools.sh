@@ -3,7 +3,7 @@
 # Usage: tools.sh helm|kubeconform
 set -euo pipefail
 STACK_NAME=tools
-# shellcheck source=lib.sh
+# shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 HELM_VERSION=v3.22.0

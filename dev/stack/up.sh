@@ -3,7 +3,7 @@
 # Usage: up.sh [--with-jaeger]
 set -euo pipefail
 STACK_NAME=up
-# shellcheck source=lib.sh
+# shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 with_jaeger=false

@@ -3,7 +3,7 @@
 # $ZAPTRIX_CACHE/tools/uv-<version> with pip if needed.
 set -euo pipefail
 STACK_NAME=uv
-# shellcheck source=lib.sh
+# shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 UV_VERSION=0.13.9
