@@ -65,6 +65,7 @@ from bitrix_ingress.rest import (
     PermanentBitrixError,
     TransientBitrixError,
     WrongAuthType,
+    quiet_http_client_logs,
     result_items,
 )
 from bitrix_ingress.settings import DispatcherSettings
@@ -993,6 +994,7 @@ async def _sleep_or_stop(stopped: asyncio.Event, delay: float) -> None:
 def main() -> None:
     settings = DispatcherSettings()
     configure_logging(SERVICE, settings.log_level)
+    quiet_http_client_logs()
     setup_telemetry(SERVICE)
     try:
         try:

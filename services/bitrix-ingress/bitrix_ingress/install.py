@@ -43,6 +43,9 @@ OUTBOUND_PATH = "/webhooks/bitrix24/outbound"
 INSTALL_PATH = "/webhooks/bitrix24/install"
 SETTINGS_PATH = "/webhooks/bitrix24/settings"
 LIFECYCLE_EVENTS = ("OnAppUninstall", "OnAppInstall")
+# Nice to have: install still succeeds when a portal does not know them (DialogFinish is documented for
+# connectors but not registered by every imconnector version; OnAppInstall only matters for UI apps).
+OPTIONAL_EVENTS = frozenset({"ONIMCONNECTORDIALOGFINISH", "ONAPPINSTALL"})
 
 _ICON_SVG = (
     '<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 64 64">'
@@ -250,6 +253,10 @@ async def ensure_setup(
             changes.append(f"bound {event}")
         except BitrixError as exc:
             if "already" in exc.description.lower() or "already" in exc.code.lower():
+                continue
+            if event in OPTIONAL_EVENTS and exc.permanent:
+                log.warning("optional event not bound", bitrix_event=event, error=exc.reason)
+                changes.append(f"skipped {event}: {exc.code}")
                 continue
             raise
     return changes

@@ -32,9 +32,18 @@ RATE_LIMITED = Counter(
 
 
 class PortalPacer:
-    def __init__(self, spec: RateSpec, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        spec: RateSpec,
+        clock: Callable[[], float] = time.monotonic,
+        *,
+        pause_base_s: float = 1.0,
+        pause_max_s: float = 30.0,
+    ) -> None:
         self.spec = spec
         self._clock = clock
+        self.pause_base_s = pause_base_s
+        self.pause_max_s = pause_max_s
         self._limiter = AsyncLimiter(spec.burst, spec.burst / spec.rate)
         self.paused_until = 0.0
         self.penalties = 0
@@ -53,7 +62,7 @@ class PortalPacer:
         """Pause the portal after QUERY_LIMIT_EXCEEDED; returns the pause in seconds."""
         RATE_LIMITED.inc()
         self.penalties += 1
-        ceiling = min(30.0, 1.0 * 2 ** min(self.penalties, 5))  # 2, 4, 8, 16, 30 s
+        ceiling = min(self.pause_max_s, self.pause_base_s * 2 ** min(self.penalties, 5))  # 2, 4, 8, 16, 30 s
         delay = max(retry_after or 0.0, random.uniform(ceiling / 2, ceiling))
         self.paused_until = max(self.paused_until, self._clock() + delay)
         return delay

@@ -26,6 +26,7 @@ appears in a span because it travels in the body.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -331,9 +332,9 @@ class BitrixRest:
             outcome = "ok"
             return payload
         finally:
+            # one sample per HTTP request; batch sub-calls are counted under their own method names too
             EXTERNAL_LATENCY.labels(PLATFORM, method).observe(time.perf_counter() - started)
-            if method != "batch" or outcome != "ok":
-                EXTERNAL_CALLS.labels(PLATFORM, method, outcome).inc()
+            EXTERNAL_CALLS.labels(PLATFORM, method, outcome).inc()
 
     @staticmethod
     def _decode(resp: httpx.Response, method: str) -> dict[str, Any]:
@@ -356,3 +357,9 @@ def result_items(result: Any) -> list[Any]:
     if not isinstance(data, dict):
         return []
     return as_list(data.get("RESULT") or data.get("result"))
+
+
+def quiet_http_client_logs() -> None:
+    """httpx logs every request at INFO; the external-call metrics and spans already cover them."""
+    for name in ("httpx", "httpcore"):
+        logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLogger().level))

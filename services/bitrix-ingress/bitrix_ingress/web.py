@@ -51,8 +51,8 @@ from bitrix_ingress.install import (
 from bitrix_ingress.metrics import EVENTS_LOST, EVENTS_RECEIVED, INSTALLS, ITEMS_SKIPPED, UNRESOLVED_CHATS
 from bitrix_ingress.pacing import PacerRegistry
 from bitrix_ingress.portal import PortalClient, Token
-from bitrix_ingress.rest import BitrixError, BitrixRest, TokenError
-from bitrix_ingress.settings import WebSettings
+from bitrix_ingress.rest import BitrixError, BitrixRest, TokenError, quiet_http_client_logs
+from bitrix_ingress.settings import InsecureUrlError, WebSettings
 
 log = get_logger(__name__)
 SERVICE = "bitrix-ingress"
@@ -334,6 +334,10 @@ async def _install(request: Request, form: dict[str, Any]) -> HTTPResponse:
             log.info("portal stored", member_id=req.member_id, domain=req.domain, kind=req.kind)
         token = Token(req.member_id, req.access_token, req.client_endpoint, req.expires_at)
         changes = await ensure_setup(req.member_id, token, ctx.portals, settings)
+    except InsecureUrlError as exc:  # ZAPTRIX_PUBLIC_BASE_URL missing: Bitrix24 could not reach us anyway
+        INSTALLS.labels(kind, "misconfigured").inc()
+        log.error("install impossible: configuration", reason=str(exc))
+        return _problem(503, str(exc))
     except InstallRefused as exc:
         INSTALLS.labels(kind, "refused").inc()
         log.warning("install refused", reason=exc.reason, member_id=get_member(form))
@@ -431,13 +435,13 @@ def create_app(
     instrument_sanic(app)
 
     @app.before_server_start
-    async def _start(app: Sanic, _: Any) -> None:  # type: ignore[type-arg]
+    async def _start(app: Sanic) -> None:  # type: ignore[type-arg]
         zx = Ctx(settings, kafka, grpc_settings)
         app.ctx.zx = zx
         zx.starter = asyncio.create_task(zx.start_producer())
 
     @app.after_server_stop
-    async def _stop(app: Sanic, _: Any) -> None:  # type: ignore[type-arg]
+    async def _stop(app: Sanic) -> None:  # type: ignore[type-arg]
         zx: Ctx = app.ctx.zx
         if zx.starter is not None:
             zx.starter.cancel()
@@ -476,6 +480,7 @@ def create_app(
 def main() -> None:
     settings = WebSettings()
     configure_logging(SERVICE, settings.log_level)
+    quiet_http_client_logs()
     setup_telemetry(SERVICE)
     app = create_app(settings)
     try:

@@ -495,6 +495,15 @@ class Proc:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
+    async def astop(self, timeout_s: float = 10.0) -> None:
+        """Stop without blocking the event loop (the process may still be talking to our in-test fakes)."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            deadline = time.monotonic() + timeout_s
+            while self.proc.poll() is None and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+        self.stop()
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.terminate()

@@ -55,7 +55,7 @@ def sandbox_bitrix(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         log,
     )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + 40
     while True:
         if proc.proc.poll() is not None or time.monotonic() > deadline:
             proc.stop()

@@ -88,9 +88,19 @@ async def test_query_limit_slows_down_and_retries_in_place(deps: Deps) -> None:
 
     pc = portal_client(deps, handler)
     pacer = pc.pacers.get("m1")
-    pacer.slow_down = lambda retry_after=None: PortalPacer.slow_down(pacer, 0.2) and 0.2  # type: ignore[method-assign]
+    pacer.pause_base_s, pacer.pause_max_s = 0.05, 0.1  # backoff below Retry-After: Retry-After rules
     assert await pc.call("m1", "imconnector.send.messages", {}) == "done"
-    assert len(seen) == 3 and seen[1] - seen[0] >= 0.19 and seen[2] - seen[1] >= 0.19
+    assert len(seen) == 3 and 0.19 <= seen[1] - seen[0] < 1.0 and 0.19 <= seen[2] - seen[1] < 1.0
+    assert pacer.penalties == 0  # success resets the backoff
+
+
+def test_pacer_backoff_grows_and_honours_retry_after() -> None:
+    now = [100.0]
+    pacer = PortalPacer(RateSpec(2, 10), clock=lambda: now[0])
+    delays = [pacer.slow_down() for _ in range(7)]
+    assert 1.0 <= delays[0] <= 2.0 and 2.0 <= delays[1] <= 4.0 and all(d <= 30.0 for d in delays)
+    assert delays[-1] >= 15.0
+    assert pacer.slow_down(retry_after=45.0) == 45.0 and pacer.paused_until == 145.0
 
 
 async def test_query_limit_beyond_the_wait_budget_goes_up(deps: Deps) -> None:

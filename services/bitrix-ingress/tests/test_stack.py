@@ -1,0 +1,422 @@
+"""Both bitrix-ingress processes against the Bitrix24 stand-in (dev/sandbox) and real Kafka.
+
+One stack per module: sandbox-bitrix, bitrix-ingress-web, bitrix-dispatcher as processes; mapper and
+token-keeper as in-test fakes (the token-keeper fake refreshes through the stand-in's OAuth server, as the
+real one does). Tests use distinct customers so they do not disturb each other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from aiokafka import AIOKafkaConsumer
+from bitrix_support import (
+    FakeTokenKeeper,
+    GrpcFakes,
+    Portal,
+    Proc,
+    console_script,
+    eventually,
+    free_port,
+    start_fakes,
+    start_process,
+    wait_http,
+)
+from zaptrix.kafka import EventProducer, Flow, decode, new_envelope, topics_for
+from zaptrix.kafka.admin import ensure_topics
+from zaptrix.settings import KafkaSettings
+from zaptrix.v1 import events_pb2, mapper_pb2
+
+MEMBER = "sandbox-member-1"
+PNID = "100000000000001"
+LINE = 1
+
+
+@dataclass
+class Stack:
+    sandbox: str
+    web_url: str
+    dispatcher_ops: str
+    fakes: GrpcFakes
+    producer: EventProducer
+    kafka: KafkaSettings
+    http: httpx.AsyncClient
+    web: Proc
+    dispatcher: Proc
+
+    async def customer_says(
+        self, wa_id: str, n: int, *, name: str = "Anna Schmidt", text: str = ""
+    ) -> events_pb2.Envelope:
+        cm = events_pb2.CustomerMessage(
+            phone_number_id=PNID,
+            wa_id=wa_id,
+            profile_name=name,
+            wamid=f"wamid.{wa_id}.{n}",
+            type="text",
+            text=text or f"message {n}",
+        )
+        cm.sent_at.FromSeconds(int(time.time()))
+        env = new_envelope(
+            f"wa:{cm.wamid}", f"{PNID}:{wa_id}", events_pb2.PLATFORM_WHATSAPP, customer_message=cm
+        )
+        return env
+
+    async def publish(self, envelopes: list[events_pb2.Envelope]) -> None:
+        await self.producer.publish(topics_for(Flow.WA_TO_B24, self.kafka.topic_prefix).main, envelopes)
+
+    async def sandbox_get(self, what: str) -> Any:
+        """GET /_sandbox/portals/<member><what>; listings come wrapped as {"<what>": ...}."""
+        resp = await self.http.get(f"{self.sandbox}/_sandbox/portals/{MEMBER}{what}")
+        resp.raise_for_status()
+        body = resp.json()
+        return body[what.strip("/")] if what else body
+
+    async def sandbox_post(self, what: str, body: dict[str, Any] | None = None) -> Any:
+        resp = await self.http.post(f"{self.sandbox}/_sandbox/portals/{MEMBER}{what}", json=body or {})
+        return resp.json()
+
+    async def chats(self, prefix: str) -> dict[str, dict[str, Any]]:
+        return {
+            c["external_chat_id"]: c
+            for c in await self.sandbox_get("/chats")
+            if c["external_chat_id"].startswith(prefix)
+        }
+
+    async def client_messages(self, wa_prefix: str) -> list[dict[str, Any]]:
+        chats = await self.chats(f"wa_{PNID}_{wa_prefix}")
+        return [m for c in chats.values() for m in c["messages"] if m["direction"] == "client"]
+
+    async def rest(self, method: str, params: dict[str, Any]) -> Any:
+        token = (await self.sandbox_get(""))["access_token"]
+        resp = await self.http.post(f"{self.sandbox}/rest/{method}", json={**params, "auth": token})
+        resp.raise_for_status()
+        return resp.json()["result"]
+
+
+@pytest.fixture(scope="module")
+async def stack(
+    sandbox_bitrix: str, kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[Stack]:
+    tmp: Path = tmp_path_factory.mktemp("stack")
+    async with httpx.AsyncClient(timeout=15) as http:
+        (await http.post(f"{sandbox_bitrix}/_sandbox/reset")).raise_for_status()
+        portal = (await http.get(f"{sandbox_bitrix}/_sandbox/portals/{MEMBER}")).json()
+        tk = FakeTokenKeeper(sandbox_bitrix, "local.sandbox.app", "sandbox-client-secret")
+        tk.add(
+            Portal(
+                MEMBER,
+                "sandbox-app-token",
+                access_token=portal["access_token"],
+                refresh_token=portal["refresh_token"],
+                client_endpoint=portal["client_endpoint"],
+                domain=portal["domain"],
+            )
+        )
+        fakes = await start_fakes(tk=tk)
+        fakes.mapper.bind(PNID, MEMBER, LINE)
+        prefix = f"zt{uuid.uuid4().hex[:10]}"
+        kafka = KafkaSettings(bootstrap_servers=kafka_bootstrap, topic_prefix=prefix)
+        await ensure_topics(
+            kafka, topics_for(Flow.WA_TO_B24, prefix).all() + topics_for(Flow.B24_TO_WA, prefix).all(), 3
+        )
+        web_port, ops_port = free_port(), free_port()
+        common = {
+            "ZAPTRIX_KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+            "ZAPTRIX_KAFKA_TOPIC_PREFIX": prefix,
+            "ZAPTRIX_ALLOW_INSECURE_HTTP": "true",
+            "ZAPTRIX_ENVIRONMENT": "test",
+            **fakes.env(),
+        }
+        web = start_process(
+            [console_script("bitrix-ingress-web")],
+            {
+                **common,
+                "ZAPTRIX_WEB_PORT": str(web_port),
+                "ZAPTRIX_PUBLIC_BASE_URL": f"http://127.0.0.1:{web_port}",
+            },
+            tmp / "web.log",
+        )
+        dispatcher = start_process(
+            [console_script("bitrix-dispatcher")],
+            {**common, "ZAPTRIX_DISPATCHER_METRICS_PORT": str(ops_port), "ZAPTRIX_RETRY_BASE_S": "0.5"},
+            tmp / "dispatcher.log",
+        )
+        producer = EventProducer(kafka, client_id="test")
+        await producer.start()
+        web_url = f"http://127.0.0.1:{web_port}"
+        try:
+            await wait_http(f"{web_url}/ready", web, ok=lambda s: s == 200)
+            await wait_http(f"http://127.0.0.1:{ops_port}/ready", dispatcher, ok=lambda s: s == 200)
+            await http.post(
+                f"{sandbox_bitrix}/_sandbox/config",
+                json={
+                    "outbound_url": f"{web_url}/webhooks/bitrix24/outbound",
+                    "install_url": f"{web_url}/webhooks/bitrix24/install",
+                },
+            )
+            yield Stack(
+                sandbox_bitrix,
+                web_url,
+                f"http://127.0.0.1:{ops_port}",
+                fakes,
+                producer,
+                kafka,
+                http,
+                web,
+                dispatcher,
+            )
+        finally:
+            await producer.stop()
+            await asyncio.gather(web.astop(), dispatcher.astop())
+            await fakes.server.stop(None)
+
+
+async def test_install_registers_the_connector_and_binds_events(stack: Stack) -> None:
+    for attempt in range(2):  # idempotent: a second install changes nothing and still succeeds
+        resp = await stack.sandbox_post("/install")
+        assert resp["gateway_status"] == 200, (resp, stack.web.log()[-3000:])
+        upsert = stack.fakes.token_keeper.upserts[-1]
+        assert upsert.member_id == MEMBER and upsert.application_token == "sandbox-app-token"
+        assert upsert.access_token and upsert.refresh_token and upsert.client_endpoint.endswith("/rest/")
+        portal = await stack.sandbox_get("")
+        handlers = {(b["event"].upper(), b["handler"]) for b in portal["bindings"]}
+        outbound = f"{stack.web_url}/webhooks/bitrix24/outbound"
+        for event in (
+            "ONIMCONNECTORMESSAGEADD",
+            "ONIMCONNECTORMESSAGEUPDATE",
+            "ONIMCONNECTORMESSAGEDELETE",
+            "ONIMCONNECTORSTATUSDELETE",
+            "ONIMCONNECTORLINEDELETE",
+        ):
+            assert (event, outbound) in handlers, (attempt, handlers)
+        assert ("ONAPPUNINSTALL", f"{stack.web_url}/webhooks/bitrix24/install") in handlers
+        assert len(portal["bindings"]) == 8
+        assert portal["connectors"]["zaptrix_whatsapp"]["name"] == "WhatsApp (Zaptrix)"
+    assert len(stack.fakes.token_keeper.upserts) == 2
+
+
+async def test_300_messages_at_100_per_second_stay_within_the_portal_limit(stack: Stack) -> None:
+    before = await stack.sandbox_get("/stats")
+    customers = [f"49150{c:03d}" for c in range(30)]
+    envelopes = [await stack.customer_says(w, n) for n in range(10) for w in customers]
+    started = time.monotonic()
+    for i in range(0, 300, 10):  # 100 messages/s
+        await stack.publish(envelopes[i : i + 10])
+        await asyncio.sleep(0.1)
+    produced = time.monotonic()
+
+    async def all_delivered() -> bool:
+        return len(await stack.client_messages("49150")) >= 300
+
+    await eventually(all_delivered, timeout_s=20, interval_s=0.1)
+    delivered = time.monotonic()
+    stats = await stack.sandbox_get("/stats")
+    messages = await stack.client_messages("49150")
+    assert len(messages) == 300 and stats["duplicate_messages"] == before["duplicate_messages"]
+    assert stats["rate_limited_count"] == before["rate_limited_count"] == 0
+    assert stats["max_requests_in_any_second"] <= 12  # our pacer: burst 10, then 2/s
+    calls = (await stack.sandbox_get("/requests"))[before["requests_total"] :]
+    requests = sum(
+        1 for r in calls if r.get("via") != "batch"
+    )  # HTTP requests; batch sub-calls are listed too
+    sends = [r for r in calls if r["method"] == "imconnector.send.messages"]
+    assert requests <= 20, requests  # CRM look-ups/creations for 30 new customers + packed sends
+    assert len(sends) < 300 / 5, len(sends)  # many messages per call
+    chats = await stack.chats(f"wa_{PNID}_49150")
+    assert len(chats) == 30
+    for chat in chats.values():  # conversation order kept
+        ids = [m["external_ids"][0] for m in chat["messages"] if m["direction"] == "client"]
+        wa_id = chat["external_chat_id"].rsplit("_", 1)[1]
+        assert ids == [f"wamid.{wa_id}.{n}" for n in range(10)]
+    contacts = await stack.sandbox_get("/contacts")
+    assert sum(1 for c in contacts if any("49150" in p["VALUE"] for p in c.get("PHONE", []))) == 30
+    print(
+        f"\n300 messages at 100/s: {requests} REST requests, drained {delivered - produced:.2f}s after the last "
+        f"was produced, {300 / (delivered - started):.0f} messages/s end to end, "
+        f"max {stats['max_requests_in_any_second']} requests in any second"
+    )
+
+
+async def test_expired_token_mid_flow(stack: Stack) -> None:
+    await stack.publish([await stack.customer_says("4916000001", 1)])
+    await eventually(lambda: _count(stack, "4916000001", 1), timeout_s=10)
+    before = await stack.sandbox_get("/stats")
+    rejections = len(stack.fakes.token_keeper.rejections)
+    assert (await stack.sandbox_post("/expire-token"))["expired"] >= 1
+    await stack.publish([await stack.customer_says("4916000001", n) for n in range(2, 6)])
+    await eventually(lambda: _count(stack, "4916000001", 5), timeout_s=10)
+    after = await stack.sandbox_get("/stats")
+    assert after["refresh_count"] - before["refresh_count"] == 1
+    assert len(stack.fakes.token_keeper.rejections) - rejections == 1
+    assert stack.fakes.token_keeper.rejections[-1].error == "expired_token"
+
+
+async def _count(stack: Stack, wa_id: str, n: int) -> bool:
+    return len(await stack.client_messages(wa_id)) >= n
+
+
+async def test_first_contact_and_returning_customer(stack: Stack) -> None:
+    existing = await stack.rest(
+        "crm.contact.add",
+        {"fields": {"NAME": "Known", "PHONE": [{"VALUE": "+4917700000002", "VALUE_TYPE": "WORK"}]}},
+    )
+    await stack.publish(
+        [await stack.customer_says(w, n) for n in range(3) for w in ("4917700000001", "4917700000002")]
+    )
+    await eventually(lambda: _count(stack, "49177", 6), timeout_s=10)
+    contacts = await stack.sandbox_get("/contacts")
+
+    def with_phone(digits: str) -> list[dict[str, Any]]:
+        return [c for c in contacts if any(digits in p["VALUE"] for p in c.get("PHONE", []))]
+
+    (new,) = with_phone("4917700000001")
+    (old,) = with_phone("4917700000002")
+    assert str(old["ID"]) == str(existing)
+    assert new["NAME"] == "Anna" and new["LAST_NAME"] == "Schmidt"
+    conv = stack.fakes.mapper.by_customer(PNID, "4917700000002")
+    assert conv is not None and conv.bitrix_contact_id == str(existing)
+
+
+async def test_a_redelivered_message_is_not_posted_twice(stack: Stack) -> None:
+    env = await stack.customer_says("4918800000001", 1)
+    await stack.publish([env])
+    await eventually(lambda: _count(stack, "4918800000001", 1), timeout_s=10)
+    await stack.publish([env, env])
+    await asyncio.sleep(1.5)
+    assert len(await stack.client_messages("4918800000001")) == 1
+    assert (await stack.sandbox_get("/stats"))["duplicate_messages"] == 0
+
+
+async def test_operator_reply_and_its_receipts(stack: Stack) -> None:
+    wa_id = "4919900000001"
+    await stack.publish([await stack.customer_says(wa_id, 1, text="Hallo, ist das Paket unterwegs?")])
+    await eventually(lambda: _count(stack, wa_id, 1), timeout_s=10)
+    chat = f"wa_{PNID}_{wa_id}"
+    sent = await stack.sandbox_post(
+        "/operator-messages", {"chat_id": chat, "text": "Ja, [b]heute[/b]!", "operator": "Klaus Weber"}
+    )
+    assert sent["gateway_status"] == 200, sent
+    im = sent["im"]
+
+    consumer = AIOKafkaConsumer(
+        topics_for(Flow.B24_TO_WA, stack.kafka.topic_prefix).main,
+        bootstrap_servers=stack.kafka.bootstrap_servers,
+        auto_offset_reset="earliest",
+    )
+    await consumer.start()
+    try:
+        found: list[events_pb2.Envelope] = []
+        deadline = time.monotonic() + 8
+        while time.monotonic() < deadline and not found:
+            for recs in (await consumer.getmany(timeout_ms=200)).values():
+                for rec in recs:
+                    env = decode(rec.value, rec.headers)
+                    if env.event_id == f"b24:{MEMBER}:{im['message_id']}":
+                        assert rec.key == f"{PNID}:{wa_id}".encode()
+                        found.append(env)
+    finally:
+        await consumer.stop()
+    (env,) = found
+    om = env.operator_message
+    assert om.text_bbcode == "[b]Klaus Weber:[/b][br] Ja, [b]heute[/b]!" and om.external_chat_id == chat
+    assert (om.bitrix_chat_id, om.bitrix_message_id) == (im["chat_id"], im["message_id"])
+
+    # The meta dispatcher would now send it and link the wamid; Meta reports delivery.
+    conv = stack.fakes.mapper.by_customer(PNID, wa_id)
+    assert conv is not None and conv.bitrix_chat_id == im["chat_id"]
+    stack.fakes.mapper.links["wamid.out.1"] = mapper_pb2.MessageLink(
+        conversation_id=conv.id,
+        direction=mapper_pb2.DIRECTION_OUTBOUND,
+        wamid="wamid.out.1",
+        member_id=MEMBER,
+        bitrix_message_id=im["message_id"],
+        bitrix_chat_id=im["chat_id"],
+    )
+    st = events_pb2.WhatsAppStatus(phone_number_id=PNID, wa_id=wa_id, wamid="wamid.out.1", status="delivered")
+    st.at.FromSeconds(int(time.time()))
+    await stack.publish(
+        [
+            new_envelope(
+                "wa-status:wamid.out.1:delivered",
+                f"{PNID}:{wa_id}",
+                events_pb2.PLATFORM_WHATSAPP,
+                whatsapp_status=st,
+            )
+        ]
+    )
+
+    async def delivered() -> bool:
+        chats = await stack.chats(chat)
+        ops = [m for m in chats[chat]["messages"] if m["direction"] == "operator"]
+        return bool(ops and ops[0]["delivered"] and ops[0]["external_ids"] == ["wamid.out.1"])
+
+    await eventually(delivered, timeout_s=10)
+    assert stack.fakes.mapper.links["wamid.out.1"].bitrix_status == "delivered"
+
+    # The operator edits it: the update event carries the wamid Bitrix24 stored as CONNECTOR_MID.
+    edit = await stack.sandbox_post(f"/operator-messages/{im['message_id']}/update", {"text": "Ja, morgen!"})
+    assert edit["gateway_status"] == 200, edit
+
+    # A later reply fails on WhatsApp: the operator sees why, in the chat.
+    sent2 = await stack.sandbox_post("/operator-messages", {"chat_id": chat, "text": "Noch da?"})
+    stack.fakes.mapper.links["wamid.out.2"] = mapper_pb2.MessageLink(
+        conversation_id=conv.id,
+        direction=mapper_pb2.DIRECTION_OUTBOUND,
+        wamid="wamid.out.2",
+        member_id=MEMBER,
+        bitrix_message_id=sent2["im"]["message_id"],
+        bitrix_chat_id=sent2["im"]["chat_id"],
+    )
+    failed = events_pb2.WhatsAppStatus(
+        phone_number_id=PNID,
+        wa_id=wa_id,
+        wamid="wamid.out.2",
+        status="failed",
+        errors=[events_pb2.GraphError(code=131047, title="Re-engagement message")],
+    )
+    await stack.publish(
+        [
+            new_envelope(
+                "wa-status:wamid.out.2:failed",
+                f"{PNID}:{wa_id}",
+                events_pb2.PLATFORM_WHATSAPP,
+                whatsapp_status=failed,
+            )
+        ]
+    )
+
+    async def notice() -> list[dict[str, Any]]:
+        return [m for m in await stack.client_messages(wa_id) if m["text"].startswith("⚠️ Zaptrix:")]
+
+    (shown,) = await eventually(notice, timeout_s=10)
+    assert "24 hours" in shown["text"]
+    assert stack.fakes.mapper.links["wamid.out.2"].bitrix_status == "failed"
+
+
+async def test_wrong_application_token_from_the_portal_is_refused(stack: Stack) -> None:
+    wa_id = "4919900000002"
+    await stack.publish([await stack.customer_says(wa_id, 1)])
+    await eventually(lambda: _count(stack, wa_id, 1), timeout_s=10)
+    chat = f"wa_{PNID}_{wa_id}"
+    bad = await stack.sandbox_post(
+        "/operator-messages", {"chat_id": chat, "text": "x", "wrong_application_token": True}
+    )
+    assert bad["gateway_status"] == 401
+    for variant in ({"omit_tokens": True}, {"use_data_key": True}):
+        ok = await stack.sandbox_post("/operator-messages", {"chat_id": chat, "text": "y", **variant})
+        assert ok["gateway_status"] == 200, (variant, ok)
+
+
+async def test_dispatcher_metrics(stack: Stack) -> None:
+    metrics = (await stack.http.get(f"{stack.dispatcher_ops}/metrics")).text
+    assert "zaptrix_bitrix_messages_per_call_bucket" in metrics
+    assert 'zaptrix_external_api_calls_total{method="batch",outcome="ok",platform="bitrix24"}' in metrics
+    assert "zaptrix_kafka_consumer_lag" in metrics

@@ -1,0 +1,302 @@
+"""bitrix-ingress-web as a real process: Bitrix24 events in, envelopes on real Kafka out.
+
+gRPC dependencies are in-test fakes on a real grpc.aio server; Kafka is ZAPTRIX_TEST_KAFKA.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import re
+import string
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlencode
+
+import httpx
+import pytest
+from aiokafka import AIOKafkaConsumer, ConsumerRecord
+from bitrix_support import (
+    GrpcFakes,
+    Portal,
+    Proc,
+    console_script,
+    free_port,
+    start_fakes,
+    start_process,
+    wait_http,
+)
+from zaptrix.kafka import Flow, decode, topics_for
+from zaptrix.kafka.admin import ensure_topics
+from zaptrix.settings import KafkaSettings
+from zaptrix.v1 import events_pb2
+
+TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
+
+
+@dataclass
+class Web:
+    url: str
+    proc: Proc
+    fakes: GrpcFakes
+    topic: str
+    bootstrap: str
+    http: httpx.AsyncClient
+
+    async def post(
+        self,
+        pairs: list[tuple[str, str]] | bytes,
+        path: str = "/webhooks/bitrix24/outbound",
+        headers: dict[str, str] | None = None,
+    ) -> httpx.Response:
+        body = pairs if isinstance(pairs, bytes) else urlencode(pairs).encode()
+        return await self.http.post(
+            self.url + path,
+            content=body,
+            headers={"Content-Type": "application/x-www-form-urlencoded", **(headers or {})},
+        )
+
+    async def records(self, match: str, count: int, within_s: float = 8.0) -> list[ConsumerRecord]:
+        """Records of this topic whose event id contains `match` (tests share one topic)."""
+        consumer = AIOKafkaConsumer(
+            self.topic,
+            bootstrap_servers=self.bootstrap,
+            auto_offset_reset="earliest",
+            enable_auto_commit=False,
+        )
+        await consumer.start()
+        got: list[ConsumerRecord] = []
+
+        async def poll(timeout_ms: int) -> None:
+            for recs in (await consumer.getmany(timeout_ms=timeout_ms)).values():
+                got.extend(r for r in recs if match in dict(r.headers)["zaptrix-event-id"].decode())
+
+        try:
+            deadline = asyncio.get_running_loop().time() + within_s
+            while asyncio.get_running_loop().time() < deadline and len(got) < count:
+                await poll(200)
+            if len(got) >= count:  # anything more would be a duplicate
+                await poll(300)
+        finally:
+            await consumer.stop()
+        return got
+
+
+def start_web(
+    tmp_path: Path, fakes: GrpcFakes, bootstrap: str, prefix: str, **extra: str
+) -> tuple[str, Proc]:
+    port = free_port()
+    env = {
+        "ZAPTRIX_WEB_PORT": str(port),
+        "ZAPTRIX_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+        "ZAPTRIX_KAFKA_TOPIC_PREFIX": prefix,
+        "ZAPTRIX_PUBLIC_BASE_URL": f"http://127.0.0.1:{port}",
+        "ZAPTRIX_ALLOW_INSECURE_HTTP": "true",
+        "ZAPTRIX_ENVIRONMENT": "test",
+        "ZAPTRIX_VERIFY_CACHE_S": "0",
+        **fakes.env(),
+        **extra,
+    }
+    proc = start_process([console_script("bitrix-ingress-web")], env, tmp_path / f"web-{port}.log")
+    return f"http://127.0.0.1:{port}", proc
+
+
+@pytest.fixture(scope="module")
+async def web(tmp_path_factory: pytest.TempPathFactory, kafka_bootstrap: str) -> AsyncIterator[Web]:
+    """One web process for the module (tests use distinct ids); its own fakes and topics."""
+    fakes = await start_fakes()
+    fakes.token_keeper.add(Portal("m1", "apptok"))
+    fakes.mapper.bind("100", "m1", 7)
+    fakes.mapper.add_conversation("100", "4917", "Anna")
+    prefix = f"zt{uuid.uuid4().hex[:10]}"
+    await ensure_topics(
+        KafkaSettings(bootstrap_servers=kafka_bootstrap), topics_for(Flow.B24_TO_WA, prefix).all(), 3
+    )
+    url, proc = start_web(tmp_path_factory.mktemp("web"), fakes, kafka_bootstrap, prefix)
+    try:
+        await wait_http(f"{url}/ready", proc, ok=lambda s: s == 200)
+        async with httpx.AsyncClient(timeout=10) as http:
+            yield Web(url, proc, fakes, topics_for(Flow.B24_TO_WA, prefix).main, kafka_bootstrap, http)
+    finally:
+        await proc.astop()
+        await fakes.server.stop(None)
+
+
+def message_add(
+    app_token: str = "apptok",
+    chat: str = "wa_100_4917",
+    key: str = "MESSAGES",
+    tokens: bool = True,
+    message_id: str = "86497",
+) -> list[tuple[str, str]]:
+    p = f"data[{key}][0]"
+    pairs = [
+        ("event", "ONIMCONNECTORMESSAGEADD"),
+        ("event_handler_id", "555"),
+        ("data[CONNECTOR]", "zaptrix_whatsapp"),
+        ("data[LINE]", "7"),
+        (f"{p}[im][chat_id]", "1807"),
+        (f"{p}[im][message_id]", message_id),
+        (f"{p}[message][user_id]", "27"),
+        (f"{p}[message][text]", "[b]Klaus Weber:[/b] [br]Guten Tag!"),
+        (f"{p}[chat][id]", chat),
+        ("ts", "1773759161"),
+        ("auth[member_id]", "m1"),
+        ("auth[application_token]", app_token),
+        ("auth[domain]", "p.bitrix24.com"),
+    ]
+    if tokens:
+        pairs += [("auth[access_token]", "access-xyz"), ("auth[expires_in]", "3600")]
+    return pairs
+
+
+async def test_operator_message_becomes_an_envelope_on_kafka(web: Web) -> None:
+    traceparent = f"00-{TRACE_ID}-00f067aa0ba902b7-01"
+    resp = await web.post(message_add(message_id="1001"), headers={"traceparent": traceparent})
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["events"] == 2
+    records = await web.records("b24:m1:1001", 1) + (await web.records("b24-read:m1:wa_100_4917:", 1))[:1]
+    assert len(records) == 2
+    by_type = {}
+    for rec in records:
+        headers = dict(rec.headers)
+        env = decode(rec.value, rec.headers)
+        by_type[env.WhichOneof("kind")] = (rec, env, headers)
+        assert rec.key == b"100:4917"  # the conversation key from the mapper
+        assert headers["zaptrix-event-id"].decode() == env.event_id
+        assert headers["zaptrix-schema-version"] == b"1"
+        assert re.fullmatch(rf"00-{TRACE_ID}-[0-9a-f]{{16}}-01", headers["traceparent"].decode())
+    rec, env, headers = by_type["operator_message"]
+    assert headers["zaptrix-event-type"] == b"operator_message"
+    assert env.event_id == "b24:m1:1001" and env.source == events_pb2.PLATFORM_BITRIX24
+    om = env.operator_message
+    assert (om.member_id, om.line_id, om.bitrix_chat_id, om.bitrix_message_id, om.external_chat_id) == (
+        "m1",
+        7,
+        "1807",
+        "1001",
+        "wa_100_4917",
+    )
+    assert om.text_bbcode == "[b]Klaus Weber:[/b] [br]Guten Tag!"
+    assert by_type["operator_read"][1].operator_read.external_chat_id == "wa_100_4917"
+
+
+async def test_old_shape_without_tokens_and_unknown_chat(web: Web) -> None:
+    resp = await web.post(message_add(key="DATA", tokens=False, chat="wa_100_unknown", message_id="1002"))
+    assert resp.status_code == 200, resp.text
+    records = await web.records("wa_100_unknown", 1) + await web.records("b24:m1:1002", 1)
+    assert len(records) == 2
+    assert {r.key for r in records} == {
+        b"wa_100_unknown"
+    }  # kept, keyed by the chat: the meta dispatcher dead-letters it
+
+
+@pytest.mark.parametrize(("token", "member"), [("wrong", "m1"), ("apptok", "stranger"), ("", "m1")])
+async def test_wrong_application_token_is_refused(web: Web, token: str, member: str) -> None:
+    pairs = [
+        (k, member if k == "auth[member_id]" else v)
+        for k, v in message_add(app_token=token, message_id="1003")
+    ]
+    resp = await web.post(pairs)
+    assert resp.status_code == 401
+    assert await web.records(":1003", 1, within_s=1.0) == []
+
+
+@pytest.mark.parametrize(
+    ("body", "ctype"),
+    [
+        (b"event=ONIMCONNECTORMESSAGEADD&auth[member_id]=m1&auth[application_token]=apptok", None),
+        (b"data[MESSAGES][0][chat][id]=x&auth[member_id]=m1&auth[application_token]=apptok", None),
+        (b"\xff\xfe\x00garbage", None),
+        (b"a=%ff", None),
+        (b"{}", "text/xml"),
+        (b"[1,2]", "application/json"),
+    ],
+)
+async def test_malformed_is_400_with_a_reason(web: Web, body: bytes, ctype: str | None) -> None:
+    headers = {"Content-Type": ctype} if ctype else {}
+    resp = await web.post(body, headers=headers)
+    assert resp.status_code == 400, resp.text
+    assert resp.json()["error"]
+
+
+async def test_fuzzed_bodies_never_get_a_500(web: Web) -> None:
+    rng = random.Random(42)
+    valid = message_add(message_id="1004")
+    statuses: set[int] = set()
+    for i in range(150):
+        if i % 3 == 0:
+            pairs = [(k, v) for k, v in valid if rng.random() < 0.85]
+            pairs.append(
+                (
+                    rng.choice([k for k, _ in valid]) + rng.choice(["", "[]", "[0][x]"]),
+                    rng.choice(["", "x", "-1", "[b]"]),
+                )
+            )
+            body = urlencode(pairs).encode()
+        else:
+            body = "".join(
+                rng.choice(string.printable + "[]%=&") for _ in range(rng.randint(0, 300))
+            ).encode()
+            if i % 7 == 0:
+                body = bytes(rng.randint(0, 255) for _ in range(100))
+        resp = await web.post(body)
+        statuses.add(resp.status_code)
+    assert statuses <= {200, 400, 401}, statuses
+    assert web.proc.proc.poll() is None
+
+
+async def test_too_large_body(web: Web) -> None:
+    resp = await web.post(b"x=" + b"a" * 1_100_000)
+    assert resp.status_code == 413
+
+
+async def test_health_and_metrics(web: Web) -> None:
+    assert (await web.post(message_add(message_id="1005"))).status_code == 200
+    assert (await web.post(message_add(message_id="1006", app_token="nope"))).status_code == 401
+    async with httpx.AsyncClient() as http:
+        health = (await http.get(f"{web.url}/health")).json()
+        assert health["status"] == "ok" and health["service"] == "bitrix-ingress"
+        assert health["dependencies"] == {"kafka": "up", "token_keeper": "up", "mapper": "up"}
+        metrics = (await http.get(f"{web.url}/metrics")).text
+    accepted = re.search(
+        r'zaptrix_bitrix_events_received_total\{event="ONIMCONNECTORMESSAGEADD",outcome="accepted"\} (\d+)',
+        metrics,
+    )
+    assert accepted and int(accepted.group(1)) >= 1
+    assert (
+        'zaptrix_http_requests_total{method="POST",route="/webhooks/bitrix24/outbound",status="401"}'
+        in metrics
+    )
+
+
+async def test_kafka_down_answers_503_and_logs_the_event(
+    tmp_path: Path, fakes: GrpcFakes, kafka_prefix: str
+) -> None:
+    fakes.token_keeper.add(Portal("m1", "apptok"))
+    url, proc = start_web(tmp_path, fakes, f"127.0.0.1:{free_port()}", kafka_prefix)
+    try:
+        await wait_http(f"{url}/health", proc, ok=lambda s: s == 200)
+        async with httpx.AsyncClient() as http:
+            assert (await http.get(f"{url}/ready")).status_code == 503
+            resp = await http.post(
+                f"{url}/webhooks/bitrix24/outbound",
+                content=urlencode(message_add()).encode(),
+                headers={"Content-Type": "application/x-www-form-urlencoded"},
+            )
+            assert resp.status_code == 503
+            metrics = (await http.get(f"{url}/metrics")).text
+        assert (
+            'zaptrix_bitrix_events_lost_total{event="ONIMCONNECTORMESSAGEADD",reason="kafka_unavailable"} 1.0'
+            in metrics
+        )
+        await asyncio.sleep(0.3)
+        log = proc.log()
+        lost = [line for line in log.splitlines() if "NOT accepted" in line]
+        assert lost, log[-2000:]
+        assert '"level": "error"' in lost[0] and "Guten Tag" in lost[0] and "86497" in lost[0]
+        assert "access-xyz" not in log and "apptok" not in log  # secrets never logged
+    finally:
+        await proc.astop()
