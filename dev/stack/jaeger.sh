@@ -22,7 +22,12 @@ binary() {
 
 running() { pid_alive "$JAEGER_PID" "jaeger-$JAEGER_VERSION"; }
 ready() { running && curl -fsS --max-time 2 -o /dev/null "http://127.0.0.1:$JAEGER_UI_PORT/api/services" 2>/dev/null; }
-ready_or_dead() { ready && return 0; running || die "jaeger exited during startup, see $JAEGER_LOG"; return 1; }
+ready_or_dead() {
+  ready && return 0
+  running && return 1
+  tail -n 20 "$JAEGER_LOG" >&2 2>/dev/null || true
+  die "jaeger exited during startup, see $JAEGER_LOG"
+}
 
 start() {
   if running; then

@@ -138,7 +138,12 @@ start() {
 }
 
 # Used while waiting: fails at once when the broker process has died.
-ready_or_dead() { ready && return 0; running || die "kafka exited during startup, see $KAFKA_LOG and $KAFKA_OUT"; return 1; }
+ready_or_dead() {
+  ready && return 0
+  running && return 1
+  tail -n 20 "$KAFKA_OUT" "$KAFKA_LOG" >&2 2>/dev/null || true
+  die "kafka exited during startup, see $KAFKA_LOG and $KAFKA_OUT"
+}
 
 stop() { stop_pid "$KAFKA_PID" kafka kafka.Kafka 30; }
 
