@@ -28,6 +28,7 @@ cleanup() { dev/stack/kafka.sh stop >/dev/null 2>&1 || true; dev/stack/postgres.
 trap cleanup EXIT
 dev/stack/postgres.sh start
 dev/stack/kafka.sh start
+dev/stack/kafka.sh topics
 export ZAPTRIX_TEST_PG_URL; ZAPTRIX_TEST_PG_URL=$(dev/stack/postgres.sh url)
 export ZAPTRIX_TEST_KAFKA="127.0.0.1:$KAFKA_PORT"
 # Tools the chart tests need (built once into the cache).
