@@ -164,14 +164,13 @@ async def verify_install(
     token = Token(req.member_id, req.access_token, endpoint, req.expires_at)
     try:
         info = await portals.call_with_token(req.member_id, token, "app.info", {})
-    except TokenError as exc:
-        if trusted_by_app_token:
-            return stored, {}
+    except TokenError as exc:  # tokens that do not work must never replace working ones
         raise InstallRefused(f"the access token does not work on the portal: {exc.code}") from exc
     except BitrixError as exc:
-        if trusted_by_app_token:
+        if trusted_by_app_token:  # genuine (stored application_token), the portal is just busy: accept
+            log.warning("install accepted without app.info", member_id=req.member_id, error=exc.reason)
             return stored, {}
-        raise InstallRefused(f"cannot verify the install on the portal: {exc.code}", 401) from exc
+        raise InstallRefused(f"cannot verify the install on the portal now: {exc.code}", 503) from exc
     return stored, info if isinstance(info, dict) else {}
 
 

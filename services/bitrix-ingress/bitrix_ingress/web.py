@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import json as jsonlib
 import time
 from collections import OrderedDict
 from typing import Any
@@ -139,9 +140,7 @@ def _read_body(request: Request) -> dict[str, Any]:
     body = request.body or b""
     if ctype == "application/json":
         try:
-            import json as _json
-
-            data = _json.loads(body)
+            data = jsonlib.loads(body)
         except ValueError as exc:
             raise FormError("body is not valid JSON") from exc
         if not isinstance(data, dict):

@@ -521,7 +521,7 @@ def start_process(args: list[str], env: dict[str, str], log_path: Path) -> Proc:
 
 
 async def wait_http(
-    url: str, proc: Proc, timeout_s: float = 20.0, ok: Callable[[int], bool] = lambda s: s < 500
+    url: str, proc: Proc, timeout_s: float = 40.0, ok: Callable[[int], bool] = lambda s: s < 500
 ) -> None:
     deadline = time.monotonic() + timeout_s
     async with httpx.AsyncClient() as http:

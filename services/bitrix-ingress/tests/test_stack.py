@@ -420,3 +420,91 @@ async def test_dispatcher_metrics(stack: Stack) -> None:
     assert "zaptrix_bitrix_messages_per_call_bucket" in metrics
     assert 'zaptrix_external_api_calls_total{method="batch",outcome="ok",platform="bitrix24"}' in metrics
     assert "zaptrix_kafka_consumer_lag" in metrics
+
+
+async def test_settings_page_activates_a_line(stack: Stack) -> None:
+    portal = await stack.sandbox_get("")
+    form = {
+        "member_id": MEMBER,
+        "AUTH_ID": portal["access_token"],
+        "DOMAIN": portal["domain"],
+        "PLACEMENT": "SETTING_CONNECTOR",
+        "PLACEMENT_OPTIONS": f'{{"CONNECTOR":"zaptrix_whatsapp","LINE":"{LINE}","ACTIVE_STATUS":"1"}}',
+    }
+    url = f"{stack.web_url}/webhooks/bitrix24/settings"
+    resp = await stack.http.post(url, data={**form, "action": "deactivate"})
+    assert resp.status_code == 200 and "not connected" in resp.text, resp.text
+    assert "zaptrix_whatsapp" not in (await stack.sandbox_get(""))["active"].get(str(LINE), [])
+    resp = await stack.http.post(url, data=form)
+    assert resp.status_code == 200, resp.text
+    assert "text/html" in resp.headers["content-type"] and f"Open Line {LINE}: <b>connected" in resp.text
+    assert PNID in resp.text  # the numbers bound to this line
+    portal = await stack.sandbox_get("")
+    assert "zaptrix_whatsapp" in portal["active"][str(LINE)]
+    (data,) = [d for d in portal["connector_data"] if d["line"] == LINE]
+    assert data["data"]["ID"] == f"zaptrix_whatsapp_line{LINE}" and data["data"]["URL"] == stack.web_url
+    bad = await stack.http.post(url, data={**form, "AUTH_ID": "forged"})
+    assert bad.status_code == 401
+    other = await stack.http.post(
+        url, data={**form, "PLACEMENT_OPTIONS": '{"CONNECTOR":"telegrambot","LINE":"1"}'}
+    )
+    assert other.status_code == 400
+
+
+async def test_ui_install_page_and_a_forged_install(stack: Stack) -> None:
+    portal = await stack.sandbox_get("")
+    upserts = len(stack.fakes.token_keeper.upserts)
+    host = stack.sandbox.removeprefix("http://")
+    page = await stack.http.post(
+        f"{stack.web_url}/webhooks/bitrix24/install?DOMAIN={host}&PROTOCOL=0&LANG=en&APP_SID=abc",
+        data={
+            "AUTH_ID": portal["access_token"],
+            "AUTH_EXPIRES": "3600",
+            "REFRESH_ID": "r",
+            "member_id": MEMBER,
+        },
+    )
+    assert page.status_code == 200, page.text
+    assert "BX24.installFinish()" in page.text
+    assert (
+        len(stack.fakes.token_keeper.upserts) == upserts
+    )  # an admin opening the app does not replace the tokens
+    forged = await stack.http.post(
+        f"{stack.web_url}/webhooks/bitrix24/install",
+        data={
+            "event": "ONAPPINSTALL",
+            "auth[member_id]": MEMBER,
+            "auth[access_token]": "forged",
+            "auth[refresh_token]": "forged",
+            "auth[application_token]": "forged",
+            "auth[client_endpoint]": portal["client_endpoint"],
+            "auth[domain]": portal["domain"],
+        },
+    )
+    assert forged.status_code == 401
+    assert len(stack.fakes.token_keeper.upserts) == upserts
+
+
+async def test_uninstall_is_relayed(stack: Stack) -> None:
+    """Last: the stand-in removes the connector and the bindings."""
+    resp = await stack.sandbox_post("/uninstall")
+    assert resp["gateway_status"] == 200, resp
+    consumer = AIOKafkaConsumer(
+        topics_for(Flow.B24_TO_WA, stack.kafka.topic_prefix).main,
+        bootstrap_servers=stack.kafka.bootstrap_servers,
+        auto_offset_reset="earliest",
+    )
+    await consumer.start()
+    try:
+        removed: list[events_pb2.Envelope] = []
+        deadline = time.monotonic() + 8
+        while time.monotonic() < deadline and not removed:
+            for recs in (await consumer.getmany(timeout_ms=200)).values():
+                removed += [
+                    e
+                    for e in (decode(r.value, r.headers) for r in recs)
+                    if e.event_id.startswith("b24-uninstall:")
+                ]
+    finally:
+        await consumer.stop()
+    assert removed[0].line_removed.member_id == MEMBER and removed[0].line_removed.line_id == 0
