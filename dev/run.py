@@ -47,7 +47,7 @@ async def main(pg_url: str) -> None:
             f"  token-keeper      grpc 127.0.0.1:{ports.token_keeper}  metrics :{ports.token_keeper_metrics}",
             f"  dispatchers       metrics/health :{ports.meta_dispatcher} (meta), :{ports.bitrix_dispatcher} (bitrix)",
             f"  PostgreSQL        {ports.pg}    Kafka 127.0.0.1:{ports.kafka}",
-            "  Jaeger UI         http://127.0.0.1:16686",
+            "  Jaeger            http://127.0.0.1:16686/api/traces (OTLP :4317)  — `zaptrix-dev trace <wamid>`",
         ]
         if sandbox:
             banner += [
@@ -59,6 +59,7 @@ async def main(pg_url: str) -> None:
                 "  .venv/bin/zaptrix-dev chats",
                 '  .venv/bin/zaptrix-dev operator-says --chat <chat id from `chats`> "[b]Guten Tag[/b], wie kann ich helfen?"',
                 "  .venv/bin/zaptrix-dev customer-inbox --to 491701234567",
+                "  .venv/bin/zaptrix-dev trace <wamid from customer-says>",
             ]
         banner += ["", "Ctrl-C stops everything.", ""]
         sys.stdout.write("\n".join(banner) + "\n")

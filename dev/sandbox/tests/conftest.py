@@ -112,8 +112,12 @@ def stub() -> Iterator[GatewayStub]:
 
 
 def _start(module: str, env: dict[str, str], port: int) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen([sys.executable, "-m", module], env={**os.environ, **env},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", module],
+        env={**os.environ, **env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -130,12 +134,16 @@ def _start(module: str, env: dict[str, str], port: int) -> subprocess.Popen[byte
 @pytest.fixture(scope="session")
 def graph_url(stub: GatewayStub) -> Iterator[str]:
     port = free_port()
-    proc = _start("zaptrix_sandbox.graph", {
-        "SANDBOX_GRAPH_PORT": str(port),
-        "SANDBOX_GRAPH_WEBHOOK_URL": f"{stub.url}/webhooks/meta",
-        "SANDBOX_GRAPH_WEBHOOK_RETRY_DELAYS_S": "[0.05, 0.1]",
-        "SANDBOX_GRAPH_TEMPLATES": '[{"name": "hello_world"}, {"name": "reopen", "languages": ["de"], "body_params": 1}]',
-    }, port)
+    proc = _start(
+        "zaptrix_sandbox.graph",
+        {
+            "SANDBOX_GRAPH_PORT": str(port),
+            "SANDBOX_GRAPH_WEBHOOK_URL": f"{stub.url}/webhooks/meta",
+            "SANDBOX_GRAPH_WEBHOOK_RETRY_DELAYS_S": "[0.05, 0.1]",
+            "SANDBOX_GRAPH_TEMPLATES": '[{"name": "hello_world"}, {"name": "reopen", "languages": ["de"], "body_params": 1}]',
+        },
+        port,
+    )
     yield f"http://127.0.0.1:{port}"
     proc.terminate()
     proc.wait(10)
@@ -144,14 +152,25 @@ def graph_url(stub: GatewayStub) -> Iterator[str]:
 @pytest.fixture(scope="session")
 def bitrix_url(stub: GatewayStub) -> Iterator[str]:
     port = free_port()
-    portals = [{}, {"member_id": "sandbox-member-2", "domain": "second.bitrix24.com",
-                    "application_token": "second-app-token", "preregistered": False}]
-    proc = _start("zaptrix_sandbox.bitrix", {
-        "SANDBOX_BITRIX_PORT": str(port),
-        "SANDBOX_BITRIX_OUTBOUND_URL": f"{stub.url}/webhooks/bitrix24/outbound",
-        "SANDBOX_BITRIX_INSTALL_URL": f"{stub.url}/webhooks/bitrix24/install",
-        "SANDBOX_BITRIX_PORTALS": json.dumps(portals),
-    }, port)
+    portals = [
+        {},
+        {
+            "member_id": "sandbox-member-2",
+            "domain": "second.bitrix24.com",
+            "application_token": "second-app-token",
+            "preregistered": False,
+        },
+    ]
+    proc = _start(
+        "zaptrix_sandbox.bitrix",
+        {
+            "SANDBOX_BITRIX_PORT": str(port),
+            "SANDBOX_BITRIX_OUTBOUND_URL": f"{stub.url}/webhooks/bitrix24/outbound",
+            "SANDBOX_BITRIX_INSTALL_URL": f"{stub.url}/webhooks/bitrix24/install",
+            "SANDBOX_BITRIX_PORTALS": json.dumps(portals),
+        },
+        port,
+    )
     yield f"http://127.0.0.1:{port}"
     proc.terminate()
     proc.wait(10)

@@ -31,17 +31,32 @@ async def test_refresh_rotates_tokens(bitrix: httpx.AsyncClient) -> None:
     r = await refresh(bitrix, before["refresh_token"])
     assert r.status_code == 200
     body = r.json()
-    assert set(body) >= {"access_token", "expires", "expires_in", "scope", "domain", "server_endpoint",
-                         "client_endpoint", "member_id", "user_id", "refresh_token", "status"}
+    assert set(body) >= {
+        "access_token",
+        "expires",
+        "expires_in",
+        "scope",
+        "domain",
+        "server_endpoint",
+        "client_endpoint",
+        "member_id",
+        "user_id",
+        "refresh_token",
+        "status",
+    }
     assert body["member_id"] == PORTAL and body["expires_in"] == 3600
     assert body["refresh_token"] != before["refresh_token"] and body["access_token"] != before["access_token"]
     assert body["client_endpoint"].endswith("/rest/")
     again = await refresh(bitrix, before["refresh_token"])  # the old refresh token was used up
     assert again.status_code == 400 and again.json()["error"] == "invalid_grant"
     # The previous access token stays valid until it expires (setting revoke_access_on_refresh).
-    assert (await bitrix.get("/rest/profile.json", params={"auth": before["access_token"]})).status_code == 200
-    new = await bitrix.post("/oauth/token/", data={"grant_type": "refresh_token", **CLIENT,
-                                                   "refresh_token": body["refresh_token"]})
+    assert (
+        await bitrix.get("/rest/profile.json", params={"auth": before["access_token"]})
+    ).status_code == 200
+    new = await bitrix.post(
+        "/oauth/token/",
+        data={"grant_type": "refresh_token", **CLIENT, "refresh_token": body["refresh_token"]},
+    )
     assert new.status_code == 200
     assert (await stats(bitrix))["refresh_count"] == 2
 
@@ -69,7 +84,10 @@ async def test_expired_unknown_and_missing_tokens(bitrix: httpx.AsyncClient) -> 
     assert (await bitrix.post(f"/_sandbox/portals/{PORTAL}/expire-token")).json()["expired"] >= 1
     r = await bitrix.post("/rest/profile", data={"auth": info["access_token"]})
     assert r.status_code == 401
-    assert r.json() == {"error": "expired_token", "error_description": "The access token provided has expired."}
+    assert r.json() == {
+        "error": "expired_token",
+        "error_description": "The access token provided has expired.",
+    }
     r = await bitrix.get("/rest/profile.json", params={"auth": "not-a-token"})
     assert r.status_code == 401 and r.json()["error"] == "invalid_token"
     r = await bitrix.get("/rest/profile.json")
@@ -77,7 +95,14 @@ async def test_expired_unknown_and_missing_tokens(bitrix: httpx.AsyncClient) -> 
     fresh = (await refresh(bitrix, info["refresh_token"])).json()
     ok = await bitrix.get("/rest/profile.json", params={"auth": fresh["access_token"]})
     assert ok.status_code == 200 and ok.json()["result"]["ID"] == "1"
-    assert set(ok.json()["time"]) >= {"start", "finish", "duration", "processing", "date_start", "date_finish"}
+    assert set(ok.json()["time"]) >= {
+        "start",
+        "finish",
+        "duration",
+        "processing",
+        "date_start",
+        "date_finish",
+    }
 
 
 async def test_expired_refresh_token(bitrix: httpx.AsyncClient) -> None:

@@ -9,14 +9,17 @@ from zaptrix_sandbox import cli
 from .conftest import GatewayStub
 
 
-def test_cli_round_trip(graph_url: str, bitrix_url: str, stub: GatewayStub,
-                        capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_round_trip(
+    graph_url: str, bitrix_url: str, stub: GatewayStub, capsys: pytest.CaptureFixture[str]
+) -> None:
     httpx.post(f"{graph_url}/_sandbox/reset").raise_for_status()
     httpx.post(f"{bitrix_url}/_sandbox/reset").raise_for_status()
     stub.clear()
     urls = ["--graph-url", graph_url, "--bitrix-url", bitrix_url]
 
-    assert cli.main([*urls, "customer-says", "--from", "491701234567", "--name", "Anna", "Hello", "there"]) == 0
+    assert (
+        cli.main([*urls, "customer-says", "--from", "491701234567", "--name", "Anna", "Hello", "there"]) == 0
+    )
     assert "HTTP 200" in capsys.readouterr().out
     [hook] = stub.on("/webhooks/meta")
     assert hook.json()["entry"][0]["changes"][0]["value"]["messages"][0]["text"]["body"] == "Hello there"
@@ -26,15 +29,36 @@ def test_cli_round_trip(graph_url: str, bitrix_url: str, stub: GatewayStub,
 
     # What the gateway would do: deliver to Bitrix24 and reply through Graph.
     token = httpx.get(f"{bitrix_url}/_sandbox/portals/sandbox-member-1").json()["access_token"]
-    httpx.post(f"{bitrix_url}/rest/imconnector.send.messages", json={
-        "auth": token, "CONNECTOR": "zaptrix_whatsapp", "LINE": 1, "MESSAGES": [{
-            "user": {"id": "491701234567", "name": "Anna"}, "chat": {"id": "pn:491701234567"},
-            "message": {"id": "wamid.x", "date": "1767225600", "text": "Hello there"}}]}).raise_for_status()
-    httpx.post(f"{graph_url}/v23.0/100000000000001/messages", headers={"Authorization": "Bearer sandbox-wa-token"},
-               json={"messaging_product": "whatsapp", "to": "491701234567", "type": "text",
-                     "text": {"body": "Hi Anna"}}).raise_for_status()
+    httpx.post(
+        f"{bitrix_url}/rest/imconnector.send.messages",
+        json={
+            "auth": token,
+            "CONNECTOR": "zaptrix_whatsapp",
+            "LINE": 1,
+            "MESSAGES": [
+                {
+                    "user": {"id": "491701234567", "name": "Anna"},
+                    "chat": {"id": "pn:491701234567"},
+                    "message": {"id": "wamid.x", "date": "1767225600", "text": "Hello there"},
+                }
+            ],
+        },
+    ).raise_for_status()
+    httpx.post(
+        f"{graph_url}/v23.0/100000000000001/messages",
+        headers={"Authorization": "Bearer sandbox-wa-token"},
+        json={
+            "messaging_product": "whatsapp",
+            "to": "491701234567",
+            "type": "text",
+            "text": {"body": "Hi Anna"},
+        },
+    ).raise_for_status()
 
-    assert cli.main([*urls, "operator-says", "--chat", "pn:491701234567", "--operator", "Klaus", "Hi", "Anna"]) == 0
+    assert (
+        cli.main([*urls, "operator-says", "--chat", "pn:491701234567", "--operator", "Klaus", "Hi", "Anna"])
+        == 0
+    )
     assert "[b]Klaus:[/b][br] Hi Anna" in capsys.readouterr().out
     assert cli.main([*urls, "chats"]) == 0
     out = capsys.readouterr().out

@@ -9,9 +9,11 @@ from zaptrix_sandbox.ratelimit import LeakyBucket, PeakPerSecond, TokenBucket
 
 
 def test_nested_keys_parse_like_php() -> None:
-    query = ("CONNECTOR=wa&LINE=1&MESSAGES[0][user][id]=7&MESSAGES[0][user][name]=Anna+Maria"
-             "&MESSAGES[0][message][files][0][url]=https%3A%2F%2Fx%2Fa.png&MESSAGES[1][chat][id]=c%5B1%5D"
-             "&VALUES[]=a&VALUES[]=b&broken[x=1&auth=tok")
+    query = (
+        "CONNECTOR=wa&LINE=1&MESSAGES[0][user][id]=7&MESSAGES[0][user][name]=Anna+Maria"
+        "&MESSAGES[0][message][files][0][url]=https%3A%2F%2Fx%2Fa.png&MESSAGES[1][chat][id]=c%5B1%5D"
+        "&VALUES[]=a&VALUES[]=b&broken[x=1&auth=tok"
+    )
     parsed = formdata.parse_query(query)
     assert parsed["MESSAGES"]["0"]["user"] == {"id": "7", "name": "Anna Maria"}
     assert parsed["MESSAGES"]["0"]["message"]["files"]["0"]["url"] == "https://x/a.png"
@@ -29,8 +31,11 @@ def test_as_list_rejects_non_sequential_maps() -> None:
 
 
 def test_flatten_round_trips() -> None:
-    data = {"data": {"MESSAGES": [{"im": {"chat_id": 5}, "message": {"text": "[b]A:[/b][br] hi & bye"}}]},
-            "auth": {"application_token": "t", "skip": None}, "flag": True}
+    data = {
+        "data": {"MESSAGES": [{"im": {"chat_id": 5}, "message": {"text": "[b]A:[/b][br] hi & bye"}}]},
+        "auth": {"application_token": "t", "skip": None},
+        "flag": True,
+    }
     pairs = formdata.flatten(data)
     assert ("data[MESSAGES][0][im][chat_id]", "5") in pairs and ("flag", "1") in pairs
     assert all(not k.startswith("auth[skip]") for k, _ in pairs)

@@ -12,7 +12,9 @@ TOKEN = {"Authorization": "Bearer sandbox-wa-token"}
 
 
 async def test_inbound_media_lookup_and_download(graph: httpx.AsyncClient) -> None:
-    r = await graph.post("/_sandbox/customers/491701234567/messages", json={"type": "image", "media": {"caption": "c"}})
+    r = await graph.post(
+        "/_sandbox/customers/491701234567/messages", json={"type": "image", "media": {"caption": "c"}}
+    )
     image = r.json()["payload"]["entry"][0]["changes"][0]["value"]["messages"][0]["image"]
     assert image["mime_type"] == "image/jpeg" and image["caption"] == "c"
     info = await graph.get(f"/v23.0/{image['id']}", headers=TOKEN)
@@ -38,18 +40,31 @@ async def test_media_url_expires(graph: httpx.AsyncClient) -> None:
 
 async def test_upload_then_send_by_id(graph: httpx.AsyncClient, stub: GatewayStub) -> None:
     await graph.post("/_sandbox/customers/491701234567/messages", json={"text": "hi"})
-    bad = await graph.post("/v23.0/100000000000001/media", headers=TOKEN,
-                           data={"messaging_product": "whatsapp", "type": "image/gif"},
-                           files={"file": ("a.gif", b"GIF89a", "image/gif")})
+    bad = await graph.post(
+        "/v23.0/100000000000001/media",
+        headers=TOKEN,
+        data={"messaging_product": "whatsapp", "type": "image/gif"},
+        files={"file": ("a.gif", b"GIF89a", "image/gif")},
+    )
     assert bad.status_code == 400 and bad.json()["error"]["code"] == 100
-    up = await graph.post("/v23.0/100000000000001/media", headers=TOKEN,
-                          data={"messaging_product": "whatsapp", "type": "application/pdf"},
-                          files={"file": ("offer.pdf", b"%PDF-1.4 test", "application/pdf")})
+    up = await graph.post(
+        "/v23.0/100000000000001/media",
+        headers=TOKEN,
+        data={"messaging_product": "whatsapp", "type": "application/pdf"},
+        files={"file": ("offer.pdf", b"%PDF-1.4 test", "application/pdf")},
+    )
     assert up.status_code == 200
     media_id = up.json()["id"]
-    r = await graph.post("/v23.0/100000000000001/messages", headers=TOKEN, json={
-        "messaging_product": "whatsapp", "to": "491701234567", "type": "document",
-        "document": {"id": media_id, "filename": "offer.pdf", "caption": "Offer"}})
+    r = await graph.post(
+        "/v23.0/100000000000001/messages",
+        headers=TOKEN,
+        json={
+            "messaging_product": "whatsapp",
+            "to": "491701234567",
+            "type": "document",
+            "document": {"id": media_id, "filename": "offer.pdf", "caption": "Offer"},
+        },
+    )
     assert r.status_code == 200
     hooks = await stub.wait_for("/webhooks/meta", 2)
     assert hooks[1].json()["entry"][0]["changes"][0]["value"]["statuses"][0]["status"] == "sent"
@@ -61,11 +76,18 @@ async def test_link_media_is_downloaded_and_checked(graph: httpx.AsyncClient, st
     stub.files["/media/page.html"] = (200, "text/html", b"<html>")
     send = {"messaging_product": "whatsapp", "to": "491701234567", "type": "image"}
     for path in ("/media/ok.png", "/media/missing.png", "/media/page.html"):
-        r = await graph.post("/v23.0/100000000000001/messages", headers=TOKEN,
-                             json={**send, "image": {"link": f"{stub.url}{path}"}})
+        r = await graph.post(
+            "/v23.0/100000000000001/messages",
+            headers=TOKEN,
+            json={**send, "image": {"link": f"{stub.url}{path}"}},
+        )
         assert r.status_code == 200
     hooks = await stub.wait_for("/webhooks/meta", 5)
-    statuses = [h.json()["entry"][0]["changes"][0]["value"]["statuses"][0] for h in hooks if h.path == "/webhooks/meta"]
+    statuses = [
+        h.json()["entry"][0]["changes"][0]["value"]["statuses"][0]
+        for h in hooks
+        if h.path == "/webhooks/meta"
+    ]
     failed = [s for s in statuses if s["status"] == "failed"]
     assert len(failed) == 2 and {s["errors"][0]["code"] for s in failed} == {131053}
     sent = (await graph.get("/_sandbox/sent")).json()["sent"]

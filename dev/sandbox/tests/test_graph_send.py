@@ -53,24 +53,78 @@ BAD_PAYLOADS = [
     (text("x" * 4097), "at most 4096"),
     ({**text(), "text": {"body": "x", "preview_url": "yes"}}, "preview_url"),
     ({**text(), "colour": "red"}, "Unexpected key"),
-    ({"messaging_product": "whatsapp", "to": CUSTOMER, "type": "image", "image": {}}, "exactly one of id or link"),
-    ({"messaging_product": "whatsapp", "to": CUSTOMER, "type": "image",
-      "image": {"id": "1", "link": "https://x/y.jpg"}}, "exactly one of id or link"),
-    ({"messaging_product": "whatsapp", "to": CUSTOMER, "type": "audio",
-      "audio": {"link": "https://x/a.ogg", "caption": "no"}}, "audio['caption']"),
-    ({"messaging_product": "whatsapp", "to": CUSTOMER, "type": "image",
-      "image": {"link": "https://x/y.jpg", "filename": "y.jpg"}}, "image['filename']"),
-    ({"messaging_product": "whatsapp", "to": CUSTOMER, "type": "image",
-      "image": {"link": "https://x/y.jpg", "caption": "c" * 1025}}, "at most 1024"),
-    ({"messaging_product": "whatsapp", "to": CUSTOMER, "type": "location", "location": {"latitude": 1}},
-     "longitude"),
-    ({"messaging_product": "whatsapp", "to": CUSTOMER, "type": "reaction", "reaction": {"emoji": "x"}},
-     "message_id"),
-    ({"messaging_product": "whatsapp", "to": CUSTOMER, "type": "template", "template": {"name": "hello_world"}},
-     "language"),
-    ({"messaging_product": "whatsapp", "to": CUSTOMER, "type": "interactive", "interactive": {
-        "type": "button", "body": {"text": "Pick"}, "action": {"buttons": [
-            {"type": "reply", "reply": {"id": str(i), "title": "B"}} for i in range(4)]}}}, "1 to 3 buttons"),
+    (
+        {"messaging_product": "whatsapp", "to": CUSTOMER, "type": "image", "image": {}},
+        "exactly one of id or link",
+    ),
+    (
+        {
+            "messaging_product": "whatsapp",
+            "to": CUSTOMER,
+            "type": "image",
+            "image": {"id": "1", "link": "https://x/y.jpg"},
+        },
+        "exactly one of id or link",
+    ),
+    (
+        {
+            "messaging_product": "whatsapp",
+            "to": CUSTOMER,
+            "type": "audio",
+            "audio": {"link": "https://x/a.ogg", "caption": "no"},
+        },
+        "audio['caption']",
+    ),
+    (
+        {
+            "messaging_product": "whatsapp",
+            "to": CUSTOMER,
+            "type": "image",
+            "image": {"link": "https://x/y.jpg", "filename": "y.jpg"},
+        },
+        "image['filename']",
+    ),
+    (
+        {
+            "messaging_product": "whatsapp",
+            "to": CUSTOMER,
+            "type": "image",
+            "image": {"link": "https://x/y.jpg", "caption": "c" * 1025},
+        },
+        "at most 1024",
+    ),
+    (
+        {"messaging_product": "whatsapp", "to": CUSTOMER, "type": "location", "location": {"latitude": 1}},
+        "longitude",
+    ),
+    (
+        {"messaging_product": "whatsapp", "to": CUSTOMER, "type": "reaction", "reaction": {"emoji": "x"}},
+        "message_id",
+    ),
+    (
+        {
+            "messaging_product": "whatsapp",
+            "to": CUSTOMER,
+            "type": "template",
+            "template": {"name": "hello_world"},
+        },
+        "language",
+    ),
+    (
+        {
+            "messaging_product": "whatsapp",
+            "to": CUSTOMER,
+            "type": "interactive",
+            "interactive": {
+                "type": "button",
+                "body": {"text": "Pick"},
+                "action": {
+                    "buttons": [{"type": "reply", "reply": {"id": str(i), "title": "B"}} for i in range(4)]
+                },
+            },
+        },
+        "1 to 3 buttons",
+    ),
     ({**text(), "context": {}}, "context['message_id']"),
     ({"messaging_product": "whatsapp", "status": "read"}, "message_id"),
     ({"messaging_product": "whatsapp", "status": "delivered", "message_id": "wamid.x"}, "status"),
@@ -78,8 +132,9 @@ BAD_PAYLOADS = [
 
 
 @pytest.mark.parametrize(("payload", "mentions"), BAD_PAYLOADS)
-async def test_bad_payloads_are_refused_with_code_100(graph: httpx.AsyncClient, payload: dict[str, Any],
-                                                      mentions: str) -> None:
+async def test_bad_payloads_are_refused_with_code_100(
+    graph: httpx.AsyncClient, payload: dict[str, Any], mentions: str
+) -> None:
     r = await graph.post(URL, json=payload, headers=TOKEN)
     assert r.status_code == 400
     err = error_of(r)
@@ -108,18 +163,25 @@ async def test_pair_rate_limit_gives_131056_per_recipient(graph: httpx.AsyncClie
     assert [s["error_code"] for s in rejected] == [131056]
 
 
-async def test_closed_window_fails_async_with_131047_but_template_passes(graph: httpx.AsyncClient,
-                                                                          stub: GatewayStub) -> None:
-    await graph.post("/_sandbox/config", json={"customers": [{"wa_id": CUSTOMER, "last_inbound_ago_s": 25 * 3600}],
-                                               "pair_burst": 10})
+async def test_closed_window_fails_async_with_131047_but_template_passes(
+    graph: httpx.AsyncClient, stub: GatewayStub
+) -> None:
+    await graph.post(
+        "/_sandbox/config",
+        json={"customers": [{"wa_id": CUSTOMER, "last_inbound_ago_s": 25 * 3600}], "pair_burst": 10},
+    )
     r = await graph.post(URL, json=text(), headers=TOKEN)
     assert r.status_code == 200  # accepted; the failure arrives as a status webhook (whatsapp.md A6)
     [hook] = await stub.wait_for("/webhooks/meta", 1)
     status = hook.json()["entry"][0]["changes"][0]["value"]["statuses"][0]
     assert status["status"] == "failed" and status["errors"][0]["code"] == 131047
     assert status["id"] == r.json()["messages"][0]["id"]
-    template = {"messaging_product": "whatsapp", "to": CUSTOMER, "type": "template",
-                "template": {"name": "hello_world", "language": {"code": "en_US"}}}
+    template = {
+        "messaging_product": "whatsapp",
+        "to": CUSTOMER,
+        "type": "template",
+        "template": {"name": "hello_world", "language": {"code": "en_US"}},
+    }
     ok = await graph.post(URL, json=template, headers=TOKEN)
     assert ok.status_code == 200
     hooks = await stub.wait_for("/webhooks/meta", 2)
@@ -140,11 +202,17 @@ async def test_template_name_language_and_parameter_count(graph: httpx.AsyncClie
 
     def template(name: str, lang: str, params: int) -> dict[str, Any]:
         body = [{"type": "body", "parameters": [{"type": "text", "text": "x"}] * params}] if params else []
-        return {"messaging_product": "whatsapp", "to": CUSTOMER, "type": "template",
-                "template": {"name": name, "language": {"code": lang}, "components": body}}
+        return {
+            "messaging_product": "whatsapp",
+            "to": CUSTOMER,
+            "type": "template",
+            "template": {"name": name, "language": {"code": lang}, "components": body},
+        }
 
     assert error_of(await graph.post(URL, json=template("nope", "en_US", 0), headers=TOKEN))["code"] == 132001
-    assert error_of(await graph.post(URL, json=template("reopen", "en_US", 1), headers=TOKEN))["code"] == 132001
+    assert (
+        error_of(await graph.post(URL, json=template("reopen", "en_US", 1), headers=TOKEN))["code"] == 132001
+    )
     assert error_of(await graph.post(URL, json=template("reopen", "de", 0), headers=TOKEN))["code"] == 132000
     assert (await graph.post(URL, json=template("reopen", "de", 1), headers=TOKEN)).status_code == 200
 
@@ -157,9 +225,15 @@ async def test_not_on_whatsapp_fails_with_131026(graph: httpx.AsyncClient, stub:
 
 
 async def test_mark_as_read(graph: httpx.AsyncClient) -> None:
-    wamid = (await graph.post(f"/_sandbox/customers/{CUSTOMER}/messages", json={"text": "hi"})).json()["wamid"]
-    read = {"messaging_product": "whatsapp", "status": "read", "message_id": wamid,
-            "typing_indicator": {"type": "text"}}
+    wamid = (await graph.post(f"/_sandbox/customers/{CUSTOMER}/messages", json={"text": "hi"})).json()[
+        "wamid"
+    ]
+    read = {
+        "messaging_product": "whatsapp",
+        "status": "read",
+        "message_id": wamid,
+        "typing_indicator": {"type": "text"},
+    }
     r = await graph.post(URL, json=read, headers=TOKEN)
     assert r.status_code == 200 and r.json() == {"success": True}
     unknown = await graph.post(URL, json={**read, "message_id": "wamid.unknown"}, headers=TOKEN)

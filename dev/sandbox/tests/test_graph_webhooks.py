@@ -20,8 +20,12 @@ def verifies(raw: bytes, header: str | None) -> bool:
     return header is not None and hmac.compare_digest(expected, header)
 
 
-async def test_inbound_text_webhook_is_signed_and_shaped_like_meta(graph: httpx.AsyncClient, stub: GatewayStub) -> None:
-    r = await graph.post("/_sandbox/customers/491701234567/messages", json={"text": "Grüße 👋", "name": "Anna"})
+async def test_inbound_text_webhook_is_signed_and_shaped_like_meta(
+    graph: httpx.AsyncClient, stub: GatewayStub
+) -> None:
+    r = await graph.post(
+        "/_sandbox/customers/491701234567/messages", json={"text": "Grüße 👋", "name": "Anna"}
+    )
     assert r.status_code == 200
     assert r.json()["status_code_from_gateway"] == 200
     [hook] = stub.on("/webhooks/meta")
@@ -42,16 +46,22 @@ async def test_inbound_text_webhook_is_signed_and_shaped_like_meta(graph: httpx.
     assert message["timestamp"].isdigit()
 
 
-async def test_invalid_and_missing_signatures_do_not_verify(graph: httpx.AsyncClient, stub: GatewayStub) -> None:
+async def test_invalid_and_missing_signatures_do_not_verify(
+    graph: httpx.AsyncClient, stub: GatewayStub
+) -> None:
     await graph.post("/_sandbox/customers/491701234567/messages", json={"text": "x", "signature": "invalid"})
     await graph.post("/_sandbox/customers/491701234567/messages", json={"text": "y", "signature": "missing"})
     bad, missing = stub.on("/webhooks/meta")
-    assert bad.headers.get("X-Hub-Signature-256") and not verifies(bad.body, bad.headers["X-Hub-Signature-256"])
+    assert bad.headers.get("X-Hub-Signature-256") and not verifies(
+        bad.body, bad.headers["X-Hub-Signature-256"]
+    )
     assert "X-Hub-Signature-256" not in missing.headers
 
 
 async def test_typed_inbound_messages(graph: httpx.AsyncClient, stub: GatewayStub) -> None:
-    first = (await graph.post("/_sandbox/customers/491701234567/messages", json={"text": "hi"})).json()["wamid"]
+    first = (await graph.post("/_sandbox/customers/491701234567/messages", json={"text": "hi"})).json()[
+        "wamid"
+    ]
     cases = [
         ({"type": "document", "media": {"filename": "offer.pdf", "caption": "see"}}, "document"),
         ({"type": "audio"}, "audio"),
@@ -65,8 +75,9 @@ async def test_typed_inbound_messages(graph: httpx.AsyncClient, stub: GatewayStu
         payload = (await graph.post("/_sandbox/customers/491701234567/messages", json=spec)).json()["payload"]
         message = payload["entry"][0]["changes"][0]["value"]["messages"][0]
         assert message["type"] == kind
-    doc, audio, loc, inter, react, unsup, reply = (r.json()["entry"][0]["changes"][0]["value"]["messages"][0]
-                                                  for r in stub.on("/webhooks/meta")[1:])
+    doc, audio, loc, inter, react, unsup, reply = (
+        r.json()["entry"][0]["changes"][0]["value"]["messages"][0] for r in stub.on("/webhooks/meta")[1:]
+    )
     assert doc["document"]["filename"] == "offer.pdf" and doc["document"]["mime_type"] == "application/pdf"
     assert audio["audio"]["mime_type"] == "audio/ogg; codecs=opus" and audio["audio"]["voice"] is True
     assert loc["location"] == {"latitude": 1.5, "longitude": 2.5}
@@ -79,9 +90,17 @@ async def test_typed_inbound_messages(graph: httpx.AsyncClient, stub: GatewayStu
 
 async def test_status_webhooks_follow_a_send(graph: httpx.AsyncClient, stub: GatewayStub) -> None:
     await graph.post("/_sandbox/customers/491701234567/messages", json={"text": "hi"})
-    r = await graph.post("/v23.0/100000000000001/messages", headers=TOKEN, json={
-        "messaging_product": "whatsapp", "recipient_type": "individual", "to": "+49 170 1234567",
-        "type": "text", "text": {"body": "Hello Anna", "preview_url": False}})
+    r = await graph.post(
+        "/v23.0/100000000000001/messages",
+        headers=TOKEN,
+        json={
+            "messaging_product": "whatsapp",
+            "recipient_type": "individual",
+            "to": "+49 170 1234567",
+            "type": "text",
+            "text": {"body": "Hello Anna", "preview_url": False},
+        },
+    )
     assert r.status_code == 200
     body = r.json()
     assert body["contacts"] == [{"input": "+49 170 1234567", "wa_id": "491701234567"}]
@@ -111,16 +130,29 @@ async def test_non_200_answers_are_retried_and_recorded(graph: httpx.AsyncClient
 
 
 async def test_batch_webhook_and_replay(graph: httpx.AsyncClient, stub: GatewayStub) -> None:
-    r = await graph.post("/_sandbox/webhooks", json={"messages": [
-        {"wa_id": "491701111111", "text": "one", "name": "A"},
-        {"wa_id": "491702222222", "text": "two", "name": "B"},
-        {"wa_id": "491701111111", "text": "three", "name": "A"}]})
+    r = await graph.post(
+        "/_sandbox/webhooks",
+        json={
+            "messages": [
+                {"wa_id": "491701111111", "text": "one", "name": "A"},
+                {"wa_id": "491702222222", "text": "two", "name": "B"},
+                {"wa_id": "491701111111", "text": "three", "name": "A"},
+            ]
+        },
+    )
     assert r.status_code == 200
     value = r.json()["payload"]["entry"][0]["changes"][0]["value"]
     assert [m["text"]["body"] for m in value["messages"]] == ["one", "two", "three"]
     assert [c["wa_id"] for c in value["contacts"]] == ["491701111111", "491702222222"]
-    entries = (await graph.post("/_sandbox/webhooks", json={"layout": "entries", "messages": [
-        {"wa_id": "491701111111", "text": "a"}, {"wa_id": "491701111111", "text": "b"}]})).json()["payload"]["entry"]
+    entries = (
+        await graph.post(
+            "/_sandbox/webhooks",
+            json={
+                "layout": "entries",
+                "messages": [{"wa_id": "491701111111", "text": "a"}, {"wa_id": "491701111111", "text": "b"}],
+            },
+        )
+    ).json()["payload"]["entry"]
     assert len(entries) == 2
     replay = await graph.post(f"/_sandbox/webhooks/{r.json()['delivery_id']}/replay")
     assert replay.json()["status_code_from_gateway"] == 200

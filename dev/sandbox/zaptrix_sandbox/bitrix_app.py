@@ -33,7 +33,9 @@ class BitrixSandbox:
         return self.settings.base_url()
 
     def reset(self) -> None:
-        self.options = BitrixOptions.model_validate(self.settings.model_dump(include=set(BitrixOptions.model_fields)))
+        self.options = BitrixOptions.model_validate(
+            self.settings.model_dump(include=set(BitrixOptions.model_fields))
+        )
         self.portals = {}
         for spec in self.options.portals:
             portal = PortalState(spec, self.options)
@@ -42,12 +44,19 @@ class BitrixSandbox:
 
     def portal_view(self, p: PortalState) -> dict[str, Any]:
         return {
-            "member_id": p.spec.member_id, "domain": p.spec.domain, "client_id": p.spec.client_id,
-            "client_endpoint": f"{self.base_url}/rest/", "line_id": p.spec.line_id,
-            "connector_id": p.spec.connector_id, "access_token": p.current_access, "refresh_token": p.current_refresh,
+            "member_id": p.spec.member_id,
+            "domain": p.spec.domain,
+            "client_id": p.spec.client_id,
+            "client_endpoint": f"{self.base_url}/rest/",
+            "line_id": p.spec.line_id,
+            "connector_id": p.spec.connector_id,
+            "access_token": p.current_access,
+            "refresh_token": p.current_refresh,
             "connectors": {c.id: {"name": c.name, "flags": c.flags} for c in p.connectors.values()},
             "active": {str(line): sorted(c) for line, c in p.active.items()},
-            "connector_data": [{"connector": c, "line": line, "data": d} for (c, line), d in p.connector_data.items()],
+            "connector_data": [
+                {"connector": c, "line": line, "data": d} for (c, line), d in p.connector_data.items()
+            ],
             "bindings": p.bindings,
         }
 

@@ -13,10 +13,21 @@ from .bitrix_state import PortalState
 
 PHONE_TYPES = ("WORK", "MOBILE", "FAX", "HOME", "PAGER", "MAILING", "OTHER")
 MULTI_FIELDS = ("PHONE", "EMAIL", "IM", "WEB")
-KNOWN_EVENTS = ("ONIMCONNECTORMESSAGEADD", "ONIMCONNECTORMESSAGEUPDATE", "ONIMCONNECTORMESSAGEDELETE",
-                "ONIMCONNECTORDIALOGSTART", "ONIMCONNECTORDIALOGFINISH", "ONIMCONNECTORSTATUSDELETE",
-                "ONIMCONNECTORLINEDELETE", "ONAPPINSTALL", "ONAPPUNINSTALL", "ONAPPUPDATE", "ONCRMCONTACTADD",
-                "ONCRMCONTACTUPDATE", "ONCRMCONTACTDELETE")
+KNOWN_EVENTS = (
+    "ONIMCONNECTORMESSAGEADD",
+    "ONIMCONNECTORMESSAGEUPDATE",
+    "ONIMCONNECTORMESSAGEDELETE",
+    "ONIMCONNECTORDIALOGSTART",
+    "ONIMCONNECTORDIALOGFINISH",
+    "ONIMCONNECTORSTATUSDELETE",
+    "ONIMCONNECTORLINEDELETE",
+    "ONAPPINSTALL",
+    "ONAPPUNINSTALL",
+    "ONAPPUPDATE",
+    "ONCRMCONTACTADD",
+    "ONCRMCONTACTUPDATE",
+    "ONCRMCONTACTDELETE",
+)
 
 
 def digits(phone: str) -> str:
@@ -25,8 +36,11 @@ def digits(phone: str) -> str:
 
 def find_by_phone(portal: PortalState, phones: list[str]) -> list[int]:
     wanted = {digits(p) for p in phones if digits(p)}
-    return [cid for cid, c in portal.contacts.items()
-            if any(digits(str(ph["VALUE"])) in wanted for ph in c.get("PHONE", []))]
+    return [
+        cid
+        for cid, c in portal.contacts.items()
+        if any(digits(str(ph["VALUE"])) in wanted for ph in c.get("PHONE", []))
+    ]
 
 
 def _multi(portal: PortalState, kind: str, value: Any) -> list[dict[str, Any]]:
@@ -40,16 +54,27 @@ def _multi(portal: PortalState, kind: str, value: Any) -> list[dict[str, Any]]:
         vtype = str(item.get("VALUE_TYPE") or "WORK").upper()
         if kind == "PHONE" and vtype not in PHONE_TYPES:
             raise RestError("ERROR_ARGUMENT", f"Unknown PHONE VALUE_TYPE {vtype}")
-        out.append({"ID": str(portal.next_id("phone")), "VALUE_TYPE": vtype, "VALUE": str(item["VALUE"]),
-                    "TYPE_ID": kind})
+        out.append(
+            {
+                "ID": str(portal.next_id("phone")),
+                "VALUE_TYPE": vtype,
+                "VALUE": str(item["VALUE"]),
+                "TYPE_ID": kind,
+            }
+        )
     return out
 
 
 def store_contact(portal: PortalState, fields: dict[str, Any]) -> int:
     contact_id = portal.next_id("contact")
     contact: dict[str, Any] = {
-        "ID": str(contact_id), "NAME": "", "LAST_NAME": "", "SOURCE_ID": "", "SOURCE_DESCRIPTION": "",
-        "OPENED": "Y", "ASSIGNED_BY_ID": "1",
+        "ID": str(contact_id),
+        "NAME": "",
+        "LAST_NAME": "",
+        "SOURCE_ID": "",
+        "SOURCE_DESCRIPTION": "",
+        "OPENED": "Y",
+        "ASSIGNED_BY_ID": "1",
         "DATE_CREATE": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S+00:00"),
     }
     for key, value in fields.items():
@@ -93,7 +118,11 @@ def contact_update(ctx: Ctx, p: dict[str, Any]) -> dict[str, Any]:
 
 @method("crm.contact.list", "crm")
 def contact_list(ctx: Ctx, p: dict[str, Any]) -> dict[str, Any]:
-    flt = {k.upper(): v for k, v in (p.get("FILTER") or {}).items()} if isinstance(p.get("FILTER"), dict) else {}
+    flt = (
+        {k.upper(): v for k, v in (p.get("FILTER") or {}).items()}
+        if isinstance(p.get("FILTER"), dict)
+        else {}
+    )
     select = [str(s).upper() for s in formdata.as_list(p.get("SELECT")) or []]
     rows = list(ctx.portal.contacts.values())
     if "PHONE" in flt:
@@ -103,7 +132,7 @@ def contact_list(ctx: Ctx, p: dict[str, Any]) -> dict[str, Any]:
         if key in flt:
             rows = [r for r in rows if str(r.get(key)) == str(flt[key])]
     start = int(p.get("START") or 0)
-    page = rows[start:start + 50]
+    page = rows[start : start + 50]
     # Multi-fields come back only when selected, as in Bitrix24.
     out = [{k: v for k, v in r.items() if k not in MULTI_FIELDS or k in select} for r in page]
     extra: dict[str, Any] = {"total": len(rows)}
@@ -140,9 +169,16 @@ def event_bind(ctx: Ctx, p: dict[str, Any]) -> dict[str, Any]:
         raise RestError("ERROR_EVENT_NOT_FOUND", "Event not found")
     if any(b["event"] == event and b["handler"] == handler for b in ctx.portal.bindings):
         raise RestError("ERROR_CORE", "Handler already binded")
-    ctx.portal.bindings.append({"event": event, "handler": handler, "auth_type": str(p.get("AUTH_TYPE") or "0"),
-                                "offline": 1 if p.get("EVENT_TYPE") == "offline" else 0,
-                                "handler_id": ctx.portal.next_id("handler"), "at": time.time()})
+    ctx.portal.bindings.append(
+        {
+            "event": event,
+            "handler": handler,
+            "auth_type": str(p.get("AUTH_TYPE") or "0"),
+            "offline": 1 if p.get("EVENT_TYPE") == "offline" else 0,
+            "handler_id": ctx.portal.next_id("handler"),
+            "at": time.time(),
+        }
+    )
     return ok(True)
 
 
@@ -150,8 +186,11 @@ def event_bind(ctx: Ctx, p: dict[str, Any]) -> dict[str, Any]:
 def event_unbind(ctx: Ctx, p: dict[str, Any]) -> dict[str, Any]:
     event, handler = str(p.get("EVENT") or "").upper(), p.get("HANDLER")
     before = len(ctx.portal.bindings)
-    ctx.portal.bindings = [b for b in ctx.portal.bindings
-                           if not (b["event"] == event and (handler is None or b["handler"] == handler))]
+    ctx.portal.bindings = [
+        b
+        for b in ctx.portal.bindings
+        if not (b["event"] == event and (handler is None or b["handler"] == handler))
+    ]
     return ok({"count": before - len(ctx.portal.bindings)})
 
 
@@ -164,15 +203,36 @@ def event_get(ctx: Ctx, p: dict[str, Any]) -> dict[str, Any]:
 def profile(ctx: Ctx, p: dict[str, Any]) -> dict[str, Any]:
     names = {v: k for k, v in ctx.portal.operators.items()}
     first, _, last = names.get(ctx.user_id, "Sandbox Admin").partition(" ")
-    return ok({"ID": str(ctx.user_id), "ADMIN": ctx.user_id == 1, "NAME": first, "LAST_NAME": last,
-               "PERSONAL_GENDER": "", "TIME_ZONE": "", "TIME_ZONE_OFFSET": 0})
+    return ok(
+        {
+            "ID": str(ctx.user_id),
+            "ADMIN": ctx.user_id == 1,
+            "NAME": first,
+            "LAST_NAME": last,
+            "PERSONAL_GENDER": "",
+            "TIME_ZONE": "",
+            "TIME_ZONE_OFFSET": 0,
+        }
+    )
 
 
 @method("app.info")
 def app_info(ctx: Ctx, p: dict[str, Any]) -> dict[str, Any]:
-    return ok({"ID": 1, "CODE": ctx.portal.spec.client_id, "VERSION": 1, "STATUS": "L", "INSTALLED": True,
-               "PAYMENT_EXPIRED": "N", "DAYS": None, "LANGUAGE_ID": "en", "LICENSE": "en_project",
-               "LICENSE_TYPE": "project", "LICENSE_FAMILY": "project"})
+    return ok(
+        {
+            "ID": 1,
+            "CODE": ctx.portal.spec.client_id,
+            "VERSION": 1,
+            "STATUS": "L",
+            "INSTALLED": True,
+            "PAYMENT_EXPIRED": "N",
+            "DAYS": None,
+            "LANGUAGE_ID": "en",
+            "LICENSE": "en_project",
+            "LICENSE_TYPE": "project",
+            "LICENSE_FAMILY": "project",
+        }
+    )
 
 
 @method("scope")

@@ -46,7 +46,9 @@ def register(ctx: Ctx, p: dict[str, Any]) -> dict[str, Any]:
     if not connector_id:
         return _registration_failed("CONNECTOR_ID_REQUIRED", "Connector ID is required")
     if "." in connector_id:
-        return _registration_failed("APPLICATION_REGISTRATION_ERROR_POINT", "The connector ID must not contain '.'")
+        return _registration_failed(
+            "APPLICATION_REGISTRATION_ERROR_POINT", "The connector ID must not contain '.'"
+        )
     if not p.get("NAME"):
         return _registration_failed("NAME_REQUIRED", "NAME is required")
     icon = p.get("ICON")
@@ -56,7 +58,9 @@ def register(ctx: Ctx, p: dict[str, Any]) -> dict[str, Any]:
         return _registration_failed("NO_PLACEMENT_HANDLER", "PLACEMENT_HANDLER is required")
     flags = {flag: _truthy(p.get(flag), default) for flag, default in default_flags().items()}
     # Registering an existing ID again updates it.
-    ctx.portal.connectors[connector_id] = Connector(connector_id, str(p["NAME"]), flags, str(p["PLACEMENT_HANDLER"]))
+    ctx.portal.connectors[connector_id] = Connector(
+        connector_id, str(p["NAME"]), flags, str(p["PLACEMENT_HANDLER"])
+    )
     return ok({"result": True})
 
 
@@ -102,7 +106,9 @@ def status(ctx: Ctx, p: dict[str, Any]) -> dict[str, Any]:
     connector, line = str(p["CONNECTOR"]).lower(), int(p.get("LINE") or 0)
     active = connector in ctx.portal.active.get(line, set())
     configured = active and (connector, line) in ctx.portal.connector_data
-    return ok({"LINE": line, "CONNECTOR": connector, "ERROR": False, "CONFIGURED": configured, "STATUS": active})
+    return ok(
+        {"LINE": line, "CONNECTOR": connector, "ERROR": False, "CONFIGURED": configured, "STATUS": active}
+    )
 
 
 @method("imconnector.list", SCOPE)
@@ -119,7 +125,9 @@ def _active_line(ctx: Ctx, p: dict[str, Any]) -> tuple[str, int]:
     return connector, line
 
 
-def _messages(p: dict[str, Any], parts: tuple[str, ...] = ("user", "message", "chat")) -> list[dict[str, Any]]:
+def _messages(
+    p: dict[str, Any], parts: tuple[str, ...] = ("user", "message", "chat")
+) -> list[dict[str, Any]]:
     items = formdata.as_list(p.get("MESSAGES"))
     if not items:
         raise RestError("ERROR_ARGUMENT", _BAD_STRUCTURE)
@@ -132,8 +140,10 @@ def _messages(p: dict[str, Any], parts: tuple[str, ...] = ("user", "message", "c
 def _check_name(ctx: Ctx, user: dict[str, Any], key: str) -> None:
     value = str(user.get(key) or "")
     if value and ctx.options.strict_user_names and (len(value) > 25 or not _NAME.match(value)):
-        raise RestError("ERROR_ARGUMENT", f"user.{key} may contain only letters, spaces, hyphens and apostrophes, "
-                                          "at most 25 characters")
+        raise RestError(
+            "ERROR_ARGUMENT",
+            f"user.{key} may contain only letters, spaces, hyphens and apostrophes, at most 25 characters",
+        )
 
 
 def _check_inbound(ctx: Ctx, item: dict[str, Any]) -> None:
@@ -146,11 +156,14 @@ def _check_inbound(ctx: Ctx, item: dict[str, Any]) -> None:
     if not date.isdigit() or int(date) > 10**11:
         raise RestError("ERROR_ARGUMENT", "message.date must be a Unix timestamp in seconds")
     files = formdata.as_list(message.get("files")) if message.get("files") not in (None, "") else []
-    if files is None or any(not isinstance(f, dict) or not re.match(r"^https?://", str(f.get("url", "")))
-                            for f in files):
+    if files is None or any(
+        not isinstance(f, dict) or not re.match(r"^https?://", str(f.get("url", ""))) for f in files
+    ):
         raise RestError("ERROR_ARGUMENT", "message.files must be a list of {url, name} with http(s) URLs")
     if not str(message.get("text") or "").strip() and not files:
-        raise RestError("ERROR_IMCONNECTOR_NOT_ALL_THE_REQUIRED_DATA", "Not all the required data was transmitted")
+        raise RestError(
+            "ERROR_IMCONNECTOR_NOT_ALL_THE_REQUIRED_DATA", "Not all the required data was transmitted"
+        )
 
 
 def _chat(ctx: Ctx, connector: str, line: int, item: dict[str, Any]) -> Chat:
@@ -161,13 +174,21 @@ def _chat(ctx: Ctx, connector: str, line: int, item: dict[str, Any]) -> Chat:
     user_id = portal.external_users[user_key]
     group = portal.connectors[connector].flags.get("CHAT_GROUP", False)
     # USER_CODE = connector|line|chat.id|user (bitrix24.md §8); group chats are keyed by chat.id only.
-    key: tuple[Any, ...] = (connector, line, str(chat_data["id"])) if group else \
-        (connector, line, str(chat_data["id"]), user_id)
+    key: tuple[Any, ...] = (
+        (connector, line, str(chat_data["id"])) if group else (connector, line, str(chat_data["id"]), user_id)
+    )
     chat = portal.chats.get(key)
     if chat is None:
-        chat = Chat(id=portal.next_id("chat"), external_id=str(chat_data["id"]), connector=connector, line=line,
-                    session_id=portal.next_id("session"), user_id=user_id, user=dict(user),
-                    name=str(chat_data.get("name") or ""))
+        chat = Chat(
+            id=portal.next_id("chat"),
+            external_id=str(chat_data["id"]),
+            connector=connector,
+            line=line,
+            session_id=portal.next_id("session"),
+            user_id=user_id,
+            user=dict(user),
+            name=str(chat_data.get("name") or ""),
+        )
         portal.chats[key] = chat
         _crm_tracker(ctx, chat, item)
     chat.user.update(user)
@@ -181,15 +202,26 @@ def _crm_tracker(ctx: Ctx, chat: Chat, item: dict[str, Any]) -> None:
         return
     if not find_by_phone(ctx.portal, [phone]):
         name = str(item["user"].get("name") or "Guest")
-        store_contact(ctx.portal, {"NAME": name, "LAST_NAME": item["user"].get("last_name", ""),
-                                   "SOURCE_ID": "IMOL", "PHONE": [{"VALUE": phone, "VALUE_TYPE": "MOBILE"}]})
+        store_contact(
+            ctx.portal,
+            {
+                "NAME": name,
+                "LAST_NAME": item["user"].get("last_name", ""),
+                "SOURCE_ID": "IMOL",
+                "PHONE": [{"VALUE": phone, "VALUE_TYPE": "MOBILE"}],
+            },
+        )
 
 
 async def _download(ctx: Ctx, entry: dict[str, Any]) -> None:
     try:
         response = await ctx.client.get(entry["url"], timeout=15.0, follow_redirects=True)
-        entry.update(download="ok" if response.status_code == 200 else "failed", status_code=response.status_code,
-                     content_type=response.headers.get("content-type"), size=len(response.content))
+        entry.update(
+            download="ok" if response.status_code == 200 else "failed",
+            status_code=response.status_code,
+            content_type=response.headers.get("content-type"),
+            size=len(response.content),
+        )
     except Exception as exc:
         entry.update(download="failed", error=f"{type(exc).__name__}: {exc}")
 
@@ -205,31 +237,46 @@ def send_messages(ctx: Ctx, p: dict[str, Any]) -> dict[str, Any]:
         chat = _chat(ctx, connector, line, item)
         message = item["message"]
         external_id = str(message["id"])
-        earlier = next((m.id for m in chat.messages if external_id in m.external_ids and m.direction == "client"), None)
+        earlier = next(
+            (m.id for m in chat.messages if external_id in m.external_ids and m.direction == "client"), None
+        )
         files = []
         for f in formdata.as_list(message.get("files")) or []:
-            entry = {"name": f.get("name"), "url": f["url"], "download": "pending" if ctx.options.fetch_files else
-                     "skipped"}
+            entry = {
+                "name": f.get("name"),
+                "url": f["url"],
+                "download": "pending" if ctx.options.fetch_files else "skipped",
+            }
             files.append(entry)
             if ctx.options.fetch_files:
                 ctx.background.spawn(_download(ctx, entry))
         author = " ".join(str(item["user"].get(k) or "") for k in ("name", "last_name")).strip() or "Guest"
-        chat.messages.append(ChatMessage(id=ctx.portal.next_id("message"), direction="client",
-                                         text=str(message.get("text") or ""), date=float(message["date"]),
-                                         author=author, files=files, external_ids=[external_id],
-                                         duplicate_of=earlier))
+        chat.messages.append(
+            ChatMessage(
+                id=ctx.portal.next_id("message"),
+                direction="client",
+                text=str(message.get("text") or ""),
+                date=float(message["date"]),
+                author=author,
+                files=files,
+                external_ids=[external_id],
+                duplicate_of=earlier,
+            )
+        )
         extra = {k: message[k] for k in ("disable_crm",) if k in message}
         if item["user"].get("skip_phone_validate"):
             extra["skip_phone_validate"] = item["user"]["skip_phone_validate"]
-        results.append({
-            "user": str(chat.user_id),
-            "message": {k: message.get(k) for k in ("id", "date", "text", "files") if k in message},
-            "chat": {"id": chat.external_id, **({"name": chat.name} if chat.name else {})},
-            "extra": extra or [],
-            "SUCCESS": True,
-            "ERRORS": [],
-            "session": {"ID": str(chat.session_id), "CHAT_ID": str(chat.id)},
-        })
+        results.append(
+            {
+                "user": str(chat.user_id),
+                "message": {k: message.get(k) for k in ("id", "date", "text", "files") if k in message},
+                "chat": {"id": chat.external_id, **({"name": chat.name} if chat.name else {})},
+                "extra": extra or [],
+                "SUCCESS": True,
+                "ERRORS": [],
+                "session": {"ID": str(chat.session_id), "CHAT_ID": str(chat.id)},
+            }
+        )
     return ok({"SUCCESS": True, "DATA": {"RESULT": results}})
 
 
@@ -282,8 +329,12 @@ def _client_message(ctx: Ctx, connector: str, line: int, item: dict[str, Any]) -
     user_id = ctx.portal.external_users.get((connector, str(item["user"].get("id"))))
     external_id = str(item["message"].get("id"))
     for chat in ctx.portal.chats.values():
-        if chat.connector == connector and chat.line == line and chat.external_id == str(item["chat"].get("id")) \
-                and chat.user_id == user_id:
+        if (
+            chat.connector == connector
+            and chat.line == line
+            and chat.external_id == str(item["chat"].get("id"))
+            and chat.user_id == user_id
+        ):
             for message in chat.messages:
                 if message.direction == "client" and external_id in message.external_ids:
                     return message
@@ -315,8 +366,11 @@ def delete_messages(ctx: Ctx, p: dict[str, Any]) -> dict[str, Any]:
 def chat_name_set(ctx: Ctx, p: dict[str, Any]) -> dict[str, Any]:
     connector, line = _active_line(ctx, p)
     _required(p, "CHAT_ID", "NAME")
-    chats = [c for c in ctx.portal.chats.values()
-             if c.connector == connector and c.line == line and c.external_id == str(p["CHAT_ID"])]
+    chats = [
+        c
+        for c in ctx.portal.chats.values()
+        if c.connector == connector and c.line == line and c.external_id == str(p["CHAT_ID"])
+    ]
     if not chats:
         raise RestError("CHAT_RENAMING_FAILED", "Chat was not found")
     for chat in chats:

@@ -18,8 +18,9 @@ def _error(code: str, description: str, status: int = 400) -> HTTPResponse:
     return json_response({"error": code, "error_description": description}, status=status)
 
 
-def token_response(portal: PortalState, options: BitrixOptions, base_url: str, access: str,
-                   refresh: str) -> dict[str, Any]:
+def token_response(
+    portal: PortalState, options: BitrixOptions, base_url: str, access: str, refresh: str
+) -> dict[str, Any]:
     token = portal.access[access]
     return {
         "access_token": access,
@@ -36,8 +37,9 @@ def token_response(portal: PortalState, options: BitrixOptions, base_url: str, a
     }
 
 
-def handle_token(request: Request, portals: dict[str, PortalState], options: BitrixOptions,
-                 base_url: str) -> HTTPResponse:
+def handle_token(
+    request: Request, portals: dict[str, PortalState], options: BitrixOptions, base_url: str
+) -> HTTPResponse:
     params = formdata.parse_query(request.query_string or "")
     if request.method == "POST" and request.body:
         params.update(formdata.parse_query(request.body.decode("utf-8", "replace")))

@@ -92,10 +92,16 @@ def request_params(request: Request) -> dict[str, Any]:
 def time_block(start: float) -> dict[str, Any]:
     finish = time.time()
     fmt = "%Y-%m-%dT%H:%M:%S+00:00"
-    return {"start": start, "finish": finish, "duration": finish - start, "processing": finish - start,
-            "date_start": datetime.fromtimestamp(start, UTC).strftime(fmt),
-            "date_finish": datetime.fromtimestamp(finish, UTC).strftime(fmt),
-            "operating_reset_at": int(start) + 600, "operating": 0}
+    return {
+        "start": start,
+        "finish": finish,
+        "duration": finish - start,
+        "processing": finish - start,
+        "date_start": datetime.fromtimestamp(start, UTC).strftime(fmt),
+        "date_finish": datetime.fromtimestamp(finish, UTC).strftime(fmt),
+        "operating_reset_at": int(start) + 600,
+        "operating": 0,
+    }
 
 
 def call(ctx: Ctx, name: str, params: dict[str, Any]) -> dict[str, Any]:
@@ -104,8 +110,11 @@ def call(ctx: Ctx, name: str, params: dict[str, Any]) -> dict[str, Any]:
         raise RestError("ERROR_METHOD_NOT_FOUND", "Method not found!", 404)
     scope, fn = entry
     if scope is not None and scope not in ctx.portal.spec.scope.split(","):
-        raise RestError("insufficient_scope", "The request requires higher privileges than provided by the "
-                                              "access token", 403)
+        raise RestError(
+            "insufficient_scope",
+            "The request requires higher privileges than provided by the access token",
+            403,
+        )
     return fn(ctx, upper_keys(params))
 
 
@@ -155,14 +164,25 @@ def batch(ctx: Ctx, p: dict[str, Any]) -> dict[str, Any]:
             errors[key] = err.body()
             outcome = {"status": err.status, "error": err.code}
         times[key] = time_block(started)
-        ctx.portal.log_request({"method": name.lower(), "via": "batch", "params": query, "at": started, **outcome})
+        ctx.portal.log_request(
+            {"method": name.lower(), "via": "batch", "params": query, "at": started, **outcome}
+        )
         if halt and key in errors:
             break
-    return ok({"result": php_empty(results), "result_error": php_empty(errors), "result_total": php_empty(totals),
-               "result_next": php_empty(nexts), "result_time": php_empty(times)})
+    return ok(
+        {
+            "result": php_empty(results),
+            "result_error": php_empty(errors),
+            "result_total": php_empty(totals),
+            "result_next": php_empty(nexts),
+            "result_time": php_empty(times),
+        }
+    )
 
 
-def authenticate(portals: dict[str, PortalState], options: BitrixOptions, token: Any) -> tuple[PortalState, int]:
+def authenticate(
+    portals: dict[str, PortalState], options: BitrixOptions, token: Any
+) -> tuple[PortalState, int]:
     if not token:
         raise RestError("NO_AUTH_FOUND", "Wrong authorization data", 401)
     for portal in portals.values():
@@ -180,8 +200,15 @@ def authenticate(portals: dict[str, PortalState], options: BitrixOptions, token:
     raise RestError("invalid_token", "The access token provided is invalid.", 401)
 
 
-def handle(request: Request, name: str, portals: dict[str, PortalState], options: BitrixOptions,
-           base_url: str, background: Background, client: httpx.AsyncClient) -> HTTPResponse:
+def handle(
+    request: Request,
+    name: str,
+    portals: dict[str, PortalState],
+    options: BitrixOptions,
+    base_url: str,
+    background: Background,
+    client: httpx.AsyncClient,
+) -> HTTPResponse:
     start = time.time()
     name = name.removesuffix(".json").lower()
     try:
@@ -191,17 +218,26 @@ def handle(request: Request, name: str, portals: dict[str, PortalState], options
     except RestError as err:
         return json_response(err.body(), status=err.status)
     portal.peak.hit()
-    record: dict[str, Any] = {"method": name, "http_method": request.method, "params": params, "at": start,
-                              "user_id": user_id}
+    record: dict[str, Any] = {
+        "method": name,
+        "http_method": request.method,
+        "params": params,
+        "at": start,
+        "user_id": user_id,
+    }
     if not portal.bucket.try_add():
         portal.rate_limited += 1
         portal.log_request({**record, "status": 503, "error": "QUERY_LIMIT_EXCEEDED"})
-        return json_response({"error": "QUERY_LIMIT_EXCEEDED", "error_description": "Too many requests"}, status=503)
+        return json_response(
+            {"error": "QUERY_LIMIT_EXCEEDED", "error_description": "Too many requests"}, status=503
+        )
     ctx = Ctx(portal, options, user_id, base_url, background, client)
     try:
         payload = call(ctx, name, params)
     except RestError as err:
-        portal.log_request({**record, "status": err.status, "error": err.code, "error_description": err.description})
+        portal.log_request(
+            {**record, "status": err.status, "error": err.code, "error_description": err.description}
+        )
         return json_response(err.body(), status=err.status)
     portal.log_request({**record, "status": 200, "result": payload.get("result")})
     return json_response({**payload, "time": time_block(start)})

@@ -55,26 +55,50 @@ def _bad(message: str, status: int = 400) -> HTTPResponse:
 
 
 def chat_view(portal: PortalState) -> list[dict[str, Any]]:
-    return [{"chat_id": c.id, "external_chat_id": c.external_id, "connector": c.connector, "line": c.line,
-             "session_id": c.session_id, "user_id": c.user_id, "user": c.user, "name": c.name,
-             "messages": [asdict(m) for m in c.messages]} for c in portal.chats.values()]
+    return [
+        {
+            "chat_id": c.id,
+            "external_chat_id": c.external_id,
+            "connector": c.connector,
+            "line": c.line,
+            "session_id": c.session_id,
+            "user_id": c.user_id,
+            "user": c.user,
+            "name": c.name,
+            "messages": [asdict(m) for m in c.messages],
+        }
+        for c in portal.chats.values()
+    ]
 
 
 def register(app: App, sb: BitrixSandbox) -> None:
     def portal_or_none(member_id: str) -> PortalState | None:
         return sb.portals.get(member_id)
 
-    def auth(portal: PortalState, user_id: int, omit: bool, wrong: bool, refresh: bool = False) -> dict[str, Any]:
-        return auth_block(portal, sb.options, sb.base_url, user_id=user_id, with_tokens=not omit, refresh=refresh,
-                          app_token=("wrong-" + portal.spec.application_token) if wrong else None)
+    def auth(
+        portal: PortalState, user_id: int, omit: bool, wrong: bool, refresh: bool = False
+    ) -> dict[str, Any]:
+        return auth_block(
+            portal,
+            sb.options,
+            sb.base_url,
+            user_id=user_id,
+            with_tokens=not omit,
+            refresh=refresh,
+            app_token=("wrong-" + portal.spec.application_token) if wrong else None,
+        )
 
     def host_file(portal: PortalState, spec: FileSpec) -> dict[str, Any]:
         mime = media_samples.mime_from_filename(spec.name)
         data = base64.b64decode(spec.content_b64) if spec.content_b64 else media_samples.for_mime(mime).data
         file_id = str(portal.next_id("file"))
         portal.files[file_id] = (data, mime, spec.name)
-        entry: dict[str, Any] = {"name": spec.name, "type": "image" if mime.startswith("image/") else "file",
-                                 "link": f"{sb.base_url}/upload/files/{file_id}/{spec.name}", "size": len(data)}
+        entry: dict[str, Any] = {
+            "name": spec.name,
+            "type": "image" if mime.startswith("image/") else "file",
+            "link": f"{sb.base_url}/upload/files/{file_id}/{spec.name}",
+            "size": len(data),
+        }
         if entry["type"] == "image":
             entry.update(width=1, height=1)
         return entry
@@ -102,12 +126,18 @@ def register(app: App, sb: BitrixSandbox) -> None:
             "requests": lambda: p.requests,
             "contacts": lambda: list(p.contacts.values()),
             "events": lambda: p.events,
-            "stats": lambda: {"refresh_count": p.refresh_count, "rate_limited_count": p.rate_limited,
-                              "max_requests_in_any_second": p.peak.peak, "requests_total": len(p.requests),
-                              "expired_token_hits": p.expired_token_hits, "events_posted": len(p.events),
-                              "unmatched_statuses": p.unmatched_statuses,
-                              "duplicate_messages": sum(1 for c in p.chats.values() for m in c.messages
-                                                        if m.duplicate_of is not None)},
+            "stats": lambda: {
+                "refresh_count": p.refresh_count,
+                "rate_limited_count": p.rate_limited,
+                "max_requests_in_any_second": p.peak.peak,
+                "requests_total": len(p.requests),
+                "expired_token_hits": p.expired_token_hits,
+                "events_posted": len(p.events),
+                "unmatched_statuses": p.unmatched_statuses,
+                "duplicate_messages": sum(
+                    1 for c in p.chats.values() for m in c.messages if m.duplicate_of is not None
+                ),
+            },
         }
         return json_response({what: views[what]()})
 
@@ -119,38 +149,77 @@ def register(app: App, sb: BitrixSandbox) -> None:
         try:
             spec = OperatorMessage.model_validate(request.json or {})
         except ValidationError as exc:
-            return json_response({"error": "invalid request", "details": exc.errors(include_url=False)}, status=400)
+            return json_response(
+                {"error": "invalid request", "details": exc.errors(include_url=False)}, status=400
+            )
         if not spec.text.strip() and not spec.files:
             return _bad("an operator message needs text or files")
         chat = p.chat_by_external(spec.chat_id)
         if chat is None:
-            return _bad(f"no Open Lines chat for external chat id {spec.chat_id} (the customer must write first)", 404)
+            return _bad(
+                f"no Open Lines chat for external chat id {spec.chat_id} (the customer must write first)", 404
+            )
         user_id = p.operator(spec.operator)
         connector = p.connectors.get(chat.connector)
         if connector is None or chat.connector not in p.active.get(chat.line, set()):
             # Bitrix24 refuses to dispatch and posts a system message into the chat (bitrix24.md §8).
-            chat.messages.append(ChatMessage(id=p.next_id("message"), direction="system", date=time.time(),
-                                             text="IMOL_CHAT_ERROR_CONNECTOR_SEND", author="system"))
+            chat.messages.append(
+                ChatMessage(
+                    id=p.next_id("message"),
+                    direction="system",
+                    date=time.time(),
+                    text="IMOL_CHAT_ERROR_CONNECTOR_SEND",
+                    author="system",
+                )
+            )
             return _bad("the connector is not active on this line; nothing was sent", 409)
         text = spec.text
         if connector.flags.get("NEED_SIGNATURE", True) and text:
             text = f"[b]{spec.operator}:[/b][br] {text}"
         files = [host_file(p, f) for f in spec.files]
-        message = ChatMessage(id=p.next_id("message"), direction="operator", text=text, date=time.time(),
-                              author=spec.operator, files=files, reply_to=spec.reply_to)
+        message = ChatMessage(
+            id=p.next_id("message"),
+            direction="operator",
+            text=text,
+            date=time.time(),
+            author=spec.operator,
+            files=files,
+            reply_to=spec.reply_to,
+        )
         chat.messages.append(message)
         body: dict[str, Any] = {"user_id": str(user_id), "text": text}
         if files:
             body["files"] = files
         if spec.reply_to is not None:
             body["params"] = {"REPLY_ID": str(spec.reply_to)}  # UNCONFIRMED field, see docs/sandbox.md
-        item = {"im": {"chat_id": str(chat.id), "message_id": str(message.id)}, "message": body,
-                "chat": {"id": chat.external_id}}
-        data = {"CONNECTOR": chat.connector, "LINE": str(chat.line), "DATA" if spec.use_data_key else "MESSAGES": [item]}
-        record = await post_event(sb.client, p, sb.options, "ONIMCONNECTORMESSAGEADD", data,
-                                  auth(p, user_id, spec.omit_tokens, spec.wrong_application_token))
-        return json_response({"gateway_status": record["status_code"], "status_code": record["status_code"], "error": record["error"],
-                              "im": item["im"], "text": text, "form": record["form"]})
+        item = {
+            "im": {"chat_id": str(chat.id), "message_id": str(message.id)},
+            "message": body,
+            "chat": {"id": chat.external_id},
+        }
+        data = {
+            "CONNECTOR": chat.connector,
+            "LINE": str(chat.line),
+            "DATA" if spec.use_data_key else "MESSAGES": [item],
+        }
+        record = await post_event(
+            sb.client,
+            p,
+            sb.options,
+            "ONIMCONNECTORMESSAGEADD",
+            data,
+            auth(p, user_id, spec.omit_tokens, spec.wrong_application_token),
+        )
+        return json_response(
+            {
+                "gateway_status": record["status_code"],
+                "status_code": record["status_code"],
+                "error": record["error"],
+                "im": item["im"],
+                "text": text,
+                "form": record["form"],
+            }
+        )
 
     @app.post("/_sandbox/portals/<member_id>/operator-messages/<message_id:int>/<action:update|delete>")
     async def operator_change(request: Request, member_id: str, message_id: int, action: str) -> HTTPResponse:
@@ -160,9 +229,18 @@ def register(app: App, sb: BitrixSandbox) -> None:
         try:
             spec = EventOptions.model_validate(request.json or {})
         except ValidationError as exc:
-            return json_response({"error": "invalid request", "details": exc.errors(include_url=False)}, status=400)
-        found = next(((c, m) for c in p.chats.values() for m in c.messages
-                      if m.id == message_id and m.direction == "operator"), None)
+            return json_response(
+                {"error": "invalid request", "details": exc.errors(include_url=False)}, status=400
+            )
+        found = next(
+            (
+                (c, m)
+                for c in p.chats.values()
+                for m in c.messages
+                if m.id == message_id and m.direction == "operator"
+            ),
+            None,
+        )
         if found is None:
             return _bad("unknown operator message", 404)
         chat, message = found
@@ -176,13 +254,33 @@ def register(app: App, sb: BitrixSandbox) -> None:
         body: dict[str, Any] = {"user_id": str(p.operator(spec.operator)), "id": ids}
         if action == "update":
             body["text"] = spec.text
-        item = {"im": {"chat_id": str(chat.id), "message_id": str(message.id)}, "message": body,
-                "chat": {"id": chat.external_id}}
-        data = {"CONNECTOR": chat.connector, "LINE": str(chat.line), "DATA" if spec.use_data_key else "MESSAGES": [item]}
+        item = {
+            "im": {"chat_id": str(chat.id), "message_id": str(message.id)},
+            "message": body,
+            "chat": {"id": chat.external_id},
+        }
+        data = {
+            "CONNECTOR": chat.connector,
+            "LINE": str(chat.line),
+            "DATA" if spec.use_data_key else "MESSAGES": [item],
+        }
         event = "ONIMCONNECTORMESSAGEUPDATE" if action == "update" else "ONIMCONNECTORMESSAGEDELETE"
-        record = await post_event(sb.client, p, sb.options, event, data,
-                                  auth(p, p.operator(spec.operator), spec.omit_tokens, spec.wrong_application_token))
-        return json_response({"gateway_status": record["status_code"], "status_code": record["status_code"], "error": record["error"], "form": record["form"]})
+        record = await post_event(
+            sb.client,
+            p,
+            sb.options,
+            event,
+            data,
+            auth(p, p.operator(spec.operator), spec.omit_tokens, spec.wrong_application_token),
+        )
+        return json_response(
+            {
+                "gateway_status": record["status_code"],
+                "status_code": record["status_code"],
+                "error": record["error"],
+                "form": record["form"],
+            }
+        )
 
     @app.post("/_sandbox/portals/<member_id>/<what:line-delete|status-delete>")
     async def line_events(request: Request, member_id: str, what: str) -> HTTPResponse:
@@ -198,7 +296,13 @@ def register(app: App, sb: BitrixSandbox) -> None:
         else:
             event, data = "ONIMCONNECTORSTATUSDELETE", {"connector": connector, "line": str(line)}
         record = await post_event(sb.client, p, sb.options, event, data, auth(p, 1, False, False))
-        return json_response({"gateway_status": record["status_code"], "status_code": record["status_code"], "error": record["error"]})
+        return json_response(
+            {
+                "gateway_status": record["status_code"],
+                "status_code": record["status_code"],
+                "error": record["error"],
+            }
+        )
 
     @app.post("/_sandbox/portals/<member_id>/<what:install|uninstall>")
     async def install(request: Request, member_id: str, what: str) -> HTTPResponse:
@@ -207,17 +311,26 @@ def register(app: App, sb: BitrixSandbox) -> None:
             return _bad("unknown portal", 404)
         if what == "install":
             data = {"VERSION": "1", "ACTIVE": "Y", "INSTALLED": "Y", "LANGUAGE_ID": "en"}
-            record = await post_event(sb.client, p, sb.options, "ONAPPINSTALL", data,
-                                      auth(p, 1, False, False, refresh=True))
+            record = await post_event(
+                sb.client, p, sb.options, "ONAPPINSTALL", data, auth(p, 1, False, False, refresh=True)
+            )
         else:
             data = {"LANGUAGE_ID": "en", "CLEAN": "0"}
-            record = await post_event(sb.client, p, sb.options, "ONAPPUNINSTALL", data,
-                                      auth(p, 1, True, False))
+            record = await post_event(
+                sb.client, p, sb.options, "ONAPPUNINSTALL", data, auth(p, 1, True, False)
+            )
             p.bindings.clear()
             p.connectors.clear()
             for active in p.active.values():
                 active.clear()
-        return json_response({"gateway_status": record["status_code"], "status_code": record["status_code"], "error": record["error"], "form": record["form"]})
+        return json_response(
+            {
+                "gateway_status": record["status_code"],
+                "status_code": record["status_code"],
+                "error": record["error"],
+                "form": record["form"],
+            }
+        )
 
     @app.post("/_sandbox/portals/<member_id>/<what:expire-token|expire-refresh-token>")
     async def expire(request: Request, member_id: str, what: str) -> HTTPResponse:
@@ -255,7 +368,9 @@ def register(app: App, sb: BitrixSandbox) -> None:
         try:
             sb.options = BitrixOptions.model_validate({**sb.options.model_dump(), **patch})
         except ValidationError as exc:
-            return json_response({"error": "invalid request", "details": exc.errors(include_url=False)}, status=400)
+            return json_response(
+                {"error": "invalid request", "details": exc.errors(include_url=False)}, status=400
+            )
         for p in sb.portals.values():
             p.apply_limits(sb.options)
         return json_response(sb.options.model_dump())

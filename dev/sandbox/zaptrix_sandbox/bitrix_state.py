@@ -11,8 +11,15 @@ from typing import Any
 from .bitrix_settings import BitrixOptions, PortalSpec
 from .ratelimit import LeakyBucket, PeakPerSecond
 
-CONNECTOR_FLAGS = ("DEL_EXTERNAL_MESSAGES", "EDIT_INTERNAL_MESSAGES", "DEL_INTERNAL_MESSAGES", "NEWSLETTER",
-                   "NEED_SYSTEM_MESSAGES", "NEED_SIGNATURE", "CHAT_GROUP")
+CONNECTOR_FLAGS = (
+    "DEL_EXTERNAL_MESSAGES",
+    "EDIT_INTERNAL_MESSAGES",
+    "DEL_INTERNAL_MESSAGES",
+    "NEWSLETTER",
+    "NEED_SYSTEM_MESSAGES",
+    "NEED_SIGNATURE",
+    "CHAT_GROUP",
+)
 
 
 def new_token() -> str:
@@ -96,16 +103,27 @@ class PortalState:
         self.rate_limited = 0
         self.expired_token_hits = 0
         self.peak = PeakPerSecond()
-        self._ids = {"user": itertools.count(1001), "chat": itertools.count(1801), "session": itertools.count(3001),
-                     "message": itertools.count(86001), "contact": itertools.count(1), "op": itertools.count(27),
-                     "phone": itertools.count(101), "file": itertools.count(501), "handler": itertools.count(555)}
+        self._ids = {
+            "user": itertools.count(1001),
+            "chat": itertools.count(1801),
+            "session": itertools.count(3001),
+            "message": itertools.count(86001),
+            "contact": itertools.count(1),
+            "op": itertools.count(27),
+            "phone": itertools.count(101),
+            "file": itertools.count(501),
+            "handler": itertools.count(555),
+        }
         self.bucket = LeakyBucket(1, 1)
         self.apply_limits(options)
         if spec.preregistered:
-            self.connectors[spec.connector_id] = Connector(spec.connector_id, "WhatsApp (Zaptrix)",
-                                                           default_flags())
+            self.connectors[spec.connector_id] = Connector(
+                spec.connector_id, "WhatsApp (Zaptrix)", default_flags()
+            )
             self.active[spec.line_id].add(spec.connector_id)
-            self.connector_data[(spec.connector_id, spec.line_id)] = {"ID": f"{spec.connector_id}_line{spec.line_id}"}
+            self.connector_data[(spec.connector_id, spec.line_id)] = {
+                "ID": f"{spec.connector_id}_line{spec.line_id}"
+            }
 
     def apply_limits(self, options: BitrixOptions) -> None:
         drain = self.spec.rate_limit_drain_per_s or options.rate_limit_drain_per_s
@@ -127,7 +145,9 @@ class PortalState:
         refresh = ""
         if with_refresh:
             refresh = new_token()
-            self.refresh[refresh] = RefreshToken(self.spec.member_id, now + options.refresh_token_ttl_days * 86400)
+            self.refresh[refresh] = RefreshToken(
+                self.spec.member_id, now + options.refresh_token_ttl_days * 86400
+            )
             self.current_access, self.current_refresh = access, refresh
         return access, refresh
 

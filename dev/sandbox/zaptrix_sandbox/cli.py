@@ -1,10 +1,10 @@
 """`zaptrix-dev`: play customer and operator against the local stand-ins and see what each side got.
 
-    zaptrix-dev customer-says --from 491701234567 --name Anna "Hello"
-    zaptrix-dev customer-says --from 491701234567 --image [--file PATH] "caption"
-    zaptrix-dev operator-says --chat <external chat id> "Hi Anna"
-    zaptrix-dev chats
-    zaptrix-dev customer-inbox --to 491701234567
+zaptrix-dev customer-says --from 491701234567 --name Anna "Hello"
+zaptrix-dev customer-says --from 491701234567 --image [--file PATH] "caption"
+zaptrix-dev operator-says --chat <external chat id> "Hi Anna"
+zaptrix-dev chats
+zaptrix-dev customer-inbox --to 491701234567
 """
 
 from __future__ import annotations
@@ -33,9 +33,15 @@ def _media(path: str | None, kind: str, caption: str) -> dict[str, Any]:
         media["content_b64"] = base64.b64encode(file.read_bytes()).decode()
         media["filename"] = file.name
         ext = file.suffix.lower().lstrip(".")
-        media["mime_type"] = {"png": "image/png", "jpg": "image/jpeg", "jpeg": "image/jpeg", "pdf": "application/pdf",
-                              "txt": "text/plain", "ogg": "audio/ogg; codecs=opus", "mp4": "video/mp4"}.get(
-            ext, "application/octet-stream")
+        media["mime_type"] = {
+            "png": "image/png",
+            "jpg": "image/jpeg",
+            "jpeg": "image/jpeg",
+            "pdf": "application/pdf",
+            "txt": "text/plain",
+            "ogg": "audio/ogg; codecs=opus",
+            "mp4": "video/mp4",
+        }.get(ext, "application/octet-stream")
     return media
 
 
@@ -51,8 +57,10 @@ def customer_says(args: argparse.Namespace, client: httpx.Client) -> int:
         body.update(type=kind, media=_media(args.file, kind, text))
     elif args.location:
         lat, _, lon = args.location.partition(",")
-        body.update(type="location", location={"latitude": float(lat), "longitude": float(lon),
-                                               **({"name": text} if text else {})})
+        body.update(
+            type="location",
+            location={"latitude": float(lat), "longitude": float(lon), **({"name": text} if text else {})},
+        )
     else:
         body.update(type="text", text=text)
     response = client.post(f"{args.graph_url}/_sandbox/customers/{args.sender}/messages", json=body)
@@ -60,7 +68,11 @@ def customer_says(args: argparse.Namespace, client: httpx.Client) -> int:
     data = response.json()
     print(f"customer {args.sender} sent {body['type']} {data['wamid']}")
     status = data["status_code_from_gateway"]
-    print(f"gateway answered the webhook with HTTP {status}" if status else "gateway unreachable (see GET /_sandbox/webhooks)")
+    print(
+        f"gateway answered the webhook with HTTP {status}"
+        if status
+        else "gateway unreachable (see GET /_sandbox/webhooks)"
+    )
     return 0 if data["status_code_from_gateway"] == 200 else 1
 
 
@@ -75,7 +87,10 @@ def operator_says(args: argparse.Namespace, client: httpx.Client) -> int:
         return 1
     data = response.json()
     print(f"operator message {data['im']['message_id']} in chat {data['im']['chat_id']}: {data['text']}")
-    print(f"gateway answered the event with HTTP {data['status_code']}" + (f" ({data['error']})" if data["error"] else ""))
+    print(
+        f"gateway answered the event with HTTP {data['status_code']}"
+        + (f" ({data['error']})" if data["error"] else "")
+    )
     return 0 if data["status_code"] == 200 else 1
 
 
@@ -92,14 +107,19 @@ def chats(args: argparse.Namespace, client: httpx.Client) -> int:
     for chat in items:
         user = chat["user"]
         who = " ".join(str(user.get(k) or "") for k in ("name", "last_name")).strip() or user.get("id")
-        print(f"== chat {chat['chat_id']} (external {chat['external_chat_id']}), session {chat['session_id']}: {who}")
+        print(
+            f"== chat {chat['chat_id']} (external {chat['external_chat_id']}), session {chat['session_id']}: {who}"
+        )
         for m in chat["messages"]:
             marks = ""
             if m["direction"] == "operator":
                 marks = " [delivered, read]" if m["delivered"] else " [not delivered]"
             extra = "".join(f"\n      file {f['name']} ({f.get('download', 'link')})" for f in m["files"])
-            flags = (" (edited)" if m["edited"] else "") + (" (deleted)" if m["deleted"] else "") + \
-                (f" (duplicate of {m['duplicate_of']})" if m["duplicate_of"] else "")
+            flags = (
+                (" (edited)" if m["edited"] else "")
+                + (" (deleted)" if m["deleted"] else "")
+                + (f" (duplicate of {m['duplicate_of']})" if m["duplicate_of"] else "")
+            )
             print(f"  {_when(m['date'])} {m['author']}: {m['text']}{flags}{marks}{extra}")
     return 0
 
@@ -127,9 +147,25 @@ def customer_inbox(args: argparse.Namespace, client: httpx.Client) -> int:
     return 0
 
 
+def trace(args: argparse.Namespace, client: httpx.Client) -> int:
+    from zaptrix_sandbox.traces import find_trace, render
+
+    found = find_trace(client, args.jaeger_url.rstrip("/"), args.ref)
+    if found is None:
+        print(
+            f"no trace found for {args.ref} in Jaeger at {args.jaeger_url} (spans are exported in batches: "
+            "wait a few seconds)",
+            file=sys.stderr,
+        )
+        return 1
+    print("\n".join(render(found)))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="zaptrix-dev", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="zaptrix-dev", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--graph-url", default=os.environ.get("ZAPTRIX_DEV_GRAPH_URL", DEFAULT_GRAPH))
     parser.add_argument("--bitrix-url", default=os.environ.get("ZAPTRIX_DEV_BITRIX_URL", DEFAULT_BITRIX))
     parser.add_argument("--portal", default=os.environ.get("ZAPTRIX_DEV_PORTAL", "sandbox-member-1"))
@@ -142,7 +178,9 @@ def build_parser() -> argparse.ArgumentParser:
     say.add_argument("--reply-to", help="wamid the customer replies to")
     kind = say.add_mutually_exclusive_group()
     kind.add_argument("--image", action="store_true", help="send an image (a generated JPEG unless --file)")
-    kind.add_argument("--document", action="store_true", help="send a document (a generated PDF unless --file)")
+    kind.add_argument(
+        "--document", action="store_true", help="send a document (a generated PDF unless --file)"
+    )
     kind.add_argument("--location", help="send a location LAT,LON (the text becomes its name)")
     say.add_argument("--file", help="own file for --image/--document")
     say.add_argument("text", nargs="*", help="message text (caption for media)")
@@ -160,6 +198,13 @@ def build_parser() -> argparse.ArgumentParser:
     inbox = sub.add_parser("customer-inbox", help="what a customer received on WhatsApp")
     inbox.add_argument("--to", required=True, help="customer wa_id")
     inbox.set_defaults(func=customer_inbox)
+
+    tr = sub.add_parser("trace", help="a message's trace from Jaeger, as a tree of spans across the services")
+    tr.add_argument("ref", help="a wamid, an event id (wa:…, b24:…) or a trace id")
+    tr.add_argument(
+        "--jaeger-url", default=os.environ.get("ZAPTRIX_DEV_JAEGER_URL", "http://127.0.0.1:16686")
+    )
+    tr.set_defaults(func=trace)
     return parser
 
 
@@ -169,8 +214,10 @@ def main(argv: list[str] | None = None) -> int:
         with httpx.Client(timeout=30.0) as client:
             code: int = args.func(args, client)
     except httpx.HTTPError as exc:
-        print(f"error: {exc} (are the stand-ins running? `make run` or sandbox-graph / sandbox-bitrix)",
-              file=sys.stderr)
+        print(
+            f"error: {exc} (are the stand-ins running? `make run` or sandbox-graph / sandbox-bitrix)",
+            file=sys.stderr,
+        )
         return 2
     return code
 

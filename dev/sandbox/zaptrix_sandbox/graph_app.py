@@ -28,9 +28,18 @@ from .tasks import Background
 from .web import App, new_app
 
 _VERSION = re.compile(r"^v\d+\.\d+$")
-_UPLOAD_KINDS = {"image/jpeg": "image", "image/png": "image", "image/webp": "sticker", "video/mp4": "video",
-                 "video/3gpp": "video", "audio/aac": "audio", "audio/amr": "audio", "audio/mpeg": "audio",
-                 "audio/mp4": "audio", "audio/ogg": "audio"}
+_UPLOAD_KINDS = {
+    "image/jpeg": "image",
+    "image/png": "image",
+    "image/webp": "sticker",
+    "video/mp4": "video",
+    "video/3gpp": "video",
+    "audio/aac": "audio",
+    "audio/amr": "audio",
+    "audio/mpeg": "audio",
+    "audio/mp4": "audio",
+    "audio/ogg": "audio",
+}
 
 
 @dataclass
@@ -55,11 +64,16 @@ class GraphSandbox:
     def token(self, request: Request) -> str:
         header = request.headers.get("authorization", "")
         if not header.lower().startswith("bearer ") or not header[7:].strip():
-            raise GraphError(190, "An active access token must be used to query information about the current "
-                                  "user.", status=401)
+            raise GraphError(
+                190,
+                "An active access token must be used to query information about the current user.",
+                status=401,
+            )
         token = header[7:].strip()
         if token in self.state.expired_tokens:
-            raise GraphError(190, "Error validating access token: Session has expired.", status=401, subcode=463)
+            raise GraphError(
+                190, "Error validating access token: Session has expired.", status=401, subcode=463
+            )
         if not any(c.access_token == token for c in self.state.options.channels):
             raise GraphError(190, "Invalid OAuth access token - Cannot parse access token", status=401)
         return token
@@ -75,8 +89,9 @@ class GraphSandbox:
     # --- media URLs --------------------------------------------------------------------------------
     def media_url(self, media: Media) -> str:
         expires = int(time.time() + self.state.options.media_url_ttl_s)
-        digest = hmac.new(self.state.options.app_secret.encode(), f"{media.id}:{expires}".encode(),
-                          hashlib.sha256).hexdigest()[:32]
+        digest = hmac.new(
+            self.state.options.app_secret.encode(), f"{media.id}:{expires}".encode(), hashlib.sha256
+        ).hexdigest()[:32]
         query = urlencode({"mid": media.id, "ext": expires, "hash": digest})
         return f"{self.settings.base_url()}/whatsapp_business/attachments/?{query}"
 
@@ -107,10 +122,18 @@ def _register_api(app: App, sb: GraphSandbox) -> None:
         except GraphError as err:
             body = err.body()
             if payload is not None and not (isinstance(payload, dict) and "status" in payload):
-                sb.state.record_sent(Sent(phone_number_id=phone_number_id, payload=payload, http_status=err.status,
-                                          response=body, outcome="rejected", error_code=err.code,
-                                          to=payload.get("to") if isinstance(payload, dict) else None,
-                                          type=payload.get("type") if isinstance(payload, dict) else None))
+                sb.state.record_sent(
+                    Sent(
+                        phone_number_id=phone_number_id,
+                        payload=payload,
+                        http_status=err.status,
+                        response=body,
+                        outcome="rejected",
+                        error_code=err.code,
+                        to=payload.get("to") if isinstance(payload, dict) else None,
+                        type=payload.get("type") if isinstance(payload, dict) else None,
+                    )
+                )
             return json_response(body, status=err.status)
 
     @app.post("/<version>/<phone_number_id>/media")
@@ -129,8 +152,13 @@ def _register_api(app: App, sb: GraphSandbox) -> None:
             problem = f"Unsupported media type {mime} (whatsapp.md A4)."
         if problem:
             raise param_error("Param file must be a file with a supported type and size.", details=problem)
-        media = Media(id=sb.state.new_media_id(), phone_number_id=channel.phone_number_id, data=upload.body,
-                      mime_type=mime, filename=upload.name)
+        media = Media(
+            id=sb.state.new_media_id(),
+            phone_number_id=channel.phone_number_id,
+            data=upload.body,
+            mime_type=mime,
+            filename=upload.name,
+        )
         sb.state.media[media.id] = media
         return json_response({"id": media.id})
 
@@ -142,9 +170,16 @@ def _register_api(app: App, sb: GraphSandbox) -> None:
         channel = sb.state.channel(media.phone_number_id) if media else None
         if media is None or channel is None or channel.access_token != token:
             raise no_object(media_id)
-        return json_response({"messaging_product": "whatsapp", "url": sb.media_url(media),
-                              "mime_type": media.mime_type, "sha256": media.sha256_hex,
-                              "file_size": len(media.data), "id": media.id})
+        return json_response(
+            {
+                "messaging_product": "whatsapp",
+                "url": sb.media_url(media),
+                "mime_type": media.mime_type,
+                "sha256": media.sha256_hex,
+                "file_size": len(media.data),
+                "id": media.id,
+            }
+        )
 
     @app.delete("/<version>/<media_id>")
     async def media_delete(request: Request, version: str, media_id: str) -> HTTPResponse:
@@ -162,8 +197,9 @@ def _register_api(app: App, sb: GraphSandbox) -> None:
         token = sb.token(request)  # the download needs the same Bearer token (whatsapp.md A4)
         mid, ext, digest = (request.args.get(k, "") for k in ("mid", "ext", "hash"))
         media = sb.state.media.get(mid)
-        expected = hmac.new(sb.state.options.app_secret.encode(), f"{mid}:{ext}".encode(),
-                            hashlib.sha256).hexdigest()[:32]
+        expected = hmac.new(
+            sb.state.options.app_secret.encode(), f"{mid}:{ext}".encode(), hashlib.sha256
+        ).hexdigest()[:32]
         if media is None or not hmac.compare_digest(expected, digest):
             return raw(b"Not Found", status=404, content_type="text/plain")
         channel = sb.state.channel(media.phone_number_id)

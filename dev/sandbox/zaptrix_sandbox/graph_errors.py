@@ -22,8 +22,15 @@ TITLES: dict[int, str] = {
 
 
 class GraphError(Exception):
-    def __init__(self, code: int, message: str | None = None, *, status: int = 400,
-                 details: str | None = None, subcode: int | None = None) -> None:
+    def __init__(
+        self,
+        code: int,
+        message: str | None = None,
+        *,
+        status: int = 400,
+        details: str | None = None,
+        subcode: int | None = None,
+    ) -> None:
         self.code = code
         self.title = TITLES.get(code, "Invalid parameter")
         self.message = message or f"(#{code}) {self.title}"

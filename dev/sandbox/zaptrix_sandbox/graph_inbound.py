@@ -14,8 +14,20 @@ from .graph_settings import Channel
 from .graph_state import GraphState, Media, new_wamid
 
 MEDIA_KINDS = ("image", "video", "audio", "document", "sticker")
-Kind = Literal["text", "image", "video", "audio", "document", "sticker", "location", "contacts", "interactive",
-               "button", "reaction", "unsupported"]
+Kind = Literal[
+    "text",
+    "image",
+    "video",
+    "audio",
+    "document",
+    "sticker",
+    "location",
+    "contacts",
+    "interactive",
+    "button",
+    "reaction",
+    "unsupported",
+]
 
 
 class MediaSpec(BaseModel):
@@ -68,12 +80,20 @@ def _media(spec: InboundSpec, kind: str, channel: Channel, state: GraphState) ->
     else:
         sample = media_samples.for_mime(mime, m.filename)
         data, filename = sample.data, sample.filename
-    media = Media(id=state.new_media_id(), phone_number_id=channel.phone_number_id, data=data,
-                  mime_type=mime, filename=filename)
+    media = Media(
+        id=state.new_media_id(),
+        phone_number_id=channel.phone_number_id,
+        data=data,
+        mime_type=mime,
+        filename=filename,
+    )
     state.media[media.id] = media
     # Webhooks carry sha256 base64-encoded; the media URL lookup returns it hex (UNCONFIRMED, see docs).
-    obj: dict[str, Any] = {"mime_type": mime, "sha256": base64.b64encode(hashlib.sha256(data).digest()).decode(),
-                           "id": media.id}
+    obj: dict[str, Any] = {
+        "mime_type": mime,
+        "sha256": base64.b64encode(hashlib.sha256(data).digest()).decode(),
+        "id": media.id,
+    }
     if kind in ("image", "video", "document") and (m.caption or spec.text):
         obj["caption"] = m.caption or spec.text
     if kind == "document":
@@ -93,8 +113,15 @@ def _body(spec: InboundSpec, kind: str, channel: Channel, state: GraphState) -> 
     if kind == "location":
         return {"location": spec.location or {"latitude": 52.52, "longitude": 13.405, "name": "Berlin"}}
     if kind == "contacts":
-        return {"contacts": spec.contacts or [{"name": {"formatted_name": "Max Mustermann", "first_name": "Max"},
-                                               "phones": [{"phone": "+49 170 0000000", "type": "CELL"}]}]}
+        return {
+            "contacts": spec.contacts
+            or [
+                {
+                    "name": {"formatted_name": "Max Mustermann", "first_name": "Max"},
+                    "phones": [{"phone": "+49 170 0000000", "type": "CELL"}],
+                }
+            ]
+        }
     if kind == "interactive":
         i = spec.interactive or {}
         itype = i.get("type", "button_reply")
@@ -105,24 +132,40 @@ def _body(spec: InboundSpec, kind: str, channel: Channel, state: GraphState) -> 
     if kind == "reaction":
         return {"reaction": spec.reaction or {}}
     return {
-        "errors": [{"code": 131051, "title": "Message type unknown", "message": "Message type unknown",
-                    "error_data": {"details": "Message type is currently not supported."}}],
+        "errors": [
+            {
+                "code": 131051,
+                "title": "Message type unknown",
+                "message": "Message type unknown",
+                "error_data": {"details": "Message type is currently not supported."},
+            }
+        ],
         "unsupported": spec.unsupported or {"type": "unknown"},
     }
 
 
-def build(spec: InboundSpec, wa_id: str, channel: Channel, state: GraphState) -> tuple[dict[str, Any], dict[str, Any]]:
+def build(
+    spec: InboundSpec, wa_id: str, channel: Channel, state: GraphState
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """Returns (contact, message) for value.contacts[] / value.messages[] and records the customer's activity."""
     kind = spec.kind()
     wamid = new_wamid()
-    message: dict[str, Any] = {"from": wa_id, "id": wamid, "timestamp": str(spec.timestamp or int(time.time())),
-                               "type": kind}
+    message: dict[str, Any] = {
+        "from": wa_id,
+        "id": wamid,
+        "timestamp": str(spec.timestamp or int(time.time())),
+        "type": kind,
+    }
     if spec.context is not None:
         ctx = dict(spec.context)
         message["context"] = {"from": channel.display_phone_number, "id": ctx.pop("message_id", None), **ctx}
     if spec.referral is not None:
-        message["referral"] = {"source_type": "ad", "source_id": "120000000000000", "ctwa_clid": "sandbox-clid",
-                               **spec.referral}
+        message["referral"] = {
+            "source_type": "ad",
+            "source_id": "120000000000000",
+            "ctwa_clid": "sandbox-clid",
+            **spec.referral,
+        }
     message.update(_body(spec, kind, channel, state))
     contact: dict[str, Any] = {"profile": {"name": spec.name}, "wa_id": wa_id}
     if spec.user_id:

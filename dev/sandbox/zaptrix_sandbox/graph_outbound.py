@@ -38,8 +38,9 @@ def check_media(kind: str, mime_type: str, size: int) -> str | None:
 
 
 class Outbound:
-    def __init__(self, state: GraphState, sender: WebhookSender, client: httpx.AsyncClient,
-                 background: Background) -> None:
+    def __init__(
+        self, state: GraphState, sender: WebhookSender, client: httpx.AsyncClient, background: Background
+    ) -> None:
         self.state = state
         self.sender = sender
         self.client = client
@@ -51,10 +52,15 @@ class Outbound:
         spec = next((t for t in self.state.options.templates if t.name == name), None)
         if spec is None or lang not in spec.languages:
             raise GraphError(132001, details=f"template name ({name}) does not exist in {lang}")
-        given = sum(len(c.get("parameters", [])) for c in obj.get("components", []) if c.get("type") == "body")
+        given = sum(
+            len(c.get("parameters", [])) for c in obj.get("components", []) if c.get("type") == "body"
+        )
         if given != spec.body_params:
-            raise GraphError(132000, details=f"body: number of localizable_params ({given}) does not match the "
-                                             f"expected number of params ({spec.body_params})")
+            raise GraphError(
+                132000,
+                details=f"body: number of localizable_params ({given}) does not match the "
+                f"expected number of params ({spec.body_params})",
+            )
         return spec
 
     def send(self, channel: Channel, req: SendRequest, payload: Any) -> dict[str, Any]:
@@ -62,9 +68,12 @@ class Outbound:
         state, opts = self.state, self.state.options
         pnid = channel.phone_number_id
         if not state.throughput(pnid).try_take():
-            raise GraphError(130429, status=opts.throughput_http_status,
-                             details=f"Throughput of {opts.throughput_mps:g} messages/s for this phone number "
-                                     "was exceeded.")
+            raise GraphError(
+                130429,
+                status=opts.throughput_http_status,
+                details=f"Throughput of {opts.throughput_mps:g} messages/s for this phone number "
+                "was exceeded.",
+            )
         category = "service"
         if req.type == "template":
             category = self._template(req.obj).category
@@ -72,15 +81,20 @@ class Outbound:
         if req.wa_id in opts.not_on_whatsapp:
             failure = (131026, "Message Undeliverable.")
         elif req.type != "template" and not state.window_open(pnid, req.wa_id):
-            details = ("Message failed to send because more than 24 hours have passed since the customer "
-                       "last replied to this number.")
+            details = (
+                "Message failed to send because more than 24 hours have passed since the customer "
+                "last replied to this number."
+            )
             if opts.window_error_mode == "sync":
                 raise GraphError(131047, details=details)
             failure = (131047, details)
         # Only a send that would go out counts toward the pair limit (checked after synchronous refusals).
         if not state.pair(pnid, req.wa_id).try_take():
-            raise GraphError(131056, details="Message failed to send because there were too many messages sent "
-                                             "from this phone number to the same phone number in a short period.")
+            raise GraphError(
+                131056,
+                details="Message failed to send because there were too many messages sent "
+                "from this phone number to the same phone number in a short period.",
+            )
         if req.type in MEDIA_TYPES and req.obj.get("id") and req.obj["id"] not in state.media:
             failure = failure or (131053, f"Media id {req.obj['id']} was not found.")
         wamid = new_wamid()
@@ -89,31 +103,62 @@ class Outbound:
             "contacts": [{"input": req.to, "wa_id": req.wa_id}],
             "messages": [{"id": wamid, "message_status": "accepted"}],
         }
-        sent = state.record_sent(Sent(phone_number_id=pnid, payload=payload, http_status=200, response=response,
-                                      wamid=wamid, to=req.to, wa_id=req.wa_id, type=req.type))
+        sent = state.record_sent(
+            Sent(
+                phone_number_id=pnid,
+                payload=payload,
+                http_status=200,
+                response=response,
+                wamid=wamid,
+                to=req.to,
+                wa_id=req.wa_id,
+                type=req.type,
+            )
+        )
         self.background.spawn(self._lifecycle(channel, sent, category, failure))
         return response
 
     def read(self, channel: Channel, req: ReadRequest) -> dict[str, Any]:
         known = self.state.inbound.get(req.message_id)
         if known is None or known["phone_number_id"] != channel.phone_number_id:
-            raise GraphError(100, "(#100) Invalid parameter",
-                             details=f"message_id {req.message_id} is not a message received by this phone number.")
-        self.state.reads.append({"phone_number_id": channel.phone_number_id, "message_id": req.message_id,
-                                 "wa_id": known["wa_id"], "typing_indicator": req.typing_indicator,
-                                 "at": time.time()})
+            raise GraphError(
+                100,
+                "(#100) Invalid parameter",
+                details=f"message_id {req.message_id} is not a message received by this phone number.",
+            )
+        self.state.reads.append(
+            {
+                "phone_number_id": channel.phone_number_id,
+                "message_id": req.message_id,
+                "wa_id": known["wa_id"],
+                "typing_indicator": req.typing_indicator,
+                "at": time.time(),
+            }
+        )
         return {"success": True}
 
     # --- status webhooks ----------------------------------------------------------------------------
     def _conversation(self, sent: Sent, category: str) -> dict[str, Any]:
         day = int(time.time() // 86400)
-        conv_id = hashlib.sha256(f"{sent.phone_number_id}:{sent.wa_id}:{category}:{day}".encode()).hexdigest()[:32]
+        conv_id = hashlib.sha256(
+            f"{sent.phone_number_id}:{sent.wa_id}:{category}:{day}".encode()
+        ).hexdigest()[:32]
         return {"id": conv_id, "expiration_timestamp": str((day + 1) * 86400), "origin": {"type": category}}
 
-    async def post_status(self, channel: Channel, sent: Sent, status: str, category: str = "service",
-                          error: tuple[int, str] | None = None) -> int | None:
-        item: dict[str, Any] = {"id": sent.wamid, "status": status, "timestamp": str(int(time.time())),
-                                "recipient_id": sent.wa_id}
+    async def post_status(
+        self,
+        channel: Channel,
+        sent: Sent,
+        status: str,
+        category: str = "service",
+        error: tuple[int, str] | None = None,
+    ) -> int | None:
+        item: dict[str, Any] = {
+            "id": sent.wamid,
+            "status": status,
+            "timestamp": str(int(time.time())),
+            "recipient_id": sent.wa_id,
+        }
         if status in ("sent", "delivered"):
             item["conversation"] = self._conversation(sent, category)
             item["pricing"] = {"billable": True, "pricing_model": "CBP", "category": category}
@@ -134,20 +179,32 @@ class Outbound:
             sent.media = {"link": link, "error": str(exc)}
             return 131053, f"Downloading media from weblink failed: {type(exc).__name__}."
         mime = response.headers.get("content-type", "")
-        sent.media = {"link": link, "status_code": response.status_code, "content_type": mime,
-                      "size": len(response.content), "sha256": hashlib.sha256(response.content).hexdigest()}
+        sent.media = {
+            "link": link,
+            "status_code": response.status_code,
+            "content_type": mime,
+            "size": len(response.content),
+            "sha256": hashlib.sha256(response.content).hexdigest(),
+        }
         if response.status_code != 200:
-            return 131053, (f"Downloading media from weblink failed with http code {response.status_code}, "
-                            f"status message {response.reason_phrase}")
+            return 131053, (
+                f"Downloading media from weblink failed with http code {response.status_code}, "
+                f"status message {response.reason_phrase}"
+            )
         problem = check_media(kind, mime, len(response.content))
         return (131053, problem) if problem else None
 
-    async def _lifecycle(self, channel: Channel, sent: Sent, category: str,
-                         failure: tuple[int, str] | None) -> None:
+    async def _lifecycle(
+        self, channel: Channel, sent: Sent, category: str, failure: tuple[int, str] | None
+    ) -> None:
         opts = self.state.options
         delays = [*opts.status_delays_s, 0.0, 0.0, 0.0][:3]
-        if failure is None and sent.type in MEDIA_TYPES and "link" in sent.payload[str(sent.type)] \
-                and opts.fetch_media_links:
+        if (
+            failure is None
+            and sent.type in MEDIA_TYPES
+            and "link" in sent.payload[str(sent.type)]
+            and opts.fetch_media_links
+        ):
             failure = await self._fetch_link(sent)
         await asyncio.sleep(delays[0])
         if failure is not None:

@@ -28,8 +28,11 @@ class GraphOptions(BaseModel):
     webhook_url: str = "http://127.0.0.1:8080/webhooks/meta"
     app_secret: str = "sandbox-app-secret"
     channels: list[Channel] = [
-        Channel(phone_number_id="100000000000001", display_phone_number="15550000001",
-                access_token="sandbox-wa-token")
+        Channel(
+            phone_number_id="100000000000001",
+            display_phone_number="15550000001",
+            access_token="sandbox-wa-token",
+        )
     ]
     # whatsapp.md A5: 80 mps per number by default (1,000 when upgraded, 20 for coexistence).
     throughput_mps: float = Field(80.0, gt=0)

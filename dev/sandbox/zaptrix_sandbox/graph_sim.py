@@ -57,8 +57,15 @@ def register(app: App, sb: GraphSandbox) -> None:
         contact, message = build(spec, wa_id, channel, sb.state)
         payload = envelope(channel, value_of(channel, contacts=[contact], messages=[message]))
         delivery, status = await sb.sender.send("message", payload, spec.signature)
-        return json_response({"wamid": message["id"], "delivery_id": delivery.id,
-                              "status_code_from_gateway": status, "gateway_status": status, "payload": payload})
+        return json_response(
+            {
+                "wamid": message["id"],
+                "delivery_id": delivery.id,
+                "status_code_from_gateway": status,
+                "gateway_status": status,
+                "payload": payload,
+            }
+        )
 
     @app.post("/_sandbox/webhooks")
     async def batch(request: Request) -> HTTPResponse:
@@ -75,15 +82,26 @@ def register(app: App, sb: GraphSandbox) -> None:
         if spec.layout == "messages":
             channel = built[0][0]
             contacts = list({c["wa_id"]: c for _, c, _ in built}.values())
-            payload = envelope(channel, value_of(channel, contacts=contacts, messages=[m for _, _, m in built]))
+            payload = envelope(
+                channel, value_of(channel, contacts=contacts, messages=[m for _, _, m in built])
+            )
         else:
-            entries = [envelope(ch, value_of(ch, contacts=[c], messages=[m]))["entry"][0] for ch, c, m in built]
+            entries = [
+                envelope(ch, value_of(ch, contacts=[c], messages=[m]))["entry"][0] for ch, c, m in built
+            ]
             if spec.layout == "changes":
                 entries = [{"id": entries[0]["id"], "changes": [e["changes"][0] for e in entries]}]
             payload = {"object": "whatsapp_business_account", "entry": entries}
         delivery, status = await sb.sender.send("batch", payload, spec.signature)
-        return json_response({"wamids": [m["id"] for _, _, m in built], "delivery_id": delivery.id,
-                              "status_code_from_gateway": status, "gateway_status": status, "payload": payload})
+        return json_response(
+            {
+                "wamids": [m["id"] for _, _, m in built],
+                "delivery_id": delivery.id,
+                "status_code_from_gateway": status,
+                "gateway_status": status,
+                "payload": payload,
+            }
+        )
 
     @app.post("/_sandbox/webhooks/<delivery_id>/replay")
     async def replay(request: Request, delivery_id: str) -> HTTPResponse:
@@ -94,7 +112,9 @@ def register(app: App, sb: GraphSandbox) -> None:
         copy.body, copy.headers, copy.signature = original.body, dict(original.headers), original.signature
         copy.replay_of = delivery_id
         status = await sb.sender.deliver(copy)
-        return json_response({"delivery_id": copy.id, "status_code_from_gateway": status, "gateway_status": status})
+        return json_response(
+            {"delivery_id": copy.id, "status_code_from_gateway": status, "gateway_status": status}
+        )
 
     @app.post("/_sandbox/statuses")
     async def inject_status(request: Request) -> HTTPResponse:
@@ -105,8 +125,11 @@ def register(app: App, sb: GraphSandbox) -> None:
             return _bad("need the wamid of an accepted send and status sent|delivered|read|failed")
         channel = sb.state.channel(sent.phone_number_id)
         assert channel is not None
-        error = (int(body.get("error_code", 131000)), str(body.get("details", "Something went wrong"))) \
-            if status == "failed" else None
+        error = (
+            (int(body.get("error_code", 131000)), str(body.get("details", "Something went wrong")))
+            if status == "failed"
+            else None
+        )
         code = await sb.outbound.post_status(channel, sent, status, error=error)
         return json_response({"status_code_from_gateway": code, "gateway_status": code})
 
@@ -133,8 +156,15 @@ def register(app: App, sb: GraphSandbox) -> None:
         item = sb.state.media.get(media_id)
         if item is None:
             return _bad("unknown media", 404)
-        return json_response({"id": item.id, "mime_type": item.mime_type, "size": len(item.data),
-                              "sha256": item.sha256_hex, "filename": item.filename})
+        return json_response(
+            {
+                "id": item.id,
+                "mime_type": item.mime_type,
+                "size": len(item.data),
+                "sha256": item.sha256_hex,
+                "filename": item.filename,
+            }
+        )
 
     @app.post("/_sandbox/reset")
     async def reset(request: Request) -> HTTPResponse:
@@ -144,10 +174,20 @@ def register(app: App, sb: GraphSandbox) -> None:
         return json_response({"reset": True})
 
     def config_view() -> dict[str, Any]:
-        windows = [{"phone_number_id": p, "wa_id": w, "last_inbound_at": t,
-                    "window_open": sb.state.window_open(p, w)} for (p, w), t in sb.state.last_inbound.items()]
-        return {"options": sb.state.options.model_dump(), "customers": windows,
-                "expired_tokens": sorted(sb.state.expired_tokens)}
+        windows = [
+            {
+                "phone_number_id": p,
+                "wa_id": w,
+                "last_inbound_at": t,
+                "window_open": sb.state.window_open(p, w),
+            }
+            for (p, w), t in sb.state.last_inbound.items()
+        ]
+        return {
+            "options": sb.state.options.model_dump(),
+            "customers": windows,
+            "expired_tokens": sorted(sb.state.expired_tokens),
+        }
 
     @app.get("/_sandbox/config")
     async def get_config(request: Request) -> HTTPResponse:
@@ -168,8 +208,9 @@ def register(app: App, sb: GraphSandbox) -> None:
         now = time.time()
         for w in windows:
             pnid = w.phone_number_id or options.channels[0].phone_number_id
-            sb.state.last_inbound[(pnid, w.wa_id)] = None if w.last_inbound_ago_s is None \
-                else now - w.last_inbound_ago_s
+            sb.state.last_inbound[(pnid, w.wa_id)] = (
+                None if w.last_inbound_ago_s is None else now - w.last_inbound_ago_s
+            )
         sb.state.expired_tokens.update(str(t) for t in expire)
         return json_response(config_view())
 
@@ -178,8 +219,16 @@ def register(app: App, sb: GraphSandbox) -> None:
         """Performs Meta's GET verification handshake against the gateway."""
         body = request.json or {}
         challenge = secrets.token_hex(8)
-        params = {"hub.mode": "subscribe", "hub.verify_token": str(body.get("verify_token", "")),
-                  "hub.challenge": challenge}
+        params = {
+            "hub.mode": "subscribe",
+            "hub.verify_token": str(body.get("verify_token", "")),
+            "hub.challenge": challenge,
+        }
         response = await sb.client.get(str(body.get("url") or sb.state.options.webhook_url), params=params)
-        return json_response({"status_code": response.status_code, "body": response.text[:500],
-                              "challenge_echoed": response.status_code == 200 and response.text == challenge})
+        return json_response(
+            {
+                "status_code": response.status_code,
+                "body": response.text[:500],
+                "challenge_echoed": response.status_code == 200 and response.text == challenge,
+            }
+        )

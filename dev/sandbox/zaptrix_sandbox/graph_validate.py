@@ -11,8 +11,19 @@ from typing import Any
 
 from .graph_errors import param_error
 
-MESSAGE_TYPES = ("text", "image", "video", "audio", "document", "sticker", "location", "contacts",
-                 "interactive", "template", "reaction")
+MESSAGE_TYPES = (
+    "text",
+    "image",
+    "video",
+    "audio",
+    "document",
+    "sticker",
+    "location",
+    "contacts",
+    "interactive",
+    "template",
+    "reaction",
+)
 MEDIA_TYPES = ("image", "video", "audio", "document", "sticker")
 TOP_LEVEL = {"messaging_product", "recipient_type", "to", "type", "context", "biz_opaque_callback_data"}
 MEDIA_KEYS = {
@@ -22,7 +33,15 @@ MEDIA_KEYS = {
     "document": {"id", "link", "caption", "filename"},
     "sticker": {"id", "link"},
 }
-INTERACTIVE_TYPES = ("button", "list", "cta_url", "product", "product_list", "flow", "location_request_message")
+INTERACTIVE_TYPES = (
+    "button",
+    "list",
+    "cta_url",
+    "product",
+    "product_list",
+    "flow",
+    "location_request_message",
+)
 _PHONE = re.compile(r"^\+?[0-9][0-9 ()\-]{5,20}$")
 
 
@@ -43,8 +62,9 @@ class ReadRequest:
 
 def _require(obj: dict[str, Any], key: str, path: str) -> Any:
     if key not in obj or obj[key] is None or obj[key] == "":
-        raise param_error(f"The parameter {path}['{key}'] is required." if path else
-                          f"The parameter {key} is required.")
+        raise param_error(
+            f"The parameter {path}['{key}'] is required." if path else f"The parameter {key} is required."
+        )
     return obj[key]
 
 
@@ -67,8 +87,10 @@ def _object(value: Any, path: str) -> dict[str, Any]:
 def _only(obj: dict[str, Any], allowed: set[str], path: str) -> None:
     for key in obj:
         if key not in allowed:
-            raise param_error(f"Param {path}['{key}'] is not allowed.",
-                              details=f"{path} accepts only: {', '.join(sorted(allowed))}")
+            raise param_error(
+                f"Param {path}['{key}'] is not allowed.",
+                details=f"{path} accepts only: {', '.join(sorted(allowed))}",
+            )
 
 
 def _number(value: Any, path: str) -> float:
@@ -96,8 +118,9 @@ def _media(kind: str, obj: dict[str, Any]) -> None:
 def _interactive(obj: dict[str, Any]) -> None:
     kind = _require(obj, "type", "interactive")
     if kind not in INTERACTIVE_TYPES:
-        raise param_error(f"Param interactive['type'] must be one of {{{', '.join(INTERACTIVE_TYPES)}}} "
-                          f"- got \"{kind}\".")
+        raise param_error(
+            f"Param interactive['type'] must be one of {{{', '.join(INTERACTIVE_TYPES)}}} - got \"{kind}\"."
+        )
     if kind in ("button", "list", "cta_url"):
         body = _object(_require(obj, "body", "interactive"), "interactive['body']")
         _string(_require(body, "text", "interactive['body']"), "interactive['body']['text']", 1024)
@@ -108,7 +131,9 @@ def _interactive(obj: dict[str, Any]) -> None:
         header = _object(obj["header"], "interactive['header']")
         htype = _require(header, "type", "interactive['header']")
         if htype in MEDIA_TYPES:
-            media = _object(_require(header, htype, "interactive['header']"), f"interactive['header']['{htype}']")
+            media = _object(
+                _require(header, htype, "interactive['header']"), f"interactive['header']['{htype}']"
+            )
             if "link" not in media:  # whatsapp.md A3: interactive headers need a link, not a media id
                 raise param_error(f"Param interactive['header']['{htype}'] must use link.")
     action = _object(_require(obj, "action", "interactive"), "interactive['action']")
@@ -144,7 +169,9 @@ def _template(obj: dict[str, Any]) -> None:
     if not isinstance(components, list):
         raise param_error("Param template['components'] must be an array.")
     for i, component in enumerate(components):
-        ctype = _require(_object(component, f"template['components'][{i}]"), "type", f"template['components'][{i}]")
+        ctype = _require(
+            _object(component, f"template['components'][{i}]"), "type", f"template['components'][{i}]"
+        )
         if ctype not in ("header", "body", "footer", "button"):
             raise param_error(f"Param template['components'][{i}]['type'] is invalid.")
 
@@ -153,8 +180,13 @@ def _contacts(value: Any) -> None:
     if not isinstance(value, list) or not value:
         raise param_error("Param contacts must be a non-empty array.")
     for i, contact in enumerate(value):
-        name = _object(_require(_object(contact, f"contacts[{i}]"), "name", f"contacts[{i}]"), f"contacts[{i}]['name']")
-        _string(_require(name, "formatted_name", f"contacts[{i}]['name']"), f"contacts[{i}]['name']['formatted_name']")
+        name = _object(
+            _require(_object(contact, f"contacts[{i}]"), "name", f"contacts[{i}]"), f"contacts[{i}]['name']"
+        )
+        _string(
+            _require(name, "formatted_name", f"contacts[{i}]['name']"),
+            f"contacts[{i}]['name']['formatted_name']",
+        )
 
 
 def body_of(kind: str, obj: Any) -> None:
@@ -192,28 +224,31 @@ def validate(body: Any) -> SendRequest | ReadRequest:
         raise param_error("Invalid parameter", details="The request body must be a JSON object.")
     product = _require(body, "messaging_product", "")
     if product != "whatsapp":
-        raise param_error(f"Param messaging_product must be one of {{WHATSAPP}} - got \"{product}\".")
+        raise param_error(f'Param messaging_product must be one of {{WHATSAPP}} - got "{product}".')
     if "status" in body:  # mark as read (+ optional typing indicator)
         _only(body, {"messaging_product", "status", "message_id", "typing_indicator"}, "root")
         if body["status"] != "read":
-            raise param_error(f"Param status must be one of {{READ}} - got \"{body['status']}\".")
+            raise param_error(f'Param status must be one of {{READ}} - got "{body["status"]}".')
         message_id = _string(_require(body, "message_id", ""), "message_id")
         typing = body.get("typing_indicator")
         if typing is not None and typing != {"type": "text"}:
             raise param_error("Param typing_indicator['type'] must be one of {TEXT}.")
         return ReadRequest(message_id=message_id, typing_indicator=typing is not None)
     if body.get("recipient_type", "individual") != "individual":
-        raise param_error(f"Param recipient_type must be one of {{INDIVIDUAL}} - got \"{body['recipient_type']}\".")
+        raise param_error(
+            f'Param recipient_type must be one of {{INDIVIDUAL}} - got "{body["recipient_type"]}".'
+        )
     to = _string(_require(body, "to", ""), "to")
     if not _PHONE.match(to):
         raise param_error("Invalid parameter", details=f"Invalid value for to: {to!r} is not a phone number.")
     kind = body.get("type", "text")  # Graph defaults type to text
     if kind not in MESSAGE_TYPES:
-        raise param_error(f"Param type must be one of {{{', '.join(t.upper() for t in MESSAGE_TYPES)}}} "
-                          f"- got \"{kind}\".")
+        raise param_error(
+            f'Param type must be one of {{{", ".join(t.upper() for t in MESSAGE_TYPES)}}} - got "{kind}".'
+        )
     for key in body:
         if key not in TOP_LEVEL and key != kind:
-            raise param_error(f"Unexpected key \"{key}\" on param root.")
+            raise param_error(f'Unexpected key "{key}" on param root.')
     body_of(kind, _require(body, kind, ""))
     context_id: str | None = None
     if "context" in body:

@@ -63,17 +63,30 @@ class WebhookSender:
             headers["X-Hub-Signature"] = "sha1=" + sha1
         elif signature == "invalid":
             headers["X-Hub-Signature-256"] = sign(self.options.app_secret + "-wrong", body)
-        delivery = Delivery(id=self.state.next_id("wh-"), kind=kind, body=body,
-                            signature=headers.get("X-Hub-Signature-256", ""), headers=headers)
+        delivery = Delivery(
+            id=self.state.next_id("wh-"),
+            kind=kind,
+            body=body,
+            signature=headers.get("X-Hub-Signature-256", ""),
+            headers=headers,
+        )
         self.state.deliveries[delivery.id] = delivery
         return delivery
 
     async def _attempt(self, delivery: Delivery) -> int | None:
         started = time.time()
-        record: dict[str, Any] = {"attempt": len(delivery.attempts) + 1, "at": started, "url": self.options.webhook_url}
+        record: dict[str, Any] = {
+            "attempt": len(delivery.attempts) + 1,
+            "at": started,
+            "url": self.options.webhook_url,
+        }
         try:
-            response = await self.client.post(self.options.webhook_url, content=delivery.body,
-                                              headers=delivery.headers, timeout=self.options.webhook_timeout_s)
+            response = await self.client.post(
+                self.options.webhook_url,
+                content=delivery.body,
+                headers=delivery.headers,
+                timeout=self.options.webhook_timeout_s,
+            )
             record.update(status_code=response.status_code, response=response.text[:2000], error=None)
         except httpx.HTTPError as exc:
             record.update(status_code=None, response=None, error=f"{type(exc).__name__}: {exc}")
@@ -94,6 +107,8 @@ class WebhookSender:
             self.background.spawn(self._retry(delivery))
         return status
 
-    async def send(self, kind: str, payload: dict[str, Any], signature: str = "valid") -> tuple[Delivery, int | None]:
+    async def send(
+        self, kind: str, payload: dict[str, Any], signature: str = "valid"
+    ) -> tuple[Delivery, int | None]:
         delivery = self.prepare(kind, payload, signature)
         return delivery, await self.deliver(delivery)

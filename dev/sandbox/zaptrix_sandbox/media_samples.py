@@ -33,7 +33,12 @@ def _png_chunk(kind: bytes, data: bytes) -> bytes:
 def png() -> bytes:
     ihdr = struct.pack(">IIBBBBB", 1, 1, 8, 2, 0, 0, 0)  # 1x1, 8-bit RGB
     idat = zlib.compress(b"\x00\x25\xd3\x66")  # filter byte + one green pixel
-    return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", idat) + _png_chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", ihdr)
+        + _png_chunk(b"IDAT", idat)
+        + _png_chunk(b"IEND", b"")
+    )
 
 
 def _ogg_crc(data: bytes) -> int:
@@ -75,7 +80,10 @@ def mp4() -> bytes:
     matrix = struct.pack(">9I", 0x10000, 0, 0, 0, 0x10000, 0, 0, 0, 0x40000000)
     mvhd = _box(
         b"mvhd",
-        struct.pack(">IIIIIIH", 0, 0, 0, 1000, 0, 0x10000, 0x100) + b"\x00" * 10 + matrix + b"\x00" * 24
+        struct.pack(">IIIIIIH", 0, 0, 0, 1000, 0, 0x10000, 0x100)
+        + b"\x00" * 10
+        + matrix
+        + b"\x00" * 24
         + struct.pack(">I", 1),
     )
     return ftyp + _box(b"moov", mvhd)
@@ -132,8 +140,14 @@ DEFAULT_MIME = {
 }
 
 _BY_EXTENSION = {
-    "jpg": "image/jpeg", "jpeg": "image/jpeg", "png": "image/png", "webp": "image/webp",
-    "ogg": "audio/ogg", "mp4": "video/mp4", "pdf": "application/pdf", "txt": "text/plain",
+    "jpg": "image/jpeg",
+    "jpeg": "image/jpeg",
+    "png": "image/png",
+    "webp": "image/webp",
+    "ogg": "audio/ogg",
+    "mp4": "video/mp4",
+    "pdf": "application/pdf",
+    "txt": "text/plain",
 }
 
 
