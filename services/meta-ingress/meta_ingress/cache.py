@@ -12,7 +12,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from prometheus_client import Counter
 from zaptrix.logging import get_logger
@@ -56,10 +56,14 @@ class AsyncTtlCache(Generic[K, V]):
         self._max_entries = max_entries
         self._entries: dict[K, _Entry[V]] = {}
         self._inflight: dict[K, asyncio.Task[V]] = {}
+        self._children: dict[str, Any] = {}
 
     def _count(self, result: str) -> None:
         if self._counter is not None:
-            self._counter.labels(result).inc()
+            child = self._children.get(result)
+            if child is None:  # .labels() takes a lock and builds a key: once per result, not per call
+                child = self._children[result] = self._counter.labels(result)
+            child.inc()
 
     def peek(self, key: K) -> V | None:
         entry = self._entries.get(key)

@@ -8,6 +8,7 @@ without one) or GraphTransportError (no usable answer); errors.py decides what e
 from __future__ import annotations
 
 import email.utils
+import re
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -20,6 +21,7 @@ from zaptrix.metrics import EXTERNAL_CALLS, EXTERNAL_LATENCY
 from meta_ingress.settings import MetaSettings, url_allowed
 
 PLATFORM = "meta"
+_TITLE_PREFIX = re.compile(r"^\(#\d+\)\s*")  # "(#131047) Re-engagement message" -> the title
 
 
 class GraphApiError(Exception):
@@ -110,7 +112,7 @@ def error_from_response(response: httpx.Response, body: bytes | None = None) -> 
         str(err.get("message") or ""),
         subcode=int(subcode) if isinstance(subcode, int) else None,
         details=str(error_data.get("details") or ""),
-        title=str(err.get("error_user_title") or err.get("type") or ""),
+        title=str(err.get("error_user_title") or _TITLE_PREFIX.sub("", str(err.get("message") or ""))),
         fbtrace_id=str(err.get("fbtrace_id") or ""),
         retry_after=retry_after,
     )

@@ -11,6 +11,7 @@ CASES = [
     # signature prefix of Open Lines (NEED_SIGNATURE)
     ("[b]Operator:[/b][br] Hello", "*Operator:*\nHello"),
     ("[B]John Smith:[/B][BR] Hi", "*John Smith:*\nHi"),
+    ("[b]Klaus Weber:[/b] [br]Guten Tag!", "*Klaus Weber:*\nGuten Tag!"),  # bitrix24.md sample event
     # inline styles
     ("[b]bold[/b]", "*bold*"),
     ("[i]italic[/i]", "_italic_"),

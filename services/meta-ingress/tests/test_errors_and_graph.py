@@ -110,6 +110,7 @@ async def test_send_parses_the_wamid_and_the_error_envelope() -> None:
         await client.send_message("55", "tok", {"to": "2"})
     assert (err.value.code, err.value.http_status, err.value.retry_after) == (130429, 429, 3.0)
     assert err.value.details == "slow down" and err.value.fbtrace_id == "Axyz"
+    assert err.value.title == "Rate limit hit"
     await client.aclose()
 
 
