@@ -145,6 +145,11 @@ def _timestamp(value: Any) -> int:
     return int(time.time())
 
 
+def _size(value: Any) -> int:
+    text = _str(value)
+    return int(text) if text.isdigit() and int(text) < 2**63 else 0
+
+
 def _filename(kind: str, media_id: str, mime: str, given: str) -> str:
     if given:
         return given
@@ -333,7 +338,7 @@ def customer_message(
                 caption=caption,
                 kind=media_kind,
                 url=media_url(pnid, media_id, filename),
-                file_size=body["file_size"] if isinstance(body.get("file_size"), int) else 0,
+                file_size=_size(body.get("file_size")),
             )
         )
         text = caption

@@ -182,6 +182,10 @@ class Webhooks:
         except (WebhookShapeError, RecursionError) as exc:
             WEBHOOKS.labels("malformed").inc()
             return _error(400, f"not a WhatsApp Cloud API webhook: {exc}")
+        except Exception:  # a bug of ours must not turn garbage into a 500 loop
+            WEBHOOKS.labels("malformed").inc()
+            log.exception("webhook envelope could not be read")
+            return _error(400, "not a WhatsApp Cloud API webhook")
         for fld in hook.ignored_fields:
             IGNORED_CHANGES.labels(fld[:40]).inc()
         channels = hook.channels
@@ -212,6 +216,10 @@ class Webhooks:
             WEBHOOKS.labels("malformed").inc()
             log.warning("signed webhook with an unreadable item", reason=str(exc))
             return _error(400, f"unreadable webhook item: {exc}")
+        except Exception:  # Meta keeps a refused webhook and retries it: nothing is lost while we fix this
+            WEBHOOKS.labels("malformed").inc()
+            log.exception("signed webhook could not be normalized")
+            return _error(400, "unreadable webhook item")
         for pnid, code, title, details in result.system_errors:
             WEBHOOK_SYSTEM_ERRORS.labels(str(code)).inc()
             log.error("Meta reported an error", phone_number_id=pnid, code=code, title=title, details=details)

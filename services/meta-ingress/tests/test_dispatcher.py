@@ -405,3 +405,23 @@ async def test_unknown_conversation_goes_to_dead_letters(
     dead = await dead_letters.take(1)
     assert dead and dead[0].envelope.event_id == env.event_id
     assert "unknown conversation" in dead[0].headers["zaptrix-dlq-reason"]
+
+
+async def test_recording_failure_after_send_does_not_send_twice(
+    dispatcher: Proc, sandbox: httpx.AsyncClient, fresh: Fakes, producer: EventProducer, topic_prefix: str
+) -> None:
+    """The mapper fails MarkProcessed longer than the in-process attempts: the event goes through the retry
+    topic, and the retry only records the send it remembers instead of sending again."""
+    wa = customer()
+    await open_windows(sandbox, wa)
+    conv = fresh.mapper.add_conversation(wa)
+    fresh.mapper.fail_mark = 5
+    env = operator_message(conv, "only once")
+    await publish(producer, topic_prefix, env)
+    deadline = time.monotonic() + 15
+    while env.event_id not in fresh.mapper.processed and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    sent = await sent_to(sandbox, wa)
+    assert len(sent) == 1
+    assert fresh.mapper.processed[env.event_id] == sent[0]["wamid"]
+    assert fresh.mapper.calls.count(f"MarkProcessed:{env.event_id}") == 6

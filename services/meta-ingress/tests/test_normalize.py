@@ -285,7 +285,7 @@ def test_fuzz_only_shape_errors_escape() -> None:
     """Random damage to valid payloads of every type: a result or WebhookShapeError, nothing else."""
     messages = [
         msg("text", {"body": "x"}, context={"id": "w", "forwarded": True}),
-        msg("image", {"id": "1", "mime_type": "image/png", "caption": "c"}),
+        msg("image", {"id": "1", "mime_type": "image/png", "caption": "c", "file_size": 12}),
         msg("audio", {"id": "2", "voice": True}),
         msg("location", {"latitude": 1, "longitude": 2}),
         msg(
