@@ -55,7 +55,7 @@ from bitrix_ingress.metrics import (
     STATUSES,
 )
 from bitrix_ingress.pacing import PacerRegistry
-from bitrix_ingress.portal import PortalClient
+from bitrix_ingress.portal import PortalClient, RateLimitWaitExceeded
 from bitrix_ingress.rest import (
     AccessDenied,
     ArgumentError,
@@ -493,17 +493,24 @@ class BitrixDispatcher:
         )
         broken: dict[str, str] = {}
         made = 0
+        throttled: BaseException | None = None
         for request in requests:
+            if throttled is not None:
+                # The portal stayed rate limited beyond the in-place wait: do not wait again for every
+                # request of this batch (the consumer must keep polling); retry them through the topic.
+                for call in request:
+                    _fail_call(call, throttled)
+                continue
             request = self._hold_broken(request, broken)
             if not request:
                 continue
             made += await self._execute(member_id, request)
             for call in request:
-                if call.method != dl.SEND_MESSAGES:
-                    continue
                 for item in call.items:
                     work: Work = item.owner
-                    if work.error is not None and work.conv_key:
+                    if isinstance(work.error, RateLimitWaitExceeded):
+                        throttled = work.error
+                    if call.method == dl.SEND_MESSAGES and work.error is not None and work.conv_key:
                         broken.setdefault(work.conv_key, str(work.error)[:200])
         return made
 

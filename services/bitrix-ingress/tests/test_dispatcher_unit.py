@@ -57,6 +57,7 @@ async def h(fakes: GrpcFakes) -> AsyncIterator[Harness]:
             attempts=2,
             backoff_initial_s=0.01,
             backoff_max_s=0.02,
+            rate_limit_max_wait_s=settings.bitrix_rate_limit_max_wait_s,
         )
         return BitrixDispatcher(settings, deps, portals)
 
@@ -328,3 +329,20 @@ async def test_unexpected_event_kinds_are_dead_lettered(h: Harness) -> None:
     )
     outcomes = await h.make().handle([received(env)])
     assert outcomes[0].kind == "dead" and "operator_read" in outcomes[0].reason
+
+
+async def test_a_portal_rate_limited_beyond_the_wait_does_not_stall_the_batch(h: Harness) -> None:
+    h.fakes.mapper.bind("100", "m1", 7, crm_mode=mapper_pb2.CRM_MODE_OPEN_LINE)
+    h.bitrix.script["imconnector.send.messages"] = [
+        (503, {"error": "QUERY_LIMIT_EXCEEDED", "error_description": "Too many requests"})
+    ] * 5
+    h.bitrix.script["batch"] = [(503, {"error": "QUERY_LIMIT_EXCEEDED"})] * 5
+    records = [customer(f"c{i}", n) for i in range(4) for n in range(60)]  # several requests' worth
+    import time
+
+    started = time.monotonic()
+    outcomes = await h.make(bitrix_rate_limit_max_wait_s=0.5).handle(records)
+    assert time.monotonic() - started < 3.0
+    assert {o.kind for o in outcomes} == {"retry"}
+    assert len(h.bitrix.requests) == 1  # one refused request; the rest went to the retry topic untried
+    assert outcomes[0].retry_after is not None
