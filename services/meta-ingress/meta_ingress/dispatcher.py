@@ -746,8 +746,9 @@ class MetaDispatcher:
 
     async def on_line_removed(self, lr: events_pb2.LineRemoved) -> Outcome:
         OPERATOR_EVENTS.labels("line_removed", "logged").inc()
+        what = "the Bitrix24 app was uninstalled from the portal" if lr.line_id == 0 else "Open Line removed"
         log.warning(
-            "Bitrix24 Open Line removed: its channels no longer receive operator messages",
+            f"{what}: its channels no longer receive operator messages",
             member_id=lr.member_id,
             line_id=lr.line_id,
             connector_id=lr.connector_id,
