@@ -1,8 +1,9 @@
 """Typed calls to the mapper and token-keeper (gRPC), with their failures mapped to our error kinds.
 
 ``NOT_FOUND`` becomes :class:`NotFound` (callers decide what an unknown thing means);
-``INVALID_ARGUMENT``/``PERMISSION_DENIED`` are permanent; everything else (UNAVAILABLE,
-DEADLINE_EXCEEDED, FAILED_PRECONDITION such as a portal that needs re-authorisation, ...) is
+``INVALID_ARGUMENT``, ``PERMISSION_DENIED`` and ``FAILED_PRECONDITION`` (token-keeper: the portal needs
+re-authorisation or is uninstalled, "retrying cannot help") are permanent: the event is dead-lettered with
+the reason and replayed after the fix. Everything else (UNAVAILABLE, DEADLINE_EXCEEDED, INTERNAL, ...) is
 transient: the event is retried later.
 """
 
@@ -18,7 +19,9 @@ from zaptrix.v1 import mapper_pb2, token_keeper_pb2
 
 T = TypeVar("T")
 
-_PERMANENT = frozenset({grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.PERMISSION_DENIED})
+_PERMANENT = frozenset(
+    {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.FAILED_PRECONDITION}
+)
 
 
 class NotFound(Exception):

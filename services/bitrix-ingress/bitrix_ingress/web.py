@@ -341,10 +341,23 @@ async def _install(request: Request, form: dict[str, Any]) -> HTTPResponse:
         INSTALLS.labels(kind, "refused").inc()
         log.warning("install refused", reason=exc.reason, member_id=get_member(form))
         return _problem(exc.status, exc.reason)
-    except (RpcFailed, NotFound) as exc:
+    except RpcFailed as exc:
+        if exc.permanent:  # e.g. "a new portal needs: client_id, client_secret"
+            INSTALLS.labels(kind, "refused_by_token_keeper").inc()
+            log.error(
+                "install failed: token-keeper refused the portal (set ZAPTRIX_BITRIX_CLIENT_ID/SECRET or "
+                "register the app's credentials with token-keeper-admin)",
+                reason=exc.reason,
+                member_id=get_member(form),
+            )
+            return _problem(503, f"the portal could not be stored: {exc.reason}")
         INSTALLS.labels(kind, "unavailable").inc()
-        log.error("install failed: token-keeper", reason=str(exc), member_id=get_member(form))
+        log.error("install failed: token-keeper unavailable", reason=exc.reason, member_id=get_member(form))
         return _problem(503, "token-keeper unavailable, try again")
+    except NotFound as exc:
+        INSTALLS.labels(kind, "unavailable").inc()
+        log.error("install failed", reason=exc.reason, member_id=get_member(form))
+        return _problem(503, "try again")
     except BitrixError as exc:
         INSTALLS.labels(kind, "bitrix_error").inc()
         log.error("install failed: bitrix24 refused the setup", reason=exc.reason, member_id=get_member(form))

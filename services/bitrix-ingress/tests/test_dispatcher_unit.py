@@ -346,3 +346,13 @@ async def test_a_portal_rate_limited_beyond_the_wait_does_not_stall_the_batch(h:
     assert {o.kind for o in outcomes} == {"retry"}
     assert len(h.bitrix.requests) == 1  # one refused request; the rest went to the retry topic untried
     assert outcomes[0].retry_after is not None
+
+
+async def test_a_portal_that_needs_reauthorisation_is_dead_lettered_at_once(h: Harness) -> None:
+    h.fakes.token_keeper.fail["GetAccessToken"] = [grpc.StatusCode.FAILED_PRECONDITION]
+    h.fakes.mapper.bind("100", "m1", 7, crm_mode=mapper_pb2.CRM_MODE_OPEN_LINE)
+    outcomes = await h.make().handle([customer("a", 1)])
+    assert outcomes[0].kind == "dead" and "FAILED_PRECONDITION" in outcomes[0].reason
+    h.fakes.token_keeper.fail["GetAccessToken"] = [grpc.StatusCode.UNAVAILABLE]
+    outcomes = await h.make().handle([customer("a", 2)])
+    assert outcomes[0].kind == "retry"
