@@ -24,6 +24,14 @@ class Clients:
         self.token_keeper = token_keeper_pb2_grpc.TokenKeeperStub(self._tk_channel)
 
     @property
+    def mapper_channel(self) -> grpc.aio.Channel:
+        return self._mapper_channel
+
+    @property
+    def token_keeper_channel(self) -> grpc.aio.Channel:
+        return self._tk_channel
+
+    @property
     def timeout(self) -> float:
         return self.settings.grpc_timeout_s
 

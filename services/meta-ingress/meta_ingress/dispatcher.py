@@ -792,10 +792,10 @@ async def run(settings: DispatcherSettings, kafka: KafkaSettings, grpc_settings:
         return consumer is not None and consumer.healthy()
 
     async def mapper_up() -> bool:
-        return await grpc_health_check(clients._mapper_channel)()
+        return await grpc_health_check(clients.mapper_channel)()
 
     async def token_keeper_up() -> bool:
-        return await grpc_health_check(clients._tk_channel)()
+        return await grpc_health_check(clients.token_keeper_channel)()
 
     producer_box: list[EventProducer] = []
 

@@ -415,7 +415,7 @@ def create_app(
     instrument_sanic(app)
 
     async def token_keeper_up() -> bool:
-        return await grpc_health_check(hooks.clients._tk_channel)()
+        return await grpc_health_check(hooks.clients.token_keeper_channel)()
 
     add_ops_routes(app, SERVICE, checks={"kafka": hooks.producer.healthy, "token_keeper": token_keeper_up})
     app.add_route(hooks.verify, "/webhooks/meta", methods=["GET"], name="webhook_verify")
