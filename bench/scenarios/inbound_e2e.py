@@ -1,0 +1,137 @@
+"""inbound_e2e: a customer's message from Meta's webhook to the Bitrix24 stand-in, whole system.
+
+The whole system runs (mapper, token-keeper, both web services, both dispatchers, both stand-ins; real
+Kafka and PostgreSQL). The Bitrix24 stand-in's rate limit is raised (POST /_sandbox/config) and so is the
+bitrix dispatcher's own per-portal pacing (ZAPTRIX_BITRIX_RATE_PER_S), so neither limits: this measures
+our pipeline, not Bitrix24's 2 requests/s (that is portal_rate's job).
+
+Every customer writes once first (first contact: CRM contact + chat, not measured). Then signed webhooks
+go straight to meta-ingress at a steady rate (open loop); per message the latency is from writing the
+webhook request to the "at" of the stand-in's imconnector.send.messages call that carries its wamid.
+Every wamid must arrive exactly once (the request log and the chats are both checked).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+
+from bench.common import (
+    BenchEnv,
+    ProcessMonitor,
+    latency_summary_ms,
+    stack_pids,
+    system,
+)
+from bench.flows import (
+    WAMID_RE,
+    bitrix_config,
+    bitrix_stats,
+    chat_message_counts,
+    plan_messages,
+    send_burst,
+    send_paced,
+    wait_delivered,
+)
+from bench.result import Result, verdict
+
+NAME = "inbound_e2e"
+RATE = 200.0
+SECONDS = 15.0
+CUSTOMERS = 50
+TARGET_P99_MS = 100.0
+UNLIMITED = {"rate_limit_drain_per_s": 100000.0, "rate_limit_burst": 100000.0}
+
+
+async def run(env: BenchEnv) -> Result:
+    res = Result(
+        NAME,
+        measured=f"webhook sent → imconnector.send.messages at the Bitrix24 stand-in, {RATE:g} msg/s open loop",
+        target=f"p99 ≤ {TARGET_P99_MS:g} ms at {RATE:g} msg/s; every message exactly once",
+    )
+    seconds = env.seconds(SECONDS, 5)
+    count = int(RATE * seconds)
+    run_id = uuid.uuid4().hex[:6]
+    extra = {"bitrix-dispatcher": {"ZAPTRIX_BITRIX_RATE_PER_S": "100000", "ZAPTRIX_BITRIX_BURST": "50"}}
+    async with system(env, NAME, extra_env=extra) as sut:
+        bitrix = sut.client("bitrix")
+        await bitrix_config(bitrix, **UNLIMITED)
+        # First contact of every customer (CRM lookup/creation, chat): not part of the measurement.
+        warm = plan_messages(run_id, CUSTOMERS, CUSTOMERS, first=0)
+        wr = await send_burst(sut.ports.meta_web, warm, connections=8)
+        if len(wr.ok) != len(warm):
+            raise RuntimeError(f"warm-up webhooks not all accepted: {wr.summary()['answers']}")
+        _, _, ok = await wait_delivered(bitrix, {s.wamid for s in warm}, timeout_s=60)
+        if not ok:
+            raise RuntimeError("warm-up messages did not all reach the Bitrix24 stand-in within 60 s")
+        before = await bitrix_stats(bitrix)
+
+        items = plan_messages(run_id, count, CUSTOMERS, first=CUSTOMERS)
+        monitor = ProcessMonitor(sut.pids() | stack_pids(env) | {"bench harness (sender)": [os.getpid()]})
+        monitor.start()
+        try:
+            report = await send_paced(sut.ports.meta_web, items, RATE)
+            got, requests, complete = await wait_delivered(bitrix, {s.wamid for s in items}, timeout_s=30)
+        finally:
+            await monitor.stop()
+        chats = await chat_message_counts(bitrix)
+        after = await bitrix_stats(bitrix)
+
+    accepted = report.ok
+    latencies = [min(got[s.wamid]) - s.sent_at for s in accepted if s.wamid in got]
+    missing = [s.wamid for s in accepted if s.wamid not in got]
+    dup_requests = sum(1 for s in items if len(got.get(s.wamid, [])) > 1)
+    dup_chats = sum(1 for s in items if chats.get(s.wamid, 0) > 1)
+    lat = latency_summary_ms(latencies)
+    send_calls = [
+        r
+        for r in requests
+        if r.get("method") == "imconnector.send.messages" and r.get("at", 0) >= report.started_at
+    ]
+    per_call = [len(set(WAMID_RE.findall(str(r.get("params"))))) for r in send_calls]
+    res.details = {
+        "rate_per_s": RATE,
+        "seconds": seconds,
+        "customers": CUSTOMERS,
+        "sender": report.summary(),
+        "latency_ms": lat,
+        "delivered": len(accepted) - len(missing),
+        "missing": len(missing),
+        "missing_examples": missing[:5],
+        "duplicated_in_requests": dup_requests,
+        "duplicated_in_chats": dup_chats,
+        "all_arrived_within_timeout": complete,
+        "send_messages_calls": len(send_calls),
+        "messages_per_call_mean": round(sum(per_call) / len(per_call), 1) if per_call else None,
+        "bitrix_stats_before": before,
+        "bitrix_stats_after": after,
+        "pipeline_settings": {
+            "bitrix_stand_in": UNLIMITED,
+            "bitrix_dispatcher": extra["bitrix-dispatcher"],
+        },
+    }
+    res.processes = monitor.report()
+    non200 = len(items) - len(accepted)
+    p99 = lat["p99_ms"]
+    passed = (
+        p99 is not None
+        and p99 <= TARGET_P99_MS
+        and not missing
+        and not dup_requests
+        and not dup_chats
+        and not non200
+    )
+    res.verdict = verdict(passed)
+    res.figure = (
+        f"p50 {lat['p50_ms']} / p90 {lat['p90_ms']} / p99 {p99} / max {lat['max_ms']} ms over {lat['count']} messages "
+        f"at {report.summary()['offered_rate_per_s']} msg/s; lost {len(missing)}, duplicated "
+        f"{max(dup_requests, dup_chats)}, non-200 webhooks {non200}; "
+        f"{len(send_calls)} send.messages calls ({res.details['messages_per_call_mean']} msg/call)"
+    )
+    res.notes.append(
+        "Bitrix24 stand-in limit raised and the bitrix dispatcher's pacing set to 100000/s (burst 50) so that "
+        "Bitrix24's 2 req/s does not limit; customers' first contact happens before the measurement"
+    )
+    res.notes.append(f"measured at {time.strftime('%H:%M:%S', time.localtime(report.started_at))}")
+    return res

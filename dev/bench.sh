@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# `make bench`: the benchmarks of bench/ (see docs/benchmarks.md).
+#
+#   dev/bench.sh                      every scenario
+#   dev/bench.sh ingress portal_rate  some of them (or: make bench BENCH="ingress portal_rate")
+#   dev/bench.sh --list
+#
+# Installs what it needs (uv and the locked Python dependencies, wrk from Debian's packages, PostgreSQL
+# and Kafka through dev/stack), starts its own PostgreSQL and Kafka (own state folder and ports, so a
+# `make run` or `make test` on the same machine is not disturbed), runs `python -m bench.run`, and stops
+# what it started, also on failure or Ctrl-C. Results: bench/results/<scenario>.json and summary.json.
+#
+# Environment: BENCH (scenarios when no arguments are given), BENCH_SCALE (multiplies every duration;
+# 0.3 = a quick smoke run), ZAPTRIX_BENCH_STATE, ZAPTRIX_BENCH_PG_PORT, ZAPTRIX_BENCH_KAFKA_PORT.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export ZAPTRIX_CACHE="${ZAPTRIX_CACHE:-$HOME/.cache/zaptrix}"
+export UV_CACHE_DIR="${UV_CACHE_DIR:-$ZAPTRIX_CACHE/uv}" UV_PYTHON_DOWNLOADS=never
+export ZAPTRIX_STATE="${ZAPTRIX_BENCH_STATE:-$PWD/.local/bench}"
+# Own ports, away from `make run` (55432, Kafka 19092+19093), `make test` (55433, 19094+19095) and the
+# 1909x ports engineers pick for their own stacks.
+export PG_PORT="${ZAPTRIX_BENCH_PG_PORT:-55434}" KAFKA_PORT="${ZAPTRIX_BENCH_KAFKA_PORT:-19195}"
+export KAFKA_CONTROLLER_PORT="${ZAPTRIX_BENCH_KAFKA_CONTROLLER_PORT:-$((KAFKA_PORT + 1))}"
+
+log() { printf '[%s bench] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+
+if [[ $# -eq 0 && -n ${BENCH:-} ]]; then
+  # shellcheck disable=SC2086
+  set -- $BENCH
+fi
+
+uv=$(dev/stack/uv.sh)
+"$uv" sync --frozen --quiet
+run() { "$uv" run --frozen --no-sync "$@"; }
+
+if [[ ${1:-} == --list ]]; then run python -m bench.run --list; exit 0; fi
+# Check the scenario names before starting anything.
+run python -m bench.run --list >/dev/null
+for name in "$@"; do
+  for n in ${name//,/ }; do
+    run python -m bench.run --list | grep -qx -- "$n" || { log "unknown scenario: $n (see dev/bench.sh --list)"; exit 2; }
+  done
+done
+
+if ! command -v wrk >/dev/null; then
+  [[ $EUID -eq 0 ]] || { log "wrk is missing; run: sudo apt-get install -y wrk"; exit 1; }
+  log "installing wrk (apt-get)"
+  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk; } >&2 \
+    || { log "apt-get install wrk failed"; exit 1; }
+fi
+
+cleanup() {
+  local rc=$?
+  trap - EXIT INT TERM
+  log "stopping the bench's Kafka and PostgreSQL"
+  dev/stack/kafka.sh stop >/dev/null 2>&1 || true
+  dev/stack/postgres.sh stop >/dev/null 2>&1 || true
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+log "PostgreSQL :$PG_PORT and Kafka :$KAFKA_PORT (state $ZAPTRIX_STATE)"
+dev/stack/postgres.sh start
+dev/stack/kafka.sh start
+
+export BENCH_PG_URL BENCH_KAFKA="127.0.0.1:$KAFKA_PORT" BENCH_STATE="$ZAPTRIX_STATE"
+BENCH_PG_URL=$(dev/stack/postgres.sh url)
+export BENCH_RESULTS="${BENCH_RESULTS:-$PWD/bench/results}"
+
+# Not exec: the trap must stop the stack afterwards. The driver handles SIGINT itself (it stops every
+# process it started); a second Ctrl-C reaches it too, and its atexit hook kills what is left.
+rc=0
+run python -m bench.run "$@" || rc=$?
+exit "$rc"
