@@ -33,6 +33,8 @@ SANDBOX_WA_TOKEN = "sandbox-wa-token"
 SANDBOX_APP_SECRET = "sandbox-app-secret"
 SANDBOX_VERIFY_TOKEN = "sandbox-verify-token"
 SANDBOX_LINE_ID = 1
+SANDBOX_CLIENT_ID = "local.sandbox.app"
+SANDBOX_CLIENT_SECRET = "sandbox-client-secret"
 CONNECTOR_ID = "zaptrix_whatsapp"
 # Development-only key material: refused when ZAPTRIX_ENVIRONMENT=production.
 DEV_KEYS = "dev1:MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="
@@ -181,6 +183,9 @@ class LocalSystem:
             "ZAPTRIX_DISPATCHER_METRICS_PORT": str(p.meta_dispatcher),
         }
         bitrix = {
+            # The Bitrix24 app's OAuth client (from the app's registration; the sandbox portal's values).
+            "ZAPTRIX_BITRIX_CLIENT_ID": SANDBOX_CLIENT_ID,
+            "ZAPTRIX_BITRIX_CLIENT_SECRET": SANDBOX_CLIENT_SECRET,
             "ZAPTRIX_WEB_PORT": str(p.bitrix_web),
             "ZAPTRIX_PUBLIC_BASE_URL": f"http://127.0.0.1:{p.bitrix_web}",
             "ZAPTRIX_DISPATCHER_METRICS_PORT": str(p.bitrix_dispatcher),
