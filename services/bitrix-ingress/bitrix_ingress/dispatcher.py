@@ -605,37 +605,42 @@ class BitrixDispatcher:
 
     @contextlib.contextmanager
     def _request_spans(self, calls: list[dl.Call]) -> Iterator[None]:
-        """The HTTP request runs in the first event's trace; every other event gets its own span,
-        linked to it, so each message's trace shows its delivery call."""
-        works: list[Work] = [item.owner for call in calls for item in call.items]
-        name = "bitrix24 " + (calls[0].method if len(calls) == 1 else "batch")
-        if not works:
+        """Each event's trace gets a span named after the method that carried it (``bitrix24
+        imconnector.send.messages``); the HTTP request itself (a batch or a single call) runs inside the
+        first event's span, and every event's span links to it."""
+        owned = [(call.method, item.owner) for call in calls for item in call.items]
+        if not owned:
             yield
             return
-        attributes = {"zaptrix.bitrix.calls": len(calls), "zaptrix.bitrix.items": len(works)}
-        first = works[0].rec.span
-        links = [Link(w.rec.span.get_span_context()) for w in works[1:129]]
-        with tracer.start_as_current_span(
-            name,
-            context=trace.set_span_in_context(first),
-            kind=SpanKind.INTERNAL,
-            links=links,
-            attributes=attributes,
-        ) as request_span:
-            others = [
-                tracer.start_span(
-                    name,
-                    context=trace.set_span_in_context(w.rec.span),
-                    links=[Link(request_span.get_span_context())],
-                    attributes=attributes,
-                )
-                for w in works[1:]
-            ]
-            try:
+        request_name = "bitrix24 " + (calls[0].method if len(calls) == 1 else "batch")
+        attributes = {"zaptrix.bitrix.calls": len(calls), "zaptrix.bitrix.items": len(owned)}
+        spans = [
+            tracer.start_span(
+                f"bitrix24 {method}",
+                context=trace.set_span_in_context(work.rec.span),
+                kind=SpanKind.INTERNAL,
+                attributes={
+                    **attributes,
+                    "zaptrix.bitrix.method": method,
+                    "zaptrix.event_id": work.rec.envelope.event_id,
+                },
+            )
+            for method, work in owned
+        ]
+        try:
+            with tracer.start_as_current_span(
+                request_name,
+                context=trace.set_span_in_context(spans[0]),
+                kind=SpanKind.INTERNAL,
+                links=[Link(span.get_span_context()) for span in spans[1:129]],
+                attributes=attributes,
+            ) as request_span:
+                for span in spans:
+                    span.add_link(request_span.get_span_context())
                 yield
-            finally:
-                for span in others:
-                    span.end()
+        finally:
+            for span in spans:
+                span.end()
 
     # CRM (GATEWAY mode, first contact) -----------------------------------------------------------
 

@@ -356,3 +356,45 @@ async def test_a_portal_that_needs_reauthorisation_is_dead_lettered_at_once(h: H
     h.fakes.token_keeper.fail["GetAccessToken"] = [grpc.StatusCode.UNAVAILABLE]
     outcomes = await h.make().handle([customer("a", 2)])
     assert outcomes[0].kind == "retry"
+
+
+async def test_every_message_trace_shows_its_delivery_call(h: Harness) -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter = InMemorySpanExporter()
+    provider = trace.get_tracer_provider()
+    if not isinstance(provider, TracerProvider):  # no library instrumentation: it would leak into other tests
+        provider = TracerProvider()
+        trace.set_tracer_provider(provider)
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    records = [customer("a", 1), customer("b", 1), customer("c", 1)]
+    assert await h.run(records) == ["ok"] * 3
+    for rec in records:
+        rec.span.end()
+    spans = exporter.get_finished_spans()
+    assert isinstance(provider, TracerProvider)
+    for rec in records:
+        trace_id = rec.span.get_span_context().trace_id
+        names = {s.name for s in spans if s.context.trace_id == trace_id}
+        assert "bitrix24 imconnector.send.messages" in names, names
+        assert "bitrix24 crm.duplicate.findbycomm" in names or "bitrix24 crm" in names, names
+    # The one HTTP request of the send runs in the first event's trace; the others link to it.
+    (request,) = [
+        s
+        for s in spans
+        if s.name == "bitrix24 imconnector.send.messages"
+        and s.attributes.get("zaptrix.bitrix.items") == 3
+        and "zaptrix.bitrix.method" not in s.attributes
+    ]
+    assert request.context.trace_id == records[0].span.get_span_context().trace_id
+    per_event = [
+        s
+        for s in spans
+        if s.name == "bitrix24 imconnector.send.messages" and "zaptrix.bitrix.method" in s.attributes
+    ]
+    assert len(per_event) == 3 and all(
+        request.context in [link.context for link in s.links] for s in per_event
+    )
+    assert not any("access-1" in str(s.attributes) for s in spans)
