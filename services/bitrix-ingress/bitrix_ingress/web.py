@@ -220,9 +220,14 @@ async def _resolve_replies(ctx: Ctx, normalized: ev.Normalized) -> None:
             env.operator_message.reply_to_external_id = link.wamid
 
 
+def _label(event: str) -> str:
+    """A bounded metric label: the event names we know, else "other" (the name comes from the caller)."""
+    return event if event in ev.HANDLED or event == ev.APP_INSTALL else ("unknown" if not event else "other")
+
+
 def _lost(event: str, reason: str, form: dict[str, Any], detail: str) -> HTTPResponse:
-    EVENTS_RECEIVED.labels(event or "unknown", "unavailable").inc()
-    EVENTS_LOST.labels(event or "unknown", reason).inc()
+    EVENTS_RECEIVED.labels(_label(event), "unavailable").inc()
+    EVENTS_LOST.labels(_label(event), reason).inc()
     log.error(
         "bitrix24 event NOT accepted; Bitrix24 will not resend it (the operator sees the message undelivered)",
         bitrix_event=ev.redacted(form),
@@ -251,7 +256,7 @@ async def _outbound(request: Request, form: dict[str, Any]) -> HTTPResponse:
     if not event:
         EVENTS_RECEIVED.labels("unknown", "malformed").inc()
         return _problem(400, "no event name")
-    label = event if event in ev.HANDLED or event == ev.APP_INSTALL else "other"
+    label = _label(event)
     if event == ev.APP_INSTALL:
         return await _install(request, form)
     auth = ev.Auth.from_form(form)
@@ -296,8 +301,18 @@ async def _outbound(request: Request, form: dict[str, Any]) -> HTTPResponse:
     except (PublishError, TimeoutError) as exc:
         return _lost(event, "kafka_unavailable", form, repr(exc))
     EVENTS_RECEIVED.labels(label, "accepted").inc()
-    if event == ev.APP_UNINSTALL:
-        log.warning("bitrix24 app uninstalled", member_id=auth.member_id)
+    for env in envelopes:
+        if env.WhichOneof("kind") == "line_removed":
+            removed = env.line_removed
+            log.warning(
+                "bitrix24 app uninstalled"
+                if event == ev.APP_UNINSTALL
+                else "connector removed from an Open Line",
+                member_id=removed.member_id,
+                connector_id=removed.connector_id,
+                line_id=removed.line_id,
+                bitrix_event=event,
+            )
     return json({"ok": True, "events": len(envelopes), "event_ids": [e.event_id for e in envelopes]})
 
 

@@ -485,26 +485,39 @@ async def test_ui_install_page_and_a_forged_install(stack: Stack) -> None:
     assert len(stack.fakes.token_keeper.upserts) == upserts
 
 
-async def test_uninstall_is_relayed(stack: Stack) -> None:
-    """Last: the stand-in removes the connector and the bindings."""
-    resp = await stack.sandbox_post("/uninstall")
-    assert resp["gateway_status"] == 200, resp
+async def removed_events(stack: Stack, prefix: str) -> list[events_pb2.Envelope]:
     consumer = AIOKafkaConsumer(
         topics_for(Flow.B24_TO_WA, stack.kafka.topic_prefix).main,
         bootstrap_servers=stack.kafka.bootstrap_servers,
         auto_offset_reset="earliest",
     )
     await consumer.start()
+    found: list[events_pb2.Envelope] = []
     try:
-        removed: list[events_pb2.Envelope] = []
         deadline = time.monotonic() + 8
-        while time.monotonic() < deadline and not removed:
+        while time.monotonic() < deadline and not found:
             for recs in (await consumer.getmany(timeout_ms=200)).values():
-                removed += [
-                    e
-                    for e in (decode(r.value, r.headers) for r in recs)
-                    if e.event_id.startswith("b24-uninstall:")
+                found += [
+                    e for e in (decode(r.value, r.headers) for r in recs) if e.event_id.startswith(prefix)
                 ]
     finally:
         await consumer.stop()
-    assert removed[0].line_removed.member_id == MEMBER and removed[0].line_removed.line_id == 0
+    return found
+
+
+async def test_line_and_connector_removal_are_relayed(stack: Stack) -> None:
+    """Near the end: the stand-in deactivates the connector on the line."""
+    for what, prefix in (("/status-delete", "b24-status-del:"), ("/line-delete", "b24-line-del:")):
+        resp = await stack.sandbox_post(what)
+        assert resp["gateway_status"] == 200, resp
+        (removed, *_) = await removed_events(stack, prefix)
+        assert (removed.line_removed.member_id, removed.line_removed.line_id) == (MEMBER, LINE)
+        assert removed.line_removed.connector_id == "zaptrix_whatsapp"
+
+
+async def test_uninstall_is_relayed(stack: Stack) -> None:
+    """Last: the stand-in removes the connector and the bindings."""
+    resp = await stack.sandbox_post("/uninstall")
+    assert resp["gateway_status"] == 200, resp
+    (removed, *_) = await removed_events(stack, "b24-uninstall:")
+    assert removed.line_removed.member_id == MEMBER and removed.line_removed.line_id == 0
