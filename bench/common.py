@@ -544,3 +544,22 @@ async def wait_until(check: Any, timeout_s: float, interval_s: float = 0.5) -> b
         if time.monotonic() > deadline:
             return False
         await asyncio.sleep(interval_s)
+
+
+def histogram_means(
+    samples: list[tuple[str, dict[str, str], float]], name: str, by: str | None = None, seconds: bool = True
+) -> dict[str, dict[str, float]]:
+    """Mean and count of a Prometheus histogram (from _sum and _count), grouped by one label."""
+    sums: dict[str, float] = {}
+    counts: dict[str, float] = {}
+    for n, labels, v in samples:
+        key = labels.get(by, "") if by else ""
+        if n == f"{name}_sum":
+            sums[key] = sums.get(key, 0.0) + v
+        elif n == f"{name}_count":
+            counts[key] = counts.get(key, 0.0) + v
+    return {
+        k: {"count": counts[k], "mean_ms": round(1000 * sums.get(k, 0.0) / counts[k], 2)}
+        for k in counts
+        if counts[k]
+    }

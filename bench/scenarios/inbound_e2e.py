@@ -20,7 +20,9 @@ import uuid
 from bench.common import (
     BenchEnv,
     ProcessMonitor,
+    histogram_means,
     latency_summary_ms,
+    scrape,
     stack_pids,
     system,
 )
@@ -77,6 +79,20 @@ async def run(env: BenchEnv) -> Result:
             await monitor.stop()
         chats = await chat_message_counts(bitrix)
         after = await bitrix_stats(bitrix)
+        breakdown: dict[str, object] = {}
+        try:
+            disp = await scrape(sut.client("bitrix_dispatcher"), "/metrics")
+            breakdown["bitrix_dispatcher_event_handle"] = histogram_means(
+                disp, "zaptrix_event_handle_seconds"
+            )
+            breakdown["bitrix_dispatcher_external_calls"] = histogram_means(
+                disp, "zaptrix_external_api_seconds", by="method"
+            )
+            breakdown["messages_per_call"] = histogram_means(
+                disp, "zaptrix_bitrix_messages_per_call", seconds=False
+            )
+        except Exception as exc:  # diagnostics only
+            breakdown["error"] = repr(exc)
 
     accepted = report.ok
     latencies = [min(got[s.wamid]) - s.sent_at for s in accepted if s.wamid in got]
@@ -84,6 +100,8 @@ async def run(env: BenchEnv) -> Result:
     dup_requests = sum(1 for s in items if len(got.get(s.wamid, [])) > 1)
     dup_chats = sum(1 for s in items if chats.get(s.wamid, 0) > 1)
     lat = latency_summary_ms(latencies)
+    firsts = [min(got[s.wamid]) for s in accepted if s.wamid in got]
+    delivery_rate = len(firsts) / (max(firsts) - report.started_at) if firsts else 0.0
     send_calls = [
         r
         for r in requests
@@ -96,6 +114,8 @@ async def run(env: BenchEnv) -> Result:
         "customers": CUSTOMERS,
         "sender": report.summary(),
         "latency_ms": lat,
+        "delivery_rate_per_s": round(delivery_rate, 1),
+        "breakdown": breakdown,
         "delivered": len(accepted) - len(missing),
         "missing": len(missing),
         "missing_examples": missing[:5],
@@ -125,7 +145,7 @@ async def run(env: BenchEnv) -> Result:
     res.verdict = verdict(passed)
     res.figure = (
         f"p50 {lat['p50_ms']} / p90 {lat['p90_ms']} / p99 {p99} / max {lat['max_ms']} ms over {lat['count']} messages "
-        f"at {report.summary()['offered_rate_per_s']} msg/s; lost {len(missing)}, duplicated "
+        f"at {report.summary()['offered_rate_per_s']} msg/s (delivered at {delivery_rate:.0f}/s); lost {len(missing)}, duplicated "
         f"{max(dup_requests, dup_chats)}, non-200 webhooks {non200}; "
         f"{len(send_calls)} send.messages calls ({res.details['messages_per_call_mean']} msg/call)"
     )

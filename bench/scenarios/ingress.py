@@ -22,6 +22,7 @@ import httpx
 from bench.common import (
     BenchEnv,
     ProcessMonitor,
+    SystemUnderTest,
     free_port,
     metric_sum,
     remember_pid,
@@ -40,6 +41,8 @@ NAME = "ingress"
 TARGET_RPS = 3000.0
 TARGET_P99_MS = 25.0
 CONCURRENCIES = (8, 32)
+SAMPLED_VARIANT = True
+SAMPLER_10PCT = {"OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.1"}
 CORPUS_SIZE = 2000
 EVENTS_PER_WEBHOOK = 1
 
@@ -58,14 +61,30 @@ def _merge_processes(rows_per_run: list[list[dict[str, Any]]]) -> list[dict[str,
     return list(merged.values())
 
 
+async def _answered(sut: SystemUnderTest) -> tuple[int, int]:
+    """(200 answers, all answers) to POST /webhooks/meta that meta-ingress counted (its /metrics)."""
+    samples = await scrape(sut.client("meta_web"), "/metrics")
+    ok = metric_sum(
+        samples, "zaptrix_http_requests_total", route="/webhooks/meta", method="POST", status="200"
+    )
+    every = metric_sum(samples, "zaptrix_http_requests_total", route="/webhooks/meta", method="POST")
+    return int(ok), int(every)
+
+
 async def _load(
-    port: int, corpus: Any, env: BenchEnv, procs: dict[str, list[int]], label: str, main: str
+    port: int,
+    corpus: Any,
+    env: BenchEnv,
+    procs: dict[str, list[int]],
+    label: str,
+    main: str,
+    concurrencies: tuple[int, ...] = CONCURRENCIES,
 ) -> tuple[list[dict[str, Any]], list[list[dict[str, Any]]]]:
     """Warm-up, then one measured wrk run per concurrency; CPU/RSS of every process per run."""
     duration = env.seconds(10)
     await run_wrk(port, corpus, connections=8, duration_s=env.seconds(3, 1))  # warm-up, not reported
     runs, rows = [], []
-    for c in CONCURRENCIES:
+    for c in concurrencies:
         monitor = ProcessMonitor(dict(procs))
 
         def started(pid: int, m: ProcessMonitor = monitor) -> None:
@@ -156,15 +175,33 @@ async def run(env: BenchEnv) -> Result:
             t0 = time.time()
             runs, rows = await _load(sut.ports.meta_web, corpus, env, procs, "meta-ingress", "meta-ingress")
             res.details["load_wall_s"] = round(time.time() - t0, 1)
-            samples = await scrape(sut.client("meta_web"), "/metrics")
-            ok_server = metric_sum(
-                samples, "zaptrix_http_requests_total", route="/webhooks/meta", method="POST", status="200"
-            )
-            all_server = metric_sum(
-                samples, "zaptrix_http_requests_total", route="/webhooks/meta", method="POST"
-            )
-            events = await topic_end_offsets(env.kafka, sut.topic("wa-to-b24"))
+            ok_server, all_server = await _answered(sut)
             log_bytes = (sut.local.state_dir / "logs" / "meta-ingress.log").stat().st_size
+            # Variant: the same process with 10% head sampling (OTEL_TRACES_SAMPLER), to show what the
+            # tracing SDK costs per webhook (the default samples every request).
+            if SAMPLED_VARIANT:
+                await sut.local.stop_process("meta-ingress")
+                proc = next(p for p in sut.local.definitions() if p.name == "meta-ingress")
+                proc.env = proc.env | SAMPLER_10PCT
+                await sut.local.start_process(proc, 60)
+                remember_pid(proc.proc.pid)
+                await sut.bind_channel()  # idempotent; the credentials cache of the new process starts cold
+                procs = sut.pids() | stack_pids(env)
+                sampled, srows = await _load(
+                    sut.ports.meta_web,
+                    corpus,
+                    env,
+                    procs,
+                    "meta-ingress (10% sampled)",
+                    "meta-ingress",
+                    (32,),
+                )
+                rows += srows
+                ok2, all2 = await _answered(sut)
+                ok_server += ok2
+                all_server += all2
+                res.details["sampled_10pct_runs"] = sampled
+            events = await topic_end_offsets(env.kafka, sut.topic("wa-to-b24"))
     finally:
         corpus.unlink(missing_ok=True)
 
@@ -177,7 +214,12 @@ async def run(env: BenchEnv) -> Result:
     # wrk closes its connections at the end of each run; a request whose events were already durable but
     # whose 200 never went out is not counted as a 200 (Meta would retry it: at-least-once, deduplicated
     # downstream). At most one per open connection per run.
-    extra_bound = sum(r["connections"] for r in runs) + 8  # + the warm-up run's 8 connections
+    sampled_runs: list[dict[str, Any]] = res.details.get("sampled_10pct_runs", [])
+    # + the warm-up runs' 8 connections
+    extra_bound = sum(r["connections"] + 8 for r in [*runs, *sampled_runs][:1]) + sum(
+        r["connections"] for r in [*runs, *sampled_runs][1:]
+    )
+    extra_bound += 8 if sampled_runs else 0
     res.details["loss_check"] = {
         "post_answers_counted_by_meta_ingress": int(all_server),
         "answers_200_counted_by_meta_ingress": int(ok_server),
@@ -218,5 +260,14 @@ async def run(env: BenchEnv) -> Result:
         "wrk runs on the same 2 cores as meta-ingress, Kafka and PostgreSQL; closed loop, so latency grows "
         "with -c at saturation"
     )
-    res.notes.append("telemetry: spans are created (SDK on) but not exported (no OTLP endpoint in the bench)")
+    res.notes.append(
+        "telemetry as configured by default (every request sampled) but not exported: no OTLP endpoint in the "
+        "bench, so the production cost is a little higher (span export on the BatchSpanProcessor thread)"
+    )
+    for r in sampled_runs:
+        res.notes.append(
+            f"same process with OTEL_TRACES_SAMPLER=parentbased_traceidratio, ARG=0.1: -c{r['connections']} "
+            f"{r['rps']:,.0f} rps, p50 {r['p50_ms']:.1f} / p99 {r['p99_ms']:.1f} ms, "
+            f"{r['server_cpu_us_per_request']:.0f} µs/webhook (not counted for the verdict)"
+        )
     return res
