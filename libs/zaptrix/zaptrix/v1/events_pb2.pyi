@@ -53,6 +53,7 @@ class Envelope(_message.Message):
     OPERATOR_READ_FIELD_NUMBER: _builtins.int
     SEND_FAILURE_FIELD_NUMBER: _builtins.int
     LINE_REMOVED_FIELD_NUMBER: _builtins.int
+    WINDOW_CLOSED_FIELD_NUMBER: _builtins.int
     event_id: _builtins.str
     """Stable id of the event; redeliveries carry the same id (dedupe key).
     WhatsApp message: "wa:<wamid>"; WhatsApp status: "wa-status:<wamid>:<status>";
@@ -79,6 +80,8 @@ class Envelope(_message.Message):
     def send_failure(self) -> Global___SendFailure: ...
     @_builtins.property
     def line_removed(self) -> Global___LineRemoved: ...
+    @_builtins.property
+    def window_closed(self) -> Global___WindowClosed: ...
     def __init__(
         self,
         *,
@@ -94,12 +97,13 @@ class Envelope(_message.Message):
         operator_read: Global___OperatorRead | None = ...,
         send_failure: Global___SendFailure | None = ...,
         line_removed: Global___LineRemoved | None = ...,
+        window_closed: Global___WindowClosed | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["customer_message", b"customer_message", "kind", b"kind", "line_removed", b"line_removed", "occurred_at", b"occurred_at", "operator_message", b"operator_message", "operator_message_delete", b"operator_message_delete", "operator_message_edit", b"operator_message_edit", "operator_read", b"operator_read", "send_failure", b"send_failure", "whatsapp_status", b"whatsapp_status"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["customer_message", b"customer_message", "kind", b"kind", "line_removed", b"line_removed", "occurred_at", b"occurred_at", "operator_message", b"operator_message", "operator_message_delete", b"operator_message_delete", "operator_message_edit", b"operator_message_edit", "operator_read", b"operator_read", "send_failure", b"send_failure", "whatsapp_status", b"whatsapp_status", "window_closed", b"window_closed"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["conversation_key", b"conversation_key", "customer_message", b"customer_message", "event_id", b"event_id", "kind", b"kind", "line_removed", b"line_removed", "occurred_at", b"occurred_at", "operator_message", b"operator_message", "operator_message_delete", b"operator_message_delete", "operator_message_edit", b"operator_message_edit", "operator_read", b"operator_read", "send_failure", b"send_failure", "source", b"source", "whatsapp_status", b"whatsapp_status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["conversation_key", b"conversation_key", "customer_message", b"customer_message", "event_id", b"event_id", "kind", b"kind", "line_removed", b"line_removed", "occurred_at", b"occurred_at", "operator_message", b"operator_message", "operator_message_delete", b"operator_message_delete", "operator_message_edit", b"operator_message_edit", "operator_read", b"operator_read", "send_failure", b"send_failure", "source", b"source", "whatsapp_status", b"whatsapp_status", "window_closed", b"window_closed"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["customer_message", "whatsapp_status", "operator_message", "operator_message_edit", "operator_message_delete", "operator_read", "send_failure", "line_removed"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["customer_message", "whatsapp_status", "operator_message", "operator_message_edit", "operator_message_delete", "operator_read", "send_failure", "line_removed", "window_closed"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
@@ -370,9 +374,44 @@ class SendFailure(_message.Message):
 Global___SendFailure: _TypeAlias = SendFailure  # noqa: Y015
 
 @_typing.final
-class BitrixFile(_message.Message):
-    """--- Bitrix24 -> WhatsApp -----------------------------------------------------------"""
+class WindowClosed(_message.Message):
+    """--- Bitrix24 -> WhatsApp -----------------------------------------------------------
 
+    Meta reported 131047 for one of our sends after accepting it (a failed status webhook): the customer's
+    24-hour window is closed. meta-ingress web produces it to the b24-to-wa flow so that the meta dispatcher
+    can send the channel's re-engagement template (the operator's notice travels as the WhatsAppStatus).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PHONE_NUMBER_ID_FIELD_NUMBER: _builtins.int
+    WA_ID_FIELD_NUMBER: _builtins.int
+    WAMID_FIELD_NUMBER: _builtins.int
+    AT_FIELD_NUMBER: _builtins.int
+    phone_number_id: _builtins.str
+    wa_id: _builtins.str
+    wamid: _builtins.str
+    """the send that failed"""
+    @_builtins.property
+    def at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        phone_number_id: _builtins.str = ...,
+        wa_id: _builtins.str = ...,
+        wamid: _builtins.str = ...,
+        at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "phone_number_id", b"phone_number_id", "wa_id", b"wa_id", "wamid", b"wamid"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WindowClosed: _TypeAlias = WindowClosed  # noqa: Y015
+
+@_typing.final
+class BitrixFile(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     NAME_FIELD_NUMBER: _builtins.int
