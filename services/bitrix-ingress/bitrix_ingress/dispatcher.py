@@ -309,7 +309,13 @@ class BitrixDispatcher:
         try:
             link = await self.deps.find_message_link(st.wamid)
         except NotFound:
+            # Meta can report a status before the meta dispatcher has recorded the link of the message it
+            # just sent: look again a few times (retry topic), then accept that it is not ours.
+            if rec.attempt < self.settings.status_link_attempts:
+                STATUSES.labels(status, "link_not_yet_recorded").inc()
+                return Outcome.retry(f"no message link for {st.wamid} yet")
             STATUSES.labels(status, "unknown_wamid").inc()
+            log.info("status for a message that is not ours", wamid=st.wamid, status=status)
             return Outcome.ok()
         if link.direction == mapper_pb2.DIRECTION_INBOUND:
             STATUSES.labels(status, "not_ours").inc()
@@ -797,6 +803,13 @@ class BitrixDispatcher:
         if isinstance(work, NoticeWork):
             await self._mark(event_id, f"notice:{work.via}")
             NOTICES.labels(work.source, work.via).inc()
+            log.info(
+                "failure notice posted in the operator's chat",
+                event_id=event_id,
+                external_chat_id=work.external_chat_id,
+                via=work.via,
+                wamid=work.wamid,
+            )
             if work.wamid:
                 await self.deps.update_message_status(
                     work.wamid, whatsapp_status="failed", bitrix_status="failed"

@@ -228,6 +228,14 @@ class DispatcherSettings(BitrixCommonSettings):
         False,
         description="Also call imconnector.send.status.reading (a documented no-op; delivery marks read)",
     )
+    status_link_attempts: int = Field(
+        3,
+        ge=1,
+        description=(
+            "Deliveries of a status whose message link is not recorded yet (Meta can be faster than the "
+            "meta dispatcher's LinkMessage) before it is taken as not ours"
+        ),
+    )
     dispatch_concurrency: int = Field(32, ge=1, description="Conversations prepared concurrently")
     channel_cache_s: float = Field(30.0, ge=0, description="How long a channel binding is cached")
     max_attempts: int = Field(8, ge=1, description="Deliveries of one event before the dead-letter topic")

@@ -139,7 +139,9 @@ async def test_dispatcher_bookkeeping_on_the_real_mapper(real_mapper: str, fakes
         assert [c.method for c in bitrix.calls].count("imconnector.send.status.delivery") == 1
         link = await deps.find_message_link("wamid.out")
         assert (link.whatsapp_status, link.bitrix_status) == ("read", "read")
-        (outcome,) = await dispatcher.handle([status("wamid.unknown", "delivered")])
+        unknown = status("wamid.unknown", "delivered")
+        unknown.attempt = settings.status_link_attempts
+        (outcome,) = await dispatcher.handle([unknown])
         assert outcome.kind == "ok"
     finally:
         await rest.aclose()
