@@ -189,16 +189,17 @@ class BitrixDispatcher:
                 held = ""
                 for i in indices:
                     rec = batch[i]
-                    if held:
+                    message = rec.event_type == "customer_message"
+                    if held and message:  # customer messages keep their order; statuses are independent
                         outcomes[i] = Outcome.retry(
-                            f"held behind an earlier event of this conversation: {held}"
+                            f"held behind an earlier message of this conversation: {held}"
                         )
                         continue
                     with trace.use_span(rec.span, end_on_exit=False):
                         prepared = await self._prepare_safe(rec)
                     if isinstance(prepared, Outcome):
                         outcomes[i] = prepared
-                        if prepared.kind == "retry":
+                        if prepared.kind == "retry" and message:
                             held = prepared.reason[:200]
                     else:
                         prepared.index = i

@@ -193,6 +193,9 @@ async def test_a_failure_holds_the_rest_of_its_conversation(h: Harness) -> None:
     assert [o.kind for o in outcomes] == ["retry", "retry", "ok"]
     assert "held behind" in outcomes[1].reason
     assert [m["message"]["id"] for m in h.bitrix.sent_messages()] == ["wamid.b.1"]
+    # A status waiting for its link does not hold the customer's messages.
+    outcomes = await h.make().handle([status("wamid.not-yet", "delivered", wa_id="c"), customer("c", 1)])
+    assert [o.kind for o in outcomes] == ["retry", "ok"]
 
 
 async def test_transient_bitrix_failure_retries_and_keeps_order(h: Harness) -> None:
