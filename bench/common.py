@@ -401,6 +401,7 @@ class SystemUnderTest:
                 "bitrix_web": self.ports.bitrix_web,
                 "meta_dispatcher": self.ports.meta_dispatcher,
                 "bitrix_dispatcher": self.ports.bitrix_dispatcher,
+                "mapper_metrics": self.ports.mapper_metrics,
             }[name]
             self.clients[name] = httpx.AsyncClient(
                 base_url=f"http://127.0.0.1:{port}", timeout=30, limits=httpx.Limits(max_connections=64)
@@ -558,8 +559,42 @@ def histogram_means(
             sums[key] = sums.get(key, 0.0) + v
         elif n == f"{name}_count":
             counts[key] = counts.get(key, 0.0) + v
+    key, factor = ("mean_ms", 1000.0) if seconds else ("mean", 1.0)
     return {
-        k: {"count": counts[k], "mean_ms": round(1000 * sums.get(k, 0.0) / counts[k], 2)}
+        k: {"count": counts[k], key: round(factor * sums.get(k, 0.0) / counts[k], 2)}
         for k in counts
         if counts[k]
     }
+
+
+async def topic_event_times(bootstrap: str, topic: str, timeout_s: float = 30.0) -> dict[str, float]:
+    """event id (the zaptrix-event-id header) -> the record's Kafka timestamp (CreateTime: when the
+    producer built it, seconds) for every record now on the topic. Splits a latency into the part before
+    Kafka and the part after it."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None)
+    await consumer.start()
+    out: dict[str, float] = {}
+    try:
+        await consumer._client.force_metadata_update()
+        parts = [TopicPartition(topic, p) for p in (consumer.partitions_for_topic(topic) or set())]
+        if not parts:
+            return out
+        consumer.assign(parts)
+        await consumer.seek_to_beginning(*parts)
+        ends = await consumer.end_offsets(parts)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            positions = [await consumer.position(tp) for tp in parts]
+            if all(pos >= ends[tp] for pos, tp in zip(positions, parts, strict=True)):
+                break
+            batch = await consumer.getmany(timeout_ms=500, max_records=5000)
+            for records in batch.values():
+                for rec in records:
+                    event_id = next((v.decode() for k, v in rec.headers if k == "zaptrix-event-id"), None)
+                    if event_id is not None:
+                        out.setdefault(event_id, rec.timestamp / 1000)
+    finally:
+        await consumer.stop()
+    return out

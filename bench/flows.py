@@ -4,6 +4,7 @@ the stand-ins received."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import time
@@ -14,7 +15,7 @@ from typing import Any
 
 import httpx
 
-from bench.common import SANDBOX_MEMBER_ID
+from bench.common import SANDBOX_MEMBER_ID, SystemUnderTest, metric_sum, scrape
 from bench.httpclient import Pool
 from bench.webhooks import customer, sample_text, signed_text_webhook, wamid
 
@@ -296,3 +297,21 @@ async def graph_webhook_attempts(graph: httpx.AsyncClient, since: float = 0.0) -
         "duration_ms_p99": pct(99),
         "duration_ms_max": durations[-1] if durations else None,
     }
+
+
+async def sample_backlog(sut: SystemUnderTest, out: list[dict[str, Any]], t0: float) -> None:
+    bitrix = sut.client("bitrix")
+    disp = sut.client("bitrix_dispatcher")
+    topic = sut.topic("wa-to-b24")
+    while True:
+        row: dict[str, Any] = {"t": round(time.time() - t0, 2)}
+        with contextlib.suppress(Exception):
+            samples = await scrape(disp, "/metrics")
+            row["consumer_lag"] = metric_sum(samples, "zaptrix_kafka_consumer_lag", topic=topic)
+            row["consumer_lag_all_topics"] = metric_sum(samples, "zaptrix_kafka_consumer_lag")
+        with contextlib.suppress(Exception):
+            stats = await bitrix_stats(bitrix)
+            row["requests_total"] = stats["requests_total"]
+            row["rate_limited_count"] = stats["rate_limited_count"]
+        out.append(row)
+        await asyncio.sleep(max(0.0, 1.0 - (time.time() - t0 - row["t"])))

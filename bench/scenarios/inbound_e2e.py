@@ -13,9 +13,12 @@ Every wamid must arrive exactly once (the request log and the chats are both che
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import time
 import uuid
+from typing import Any
 
 from bench.common import (
     BenchEnv,
@@ -25,6 +28,7 @@ from bench.common import (
     scrape,
     stack_pids,
     system,
+    topic_event_times,
 )
 from bench.flows import (
     WAMID_RE,
@@ -32,6 +36,7 @@ from bench.flows import (
     bitrix_stats,
     chat_message_counts,
     plan_messages,
+    sample_backlog,
     send_burst,
     send_paced,
     wait_delivered,
@@ -71,12 +76,18 @@ async def run(env: BenchEnv) -> Result:
 
         items = plan_messages(run_id, count, CUSTOMERS, first=CUSTOMERS)
         monitor = ProcessMonitor(sut.pids() | stack_pids(env) | {"bench harness (sender)": [os.getpid()]})
+        timeline: list[dict[str, Any]] = []
+        sampler = asyncio.create_task(sample_backlog(sut, timeline, time.time()))
         monitor.start()
         try:
             report = await send_paced(sut.ports.meta_web, items, RATE)
             got, requests, complete = await wait_delivered(bitrix, {s.wamid for s in items}, timeout_s=30)
         finally:
             await monitor.stop()
+            sampler.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sampler
+        kafka_at = await topic_event_times(env.kafka, sut.topic("wa-to-b24"))
         chats = await chat_message_counts(bitrix)
         after = await bitrix_stats(bitrix)
         breakdown: dict[str, object] = {}
@@ -88,6 +99,8 @@ async def run(env: BenchEnv) -> Result:
             breakdown["bitrix_dispatcher_external_calls"] = histogram_means(
                 disp, "zaptrix_external_api_seconds", by="method"
             )
+            mapper = await scrape(sut.client("mapper_metrics"), "/metrics")
+            breakdown["mapper_rpcs"] = histogram_means(mapper, "zaptrix_mapper_rpc_seconds", by="method")
             breakdown["messages_per_call"] = histogram_means(
                 disp, "zaptrix_bitrix_messages_per_call", seconds=False
             )
@@ -100,6 +113,14 @@ async def run(env: BenchEnv) -> Result:
     dup_requests = sum(1 for s in items if len(got.get(s.wamid, [])) > 1)
     dup_chats = sum(1 for s in items if chats.get(s.wamid, 0) > 1)
     lat = latency_summary_ms(latencies)
+    # Split at Kafka: webhook -> record on the topic (meta-ingress, producer timestamp), and record ->
+    # imconnector.send.messages at the stand-in (consumer, bitrix dispatcher, mapper, token-keeper).
+    before_kafka = [kafka_at[f"wa:{s.wamid}"] - s.sent_at for s in accepted if f"wa:{s.wamid}" in kafka_at]
+    after_kafka = [
+        min(got[s.wamid]) - kafka_at[f"wa:{s.wamid}"]
+        for s in accepted
+        if s.wamid in got and f"wa:{s.wamid}" in kafka_at
+    ]
     firsts = [min(got[s.wamid]) for s in accepted if s.wamid in got]
     delivery_rate = len(firsts) / (max(firsts) - report.started_at) if firsts else 0.0
     send_calls = [
@@ -115,7 +136,10 @@ async def run(env: BenchEnv) -> Result:
         "sender": report.summary(),
         "latency_ms": lat,
         "delivery_rate_per_s": round(delivery_rate, 1),
+        "webhook_to_kafka_ms": latency_summary_ms(before_kafka),
+        "kafka_to_bitrix_ms": latency_summary_ms(after_kafka),
         "breakdown": breakdown,
+        "consumer_lag_samples": [(r["t"], r.get("consumer_lag")) for r in timeline],
         "delivered": len(accepted) - len(missing),
         "missing": len(missing),
         "missing_examples": missing[:5],
@@ -148,6 +172,11 @@ async def run(env: BenchEnv) -> Result:
         f"at {report.summary()['offered_rate_per_s']} msg/s (delivered at {delivery_rate:.0f}/s); lost {len(missing)}, duplicated "
         f"{max(dup_requests, dup_chats)}, non-200 webhooks {non200}; "
         f"{len(send_calls)} send.messages calls ({res.details['messages_per_call_mean']} msg/call)"
+    )
+    bk, ak = res.details["webhook_to_kafka_ms"], res.details["kafka_to_bitrix_ms"]
+    res.baseline = (
+        f"split at Kafka (record timestamps): webhook → topic p50 {bk['p50_ms']} / p99 {bk['p99_ms']} ms; "
+        f"topic → Bitrix24 stand-in p50 {ak['p50_ms']} / p99 {ak['p99_ms']} ms"
     )
     res.notes.append(
         "Bitrix24 stand-in limit raised and the bitrix dispatcher's pacing set to 100000/s (burst 50) so that "

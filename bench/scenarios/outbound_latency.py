@@ -20,9 +20,13 @@ from bench.common import (
     SANDBOX_PHONE_NUMBER_ID,
     BenchEnv,
     ProcessMonitor,
+    histogram_means,
     latency_summary_ms,
+    metric_sum,
+    scrape,
     stack_pids,
     system,
+    topic_event_times,
 )
 from bench.flows import bitrix_config, graph_sent, graph_webhook_attempts, open_conversations
 from bench.httpclient import Pool
@@ -75,7 +79,9 @@ async def run(env: BenchEnv) -> Result:
                         {"Content-Type": "application/json"},
                     )
                     rec.update(sent_at=sent_at, status=status, answered_at=time.time())
-                    rec["gateway_status"] = json.loads(payload or b"{}").get("gateway_status")
+                    answer = json.loads(payload or b"{}")
+                    rec["gateway_status"] = answer.get("gateway_status")
+                    rec["bitrix_message_id"] = str((answer.get("im") or {}).get("message_id", ""))
                 except Exception as exc:
                     rec.update(error=f"{type(exc).__name__}: {exc}", sent_at=time.time())
 
@@ -98,6 +104,18 @@ async def run(env: BenchEnv) -> Result:
             await monitor.stop()
             await pool.close()
         webhooks = await graph_webhook_attempts(graph, since=t0)
+        kafka_at = await topic_event_times(env.kafka, sut.topic("b24-to-wa"))
+        breakdown: dict[str, Any] = {}
+        try:
+            disp = await scrape(sut.client("meta_dispatcher"), "/metrics")
+            breakdown["event_handle"] = histogram_means(disp, "zaptrix_event_handle_seconds", by="topic")
+            breakdown["external_calls"] = histogram_means(disp, "zaptrix_external_api_seconds", by="method")
+            breakdown["pacing_wait"] = histogram_means(disp, "zaptrix_meta_pacing_wait_seconds", by="limiter")
+            breakdown["pair_deferrals"] = metric_sum(disp, "zaptrix_meta_pair_deferrals_total")
+            mapper = await scrape(sut.client("mapper_metrics"), "/metrics")
+            breakdown["mapper_rpcs"] = histogram_means(mapper, "zaptrix_mapper_rpc_seconds", by="method")
+        except Exception as exc:  # diagnostics only
+            breakdown["error"] = repr(exc)
 
     accepted: dict[str, float] = {}
     twice = 0
@@ -115,6 +133,16 @@ async def run(env: BenchEnv) -> Result:
     ack = [r["answered_at"] - r["sent_at"] for r in sends.values() if r.get("answered_at")]
     not_200 = sum(1 for r in sends.values() if r.get("gateway_status") != 200)
     summary = latency_summary_ms(lat)
+    # Split at Kafka: event -> record on b24-to-wa (Bitrix24 stand-in + bitrix-ingress, producer timestamp),
+    # record -> the Graph stand-in's accepted send (consumer, meta dispatcher, mapper, token-keeper).
+    before_kafka, after_kafka = [], []
+    for w, r in sends.items():
+        ts = kafka_at.get(f"b24:{SANDBOX_MEMBER_ID}:{r.get('bitrix_message_id')}")
+        if ts is None or not r.get("sent_at"):
+            continue
+        before_kafka.append(ts - r["sent_at"])
+        if w in accepted:
+            after_kafka.append(accepted[w] - ts)
     ack_summary = latency_summary_ms(ack)
     missing = count - len(accepted)
     p99 = summary["p99_ms"]
@@ -125,9 +153,11 @@ async def run(env: BenchEnv) -> Result:
         f"{summary['count']} replies at {RATE:g}/s; not delivered {missing}, twice {twice}, refused by Graph "
         f"{len(refused)}, event not accepted by bitrix-ingress {not_200}"
     )
+    bk, ak = latency_summary_ms(before_kafka), latency_summary_ms(after_kafka)
     res.baseline = (
-        f"of which the Bitrix24 stand-in's event POST to bitrix-ingress (answered 200): p50 {ack_summary['p50_ms']} / "
-        f"p99 {ack_summary['p99_ms']} ms"
+        f"split at Kafka (record timestamps): event → topic p50 {bk['p50_ms']} / p99 {bk['p99_ms']} ms; "
+        f"topic → Graph stand-in p50 {ak['p50_ms']} / p99 {ak['p99_ms']} ms; the stand-in's event POST "
+        f"answered by bitrix-ingress p50 {ack_summary['p50_ms']} / p99 {ack_summary['p99_ms']} ms"
     )
     res.details = {
         "rate_per_s": RATE,
@@ -135,6 +165,9 @@ async def run(env: BenchEnv) -> Result:
         "replies": count,
         "latency_ms": summary,
         "event_ack_ms": ack_summary,
+        "event_to_kafka_ms": bk,
+        "kafka_to_graph_ms": ak,
+        "breakdown": breakdown,
         "missing": missing,
         "sent_twice": twice,
         "refused_by_graph": [{k: s.get(k) for k in ("wa_id", "http_status", "error_code")} for s in refused][

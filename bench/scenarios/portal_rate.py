@@ -26,10 +26,7 @@ from typing import Any
 from bench.common import (
     BenchEnv,
     ProcessMonitor,
-    SystemUnderTest,
     latency_summary_ms,
-    metric_sum,
-    scrape,
     slope,
     stack_pids,
     system,
@@ -38,6 +35,7 @@ from bench.flows import (
     bitrix_config,
     bitrix_stats,
     plan_messages,
+    sample_backlog,
     send_burst,
     send_paced,
     wait_delivered,
@@ -51,24 +49,6 @@ CUSTOMERS = 20
 DRAIN = 2.0
 BURST = 50.0
 DRAIN_TIMEOUT_S = 60.0
-
-
-async def _sample(sut: SystemUnderTest, out: list[dict[str, Any]], t0: float) -> None:
-    bitrix = sut.client("bitrix")
-    disp = sut.client("bitrix_dispatcher")
-    topic = sut.topic("wa-to-b24")
-    while True:
-        row: dict[str, Any] = {"t": round(time.time() - t0, 2)}
-        with contextlib.suppress(Exception):
-            samples = await scrape(disp, "/metrics")
-            row["consumer_lag"] = metric_sum(samples, "zaptrix_kafka_consumer_lag", topic=topic)
-            row["consumer_lag_all_topics"] = metric_sum(samples, "zaptrix_kafka_consumer_lag")
-        with contextlib.suppress(Exception):
-            stats = await bitrix_stats(bitrix)
-            row["requests_total"] = stats["requests_total"]
-            row["rate_limited_count"] = stats["rate_limited_count"]
-        out.append(row)
-        await asyncio.sleep(max(0.0, 1.0 - (time.time() - t0 - row["t"])))
 
 
 def _per_second(times: list[float], t0: float, seconds: int) -> list[int]:
@@ -109,7 +89,7 @@ async def run(env: BenchEnv) -> Result:
         items = plan_messages(run_id, count, CUSTOMERS, first=CUSTOMERS)
         monitor = ProcessMonitor(sut.pids() | stack_pids(env) | {"bench harness (sender)": [os.getpid()]})
         t0 = time.time()
-        sampler = asyncio.create_task(_sample(sut, timeline, t0))
+        sampler = asyncio.create_task(sample_backlog(sut, timeline, t0))
         monitor.start()
         try:
             report = await send_paced(sut.ports.meta_web, items, RATE)
