@@ -219,7 +219,7 @@ async def test_wrong_application_token_is_refused(web: Web, token: str, member: 
     ]
     resp = await web.post(pairs)
     assert resp.status_code == 401
-    assert await web.records(":1003", 1, within_s=1.0) == []
+    assert await web.records(":1003", 1, within_s=0.5) == []
 
 
 @pytest.mark.parametrize(
