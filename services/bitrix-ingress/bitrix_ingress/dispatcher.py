@@ -978,8 +978,8 @@ async def run(
         {
             "consumer": consumer_up,
             "kafka": producer.healthy,
-            "token_keeper": grpc_health_check(clients._tk_channel),
-            "mapper": grpc_health_check(clients._mapper_channel),
+            "token_keeper": grpc_health_check(clients.token_keeper_channel),
+            "mapper": grpc_health_check(clients.mapper_channel),
         },
     )
     log.info("dispatcher starting", topics=topics.all(), group=settings.consumer_group)

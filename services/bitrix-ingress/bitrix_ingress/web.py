@@ -482,11 +482,11 @@ def create_app(
 
     async def tk_check() -> bool:
         zx: Ctx = app.ctx.zx
-        return await grpc_health_check(zx.clients._tk_channel)()
+        return await grpc_health_check(zx.clients.token_keeper_channel)()
 
     async def mapper_check() -> bool:
         zx: Ctx = app.ctx.zx
-        return await grpc_health_check(zx.clients._mapper_channel)()
+        return await grpc_health_check(zx.clients.mapper_channel)()
 
     add_ops_routes(app, SERVICE, {"kafka": kafka_check, "token_keeper": tk_check, "mapper": mapper_check})
     app.add_route(outbound, OUTBOUND_PATH, methods=["POST"], name="outbound")
