@@ -175,16 +175,43 @@ async def main_async(names: list[str], env: BenchEnv) -> int:
     return 0 if all(r.verdict != "error" for r in results) else 1
 
 
+def markdown(summary: dict[str, Any]) -> str:
+    """The latest verdicts as a Markdown table (docs/benchmarks.md)."""
+    rows = ["| scenario | target | figure | same-run baseline | verdict |", "|---|---|---|---|---|"]
+    for name in SCENARIOS:
+        r = summary.get("scenarios", {}).get(name)
+        if r is None:
+            continue
+        cells = [
+            name,
+            r["target"],
+            r.get("error") or r["figure"],
+            r.get("baseline") or "-",
+            f"**{r['verdict']}**",
+        ]
+        rows.append("| " + " | ".join(str(c).replace("|", "/").replace("\n", " ") for c in cells) + " |")
+    return "\n".join(rows)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("scenarios", nargs="*", help=f"any of: {', '.join(SCENARIOS)} (default: all)")
     parser.add_argument("--list", action="store_true", help="list the scenarios and exit")
+    parser.add_argument(
+        "--markdown",
+        action="store_true",
+        help="print bench/results/summary.json as a Markdown table and exit",
+    )
     args = parser.parse_args()
     if args.list:
         for name in SCENARIOS:
             print(name)
+        return
+    if args.markdown:
+        results = Path(os.environ.get("BENCH_RESULTS", Path(__file__).resolve().parent / "results"))
+        print(markdown(json.loads((results / "summary.json").read_text())))
         return
     names = [n for arg in args.scenarios for n in arg.replace(",", " ").split()] or list(SCENARIOS)
     unknown = [n for n in names if n not in SCENARIOS]
