@@ -12,6 +12,9 @@ Per OperatorMessage, in this order:
 6. LinkMessage(wamid ↔ member_id + bitrix_message_id, OUTBOUND), then MarkProcessed(event_id, wamids).
    The consumer commits the offset after the handler returns.
 
+WindowClosed (Meta reported 131047 after accepting a send; produced by the web part): the channel's
+re-engagement template is sent under the same per-conversation cooldown, and the operator told.
+
 Redelivery never sends twice what was recorded: parts of a multi-part message are recorded one by one
 (``<event_id>#p<n>``), and a send whose recording failed is remembered in memory so that the retry only
 records it. What remains is the crash window: the process dies between Meta's 200 and MarkProcessed
@@ -128,6 +131,23 @@ class Delivery:
     failures: list[Failure] = field(default_factory=list)
 
 
+@dataclass
+class Reengagement:
+    """What became of the re-engagement template: none (not configured), sent, cooldown or failed; ``text``
+    is the sentence for the operator's notice."""
+
+    outcome: str
+    text: str = ""
+
+    @property
+    def sent(self) -> bool:
+        return self.outcome == "sent"
+
+
+def window_error(message: str, details: str) -> events_pb2.GraphError:
+    return events_pb2.GraphError(code=131047, title="Re-engagement message", message=message, details=details)
+
+
 def _short(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
@@ -193,6 +213,8 @@ class MetaDispatcher:
             return await self.on_read(env, env.operator_read)
         if kind == "line_removed":
             return await self.on_line_removed(env.line_removed)
+        if kind == "window_closed":
+            return await self.on_window_closed(env, env.window_closed)
         raise PermanentError(f"unexpected event type {kind} on the {Flow.B24_TO_WA} topic")
 
     # --- mapper / token-keeper ------------------------------------------------------------------------
@@ -573,33 +595,30 @@ class MetaDispatcher:
         error = (
             graph_error(exc)
             if exc is not None
-            else events_pb2.GraphError(
-                code=131047,
-                title="Re-engagement message",
-                message="More than 24 hours have passed since the customer last replied (known before sending).",
-                details="The last customer message of this conversation is older than 24 hours.",
+            else window_error(
+                "More than 24 hours have passed since the customer last replied (known before sending).",
+                "The last customer message of this conversation is older than 24 hours.",
             )
         )
         text = notice_for(GraphApiError(400, 131047, error.message))
-        sent, extra = await self._reengage(target, event_id) if reengage else (False, "")
-        await self._notify(notice, error, text + extra, template_sent=sent)
+        outcome = await self._reengage(target, event_id) if reengage else Reengagement("none")
+        await self._notify(notice, error, text + outcome.text, template_sent=outcome.sent)
 
-    async def _reengage(self, target: Target, event_id: str) -> tuple[bool, str]:
+    async def _reengage(self, target: Target, event_id: str) -> Reengagement:
+        """Send the channel's re-engagement template, at most once per conversation per cooldown period."""
         name = target.channel.reengagement_template
         if not name:
-            return False, ""
+            return Reengagement("none")
+        sent_text = f" The re-engagement template “{name}” was sent; write again once the customer replies."
         bucket = int(time.time()) // self.settings.template_cooldown_s
         key = f"wa-reengage:{target.phone_number_id}:{target.wa_id}:{bucket}"
         done = await self._done(key)
         if done is not None:
             if done.endswith(f" {event_id}"):  # this event sent it before a retry
-                return (
-                    True,
-                    f" The re-engagement template “{name}” was sent; write again once the customer replies.",
-                )
+                return Reengagement("sent", sent_text)
             TEMPLATES.labels("cooldown").inc()
-            return (
-                False,
+            return Reengagement(
+                "cooldown",
                 " A re-engagement template was already sent recently; the customer needs to reply first.",
             )
         payload = template_payload(target.wa_id, name, target.channel.template_language)
@@ -614,12 +633,77 @@ class MetaDispatcher:
                 ) from exc
             TEMPLATES.labels("failed").inc()
             log.warning("re-engagement template refused", template=name, error=describe(exc))
-            return False, f" The re-engagement template “{name}” could not be sent ({describe(exc)})."
+            return Reengagement(
+                "failed", f" The re-engagement template “{name}” could not be sent ({describe(exc)})."
+            )
         self._remember(key, f"{wamid} {event_id}")
         await self._mark(key, f"{wamid} {event_id}")
         TEMPLATES.labels("sent").inc()
         log.info("re-engagement template sent", template=name, wamid=wamid)
-        return True, f" The re-engagement template “{name}” was sent; write again once the customer replies."
+        return Reengagement("sent", sent_text)
+
+    async def on_window_closed(self, env: events_pb2.Envelope, wc: events_pb2.WindowClosed) -> Outcome:
+        """Meta reported 131047 for a send it had accepted (a failed status, forwarded by the web part).
+        The operator's notice comes from the WhatsAppStatus; here only the re-engagement template is sent,
+        and the operator is told when it was (or could not be)."""
+        event_id = env.event_id
+        if await self._recorded(event_id) is not None:
+            DUPLICATES.labels("window_closed").inc()
+            return Outcome.duplicate()
+        outcome = await self._window_closed_template(event_id, wc)
+        OPERATOR_EVENTS.labels("window_closed", outcome).inc()
+        log.info("24-h window closed after a send", event_id=event_id, wamid=wc.wamid, outcome=outcome)
+        await self._mark(event_id, outcome)
+        return Outcome.ok()
+
+    async def _window_closed_template(self, event_id: str, wc: events_pb2.WindowClosed) -> str:
+        """What happened after an asynchronous 131047: the outcome label (also the dedupe record)."""
+        pnid = wc.phone_number_id
+        request = mapper_pb2.FindConversationRequest(
+            channel_customer=mapper_pb2.ChannelCustomer(phone_number_id=pnid, wa_id=wc.wa_id)
+        )
+        try:
+            conversation = await call(
+                "mapper FindConversation",
+                self.clients.mapper.FindConversation(request, timeout=self.clients.timeout),
+            )
+        except RpcNotFound:
+            log.info("closed window in a conversation we do not know", wamid=wc.wamid, phone_number_id=pnid)
+            return "unknown_conversation"
+        try:
+            channel = await self.channels.get(pnid)
+        except NotFoundError:
+            log.warning("closed window on a channel without binding", phone_number_id=pnid)
+            return "unknown_channel"
+        if not channel.reengagement_template:
+            return "no_template"  # the operator already has the notice (from the failed status)
+        if not channel.active:
+            return "channel_inactive"
+        try:
+            creds = await self.credentials.get(pnid)
+        except UnknownChannel as exc:
+            raise PermanentError(str(exc)) from None
+        target = Target(conversation, channel, creds)
+        result = await self._reengage(target, event_id)
+        if result.outcome == "cooldown":
+            return "cooldown"
+        notice = Notice(
+            event_id=f"wa-fail:{conversation.member_id or channel.member_id}:window:{wc.wamid}",
+            member_id=conversation.member_id or channel.member_id,
+            line_id=channel.line_id,
+            connector_id=channel.connector_id,
+            bitrix_chat_id=conversation.bitrix_chat_id,
+            bitrix_message_id="",  # informational: the failed message itself was reported by its status
+            external_chat_id=conversation.external_chat_id,
+            conversation_key=target.key,
+        )
+        error = window_error(
+            "More than 24 hours have passed since the customer last replied (reported after the send).",
+            "WhatsApp accepted the message, then reported it failed with 131047.",
+        )
+        text = "WhatsApp did not deliver a message: the customer last wrote more than 24 hours ago."
+        await self._notify(notice, error, text + result.text, template_sent=result.sent)
+        return "template_sent" if result.sent else "template_failed"
 
     # --- edits, deletes, reads, line removal ----------------------------------------------------------
     async def on_edit(self, env: events_pb2.Envelope, e: events_pb2.OperatorMessageEdit) -> Outcome:

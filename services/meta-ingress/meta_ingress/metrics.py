@@ -82,7 +82,8 @@ AMBIGUOUS_RETRIES = Counter(
 )
 OPERATOR_EVENTS = Counter(
     "zaptrix_meta_operator_events_total",
-    "Operator events other than messages, by type and outcome",
+    "Events other than operator messages (edits, deletes, reads, removed lines, closed windows), by type and "
+    "outcome",
     ["type", "outcome"],
 )
 DUPLICATES = Counter(

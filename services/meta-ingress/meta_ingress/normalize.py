@@ -25,6 +25,7 @@ from zaptrix.v1 import events_pb2
 MediaUrl = Callable[[str, str, str], str]  # (phone_number_id, media_id, filename) -> signed URL
 
 _MAX_TIMESTAMP = 253402300799  # 9999-12-31T23:59:59Z, the end of google.protobuf.Timestamp
+WINDOW_CLOSED = 131047  # the customer's 24-h window is closed (whatsapp.md A5, A6)
 MEDIA_TYPES = ("image", "video", "audio", "document", "sticker")
 _EXTENSIONS = {
     "image/jpeg": ".jpg",
@@ -73,6 +74,13 @@ class Normalized:
     # value-level errors[] (not tied to a message): (phone_number_id, code, title, details)
     system_errors: list[tuple[str, int, str, str]] = field(default_factory=list)
     types: list[str] = field(default_factory=list)
+    # WindowClosed events (failed statuses with 131047), for the b24-to-wa flow: the meta dispatcher
+    # sends the re-engagement template. The WhatsAppStatus of the same status stays in ``envelopes``.
+    window_closed: list[events_pb2.Envelope] = field(default_factory=list)
+
+    @property
+    def count(self) -> int:
+        return len(self.envelopes) + len(self.window_closed)
 
 
 def _obj(value: Any, where: str) -> dict[str, Any]:
@@ -410,6 +418,22 @@ def status_event(change: Change, st: dict[str, Any]) -> events_pb2.Envelope:
     return env
 
 
+def window_closed_event(st: events_pb2.WhatsAppStatus) -> events_pb2.Envelope | None:
+    """A WindowClosed event when Meta reports 131047 (24-h window closed) for a send it had accepted."""
+    if st.status != "failed" or not st.wa_id or not any(e.code == WINDOW_CLOSED for e in st.errors):
+        return None
+    env = events_pb2.Envelope(
+        event_id=f"wa-window:{st.wamid}",
+        conversation_key=f"{st.phone_number_id}:{st.wa_id}",
+        source=events_pb2.PLATFORM_WHATSAPP,
+        window_closed=events_pb2.WindowClosed(
+            phone_number_id=st.phone_number_id, wa_id=st.wa_id, wamid=st.wamid, at=st.at
+        ),
+    )
+    env.occurred_at.CopyFrom(st.at)
+    return env
+
+
 def _contact_names(value: dict[str, Any]) -> tuple[dict[str, str], str]:
     names: dict[str, str] = {}
     first = ""
@@ -441,8 +465,12 @@ def normalize(hook: Webhook, media_url: MediaUrl) -> Normalized:
             result.messages += 1
             result.types.append(env.customer_message.type)
         for _, st in _items(value, "statuses"):
-            result.envelopes.append(status_event(change, st))
+            env = status_event(change, st)
+            result.envelopes.append(env)
             result.statuses += 1
+            window = window_closed_event(env.whatsapp_status)
+            if window is not None:
+                result.window_closed.append(window)
         for err in _errors(value.get("errors")):
             result.system_errors.append(
                 (change.phone_number_id, err.code, err.title, err.details or err.message)

@@ -104,16 +104,18 @@ class Sender:
             except GraphApiError as exc:
                 SENDS.labels(kind, exc.label).inc()
                 action = classify(exc)
-                if action in (Action.RETRY, Action.THROTTLE):
-                    self.pair.restore(previous)  # Meta did not take it: the slot is still free
+                if action == Action.PAIR:
+                    THROTTLED.labels(exc.label).inc()
+                    self.pair.penalize(key)
+                    raise
+                # Meta refused it (5xx, throttled, or a synchronous refusal such as 131047): nothing reached
+                # the customer, so the slot is still free, e.g. for the re-engagement template that follows.
+                self.pair.restore(previous)
                 if action == Action.THROTTLE:
                     THROTTLED.labels(exc.label).inc()
                     self.throttle.pause(
                         phone_number_id, min(exc.retry_after or 1.0, self.settings.send_backoff_max_s)
                     )
-                elif action == Action.PAIR:
-                    THROTTLED.labels(exc.label).inc()
-                    self.pair.penalize(key)
                 raise
             SENDS.labels(kind, "ok").inc()
             return wamid

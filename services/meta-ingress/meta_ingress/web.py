@@ -1,7 +1,8 @@
 """meta-ingress-web: Meta's webhooks in, the signed media proxy out.
 
 POST /webhooks/meta      raw body → channels → X-Hub-Signature-256 → one event per message/status →
-                         Kafka (acks=all) → 200. Never a 500 for what Meta (or anyone) sends.
+                         Kafka (acks=all) → 200. A failed status with 131047 also becomes a WindowClosed
+                         for the meta dispatcher. Never a 500 for what Meta (or anyone) sends.
 GET  /webhooks/meta      Meta's verification handshake.
 GET  /media/<pnid>/<id>  signed, expiring URL (what Bitrix24 downloads) → Graph media lookup → stream.
 /health /ready /metrics  zaptrix.web.add_ops_routes.
@@ -119,6 +120,7 @@ class Webhooks:
         self.kafka = kafka
         self.grpc_settings = grpc_settings
         self.topic = topics_for(Flow.WA_TO_B24, kafka.topic_prefix).main
+        self.window_topic = topics_for(Flow.B24_TO_WA, kafka.topic_prefix).main
         self.media_secret = settings.media_secret_bytes()
         self.clients: Clients
         self.credentials: CredentialsCache
@@ -231,14 +233,20 @@ class Webhooks:
             try:
                 async with asyncio.timeout(self.settings.publish_timeout_s):  # no extra task, unlike wait_for
                     await producer.publish(self.topic, result.envelopes)
+                    if result.window_closed:  # for the meta dispatcher: the re-engagement template
+                        await producer.publish(self.window_topic, result.window_closed)
             except (PublishError, TimeoutError) as exc:
                 WEBHOOKS.labels("kafka_unavailable").inc()
                 log.warning(
-                    "events not accepted by Kafka; answering 503",
-                    error=str(exc),
-                    events=len(result.envelopes),
+                    "events not accepted by Kafka; answering 503", error=str(exc), events=result.count
                 )
                 return _error(503, "Kafka did not accept the events; Meta will retry")
+            for env in result.window_closed:
+                log.info(
+                    "Meta reported the 24-h window closed after accepting a send",
+                    wamid=env.window_closed.wamid,
+                    phone_number_id=env.window_closed.phone_number_id,
+                )
         for kind in result.types:
             _child(INBOUND_MESSAGES, kind[:40]).inc()
         if result.statuses:
@@ -246,7 +254,7 @@ class Webhooks:
                 if env.HasField("whatsapp_status"):
                     _child(INBOUND_STATUSES, env.whatsapp_status.status[:20]).inc()
         _child(WEBHOOKS, "ok").inc()
-        return json_response({"events": len(result.envelopes)})
+        return json_response({"events": result.count})
 
     async def _credentials(self, channels: list[str]) -> list[Credentials] | HTTPResponse:
         results: list[Credentials | BaseException]

@@ -174,7 +174,16 @@ class FakeMapper(mapper_pb2_grpc.MapperServicer):
 
     async def FindConversation(self, request: Any, context: Any) -> Any:
         self.calls.append("FindConversation")
-        conv = self.conversations.get(request.external_chat_id)
+        if request.WhichOneof("by") == "channel_customer":
+            cc = request.channel_customer
+            found = (
+                c
+                for c in self.conversations.values()
+                if (c.phone_number_id, c.wa_id) == (cc.phone_number_id, cc.wa_id)
+            )
+            conv = next(found, None)
+        else:
+            conv = self.conversations.get(request.external_chat_id)
         if conv is None:
             await context.abort(grpc.StatusCode.NOT_FOUND, "no conversation")
         return conv

@@ -250,6 +250,45 @@ async def test_window_closed_synchronous_131047(
     assert fresh.mapper.processed[env.event_id] == "failed:131047"
 
 
+async def test_window_closed_after_the_send_sends_the_template(
+    web: Proc,
+    dispatcher: Proc,
+    sandbox: httpx.AsyncClient,
+    fresh: Fakes,
+    producer: EventProducer,
+    topic_prefix: str,
+    failures: TopicReader,
+) -> None:
+    """Asynchronous 131047 across both processes: the stand-in accepts the text, then posts a failed status
+    to meta-ingress-web, which forwards the status (the operator's notice) and a WindowClosed; the dispatcher
+    sends the re-engagement template and tells the operator."""
+    config = {"webhook_url": f"{web.url}/webhooks/meta", "window_error_mode": "async"}
+    (await sandbox.post("/_sandbox/config", json=config)).raise_for_status()
+    fresh.mapper.channels[PNID].reengagement_template = "hello_world"
+    wa = customer()  # the stand-in never heard from this customer: the window is closed
+    conv = fresh.mapper.add_conversation(wa, last_customer_ago_s=None)  # unknown to the mapper: send
+    env = operator_message(conv, "still interested?")
+    await publish(producer, topic_prefix, env)
+    sent = await wait_sent(sandbox, wa, 2)
+    assert [s["type"] for s in sent] == ["text", "template"], sent
+    text_wamid = sent[0]["wamid"]
+    assert fresh.mapper.processed[env.event_id] == text_wamid  # Meta had accepted it
+    wanted = {f"wa-status:{text_wamid}:failed", f"wa-fail:{MEMBER}:window:{text_wamid}"}
+    seen: dict[str, events_pb2.Envelope] = {}
+    deadline = time.monotonic() + 10
+    while set(seen) != wanted and time.monotonic() < deadline:
+        seen.update({r.envelope.event_id: r.envelope for r in await failures.take(50, within=0.2)})
+    assert wanted <= set(seen), sorted(seen)
+    assert seen[f"wa-status:{text_wamid}:failed"].whatsapp_status.errors[0].code == 131047
+    failure = seen[f"wa-fail:{MEMBER}:window:{text_wamid}"].send_failure
+    assert failure.template_sent is True and "hello_world" in failure.notice
+    assert failure.external_chat_id == conv.external_chat_id
+    await asyncio.sleep(0.3)
+    assert fresh.mapper.processed[f"wa-window:{text_wamid}"] == "template_sent"
+    # The template itself is accepted (templates may open a closed window): no second round.
+    assert len(await sent_to(sandbox, wa)) == 2
+
+
 async def test_rejected_token_dead_letters_once_and_tells_operator(
     dispatcher: Proc,
     sandbox: httpx.AsyncClient,

@@ -217,6 +217,40 @@ def test_statuses_and_value_errors() -> None:
     assert result.system_errors == [(PNID, 131000, "Something went wrong", "")]
 
 
+def test_failed_131047_status_also_becomes_window_closed() -> None:
+    window = {"code": 131047, "title": "Re-engagement message"}
+    payload = webhook(
+        value(
+            [],
+            [
+                status("wamid.W", "failed", errors=[window]),
+                status("wamid.U", "failed", errors=[{"code": 131026, "title": "Message undeliverable"}]),
+                status("wamid.S", "sent", errors=[window]),  # not a failure: no window event
+                status("wamid.N", "failed", recipient="", errors=[window]),  # no customer to write to
+            ],
+        )
+    )
+    result = run(payload)
+    assert [e.event_id for e in result.envelopes] == [
+        "wa-status:wamid.W:failed",
+        "wa-status:wamid.U:failed",
+        "wa-status:wamid.S:sent",
+        "wa-status:wamid.N:failed",
+    ]
+    (env,) = result.window_closed
+    assert (env.event_id, env.conversation_key) == ("wa-window:wamid.W", f"{PNID}:16505551234")
+    assert env.source == events_pb2.PLATFORM_WHATSAPP and env.WhichOneof("kind") == "window_closed"
+    wc = env.window_closed
+    assert (wc.phone_number_id, wc.wa_id, wc.wamid, wc.at.seconds) == (
+        PNID,
+        "16505551234",
+        "wamid.W",
+        1749416400,
+    )
+    assert env.occurred_at.seconds == 1749416400
+    assert result.count == 5
+
+
 def test_several_entries_changes_messages_and_bsuid() -> None:
     a, b = msg("text", {"body": "a"}), msg("text", {"body": "b"})
     c = msg("text", {"body": "c"}, frm="4911")

@@ -70,8 +70,10 @@ async def test_verification_handshake(web: Proc, fresh: Fakes) -> None:
 
 
 async def test_multi_message_webhook_becomes_one_event_each(
-    web: Proc, fresh: Fakes, reader: TopicReader
+    web: Proc, fresh: Fakes, reader: TopicReader, kafka_bootstrap: str, topic_prefix: str
 ) -> None:
+    operator_side = await TopicReader(kafka_bootstrap, topics_for(Flow.B24_TO_WA, topic_prefix).main).start()
+    await operator_side.take(10_000, within=0.5)
     text = msg("text", {"body": "Olá — ação"})
     image = msg("image", {"id": "9001", "mime_type": "image/jpeg", "sha256": "abc", "caption": "look"})
     other = msg("text", {"body": "from the second customer"}, frm="4915112345678")
@@ -81,7 +83,7 @@ async def test_multi_message_webhook_becomes_one_event_each(
     body = dump(payload).replace("Olá — ação".encode(), b"Ol\\u00e1 \\u2014 a\\u00e7\\u00e3o")  # Meta escapes
     resp = await post(web, body)
     assert resp.status_code == 200, resp.text
-    assert resp.json() == {"events": 5}
+    assert resp.json() == {"events": 6}  # 5 items, and the 131047 failure once more for the meta dispatcher
     records = await reader.take(5)
     assert len(records) == 5
     by_id = {r.envelope.event_id: r for r in records}
@@ -106,6 +108,13 @@ async def test_multi_message_webhook_becomes_one_event_each(
     assert pic.text == "look"
     failure = by_id["wa-status:wamid.OUT2:failed"].envelope.whatsapp_status
     assert failure.errors[0].code == 131047
+    # The closed window also goes to the b24-to-wa flow, acknowledged by Kafka before the 200.
+    (window,) = await operator_side.take(1, within=5)
+    await operator_side.stop()
+    assert window.envelope.event_id == "wa-window:wamid.OUT2"
+    assert window.key == f"{PNID}:16505551234".encode()
+    assert window.headers["zaptrix-event-type"] == "window_closed"
+    assert window.envelope.window_closed.wamid == "wamid.OUT2"
     # the credentials were fetched once for the whole webhook, not per event
     assert fresh.token_keeper.calls.count(f"GetChannelCredentials:{PNID}") <= 1
 
