@@ -137,7 +137,23 @@ async def main_async(names: list[str], env: BenchEnv) -> int:
     loop = asyncio.get_running_loop()
     task = asyncio.current_task()
     assert task is not None
-    loop.add_signal_handler(signal.SIGTERM, task.cancel)
+    interrupts = 0
+
+    def stop() -> None:
+        # First signal: cancel the running scenario (its finally blocks stop every process it started).
+        # Second: kill what is left at once.
+        nonlocal interrupts
+        interrupts += 1
+        print(
+            f"\n{'stopping' if interrupts == 1 else 'killing'} the benchmark's processes …", file=sys.stderr
+        )
+        if interrupts > 1:
+            kill_remembered()
+        task.cancel()
+
+    # Installed explicitly: a parent may have left SIGINT ignored (background jobs of a script do).
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop)
     results: list[Result] = []
     summary_path = env.results / "summary.json"
     info = machine()
@@ -227,8 +243,8 @@ def main() -> None:
         print("\ninterrupted: stopped every process the benchmark started", file=sys.stderr)
         code = 130
     except asyncio.CancelledError:
-        print("\nterminated: stopped every process the benchmark started", file=sys.stderr)
-        code = 143
+        print("\ninterrupted: stopped every process the benchmark started", file=sys.stderr)
+        code = 130
     finally:
         kill_remembered()
     sys.exit(code)
