@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from enum import StrEnum
 
+from zaptrix.kafka import TransientError
+
 from meta_ingress.graph import GraphApiError, GraphTransportError
 
 
@@ -75,6 +77,14 @@ def classify(exc: BaseException) -> Action:
     if exc.http_status >= 500:
         return Action.RETRY  # an unknown code with a server error: Meta's side is failing
     return Action.FAULT
+
+
+def retry_later(exc: BaseException, what: str) -> TransientError | None:
+    """The TransientError (retry topic, honouring Retry-After) for an error worth another try later, else
+    None: the caller decides what a refusal means."""
+    if classify(exc) in (Action.RETRY, Action.THROTTLE, Action.PAIR):
+        return TransientError(f"{what}: {describe(exc)}", getattr(exc, "retry_after", None))
+    return None
 
 
 def is_media_problem(exc: BaseException) -> bool:

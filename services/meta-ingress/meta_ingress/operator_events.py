@@ -1,0 +1,132 @@
+"""The operator's other events: edits and deletes (WhatsApp can do neither to a sent message: a notice, or
+a correction sent as a reply), reads (mark the customer's message read), removed lines."""
+
+from __future__ import annotations
+
+import hashlib
+from functools import partial
+
+from zaptrix.kafka import Outcome, PermanentError
+from zaptrix.logging import get_logger
+from zaptrix.v1 import events_pb2
+
+from meta_ingress.context import Context
+from meta_ingress.credentials import UnknownChannel
+from meta_ingress.errors import Action, classify, describe, retry_later
+from meta_ingress.graph import GraphApiError, GraphTransportError
+from meta_ingress.metrics import DUPLICATES, OPERATOR_EVENTS, TOKEN_ERRORS
+from meta_ingress.notices import Notice
+from meta_ingress.operator_messages import OperatorMessages
+from meta_ingress.outbound import plan_message
+from meta_ingress.rpc import RpcNotFound
+
+log = get_logger(__name__)
+
+
+def _short(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+class OperatorEvents:
+    def __init__(self, ctx: Context, messages: OperatorMessages) -> None:
+        self.ctx = ctx
+        self.messages = messages
+
+    async def on_edit(self, env: events_pb2.Envelope, e: events_pb2.OperatorMessageEdit) -> Outcome:
+        event_id = f"wa-fail:{e.member_id}:{e.bitrix_message_id}:edit:{_short(env.event_id)}"
+        notice = Notice.about(e, event_id, informational=True)
+        if self.ctx.settings.edit_mode == "notice":
+            OPERATOR_EVENTS.labels("edit", "notice").inc()
+            log.info("operator edited a message; WhatsApp cannot edit: notice only", event_id=env.event_id)
+            await self.ctx.notifier.send(
+                notice,
+                None,
+                "WhatsApp cannot change a message that was already sent: the customer still sees the original "
+                "text. Send a new message if the correction matters.",
+            )
+            return Outcome.ok()
+        if await self.ctx.records.recorded(env.event_id) is not None:
+            DUPLICATES.labels("operator_message_edit").inc()
+            return Outcome.duplicate()
+        target = await self.ctx.target(e.external_chat_id, notice)
+        original = (
+            e.external_message_ids[-1]
+            if e.external_message_ids
+            else await self.ctx.records.wamid_of(e.member_id, e.bitrix_message_id)
+        )
+        plan = plan_message(e.text_bbcode, [], original, self.ctx.settings.correction_prefix)
+        OPERATOR_EVENTS.labels("edit", "correction").inc()
+        return await self.messages.deliver(env.event_id, target, plan, notice, link=False, reengage=False)
+
+    async def on_delete(self, env: events_pb2.Envelope, d: events_pb2.OperatorMessageDelete) -> Outcome:
+        mode = self.ctx.settings.delete_mode
+        log.info(
+            "operator deleted a message; WhatsApp cannot delete a sent message",
+            event_id=env.event_id,
+            mode=mode,
+            external_message_ids=list(d.external_message_ids),
+        )
+        OPERATOR_EVENTS.labels("delete", mode).inc()
+        if mode == "notice":
+            event_id = f"wa-fail:{d.member_id}:{d.bitrix_message_id}:delete:{_short(env.event_id)}"
+            await self.ctx.notifier.send(
+                Notice.about(d, event_id, informational=True),
+                None,
+                "WhatsApp cannot delete a message that was already sent: the customer can still see it.",
+            )
+        return Outcome.ok()
+
+    async def on_read(self, env: events_pb2.Envelope, r: events_pb2.OperatorRead) -> Outcome:
+        if not r.wamids:
+            # The mapper keeps no "latest customer wamid"; without ids there is nothing to mark.
+            OPERATOR_EVENTS.labels("read", "no_wamid").inc()
+            log.info("operator read without message ids: nothing to mark", event_id=env.event_id)
+            return Outcome.ok()
+        try:
+            conversation = await self.ctx.records.conversation(r.external_chat_id)
+        except RpcNotFound:
+            OPERATOR_EVENTS.labels("read", "unknown_chat").inc()
+            log.warning("operator read for an unknown chat", external_chat_id=r.external_chat_id)
+            return Outcome.ok()
+        pnid = conversation.phone_number_id
+        try:
+            creds = await self.ctx.credentials.get(pnid)
+        except UnknownChannel as exc:
+            raise PermanentError(str(exc)) from None
+        typing = self.ctx.settings.operator_read_typing_indicator
+        # Marking one message read marks the earlier ones too (whatsapp.md A3): mark the latest; fall back
+        # to an earlier one if Meta refuses it (e.g. too old or not a customer message).
+        for wamid in list(dict.fromkeys(reversed(r.wamids)))[:3]:
+            try:
+                await self.ctx.sender.with_retries(
+                    partial(self.ctx.graph.mark_read, pnid, creds.access_token, wamid, typing)
+                )
+            except (GraphApiError, GraphTransportError) as exc:
+                if (later := retry_later(exc, "mark as read")) is not None:
+                    raise later from exc
+                if classify(exc) == Action.AUTH:
+                    self.ctx.credentials.invalidate(pnid)
+                    TOKEN_ERRORS.labels(pnid).inc()
+                    log.error(
+                        "Graph API rejected the channel's access token (mark as read)", phone_number_id=pnid
+                    )
+                    raise PermanentError(f"mark as read: {describe(exc)}") from exc
+                log.info("mark as read refused; trying an earlier message", wamid=wamid, error=describe(exc))
+                continue
+            OPERATOR_EVENTS.labels("read", "marked").inc()
+            return Outcome.ok()
+        OPERATOR_EVENTS.labels("read", "refused").inc()
+        log.warning("no message of the read could be marked as read", event_id=env.event_id)
+        return Outcome.ok()
+
+    async def on_line_removed(self, lr: events_pb2.LineRemoved) -> Outcome:
+        OPERATOR_EVENTS.labels("line_removed", "logged").inc()
+        what = "the Bitrix24 app was uninstalled from the portal" if lr.line_id == 0 else "Open Line removed"
+        log.warning(
+            f"{what}: its channels no longer receive operator messages",
+            member_id=lr.member_id,
+            line_id=lr.line_id,
+            connector_id=lr.connector_id,
+        )
+        self.ctx.channels.clear()  # bindings may change with the line: read them again
+        return Outcome.ok()

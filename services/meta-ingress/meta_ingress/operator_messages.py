@@ -1,0 +1,214 @@
+"""OperatorMessage → WhatsApp: dedupe, resolve, plan (outbound.py), the 24-h window (window.py), send each
+part (sender.py, files through bitrix_files.py), record (links, dedupe), and a notice for what failed.
+
+Redelivery never sends twice what was recorded: parts of a multi-part message are recorded one by one
+(``<event_id>#p<n>``), and a send whose recording failed is remembered in memory so that the retry only
+records it. What remains is the crash window: the process dies between Meta's 200 and MarkProcessed
+(milliseconds). The event is then delivered again and the part is sent a second time; the Cloud API
+offers no idempotency key to close it. See docs/meta-ingress.md.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from zaptrix.kafka import Outcome, PermanentError, TransientError
+from zaptrix.logging import get_logger
+from zaptrix.v1 import events_pb2
+
+from meta_ingress.bitrix_files import BitrixFiles, PartFailed
+from meta_ingress.context import Context, Target
+from meta_ingress.errors import Action, classify, describe, is_media_problem, notice_for
+from meta_ingress.graph import GraphApiError, GraphTransportError
+from meta_ingress.metrics import DUPLICATES, SEND_FAILURES, TOKEN_ERRORS
+from meta_ingress.notices import Notice, graph_error
+from meta_ingress.outbound import Part, Plan, media_payload, plan_message, text_payload
+from meta_ingress.window import Window
+
+log = get_logger(__name__)
+AfterError = Literal["continue", "stop", "window"]
+
+
+@dataclass
+class Failure:
+    error: events_pb2.GraphError | None
+    text: str
+    code: str = "local"
+
+
+@dataclass
+class Delivery:
+    wamids: list[str] = field(default_factory=list)
+    failures: list[Failure] = field(default_factory=list)
+
+
+def _label(exc: BaseException) -> str:
+    return exc.label if isinstance(exc, GraphApiError) else "transport"
+
+
+class OperatorMessages:
+    def __init__(self, ctx: Context, window: Window, files: BitrixFiles) -> None:
+        self.ctx = ctx
+        self.window = window
+        self.files = files
+
+    async def on_message(self, env: events_pb2.Envelope, om: events_pb2.OperatorMessage) -> Outcome:
+        event_id = env.event_id
+        if await self.ctx.records.recorded(event_id) is not None:
+            DUPLICATES.labels("operator_message").inc()
+            log.info("operator message already delivered", event_id=event_id)
+            return Outcome.duplicate()
+        notice = Notice.about(om, f"wa-fail:{om.member_id}:{om.bitrix_message_id}")
+        target = await self.ctx.target(om.external_chat_id, notice)
+        plan = plan_message(om.text_bbcode, list(om.files), om.reply_to_external_id)
+        return await self.deliver(event_id, target, plan, notice, link=True, reengage=True)
+
+    async def deliver(
+        self, event_id: str, target: Target, plan: Plan, notice: Notice, *, link: bool, reengage: bool
+    ) -> Outcome:
+        """Send the plan's parts (a message, or an edit's correction), record them, notify what failed."""
+        records, notify = self.ctx.records, self.ctx.notifier.send
+        if not target.channel.active:
+            await notify(notice, None, "Not delivered: this WhatsApp channel is switched off.")
+            SEND_FAILURES.labels("channel_inactive", "notified").inc()
+            await records.mark(event_id, "failed:channel_inactive")
+            return Outcome.ok()
+        if not plan.parts and not plan.rejected:
+            log.warning("operator message without text or files: nothing to send", event_id=event_id)
+            await records.mark(event_id, "empty")
+            return Outcome.ok()
+        if plan.parts and self.window.closed_by_record(target.conversation):
+            log.info("24-h window closed (last customer message): not sending", event_id=event_id)
+            await self.window.failure(event_id, target, notice, None, reengage)
+            await records.mark(event_id, "failed:131047")
+            return Outcome.ok()
+        delivery = Delivery(
+            failures=[Failure(None, f"The file “{f.name}” was not sent: {r}.") for f, r in plan.rejected]
+        )
+        multi = len(plan.parts) > 1
+        for part in plan.parts:
+            part_id = f"{event_id}#p{part.index}" if multi else event_id
+            done = await records.done(part_id) if multi else records.unrecorded(part_id)
+            if done is not None:
+                if not done.startswith("failed:"):
+                    delivery.wamids.append(done)
+                continue
+            try:
+                wamid = await self._send_part(target, part, part_id)
+            except PartFailed as exc:
+                delivery.failures.append(Failure(None, str(exc)))
+                SEND_FAILURES.labels("file", "notified").inc()
+                if multi:
+                    await records.mark(part_id, "failed:file")
+                continue
+            except (GraphApiError, GraphTransportError) as exc:
+                after = await self._part_error(
+                    exc, event_id, part, part_id, target, notice, delivery, reengage
+                )
+                if after == "continue":
+                    continue
+                if after == "stop":
+                    break
+                return Outcome.ok()  # "window": handled completely
+            records.remember(part_id, wamid)
+            delivery.wamids.append(wamid)
+            if multi:
+                await records.mark(part_id, wamid)
+        if delivery.wamids and link:
+            await records.link(target.conversation.id, notice, delivery.wamids)
+        if delivery.failures:
+            first = delivery.failures[0]
+            text = "\n".join(f.text for f in delivery.failures)
+            if delivery.wamids:
+                text += "\nThe rest of the message was delivered."
+            await notify(notice, first.error, text)
+        result = ",".join(delivery.wamids) or "failed:" + ",".join(f.code for f in delivery.failures)
+        await records.mark(event_id, result)
+        log.info("operator message sent", event_id=event_id, wamids=delivery.wamids, parts=len(plan.parts))
+        return Outcome.ok()
+
+    async def _part_error(
+        self,
+        exc: GraphApiError | GraphTransportError,
+        event_id: str,
+        part: Part,
+        part_id: str,
+        target: Target,
+        notice: Notice,
+        delivery: Delivery,
+        reengage: bool,
+    ) -> AfterError:
+        """Decide after a failed part: "continue" (next part), "stop" (no further part), "window" (done),
+        or raise TransientError / PermanentError."""
+        records = self.ctx.records
+        action = classify(exc)
+        if action in (Action.RETRY, Action.THROTTLE):
+            SEND_FAILURES.labels(_label(exc), "retried").inc()
+            raise TransientError(f"Graph API: {describe(exc)}", getattr(exc, "retry_after", None))
+        if action == Action.PAIR:
+            SEND_FAILURES.labels("131056", "retried").inc()
+            retry_after = self.ctx.sender.defer_after_pair_error(
+                target.phone_number_id, target.wa_id, part_id
+            )
+            raise TransientError("Graph API 131056: pair rate limit", retry_after)
+        assert isinstance(exc, GraphApiError)
+        if action == Action.WINDOW:
+            SEND_FAILURES.labels("131047", "notified").inc()
+            if delivery.wamids:
+                await records.link(target.conversation.id, notice, delivery.wamids)
+            await self.window.failure(event_id, target, notice, exc, reengage)
+            await records.mark(event_id, ",".join(delivery.wamids) or "failed:131047")
+            return "window"
+        if action == Action.NOTIFY:
+            SEND_FAILURES.labels(_label(exc), "notified").inc()
+            media = is_media_problem(exc) and part.kind != "text"
+            prefix = f"The file “{part.filename}”: " if media else ""
+            delivery.failures.append(Failure(graph_error(exc), prefix + notice_for(exc), _label(exc)))
+            if media and part_id != event_id:
+                await records.mark(part_id, f"failed:{_label(exc)}")
+            return "continue" if media else "stop"
+        # AUTH and FAULT: someone must act; the operator is told, the event goes to the dead-letter topic.
+        if action == Action.AUTH:
+            TOKEN_ERRORS.labels(target.phone_number_id).inc()
+            log.error(
+                "Graph API rejected the channel's access token: renew it with token-keeper-admin",
+                phone_number_id=target.phone_number_id,
+                code=exc.code,
+                detail=exc.message[:200],
+            )
+        SEND_FAILURES.labels(_label(exc), "dead_lettered").inc()
+        if delivery.wamids:
+            await records.link(target.conversation.id, notice, delivery.wamids)
+        await self.ctx.notifier.send(notice, graph_error(exc), notice_for(exc))
+        raise PermanentError(f"Graph API {action.value}: {describe(exc)}")
+
+    async def _send_part(self, target: Target, part: Part, part_id: str) -> str:
+        """Send one part; refreshes the token once after 190 and drops a refused reply context once."""
+        pnid, to = target.phone_number_id, target.wa_id
+        sender, credentials = self.ctx.sender, self.ctx.credentials
+        sender.check_pair((pnid, to), part_id)  # before any upload work
+        token = target.creds.access_token
+        if part.kind == "text":
+            payload = text_payload(to, part.text, part.context_id)
+        else:
+            payload = media_payload(to, part, await self.files.media_ref(pnid, part, token))
+        for attempt in range(3):
+            try:
+                return await sender.send(pnid, to, part_id, token, payload)
+            except GraphApiError as exc:
+                action = classify(exc)
+                if action == Action.AUTH and attempt == 0:
+                    credentials.invalidate(pnid)
+                    fresh = await credentials.get(pnid)
+                    if fresh.access_token and fresh.access_token != token:
+                        log.warning("token rejected; retrying once with the token token-keeper has now")
+                        token = fresh.access_token
+                        target.creds = fresh
+                        continue
+                if action == Action.FAULT and "context" in payload and exc.code in (100, 131009):
+                    log.warning("reply context refused; sending without it", code=exc.code)
+                    payload.pop("context")
+                    continue
+                raise
+        raise AssertionError("unreachable")  # pragma: no cover

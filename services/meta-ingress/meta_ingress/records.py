@@ -1,0 +1,153 @@
+"""What the mapper knows for the dispatcher, and what this process sent but has not recorded yet.
+
+Lookups: channel bindings, conversations (by external chat id or by channel + customer), the wamid of a
+Bitrix24 message. Bookkeeping: dedupe records (CheckProcessed / MarkProcessed) and message links. A send
+whose recording fails is remembered in memory (part id → wamid), so the retry of the event only records
+it instead of sending again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from functools import partial
+from typing import Any
+
+from zaptrix.clients import Clients
+from zaptrix.kafka import PermanentError, TransientError
+from zaptrix.logging import get_logger
+from zaptrix.v1 import mapper_pb2
+
+from meta_ingress.cache import NotFoundError
+from meta_ingress.notices import Notice
+from meta_ingress.rpc import RpcConflict, RpcNotFound, call
+
+log = get_logger(__name__)
+REMEMBERED_SENDS = 50_000
+
+
+class Records:
+    def __init__(self, clients: Clients) -> None:
+        self.clients = clients
+        # Sends that happened but whose recording (MarkProcessed) has not succeeded yet: part id → wamid.
+        self._sent: OrderedDict[str, str] = OrderedDict()
+
+    # --- lookups ---------------------------------------------------------------------------------------
+    async def channel(self, phone_number_id: str) -> mapper_pb2.Channel:
+        """The channel binding (the loader of the dispatcher's channel cache); NotFoundError if unbound."""
+        try:
+            return await call(
+                "mapper GetChannel",
+                self.clients.mapper.GetChannel(
+                    mapper_pb2.GetChannelRequest(phone_number_id=phone_number_id),
+                    timeout=self.clients.timeout,
+                ),
+            )
+        except RpcNotFound:
+            raise NotFoundError(f"channel {phone_number_id} is not bound") from None
+
+    async def conversation(self, external_chat_id: str) -> mapper_pb2.Conversation:
+        if not external_chat_id:
+            raise RpcNotFound("the event names no external_chat_id")
+        return await self._find_conversation(
+            mapper_pb2.FindConversationRequest(external_chat_id=external_chat_id)
+        )
+
+    async def conversation_of(self, phone_number_id: str, wa_id: str) -> mapper_pb2.Conversation:
+        customer = mapper_pb2.ChannelCustomer(phone_number_id=phone_number_id, wa_id=wa_id)
+        return await self._find_conversation(mapper_pb2.FindConversationRequest(channel_customer=customer))
+
+    async def _find_conversation(
+        self, request: mapper_pb2.FindConversationRequest
+    ) -> mapper_pb2.Conversation:
+        return await call(
+            "mapper FindConversation",
+            self.clients.mapper.FindConversation(request, timeout=self.clients.timeout),
+        )
+
+    async def wamid_of(self, member_id: str, bitrix_message_id: str) -> str:
+        """The wamid a Bitrix24 message was sent as ("" when not linked)."""
+        request = mapper_pb2.FindMessageLinkRequest(
+            bitrix_message=mapper_pb2.PortalMessage(member_id=member_id, bitrix_message_id=bitrix_message_id)
+        )
+        try:
+            link = await call(
+                "mapper FindMessageLink",
+                self.clients.mapper.FindMessageLink(request, timeout=self.clients.timeout),
+            )
+        except RpcNotFound:
+            return ""
+        return str(link.wamid)
+
+    # --- dedupe ----------------------------------------------------------------------------------------
+    async def recorded(self, event_id: str) -> str | None:
+        """The mapper's dedupe record of an event (MarkProcessed happened), else None."""
+        resp = await call(
+            "mapper CheckProcessed",
+            self.clients.mapper.CheckProcessed(
+                mapper_pb2.CheckProcessedRequest(event_id=event_id), timeout=self.clients.timeout
+            ),
+        )
+        return resp.result if resp.processed else None
+
+    async def done(self, event_id: str) -> str | None:
+        """The result of an event part (or template) that already had its effect, else None: first what
+        this process sent but could not record yet, then the mapper's dedupe record."""
+        if event_id in self._sent:
+            return self._sent[event_id]
+        return await self.recorded(event_id)
+
+    def unrecorded(self, part_id: str) -> str | None:
+        """The wamid of a send this process made but could not record yet."""
+        return self._sent.get(part_id)
+
+    def remember(self, part_id: str, wamid: str) -> None:
+        self._sent[part_id] = wamid
+        while len(self._sent) > REMEMBERED_SENDS:
+            self._sent.popitem(last=False)
+
+    async def mark(self, event_id: str, result: str) -> None:
+        request = mapper_pb2.MarkProcessedRequest(event_id=event_id, result=result[:1000])
+        await self._after_send(
+            "mapper MarkProcessed",
+            lambda: self.clients.mapper.MarkProcessed(request, timeout=self.clients.timeout),
+        )
+        self._sent.pop(event_id, None)
+
+    async def link(self, conversation_id: str, notice: Notice, wamids: list[str]) -> None:
+        for i, wamid in enumerate(wamids):
+            link = mapper_pb2.MessageLink(
+                conversation_id=conversation_id,
+                direction=mapper_pb2.DIRECTION_OUTBOUND,
+                wamid=wamid,
+                member_id=notice.member_id,
+                # Only the first message carries the Bitrix24 id (one link per Bitrix24 message); the others
+                # are linked to the conversation so that a customer quoting them can still be resolved.
+                bitrix_message_id=notice.bitrix_message_id if i == 0 else "",
+                bitrix_chat_id=notice.bitrix_chat_id,
+                whatsapp_status="accepted",
+            )
+            request = mapper_pb2.LinkMessageRequest(link=link)
+            try:
+                await self._after_send(
+                    "mapper LinkMessage",
+                    partial(self.clients.mapper.LinkMessage, request, timeout=self.clients.timeout),
+                )
+            except (RpcConflict, PermanentError) as exc:
+                level = log.warning if i == 0 else log.debug
+                level("message link not recorded", wamid=wamid, error=str(exc))
+
+    async def _after_send(self, what: str, rpc: Callable[[], Awaitable[Any]]) -> None:
+        """Recording after a send: a few quick attempts in process (a failure here must not cost a second
+        send; the in-memory record covers the retry of the event if all of them fail)."""
+        delay = 0.1
+        for attempt in range(4):
+            try:
+                await call(what, rpc())
+                return
+            except TransientError:
+                if attempt == 3:
+                    raise
+                await asyncio.sleep(delay)
+                delay *= 3
