@@ -302,6 +302,20 @@ def _referral_text(ref: dict[str, Any]) -> str:
     return text
 
 
+def _envelope(
+    event_id: str, phone_number_id: str, customer: str, at: int, **kind: Any
+) -> events_pb2.Envelope:
+    """An event from WhatsApp, keyed by its conversation (``<phone_number_id>:<customer>``)."""
+    env = events_pb2.Envelope(
+        event_id=event_id,
+        conversation_key=f"{phone_number_id}:{customer}",
+        source=events_pb2.PLATFORM_WHATSAPP,
+        **kind,
+    )
+    env.occurred_at.seconds = at
+    return env
+
+
 def customer_message(
     change: Change,
     msg: dict[str, Any],
@@ -389,14 +403,7 @@ def customer_message(
     if isinstance(referral, dict):
         text = f"{text}\n\n{_referral_text(referral)}" if text else _referral_text(referral)
     out.text = text.strip()
-    env = events_pb2.Envelope(
-        event_id=f"wa:{wamid}",
-        conversation_key=f"{pnid}:{customer}",
-        source=events_pb2.PLATFORM_WHATSAPP,
-        customer_message=out,
-    )
-    env.occurred_at.seconds = sent_at
-    return env
+    return _envelope(f"wa:{wamid}", pnid, customer, sent_at, customer_message=out)
 
 
 def status_event(change: Change, st: dict[str, Any]) -> events_pb2.Envelope:
@@ -408,30 +415,19 @@ def status_event(change: Change, st: dict[str, Any]) -> events_pb2.Envelope:
     out = events_pb2.WhatsAppStatus(phone_number_id=pnid, wa_id=recipient, wamid=wamid, status=status)
     out.at.seconds = at
     out.errors.extend(_errors(st.get("errors")))
-    env = events_pb2.Envelope(
-        event_id=f"wa-status:{wamid}:{status}",
-        conversation_key=f"{pnid}:{recipient}",
-        source=events_pb2.PLATFORM_WHATSAPP,
-        whatsapp_status=out,
-    )
-    env.occurred_at.seconds = at
-    return env
+    return _envelope(f"wa-status:{wamid}:{status}", pnid, recipient, at, whatsapp_status=out)
 
 
 def window_closed_event(st: events_pb2.WhatsAppStatus) -> events_pb2.Envelope | None:
     """A WindowClosed event when Meta reports 131047 (24-h window closed) for a send it had accepted."""
     if st.status != "failed" or not st.wa_id or not any(e.code == WINDOW_CLOSED for e in st.errors):
         return None
-    env = events_pb2.Envelope(
-        event_id=f"wa-window:{st.wamid}",
-        conversation_key=f"{st.phone_number_id}:{st.wa_id}",
-        source=events_pb2.PLATFORM_WHATSAPP,
-        window_closed=events_pb2.WindowClosed(
-            phone_number_id=st.phone_number_id, wa_id=st.wa_id, wamid=st.wamid, at=st.at
-        ),
+    window = events_pb2.WindowClosed(
+        phone_number_id=st.phone_number_id, wa_id=st.wa_id, wamid=st.wamid, at=st.at
     )
-    env.occurred_at.CopyFrom(st.at)
-    return env
+    return _envelope(
+        f"wa-window:{st.wamid}", st.phone_number_id, st.wa_id, st.at.seconds, window_closed=window
+    )
 
 
 def _contact_names(value: dict[str, Any]) -> tuple[dict[str, str], str]:

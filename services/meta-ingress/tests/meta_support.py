@@ -101,6 +101,27 @@ def status(wamid: str, st: str, recipient: str = "16505551234", **extra: Any) ->
     return {"id": wamid, "status": st, "timestamp": "1749416400", "recipient_id": recipient, **extra}
 
 
+def operator_message(conv: mapper_pb2.Conversation, text: str = "", **fields: Any) -> events_pb2.Envelope:
+    """An OperatorMessage of the conversation as bitrix-ingress produces it (a random Bitrix24 message id)."""
+    msg_id = str(fields.pop("bitrix_message_id", uuid.uuid4().int % 10**9))
+    om = events_pb2.OperatorMessage(
+        member_id=MEMBER,
+        connector_id="zaptrix",
+        line_id=1,
+        bitrix_chat_id="77",
+        bitrix_message_id=msg_id,
+        external_chat_id=conv.external_chat_id,
+        text_bbcode=text,
+        **fields,
+    )
+    return events_pb2.Envelope(
+        event_id=f"b24:{MEMBER}:{msg_id}",
+        conversation_key=f"{conv.phone_number_id}:{conv.wa_id}",
+        source=events_pb2.PLATFORM_BITRIX24,
+        operator_message=om,
+    )
+
+
 # --- gRPC fakes --------------------------------------------------------------------------------------------
 class FakeTokenKeeper(token_keeper_pb2_grpc.TokenKeeperServicer):
     def __init__(self) -> None:
@@ -416,6 +437,21 @@ class TopicReader:
 
     async def nothing_within(self, seconds: float) -> bool:
         return not await self.take(1, within=seconds)
+
+
+async def wait_events(
+    reader: TopicReader, *event_ids: str, within: float = 10.0
+) -> dict[str, events_pb2.Envelope]:
+    """The envelopes with these event ids (others read meanwhile are skipped); fails after ``within``."""
+    seen: dict[str, events_pb2.Envelope] = {}
+    deadline = time.monotonic() + within
+    while len(seen) < len(set(event_ids)) and time.monotonic() < deadline:
+        for rec in await reader.take(50, within=0.2):
+            if rec.envelope.event_id in event_ids:
+                seen[rec.envelope.event_id] = rec.envelope
+    missing = sorted(set(event_ids) - set(seen))
+    assert not missing, f"no events {missing}"
+    return seen
 
 
 def dump(obj: Any) -> bytes:

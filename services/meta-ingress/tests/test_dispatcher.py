@@ -18,7 +18,7 @@ from typing import Any
 
 import httpx
 import pytest
-from meta_support import MEMBER, PNID, TOKEN, Fakes, Proc, TopicReader
+from meta_support import MEMBER, PNID, TOKEN, Fakes, Proc, TopicReader, operator_message, wait_events
 from zaptrix.kafka import EventProducer, Flow, topics_for
 from zaptrix.settings import KafkaSettings
 from zaptrix.v1 import events_pb2, mapper_pb2
@@ -81,26 +81,6 @@ def files() -> Iterator[dict[str, tuple[int, str, bytes]]]:
     server.shutdown()
 
 
-def operator_message(conv: mapper_pb2.Conversation, text: str = "", **fields: Any) -> events_pb2.Envelope:
-    msg_id = str(fields.pop("bitrix_message_id", uuid.uuid4().int % 10**9))
-    om = events_pb2.OperatorMessage(
-        member_id=MEMBER,
-        connector_id="zaptrix",
-        line_id=1,
-        bitrix_chat_id="77",
-        bitrix_message_id=msg_id,
-        external_chat_id=conv.external_chat_id,
-        text_bbcode=text,
-        **fields,
-    )
-    return events_pb2.Envelope(
-        event_id=f"b24:{MEMBER}:{msg_id}",
-        conversation_key=f"{conv.phone_number_id}:{conv.wa_id}",
-        source=events_pb2.PLATFORM_BITRIX24,
-        operator_message=om,
-    )
-
-
 async def publish(producer: EventProducer, prefix: str, *envs: events_pb2.Envelope) -> None:
     await producer.publish(topics_for(Flow.B24_TO_WA, prefix).main, list(envs))
 
@@ -131,12 +111,7 @@ def customer() -> str:
 
 
 async def send_failure(reader: TopicReader, event_id: str, within: float = 10.0) -> events_pb2.SendFailure:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        for rec in await reader.take(50, within=0.2):
-            if rec.envelope.event_id == event_id:
-                return rec.envelope.send_failure
-    raise AssertionError(f"no SendFailure {event_id}")
+    return (await wait_events(reader, event_id, within=within))[event_id].send_failure
 
 
 async def test_text_is_sent_converted_linked_and_never_twice(
@@ -273,14 +248,10 @@ async def test_window_closed_after_the_send_sends_the_template(
     assert [s["type"] for s in sent] == ["text", "template"], sent
     text_wamid = sent[0]["wamid"]
     assert fresh.mapper.processed[env.event_id] == text_wamid  # Meta had accepted it
-    wanted = {f"wa-status:{text_wamid}:failed", f"wa-fail:{MEMBER}:window:{text_wamid}"}
-    seen: dict[str, events_pb2.Envelope] = {}
-    deadline = time.monotonic() + 10
-    while set(seen) != wanted and time.monotonic() < deadline:
-        seen.update({r.envelope.event_id: r.envelope for r in await failures.take(50, within=0.2)})
-    assert wanted <= set(seen), sorted(seen)
-    assert seen[f"wa-status:{text_wamid}:failed"].whatsapp_status.errors[0].code == 131047
-    failure = seen[f"wa-fail:{MEMBER}:window:{text_wamid}"].send_failure
+    status_id, notice_id = f"wa-status:{text_wamid}:failed", f"wa-fail:{MEMBER}:window:{text_wamid}"
+    seen = await wait_events(failures, status_id, notice_id)
+    assert seen[status_id].whatsapp_status.errors[0].code == 131047
+    failure = seen[notice_id].send_failure
     assert failure.template_sent is True and "hello_world" in failure.notice
     assert failure.external_chat_id == conv.external_chat_id
     await asyncio.sleep(0.3)

@@ -13,7 +13,7 @@ import pytest
 from meta_ingress.dispatcher import MetaDispatcher
 from meta_ingress.graph import GraphClient
 from meta_ingress.settings import DispatcherSettings
-from meta_support import MEMBER, PNID, TOKEN, Fakes
+from meta_support import MEMBER, PNID, TOKEN, Fakes, operator_message
 from opentelemetry import trace
 from prometheus_client import REGISTRY
 from zaptrix.clients import Clients
@@ -66,8 +66,12 @@ class Harness:
             source=events_pb2.PLATFORM_WHATSAPP,
             window_closed=events_pb2.WindowClosed(phone_number_id=PNID, wa_id=wa_id, wamid=wamid),
         )
-        rec = Received(env, "b24-to-wa", 0, 0, None, b"", [], 1, trace.INVALID_SPAN)
-        return await self.dispatcher.handle(rec)
+        return await self.handle(env)
+
+    async def handle(self, env: events_pb2.Envelope) -> Outcome | None:
+        return await self.dispatcher.handle(
+            Received(env, "b24-to-wa", 0, 0, None, b"", [], 1, trace.INVALID_SPAN)
+        )
 
 
 def graph_error(http_status: int, code: int, message: str) -> httpx.Response:
@@ -187,21 +191,8 @@ async def test_synchronous_131047_sends_the_template_at_once(meta: Harness) -> N
     with_template(meta.fakes)
     conv = meta.fakes.mapper.add_conversation("4915100000001", last_customer_ago_s=None)
     meta.graph.errors.append(graph_error(400, 131047, "(#131047) Re-engagement message"))
-    env = events_pb2.Envelope(
-        event_id=f"b24:{MEMBER}:42",
-        conversation_key=f"{PNID}:{conv.wa_id}",
-        source=events_pb2.PLATFORM_BITRIX24,
-        operator_message=events_pb2.OperatorMessage(
-            member_id=MEMBER,
-            line_id=1,
-            bitrix_chat_id="77",
-            bitrix_message_id="42",
-            external_chat_id=conv.external_chat_id,
-            text_bbcode="hello?",
-        ),
-    )
-    rec = Received(env, "b24-to-wa", 0, 0, None, b"", [], 1, trace.INVALID_SPAN)
-    assert (await meta.dispatcher.handle(rec)) == Outcome.ok()
+    env = operator_message(conv, "hello?", bitrix_message_id="42")
+    assert (await meta.handle(env)) == Outcome.ok()
     assert [p["type"] for p in meta.graph.sent] == ["template"]
     (notice,) = meta.producer.published
     assert notice.event_id == f"wa-fail:{MEMBER}:42"
