@@ -11,7 +11,9 @@
 # what it started, also on failure or Ctrl-C. Results: bench/results/<scenario>.json and summary.json.
 #
 # Environment: BENCH (scenarios when no arguments are given), BENCH_SCALE (multiplies every duration;
-# 0.3 = a quick smoke run), ZAPTRIX_BENCH_STATE, ZAPTRIX_BENCH_PG_PORT, ZAPTRIX_BENCH_KAFKA_PORT.
+# 0.3 = a quick smoke run), BENCH_PROFILE=1 (py-spy profiles of the busy processes, installed on demand),
+# BENCH_OUTBOUND_STATUSES=1 (keep the Graph stand-in's status webhooks during outbound_throughput),
+# ZAPTRIX_BENCH_STATE, ZAPTRIX_BENCH_PG_PORT, ZAPTRIX_BENCH_KAFKA_PORT.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export ZAPTRIX_CACHE="${ZAPTRIX_CACHE:-$HOME/.cache/zaptrix}"
@@ -47,6 +49,12 @@ if ! command -v wrk >/dev/null; then
   log "installing wrk (apt-get)"
   { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk; } >&2 \
     || { log "apt-get install wrk failed"; exit 1; }
+fi
+
+if [[ ${BENCH_PROFILE:-} == 1 ]] && ! command -v py-spy >/dev/null && [[ ! -x $ZAPTRIX_CACHE/bin/py-spy ]]; then
+  log "installing py-spy 0.4.3 (uv tool, into $ZAPTRIX_CACHE/bin) for BENCH_PROFILE=1"
+  UV_TOOL_DIR="$ZAPTRIX_CACHE/uv-tools" UV_TOOL_BIN_DIR="$ZAPTRIX_CACHE/bin" "$uv" tool install --quiet py-spy==0.4.3 \
+    || { log "could not install py-spy"; exit 1; }
 fi
 
 cleanup() {

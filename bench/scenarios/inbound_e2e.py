@@ -41,6 +41,8 @@ from bench.flows import (
     send_paced,
     wait_delivered,
 )
+from bench.profiling import Profiles
+from bench.profiling import notes as profile_notes
 from bench.result import Result, verdict
 
 NAME = "inbound_e2e"
@@ -79,6 +81,11 @@ async def run(env: BenchEnv) -> Result:
         timeline: list[dict[str, Any]] = []
         sampler = asyncio.create_task(sample_backlog(sut, timeline, time.time()))
         monitor.start()
+        profiles = Profiles(env, NAME)
+        pids = sut.pids()
+        await profiles.start(
+            {n: pids[n][0] for n in ("bitrix-dispatcher", "mapper", "meta-ingress") if n in pids}, seconds - 1
+        )
         try:
             report = await send_paced(sut.ports.meta_web, items, RATE)
             got, requests, complete = await wait_delivered(bitrix, {s.wamid for s in items}, timeout_s=30)
@@ -87,6 +94,7 @@ async def run(env: BenchEnv) -> Result:
             sampler.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await sampler
+        profiled = await profiles.collect()
         kafka_at = await topic_event_times(env.kafka, sut.topic("wa-to-b24"))
         chats = await chat_message_counts(bitrix)
         after = await bitrix_stats(bitrix)
@@ -139,6 +147,7 @@ async def run(env: BenchEnv) -> Result:
         "webhook_to_kafka_ms": latency_summary_ms(before_kafka),
         "kafka_to_bitrix_ms": latency_summary_ms(after_kafka),
         "breakdown": breakdown,
+        "profiles": profiled,
         "consumer_lag_samples": [(r["t"], r.get("consumer_lag")) for r in timeline],
         "delivered": len(accepted) - len(missing),
         "missing": len(missing),
@@ -182,5 +191,6 @@ async def run(env: BenchEnv) -> Result:
         "Bitrix24 stand-in limit raised and the bitrix dispatcher's pacing set to 100000/s (burst 50) so that "
         "Bitrix24's 2 req/s does not limit; customers' first contact happens before the measurement"
     )
+    res.notes += profile_notes(profiled)
     res.notes.append(f"measured at {time.strftime('%H:%M:%S', time.localtime(report.started_at))}")
     return res

@@ -33,6 +33,8 @@ from bench.common import (
     topic_end_offsets,
     wait_until,
 )
+from bench.profiling import Profiles
+from bench.profiling import notes as profile_notes
 from bench.result import Result, verdict
 from bench.webhooks import write_wrk_corpus
 from bench.wrk import run_wrk
@@ -79,6 +81,7 @@ async def _load(
     label: str,
     main: str,
     concurrencies: tuple[int, ...] = CONCURRENCIES,
+    profiles: Profiles | None = None,
 ) -> tuple[list[dict[str, Any]], list[list[dict[str, Any]]]]:
     """Warm-up, then one measured wrk run per concurrency; CPU/RSS of every process per run."""
     duration = env.seconds(10)
@@ -91,6 +94,8 @@ async def _load(
             m.add("wrk (load generator)", [pid])
 
         monitor.start()
+        if profiles is not None and c == concurrencies[-1]:
+            await profiles.start({main: procs[main][0]}, duration - 2)
         try:
             data = await run_wrk(port, corpus, connections=c, duration_s=duration, on_started=started)
         finally:
@@ -173,7 +178,11 @@ async def run(env: BenchEnv) -> Result:
         async with system(env, NAME, only={"mapper", "token-keeper", "meta-ingress"}) as sut:
             procs = sut.pids() | stack_pids(env)
             t0 = time.time()
-            runs, rows = await _load(sut.ports.meta_web, corpus, env, procs, "meta-ingress", "meta-ingress")
+            profiles = Profiles(env, NAME)
+            runs, rows = await _load(
+                sut.ports.meta_web, corpus, env, procs, "meta-ingress", "meta-ingress", profiles=profiles
+            )
+            res.details["profiles"] = await profiles.collect()
             res.details["load_wall_s"] = round(time.time() - t0, 1)
             ok_server, all_server = await _answered(sut)
             log_bytes = (sut.local.state_dir / "logs" / "meta-ingress.log").stat().st_size
@@ -264,6 +273,7 @@ async def run(env: BenchEnv) -> Result:
         "telemetry as configured by default (every request sampled) but not exported: no OTLP endpoint in the "
         "bench, so the production cost is a little higher (span export on the BatchSpanProcessor thread)"
     )
+    res.notes += profile_notes(res.details.get("profiles", {}))
     for r in sampled_runs:
         res.notes.append(
             f"same process with OTEL_TRACES_SAMPLER=parentbased_traceidratio, ARG=0.1: -c{r['connections']} "

@@ -30,6 +30,8 @@ from bench.common import (
 )
 from bench.flows import bitrix_config, graph_sent, graph_webhook_attempts, open_conversations
 from bench.httpclient import Pool
+from bench.profiling import Profiles
+from bench.profiling import notes as profile_notes
 from bench.result import Result, verdict
 from bench.webhooks import customer
 
@@ -60,6 +62,11 @@ async def run(env: BenchEnv) -> Result:
         sends: dict[str, dict[str, Any]] = {}
         monitor = ProcessMonitor(sut.pids() | stack_pids(env) | {"bench harness": [os.getpid()]})
         monitor.start()
+        profiles = Profiles(env, NAME)
+        pids = sut.pids()
+        await profiles.start(
+            {n: pids[n][0] for n in ("meta-dispatcher", "bitrix-ingress", "mapper") if n in pids}, seconds - 1
+        )
         try:
 
             async def one(i: int, wa_id: str) -> None:
@@ -104,6 +111,7 @@ async def run(env: BenchEnv) -> Result:
             await monitor.stop()
             await pool.close()
         webhooks = await graph_webhook_attempts(graph, since=t0)
+        profiled = await profiles.collect()
         kafka_at = await topic_event_times(env.kafka, sut.topic("b24-to-wa"))
         breakdown: dict[str, Any] = {}
         try:
@@ -168,6 +176,7 @@ async def run(env: BenchEnv) -> Result:
         "event_to_kafka_ms": bk,
         "kafka_to_graph_ms": ak,
         "breakdown": breakdown,
+        "profiles": profiled,
         "missing": missing,
         "sent_twice": twice,
         "refused_by_graph": [{k: s.get(k) for k in ("wa_id", "http_status", "error_code")} for s in refused][
@@ -177,4 +186,5 @@ async def run(env: BenchEnv) -> Result:
         "status_webhooks_to_meta_ingress": webhooks,
     }
     res.processes = monitor.report()
+    res.notes += profile_notes(profiled)
     return res

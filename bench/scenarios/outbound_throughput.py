@@ -50,6 +50,8 @@ from bench.common import (
     system,
 )
 from bench.flows import bitrix_config, graph_config, graph_sent, graph_webhook_attempts, open_conversations
+from bench.profiling import Profiles
+from bench.profiling import notes as profile_notes
 from bench.result import Result, verdict
 from bench.webhooks import customer
 
@@ -142,6 +144,9 @@ async def run(env: BenchEnv) -> Result:
 
         monitor = ProcessMonitor(sut.pids() | stack_pids(env) | {"bench harness": [os.getpid()]})
         monitor.start()
+        profiles = Profiles(env, NAME)
+        pids = sut.pids()
+        await profiles.start({n: pids[n][0] for n in ("meta-dispatcher", "sandbox-graph") if n in pids}, 10)
         try:
             t_burst = await _publish_burst(env, sut.prefix, sut.topic("b24-to-wa"), chats, run_id)
             deadline = time.monotonic() + DRAIN_TIMEOUT_S
@@ -156,6 +161,7 @@ async def run(env: BenchEnv) -> Result:
         finally:
             await monitor.stop()
         webhooks = await graph_webhook_attempts(graph, since=t_burst)
+        profiled = await profiles.collect()
 
     sent = sent[len(before) :] if before else sent
     accepted = sorted((s for s in sent if s.get("http_status") == 200), key=lambda s: s["at"])
@@ -214,6 +220,7 @@ async def run(env: BenchEnv) -> Result:
         if WITH_STATUSES
         else "to a closed port, no retries (BENCH_OUTBOUND_STATUSES=1 to keep them)",
         "status_webhook_attempts": webhooks,
+        "profiles": profiled,
         "stand_in": {"throughput_mps": CONFIGURED_MPS, "pair_limit": PAIR_RELAXED},
     }
     res.processes = monitor.report()
@@ -231,6 +238,7 @@ async def run(env: BenchEnv) -> Result:
             "the stand-in's httpx webhook client cannot post 240/s on this box (see docs/benchmarks.md)"
         )
     )
+    res.notes += profile_notes(profiled)
     res.notes.append(
         f"opening {len(wa_ids)} conversations through the real inbound path took {setup_s:.1f} s"
     )

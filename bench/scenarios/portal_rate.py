@@ -187,6 +187,10 @@ async def run(env: BenchEnv) -> Result:
         )
         + (f"; {dups} duplicated" if dups else "")
     )
+    shown = min(len(delivered_per_s), send_secs + 5)
+    res.notes.append("requests/s: " + " ".join(str(x) for x in req_per_s[:shown]))
+    res.notes.append("delivered/s: " + " ".join(str(x) for x in delivered_per_s[:shown]))
+    res.notes.append("backlog (sent - delivered) each second: " + " ".join(str(x) for x in backlog[:shown]))
     res.notes.append(
         "max_requests_in_any_second of the stand-in covers its whole life, including the warm-up with the "
         "limit raised; the measured-window figure is computed from its request log"
