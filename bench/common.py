@@ -89,23 +89,33 @@ class BenchEnv:
 
 # ---- child processes we start ourselves (wrk, bare Sanic): always reaped ------------------------------
 
-_OWN_PIDS: set[int] = set()
+_OWN_PIDS: dict[int, int | None] = {}  # pid -> its start time (clock ticks since boot)
+
+
+def _start_time(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return int(fh.read().rpartition(")")[2].split()[19])  # field 22 of stat
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def remember_pid(pid: int) -> None:
-    _OWN_PIDS.add(pid)
+    _OWN_PIDS[pid] = _start_time(pid)
 
 
 def forget_pid(pid: int) -> None:
-    _OWN_PIDS.discard(pid)
+    _OWN_PIDS.pop(pid, None)
 
 
 def kill_remembered() -> None:
-    """Last resort (atexit / second Ctrl-C): SIGKILL every process group we started and did not stop."""
-    for pid in list(_OWN_PIDS):
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pid, signal.SIGKILL)
-        _OWN_PIDS.discard(pid)
+    """Last resort (exit, second Ctrl-C): SIGKILL every process group we started and did not stop. A pid
+    whose start time changed belongs to someone else now (pids are reused quickly on a busy box): skipped."""
+    for pid, started in list(_OWN_PIDS.items()):
+        if started is not None and _start_time(pid) == started:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGKILL)
+        _OWN_PIDS.pop(pid, None)
 
 
 async def stop_subprocess(proc: asyncio.subprocess.Process, grace_s: float = 5.0) -> None:

@@ -23,6 +23,7 @@ from bench.common import (
     BenchEnv,
     ProcessMonitor,
     SystemUnderTest,
+    forget_pid,
     free_port,
     metric_sum,
     remember_pid,
@@ -189,7 +190,10 @@ async def run(env: BenchEnv) -> Result:
             # Variant: the same process with 10% head sampling (OTEL_TRACES_SAMPLER), to show what the
             # tracing SDK costs per webhook (the default samples every request).
             if SAMPLED_VARIANT:
+                old = sut.pids().get("meta-ingress", [])
                 await sut.local.stop_process("meta-ingress")
+                for pid in old:
+                    forget_pid(pid)
                 proc = next(p for p in sut.local.definitions() if p.name == "meta-ingress")
                 proc.env = proc.env | SAMPLER_10PCT
                 await sut.local.start_process(proc, 60)
