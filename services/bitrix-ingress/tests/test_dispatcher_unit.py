@@ -8,8 +8,8 @@ from typing import Any
 
 import grpc
 import pytest
+from bitrix_ingress.batch_handler import BitrixDispatcher
 from bitrix_ingress.deps import Deps
-from bitrix_ingress.dispatcher import BitrixDispatcher
 from bitrix_ingress.formparse import as_list
 from bitrix_ingress.pacing import PacerRegistry
 from bitrix_ingress.portal import PortalClient

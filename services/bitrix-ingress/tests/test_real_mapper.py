@@ -13,8 +13,8 @@ from pathlib import Path
 
 import grpc
 import pytest
+from bitrix_ingress.batch_handler import BitrixDispatcher
 from bitrix_ingress.deps import Deps
-from bitrix_ingress.dispatcher import BitrixDispatcher
 from bitrix_ingress.pacing import PacerRegistry
 from bitrix_ingress.portal import PortalClient
 from bitrix_ingress.rest import BitrixRest

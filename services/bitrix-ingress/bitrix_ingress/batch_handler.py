@@ -1,0 +1,161 @@
+"""The dispatcher's BatchHandler: a whole poll batch in three phases.
+
+1. prepare (per conversation in order, conversations concurrently): dedupe (CheckProcessed), channel
+   and conversation from the mapper, what to send. Nothing leaves for Bitrix24 yet.
+2. deliver (per portal concurrently, sequential inside a portal): first-contact CRM look-ups, then
+   every message/notice for one (connector, line) packed into imconnector.send.messages calls, plus
+   delivery statuses, packed into `batch` requests, each request waiting for the portal's pacer.
+3. record (per event): MarkProcessed right after Bitrix24 confirmed, then LinkMessage and
+   UpdateConversation; the consumer commits the offsets only after the whole batch has its outcomes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import OrderedDict
+
+from opentelemetry import trace
+from zaptrix.kafka import Outcome, Received
+from zaptrix.kafka.consumer import PermanentError, TransientError
+from zaptrix.logging import get_logger
+
+from bitrix_ingress.channels import Channels
+from bitrix_ingress.crm_contacts import ensure_contacts
+from bitrix_ingress.customer_messages import finish_customer, prepare_customer
+from bitrix_ingress.deps import Deps, NotFound, RpcFailed
+from bitrix_ingress.metrics import DELIVERED, REQUESTS_PER_FLUSH, STATUSES
+from bitrix_ingress.notices import finish_notice, prepare_failure, reroute_refused_im
+from bitrix_ingress.portal import PortalClient
+from bitrix_ingress.portal_requests import PortalRequests
+from bitrix_ingress.rest import BitrixError, TransientBitrixError
+from bitrix_ingress.sending import send
+from bitrix_ingress.settings import DispatcherSettings
+from bitrix_ingress.statuses import finish_status, prepare_status
+from bitrix_ingress.work import LOGGER, DeliverWork, NoticeWork, StatusWork, Work, outcome_for
+
+log = get_logger(LOGGER)
+
+
+class BitrixDispatcher:
+    def __init__(self, settings: DispatcherSettings, deps: Deps, portals: PortalClient) -> None:
+        self.settings = settings
+        self.deps = deps
+        self.portals = portals
+        self.channels = Channels(deps, settings.channel_cache_s)
+        self.requests = PortalRequests(settings, portals)
+
+    async def handle(self, batch: list[Received]) -> list[Outcome]:
+        outcomes: list[Outcome | None] = [None] * len(batch)
+        works: list[Work] = []
+        groups: OrderedDict[str, list[int]] = OrderedDict()
+        for i, rec in enumerate(batch):
+            groups.setdefault(rec.envelope.conversation_key or f"#{i}", []).append(i)
+        limit = asyncio.Semaphore(self.settings.dispatch_concurrency)
+
+        async def prepare_conversation(indices: list[int]) -> None:
+            async with limit:
+                held = ""
+                for i in indices:
+                    rec = batch[i]
+                    message = rec.event_type == "customer_message"
+                    if held and message:  # customer messages keep their order; statuses are independent
+                        outcomes[i] = Outcome.retry(
+                            f"held behind an earlier message of this conversation: {held}"
+                        )
+                        continue
+                    with trace.use_span(rec.span, end_on_exit=False):
+                        prepared = await self._prepare_safe(rec)
+                    if isinstance(prepared, Outcome):
+                        outcomes[i] = prepared
+                        if prepared.kind == "retry" and message:
+                            held = prepared.reason[:200]
+                    else:
+                        prepared.index = i
+                        works.append(prepared)
+
+        await asyncio.gather(*(prepare_conversation(ix) for ix in groups.values()))
+
+        by_portal: OrderedDict[str, list[Work]] = OrderedDict()
+        for work in sorted(works, key=lambda w: w.index):
+            by_portal.setdefault(work.member_id, []).append(work)
+        await asyncio.gather(*(self._deliver_portal(m, ws) for m, ws in by_portal.items()))
+
+        async def finish(work: Work) -> None:
+            async with limit:
+                with trace.use_span(work.rec.span, end_on_exit=False):
+                    outcomes[work.index] = await self._finish_safe(work)
+
+        await asyncio.gather(*(finish(w) for w in works))
+        return [o or Outcome.retry("not handled") for o in outcomes]
+
+    # phase 1: prepare --------------------------------------------------------------------------
+
+    async def _prepare_safe(self, rec: Received) -> Work | Outcome:
+        settings, deps, channels = self.settings, self.deps, self.channels
+        try:
+            kind = rec.event_type
+            if kind == "customer_message":
+                cm = rec.envelope.customer_message
+                return await prepare_customer(rec, cm, settings=settings, deps=deps, channels=channels)
+            if kind == "whatsapp_status":
+                st = rec.envelope.whatsapp_status
+                return await prepare_status(rec, st, settings=settings, deps=deps, channels=channels)
+            if kind == "send_failure":
+                sf = rec.envelope.send_failure
+                return await prepare_failure(rec, sf, settings=settings, deps=deps, channels=channels)
+            return Outcome.dead(f"unexpected event type {kind} on the wa-to-b24 topic")
+        except Exception as exc:
+            if not isinstance(exc, BitrixError | RpcFailed | NotFound | TransientError | PermanentError):
+                log.exception("prepare failed", event_id=rec.envelope.event_id)
+            return outcome_for(exc)
+
+    # phase 2: deliver, per portal ------------------------------------------------------------
+
+    async def _deliver_portal(self, member_id: str, works: list[Work]) -> None:
+        requests_made = 0
+        try:
+            need = [w for w in works if isinstance(w, DeliverWork) and w.need_contact]
+            if need:
+                requests_made += await ensure_contacts(self.deps, self.requests, member_id, need)
+            requests_made += await send(self.settings, self.requests, member_id, works)
+            fallback = reroute_refused_im(works)
+            if fallback:
+                requests_made += await send(self.settings, self.requests, member_id, fallback)
+        except Exception as exc:  # whatever happens, every work gets an outcome
+            log.exception("delivery to portal failed", member_id=member_id)
+            for work in works:
+                if work.result is None:
+                    work.fail(exc)
+        REQUESTS_PER_FLUSH.observe(requests_made)
+
+    # phase 3: record -----------------------------------------------------------------------------
+
+    async def _finish_safe(self, work: Work) -> Outcome:
+        try:
+            return await self._finish(work)
+        except Exception as exc:
+            if not isinstance(exc, BitrixError | RpcFailed | NotFound):
+                log.exception("recording failed", event_id=work.rec.envelope.event_id)
+            return outcome_for(exc)
+
+    async def _finish(self, work: Work) -> Outcome:
+        if work.error is not None or work.result is None:
+            exc = work.error or TransientBitrixError("NOT_SENT", "no result from Bitrix24")
+            outcome = outcome_for(exc)
+            label = "held" if work.held else outcome.kind
+            if isinstance(work, DeliverWork):
+                DELIVERED.labels(label).inc()
+            elif isinstance(work, StatusWork):
+                STATUSES.labels(work.st.status, label).inc()
+            if outcome.kind == "dead":
+                log.error(
+                    "event failed permanently", event_id=work.rec.envelope.event_id, reason=outcome.reason
+                )
+            return outcome
+        if isinstance(work, DeliverWork):
+            return await finish_customer(self.deps, work, work.result)
+        if isinstance(work, StatusWork):
+            return await finish_status(self.deps, work)
+        if isinstance(work, NoticeWork):
+            return await finish_notice(self.deps, work)
+        return Outcome.dead(f"unknown work {type(work).__name__}")

@@ -1,0 +1,117 @@
+"""Failure notices in the operator's chat (a send that failed, a failed status): through the connector,
+or with ZAPTRIX_BITRIX_NOTICE_VIA=im as a system message (falling back to the connector if refused)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from zaptrix.kafka import Outcome, Received
+from zaptrix.logging import get_logger
+from zaptrix.v1 import events_pb2
+
+from bitrix_ingress import bookkeeping
+from bitrix_ingress import delivery as dl
+from bitrix_ingress.channels import Channels
+from bitrix_ingress.deps import Deps, NotFound
+from bitrix_ingress.metrics import NOTICES
+from bitrix_ingress.rest import AccessDenied, ArgumentError, MethodNotFound, WrongAuthType
+from bitrix_ingress.settings import DispatcherSettings
+from bitrix_ingress.text import notice_text
+from bitrix_ingress.work import LOGGER, NoticeWork, Work
+
+log = get_logger(LOGGER)
+
+
+async def prepare_failure(
+    rec: Received,
+    sf: events_pb2.SendFailure,
+    *,
+    settings: DispatcherSettings,
+    deps: Deps,
+    channels: Channels,
+) -> Work | Outcome:
+    check = await deps.check_processed(rec.envelope.event_id)
+    if check.processed:
+        return Outcome.duplicate()
+    try:
+        conv = await deps.find_conversation_by_external(sf.external_chat_id)
+    except NotFound:
+        return Outcome.dead(f"send failure for unknown external chat {sf.external_chat_id!r}")
+    connector, line = sf.connector_id, int(sf.line_id)
+    if not connector or not line:
+        channel = await channels.get(conv.phone_number_id)
+        connector = connector or channel.connector_id or settings.connector_id
+        line = line or int(channel.line_id)
+    body = sf.notice.strip() or dl.failure_text(
+        sf.error if sf.HasField("error") else None, template_sent=sf.template_sent
+    )
+    return NoticeWork(
+        rec=rec,
+        member_id=sf.member_id or conv.member_id,
+        conv_key=rec.envelope.conversation_key,
+        connector=connector,
+        line=line,
+        source="send_failure",
+        wa_id=conv.wa_id,
+        contact_name=conv.contact_name,
+        external_chat_id=sf.external_chat_id,
+        bitrix_chat_id=sf.bitrix_chat_id or conv.bitrix_chat_id,
+        body=body,
+        via=settings.bitrix_notice_via,
+    )
+
+
+def im_notice_call(w: NoticeWork) -> dl.Call | None:
+    """The im.message.add call of a notice that goes as a system message; None: through the connector."""
+    if w.via == "im" and w.bitrix_chat_id:
+        params = {
+            "DIALOG_ID": f"chat{w.bitrix_chat_id}",
+            "MESSAGE": notice_text(w.body),
+            "SYSTEM": "Y",
+            "URL_PREVIEW": "N",
+        }
+        return dl.Call(dl.IM_MESSAGE_ADD, params, [dl.Item(w, params)], messages=False)
+    return None
+
+
+def connector_notice_item(w: NoticeWork) -> dl.Item:
+    w.via = "connector"
+    payload = dl.build_notice_item(
+        event_id=w.rec.envelope.event_id,
+        wa_id=w.wa_id,
+        contact_name=w.contact_name,
+        external_chat_id=w.external_chat_id,
+        body=w.body,
+    )
+    return dl.Item(w, payload)
+
+
+def reroute_refused_im(works: Sequence[Work]) -> list[NoticeWork]:
+    """Notices whose im.message.add was refused, made ready to go again through the connector."""
+    fallback = [w for w in works if isinstance(w, NoticeWork) and w.via == "im" and _im_refused(w.error)]
+    for notice in fallback:
+        log.warning(
+            "im.message.add refused, posting the notice through the connector", error=str(notice.error)
+        )
+        notice.error, notice.via = None, "connector"
+    return fallback
+
+
+def _im_refused(exc: BaseException | None) -> bool:
+    return isinstance(exc, AccessDenied | MethodNotFound | ArgumentError | WrongAuthType)
+
+
+async def finish_notice(deps: Deps, work: NoticeWork) -> Outcome:
+    event_id = work.rec.envelope.event_id
+    await bookkeeping.mark(deps, event_id, f"notice:{work.via}")
+    NOTICES.labels(work.source, work.via).inc()
+    log.info(
+        "failure notice posted in the operator's chat",
+        event_id=event_id,
+        external_chat_id=work.external_chat_id,
+        via=work.via,
+        wamid=work.wamid,
+    )
+    if work.wamid:
+        await deps.update_message_status(work.wamid, whatsapp_status="failed", bitrix_status="failed")
+    return Outcome.ok()

@@ -1,0 +1,79 @@
+"""The dispatcher's work items (one per event that goes to Bitrix24) and how an error becomes an outcome."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from zaptrix.kafka import Outcome, Received
+from zaptrix.kafka.consumer import PermanentError, TransientError
+from zaptrix.v1 import events_pb2, mapper_pb2
+
+from bitrix_ingress import delivery as dl
+from bitrix_ingress.deps import NotFound, RpcFailed
+from bitrix_ingress.rest import BitrixError
+
+# Every dispatcher module logs and traces under the process's one name.
+LOGGER = "bitrix_ingress.dispatcher"
+
+
+def outcome_for(exc: BaseException) -> Outcome:
+    if isinstance(exc, BitrixError):
+        return Outcome.dead(exc.reason) if exc.permanent else Outcome.retry(exc.reason, exc.retry_after)
+    if isinstance(exc, RpcFailed):
+        return Outcome.dead(exc.reason) if exc.permanent else Outcome.retry(exc.reason)
+    if isinstance(exc, NotFound):
+        return Outcome.dead(exc.reason)
+    if isinstance(exc, TransientError | PermanentError):
+        return Outcome.from_exception(exc)
+    return Outcome.retry(f"unexpected {type(exc).__name__}: {exc}"[:500])
+
+
+@dataclass(eq=False)
+class Work:
+    rec: Received
+    member_id: str
+    conv_key: str
+    connector: str
+    line: int
+    index: int = -1
+    error: BaseException | None = None
+    result: dict[str, Any] | None = None
+    held: str = ""
+
+    def done(self, result: Any) -> None:
+        self.result = result if isinstance(result, dict) else {"result": result}
+
+    def fail(self, exc: BaseException) -> None:
+        if self.error is None:
+            self.error = exc
+
+
+@dataclass(eq=False)
+class DeliverWork(Work):
+    cm: events_pb2.CustomerMessage = field(default_factory=events_pb2.CustomerMessage)
+    conv: mapper_pb2.Conversation = field(default_factory=mapper_pb2.Conversation)
+    contact_name: str = ""
+    need_contact: bool = False
+    contact_id: str = ""
+    reply_label: str = ""
+
+
+@dataclass(eq=False)
+class StatusWork(Work):
+    st: events_pb2.WhatsAppStatus = field(default_factory=events_pb2.WhatsAppStatus)
+    method: str = dl.STATUS_DELIVERY
+    payload: dict[str, Any] = field(default_factory=dict)
+    new_bitrix_status: str = ""
+
+
+@dataclass(eq=False)
+class NoticeWork(Work):
+    source: str = ""
+    wa_id: str = ""
+    contact_name: str = ""
+    external_chat_id: str = ""
+    bitrix_chat_id: str = ""
+    body: str = ""
+    wamid: str = ""  # of the failed operator message, for UpdateMessageStatus
+    via: str = "connector"
