@@ -66,7 +66,9 @@ async def system(
         state_dir=state,
         database_url=database_url,
         topic_prefix=prefix,
-        extra_env=dict.fromkeys(_ALL, fast_export),
+        # The meta dispatcher re-reads channel bindings quickly: tests change a channel's template mid-run.
+        extra_env=dict.fromkeys(_ALL, fast_export)
+        | {"meta-dispatcher": fast_export | {"ZAPTRIX_CHANNEL_CACHE_TTL_S": "0.5"}},
     )
     try:
         await local.start()

@@ -49,10 +49,10 @@ async def serve(
     health_period_s: float = 2.0,
     stopped: asyncio.Event | None = None,
     bound: asyncio.Future[int] | None = None,
+    handle_signals: bool = True,
 ) -> None:
-    """Serve until SIGTERM/SIGINT, or until `stopped` is set when one is passed (then no signal handlers are
-    installed: the caller owns the lifecycle). `register` adds servicers and returns their names.
-    Port 0 binds a free port; `bound` receives the port actually bound."""
+    """Serve until SIGTERM/SIGINT (with handle_signals) or until `stopped` is set. `register` adds servicers
+    and returns their names. Port 0 binds a free port; `bound` receives the port actually bound."""
     server = grpc.aio.server()
     names = register(server)
     servicer = health.aio.HealthServicer()
@@ -67,9 +67,8 @@ async def serve(
         bound.set_result(actual)
     log.info("grpc server started", port=actual, services=names, metrics_port=metrics_port)
     watcher = asyncio.create_task(_watch_readiness(servicer, names, readiness, health_period_s))
-    stop = stopped
-    if stop is None:
-        stop = asyncio.Event()
+    stop = stopped or asyncio.Event()
+    if handle_signals:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)

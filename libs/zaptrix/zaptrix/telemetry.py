@@ -24,26 +24,30 @@ _configured = False
 
 
 def setup_telemetry(service_name: str, exporter: SpanExporter | None = None) -> TracerProvider:
-    """Configure tracing once per process and instrument grpc (aio), asyncpg and httpx."""
+    """Configure tracing once per process and instrument grpc (aio), asyncpg and httpx.
+
+    A second call (or a provider set up earlier, e.g. by a test) reuses the installed SDK provider and only
+    adds the given exporter to it."""
     global _configured
     current = trace.get_tracer_provider()
-    if _configured and isinstance(current, TracerProvider):
-        if exporter is not None:
-            current.add_span_processor(BatchSpanProcessor(exporter))
-        return current
-    resource = Resource.create({SERVICE_NAME: os.environ.get("OTEL_SERVICE_NAME", service_name)})
-    provider = TracerProvider(resource=resource)
-    if exporter is None and (
-        os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
-    ):
-        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+    if isinstance(current, TracerProvider):
+        provider = current
+    else:
+        resource = Resource.create({SERVICE_NAME: os.environ.get("OTEL_SERVICE_NAME", service_name)})
+        provider = TracerProvider(resource=resource)
+        trace.set_tracer_provider(provider)
+        if exporter is None and (
+            os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+            or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+        ):
+            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 
-        exporter = OTLPSpanExporter()
+            exporter = OTLPSpanExporter()
     if exporter is not None:
         provider.add_span_processor(BatchSpanProcessor(exporter))
-    trace.set_tracer_provider(provider)
-    _instrument_libraries()
-    _configured = True
+    if not _configured:
+        _instrument_libraries()
+        _configured = True
     return provider
 
 

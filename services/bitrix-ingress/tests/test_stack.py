@@ -359,7 +359,11 @@ async def test_operator_reply_and_its_receipts(stack: Stack) -> None:
         return bool(ops and ops[0]["delivered"] and ops[0]["external_ids"] == ["wamid.out.1"])
 
     await eventually(delivered, timeout_s=10)
-    assert stack.fakes.mapper.links["wamid.out.1"].bitrix_status == "delivered"
+
+    async def recorded() -> bool:  # the mapper is told right after Bitrix24 answered
+        return stack.fakes.mapper.links["wamid.out.1"].bitrix_status == "delivered"
+
+    await eventually(recorded, timeout_s=5)
 
     # The operator edits it: the update event carries the wamid Bitrix24 stored as CONNECTOR_MID.
     edit = await stack.sandbox_post(f"/operator-messages/{im['message_id']}/update", {"text": "Ja, morgen!"})

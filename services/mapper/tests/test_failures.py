@@ -11,12 +11,12 @@ import asyncpg
 import grpc
 import pytest
 from mapper.database import Database
+from mapper.metrics import RPCS
 from mapper.repository import Repository
 from mapper.service import MapperService
 from mapper.servicer import MapperServicer
 from mapper.settings import MapperSettings
 from mapper_support import db_settings, expect_code
-from prometheus_client import REGISTRY
 from zaptrix.v1 import mapper_pb2 as pb
 from zaptrix.v1 import mapper_pb2_grpc
 
@@ -80,12 +80,8 @@ async def test_a_bug_is_internal_and_counted(migrated_db: str, monkeypatch: pyte
             raise RuntimeError("boom")
 
         monkeypatch.setattr(service, "list_channels", broken)
-        before = REGISTRY.get_sample_value(
-            "zaptrix_mapper_rpcs_total", {"method": "ListChannels", "code": "INTERNAL"}
-        )
+        counter = RPCS.labels("ListChannels", "INTERNAL")  # the service's own counter object
+        before = counter._value.get()
         details = await expect_code(stub.ListChannels(pb.ListChannelsRequest()), grpc.StatusCode.INTERNAL)
         assert details == "internal error"  # no internals leak to the caller
-        after = REGISTRY.get_sample_value(
-            "zaptrix_mapper_rpcs_total", {"method": "ListChannels", "code": "INTERNAL"}
-        )
-        assert after == (before or 0) + 1
+        assert counter._value.get() == before + 1
