@@ -1,0 +1,184 @@
+"""POST /webhooks/bitrix24/outbound: connector events in.
+
+Authenticate by auth[application_token], normalize, key by conversation, produce (acks=all), 200.
+Bitrix24 never resends an event whose delivery failed or timed out, so this answers fast and never 500s:
+400 for what cannot be read, 401 for what is not genuine, 503 (with the whole event, secrets redacted,
+logged at ERROR and counted in zaptrix_bitrix_events_lost_total) when Kafka or token-keeper cannot take it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from typing import Any
+
+from sanic import HTTPResponse, Request, json
+from zaptrix.kafka import PublishError
+from zaptrix.logging import get_logger
+
+from bitrix_ingress import events as ev
+from bitrix_ingress.deps import NotFound, RpcFailed
+from bitrix_ingress.formparse import FormError
+from bitrix_ingress.metrics import EVENTS_LOST, EVENTS_RECEIVED, ITEMS_SKIPPED, UNRESOLVED_CHATS
+from bitrix_ingress.portal_install import install_portal
+from bitrix_ingress.web_context import LOGGER, Ctx, ctx_of, problem, read_body
+
+log = get_logger(LOGGER)
+
+
+async def _verify(ctx: Ctx, auth: ev.Auth) -> tuple[bool, bool]:
+    """(known_portal, valid) for an event's member_id + application_token, cached briefly."""
+    key = (auth.member_id, hashlib.sha256(auth.application_token.encode()).hexdigest())
+    cached = ctx.verified.get(key)
+    if cached is not None:
+        known, valid = cached
+        return bool(known), bool(valid)
+    verdict = await ctx.deps.verify_application_token(auth.member_id, auth.application_token)
+    result = (bool(verdict.known_portal), bool(verdict.valid))
+    ttl = ctx.settings.verify_cache_s if result[1] else min(5.0, ctx.settings.verify_cache_s)
+    if ttl > 0:
+        ctx.verified.put(key, result, ttl)
+    return result
+
+
+async def _resolve_keys(ctx: Ctx, normalized: ev.Normalized) -> None:
+    """Kafka key of every pending envelope: the conversation key from the mapper, when it knows the chat.
+
+    An unknown chat still goes to Kafka, keyed by its external chat id: the meta dispatcher
+    dead-letters it with the reason, so it is visible and replayable instead of silently dropped.
+    """
+    chats = sorted({p.external_chat_id for p in normalized.pending if p.external_chat_id and not p.key})
+    keys: dict[str, str] = {}
+
+    async def one(chat: str) -> None:
+        cached = ctx.chat_keys.get(chat)
+        if cached:
+            keys[chat] = cached
+            return
+        try:
+            conv = await ctx.deps.find_conversation_by_external(chat)
+        except NotFound:
+            UNRESOLVED_CHATS.labels("unknown").inc()
+            log.warning("operator event for a chat the mapper does not know", external_chat_id=chat)
+            return
+        except RpcFailed as exc:
+            UNRESOLVED_CHATS.labels("mapper_unavailable").inc()
+            log.warning(
+                "mapper unavailable, keying by external chat id", external_chat_id=chat, error=exc.reason
+            )
+            return
+        key = f"{conv.phone_number_id}:{conv.wa_id}"
+        keys[chat] = key
+        ctx.chat_keys.put(chat, key, 86_400.0)
+
+    await asyncio.gather(*(one(c) for c in chats))
+    for p in normalized.pending:
+        p.envelope.conversation_key = p.key or keys.get(p.external_chat_id) or p.external_chat_id
+
+
+async def _resolve_replies(ctx: Ctx, normalized: ev.Normalized) -> None:
+    """Best effort: the wamid of a quoted customer message, when Bitrix24 told us its internal id."""
+    for index, reply_id in normalized.reply_lookups.items():
+        env = normalized.pending[index].envelope
+        try:
+            link = await ctx.deps.find_message_link_by_bitrix(normalized.member_id, reply_id)
+        except (NotFound, RpcFailed):
+            continue
+        if link.wamid:
+            env.operator_message.reply_to_external_id = link.wamid
+
+
+def _label(event: str) -> str:
+    """A bounded metric label: the event names we know, else "other" (the name comes from the caller)."""
+    return event if event in ev.HANDLED or event == ev.APP_INSTALL else ("unknown" if not event else "other")
+
+
+def _lost(event: str, reason: str, form: dict[str, Any], detail: str) -> HTTPResponse:
+    EVENTS_RECEIVED.labels(_label(event), "unavailable").inc()
+    EVENTS_LOST.labels(_label(event), reason).inc()
+    log.error(
+        "bitrix24 event NOT accepted; Bitrix24 will not resend it (the operator sees the message undelivered)",
+        bitrix_event=ev.redacted(form),
+        reason=reason,
+        detail=detail,
+    )
+    return problem(503, f"temporarily unavailable: {reason}")
+
+
+async def outbound(request: Request) -> HTTPResponse:
+    try:
+        form = read_body(request)
+    except FormError as exc:
+        EVENTS_RECEIVED.labels("unknown", "malformed").inc()
+        return problem(400, str(exc))
+    try:
+        return await _outbound(request, form)
+    except Exception as exc:  # never a 500: log the whole event, it will not come again
+        log.exception("outbound handler failed")
+        return _lost(ev.event_name(form), "internal_error", form, repr(exc))
+
+
+async def _outbound(request: Request, form: dict[str, Any]) -> HTTPResponse:
+    ctx = ctx_of(request)
+    event = ev.event_name(form)
+    if not event:
+        EVENTS_RECEIVED.labels("unknown", "malformed").inc()
+        return problem(400, "no event name")
+    label = _label(event)
+    if event == ev.APP_INSTALL:
+        return await install_portal(request, form)
+    auth = ev.Auth.from_form(form)
+    if not auth.member_id or not auth.application_token:
+        EVENTS_RECEIVED.labels(label, "unauthorized").inc()
+        return problem(401, "auth[member_id] and auth[application_token] are required")
+    try:
+        known, valid = await _verify(ctx, auth)
+    except RpcFailed as exc:
+        return _lost(event, "token_keeper_unavailable", form, exc.reason)
+    if not known or not valid:
+        EVENTS_RECEIVED.labels(label, "unauthorized").inc()
+        log.warning(
+            "bitrix24 event refused", bitrix_event=event, member_id=auth.member_id, known_portal=known
+        )
+        return problem(401, "unknown portal" if not known else "wrong application_token")
+    try:
+        normalized = ev.normalize(
+            form, auth, connector_id=ctx.settings.connector_id, read_on_reply=ctx.settings.read_on_reply
+        )
+    except ev.EventError as exc:
+        EVENTS_RECEIVED.labels(label, "malformed").inc()
+        log.warning("malformed bitrix24 event", bitrix_event=ev.redacted(form), reason=str(exc))
+        return problem(400, str(exc))
+    for reason in normalized.skipped:
+        ITEMS_SKIPPED.labels(label).inc()
+        log.warning(
+            "bitrix24 event item left out", bitrix_event=event, member_id=auth.member_id, reason=reason
+        )
+    if not normalized.pending:
+        EVENTS_RECEIVED.labels(label, "ignored").inc()
+        return json({"ok": True, "events": 0})
+    await _resolve_keys(ctx, normalized)
+    await _resolve_replies(ctx, normalized)
+    if not ctx.producer_ready.is_set():
+        return _lost(event, "kafka_unavailable", form, "producer not started")
+    envelopes = [p.envelope for p in normalized.pending]
+    try:
+        await asyncio.wait_for(
+            ctx.producer.publish(ctx.topic, envelopes), timeout=ctx.settings.produce_timeout_s
+        )
+    except (PublishError, TimeoutError) as exc:
+        return _lost(event, "kafka_unavailable", form, repr(exc))
+    EVENTS_RECEIVED.labels(label, "accepted").inc()
+    for env in envelopes:
+        if env.WhichOneof("kind") == "line_removed":
+            removed = env.line_removed
+            log.warning(
+                "bitrix24 app uninstalled"
+                if event == ev.APP_UNINSTALL
+                else "connector removed from an Open Line",
+                member_id=removed.member_id,
+                connector_id=removed.connector_id,
+                line_id=removed.line_id,
+                bitrix_event=event,
+            )
+    return json({"ok": True, "events": len(envelopes), "event_ids": [e.event_id for e in envelopes]})

@@ -1,0 +1,126 @@
+"""The web process's resources (Kafka producer, gRPC clients, REST client, caches) and request helpers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json as jsonlib
+import time
+from collections import OrderedDict
+from typing import Any
+
+from sanic import HTTPResponse, Request, json
+from zaptrix.clients import Clients
+from zaptrix.kafka import EventProducer, Flow, topics_for
+from zaptrix.logging import get_logger
+from zaptrix.settings import GrpcClientSettings, KafkaSettings
+
+from bitrix_ingress.deps import Deps
+from bitrix_ingress.formparse import FormError, parse_form
+from bitrix_ingress.pacing import PacerRegistry
+from bitrix_ingress.portal import PortalClient
+from bitrix_ingress.rest import BitrixRest
+from bitrix_ingress.settings import WebSettings
+
+# Every web module logs under the process's one name.
+LOGGER = "bitrix_ingress.web"
+log = get_logger(LOGGER)
+
+
+class TtlCache:
+    """A small bounded cache with per-entry expiry (verification results, chat keys)."""
+
+    def __init__(self, max_size: int) -> None:
+        self.max_size = max_size
+        self._data: OrderedDict[Any, tuple[float, Any]] = OrderedDict()
+
+    def get(self, key: Any) -> Any:
+        item = self._data.get(key)
+        if item is None:
+            return None
+        expires, value = item
+        if expires < time.monotonic():
+            self._data.pop(key, None)
+            return None
+        self._data.move_to_end(key)
+        return value
+
+    def put(self, key: Any, value: Any, ttl_s: float) -> None:
+        self._data[key] = (time.monotonic() + ttl_s, value)
+        self._data.move_to_end(key)
+        while len(self._data) > self.max_size:
+            self._data.popitem(last=False)
+
+
+class Ctx:
+    """Process resources, created in before_server_start."""
+
+    def __init__(
+        self, settings: WebSettings, kafka: KafkaSettings, grpc_settings: GrpcClientSettings
+    ) -> None:
+        self.settings = settings
+        self.kafka = kafka
+        self.topic = topics_for(Flow.B24_TO_WA, kafka.topic_prefix).main
+        self.producer = EventProducer(kafka, client_id="bitrix-ingress-web")
+        self.producer_ready = asyncio.Event()
+        self.clients = Clients(grpc_settings)
+        self.deps = Deps(self.clients)
+        self.rest = BitrixRest(
+            timeout_s=min(settings.bitrix_rest_timeout_s, 20.0),
+            connect_timeout_s=settings.bitrix_rest_connect_timeout_s,
+            body=settings.bitrix_rest_body,
+        )
+        self.pacers = PacerRegistry(settings.rate_for)
+        self.portals = PortalClient(self.deps, self.rest, self.pacers, settings, attempts=2)
+        self.verified = TtlCache(10_000)
+        self.chat_keys = TtlCache(100_000)
+        self.starter: asyncio.Task[None] | None = None
+
+    async def start_producer(self) -> None:
+        """Keep trying: the web process must come up (and answer 503) even while Kafka is down."""
+        delay = 0.5
+        while True:
+            try:
+                await self.producer.start()
+                self.producer_ready.set()
+                log.info("kafka producer started", topic=self.topic)
+                return
+            except Exception as exc:
+                log.warning("kafka producer cannot start yet", error=repr(exc), retry_s=delay)
+                with contextlib.suppress(Exception):
+                    await self.producer.stop()
+                self.producer = EventProducer(self.kafka, client_id="bitrix-ingress-web")
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+
+
+def ctx_of(request: Request) -> Ctx:
+    ctx: Ctx = request.app.ctx.zx
+    return ctx
+
+
+def problem(status: int, reason: str) -> HTTPResponse:
+    return json({"ok": False, "error": reason}, status=status)
+
+
+def read_body(request: Request) -> dict[str, Any]:
+    ctype = (request.content_type or "").split(";", 1)[0].strip().lower()
+    body = request.body or b""
+    if ctype == "application/json":
+        try:
+            data = jsonlib.loads(body)
+        except ValueError as exc:
+            raise FormError("body is not valid JSON") from exc
+        if not isinstance(data, dict):
+            raise FormError("JSON body is not an object")
+        return data
+    if ctype not in ("", "application/x-www-form-urlencoded"):
+        raise FormError(f"unsupported content type {ctype[:60]!r}; Bitrix24 posts form-encoded events")
+    return parse_form(body)
+
+
+def query(request: Request) -> dict[str, Any]:
+    try:
+        return parse_form(request.query_string or "")
+    except FormError:
+        return {}
