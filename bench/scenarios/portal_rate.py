@@ -54,7 +54,8 @@ DRAIN_TIMEOUT_S = 60.0
 def _per_second(times: list[float], t0: float, seconds: int) -> list[int]:
     counts = [0] * seconds
     for t in times:
-        i = math.floor(t - t0)
+        # The event loop's timers may wake a hair early: the first message can be sent just before t0.
+        i = max(0, math.floor(t - t0)) if t - t0 > -1 else -1
         if 0 <= i < seconds:
             counts[i] += 1
     return counts
