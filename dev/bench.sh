@@ -57,6 +57,7 @@ if [[ ${BENCH_PROFILE:-} == 1 ]] && ! command -v py-spy >/dev/null && [[ ! -x $Z
     || { log "could not install py-spy"; exit 1; }
 fi
 
+# shellcheck disable=SC2317  # called through the trap
 cleanup() {
   local rc=$?
   trap - EXIT INT TERM
