@@ -485,23 +485,13 @@ async def system(
     kafka = KafkaSettings(bootstrap_servers=env.kafka, topic_prefix=prefix)
     await ensure_topics(kafka, topics)
     kport = int(env.kafka.rpartition(":")[2])
-    # The sandbox app's OAuth client (dev/sandbox defaults): bitrix-ingress stores it with an installed
-    # portal, and token-keeper refuses a new portal without it.
-    merged_env: dict[str, dict[str, str]] = {
-        "bitrix-ingress": {
-            "ZAPTRIX_BITRIX_CLIENT_ID": "local.sandbox.app",
-            "ZAPTRIX_BITRIX_CLIENT_SECRET": "sandbox-client-secret",
-        }
-    }
-    for proc_name, values in (extra_env or {}).items():
-        merged_env[proc_name] = merged_env.get(proc_name, {}) | values
     state = env.state / "runs" / f"{name}-{tag}"
     local = LocalSystem(
         ports=Ports.random(pg=0, kafka=kport),
         state_dir=state,
         database_url=_with_db(env.pg_url, db),
         topic_prefix=prefix,
-        extra_env=merged_env,
+        extra_env=extra_env or {},
     )
     sut = SystemUnderTest(local, env, prefix, db)
     try:
