@@ -156,7 +156,7 @@ async def main_async(names: list[str], env: BenchEnv) -> int:
         loop.add_signal_handler(sig, stop)
     results: list[Result] = []
     summary_path = env.results / "summary.json"
-    info = machine()
+    info = machine() | {"bench_scale": env.scale}
     print(f"machine: {info.get('cpus')} CPUs, load average {info.get('load_average_at_start')}", flush=True)
     try:
         for name in names:
