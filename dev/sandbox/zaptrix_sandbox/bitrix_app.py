@@ -20,13 +20,20 @@ from .web import App, new_app
 assert bitrix_crm and bitrix_imconnector  # imported for their @method registrations
 
 
+def _client() -> httpx.AsyncClient:
+    """Webhooks go out concurrently (Meta sends sent/delivered/read per message): a pool sized for bursts."""
+    return httpx.AsyncClient(
+        limits=httpx.Limits(max_connections=256, max_keepalive_connections=64), timeout=10.0
+    )
+
+
 @dataclass
 class BitrixSandbox:
     settings: BitrixSettings
     options: BitrixOptions = field(default_factory=BitrixOptions)
     portals: dict[str, PortalState] = field(default_factory=dict)
     background: Background = field(default_factory=Background)
-    client: httpx.AsyncClient = field(default_factory=httpx.AsyncClient)
+    client: httpx.AsyncClient = field(default_factory=_client)
 
     @property
     def base_url(self) -> str:

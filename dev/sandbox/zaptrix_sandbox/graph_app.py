@@ -42,12 +42,19 @@ _UPLOAD_KINDS = {
 }
 
 
+def _client() -> httpx.AsyncClient:
+    """Webhooks go out concurrently (Meta sends sent/delivered/read per message): a pool sized for bursts."""
+    return httpx.AsyncClient(
+        limits=httpx.Limits(max_connections=256, max_keepalive_connections=64), timeout=10.0
+    )
+
+
 @dataclass
 class GraphSandbox:
     settings: GraphSettings
     state: GraphState
     background: Background = field(default_factory=Background)
-    client: httpx.AsyncClient = field(default_factory=httpx.AsyncClient)
+    client: httpx.AsyncClient = field(default_factory=_client)
 
     @property
     def sender(self) -> WebhookSender:
