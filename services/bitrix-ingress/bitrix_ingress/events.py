@@ -171,6 +171,18 @@ def _common(data: Any) -> tuple[str, int]:
     return connector.lower(), line
 
 
+def _operator_read(auth: Auth, chat: str, ts_text: str, occurred: datetime) -> Pending:
+    """OperatorRead of one chat: the operator replied in it, or its dialog was finished."""
+    env = new_envelope(
+        f"b24-read:{_id(auth.member_id)}:{_id(chat)}:{ts_text}",
+        "-",
+        events_pb2.PLATFORM_BITRIX24,
+        occurred,
+        operator_read=events_pb2.OperatorRead(member_id=auth.member_id, external_chat_id=chat),
+    )
+    return Pending(env, external_chat_id=chat)
+
+
 def normalize(form: dict[str, Any], auth: Auth, *, connector_id: str, read_on_reply: bool) -> Normalized:
     """The envelopes for one authenticated event. Raises EventError when nothing usable is in it."""
     event = event_name(form)
@@ -208,14 +220,7 @@ def normalize(form: dict[str, Any], auth: Auth, *, connector_id: str, read_on_re
             raise EventError("; ".join(out.skipped)[:500])
         if read_on_reply:
             for chat in read_chats:
-                env = new_envelope(
-                    f"b24-read:{member}:{_id(chat)}:{ts_text}",
-                    "-",
-                    events_pb2.PLATFORM_BITRIX24,
-                    occurred,
-                    operator_read=events_pb2.OperatorRead(member_id=auth.member_id, external_chat_id=chat),
-                )
-                out.pending.append(Pending(env, external_chat_id=chat))
+                out.pending.append(_operator_read(auth, chat, ts_text, occurred))
         return out
 
     if event == DIALOG_FINISH:
@@ -226,14 +231,7 @@ def normalize(form: dict[str, Any], auth: Auth, *, connector_id: str, read_on_re
             if not chat:
                 out.skipped.append(f"dialog {index}: no connector.chat_id")
                 continue
-            env = new_envelope(
-                f"b24-read:{member}:{_id(chat)}:{ts_text}",
-                "-",
-                events_pb2.PLATFORM_BITRIX24,
-                occurred,
-                operator_read=events_pb2.OperatorRead(member_id=auth.member_id, external_chat_id=chat),
-            )
-            out.pending.append(Pending(env, external_chat_id=chat))
+            out.pending.append(_operator_read(auth, chat, ts_text, occurred))
         return out
 
     if event == STATUS_DELETE:
@@ -339,6 +337,15 @@ def _message_item(
     ref = bitrix_message_id or (external_ids[0] if external_ids else "")
     if not ref:
         raise EventError("neither im.message_id nor message.id")
+    which: dict[str, Any] = {  # the message an edit or a delete is about
+        "member_id": auth.member_id,
+        "connector_id": connector,
+        "line_id": line,
+        "bitrix_chat_id": bitrix_chat_id,
+        "bitrix_message_id": bitrix_message_id,
+        "external_chat_id": external_chat_id,
+        "external_message_ids": external_ids,
+    }
     if event == MESSAGE_UPDATE:
         digest = hashlib.sha256(text.encode()).hexdigest()[:16]
         env = new_envelope(
@@ -346,31 +353,14 @@ def _message_item(
             "-",
             events_pb2.PLATFORM_BITRIX24,
             occurred,
-            operator_message_edit=events_pb2.OperatorMessageEdit(
-                member_id=auth.member_id,
-                connector_id=connector,
-                line_id=line,
-                bitrix_chat_id=bitrix_chat_id,
-                bitrix_message_id=bitrix_message_id,
-                external_chat_id=external_chat_id,
-                external_message_ids=external_ids,
-                text_bbcode=text,
-            ),
+            operator_message_edit=events_pb2.OperatorMessageEdit(**which, text_bbcode=text),
         )
-        return Pending(env, external_chat_id=external_chat_id), ""
-    env = new_envelope(
-        f"b24-del:{member}:{_id(ref)}",
-        "-",
-        events_pb2.PLATFORM_BITRIX24,
-        occurred,
-        operator_message_delete=events_pb2.OperatorMessageDelete(
-            member_id=auth.member_id,
-            connector_id=connector,
-            line_id=line,
-            bitrix_chat_id=bitrix_chat_id,
-            bitrix_message_id=bitrix_message_id,
-            external_chat_id=external_chat_id,
-            external_message_ids=external_ids,
-        ),
-    )
+    else:
+        env = new_envelope(
+            f"b24-del:{member}:{_id(ref)}",
+            "-",
+            events_pb2.PLATFORM_BITRIX24,
+            occurred,
+            operator_message_delete=events_pb2.OperatorMessageDelete(**which),
+        )
     return Pending(env, external_chat_id=external_chat_id), ""
