@@ -23,7 +23,7 @@ import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "dev"))
-from localsystem import (  # type: ignore[import-not-found]  # noqa: E402  (dev/ is not a package)
+from localsystem import (  # noqa: E402  (dev/ is not a package)
     CONNECTOR_ID,
     SANDBOX_APP_SECRET,
     SANDBOX_DISPLAY_NUMBER,

@@ -197,6 +197,7 @@ async def run(env: BenchEnv) -> Result:
                 proc = next(p for p in sut.local.definitions() if p.name == "meta-ingress")
                 proc.env = proc.env | SAMPLER_10PCT
                 await sut.local.start_process(proc, 60)
+                assert proc.proc is not None
                 remember_pid(proc.proc.pid)
                 await sut.bind_channel()  # idempotent; the credentials cache of the new process starts cold
                 procs = sut.pids() | stack_pids(env)
