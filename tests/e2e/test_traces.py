@@ -32,7 +32,9 @@ async def test_customer_message_is_one_trace_from_webhook_to_imconnector(system:
     async def complete() -> bool:
         nonlocal spans
         spans = _trace_with(system, event_id)
-        return any("imconnector.send.messages" in s.attributes.get("url.full", "") + s.name for s in spans)
+        # Each process exports in its own batches: wait for both ends of the trace.
+        reached = any("imconnector.send.messages" in s.attributes.get("url.full", "") + s.name for s in spans)
+        return reached and any(s.service == "meta-ingress" and s.kind == SERVER for s in spans)
 
     await eventually(complete, 20, "the trace to reach imconnector.send.messages")
     services = {s.service for s in spans}
@@ -61,12 +63,13 @@ async def test_operator_reply_is_one_trace_from_the_bitrix_event_to_the_graph_ap
     async def complete() -> bool:
         nonlocal spans
         spans = _trace_with(system, event_id)
-        return any(
+        sent = any(
             s.service == "meta-dispatcher"
             and s.kind == CLIENT
             and "/messages" in s.attributes.get("url.full", "")
             for s in spans
         )
+        return sent and any(s.service == "bitrix-ingress" and s.kind == SERVER for s in spans)
 
     await eventually(complete, 20, "the trace to reach the Graph API call")
     roots = [s for s in spans if not s.parent_span_id]
