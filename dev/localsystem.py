@@ -88,6 +88,10 @@ async def _http_ok(url: str) -> bool:
         return False
 
 
+def _health(port: int) -> Callable[[], Awaitable[bool]]:
+    return lambda: _http_ok(f"http://127.0.0.1:{port}/health")
+
+
 async def _grpc_serving(addr: str) -> bool:
     async with grpc.aio.insecure_channel(addr) as channel:
         try:
@@ -191,46 +195,29 @@ class LocalSystem:
             "ZAPTRIX_DISPATCHER_METRICS_PORT": str(p.bitrix_dispatcher),
         }
         procs += [
-            Process(
+            self._service(
                 "mapper",
-                [str(BIN / "mapper-server")],
-                self.base_env("mapper")
-                | db
-                | {"ZAPTRIX_GRPC_PORT": str(p.mapper), "ZAPTRIX_METRICS_PORT": str(p.mapper_metrics)},
+                "mapper-server",
+                db | {"ZAPTRIX_GRPC_PORT": str(p.mapper), "ZAPTRIX_METRICS_PORT": str(p.mapper_metrics)},
                 lambda: _grpc_serving(f"127.0.0.1:{p.mapper}"),
             ),
-            Process(
+            self._service(
                 "token-keeper",
-                [str(BIN / "token-keeper-server")],
-                self.base_env("token-keeper") | tk_env,
+                "token-keeper-server",
+                tk_env,
                 lambda: _grpc_serving(f"127.0.0.1:{p.token_keeper}"),
             ),
-            Process(
-                "meta-ingress",
-                [str(BIN / "meta-ingress-web")],
-                self.base_env("meta-ingress") | meta,
-                lambda: _http_ok(f"http://127.0.0.1:{p.meta_web}/health"),
-            ),
-            Process(
-                "meta-dispatcher",
-                [str(BIN / "meta-dispatcher")],
-                self.base_env("meta-dispatcher") | meta,
-                lambda: _http_ok(f"http://127.0.0.1:{p.meta_dispatcher}/health"),
-            ),
-            Process(
-                "bitrix-ingress",
-                [str(BIN / "bitrix-ingress-web")],
-                self.base_env("bitrix-ingress") | bitrix,
-                lambda: _http_ok(f"http://127.0.0.1:{p.bitrix_web}/health"),
-            ),
-            Process(
-                "bitrix-dispatcher",
-                [str(BIN / "bitrix-dispatcher")],
-                self.base_env("bitrix-dispatcher") | bitrix,
-                lambda: _http_ok(f"http://127.0.0.1:{p.bitrix_dispatcher}/health"),
-            ),
+            self._service("meta-ingress", "meta-ingress-web", meta, _health(p.meta_web)),
+            self._service("meta-dispatcher", "meta-dispatcher", meta, _health(p.meta_dispatcher)),
+            self._service("bitrix-ingress", "bitrix-ingress-web", bitrix, _health(p.bitrix_web)),
+            self._service("bitrix-dispatcher", "bitrix-dispatcher", bitrix, _health(p.bitrix_dispatcher)),
         ]
         return procs
+
+    def _service(
+        self, name: str, script: str, env: dict[str, str], ready: Callable[[], Awaitable[bool]]
+    ) -> Process:
+        return Process(name, [str(BIN / script)], self.base_env(name) | env, ready)
 
     # ---- lifecycle ----------------------------------------------------------------------------------
 
