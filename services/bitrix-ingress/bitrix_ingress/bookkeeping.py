@@ -1,13 +1,15 @@
-"""Bookkeeping with the mapper after Bitrix24 confirmed: MarkProcessed, LinkMessage, UpdateConversation.
+"""Bookkeeping with the mapper after Bitrix24 confirmed.
 
-MarkProcessed is written right after Bitrix24's answer and retried in place (Bitrix24 has no idempotency
-key, so this keeps the duplicate window small); the rest is idempotent and redone from the recorded
-result (`{"chat","session","conv","member","contact"}`) when an event comes again.
+A delivered customer message is recorded with one RecordDelivery (LinkMessage + UpdateConversation +
+MarkProcessed in one mapper transaction), right after Bitrix24's answer and retried in place (Bitrix24
+has no idempotency key, so this keeps the duplicate window small). Should it still fail, nothing was
+recorded, so the processed record alone is written (MarkProcessed) before the error is passed on: a
+redelivery then only redoes the idempotent bookkeeping, from the recorded result
+(`{"chat","session","conv","member","contact"}`), and never the send. Other events only MarkProcessed.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -16,7 +18,7 @@ from typing import Any, TypeVar
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential_jitter
 from zaptrix.v1 import events_pb2, mapper_pb2
 
-from bitrix_ingress.deps import Deps, RpcFailed
+from bitrix_ingress.deps import Deps, RpcFailed, conversation_update
 
 T = TypeVar("T")
 
@@ -38,13 +40,12 @@ async def mark(deps: Deps, event_id: str, result: str) -> None:
     await in_place(lambda: deps.mark_processed(event_id, result))
 
 
-async def record_delivery(
-    deps: Deps,
+def _delivery(
     cm: events_pb2.CustomerMessage,
     record: dict[str, Any],
     conv: mapper_pb2.Conversation | None,
     name: str,
-) -> None:
+) -> tuple[mapper_pb2.MessageLink, mapper_pb2.UpdateConversationRequest]:
     conv_id = str(record.get("conv") or (conv.id if conv is not None else ""))
     chat_id = str(record.get("chat") or "")
     link = mapper_pb2.MessageLink(
@@ -61,17 +62,28 @@ async def record_delivery(
         update["bitrix_chat_id"] = chat_id
     if name and (conv is None or conv.contact_name != name):
         update["contact_name"] = name
-    await asyncio.gather(
-        in_place(lambda: deps.link_message(link)),
-        in_place(lambda: deps.update_conversation(conv_id, **update)),
-    )
+    return link, conversation_update(conv_id, **update)
 
 
-async def record_from_result(deps: Deps, cm: events_pb2.CustomerMessage, result: str) -> None:
+async def record_delivery(
+    deps: Deps,
+    event_id: str,
+    result: str,
+    cm: events_pb2.CustomerMessage,
+    record: dict[str, Any],
+    conv: mapper_pb2.Conversation | None,
+    name: str,
+) -> None:
+    """One RecordDelivery (processed record `result` for `event_id`, link, conversation), retried in place."""
+    link, update = _delivery(cm, record, conv, name)
+    await in_place(lambda: deps.record_delivery(link, update, event_id, result))
+
+
+async def record_from_result(deps: Deps, event_id: str, cm: events_pb2.CustomerMessage, result: str) -> None:
     """A redelivered, already-sent message: redo the (idempotent) bookkeeping, never the send."""
     try:
         record = json.loads(result) if result else {}
     except ValueError:
         record = {}
     if isinstance(record, dict) and record.get("conv"):
-        await record_delivery(deps, cm, record, None, "")
+        await record_delivery(deps, event_id, result, cm, record, None, "")

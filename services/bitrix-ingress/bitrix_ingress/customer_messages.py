@@ -33,7 +33,7 @@ async def prepare_customer(
         return Outcome.dead("customer message without wamid, wa_id or phone_number_id")
     check = await deps.check_processed(event_id)
     if check.processed:
-        await bookkeeping.record_from_result(deps, cm, check.result)
+        await bookkeeping.record_from_result(deps, event_id, cm, check.result)
         DELIVERED.labels("duplicate").inc()
         return Outcome.duplicate()
     channel = await channels.get(cm.phone_number_id)
@@ -97,7 +97,17 @@ async def finish_customer(deps: Deps, work: DeliverWork, result: dict[str, Any])
         "contact": work.contact_id,
         "at": int(time.time()),
     }
-    await bookkeeping.mark(deps, work.rec.envelope.event_id, json.dumps(record, separators=(",", ":")))
+    event_id = work.rec.envelope.event_id
+    recorded = json.dumps(record, separators=(",", ":"))
+    try:
+        await bookkeeping.record_delivery(
+            deps, event_id, recorded, work.cm, record, work.conv, work.contact_name
+        )
+    except (RpcFailed, NotFound):
+        # All or nothing, so not even the processed record was written: write it alone, or a
+        # redelivery would send the message to Bitrix24 again. The rest is redone from `recorded` then.
+        await bookkeeping.mark(deps, event_id, recorded)
+        DELIVERED.labels("ok").inc()
+        raise
     DELIVERED.labels("ok").inc()
-    await bookkeeping.record_delivery(deps, work.cm, record, work.conv, work.contact_name)
     return Outcome.ok()

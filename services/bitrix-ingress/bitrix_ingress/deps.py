@@ -38,6 +38,30 @@ class RpcFailed(Exception):
         super().__init__(self.reason)
 
 
+def conversation_update(
+    conversation_id: str,
+    *,
+    bitrix_contact_id: str | None = None,
+    bitrix_chat_id: str | None = None,
+    contact_name: str | None = None,
+    last_message_at: datetime | None = None,
+    last_customer_message_at: datetime | None = None,
+) -> mapper_pb2.UpdateConversationRequest:
+    """An UpdateConversationRequest that sets only the given fields (None: unchanged)."""
+    req = mapper_pb2.UpdateConversationRequest(id=conversation_id)
+    if bitrix_contact_id is not None:
+        req.bitrix_contact_id = bitrix_contact_id
+    if bitrix_chat_id is not None:
+        req.bitrix_chat_id = bitrix_chat_id
+    if contact_name is not None:
+        req.contact_name = contact_name
+    if last_message_at is not None:
+        req.last_message_at.FromDatetime(last_message_at)
+    if last_customer_message_at is not None:
+        req.last_customer_message_at.FromDatetime(last_customer_message_at)
+    return req
+
+
 class Deps:
     """The gRPC dependencies of both processes."""
 
@@ -128,18 +152,30 @@ class Deps:
         last_message_at: datetime | None = None,
         last_customer_message_at: datetime | None = None,
     ) -> mapper_pb2.Conversation:
-        req = mapper_pb2.UpdateConversationRequest(id=conversation_id)
-        if bitrix_contact_id is not None:
-            req.bitrix_contact_id = bitrix_contact_id
-        if bitrix_chat_id is not None:
-            req.bitrix_chat_id = bitrix_chat_id
-        if contact_name is not None:
-            req.contact_name = contact_name
-        if last_message_at is not None:
-            req.last_message_at.FromDatetime(last_message_at)
-        if last_customer_message_at is not None:
-            req.last_customer_message_at.FromDatetime(last_customer_message_at)
+        req = conversation_update(
+            conversation_id,
+            bitrix_contact_id=bitrix_contact_id,
+            bitrix_chat_id=bitrix_chat_id,
+            contact_name=contact_name,
+            last_message_at=last_message_at,
+            last_customer_message_at=last_customer_message_at,
+        )
         return await self._unary(self.mapper.UpdateConversation, req, "mapper UpdateConversation")
+
+    async def record_delivery(
+        self,
+        link: mapper_pb2.MessageLink,
+        conversation: mapper_pb2.UpdateConversationRequest,
+        event_id: str,
+        result: str,
+    ) -> mapper_pb2.RecordDeliveryResponse:
+        """LinkMessage + UpdateConversation + MarkProcessed in one mapper transaction (all or nothing)."""
+        req = mapper_pb2.RecordDeliveryRequest(
+            link=mapper_pb2.LinkMessageRequest(link=link),
+            conversation=conversation,
+            processed=mapper_pb2.MarkProcessedRequest(event_id=event_id, result=result),
+        )
+        return await self._unary(self.mapper.RecordDelivery, req, "mapper RecordDelivery")
 
     async def link_message(self, link: mapper_pb2.MessageLink) -> mapper_pb2.MessageLink:
         req = mapper_pb2.LinkMessageRequest(link=link)

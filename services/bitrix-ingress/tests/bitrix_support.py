@@ -2,7 +2,7 @@
 classes), a scriptable Bitrix24 REST fake for httpx.MockTransport, process helpers.
 
 The fakes follow the contracts in protos/zaptrix/v1 and the behaviour the real services document
-(NOT_FOUND for unknown things, idempotent MarkProcessed/LinkMessage, atomic get-or-create).
+(NOT_FOUND for unknown things, idempotent MarkProcessed/LinkMessage/RecordDelivery, atomic get-or-create).
 """
 
 from __future__ import annotations
@@ -160,6 +160,10 @@ class FakeMapper(mapper_pb2_grpc.MapperServicer):
         conv = self.conversations.get(request.id)
         if conv is None:
             await context.abort(grpc.StatusCode.NOT_FOUND, "no such conversation")
+        return self._update(conv, request)
+
+    @staticmethod
+    def _update(conv: mapper_pb2.Conversation, request: Any) -> mapper_pb2.Conversation:
         for name in ("bitrix_contact_id", "bitrix_chat_id", "contact_name"):
             if request.HasField(name):
                 setattr(conv, name, getattr(request, name))
@@ -173,6 +177,9 @@ class FakeMapper(mapper_pb2_grpc.MapperServicer):
 
     async def LinkMessage(self, request: Any, context: Any) -> mapper_pb2.MessageLink:
         await self._enter("LinkMessage", request, context)
+        return self._link(request)
+
+    def _link(self, request: Any) -> mapper_pb2.MessageLink:
         link = self.links.get(request.link.wamid)
         if link is None:
             link = mapper_pb2.MessageLink()
@@ -217,9 +224,24 @@ class FakeMapper(mapper_pb2_grpc.MapperServicer):
 
     async def MarkProcessed(self, request: Any, context: Any) -> mapper_pb2.MarkProcessedResponse:
         await self._enter("MarkProcessed", request, context)
+        return mapper_pb2.MarkProcessedResponse(already_processed=self._mark(request))
+
+    def _mark(self, request: Any) -> bool:
         already = request.event_id in self.processed
         self.processed.setdefault(request.event_id, request.result)
-        return mapper_pb2.MarkProcessedResponse(already_processed=already)
+        return already
+
+    async def RecordDelivery(self, request: Any, context: Any) -> mapper_pb2.RecordDeliveryResponse:
+        """LinkMessage + UpdateConversation + MarkProcessed, all or nothing (checked before any change)."""
+        await self._enter("RecordDelivery", request, context)
+        conv = self.conversations.get(request.conversation.id)
+        if conv is None or request.link.link.conversation_id != conv.id:
+            await context.abort(grpc.StatusCode.NOT_FOUND, "no such conversation")
+        link = self._link(request.link)
+        already = self._mark(request.processed)
+        return mapper_pb2.RecordDeliveryResponse(
+            link=link, conversation=self._update(conv, request.conversation), already_processed=already
+        )
 
 
 # --- token-keeper ----------------------------------------------------------------------------------

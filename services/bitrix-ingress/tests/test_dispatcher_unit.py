@@ -129,7 +129,11 @@ async def test_many_messages_few_requests_in_conversation_order(h: Harness) -> N
         ids = [m["message"]["id"] for m in sent if m["user"]["id"] == f"49170{c}"]
         assert ids == [f"wamid.49170{c}.{n}" for n in range(12)]
     assert len(h.bitrix.contacts) == 10  # exactly one contact per new customer
-    assert h.fakes.mapper.count("MarkProcessed") == 120 and h.fakes.mapper.count("LinkMessage") == 120
+    # bookkeeping: one RecordDelivery per message; UpdateConversation only stores the 10 new contacts
+    assert h.fakes.mapper.count("RecordDelivery") == 120
+    separate = [h.fakes.mapper.count(m) for m in ("MarkProcessed", "LinkMessage", "UpdateConversation")]
+    assert separate == [0, 0, 10]
+    assert len(h.fakes.mapper.links) == 120 and len(h.fakes.mapper.processed) == 120
     conv = h.fakes.mapper.by_customer("100", "491700")
     assert conv is not None and conv.bitrix_chat_id and conv.bitrix_contact_id
     assert conv.last_customer_message_at.seconds == 1_700_000_011
@@ -142,10 +146,23 @@ async def test_a_redelivered_message_is_not_sent_twice(h: Harness) -> None:
     records = [customer("4917", n) for n in range(3)]
     assert await h.run(records) == ["ok"] * 3
     before = len(h.bitrix.calls)
-    links = h.fakes.mapper.count("LinkMessage")
+    recorded = h.fakes.mapper.count("RecordDelivery")
     assert await h.run([customer("4917", n) for n in range(3)]) == ["duplicate"] * 3
     assert len(h.bitrix.calls) == before  # nothing reached Bitrix24 again
-    assert h.fakes.mapper.count("LinkMessage") == links + 3  # bookkeeping redone (idempotent)
+    assert h.fakes.mapper.count("RecordDelivery") == recorded + 3  # bookkeeping redone (idempotent)
+
+
+async def test_a_failed_record_delivery_still_marks_the_message_processed(h: Harness) -> None:
+    # RecordDelivery is all or nothing: when it fails, MarkProcessed alone keeps a redelivery from
+    # sending the message again.
+    h.fakes.mapper.fail["RecordDelivery"] = [grpc.StatusCode.NOT_FOUND]  # not retried in place
+    outcomes = await h.make().handle([customer("4917", 1)])
+    assert [o.kind for o in outcomes] == ["dead"], [o.reason for o in outcomes]
+    assert h.fakes.mapper.count("MarkProcessed") == 1 and not h.fakes.mapper.links
+    before = len(h.bitrix.sent_messages())
+    assert await h.run([customer("4917", 1)]) == ["duplicate"]
+    assert len(h.bitrix.sent_messages()) == before == 1
+    assert "wamid.4917.1" in h.fakes.mapper.links  # the bookkeeping was redone from the recorded result
 
 
 async def test_returning_customer_is_found_not_created(h: Harness) -> None:

@@ -183,6 +183,10 @@ RETURNING {LINK_COLUMNS}"""  # noqa: S608
 
 # --- dedupe ----------------------------------------------------------------------------------------
 
+_MARK_PROCESSED = """
+INSERT INTO mapper.processed_event (event_id, result) VALUES ($1, $2)
+ON CONFLICT (event_id) DO NOTHING RETURNING true"""
+
 _EXPIRE_PROCESSED = """
 DELETE FROM mapper.processed_event WHERE event_id IN (
     SELECT event_id FROM mapper.processed_event
@@ -303,57 +307,63 @@ class Repository:
         )
 
     async def update_conversation(self, update: ConversationUpdate) -> Conversation:
+        async with self.db.connection() as conn:
+            return await self._update_conversation(conn, update)
+
+    @staticmethod
+    async def _update_conversation(conn: Any, update: ConversationUpdate) -> Conversation:
         if not update.changes_anything:
-            found = await self.conversation_by_id(update.id)
+            row = await conn.fetchrow(f"{_SELECT_CONVERSATION} WHERE id = $1", update.id)
         else:
-            async with self.db.connection() as conn:
-                row = await conn.fetchrow(
-                    _UPDATE_CONVERSATION,
-                    update.id,
-                    update.bitrix_contact_id,
-                    update.bitrix_chat_id,
-                    update.contact_name,
-                    update.last_message_at,
-                    update.last_customer_message_at,
-                )
-            found = None if row is None else _conversation(row)
-        if found is None:
+            row = await conn.fetchrow(
+                _UPDATE_CONVERSATION,
+                update.id,
+                update.bitrix_contact_id,
+                update.bitrix_chat_id,
+                update.contact_name,
+                update.last_message_at,
+                update.last_customer_message_at,
+            )
+        if row is None:
             raise NotFound(f"conversation {update.id} not found")
-        return found
+        return _conversation(row)
 
     # message links
 
     async def link_message(self, spec: LinkSpec) -> tuple[MessageLink, bool]:
         """Record a link, idempotently. Returns it and whether this call created it."""
         async with self.db.connection() as conn:
-            try:
-                row = await conn.fetchrow(
-                    _INSERT_LINK,
-                    spec.wamid,
-                    spec.conversation_id,
-                    spec.direction.value,
-                    spec.member_id,
-                    spec.bitrix_message_id,
-                    spec.bitrix_chat_id,
-                    spec.whatsapp_status,
-                    spec.bitrix_status,
-                )
-            except asyncpg.exceptions.ForeignKeyViolationError as exc:  # conversation deleted meanwhile
-                raise NotFound(f"conversation {spec.conversation_id} not found") from exc
-            if row is not None:
-                return _link(row), True
-            existing = await conn.fetchrow(f"{_SELECT_LINK} WHERE wamid = $1", spec.wamid)
-            if existing is not None:
-                return await self._same_link(conn, _link(existing), spec), False
-            conversation = await conn.fetchrow(
-                "SELECT member_id FROM mapper.conversation_mapping WHERE id = $1", spec.conversation_id
+            return await self._link_message(conn, spec)
+
+    async def _link_message(self, conn: Any, spec: LinkSpec) -> tuple[MessageLink, bool]:
+        try:
+            row = await conn.fetchrow(
+                _INSERT_LINK,
+                spec.wamid,
+                spec.conversation_id,
+                spec.direction.value,
+                spec.member_id,
+                spec.bitrix_message_id,
+                spec.bitrix_chat_id,
+                spec.whatsapp_status,
+                spec.bitrix_status,
             )
-            if conversation is None:
-                raise NotFound(f"conversation {spec.conversation_id} not found")
-            if spec.member_id is not None and conversation["member_id"] != spec.member_id:
-                raise InvalidArgument(
-                    f"member_id {spec.member_id} is not the portal of conversation {spec.conversation_id}"
-                )
+        except asyncpg.exceptions.ForeignKeyViolationError as exc:  # conversation deleted meanwhile
+            raise NotFound(f"conversation {spec.conversation_id} not found") from exc
+        if row is not None:
+            return _link(row), True
+        existing = await conn.fetchrow(f"{_SELECT_LINK} WHERE wamid = $1", spec.wamid)
+        if existing is not None:
+            return await self._same_link(conn, _link(existing), spec), False
+        conversation = await conn.fetchrow(
+            "SELECT member_id FROM mapper.conversation_mapping WHERE id = $1", spec.conversation_id
+        )
+        if conversation is None:
+            raise NotFound(f"conversation {spec.conversation_id} not found")
+        if spec.member_id is not None and conversation["member_id"] != spec.member_id:
+            raise InvalidArgument(
+                f"member_id {spec.member_id} is not the portal of conversation {spec.conversation_id}"
+            )
         raise AlreadyExists(
             f"bitrix message {spec.bitrix_message_id} of portal {conversation['member_id']}"
             " is already linked to another wamid"
@@ -423,13 +433,28 @@ class Repository:
     async def mark_processed(self, event_id: str, result: str) -> bool:
         """Record the event; returns True when it already was (the first result is kept)."""
         async with self.db.connection() as conn:
-            inserted = await conn.fetchval(
-                "INSERT INTO mapper.processed_event (event_id, result) VALUES ($1, $2)"
-                " ON CONFLICT (event_id) DO NOTHING RETURNING true",
-                event_id,
-                result,
-            )
+            return await self._mark_processed(conn, event_id, result)
+
+    @staticmethod
+    async def _mark_processed(conn: Any, event_id: str, result: str) -> bool:
+        inserted = await conn.fetchval(_MARK_PROCESSED, event_id, result)
         return inserted is None
+
+    # all three for one delivered inbound message
+
+    async def record_delivery(
+        self, spec: LinkSpec, update: ConversationUpdate, event_id: str, result: str
+    ) -> tuple[MessageLink, Conversation, bool]:
+        """LinkMessage + UpdateConversation + MarkProcessed in one transaction (all or nothing).
+
+        Returns the link, the conversation and whether the event already was processed. The
+        conversation's row lock is taken last, so it is held only for the commit.
+        """
+        async with self.db.connection() as conn, conn.transaction():
+            link, _ = await self._link_message(conn, spec)
+            already = await self._mark_processed(conn, event_id, result)
+            conversation = await self._update_conversation(conn, update)
+        return link, conversation, already
 
     async def expire_processed(self, older_than: timedelta, batch: int) -> int:
         """Delete one batch of records older than `older_than`; returns how many."""

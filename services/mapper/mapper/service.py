@@ -155,3 +155,18 @@ class MapperService:
         if not already:
             self.processed.put(event_id, result)
         return already
+
+    # one delivered inbound message
+
+    async def record_delivery(
+        self, spec: LinkSpec, update: ConversationUpdate, event_id: str, result: str
+    ) -> tuple[MessageLink, Conversation, bool]:
+        """link_message + update_conversation + mark_processed, in one transaction.
+
+        The processed record is always written in the transaction (a cached "processed" only means the
+        insert finds the row); the cache learns the event once the transaction has committed.
+        """
+        link, conversation, already = await self.repo.record_delivery(spec, update, event_id, result)
+        if not already:
+            self.processed.put(event_id, result)
+        return link, conversation, already

@@ -193,3 +193,26 @@ class MapperServicer(mapper_pb2_grpc.MapperServicer):
             convert.checked(request.result, "result", convert.MAX_RESULT),
         )
         return pb.MarkProcessedResponse(already_processed=already)
+
+    # one delivered inbound message
+
+    @rpc
+    async def RecordDelivery(self, request: pb.RecordDeliveryRequest) -> pb.RecordDeliveryResponse:
+        if not request.HasField("link") or not request.link.HasField("link"):
+            raise InvalidArgument("link.link is required")
+        if not request.HasField("conversation"):
+            raise InvalidArgument("conversation is required")
+        if not request.HasField("processed"):
+            raise InvalidArgument("processed is required")
+        spec = convert.link_spec(request.link.link)
+        update = convert.conversation_update(request.conversation)
+        if spec.conversation_id != update.id:
+            raise InvalidArgument("link.link.conversation_id and conversation.id differ")
+        event_id = convert.required(request.processed.event_id, "processed.event_id")
+        result = convert.checked(request.processed.result, "processed.result", convert.MAX_RESULT)
+        link, conversation, already = await self.service.record_delivery(spec, update, event_id, result)
+        return pb.RecordDeliveryResponse(
+            link=convert.link_pb(link),
+            conversation=convert.conversation_pb(conversation),
+            already_processed=already,
+        )

@@ -656,3 +656,58 @@ class MarkProcessedResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___MarkProcessedResponse: _TypeAlias = MarkProcessedResponse  # noqa: Y015
+
+@_typing.final
+class RecordDeliveryRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LINK_FIELD_NUMBER: _builtins.int
+    CONVERSATION_FIELD_NUMBER: _builtins.int
+    PROCESSED_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def link(self) -> Global___LinkMessageRequest: ...
+    @_builtins.property
+    def conversation(self) -> Global___UpdateConversationRequest: ...
+    @_builtins.property
+    def processed(self) -> Global___MarkProcessedRequest: ...
+    def __init__(
+        self,
+        *,
+        link: Global___LinkMessageRequest | None = ...,
+        conversation: Global___UpdateConversationRequest | None = ...,
+        processed: Global___MarkProcessedRequest | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["conversation", b"conversation", "link", b"link", "processed", b"processed"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["conversation", b"conversation", "link", b"link", "processed", b"processed"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecordDeliveryRequest: _TypeAlias = RecordDeliveryRequest  # noqa: Y015
+
+@_typing.final
+class RecordDeliveryResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LINK_FIELD_NUMBER: _builtins.int
+    CONVERSATION_FIELD_NUMBER: _builtins.int
+    ALREADY_PROCESSED_FIELD_NUMBER: _builtins.int
+    already_processed: _builtins.bool
+    @_builtins.property
+    def link(self) -> Global___MessageLink: ...
+    @_builtins.property
+    def conversation(self) -> Global___Conversation: ...
+    def __init__(
+        self,
+        *,
+        link: Global___MessageLink | None = ...,
+        conversation: Global___Conversation | None = ...,
+        already_processed: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["conversation", b"conversation", "link", b"link"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["already_processed", b"already_processed", "conversation", b"conversation", "link", b"link"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecordDeliveryResponse: _TypeAlias = RecordDeliveryResponse  # noqa: Y015

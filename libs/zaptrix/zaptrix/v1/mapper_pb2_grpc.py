@@ -89,6 +89,11 @@ class MapperStub:
                 request_serializer=zaptrix_dot_v1_dot_mapper__pb2.MarkProcessedRequest.SerializeToString,
                 response_deserializer=zaptrix_dot_v1_dot_mapper__pb2.MarkProcessedResponse.FromString,
                 _registered_method=True)
+        self.RecordDelivery = channel.unary_unary(
+                '/zaptrix.v1.Mapper/RecordDelivery',
+                request_serializer=zaptrix_dot_v1_dot_mapper__pb2.RecordDeliveryRequest.SerializeToString,
+                response_deserializer=zaptrix_dot_v1_dot_mapper__pb2.RecordDeliveryResponse.FromString,
+                _registered_method=True)
 
 
 class MapperServicer:
@@ -162,6 +167,15 @@ class MapperServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RecordDelivery(self, request, context):
+        """One delivered inbound customer message, in one transaction: LinkMessage + UpdateConversation +
+        MarkProcessed with their own semantics (link idempotent, timestamps forward only, first result wins).
+        All or nothing: on any error (e.g. ALREADY_EXISTS for a conflicting link) nothing is recorded.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MapperServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -219,6 +233,11 @@ def add_MapperServicer_to_server(servicer, server):
                     servicer.MarkProcessed,
                     request_deserializer=zaptrix_dot_v1_dot_mapper__pb2.MarkProcessedRequest.FromString,
                     response_serializer=zaptrix_dot_v1_dot_mapper__pb2.MarkProcessedResponse.SerializeToString,
+            ),
+            'RecordDelivery': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordDelivery,
+                    request_deserializer=zaptrix_dot_v1_dot_mapper__pb2.RecordDeliveryRequest.FromString,
+                    response_serializer=zaptrix_dot_v1_dot_mapper__pb2.RecordDeliveryResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -518,6 +537,33 @@ class Mapper:
             '/zaptrix.v1.Mapper/MarkProcessed',
             zaptrix_dot_v1_dot_mapper__pb2.MarkProcessedRequest.SerializeToString,
             zaptrix_dot_v1_dot_mapper__pb2.MarkProcessedResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordDelivery(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/zaptrix.v1.Mapper/RecordDelivery',
+            zaptrix_dot_v1_dot_mapper__pb2.RecordDeliveryRequest.SerializeToString,
+            zaptrix_dot_v1_dot_mapper__pb2.RecordDeliveryResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -44,6 +44,11 @@ class MapperStub:
     CheckProcessed: _grpc.UnaryUnaryMultiCallable[_mapper_pb2.CheckProcessedRequest, _mapper_pb2.CheckProcessedResponse]
     """Dedupe: has this event already had its effect? MarkProcessed is idempotent."""
     MarkProcessed: _grpc.UnaryUnaryMultiCallable[_mapper_pb2.MarkProcessedRequest, _mapper_pb2.MarkProcessedResponse]
+    RecordDelivery: _grpc.UnaryUnaryMultiCallable[_mapper_pb2.RecordDeliveryRequest, _mapper_pb2.RecordDeliveryResponse]
+    """One delivered inbound customer message, in one transaction: LinkMessage + UpdateConversation +
+    MarkProcessed with their own semantics (link idempotent, timestamps forward only, first result wins).
+    All or nothing: on any error (e.g. ALREADY_EXISTS for a conflicting link) nothing is recorded.
+    """
 
 @_typing.type_check_only
 class MapperAsyncStub(MapperStub):
@@ -61,6 +66,11 @@ class MapperAsyncStub(MapperStub):
     CheckProcessed: _aio.UnaryUnaryMultiCallable[_mapper_pb2.CheckProcessedRequest, _mapper_pb2.CheckProcessedResponse]  # type: ignore[assignment]
     """Dedupe: has this event already had its effect? MarkProcessed is idempotent."""
     MarkProcessed: _aio.UnaryUnaryMultiCallable[_mapper_pb2.MarkProcessedRequest, _mapper_pb2.MarkProcessedResponse]  # type: ignore[assignment]
+    RecordDelivery: _aio.UnaryUnaryMultiCallable[_mapper_pb2.RecordDeliveryRequest, _mapper_pb2.RecordDeliveryResponse]  # type: ignore[assignment]
+    """One delivered inbound customer message, in one transaction: LinkMessage + UpdateConversation +
+    MarkProcessed with their own semantics (link idempotent, timestamps forward only, first result wins).
+    All or nothing: on any error (e.g. ALREADY_EXISTS for a conflicting link) nothing is recorded.
+    """
 
 class MapperServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -141,5 +151,16 @@ class MapperServicer(metaclass=_abc_1.ABCMeta):
         request: _mapper_pb2.MarkProcessedRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_mapper_pb2.MarkProcessedResponse, _abc.Awaitable[_mapper_pb2.MarkProcessedResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def RecordDelivery(
+        self,
+        request: _mapper_pb2.RecordDeliveryRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_mapper_pb2.RecordDeliveryResponse, _abc.Awaitable[_mapper_pb2.RecordDeliveryResponse]]:
+        """One delivered inbound customer message, in one transaction: LinkMessage + UpdateConversation +
+        MarkProcessed with their own semantics (link idempotent, timestamps forward only, first result wins).
+        All or nothing: on any error (e.g. ALREADY_EXISTS for a conflicting link) nothing is recorded.
+        """
 
 def add_MapperServicer_to_server(servicer: MapperServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
