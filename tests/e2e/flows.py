@@ -6,7 +6,7 @@ from typing import Any
 
 from localsystem import SANDBOX_MEMBER_ID, SANDBOX_PHONE_NUMBER_ID
 
-from tests.e2e.conftest import System
+from tests.conftest import System
 
 
 def external_chat_id(wa_id: str) -> str:

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from localsystem import SANDBOX_MEMBER_ID
 
-from tests.e2e.conftest import System, eventually
+from tests.conftest import System, eventually
 from tests.e2e.flows import chat_messages, customer_says, external_chat_id
 
 _numbers = itertools.count(491710000000)

@@ -20,7 +20,7 @@ from zaptrix.kafka import Flow, topics_for
 from zaptrix.kafka.envelope import H_EVENT_ID, header
 from zaptrix.v1 import mapper_pb2, mapper_pb2_grpc
 
-from tests.e2e.conftest import System, eventually
+from tests.conftest import System, eventually
 from tests.e2e.flows import chat_messages, customer_says, operator_says, sent_to
 from tests.e2e.test_inbound import wait_for_messages
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tests.e2e.conftest import System, eventually
+from tests.conftest import System, eventually
 from tests.e2e.flows import chat_messages, customer_says, operator_says, sent_to
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from localsystem import SANDBOX_MEMBER_ID
 
-from tests.e2e.conftest import System, eventually
+from tests.conftest import System, eventually
 from tests.e2e.flows import operator_says
 from tests.e2e.otlp import ReceivedSpan
 from tests.e2e.test_inbound import new_customer, wait_for_messages

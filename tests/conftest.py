@@ -1,5 +1,6 @@
-"""The whole system as real processes: real PostgreSQL and Kafka, mapper, token-keeper, both web services,
-both dispatchers, and the sandbox stand-ins for Meta and Bitrix24. Started once for the e2e session."""
+"""The whole system as real processes, shared by tests/e2e and tests/security: real PostgreSQL and Kafka,
+mapper, token-keeper, both web services, both dispatchers, and the sandbox stand-ins for Meta and Bitrix24.
+Started once per test session, on first use."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-sys.path[:0] = [str(Path(__file__).resolve().parents[2] / "dev"), str(Path(__file__).resolve().parents[2])]
+sys.path[:0] = [str(Path(__file__).resolve().parents[1] / "dev"), str(Path(__file__).resolve().parents[1])]
 from localsystem import ROOT, LocalSystem, Ports, free_port  # noqa: E402
 from zaptrix.kafka import Flow, topics_for  # noqa: E402
 from zaptrix.kafka.admin import ensure_topics  # noqa: E402
