@@ -8,25 +8,13 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import asyncpg
+from zaptrix.dbfailures import is_outage
 from zaptrix.logging import get_logger
 from zaptrix.settings import DatabaseSettings
 
 from mapper.errors import Unavailable
 
 log = get_logger(__name__)
-
-# Failures that say "the database cannot serve right now", never "this request is wrong". Every
-# mapper RPC is idempotent, so callers may retry them (gRPC UNAVAILABLE) with backoff.
-TRANSIENT: tuple[type[BaseException], ...] = (
-    OSError,  # refused, reset, and TimeoutError (pool acquire, command_timeout)
-    asyncpg.exceptions.ConnectionDoesNotExistError,
-    asyncpg.exceptions.PostgresConnectionError,  # SQLSTATE class 08
-    asyncpg.exceptions.OperatorInterventionError,  # 57: statement timeout, admin shutdown, starting up
-    asyncpg.exceptions.InsufficientResourcesError,  # 53: too many connections, disk full
-    asyncpg.exceptions.TransactionRollbackError,  # 40: serialization failure, deadlock
-    asyncpg.exceptions.InvalidCatalogNameError,  # the database is gone (dropped, being restored)
-    asyncpg.exceptions.InvalidAuthorizationSpecificationError,  # credentials rotated under us
-)
 
 
 async def _keep_session(conn: Any) -> None:
@@ -75,7 +63,9 @@ class Database:
                 await self.open()
                 log.info("database pool open", min_size=self.settings.pool_min_size)
                 return
-            except TRANSIENT as exc:
+            except Exception as exc:
+                if not is_outage(exc):
+                    raise
                 log.warning("database unreachable, retrying", error=type(exc).__name__, retry_in_s=delay)
             if stopped is not None and stopped.is_set():
                 return
@@ -98,8 +88,11 @@ class Database:
         try:
             async with self.pool.acquire(timeout=self.settings.acquire_timeout_s) as conn:
                 yield conn
-        except TRANSIENT as exc:
-            raise Unavailable(f"database unavailable ({type(exc).__name__})") from exc
+        except Exception as exc:
+            # Every mapper RPC is idempotent, so callers may retry an outage (gRPC UNAVAILABLE) with backoff.
+            if is_outage(exc):
+                raise Unavailable(f"database unavailable ({type(exc).__name__})") from exc
+            raise
 
     async def ping(self) -> bool:
         """Readiness: a round trip through the pool."""

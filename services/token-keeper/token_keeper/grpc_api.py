@@ -8,10 +8,10 @@ from datetime import UTC, datetime
 from functools import wraps
 from typing import Any, TypeVar
 
-import asyncpg
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 from pydantic import SecretStr
+from zaptrix.dbfailures import is_outage
 from zaptrix.logging import get_logger
 from zaptrix.v1 import token_keeper_pb2 as pb
 from zaptrix.v1 import token_keeper_pb2_grpc as pb_grpc
@@ -46,17 +46,6 @@ _ERRORS: list[tuple[type[Exception], grpc.StatusCode]] = [
     (CredentialsUnreadable, grpc.StatusCode.INTERNAL),
     (DatabaseUnavailable, grpc.StatusCode.UNAVAILABLE),
 ]
-
-# Failures of the database itself, not of the request: the caller should retry. SQLSTATE classes 08
-# (connection exception), 53 (insufficient resources), 57 (operator intervention, incl. statement timeout).
-_INFRA_SQLSTATE_CLASSES = frozenset({"08", "53", "57"})
-
-
-def _is_infra(exc: Exception) -> bool:
-    if isinstance(exc, TimeoutError | OSError | asyncpg.InterfaceError):
-        return True
-    return isinstance(exc, asyncpg.PostgresError) and (exc.sqlstate or "")[:2] in _INFRA_SQLSTATE_CLASSES
-
 
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
@@ -125,7 +114,7 @@ def rpc(fn: Handler[Req, Resp]) -> Handler[Req, Resp]:
                     code = status
                     break
             else:
-                if _is_infra(exc):
+                if is_outage(exc):
                     code = grpc.StatusCode.UNAVAILABLE
                     log.warning("database unavailable", method=method, error_type=type(exc).__name__)
                     await context.abort(code, "token-keeper's database is unavailable; retry")
