@@ -137,10 +137,10 @@ class MapperServicer(mapper_pb2_grpc.MapperServicer):
                 convert.required(chat.bitrix_chat_id, "bitrix_chat.bitrix_chat_id"),
             )
         elif by == "portal_external_chat":
-            chat = request.portal_external_chat
+            pec = request.portal_external_chat
             found = await self.service.conversation_by_portal_external_chat(
-                convert.required(chat.member_id, "portal_external_chat.member_id"),
-                convert.required(chat.external_chat_id, "portal_external_chat.external_chat_id"),
+                convert.required(pec.member_id, "portal_external_chat.member_id"),
+                convert.required(pec.external_chat_id, "portal_external_chat.external_chat_id"),
             )
         else:
             raise InvalidArgument("set one of id, channel_customer, bitrix_chat, portal_external_chat")
