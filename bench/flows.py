@@ -199,11 +199,6 @@ __all__ = ["customer", "wamid"]
 # ---- opening conversations through the Graph stand-in (customers write first) -------------------------------
 
 
-def external_chat_id(phone_number_id: str, wa_id: str) -> str:
-    """The mapper's chat.id rule for Meta's ids (services/mapper/mapper/model.py)."""
-    return f"wa_{phone_number_id}_{wa_id}"
-
-
 async def bitrix_chats(client: httpx.AsyncClient, member_id: str = SANDBOX_MEMBER_ID) -> list[dict[str, Any]]:
     resp = await client.get(f"/_sandbox/portals/{member_id}/chats", timeout=60)
     resp.raise_for_status()
@@ -240,12 +235,13 @@ async def open_conversations(
 
     started = time.monotonic()
     await asyncio.gather(*(post(wa_ids[i : i + chunk]) for i in range(0, len(wa_ids), chunk)))
-    wanted = {external_chat_id(phone_number_id, w): w for w in wa_ids}
+    # Chat ids are opaque (random): a chat is recognised by its customer (the stand-in's user id is the wa_id).
+    wanted = set(wa_ids)
     deadline = time.monotonic() + timeout_s
     shown = 0.0
     while True:
         chats = await bitrix_chats(bitrix)
-        found = {wanted[c["external_chat_id"]]: c for c in chats if c["external_chat_id"] in wanted}
+        found = {str(c["user"]["id"]): c for c in chats if str((c.get("user") or {}).get("id")) in wanted}
         if len(found) == len(wanted):
             print(f"  {len(found)} conversations open after {time.monotonic() - started:.1f} s", flush=True)
             return found

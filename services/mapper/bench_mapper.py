@@ -150,8 +150,10 @@ async def scenarios(
             )
 
         async def find_external(i: int) -> None:
-            chat = conversations[i % CUSTOMERS].external_chat_id
-            await stub.FindConversation(pb.FindConversationRequest(external_chat_id=chat))
+            chat = pb.PortalExternalChat(
+                member_id="bench-portal", external_chat_id=conversations[i % CUSTOMERS].external_chat_id
+            )
+            await stub.FindConversation(pb.FindConversationRequest(portal_external_chat=chat))
 
         async def check_seen(i: int) -> None:
             await stub.CheckProcessed(pb.CheckProcessedRequest(event_id=f"seen-{i % CUSTOMERS}"))
@@ -187,7 +189,7 @@ async def scenarios(
         plan: list[tuple[str, Callable[[int], Awaitable[None]]]] = [
             ("GetChannel", get_channel),
             ("GetOrCreateConversation (existing)", get_or_create),
-            ("FindConversation (external_chat_id)", find_external),
+            ("FindConversation (portal_external_chat)", find_external),
             ("CheckProcessed (seen)", check_seen),
             ("inbound message (6 RPCs)", inbound_message),
         ]

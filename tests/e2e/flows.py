@@ -4,13 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from localsystem import SANDBOX_MEMBER_ID, SANDBOX_PHONE_NUMBER_ID
+from localsystem import SANDBOX_MEMBER_ID
 
 from tests.conftest import System
 
 
-def external_chat_id(wa_id: str) -> str:
-    return f"wa_{SANDBOX_PHONE_NUMBER_ID}_{wa_id}"
+async def external_chat_id(system: System, wa_id: str) -> str:
+    """The chat id the gateway gave the customer's chat, as the Bitrix24 stand-in recorded it (it is opaque:
+    nothing derives it from the phone number)."""
+    chat = await chat_of(system, wa_id)
+    assert chat is not None, f"no chat for {wa_id} in the Bitrix24 stand-in"
+    return str(chat["external_chat_id"])
 
 
 async def customer_says(system: System, wa_id: str, **spec: Any) -> dict[str, Any]:
@@ -30,8 +34,9 @@ async def chats(system: System) -> list[dict[str, Any]]:
 
 
 async def chat_of(system: System, wa_id: str) -> dict[str, Any] | None:
+    """The sandbox portal's chat with the customer (the stand-in's external user id is the wa_id)."""
     for chat in await chats(system):
-        if chat.get("external_chat_id") == external_chat_id(wa_id):
+        if str((chat.get("user") or {}).get("id")) == wa_id:
             return chat
     return None
 
@@ -44,7 +49,7 @@ async def chat_messages(system: System, wa_id: str) -> list[dict[str, Any]]:
 async def operator_says(system: System, wa_id: str, text: str, **extra: Any) -> dict[str, Any]:
     resp = await system.bitrix.post(
         f"/_sandbox/portals/{SANDBOX_MEMBER_ID}/operator-messages",
-        json={"chat_id": external_chat_id(wa_id), "text": text, **extra},
+        json={"chat_id": await external_chat_id(system, wa_id), "text": text, **extra},
     )
     body: dict[str, Any] = resp.json()
     assert resp.status_code == 200 and body["gateway_status"] == 200, body

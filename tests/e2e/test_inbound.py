@@ -189,7 +189,8 @@ async def test_first_contact_creates_one_crm_contact_and_returning_customer_reus
     assert len(await contacts_with_phone(system, wa_id)) == 1, "never a duplicate contact"
     chats = {m.get("chat_id") for m in messages}
     assert len(chats) <= 1
-    assert external_chat_id(wa_id).startswith("wa_")
+    chat_id = await external_chat_id(system, wa_id)
+    assert chat_id.startswith("wa_") and wa_id not in chat_id, "opaque, not derived from the phone number"
 
 
 async def test_expired_bitrix_token_mid_flow_is_refreshed_and_the_message_delivered(system: System) -> None:

@@ -21,7 +21,7 @@ from zaptrix.kafka.envelope import H_EVENT_ID, header
 from zaptrix.v1 import mapper_pb2, mapper_pb2_grpc
 
 from tests.conftest import System, eventually
-from tests.e2e.flows import chat_messages, customer_says, operator_says, sent_to
+from tests.e2e.flows import chat_messages, customer_says, external_chat_id, operator_says, sent_to
 from tests.e2e.test_inbound import wait_for_messages
 
 _numbers = itertools.count(491720000000)
@@ -108,7 +108,7 @@ async def test_bad_application_token_is_refused_and_nothing_is_sent(system: Syst
     resp = await system.bitrix.post(
         f"/_sandbox/portals/{SANDBOX_MEMBER_ID}/operator-messages",
         json={
-            "chat_id": f"wa_{SANDBOX_PHONE_NUMBER_ID}_{wa_id}",
+            "chat_id": await external_chat_id(system, wa_id),
             "text": "gefälscht",
             "wrong_application_token": True,
         },

@@ -27,6 +27,18 @@ CONSUMER_LAG = Gauge(
     "zaptrix_kafka_consumer_lag", "Records behind the end of the partition", ["topic", "partition"]
 )
 HANDLE_SECONDS = Histogram("zaptrix_event_handle_seconds", "Time to handle one consumed event", ["topic"])
+CROSS_TENANT_REFUSALS = Counter(
+    "zaptrix_cross_tenant_refusals_total",
+    "Events refused because they name a chat (or channel) that is not their portal's own. "
+    "service: bitrix-ingress, bitrix-dispatcher, meta-dispatcher; kind: one of CROSS_TENANT_KINDS",
+    ["service", "kind"],
+)
+# The fixed values of CROSS_TENANT_REFUSALS's kind label (anything else is counted as "other").
+CROSS_TENANT_KINDS = frozenset({"message", "edit", "delete", "read", "template", "notice", "other"})
+
+
+def count_cross_tenant(service: str, kind: str) -> None:
+    CROSS_TENANT_REFUSALS.labels(service, kind if kind in CROSS_TENANT_KINDS else "other").inc()
 
 
 def serve_metrics(port: int) -> None:

@@ -126,8 +126,16 @@ class Deps:
         )
         return await self._unary(self.mapper.GetOrCreateConversation, req, "mapper GetOrCreateConversation")
 
-    async def find_conversation_by_external(self, external_chat_id: str) -> mapper_pb2.Conversation:
-        req = mapper_pb2.FindConversationRequest(external_chat_id=external_chat_id)
+    async def find_portal_conversation(
+        self, member_id: str, external_chat_id: str
+    ) -> mapper_pb2.Conversation:
+        """The portal's own conversation with this chat id; NotFound for an unknown chat and for another
+        portal's chat alike (the mapper never serves a chat across portals)."""
+        req = mapper_pb2.FindConversationRequest(
+            portal_external_chat=mapper_pb2.PortalExternalChat(
+                member_id=member_id, external_chat_id=external_chat_id
+            )
+        )
         return await self._unary(self.mapper.FindConversation, req, "mapper FindConversation")
 
     async def find_conversation_by_id(self, conversation_id: str) -> mapper_pb2.Conversation:

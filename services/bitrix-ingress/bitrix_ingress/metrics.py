@@ -6,7 +6,7 @@ from prometheus_client import Counter, Histogram
 
 EVENTS_RECEIVED = Counter(
     "zaptrix_bitrix_events_received_total",
-    "Bitrix24 events received by outcome (accepted, ignored, unauthorized, malformed, unavailable)",
+    "Bitrix24 events received by outcome (accepted, ignored, unauthorized, refused, malformed, unavailable)",
     ["event", "outcome"],
 )
 EVENTS_LOST = Counter(
@@ -21,7 +21,8 @@ ITEMS_SKIPPED = Counter(
 )
 UNRESOLVED_CHATS = Counter(
     "zaptrix_bitrix_unresolved_chats_total",
-    "Operator events whose external chat id the mapper does not know (or could not be asked)",
+    "Operator events keyed by their chat id because the mapper could not be asked (unknown and other portals'"
+    " chats are refused: zaptrix_cross_tenant_refusals_total)",
     ["reason"],
 )
 INSTALLS = Counter("zaptrix_bitrix_installs_total", "Install/setup requests by outcome", ["kind", "outcome"])

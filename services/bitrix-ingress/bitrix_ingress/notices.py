@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 from zaptrix.kafka import Outcome, Received
 from zaptrix.logging import get_logger
+from zaptrix.metrics import count_cross_tenant
 from zaptrix.v1 import events_pb2
 
 from bitrix_ingress import bookkeeping
@@ -33,10 +34,26 @@ async def prepare_failure(
     check = await deps.check_processed(rec.envelope.event_id)
     if check.processed:
         return Outcome.duplicate()
-    try:
-        conv = await deps.find_conversation_by_external(sf.external_chat_id)
-    except NotFound:
-        return Outcome.dead(f"send failure for unknown external chat {sf.external_chat_id!r}")
+    # The notice goes to the conversation's portal, and only when the failure names that same portal: a
+    # failure claiming another portal for this chat (or a chat it does not own) is refused, never posted.
+    conv = None
+    if sf.member_id:
+        try:
+            conv = await deps.find_portal_conversation(sf.member_id, sf.external_chat_id)
+        except NotFound:
+            conv = None
+    if conv is None or conv.member_id != sf.member_id:
+        count_cross_tenant("bitrix-dispatcher", "notice")
+        log.warning(
+            "send failure refused: its chat is not a conversation of the portal it names",
+            event_id=rec.envelope.event_id,
+            member_id=sf.member_id,
+            external_chat_id=sf.external_chat_id,
+        )
+        return Outcome.dead(
+            f"cross-tenant: send failure names chat {sf.external_chat_id!r}, which is not a conversation of"
+            f" portal {sf.member_id!r} (another portal's, or unknown)"
+        )
     connector, line = sf.connector_id, int(sf.line_id)
     if not connector or not line:
         channel = await channels.get(conv.phone_number_id)
@@ -47,14 +64,14 @@ async def prepare_failure(
     )
     return NoticeWork(
         rec=rec,
-        member_id=sf.member_id or conv.member_id,
-        conv_key=rec.envelope.conversation_key,
+        member_id=conv.member_id,
+        conv_key=f"{conv.phone_number_id}:{conv.wa_id}",  # from the conversation, not the event's key
         connector=connector,
         line=line,
         source="send_failure",
         wa_id=conv.wa_id,
         contact_name=conv.contact_name,
-        external_chat_id=sf.external_chat_id,
+        external_chat_id=conv.external_chat_id,
         bitrix_chat_id=sf.bitrix_chat_id or conv.bitrix_chat_id,
         body=body,
         via=settings.bitrix_notice_via,

@@ -2,7 +2,8 @@
 
 Authenticate by auth[application_token], normalize, key by conversation, produce (acks=all), 200.
 Bitrix24 never resends an event whose delivery failed or timed out, so this answers fast and never 500s:
-400 for what cannot be read, 401 for what is not genuine, 503 (with the whole event, secrets redacted,
+400 for what cannot be read, 401 for what is not genuine, 403 for an event naming only chats that are
+not the authenticated portal's own (a mixed event keeps the portal's own messages), 503 (with the whole event, secrets redacted,
 logged at ERROR and counted in zaptrix_bitrix_events_lost_total) when Kafka or token-keeper cannot take it.
 """
 
@@ -15,6 +16,7 @@ from typing import Any
 from sanic import HTTPResponse, Request, json
 from zaptrix.kafka import PublishError
 from zaptrix.logging import get_logger
+from zaptrix.metrics import count_cross_tenant
 
 from bitrix_ingress import events as ev
 from bitrix_ingress.deps import NotFound, RpcFailed
@@ -41,25 +43,28 @@ async def _verify(ctx: Ctx, auth: ev.Auth) -> tuple[bool, bool]:
     return result
 
 
-async def _resolve_keys(ctx: Ctx, normalized: ev.Normalized) -> None:
-    """Kafka key of every pending envelope: the conversation key from the mapper, when it knows the chat.
+async def _resolve_keys(ctx: Ctx, normalized: ev.Normalized) -> set[str]:
+    """Kafka key of every pending envelope: the conversation key, from the portal's own conversation.
 
-    An unknown chat still goes to Kafka, keyed by its external chat id: the meta dispatcher
-    dead-letters it with the reason, so it is visible and replayable instead of silently dropped.
+    Every chat is looked up as (authenticated member_id, chat id): the mapper answers NOT_FOUND for a chat
+    of another portal exactly as for an unknown one. Returns the chats refused that way; the caller drops
+    their envelopes. Only when the mapper cannot be asked does an envelope go out keyed by its chat id:
+    the meta dispatcher then makes the same portal check before anything is sent.
     """
+    member = normalized.member_id
     chats = sorted({p.external_chat_id for p in normalized.pending if p.external_chat_id and not p.key})
     keys: dict[str, str] = {}
+    refused: set[str] = set()
 
     async def one(chat: str) -> None:
-        cached = ctx.chat_keys.get(chat)
+        cached = ctx.chat_keys.get((member, chat))  # scoped: one portal's answer never serves another
         if cached:
             keys[chat] = cached
             return
         try:
-            conv = await ctx.deps.find_conversation_by_external(chat)
+            conv = await ctx.deps.find_portal_conversation(member, chat)
         except NotFound:
-            UNRESOLVED_CHATS.labels("unknown").inc()
-            log.warning("operator event for a chat the mapper does not know", external_chat_id=chat)
+            refused.add(chat)
             return
         except RpcFailed as exc:
             UNRESOLVED_CHATS.labels("mapper_unavailable").inc()
@@ -67,13 +72,52 @@ async def _resolve_keys(ctx: Ctx, normalized: ev.Normalized) -> None:
                 "mapper unavailable, keying by external chat id", external_chat_id=chat, error=exc.reason
             )
             return
+        if conv.member_id != member:  # the mapper scopes the lookup; this only guards against a regression
+            refused.add(chat)
+            return
         key = f"{conv.phone_number_id}:{conv.wa_id}"
         keys[chat] = key
-        ctx.chat_keys.put(chat, key, 86_400.0)
+        ctx.chat_keys.put((member, chat), key, 86_400.0)
 
     await asyncio.gather(*(one(c) for c in chats))
     for p in normalized.pending:
         p.envelope.conversation_key = p.key or keys.get(p.external_chat_id) or p.external_chat_id
+    return refused
+
+
+_KINDS = {
+    "operator_message": "message",
+    "operator_message_edit": "edit",
+    "operator_message_delete": "delete",
+    "operator_read": "read",
+}
+
+
+def _drop_refused(event: str, normalized: ev.Normalized, refused: set[str]) -> int:
+    """Remove the envelopes of refused chats (and keep reply_lookups pointing at the right ones);
+    count and log each. Returns how many were dropped. The message text is never logged."""
+    kept: list[ev.Pending] = []
+    lookups: dict[int, str] = {}
+    dropped = 0
+    for index, p in enumerate(normalized.pending):
+        if p.external_chat_id in refused and not p.key:
+            kind = _KINDS.get(p.envelope.WhichOneof("kind") or "", "other")
+            count_cross_tenant("bitrix-ingress", kind)
+            dropped += 1
+            continue
+        if index in normalized.reply_lookups:
+            lookups[len(kept)] = normalized.reply_lookups[index]
+        kept.append(p)
+    normalized.pending, normalized.reply_lookups = kept, lookups
+    for chat in sorted(refused):
+        log.warning(
+            "operator event refused: the chat is not a conversation of this portal (another portal's, "
+            "or unknown); nothing is produced for it",
+            bitrix_event=event,
+            member_id=normalized.member_id,
+            external_chat_id=chat,
+        )
+    return dropped
 
 
 async def _resolve_replies(ctx: Ctx, normalized: ev.Normalized) -> None:
@@ -157,7 +201,11 @@ async def _outbound(request: Request, form: dict[str, Any]) -> HTTPResponse:
     if not normalized.pending:
         EVENTS_RECEIVED.labels(label, "ignored").inc()
         return json({"ok": True, "events": 0})
-    await _resolve_keys(ctx, normalized)
+    refused = await _resolve_keys(ctx, normalized)
+    dropped = _drop_refused(event, normalized, refused) if refused else 0
+    if dropped and not normalized.pending:
+        EVENTS_RECEIVED.labels(label, "refused").inc()
+        return problem(403, "the event names no chat of this portal")
     await _resolve_replies(ctx, normalized)
     if not ctx.producer_ready.is_set():
         return _lost(event, "kafka_unavailable", form, "producer not started")
@@ -181,4 +229,11 @@ async def _outbound(request: Request, form: dict[str, Any]) -> HTTPResponse:
                 line_id=removed.line_id,
                 bitrix_event=event,
             )
-    return json({"ok": True, "events": len(envelopes), "event_ids": [e.event_id for e in envelopes]})
+    answer: dict[str, Any] = {
+        "ok": True,
+        "events": len(envelopes),
+        "event_ids": [e.event_id for e in envelopes],
+    }
+    if dropped:  # a mixed event: the portal's own messages went out, the others were refused
+        answer["refused"] = dropped
+    return json(answer)

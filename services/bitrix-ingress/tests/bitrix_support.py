@@ -82,7 +82,7 @@ class FakeMapper(mapper_pb2_grpc.MapperServicer):
             phone_number_id=phone_number_id,
             wa_id=wa_id,
             member_id=channel.member_id,
-            external_chat_id=f"wa_{phone_number_id}_{wa_id}",
+            external_chat_id=f"wa_{uuid.uuid4().hex}",  # opaque, as the mapper makes them
             contact_name=name,
         )
         conv.created_at.CopyFrom(ts())
@@ -143,7 +143,11 @@ class FakeMapper(mapper_pb2_grpc.MapperServicer):
         for conv in self.conversations.values():
             if (
                 (by == "id" and conv.id == request.id)
-                or (by == "external_chat_id" and conv.external_chat_id == request.external_chat_id)
+                or (  # scoped like the mapper: another portal's chat is NOT_FOUND
+                    by == "portal_external_chat"
+                    and conv.external_chat_id == request.portal_external_chat.external_chat_id
+                    and conv.member_id == request.portal_external_chat.member_id
+                )
                 or (
                     by == "channel_customer"
                     and conv.phone_number_id == request.channel_customer.phone_number_id

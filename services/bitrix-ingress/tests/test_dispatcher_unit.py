@@ -139,7 +139,7 @@ async def test_many_messages_few_requests_in_conversation_order(h: Harness) -> N
     assert conv.last_customer_message_at.seconds == 1_700_000_011
     first = sent[0]
     assert first["user"] == {"id": "491700", "name": "Anna", "last_name": "Schmidt", "phone": "+491700"}
-    assert first["chat"]["id"] == "wa_100_491700"
+    assert first["chat"]["id"] == conv.external_chat_id
 
 
 async def test_a_redelivered_message_is_not_sent_twice(h: Harness) -> None:
@@ -342,6 +342,22 @@ async def test_send_failure_notice(h: Harness) -> None:
     assert "template was sent instead" in notice["message"]["text"]
     assert await h.run([received(env)]) == ["duplicate"]
     assert len(h.bitrix.sent_messages()) == 1
+
+
+@pytest.mark.parametrize("claimed", ["m2", ""])
+async def test_a_send_failure_claiming_another_portal_is_refused_and_posted_nowhere(
+    h: Harness, claimed: str
+) -> None:
+    h.fakes.token_keeper.add(Portal("m2", "apptok-m2", access_token="access-2"))
+    conv = h.fakes.mapper.add_conversation("100", "4917", "Anna")  # portal m1's customer
+    sf = events_pb2.SendFailure(
+        member_id=claimed, line_id=7, connector_id="zaptrix_whatsapp", external_chat_id=conv.external_chat_id
+    )
+    env = new_envelope(f"wa-fail:{claimed}:1", "100:4917", events_pb2.PLATFORM_WHATSAPP, send_failure=sf)
+    outcomes = await h.make().handle([received(env)])
+    assert [o.kind for o in outcomes] == ["dead"]
+    assert outcomes[0].reason.startswith("cross-tenant:")
+    assert h.bitrix.calls == []  # neither the claimed portal nor the conversation's own
 
 
 async def test_notice_via_im_message_add(h: Harness) -> None:

@@ -83,15 +83,17 @@ class Stack:
         resp = await self.http.post(f"{self.sandbox}/_sandbox/portals/{MEMBER}{what}", json=body or {})
         return resp.json()
 
-    async def chats(self, prefix: str) -> dict[str, dict[str, Any]]:
+    async def chats(self, wa_prefix: str) -> dict[str, dict[str, Any]]:
+        """Chats of customers whose wa_id starts with `wa_prefix`, by external chat id. Chat ids are opaque;
+        the stand-in's external user id is the wa_id."""
         return {
             c["external_chat_id"]: c
             for c in await self.sandbox_get("/chats")
-            if c["external_chat_id"].startswith(prefix)
+            if str((c.get("user") or {}).get("id", "")).startswith(wa_prefix)
         }
 
     async def client_messages(self, wa_prefix: str) -> list[dict[str, Any]]:
-        chats = await self.chats(f"wa_{PNID}_{wa_prefix}")
+        chats = await self.chats(wa_prefix)
         return [m for c in chats.values() for m in c["messages"] if m["direction"] == "client"]
 
     async def rest(self, method: str, params: dict[str, Any]) -> Any:
@@ -230,11 +232,11 @@ async def test_300_messages_at_100_per_second_stay_within_the_portal_limit(stack
     sends = [r for r in calls if r["method"] == "imconnector.send.messages"]
     assert requests <= 20, requests  # CRM look-ups/creations for 30 new customers + packed sends
     assert len(sends) < 300 / 5, len(sends)  # many messages per call
-    chats = await stack.chats(f"wa_{PNID}_49150")
+    chats = await stack.chats("49150")
     assert len(chats) == 30
     for chat in chats.values():  # conversation order kept
         ids = [m["external_ids"][0] for m in chat["messages"] if m["direction"] == "client"]
-        wa_id = chat["external_chat_id"].rsplit("_", 1)[1]
+        wa_id = chat["user"]["id"]
         assert ids == [f"wamid.{wa_id}.{n}" for n in range(10)]
     contacts = await stack.sandbox_get("/contacts")
     assert sum(1 for c in contacts if any("49150" in p["VALUE"] for p in c.get("PHONE", []))) == 30
@@ -299,7 +301,7 @@ async def test_operator_reply_and_its_receipts(stack: Stack) -> None:
     wa_id = "4919900000001"
     await stack.publish([await stack.customer_says(wa_id, 1, text="Hallo, ist das Paket unterwegs?")])
     await eventually(lambda: _count(stack, wa_id, 1), timeout_s=10)
-    chat = f"wa_{PNID}_{wa_id}"
+    (chat,) = await stack.chats(wa_id)  # the chat id the gateway gave Bitrix24 (opaque)
     sent = await stack.sandbox_post(
         "/operator-messages", {"chat_id": chat, "text": "Ja, [b]heute[/b]!", "operator": "Klaus Weber"}
     )
@@ -354,7 +356,7 @@ async def test_operator_reply_and_its_receipts(stack: Stack) -> None:
     )
 
     async def delivered() -> bool:
-        chats = await stack.chats(chat)
+        chats = await stack.chats(wa_id)
         ops = [m for m in chats[chat]["messages"] if m["direction"] == "operator"]
         return bool(ops and ops[0]["delivered"] and ops[0]["external_ids"] == ["wamid.out.1"])
 
@@ -409,7 +411,7 @@ async def test_wrong_application_token_from_the_portal_is_refused(stack: Stack) 
     wa_id = "4919900000002"
     await stack.publish([await stack.customer_says(wa_id, 1)])
     await eventually(lambda: _count(stack, wa_id, 1), timeout_s=10)
-    chat = f"wa_{PNID}_{wa_id}"
+    (chat,) = await stack.chats(wa_id)
     bad = await stack.sandbox_post(
         "/operator-messages", {"chat_id": chat, "text": "x", "wrong_application_token": True}
     )

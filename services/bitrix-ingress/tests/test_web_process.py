@@ -119,7 +119,11 @@ async def web(tmp_path_factory: pytest.TempPathFactory, kafka_bootstrap: str) ->
     fakes = await start_fakes()
     fakes.token_keeper.add(Portal("m1", "apptok"))
     fakes.mapper.bind("100", "m1", 7)
-    fakes.mapper.add_conversation("100", "4917", "Anna")
+    # A chat id of the earlier derived form: such conversations keep working, for their own portal.
+    fakes.mapper.add_conversation("100", "4917", "Anna").external_chat_id = "wa_100_4917"
+    fakes.token_keeper.add(Portal("m2", "apptok-m2"))  # a second tenant with its own chat
+    fakes.mapper.bind("200", "m2", 9)
+    fakes.mapper.add_conversation("200", "4918", "Berta").external_chat_id = "wa_200_4918"
     prefix = f"zt{uuid.uuid4().hex[:10]}"
     await ensure_topics(
         KafkaSettings(bootstrap_servers=kafka_bootstrap), topics_for(Flow.B24_TO_WA, prefix).all(), 3
@@ -210,14 +214,55 @@ async def test_operator_message_becomes_an_envelope_on_kafka(web: Web) -> None:
     assert by_type["operator_read"][1].operator_read.external_chat_id == "wa_100_4917"
 
 
-async def test_old_shape_without_tokens_and_unknown_chat(web: Web) -> None:
-    resp = await web.post(message_add(key="DATA", tokens=False, chat="wa_100_unknown", message_id="1002"))
+async def test_old_shape_without_tokens(web: Web) -> None:
+    resp = await web.post(message_add(key="DATA", tokens=False, message_id="1002"))
     assert resp.status_code == 200, resp.text
-    records = await web.records("wa_100_unknown", 1) + await web.records("b24:m1:1002", 1)
-    assert len(records) == 2
-    assert {r.key for r in records} == {
-        b"wa_100_unknown"
-    }  # kept, keyed by the chat: the meta dispatcher dead-letters it
+    records = await web.records("b24:m1:1002", 1)
+    assert [r.key for r in records] == [b"100:4917"]
+
+
+def as_member(pairs: list[tuple[str, str]], member: str, token: str) -> list[tuple[str, str]]:
+    values = {"auth[member_id]": member, "auth[application_token]": token}
+    return [(k, values.get(k, v)) for k, v in pairs]
+
+
+async def test_a_chat_the_portal_does_not_own_is_refused_and_nothing_is_produced(web: Web) -> None:
+    # m2 uses its own chat first: the cached answer must not serve m1 afterwards.
+    own = await web.post(as_member(message_add(chat="wa_200_4918", message_id="2001"), "m2", "apptok-m2"))
+    assert own.status_code == 200, own.text
+    for chat, mid in (("wa_200_4918", "2002"), ("wa_100_unknown", "2003")):  # another portal's, unknown
+        resp = await web.post(message_add(chat=chat, message_id=mid))
+        assert resp.status_code == 403, resp.text
+        assert resp.json()["error"] == "the event names no chat of this portal"  # the same for both
+    assert await web.records("b24:m1:2002", 1, within_s=0.5) == []
+    assert await web.records("b24:m1:2003", 1, within_s=0.5) == []
+    assert await web.records("b24-read:m1:wa_200_4918", 1, within_s=0.5) == []
+    log = web.proc.log()
+    refused = [line for line in log.splitlines() if "operator event refused" in line]
+    assert refused and all('"level": "warning"' in line for line in refused), log[-2000:]
+    assert "Guten Tag" not in "".join(refused)  # never the message text
+    async with httpx.AsyncClient() as http:
+        metrics = (await http.get(f"{web.url}/metrics")).text
+    found = re.search(
+        r'zaptrix_cross_tenant_refusals_total\{kind="message",service="bitrix-ingress"\} (\d+)', metrics
+    )
+    assert found and int(found.group(1)) >= 2, metrics
+
+
+async def test_a_mixed_event_keeps_the_portals_own_messages_and_refuses_the_others(web: Web) -> None:
+    pairs = message_add(message_id="3001")
+    p = "data[MESSAGES][1]"
+    pairs += [
+        (f"{p}[im][chat_id]", "1900"),
+        (f"{p}[im][message_id]", "3002"),
+        (f"{p}[message][text]", "an m2 customer"),
+        (f"{p}[chat][id]", "wa_200_4918"),
+    ]
+    resp = await web.post(pairs)
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["refused"] == 2  # the foreign message and its read
+    assert [r.key for r in await web.records("b24:m1:3001", 1)] == [b"100:4917"]
+    assert await web.records("b24:m1:3002", 1, within_s=0.5) == []
 
 
 @pytest.mark.parametrize(("token", "member"), [("wrong", "m1"), ("apptok", "stranger"), ("", "m1")])
@@ -271,7 +316,7 @@ async def test_fuzzed_bodies_never_get_a_500(web: Web) -> None:
                 body = bytes(rng.randint(0, 255) for _ in range(100))
         resp = await web.post(body)
         statuses.add(resp.status_code)
-    assert statuses <= {200, 400, 401}, statuses
+    assert statuses <= {200, 400, 401, 403}, statuses
     assert web.proc.proc.poll() is None
 
 
@@ -313,6 +358,8 @@ async def test_kafka_down_answers_503_and_logs_the_event(
     tmp_path: Path, fakes: GrpcFakes, kafka_prefix: str
 ) -> None:
     fakes.token_keeper.add(Portal("m1", "apptok"))
+    fakes.mapper.bind("100", "m1", 7)
+    fakes.mapper.add_conversation("100", "4917", "Anna").external_chat_id = "wa_100_4917"
     url, proc = start_web(tmp_path, fakes, f"127.0.0.1:{free_port()}", kafka_prefix)
     try:
         await wait_http(f"{url}/health", proc, ok=lambda s: s == 200)

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import hashlib
-import re
+import secrets
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -26,23 +25,16 @@ WHATSAPP_STATUSES: tuple[str, ...] = ("accepted", "sent", "delivered", "read", "
 BITRIX_STATUSES: tuple[str, ...] = ("delivered", "read", "failed")
 
 
-_DIGITS = re.compile(r"[0-9]+")
-_ALNUM = re.compile(r"[A-Za-z0-9]+")
+def new_external_chat_id() -> str:
+    """The chat.id we give Bitrix24 for a new conversation: ``wa_`` + 32 random hex digits (128 bits).
 
-
-def external_chat_id(phone_number_id: str, wa_id: str) -> str:
-    """The chat.id we give Bitrix24 for a conversation: stable, and only letters, digits and underscores.
-
-    The readable form ``wa_<phone_number_id>_<wa_id>`` is used when phone_number_id is digits and wa_id
-    letters/digits (every id Meta issues today). It is injective because phone_number_id holds no
-    underscore. Anything else (e.g. a future business-scoped user id with punctuation) becomes
-    ``wa_x_<32 hex of sha256>``; "x" is not a digit, so the two forms never collide. The value is stored
-    with the conversation, so a later change of this rule never changes an existing chat's id.
+    Random, not derived from anything: an operator event names a chat by this id, so it must not be
+    computable from a phone_number_id and a customer's phone number. Only letters, digits and one
+    underscore (Bitrix24-safe). It never equals an id of the earlier derived forms, which all have a
+    second underscore (``wa_<phone_number_id>_<wa_id>``, ``wa_x_<hex>``); those stay valid for their
+    conversations (the value is stored), and every lookup by chat id is scoped by portal anyway.
     """
-    if _DIGITS.fullmatch(phone_number_id) and _ALNUM.fullmatch(wa_id):
-        return f"wa_{phone_number_id}_{wa_id}"
-    digest = hashlib.sha256(f"{phone_number_id}\0{wa_id}".encode()).hexdigest()[:32]
-    return f"wa_x_{digest}"
+    return f"wa_{secrets.token_hex(16)}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -293,8 +293,13 @@ class Repository:
             "phone_number_id = $1 AND meta_whatsapp_id = $2", phone_number_id, wa_id
         )
 
-    async def conversation_by_external_chat(self, external_chat_id: str) -> Conversation | None:
-        return await self._find_conversation("external_chat_id = $1", external_chat_id)
+    async def conversation_by_portal_external_chat(
+        self, member_id: str, external_chat_id: str
+    ) -> Conversation | None:
+        # The portal is part of the lookup, not checked afterwards: another portal's row is never read.
+        return await self._find_conversation(
+            "external_chat_id = $1 AND member_id = $2", external_chat_id, member_id
+        )
 
     async def conversation_by_bitrix_chat(self, member_id: str, bitrix_chat_id: str) -> Conversation | None:
         # Bitrix24 groups a line's chats by user, so in principle two conversations could share one chat;

@@ -27,7 +27,7 @@ from mapper.model import (
     ConversationUpdate,
     LinkSpec,
     MessageLink,
-    external_chat_id,
+    new_external_chat_id,
 )
 from mapper.repository import Repository
 from mapper.settings import MapperSettings
@@ -82,7 +82,7 @@ class MapperService:
         if not channel.active:
             raise FailedPrecondition(f"channel {phone_number_id} is inactive")
         conversation, created = await self.repo.get_or_create_conversation(
-            phone_number_id, wa_id, external_chat_id(phone_number_id, wa_id), contact_name
+            phone_number_id, wa_id, new_external_chat_id(), contact_name
         )
         if created:
             CONVERSATIONS_CREATED.inc()
@@ -101,9 +101,11 @@ class MapperService:
         found = await self.repo.conversation_by_customer(phone_number_id, wa_id)
         return self._found(found, f"channel {phone_number_id} and this wa_id")
 
-    async def conversation_by_external_chat(self, external_chat: str) -> Conversation:
-        found = await self.repo.conversation_by_external_chat(external_chat)
-        return self._found(found, f"external chat id {external_chat}")
+    async def conversation_by_portal_external_chat(self, member_id: str, external_chat: str) -> Conversation:
+        """The portal's conversation with this chat id. A chat of another portal is NOT_FOUND, with the
+        same answer as an unknown one: the caller learns nothing about other tenants."""
+        found = await self.repo.conversation_by_portal_external_chat(member_id, external_chat)
+        return self._found(found, f"external chat id {external_chat} of portal {member_id}")
 
     async def conversation_by_bitrix_chat(self, member_id: str, bitrix_chat_id: str) -> Conversation:
         found = await self.repo.conversation_by_bitrix_chat(member_id, bitrix_chat_id)

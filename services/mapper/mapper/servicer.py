@@ -136,12 +136,14 @@ class MapperServicer(mapper_pb2_grpc.MapperServicer):
                 convert.required(chat.member_id, "bitrix_chat.member_id"),
                 convert.required(chat.bitrix_chat_id, "bitrix_chat.bitrix_chat_id"),
             )
-        elif by == "external_chat_id":
-            found = await self.service.conversation_by_external_chat(
-                convert.required(request.external_chat_id, "external_chat_id")
+        elif by == "portal_external_chat":
+            pec = request.portal_external_chat
+            found = await self.service.conversation_by_portal_external_chat(
+                convert.required(pec.member_id, "portal_external_chat.member_id"),
+                convert.required(pec.external_chat_id, "portal_external_chat.external_chat_id"),
             )
         else:
-            raise InvalidArgument("set one of id, channel_customer, bitrix_chat, external_chat_id")
+            raise InvalidArgument("set one of id, channel_customer, bitrix_chat, portal_external_chat")
         return convert.conversation_pb(found)
 
     @rpc

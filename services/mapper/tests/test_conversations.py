@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -19,7 +20,7 @@ def ts(value: datetime) -> Timestamp:
     return out
 
 
-async def test_get_or_create_creates_once_and_derives_a_stable_external_chat_id(mapper: Mapper) -> None:
+async def test_get_or_create_creates_once_with_a_stable_opaque_external_chat_id(mapper: Mapper) -> None:
     await mapper.bind("106540352242922", "portal-a")
     request = pb.GetOrCreateConversationRequest(
         phone_number_id="106540352242922", wa_id="16505551234", contact_name="Ana"
@@ -29,7 +30,8 @@ async def test_get_or_create_creates_once_and_derives_a_stable_external_chat_id(
     c = first.conversation
     assert uuid.UUID(c.id)
     assert (c.phone_number_id, c.wa_id, c.member_id) == ("106540352242922", "16505551234", "portal-a")
-    assert c.external_chat_id == "wa_106540352242922_16505551234"
+    assert re.fullmatch(r"wa_[0-9a-f]{32}", c.external_chat_id), c.external_chat_id
+    assert "106540352242922" not in c.external_chat_id and "16505551234" not in c.external_chat_id
     assert c.contact_name == "Ana" and c.created_at.seconds > 0
     assert not c.HasField("last_message_at") and c.bitrix_chat_id == ""
 
@@ -73,16 +75,51 @@ async def test_get_or_create_errors(mapper: Mapper) -> None:
     assert await mapper.sql("SELECT * FROM mapper.conversation_mapping") == []
 
 
+def by_chat(member_id: str, external_chat_id: str) -> pb.FindConversationRequest:
+    return pb.FindConversationRequest(
+        portal_external_chat=pb.PortalExternalChat(member_id=member_id, external_chat_id=external_chat_id)
+    )
+
+
 async def test_unusual_customer_ids_still_give_a_bitrix_safe_external_chat_id(mapper: Mapper) -> None:
     await mapper.bind("1001", "portal-a")
     odd = await mapper.conversation("1001", "US.13491208655302741918")  # a business-scoped user id
-    assert odd.external_chat_id.startswith("wa_x_")
+    assert odd.external_chat_id.startswith("wa_")
     assert odd.external_chat_id.replace("_", "").isalnum()
     assert odd.wa_id == "US.13491208655302741918"
-    found = await mapper.stub.FindConversation(
-        pb.FindConversationRequest(external_chat_id=odd.external_chat_id)
-    )
+    found = await mapper.stub.FindConversation(by_chat("portal-a", odd.external_chat_id))
     assert found.id == odd.id
+
+
+async def test_the_chat_lookup_is_scoped_to_the_portal_and_hides_other_portals_chats(mapper: Mapper) -> None:
+    await mapper.bind("1001", "portal-a")
+    await mapper.bind("2001", "portal-b")
+    a = await mapper.conversation("1001", "15550001111")
+    found = await mapper.stub.FindConversation(by_chat("portal-a", a.external_chat_id))
+    assert found.id == a.id
+    # Portal B names A's chat: the same answer as for a chat that does not exist at all.
+    foreign = await expect_code(
+        mapper.stub.FindConversation(by_chat("portal-b", a.external_chat_id)), NOT_FOUND
+    )
+    unknown = await expect_code(
+        mapper.stub.FindConversation(by_chat("portal-b", "wa_" + "0" * 32)), NOT_FOUND
+    )
+    assert foreign.replace(a.external_chat_id, "X") == unknown.replace("wa_" + "0" * 32, "X")
+    assert "portal-a" not in foreign and "15550001111" not in foreign
+
+
+async def test_chat_ids_in_the_earlier_derived_form_keep_working_for_their_portal_only(
+    mapper: Mapper,
+) -> None:
+    await mapper.bind("1001", "portal-a")
+    await mapper.bind("2001", "portal-b")
+    c = await mapper.conversation("1001", "15550002222")
+    legacy = "wa_1001_15550002222"  # what conversations created before opaque ids carry
+    await mapper.sql(
+        "UPDATE mapper.conversation_mapping SET external_chat_id = $1 WHERE id = $2", legacy, c.id
+    )
+    assert (await mapper.stub.FindConversation(by_chat("portal-a", legacy))).id == c.id
+    await expect_code(mapper.stub.FindConversation(by_chat("portal-b", legacy)), NOT_FOUND)
 
 
 async def test_find_conversation_by_every_key(mapper: Mapper) -> None:
@@ -96,9 +133,7 @@ async def test_find_conversation_by_every_key(mapper: Mapper) -> None:
             channel_customer=pb.ChannelCustomer(phone_number_id="1001", wa_id="15550001111")
         )
     )
-    by_external = await mapper.stub.FindConversation(
-        pb.FindConversationRequest(external_chat_id=c.external_chat_id)
-    )
+    by_external = await mapper.stub.FindConversation(by_chat("portal-a", c.external_chat_id))
     by_bitrix = await mapper.stub.FindConversation(
         pb.FindConversationRequest(bitrix_chat=pb.PortalChat(member_id="portal-a", bitrix_chat_id="1807"))
     )
@@ -125,8 +160,9 @@ async def test_find_conversation_errors(mapper: Mapper) -> None:
     await expect_code(find(pb.FindConversationRequest()), INVALID)  # no key at all
     await expect_code(find(pb.FindConversationRequest(id="not-a-uuid")), INVALID)
     await expect_code(find(pb.FindConversationRequest(id=str(uuid.uuid4()))), NOT_FOUND)
-    await expect_code(find(pb.FindConversationRequest(external_chat_id="wa_1_2")), NOT_FOUND)
-    await expect_code(find(pb.FindConversationRequest(external_chat_id="")), INVALID)
+    await expect_code(find(by_chat("portal-a", "wa_1_2")), NOT_FOUND)
+    await expect_code(find(by_chat("portal-a", "")), INVALID)
+    await expect_code(find(by_chat("", "wa_1_2")), INVALID)
     await expect_code(
         find(pb.FindConversationRequest(bitrix_chat=pb.PortalChat(member_id="", bitrix_chat_id="1"))), INVALID
     )

@@ -67,7 +67,11 @@ async def test_mapper_server_process(fresh_database: Callable[[], Awaitable[str]
         )
         assert created.created
         found = await stub.FindConversation(
-            pb.FindConversationRequest(external_chat_id=created.conversation.external_chat_id)
+            pb.FindConversationRequest(
+                portal_external_chat=pb.PortalExternalChat(
+                    member_id="portal-a", external_chat_id=created.conversation.external_chat_id
+                )
+            )
         )
         assert found == created.conversation
         try:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from mapper.cache import TTLCache
-from mapper.model import external_chat_id
+from mapper.model import new_external_chat_id
 from mapper.settings import MapperSettings
 from pydantic import ValidationError
 
@@ -53,14 +55,13 @@ def test_a_zero_sized_cache_stores_nothing() -> None:
     assert cache.get("a") is None
 
 
-def test_external_chat_ids_are_stable_distinct_and_bitrix_safe() -> None:
-    assert external_chat_id("106540352242922", "16505551234") == "wa_106540352242922_16505551234"
-    odd = external_chat_id("106540352242922", "US.1349")
-    assert odd == external_chat_id("106540352242922", "US.1349")
-    assert odd.startswith("wa_x_") and odd.replace("_", "").isalnum()
-    # no two (channel, customer) pairs share one id, whichever form they take
-    pairs = [("1", "23"), ("12", "3"), ("1", "2_3"), ("1_2", "3"), ("1", "US.1349"), ("1", "US_1349")]
-    assert len({external_chat_id(p, w) for p, w in pairs}) == len(pairs)
+def test_new_external_chat_ids_are_random_bitrix_safe_and_never_an_earlier_form() -> None:
+    ids = {new_external_chat_id() for _ in range(1000)}
+    assert len(ids) == 1000
+    for chat in ids:
+        assert re.fullmatch(r"wa_[0-9a-f]{32}", chat), chat
+        # the derived forms were wa_<phone_number_id>_<wa_id> and wa_x_<hex>: always a second underscore
+        assert chat.count("_") == 1
 
 
 def test_the_dedupe_cache_must_not_outlive_the_records() -> None:

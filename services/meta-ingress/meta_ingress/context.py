@@ -4,9 +4,12 @@ credentials."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NoReturn
 
 from zaptrix.clients import Clients
 from zaptrix.kafka import PermanentError
+from zaptrix.logging import get_logger
+from zaptrix.metrics import count_cross_tenant
 from zaptrix.v1 import mapper_pb2
 
 from meta_ingress.cache import AsyncTtlCache, NotFoundError
@@ -17,6 +20,9 @@ from meta_ingress.records import Records
 from meta_ingress.rpc import RpcNotFound
 from meta_ingress.sender import Sender
 from meta_ingress.settings import DispatcherSettings
+
+SERVICE = "meta-dispatcher"
+log = get_logger(__name__)
 
 
 @dataclass
@@ -56,26 +62,58 @@ class Context:
             name="channels",
         )
 
-    async def target(self, external_chat_id: str, notice: Notice) -> Target:
-        """The conversation, channel and credentials, or PermanentError (with a notice to the operator)."""
+    async def conversation(self, member_id: str, external_chat_id: str, kind: str) -> mapper_pb2.Conversation:
+        """The event's conversation, which must belong to the event's portal, or PermanentError
+        ("cross-tenant: ...", counted, no notice: the event's portal is not the chat's)."""
         try:
-            conversation = await self.records.conversation(external_chat_id)
+            conversation = await self.records.conversation(member_id, external_chat_id)
         except RpcNotFound:
-            reason = f"unknown conversation: no conversation has external_chat_id {external_chat_id!r}"
-            await self.notifier.send(
-                notice, None, "Not delivered: this chat is not linked to a WhatsApp conversation."
-            )
-            raise PermanentError(reason) from None
-        notice.conversation_key = f"{conversation.phone_number_id}:{conversation.wa_id}"
+            conversation = None
+        if conversation is None or conversation.member_id != member_id:
+            self.refuse(kind, member_id, external_chat_id, "is not a conversation of the event's portal")
+        return conversation
+
+    async def target(self, member_id: str, external_chat_id: str, notice: Notice, kind: str) -> Target:
+        """The conversation, channel and credentials, or PermanentError.
+
+        The conversation, the event and the channel binding must all name one portal before any credential
+        is loaded; otherwise nothing is sent and no notice goes anywhere (see ``refuse``). The notice is
+        routed to the conversation's portal.
+        """
+        conversation = await self.conversation(member_id, external_chat_id, kind)
+        notice.route_to(conversation)
         try:
             channel = await self.channels.get(conversation.phone_number_id)
+        except NotFoundError as exc:
+            await self._unconfigured(notice)
+            raise PermanentError(str(exc)) from None
+        if channel.member_id != conversation.member_id:
+            self.refuse(kind, member_id, external_chat_id, "is on a channel bound to another portal")
+        try:
             creds = await self.credentials.get(conversation.phone_number_id)
-        except (NotFoundError, UnknownChannel) as exc:
-            await self.notifier.send(
-                notice,
-                None,
-                "Not delivered: the WhatsApp channel of this chat is not configured (no binding or "
-                "no credentials). An administrator must set it up; the message is kept.",
-            )
+        except UnknownChannel as exc:
+            await self._unconfigured(notice)
             raise PermanentError(str(exc)) from None
         return Target(conversation, channel, creds)
+
+    async def _unconfigured(self, notice: Notice) -> None:
+        await self.notifier.send(
+            notice,
+            None,
+            "Not delivered: the WhatsApp channel of this chat is not configured (no binding or "
+            "no credentials). An administrator must set it up; the message is kept.",
+        )
+
+    @staticmethod
+    def refuse(kind: str, member_id: str, external_chat_id: str, why: str) -> NoReturn:
+        """An event that names a chat its portal does not own: counted, logged (no message text) and
+        dead-lettered with a reason starting "cross-tenant". An unknown chat gets the same answer: the
+        mapper does not tell them apart, so nothing here reveals whether another portal's chat exists."""
+        count_cross_tenant(SERVICE, kind)
+        log.warning(
+            "operator event refused (cross-tenant): its chat " + why,
+            kind=kind,
+            member_id=member_id,
+            external_chat_id=external_chat_id,
+        )
+        raise PermanentError(f"cross-tenant: chat {external_chat_id!r} {why} ({member_id!r})")

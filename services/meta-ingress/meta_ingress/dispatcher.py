@@ -2,8 +2,9 @@
 
 Per OperatorMessage (operator_messages.py), in this order:
 1. dedupe: CheckProcessed(event_id) → already done: nothing happens (duplicate);
-2. conversation by external_chat_id (mapper), channel binding (mapper, cached), credentials (token-keeper,
-   cached) (context.py, records.py);
+2. conversation by (event member_id, external_chat_id) (mapper), channel binding (mapper, cached); the
+   event, the conversation and the binding must name one portal (else dead letter "cross-tenant", nothing
+   sent, no notice); then credentials (token-keeper, cached) (context.py, records.py);
 3. plan: BB-code → WhatsApp text, chunks, files by media type, reply context (outbound.py);
 4. 24-h window (window.py): a conversation whose last customer message is known to be older than 24 h
    gets no plain send: the operator is told at once (SendFailure, notices.py) and the channel's

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from zaptrix.kafka import EventProducer, PublishError, TransientError
+from zaptrix.kafka import EventProducer, PermanentError, PublishError, TransientError
 from zaptrix.logging import get_logger
-from zaptrix.v1 import events_pb2
+from zaptrix.v1 import events_pb2, mapper_pb2
 
 from meta_ingress.graph import GraphApiError
 
@@ -17,7 +17,8 @@ OperatorEvent = events_pb2.OperatorMessage | events_pb2.OperatorMessageEdit | ev
 
 @dataclass
 class Notice:
-    """Where a failure notice goes (the SendFailure fields that come from the Bitrix24 side)."""
+    """Where a failure notice goes. The portal, chat and Kafka key are the conversation's (``route_to``),
+    never the event's claim: a notice is only produced once it is routed."""
 
     event_id: str
     member_id: str
@@ -27,19 +28,38 @@ class Notice:
     bitrix_message_id: str  # empty: an informational notice, no message of the operator failed
     external_chat_id: str
     conversation_key: str = ""
+    routed: bool = False
 
     @classmethod
     def about(cls, event: OperatorEvent, event_id: str, *, informational: bool = False) -> Notice:
-        """A notice to the chat of an operator's event (about its message unless ``informational``)."""
+        """A notice to the chat of an operator's event (about its message unless ``informational``);
+        ``route_to`` the conversation before sending it."""
         return cls(
             event_id=event_id,
-            member_id=event.member_id,
+            member_id="",
             line_id=event.line_id,
             connector_id=event.connector_id,
             bitrix_chat_id=event.bitrix_chat_id,
             bitrix_message_id="" if informational else event.bitrix_message_id,
-            external_chat_id=event.external_chat_id,
+            external_chat_id="",
         )
+
+    @classmethod
+    def for_conversation(
+        cls, conversation: mapper_pb2.Conversation, channel: mapper_pb2.Channel, event_id: str
+    ) -> Notice:
+        """An informational notice in a conversation's chat (no operator message failed)."""
+        notice = cls(event_id, "", channel.line_id, channel.connector_id, "", "", "")
+        notice.route_to(conversation)
+        return notice
+
+    def route_to(self, conversation: mapper_pb2.Conversation) -> None:
+        """Address the notice by the conversation: its portal, its chat, its Kafka key."""
+        self.member_id = conversation.member_id
+        self.external_chat_id = conversation.external_chat_id
+        self.bitrix_chat_id = self.bitrix_chat_id or conversation.bitrix_chat_id
+        self.conversation_key = f"{conversation.phone_number_id}:{conversation.wa_id}"
+        self.routed = True
 
 
 def graph_error(exc: BaseException) -> events_pb2.GraphError:
@@ -67,6 +87,9 @@ class Notifier:
         self, notice: Notice, error: events_pb2.GraphError | None, text: str, template_sent: bool = False
     ) -> None:
         """Produce the SendFailure; TransientError when Kafka does not take it (the event is retried)."""
+        if not notice.routed or not notice.member_id:
+            # A programming error, not an input: a notice must never go to a portal the event merely named.
+            raise PermanentError(f"notice {notice.event_id} is not routed to a conversation; not produced")
         failure = events_pb2.SendFailure(
             member_id=notice.member_id,
             line_id=notice.line_id,
@@ -81,7 +104,7 @@ class Notifier:
             failure.error.CopyFrom(error)
         env = events_pb2.Envelope(
             event_id=notice.event_id,
-            conversation_key=notice.conversation_key or f"b24:{notice.member_id}:{notice.external_chat_id}",
+            conversation_key=notice.conversation_key,
             source=events_pb2.PLATFORM_WHATSAPP,
             send_failure=failure,
         )

@@ -10,6 +10,7 @@ from zaptrix.kafka import Outcome, PermanentError
 from zaptrix.logging import get_logger
 from zaptrix.v1 import events_pb2
 
+from meta_ingress.cache import NotFoundError
 from meta_ingress.context import Context
 from meta_ingress.credentials import UnknownChannel
 from meta_ingress.errors import Action, classify, describe, retry_later
@@ -18,7 +19,6 @@ from meta_ingress.metrics import DUPLICATES, OPERATOR_EVENTS, TOKEN_ERRORS
 from meta_ingress.notices import Notice
 from meta_ingress.operator_messages import OperatorMessages
 from meta_ingress.outbound import plan_message
-from meta_ingress.rpc import RpcNotFound
 
 log = get_logger(__name__)
 
@@ -36,6 +36,7 @@ class OperatorEvents:
         event_id = f"wa-fail:{e.member_id}:{e.bitrix_message_id}:edit:{_short(env.event_id)}"
         notice = Notice.about(e, event_id, informational=True)
         if self.ctx.settings.edit_mode == "notice":
+            notice.route_to(await self.ctx.conversation(e.member_id, e.external_chat_id, "edit"))
             OPERATOR_EVENTS.labels("edit", "notice").inc()
             log.info("operator edited a message; WhatsApp cannot edit: notice only", event_id=env.event_id)
             await self.ctx.notifier.send(
@@ -48,7 +49,7 @@ class OperatorEvents:
         if await self.ctx.records.recorded(env.event_id) is not None:
             DUPLICATES.labels("operator_message_edit").inc()
             return Outcome.duplicate()
-        target = await self.ctx.target(e.external_chat_id, notice)
+        target = await self.ctx.target(e.member_id, e.external_chat_id, notice, "edit")
         original = (
             e.external_message_ids[-1]
             if e.external_message_ids
@@ -60,6 +61,7 @@ class OperatorEvents:
 
     async def on_delete(self, env: events_pb2.Envelope, d: events_pb2.OperatorMessageDelete) -> Outcome:
         mode = self.ctx.settings.delete_mode
+        conversation = await self.ctx.conversation(d.member_id, d.external_chat_id, "delete")
         log.info(
             "operator deleted a message; WhatsApp cannot delete a sent message",
             event_id=env.event_id,
@@ -69,8 +71,10 @@ class OperatorEvents:
         OPERATOR_EVENTS.labels("delete", mode).inc()
         if mode == "notice":
             event_id = f"wa-fail:{d.member_id}:{d.bitrix_message_id}:delete:{_short(env.event_id)}"
+            notice = Notice.about(d, event_id, informational=True)
+            notice.route_to(conversation)
             await self.ctx.notifier.send(
-                Notice.about(d, event_id, informational=True),
+                notice,
                 None,
                 "WhatsApp cannot delete a message that was already sent: the customer can still see it.",
             )
@@ -82,13 +86,16 @@ class OperatorEvents:
             OPERATOR_EVENTS.labels("read", "no_wamid").inc()
             log.info("operator read without message ids: nothing to mark", event_id=env.event_id)
             return Outcome.ok()
-        try:
-            conversation = await self.ctx.records.conversation(r.external_chat_id)
-        except RpcNotFound:
-            OPERATOR_EVENTS.labels("read", "unknown_chat").inc()
-            log.warning("operator read for an unknown chat", external_chat_id=r.external_chat_id)
-            return Outcome.ok()
+        conversation = await self.ctx.conversation(r.member_id, r.external_chat_id, "read")
         pnid = conversation.phone_number_id
+        try:
+            channel = await self.ctx.channels.get(pnid)
+        except NotFoundError as exc:
+            raise PermanentError(str(exc)) from None
+        if channel.member_id != conversation.member_id:  # before the channel's token is loaded
+            self.ctx.refuse(
+                "read", r.member_id, r.external_chat_id, "is on a channel bound to another portal"
+            )
         try:
             creds = await self.ctx.credentials.get(pnid)
         except UnknownChannel as exc:

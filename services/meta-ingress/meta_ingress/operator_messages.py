@@ -60,7 +60,7 @@ class OperatorMessages:
             log.info("operator message already delivered", event_id=event_id)
             return Outcome.duplicate()
         notice = Notice.about(om, f"wa-fail:{om.member_id}:{om.bitrix_message_id}")
-        target = await self.ctx.target(om.external_chat_id, notice)
+        target = await self.ctx.target(om.member_id, om.external_chat_id, notice, "message")
         plan = plan_message(om.text_bbcode, list(om.files), om.reply_to_external_id)
         return await self.deliver(event_id, target, plan, notice, link=True, reengage=True)
 

@@ -47,12 +47,13 @@ class Records:
         except RpcNotFound:
             raise NotFoundError(f"channel {phone_number_id} is not bound") from None
 
-    async def conversation(self, external_chat_id: str) -> mapper_pb2.Conversation:
-        if not external_chat_id:
-            raise RpcNotFound("the event names no external_chat_id")
-        return await self._find_conversation(
-            mapper_pb2.FindConversationRequest(external_chat_id=external_chat_id)
-        )
+    async def conversation(self, member_id: str, external_chat_id: str) -> mapper_pb2.Conversation:
+        """The portal's own conversation with this chat id. RpcNotFound for an unknown chat and for another
+        portal's chat alike: there is no lookup by chat id alone."""
+        if not member_id or not external_chat_id:
+            raise RpcNotFound("the event names no portal or no external_chat_id")
+        chat = mapper_pb2.PortalExternalChat(member_id=member_id, external_chat_id=external_chat_id)
+        return await self._find_conversation(mapper_pb2.FindConversationRequest(portal_external_chat=chat))
 
     async def conversation_of(self, phone_number_id: str, wa_id: str) -> mapper_pb2.Conversation:
         customer = mapper_pb2.ChannelCustomer(phone_number_id=phone_number_id, wa_id=wa_id)

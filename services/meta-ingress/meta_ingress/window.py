@@ -129,6 +129,13 @@ class Window:
         except NotFoundError:
             log.warning("closed window on a channel without binding", phone_number_id=pnid)
             return "unknown_channel"
+        if channel.member_id != conversation.member_id:  # before the channel's token is loaded
+            Context.refuse(
+                "template",
+                conversation.member_id,
+                conversation.external_chat_id,
+                "is on a channel bound to another portal",
+            )
         if not channel.reengagement_template:
             return "no_template"  # the operator already has the notice (from the failed status)
         if not channel.active:
@@ -141,16 +148,9 @@ class Window:
         result = await self.reengage(target, event_id)
         if result.outcome == "cooldown":
             return "cooldown"
-        member_id = conversation.member_id or channel.member_id
-        notice = Notice(
-            event_id=f"wa-fail:{member_id}:window:{wc.wamid}",
-            member_id=member_id,
-            line_id=channel.line_id,
-            connector_id=channel.connector_id,
-            bitrix_chat_id=conversation.bitrix_chat_id,
-            bitrix_message_id="",  # informational: the failed message itself was reported by its status
-            external_chat_id=conversation.external_chat_id,
-            conversation_key=target.key,
+        # informational: the failed message itself was reported by its status
+        notice = Notice.for_conversation(
+            conversation, channel, f"wa-fail:{conversation.member_id}:window:{wc.wamid}"
         )
         error = window_error(
             "More than 24 hours have passed since the customer last replied (reported after the send).",

@@ -178,7 +178,7 @@ class FakeMapper(mapper_pb2_grpc.MapperServicer):
             phone_number_id=PNID,
             wa_id=wa_id,
             member_id=MEMBER,
-            external_chat_id=f"wa_{PNID}_{wa_id}",
+            external_chat_id=f"wa_{uuid.uuid4().hex}",  # opaque, as the mapper makes them
             bitrix_chat_id="77",
         )
         if last_customer_ago_s is not None:
@@ -203,8 +203,11 @@ class FakeMapper(mapper_pb2_grpc.MapperServicer):
                 if (c.phone_number_id, c.wa_id) == (cc.phone_number_id, cc.wa_id)
             )
             conv = next(found, None)
-        else:
-            conv = self.conversations.get(request.external_chat_id)
+        else:  # portal_external_chat: scoped like the mapper (another portal's chat is NOT_FOUND)
+            chat = request.portal_external_chat
+            conv = self.conversations.get(chat.external_chat_id)
+            if conv is not None and conv.member_id != chat.member_id:
+                conv = None
         if conv is None:
             await context.abort(grpc.StatusCode.NOT_FOUND, "no conversation")
         return conv

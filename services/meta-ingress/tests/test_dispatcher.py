@@ -410,7 +410,67 @@ async def test_unknown_conversation_goes_to_dead_letters(
     await publish(producer, topic_prefix, env)
     dead = await dead_letters.take(1)
     assert dead and dead[0].envelope.event_id == env.event_id
-    assert "unknown conversation" in dead[0].headers["zaptrix-dlq-reason"]
+    # The mapper answers an unknown chat exactly as another portal's: refused the same way.
+    assert dead[0].headers["zaptrix-dlq-reason"].startswith("cross-tenant:")
+
+
+async def test_events_naming_another_portals_chat_touch_nothing_and_tell_nobody(
+    dispatcher: Proc,
+    sandbox: httpx.AsyncClient,
+    fresh: Fakes,
+    producer: EventProducer,
+    topic_prefix: str,
+    failures: TopicReader,
+    dead_letters: TopicReader,
+) -> None:
+    """Portal B's events (past bitrix-ingress) naming portal A's chat: no send, no template, no read mark,
+    no notice to anyone; each dead-lettered as cross-tenant."""
+    wa = customer()
+    inbound = await sandbox.post(f"/_sandbox/customers/{wa}/messages", json={"text": "hello"})
+    wamid = inbound.json()["wamid"]
+    conv = fresh.mapper.add_conversation(wa, last_customer_ago_s=90_000)  # closed window: template path
+    fresh.mapper.channels[PNID].reengagement_template = "hello_world"
+    chat, key, b = conv.external_chat_id, f"{PNID}:{wa}", "portal-b"
+    message = operator_message(conv, "phishing")
+    message.operator_message.member_id = b
+    edit = events_pb2.Envelope(
+        event_id="b24-edit:b:" + uuid.uuid4().hex,
+        conversation_key=key,
+        source=events_pb2.PLATFORM_BITRIX24,
+        operator_message_edit=events_pb2.OperatorMessageEdit(
+            member_id=b, bitrix_message_id="556", external_chat_id=chat, text_bbcode="x"
+        ),
+    )
+    delete = events_pb2.Envelope(
+        event_id="b24-del:b:" + uuid.uuid4().hex,
+        conversation_key=key,
+        source=events_pb2.PLATFORM_BITRIX24,
+        operator_message_delete=events_pb2.OperatorMessageDelete(
+            member_id=b, bitrix_message_id="556", external_chat_id=chat
+        ),
+    )
+    read = events_pb2.Envelope(
+        event_id="b24-read:b:" + uuid.uuid4().hex,
+        conversation_key=key,
+        source=events_pb2.PLATFORM_BITRIX24,
+        operator_read=events_pb2.OperatorRead(member_id=b, external_chat_id=chat, wamids=[wamid]),
+    )
+    forged = [message, edit, delete, read]
+    await publish(producer, topic_prefix, *forged)
+    reasons: dict[str, str] = {}
+    deadline = time.monotonic() + 15
+    while len(reasons) < len(forged) and time.monotonic() < deadline:
+        for rec in await dead_letters.take(10, within=0.2):
+            reasons[rec.envelope.event_id] = rec.headers["zaptrix-dlq-reason"]
+    assert {e.event_id for e in forged} <= set(reasons), reasons
+    assert all(reasons[e.event_id].startswith("cross-tenant:") for e in forged), reasons
+    assert await sent_to(sandbox, wa) == []  # neither the text nor the re-engagement template
+    reads = (await sandbox.get("/_sandbox/reads")).json()["reads"]
+    assert wamid not in [r["message_id"] for r in reads]
+    notices = [
+        r for r in await failures.take(100, within=0.5) if r.envelope.send_failure.external_chat_id == chat
+    ]
+    assert notices == []
 
 
 async def test_recording_failure_after_send_does_not_send_twice(

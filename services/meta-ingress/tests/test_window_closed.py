@@ -12,12 +12,13 @@ import httpx
 import pytest
 from meta_ingress.dispatcher import MetaDispatcher
 from meta_ingress.graph import GraphClient
+from meta_ingress.notices import Notice
 from meta_ingress.settings import DispatcherSettings
 from meta_support import MEMBER, PNID, TOKEN, Fakes, operator_message
 from opentelemetry import trace
 from prometheus_client import REGISTRY
 from zaptrix.clients import Clients
-from zaptrix.kafka import Outcome, PublishError, Received, TransientError
+from zaptrix.kafka import Outcome, PermanentError, PublishError, Received, TransientError
 from zaptrix.settings import GrpcClientSettings
 from zaptrix.v1 import events_pb2
 
@@ -198,3 +199,57 @@ async def test_synchronous_131047_sends_the_template_at_once(meta: Harness) -> N
     assert notice.event_id == f"wa-fail:{MEMBER}:42"
     assert notice.send_failure.template_sent is True and notice.send_failure.error.code == 131047
     assert meta.fakes.mapper.processed[env.event_id] == "failed:131047"
+
+
+# --- tenancy: the event's portal, the conversation's and the channel binding's must be one -----------------
+
+
+def refusals(kind: str) -> float:
+    labels = {"service": "meta-dispatcher", "kind": kind}
+    return REGISTRY.get_sample_value("zaptrix_cross_tenant_refusals_total", labels) or 0.0
+
+
+def credential_loads(fakes: Fakes) -> list[str]:
+    return [c for c in fakes.token_keeper.calls if c.startswith("GetChannelCredentials")]
+
+
+async def test_an_operator_message_naming_another_portals_chat_sends_nothing_and_tells_nobody(
+    meta: Harness,
+) -> None:
+    with_template(meta.fakes)
+    conv = meta.fakes.mapper.add_conversation("4915100000001", last_customer_ago_s=90_000)  # template path
+    env = operator_message(conv, "phishing")
+    env.operator_message.member_id = "portal-b"
+    before = refusals("message")
+    with pytest.raises(PermanentError, match=r"^cross-tenant:"):
+        await meta.handle(env)
+    assert meta.graph.sent == [] and meta.producer.published == []  # no text, no template, no notice
+    assert credential_loads(meta.fakes) == []
+    assert refusals("message") == before + 1
+
+
+async def test_a_channel_bound_to_another_portal_is_refused_before_its_token_is_loaded(meta: Harness) -> None:
+    with_template(meta.fakes)
+    conv = meta.fakes.mapper.add_conversation("4915100000001")
+    meta.fakes.mapper.channels[PNID].member_id = "portal-b"  # conversation and event say MEMBER
+    with pytest.raises(PermanentError, match=r"^cross-tenant:"):
+        await meta.handle(operator_message(conv, "hallo"))
+    before = refusals("template")
+    with pytest.raises(PermanentError, match=r"^cross-tenant:"):
+        await meta.closed("wamid.X")  # WindowClosed: no re-engagement template on that channel's token
+    assert refusals("template") == before + 1
+    assert meta.graph.sent == [] and meta.producer.published == []
+    assert credential_loads(meta.fakes) == []
+
+
+async def test_a_notice_goes_to_the_conversations_portal_and_never_unrouted(meta: Harness) -> None:
+    conv = meta.fakes.mapper.add_conversation("4915100000001", last_customer_ago_s=90_000)  # no template
+    assert (await meta.handle(operator_message(conv, "noch da?"))) == Outcome.ok()
+    (notice,) = meta.producer.published
+    failure = notice.send_failure
+    assert (failure.member_id, failure.external_chat_id) == (conv.member_id, conv.external_chat_id)
+    assert notice.conversation_key == f"{conv.phone_number_id}:{conv.wa_id}"
+    unrouted = Notice.about(operator_message(conv).operator_message, "wa-fail:x")
+    with pytest.raises(PermanentError, match="not routed"):
+        await meta.dispatcher.ctx.notifier.send(unrouted, None, "text")
+    assert len(meta.producer.published) == 1

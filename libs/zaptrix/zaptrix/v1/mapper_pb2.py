@@ -25,17 +25,17 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17zaptrix/v1/mapper.proto\x12\nzaptrix.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x9b\x02\n\x07\x43hannel\x12\x17\n\x0fphone_number_id\x18\x01 \x01(\t\x12\x1c\n\x14\x64isplay_phone_number\x18\x02 \x01(\t\x12\x11\n\tmember_id\x18\x03 \x01(\t\x12\x0f\n\x07line_id\x18\x04 \x01(\x03\x12\x14\n\x0c\x63onnector_id\x18\x05 \x01(\t\x12%\n\x08\x63rm_mode\x18\x06 \x01(\x0e\x32\x13.zaptrix.v1.CrmMode\x12\x1d\n\x15reengagement_template\x18\x07 \x01(\t\x12\x19\n\x11template_language\x18\x08 \x01(\t\x12\x0e\n\x06\x61\x63tive\x18\t \x01(\x08\x12.\n\ncreated_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\":\n\x12\x42indChannelRequest\x12$\n\x07\x63hannel\x18\x01 \x01(\x0b\x32\x13.zaptrix.v1.Channel\",\n\x11GetChannelRequest\x12\x17\n\x0fphone_number_id\x18\x01 \x01(\t\"(\n\x13ListChannelsRequest\x12\x11\n\tmember_id\x18\x01 \x01(\t\"=\n\x14ListChannelsResponse\x12%\n\x08\x63hannels\x18\x01 \x03(\x0b\x32\x13.zaptrix.v1.Channel\"\xdb\x02\n\x0c\x43onversation\x12\n\n\x02id\x18\x01 \x01(\t\x12\x17\n\x0fphone_number_id\x18\x02 \x01(\t\x12\r\n\x05wa_id\x18\x03 \x01(\t\x12\x11\n\tmember_id\x18\x04 \x01(\t\x12\x18\n\x10\x65xternal_chat_id\x18\x05 \x01(\t\x12\x19\n\x11\x62itrix_contact_id\x18\x06 \x01(\t\x12\x16\n\x0e\x62itrix_chat_id\x18\x07 \x01(\t\x12\x14\n\x0c\x63ontact_name\x18\x08 \x01(\t\x12\x33\n\x0flast_message_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12<\n\x18last_customer_message_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\ncreated_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"^\n\x1eGetOrCreateConversationRequest\x12\x17\n\x0fphone_number_id\x18\x01 \x01(\t\x12\r\n\x05wa_id\x18\x02 \x01(\t\x12\x14\n\x0c\x63ontact_name\x18\x03 \x01(\t\"b\n\x1fGetOrCreateConversationResponse\x12.\n\x0c\x63onversation\x18\x01 \x01(\x0b\x32\x18.zaptrix.v1.Conversation\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"\xb1\x01\n\x17\x46indConversationRequest\x12\x0c\n\x02id\x18\x01 \x01(\tH\x00\x12\x37\n\x10\x63hannel_customer\x18\x02 \x01(\x0b\x32\x1b.zaptrix.v1.ChannelCustomerH\x00\x12-\n\x0b\x62itrix_chat\x18\x03 \x01(\x0b\x32\x16.zaptrix.v1.PortalChatH\x00\x12\x1a\n\x10\x65xternal_chat_id\x18\x04 \x01(\tH\x00\x42\x04\n\x02\x62y\"9\n\x0f\x43hannelCustomer\x12\x17\n\x0fphone_number_id\x18\x01 \x01(\t\x12\r\n\x05wa_id\x18\x02 \x01(\t\"7\n\nPortalChat\x12\x11\n\tmember_id\x18\x01 \x01(\t\x12\x16\n\x0e\x62itrix_chat_id\x18\x02 \x01(\t\"\xac\x02\n\x19UpdateConversationRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x1e\n\x11\x62itrix_contact_id\x18\x02 \x01(\tH\x00\x88\x01\x01\x12\x1b\n\x0e\x62itrix_chat_id\x18\x03 \x01(\tH\x01\x88\x01\x01\x12\x19\n\x0c\x63ontact_name\x18\x04 \x01(\tH\x02\x88\x01\x01\x12\x33\n\x0flast_message_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12<\n\x18last_customer_message_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x14\n\x12_bitrix_contact_idB\x11\n\x0f_bitrix_chat_idB\x0f\n\r_contact_name\"\xb5\x02\n\x0bMessageLink\x12\x17\n\x0f\x63onversation_id\x18\x01 \x01(\t\x12(\n\tdirection\x18\x02 \x01(\x0e\x32\x15.zaptrix.v1.Direction\x12\r\n\x05wamid\x18\x03 \x01(\t\x12\x11\n\tmember_id\x18\x04 \x01(\t\x12\x19\n\x11\x62itrix_message_id\x18\x05 \x01(\t\x12\x16\n\x0e\x62itrix_chat_id\x18\x06 \x01(\t\x12\x17\n\x0fwhatsapp_status\x18\x07 \x01(\t\x12\x15\n\rbitrix_status\x18\x08 \x01(\t\x12.\n\ncreated_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\";\n\x12LinkMessageRequest\x12%\n\x04link\x18\x01 \x01(\x0b\x32\x17.zaptrix.v1.MessageLink\"d\n\x16\x46indMessageLinkRequest\x12\x0f\n\x05wamid\x18\x01 \x01(\tH\x00\x12\x33\n\x0e\x62itrix_message\x18\x02 \x01(\x0b\x32\x19.zaptrix.v1.PortalMessageH\x00\x42\x04\n\x02\x62y\"=\n\rPortalMessage\x12\x11\n\tmember_id\x18\x01 \x01(\t\x12\x19\n\x11\x62itrix_message_id\x18\x02 \x01(\t\"\x8b\x01\n\x1aUpdateMessageStatusRequest\x12\r\n\x05wamid\x18\x01 \x01(\t\x12\x1c\n\x0fwhatsapp_status\x18\x02 \x01(\tH\x00\x88\x01\x01\x12\x1a\n\rbitrix_status\x18\x03 \x01(\tH\x01\x88\x01\x01\x42\x12\n\x10_whatsapp_statusB\x10\n\x0e_bitrix_status\")\n\x15\x43heckProcessedRequest\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\";\n\x16\x43heckProcessedResponse\x12\x11\n\tprocessed\x18\x01 \x01(\x08\x12\x0e\n\x06result\x18\x02 \x01(\t\"8\n\x14MarkProcessedRequest\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x0e\n\x06result\x18\x02 \x01(\t\"2\n\x15MarkProcessedResponse\x12\x19\n\x11\x61lready_processed\x18\x01 \x01(\x08\"\xb7\x01\n\x15RecordDeliveryRequest\x12,\n\x04link\x18\x01 \x01(\x0b\x32\x1e.zaptrix.v1.LinkMessageRequest\x12;\n\x0c\x63onversation\x18\x02 \x01(\x0b\x32%.zaptrix.v1.UpdateConversationRequest\x12\x33\n\tprocessed\x18\x03 \x01(\x0b\x32 .zaptrix.v1.MarkProcessedRequest\"\x8a\x01\n\x16RecordDeliveryResponse\x12%\n\x04link\x18\x01 \x01(\x0b\x32\x17.zaptrix.v1.MessageLink\x12.\n\x0c\x63onversation\x18\x02 \x01(\x0b\x32\x18.zaptrix.v1.Conversation\x12\x19\n\x11\x61lready_processed\x18\x03 \x01(\x08*Q\n\x07\x43rmMode\x12\x18\n\x14\x43RM_MODE_UNSPECIFIED\x10\x00\x12\x14\n\x10\x43RM_MODE_GATEWAY\x10\x01\x12\x16\n\x12\x43RM_MODE_OPEN_LINE\x10\x02*U\n\tDirection\x12\x19\n\x15\x44IRECTION_UNSPECIFIED\x10\x00\x12\x15\n\x11\x44IRECTION_INBOUND\x10\x01\x12\x16\n\x12\x44IRECTION_OUTBOUND\x10\x02\x32\xf7\x07\n\x06Mapper\x12\x42\n\x0b\x42indChannel\x12\x1e.zaptrix.v1.BindChannelRequest\x1a\x13.zaptrix.v1.Channel\x12@\n\nGetChannel\x12\x1d.zaptrix.v1.GetChannelRequest\x1a\x13.zaptrix.v1.Channel\x12Q\n\x0cListChannels\x12\x1f.zaptrix.v1.ListChannelsRequest\x1a .zaptrix.v1.ListChannelsResponse\x12r\n\x17GetOrCreateConversation\x12*.zaptrix.v1.GetOrCreateConversationRequest\x1a+.zaptrix.v1.GetOrCreateConversationResponse\x12Q\n\x10\x46indConversation\x12#.zaptrix.v1.FindConversationRequest\x1a\x18.zaptrix.v1.Conversation\x12U\n\x12UpdateConversation\x12%.zaptrix.v1.UpdateConversationRequest\x1a\x18.zaptrix.v1.Conversation\x12\x46\n\x0bLinkMessage\x12\x1e.zaptrix.v1.LinkMessageRequest\x1a\x17.zaptrix.v1.MessageLink\x12N\n\x0f\x46indMessageLink\x12\".zaptrix.v1.FindMessageLinkRequest\x1a\x17.zaptrix.v1.MessageLink\x12V\n\x13UpdateMessageStatus\x12&.zaptrix.v1.UpdateMessageStatusRequest\x1a\x17.zaptrix.v1.MessageLink\x12W\n\x0e\x43heckProcessed\x12!.zaptrix.v1.CheckProcessedRequest\x1a\".zaptrix.v1.CheckProcessedResponse\x12T\n\rMarkProcessed\x12 .zaptrix.v1.MarkProcessedRequest\x1a!.zaptrix.v1.MarkProcessedResponse\x12W\n\x0eRecordDelivery\x12!.zaptrix.v1.RecordDeliveryRequest\x1a\".zaptrix.v1.RecordDeliveryResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17zaptrix/v1/mapper.proto\x12\nzaptrix.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x9b\x02\n\x07\x43hannel\x12\x17\n\x0fphone_number_id\x18\x01 \x01(\t\x12\x1c\n\x14\x64isplay_phone_number\x18\x02 \x01(\t\x12\x11\n\tmember_id\x18\x03 \x01(\t\x12\x0f\n\x07line_id\x18\x04 \x01(\x03\x12\x14\n\x0c\x63onnector_id\x18\x05 \x01(\t\x12%\n\x08\x63rm_mode\x18\x06 \x01(\x0e\x32\x13.zaptrix.v1.CrmMode\x12\x1d\n\x15reengagement_template\x18\x07 \x01(\t\x12\x19\n\x11template_language\x18\x08 \x01(\t\x12\x0e\n\x06\x61\x63tive\x18\t \x01(\x08\x12.\n\ncreated_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\":\n\x12\x42indChannelRequest\x12$\n\x07\x63hannel\x18\x01 \x01(\x0b\x32\x13.zaptrix.v1.Channel\",\n\x11GetChannelRequest\x12\x17\n\x0fphone_number_id\x18\x01 \x01(\t\"(\n\x13ListChannelsRequest\x12\x11\n\tmember_id\x18\x01 \x01(\t\"=\n\x14ListChannelsResponse\x12%\n\x08\x63hannels\x18\x01 \x03(\x0b\x32\x13.zaptrix.v1.Channel\"\xdb\x02\n\x0c\x43onversation\x12\n\n\x02id\x18\x01 \x01(\t\x12\x17\n\x0fphone_number_id\x18\x02 \x01(\t\x12\r\n\x05wa_id\x18\x03 \x01(\t\x12\x11\n\tmember_id\x18\x04 \x01(\t\x12\x18\n\x10\x65xternal_chat_id\x18\x05 \x01(\t\x12\x19\n\x11\x62itrix_contact_id\x18\x06 \x01(\t\x12\x16\n\x0e\x62itrix_chat_id\x18\x07 \x01(\t\x12\x14\n\x0c\x63ontact_name\x18\x08 \x01(\t\x12\x33\n\x0flast_message_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12<\n\x18last_customer_message_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\ncreated_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"^\n\x1eGetOrCreateConversationRequest\x12\x17\n\x0fphone_number_id\x18\x01 \x01(\t\x12\r\n\x05wa_id\x18\x02 \x01(\t\x12\x14\n\x0c\x63ontact_name\x18\x03 \x01(\t\"b\n\x1fGetOrCreateConversationResponse\x12.\n\x0c\x63onversation\x18\x01 \x01(\x0b\x32\x18.zaptrix.v1.Conversation\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"\xed\x01\n\x17\x46indConversationRequest\x12\x0c\n\x02id\x18\x01 \x01(\tH\x00\x12\x37\n\x10\x63hannel_customer\x18\x02 \x01(\x0b\x32\x1b.zaptrix.v1.ChannelCustomerH\x00\x12-\n\x0b\x62itrix_chat\x18\x03 \x01(\x0b\x32\x16.zaptrix.v1.PortalChatH\x00\x12>\n\x14portal_external_chat\x18\x05 \x01(\x0b\x32\x1e.zaptrix.v1.PortalExternalChatH\x00\x42\x04\n\x02\x62yJ\x04\x08\x04\x10\x05R\x10\x65xternal_chat_id\"9\n\x0f\x43hannelCustomer\x12\x17\n\x0fphone_number_id\x18\x01 \x01(\t\x12\r\n\x05wa_id\x18\x02 \x01(\t\"7\n\nPortalChat\x12\x11\n\tmember_id\x18\x01 \x01(\t\x12\x16\n\x0e\x62itrix_chat_id\x18\x02 \x01(\t\"A\n\x12PortalExternalChat\x12\x11\n\tmember_id\x18\x01 \x01(\t\x12\x18\n\x10\x65xternal_chat_id\x18\x02 \x01(\t\"\xac\x02\n\x19UpdateConversationRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x1e\n\x11\x62itrix_contact_id\x18\x02 \x01(\tH\x00\x88\x01\x01\x12\x1b\n\x0e\x62itrix_chat_id\x18\x03 \x01(\tH\x01\x88\x01\x01\x12\x19\n\x0c\x63ontact_name\x18\x04 \x01(\tH\x02\x88\x01\x01\x12\x33\n\x0flast_message_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12<\n\x18last_customer_message_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x14\n\x12_bitrix_contact_idB\x11\n\x0f_bitrix_chat_idB\x0f\n\r_contact_name\"\xb5\x02\n\x0bMessageLink\x12\x17\n\x0f\x63onversation_id\x18\x01 \x01(\t\x12(\n\tdirection\x18\x02 \x01(\x0e\x32\x15.zaptrix.v1.Direction\x12\r\n\x05wamid\x18\x03 \x01(\t\x12\x11\n\tmember_id\x18\x04 \x01(\t\x12\x19\n\x11\x62itrix_message_id\x18\x05 \x01(\t\x12\x16\n\x0e\x62itrix_chat_id\x18\x06 \x01(\t\x12\x17\n\x0fwhatsapp_status\x18\x07 \x01(\t\x12\x15\n\rbitrix_status\x18\x08 \x01(\t\x12.\n\ncreated_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\";\n\x12LinkMessageRequest\x12%\n\x04link\x18\x01 \x01(\x0b\x32\x17.zaptrix.v1.MessageLink\"d\n\x16\x46indMessageLinkRequest\x12\x0f\n\x05wamid\x18\x01 \x01(\tH\x00\x12\x33\n\x0e\x62itrix_message\x18\x02 \x01(\x0b\x32\x19.zaptrix.v1.PortalMessageH\x00\x42\x04\n\x02\x62y\"=\n\rPortalMessage\x12\x11\n\tmember_id\x18\x01 \x01(\t\x12\x19\n\x11\x62itrix_message_id\x18\x02 \x01(\t\"\x8b\x01\n\x1aUpdateMessageStatusRequest\x12\r\n\x05wamid\x18\x01 \x01(\t\x12\x1c\n\x0fwhatsapp_status\x18\x02 \x01(\tH\x00\x88\x01\x01\x12\x1a\n\rbitrix_status\x18\x03 \x01(\tH\x01\x88\x01\x01\x42\x12\n\x10_whatsapp_statusB\x10\n\x0e_bitrix_status\")\n\x15\x43heckProcessedRequest\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\";\n\x16\x43heckProcessedResponse\x12\x11\n\tprocessed\x18\x01 \x01(\x08\x12\x0e\n\x06result\x18\x02 \x01(\t\"8\n\x14MarkProcessedRequest\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x0e\n\x06result\x18\x02 \x01(\t\"2\n\x15MarkProcessedResponse\x12\x19\n\x11\x61lready_processed\x18\x01 \x01(\x08\"\xb7\x01\n\x15RecordDeliveryRequest\x12,\n\x04link\x18\x01 \x01(\x0b\x32\x1e.zaptrix.v1.LinkMessageRequest\x12;\n\x0c\x63onversation\x18\x02 \x01(\x0b\x32%.zaptrix.v1.UpdateConversationRequest\x12\x33\n\tprocessed\x18\x03 \x01(\x0b\x32 .zaptrix.v1.MarkProcessedRequest\"\x8a\x01\n\x16RecordDeliveryResponse\x12%\n\x04link\x18\x01 \x01(\x0b\x32\x17.zaptrix.v1.MessageLink\x12.\n\x0c\x63onversation\x18\x02 \x01(\x0b\x32\x18.zaptrix.v1.Conversation\x12\x19\n\x11\x61lready_processed\x18\x03 \x01(\x08*Q\n\x07\x43rmMode\x12\x18\n\x14\x43RM_MODE_UNSPECIFIED\x10\x00\x12\x14\n\x10\x43RM_MODE_GATEWAY\x10\x01\x12\x16\n\x12\x43RM_MODE_OPEN_LINE\x10\x02*U\n\tDirection\x12\x19\n\x15\x44IRECTION_UNSPECIFIED\x10\x00\x12\x15\n\x11\x44IRECTION_INBOUND\x10\x01\x12\x16\n\x12\x44IRECTION_OUTBOUND\x10\x02\x32\xf7\x07\n\x06Mapper\x12\x42\n\x0b\x42indChannel\x12\x1e.zaptrix.v1.BindChannelRequest\x1a\x13.zaptrix.v1.Channel\x12@\n\nGetChannel\x12\x1d.zaptrix.v1.GetChannelRequest\x1a\x13.zaptrix.v1.Channel\x12Q\n\x0cListChannels\x12\x1f.zaptrix.v1.ListChannelsRequest\x1a .zaptrix.v1.ListChannelsResponse\x12r\n\x17GetOrCreateConversation\x12*.zaptrix.v1.GetOrCreateConversationRequest\x1a+.zaptrix.v1.GetOrCreateConversationResponse\x12Q\n\x10\x46indConversation\x12#.zaptrix.v1.FindConversationRequest\x1a\x18.zaptrix.v1.Conversation\x12U\n\x12UpdateConversation\x12%.zaptrix.v1.UpdateConversationRequest\x1a\x18.zaptrix.v1.Conversation\x12\x46\n\x0bLinkMessage\x12\x1e.zaptrix.v1.LinkMessageRequest\x1a\x17.zaptrix.v1.MessageLink\x12N\n\x0f\x46indMessageLink\x12\".zaptrix.v1.FindMessageLinkRequest\x1a\x17.zaptrix.v1.MessageLink\x12V\n\x13UpdateMessageStatus\x12&.zaptrix.v1.UpdateMessageStatusRequest\x1a\x17.zaptrix.v1.MessageLink\x12W\n\x0e\x43heckProcessed\x12!.zaptrix.v1.CheckProcessedRequest\x1a\".zaptrix.v1.CheckProcessedResponse\x12T\n\rMarkProcessed\x12 .zaptrix.v1.MarkProcessedRequest\x1a!.zaptrix.v1.MarkProcessedResponse\x12W\n\x0eRecordDelivery\x12!.zaptrix.v1.RecordDeliveryRequest\x1a\".zaptrix.v1.RecordDeliveryResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'zaptrix.v1.mapper_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CRMMODE']._serialized_start=2935
-  _globals['_CRMMODE']._serialized_end=3016
-  _globals['_DIRECTION']._serialized_start=3018
-  _globals['_DIRECTION']._serialized_end=3103
+  _globals['_CRMMODE']._serialized_start=3062
+  _globals['_CRMMODE']._serialized_end=3143
+  _globals['_DIRECTION']._serialized_start=3145
+  _globals['_DIRECTION']._serialized_end=3230
   _globals['_CHANNEL']._serialized_start=73
   _globals['_CHANNEL']._serialized_end=356
   _globals['_BINDCHANNELREQUEST']._serialized_start=358
@@ -53,35 +53,37 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETORCREATECONVERSATIONRESPONSE']._serialized_start=1015
   _globals['_GETORCREATECONVERSATIONRESPONSE']._serialized_end=1113
   _globals['_FINDCONVERSATIONREQUEST']._serialized_start=1116
-  _globals['_FINDCONVERSATIONREQUEST']._serialized_end=1293
-  _globals['_CHANNELCUSTOMER']._serialized_start=1295
-  _globals['_CHANNELCUSTOMER']._serialized_end=1352
-  _globals['_PORTALCHAT']._serialized_start=1354
-  _globals['_PORTALCHAT']._serialized_end=1409
-  _globals['_UPDATECONVERSATIONREQUEST']._serialized_start=1412
-  _globals['_UPDATECONVERSATIONREQUEST']._serialized_end=1712
-  _globals['_MESSAGELINK']._serialized_start=1715
-  _globals['_MESSAGELINK']._serialized_end=2024
-  _globals['_LINKMESSAGEREQUEST']._serialized_start=2026
-  _globals['_LINKMESSAGEREQUEST']._serialized_end=2085
-  _globals['_FINDMESSAGELINKREQUEST']._serialized_start=2087
-  _globals['_FINDMESSAGELINKREQUEST']._serialized_end=2187
-  _globals['_PORTALMESSAGE']._serialized_start=2189
-  _globals['_PORTALMESSAGE']._serialized_end=2250
-  _globals['_UPDATEMESSAGESTATUSREQUEST']._serialized_start=2253
-  _globals['_UPDATEMESSAGESTATUSREQUEST']._serialized_end=2392
-  _globals['_CHECKPROCESSEDREQUEST']._serialized_start=2394
-  _globals['_CHECKPROCESSEDREQUEST']._serialized_end=2435
-  _globals['_CHECKPROCESSEDRESPONSE']._serialized_start=2437
-  _globals['_CHECKPROCESSEDRESPONSE']._serialized_end=2496
-  _globals['_MARKPROCESSEDREQUEST']._serialized_start=2498
-  _globals['_MARKPROCESSEDREQUEST']._serialized_end=2554
-  _globals['_MARKPROCESSEDRESPONSE']._serialized_start=2556
-  _globals['_MARKPROCESSEDRESPONSE']._serialized_end=2606
-  _globals['_RECORDDELIVERYREQUEST']._serialized_start=2609
-  _globals['_RECORDDELIVERYREQUEST']._serialized_end=2792
-  _globals['_RECORDDELIVERYRESPONSE']._serialized_start=2795
-  _globals['_RECORDDELIVERYRESPONSE']._serialized_end=2933
-  _globals['_MAPPER']._serialized_start=3106
-  _globals['_MAPPER']._serialized_end=4121
+  _globals['_FINDCONVERSATIONREQUEST']._serialized_end=1353
+  _globals['_CHANNELCUSTOMER']._serialized_start=1355
+  _globals['_CHANNELCUSTOMER']._serialized_end=1412
+  _globals['_PORTALCHAT']._serialized_start=1414
+  _globals['_PORTALCHAT']._serialized_end=1469
+  _globals['_PORTALEXTERNALCHAT']._serialized_start=1471
+  _globals['_PORTALEXTERNALCHAT']._serialized_end=1536
+  _globals['_UPDATECONVERSATIONREQUEST']._serialized_start=1539
+  _globals['_UPDATECONVERSATIONREQUEST']._serialized_end=1839
+  _globals['_MESSAGELINK']._serialized_start=1842
+  _globals['_MESSAGELINK']._serialized_end=2151
+  _globals['_LINKMESSAGEREQUEST']._serialized_start=2153
+  _globals['_LINKMESSAGEREQUEST']._serialized_end=2212
+  _globals['_FINDMESSAGELINKREQUEST']._serialized_start=2214
+  _globals['_FINDMESSAGELINKREQUEST']._serialized_end=2314
+  _globals['_PORTALMESSAGE']._serialized_start=2316
+  _globals['_PORTALMESSAGE']._serialized_end=2377
+  _globals['_UPDATEMESSAGESTATUSREQUEST']._serialized_start=2380
+  _globals['_UPDATEMESSAGESTATUSREQUEST']._serialized_end=2519
+  _globals['_CHECKPROCESSEDREQUEST']._serialized_start=2521
+  _globals['_CHECKPROCESSEDREQUEST']._serialized_end=2562
+  _globals['_CHECKPROCESSEDRESPONSE']._serialized_start=2564
+  _globals['_CHECKPROCESSEDRESPONSE']._serialized_end=2623
+  _globals['_MARKPROCESSEDREQUEST']._serialized_start=2625
+  _globals['_MARKPROCESSEDREQUEST']._serialized_end=2681
+  _globals['_MARKPROCESSEDRESPONSE']._serialized_start=2683
+  _globals['_MARKPROCESSEDRESPONSE']._serialized_end=2733
+  _globals['_RECORDDELIVERYREQUEST']._serialized_start=2736
+  _globals['_RECORDDELIVERYREQUEST']._serialized_end=2919
+  _globals['_RECORDDELIVERYRESPONSE']._serialized_start=2922
+  _globals['_RECORDDELIVERYRESPONSE']._serialized_end=3060
+  _globals['_MAPPER']._serialized_start=3233
+  _globals['_MAPPER']._serialized_end=4248
 # @@protoc_insertion_point(module_scope)

@@ -212,7 +212,7 @@ class Conversation(_message.Message):
     wa_id: _builtins.str
     member_id: _builtins.str
     external_chat_id: _builtins.str
-    """chat.id we give Bitrix24 (stable per conversation)"""
+    """chat.id we give Bitrix24: opaque and random (stable per conversation)"""
     bitrix_contact_id: _builtins.str
     bitrix_chat_id: _builtins.str
     """session.CHAT_ID"""
@@ -303,26 +303,27 @@ class FindConversationRequest(_message.Message):
     ID_FIELD_NUMBER: _builtins.int
     CHANNEL_CUSTOMER_FIELD_NUMBER: _builtins.int
     BITRIX_CHAT_FIELD_NUMBER: _builtins.int
-    EXTERNAL_CHAT_ID_FIELD_NUMBER: _builtins.int
+    PORTAL_EXTERNAL_CHAT_FIELD_NUMBER: _builtins.int
     id: _builtins.str
-    external_chat_id: _builtins.str
     @_builtins.property
     def channel_customer(self) -> Global___ChannelCustomer: ...
     @_builtins.property
     def bitrix_chat(self) -> Global___PortalChat: ...
+    @_builtins.property
+    def portal_external_chat(self) -> Global___PortalExternalChat: ...
     def __init__(
         self,
         *,
         id: _builtins.str = ...,
         channel_customer: Global___ChannelCustomer | None = ...,
         bitrix_chat: Global___PortalChat | None = ...,
-        external_chat_id: _builtins.str = ...,
+        portal_external_chat: Global___PortalExternalChat | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["bitrix_chat", b"bitrix_chat", "by", b"by", "channel_customer", b"channel_customer", "external_chat_id", b"external_chat_id", "id", b"id"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["bitrix_chat", b"bitrix_chat", "by", b"by", "channel_customer", b"channel_customer", "id", b"id", "portal_external_chat", b"portal_external_chat"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bitrix_chat", b"bitrix_chat", "by", b"by", "channel_customer", b"channel_customer", "external_chat_id", b"external_chat_id", "id", b"id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bitrix_chat", b"bitrix_chat", "by", b"by", "channel_customer", b"channel_customer", "id", b"id", "portal_external_chat", b"portal_external_chat"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_by: _TypeAlias = _typing.Literal["id", "channel_customer", "bitrix_chat", "external_chat_id"]  # noqa: Y015
+    _WhichOneofReturnType_by: _TypeAlias = _typing.Literal["id", "channel_customer", "bitrix_chat", "portal_external_chat"]  # noqa: Y015
     _WhichOneofArgType_by: _TypeAlias = _typing.Literal["by", b"by"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_by) -> _WhichOneofReturnType_by | None: ...
 
@@ -371,6 +372,30 @@ class PortalChat(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___PortalChat: _TypeAlias = PortalChat  # noqa: Y015
+
+@_typing.final
+class PortalExternalChat(_message.Message):
+    """A chat as an operator event names it: the authenticated portal and the chat.id we gave Bitrix24."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MEMBER_ID_FIELD_NUMBER: _builtins.int
+    EXTERNAL_CHAT_ID_FIELD_NUMBER: _builtins.int
+    member_id: _builtins.str
+    external_chat_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        member_id: _builtins.str = ...,
+        external_chat_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["external_chat_id", b"external_chat_id", "member_id", b"member_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PortalExternalChat: _TypeAlias = PortalExternalChat  # noqa: Y015
 
 @_typing.final
 class UpdateConversationRequest(_message.Message):
