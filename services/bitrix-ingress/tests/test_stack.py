@@ -141,6 +141,11 @@ async def stack(
                 **common,
                 "ZAPTRIX_WEB_PORT": str(web_port),
                 "ZAPTRIX_PUBLIC_BASE_URL": f"http://127.0.0.1:{web_port}",
+                # Installs are verified with the stand-in's OAuth server, for the stand-in's app.
+                "ZAPTRIX_BITRIX_CLIENT_ID": "local.sandbox.app",
+                "ZAPTRIX_BITRIX_CLIENT_SECRET": "sandbox-client-secret",
+                "ZAPTRIX_BITRIX_OAUTH_SERVER_ENDPOINT": f"{sandbox_bitrix}/oauth/rest/",
+                "ZAPTRIX_BITRIX_OAUTH_URL": f"{sandbox_bitrix}/oauth/token/",
             },
             tmp / "web.log",
         )
