@@ -460,6 +460,24 @@ async def test_settings_page_activates_a_line(stack: Stack) -> None:
     assert other.status_code == 400
 
 
+async def test_settings_page_refuses_another_apps_token(stack: Stack) -> None:
+    """L11: a genuine token of the portal, but of another app, cannot (de)activate lines or list numbers."""
+    other = await stack.sandbox_post("/tokens", {"client_id": "local.other.app"})
+    calls = len(await stack.sandbox_get("/requests"))
+    form = {
+        "member_id": MEMBER,
+        "AUTH_ID": other["access_token"],
+        "REFRESH_ID": other["refresh_token"],
+        "PLACEMENT": "SETTING_CONNECTOR",
+        "PLACEMENT_OPTIONS": f'{{"CONNECTOR":"zaptrix_whatsapp","LINE":"{LINE}","ACTIVE_STATUS":"1"}}',
+        "action": "deactivate",
+    }
+    resp = await stack.http.post(f"{stack.web_url}/webhooks/bitrix24/settings", data=form)
+    assert resp.status_code == 403, resp.text
+    assert PNID not in resp.text and "local.other.app" not in resp.text
+    assert len(await stack.sandbox_get("/requests")) == calls  # nothing called on the portal
+
+
 async def test_ui_install_page_and_a_forged_install(stack: Stack) -> None:
     portal = await stack.sandbox_get("")
     upserts = len(stack.fakes.token_keeper.upserts)
