@@ -108,8 +108,10 @@ class _Claims:
     expires_at: float | None
 
 
-def parse_claims(result: dict[str, Any], oauth_host: str) -> _Claims:
-    """Read an app.info (or token) answer in either layout (top level, or the portal under `install`)."""
+def parse_claims(result: dict[str, Any], oauth_host: str, *, token_answer: bool = False) -> _Claims:
+    """Read an app.info (or token) answer in either layout (top level, or the portal under `install`).
+    A token answer's `domain` is always the auth server's (bitrix24.md §5): the portal's comes from
+    its client_endpoint then."""
     install = result.get("install") if isinstance(result.get("install"), dict) else {}
     assert isinstance(install, dict)
 
@@ -123,7 +125,7 @@ def parse_claims(result: dict[str, Any], oauth_host: str) -> _Claims:
 
     domain = _str(install.get("domain"))
     top_domain = _str(result.get("domain"))
-    if not domain and top_domain.lower() != oauth_host:  # token answers name the auth server there
+    if not domain and not token_answer and top_domain.lower() != oauth_host:
         domain = top_domain
     endpoint = pick("client_endpoint")
     if not endpoint and domain:
@@ -208,7 +210,7 @@ class OAuthServer:
         access, refresh = _str(payload.get("access_token")), _str(payload.get("refresh_token"))
         if not access or not refresh:
             raise Refused(BAD_OAUTH, "oauth token: no access_token/refresh_token")
-        claims = parse_claims(payload, self.host)
+        claims = parse_claims(payload, self.host, token_answer=True)
         claims.client_id = self.settings.bitrix_client_id  # our credentials made the exchange
         return claims, access, refresh
 

@@ -156,7 +156,7 @@ async def test_minimal_app_info_falls_back_to_a_refresh_exchange() -> None:
         "access_token": "a2",
         "refresh_token": "r2",
         "expires_in": 3600,
-        "domain": "oauth.bitrix.info",
+        "domain": "oauth.example",  # the auth server's domain, whatever its host name
         "member_id": MEMBER,
         "client_endpoint": "https://acme.bitrix24.com/rest/",
     }
