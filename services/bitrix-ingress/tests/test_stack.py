@@ -512,6 +512,31 @@ async def test_ui_install_page_and_a_forged_install(stack: Stack) -> None:
     assert len(stack.fakes.token_keeper.upserts) == upserts
 
 
+async def test_an_admins_install_takes_the_endpoint_from_the_oauth_server(stack: Stack) -> None:
+    """H1: even a genuine administrator's install never stores the endpoint or expiry the request names."""
+    portal = await stack.sandbox_get("")
+    admin = await stack.sandbox_post("/tokens", {"user_id": 1})
+    resp = await stack.http.post(
+        f"{stack.web_url}/webhooks/bitrix24/install",
+        data={
+            "event": "ONAPPINSTALL",
+            "auth[member_id]": MEMBER,
+            "auth[access_token]": admin["access_token"],
+            "auth[refresh_token]": admin["refresh_token"],
+            "auth[application_token]": "sandbox-app-token",
+            "auth[client_endpoint]": "https://evil.example/rest/",
+            "auth[server_endpoint]": "https://evil.example/oauth/",
+            "auth[domain]": "evil.example",
+            "auth[expires]": "99999999999",
+        },
+    )
+    assert resp.status_code == 200, resp.text
+    upsert = stack.fakes.token_keeper.upserts[-1]
+    assert upsert.client_endpoint == portal["client_endpoint"] and "evil" not in upsert.domain
+    assert "evil" not in upsert.server_endpoint
+    assert upsert.access_expires_at.seconds <= time.time() + 3600
+
+
 async def removed_events(stack: Stack, prefix: str) -> list[events_pb2.Envelope]:
     consumer = AIOKafkaConsumer(
         topics_for(Flow.B24_TO_WA, stack.kafka.topic_prefix).main,
