@@ -248,7 +248,7 @@ class OAuthServer:
             now + self.settings.install_max_token_ttl_s,
         )
         domain = claims.domain or (urlsplit(claims.client_endpoint).hostname or "")
-        log.info("install verified by the oauth server", member_id=member_id, exchanged=exchanged)
+        log.info("token verified by the oauth server", member_id=member_id, exchanged=exchanged)
         return VerifiedAuth(
             client_id=ours,
             member_id=member_id,
