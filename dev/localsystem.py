@@ -187,13 +187,19 @@ class LocalSystem:
             "ZAPTRIX_DISPATCHER_METRICS_PORT": str(p.meta_dispatcher),
         }
         bitrix = {
-            # The Bitrix24 app's OAuth client (from the app's registration; the sandbox portal's values).
-            "ZAPTRIX_BITRIX_CLIENT_ID": SANDBOX_CLIENT_ID,
-            "ZAPTRIX_BITRIX_CLIENT_SECRET": SANDBOX_CLIENT_SECRET,
             "ZAPTRIX_WEB_PORT": str(p.bitrix_web),
             "ZAPTRIX_PUBLIC_BASE_URL": f"http://127.0.0.1:{p.bitrix_web}",
             "ZAPTRIX_DISPATCHER_METRICS_PORT": str(p.bitrix_dispatcher),
         }
+        if self.sandbox:  # the stand-in is also Bitrix24's OAuth server, which vouches for every install
+            bitrix |= {
+                # The Bitrix24 app's OAuth client (the sandbox portal's app); with real credentials the
+                # caller's ZAPTRIX_BITRIX_CLIENT_ID/SECRET pass through instead.
+                "ZAPTRIX_BITRIX_CLIENT_ID": SANDBOX_CLIENT_ID,
+                "ZAPTRIX_BITRIX_CLIENT_SECRET": SANDBOX_CLIENT_SECRET,
+                "ZAPTRIX_BITRIX_OAUTH_SERVER_ENDPOINT": f"http://127.0.0.1:{p.bitrix}/oauth/rest/",
+                "ZAPTRIX_BITRIX_OAUTH_URL": f"http://127.0.0.1:{p.bitrix}/oauth/token/",
+            }
         procs += [
             self._service(
                 "mapper",
@@ -301,8 +307,8 @@ class LocalSystem:
             await self.stop_process(name)
 
     async def seed(self) -> None:
-        """Install the sandbox app into the sandbox portal (the real ONAPPINSTALL flow through bitrix-ingress),
-        then give token-keeper the sandbox WhatsApp channel's credentials and bind it to the Open Line."""
+        """Install the sandbox app into the sandbox portal (the real ONAPPINSTALL flow through bitrix-ingress,
+        verified with the stand-in's OAuth server like any install), then give token-keeper the sandbox WhatsApp channel's credentials and bind it to the Open Line."""
         from zaptrix.v1 import mapper_pb2, mapper_pb2_grpc, token_keeper_pb2, token_keeper_pb2_grpc
 
         p = self.ports

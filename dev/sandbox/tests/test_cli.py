@@ -66,3 +66,26 @@ def test_cli_round_trip(
     assert cli.main([*urls, "customer-inbox", "--to", "491701234567"]) == 0
     assert "Hi Anna" in capsys.readouterr().out
     assert cli.main([*urls, "operator-says", "--chat", "nobody", "x"]) == 1
+
+
+def test_cli_adds_and_installs_a_portal_and_adds_a_number(
+    graph_url: str, bitrix_url: str, stub: GatewayStub, capsys: pytest.CaptureFixture[str]
+) -> None:
+    httpx.post(f"{graph_url}/_sandbox/reset").raise_for_status()
+    httpx.post(f"{bitrix_url}/_sandbox/reset").raise_for_status()
+    stub.clear()
+    urls = ["--graph-url", graph_url, "--bitrix-url", bitrix_url]
+    assert cli.main([*urls, "add-portal", "--member-id", "cli-portal", "--line", "4", "--install"]) == 0
+    out = capsys.readouterr().out
+    assert "cli-portal (cli-portal.bitrix24.com) added, Open Line 4" in out and "HTTP 200" in out
+    [install] = stub.on("/webhooks/bitrix24/install")
+    assert b"auth%5Bmember_id%5D=cli-portal" in install.body or b"auth[member_id]=cli-portal" in install.body
+    assert cli.main([*urls, "add-portal", "--member-id", "cli-portal"]) == 1  # exists
+    assert cli.main([*urls, "install-portal", "cli-portal"]) == 0
+    assert cli.main([*urls, "install-portal", "no-such-portal"]) == 1
+
+    args = ["add-number", "--phone-number-id", "100000000000009", "--display", "15550000009"]
+    assert cli.main([*urls, *args]) == 0
+    numbers = httpx.get(f"{graph_url}/_sandbox/numbers").json()["numbers"]
+    assert "100000000000009" in {n["phone_number_id"] for n in numbers}
+    assert cli.main([*urls, *args]) == 1  # exists

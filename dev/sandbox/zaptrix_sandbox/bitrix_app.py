@@ -10,9 +10,9 @@ from sanic import Request
 from sanic.response import HTTPResponse
 
 from . import bitrix_crm, bitrix_imconnector, bitrix_sim
-from .bitrix_oauth import handle_token
+from .bitrix_oauth import handle_app_info, handle_token
 from .bitrix_rest import handle
-from .bitrix_settings import BitrixOptions, BitrixSettings
+from .bitrix_settings import BitrixOptions, BitrixSettings, PortalSpec
 from .bitrix_state import PortalState
 from .tasks import Background
 from .web import App, new_app
@@ -49,11 +49,20 @@ class BitrixSandbox:
             portal.issue(self.options)  # the installer's tokens, as handed over by ONAPPINSTALL
             self.portals[spec.member_id] = portal
 
+    def add_portal(self, spec: PortalSpec) -> PortalState:
+        """A portal added at run time (POST /_sandbox/portals); gone after /_sandbox/reset."""
+        portal = PortalState(spec, self.options)
+        portal.issue(self.options)  # the installer's tokens, handed over by ONAPPINSTALL
+        self.portals[spec.member_id] = portal
+        return portal
+
     def portal_view(self, p: PortalState) -> dict[str, Any]:
         return {
             "member_id": p.spec.member_id,
             "domain": p.spec.domain,
             "client_id": p.spec.client_id,
+            "application_token": p.spec.application_token,
+            "admin_user_ids": p.spec.admin_user_ids,
             "client_endpoint": f"{self.base_url}/rest/",
             "line_id": p.spec.line_id,
             "connector_id": p.spec.connector_id,
@@ -77,6 +86,11 @@ def create_app(settings: BitrixSettings | None = None, name: str = "sandbox_bitr
     @app.route("/oauth/token", methods=["GET", "POST"], strict_slashes=False)
     async def token(request: Request) -> HTTPResponse:
         return handle_token(request, sb.portals, sb.options, sb.base_url)
+
+    # The OAuth server's own REST (https://oauth.bitrix.info/rest/): only app.info, the token check.
+    @app.route("/oauth/rest/app.info", methods=["GET", "POST"], strict_slashes=False)
+    async def oauth_app_info(request: Request) -> HTTPResponse:
+        return handle_app_info(request, sb.portals, sb.options, sb.base_url)
 
     @app.route("/rest/<method_name>", methods=["GET", "POST"])
     async def rest(request: Request, method_name: str) -> HTTPResponse:

@@ -206,7 +206,7 @@ def profile(ctx: Ctx, p: dict[str, Any]) -> dict[str, Any]:
     return ok(
         {
             "ID": str(ctx.user_id),
-            "ADMIN": ctx.user_id == 1,
+            "ADMIN": ctx.portal.is_admin(ctx.user_id),
             "NAME": first,
             "LAST_NAME": last,
             "PERSONAL_GENDER": "",
@@ -216,12 +216,17 @@ def profile(ctx: Ctx, p: dict[str, Any]) -> dict[str, Any]:
     )
 
 
+@method("user.admin")
+def user_admin(ctx: Ctx, p: dict[str, Any]) -> dict[str, Any]:
+    return ok(ctx.portal.is_admin(ctx.user_id))
+
+
 @method("app.info")
 def app_info(ctx: Ctx, p: dict[str, Any]) -> dict[str, Any]:
     return ok(
         {
             "ID": 1,
-            "CODE": ctx.portal.spec.client_id,
+            "CODE": ctx.client_id or ctx.portal.spec.client_id,
             "VERSION": 1,
             "STATUS": "L",
             "INSTALLED": True,

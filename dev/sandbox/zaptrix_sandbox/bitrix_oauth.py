@@ -1,4 +1,7 @@
-"""OAuth 2.0 token endpoint of the Bitrix24 stand-in (bitrix24.md §5), with refresh-token rotation."""
+"""The Bitrix24 stand-in's OAuth server (oauth.bitrix.info): the token endpoint (bitrix24.md §5) with
+refresh-token rotation, and its REST `app.info`, which tells an app whether an access token is genuine:
+it answers only for tokens this server issued, naming the app (client_id) they were issued to and the
+portal (member_id, domain, client_endpoint)."""
 
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ from sanic.response import HTTPResponse
 from sanic.response import json as json_response
 
 from . import formdata
+from .bitrix_rest import RestError, find_token, request_params
 from .bitrix_settings import BitrixOptions
 from .bitrix_state import PortalState
 
@@ -59,11 +63,41 @@ def handle_token(
     stored = portal.refresh.get(supplied)
     if stored is None or stored.used or time.time() >= stored.expires_at:
         return _error("invalid_grant", "Invalid refresh token")
+    if stored.client_id and stored.client_id != client_id:  # another app's refresh token
+        return _error("invalid_grant", "Invalid refresh token")
     stored.used = True  # rotation: a refresh token works once
     if options.revoke_access_on_refresh:
         for token in portal.access.values():
-            if token.user_id == 1:
+            if token.user_id == stored.user_id:
                 token.revoked = True
     portal.refresh_count += 1
-    access, refresh = portal.issue(options)
+    access, refresh = portal.issue(options, user_id=stored.user_id, current=stored.user_id == 1)
     return json_response(token_response(portal, options, base_url, access, refresh))
+
+
+def handle_app_info(
+    request: Request, portals: dict[str, PortalState], options: BitrixOptions, base_url: str
+) -> HTTPResponse:
+    """GET/POST {oauth server}/rest/app.info?auth=<access token>. The "full" shape names the portal; its
+    real field layout is UNCONFIRMED (see docs/sandbox.md), "minimal" leaves the portal out."""
+    try:
+        params = request_params(request)
+        portal, access = find_token(portals, options, params.get("auth"))
+    except RestError as err:
+        return json_response(err.body(), status=err.status)
+    result: dict[str, Any] = {
+        "scope": portal.spec.scope,
+        "client_id": access.client_id or portal.spec.client_id,
+        "expires": int(access.expires_at),
+        "user_id": access.user_id,
+    }
+    if options.oauth_app_info == "full":
+        result["install"] = {
+            "installed": True,
+            "version": 1,
+            "status": "L",
+            "domain": portal.spec.domain,
+            "member_id": portal.spec.member_id,
+            "client_endpoint": f"{base_url}/rest/",
+        }
+    return json_response({"result": result})

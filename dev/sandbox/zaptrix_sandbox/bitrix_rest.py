@@ -18,7 +18,7 @@ from sanic.response import json as json_response
 
 from . import formdata
 from .bitrix_settings import BitrixOptions
-from .bitrix_state import PortalState
+from .bitrix_state import AccessToken, PortalState
 from .tasks import Background
 
 
@@ -41,6 +41,7 @@ class Ctx:
     base_url: str
     background: Background
     client: httpx.AsyncClient
+    client_id: str = ""  # the app the access token was issued to
 
     def rest_endpoint(self) -> str:
         return f"{self.base_url}/rest/"
@@ -183,6 +184,14 @@ def batch(ctx: Ctx, p: dict[str, Any]) -> dict[str, Any]:
 def authenticate(
     portals: dict[str, PortalState], options: BitrixOptions, token: Any
 ) -> tuple[PortalState, int]:
+    portal, access = find_token(portals, options, token)
+    return portal, access.user_id
+
+
+def find_token(
+    portals: dict[str, PortalState], options: BitrixOptions, token: Any
+) -> tuple[PortalState, AccessToken]:
+    """The portal and the live access token `token` names; RestError (401) otherwise."""
     if not token:
         raise RestError("NO_AUTH_FOUND", "Wrong authorization data", 401)
     for portal in portals.values():
@@ -194,7 +203,7 @@ def authenticate(
         if time.time() >= access.expires_at:
             portal.expired_token_hits += 1
             raise RestError("expired_token", "The access token provided has expired.", 401)
-        return portal, access.user_id
+        return portal, access
     if options.unknown_token_error == "NO_AUTH_FOUND":
         raise RestError("NO_AUTH_FOUND", "Wrong authorization data", 401)
     raise RestError("invalid_token", "The access token provided is invalid.", 401)
@@ -214,9 +223,10 @@ def handle(
     try:
         params = request_params(request)
         token = params.pop("auth", None)
-        portal, user_id = authenticate(portals, options, token)
+        portal, access = find_token(portals, options, token)
     except RestError as err:
         return json_response(err.body(), status=err.status)
+    user_id = access.user_id
     portal.peak.hit()
     record: dict[str, Any] = {
         "method": name,
@@ -231,7 +241,7 @@ def handle(
         return json_response(
             {"error": "QUERY_LIMIT_EXCEEDED", "error_description": "Too many requests"}, status=503
         )
-    ctx = Ctx(portal, options, user_id, base_url, background, client)
+    ctx = Ctx(portal, options, user_id, base_url, background, client, access.client_id)
     try:
         payload = call(ctx, name, params)
     except RestError as err:

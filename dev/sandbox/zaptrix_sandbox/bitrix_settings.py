@@ -24,6 +24,8 @@ class PortalSpec(BaseModel):
     # Per-portal override of the leaky bucket (Enterprise plans: drain 5/s, burst 250; bitrix24.md §6).
     rate_limit_drain_per_s: float | None = None
     rate_limit_burst: float | None = None
+    # Bitrix24 users with administrator rights (`profile` answers ADMIN=true); user 1 installs the app.
+    admin_user_ids: list[int] = [1]
 
 
 class BitrixOptions(BaseModel):
@@ -47,6 +49,10 @@ class BitrixOptions(BaseModel):
     strict_user_names: bool = True
     fetch_files: bool = True  # download message.files[].url like Bitrix24 does
     oauth_domain: str = "oauth.bitrix.info"
+    # The OAuth server's app.info answer (GET /oauth/rest/app.info): "full" names client_id, member_id, domain
+    # and client_endpoint; "minimal" only client_id, scope and expires (its real shape is UNCONFIRMED), so the
+    # gateway must fall back to a refresh-token exchange to learn member_id and client_endpoint.
+    oauth_app_info: Literal["full", "minimal"] = "full"
 
 
 class BitrixSettings(BitrixOptions, BaseSettings):

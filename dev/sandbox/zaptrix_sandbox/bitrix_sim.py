@@ -14,7 +14,7 @@ from sanic.response import json as json_response
 
 from . import media_samples
 from .bitrix_events import auth_block, post_event
-from .bitrix_settings import BitrixOptions
+from .bitrix_settings import BitrixOptions, PortalSpec
 from .bitrix_state import ChatMessage, PortalState
 from .web import App
 
@@ -48,6 +48,24 @@ class EventOptions(BaseModel):
     use_data_key: bool = False
     omit_tokens: bool = False
     wrong_application_token: bool = False
+
+
+class NewPortal(PortalSpec):
+    """POST /_sandbox/portals: a portal that is not set up yet (install it with .../install)."""
+
+    model_config = ConfigDict(extra="forbid")
+    member_id: str
+    domain: str
+    preregistered: bool = False
+
+
+class TokenRequest(BaseModel):
+    """POST /_sandbox/portals/{member_id}/tokens: tokens as another user or another app would hold them."""
+
+    model_config = ConfigDict(extra="forbid")
+    user_id: int = 1  # 1 is the administrator; others are ordinary users (see admin_user_ids)
+    client_id: str | None = None  # default: the portal's app; anything else is "another app"
+    refresh: bool = True
 
 
 def _bad(message: str, status: int = 400) -> HTTPResponse:
@@ -110,6 +128,50 @@ def register(app: App, sb: BitrixSandbox) -> None:
     @app.get("/_sandbox/portals")
     async def portals(request: Request) -> HTTPResponse:
         return json_response({"portals": [sb.portal_view(p) for p in sb.portals.values()]})
+
+    @app.post("/_sandbox/portals")
+    async def add_portal(request: Request) -> HTTPResponse:
+        try:
+            spec = NewPortal.model_validate(request.json or {})
+        except ValidationError as exc:
+            return json_response(
+                {"error": "invalid request", "details": exc.errors(include_url=False)}, status=400
+            )
+        if spec.member_id in sb.portals:
+            return _bad(f"portal {spec.member_id} exists", 409)
+        portal = sb.add_portal(PortalSpec.model_validate(spec.model_dump()))
+        return json_response(sb.portal_view(portal), status=201)
+
+    @app.post("/_sandbox/portals/<member_id>/tokens")
+    async def issue_tokens(request: Request, member_id: str) -> HTTPResponse:
+        p = portal_or_none(member_id)
+        if p is None:
+            return _bad("unknown portal", 404)
+        try:
+            spec = TokenRequest.model_validate(request.json or {})
+        except ValidationError as exc:
+            return json_response(
+                {"error": "invalid request", "details": exc.errors(include_url=False)}, status=400
+            )
+        access, refresh = p.issue(
+            sb.options,
+            user_id=spec.user_id,
+            with_refresh=spec.refresh,
+            client_id=spec.client_id,
+            current=False,
+        )
+        return json_response(
+            {
+                "access_token": access,
+                "refresh_token": refresh,
+                "expires": int(p.access[access].expires_at),
+                "client_id": p.access[access].client_id,
+                "user_id": spec.user_id,
+                "admin": p.is_admin(spec.user_id),
+                "member_id": p.spec.member_id,
+                "client_endpoint": f"{sb.base_url}/rest/",
+            }
+        )
 
     @app.get("/_sandbox/portals/<member_id>")
     async def portal(request: Request, member_id: str) -> HTTPResponse:

@@ -32,6 +32,9 @@ class AccessToken:
     user_id: int
     expires_at: float
     revoked: bool = False
+    client_id: str = (
+        ""  # the app (OAuth client) the token was issued to; the OAuth server's app.info names it
+    )
 
 
 @dataclass
@@ -39,6 +42,8 @@ class RefreshToken:
     portal: str
     expires_at: float
     used: bool = False
+    client_id: str = ""
+    user_id: int = 1
 
 
 @dataclass
@@ -138,18 +143,37 @@ class PortalState:
             self.operators[name] = self.next_id("op")
         return self.operators[name]
 
-    def issue(self, options: BitrixOptions, user_id: int = 1, with_refresh: bool = True) -> tuple[str, str]:
+    def issue(
+        self,
+        options: BitrixOptions,
+        user_id: int = 1,
+        with_refresh: bool = True,
+        client_id: str | None = None,
+        current: bool = True,
+    ) -> tuple[str, str]:
+        """New tokens of `client_id` (default: the portal's app) for `user_id` (1 is the admin);
+        `current` makes them the pair the installer handed over (shown by GET /_sandbox/portals)."""
         now = time.time()
+        app = client_id or self.spec.client_id
         access = new_token()
-        self.access[access] = AccessToken(self.spec.member_id, user_id, now + options.access_token_ttl_s)
+        self.access[access] = AccessToken(
+            self.spec.member_id, user_id, now + options.access_token_ttl_s, client_id=app
+        )
         refresh = ""
         if with_refresh:
             refresh = new_token()
             self.refresh[refresh] = RefreshToken(
-                self.spec.member_id, now + options.refresh_token_ttl_days * 86400
+                self.spec.member_id,
+                now + options.refresh_token_ttl_days * 86400,
+                client_id=app,
+                user_id=user_id,
             )
-            self.current_access, self.current_refresh = access, refresh
+            if current and app == self.spec.client_id:
+                self.current_access, self.current_refresh = access, refresh
         return access, refresh
+
+    def is_admin(self, user_id: int) -> bool:
+        return user_id in self.spec.admin_user_ids
 
     def chat_by_external(self, external_id: str) -> Chat | None:
         found = [c for c in self.chats.values() if c.external_id == external_id]

@@ -5,11 +5,15 @@ zaptrix-dev customer-says --from 491701234567 --image [--file PATH] "caption"
 zaptrix-dev operator-says --chat <external chat id> "Hi Anna"
 zaptrix-dev chats
 zaptrix-dev customer-inbox --to 491701234567
+zaptrix-dev add-portal --member-id acme-1 --domain acme.bitrix24.com --line 3 --install
+zaptrix-dev install-portal acme-1
+zaptrix-dev add-number --phone-number-id 100000000000002 --display 15550000002 --bind acme-1:3
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import base64
 import json
 import os
@@ -162,6 +166,106 @@ def trace(args: argparse.Namespace, client: httpx.Client) -> int:
     return 0
 
 
+def _install(args: argparse.Namespace, client: httpx.Client, member_id: str) -> int:
+    response = client.post(f"{args.bitrix_url}/_sandbox/portals/{member_id}/install")
+    if response.status_code != 200:
+        print(f"not installed: {response.text}", file=sys.stderr)
+        return 1
+    data = response.json()
+    status = data["status_code"]
+    print(
+        f"portal {member_id}: the gateway answered ONAPPINSTALL with HTTP {status}"
+        + (f" ({data['error']})" if data["error"] else "")
+    )
+    return 0 if status == 200 else 1
+
+
+def add_portal(args: argparse.Namespace, client: httpx.Client) -> int:
+    spec = {
+        "member_id": args.member_id,
+        "domain": args.domain or f"{args.member_id}.bitrix24.com",
+        "client_id": args.client_id,
+        "client_secret": args.client_secret,
+        "application_token": args.application_token or f"{args.member_id}-app-token",
+        "line_id": args.line,
+        "connector_id": args.connector,
+    }
+    response = client.post(f"{args.bitrix_url}/_sandbox/portals", json=spec)
+    if response.status_code != 201:
+        print(f"not added: {response.text}", file=sys.stderr)
+        return 1
+    print(
+        f"portal {spec['member_id']} ({spec['domain']}) added, Open Line {spec['line_id']}, app {spec['client_id']}"
+    )
+    return _install(args, client, args.member_id) if args.install else 0
+
+
+def install_portal(args: argparse.Namespace, client: httpx.Client) -> int:
+    return _install(args, client, args.member_id)
+
+
+def add_number(args: argparse.Namespace, client: httpx.Client) -> int:
+    number = {
+        "phone_number_id": args.phone_number_id,
+        "display_phone_number": args.display,
+        "access_token": args.access_token or f"sandbox-wa-token-{args.phone_number_id}",
+        "waba_id": args.waba_id,
+    }
+    response = client.post(f"{args.graph_url}/_sandbox/numbers", json=number)
+    if response.status_code != 201:
+        print(f"not added: {response.text}", file=sys.stderr)
+        return 1
+    print(f"number {args.display} (phone_number_id {args.phone_number_id}) added to the Graph stand-in")
+    if not args.bind:
+        return 0
+    member_id, _, line = args.bind.rpartition(":")
+    if not member_id or not line.isdigit():
+        print("--bind needs MEMBER_ID:LINE", file=sys.stderr)
+        return 2
+    import grpc
+
+    try:
+        asyncio.run(_bind(args, number, member_id, int(line)))
+    except grpc.RpcError as exc:
+        print(f"not bound: {exc} (is the system running? `make run`)", file=sys.stderr)
+        return 1
+    print(f"credentials stored in token-keeper; bound to portal {member_id}, Open Line {line}")
+    return 0
+
+
+async def _bind(args: argparse.Namespace, number: dict[str, str], member_id: str, line: int) -> None:
+    """What an operator does for a real number: its credentials to token-keeper, its binding to the mapper."""
+    import grpc
+    from zaptrix.v1 import mapper_pb2, mapper_pb2_grpc, token_keeper_pb2, token_keeper_pb2_grpc
+
+    async with grpc.aio.insecure_channel(args.token_keeper_addr) as channel:
+        await token_keeper_pb2_grpc.TokenKeeperStub(channel).UpsertChannelCredentials(
+            token_keeper_pb2.UpsertChannelCredentialsRequest(
+                phone_number_id=number["phone_number_id"],
+                access_token=number["access_token"],
+                app_secret=args.app_secret,
+                verify_token=args.verify_token,
+                waba_id=number["waba_id"],
+            ),
+            timeout=5,
+        )
+    async with grpc.aio.insecure_channel(args.mapper_addr) as channel:
+        await mapper_pb2_grpc.MapperStub(channel).BindChannel(
+            mapper_pb2.BindChannelRequest(
+                channel=mapper_pb2.Channel(
+                    phone_number_id=number["phone_number_id"],
+                    display_phone_number=number["display_phone_number"],
+                    member_id=member_id,
+                    line_id=line,
+                    connector_id=args.connector,
+                    crm_mode=mapper_pb2.CRM_MODE_GATEWAY,
+                    active=True,
+                )
+            ),
+            timeout=5,
+        )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="zaptrix-dev", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -198,6 +302,46 @@ def build_parser() -> argparse.ArgumentParser:
     inbox = sub.add_parser("customer-inbox", help="what a customer received on WhatsApp")
     inbox.add_argument("--to", required=True, help="customer wa_id")
     inbox.set_defaults(func=customer_inbox)
+
+    ap = sub.add_parser(
+        "add-portal", help="another Bitrix24 portal in the stand-in (installed with --install)"
+    )
+    ap.add_argument("--member-id", required=True)
+    ap.add_argument("--domain", help="default: <member-id>.bitrix24.com")
+    ap.add_argument(
+        "--client-id", default="local.sandbox.app", help="the app installed there (our app by default)"
+    )
+    ap.add_argument("--client-secret", default="sandbox-client-secret")
+    ap.add_argument("--application-token", help="default: <member-id>-app-token")
+    ap.add_argument("--line", type=int, default=1, help="its Open Line id")
+    ap.add_argument("--connector", default="zaptrix_whatsapp")
+    ap.add_argument(
+        "--install", action="store_true", help="then install the app (ONAPPINSTALL to the gateway)"
+    )
+    ap.set_defaults(func=add_portal)
+
+    ip = sub.add_parser("install-portal", help="the stand-in posts ONAPPINSTALL for a portal to the gateway")
+    ip.add_argument("member_id")
+    ip.set_defaults(func=install_portal)
+
+    an = sub.add_parser("add-number", help="another WhatsApp business number in the Graph stand-in")
+    an.add_argument("--phone-number-id", required=True)
+    an.add_argument("--display", required=True, help="display phone number, e.g. 15550000002")
+    an.add_argument("--access-token", help="its Graph token (default: sandbox-wa-token-<phone-number-id>)")
+    an.add_argument("--waba-id", default="200000000000001")
+    an.add_argument(
+        "--bind",
+        metavar="MEMBER_ID:LINE",
+        help="also store its credentials in token-keeper and bind it to a line",
+    )
+    an.add_argument("--app-secret", default="sandbox-app-secret", help="the Graph stand-in's app secret")
+    an.add_argument("--verify-token", default="sandbox-verify-token")
+    an.add_argument("--connector", default="zaptrix_whatsapp")
+    an.add_argument(
+        "--token-keeper-addr", default=os.environ.get("ZAPTRIX_TOKEN_KEEPER_ADDR", "127.0.0.1:50052")
+    )
+    an.add_argument("--mapper-addr", default=os.environ.get("ZAPTRIX_MAPPER_ADDR", "127.0.0.1:50051"))
+    an.set_defaults(func=add_number)
 
     tr = sub.add_parser("trace", help="a message's trace from Jaeger, as a tree of spans across the services")
     tr.add_argument("ref", help="a wamid, an event id (wa:…, b24:…) or a trace id")

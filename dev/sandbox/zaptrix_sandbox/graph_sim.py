@@ -27,6 +27,10 @@ class CustomerWindow(BaseModel):
     last_inbound_ago_s: float | None  # null: the customer never wrote (window closed)
 
 
+class NewNumber(Channel):
+    model_config = ConfigDict(extra="forbid")
+
+
 def _bad(message: str, status: int = 400) -> HTTPResponse:
     return json_response({"error": message}, status=status)
 
@@ -165,6 +169,23 @@ def register(app: App, sb: GraphSandbox) -> None:
                 "filename": item.filename,
             }
         )
+
+    @app.get("/_sandbox/numbers")
+    async def numbers(request: Request) -> HTTPResponse:
+        return json_response({"numbers": [c.model_dump() for c in sb.state.options.channels]})
+
+    @app.post("/_sandbox/numbers")
+    async def add_number(request: Request) -> HTTPResponse:
+        """Another WhatsApp business number (phone_number_id, display_phone_number, access_token[, waba_id]);
+        webhooks for it are signed with the app secret, like the others. Gone after /_sandbox/reset."""
+        try:
+            channel = NewNumber.model_validate(request.json or {})
+        except ValidationError as exc:
+            return _errors(exc)
+        if sb.state.channel(channel.phone_number_id) is not None:
+            return _bad(f"number {channel.phone_number_id} exists", 409)
+        sb.state.options.channels.append(Channel.model_validate(channel.model_dump()))
+        return json_response(channel.model_dump(), status=201)
 
     @app.post("/_sandbox/reset")
     async def reset(request: Request) -> HTTPResponse:

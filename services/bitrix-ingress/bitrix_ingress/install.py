@@ -9,12 +9,13 @@ Install arrives in one of two shapes (DOCS settings/app-installation, api-refere
   ``member_id``, ``DOMAIN``, ``PROTOCOL`` (form or query string); the page must call
   ``BX24.installFinish()`` before Bitrix24 delivers any event.
 
-Before anything is stored the payload is proven genuine: a known portal's install must carry its
-stored application_token, or its access token must work on the portal's stored REST endpoint
-(``app.info``); a new portal's token must work on the endpoint it names (https host names only).
-Then the tokens go to token-keeper (UpsertPortal) and :func:`ensure_setup` registers the connector
-and binds the events — idempotent, so running it again (re-install, app update, an admin opening
-the app) repairs a half-finished setup.
+Nothing in the payload is trusted but its tokens, and those only after Bitrix24's OAuth server vouched for
+them (:mod:`bitrix_ingress.oauth_check`): they must be our app's (ZAPTRIX_BITRIX_CLIENT_ID), of the claimed
+member_id, and the user must be a portal administrator (``profile`` ADMIN on the endpoint the OAuth server
+named). The portal's domain and REST endpoint come from the OAuth server's answer, never from the request,
+and the stored expiry is capped to an hour. Then the tokens go to token-keeper (UpsertPortal) and
+:func:`ensure_setup` registers the connector and binds the events: idempotent, so running it again
+(re-install, app update, an admin opening the app) repairs a half-finished setup.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
 from zaptrix.logging import get_logger
 from zaptrix.v1 import token_keeper_pb2
@@ -33,9 +34,17 @@ from zaptrix.v1 import token_keeper_pb2
 from bitrix_ingress.deps import Deps, NotFound
 from bitrix_ingress.events import OUTBOUND_EVENTS
 from bitrix_ingress.formparse import get_str
+from bitrix_ingress.oauth_check import (
+    BAD_OAUTH,
+    NOT_ADMIN,
+    PORTAL_UNAVAILABLE,
+    OAuthServer,
+    Refused,
+    VerifiedAuth,
+)
 from bitrix_ingress.portal import PortalClient, Token
 from bitrix_ingress.rest import BitrixError, TokenError
-from bitrix_ingress.settings import InsecureUrlError, WebSettings, check_portal_endpoint
+from bitrix_ingress.settings import WebSettings
 
 log = get_logger(__name__)
 
@@ -61,9 +70,9 @@ ICON_DATA_URI = "data:image/svg+xml;charset=US-ASCII," + quote(_ICON_SVG, safe="
 
 
 class InstallRefused(Exception):
-    """The install request is not genuine or not usable (answered 401/400 with this reason)."""
+    """The install request is malformed (answered 400 with this reason: our own words, nothing remote)."""
 
-    def __init__(self, reason: str, status: int = 401) -> None:
+    def __init__(self, reason: str, status: int = 400) -> None:
         super().__init__(reason)
         self.reason = reason
         self.status = status
@@ -73,12 +82,9 @@ class InstallRefused(Exception):
 class InstallRequest:
     kind: str  # "event" (ONAPPINSTALL) or "page" (a UI app's install/app page)
     member_id: str
-    domain: str
-    client_endpoint: str
-    server_endpoint: str
     access_token: str
     refresh_token: str
-    expires_at: float
+    expires_at: float  # what the request claims; capped by the verification
     application_token: str
     scope: str
 
@@ -93,103 +99,107 @@ def _expires(auth: dict[str, Any], now: float) -> float:
     return now + 3600.0
 
 
-def parse_install(form: dict[str, Any], query: dict[str, Any], settings: WebSettings) -> InstallRequest:
-    """Read either install shape; raises InstallRefused(400) when required fields are missing."""
+def parse_install(form: dict[str, Any], query: dict[str, Any]) -> InstallRequest:
+    """Read either install shape; raises InstallRefused(400) when required fields are missing.
+    domain, client_endpoint and server_endpoint are not read at all: only the OAuth server names them."""
     now = time.time()
     merged = {**query, **form}
     if get_str(merged, "event").upper() == "ONAPPINSTALL":
         auth = merged.get("auth")
         if not isinstance(auth, dict):
-            raise InstallRefused("ONAPPINSTALL without auth[...]", 400)
+            raise InstallRefused("ONAPPINSTALL without auth[...]")
         req = InstallRequest(
             kind="event",
             member_id=get_str(auth, "member_id"),
-            domain=get_str(auth, "domain"),
-            client_endpoint=get_str(auth, "client_endpoint"),
-            server_endpoint=get_str(auth, "server_endpoint") or settings.bitrix_oauth_server_endpoint,
             access_token=get_str(auth, "access_token"),
             refresh_token=get_str(auth, "refresh_token"),
             expires_at=_expires(auth, now),
             application_token=get_str(auth, "application_token"),
             scope=get_str(auth, "scope"),
         )
-        if not req.client_endpoint and req.domain:
-            req.client_endpoint = f"https://{req.domain}/rest/"
     else:
-        domain = get_str(merged, "DOMAIN")
-        protocol = get_str(merged, "PROTOCOL")
-        scheme = "http" if protocol == "0" else "https"
         req = InstallRequest(
             kind="page",
             member_id=get_str(merged, "member_id"),
-            domain=domain,
-            client_endpoint=f"{scheme}://{domain}/rest/" if domain else "",
-            server_endpoint=get_str(merged, "SERVER_ENDPOINT") or settings.bitrix_oauth_server_endpoint,
             access_token=get_str(merged, "AUTH_ID"),
             refresh_token=get_str(merged, "REFRESH_ID"),
             expires_at=_expires({"AUTH_EXPIRES": get_str(merged, "AUTH_EXPIRES")}, now),
             application_token=get_str(merged, "APPLICATION_TOKEN"),
             scope=get_str(merged, "APPLICATION_SCOPE"),
         )
-    missing = [n for n in ("member_id", "access_token", "client_endpoint") if not getattr(req, n)]
+    missing = [n for n in ("member_id", "access_token") if not getattr(req, n)]
     if missing:
-        raise InstallRefused(f"install request without {', '.join(missing)}", 400)
-    if not req.domain:
-        req.domain = urlsplit(req.client_endpoint).hostname or ""
-    try:
-        check_portal_endpoint(req.client_endpoint, settings)
-    except InsecureUrlError as exc:
-        raise InstallRefused(str(exc), 400) from exc
+        raise InstallRefused(f"install request without {', '.join(missing)}")
     return req
 
 
-async def verify_install(
-    req: InstallRequest, deps: Deps, portals: PortalClient
-) -> tuple[token_keeper_pb2.PortalStatus | None, dict[str, Any]]:
-    """Prove the request genuine; returns the stored portal (None when new) and app.info's result."""
-    stored: token_keeper_pb2.PortalStatus | None
+async def require_admin(member_id: str, token: Token, portals: PortalClient) -> None:
+    """The token's user must administer the portal: installs come from the admin who installs the app
+    (DOCS settings/app-installation); any other user's token (an employee opening the app) is refused.
+    `profile` is in every app's basic scope and answers ADMIN (DOCS api-reference/common/users/profile)."""
     try:
-        stored = await deps.get_portal_status(req.member_id)
+        profile = await portals.call_with_token(member_id, token, "profile", {})
+    except TokenError as exc:
+        raise Refused(BAD_OAUTH, f"profile: {exc.code}") from exc
+    except BitrixError as exc:
+        if exc.permanent:
+            raise Refused(NOT_ADMIN, f"profile: {exc.code}", 403) from exc
+        raise Refused(PORTAL_UNAVAILABLE, f"profile: {exc.code}", 503) from exc
+    admin = profile.get("ADMIN") if isinstance(profile, dict) else None
+    if admin not in (True, 1, "1", "Y", "y", "true"):
+        user = profile.get("ID") if isinstance(profile, dict) else None
+        raise Refused(NOT_ADMIN, f"user {str(user)[:20]} is not an administrator", 403)
+
+
+async def verify_install(
+    req: InstallRequest, deps: Deps, portals: PortalClient, oauth: OAuthServer
+) -> tuple[token_keeper_pb2.PortalStatus | None, VerifiedAuth]:
+    """Raises Refused unless the OAuth server vouches for an administrator's token of our app on the
+    claimed portal. Returns the stored portal (None when new) and what the OAuth server confirmed."""
+    auth = await oauth.verify(
+        member_id=req.member_id,
+        access_token=req.access_token,
+        refresh_token=req.refresh_token,
+        claimed_expires_at=req.expires_at,
+    )
+    await require_admin(req.member_id, verified_token(auth), portals)
+    try:
+        stored: token_keeper_pb2.PortalStatus | None = await deps.get_portal_status(req.member_id)
     except NotFound:
         stored = None
-    if stored is not None and req.application_token:
-        verdict = await deps.verify_application_token(req.member_id, req.application_token)
-        trusted_by_app_token = verdict.valid
-    else:
-        trusted_by_app_token = False
-    # The token must work on the portal: the stored endpoint for a known portal, else the named one.
-    endpoint = (
-        stored.client_endpoint if stored is not None and stored.client_endpoint else req.client_endpoint
-    )
-    token = Token(req.member_id, req.access_token, endpoint, req.expires_at)
-    try:
-        info = await portals.call_with_token(req.member_id, token, "app.info", {})
-    except TokenError as exc:  # tokens that do not work must never replace working ones
-        raise InstallRefused(f"the access token does not work on the portal: {exc.code}") from exc
-    except BitrixError as exc:
-        if trusted_by_app_token:  # genuine (stored application_token), the portal is just busy: accept
-            log.warning("install accepted without app.info", member_id=req.member_id, error=exc.reason)
-            return stored, {}
-        raise InstallRefused(f"cannot verify the install on the portal now: {exc.code}", 503) from exc
-    return stored, info if isinstance(info, dict) else {}
+    return stored, auth
 
 
-def upsert_request(req: InstallRequest, settings: WebSettings) -> token_keeper_pb2.UpsertPortalRequest:
+def verified_token(auth: VerifiedAuth) -> Token:
+    return Token(auth.member_id, auth.access_token, auth.client_endpoint, auth.expires_at)
+
+
+def replaces_stored(req: InstallRequest, stored: token_keeper_pb2.PortalStatus | None) -> bool:
+    """A new portal, an ONAPPINSTALL (install, reinstall, app update: always the installing admin), or a UI
+    page on a portal that is not active. An admin merely opening the app keeps the installer's tokens."""
+    if stored is None or req.kind == "event":
+        return True
+    return stored.state != token_keeper_pb2.PORTAL_STATE_ACTIVE
+
+
+def upsert_request(
+    req: InstallRequest, auth: VerifiedAuth, settings: WebSettings
+) -> token_keeper_pb2.UpsertPortalRequest:
     out = token_keeper_pb2.UpsertPortalRequest(
-        member_id=req.member_id,
-        domain=req.domain,
-        client_endpoint=req.client_endpoint,
-        server_endpoint=req.server_endpoint,
+        member_id=auth.member_id,
+        domain=auth.domain,
+        client_endpoint=auth.client_endpoint,
+        server_endpoint=settings.bitrix_oauth_server_endpoint,
         client_id=settings.bitrix_client_id,
         client_secret=settings.bitrix_client_secret.get_secret_value()
         if settings.bitrix_client_secret
         else "",
-        access_token=req.access_token,
-        refresh_token=req.refresh_token,
+        access_token=auth.access_token,
+        refresh_token=auth.refresh_token,
         application_token=req.application_token,
         scope=req.scope,
     )
-    out.access_expires_at.FromDatetime(datetime.fromtimestamp(req.expires_at, UTC))
+    out.access_expires_at.FromDatetime(datetime.fromtimestamp(auth.expires_at, UTC))
     return out
 
 
@@ -278,6 +288,7 @@ Open Line.</p><ul>{items}</ul>
 class PlacementRequest:
     member_id: str
     auth_id: str
+    refresh_id: str
     application_token: str
     connector: str
     line: int
@@ -317,6 +328,7 @@ def parse_placement(form: dict[str, Any], query: dict[str, Any], settings: WebSe
     return PlacementRequest(
         member_id=member_id,
         auth_id=auth_id,
+        refresh_id=get_str(merged, "REFRESH_ID"),
         application_token=get_str(merged, "APPLICATION_TOKEN"),
         connector=settings.connector_id,
         line=line,

@@ -13,7 +13,9 @@ from bitrix_ingress import events as ev
 from bitrix_ingress.deps import NotFound, RpcFailed
 from bitrix_ingress.formparse import FormError
 from bitrix_ingress.install import InstallRefused, connector_data, parse_placement, settings_page
+from bitrix_ingress.install_guard import REFUSALS, guard_of, rate_limited, refuse
 from bitrix_ingress.metrics import INSTALLS
+from bitrix_ingress.oauth_check import MALFORMED, Refused
 from bitrix_ingress.outbound_events import outbound
 from bitrix_ingress.portal import Token
 from bitrix_ingress.portal_install import get_member, install_portal
@@ -40,22 +42,38 @@ async def install(request: Request) -> HTTPResponse:
 
 
 async def settings_handler(request: Request) -> HTTPResponse:
+    """The SETTING_CONNECTOR slider. Its AUTH_ID must be a token of our app on this portal, as the OAuth
+    server confirms (review L11: any user's or any other app's token used to be enough)."""
     ctx = ctx_of(request)
     settings = ctx.settings
+    limited = rate_limited(request, "settings")
+    if limited is not None:
+        return limited
     try:
         form = read_body(request)
         req = parse_placement(form, query(request), settings)
     except FormError as exc:
+        REFUSALS.labels("settings", MALFORMED).inc()
         return problem(400, str(exc))
     except InstallRefused as exc:
+        REFUSALS.labels("settings", MALFORMED).inc()
         return problem(exc.status, exc.reason)
+    try:
+        auth = await guard_of(request).oauth.verify(
+            member_id=req.member_id,
+            access_token=req.auth_id,
+            refresh_token=req.refresh_id,
+            claimed_expires_at=time.time() + 600,
+        )
+    except Refused as exc:
+        return await refuse(request, "settings", exc, req.member_id)
     try:
         stored = await ctx.deps.get_portal_status(req.member_id)
         if req.application_token:
             verdict = await ctx.deps.verify_application_token(req.member_id, req.application_token)
             if not verdict.valid:
                 return problem(401, "wrong APPLICATION_TOKEN")
-        token = Token(req.member_id, req.auth_id, stored.client_endpoint, time.time() + 600)
+        token = Token(req.member_id, auth.access_token, stored.client_endpoint, auth.expires_at)
         activate = req.action != "deactivate"
         await ctx.portals.call_with_token(
             req.member_id,
@@ -83,7 +101,7 @@ async def settings_handler(request: Request) -> HTTPResponse:
     except RpcFailed as exc:
         log.error("settings page: dependency failed", reason=exc.reason)
         return problem(503, "temporarily unavailable, reload the page")
-    except BitrixError as exc:
+    except BitrixError as exc:  # the caller holds a verified token of our app on this portal
         log.error("settings page: bitrix24 refused", reason=exc.reason, member_id=req.member_id)
         return problem(502, f"Bitrix24 refused: {exc.code}")
     INSTALLS.labels("settings", "activated" if activate else "deactivated").inc()

@@ -161,7 +161,11 @@ class WebSettings(BitrixCommonSettings):
     connector_name: str = Field("WhatsApp (Zaptrix)", description="Connector name shown in Contact Center")
     connector_color: str = Field("#25D366", description="Connector tile colour")
     bitrix_client_id: str = Field(
-        "", description="OAuth client_id of the Bitrix24 app, stored with each installed portal"
+        "",
+        description=(
+            "OAuth client_id of the Bitrix24 app, stored with each installed portal; installs are accepted "
+            "only for tokens the OAuth server confirms as this app's (required for install)"
+        ),
     )
     bitrix_client_secret: SecretStr | None = Field(
         None,
@@ -172,13 +176,40 @@ class WebSettings(BitrixCommonSettings):
     )
     bitrix_oauth_server_endpoint: str = Field(
         "https://oauth.bitrix.info/rest/",
-        description="Used when an install payload carries no auth[server_endpoint]",
+        description=(
+            "REST endpoint of Bitrix24's OAuth server: every install's token is checked with its app.info "
+            "(never with the portal the request names); stored as the portal's server_endpoint"
+        ),
+    )
+    bitrix_oauth_url: str = Field(
+        "https://oauth.bitrix.info/oauth/token/",
+        description=(
+            "Bitrix24's OAuth token endpoint, used to verify an install by a refresh-token exchange when "
+            "app.info does not name the portal (needs ZAPTRIX_BITRIX_CLIENT_SECRET)"
+        ),
+    )
+    bitrix_oauth_timeout_s: float = Field(10.0, gt=0, description="Timeout of one OAuth server request")
+    install_max_token_ttl_s: float = Field(
+        3600.0,
+        gt=0,
+        le=3600.0,
+        description="Longest access-token lifetime stored from an install (Bitrix24's tokens live 1 h)",
+    )
+    install_refusals_per_minute: float = Field(
+        20.0,
+        gt=0,
+        description=(
+            "Refused install/settings requests per source address and minute; beyond that the source gets "
+            "429 before any verification"
+        ),
     )
 
     @model_validator(mode="after")
     def _check_public_url(self) -> WebSettings:
         if self.public_base_url:
             check_url(self.public_base_url, self, what="ZAPTRIX_PUBLIC_BASE_URL")
+        check_url(self.bitrix_oauth_server_endpoint, self, what="ZAPTRIX_BITRIX_OAUTH_SERVER_ENDPOINT")
+        check_url(self.bitrix_oauth_url, self, what="ZAPTRIX_BITRIX_OAUTH_URL")
         return self
 
     def url(self, path: str) -> str:

@@ -143,6 +143,11 @@ async def stack(
                 **common,
                 "ZAPTRIX_WEB_PORT": str(web_port),
                 "ZAPTRIX_PUBLIC_BASE_URL": f"http://127.0.0.1:{web_port}",
+                # Installs are verified with the stand-in's OAuth server, for the stand-in's app.
+                "ZAPTRIX_BITRIX_CLIENT_ID": "local.sandbox.app",
+                "ZAPTRIX_BITRIX_CLIENT_SECRET": "sandbox-client-secret",
+                "ZAPTRIX_BITRIX_OAUTH_SERVER_ENDPOINT": f"{sandbox_bitrix}/oauth/rest/",
+                "ZAPTRIX_BITRIX_OAUTH_URL": f"{sandbox_bitrix}/oauth/token/",
             },
             tmp / "web.log",
         )
@@ -457,6 +462,24 @@ async def test_settings_page_activates_a_line(stack: Stack) -> None:
     assert other.status_code == 400
 
 
+async def test_settings_page_refuses_another_apps_token(stack: Stack) -> None:
+    """L11: a genuine token of the portal, but of another app, cannot (de)activate lines or list numbers."""
+    other = await stack.sandbox_post("/tokens", {"client_id": "local.other.app"})
+    calls = len(await stack.sandbox_get("/requests"))
+    form = {
+        "member_id": MEMBER,
+        "AUTH_ID": other["access_token"],
+        "REFRESH_ID": other["refresh_token"],
+        "PLACEMENT": "SETTING_CONNECTOR",
+        "PLACEMENT_OPTIONS": f'{{"CONNECTOR":"zaptrix_whatsapp","LINE":"{LINE}","ACTIVE_STATUS":"1"}}',
+        "action": "deactivate",
+    }
+    resp = await stack.http.post(f"{stack.web_url}/webhooks/bitrix24/settings", data=form)
+    assert resp.status_code == 403, resp.text
+    assert PNID not in resp.text and "local.other.app" not in resp.text
+    assert len(await stack.sandbox_get("/requests")) == calls  # nothing called on the portal
+
+
 async def test_ui_install_page_and_a_forged_install(stack: Stack) -> None:
     portal = await stack.sandbox_get("")
     upserts = len(stack.fakes.token_keeper.upserts)
@@ -489,6 +512,31 @@ async def test_ui_install_page_and_a_forged_install(stack: Stack) -> None:
     )
     assert forged.status_code == 401
     assert len(stack.fakes.token_keeper.upserts) == upserts
+
+
+async def test_an_admins_install_takes_the_endpoint_from_the_oauth_server(stack: Stack) -> None:
+    """H1: even a genuine administrator's install never stores the endpoint or expiry the request names."""
+    portal = await stack.sandbox_get("")
+    admin = await stack.sandbox_post("/tokens", {"user_id": 1})
+    resp = await stack.http.post(
+        f"{stack.web_url}/webhooks/bitrix24/install",
+        data={
+            "event": "ONAPPINSTALL",
+            "auth[member_id]": MEMBER,
+            "auth[access_token]": admin["access_token"],
+            "auth[refresh_token]": admin["refresh_token"],
+            "auth[application_token]": "sandbox-app-token",
+            "auth[client_endpoint]": "https://evil.example/rest/",
+            "auth[server_endpoint]": "https://evil.example/oauth/",
+            "auth[domain]": "evil.example",
+            "auth[expires]": "99999999999",
+        },
+    )
+    assert resp.status_code == 200, resp.text
+    upsert = stack.fakes.token_keeper.upserts[-1]
+    assert upsert.client_endpoint == portal["client_endpoint"] and "evil" not in upsert.domain
+    assert "evil" not in upsert.server_endpoint
+    assert upsert.access_expires_at.seconds <= time.time() + 3600
 
 
 async def removed_events(stack: Stack, prefix: str) -> list[events_pb2.Envelope]:

@@ -210,3 +210,53 @@ async def test_access_token_without_expiry_counts_as_expired(service: TokenServi
     )
     row = await service.get_portal(spec["member_id"])
     assert row.access_expires_at <= service.clock() + timedelta(seconds=1)
+
+
+async def test_random_member_ids_cost_no_query_each(
+    make_service: Callable[..., TokenService], sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """L6: unknown member_ids are answered from the set of known portals, not one SELECT each."""
+    service = make_service()
+    service.settings = service.settings.model_copy(update={"unknown_portal_recheck_s": 3600.0})
+    p = await install_portal(service, sandbox, "tk-portal-1")
+    reads: list[str] = []
+    real = service.repo.get_portal
+
+    async def counting(conn: asyncpg.Connection, member_id: str, **kw: bool) -> object:
+        reads.append(member_id)
+        return await real(conn, member_id, **kw)
+
+    monkeypatch.setattr(service.repo, "get_portal", counting)
+    for i in range(50):
+        assert await service.verify_application_token(f"random-{i}", "x") == (False, False)
+    assert reads == []
+    service._app_tokens.clear()
+    assert await service.verify_application_token("tk-portal-1", p["application_token"]) == (True, True)
+    assert reads == ["tk-portal-1"]
+
+
+async def test_a_portal_stored_by_another_replica_is_seen_after_the_recheck(
+    make_service: Callable[..., TokenService], sandbox: Sandbox
+) -> None:
+    reader = make_service()
+    reader.settings = reader.settings.model_copy(update={"unknown_portal_recheck_s": 0.0})
+    assert await reader.verify_application_token("tk-portal-1", "x") == (False, False)
+    p = await install_portal(make_service(), sandbox, "tk-portal-1")
+    assert await reader.verify_application_token("tk-portal-1", p["application_token"]) == (True, True)
+
+
+async def test_events_of_an_uninstalled_portal_are_refused(
+    service: TokenService, sandbox: Sandbox, pool: asyncpg.Pool
+) -> None:
+    """L6: Bitrix24 sends no events for an uninstalled app; needs_reauth portals' events are genuine."""
+    from datetime import UTC, datetime
+
+    p = await install_portal(service, sandbox, "tk-portal-1")
+    async with pool.acquire() as conn:
+        await service.repo.set_portal_state(conn, "tk-portal-1", "needs_reauth", now=datetime.now(UTC))
+    service._app_tokens.clear()  # as after app_token_cache_s
+    assert await service.verify_application_token("tk-portal-1", p["application_token"]) == (True, True)
+    async with pool.acquire() as conn:
+        await service.repo.set_portal_state(conn, "tk-portal-1", "uninstalled", now=datetime.now(UTC))
+    service._app_tokens.clear()
+    assert await service.verify_application_token("tk-portal-1", p["application_token"]) == (False, True)

@@ -111,6 +111,10 @@ class Repository:
         row = await conn.fetchrow(f"SELECT * FROM {PORTALS} WHERE member_id = $1{lock}", member_id)  # noqa: S608
         return None if row is None else PortalRow(**dict(row))
 
+    async def portal_ids(self, conn: asyncpg.Connection) -> set[str]:
+        rows = await conn.fetch(f"SELECT member_id FROM {PORTALS}")  # noqa: S608
+        return {str(r["member_id"]) for r in rows}
+
     async def list_portals(self, conn: asyncpg.Connection) -> list[PortalRow]:
         rows = await conn.fetch(f"SELECT * FROM {PORTALS} ORDER BY member_id")  # noqa: S608
         return [PortalRow(**dict(r)) for r in rows]

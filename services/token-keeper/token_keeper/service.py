@@ -23,7 +23,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TypeVar
+from typing import TypeVar, cast
 
 import asyncpg
 from pydantic import SecretStr
@@ -163,6 +163,9 @@ class TokenService:
         self.margin = timedelta(seconds=settings.refresh_margin_s)
         self._tokens: dict[str, IssuedToken] = {}
         self._app_tokens: dict[str, _Timed] = {}
+        self._known: set[str] = set()  # member_ids of stored portals (L6: no query per unknown id)
+        self._known_at = float("-inf")
+        self._known_lock = asyncio.Lock()
         self._channels: dict[str, _Timed] = {}
         self._inflight: dict[str, asyncio.Task[IssuedToken]] = {}
         self._lock_budget_ms = int((settings.oauth_budget_s + 5.0) * 1000)
@@ -542,6 +545,7 @@ class TokenService:
             )
         self._tokens.pop(member_id, None)
         self._app_tokens.pop(member_id, None)
+        self._known.add(member_id)
         log.info(
             "portal upserted",
             member_id=member_id,
@@ -567,23 +571,54 @@ class TokenService:
             return await self.repo.list_portals(conn)
 
     async def verify_application_token(self, member_id: str, token: str) -> tuple[bool, bool]:
-        """(valid, known_portal). Constant-time compare; a mismatch re-reads the row at most once a second."""
+        """(valid, known_portal). Constant-time compare; a mismatch re-reads the row at most once a second.
+
+        Portals in `uninstalled` state are refused: Bitrix24 stops sending an uninstalled app's events, so
+        one carrying its token is stale or forged (a reinstall makes the portal active again). Portals in
+        `needs_reauth` are still accepted: their events are genuine and Bitrix24 never resends one, while
+        relaying an operator's reply to WhatsApp needs no Bitrix24 token.
+
+        Unknown member_ids are answered from the set of known ones (review L6), which is re-read at most
+        once per `unknown_portal_recheck_s`: random member_ids cost no query each."""
         if not _IDENT.match(member_id):
             return False, False
         entry = self._app_tokens.get(member_id)
-        if entry is not None:
-            if _compare(entry.value, token):
-                return True, True
-            if time.monotonic() - entry.at < 1.0:
+        now = time.monotonic()
+        if entry is not None and now - entry.at < self.settings.app_token_cache_s:
+            cached, state = cast(tuple[object, str], entry.value)
+            if state == STATE_UNINSTALLED:
                 return False, True
+            if _compare(cached, token):
+                return True, True
+            if now - entry.at < 1.0:
+                return False, True
+        elif entry is None and not await self._maybe_known(member_id):
+            return False, False
         async with self._conn() as conn:
             row = await self.repo.get_portal(conn, member_id)
         if row is None:
             self._app_tokens.pop(member_id, None)
+            self._known.discard(member_id)
             return False, False
         stored = self._decrypt(lambda: self.repo.application_token(row), member_id)
-        self._app_tokens[member_id] = _Timed(stored, time.monotonic())
+        self._app_tokens[member_id] = _Timed((stored, row.state), time.monotonic())
+        self._known.add(member_id)
+        if row.state == STATE_UNINSTALLED:
+            return False, True
         return _compare(stored, token), True
+
+    async def _maybe_known(self, member_id: str) -> bool:
+        """Whether `member_id` may be a portal: the in-memory set of known ids, reloaded (one query for
+        all) when it is older than unknown_portal_recheck_s, so a portal another replica just stored is
+        seen within that time."""
+        if member_id in self._known:
+            return True
+        async with self._known_lock:
+            if time.monotonic() - self._known_at >= self.settings.unknown_portal_recheck_s:
+                async with self._conn() as conn:
+                    self._known = await self.repo.portal_ids(conn)
+                self._known_at = time.monotonic()
+        return member_id in self._known
 
     # ---- channels ----------------------------------------------------------------------------------------------
 

@@ -69,6 +69,19 @@ class TokenKeeperSettings(CommonSettings):
         ge=0,
         description="GetChannelCredentials answers from memory this long (other replicas' updates)",
     )
+    app_token_cache_s: float = Field(
+        30.0,
+        gt=0,
+        description="How long a portal's application_token and state are trusted before they are re-read",
+    )
+    unknown_portal_recheck_s: float = Field(
+        1.0,
+        ge=0,
+        description=(
+            "Unknown member_ids are answered from the set of known portals, re-read at most this often "
+            "(one query for all, however many random member_ids arrive)"
+        ),
+    )
     gauge_interval_s: float = Field(30.0, gt=0, description="How often portal-state gauges are recomputed")
 
     @model_validator(mode="after")
