@@ -148,6 +148,20 @@ def address_allowed(addr: IPAddress, policy: EgressPolicy) -> bool:
     return policy.explicitly_allowed(addr) or is_public(addr)
 
 
+def literal_address(host: str) -> IPAddress | None:
+    """The address a host names without DNS: an IP literal, or one of the numeric IPv4 spellings the C
+    library accepts (`2130706433`, `127.1`, `0x7f.1`, `0177.0.0.1`), read by the C library itself."""
+    host = _norm_host(host)
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        pass
+    try:
+        return ipaddress.IPv4Address(socket.inet_aton(host))
+    except (OSError, UnicodeError, ValueError):
+        return None
+
+
 async def system_resolver(host: str, port: int) -> list[str]:
     """All addresses of ``host`` (glibc's getaddrinfo: it also reads `2130706433`, `127.1`, `0x7f.1`)."""
     infos = await asyncio.get_running_loop().getaddrinfo(
@@ -192,10 +206,7 @@ async def check_url(
     if not allow.allows(host):
         raise EgressRefused("host", f"host {host!r} is not allowed for this tenant")
     port = parsed.port or DEFAULT_PORTS[scheme]
-    try:
-        literal: IPAddress | None = ipaddress.ip_address(host)
-    except ValueError:
-        literal = None
+    literal = literal_address(host)
     if literal is not None:
         texts = [str(literal)]
     else:
