@@ -19,6 +19,7 @@ from zaptrix.egress import (
     check_url,
     guarded_client,
     is_public,
+    literal_address,
     open_stream,
 )
 
@@ -227,3 +228,20 @@ async def test_a_client_without_a_check_cannot_connect() -> None:
     with pytest.raises(httpx.ConnectError):
         await transport._inner.handle_async_request(request)
     await transport.aclose()
+
+
+@pytest.mark.parametrize(
+    ("host", "expected"),
+    [
+        ("2130706433", "127.0.0.1"),
+        ("127.1", "127.0.0.1"),
+        ("0x7f.1", "127.0.0.1"),
+        ("0177.0.0.1", "127.0.0.1"),
+        ("[::ffff:127.0.0.1]", "::ffff:7f00:1"),
+        ("portal.bitrix24.com", None),
+        ("1.2.3.4.5", None),
+    ],
+)
+def test_literal_address_reads_what_the_c_library_reads(host: str, expected: str | None) -> None:
+    addr = literal_address(host)
+    assert (str(addr) if addr is not None else None) == expected

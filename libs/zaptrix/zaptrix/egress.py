@@ -194,9 +194,10 @@ async def check_url(
     url: str | httpx.URL,
     allow: HostAllowlist,
     policy: EgressPolicy,
-    resolver: Resolver = system_resolver,
+    resolver: Resolver | None = system_resolver,
 ) -> Pinned:
-    """Run steps 1-4 of the module docstring; returns what the connection is pinned to."""
+    """Run steps 1-4 of the module docstring; returns what the connection is pinned to. Without a
+    ``resolver`` a host name is not resolved (for a link someone else fetches): no addresses pinned."""
     parsed = parse_url(url)
     scheme = parsed.scheme
     if scheme != "https" and not (scheme == "http" and policy.allow_http):
@@ -209,6 +210,10 @@ async def check_url(
     literal = literal_address(host)
     if literal is not None:
         texts = [str(literal)]
+    elif resolver is None:
+        if port != DEFAULT_PORTS[scheme]:
+            raise EgressRefused("port", f"port {port} is not allowed (only {DEFAULT_PORTS[scheme]})")
+        return Pinned(host, port, ())
     else:
         try:
             texts = await resolver(host, port)

@@ -106,13 +106,12 @@ class BitrixFiles:
             raise PartFailed(f"The file “{name}” was not sent: Bitrix24 gave no download link.")
         allow = await self.portals.allowlist(member_id)
         if self.settings.media_send_mode == "link":
-            try:  # Meta fetches it, but only a link to the tenant's own portal is passed on
-                await check_url(file.link, allow, self.settings.egress_policy())
+            # Meta fetches it (from its own network), but only a link to the tenant's portal is passed on.
+            try:
+                await check_url(file.link, allow, self.settings.egress_policy(), resolver=None)
             except EgressRefused as exc:
                 EGRESS_REFUSED.labels("file", exc.reason).inc()
                 raise self._refused(name, exc) from None
-            except httpx.HTTPError as exc:
-                raise TransientError(f"Bitrix24 file link check failed: {type(exc).__name__}") from exc
             return {"link": file.link}
         async with self.budget_and_spool(file.link, part, allow) as spooled:
             try:
