@@ -138,24 +138,35 @@ class BitrixFiles:
         waiting_for_budget = False
         async with contextlib.AsyncExitStack() as held:
             spool = held.enter_context(tempfile.TemporaryFile(dir=self.settings.file_spool_dir or None))
+            # A queue of files in this process is not the file's fault: waiting for a download slot is
+            # bounded apart from the file's own deadline, and ends in a retry, not in "not sent".
             try:
-                async with self.slots, asyncio.timeout(deadline_s):
-                    async with open_stream(
-                        self.http,
-                        link,
-                        allow=allow,
-                        max_redirects=self.settings.file_max_redirects,
-                        headers={"Accept-Encoding": "identity"},
-                    ) as resp:
-                        declared = self._check_response(resp, part)
-                        waiting_for_budget = True
-                        async with asyncio.timeout(self.settings.file_spool_wait_s):
-                            limit = await held.enter_async_context(
-                                self.budget.reserve(declared or self.settings.upload_max_bytes)
-                            )
-                        waiting_for_budget = False
-                        size = await self._copy(resp, spool, limit, name)
-                        ctype = resp.headers.get("content-type", "")
+                async with asyncio.timeout(self.settings.file_spool_wait_s):
+                    await self.slots.acquire()
+            except TimeoutError:
+                FILE_FETCHES.labels("retried").inc()
+                raise TransientError("all file download slots busy: retry later") from None
+            try:
+                try:
+                    async with asyncio.timeout(deadline_s):
+                        async with open_stream(
+                            self.http,
+                            link,
+                            allow=allow,
+                            max_redirects=self.settings.file_max_redirects,
+                            headers={"Accept-Encoding": "identity"},
+                        ) as resp:
+                            declared = self._check_response(resp, part)
+                            waiting_for_budget = True
+                            async with asyncio.timeout(self.settings.file_spool_wait_s):
+                                limit = await held.enter_async_context(
+                                    self.budget.reserve(declared or self.settings.upload_max_bytes)
+                                )
+                            waiting_for_budget = False
+                            size = await self._copy(resp, spool, limit, name)
+                            ctype = resp.headers.get("content-type", "")
+                finally:
+                    self.slots.release()  # downloaded (or failed): the upload needs no download slot
             except EgressRefused as exc:
                 raise self._refused(name, exc) from None
             except TimeoutError:

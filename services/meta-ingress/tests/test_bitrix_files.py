@@ -18,6 +18,7 @@ from meta_ingress.sender import Sender
 from meta_ingress.settings import DispatcherSettings
 from meta_ingress.spool import ByteBudget
 from zaptrix.egress import EgressPolicy, GuardedTransport, HostAllowlist, guarded_client
+from zaptrix.kafka import TransientError
 from zaptrix.v1 import events_pb2
 
 BODY = bytes(range(256)) * 1024  # 256 KiB
@@ -141,3 +142,13 @@ async def test_link_mode_passes_on_only_the_portals_links() -> None:
     with pytest.raises(PartFailed, match="not allowed"):
         await files.media_ref("55", _part("http://portal.test:8443/x.pdf"), "tok", "member-1")
     await files.aclose()
+
+
+async def test_busy_download_slots_mean_retry_later_not_file_not_sent() -> None:
+    files = _files([], file_fetch_concurrency=1, file_spool_wait_s=0.05)
+    await files.slots.acquire()  # another conversation's download holds the only slot
+    with pytest.raises(TransientError, match="slots busy"):
+        await files.media_ref("55", _part("http://portal.test/disk/1"), "tok", "member-1")
+    files.slots.release()
+    await files.aclose()
+    assert files.budget.used == 0
