@@ -138,6 +138,8 @@ class LocalSystem:
             env["OTEL_EXPORTER_OTLP_ENDPOINT"] = f"http://127.0.0.1:{p.otlp}"
         if self.sandbox:
             env["ZAPTRIX_ALLOW_INSECURE_HTTP"] = "true"
+            # The sandbox portal (REST endpoint, file links) lives on 127.0.0.1: exactly that, nothing else.
+            env["ZAPTRIX_EGRESS_ALLOW_NETWORKS"] = '["127.0.0.1/32"]'
         env.update(self.extra_env.get(service, {}))
         return env
 

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from zaptrix.egress import EgressPolicy, networks_setting
 
 
 class CommonSettings(BaseSettings):
@@ -25,6 +27,24 @@ class CommonSettings(BaseSettings):
     allow_insecure_http: bool = Field(
         False, description="Allow plain http:// URLs for Graph API, Bitrix24 and OAuth (sandbox only)"
     )
+    egress_allow_networks: list[str] = Field(
+        default_factory=list,
+        description=(
+            "Non-public networks that tenant-named URLs (portal endpoints, file links) may reach, JSON CIDRs, "
+            'e.g. ["127.0.0.1/32"] for the local sandbox; empty (production) refuses every private, loopback, '
+            "link-local and CGNAT address"
+        ),
+    )
+
+    @field_validator("egress_allow_networks")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        return networks_setting(value)
+
+    def egress_policy(self) -> EgressPolicy:
+        """The egress guard's process-wide policy (zaptrix.egress)."""
+        allow_http = self.allow_insecure_http and self.environment != "production"
+        return EgressPolicy.of(self.egress_allow_networks, allow_http=allow_http)
 
 
 class KafkaSettings(BaseSettings):

@@ -31,7 +31,8 @@ from bitrix_ingress.batch_handler import BitrixDispatcher
 from bitrix_ingress.deps import Deps
 from bitrix_ingress.pacing import PacerRegistry
 from bitrix_ingress.portal import PortalClient
-from bitrix_ingress.rest import BitrixRest, quiet_http_client_logs
+from bitrix_ingress.portal_egress import portal_rest
+from bitrix_ingress.rest import quiet_http_client_logs
 from bitrix_ingress.settings import DispatcherSettings
 
 log = get_logger(__name__)
@@ -53,11 +54,7 @@ async def run(
             loop.add_signal_handler(sig, stopped.set)
     clients = Clients(grpc_settings)
     deps = Deps(clients)
-    rest = BitrixRest(
-        timeout_s=settings.bitrix_rest_timeout_s,
-        connect_timeout_s=settings.bitrix_rest_connect_timeout_s,
-        body=settings.bitrix_rest_body,
-    )
+    rest = portal_rest(settings, timeout_s=settings.bitrix_rest_timeout_s)
     portals = PortalClient(
         deps,
         rest,

@@ -34,6 +34,7 @@ from email.utils import parsedate_to_datetime
 from typing import Any, Literal
 
 import httpx
+from zaptrix.egress import EgressRefused
 from zaptrix.metrics import EXTERNAL_CALLS, EXTERNAL_LATENCY
 
 from bitrix_ingress.formparse import as_list, build_query
@@ -235,6 +236,7 @@ class BitrixRest:
             timeout=httpx.Timeout(timeout_s, connect=connect_timeout_s),
             limits=httpx.Limits(max_connections=256, max_keepalive_connections=64, keepalive_expiry=30),
             follow_redirects=False,
+            trust_env=False,  # an environment proxy would bypass the egress guard's transport
             transport=transport,
             headers={"User-Agent": "zaptrix-bitrix-ingress/0.1", "Accept": "application/json"},
         )
@@ -312,6 +314,9 @@ class BitrixRest:
                         content=build_query(body).encode(),
                         headers={"Content-Type": "application/x-www-form-urlencoded"},
                     )
+            except EgressRefused as exc:  # an internal or foreign endpoint: never worth a retry
+                outcome = "endpoint_refused"
+                raise PermanentBitrixError("ENDPOINT_REFUSED", exc.reason, method=method) from None
             except httpx.TimeoutException as exc:
                 outcome = "timeout"
                 raise TransportError("TIMEOUT", type(exc).__name__, method=method) from exc

@@ -8,13 +8,13 @@ See docs/bitrix-ingress.md.
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass
 from typing import Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings
+from zaptrix.egress import DEFAULT_PORTS, HostAllowlist, address_allowed, literal_address
 from zaptrix.settings import CommonSettings, GrpcClientSettings, KafkaSettings
 
 
@@ -37,25 +37,33 @@ def check_url(url: str, settings: CommonSettings, *, what: str) -> str:
 
 
 def check_portal_endpoint(url: str, settings: BitrixCommonSettings) -> str:
-    """A portal's REST endpoint (client_endpoint): https, a host name, and an allowed suffix.
+    """A portal's REST endpoint (client_endpoint), checked early and without DNS: https, an allowed host
+    (ZAPTRIX_BITRIX_PORTAL_HOST_SUFFIXES), no internal address however it is spelled (`2130706433`,
+    `127.1`, `[::ffff:127.0.0.1]`), the default port.
 
-    The endpoint comes from Bitrix24 payloads, so it is also an SSRF guard: IP literals and
-    localhost are refused unless the sandbox (allow_insecure_http) is configured.
+    The endpoint comes from Bitrix24 payloads, so this is an SSRF guard; the decisive check is the egress
+    guard in the REST client's transport (portal_egress.py), which resolves the name and pins the
+    checked address on every call.
     """
     check_url(url, settings, what="portal client_endpoint")
-    host = (urlsplit(url).hostname or "").lower().rstrip(".")
-    if not settings.allow_insecure_http:
-        if host == "localhost" or host.endswith(".localhost"):
-            raise InsecureUrlError("portal client_endpoint points at localhost")
-        try:
-            ipaddress.ip_address(host)
-        except ValueError:
-            pass
-        else:
-            raise InsecureUrlError("portal client_endpoint is an IP address, not a portal host name")
-    suffixes = settings.bitrix_portal_host_suffixes
-    if suffixes and not any(host == s.lstrip(".") or host.endswith("." + s.lstrip(".")) for s in suffixes):
+    parts = urlsplit(url)
+    host = (parts.hostname or "").lower().rstrip(".")
+    if not settings.portal_allowlist().allows(host):
         raise InsecureUrlError(f"portal host {host!r} is not in ZAPTRIX_BITRIX_PORTAL_HOST_SUFFIXES")
+    policy = settings.egress_policy()
+    addr = literal_address(host)
+    if addr is not None and not address_allowed(addr, policy):
+        raise InsecureUrlError("portal client_endpoint is not a public address")
+    try:
+        port = parts.port
+    except ValueError:
+        raise InsecureUrlError("portal client_endpoint has an invalid port") from None
+    if (
+        port is not None
+        and port != DEFAULT_PORTS.get(parts.scheme)
+        and not (addr is not None and policy.explicitly_allowed(addr))
+    ):
+        raise InsecureUrlError("portal client_endpoint must use the default port")
     return url
 
 
@@ -103,7 +111,7 @@ class BitrixCommonSettings(CommonSettings):
         default_factory=list,
         description=(
             'Allowed portal host suffixes as JSON, e.g. ["bitrix24.com","bitrix24.de"]; empty allows any '
-            "https host name"
+            "https host name with a public address (set it in production)"
         ),
     )
     bitrix_rest_body: Literal["json", "form"] = Field(
@@ -130,6 +138,12 @@ class BitrixCommonSettings(CommonSettings):
         for spec in value.values():
             RateSpec.parse(spec)
         return value
+
+    def portal_allowlist(self) -> HostAllowlist:
+        """Portal hosts REST calls may go to: the configured suffixes, or any name when none are set
+        (the address checks of the egress guard apply either way)."""
+        suffixes = self.bitrix_portal_host_suffixes
+        return HostAllowlist.of(suffixes=suffixes, any_host=not suffixes)
 
     def rate_for(self, member_id: str) -> RateSpec:
         spec = self.bitrix_portal_rates.get(member_id)

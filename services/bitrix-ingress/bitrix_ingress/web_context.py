@@ -19,7 +19,7 @@ from bitrix_ingress.deps import Deps
 from bitrix_ingress.formparse import FormError, parse_form
 from bitrix_ingress.pacing import PacerRegistry
 from bitrix_ingress.portal import PortalClient
-from bitrix_ingress.rest import BitrixRest
+from bitrix_ingress.portal_egress import portal_rest
 from bitrix_ingress.settings import WebSettings
 
 # Every web module logs under the process's one name.
@@ -65,11 +65,7 @@ class Ctx:
         self.producer_ready = asyncio.Event()
         self.clients = Clients(grpc_settings)
         self.deps = Deps(self.clients)
-        self.rest = BitrixRest(
-            timeout_s=min(settings.bitrix_rest_timeout_s, 20.0),
-            connect_timeout_s=settings.bitrix_rest_connect_timeout_s,
-            body=settings.bitrix_rest_body,
-        )
+        self.rest = portal_rest(settings, timeout_s=min(settings.bitrix_rest_timeout_s, 20.0))
         self.pacers = PacerRegistry(settings.rate_for)
         self.portals = PortalClient(self.deps, self.rest, self.pacers, settings, attempts=2)
         self.verified = TtlCache(10_000)

@@ -134,6 +134,7 @@ async def stack(
             "ZAPTRIX_KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
             "ZAPTRIX_KAFKA_TOPIC_PREFIX": prefix,
             "ZAPTRIX_ALLOW_INSECURE_HTTP": "true",
+            "ZAPTRIX_EGRESS_ALLOW_NETWORKS": '["127.0.0.1/32"]',  # the local stand-ins only
             "ZAPTRIX_ENVIRONMENT": "test",
             **fakes.env(),
         }

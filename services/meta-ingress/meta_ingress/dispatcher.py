@@ -48,6 +48,7 @@ from meta_ingress.graph import GraphClient
 from meta_ingress.notices import Notifier
 from meta_ingress.operator_events import OperatorEvents
 from meta_ingress.operator_messages import OperatorMessages
+from meta_ingress.portal_hosts import PortalHosts
 from meta_ingress.producer import connect_producer
 from meta_ingress.settings import DispatcherSettings
 from meta_ingress.window import Window
@@ -69,7 +70,8 @@ class MetaDispatcher:
         files_http: httpx.AsyncClient | None = None,
     ) -> None:
         self.ctx = Context(settings, clients, graph, Notifier(producer, out_topic))
-        self.files = BitrixFiles(settings, graph, self.ctx.sender, files_http)
+        hosts = PortalHosts(clients, settings.file_host_allowlist)
+        self.files = BitrixFiles(settings, graph, self.ctx.sender, files_http, hosts)
         self.window = Window(self.ctx)
         self.messages = OperatorMessages(self.ctx, self.window, self.files)
         self.others = OperatorEvents(self.ctx, self.messages)

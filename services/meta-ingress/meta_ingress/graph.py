@@ -13,7 +13,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import IO, Any
 
 import httpx
 from zaptrix.metrics import EXTERNAL_CALLS, EXTERNAL_LATENCY
@@ -234,9 +234,10 @@ class GraphClient:
             EXTERNAL_LATENCY.labels(PLATFORM, "media_download").observe(time.perf_counter() - started)
 
     async def upload_media(
-        self, phone_number_id: str, token: str, data: bytes, mime_type: str, filename: str
+        self, phone_number_id: str, token: str, data: bytes | IO[bytes], mime_type: str, filename: str
     ) -> str:
-        """POST /<phone_number_id>/media (multipart: file, type, messaging_product); returns the media id."""
+        """POST /<phone_number_id>/media (multipart: file, type, messaging_product); returns the media id.
+        A file object is streamed from its start (httpx rewinds it, so a retry sends it whole again)."""
         result = await self._request(
             "POST",
             "media_upload",

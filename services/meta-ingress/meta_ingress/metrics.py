@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 # --- web -------------------------------------------------------------------------------------------
 WEBHOOKS = Counter(
@@ -88,4 +88,12 @@ OPERATOR_EVENTS = Counter(
 )
 DUPLICATES = Counter(
     "zaptrix_meta_duplicate_events_total", "Redelivered events whose effect had already happened", ["type"]
+)
+FILE_FETCHES = Counter(
+    "zaptrix_meta_file_fetches_total",
+    "Bitrix24 file downloads by outcome (ok, refused, too_large, too_slow, http_4xx, web_page, retried)",
+    ["outcome"],
+)
+FILE_SPOOL_BYTES = Gauge(
+    "zaptrix_meta_file_spool_bytes", "Spool budget reserved by downloads and uploads in progress"
 )

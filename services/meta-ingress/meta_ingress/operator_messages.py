@@ -192,7 +192,8 @@ class OperatorMessages:
         if part.kind == "text":
             payload = text_payload(to, part.text, part.context_id)
         else:
-            payload = media_payload(to, part, await self.files.media_ref(pnid, part, token))
+            ref = await self.files.media_ref(pnid, part, token, target.channel.member_id)
+            payload = media_payload(to, part, ref)
         for attempt in range(3):
             try:
                 return await sender.send(pnid, to, part_id, token, payload)

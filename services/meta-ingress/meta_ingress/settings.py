@@ -195,6 +195,40 @@ class DispatcherSettings(MetaSettings):
         100 * 1024 * 1024, ge=1024, description="Largest file fetched for upload (Meta's document limit)"
     )
     file_fetch_timeout_s: float = Field(30.0, gt=0, description="Read timeout fetching a Bitrix24 file")
+    file_fetch_deadline_s: float = Field(
+        120.0, gt=0, description="Longest a whole Bitrix24 file download may take (then: file not sent)"
+    )
+    file_min_rate_bytes_per_s: int = Field(
+        16 * 1024,
+        ge=0,
+        description="Slowest average transfer accepted after the grace period (a slow drip is abandoned)",
+    )
+    file_min_rate_grace_s: float = Field(10.0, ge=0, description="Seconds before the minimum rate applies")
+    file_fetch_concurrency: int = Field(
+        4, ge=1, description="Bitrix24 file downloads at once in this process (all conversations together)"
+    )
+    file_spool_budget_bytes: int = Field(
+        256 * 1024 * 1024,
+        ge=1024,
+        description=(
+            "Bytes of downloaded files held at once in the spool directory (the pod's /tmp emptyDir; keep "
+            "it under the chart's tmpSizeLimit); more waits"
+        ),
+    )
+    file_spool_wait_s: float = Field(
+        30.0, gt=0, description="Longest wait for spool budget before the message is retried later"
+    )
+    file_spool_dir: str = Field(
+        "", description="Where files are spooled while uploading (empty: $TMPDIR or /tmp)"
+    )
+    file_host_allowlist: list[str] = Field(
+        default_factory=list,
+        description=(
+            "Host suffixes file links may name besides the conversation's own portal (its domain and REST "
+            'endpoint host), JSON, e.g. ["bitrix24.com"]; checked on every redirect hop'
+        ),
+    )
+    file_max_redirects: int = Field(3, ge=0, le=10, description="Redirects followed by a file download")
 
     edit_mode: Literal["correction", "notice"] = Field(
         "notice",
@@ -223,6 +257,14 @@ class DispatcherSettings(MetaSettings):
         description="At most one re-engagement template per conversation in this period",
     )
     channel_cache_ttl_s: float = Field(30.0, ge=0, description="Mapper channel bindings are reused this long")
+
+    @model_validator(mode="after")
+    def _check_files(self) -> DispatcherSettings:
+        if self.upload_max_bytes > self.file_spool_budget_bytes:
+            raise ValueError(
+                "upload_max_bytes must not exceed file_spool_budget_bytes (a file could never fit)"
+            )
+        return self
 
 
 # Every settings class a meta-ingress process reads (the chart tests discover env vars from this list).

@@ -135,6 +135,19 @@ class FakeTokenKeeper(token_keeper_pb2_grpc.TokenKeeperServicer):
         }
         self.calls: list[str] = []
         self.down = False
+        # The portal whose file links the dispatcher may fetch: its own host (127.0.0.1, the test servers).
+        self.portals: dict[str, token_keeper_pb2.PortalStatus] = {
+            MEMBER: token_keeper_pb2.PortalStatus(
+                member_id=MEMBER, domain="portal.test", client_endpoint="http://127.0.0.1/rest/"
+            )
+        }
+
+    async def GetPortalStatus(self, request: Any, context: Any) -> Any:
+        self.calls.append(f"GetPortalStatus:{request.member_id}")
+        portal = self.portals.get(request.member_id)
+        if portal is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, "no such portal")
+        return portal
 
     async def GetChannelCredentials(self, request: Any, context: Any) -> Any:
         self.calls.append(f"GetChannelCredentials:{request.phone_number_id}")
@@ -390,6 +403,7 @@ def base_env(kafka: str, prefix: str, fakes_addr: str, graph_url: str) -> dict[s
         "ZAPTRIX_MAPPER_ADDR": fakes_addr,
         "ZAPTRIX_GRAPH_API_BASE_URL": graph_url,
         "ZAPTRIX_ALLOW_INSECURE_HTTP": "true",
+        "ZAPTRIX_EGRESS_ALLOW_NETWORKS": '["127.0.0.1/32"]',  # the local file servers, nothing else
         "ZAPTRIX_ENVIRONMENT": "test",
         "ZAPTRIX_MEDIA_URL_SECRET": "test-media-secret-0123456789abcdef",
         "ZAPTRIX_LOG_LEVEL": "INFO",
