@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import grpc
 
+from zaptrix.grpcauth import InsecureGrpcError
 from zaptrix.settings import GrpcClientSettings
 from zaptrix.v1 import mapper_pb2_grpc, token_keeper_pb2_grpc
 
@@ -15,10 +16,6 @@ _CHANNEL_OPTIONS = [
     ("grpc.keepalive_time_ms", 30_000),
     ("grpc.enable_retries", 1),
 ]
-
-
-class InsecureGrpcError(RuntimeError):
-    """Plaintext gRPC where mTLS is required (production)."""
 
 
 def open_channel(addr: str, server_name: str, settings: GrpcClientSettings) -> grpc.aio.Channel:

@@ -20,6 +20,11 @@ from zaptrix.logging import get_logger
 
 log = get_logger(__name__)
 
+
+class InsecureGrpcError(RuntimeError):
+    """Plaintext gRPC where mutual TLS is required (ZAPTRIX_ENVIRONMENT=production)."""
+
+
 SUFFIX = ".zaptrix"
 # Identities (certificate CNs). Servers present theirs to clients; callers present theirs to servers.
 MAPPER = "mapper" + SUFFIX
@@ -127,7 +132,8 @@ def identity_of(context: grpc.aio.ServicerContext[Any, Any]) -> str | None:
     names = (context.auth_context() or {}).get("x509_common_name") or []
     if len(names) != 1:
         return None
-    return names[0].decode("utf-8", "replace")
+    name: bytes = names[0]
+    return name.decode("utf-8", "replace")
 
 
 def _labels(caller: str | None, method: str) -> tuple[str, str, str]:
@@ -204,7 +210,7 @@ def _guard(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler
     )
 
 
-class CallerAllowlist(grpc.aio.ServerInterceptor):
+class CallerAllowlist(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     """Server interceptor enforcing ALLOWED. The caller is only known from the servicer context, so the
     check wraps the method handler instead of deciding in intercept_service itself."""
 
@@ -214,7 +220,7 @@ class CallerAllowlist(grpc.aio.ServerInterceptor):
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(handler_call_details)
-        method: str = handler_call_details.method  # type: ignore[attr-defined]
+        method: str = handler_call_details.method
         if handler is None or method.startswith(OPEN_PREFIXES):
             return handler
         return _guard(handler, method)

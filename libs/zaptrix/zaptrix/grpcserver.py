@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from zaptrix.grpcauth import CallerAllowlist
+from zaptrix.grpcauth import CallerAllowlist, InsecureGrpcError
 from zaptrix.logging import get_logger
 from zaptrix.metrics import serve_metrics
 from zaptrix.settings import GrpcServerSettings
@@ -63,8 +63,9 @@ async def serve(
     `security` defaults to the ZAPTRIX_GRPC_TLS_* / ZAPTRIX_GRPC_HEALTH_PORT environment."""
     security = security or GrpcServerSettings()
     if not security.tls_enabled and security.environment == "production":
-        log.error("refusing to start: production needs mTLS (ZAPTRIX_GRPC_TLS_CERT_FILE/_KEY_FILE/_CA_FILE)")
-        raise SystemExit(2)
+        raise InsecureGrpcError(
+            "refusing to serve plaintext gRPC in production: set ZAPTRIX_GRPC_TLS_CERT_FILE, _KEY_FILE, _CA_FILE"
+        )
     server = grpc.aio.server(interceptors=[CallerAllowlist()] if security.tls_enabled else None)
     names = register(server)
     servicer = health.aio.HealthServicer()
