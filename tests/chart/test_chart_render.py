@@ -14,7 +14,11 @@ from chart_support import CHART, KUBE_VERSIONS, NAMESPACE, RELEASE, VALUE_SETS, 
 Run = Callable[..., subprocess.CompletedProcess[str]]
 
 # Custom resources: kubernetes-validate ships only the built-in kinds; these are checked by hand below.
-CRD_KINDS = {("monitoring.coreos.com/v1", "ServiceMonitor"), ("kafka.strimzi.io/v1beta2", "KafkaTopic")}
+CRD_KINDS = {
+    ("monitoring.coreos.com/v1", "ServiceMonitor"),
+    ("kafka.strimzi.io/v1beta2", "KafkaTopic"),
+    ("cert-manager.io/v1", "Certificate"),
+}
 
 
 @pytest.mark.parametrize("name", sorted(VALUE_SETS))
@@ -100,6 +104,27 @@ def test_custom_resources_are_well_formed(render: Callable[..., Rendered]) -> No
         assert all(isinstance(v, str) for v in t["spec"]["config"].values())
     dlq = next(t for t in topics if t["spec"]["topicName"].endswith(".dlq.v1"))
     assert dlq["spec"]["config"]["retention.ms"] == "2592000000"
+    # Review L9: acks=all is only as strong as min.insync.replicas, on every topic.
+    for t in topics:
+        assert int(t["spec"]["config"]["min.insync.replicas"]) >= 2, t["spec"]["topicName"]
+        assert t["spec"]["replicas"] > int(t["spec"]["config"]["min.insync.replicas"])
+
+    certificates = rendered.of_kind("Certificate")
+    assert len(certificates) == 6
+    for cert in certificates:
+        assert cert["apiVersion"] == "cert-manager.io/v1"
+        assert set(cert["spec"]) == {
+            "secretName",
+            "commonName",
+            "dnsNames",
+            "duration",
+            "renewBefore",
+            "privateKey",
+            "usages",
+            "issuerRef",
+        }
+        assert cert["spec"]["issuerRef"]["kind"] in ("Issuer", "ClusterIssuer")
+        assert cert["spec"]["privateKey"]["rotationPolicy"] == "Always"
 
 
 BAD_VALUES = {
@@ -124,6 +149,8 @@ BAD_VALUES = {
     "create and existing secret": ["secrets.create=true", "secrets.existingSecret=mine"],
     "probe without handler": ["components.mapper.livenessProbe.grpc=null"],
     "resources without limits": ["components.mapper.resources.limits=null"],
+    "unknown grpc tls source": ["grpcTls.source=vault"],
+    "unknown connection": ["components.mapper.connections.redis=true"],
 }
 
 
