@@ -41,6 +41,7 @@ class Servers:
     mapper_port: int
     tk_port: int
     tk_metrics_port: int
+    tk_health_port: int
     certs: dict[str, CertFiles]
 
     def channel(
@@ -110,6 +111,7 @@ async def servers(pg_server_url: str, tmp_path_factory: pytest.TempPathFactory) 
         grpcauth.ADMIN,
         grpcauth.META_INGRESS_WEB,
         grpcauth.BITRIX_INGRESS_WEB,
+        "stranger.zaptrix",  # signed by the right CA, but no row in the table
     ]
     certs = {name: ca.issue(name) for name in identities}
     for script in ("mapper-migrate", "token-keeper-migrate"):
@@ -121,7 +123,7 @@ async def servers(pg_server_url: str, tmp_path_factory: pytest.TempPathFactory) 
             check=False,
         )
         assert done.returncode == 0, done.stdout + done.stderr
-    s = Servers(ca, free_port(), free_port(), free_port(), certs)
+    s = Servers(ca, free_port(), free_port(), free_port(), free_port(), certs)
     procs = [
         _spawn(
             "mapper-server",
@@ -140,6 +142,7 @@ async def servers(pg_server_url: str, tmp_path_factory: pytest.TempPathFactory) 
                 certs[grpcauth.TOKEN_KEEPER],
                 ZAPTRIX_GRPC_PORT=str(s.tk_port),
                 ZAPTRIX_METRICS_PORT=str(s.tk_metrics_port),
+                ZAPTRIX_GRPC_HEALTH_PORT=str(s.tk_health_port),
             ),
             tmp_path / "token-keeper.log",
         ),
@@ -372,3 +375,26 @@ async def test_meta_ingress_web_allowed_calls_work(servers: Servers) -> None:
     async with servers.channel("mapper", grpcauth.META_INGRESS_WEB) as channel:
         health = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
     assert health.status == health_pb2.HealthCheckResponse.SERVING
+
+
+async def test_unknown_identity_of_the_right_ca_is_refused(servers: Servers) -> None:
+    await _seed(servers)
+    before = await servers.refusals("unknown", "GetChannelCredentials")
+    stub = servers.tk("stranger.zaptrix")
+    request = token_keeper_pb2.GetChannelCredentialsRequest(phone_number_id=PNID)
+    assert await _code(stub.GetChannelCredentials(request, timeout=5)) == grpc.StatusCode.PERMISSION_DENIED
+    # The metric's caller label comes from the fixed table only: an unknown name cannot grow it.
+    assert await servers.refusals("unknown", "GetChannelCredentials") == before + 1
+
+
+async def test_plaintext_health_port_serves_nothing_but_health(servers: Servers) -> None:
+    """The kubelet's probes need plaintext; that port must not become a way around mTLS."""
+    await _seed(servers)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{servers.tk_health_port}") as channel:
+        health = await health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service="liveness"), timeout=5
+        )
+        assert health.status == health_pb2.HealthCheckResponse.SERVING
+        stub = token_keeper_pb2_grpc.TokenKeeperStub(channel)
+        request = token_keeper_pb2.GetChannelCredentialsRequest(phone_number_id=PNID)
+        assert await _code(stub.GetChannelCredentials(request, timeout=5)) == grpc.StatusCode.UNIMPLEMENTED
