@@ -107,3 +107,28 @@ def test_method_lists_match_the_protos() -> None:
     mapper = mapper_pb2.DESCRIPTOR.services_by_name["Mapper"]
     assert {m.name for m in tk.methods} == set(grpcauth.TOKEN_KEEPER_METHODS)
     assert {m.name for m in mapper.methods} == set(grpcauth.MAPPER_METHODS)
+
+
+def test_docs_show_the_caller_table() -> None:
+    """docs/token-keeper.md and docs/mapper.md show ALLOWED as it is enforced."""
+    root = Path(__file__).resolve().parents[3]
+    callers = [
+        grpcauth.META_INGRESS_WEB,
+        grpcauth.META_DISPATCHER,
+        grpcauth.BITRIX_INGRESS_WEB,
+        grpcauth.BITRIX_DISPATCHER,
+        grpcauth.ADMIN,
+    ]
+    for doc, service, methods in (
+        ("token-keeper.md", "TokenKeeper", grpcauth.TOKEN_KEEPER_METHODS),
+        ("mapper.md", "Mapper", grpcauth.MAPPER_METHODS),
+    ):
+        text = (root / "docs" / doc).read_text()
+        rows = [line.strip().strip("|").split("|") for line in text.splitlines() if line.startswith("| `")]
+        table = {r[0].strip(" `"): [c.strip() for c in r[1:]] for r in rows if len(r) == len(callers) + 1}
+        for method in methods:
+            cells = table[method]
+            expected = [
+                "yes" if f"/zaptrix.v1.{service}/{method}" in grpcauth.ALLOWED[c] else "" for c in callers
+            ]
+            assert cells == expected, (doc, method)
