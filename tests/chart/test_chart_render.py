@@ -174,6 +174,7 @@ def test_values_schema_refuses_bad_values_in_lint(run_helm: Run) -> None:
             ["kafka.sasl.enabled=true", "kafka.sasl.username="],
             "kafka.sasl.username is required",
         ),
+        (["grpcTls.enabled=false"], "the processes refuse plaintext internal gRPC"),
     ],
 )
 def test_missing_required_values_fail_with_a_clear_message(
@@ -197,6 +198,8 @@ def test_templates_render_fast_enough_for_many_scenarios(run_helm: Run) -> None:
         ["components.metaIngress.enabled=false", "components.metaDispatcher.enabled=false"],
         ["defaults.autoscaling.enabled=true", "defaults.pdb.minAvailable=1"],
         ["fullnameOverride=zx", "image.registry=", "components.mapper.image.digest=sha256:" + "a" * 64],
+        ["networkPolicy.egress.enabled=false", "grpcTls.source=secret", "secrets.hasBitrixClientSecret=true"],
+        ["config.environment=dev", "grpcTls.enabled=false"],
     ]
     for sets in scenarios:
         proc = run_helm(*template_args(sets=tuple(sets)))
@@ -212,3 +215,25 @@ def test_chart_metadata() -> None:
     assert (CHART / "values.schema.json").is_file()
     assert Path(CHART / "templates" / "NOTES.txt").is_file()
     assert RELEASE  # the release name used by every rendering
+
+
+def test_grpc_certificates_from_own_secrets(render: Callable[..., Rendered]) -> None:
+    rendered = render(sets=("grpcTls.source=secret", "grpcTls.secretNames.mapper=my-mapper-tls"))
+    assert not rendered.of_kind("Certificate")
+    mapper = rendered.named("Deployment", f"{RELEASE}-zaptrix-mapper")
+    volumes = {v["name"]: v for v in mapper["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["grpc-tls"]["secret"]["secretName"] == "my-mapper-tls"
+    meta = rendered.named("Deployment", f"{RELEASE}-zaptrix-meta-ingress")
+    volumes = {v["name"]: v for v in meta["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["grpc-tls"]["secret"]["secretName"] == f"{RELEASE}-zaptrix-meta-ingress-grpc-tls"
+
+
+def test_optional_client_secret_is_mounted_only_when_it_exists(render: Callable[..., Rendered]) -> None:
+    def files(rendered: Rendered) -> set[str]:
+        data = rendered.named("ConfigMap", f"{RELEASE}-zaptrix-bitrix-ingress")["data"]
+        return {k for k in data if k.endswith("_FILE") and not k.startswith("ZAPTRIX_GRPC_TLS_")}
+
+    assert files(render()) == set()
+    assert files(render(sets=("secrets.hasBitrixClientSecret=true",))) == {
+        "ZAPTRIX_BITRIX_CLIENT_SECRET_FILE"
+    }
