@@ -144,6 +144,7 @@ BAD_VALUES = {
     "bad kafka protocol": ["kafka.securityProtocol=TLS"],
     "bad digest": ["components.mapper.image.digest=md5:abc"],
     "secret env to an unknown key": ["components.mapper.secretEnv.ZAPTRIX_DATABASE_URL=postgresPassword"],
+    "secret file to an unknown key": ["components.mapper.secretFiles.ZAPTRIX_DATABASE_URL=postgresPassword"],
     "plain env outside our prefixes": ["components.mapper.env.PATH=/tmp"],
     "sampler ratio above 1": ["otel.samplerArg=2"],
     "create and existing secret": ["secrets.create=true", "secrets.existingSecret=mine"],

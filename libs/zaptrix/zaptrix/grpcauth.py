@@ -81,7 +81,8 @@ ALLOWED: dict[str, frozenset[str]] = {
     # Webhook signature check (app secret per phone_number_id) and Meta's GET verification handshake.
     META_INGRESS_WEB: _tk("GetChannelCredentials", "CheckVerifyToken"),
     # Sends through the Graph API with the channel's token; resolves and records conversations/links.
-    META_DISPATCHER: _tk("GetChannelCredentials")
+    # GetPortalStatus: the conversation's portal hosts, which operator file links may name (egress guard).
+    META_DISPATCHER: _tk("GetChannelCredentials", "GetPortalStatus")
     | _mapper(
         "GetChannel", "FindConversation", "FindMessageLink", "LinkMessage", "CheckProcessed", "MarkProcessed"
     ),
