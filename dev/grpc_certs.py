@@ -86,7 +86,9 @@ class DevCA:
             )
             .sign(self.key, hashes.SHA256())
         )
-        files = CertFiles(self.directory / f"{identity}.pem", self.directory / f"{identity}.key", self.ca_file)
+        files = CertFiles(
+            self.directory / f"{identity}.pem", self.directory / f"{identity}.key", self.ca_file
+        )
         files.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
         files.key.touch(mode=0o600)
         files.key.write_bytes(_key_pem(key))
