@@ -421,11 +421,9 @@ class SystemUnderTest:
     async def bind_channel(self) -> None:
         """The sandbox channel's credentials in token-keeper and its binding to the Open Line in the mapper
         (what LocalSystem.seed does after the app install)."""
-        import grpc
         from zaptrix.v1 import mapper_pb2, mapper_pb2_grpc, token_keeper_pb2, token_keeper_pb2_grpc
 
-        p = self.ports
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{p.token_keeper}") as channel:
+        async with self.local.grpc_channel("token-keeper") as channel:
             await token_keeper_pb2_grpc.TokenKeeperStub(channel).UpsertChannelCredentials(
                 token_keeper_pb2.UpsertChannelCredentialsRequest(
                     phone_number_id=SANDBOX_PHONE_NUMBER_ID,
@@ -436,7 +434,7 @@ class SystemUnderTest:
                 ),
                 timeout=10,
             )
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{p.mapper}") as channel:
+        async with self.local.grpc_channel("mapper") as channel:
             await mapper_pb2_grpc.MapperStub(channel).BindChannel(
                 mapper_pb2.BindChannelRequest(
                     channel=mapper_pb2.Channel(

@@ -24,6 +24,8 @@ SHARED: list[type[BaseSettings]] = [
     shared.CommonSettings,
     shared.KafkaSettings,
     shared.DatabaseSettings,
+    shared.GrpcTlsSettings,
+    shared.GrpcServerSettings,
     shared.GrpcClientSettings,
 ]
 OUT = Path(__file__).resolve().parent.parent / "docs" / "configuration.md"
@@ -64,13 +66,20 @@ def render() -> str:
         "variables: `OTEL_SERVICE_NAME`, `OTEL_EXPORTER_OTLP_ENDPOINT`, `OTEL_RESOURCE_ATTRIBUTES`,",
         "`OTEL_TRACES_SAMPLER`, `OTEL_TRACES_SAMPLER_ARG` — spans are exported only when an OTLP endpoint is set.",
         "",
+        "Every secret setting (shown as *secret* or *(empty)* below, e.g. `ZAPTRIX_DATABASE_URL`) can instead be",
+        "read from a file: `ZAPTRIX_<NAME>_FILE=/path` (one trailing newline is dropped). Setting both is refused,",
+        "and so is a file that cannot be read. The chart mounts its Secret that way (docs/deploy.md).",
+        "",
         "## Shared by every process",
         "",
     ]
     common = set(shared.CommonSettings.model_fields)
     for cls in SHARED:
+        # A shared class built on another one (GrpcServerSettings on GrpcTlsSettings) lists only its own fields.
+        bases = [b for b in SHARED if b is not cls and issubclass(cls, b)]
+        inherited_shared = set().union(*(set(b.model_fields) for b in bases))
         lines += [f"### {cls.__name__}", "", *(cls.__doc__ or "").strip().splitlines()[:1], ""]
-        lines += [*table(cls, set()), ""]
+        lines += [*table(cls, inherited_shared), ""]
     for service, module in SERVICES.items():
         mod = importlib.import_module(module)
         lines += [f"## {service}", ""]

@@ -20,7 +20,9 @@ from pathlib import Path
 
 import grpc
 import httpx
+from grpc_certs import CertFiles, DevCA
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from zaptrix import grpcauth
 
 BIN = Path(sys.executable).parent
 ROOT = Path(__file__).resolve().parent.parent
@@ -39,6 +41,15 @@ CONNECTOR_ID = "zaptrix_whatsapp"
 # Development-only key material: refused when ZAPTRIX_ENVIRONMENT=production.
 DEV_KEYS = "dev1:MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="
 DEV_MEDIA_SECRET = "dev-media-url-secret-change-me"
+# The gRPC identity (client/server certificate CN) of each process; real mTLS locally as in the chart.
+GRPC_IDENTITIES = {
+    "mapper": grpcauth.MAPPER,
+    "token-keeper": grpcauth.TOKEN_KEEPER,
+    "meta-ingress": grpcauth.META_INGRESS_WEB,
+    "meta-dispatcher": grpcauth.META_DISPATCHER,
+    "bitrix-ingress": grpcauth.BITRIX_INGRESS_WEB,
+    "bitrix-dispatcher": grpcauth.BITRIX_DISPATCHER,
+}
 
 
 def free_port() -> int:
@@ -92,8 +103,8 @@ def _health(port: int) -> Callable[[], Awaitable[bool]]:
     return lambda: _http_ok(f"http://127.0.0.1:{port}/health")
 
 
-async def _grpc_serving(addr: str) -> bool:
-    async with grpc.aio.insecure_channel(addr) as channel:
+async def _grpc_serving(channel: grpc.aio.Channel) -> bool:
+    async with channel:
         try:
             resp = await health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(), timeout=1.0
@@ -113,6 +124,27 @@ class LocalSystem:
     echo: bool = False
     extra_env: dict[str, dict[str, str]] = field(default_factory=dict)
     processes: dict[str, Process] = field(default_factory=dict)
+    grpc_certs: dict[str, CertFiles] = field(default_factory=dict)
+
+    # ---- gRPC identities ----------------------------------------------------------------------------
+
+    def grpc_tls(self, identity: str) -> CertFiles:
+        """The certificate of `identity`, issued by a CA created (once) in the state dir."""
+        if not self.grpc_certs:
+            ca = DevCA(self.state_dir / "grpc-tls")
+            for name in [*GRPC_IDENTITIES.values(), grpcauth.ADMIN]:
+                self.grpc_certs[name] = ca.issue(name)
+        return self.grpc_certs[identity]
+
+    def grpc_channel(self, server: str, identity: str = grpcauth.ADMIN) -> grpc.aio.Channel:
+        """A mutual-TLS channel to "mapper" or "token-keeper" as `identity` (default: operator tooling)."""
+        cert, key, ca = self.grpc_tls(identity).read()
+        port = self.ports.mapper if server == "mapper" else self.ports.token_keeper
+        return grpc.aio.secure_channel(
+            f"127.0.0.1:{port}",
+            grpc.ssl_channel_credentials(root_certificates=ca, private_key=key, certificate_chain=cert),
+            options=[("grpc.ssl_target_name_override", GRPC_IDENTITIES[server])],
+        )
 
     # ---- configuration ------------------------------------------------------------------------------
 
@@ -140,6 +172,8 @@ class LocalSystem:
             env["ZAPTRIX_ALLOW_INSECURE_HTTP"] = "true"
             # The sandbox portal (REST endpoint, file links) lives on 127.0.0.1: exactly that, nothing else.
             env["ZAPTRIX_EGRESS_ALLOW_NETWORKS"] = '["127.0.0.1/32"]'
+        if service in GRPC_IDENTITIES:
+            env.update(self.grpc_tls(GRPC_IDENTITIES[service]).env())
         env.update(self.extra_env.get(service, {}))
         return env
 
@@ -207,13 +241,13 @@ class LocalSystem:
                 "mapper",
                 "mapper-server",
                 db | {"ZAPTRIX_GRPC_PORT": str(p.mapper), "ZAPTRIX_METRICS_PORT": str(p.mapper_metrics)},
-                lambda: _grpc_serving(f"127.0.0.1:{p.mapper}"),
+                lambda: _grpc_serving(self.grpc_channel("mapper")),
             ),
             self._service(
                 "token-keeper",
                 "token-keeper-server",
                 tk_env,
-                lambda: _grpc_serving(f"127.0.0.1:{p.token_keeper}"),
+                lambda: _grpc_serving(self.grpc_channel("token-keeper")),
             ),
             self._service("meta-ingress", "meta-ingress-web", meta, _health(p.meta_web)),
             self._service("meta-dispatcher", "meta-dispatcher", meta, _health(p.meta_dispatcher)),
@@ -321,7 +355,7 @@ class LocalSystem:
             resp.raise_for_status()
             if resp.json().get("gateway_status") != 200:
                 raise RuntimeError(f"app install failed: {resp.text}\n{self.log_tail('bitrix-ingress')}")
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{p.token_keeper}") as channel:
+        async with self.grpc_channel("token-keeper") as channel:
             await token_keeper_pb2_grpc.TokenKeeperStub(channel).UpsertChannelCredentials(
                 token_keeper_pb2.UpsertChannelCredentialsRequest(
                     phone_number_id=SANDBOX_PHONE_NUMBER_ID,
@@ -332,7 +366,7 @@ class LocalSystem:
                 ),
                 timeout=5,
             )
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{p.mapper}") as channel:
+        async with self.grpc_channel("mapper") as channel:
             await mapper_pb2_grpc.MapperStub(channel).BindChannel(
                 mapper_pb2.BindChannelRequest(
                     channel=mapper_pb2.Channel(

@@ -45,6 +45,7 @@ async def main(pg_url: str) -> None:
             f"  bitrix-ingress    http://127.0.0.1:{ports.bitrix_web}   (/webhooks/bitrix24/outbound|install|settings)",
             f"  mapper            grpc 127.0.0.1:{ports.mapper}  metrics :{ports.mapper_metrics}",
             f"  token-keeper      grpc 127.0.0.1:{ports.token_keeper}  metrics :{ports.token_keeper_metrics}",
+            f"  gRPC is mutual TLS: operator certificate admin.zaptrix.pem/.key, CA ca.pem in {state / 'grpc-tls'}",
             f"  dispatchers       metrics/health :{ports.meta_dispatcher} (meta), :{ports.bitrix_dispatcher} (bitrix)",
             f"  PostgreSQL        {ports.pg}    Kafka 127.0.0.1:{ports.kafka}",
             "  Jaeger            http://127.0.0.1:16686/api/traces (OTLP :4317)  — `zaptrix-dev trace <wamid>`",

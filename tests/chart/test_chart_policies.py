@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Callable
 from typing import Any
@@ -89,7 +90,8 @@ def test_service_containers_have_probes_on_declared_ports(rendered: Rendered) ->
         for kind in ("livenessProbe", "readinessProbe", "startupProbe"):
             probe = c[kind]
             if component in GRPC:
-                assert probe["grpc"]["port"] == ports["grpc"], (component, kind)
+                # The kubelet cannot present a client certificate: probes use the plaintext health-only port.
+                assert probe["grpc"]["port"] == ports["health"], (component, kind)
             else:
                 get = probe["httpGet"]
                 assert get["port"] in ports, (component, kind)
@@ -119,8 +121,10 @@ def test_migrations_are_pre_install_and_pre_upgrade_hook_jobs(rendered: Rendered
         ]  # mapper-migrate, token-keeper-migrate
         # Pre-install hooks run before the release's own objects exist: nothing but a Secret may be referenced.
         assert "serviceAccountName" not in spec and "envFrom" not in c
-        refs = [e["valueFrom"]["secretKeyRef"]["name"] for e in c["env"] if "valueFrom" in e]
-        assert refs, "the migration gets its database URL from a Secret"
+        assert not [e for e in c["env"] if "valueFrom" in e], "secrets are files, not variables"
+        refs = [v["secret"]["secretName"] for v in spec["volumes"] if "secret" in v]
+        assert refs, "the migration gets its database URL from a Secret (a mounted file)"
+        assert any(e["name"] == "ZAPTRIX_DATABASE_URL_FILE" for e in c["env"])
         secrets = {s["metadata"]["name"]: s for s in rendered.of_kind("Secret")}
         for ref in refs:
             if ref in secrets:  # chart-created: must itself be an earlier hook
@@ -129,20 +133,24 @@ def test_migrations_are_pre_install_and_pre_upgrade_hook_jobs(rendered: Rendered
                 assert int(hook["helm.sh/hook-weight"]) < int(ann["helm.sh/hook-weight"])
 
 
-def test_each_database_url_goes_only_to_its_owner(rendered: Rendered) -> None:
+def test_each_secret_goes_only_to_its_users(rendered: Rendered) -> None:
     owner = {
         "mapper-database-url": {"mapper", "mapper-migrate"},
         "token-keeper-database-url": {"token-keeper", "token-keeper-migrate"},
+        "token-keeper-keys": {"token-keeper"},
+        "media-url-secret": {"meta-ingress", "meta-dispatcher"},
+        "bitrix-client-secret": {"bitrix-ingress"},
     }
     for workload, spec in pod_specs(rendered):
         component = workload["metadata"]["labels"]["app.kubernetes.io/component"]
         for c in containers(spec):
             for e in c.get("env", []):
                 ref = e.get("valueFrom", {}).get("secretKeyRef")
-                if e["name"] == "ZAPTRIX_DATABASE_URL":
-                    assert ref and component in owner[ref["key"]], (component, ref)
-                if ref and ref["key"] in owner:
-                    assert component in owner[ref["key"]], (component, ref["key"])
+                assert not ref or ref["key"] not in owner, (component, "secret as a variable", ref)
+        for volume in spec.get("volumes", []):
+            for item in volume.get("secret", {}).get("items", []):
+                if item["key"] in owner:
+                    assert component in owner[item["key"]], (component, item["key"])
 
 
 @pytest.mark.parametrize("production", [False, True], ids=["default", "production"])
@@ -270,3 +278,109 @@ def test_labels_and_selectors(rendered: Rendered) -> None:
             "app.kubernetes.io/component",
         }
         assert len(d["metadata"]["name"]) <= 63
+
+
+def _policies(rendered: Rendered) -> dict[str, dict[str, Any]]:
+    return {
+        p["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/component"]: p
+        for p in rendered.of_kind("NetworkPolicy")
+    }
+
+
+NEVER = [ipaddress.ip_network(n) for n in ("169.254.0.0/16", "100.64.0.0/10")]
+PRIVATE = [ipaddress.ip_network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "127.0.0.0/8")]
+
+
+def _reachable(block: dict[str, Any], network: ipaddress.IPv4Network) -> bool:
+    """Whether an ipBlock admits any address of `network` (not removed by its `except`)."""
+    cidr = ipaddress.ip_network(block["cidr"])
+    if not cidr.overlaps(network):
+        return False
+    return not any(network.subnet_of(ipaddress.ip_network(e)) for e in block.get("except", []))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("production", [False, True], ids=["default", "production"])
+def test_egress_is_closed_by_default(render: Callable[..., Rendered], production: bool) -> None:
+    """Review M8: every component has an egress policy; nothing reaches link-local (cloud metadata) or
+    carrier-grade NAT ranges, and private ranges only as declared dependency peers (PostgreSQL, Kafka, OTLP)."""
+    from chart_support import PRODUCTION_VALUES as PROD
+
+    rendered = render((PROD,) if production else ())
+    policies = _policies(rendered)
+    assert set(policies) == set(COMPONENTS)
+    for component, p in policies.items():
+        assert "Egress" in p["spec"]["policyTypes"], component
+        for rule in p["spec"]["egress"]:
+            assert rule.get("to"), f"{component}: an egress rule without `to` reaches every address"
+            assert rule.get("ports"), f"{component}: an egress rule without ports reaches every port"
+            ports = {port["port"] for port in rule["ports"]}
+            for peer in rule["to"]:
+                block = peer.get("ipBlock")
+                if block is None:
+                    continue
+                for net in NEVER:
+                    assert not _reachable(block, net), f"{component}: egress reaches {net} ({block})"
+                if ports == {443}:  # the internet rule: public addresses only
+                    for net in PRIVATE:
+                        assert not _reachable(block, net), f"{component}: 443 reaches {net}"
+                else:
+                    assert ports & {5432, 9092, 9093, 4317}, f"{component}: undeclared ipBlock rule {rule}"
+
+    # Who reaches what.
+    def ports_of(component: str) -> set[Any]:
+        return {port["port"] for r in policies[component]["spec"]["egress"] for port in r["ports"]}
+
+    assert 5432 not in ports_of("meta-ingress") and 5432 not in ports_of("bitrix-ingress")
+    assert 5432 in ports_of("mapper") and 5432 in ports_of("token-keeper")
+    assert 443 not in ports_of("mapper"), "the mapper calls nothing outside"
+    assert "grpc" not in ports_of("mapper") and "grpc" not in ports_of("token-keeper")
+    for component in (*WEB, *DISPATCHERS):
+        assert "grpc" in ports_of(component) and 443 in ports_of(component)
+
+
+def test_grpc_clients_and_servers_have_their_certificates(render: Callable[..., Rendered]) -> None:
+    """Review M7: every component that serves or calls the internal gRPC mounts its own certificate, and
+    cert-manager issues it for the identity zaptrix.grpcauth authorises."""
+    from chart_support import PRODUCTION_VALUES as PROD
+    from zaptrix import grpcauth
+
+    identity = {
+        "meta-ingress": grpcauth.META_INGRESS_WEB,
+        "meta-dispatcher": grpcauth.META_DISPATCHER,
+        "bitrix-ingress": grpcauth.BITRIX_INGRESS_WEB,
+        "bitrix-dispatcher": grpcauth.BITRIX_DISPATCHER,
+        "mapper": grpcauth.MAPPER,
+        "token-keeper": grpcauth.TOKEN_KEEPER,
+    }
+    for rendered in (render(), render((PROD,))):
+        certificates = {c["spec"]["secretName"]: c for c in rendered.of_kind("Certificate")}
+        for d in rendered.of_kind("Deployment"):
+            component = d["metadata"]["labels"]["app.kubernetes.io/component"]
+            spec = d["spec"]["template"]["spec"]
+            (c,) = spec["containers"]
+            data = rendered.named("ConfigMap", d["metadata"]["name"])["data"]
+            mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
+            volumes = {v["name"]: v for v in spec["volumes"]}
+            for var in (
+                "ZAPTRIX_GRPC_TLS_CERT_FILE",
+                "ZAPTRIX_GRPC_TLS_KEY_FILE",
+                "ZAPTRIX_GRPC_TLS_CA_FILE",
+            ):
+                directory, _, name = data[var].rpartition("/")
+                secret = volumes[mounts[directory]["name"]]["secret"]
+                assert {"key": name, "path": name} in secret["items"], (component, var)
+                assert secret["defaultMode"] == 0o400
+            cert = certificates[secret["secretName"]]
+            assert cert["spec"]["commonName"] == identity[component]
+            assert cert["spec"]["dnsNames"] == [identity[component]]
+            assert {"client auth", "server auth"} <= set(cert["spec"]["usages"])
+
+
+def test_ingress_body_limit_matches_meta_ingress(rendered: Rendered) -> None:
+    """Review M8: nginx's default 1 MB would refuse webhooks meta-ingress accepts (up to 4 MiB)."""
+    from meta_ingress.settings import WebSettings
+
+    (ingress,) = rendered.of_kind("Ingress")
+    size = ingress["metadata"]["annotations"]["nginx.ingress.kubernetes.io/proxy-body-size"]
+    assert size.endswith("m")
+    assert int(size[:-1]) * 1024 * 1024 == WebSettings.model_fields["webhook_max_bytes"].default

@@ -14,7 +14,11 @@ from chart_support import CHART, KUBE_VERSIONS, NAMESPACE, RELEASE, VALUE_SETS, 
 Run = Callable[..., subprocess.CompletedProcess[str]]
 
 # Custom resources: kubernetes-validate ships only the built-in kinds; these are checked by hand below.
-CRD_KINDS = {("monitoring.coreos.com/v1", "ServiceMonitor"), ("kafka.strimzi.io/v1beta2", "KafkaTopic")}
+CRD_KINDS = {
+    ("monitoring.coreos.com/v1", "ServiceMonitor"),
+    ("kafka.strimzi.io/v1beta2", "KafkaTopic"),
+    ("cert-manager.io/v1", "Certificate"),
+}
 
 
 @pytest.mark.parametrize("name", sorted(VALUE_SETS))
@@ -100,6 +104,27 @@ def test_custom_resources_are_well_formed(render: Callable[..., Rendered]) -> No
         assert all(isinstance(v, str) for v in t["spec"]["config"].values())
     dlq = next(t for t in topics if t["spec"]["topicName"].endswith(".dlq.v1"))
     assert dlq["spec"]["config"]["retention.ms"] == "2592000000"
+    # Review L9: acks=all is only as strong as min.insync.replicas, on every topic.
+    for t in topics:
+        assert int(t["spec"]["config"]["min.insync.replicas"]) >= 2, t["spec"]["topicName"]
+        assert t["spec"]["replicas"] > int(t["spec"]["config"]["min.insync.replicas"])
+
+    certificates = rendered.of_kind("Certificate")
+    assert len(certificates) == 6
+    for cert in certificates:
+        assert cert["apiVersion"] == "cert-manager.io/v1"
+        assert set(cert["spec"]) == {
+            "secretName",
+            "commonName",
+            "dnsNames",
+            "duration",
+            "renewBefore",
+            "privateKey",
+            "usages",
+            "issuerRef",
+        }
+        assert cert["spec"]["issuerRef"]["kind"] in ("Issuer", "ClusterIssuer")
+        assert cert["spec"]["privateKey"]["rotationPolicy"] == "Always"
 
 
 BAD_VALUES = {
@@ -119,11 +144,14 @@ BAD_VALUES = {
     "bad kafka protocol": ["kafka.securityProtocol=TLS"],
     "bad digest": ["components.mapper.image.digest=md5:abc"],
     "secret env to an unknown key": ["components.mapper.secretEnv.ZAPTRIX_DATABASE_URL=postgresPassword"],
+    "secret file to an unknown key": ["components.mapper.secretFiles.ZAPTRIX_DATABASE_URL=postgresPassword"],
     "plain env outside our prefixes": ["components.mapper.env.PATH=/tmp"],
     "sampler ratio above 1": ["otel.samplerArg=2"],
     "create and existing secret": ["secrets.create=true", "secrets.existingSecret=mine"],
     "probe without handler": ["components.mapper.livenessProbe.grpc=null"],
     "resources without limits": ["components.mapper.resources.limits=null"],
+    "unknown grpc tls source": ["grpcTls.source=vault"],
+    "unknown connection": ["components.mapper.connections.redis=true"],
 }
 
 
@@ -147,6 +175,7 @@ def test_values_schema_refuses_bad_values_in_lint(run_helm: Run) -> None:
             ["kafka.sasl.enabled=true", "kafka.sasl.username="],
             "kafka.sasl.username is required",
         ),
+        (["grpcTls.enabled=false"], "the processes refuse plaintext internal gRPC"),
     ],
 )
 def test_missing_required_values_fail_with_a_clear_message(
@@ -170,6 +199,8 @@ def test_templates_render_fast_enough_for_many_scenarios(run_helm: Run) -> None:
         ["components.metaIngress.enabled=false", "components.metaDispatcher.enabled=false"],
         ["defaults.autoscaling.enabled=true", "defaults.pdb.minAvailable=1"],
         ["fullnameOverride=zx", "image.registry=", "components.mapper.image.digest=sha256:" + "a" * 64],
+        ["networkPolicy.egress.enabled=false", "grpcTls.source=secret", "secrets.hasBitrixClientSecret=true"],
+        ["config.environment=dev", "grpcTls.enabled=false"],
     ]
     for sets in scenarios:
         proc = run_helm(*template_args(sets=tuple(sets)))
@@ -185,3 +216,25 @@ def test_chart_metadata() -> None:
     assert (CHART / "values.schema.json").is_file()
     assert Path(CHART / "templates" / "NOTES.txt").is_file()
     assert RELEASE  # the release name used by every rendering
+
+
+def test_grpc_certificates_from_own_secrets(render: Callable[..., Rendered]) -> None:
+    rendered = render(sets=("grpcTls.source=secret", "grpcTls.secretNames.mapper=my-mapper-tls"))
+    assert not rendered.of_kind("Certificate")
+    mapper = rendered.named("Deployment", f"{RELEASE}-zaptrix-mapper")
+    volumes = {v["name"]: v for v in mapper["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["grpc-tls"]["secret"]["secretName"] == "my-mapper-tls"
+    meta = rendered.named("Deployment", f"{RELEASE}-zaptrix-meta-ingress")
+    volumes = {v["name"]: v for v in meta["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["grpc-tls"]["secret"]["secretName"] == f"{RELEASE}-zaptrix-meta-ingress-grpc-tls"
+
+
+def test_optional_client_secret_is_mounted_only_when_it_exists(render: Callable[..., Rendered]) -> None:
+    def files(rendered: Rendered) -> set[str]:
+        data = rendered.named("ConfigMap", f"{RELEASE}-zaptrix-bitrix-ingress")["data"]
+        return {k for k in data if k.endswith("_FILE") and not k.startswith("ZAPTRIX_GRPC_TLS_")}
+
+    assert files(render()) == set()
+    assert files(render(sets=("secrets.hasBitrixClientSecret=true",))) == {
+        "ZAPTRIX_BITRIX_CLIENT_SECRET_FILE"
+    }

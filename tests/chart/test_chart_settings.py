@@ -13,6 +13,7 @@ import importlib
 import inspect
 import tomllib
 from collections.abc import Callable
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -37,6 +38,8 @@ SHARED_CLASSES: list[type[BaseSettings]] = [
     shared.DatabaseSettings,
     shared.GrpcClientSettings,
 ]
+# Non-secret values the chart keeps in the Secret and passes as variables (a key id, not key material).
+SECRET_ENV_ALLOWED = {"ZAPTRIX_TOKEN_KEEPER_ACTIVE_KEY_ID"}
 # What a real Secret holds under each key (shapes the services validate).
 SECRET_SAMPLES = {
     "mapper-database-url": "postgresql://mapper:pw@postgres:5432/zaptrix",
@@ -87,13 +90,17 @@ def classes_for(script: str) -> tuple[list[type[BaseSettings]], str | None]:
     return own + SHARED_CLASSES, f"{package}.settings has no SETTINGS_CLASSES yet"
 
 
-def env_names(cls: type[BaseSettings]) -> dict[str, str]:
-    """Environment variable -> field name."""
+def env_names(cls: type[BaseSettings], *, files: bool = True) -> dict[str, str]:
+    """Environment variable -> field name; secret fields also as ``<VAR>_FILE`` (zaptrix.settings)."""
     prefix = str(cls.model_config.get("env_prefix", ""))
+    secret = set(shared.secret_fields(cls))
     out = {}
     for name, field in cls.model_fields.items():
         alias = field.validation_alias if isinstance(field.validation_alias, str) else None
-        out[(alias or f"{prefix}{name}").upper()] = name
+        var = (alias or f"{prefix}{name}").upper()
+        out[var] = name
+        if files and name in secret:
+            out[var + shared.FILE_SUFFIX] = name
     return out
 
 
@@ -153,25 +160,32 @@ def test_env_names_are_real_settings_and_required_ones_are_set(chart: Rendered) 
         else:
             assert not unknown, f"{name} ({script}) sets variables its settings do not read: {unknown}"
         for cls in classes:
-            for var, field in env_names(cls).items():
+            for var, field in env_names(cls, files=False).items():
                 if cls.model_fields[field].is_required():
-                    assert var in env and var not in optional, (
-                        f"{name}: required {var} ({cls.__name__}) not set"
-                    )
+                    given = var in env or var + shared.FILE_SUFFIX in env
+                    assert given and var not in optional, f"{name}: required {var} ({cls.__name__}) not set"
     if pending:
         pytest.xfail("settings not discoverable yet: " + "; ".join(pending))
 
 
 def test_each_process_starts_with_the_rendered_configuration(
-    chart: Rendered, monkeypatch: pytest.MonkeyPatch
+    chart: Rendered, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     """Instantiate every settings class with exactly the container's environment: validators included
-    (production demands https public URLs, a long media secret, encryption keys)."""
+    (production demands https public URLs, a long media secret, encryption keys). Secret files are
+    written where the container would see them, under tmp_path."""
     import os
 
     for name, script, c in processes(chart):
         classes, _ = classes_for(script)
         env, optional = container_env(chart, c)
+        for var, value in list(env.items()):
+            if var.endswith(shared.FILE_SUFFIX) and not var.startswith("ZAPTRIX_GRPC_TLS_"):
+                key = value.rsplit("/", 1)[-1]
+                assert key in SECRET_SAMPLES, f"{name}: {var} names {value}, not a Secret key"
+                path = tmp_path / key
+                path.write_text(SECRET_SAMPLES[key] + "\n")
+                env[var] = str(path)
         with monkeypatch.context() as m:
             for var in list(os.environ):
                 if var.startswith(("ZAPTRIX_", "OTEL_")):
@@ -229,3 +243,45 @@ def test_the_check_catches_a_variable_no_setting_reads(render: Callable[..., Ren
     env, _ = container_env(rendered, c)
     known = set().union(*(env_names(cls) for cls in classes))
     assert "ZAPTRIX_NOT_A_SETTING" in env and "ZAPTRIX_NOT_A_SETTING" not in known
+
+
+def test_secrets_reach_the_processes_as_files_never_as_variables(chart: Rendered) -> None:
+    """Review M8: secrets in the environment sit in /proc/*/environ and are inherited by subprocesses."""
+    for workload, spec in pod_specs(chart):
+        where = workload["metadata"]["name"]
+        volumes = {v["name"]: v for v in spec.get("volumes", [])}
+        for c in spec["containers"]:
+            classes, _ = classes_for(c["command"][0])
+            secret_vars = {
+                var
+                for cls in classes
+                for var, f in env_names(cls, files=False).items()
+                if f in shared.secret_fields(cls)
+            }
+            for e in c.get("env", []):
+                assert e["name"] not in secret_vars, f"{where}: secret {e['name']} as a variable"
+                if "secretKeyRef" in e.get("valueFrom", {}):
+                    assert e["name"] in SECRET_ENV_ALLOWED, (
+                        f"{where}: {e['name']} from a Secret as a variable"
+                    )
+            env, _ = container_env(chart, c)
+            assert not secret_vars & set(env), f"{where}: {secret_vars & set(env)} in the ConfigMap"
+            mounts = {m["mountPath"]: m for m in c.get("volumeMounts", [])}
+            for var, value in env.items():
+                if var.endswith(shared.FILE_SUFFIX) and not var.startswith("ZAPTRIX_GRPC_TLS_"):
+                    directory, _, key = value.rpartition("/")
+                    mount = mounts[directory]
+                    assert mount["readOnly"] is True, where
+                    secret = volumes[mount["name"]]["secret"]
+                    assert secret["defaultMode"] == 0o400, f"{where}: {var} readable by more than its owner"
+                    assert {"key": key, "path": key} in secret["items"], f"{where}: {key} not mounted"
+
+
+def test_production_sets_the_portal_host_allowlist(render: Callable[..., Rendered]) -> None:
+    import json
+
+    rendered = render((PRODUCTION_VALUES,))
+    for component in ("bitrix-ingress", "bitrix-dispatcher"):
+        cm = rendered.named("ConfigMap", f"zt-zaptrix-{component}")
+        suffixes = json.loads(cm["data"]["ZAPTRIX_BITRIX_PORTAL_HOST_SUFFIXES"])
+        assert "bitrix24.com" in suffixes, component

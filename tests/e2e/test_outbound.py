@@ -165,9 +165,7 @@ async def test_closed_window_sends_the_reengagement_template_where_configured(
 
 
 async def _bind_template(system: System, name: str) -> None:
-    import grpc
-
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{system.ports.mapper}") as channel:
+    async with system.local.grpc_channel("mapper") as channel:
         await mapper_pb2_grpc.MapperStub(channel).BindChannel(
             mapper_pb2.BindChannelRequest(
                 channel=mapper_pb2.Channel(

@@ -32,6 +32,20 @@ effective component config built by "zaptrix.componentConfig".
 {{- if $c.connections.tokenKeeper -}}
 {{- $_ := set $data "ZAPTRIX_TOKEN_KEEPER_ADDR" (include "zaptrix.grpcAddr" (list $root "tokenKeeper")) -}}
 {{- end -}}
+{{- if include "zaptrix.usesGrpcTls" (list $root $c) -}}
+{{- $dir := $root.Values.grpcTls.mountPath | trimSuffix "/" -}}
+{{- $_ := set $data "ZAPTRIX_GRPC_TLS_CERT_FILE" (printf "%s/tls.crt" $dir) -}}
+{{- $_ := set $data "ZAPTRIX_GRPC_TLS_KEY_FILE" (printf "%s/tls.key" $dir) -}}
+{{- $_ := set $data "ZAPTRIX_GRPC_TLS_CA_FILE" (printf "%s/ca.crt" $dir) -}}
+{{- end -}}
+{{- range $var, $key := include "zaptrix.secretFiles" (list $root $c) | fromJson -}}
+{{- $_ := set $data (printf "%s_FILE" $var) (printf "%s/%s" ($root.Values.secrets.secretsMountPath | trimSuffix "/") $key) -}}
+{{- end -}}
+{{- if $root.Values.config.portalHostSuffixes -}}
+{{- range $var := $c.portalHostsEnv -}}
+{{- $_ := set $data $var (toJson $root.Values.config.portalHostSuffixes) -}}
+{{- end -}}
+{{- end -}}
 {{- $publicUrl := include "zaptrix.publicBaseUrl" $root -}}
 {{- if and $c.publicUrl $publicUrl -}}
 {{- $_ := set $data "ZAPTRIX_PUBLIC_BASE_URL" $publicUrl -}}
@@ -43,6 +57,40 @@ effective component config built by "zaptrix.componentConfig".
 {{- $_ := set $data $k ($v | toString) -}}
 {{- end -}}
 {{- toYaml $data -}}
+{{- end -}}
+
+{{/* Whether the component serves or calls the internal gRPC with mTLS. (list $root $c) */}}
+{{- define "zaptrix.usesGrpcTls" -}}
+{{- $c := index . 1 -}}
+{{- if and (index . 0).Values.grpcTls.enabled (or (eq $c.kind "grpc") $c.connections.mapper $c.connections.tokenKeeper) -}}true{{- end -}}
+{{- end -}}
+
+{{/* Name of the Secret holding a component's gRPC certificate. (list $root $c) */}}
+{{- define "zaptrix.grpcTlsSecret" -}}
+{{- $root := index . 0 -}}
+{{- $c := index . 1 -}}
+{{- index ($root.Values.grpcTls.secretNames | default dict) $c.key | default (printf "%s-grpc-tls" $c.fullname) -}}
+{{- end -}}
+
+{{/*
+Secrets a component reads from files, as JSON {setting variable: key in the Secret}: its secretFiles, the
+Kafka SASL password when SASL is on, and the optional bitrixClientSecret only when it exists.
+(list $root $c)
+*/}}
+{{- define "zaptrix.secretFiles" -}}
+{{- $root := index . 0 -}}
+{{- $c := index . 1 -}}
+{{- $s := $root.Values.secrets -}}
+{{- $out := dict -}}
+{{- range $var, $keyId := $c.secretFiles -}}
+{{- if or (ne $keyId "bitrixClientSecret") $s.hasBitrixClientSecret (and $s.create $s.values.bitrixClientSecret) -}}
+{{- $_ := set $out $var (index $s.keys $keyId) -}}
+{{- end -}}
+{{- end -}}
+{{- if and $c.connections.kafka $root.Values.kafka.sasl.enabled -}}
+{{- $_ := set $out "ZAPTRIX_KAFKA_SASL_PASSWORD" $s.keys.kafkaSaslPassword -}}
+{{- end -}}
+{{- toJson $out -}}
 {{- end -}}
 
 {{- define "zaptrix.configmap" -}}
@@ -81,7 +129,7 @@ automountServiceAccountToken: false
 {{- end }}
 {{- end -}}
 
-{{/* env entries of a container: secrets by reference, plus the pod name for OTEL resource attributes. */}}
+{{/* env entries of a container: non-secret values kept in the Secret (key ids). Secrets are files. */}}
 {{- define "zaptrix.secretEnv" -}}
 {{- $root := index . 0 -}}
 {{- $c := index . 1 -}}
@@ -95,13 +143,6 @@ automountServiceAccountToken: false
       {{- if has $keyId $optional }}
       optional: true
       {{- end }}
-{{- end }}
-{{- if and $c.connections.kafka $root.Values.kafka.sasl.enabled }}
-- name: ZAPTRIX_KAFKA_SASL_PASSWORD
-  valueFrom:
-    secretKeyRef:
-      name: {{ include "zaptrix.secretName" $root }}
-      key: {{ $root.Values.secrets.keys.kafkaSaslPassword }}
 {{- end }}
 {{- end -}}
 
@@ -122,6 +163,8 @@ imagePullSecrets:
 {{- define "zaptrix.deployment" -}}
 {{- $root := index . 0 -}}
 {{- $c := index . 1 }}
+{{- $files := include "zaptrix.secretFiles" (list $root $c) | fromJson }}
+{{- $tls := include "zaptrix.usesGrpcTls" (list $root $c) }}
 ---
 apiVersion: apps/v1
 kind: Deployment
@@ -238,10 +281,40 @@ spec:
           volumeMounts:
             - name: tmp
               mountPath: /tmp
+            {{- if $files }}
+            - name: secrets
+              mountPath: {{ $root.Values.secrets.secretsMountPath }}
+              readOnly: true
+            {{- end }}
+            {{- if $tls }}
+            - name: grpc-tls
+              mountPath: {{ $root.Values.grpcTls.mountPath }}
+              readOnly: true
+            {{- end }}
       volumes:
         - name: tmp
           emptyDir:
             sizeLimit: {{ $c.tmpSizeLimit }}
+        {{- if $files }}
+        - name: secrets
+          secret:
+            secretName: {{ include "zaptrix.secretName" $root }}
+            defaultMode: 0400
+            items:
+              {{- range $var, $key := $files }}
+              - {key: {{ $key }}, path: {{ $key }}}
+              {{- end }}
+        {{- end }}
+        {{- if $tls }}
+        - name: grpc-tls
+          secret:
+            secretName: {{ include "zaptrix.grpcTlsSecret" (list $root $c) }}
+            defaultMode: 0400
+            items:
+              - {key: tls.crt, path: tls.crt}
+              - {key: tls.key, path: tls.key}
+              - {key: ca.crt, path: ca.crt}
+        {{- end }}
 {{- end -}}
 
 {{- define "zaptrix.service" -}}
@@ -265,7 +338,7 @@ spec:
       port: {{ $port }}
       targetPort: {{ $name }}
       protocol: TCP
-      {{- if eq $name "grpc" }}
+      {{- if or (eq $name "grpc") (eq $name "health") }}
       appProtocol: grpc
       {{- else }}
       appProtocol: http
@@ -343,7 +416,8 @@ spec:
 {{/*
 NetworkPolicy of one component. Ingress: web components from the ingress controller on http;
 mapper and token-keeper on grpc only from our components that declare the connection; metrics from
-the monitoring namespace. Kubelet probes are not subject to NetworkPolicy.
+the monitoring namespace. Kubelet probes are not subject to NetworkPolicy. Egress: DNS, the gRPC servers
+it calls and the dependencies its `connections` declare (PostgreSQL, Kafka, OTLP, public HTTPS).
 */}}
 {{- define "zaptrix.networkpolicy" -}}
 {{- $root := index . 0 -}}
@@ -417,13 +491,11 @@ spec:
         - port: {{ ternary "http" "metrics" (eq $c.kind "web") }}
           protocol: TCP
   {{- if $np.egress.enabled }}
+  {{- $eg := $np.egress }}
   egress:
     # DNS
     - to:
-        - namespaceSelector: {}
-          podSelector:
-            matchLabels:
-              k8s-app: kube-dns
+        {{- toYaml $eg.dns.to | nindent 8 }}
       ports:
         - {port: 53, protocol: UDP}
         - {port: 53, protocol: TCP}
@@ -435,6 +507,9 @@ spec:
               - key: app.kubernetes.io/instance
                 operator: In
                 values: [{{ $root.Release.Name | quote }}]
+              - key: app.kubernetes.io/name
+                operator: In
+                values: [{{ include "zaptrix.name" $root | quote }}]
               - key: app.kubernetes.io/component
                 operator: In
                 values:
@@ -448,7 +523,38 @@ spec:
         - port: grpc
           protocol: TCP
     {{- end }}
-    {{- with $np.egress.extraRules }}
+    {{- if $c.connections.postgres }}
+    # PostgreSQL
+    - to:
+        {{- toYaml $eg.postgres.to | nindent 8 }}
+      ports:
+        {{- toYaml $eg.postgres.ports | nindent 8 }}
+    {{- end }}
+    {{- if $c.connections.kafka }}
+    # Kafka
+    - to:
+        {{- toYaml $eg.kafka.to | nindent 8 }}
+      ports:
+        {{- toYaml $eg.kafka.ports | nindent 8 }}
+    {{- end }}
+    {{- if $root.Values.otel.endpoint }}
+    # OpenTelemetry collector
+    - to:
+        {{- toYaml $eg.otlp.to | nindent 8 }}
+      ports:
+        {{- toYaml $eg.otlp.ports | nindent 8 }}
+    {{- end }}
+    {{- if $c.connections.internet }}
+    # Meta Graph API, Bitrix24 portals and OAuth: public addresses only
+    - to:
+        - ipBlock:
+            cidr: {{ $eg.internet.cidr }}
+            except:
+              {{- toYaml $eg.internet.except | nindent 14 }}
+      ports:
+        {{- toYaml $eg.internet.ports | nindent 8 }}
+    {{- end }}
+    {{- with $eg.extraRules }}
     {{- toYaml . | nindent 4 }}
     {{- end }}
   {{- end }}

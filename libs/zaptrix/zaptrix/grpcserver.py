@@ -1,4 +1,8 @@
-"""Run a grpc.aio server with the standard health service, metrics and graceful shutdown."""
+"""Run a grpc.aio server with the standard health service, metrics, graceful shutdown and, when
+certificates are configured, mutual TLS plus the caller allowlist (zaptrix.grpcauth).
+
+Without certificates the server is plaintext and lets every caller call every method: accepted in
+dev/test (single-service tests), refused in production."""
 
 from __future__ import annotations
 
@@ -9,8 +13,10 @@ from collections.abc import Awaitable, Callable
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from zaptrix.grpcauth import CallerAllowlist, InsecureGrpcError
 from zaptrix.logging import get_logger
 from zaptrix.metrics import serve_metrics
+from zaptrix.settings import GrpcServerSettings
 
 log = get_logger(__name__)
 
@@ -50,22 +56,52 @@ async def serve(
     stopped: asyncio.Event | None = None,
     bound: asyncio.Future[int] | None = None,
     handle_signals: bool = True,
+    security: GrpcServerSettings | None = None,
 ) -> None:
     """Serve until SIGTERM/SIGINT (with handle_signals) or until `stopped` is set. `register` adds servicers
-    and returns their names. Port 0 binds a free port; `bound` receives the port actually bound."""
-    server = grpc.aio.server()
+    and returns their names. Port 0 binds a free port; `bound` receives the port actually bound.
+    `security` defaults to the ZAPTRIX_GRPC_TLS_* / ZAPTRIX_GRPC_HEALTH_PORT environment."""
+    security = security or GrpcServerSettings()
+    if not security.tls_enabled and security.environment == "production":
+        raise InsecureGrpcError(
+            "refusing to serve plaintext gRPC in production: set ZAPTRIX_GRPC_TLS_CERT_FILE, _KEY_FILE, _CA_FILE"
+        )
+    server = grpc.aio.server(interceptors=[CallerAllowlist()] if security.tls_enabled else None)
     names = register(server)
     servicer = health.aio.HealthServicer()
     # "liveness" stays SERVING while the process runs (liveness probes); "" and each service follow
     # readiness, i.e. the database, so a database outage takes pods out of rotation without restarts.
     await servicer.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
     health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
-    actual = server.add_insecure_port(f"0.0.0.0:{port}")
+    health_server: grpc.aio.Server | None = None
+    if security.tls_enabled:
+        cert, key, ca = security.read_tls()
+        credentials = grpc.ssl_server_credentials(
+            [(key, cert)], root_certificates=ca, require_client_auth=True
+        )
+        actual = server.add_secure_port(f"0.0.0.0:{port}", credentials)
+        if security.grpc_health_port:
+            # Kubelet gRPC probes speak plaintext: a second server with nothing but the health service.
+            health_server = grpc.aio.server()
+            health_pb2_grpc.add_HealthServicer_to_server(servicer, health_server)
+            health_server.add_insecure_port(f"0.0.0.0:{security.grpc_health_port}")
+    else:
+        log.warning("gRPC without mTLS: every caller may call every method (refused in production)")
+        actual = server.add_insecure_port(f"0.0.0.0:{port}")
     serve_metrics(metrics_port)
     await server.start()
+    if health_server is not None:
+        await health_server.start()
     if bound is not None:
         bound.set_result(actual)
-    log.info("grpc server started", port=actual, services=names, metrics_port=metrics_port)
+    log.info(
+        "grpc server started",
+        port=actual,
+        services=names,
+        metrics_port=metrics_port,
+        mtls=security.tls_enabled,
+        health_port=security.grpc_health_port if health_server else None,
+    )
     watcher = asyncio.create_task(_watch_readiness(servicer, names, readiness, health_period_s))
     stop = stopped or asyncio.Event()
     if handle_signals:
@@ -77,3 +113,5 @@ async def serve(
     await servicer.enter_graceful_shutdown()
     watcher.cancel()
     await server.stop(grace_s)
+    if health_server is not None:
+        await health_server.stop(0)

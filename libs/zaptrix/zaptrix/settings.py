@@ -1,20 +1,95 @@
 """Settings shared by every process. Each service subclasses CommonSettings with its own fields.
 
-Every field is also an environment variable: ``ZAPTRIX_<FIELD>`` (upper case). Telemetry uses the
-standard ``OTEL_*`` variables read by the OpenTelemetry SDK itself (see docs/configuration.md).
+Every field is also an environment variable: ``ZAPTRIX_<FIELD>`` (upper case). Every secret field
+(SecretStr) can instead be read from a file named by ``ZAPTRIX_<FIELD>_FILE`` (a mounted Secret), so
+that secrets stay out of the environment. Telemetry uses the standard ``OTEL_*`` variables read by the
+OpenTelemetry SDK itself (see docs/configuration.md).
 """
 
 from __future__ import annotations
 
-from typing import Literal
+import os
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal
 
-from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+FILE_SUFFIX = "_FILE"
 
 from zaptrix.egress import EgressPolicy, networks_setting
 
 
-class CommonSettings(BaseSettings):
+def _is_secret(annotation: Any) -> bool:
+    if annotation is SecretStr:
+        return True
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return any(_is_secret(a) for a in typing.get_args(annotation))
+    return False
+
+
+def secret_fields(cls: type[BaseSettings]) -> list[str]:
+    """Names of the fields that may come from a ``*_FILE`` variable."""
+    return [name for name, info in cls.model_fields.items() if _is_secret(info.annotation)]
+
+
+class SecretFileSource(PydanticBaseSettingsSource):
+    """``ZAPTRIX_<FIELD>_FILE=/path`` for every SecretStr field: the value is the file's content (one
+    trailing newline removed). Setting both the variable and its ``_FILE`` twin is refused, as is a
+    file that cannot be read: a misconfigured secret must stop the process, not fall back to a default."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # unused: __call__ reads everything at once
+
+    def __call__(self) -> dict[str, Any]:
+        prefix = str(self.config.get("env_prefix", ""))
+        values: dict[str, Any] = {}
+        for name in secret_fields(self.settings_cls):
+            var = f"{prefix}{name}".upper()
+            path = os.environ.get(var + FILE_SUFFIX)
+            if not path:
+                continue
+            if os.environ.get(var):
+                raise ValueError(f"both {var} and {var}{FILE_SUFFIX} are set: use one")
+            try:
+                text = Path(path).read_text(encoding="utf-8")
+            except OSError as exc:
+                raise ValueError(f"{var}{FILE_SUFFIX}: cannot read {path}: {exc.strerror}") from exc
+            values[name] = text[:-1] if text.endswith("\n") else text
+            if values[name].endswith("\r"):
+                values[name] = values[name][:-1]
+        return values
+
+
+class ZaptrixSettings(BaseSettings):
+    """Base of every settings class: environment variables, then ``*_FILE`` for secret fields."""
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (
+            init_settings,
+            env_settings,
+            SecretFileSource(settings_cls),
+            dotenv_settings,
+            file_secret_settings,
+        )
+
+
+class CommonSettings(ZaptrixSettings):
     """Read by every process."""
 
     model_config = SettingsConfigDict(env_prefix="ZAPTRIX_", extra="ignore", env_ignore_empty=True)
@@ -47,7 +122,7 @@ class CommonSettings(BaseSettings):
         return EgressPolicy.of(self.egress_allow_networks, allow_http=allow_http)
 
 
-class KafkaSettings(BaseSettings):
+class KafkaSettings(ZaptrixSettings):
     """Read by the web services (producers) and the dispatchers (consumers and producers)."""
 
     model_config = SettingsConfigDict(env_prefix="ZAPTRIX_KAFKA_", extra="ignore", env_ignore_empty=True)
@@ -66,7 +141,7 @@ class KafkaSettings(BaseSettings):
     consumer_max_records: int = Field(200, description="Records per poll batch")
 
 
-class DatabaseSettings(BaseSettings):
+class DatabaseSettings(ZaptrixSettings):
     """Read only by mapper and token-keeper (and their migrations); nothing else touches PostgreSQL."""
 
     model_config = SettingsConfigDict(env_prefix="ZAPTRIX_DATABASE_", extra="ignore", env_ignore_empty=True)
@@ -81,7 +156,59 @@ class DatabaseSettings(BaseSettings):
     statement_timeout_ms: int = 5000
 
 
-class GrpcClientSettings(BaseSettings):
+class GrpcTlsSettings(ZaptrixSettings):
+    """Mutual TLS of the internal gRPC (mapper, token-keeper and their callers). The certificate's common
+    name is this process's identity, which the servers authorise per method (docs/deploy.md)."""
+
+    model_config = SettingsConfigDict(env_prefix="ZAPTRIX_", extra="ignore", env_ignore_empty=True)
+
+    grpc_tls_cert_file: Path | None = Field(
+        None, description="PEM certificate (chain) this process presents; its CN is the caller identity"
+    )
+    grpc_tls_key_file: Path | None = Field(None, description="PEM private key of grpc_tls_cert_file")
+    grpc_tls_ca_file: Path | None = Field(
+        None, description="PEM CA bundle that signs the peers' certificates (a CA used only for Zaptrix)"
+    )
+
+    @model_validator(mode="after")
+    def _all_or_none(self) -> GrpcTlsSettings:
+        given = [self.grpc_tls_cert_file, self.grpc_tls_key_file, self.grpc_tls_ca_file]
+        if any(given) and not all(given):
+            raise ValueError(
+                "ZAPTRIX_GRPC_TLS_CERT_FILE, ZAPTRIX_GRPC_TLS_KEY_FILE and ZAPTRIX_GRPC_TLS_CA_FILE go together"
+            )
+        return self
+
+    @property
+    def tls_enabled(self) -> bool:
+        return self.grpc_tls_cert_file is not None
+
+    def read_tls(self) -> tuple[bytes, bytes, bytes]:
+        """(certificate chain, private key, CA bundle) as bytes."""
+        assert self.grpc_tls_cert_file and self.grpc_tls_key_file and self.grpc_tls_ca_file
+        return (
+            self.grpc_tls_cert_file.read_bytes(),
+            self.grpc_tls_key_file.read_bytes(),
+            self.grpc_tls_ca_file.read_bytes(),
+        )
+
+
+class GrpcServerSettings(GrpcTlsSettings):
+    """How mapper and token-keeper serve gRPC: mTLS (required in production) and the plaintext health port."""
+
+    environment: Literal["dev", "test", "production"] = Field(
+        "dev", description="(CommonSettings) production refuses to serve gRPC without mTLS"
+    )
+    grpc_health_port: int = Field(
+        0,
+        description=(
+            "Plaintext port serving only grpc.health.v1 (kubelet gRPC probes cannot present a client "
+            "certificate); 0 disables it"
+        ),
+    )
+
+
+class GrpcClientSettings(GrpcTlsSettings):
     """Where the web services and dispatchers find mapper and token-keeper."""
 
     model_config = SettingsConfigDict(env_prefix="ZAPTRIX_", extra="ignore", env_ignore_empty=True)
@@ -91,3 +218,13 @@ class GrpcClientSettings(BaseSettings):
         "127.0.0.1:50052", description="host:port of the token-keeper gRPC service"
     )
     grpc_timeout_s: float = Field(3.0, description="Deadline of each gRPC call")
+    mapper_tls_name: str = Field(
+        "mapper.zaptrix",
+        description="Name the mapper's certificate must carry (checked instead of the address)",
+    )
+    token_keeper_tls_name: str = Field(
+        "token-keeper.zaptrix", description="Name token-keeper's certificate must carry"
+    )
+    environment: Literal["dev", "test", "production"] = Field(
+        "dev", description="(CommonSettings) production refuses to call gRPC without mTLS"
+    )

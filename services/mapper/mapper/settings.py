@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings
-from zaptrix.settings import CommonSettings, DatabaseSettings
+from zaptrix.settings import CommonSettings, DatabaseSettings, GrpcServerSettings
 
 
 class MapperSettings(CommonSettings):
@@ -49,4 +49,4 @@ class MapperSettings(CommonSettings):
 
 
 # Read by dev/config_docs.py (docs/configuration.md): what mapper-server and mapper-migrate read.
-SETTINGS_CLASSES: list[type[BaseSettings]] = [MapperSettings, DatabaseSettings]
+SETTINGS_CLASSES: list[type[BaseSettings]] = [MapperSettings, DatabaseSettings, GrpcServerSettings]

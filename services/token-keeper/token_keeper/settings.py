@@ -11,7 +11,7 @@ from typing import Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, model_validator
-from zaptrix.settings import CommonSettings, DatabaseSettings
+from zaptrix.settings import CommonSettings, DatabaseSettings, GrpcServerSettings
 
 
 class InsecureUrlError(ValueError):
@@ -107,4 +107,4 @@ def require_https(url: str, settings: CommonSettings, *, what: str) -> None:
 
 
 # Read by dev/config_docs.py (docs/configuration.md): every settings class token-keeper's processes read.
-SETTINGS_CLASSES = [TokenKeeperSettings, DatabaseSettings]
+SETTINGS_CLASSES = [TokenKeeperSettings, DatabaseSettings, GrpcServerSettings]
