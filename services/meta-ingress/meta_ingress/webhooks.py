@@ -198,7 +198,8 @@ class Webhooks:
                 if env.HasField("whatsapp_status"):
                     _child(INBOUND_STATUSES, bounded(env.whatsapp_status.status, KNOWN_STATUSES)).inc()
         _child(WEBHOOKS, "ok").inc()
-        return json_response({"events": result.count, "parked": held.count})
+        answer = {"events": result.count} | ({"parked": held.count} if held.count else {})
+        return json_response(answer)
 
     async def _signer(self, body: bytes, digest: bytes) -> str | HTTPResponse:
         """The app secret that signed the body, else the 401 (or 503 when token-keeper is unreachable).
