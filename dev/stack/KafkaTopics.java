@@ -12,6 +12,8 @@ public class KafkaTopics {
       System.exit(2);
     }
     int partitions = Integer.parseInt(args[1]);
+    // Agrees with the broker's message.max.bytes and the producers' max_request_size (kafka.sh).
+    String maxMessageBytes = System.getenv().getOrDefault("KAFKA_TOPIC_MAX_MESSAGE_BYTES", "1048588");
     Set<String> wanted = new LinkedHashSet<>(Arrays.asList(args).subList(2, args.length));
     Properties props = new Properties();
     props.put(AdminClientConfig.BOOTSTRAP_SERVERS_CONFIG, args[0]);
@@ -20,7 +22,7 @@ public class KafkaTopics {
       Set<String> existing = admin.listTopics().names().get();
       List<NewTopic> missing = new ArrayList<>();
       for (String t : wanted) {
-        if (!existing.contains(t)) missing.add(new NewTopic(t, partitions, (short) 1));
+        if (!existing.contains(t)) missing.add(new NewTopic(t, partitions, (short) 1).configs(Map.of("max.message.bytes", maxMessageBytes)));
       }
       int failed = 0;
       for (Map.Entry<String, ? extends org.apache.kafka.common.KafkaFuture<Void>> e :

@@ -9,6 +9,10 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 KAFKA_VERSION=4.4.0
 LOG4J_VERSION=2.25.5   # the log4j-core that kafka 4.4.0 depends on; adds its slf4j 1.x binding
 TOPIC_PARTITIONS=6
+# Record size limits, set together (docs/meta-ingress.md "Sizes"): the producer's max_request_size
+# (ZAPTRIX_KAFKA_MAX_REQUEST_BYTES, 1 MiB) <= the topics' max.message.bytes = the broker's message.max.bytes
+# (Kafka's default, 1 MiB + 12 bytes of batch overhead). Events are cut to fit well below (512 KiB).
+MAX_MESSAGE_BYTES=1048588
 # The project's topics (docs/ARCHITECTURE.md "Kafka topics").
 TOPICS=(
   zaptrix.wa-to-b24.v1 zaptrix.wa-to-b24.retry.v1 zaptrix.wa-to-b24.dlq.v1
@@ -83,6 +87,7 @@ transaction.state.log.num.partitions=$TOPIC_PARTITIONS
 share.coordinator.state.topic.replication.factor=1
 share.coordinator.state.topic.min.isr=1
 group.initial.rebalance.delay.ms=0
+message.max.bytes=$MAX_MESSAGE_BYTES
 PROPS
   cat >"$KAFKA_DIR/log4j2.properties" <<LOG4J
 status = warn
@@ -160,7 +165,7 @@ topics() {
   for t in "${TOPICS[@]}" "$@"; do [[ -d $KAFKA_DIR/data/$t-0 ]] || missing=true; done
   if ! $missing; then log "topics present: ${TOPICS[*]} $*"; return 0; fi
   log "ensuring topics (${TOPIC_PARTITIONS} partitions): ${TOPICS[*]} $*"
-  kafka_tool "$STACK_DIR/KafkaTopics.java" "127.0.0.1:$KAFKA_PORT" "$TOPIC_PARTITIONS" "${TOPICS[@]}" "$@"
+  KAFKA_TOPIC_MAX_MESSAGE_BYTES=$MAX_MESSAGE_BYTES kafka_tool "$STACK_DIR/KafkaTopics.java" "127.0.0.1:$KAFKA_PORT" "$TOPIC_PARTITIONS" "${TOPICS[@]}" "$@"
 }
 
 case "${1:-}" in

@@ -18,6 +18,7 @@ class ReceivedSpan:
     span_id: str
     parent_span_id: str
     attributes: dict[str, str]
+    links: tuple[str, ...] = ()  # trace ids of the span's links
 
 
 class Receiver(trace_service_pb2_grpc.TraceServiceServicer):
@@ -47,6 +48,7 @@ class Receiver(trace_service_pb2_grpc.TraceServiceServicer):
                             span.span_id.hex(),
                             span.parent_span_id.hex(),
                             attrs,
+                            tuple(link.trace_id.hex() for link in span.links),
                         )
                     )
         return trace_service_pb2.ExportTraceServiceResponse()

@@ -137,6 +137,14 @@ class KafkaSettings(ZaptrixSettings):
     request_timeout_ms: int = Field(
         5000, description="Producer request timeout; past it the webhook gets 503"
     )
+    max_request_bytes: int = Field(
+        1024 * 1024,
+        ge=64 * 1024,
+        description=(
+            "Largest record the producer sends (max_request_size); the topics' max.message.bytes and the "
+            "broker's message.max.bytes must be at least this (1048588, Kafka's default, in dev and the chart)"
+        ),
+    )
     consumer_fetch_max_wait_ms: int = Field(20, description="Bounds end-to-end latency of an idle consumer")
     consumer_max_records: int = Field(200, description="Records per poll batch")
 

@@ -1,7 +1,10 @@
 """Sanic wiring shared by the two web services: SERVER spans, request metrics, /health, /ready, /metrics.
 
-No official OpenTelemetry instrumentation exists for Sanic, so a small middleware extracts the W3C
-context from the request headers and opens the SERVER span with HTTP semantic-convention attributes.
+No official OpenTelemetry instrumentation exists for Sanic, so a small middleware opens the SERVER span with
+HTTP semantic-convention attributes. These servers face the internet (Meta, Bitrix24, anyone): a caller's
+``traceparent``/``tracestate``/``baggage`` is never the parent (it would choose our trace ids, force sampling
+and have its baggage copied into Kafka headers). Every request starts a new root span; a valid incoming
+span context is only recorded as a span link.
 """
 
 from __future__ import annotations
@@ -10,8 +13,9 @@ import time
 from collections.abc import Mapping
 
 from opentelemetry import context as otel_context
-from opentelemetry import propagate, trace
+from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 from sanic import HTTPResponse, Request, Sanic, json, raw
 from sanic.response import BaseHTTPResponse
@@ -28,6 +32,19 @@ HTTP_SECONDS = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
 )
 _UNTRACED = frozenset({"/health", "/ready", "/metrics"})
+_ROOT = otel_context.Context()  # empty: no parent span, no baggage
+_W3C = TraceContextTextMapPropagator()  # traceparent/tracestate only: incoming baggage is never read
+
+
+def _remote_link(request: Request) -> list[trace.Link]:
+    """The caller's span context (if valid) as a link, so a trace on the caller's side can still be found."""
+    header = request.headers.get("traceparent")
+    if not header or len(header) > 128:
+        return []
+    remote = trace.get_current_span(_W3C.extract({"traceparent": header})).get_span_context()
+    if not remote.is_valid:
+        return []
+    return [trace.Link(remote, {"zaptrix.link": "caller"})]
 
 
 def instrument_sanic(app: Sanic) -> None:  # type: ignore[type-arg]
@@ -36,11 +53,11 @@ def instrument_sanic(app: Sanic) -> None:  # type: ignore[type-arg]
         if request.path in _UNTRACED:
             return
         route = request.route.path if request.route else request.path
-        parent = propagate.extract(dict(request.headers))
         span = tracer.start_span(
             f"{request.method} /{route.lstrip('/')}",
-            context=parent,
+            context=_ROOT,
             kind=SpanKind.SERVER,
+            links=_remote_link(request),
             attributes={
                 "http.request.method": request.method,
                 "http.route": f"/{route.lstrip('/')}",
@@ -50,7 +67,7 @@ def instrument_sanic(app: Sanic) -> None:  # type: ignore[type-arg]
             },
         )
         request.ctx.span = span
-        request.ctx.otel_token = otel_context.attach(trace.set_span_in_context(span))
+        request.ctx.otel_token = otel_context.attach(trace.set_span_in_context(span, _ROOT))
 
     async def _finish(request: Request, response: BaseHTTPResponse) -> None:
         route = f"/{request.route.path.lstrip('/')}" if request.route else "unmatched"

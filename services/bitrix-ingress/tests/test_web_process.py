@@ -199,7 +199,10 @@ async def test_operator_message_becomes_an_envelope_on_kafka(web: Web) -> None:
         assert rec.key == b"100:4917"  # the conversation key from the mapper
         assert headers["zaptrix-event-id"].decode() == env.event_id
         assert headers["zaptrix-schema-version"] == b"1"
-        assert re.fullmatch(rf"00-{TRACE_ID}-[0-9a-f]{{16}}-01", headers["traceparent"].decode())
+        # The caller's trace context is not continued (security review L1): a new trace per request.
+        traceparent_out = headers["traceparent"].decode()
+        assert re.fullmatch(r"00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}", traceparent_out)
+        assert TRACE_ID not in traceparent_out
     rec, env, headers = by_type["operator_message"]
     assert headers["zaptrix-event-type"] == b"operator_message"
     assert env.event_id == "b24:m1:1001" and env.source == events_pb2.PLATFORM_BITRIX24

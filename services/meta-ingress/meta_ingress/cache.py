@@ -4,6 +4,9 @@ At thousands of webhooks per second the credentials of a channel must not cost a
 loader call per key per TTL, concurrent callers share it, a key known to be missing is remembered
 briefly, and when the loader fails (token-keeper down) an expired value is still served for a bounded
 time rather than failing every webhook.
+
+Keys known to be missing live in their own, smaller bounded map: a flood of random keys (unauthenticated
+webhooks naming random phone_number_ids) evicts only other missing keys, never a real channel's entry.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ class AsyncTtlCache(Generic[K, V]):
         name: str = "cache",
         clock: Callable[[], float] = time.monotonic,
         max_entries: int = 100_000,
+        negative_max_entries: int = 10_000,
     ) -> None:
         self._loader = loader
         self.ttl_s = ttl_s
@@ -54,7 +58,9 @@ class AsyncTtlCache(Generic[K, V]):
         self._name = name
         self._clock = clock
         self._max_entries = max_entries
-        self._entries: dict[K, _Entry[V]] = {}
+        self._negative_max_entries = negative_max_entries
+        self._entries: dict[K, _Entry[V]] = {}  # loaded values only
+        self._missing: dict[K, _Entry[V]] = {}  # keys the loader said do not exist
         self._inflight: dict[K, asyncio.Task[V]] = {}
         self._children: dict[str, Any] = {}
 
@@ -74,17 +80,22 @@ class AsyncTtlCache(Generic[K, V]):
 
     def invalidate(self, key: K) -> None:
         self._entries.pop(key, None)
+        self._missing.pop(key, None)
 
     def clear(self) -> None:
         self._entries.clear()
+        self._missing.clear()
 
     async def get(self, key: K) -> V:
-        entry = self._entries.get(key)
         now = self._clock()
-        if entry is not None:
-            if entry.missing is not None and now - entry.at < self.negative_ttl_s:
+        missing = self._missing.get(key)
+        if missing is not None and missing.missing is not None:
+            if now - missing.at < self.negative_ttl_s:
                 self._count("negative")
-                raise entry.missing
+                raise missing.missing
+            del self._missing[key]
+        entry = self._entries.get(key)
+        if entry is not None:
             if entry.value is not None and now - entry.at < self.ttl_s:
                 self._count("hit")
                 return entry.value
@@ -111,15 +122,19 @@ class AsyncTtlCache(Generic[K, V]):
         try:
             value = await self._loader(key)
         except NotFoundError as exc:
-            self._store(key, _Entry(None, exc, self._clock()))
+            self._entries.pop(key, None)  # deleted upstream: no stale serving of a removed key
+            if self.negative_ttl_s > 0:
+                self._store(self._missing, self._negative_max_entries, key, _Entry(None, exc, self._clock()))
             raise
-        self._store(key, _Entry(value, None, self._clock()))
+        self._missing.pop(key, None)
+        self._store(self._entries, self._max_entries, key, _Entry(value, None, self._clock()))
         return value
 
-    def _store(self, key: K, entry: _Entry[V]) -> None:
-        if len(self._entries) >= self._max_entries and key not in self._entries:
-            self._entries.pop(next(iter(self._entries)))  # oldest insertion first
-        self._entries[key] = entry
+    @staticmethod
+    def _store(entries: dict[K, _Entry[V]], limit: int, key: K, entry: _Entry[V]) -> None:
+        if len(entries) >= limit and key not in entries:
+            entries.pop(next(iter(entries)))  # oldest insertion first
+        entries[key] = entry
 
     def _done(self, key: K, task: asyncio.Task[V]) -> None:
         if self._inflight.get(key) is task:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
+import grpc
 from zaptrix.clients import Clients
-from zaptrix.kafka import TransientError
+from zaptrix.kafka import PermanentError, TransientError
 from zaptrix.v1 import token_keeper_pb2
 
 from meta_ingress.cache import AsyncTtlCache, NotFoundError
@@ -13,9 +15,16 @@ from meta_ingress.metrics import CREDENTIALS_CACHE
 from meta_ingress.rpc import RpcNotFound, call
 from meta_ingress.settings import MetaSettings
 
+# Meta's ids are decimal numbers; anything else cannot be a channel and never costs a token-keeper call.
+_PHONE_NUMBER_ID = re.compile(r"[0-9]{1,32}")
+
 
 class UnknownChannel(NotFoundError):
     """token-keeper holds no credentials for this phone_number_id."""
+
+
+def valid_phone_number_id(value: str) -> bool:
+    return _PHONE_NUMBER_ID.fullmatch(value) is not None
 
 
 @dataclass(frozen=True)
@@ -40,6 +49,7 @@ class CredentialsCache:
             stale_max_s=settings.credentials_stale_max_s,
             counter=CREDENTIALS_CACHE,
             name="credentials",
+            negative_max_entries=settings.credentials_negative_max_entries,
         )
 
     async def _load(self, phone_number_id: str) -> Credentials:
@@ -51,6 +61,11 @@ class CredentialsCache:
             )
         except RpcNotFound:
             raise UnknownChannel(f"no credentials for phone_number_id {phone_number_id}") from None
+        except PermanentError as exc:  # INVALID_ARGUMENT: token-keeper's format check; remember it too
+            cause = exc.__cause__
+            if isinstance(cause, grpc.aio.AioRpcError) and cause.code() == grpc.StatusCode.INVALID_ARGUMENT:
+                raise UnknownChannel(f"invalid phone_number_id {phone_number_id[:40]!r}") from None
+            raise
         return Credentials(
             phone_number_id=resp.phone_number_id or phone_number_id,
             access_token=resp.access_token,
@@ -61,13 +76,21 @@ class CredentialsCache:
 
     async def get(self, phone_number_id: str) -> Credentials:
         """Raises UnknownChannel, or TransientError when token-keeper cannot be reached (and nothing cached)."""
+        if not valid_phone_number_id(phone_number_id):
+            raise UnknownChannel(f"invalid phone_number_id {phone_number_id[:40]!r}")
         return await self._cache.get(phone_number_id)
 
     def invalidate(self, phone_number_id: str) -> None:
         self._cache.invalidate(phone_number_id)
 
-    def known_app_secrets(self) -> set[str]:
-        return {c.app_secret for c in self._cache.values() if c.app_secret}
+    def cached_app_secret(self, waba_id: str) -> str | None:
+        """The app secret of a cached channel of this WhatsApp Business Account (no token-keeper call): how a
+        webhook naming no known number (other fields, or a number not set up yet) can still be verified."""
+        if not waba_id:
+            return None
+        return next(
+            (c.app_secret for c in self._cache.values() if c.waba_id == waba_id and c.app_secret), None
+        )
 
     async def check_verify_token(self, token: str) -> bool:
         request = token_keeper_pb2.CheckVerifyTokenRequest(verify_token=token)

@@ -2,13 +2,50 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 from prometheus_client import Counter, Gauge, Histogram
+
+# --- fixed label sets: a label value from a webhook is one of these, else "other" ---------------------
+OTHER = "other"
+# Fields of a whatsapp_business_account webhook subscription (App Dashboard → WhatsApp → Configuration).
+KNOWN_FIELDS = frozenset(
+    {
+        "account_alerts", "account_review_update", "account_update", "automatic_events",
+        "business_capability_update", "business_status_update", "calls", "flows", "history",
+        "message_echoes", "message_template_components_update", "message_template_quality_update",
+        "message_template_status_update", "messages", "partner_solutions", "payment_configuration_update",
+        "phone_number_name_update", "phone_number_quality_update", "security", "smb_app_state_sync",
+        "smb_message_echoes", "template_category_update", "tracking_events", "user_preferences",
+    }
+)  # fmt: skip
+KNOWN_TYPES = frozenset(
+    {
+        "text", "image", "video", "audio", "document", "sticker", "location", "contacts", "interactive",
+        "button", "reaction", "order", "system", "request_welcome", "unsupported", "unknown",
+    }
+)  # fmt: skip
+KNOWN_STATUSES = frozenset({"sent", "delivered", "read", "failed", "deleted", "warning", "played"})
+KNOWN_ERROR_CODES = frozenset(
+    {
+        "0", "1", "3", "4", "10", "100", "190", "200", "368", "80007", "130429", "131000", "131008",
+        "131016", "131026", "131031", "131042", "131047", "131048", "131049", "131050", "131051",
+        "131052", "131056", "131057", "132000", "133016",
+    }
+)  # fmt: skip
+PARK_REASONS = ("unknown_channel", "no_app_secret", "app_secret_mismatch")
+
+
+def bounded(value: str, known: Collection[str]) -> str:
+    """A label value from outside: itself when known, else "other" (label sets never grow with input)."""
+    return value if value in known else OTHER
+
 
 # --- web -------------------------------------------------------------------------------------------
 WEBHOOKS = Counter(
     "zaptrix_meta_webhooks_total",
     "Meta webhook POSTs by outcome (ok, ignored, missing_signature, bad_signature, malformed, "
-    "unknown_channel, dependency_unavailable, kafka_unavailable)",
+    "too_large, unknown_channel, dependency_unavailable, kafka_unavailable)",
     ["outcome"],
 )
 SIGNATURE_FAILURES = Counter(
@@ -23,7 +60,20 @@ INBOUND_STATUSES = Counter(
     "zaptrix_meta_inbound_statuses_total", "Status updates normalized from webhooks", ["status"]
 )
 IGNORED_CHANGES = Counter(
-    "zaptrix_meta_ignored_changes_total", "Webhook changes of fields other than messages", ["field"]
+    "zaptrix_meta_ignored_changes_total",
+    "Changes of fields other than messages in authenticated webhooks (known field names, else other)",
+    ["field"],
+)
+PARKED = Counter(
+    "zaptrix_meta_webhook_parked_total",
+    "Events of an authenticated webhook for a number that cannot take them, put in the dead-letter topic "
+    "(unknown_channel, no_app_secret, app_secret_mismatch)",
+    ["reason"],
+)
+TRUNCATED = Counter(
+    "zaptrix_meta_events_truncated_total",
+    "Events cut to fit one Kafka record (ZAPTRIX_WEBHOOK_EVENT_MAX_BYTES), by event type",
+    ["type"],
 )
 WEBHOOK_SYSTEM_ERRORS = Counter(
     "zaptrix_meta_webhook_errors_total", "value.errors[] items (not tied to a message) by code", ["code"]

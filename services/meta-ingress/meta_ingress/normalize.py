@@ -9,6 +9,10 @@ Shape errors that make an item impossible to route or dedupe (no message id, no 
 is not an object) raise WebhookShapeError → HTTP 400. Meta then keeps the webhook and retries it for
 days, so a payload we cannot read yet is not lost: it arrives again once we deploy a fix. Anything merely
 unknown (a new message type, an unknown interactive reply) is normalized leniently instead.
+
+Sizes: parse_envelope refuses more than ``max_updates`` entries, changes or messages+statuses and more than
+``max_channels`` distinct numbers (WebhookTooLarge → 413); ``fit`` cuts an event that would not fit in one
+Kafka record (a huge text, a huge unknown payload) with a visible "[truncated]" marker.
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import Message
 from zaptrix.v1 import events_pb2
 
 MediaUrl = Callable[[str, str, str], str]  # (phone_number_id, media_id, filename) -> signed URL
@@ -45,6 +51,10 @@ _EXTENSIONS = {
 
 class WebhookShapeError(ValueError):
     """The payload is not a Cloud API webhook we can read; the reason is returned to the caller (400)."""
+
+
+class WebhookTooLarge(WebhookShapeError):
+    """More entries, changes, items or channels than one webhook may carry (413)."""
 
 
 @dataclass
@@ -124,15 +134,25 @@ def _id(value: Any, where: str) -> str:
     return text
 
 
-def parse_envelope(payload: Any) -> Webhook:
-    """Validate the outer shape and find the channels (``metadata.phone_number_id``) it concerns."""
+def parse_envelope(payload: Any, max_updates: int = 1000, max_channels: int = 10) -> Webhook:
+    """Validate the outer shape and find the channels (``metadata.phone_number_id``) it concerns.
+    Raises WebhookTooLarge past ``max_updates`` entries, changes or items, or ``max_channels`` numbers."""
     body = _obj(payload, "the webhook body")
     if body.get("object") != "whatsapp_business_account":
         raise WebhookShapeError(f"unexpected object {_str(body.get('object'))[:60]!r}")
     hook = Webhook()
-    for i, entry in enumerate(_list(body.get("entry"), "entry")):
+    entries = _list(body.get("entry"), "entry")
+    if len(entries) > max_updates:
+        raise WebhookTooLarge(f"more than {max_updates} entries")
+    changes = items = 0
+    channels: set[str] = set()
+    for i, entry in enumerate(entries):
         entry = _obj(entry, f"entry[{i}]")
-        for j, change in enumerate(_list(entry.get("changes"), f"entry[{i}].changes")):
+        entry_changes = _list(entry.get("changes"), f"entry[{i}].changes")
+        changes += len(entry_changes)
+        if changes > max_updates:
+            raise WebhookTooLarge(f"more than {max_updates} changes")
+        for j, change in enumerate(entry_changes):
             where = f"entry[{i}].changes[{j}]"
             change = _obj(change, where)
             fld = _str(change.get("field"))
@@ -142,6 +162,12 @@ def parse_envelope(payload: Any) -> Webhook:
                 continue
             metadata = _obj(value.get("metadata"), f"{where}.value.metadata")
             pnid = _id(metadata.get("phone_number_id"), f"{where}.value.metadata.phone_number_id")
+            channels.add(pnid)
+            if len(channels) > max_channels:
+                raise WebhookTooLarge(f"more than {max_channels} phone numbers")
+            items += sum(len(v) for k in ("messages", "statuses") if isinstance(v := value.get(k), list))
+            if items > max_updates:
+                raise WebhookTooLarge(f"more than {max_updates} messages and statuses")
             hook.changes.append(Change(pnid, _str(metadata.get("display_phone_number")), value))
     return hook
 
@@ -328,6 +354,8 @@ def customer_message(
     customer = _str(msg.get("from")) or _str(msg.get("from_user_id")) or default_customer
     if not customer:
         raise WebhookShapeError(f"message {wamid[:80]} names no customer (from / contacts[].wa_id)")
+    if len(customer) > 512:  # it is part of the Kafka key
+        raise WebhookShapeError(f"message {wamid[:80]}: the customer id is too long")
     kind = _str(msg.get("type")) or "unknown"
     out = events_pb2.CustomerMessage(
         phone_number_id=pnid,
@@ -411,6 +439,8 @@ def status_event(change: Change, st: dict[str, Any]) -> events_pb2.Envelope:
     wamid = _id(st.get("id"), "statuses[].id")
     status = _id(st.get("status"), "statuses[].status").lower()
     recipient = _str(st.get("recipient_id")) or _str(st.get("recipient_user_id"))
+    if len(recipient) > 512:  # it is part of the Kafka key
+        raise WebhookShapeError(f"status {wamid[:80]}: the recipient id is too long")
     at = _timestamp(st.get("timestamp"))
     out = events_pb2.WhatsAppStatus(phone_number_id=pnid, wa_id=recipient, wamid=wamid, status=status)
     out.at.seconds = at
@@ -472,3 +502,64 @@ def normalize(hook: Webhook, media_url: MediaUrl) -> Normalized:
                 (change.phone_number_id, err.code, err.title, err.details or err.message)
             )
     return result
+
+
+# --- one event, one Kafka record -----------------------------------------------------------------------
+TRUNCATED = "[truncated]"
+# Routing and dedupe keys are bounded where they are read (_id, 512 chars) and never cut here.
+_KEEP = frozenset(
+    {"event_id", "conversation_key", "phone_number_id", "wa_id", "wamid", "media_id", "url", "status", "type"}
+)
+
+
+def _cuttable(msg: Message) -> Iterator[tuple[Message, str, int]]:
+    """(message, field name, UTF-8 size) of every set, singular string field that may be shortened."""
+    for fd, val in msg.ListFields():
+        if fd.type == FieldDescriptor.TYPE_MESSAGE:
+            for sub in val if fd.is_repeated else [val]:
+                yield from _cuttable(sub)
+        elif fd.type == FieldDescriptor.TYPE_STRING and not fd.is_repeated and fd.name not in _KEEP:
+            yield msg, fd.name, len(val.encode())
+
+
+def _cut(text: str, max_bytes: int) -> str:
+    kept = text.encode()[: max(0, max_bytes)].decode("utf-8", "ignore").rstrip()
+    return f"{kept}\n{TRUNCATED}" if kept else TRUNCATED
+
+
+def _water_level(sizes: list[int], excess: int) -> int:
+    """The largest cap C such that cutting every size above C to C removes at least ``excess`` bytes."""
+    lo, hi = 0, max(sizes)
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if sum(s - mid for s in sizes if s > mid) >= excess:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+def fit(env: events_pb2.Envelope, max_bytes: int) -> bool:
+    """Shorten the event in place until it serializes to at most ``max_bytes``; True when it was cut.
+
+    raw_json (an audit copy of Meta's message) goes first, replaced by a small note; then the largest text
+    fields are cut to one common length, each ending with the "[truncated]" marker the operator sees."""
+    excess = env.ByteSize() - max_bytes
+    if excess <= 0:
+        return False
+    if env.HasField("customer_message") and env.customer_message.raw_json:
+        cm = env.customer_message
+        cm.raw_json = json.dumps({"truncated": True, "bytes": len(cm.raw_json.encode())})
+        excess = env.ByteSize() - max_bytes
+    for _ in range(4):  # a second round only absorbs markers and length prefixes
+        if excess <= 0:
+            break
+        fields = list(_cuttable(env))
+        if not fields:
+            break
+        cap = _water_level([size for _, _, size in fields], excess + len(TRUNCATED) * len(fields) + 64)
+        for msg, name, size in fields:
+            if size > cap:  # every long field keeps the same share: a long name does not erase the text
+                setattr(msg, name, _cut(getattr(msg, name), cap))
+        excess = env.ByteSize() - max_bytes
+    return True

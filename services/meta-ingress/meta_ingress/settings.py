@@ -70,6 +70,13 @@ class MetaSettings(CommonSettings):
     credentials_negative_ttl_s: float = Field(
         5.0, ge=0, description="An unknown phone_number_id is remembered as unknown this long"
     )
+    credentials_negative_max_entries: int = Field(
+        10_000,
+        ge=1,
+        description=(
+            "Unknown phone_number_ids remembered at most (a separate map: random ids never evict real channels)"
+        ),
+    )
     credentials_stale_max_s: float = Field(
         900.0,
         ge=0,
@@ -135,7 +142,28 @@ class WebSettings(MetaSettings):
         description="A webhook whose events Kafka has not acknowledged in this time gets 503 (Meta retries)",
     )
     webhook_max_bytes: int = Field(
-        4 * 1024 * 1024, ge=1024, description="Largest webhook body accepted (Meta: up to about 3 MB)"
+        4 * 1024 * 1024,
+        ge=1024,
+        description="Largest webhook body accepted, else 413 (Meta documents up to 3 MB)",
+    )
+    webhook_max_updates: int = Field(
+        1000,
+        ge=1,
+        description="Most entries, changes, and messages+statuses in one webhook, else 413 (Meta: up to 1,000)",
+    )
+    webhook_max_channels: int = Field(
+        10,
+        ge=1,
+        le=100,
+        description="Most distinct phone_number_ids in one webhook, else 413 (all must share one app secret)",
+    )
+    webhook_event_max_bytes: int = Field(
+        512 * 1024,
+        ge=16 * 1024,
+        description=(
+            "Largest event produced; longer texts are cut with a visible [truncated] marker. Must stay under "
+            "ZAPTRIX_KAFKA_MAX_REQUEST_BYTES by 64 KiB (room for the key and headers)"
+        ),
     )
     media_chunk_bytes: int = Field(64 * 1024, ge=4096, description="Chunk size of the streamed media proxy")
     media_download_timeout_s: float = Field(

@@ -1,22 +1,31 @@
 """Meta's webhooks: the verification handshake (GET) and the events (POST).
 
-POST: raw body → channels → X-Hub-Signature-256 → one event per message/status → Kafka (acks=all) → 200. A
+POST: X-Hub-Signature-256 (against the app secret of the first channel the raw body names: one lookup, one
+HMAC, nothing parsed yet) → parse with caps → one event per message/status → Kafka (acks=all) → 200. A
 failed status with 131047 also becomes a WindowClosed for the meta dispatcher (b24-to-wa flow), published
-before the 200 as well. Never a 500 for what Meta (or anyone) sends. See docs/meta-ingress.md.
+before the 200 as well. Events of numbers that cannot take them (unknown, or not signed with their own app
+secret) are parked in the dead-letter topic; the rest of the batch is taken. Never a 500 for what Meta (or
+anyone) sends. See docs/meta-ingress.md.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from aiokafka.errors import KafkaError
 from prometheus_client import Counter
 from sanic import HTTPResponse, Request
 from sanic import json as json_response
 from sanic.response import raw
 from zaptrix.kafka import Flow, PublishError, TransientError, topics_for
+from zaptrix.kafka.envelope import H_ATTEMPT, H_DLQ_AT, H_DLQ_REASON, H_DLQ_SOURCE, encode, event_type
+from zaptrix.kafka.producer import EventProducer
 from zaptrix.logging import get_logger
+from zaptrix.metrics import DEAD_LETTERS
 from zaptrix.settings import KafkaSettings
 
 from meta_ingress import media_url, signature
@@ -25,12 +34,27 @@ from meta_ingress.metrics import (
     IGNORED_CHANGES,
     INBOUND_MESSAGES,
     INBOUND_STATUSES,
+    KNOWN_ERROR_CODES,
+    KNOWN_FIELDS,
+    KNOWN_STATUSES,
+    KNOWN_TYPES,
+    PARKED,
     SIGNATURE_FAILURES,
+    TRUNCATED,
     VERIFICATIONS,
     WEBHOOK_SYSTEM_ERRORS,
     WEBHOOKS,
+    bounded,
 )
-from meta_ingress.normalize import Normalized, WebhookShapeError, normalize, parse_envelope
+from meta_ingress.normalize import (
+    Normalized,
+    Webhook,
+    WebhookShapeError,
+    WebhookTooLarge,
+    fit,
+    normalize,
+    parse_envelope,
+)
 from meta_ingress.responses import SECURITY_HEADERS, error_response
 from meta_ingress.settings import WebSettings
 
@@ -38,6 +62,21 @@ if TYPE_CHECKING:
     from meta_ingress.web import WebResources
 
 log = get_logger(__name__)
+
+_RECORD_OVERHEAD = 64 * 1024  # the Kafka key, headers (trace, dead-letter reason) and record framing
+_PARK_TEXT = {
+    "unknown_channel": "unknown channel",
+    "no_app_secret": "channel has no app secret",
+    "app_secret_mismatch": "app secret mismatch",
+}
+_UNAUTHENTICATED = "the webhook could not be authenticated"
+
+
+def _unauthenticated() -> HTTPResponse:
+    """One answer for a missing or wrong signature and for an unknown channel: no channel oracle. Meta retries
+    a 401 like a 404 (for up to 7 days), so messages of a number not set up yet still arrive once it is."""
+    return error_response(401, _UNAUTHENTICATED)
+
 
 _children: dict[tuple[int, str], Any] = {}
 
@@ -55,9 +94,14 @@ class Webhooks:
     def __init__(self, settings: WebSettings, kafka: KafkaSettings, resources: WebResources) -> None:
         self.settings = settings
         self.resources = resources
-        self.topic = topics_for(Flow.WA_TO_B24, kafka.topic_prefix).main
-        self.window_topic = topics_for(Flow.B24_TO_WA, kafka.topic_prefix).main
+        self.topics = topics_for(Flow.WA_TO_B24, kafka.topic_prefix)
+        self.window_topics = topics_for(Flow.B24_TO_WA, kafka.topic_prefix)
         self.media_secret = settings.media_secret_bytes()
+        if settings.webhook_event_max_bytes + _RECORD_OVERHEAD > kafka.max_request_bytes:
+            raise ValueError(
+                "ZAPTRIX_WEBHOOK_EVENT_MAX_BYTES must stay 64 KiB under ZAPTRIX_KAFKA_MAX_REQUEST_BYTES "
+                f"({settings.webhook_event_max_bytes} + 65536 > {kafka.max_request_bytes})"
+            )
 
     @property
     def credentials(self) -> CredentialsCache:
@@ -93,39 +137,45 @@ class Webhooks:
 
     # --- POST /webhooks/meta -------------------------------------------------------------------------
     async def receive(self, request: Request) -> HTTPResponse:
+        """Before the signature: the header, one bounded scan, at most one token-keeper lookup and one HMAC.
+        After it: parse (bounded), route each channel, park what cannot be routed, produce, 200."""
         body: bytes = request.body or b""
         digest = signature.parse_header(request.headers.get("x-hub-signature-256"))
         if digest is None:
             WEBHOOKS.labels("missing_signature").inc()
             SIGNATURE_FAILURES.labels("missing").inc()
-            return error_response(401, "missing or malformed X-Hub-Signature-256 header")
+            return _unauthenticated()
+        signer = await self._signer(body, digest)
+        if isinstance(signer, HTTPResponse):
+            return signer
+        # --- authenticated from here: the body is signed with the app secret `signer` ---
         try:
-            payload = json.loads(body)
-        except (ValueError, RecursionError):
+            hook = parse_envelope(
+                json.loads(body), self.settings.webhook_max_updates, self.settings.webhook_max_channels
+            )
+        except WebhookTooLarge as exc:
+            WEBHOOKS.labels("too_large").inc()
+            log.warning("signed webhook over the limits", reason=str(exc))
+            return error_response(413, f"webhook too large: {exc}")
+        except (ValueError, RecursionError) as exc:  # WebhookShapeError is a ValueError too
             WEBHOOKS.labels("malformed").inc()
-            return error_response(400, "the body is not valid JSON")
-        try:
-            hook = parse_envelope(payload)
-        except (WebhookShapeError, RecursionError) as exc:
-            WEBHOOKS.labels("malformed").inc()
-            return error_response(400, f"not a WhatsApp Cloud API webhook: {exc}")
+            return error_response(400, f"not a WhatsApp Cloud API webhook: {str(exc)[:200]}")
         except Exception:  # a bug of ours must not turn garbage into a 500 loop
             WEBHOOKS.labels("malformed").inc()
             log.exception("webhook envelope could not be read")
             return error_response(400, "not a WhatsApp Cloud API webhook")
         for fld in hook.ignored_fields:
-            IGNORED_CHANGES.labels(fld[:40]).inc()
-        channels = hook.channels
-        if not channels:
-            return self._without_channel(body, digest, len(hook.ignored_fields))
-        found = await self._credentials(channels)
-        if isinstance(found, HTTPResponse):
-            return found
-        refused = self._check_signatures(found, body, digest)
-        if refused is not None:
-            return refused
+            _child(IGNORED_CHANGES, bounded(fld, KNOWN_FIELDS)).inc()
+        if not hook.channels:
+            WEBHOOKS.labels("ignored").inc()
+            return json_response({"events": 0, "ignored_changes": len(hook.ignored_fields)})
+        routes = await self._routes(hook.channels, signer)
+        if isinstance(routes, HTTPResponse):
+            return routes
+        taken = Webhook([c for c in hook.changes if c.phone_number_id not in routes])
+        parked = Webhook([c for c in hook.changes if c.phone_number_id in routes])
         try:
-            result = normalize(hook, self._media_url)
+            result, held = normalize(taken, self._media_url), normalize(parked, self._media_url)
         except (WebhookShapeError, RecursionError) as exc:
             WEBHOOKS.labels("malformed").inc()
             log.warning("signed webhook with an unreadable item", reason=str(exc))
@@ -134,43 +184,98 @@ class Webhooks:
             WEBHOOKS.labels("malformed").inc()
             log.exception("signed webhook could not be normalized")
             return error_response(400, "unreadable webhook item")
-        for pnid, code, title, details in result.system_errors:
-            WEBHOOK_SYSTEM_ERRORS.labels(str(code)).inc()
+        self._fit(result, held)
+        for pnid, code, title, details in result.system_errors + held.system_errors:
+            WEBHOOK_SYSTEM_ERRORS.labels(bounded(str(code), KNOWN_ERROR_CODES)).inc()
             log.error("Meta reported an error", phone_number_id=pnid, code=code, title=title, details=details)
-        if result.envelopes:
-            refused = await self._publish(result)
-            if refused is not None:
-                return refused
+        refused = await self._publish(result, held, routes)
+        if refused is not None:
+            return refused
         for kind in result.types:
-            _child(INBOUND_MESSAGES, kind[:40]).inc()
+            _child(INBOUND_MESSAGES, bounded(kind, KNOWN_TYPES)).inc()
         if result.statuses:
             for env in result.envelopes:
                 if env.HasField("whatsapp_status"):
-                    _child(INBOUND_STATUSES, env.whatsapp_status.status[:20]).inc()
+                    _child(INBOUND_STATUSES, bounded(env.whatsapp_status.status, KNOWN_STATUSES)).inc()
         _child(WEBHOOKS, "ok").inc()
-        return json_response({"events": result.count})
+        answer = {"events": result.count} | ({"parked": held.count} if held.count else {})
+        return json_response(answer)
 
-    def _check_signatures(self, found: list[Credentials], body: bytes, digest: bytes) -> HTTPResponse | None:
-        """The 401 when the raw body is not signed with the app secret of every channel it names."""
-        for creds in found:
-            if not creds.app_secret:
-                WEBHOOKS.labels("bad_signature").inc()
-                SIGNATURE_FAILURES.labels("no_app_secret").inc()
-                log.error(
-                    "channel has no app secret: cannot verify its webhooks",
-                    phone_number_id=creds.phone_number_id,
-                )
-                return error_response(
-                    401, "no app secret is configured for this channel", phone_number_id=creds.phone_number_id
-                )
-            if not signature.verify(creds.app_secret, body, digest):
-                WEBHOOKS.labels("bad_signature").inc()
-                SIGNATURE_FAILURES.labels("mismatch").inc()
-                log.warning("webhook signature mismatch", phone_number_id=creds.phone_number_id)
-                return error_response(401, "X-Hub-Signature-256 does not match the body")
-        return None
+    async def _signer(self, body: bytes, digest: bytes) -> str | HTTPResponse:
+        """The app secret that signed the body, else the 401 (or 503 when token-keeper is unreachable).
 
-    async def _publish(self, result: Normalized) -> HTTPResponse | None:
+        Only the first named channel is looked up (one token-keeper call); when it is unknown, a cached
+        channel of the first entry's WhatsApp Business Account may vouch instead (no call). One HMAC."""
+        pnid, waba = signature.signer_ids(body)
+        secret = ""
+        if pnid is not None:
+            try:
+                secret = (await self.credentials.get(pnid)).app_secret
+            except UnknownChannel:
+                pass
+            except Exception as exc:
+                WEBHOOKS.labels("dependency_unavailable").inc()
+                level = log.warning if isinstance(exc, TransientError) else log.error
+                level("cannot load channel credentials", phone_number_id=pnid, error=str(exc))
+                return error_response(503, "credentials unavailable; Meta will retry")
+        secret = secret or self.credentials.cached_app_secret(waba or "") or ""
+        if not secret:
+            WEBHOOKS.labels("unknown_channel").inc()
+            SIGNATURE_FAILURES.labels("unknown_channel").inc()
+            # Logged for the operator (first numbers only), never echoed: the answer is no channel oracle.
+            log.warning("webhook naming no channel with an app secret", phone_number_id=(pnid or "")[:32])
+            return _unauthenticated()
+        if not signature.verify(secret, body, digest):
+            WEBHOOKS.labels("bad_signature").inc()
+            SIGNATURE_FAILURES.labels("mismatch").inc()
+            log.warning("webhook signature mismatch", phone_number_id=(pnid or "")[:32])
+            return _unauthenticated()
+        return secret
+
+    async def _routes(self, channels: list[str], signer: str) -> dict[str, str] | HTTPResponse:
+        """The channels that cannot take their events, with the reason (parked); the others share `signer`.
+        At most webhook_max_channels lookups, for a body already authenticated."""
+        results: list[Credentials | BaseException]
+        if len(channels) == 1:  # the usual case: no gather, no tasks
+            try:
+                results = [await self.credentials.get(channels[0])]
+            except Exception as exc:
+                results = [exc]
+        else:
+            results = await asyncio.gather(
+                *(self.credentials.get(p) for p in channels), return_exceptions=True
+            )
+        parked: dict[str, str] = {}
+        for pnid, result in zip(channels, results, strict=True):
+            if isinstance(result, UnknownChannel):
+                parked[pnid] = "unknown_channel"
+            elif isinstance(result, BaseException):
+                WEBHOOKS.labels("dependency_unavailable").inc()
+                level = log.warning if isinstance(result, TransientError) else log.error
+                level("cannot load channel credentials", phone_number_id=pnid, error=str(result))
+                return error_response(503, "credentials unavailable; Meta will retry")
+            elif not result.app_secret:
+                parked[pnid] = "no_app_secret"
+            elif not hmac.compare_digest(result.app_secret.encode(), signer.encode()):
+                parked[pnid] = "app_secret_mismatch"  # another app signed for this number: not its events
+        for pnid, reason in parked.items():
+            log.error(
+                "events of a number that cannot take them are parked", phone_number_id=pnid, reason=reason
+            )
+        return parked
+
+    def _fit(self, *results: Normalized) -> None:
+        """One event, one Kafka record: cut what would not fit (never a 503 loop over a huge message)."""
+        limit = self.settings.webhook_event_max_bytes
+        for result in results:
+            for env in result.envelopes:
+                if fit(env, limit):
+                    TRUNCATED.labels(event_type(env)).inc()
+                    log.warning("event cut to fit one Kafka record", event_id=env.event_id[:120])
+
+    async def _publish(
+        self, result: Normalized, held: Normalized, parked: dict[str, str]
+    ) -> HTTPResponse | None:
         """Every event acknowledged by Kafka within the deadline, else the 503 (Meta retries)."""
         producer = self.resources.producer.producer
         if producer is None:
@@ -178,10 +283,12 @@ class Webhooks:
             return error_response(503, "Kafka is not reachable; Meta will retry")
         try:
             async with asyncio.timeout(self.settings.publish_timeout_s):  # no extra task, unlike wait_for
-                await producer.publish(self.topic, result.envelopes)
+                if result.envelopes:
+                    await producer.publish(self.topics.main, result.envelopes)
                 if result.window_closed:  # for the meta dispatcher: the re-engagement template
-                    await producer.publish(self.window_topic, result.window_closed)
-        except (PublishError, TimeoutError) as exc:
+                    await producer.publish(self.window_topics.main, result.window_closed)
+                await self._park(producer, held, parked)
+        except (PublishError, KafkaError, TimeoutError) as exc:
             WEBHOOKS.labels("kafka_unavailable").inc()
             log.warning("events not accepted by Kafka; answering 503", error=str(exc), events=result.count)
             return error_response(503, "Kafka did not accept the events; Meta will retry")
@@ -193,44 +300,24 @@ class Webhooks:
             )
         return None
 
-    async def _credentials(self, channels: list[str]) -> list[Credentials] | HTTPResponse:
-        results: list[Credentials | BaseException]
-        if len(channels) == 1:  # the usual case: no gather, no tasks
-            try:
-                results = [await self.credentials.get(channels[0])]
-            except Exception as exc:
-                results = [exc]
-        else:
-            results = await asyncio.gather(
-                *(self.credentials.get(p) for p in channels), return_exceptions=True
-            )
-        found: list[Credentials] = []
-        for pnid, result in zip(channels, results, strict=True):
-            if isinstance(result, UnknownChannel):
-                WEBHOOKS.labels("unknown_channel").inc()
-                log.warning("webhook for an unknown channel", phone_number_id=pnid)
-                # 404 and not 200: Meta keeps the webhook and retries for days, so messages that arrive
-                # before the channel is set up are delivered once it is.
-                return error_response(
-                    404, "unknown channel: no credentials for this phone_number_id", phone_number_id=pnid
-                )
-            if isinstance(result, BaseException):
-                WEBHOOKS.labels("dependency_unavailable").inc()
-                level = log.warning if isinstance(result, TransientError) else log.error
-                level("cannot load channel credentials", phone_number_id=pnid, error=str(result))
-                return error_response(503, "credentials unavailable; Meta will retry")
-            found.append(result)
-        return found
-
-    def _without_channel(self, body: bytes, digest: bytes, ignored: int) -> HTTPResponse:
-        """A webhook naming no channel (only fields we do not handle, or no entries): nothing to produce.
-        Answer 200 when it is signed by the app secret of a channel we know, so Meta does not retry it."""
-        if any(signature.verify(s, body, digest) for s in self.credentials.known_app_secrets()):
-            WEBHOOKS.labels("ignored").inc()
-            return json_response({"events": 0, "ignored_changes": ignored})
-        WEBHOOKS.labels("bad_signature").inc()
-        SIGNATURE_FAILURES.labels("no_channel").inc()
-        return error_response(401, "cannot authenticate a webhook that names no known channel")
+    async def _park(self, producer: EventProducer, held: Normalized, parked: dict[str, str]) -> None:
+        """Events of numbers that cannot take them go to their flow's dead-letter topic, as the consumers
+        would put them, so that zaptrix-replay moves them back once the number is set up (docs/runbook.md)."""
+        for env, topics in [(e, self.topics) for e in held.envelopes] + [
+            (e, self.window_topics) for e in held.window_closed
+        ]:
+            pnid = env.conversation_key.split(":", 1)[0]
+            reason = parked.get(pnid, "unknown_channel")
+            key, value, headers = encode(env)
+            headers += [
+                (H_ATTEMPT, b"0"),
+                (H_DLQ_REASON, f"{_PARK_TEXT[reason]}: phone_number_id {pnid}".encode()),
+                (H_DLQ_SOURCE, topics.main.encode()),
+                (H_DLQ_AT, datetime.now(UTC).isoformat().encode()),
+            ]
+            await producer.publish_raw(topics.dlq, key, value, headers)
+            PARKED.labels(reason).inc()
+            DEAD_LETTERS.labels(topics.dlq, _PARK_TEXT[reason]).inc()
 
     def _media_url(self, phone_number_id: str, media_id: str, filename: str) -> str:
         return media_url.sign_url(

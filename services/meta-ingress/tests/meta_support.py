@@ -36,6 +36,7 @@ APP_SECRET = "sandbox-app-secret"
 TOKEN = "sandbox-wa-token"
 VERIFY_TOKEN = "verify-me"
 MEMBER = "member-1"
+WABA = "200000000000002"  # entry[].id (the WhatsApp Business Account) of the webhooks built below
 BIN = Path(sys.executable).parent
 
 
@@ -54,9 +55,7 @@ def webhook(*changes: dict[str, Any], entries: int = 1) -> dict[str, Any]:
     per = max(1, len(changes) // entries)
     out = []
     for i in range(0, len(changes), per):
-        out.append(
-            {"id": "WABA-1", "changes": [{"field": "messages", "value": v} for v in changes[i : i + per]]}
-        )
+        out.append({"id": WABA, "changes": [{"field": "messages", "value": v} for v in changes[i : i + per]]})
     return {"object": "whatsapp_business_account", "entry": out}
 
 
@@ -130,7 +129,11 @@ class FakeTokenKeeper(token_keeper_pb2_grpc.TokenKeeperServicer):
     def reset(self) -> None:
         self.channels: dict[str, token_keeper_pb2.ChannelCredentials] = {
             PNID: token_keeper_pb2.ChannelCredentials(
-                phone_number_id=PNID, access_token=TOKEN, app_secret=APP_SECRET, verify_token=VERIFY_TOKEN
+                phone_number_id=PNID,
+                access_token=TOKEN,
+                app_secret=APP_SECRET,
+                verify_token=VERIFY_TOKEN,
+                waba_id=WABA,
             )
         }
         self.calls: list[str] = []

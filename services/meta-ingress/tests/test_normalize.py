@@ -347,3 +347,56 @@ def test_fuzz_only_shape_errors_escape() -> None:
             env.SerializeToString()  # every produced event is encodable
         outcomes["ok"] += 1
     assert outcomes["ok"] > 100 and outcomes["shape"] > 100
+
+
+# --- caps and sizes (security review H4, webhook sizes) ------------------------------------------------------
+def test_caps_on_entries_changes_items_and_numbers() -> None:
+    from meta_ingress.normalize import WebhookTooLarge
+
+    three = [value([msg("text", {"body": str(i)})]) for i in range(3)]
+    assert len(parse_envelope(webhook(*three), max_updates=3).changes) == 3
+    with pytest.raises(WebhookTooLarge, match="changes"):
+        parse_envelope(webhook(*three), max_updates=2)
+    with pytest.raises(WebhookTooLarge, match="entries"):
+        parse_envelope(webhook(*three, entries=3), max_updates=2)
+    many = value([msg("text", {"body": str(i)}) for i in range(3)], [status("w", "read")])
+    with pytest.raises(WebhookTooLarge, match="messages and statuses"):
+        parse_envelope(webhook(many), max_updates=3)
+    numbers = [value([msg("text", {"body": "x"})], pnid=str(10**14 + i)) for i in range(4)]
+    assert len(parse_envelope(webhook(*numbers), max_channels=4).channels) == 4
+    with pytest.raises(WebhookTooLarge, match="phone numbers"):
+        parse_envelope(webhook(*numbers), max_channels=3)
+
+
+def test_an_event_too_large_for_one_record_is_cut_with_a_visible_marker() -> None:
+    from meta_ingress.normalize import TRUNCATED, fit
+
+    huge = msg("text", {"body": "é" * 600_000})
+    env = run(webhook(value([huge]))).envelopes[0]
+    assert fit(env, 256 * 1024)
+    assert env.ByteSize() <= 256 * 1024
+    cm = env.customer_message
+    assert cm.text.startswith("éé") and cm.text.endswith(f"\n{TRUNCATED}")
+    assert json.loads(cm.raw_json)["truncated"] is True
+    assert env.event_id == f"wa:{huge['id']}" and cm.wamid == huge["id"]  # ids are never cut
+    small = run(webhook(value([msg("text", {"body": "hi"})]))).envelopes[0]
+    assert not fit(small, 256 * 1024) and small.customer_message.text == "hi"
+
+
+def test_huge_unknown_payload_and_long_names_share_the_cut() -> None:
+    from meta_ingress.normalize import TRUNCATED, fit
+
+    m = msg("hologram", {"data": "z" * 900_000})
+    contacts = [{"profile": {"name": "N" * 400_000}, "wa_id": m["from"]}]
+    env = run(webhook(value([m], contacts=contacts))).envelopes[0]
+    assert fit(env, 128 * 1024)
+    assert env.ByteSize() <= 128 * 1024
+    assert env.customer_message.profile_name.endswith(TRUNCATED)
+    assert env.customer_message.text == "[Unsupported message type: hologram]"
+
+
+def test_over_long_customer_ids_are_refused() -> None:
+    with pytest.raises(WebhookShapeError, match="customer id is too long"):
+        run(webhook(value([msg("text", {"body": "x"}, frm="1" * 600)], contacts=[])))
+    with pytest.raises(WebhookShapeError, match="recipient id is too long"):
+        run(webhook(value(statuses=[status("w", "read", recipient="1" * 600)])))

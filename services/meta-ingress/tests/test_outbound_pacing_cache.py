@@ -194,3 +194,29 @@ async def test_cache_single_flight_negative_and_stale() -> None:
     cache.invalidate("a")
     await cache.get("a")
     assert calls.count("a") == 5  # first load, two failed reloads, one good reload, one after invalidate
+
+
+async def test_random_missing_keys_never_evict_real_entries() -> None:
+    """H4: a flood of unknown phone_number_ids fills only the bounded negative map."""
+    calls: list[str] = []
+
+    async def load(key: str) -> str:
+        calls.append(key)
+        if key.startswith("random"):
+            raise NotFoundError(key)
+        return f"value-{key}"
+
+    cache: AsyncTtlCache[str, str] = AsyncTtlCache(
+        load, ttl_s=60, negative_ttl_s=60, stale_max_s=100, max_entries=10, negative_max_entries=100
+    )
+    for key in ("a", "b"):
+        await cache.get(key)
+    for i in range(5_000):
+        with pytest.raises(NotFoundError):
+            await cache.get(f"random-{i}")
+    assert await cache.get("a") == "value-a" and await cache.get("b") == "value-b"
+    assert calls.count("a") == 1 and calls.count("b") == 1  # still cached, not reloaded
+    with pytest.raises(NotFoundError):
+        await cache.get("random-4999")  # the newest missing keys are remembered
+    assert calls.count("random-4999") == 1
+    assert len(cache._missing) <= 100

@@ -120,3 +120,23 @@ def test_other_secret_is_refused_and_filenames_are_sanitized() -> None:
     assert media_url.safe_filename('../../etc/pa"ss\nwd') == "pa_ss_wd"
     assert media_url.safe_filename("") == "file"
     assert len(media_url.safe_filename("a" * 500)) == 200
+
+
+def test_signer_ids_come_from_a_bounded_scan_of_the_raw_body() -> None:
+    body = (
+        b'{"object":"whatsapp_business_account","entry":[{"id":"102290129340398","changes":[{"value":'
+        b'{"metadata":{"display_phone_number":"1","phone_number_id":"106540352242922"}},"field":"messages"}]}]}'
+    )
+    assert signature.signer_ids(body) == ("106540352242922", "102290129340398")
+    # inside a JSON string the quotes are escaped: a message text cannot name the signer
+    text = b'{"entry":[{"changes":[{"value":{"messages":[{"text":{"body":"\\"phone_number_id\\":\\"1\\""}}]}}]}]}'
+    assert signature.signer_ids(text) == (None, None)
+    assert signature.signer_ids(b"[" * 100_000) == (None, None)
+    assert signature.signer_ids(b'{"phone_number_id":"12ab"}') == (None, None)  # not a Meta id
+
+
+def test_metric_labels_from_outside_are_bounded() -> None:
+    from meta_ingress.metrics import KNOWN_FIELDS, bounded
+
+    assert bounded("account_update", KNOWN_FIELDS) == "account_update"
+    assert bounded("f" * 40, KNOWN_FIELDS) == "other"

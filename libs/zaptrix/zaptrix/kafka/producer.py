@@ -32,6 +32,7 @@ class EventProducer:
             enable_idempotence=True,
             linger_ms=settings.linger_ms,
             request_timeout_ms=settings.request_timeout_ms,
+            max_request_size=settings.max_request_bytes,  # agrees with the topics' max.message.bytes
             **connection_kwargs(settings),
         )
         self._started = False
