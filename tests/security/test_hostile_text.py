@@ -18,7 +18,7 @@ import pytest
 from bitrix_ingress import events as ev
 from bitrix_ingress import formparse
 from bitrix_ingress.outbound_events import outbound
-from meta_ingress import bbcode
+from meta_ingress import bbcode, media_url
 from meta_ingress import outbound as meta_outbound
 from meta_ingress.notices import Notice
 from meta_ingress.operator_messages import OperatorMessages
@@ -213,3 +213,9 @@ def test_messages_per_event_are_capped() -> None:
     assert len({p.external_chat_id for p in normalized.pending}) <= 100
     assert any("more than" in reason for reason in normalized.skipped)
     assert len(normalized.skipped) <= 10  # one reason for the whole excess, not one line per message
+
+
+def test_unicode_digit_media_url_expiry_is_a_clean_refusal() -> None:
+    # GET /media/...?exp=²: "²".isdigit() is True but int() refuses it (a 500 before the signature check).
+    with pytest.raises(media_url.MediaUrlError):
+        media_url.check(b"secret", "123", "456", "²", "f.jpg", "0" * 64)
