@@ -110,7 +110,9 @@ def error_from_response(response: httpx.Response, body: bytes | None = None) -> 
     assert isinstance(error_data, dict)
     return GraphApiError(
         response.status_code,
-        int(code) if isinstance(code, int) or (isinstance(code, str) and code.isascii() and code.isdigit()) else None,
+        int(code)
+        if isinstance(code, int) or (isinstance(code, str) and code.isascii() and code.isdigit())
+        else None,
         str(err.get("message") or ""),
         subcode=int(subcode) if isinstance(subcode, int) else None,
         details=str(error_data.get("details") or ""),
@@ -205,7 +207,9 @@ class GraphClient:
         return MediaInfo(
             url=data["url"],
             mime_type=str(data.get("mime_type") or ""),
-            file_size=int(size) if isinstance(size, int) or (isinstance(size, str) and size.isascii() and size.isdigit()) else 0,
+            file_size=int(size)
+            if isinstance(size, int) or (isinstance(size, str) and size.isascii() and size.isdigit())
+            else 0,
             sha256=str(data.get("sha256") or ""),
         )
 
