@@ -68,16 +68,17 @@ class BenchEnv:
     scale: float = 1.0  # BENCH_SCALE: multiplies durations (0.3 = a quick smoke run)
 
     @classmethod
-    def from_environ(cls) -> BenchEnv:
+    def from_environ(cls, need_stack: bool = True) -> BenchEnv:
+        """``need_stack=False``: in-process scenarios only (adversarial), no PostgreSQL or Kafka needed."""
         missing = [n for n in ("BENCH_PG_URL", "BENCH_KAFKA") if not os.environ.get(n)]
-        if missing:
+        if missing and need_stack:
             raise SystemExit(
                 f"{', '.join(missing)} not set: run the benchmarks through dev/bench.sh (or `make bench`), "
                 "which starts the bench's own PostgreSQL and Kafka"
             )
         return cls(
-            pg_url=os.environ["BENCH_PG_URL"],
-            kafka=os.environ["BENCH_KAFKA"],
+            pg_url=os.environ.get("BENCH_PG_URL", ""),
+            kafka=os.environ.get("BENCH_KAFKA", ""),
             state=Path(os.environ.get("BENCH_STATE", ROOT / ".local" / "bench")),
             results=Path(os.environ.get("BENCH_RESULTS", ROOT / "bench" / "results")),
             scale=float(os.environ.get("BENCH_SCALE", "1") or 1),

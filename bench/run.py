@@ -32,7 +32,9 @@ SCENARIOS: dict[str, tuple[str, float]] = {
     "portal_rate": ("bench.scenarios.portal_rate", 180),
     "outbound_throughput": ("bench.scenarios.outbound_throughput", 180),
     "outbound_latency": ("bench.scenarios.outbound_latency", 120),
+    "adversarial": ("bench.scenarios.adversarial", 120),
 }
+IN_PROCESS = frozenset({"adversarial"})  # need no PostgreSQL or Kafka: runnable without dev/bench.sh
 
 
 def _load_average() -> list[float]:
@@ -233,7 +235,7 @@ def main() -> None:
     unknown = [n for n in names if n not in SCENARIOS]
     if unknown:
         parser.error(f"unknown scenario(s) {', '.join(unknown)}; known: {', '.join(SCENARIOS)}")
-    env = BenchEnv.from_environ()
+    env = BenchEnv.from_environ(need_stack=not set(names) <= IN_PROCESS)
     atexit.register(kill_remembered)
     try:
         import uvloop

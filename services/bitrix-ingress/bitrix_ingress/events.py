@@ -16,6 +16,12 @@ resolves each envelope's conversation key through the mapper and produces the en
 Both payload shapes are read: ``data[MESSAGES]`` (current) and ``data[DATA]`` (older), keys in any
 case, ``message.id`` as an array or a single value. One malformed message among several is skipped
 (and reported) rather than failing the others: Bitrix24 never resends an event.
+
+Bounds (a real event carries one message for one chat): at most MAX_MESSAGES messages (or dialogs) and
+MAX_CHATS distinct chats per event are taken; the excess is left out with one reason in ``skipped``
+(logged and counted), not refused: refusing would lose the legitimate part too, since Bitrix24 never
+resends. Operator text is cut at MAX_TEXT characters; the dispatcher converts at most 20,000 of them and
+tells the operator what it sent.
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ from typing import Any
 from zaptrix.kafka import new_envelope
 from zaptrix.v1 import events_pb2
 
-from bitrix_ingress.formparse import as_list, get_ci, get_path, get_str
+from bitrix_ingress.formparse import as_list, get_ci, get_path, get_str, is_index
 from bitrix_ingress.text import is_notice
 
 MESSAGE_ADD = "ONIMCONNECTORMESSAGEADD"
@@ -53,6 +59,10 @@ OUTBOUND_EVENTS = (
 HANDLED = frozenset(
     {MESSAGE_ADD, MESSAGE_UPDATE, MESSAGE_DELETE, DIALOG_FINISH, STATUS_DELETE, LINE_DELETE, APP_UNINSTALL}
 )
+
+MAX_MESSAGES = 100  # messages (or dialogs) taken from one event
+MAX_CHATS = 20  # distinct chats per event: each costs a mapper lookup before the answer
+MAX_TEXT = 32_768  # operator text characters kept (WhatsApp takes 4 x 4,096 of them per message)
 
 _SECRET_AUTH_KEYS = frozenset({"access_token", "refresh_token", "application_token", "auth_id", "refresh_id"})
 
@@ -121,7 +131,7 @@ def _ts(form: dict[str, Any]) -> tuple[str, datetime]:
         seconds = int(float(raw))
         if 0 < seconds < 10**11:
             return str(seconds), datetime.fromtimestamp(seconds, UTC)
-    except ValueError:
+    except (ValueError, OverflowError):  # "nan", "1e400"
         pass
     now = datetime.now(UTC)
     return str(int(now.timestamp())), now
@@ -156,12 +166,42 @@ def _files(message: Any) -> list[events_pb2.BitrixFile]:
             continue
         name = get_str(item, "name") or "file"
         size_raw = get_str(item, "size")
-        size = int(size_raw) if size_raw.isdigit() and len(size_raw) < 18 else 0
+        size = int(size_raw) if is_index(size_raw) and len(size_raw) < 18 else 0
         mime = get_str(item, "mime_type") or mimetypes.guess_type(name)[0] or ""
         out.append(
             events_pb2.BitrixFile(name=name, type=get_str(item, "type"), link=link, size=size, mime_type=mime)
         )
     return out
+
+
+def _bounded(items: list[Any], what: str, skipped: list[str]) -> list[Any]:
+    """The first MAX_MESSAGES items; one reason for the rest."""
+    if len(items) > MAX_MESSAGES:
+        skipped.append(
+            f"{what} {MAX_MESSAGES} to {len(items) - 1}: more than {MAX_MESSAGES} in one event, left out"
+        )
+    return items[:MAX_MESSAGES]
+
+
+class _Chats:
+    """The distinct chats of one event, at most MAX_CHATS; counts what is left out for a further chat."""
+
+    def __init__(self) -> None:
+        self.seen: dict[str, None] = {}  # ordered set
+        self.refused = 0
+
+    def admit(self, chat: str) -> bool:
+        if chat in self.seen:
+            return True
+        if len(self.seen) >= MAX_CHATS:
+            self.refused += 1
+            return False
+        self.seen[chat] = None
+        return True
+
+    def report(self, what: str, skipped: list[str]) -> None:
+        if self.refused:
+            skipped.append(f"{self.refused} {what}: more than {MAX_CHATS} chats in one event, left out")
 
 
 def _common(data: Any) -> tuple[str, int]:
@@ -199,7 +239,8 @@ def normalize(form: dict[str, Any], auth: Auth, *, connector_id: str, read_on_re
         items = _messages(data)
         if not items:
             raise EventError("data[MESSAGES] (or data[DATA]) is missing or empty")
-        read_chats: list[str] = []
+        items = _bounded(items, "messages", out.skipped)
+        chats = _Chats()
         notices = 0
         for index, item in enumerate(items):
             try:
@@ -211,27 +252,31 @@ def normalize(form: dict[str, Any], auth: Auth, *, connector_id: str, read_on_re
                 notices += 1
                 out.skipped.append(f"message {index}: our own failure notice, not relayed")
                 continue
+            if not chats.admit(pending.external_chat_id):
+                continue
             if reply_id:
                 out.reply_lookups[len(out.pending)] = reply_id
             out.pending.append(pending)
-            if event == MESSAGE_ADD and pending.external_chat_id not in read_chats:
-                read_chats.append(pending.external_chat_id)
+        chats.report("messages", out.skipped)
         if not out.pending and notices < len(items):
             raise EventError("; ".join(out.skipped)[:500])
-        if read_on_reply:
-            for chat in read_chats:
+        if read_on_reply and event == MESSAGE_ADD:
+            for chat in chats.seen:
                 out.pending.append(_operator_read(auth, chat, ts_text, occurred))
         return out
 
     if event == DIALOG_FINISH:
         if not isinstance(data, dict):
             raise EventError("data is missing or not a map")
-        for index, item in enumerate(_messages(data)):
+        chats = _Chats()
+        for index, item in enumerate(_bounded(_messages(data), "dialogs", out.skipped)):
             chat = get_str(item, "connector", "chat_id") or get_str(item, "chat", "id")
             if not chat:
                 out.skipped.append(f"dialog {index}: no connector.chat_id")
                 continue
-            out.pending.append(_operator_read(auth, chat, ts_text, occurred))
+            if chats.admit(chat):
+                out.pending.append(_operator_read(auth, chat, ts_text, occurred))
+        chats.report("dialogs", out.skipped)
         return out
 
     if event == STATUS_DELETE:
@@ -300,7 +345,7 @@ def _message_item(
         message = {}
     if not external_chat_id:
         raise EventError("chat.id (our external chat id) is missing")
-    text = get_str(message, "text") if isinstance(get_path(message, "text"), str) else ""
+    text = get_str(message, "text")[:MAX_TEXT] if isinstance(get_path(message, "text"), str) else ""
     external_ids = [
         str(v).strip() for v in as_list(get_ci(message, "id")) if isinstance(v, str | int) and str(v).strip()
     ]

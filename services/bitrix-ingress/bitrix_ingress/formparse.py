@@ -51,19 +51,39 @@ def split_key(key: str) -> list[str]:
     return parts
 
 
-def _next_index(node: Mapping[str, Any]) -> str:
-    numeric = [int(k) for k in node if k.isdigit() and len(k) < 10]
-    nxt = max(numeric) + 1 if numeric else 0
-    if nxt > MAX_AUTO_INDEX:
-        raise FormError("too many array elements")
-    return str(nxt)
+def is_index(key: str) -> bool:
+    """A PHP integer key: ASCII digits only (``"²".isdigit()`` is True, but ``int("²")`` fails)."""
+    return key.isascii() and key.isdigit()
 
 
-def parse_pairs(pairs: list[tuple[str, str]]) -> dict[str, Any]:
+class _Indices:
+    """The next ``[]`` index of every array node, kept up to date as keys are set: O(1) per field.
+
+    (Recomputing max(numeric keys) + 1 per ``[]`` made ``a[]=…`` x n cost O(n²) before authentication.)
+    Nodes are keyed by id() and kept alive here, so an id is never reused during one parse.
+    """
+
+    def __init__(self) -> None:
+        self._next: dict[int, tuple[dict[str, Any], int]] = {}
+
+    def seen(self, node: dict[str, Any], key: str) -> None:
+        if is_index(key) and len(key) < 10:
+            nxt = self._next.get(id(node), (node, 0))[1]
+            self._next[id(node)] = (node, max(nxt, int(key) + 1))
+
+    def take(self, node: dict[str, Any]) -> str:
+        nxt = self._next.get(id(node), (node, 0))[1]
+        if nxt > MAX_AUTO_INDEX:
+            raise FormError("too many array elements")
+        return str(nxt)
+
+
+def parse_pairs(pairs: list[tuple[str, str]], max_fields: int = MAX_FIELDS) -> dict[str, Any]:
     """Build the nested structure from ordered (key, value) pairs."""
-    if len(pairs) > MAX_FIELDS:
-        raise FormError(f"more than {MAX_FIELDS} form fields")
+    if len(pairs) > max_fields:
+        raise FormError(f"more than {max_fields} form fields")
     root: dict[str, Any] = {}
+    indices = _Indices()
     for key, value in pairs:
         if not key:
             continue
@@ -74,19 +94,23 @@ def parse_pairs(pairs: list[tuple[str, str]]) -> dict[str, Any]:
             raise FormError(f"form key nested deeper than {MAX_DEPTH} levels")
         node = root
         for part in parts[:-1]:
-            name = part if part != "" else _next_index(node)
+            name = part if part != "" else indices.take(node)
+            indices.seen(node, name)
             child = node.get(name)
             if not isinstance(child, dict):
                 child = {}
                 node[name] = child
             node = child
-        last = parts[-1] if parts[-1] != "" else _next_index(node)
+        last = parts[-1] if parts[-1] != "" else indices.take(node)
+        indices.seen(node, last)
         node[last] = value
     return root
 
 
-def parse_form(body: bytes | str) -> dict[str, Any]:
-    """Parse an urlencoded body. Raises :class:`FormError` with a caller-safe reason."""
+def parse_form(body: bytes | str, max_fields: int = MAX_FIELDS) -> dict[str, Any]:
+    """Parse an urlencoded body. Raises :class:`FormError` with a caller-safe reason.
+
+    Linear in the body; ``max_fields`` lower for what is parsed before authentication."""
     if isinstance(body, bytes):
         try:
             text = body.decode("utf-8")
@@ -96,13 +120,13 @@ def parse_form(body: bytes | str) -> dict[str, Any]:
         text = body
     try:
         pairs = parse_qsl(
-            text, keep_blank_values=True, strict_parsing=False, errors="strict", max_num_fields=MAX_FIELDS
+            text, keep_blank_values=True, strict_parsing=False, errors="strict", max_num_fields=max_fields
         )
     except UnicodeDecodeError as exc:
         raise FormError("percent-encoded bytes are not valid UTF-8") from exc
     except ValueError as exc:
-        raise FormError(f"more than {MAX_FIELDS} form fields") from exc
-    return parse_pairs(pairs)
+        raise FormError(f"more than {max_fields} form fields") from exc
+    return parse_pairs(pairs, max_fields)
 
 
 def as_list(value: Any) -> list[Any]:
@@ -117,7 +141,7 @@ def as_list(value: Any) -> list[Any]:
     if isinstance(value, dict):
         if not value:
             return []
-        if all(isinstance(k, str) and k.isdigit() for k in value):
+        if all(isinstance(k, str) and is_index(k) for k in value):
             return [value[k] for k in sorted(value, key=int)]
         return [value]
     return [value]

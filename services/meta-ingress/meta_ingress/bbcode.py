@@ -22,7 +22,9 @@ ZWSP = "\u200b"
 WA_MARKERS = "*_~`"
 MAX_TEXT = 4096  # whatsapp.md A3: text.body is at most 4096 characters
 
-_TAG = re.compile(r"\[(/?)(\*|[A-Za-z]+)(?:=([^\]\n]*))?\]")
+MAX_DEPTH = 16  # open tags nested deeper stay literal text (real messages nest a handful)
+_NAME = re.compile(r"(/?)(\*|[A-Za-z]+)")  # a tag's name after its "["; _Tags finds the rest
+_CODE_END = re.compile(r"\[/code\]", re.IGNORECASE)
 _DASH_QUOTE = re.compile(r"(?m)^-{20,}[ \t]*\n(.*?)\n-{20,}[ \t]*$", re.DOTALL)
 _ENTITIES = {
     "&amp;": "&",
@@ -78,41 +80,104 @@ def _unescape(text: str) -> str:
     return _ENTITY.sub(lambda m: _ENTITIES[m.group(0)], text)
 
 
+class _Tags:
+    """The tags of one text, left to right, in time linear in the text overall.
+
+    Equivalent to ``\\[(/?)(\\*|[A-Za-z]+)(?:=([^\\]\\n]*))?\\]`` searched from each position, which the
+    regex engine does in O(n²) on ``[a=[a=[a=…`` (every ``[`` rescans the rest of the line). Here the next
+    ``]`` and the next newline are found once and reused while the scan is before them.
+    """
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self._close = -1  # cached position of the next "]" (len(text): none left)
+        self._newline = -1
+        self._code_end: re.Match[str] | None = None
+        self._code_done = False  # no [/code] after the last search: none later either
+
+    def _next(self, ch: str, cached: int, pos: int) -> int:
+        if cached >= pos:
+            return cached
+        found = self.text.find(ch, pos)
+        return len(self.text) if found < 0 else found
+
+    def find(self, pos: int) -> tuple[int, int, str, str, str | None] | None:
+        """(start, end, slash, name, arg) of the first tag at or after ``pos``, else None."""
+        text = self.text
+        while True:
+            start = text.find("[", pos)
+            if start < 0:
+                return None
+            pos = start + 1
+            name = _NAME.match(text, pos)
+            if name is None:
+                continue
+            after = name.end()
+            if after < len(text) and text[after] == "]":
+                return start, after + 1, name.group(1), name.group(2), None
+            if after < len(text) and text[after] == "=":
+                self._close = self._next("]", self._close, after + 1)
+                self._newline = self._next("\n", self._newline, after + 1)
+                if self._close < min(self._newline, len(text)):
+                    return start, self._close + 1, name.group(1), name.group(2), text[after + 1 : self._close]
+
+    def code_end(self, pos: int) -> re.Match[str] | None:
+        """The next ``[/code]`` at or after ``pos`` (searched again only once the scan has passed it)."""
+        if self._code_done or (self._code_end is not None and self._code_end.start() >= pos):
+            return self._code_end
+        self._code_end = _CODE_END.search(self.text, pos)
+        self._code_done = self._code_end is None
+        return self._code_end
+
+
 def _parse(text: str) -> _Element:
+    """The element tree, with an explicit stack: nesting deeper than MAX_DEPTH stays literal text, so the
+    (recursive) rendering never goes deeper than that whatever the input."""
     root = _Element("", None, "", closed=True)
     stack = [root]
+    open_at: dict[str, list[int]] = {}  # tag name -> stack indices of the open elements of that name
+    tags = _Tags(text)
     pos = 0
     while True:
-        match = _TAG.search(text, pos)
-        if match is None:
+        found = tags.find(pos)
+        if found is None:
             break
-        if match.start() > pos:
-            stack[-1].children.append(text[pos : match.start()])
-        closing, name, arg = match.group(1) == "/", match.group(2).lower(), match.group(3)
-        pos = match.end()
+        start, end, slash, raw_name, arg = found
+        raw = text[start:end]
+        if start > pos:
+            stack[-1].children.append(text[pos:start])
+        closing, name = slash == "/", raw_name.lower()
+        pos = end
         if name not in KNOWN or (closing and name in VOID and name != "*"):
-            stack[-1].children.append(match.group(0))
+            stack[-1].children.append(raw)
             continue
         if not closing:
             if name in VOID:
-                stack[-1].children.append(_Element(name, arg, match.group(0), closed=True))
+                stack[-1].children.append(_Element(name, arg, raw, closed=True))
                 continue
-            element = _Element(name, arg, match.group(0))
+            if len(stack) > MAX_DEPTH:
+                stack[-1].children.append(raw)  # too deep: literal, like an unknown tag
+                continue
+            element = _Element(name, arg, raw)
             stack[-1].children.append(element)
             if name == "code":  # verbatim up to [/code]
-                end = re.compile(r"\[/code\]", re.IGNORECASE).search(text, pos)
-                if end is not None:
-                    element.children.append(text[pos : end.start()])
+                code_end = tags.code_end(pos)
+                if code_end is not None:
+                    element.children.append(text[pos : code_end.start()])
                     element.closed = True
-                    pos = end.end()
+                    pos = code_end.end()
                 continue
+            open_at.setdefault(name, []).append(len(stack))
             stack.append(element)
             continue
-        depth = next((i for i in range(len(stack) - 1, 0, -1) if stack[i].name == name), None)
-        if depth is None:
-            stack[-1].children.append(match.group(0))
+        indices = open_at.get(name)
+        if not indices:
+            stack[-1].children.append(raw)
             continue
-        del stack[depth + 1 :]  # tags opened inside and never closed stay literal (closed=False)
+        depth = indices[-1]
+        while len(stack) > depth + 1:  # tags opened inside and never closed stay literal (closed=False)
+            open_at[stack.pop().name].pop()
+        indices.pop()
         stack.pop().closed = True
     if pos < len(text):
         stack[-1].children.append(text[pos:])
@@ -123,36 +188,61 @@ def _boundary(ch: str) -> bool:
     return not ch.isalnum()
 
 
+def _positions(line: str, marker: str) -> list[int]:
+    out = []
+    i = line.find(marker)
+    while i >= 0:
+        out.append(i)
+        i = line.find(marker, i + 1)
+    return out
+
+
 def escape_markers(line: str) -> str:
-    """Neutralise literal marker pairs that WhatsApp would turn into formatting."""
+    """Neutralise literal marker pairs that WhatsApp would turn into formatting.
+
+    An opener pairs with the first valid closer at least two characters after it; whether a marker can
+    close depends only on its own neighbours, so the closers are listed once and walked with one pointer
+    (linear; a scan to the end of the line per opener made ``*a *a *a …`` quadratic).
+    """
     if not any(m in line for m in WA_MARKERS):
         return line
     line = line.replace("```", f"`{ZWSP}`{ZWSP}`")  # a literal code fence never opens a block
-    escape: set[int] = set()
+    escape: list[int] = []
     n = len(line)
     for marker in WA_MARKERS:
-        i = 0
-        while i < n:
-            if line[i] != marker or ZWSP in (line[i - 1 : i], line[i + 1 : i + 2]):
-                i += 1
+        positions = _positions(line, marker)
+        if len(positions) < 2:
+            continue
+        closers = [
+            j
+            for j in positions
+            if j > 0 and not line[j - 1].isspace() and (j == n - 1 or _boundary(line[j + 1]))
+        ]
+        k = 0
+        resume = 0  # markers before this were consumed by the last pair
+        for i in positions:
+            if i < resume or ZWSP in (line[i - 1 : i], line[i + 1 : i + 2]):
                 continue
             opener = (i == 0 or _boundary(line[i - 1])) and i + 1 < n and not line[i + 1].isspace()
             if not opener or (line[i + 1] == marker and marker != "`"):
-                i += 1
                 continue
-            close = None
-            for j in range(i + 2, n):
-                if line[j] == marker and not line[j - 1].isspace() and (j == n - 1 or _boundary(line[j + 1])):
-                    close = j
-                    break
-            if close is None:
-                i += 1
-                continue
-            escape.update((i, close))
-            i = close + 1
+            while k < len(closers) and closers[k] < i + 2:
+                k += 1
+            if k == len(closers):
+                break  # no closer after this opener, so none after any later one either
+            close = closers[k]
+            escape.extend((i, close))
+            resume = close + 1
     if not escape:
         return line
-    return "".join(f"{ZWSP}{ch}{ZWSP}" if i in escape else ch for i, ch in enumerate(line))
+    out: list[str] = []
+    last = 0
+    for i in sorted(escape):
+        out.append(line[last:i])
+        out.append(f"{ZWSP}{line[i]}{ZWSP}")
+        last = i + 1
+    out.append(line[last:])
+    return "".join(out)
 
 
 def _text(node: str) -> str:
@@ -194,10 +284,11 @@ def _render_list(element: _Element) -> str:
     for child in element.children:
         if isinstance(child, _Element) and child.name == "*":
             counter += 1
-            if ordered.isdigit():
+            letter = chr(ord(ordered) + counter - 1) if len(ordered) == 1 else ""
+            if ordered.isascii() and ordered.isdigit() and len(ordered) < 10:
                 prefix = f"{int(ordered) + counter - 1}. "
-            elif len(ordered) == 1 and ordered.isalpha():
-                prefix = f"{chr(ord(ordered) + counter - 1)}. "
+            elif ordered.isascii() and ordered.isalpha() and letter.isascii() and letter.isalpha():
+                prefix = f"{letter}. "
             else:
                 prefix = "• "
             out.append("\n" + prefix)
@@ -280,7 +371,7 @@ def to_whatsapp(bbcode: str) -> str:
     text = bbcode.replace("\r\n", "\n").replace("\r", "\n")
     text = _DASH_QUOTE.sub(lambda m: f"[quote]{m.group(1)}[/quote]", text)
     out = _render_children(_parse(text).children)
-    out = re.sub(r"[ \t]+\n", "\n", out)
+    out = "\n".join(line.rstrip(" \t") for line in out.split("\n"))  # not [ \t]+\n: O(n²) on blanks
     out = re.sub(r"\n{3,}", "\n\n", out)
     return out.strip()
 

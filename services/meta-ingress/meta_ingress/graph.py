@@ -8,6 +8,7 @@ without one) or GraphTransportError (no usable answer); errors.py decides what e
 from __future__ import annotations
 
 import email.utils
+import math
 import re
 import time
 from collections.abc import AsyncIterator
@@ -80,8 +81,9 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     if not value:
         return None
     value = value.strip()
-    if value.replace(".", "", 1).isdigit():
-        return max(0.0, float(value))
+    if value.isascii() and value.replace(".", "", 1).isdigit():  # "²".isdigit() is True, float() refuses it
+        seconds = float(value)
+        return max(0.0, seconds) if math.isfinite(seconds) else None
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):
@@ -94,7 +96,7 @@ def error_from_response(response: httpx.Response, body: bytes | None = None) -> 
     data: Any = None
     try:
         data = httpx.Response(200, content=body).json() if body is not None else response.json()
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         data = None
     err = data.get("error") if isinstance(data, dict) else None
     if not isinstance(err, dict):
@@ -108,7 +110,9 @@ def error_from_response(response: httpx.Response, body: bytes | None = None) -> 
     assert isinstance(error_data, dict)
     return GraphApiError(
         response.status_code,
-        int(code) if isinstance(code, int) or (isinstance(code, str) and code.isdigit()) else None,
+        int(code)
+        if isinstance(code, int) or (isinstance(code, str) and code.isascii() and code.isdigit())
+        else None,
         str(err.get("message") or ""),
         subcode=int(subcode) if isinstance(subcode, int) else None,
         details=str(error_data.get("details") or ""),
@@ -159,7 +163,7 @@ class GraphClient:
             raise err
         try:
             data = response.json()
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
             EXTERNAL_CALLS.labels(PLATFORM, label, "bad_response").inc()
             raise GraphTransportError(f"{label}: answer is not JSON", maybe_delivered=True) from exc
         EXTERNAL_CALLS.labels(PLATFORM, label, "ok").inc()
@@ -203,7 +207,9 @@ class GraphClient:
         return MediaInfo(
             url=data["url"],
             mime_type=str(data.get("mime_type") or ""),
-            file_size=int(size) if isinstance(size, int) or (isinstance(size, str) and size.isdigit()) else 0,
+            file_size=int(size)
+            if isinstance(size, int) or (isinstance(size, str) and size.isascii() and size.isdigit())
+            else 0,
             sha256=str(data.get("sha256") or ""),
         )
 

@@ -82,7 +82,7 @@ def check(
         path = media_path(phone_number_id, media_id)
     except ValueError:
         raise MediaUrlError("malformed media path") from None
-    if not exp.isdigit() or len(exp) > 12:
+    if not (exp.isascii() and exp.isdigit()) or len(exp) > 12:  # "²".isdigit() is True, int() refuses it
         raise MediaUrlError("malformed exp")
     expected = _mac(secret, path, int(exp), filename)
     if not hmac.compare_digest(expected.encode(), sig.strip().lower().encode("ascii", "replace")):

@@ -174,14 +174,14 @@ def parse_envelope(payload: Any, max_updates: int = 1000, max_channels: int = 10
 
 def _timestamp(value: Any) -> int:
     text = _str(value)
-    if text.isdigit() and int(text) <= _MAX_TIMESTAMP:
+    if text.isascii() and text.isdigit() and int(text) <= _MAX_TIMESTAMP:  # "²".isdigit() is True
         return int(text)
     return int(time.time())
 
 
 def _size(value: Any) -> int:
     text = _str(value)
-    return int(text) if text.isdigit() and int(text) < 2**63 else 0
+    return int(text) if text.isascii() and text.isdigit() and int(text) < 2**63 else 0
 
 
 def _filename(kind: str, media_id: str, mime: str, given: str) -> str:
@@ -300,7 +300,7 @@ def _errors(value: Any) -> list[events_pb2.GraphError]:
         code = _str(err.get("code"))
         out.append(
             events_pb2.GraphError(
-                code=int(code) if code.isdigit() and int(code) < 2**31 else 0,
+                code=int(code) if code.isascii() and code.isdigit() and int(code) < 2**31 else 0,
                 title=_str(err.get("title")),
                 message=_str(err.get("message")),
                 details=_str(data.get("details")),
@@ -479,6 +479,13 @@ def _items(value: dict[str, Any], key: str) -> Iterator[tuple[int, dict[str, Any
 
 
 def normalize(hook: Webhook, media_url: MediaUrl) -> Normalized:
+    try:
+        return _normalize(hook, media_url)
+    except UnicodeEncodeError as exc:  # JSON may escape a lone surrogate ("\ud800"); protobuf wants UTF-8
+        raise WebhookShapeError("text that is not valid Unicode (a lone surrogate)") from exc
+
+
+def _normalize(hook: Webhook, media_url: MediaUrl) -> Normalized:
     result = Normalized()
     for change in hook.changes:
         value = change.value

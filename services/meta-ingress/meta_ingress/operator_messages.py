@@ -23,7 +23,7 @@ from meta_ingress.errors import Action, classify, describe, is_media_problem, no
 from meta_ingress.graph import GraphApiError, GraphTransportError
 from meta_ingress.metrics import DUPLICATES, SEND_FAILURES, TOKEN_ERRORS
 from meta_ingress.notices import Notice, graph_error
-from meta_ingress.outbound import Part, Plan, media_payload, plan_message, text_payload
+from meta_ingress.outbound import Part, Plan, media_payload, plan_message, text_payload, too_long_notice
 from meta_ingress.window import Window
 
 log = get_logger(__name__)
@@ -86,6 +86,9 @@ class OperatorMessages:
         delivery = Delivery(
             failures=[Failure(None, f"The file “{f.name}” was not sent: {r}.") for f, r in plan.rejected]
         )
+        if plan.truncated_to is not None:  # told with the other failures, after the parts went out
+            delivery.failures.append(Failure(None, too_long_notice(plan.truncated_to), "too_long"))
+            SEND_FAILURES.labels("too_long", "notified").inc()
         multi = len(plan.parts) > 1
         for part in plan.parts:
             part_id = f"{event_id}#p{part.index}" if multi else event_id
@@ -120,7 +123,7 @@ class OperatorMessages:
         if delivery.failures:
             first = delivery.failures[0]
             text = "\n".join(f.text for f in delivery.failures)
-            if delivery.wamids:
+            if delivery.wamids and all(f.code != "too_long" for f in delivery.failures):
                 text += "\nThe rest of the message was delivered."
             await notify(notice, first.error, text)
         result = ",".join(delivery.wamids) or "failed:" + ",".join(f.code for f in delivery.failures)

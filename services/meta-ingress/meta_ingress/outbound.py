@@ -4,7 +4,9 @@ Pure planning (no I/O): which WhatsApp messages one Bitrix24 message becomes, an
 
 - The text (BB-code converted) becomes the caption of the first image/video/document when it fits
   (1,024 characters): one message instead of two, which also spares the customer's 6-second pair slot.
-  Otherwise it is sent first, split into chunks of at most 4,096 characters.
+  Otherwise it is sent first, split into chunks of at most 4,096 characters, at most MAX_TEXT_PARTS of
+  them. Longer texts are cut (``Plan.truncated_to``; the operator is told): at most MAX_BBCODE characters
+  of BB-code are converted at all, so a huge text costs bounded work on the dispatcher's event loop.
 - Each file becomes the media type WhatsApp accepts for its MIME type and size (whatsapp.md A4); what
   no specific type accepts (GIF, HEIC, WebM audio, large images, ...) is sent as a document, which
   WhatsApp accepts up to 100 MB. Larger files cannot be sent at all.
@@ -23,6 +25,8 @@ from zaptrix.v1 import events_pb2
 from meta_ingress.bbcode import MAX_TEXT, split_text, to_whatsapp
 
 MAX_CAPTION = 1024
+MAX_TEXT_PARTS = 4  # text messages per operator message: 4 x 4,096 characters, the rest is cut
+MAX_BBCODE = 20_000  # BB-code characters converted; bitrix-ingress already cuts at 32,768
 MB = 1024 * 1024
 # kind -> (accepted MIME types, max bytes); whatsapp.md A4.
 MEDIA_RULES: dict[str, tuple[frozenset[str], int]] = {
@@ -103,12 +107,14 @@ class Part:
 class Plan:
     parts: list[Part]
     rejected: list[tuple[events_pb2.BitrixFile, str]]  # files that cannot be sent, with the reason
+    truncated_to: int | None = None  # the text was too long: this many characters of it are sent
 
 
 def plan_message(
     text_bbcode: str, files: list[events_pb2.BitrixFile], reply_to: str = "", text_prefix: str = ""
 ) -> Plan:
-    text = to_whatsapp(text_bbcode)
+    cut = len(text_bbcode) > MAX_BBCODE
+    text = to_whatsapp(text_bbcode[:MAX_BBCODE] if cut else text_bbcode)
     if text and text_prefix:
         text = text_prefix + text
     media: list[Part] = []
@@ -124,16 +130,30 @@ def plan_message(
         media.append(Part(0, kind, file=file, mime=mime, filename=name))
     parts: list[Part] = []
     captioned = next((p for p in media if p.kind in CAPTIONED), None) if len(text) <= MAX_CAPTION else None
+    truncated_to: int | None = None
     if text and captioned is not None:
         captioned.text = text
+        truncated_to = len(text) if cut else None
     else:
-        parts.extend(Part(0, "text", text=chunk) for chunk in split_text(text, MAX_TEXT))
+        chunks = split_text(text, MAX_TEXT)
+        if cut or len(chunks) > MAX_TEXT_PARTS:
+            chunks = chunks[:MAX_TEXT_PARTS]
+            truncated_to = sum(len(c) for c in chunks)
+        parts.extend(Part(0, "text", text=chunk) for chunk in chunks)
     parts.extend(media)
     for i, part in enumerate(parts):
         part.index = i
     if parts and reply_to:
         parts[0].context_id = reply_to
-    return Plan(parts, rejected)
+    return Plan(parts, rejected, truncated_to)
+
+
+def too_long_notice(sent: int) -> str:
+    """The operator's notice for a text cut to ``sent`` characters."""
+    return (
+        f"The message was too long for WhatsApp: only its first {sent:,} characters were sent "
+        f"(at most {MAX_TEXT_PARTS} messages of {MAX_TEXT:,} characters each)."
+    )
 
 
 def base_payload(to: str, kind: str, context_id: str = "") -> dict[str, Any]:
