@@ -1,6 +1,6 @@
 """A consumer process for test_hostile_delays: a record whose text is "poison" kills the process.
 
-argv: bootstrap, topic prefix, group, file to append handled event ids to, crash limit.
+argv: bootstrap, topic prefix, group, file to append handled event ids to. The crash limit is the default.
 Exits 0 once it has handled the event whose text is "after"; exits 13 when the poison kills it.
 """
 
@@ -15,7 +15,7 @@ from zaptrix.kafka import EventConsumer, EventProducer, Flow, Outcome, Received,
 from zaptrix.settings import KafkaSettings
 
 
-async def main(bootstrap: str, prefix: str, group: str, done_file: str, limit: int) -> None:
+async def main(bootstrap: str, prefix: str, group: str, done_file: str) -> None:
     settings = KafkaSettings(bootstrap_servers=bootstrap, topic_prefix=prefix)
     topics = topics_for(Flow.WA_TO_B24, prefix)
     producer = EventProducer(settings, client_id="poison")
@@ -32,10 +32,7 @@ async def main(bootstrap: str, prefix: str, group: str, done_file: str, limit: i
             stopped.set()
         return Outcome.ok()
 
-    kwargs = {"crash_limit": limit} if limit else {}
-    consumer = EventConsumer(
-        settings, topics, group, per_event(handle), producer, client_id="poison", **kwargs
-    )
+    consumer = EventConsumer(settings, topics, group, per_event(handle), producer, client_id="poison")
     try:
         await asyncio.wait_for(consumer.run(stopped), timeout=60)
     finally:
@@ -43,4 +40,4 @@ async def main(bootstrap: str, prefix: str, group: str, done_file: str, limit: i
 
 
 if __name__ == "__main__":
-    asyncio.run(main(sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5])))
+    asyncio.run(main(*sys.argv[1:5]))
