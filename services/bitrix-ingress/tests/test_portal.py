@@ -171,8 +171,13 @@ def test_a_hostile_retry_after_pauses_a_portal_for_at_most_900_s() -> None:
 
 
 async def test_a_long_paused_portal_sends_its_events_to_the_retry_topic_at_once(deps: Deps) -> None:
-    calls: list[int] = []
-    pc = portal_client(deps, lambda r: calls.append(1) or httpx.Response(200, json={"result": 1}))
+    calls: list[httpx.Request] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        calls.append(request)
+        return httpx.Response(200, json={"result": 1})
+
+    pc = portal_client(deps, answer)
     pc.pacers.get("m1").slow_down(retry_after=600.0)
     with pytest.raises(RateLimitWaitExceeded) as info:
         await pc.call("m1", "imconnector.send.messages", {})
