@@ -25,7 +25,7 @@ from zaptrix.kafka import (
     topics_for,
 )
 from zaptrix.kafka.admin import ensure_topics
-from zaptrix.kafka.envelope import H_ATTEMPT, H_DLQ_REASON, H_DLQ_SOURCE, header
+from zaptrix.kafka.envelope import H_ATTEMPT, H_DLQ_REASON, H_DLQ_SOURCE, H_NOT_BEFORE, encode, header, now_ms
 from zaptrix.replay import replay
 from zaptrix.settings import KafkaSettings
 from zaptrix.v1 import events_pb2
@@ -192,3 +192,29 @@ async def test_permanent_failure_and_garbage_go_to_the_dead_letter_topic_and_rep
         ok.append(rec.envelope.event_id)
 
     await _consume_until(settings, topics, producer, accept, lambda: "wa:wamid.9" in ok)
+
+
+async def test_a_retry_record_claiming_a_far_future_time_does_not_freeze_its_partition(
+    kafka: tuple[KafkaSettings, FlowTopics, EventProducer],
+) -> None:
+    settings, topics, producer = kafka
+    key, value, headers = encode(_event(11))
+    raw = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers)
+    await raw.start()
+    far = str(now_ms() + 10 * 365 * 86400 * 1000).encode()  # written by an old version, or by anyone
+    for garbage_attempt in (b"2", b"not a number"):
+        await raw.send_and_wait(
+            topics.retry,
+            value,
+            key=key,
+            headers=[*headers, (H_ATTEMPT, garbage_attempt), (H_NOT_BEFORE, far)],
+            partition=0,
+        )
+    await raw.stop()
+    attempts: list[int] = []
+
+    async def handler(rec: Received) -> None:
+        attempts.append(rec.attempt)
+
+    await _consume_until(settings, topics, producer, handler, lambda: len(attempts) == 2)
+    assert attempts == [2, 1]  # a garbage attempt header counts as the first attempt

@@ -6,7 +6,10 @@ level drains at 2/s (Enterprise 5/s), and above 50 (Enterprise 250) requests get
 10): whatever the load, a portal never sees more than `burst` requests at once nor more than `rate`
 per second sustained from this process. When Bitrix24 still answers QUERY_LIMIT_EXCEEDED (another
 app on the same egress IP, another replica), the portal is paused with exponential backoff and
-jitter, honouring Retry-After, and requests resume at the sustained rate.
+jitter, honouring Retry-After (bounded: zaptrix.delays), and requests resume at the sustained rate.
+
+Pacers exist only for portals token-keeper knows (PortalClient asks for the token first); the install
+path, where the member_id is not verified yet, can still name any portal, so the registry is a bounded LRU.
 """
 
 from __future__ import annotations
@@ -14,10 +17,12 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 
 from aiolimiter import AsyncLimiter
 from prometheus_client import Counter, Histogram
+from zaptrix.delays import clamp_delay
 
 from bitrix_ingress.settings import RateSpec
 
@@ -63,23 +68,36 @@ class PortalPacer:
         RATE_LIMITED.inc()
         self.penalties += 1
         ceiling = min(self.pause_max_s, self.pause_base_s * 2 ** min(self.penalties, 5))  # 2, 4, 8, 16, 30 s
-        delay = max(retry_after or 0.0, random.uniform(ceiling / 2, ceiling))
+        delay = max(clamp_delay(retry_after) or 0.0, random.uniform(ceiling / 2, ceiling))
         self.paused_until = max(self.paused_until, self._clock() + delay)
         return delay
+
+    def paused_for(self) -> float:
+        """Seconds until the portal's pause is over (0 when not paused)."""
+        return max(0.0, self.paused_until - self._clock())
 
     def succeeded(self) -> None:
         self.penalties = 0
 
 
 class PacerRegistry:
-    """One pacer per portal (member_id), created on first use with the portal's rate."""
+    """One pacer per portal (member_id), created on first use with the portal's rate; at most ``max_size``
+    (least recently used first out), so names nobody verified cannot grow it without bound."""
 
-    def __init__(self, rate_for: Callable[[str], RateSpec]) -> None:
+    def __init__(self, rate_for: Callable[[str], RateSpec], max_size: int = 10_000) -> None:
         self._rate_for = rate_for
-        self._pacers: dict[str, PortalPacer] = {}
+        self.max_size = max_size
+        self._pacers: OrderedDict[str, PortalPacer] = OrderedDict()
 
     def get(self, member_id: str) -> PortalPacer:
         pacer = self._pacers.get(member_id)
         if pacer is None:
             pacer = self._pacers[member_id] = PortalPacer(self._rate_for(member_id))
+            while len(self._pacers) > self.max_size:
+                self._pacers.popitem(last=False)
+        else:
+            self._pacers.move_to_end(member_id)
         return pacer
+
+    def __len__(self) -> int:
+        return len(self._pacers)

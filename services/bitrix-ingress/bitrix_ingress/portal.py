@@ -24,7 +24,7 @@ from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait
 from zaptrix.logging import get_logger
 
 from bitrix_ingress.deps import Deps, NotFound
-from bitrix_ingress.pacing import PacerRegistry
+from bitrix_ingress.pacing import PacerRegistry, PortalPacer
 from bitrix_ingress.rest import (
     BatchResult,
     BitrixRest,
@@ -150,9 +150,22 @@ class PortalClient:
         self, member_id: str, token: Token, method: str, params: Mapping[str, Any]
     ) -> Any:
         """A paced call with a caller-supplied token (e.g. the admin's token of a placement)."""
-        pacer = self.pacers.get(member_id)
+        pacer = self.pacers.get(member_id)  # member_id maybe unverified (install): the registry is an LRU
+        self._refuse_long_pause(pacer, member_id, method)
         await pacer.acquire()
         return await self.rest.call(token.endpoint, token.access_token, method, params)
+
+    def _refuse_long_pause(self, pacer: PortalPacer, member_id: str, method: str) -> None:
+        """A portal paused for longer than we wait in place: the event goes to the retry topic now instead
+        of holding the whole poll batch (and the consumer's poll interval) behind one portal."""
+        paused = pacer.paused_for()
+        if paused > self.rate_limit_max_wait_s:
+            raise RateLimitWaitExceeded(
+                "QUERY_LIMIT_EXCEEDED",
+                f"portal {member_id} paused for another {paused:.0f} s",
+                method=method,
+                retry_after=paused,
+            )
 
     async def _run(self, member_id: str, fn: Callable[[Token], Awaitable[T]]) -> T:
         async for attempt in AsyncRetrying(
@@ -169,11 +182,12 @@ class PortalClient:
 
     async def _once(self, member_id: str, fn: Callable[[Token], Awaitable[T]]) -> T:
         """One logical call: refreshes the token at most once and waits out rate limiting."""
-        pacer = self.pacers.get(member_id)
         deadline = time.monotonic() + self.rate_limit_max_wait_s
         refreshed = False
-        token = await self.token(member_id)
+        token = await self.token(member_id)  # first: unknown portals get no pacer
+        pacer = self.pacers.get(member_id)
         while True:
+            self._refuse_long_pause(pacer, member_id, "")
             await pacer.acquire()
             try:
                 result = await fn(token)

@@ -27,13 +27,14 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from email.utils import parsedate_to_datetime
 from typing import Any, Literal
 
 import httpx
+from zaptrix.delays import parse_retry_after, seconds_until
 from zaptrix.egress import EgressRefused
 from zaptrix.metrics import EXTERNAL_CALLS, EXTERNAL_LATENCY
 
@@ -193,23 +194,30 @@ def classify(
 
 
 def _retry_after(resp: httpx.Response, payload: Any, code: str) -> float | None:
-    header = resp.headers.get("retry-after")
-    if header:
-        try:
-            return max(0.0, float(header))
-        except ValueError:
-            try:
-                return max(0.0, parsedate_to_datetime(header).timestamp() - time.time())
-            except (TypeError, ValueError):
-                pass
+    """The peer's wait, finite and at most MAX_DELAY_S (a hostile "inf" or "1e9" must not park us)."""
+    delay = parse_retry_after(resp.headers.get("retry-after"))
+    if delay is not None:
+        return delay
     if code == "OPERATION_TIME_LIMIT" and isinstance(payload, dict):
         timing = payload.get("time")
         if isinstance(timing, dict) and timing.get("operating_reset_at"):
-            try:
-                return max(0.0, float(timing["operating_reset_at"]) - time.time())
-            except (TypeError, ValueError):
-                return None
+            return seconds_until(timing["operating_reset_at"])
     return None
+
+
+MAX_RESPONSE_BYTES = 8 * 1024 * 1024  # real answers (batch of 50 included) are far smaller
+_KNOWN_OUTCOMES = frozenset(
+    {*_BY_CODE, "ok", "timeout", "transport_error", "UNKNOWN", "NOT_EXECUTED", "BAD_RESPONSE"}
+    | {"BAD_BATCH_RESPONSE", "RESPONSE_TOO_LARGE"}
+)
+_HTTP_CODE = re.compile(r"HTTP_[1-5]\d\d")
+
+
+def outcome_label(code: str) -> str:
+    """A bounded metric label for a remote error code: a documented code, HTTP_<status>, else "other"."""
+    if code in _KNOWN_OUTCOMES or _HTTP_CODE.fullmatch(code):
+        return code
+    return "other"
 
 
 @dataclass
@@ -230,8 +238,10 @@ class BitrixRest:
         connect_timeout_s: float = 5.0,
         body: Literal["json", "form"] = "json",
         transport: httpx.AsyncBaseTransport | None = None,
+        max_response_bytes: int = MAX_RESPONSE_BYTES,
     ) -> None:
         self.body = body
+        self.max_response_bytes = max_response_bytes
         self._http = httpx.AsyncClient(
             timeout=httpx.Timeout(timeout_s, connect=connect_timeout_s),
             limits=httpx.Limits(max_connections=256, max_keepalive_connections=64, keepalive_expiry=30),
@@ -289,7 +299,7 @@ class BitrixRest:
                 else:
                     code, desc = "UNKNOWN", str(err)
                 out.errors[key] = classify(code, desc, method=method)
-                EXTERNAL_CALLS.labels(PLATFORM, method, code[:40]).inc()
+                EXTERNAL_CALLS.labels(PLATFORM, method, outcome_label(code)).inc()
             elif key in results:
                 out.results[key] = results[key]
                 EXTERNAL_CALLS.labels(PLATFORM, method, "ok").inc()
@@ -307,13 +317,19 @@ class BitrixRest:
         try:
             try:
                 if self.body == "json":
-                    resp = await self._http.post(url, json=body)
+                    request = self._http.build_request("POST", url, json=body)
                 else:
-                    resp = await self._http.post(
+                    request = self._http.build_request(
+                        "POST",
                         url,
                         content=build_query(body).encode(),
                         headers={"Content-Type": "application/x-www-form-urlencoded"},
                     )
+                resp = await self._http.send(request, stream=True)
+                try:
+                    content = await self._read_capped(resp, method)
+                finally:
+                    await resp.aclose()
             except EgressRefused as exc:  # an internal or foreign endpoint: never worth a retry
                 outcome = "endpoint_refused"
                 raise PermanentBitrixError("ENDPOINT_REFUSED", exc.reason, method=method) from None
@@ -322,11 +338,14 @@ class BitrixRest:
                 raise TransportError("TIMEOUT", type(exc).__name__, method=method) from exc
             except httpx.HTTPError as exc:
                 raise TransportError("TRANSPORT_ERROR", type(exc).__name__, method=method) from exc
-            payload = self._decode(resp, method)
+            except BitrixError as exc:
+                outcome = exc.code
+                raise
+            payload = self._decode(resp, content, method)
             err = payload.get("error")
             if err or resp.status_code >= 400:
                 code = str(err or f"HTTP_{resp.status_code}")
-                outcome = code[:40]
+                outcome = outcome_label(code)
                 raise classify(
                     code,
                     str(payload.get("error_description") or ""),
@@ -341,11 +360,25 @@ class BitrixRest:
             EXTERNAL_LATENCY.labels(PLATFORM, method).observe(time.perf_counter() - started)
             EXTERNAL_CALLS.labels(PLATFORM, method, outcome).inc()
 
+    async def _read_capped(self, resp: httpx.Response, method: str) -> bytes:
+        """The body, refused past max_response_bytes without reading further (an endless stream)."""
+        declared = resp.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > self.max_response_bytes:
+            raise BadResponse("RESPONSE_TOO_LARGE", f"Content-Length {declared}", method=method)
+        buf = bytearray()
+        async for chunk in resp.aiter_bytes():
+            buf += chunk
+            if len(buf) > self.max_response_bytes:
+                raise BadResponse(
+                    "RESPONSE_TOO_LARGE", f"more than {self.max_response_bytes} bytes", method=method
+                )
+        return bytes(buf)
+
     @staticmethod
-    def _decode(resp: httpx.Response, method: str) -> dict[str, Any]:
+    def _decode(resp: httpx.Response, content: bytes, method: str) -> dict[str, Any]:
         try:
-            payload = json.loads(resp.content) if resp.content else {}
-        except ValueError:
+            payload = json.loads(content) if content else {}
+        except (ValueError, RecursionError):
             payload = None
         if not isinstance(payload, dict):
             if resp.status_code >= 400:

@@ -151,3 +151,34 @@ def test_rate_overrides() -> None:
     assert s.rate_for("other") == RateSpec(2.0, 10)
     with pytest.raises(ValueError):
         DispatcherSettings(bitrix_portal_rates={"x": "fast"})
+
+
+def test_pacers_are_a_bounded_lru() -> None:
+    registry = PacerRegistry(DispatcherSettings().rate_for, max_size=3)
+    first = registry.get("a")
+    for name in ("b", "c", "a", "d", "e"):
+        registry.get(name)
+    assert len(registry) == 3 and registry.get("a") is first  # "a" was used recently: kept
+    assert set(registry._pacers) == {"a", "d", "e"}
+
+
+def test_a_hostile_retry_after_pauses_a_portal_for_at_most_900_s() -> None:
+    now = [100.0]
+    pacer = PortalPacer(RateSpec(2, 10), clock=lambda: now[0])
+    for hostile in (float("inf"), 1e9, float("nan")):
+        assert pacer.slow_down(retry_after=hostile) <= 900.0
+    assert pacer.paused_for() <= 900.0
+
+
+async def test_a_long_paused_portal_sends_its_events_to_the_retry_topic_at_once(deps: Deps) -> None:
+    calls: list[httpx.Request] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        calls.append(request)
+        return httpx.Response(200, json={"result": 1})
+
+    pc = portal_client(deps, answer)
+    pc.pacers.get("m1").slow_down(retry_after=600.0)
+    with pytest.raises(RateLimitWaitExceeded) as info:
+        await pc.call("m1", "imconnector.send.messages", {})
+    assert calls == [] and info.value.retry_after is not None and 500 < info.value.retry_after <= 600

@@ -7,8 +7,6 @@ without one) or GraphTransportError (no usable answer); errors.py decides what e
 
 from __future__ import annotations
 
-import email.utils
-import math
 import re
 import time
 from collections.abc import AsyncIterator
@@ -17,6 +15,7 @@ from dataclasses import dataclass
 from typing import IO, Any
 
 import httpx
+from zaptrix import delays
 from zaptrix.metrics import EXTERNAL_CALLS, EXTERNAL_LATENCY
 
 from meta_ingress.settings import MetaSettings, url_allowed
@@ -77,18 +76,8 @@ class MediaInfo:
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
-    """Retry-After in seconds (delta-seconds or an HTTP date)."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isascii() and value.replace(".", "", 1).isdigit():  # "²".isdigit() is True, float() refuses it
-        seconds = float(value)
-        return max(0.0, seconds) if math.isfinite(seconds) else None
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+    """Retry-After in seconds (delta-seconds or an HTTP date), finite and bounded (zaptrix.delays)."""
+    return delays.parse_retry_after(value, now=now)
 
 
 def error_from_response(response: httpx.Response, body: bytes | None = None) -> GraphApiError:

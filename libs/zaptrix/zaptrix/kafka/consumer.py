@@ -1,34 +1,37 @@
 """Consumer loop shared by both dispatchers: at-least-once, retry topic, dead-letter topic.
 
 Offsets are committed only after every record of a poll batch has had its effect recorded or has been
-moved to the retry or dead-letter topic. Each record is handled inside a CONSUMER "<topic> process" span
+moved to the retry or dead-letter topic. Each start of a batch is counted before handling (starts.py), so
+a record that kills its process reaches the dead-letter topic after ``crash_limit`` starts. Each record is handled inside a CONSUMER "<topic> process" span
 whose parent is the producer's context taken from the record headers, so one trace follows a message
-across Kafka. Retry records carry a not-before time; their partition is paused until it is due.
+across Kafka. Retry records carry a not-before time, at most retry_max_s ahead; their partition is paused until it is due.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Literal
 
-from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
+from zaptrix.delays import clamp_delay
 from zaptrix.kafka.connection import connection_kwargs
 from zaptrix.kafka.envelope import (
     H_ATTEMPT,
     H_DLQ_AT,
     H_DLQ_REASON,
     H_DLQ_SOURCE,
+    H_EVENT_ID,
     H_NOT_BEFORE,
-    EnvelopeError,
     Headers,
     decode,
     event_type,
@@ -38,6 +41,7 @@ from zaptrix.kafka.envelope import (
     without_bookkeeping,
 )
 from zaptrix.kafka.producer import EventProducer, PublishError
+from zaptrix.kafka.starts import StartMark, read_marks
 from zaptrix.kafka.topics import FlowTopics
 from zaptrix.logging import get_logger
 from zaptrix.metrics import CONSUMER_LAG, DEAD_LETTERS, EVENTS_HANDLED, HANDLE_SECONDS
@@ -146,6 +150,28 @@ def per_event(handler: EventHandler, concurrency: int = 64) -> BatchHandler:
     return handle
 
 
+class _Stopping(Exception):
+    """``stopped`` was set while Kafka would not take a record: leave the batch uncommitted and stop."""
+
+
+STOP_GRACE_S = 5.0  # a publish in flight when SIGTERM arrives gets this long before the batch is given up
+
+
+class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Forget the start marks of partitions that change hands: the next owner reads them back."""
+
+    def __init__(self, marks: dict[TopicPartition, StartMark | None]) -> None:
+        self.marks = marks
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        for tp in revoked:
+            self.marks.pop(tp, None)
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        for tp in assigned:
+            self.marks.pop(tp, None)
+
+
 class EventConsumer:
     def __init__(
         self,
@@ -159,6 +185,7 @@ class EventConsumer:
         max_attempts: int = 8,
         retry_base_s: float = 2.0,
         retry_max_s: float = 900.0,
+        crash_limit: int = 3,
     ) -> None:
         self.settings = settings
         self.topics = topics
@@ -169,17 +196,20 @@ class EventConsumer:
         self.max_attempts = max_attempts
         self.retry_base_s = retry_base_s
         self.retry_max_s = retry_max_s
+        self.crash_limit = crash_limit
         self.last_poll_at = 0.0
         self.running = False
         self._consumer: AIOKafkaConsumer | None = None
+        self._stopped = asyncio.Event()
+        self._marks: dict[TopicPartition, StartMark | None] = {}
 
     def healthy(self, stale_after_s: float = 60.0) -> bool:
         return self.running and time.monotonic() - self.last_poll_at < stale_after_s
 
     async def run(self, stopped: asyncio.Event) -> None:
+        self._stopped = stopped
+        self._marks = {}
         consumer = AIOKafkaConsumer(
-            self.topics.main,
-            self.topics.retry,
             group_id=self.group_id,
             client_id=self.client_id,
             enable_auto_commit=False,
@@ -187,6 +217,7 @@ class EventConsumer:
             fetch_max_wait_ms=self.settings.consumer_fetch_max_wait_ms,
             **connection_kwargs(self.settings),
         )
+        consumer.subscribe([self.topics.main, self.topics.retry], listener=_Listener(self._marks))
         self._consumer = consumer
         await consumer.start()
         self.running = True
@@ -198,52 +229,121 @@ class EventConsumer:
                 if data:
                     await self._process(consumer, data)
                     await self._report_lag(consumer)
+        except _Stopping:
+            log.warning("stopping with a batch not committed: Kafka did not take its retries/dead letters")
         finally:
             self.running = False
-            await consumer.stop()
+            try:  # leaving the group needs the broker; do not let an outage hold the shutdown
+                await asyncio.wait_for(consumer.stop(), timeout=STOP_GRACE_S * 2)
+            except TimeoutError:
+                log.warning("consumer did not stop cleanly in time", group=self.group_id)
             log.info("consumer stopped", group=self.group_id)
+
+    # --- one poll batch -------------------------------------------------------------------------------
 
     async def _process(
         self, consumer: AIOKafkaConsumer, data: dict[TopicPartition, list[ConsumerRecord]]
     ) -> None:
-        ready: list[ConsumerRecord] = []
-        commit: dict[TopicPartition, int] = {}
+        ready: dict[TopicPartition, list[ConsumerRecord]] = {}
         for tp, records in data.items():
             for rec in records:
                 if tp.topic == self.topics.retry and self._not_yet_due(consumer, tp, rec):
                     break
-                ready.append(rec)
-                commit[tp] = rec.offset + 1
+                ready.setdefault(tp, []).append(rec)
+        if not ready:
+            return
+        unknown = [tp for tp in ready if tp not in self._marks]
+        if unknown:
+            self._marks.update(await read_marks(consumer, unknown))
+        suspects = [tp for tp in ready if self._starts(tp, ready[tp][0].offset)]
+        if suspects:
+            await self._process_suspect(consumer, suspects[0], ready)
+            return
+        # Count this start before handling: if the process dies now, the next owner knows.
+        marks = {tp: StartMark(recs[0].offset, recs[-1].offset, 1) for tp, recs in ready.items()}
+        await self._commit(consumer, {tp: (recs[0].offset, marks[tp]) for tp, recs in ready.items()})
+        await self._handle([rec for recs in ready.values() for rec in recs])
+        await self._commit(consumer, {tp: (recs[-1].offset + 1, None) for tp, recs in ready.items()})
+
+    def _starts(self, tp: TopicPartition, offset: int) -> int:
+        mark = self._marks.get(tp)
+        return mark.starts_of(offset) if mark else 0
+
+    async def _process_suspect(
+        self,
+        consumer: AIOKafkaConsumer,
+        tp: TopicPartition,
+        ready: dict[TopicPartition, list[ConsumerRecord]],
+    ) -> None:
+        """After a crash: one suspect record, alone; everything else is fetched again afterwards."""
+        rec = ready[tp][0]
+        for other, recs in ready.items():
+            consumer.seek(other, recs[0].offset + 1 if other == tp else recs[0].offset)
+        mark = self._marks[tp]
+        assert mark is not None
+        starts = mark.starts_of(rec.offset)
+        if starts >= self.crash_limit:
+            await self._dead_letter(rec, f"crashed its process {starts} times", starts)
+        else:
+            await self._commit(consumer, {tp: (rec.offset, StartMark(rec.offset, mark.last, starts + 1))})
+            log.warning(
+                "handling a record alone after a crash", topic=tp.topic, offset=rec.offset, starts=starts
+            )
+            await self._handle([rec])
+        await self._commit(consumer, {tp: (rec.offset + 1, mark.after_success(rec.offset))})
+
+    async def _commit(
+        self, consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, tuple[int, StartMark | None]]
+    ) -> None:
+        await consumer.commit(
+            {tp: (offset, mark.encode() if mark else "") for tp, (offset, mark) in offsets.items()}
+        )
+        for tp, (_, mark) in offsets.items():
+            self._marks[tp] = mark
+
+    async def _handle(self, records: list[ConsumerRecord]) -> None:
+        """Handle and route records; nothing in here may abort the batch but a stop."""
         batch: list[Received] = []
-        for rec in ready:
+        for rec in records:
             received = self._open(rec)
             if isinstance(received, Received):
                 batch.append(received)
             else:  # not an envelope we can read: nothing will ever handle it
-                headers = list(rec.headers or [])
-                await self._send_dead_letter(rec.topic, rec.key, rec.value, headers, received, 1)
-                EVENTS_HANDLED.labels(rec.topic, "unknown", "dead_lettered").inc()
-        if batch:
-            started = time.perf_counter()
+                await self._dead_letter(rec, received, 1)
+        if not batch:
+            return
+        started = time.perf_counter()
+        try:
+            outcomes = await self.handler(batch)
+        except Exception as exc:  # a broken batch handler must not lose the batch
+            log.exception("batch handler failed", size=len(batch))
+            outcomes = [Outcome.from_exception(exc)] * len(batch)
+        if len(outcomes) != len(batch):
+            log.error("batch handler returned a different number of outcomes", got=len(outcomes))
+            outcomes = [
+                Outcome.retry(f"batch handler returned {len(outcomes)} outcomes for {len(batch)}")
+            ] * len(batch)
+        HANDLE_SECONDS.labels(self.topics.main).observe((time.perf_counter() - started) / len(batch))
+        for rec, outcome in zip(batch, outcomes, strict=True):
             try:
-                outcomes = await self.handler(batch)
-            except Exception as exc:  # a broken batch handler must not lose the batch
-                log.exception("batch handler failed", size=len(batch))
-                outcomes = [Outcome.from_exception(exc)] * len(batch)
-            if len(outcomes) != len(batch):
-                raise RuntimeError("batch handler returned a different number of outcomes")
-            HANDLE_SECONDS.labels(self.topics.main).observe((time.perf_counter() - started) / len(batch))
-            for rec, outcome in zip(batch, outcomes, strict=True):
                 await self._route(rec, outcome)
-        if commit:
-            await consumer.commit(commit)
+            except _Stopping:
+                raise
+            except Exception as exc:  # e.g. a retry time that cannot be computed: this record only
+                log.exception("routing failed", event_id=rec.envelope.event_id)
+                await self._dead_letter(rec, f"routing failed: {type(exc).__name__}: {exc}", rec.attempt)
 
     def _not_yet_due(self, consumer: AIOKafkaConsumer, tp: TopicPartition, rec: ConsumerRecord) -> bool:
-        due = int(header(rec.headers, H_NOT_BEFORE) or 0)
-        wait_ms = due - now_ms()
+        wait_ms = _int_header(rec.headers, H_NOT_BEFORE, 0) - now_ms()
         if wait_ms <= 0:
             return False
-        # Rewind to this record and pause the partition until it is due; other partitions go on.
+        if wait_ms > (self.retry_max_s + 60) * 1000:
+            # We never schedule that far ahead (retry_max_s): a bogus time must not freeze the partition.
+            log.warning(
+                "retry record due implausibly late; handling it now", topic=tp.topic, offset=rec.offset
+            )
+            return False
+        # Rewind to this record and pause the partition until it is due (at most retry_max_s); others go on.
         consumer.seek(tp, rec.offset)
         consumer.pause(tp)
         asyncio.get_running_loop().call_later(wait_ms / 1000, consumer.resume, tp)
@@ -268,13 +368,13 @@ class EventConsumer:
         )
         try:
             env = decode(rec.value, headers)
-        except EnvelopeError as exc:
-            span.set_status(Status(StatusCode.ERROR, str(exc)))
+        except Exception as exc:  # EnvelopeError, or anything a hostile record provokes in decoding
+            span.set_status(Status(StatusCode.ERROR, str(exc)[:200]))
             span.end()
             return f"undecodable: {exc}"
         span.set_attribute("messaging.message.id", env.event_id)
         span.set_attribute("zaptrix.event_type", event_type(env))
-        attempt = int(header(headers, H_ATTEMPT) or 1)
+        attempt = max(1, _int_header(headers, H_ATTEMPT, 1))
         return Received(env, rec.topic, rec.partition, rec.offset, rec.key, rec.value, headers, attempt, span)
 
     async def _route(self, rec: Received, outcome: Outcome) -> None:
@@ -303,8 +403,7 @@ class EventConsumer:
             reason = outcome.reason
             if outcome.kind == "retry":
                 reason = f"retries exhausted after {rec.attempt} attempts: {outcome.reason}"
-            await self._send_dead_letter(rec.topic, rec.key, rec.value, rec.headers, reason, rec.attempt)
-            EVENTS_HANDLED.labels(rec.topic, etype, "dead_lettered").inc()
+            await self._dead_letter(rec, reason, rec.attempt)
         finally:
             if outcome.kind in ("ok", "duplicate"):
                 rec.span.set_status(Status(StatusCode.OK))
@@ -313,37 +412,61 @@ class EventConsumer:
             rec.span.set_attribute("zaptrix.outcome", outcome.kind)
             rec.span.end()
 
-    async def _send_dead_letter(
-        self, topic: str, key: bytes | None, value: bytes | None, headers: Headers, reason: str, attempt: int
-    ) -> None:
+    async def _dead_letter(self, rec: Received | ConsumerRecord, reason: str, attempt: int) -> None:
+        """The one way a record reaches the dead-letter topic (handler verdict, exhausted retries,
+        undecodable, routing failure, crashed its process). ``rec`` is a ConsumerRecord when the record
+        was never opened (undecodable, or dead-lettered for crashing before it could be handled)."""
+        headers: Headers = rec.headers if isinstance(rec, Received) else list(rec.headers or [])
         dlq_headers = [
             *without_bookkeeping(headers),
             (H_ATTEMPT, str(attempt).encode()),
             (H_DLQ_REASON, reason[:2000].encode()),
-            (H_DLQ_SOURCE, topic.encode()),
+            (H_DLQ_SOURCE, rec.topic.encode()),
             (H_DLQ_AT, datetime.now(UTC).isoformat().encode()),
         ]
-        await self._publish(self.topics.dlq, key, value, dlq_headers)
-        DEAD_LETTERS.labels(self.topics.dlq, reason.split(":", 1)[0][:60]).inc()
-        log.error("event dead-lettered", event_id=header(headers, "zaptrix-event-id"), reason=reason)
+        await self._publish(self.topics.dlq, rec.key, rec.value, dlq_headers)
+        etype = rec.event_type if isinstance(rec, Received) else "unknown"
+        EVENTS_HANDLED.labels(rec.topic, etype, "dead_lettered").inc()
+        DEAD_LETTERS.labels(self.topics.dlq, _reason_label(reason)).inc()
+        log.error("event dead-lettered", event_id=header(headers, H_EVENT_ID), reason=reason)
 
     async def _publish(self, topic: str, key: bytes | None, value: bytes | None, headers: Headers) -> None:
-        """Retry/DLQ publishing must not fail silently: keep trying; offsets stay uncommitted meanwhile."""
+        """Retry/DLQ publishing must not fail silently: keep trying (offsets stay uncommitted meanwhile)
+        until it works or the process is asked to stop."""
         delay = 0.5
         while True:
             try:
-                await self.producer.publish_raw(topic, key, value, headers)
+                await self._unless_stopped(self.producer.publish_raw(topic, key, value, headers))
                 return
             except PublishError:
                 log.warning("cannot publish to Kafka, will try again", topic=topic, delay_s=delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 30.0)
+            if self._stopped.is_set():
+                raise _Stopping
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopped.wait(), timeout=delay)
+            delay = min(delay * 2, 30.0)
+
+    async def _unless_stopped(self, publish: Awaitable[None]) -> None:
+        """Await a publish; once ``stopped`` is set it gets STOP_GRACE_S more, then the batch is given up."""
+        task = asyncio.ensure_future(publish)
+        stop = asyncio.ensure_future(self._stopped.wait())
+        try:
+            await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
+            if not task.done():
+                await asyncio.wait({task}, timeout=STOP_GRACE_S)
+            if not task.done():
+                task.cancel()
+                raise _Stopping
+            task.result()
+        finally:
+            stop.cancel()
 
     def _backoff(self, attempt: int, retry_after: float | None) -> float:
-        """Exponential backoff with full jitter, never sooner than the peer's Retry-After."""
-        ceiling = min(self.retry_max_s, self.retry_base_s * 2 ** (attempt - 1))
+        """Exponential backoff with full jitter, never sooner than the peer's Retry-After, never later than
+        retry_max_s (a peer's "inf" or "1e9" must not park a record, or freeze its retry partition)."""
+        ceiling = min(self.retry_max_s, self.retry_base_s * 2 ** (min(attempt, 64) - 1))
         delay = random.uniform(ceiling / 2, ceiling)
-        return max(delay, retry_after or 0.0)
+        return min(max(delay, clamp_delay(retry_after, self.retry_max_s) or 0.0), self.retry_max_s)
 
     async def _report_lag(self, consumer: AIOKafkaConsumer) -> None:
         for tp in consumer.assignment():
@@ -352,3 +475,24 @@ class EventConsumer:
                 continue
             position = await consumer.position(tp)
             CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(max(0, highwater - position))
+
+
+def _int_header(headers: Sequence[tuple[str, bytes]] | None, key: str, default: int) -> int:
+    """An integer bookkeeping header; garbage counts as absent (a bad header must not abort the batch)."""
+    value = header(headers or [], key)
+    if value is None or not value.isdigit() or len(value) > 18:
+        return default
+    return int(value)
+
+
+_REASON_KINDS = (
+    ("retries exhausted", "retries_exhausted"),
+    ("undecodable", "undecodable"),
+    ("routing failed", "routing_failed"),
+    ("crashed its process", "crashed"),
+)
+
+
+def _reason_label(reason: str) -> str:
+    """A bounded metric label for a dead letter (the reason itself may quote a remote error code)."""
+    return next((kind for prefix, kind in _REASON_KINDS if reason.startswith(prefix)), "refused")
