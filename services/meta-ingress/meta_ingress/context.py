@@ -57,25 +57,17 @@ class Context:
         )
 
     async def target(self, external_chat_id: str, notice: Notice) -> Target:
-        """The conversation, channel and credentials, or PermanentError (with a notice to the operator)."""
+        """The conversation, channel and credentials, or PermanentError (the dead-letter hook tells the
+        operator, dead_letters.py)."""
         try:
             conversation = await self.records.conversation(external_chat_id)
         except RpcNotFound:
             reason = f"unknown conversation: no conversation has external_chat_id {external_chat_id!r}"
-            await self.notifier.send(
-                notice, None, "Not delivered: this chat is not linked to a WhatsApp conversation."
-            )
             raise PermanentError(reason) from None
         notice.conversation_key = f"{conversation.phone_number_id}:{conversation.wa_id}"
         try:
             channel = await self.channels.get(conversation.phone_number_id)
             creds = await self.credentials.get(conversation.phone_number_id)
         except (NotFoundError, UnknownChannel) as exc:
-            await self.notifier.send(
-                notice,
-                None,
-                "Not delivered: the WhatsApp channel of this chat is not configured (no binding or "
-                "no credentials). An administrator must set it up; the message is kept.",
-            )
-            raise PermanentError(str(exc)) from None
+            raise PermanentError(f"channel not configured: {exc}") from None
         return Target(conversation, channel, creds)

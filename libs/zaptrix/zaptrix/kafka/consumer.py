@@ -39,7 +39,7 @@ from zaptrix.kafka.envelope import (
 )
 from zaptrix.kafka.producer import EventProducer, PublishError
 from zaptrix.kafka.topics import FlowTopics
-from zaptrix.logging import get_logger
+from zaptrix.logging import bounded_reason, get_logger
 from zaptrix.metrics import CONSUMER_LAG, DEAD_LETTERS, EVENTS_HANDLED, HANDLE_SECONDS
 from zaptrix.settings import KafkaSettings
 from zaptrix.v1 import events_pb2
@@ -115,6 +115,9 @@ class Received:
 
 BatchHandler = Callable[[list[Received]], Awaitable[list[Outcome]]]
 EventHandler = Callable[[Received], Awaitable[Outcome | None]]
+# Called once a record is in the dead-letter topic, with its envelope and the (bounded) reason: the service
+# tells whoever must know (a notice in the operator's chat). Its failures are logged, never raised.
+DeadLetterHook = Callable[[events_pb2.Envelope, str], Awaitable[None]]
 
 
 def per_event(handler: EventHandler, concurrency: int = 64) -> BatchHandler:
@@ -159,6 +162,7 @@ class EventConsumer:
         max_attempts: int = 8,
         retry_base_s: float = 2.0,
         retry_max_s: float = 900.0,
+        on_dead_letter: DeadLetterHook | None = None,
     ) -> None:
         self.settings = settings
         self.topics = topics
@@ -169,6 +173,7 @@ class EventConsumer:
         self.max_attempts = max_attempts
         self.retry_base_s = retry_base_s
         self.retry_max_s = retry_max_s
+        self.on_dead_letter = on_dead_letter
         self.last_poll_at = 0.0
         self.running = False
         self._consumer: AIOKafkaConsumer | None = None
@@ -316,16 +321,30 @@ class EventConsumer:
     async def _send_dead_letter(
         self, topic: str, key: bytes | None, value: bytes | None, headers: Headers, reason: str, attempt: int
     ) -> None:
+        reason = bounded_reason(reason)  # exception texts are not ours: one line, no credentials, bounded
         dlq_headers = [
             *without_bookkeeping(headers),
             (H_ATTEMPT, str(attempt).encode()),
-            (H_DLQ_REASON, reason[:2000].encode()),
+            (H_DLQ_REASON, reason.encode()),
             (H_DLQ_SOURCE, topic.encode()),
             (H_DLQ_AT, datetime.now(UTC).isoformat().encode()),
         ]
         await self._publish(self.topics.dlq, key, value, dlq_headers)
         DEAD_LETTERS.labels(self.topics.dlq, reason.split(":", 1)[0][:60]).inc()
         log.error("event dead-lettered", event_id=header(headers, "zaptrix-event-id"), reason=reason)
+        await self._dead_letter_hook(value, headers, reason)
+
+    async def _dead_letter_hook(self, value: bytes | None, headers: Headers, reason: str) -> None:
+        if self.on_dead_letter is None or value is None:
+            return
+        try:
+            env = decode(value, headers)
+        except EnvelopeError:
+            return  # not an envelope: there is nobody to tell but the log above
+        try:
+            await self.on_dead_letter(env, reason)
+        except Exception:  # the dead letter is the evidence; a failed notice must not block the partition
+            log.exception("dead-letter notice failed", event_id=env.event_id)
 
     async def _publish(self, topic: str, key: bytes | None, value: bytes | None, headers: Headers) -> None:
         """Retry/DLQ publishing must not fail silently: keep trying; offsets stay uncommitted meanwhile."""
