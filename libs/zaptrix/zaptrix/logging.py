@@ -181,7 +181,7 @@ class BoundedJSONRenderer:
         line = self._dump(smaller)
         if len(line) <= self.max_chars:
             return line
-        core = {k: cut(str(event[k]), 256) for k in _CORE_KEYS if k in event}
+        core: dict[str, Any] = {k: cut(str(event[k]), 256) for k in _CORE_KEYS if k in event}
         core["log_truncated_from"] = original
         return self._dump(core)
 
