@@ -14,9 +14,10 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any, BinaryIO
 
 import grpc
 import httpx
@@ -124,6 +125,7 @@ class LocalSystem:
     echo: bool = False
     extra_env: dict[str, dict[str, str]] = field(default_factory=dict)
     processes: dict[str, Process] = field(default_factory=dict)
+    stop_grace_s: float = 10.0  # SIGTERM → SIGKILL per process on stop()
     grpc_certs: dict[str, CertFiles] = field(default_factory=dict)
 
     # ---- gRPC identities ----------------------------------------------------------------------------
@@ -305,14 +307,29 @@ class LocalSystem:
             await asyncio.sleep(0.2)
 
     async def _pump(self, proc: Process) -> None:
+        """Drain the child's output (stdout and stderr share one pipe) into its log file, and onto our stdout
+        when echoing, until EOF. It never stops early, or the child would block on a full pipe: output is
+        read in chunks (no line-length limit), and a log file or terminal that fails is given up."""
         assert proc.proc is not None and proc.proc.stdout is not None
         path = self.state_dir / "logs" / f"{proc.name}.log"
-        with path.open("ab") as log:
-            async for line in proc.proc.stdout:
-                log.write(line)
-                log.flush()
-                if self.echo:
-                    sys.stdout.write(f"{proc.name:>18} | {line.decode(errors='replace')}")
+        log: BinaryIO | None = None
+        with contextlib.suppress(OSError):
+            log = path.open("ab")
+        echo = _LineEcho(proc.name)
+        try:
+            while chunk := await proc.proc.stdout.read(PUMP_CHUNK):
+                if log is not None:
+                    try:
+                        log.write(chunk)
+                        log.flush()
+                    except OSError:  # disk full, file removed: keep draining
+                        log.close()
+                        log = None
+                if self.echo and not say(echo.lines(chunk)):
+                    self.echo = False  # the terminal is gone (EPIPE/EIO): the log files keep everything
+        finally:
+            if log is not None:
+                log.close()
 
     def log_tail(self, name: str, lines: int = 40) -> str:
         path = self.state_dir / "logs" / f"{name}.log"
@@ -321,26 +338,33 @@ class LocalSystem:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
     async def stop_process(self, name: str, grace_s: float = 10.0) -> None:
-        proc = self.processes.pop(name, None)
+        """SIGTERM to the process's group (it runs in its own session), SIGKILL after ``grace_s``, and SIGKILL
+        to whatever is left of the group (its own children) once it has gone."""
+        proc = self.processes.get(name)
         if proc is None or proc.proc is None:
+            self.processes.pop(name, None)
             return
         if proc.proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.proc.send_signal(signal.SIGTERM)
-            try:
+            _signal_group(proc.proc.pid, signal.SIGTERM)
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(proc.proc.wait(), grace_s)
-            except TimeoutError:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.proc.kill()
-                await proc.proc.wait()
+        _signal_group(proc.proc.pid, signal.SIGKILL)
+        await proc.proc.wait()
+        self.processes.pop(name, None)
         if proc.pump is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(proc.pump, 2)
 
+    def kill_all(self) -> None:
+        """SIGKILL every process group we started, at once (a second Ctrl-C)."""
+        for proc in self.processes.values():
+            if proc.proc is not None:
+                _signal_group(proc.proc.pid, signal.SIGKILL)
+
     async def stop(self) -> None:
         # Web and dispatchers first, state owners last, so in-flight work can finish cleanly.
         for name in reversed(list(self.processes)):
-            await self.stop_process(name)
+            await self.stop_process(name, self.stop_grace_s)
 
     async def seed(self) -> None:
         """Install the sandbox app into the sandbox portal (the real ONAPPINSTALL flow through bitrix-ingress,
@@ -384,3 +408,86 @@ class LocalSystem:
 
     def with_ports(self, **changes: int) -> LocalSystem:
         return replace(self, ports=replace(self.ports, **changes))
+
+
+# ---- process and terminal machinery -----------------------------------------------------------------
+
+PUMP_CHUNK = 64 * 1024
+ECHO_LINE_MAX = 8 * 1024  # longer lines are cut on the terminal (the log file keeps them whole)
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def _signal_group(pid: int, sig: signal.Signals) -> None:
+    """Signal the process group led by ``pid`` (children run with start_new_session, so pgid == pid)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, sig)
+
+
+def say(text: str) -> bool:
+    """Write to our stdout; False (and stdout becomes /dev/null) when the terminal is gone (EPIPE, EIO)."""
+    if not text:
+        return True
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        return True
+    except (OSError, ValueError):  # ValueError: stdout already closed
+        sys.stdout = open(os.devnull, "w")  # stdout for the rest of the run
+        return False
+
+
+class _LineEcho:
+    """Turns a child's output chunks into "<name> | <line>" lines, each cut to ECHO_LINE_MAX."""
+
+    def __init__(self, name: str) -> None:
+        self.prefix = f"{name:>18} | "
+        self.partial = b""
+        self.dropped = 0
+
+    def _line(self, line: bytes, dropped: int) -> str:
+        more = f" …[+{dropped} bytes]" if dropped else ""
+        return f"{self.prefix}{line.decode(errors='replace')}{more}\n"
+
+    def lines(self, chunk: bytes) -> str:
+        out: list[str] = []
+        *complete, rest = chunk.split(b"\n")
+        for piece in complete:
+            line = self.partial + piece
+            dropped = self.dropped + max(0, len(line) - ECHO_LINE_MAX)
+            out.append(self._line(line[:ECHO_LINE_MAX], dropped))
+            self.partial, self.dropped = b"", 0
+        room = ECHO_LINE_MAX - len(self.partial)
+        self.partial += rest[: max(0, room)]
+        self.dropped += max(0, len(rest) - max(0, room))
+        return "".join(out)
+
+
+async def serve_until_signalled(system: LocalSystem, start: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    """Run ``start`` and keep everything up until SIGINT (Ctrl-C), SIGTERM or SIGHUP (the terminal closed);
+    then stop everything started, also when the signal comes during start-up or ``start`` fails. A second
+    signal kills whatever is still running at once."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+
+    def on_signal() -> None:
+        if stop.is_set():
+            system.kill_all()
+        stop.set()
+
+    for sig in STOP_SIGNALS:
+        loop.add_signal_handler(sig, on_signal)
+    work: asyncio.Task[None] = asyncio.create_task(start())
+    waiter = asyncio.create_task(stop.wait())
+    try:
+        await asyncio.wait({work, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        if work.done():
+            work.result()  # a failed start-up raises (after everything is stopped)
+            await waiter
+    finally:
+        for task in (work, waiter):
+            task.cancel()
+        await asyncio.gather(work, waiter, return_exceptions=True)
+        say("\nstopping services …\n")
+        await system.stop()
+        for sig in STOP_SIGNALS:
+            loop.remove_signal_handler(sig)

@@ -1,4 +1,4 @@
-"""`make run`: the whole system locally. Ctrl-C stops everything it started.
+"""`make run`: the whole system locally. Ctrl-C, SIGTERM or closing the terminal stops everything it started.
 
 With no real credentials configured it starts the sandbox stand-ins for the Graph API and Bitrix24 and
 seeds one portal and one WhatsApp channel, so that `zaptrix-dev customer-says …` works at once.
@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from localsystem import ROOT, SANDBOX_MEMBER_ID, LocalSystem, Ports
+from localsystem import ROOT, SANDBOX_MEMBER_ID, LocalSystem, Ports, say, serve_until_signalled
 
 
 def _stack(action: str) -> None:
@@ -30,11 +29,8 @@ async def main(pg_url: str) -> None:
     ports = Ports()
     state = Path(os.environ.get("ZAPTRIX_STATE", ROOT / ".local" / "run"))
     system = LocalSystem(ports=ports, state_dir=state, database_url=pg_url, sandbox=sandbox, echo=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    try:
+
+    async def up() -> None:
         await system.start()
         if sandbox:
             await system.seed()
@@ -62,12 +58,11 @@ async def main(pg_url: str) -> None:
                 "  .venv/bin/zaptrix-dev customer-inbox --to 491701234567",
                 "  .venv/bin/zaptrix-dev trace <wamid from customer-says>",
             ]
-        banner += ["", "Ctrl-C stops everything.", ""]
-        sys.stdout.write("\n".join(banner) + "\n")
-        await stop.wait()
-    finally:
-        sys.stdout.write("\nstopping services …\n")
-        await system.stop()
+        banner += ["", "Ctrl-C stops everything (a second Ctrl-C kills it).", ""]
+        say("\n".join(banner) + "\n")
+
+    # Ctrl-C, SIGTERM and a closed terminal (SIGHUP) stop every process started, even during start-up.
+    await serve_until_signalled(system, up)
 
 
 if __name__ == "__main__":

@@ -232,6 +232,9 @@ def send_messages(ctx: Ctx, p: dict[str, Any]) -> dict[str, Any]:
     items = _messages(p)
     for item in items:  # validate everything before changing anything
         _check_inbound(ctx, item)
+        text = str(item["message"].get("text") or "")
+        if any(marker in text for marker in ctx.options.refuse_texts):
+            raise RestError("ERROR_ARGUMENT", "Message refused (sandbox fault injection: refuse_texts)")
     results = []
     for item in items:
         chat = _chat(ctx, connector, line, item)

@@ -48,6 +48,9 @@ class BitrixOptions(BaseModel):
     # bitrix24.md §2: user.name/last_name only letters, spaces, hyphens, apostrophes, max 25 chars.
     strict_user_names: bool = True
     fetch_files: bool = True  # download message.files[].url like Bitrix24 does
+    # Fault injection: imconnector.send.messages answers ERROR_ARGUMENT (a permanent refusal) for a call
+    # carrying a customer message whose text contains one of these strings.
+    refuse_texts: list[str] = []
     oauth_domain: str = "oauth.bitrix.info"
     # The OAuth server's app.info answer (GET /oauth/rest/app.info): "full" names client_id, member_id, domain
     # and client_endpoint; "minimal" only client_id, scope and expires (its real shape is UNCONFIRMED), so the

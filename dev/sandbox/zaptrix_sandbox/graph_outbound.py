@@ -74,6 +74,10 @@ class Outbound:
                 details=f"Throughput of {opts.throughput_mps:g} messages/s for this phone number "
                 "was exceeded.",
             )
+        if req.wa_id in opts.refuse_numbers:
+            raise GraphError(
+                opts.refuse_numbers[req.wa_id], details="Refused (sandbox fault injection: refuse_numbers)."
+            )
         category = "service"
         if req.type == "template":
             category = self._template(req.obj).category

@@ -56,6 +56,8 @@ class GraphOptions(BaseModel):
     media_url_ttl_s: float = 300.0
     fetch_media_links: bool = True  # download `link` media like Meta does; failure -> 131053
     not_on_whatsapp: list[str] = []  # sends to these numbers fail with 131026
+    # Fault injection: sends to these wa_ids are refused at once (HTTP 400) with the given Graph error code.
+    refuse_numbers: dict[str, int] = {}
     count_inbound_in_throughput: bool = True  # whatsapp.md A5: throughput counts inbound too
 
 

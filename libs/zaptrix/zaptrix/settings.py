@@ -22,9 +22,9 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
-FILE_SUFFIX = "_FILE"
-
 from zaptrix.egress import EgressPolicy, networks_setting
+
+FILE_SUFFIX = "_FILE"
 
 
 def _is_secret(annotation: Any) -> bool:

@@ -28,6 +28,7 @@ from zaptrix.settings import GrpcClientSettings, KafkaSettings
 from zaptrix.telemetry import setup_telemetry, shutdown_telemetry
 
 from bitrix_ingress.batch_handler import BitrixDispatcher
+from bitrix_ingress.dead_letters import CustomerDeadLetters
 from bitrix_ingress.deps import Deps
 from bitrix_ingress.pacing import PacerRegistry
 from bitrix_ingress.portal import PortalClient
@@ -76,6 +77,7 @@ async def run(
         max_attempts=settings.max_attempts,
         retry_base_s=settings.retry_base_s,
     )
+    consumer.on_dead_letter = CustomerDeadLetters(deps, lambda: consumer.producer, topics.main)
 
     async def consumer_up() -> bool:
         return consumer.healthy()

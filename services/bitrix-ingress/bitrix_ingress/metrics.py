@@ -44,6 +44,12 @@ STATUSES = Counter(
     "zaptrix_bitrix_statuses_total", "WhatsApp statuses handled, by status and outcome", ["status", "outcome"]
 )
 NOTICES = Counter("zaptrix_bitrix_notices_total", "Failure notices posted to operators", ["source", "via"])
+DEAD_LETTER_NOTICES = Counter(
+    "zaptrix_bitrix_dead_letter_notices_total",
+    "Dead-lettered wa-to-b24 events and the notice attempt: produced (a SendFailure for the chat), "
+    "no_chat, failed (could not be produced), notice_lost (a notice itself was dead-lettered), none",
+    ["event_type", "outcome"],
+)
 CRM = Counter("zaptrix_bitrix_crm_contacts_total", "First-contact CRM lookups by outcome", ["outcome"])
 BATCH_FALLBACKS = Counter(
     "zaptrix_bitrix_batch_fallbacks_total", "Portals where imconnector.* was refused inside batch"

@@ -3,8 +3,9 @@
 Authenticate by auth[application_token], normalize, key by conversation, produce (acks=all), 200.
 Bitrix24 never resends an event whose delivery failed or timed out, so this answers fast and never 500s:
 400 for what cannot be read, 401 for what is not genuine, 403 for an event naming only chats that are
-not the authenticated portal's own (a mixed event keeps the portal's own messages), 503 (with the whole event, secrets redacted,
-logged at ERROR and counted in zaptrix_bitrix_events_lost_total) when Kafka or token-keeper cannot take it.
+not the authenticated portal's own (a mixed event keeps the portal's own messages), 503 (with the event's
+ids, size and hash, never its text, logged at ERROR and counted in zaptrix_bitrix_events_lost_total) when
+Kafka or token-keeper cannot take it.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from zaptrix.metrics import count_cross_tenant
 
 from bitrix_ingress import events as ev
 from bitrix_ingress.deps import NotFound, RpcFailed
+from bitrix_ingress.event_summary import summary
 from bitrix_ingress.formparse import FormError
 from bitrix_ingress.metrics import EVENTS_LOST, EVENTS_RECEIVED, ITEMS_SKIPPED, UNRESOLVED_CHATS
 from bitrix_ingress.portal_install import install_portal
@@ -142,7 +144,7 @@ def _lost(event: str, reason: str, form: dict[str, Any], detail: str) -> HTTPRes
     EVENTS_LOST.labels(_label(event), reason).inc()
     log.error(
         "bitrix24 event NOT accepted; Bitrix24 will not resend it (the operator sees the message undelivered)",
-        bitrix_event=ev.redacted(form),
+        bitrix_event=summary(form),
         reason=reason,
         detail=detail,
     )
@@ -157,7 +159,7 @@ async def outbound(request: Request) -> HTTPResponse:
         return problem(400, str(exc))
     try:
         return await _outbound(request, form)
-    except Exception as exc:  # never a 500: log the whole event, it will not come again
+    except Exception as exc:  # never a 500: log what identifies the event, it will not come again
         log.exception("outbound handler failed")
         return _lost(ev.event_name(form), "internal_error", form, repr(exc))
 
@@ -191,7 +193,7 @@ async def _outbound(request: Request, form: dict[str, Any]) -> HTTPResponse:
         )
     except ev.EventError as exc:
         EVENTS_RECEIVED.labels(label, "malformed").inc()
-        log.warning("malformed bitrix24 event", bitrix_event=ev.redacted(form), reason=str(exc))
+        log.warning("malformed bitrix24 event", bitrix_event=summary(form), reason=str(exc))
         return problem(400, str(exc))
     for reason in normalized.skipped:
         ITEMS_SKIPPED.labels(label).inc()

@@ -358,7 +358,7 @@ async def test_health_and_metrics(web: Web) -> None:
     )
 
 
-async def test_kafka_down_answers_503_and_logs_the_event(
+async def test_kafka_down_answers_503_and_logs_the_event_ids_not_its_text(
     tmp_path: Path, fakes: GrpcFakes, kafka_prefix: str
 ) -> None:
     fakes.token_keeper.add(Portal("m1", "apptok"))
@@ -384,7 +384,8 @@ async def test_kafka_down_answers_503_and_logs_the_event(
         log = proc.log()
         lost = [line for line in log.splitlines() if "NOT accepted" in line]
         assert lost, log[-2000:]
-        assert '"level": "error"' in lost[0] and "Guten Tag" in lost[0] and "86497" in lost[0]
+        assert '"level": "error"' in lost[0] and "86497" in lost[0] and "wa_100_4917" in lost[0]
+        assert "Guten Tag" not in log  # ids, size and hash: never the operator's text (L3)
         assert "access-xyz" not in log and "apptok" not in log  # secrets never logged
     finally:
         await proc.astop()

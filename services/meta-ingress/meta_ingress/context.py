@@ -84,25 +84,15 @@ class Context:
         notice.route_to(conversation)
         try:
             channel = await self.channels.get(conversation.phone_number_id)
-        except NotFoundError as exc:
-            await self._unconfigured(notice)
-            raise PermanentError(str(exc)) from None
+        except NotFoundError as exc:  # the dead-letter hook tells the operator (dead_letters.py)
+            raise PermanentError(f"channel not configured: {exc}") from None
         if channel.member_id != conversation.member_id:
             self.refuse(kind, member_id, external_chat_id, "is on a channel bound to another portal")
         try:
             creds = await self.credentials.get(conversation.phone_number_id)
-        except UnknownChannel as exc:
-            await self._unconfigured(notice)
-            raise PermanentError(str(exc)) from None
+        except (NotFoundError, UnknownChannel) as exc:
+            raise PermanentError(f"channel not configured: {exc}") from None
         return Target(conversation, channel, creds)
-
-    async def _unconfigured(self, notice: Notice) -> None:
-        await self.notifier.send(
-            notice,
-            None,
-            "Not delivered: the WhatsApp channel of this chat is not configured (no binding or "
-            "no credentials). An administrator must set it up; the message is kept.",
-        )
 
     @staticmethod
     def refuse(kind: str, member_id: str, external_chat_id: str, why: str) -> NoReturn:

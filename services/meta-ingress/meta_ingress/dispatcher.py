@@ -44,6 +44,7 @@ from zaptrix.telemetry import setup_telemetry, shutdown_telemetry
 
 from meta_ingress.bitrix_files import BitrixFiles
 from meta_ingress.context import Context
+from meta_ingress.dead_letters import DeadLetterNotices
 from meta_ingress.graph import GraphClient
 from meta_ingress.notices import Notifier
 from meta_ingress.operator_events import OperatorEvents
@@ -142,6 +143,7 @@ async def run(settings: DispatcherSettings, kafka: KafkaSettings, grpc_settings:
             per_event(dispatcher.handle, settings.consumer_concurrency),
             producer,
             client_id=SERVICE,
+            on_dead_letter=DeadLetterNotices(dispatcher.ctx),
         )
         log.info("meta-dispatcher starting", topics=topics.all(), graph=settings.graph_root)
         while not stopped.is_set():

@@ -103,6 +103,12 @@ SEND_FAILURES = Counter(
     "(notified, dead_lettered, retried)",
     ["code", "action"],
 )
+DEAD_LETTER_NOTICES = Counter(
+    "zaptrix_meta_dead_letter_notices_total",
+    "Dead-lettered operator events and their notice to the operator's chat: produced (a SendFailure), "
+    "failed (could not be produced), none (no chat to tell: reads, deletes, unknown conversations)",
+    ["event_type", "outcome"],
+)
 TOKEN_ERRORS = Counter(
     "zaptrix_meta_token_errors_total",
     "Graph API rejected a channel's access token (190/0): an administrator must renew it",

@@ -171,7 +171,8 @@ class OperatorMessages:
             if media and part_id != event_id:
                 await records.mark(part_id, f"failed:{_label(exc)}")
             return "continue" if media else "stop"
-        # AUTH and FAULT: someone must act; the operator is told, the event goes to the dead-letter topic.
+        # AUTH and FAULT: someone must act; the event goes to the dead-letter topic, whose hook tells the
+        # operator (dead_letters.py).
         if action == Action.AUTH:
             TOKEN_ERRORS.labels(target.phone_number_id).inc()
             log.error(
@@ -183,7 +184,6 @@ class OperatorMessages:
         SEND_FAILURES.labels(_label(exc), "dead_lettered").inc()
         if delivery.wamids:
             await records.link(target.conversation.id, notice, delivery.wamids)
-        await self.ctx.notifier.send(notice, graph_error(exc), notice_for(exc))
         raise PermanentError(f"Graph API {action.value}: {describe(exc)}")
 
     async def _send_part(self, target: Target, part: Part, part_id: str) -> str:

@@ -43,7 +43,7 @@ from zaptrix.kafka.envelope import (
 from zaptrix.kafka.producer import EventProducer, PublishError
 from zaptrix.kafka.starts import StartMark, read_marks
 from zaptrix.kafka.topics import FlowTopics
-from zaptrix.logging import get_logger
+from zaptrix.logging import bounded_reason, get_logger
 from zaptrix.metrics import CONSUMER_LAG, DEAD_LETTERS, EVENTS_HANDLED, HANDLE_SECONDS
 from zaptrix.settings import KafkaSettings
 from zaptrix.v1 import events_pb2
@@ -119,6 +119,9 @@ class Received:
 
 BatchHandler = Callable[[list[Received]], Awaitable[list[Outcome]]]
 EventHandler = Callable[[Received], Awaitable[Outcome | None]]
+# Called once a record is in the dead-letter topic, with its envelope and the (bounded) reason: the service
+# tells whoever must know (a notice in the operator's chat). Its failures are logged, never raised.
+DeadLetterHook = Callable[[events_pb2.Envelope, str], Awaitable[None]]
 
 
 def per_event(handler: EventHandler, concurrency: int = 64) -> BatchHandler:
@@ -186,6 +189,7 @@ class EventConsumer:
         retry_base_s: float = 2.0,
         retry_max_s: float = 900.0,
         crash_limit: int = 3,
+        on_dead_letter: DeadLetterHook | None = None,
     ) -> None:
         self.settings = settings
         self.topics = topics
@@ -197,6 +201,7 @@ class EventConsumer:
         self.retry_base_s = retry_base_s
         self.retry_max_s = retry_max_s
         self.crash_limit = crash_limit
+        self.on_dead_letter = on_dead_letter
         self.last_poll_at = 0.0
         self.running = False
         self._consumer: AIOKafkaConsumer | None = None
@@ -417,10 +422,11 @@ class EventConsumer:
         undecodable, routing failure, crashed its process). ``rec`` is a ConsumerRecord when the record
         was never opened (undecodable, or dead-lettered for crashing before it could be handled)."""
         headers: Headers = rec.headers if isinstance(rec, Received) else list(rec.headers or [])
+        reason = bounded_reason(reason)  # exception texts are not ours: one line, no credentials, bounded
         dlq_headers = [
             *without_bookkeeping(headers),
             (H_ATTEMPT, str(attempt).encode()),
-            (H_DLQ_REASON, reason[:2000].encode()),
+            (H_DLQ_REASON, reason.encode()),
             (H_DLQ_SOURCE, rec.topic.encode()),
             (H_DLQ_AT, datetime.now(UTC).isoformat().encode()),
         ]
@@ -429,6 +435,19 @@ class EventConsumer:
         EVENTS_HANDLED.labels(rec.topic, etype, "dead_lettered").inc()
         DEAD_LETTERS.labels(self.topics.dlq, _reason_label(reason)).inc()
         log.error("event dead-lettered", event_id=header(headers, H_EVENT_ID), reason=reason)
+        await self._dead_letter_hook(rec.value, headers, reason)
+
+    async def _dead_letter_hook(self, value: bytes | None, headers: Headers, reason: str) -> None:
+        if self.on_dead_letter is None or value is None:
+            return
+        try:
+            env = decode(value, headers)
+        except Exception:
+            return
+        try:
+            await self.on_dead_letter(env, reason)
+        except Exception:  # the dead letter is the evidence; a failed notice must not block the partition
+            log.exception("dead-letter notice failed", event_id=env.event_id)
 
     async def _publish(self, topic: str, key: bytes | None, value: bytes | None, headers: Headers) -> None:
         """Retry/DLQ publishing must not fail silently: keep trying (offsets stay uncommitted meanwhile)
