@@ -8,11 +8,19 @@ they are never skipped.
 from __future__ import annotations
 
 import os
+import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 
 import asyncpg
 import pytest
+
+# The whole-system fixture (`system`), shared by tests/e2e and tests/security: registered once, so one
+# system serves both. A plugin module rather than tests/conftest.py, whose module name would clash with
+# dev/sandbox/tests/conftest.py under --import-mode=importlib.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+pytest_plugins = ["tests.system"]
 
 
 def _require(name: str) -> str:

@@ -6,7 +6,7 @@ from typing import Any
 
 from localsystem import SANDBOX_MEMBER_ID
 
-from tests.conftest import System
+from tests.system import System
 
 
 async def external_chat_id(system: System, wa_id: str) -> str:

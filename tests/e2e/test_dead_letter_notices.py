@@ -14,11 +14,11 @@ from localsystem import SANDBOX_MEMBER_ID
 from zaptrix.kafka import Flow, topics_for
 from zaptrix.kafka.envelope import H_DLQ_REASON, H_EVENT_ID, header
 
-from tests.conftest import System, eventually
 from tests.e2e.flows import chat_messages, customer_says, operator_says
 from tests.e2e.test_inbound import wait_for_messages
+from tests.system import System, eventually
 
-_numbers = itertools.count(491730000000)
+_numbers = itertools.count(491740000000)
 NOTICE = "⚠️ Zaptrix:"
 
 

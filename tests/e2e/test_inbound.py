@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 from localsystem import SANDBOX_MEMBER_ID
 
-from tests.conftest import System, eventually
 from tests.e2e.flows import chat_messages, customer_says, external_chat_id
+from tests.system import System, eventually
 
 _numbers = itertools.count(491710000000)
 

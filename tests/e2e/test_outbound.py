@@ -20,9 +20,9 @@ from zaptrix.kafka import Flow, topics_for
 from zaptrix.kafka.envelope import H_EVENT_ID, header
 from zaptrix.v1 import mapper_pb2, mapper_pb2_grpc
 
-from tests.conftest import System, eventually
 from tests.e2e.flows import chat_messages, customer_says, external_chat_id, operator_says, sent_to
 from tests.e2e.test_inbound import wait_for_messages
+from tests.system import System, eventually
 
 _numbers = itertools.count(491720000000)
 PNG_1PX = base64.b64encode(

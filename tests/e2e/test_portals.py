@@ -6,15 +6,14 @@ from __future__ import annotations
 import uuid
 from urllib.parse import urlsplit
 
-import grpc
 import pytest
 from zaptrix.v1 import token_keeper_pb2, token_keeper_pb2_grpc
 
-from tests.conftest import System
+from tests.system import System
 
 
 async def stored_portal(system: System, member_id: str) -> token_keeper_pb2.PortalStatus:
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{system.ports.token_keeper}") as channel:
+    async with system.local.grpc_channel("token-keeper") as channel:
         stub = token_keeper_pb2_grpc.TokenKeeperStub(channel)
         return await stub.GetPortalStatus(token_keeper_pb2.GetPortalStatusRequest(member_id=member_id))
 

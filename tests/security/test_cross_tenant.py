@@ -35,10 +35,10 @@ from zaptrix.kafka import Flow, topics_for
 from zaptrix.kafka.envelope import H_EVENT_ID, encode, header, new_envelope
 from zaptrix.v1 import events_pb2, mapper_pb2, mapper_pb2_grpc, token_keeper_pb2, token_keeper_pb2_grpc
 
-from tests.conftest import System, eventually
 from tests.e2e.flows import chat_messages, customer_says, external_chat_id, operator_says, sent_to
 from tests.e2e.test_inbound import wait_for_messages
 from tests.e2e.test_outbound import _bind_template, wait_sent
+from tests.system import System, eventually
 
 _numbers = itertools.count(491730000000)
 _message_ids = itertools.count(970000)
@@ -98,7 +98,7 @@ async def portal_b(system: System) -> AsyncIterator[PortalB]:
         application_token=B_TOKEN,
     )
     request.access_expires_at.FromDatetime(expires)
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{system.ports.token_keeper}") as channel:
+    async with system.local.grpc_channel("token-keeper") as channel:
         await token_keeper_pb2_grpc.TokenKeeperStub(channel).UpsertPortal(request, timeout=5)
     try:
         yield PortalB(member_id, recorder)
@@ -385,7 +385,7 @@ async def test_a_new_external_chat_id_is_not_derivable_from_the_numbers(system: 
     assert wa_id not in chat and SANDBOX_PHONE_NUMBER_ID not in chat
     assert chat != f"wa_{SANDBOX_PHONE_NUMBER_ID}_{wa_id}"
     # and the mapper answers for it only to its own portal
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{system.ports.mapper}") as channel:
+    async with system.local.grpc_channel("mapper") as channel:
         stub = mapper_pb2_grpc.MapperStub(channel)
 
         def by(member: str) -> mapper_pb2.FindConversationRequest:

@@ -19,7 +19,7 @@ import pytest
 from localsystem import SANDBOX_MEMBER_ID
 from zaptrix.v1 import token_keeper_pb2, token_keeper_pb2_grpc
 
-from tests.conftest import System
+from tests.system import System
 
 INSTALL = "/webhooks/bitrix24/install"
 SANDBOX_APP_TOKEN = "sandbox-app-token"
@@ -89,7 +89,7 @@ def install_form(member_id: str, endpoint: str, **auth: str) -> dict[str, str]:
 
 
 async def portal_status(system: System, member_id: str) -> token_keeper_pb2.PortalStatus | None:
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{system.ports.token_keeper}") as channel:
+    async with system.local.grpc_channel("token-keeper") as channel:
         stub = token_keeper_pb2_grpc.TokenKeeperStub(channel)
         try:
             return await stub.GetPortalStatus(token_keeper_pb2.GetPortalStatusRequest(member_id=member_id))
@@ -100,7 +100,7 @@ async def portal_status(system: System, member_id: str) -> token_keeper_pb2.Port
 
 
 async def app_token_valid(system: System, member_id: str, token: str) -> bool:
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{system.ports.token_keeper}") as channel:
+    async with system.local.grpc_channel("token-keeper") as channel:
         stub = token_keeper_pb2_grpc.TokenKeeperStub(channel)
         resp = await stub.VerifyApplicationToken(
             token_keeper_pb2.VerifyApplicationTokenRequest(member_id=member_id, application_token=token)

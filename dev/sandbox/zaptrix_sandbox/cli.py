@@ -233,12 +233,26 @@ def add_number(args: argparse.Namespace, client: httpx.Client) -> int:
     return 0
 
 
+def _grpc_channel(args: argparse.Namespace, addr: str, server_name: str) -> Any:
+    """A mutual-TLS channel as the operator tooling identity (admin.zaptrix) when the local system's
+    certificates are in --grpc-tls-dir (`make run` writes them there); plaintext otherwise."""
+    import grpc
+
+    tls = Path(args.grpc_tls_dir)
+    cert, key, ca = tls / "admin.zaptrix.pem", tls / "admin.zaptrix.key", tls / "ca.pem"
+    if not (cert.is_file() and key.is_file() and ca.is_file()):
+        return grpc.aio.insecure_channel(addr)
+    creds = grpc.ssl_channel_credentials(
+        root_certificates=ca.read_bytes(), private_key=key.read_bytes(), certificate_chain=cert.read_bytes()
+    )
+    return grpc.aio.secure_channel(addr, creds, options=[("grpc.ssl_target_name_override", server_name)])
+
+
 async def _bind(args: argparse.Namespace, number: dict[str, str], member_id: str, line: int) -> None:
     """What an operator does for a real number: its credentials to token-keeper, its binding to the mapper."""
-    import grpc
     from zaptrix.v1 import mapper_pb2, mapper_pb2_grpc, token_keeper_pb2, token_keeper_pb2_grpc
 
-    async with grpc.aio.insecure_channel(args.token_keeper_addr) as channel:
+    async with _grpc_channel(args, args.token_keeper_addr, "token-keeper.zaptrix") as channel:
         await token_keeper_pb2_grpc.TokenKeeperStub(channel).UpsertChannelCredentials(
             token_keeper_pb2.UpsertChannelCredentialsRequest(
                 phone_number_id=number["phone_number_id"],
@@ -249,7 +263,7 @@ async def _bind(args: argparse.Namespace, number: dict[str, str], member_id: str
             ),
             timeout=5,
         )
-    async with grpc.aio.insecure_channel(args.mapper_addr) as channel:
+    async with _grpc_channel(args, args.mapper_addr, "mapper.zaptrix") as channel:
         await mapper_pb2_grpc.MapperStub(channel).BindChannel(
             mapper_pb2.BindChannelRequest(
                 channel=mapper_pb2.Channel(
@@ -341,6 +355,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--token-keeper-addr", default=os.environ.get("ZAPTRIX_TOKEN_KEEPER_ADDR", "127.0.0.1:50052")
     )
     an.add_argument("--mapper-addr", default=os.environ.get("ZAPTRIX_MAPPER_ADDR", "127.0.0.1:50051"))
+    an.add_argument(
+        "--grpc-tls-dir",
+        default=os.environ.get("ZAPTRIX_DEV_GRPC_TLS_DIR", str(Path.cwd() / ".local" / "run" / "grpc-tls")),
+        help="the local system's gRPC certificates (make run writes them to .local/run/grpc-tls)",
+    )
     an.set_defaults(func=add_number)
 
     tr = sub.add_parser("trace", help="a message's trace from Jaeger, as a tree of spans across the services")

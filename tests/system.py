@@ -1,6 +1,6 @@
 """The whole system as real processes, shared by tests/e2e and tests/security: real PostgreSQL and Kafka,
 mapper, token-keeper, both web services, both dispatchers, and the sandbox stand-ins for Meta and Bitrix24.
-Started once per test session, on first use."""
+Started once per test session, on first use; registered as a pytest plugin by the root conftest.py."""
 
 from __future__ import annotations
 
