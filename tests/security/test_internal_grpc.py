@@ -14,7 +14,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import asyncpg
@@ -43,6 +43,9 @@ class Servers:
     tk_metrics_port: int
     tk_health_port: int
     certs: dict[str, CertFiles]
+    # Every channel handed out stays referenced until teardown: a stub does not keep its channel alive once
+    # the grpc instrumentation wraps it, and a collected channel closes under the call ("Channel is closed").
+    opened: list[grpc.aio.Channel] = field(default_factory=list)
 
     def channel(
         self, server: str, identity: str | None, *, certs: CertFiles | None = None
@@ -56,9 +59,11 @@ class Servers:
             certificate_chain=own.cert.read_bytes() if own else None,
         )
         name = grpcauth.MAPPER if server == "mapper" else grpcauth.TOKEN_KEEPER
-        return grpc.aio.secure_channel(
+        channel = grpc.aio.secure_channel(
             f"127.0.0.1:{port}", creds, options=[("grpc.ssl_target_name_override", name)]
         )
+        self.opened.append(channel)
+        return channel
 
     def tk(self, identity: str | None = grpcauth.ADMIN) -> token_keeper_pb2_grpc.TokenKeeperAsyncStub:
         return token_keeper_pb2_grpc.TokenKeeperStub(self.channel("token-keeper", identity))  # type: ignore[return-value]
@@ -152,6 +157,8 @@ async def servers(pg_server_url: str, tmp_path_factory: pytest.TempPathFactory) 
             await _wait_serving(s, server, tmp_path / log)
         yield s
     finally:
+        for channel in s.opened:
+            await channel.close()
         for p in procs:
             p.terminate()
         for p in procs:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from opentelemetry.instrumentation.utils import suppress_http_instrumentation, suppress_instrumentation
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "services" / "meta-ingress" / "tests"))
 
@@ -108,8 +109,11 @@ async def post(env: Env, body: bytes, signature: str | None, **headers: str) -> 
     hdrs = {"Content-Type": "application/json", **headers}
     if signature is not None:
         hdrs["X-Hub-Signature-256"] = signature
-    async with httpx.AsyncClient(timeout=60) as client:
-        return await client.post(f"{env.web.url}/webhooks/meta", content=body, headers=hdrs)
+    # Exactly these headers: if an earlier test in this process instrumented httpx, its propagator would
+    # replace our `traceparent` with the test process's own.
+    with suppress_instrumentation(), suppress_http_instrumentation():
+        async with httpx.AsyncClient(timeout=60) as client:
+            return await client.post(f"{env.web.url}/webhooks/meta", content=body, headers=hdrs)
 
 
 async def label_values(env: Env, metric: str, label: str) -> set[str]:
