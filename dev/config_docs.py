@@ -52,8 +52,32 @@ def table(cls: type[BaseSettings], skip: set[str]) -> list[str]:
         if name in skip:
             continue
         desc = (info.description or "").replace("|", "\\|")
-        rows.append(f"| `{env_name(cls, name)}` | {_default(cls, name)} | {desc} |")
+        formerly = "".join(f"<br>(deprecated: `{env_name(cls, old)}`)" for old in shared.former_names(info))
+        rows.append(f"| `{env_name(cls, name)}`{formerly} | {_default(cls, name)} | {desc} |")
     return rows
+
+
+def deprecated_section() -> list[str]:
+    """Every old name still accepted, with its replacement (from the fields' ``Formerly`` metadata)."""
+    classes = list(SHARED)
+    for module in SERVICES.values():
+        classes += [c for c in importlib.import_module(module).SETTINGS_CLASSES if c not in classes]
+    aliases: dict[str, str] = {}
+    for cls in classes:
+        aliases |= shared.deprecated_aliases(cls)
+    if not aliases:
+        return []
+    lines = [
+        "## Deprecated names",
+        "",
+        "Renamed settings keep their old name for one release: the old variable still works and logs a",
+        "warning naming both (`deprecated setting name`); setting both names to different values is refused.",
+        "",
+        "| deprecated variable | use instead |",
+        "|---|---|",
+    ]
+    lines += [f"| `{old}` | `{new}` |" for old, new in sorted(aliases.items())]
+    return [*lines, ""]
 
 
 def render() -> str:
@@ -90,6 +114,7 @@ def render() -> str:
                 continue
             inherited = common if issubclass(cls, shared.CommonSettings) else set()
             lines += [f"### {cls.__name__}", "", *table(cls, inherited), ""]
+    lines += deprecated_section()
     return "\n".join(lines).rstrip() + "\n"
 
 
