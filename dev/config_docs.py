@@ -23,6 +23,7 @@ SERVICES = {
 SHARED: list[type[BaseSettings]] = [
     shared.CommonSettings,
     shared.KafkaSettings,
+    shared.DispatcherCommonSettings,
     shared.DatabaseSettings,
     shared.GrpcTlsSettings,
     shared.GrpcServerSettings,
@@ -97,7 +98,6 @@ def render() -> str:
         "## Shared by every process",
         "",
     ]
-    common = set(shared.CommonSettings.model_fields)
     for cls in SHARED:
         # A shared class built on another one (GrpcServerSettings on GrpcTlsSettings) lists only its own fields.
         bases = [b for b in SHARED if b is not cls and issubclass(cls, b)]
@@ -112,8 +112,13 @@ def render() -> str:
             if cls in SHARED:
                 lines += [f"Reads the shared `{cls.__name__}`.", ""]
                 continue
-            inherited = common if issubclass(cls, shared.CommonSettings) else set()
-            lines += [f"### {cls.__name__}", "", *table(cls, inherited), ""]
+            # Fields of a shared class the service's class builds on are listed once, in that class.
+            bases = [b for b in SHARED if issubclass(cls, b)]
+            inherited = set().union(*(set(b.model_fields) for b in bases))
+            also = [f"`{b.__name__}`" for b in bases if b is not shared.CommonSettings]
+            lines += [f"### {cls.__name__}", ""]
+            lines += [f"Also reads the shared {', '.join(also)}.", ""] if also else []
+            lines += [*table(cls, inherited), ""]
     lines += deprecated_section()
     return "\n".join(lines).rstrip() + "\n"
 

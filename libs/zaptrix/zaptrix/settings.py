@@ -15,7 +15,7 @@ import typing
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, TypeAdapter, ValidationError, field_validator, model_validator
 from pydantic.fields import FieldInfo
@@ -218,6 +218,18 @@ class KafkaSettings(ZaptrixSettings):
     )
     consumer_fetch_max_wait_ms: int = Field(20, description="Bounds end-to-end latency of an idle consumer")
     consumer_max_records: int = Field(200, description="Records per poll batch")
+
+
+class DispatcherCommonSettings(ZaptrixSettings):
+    """Read by both dispatchers: redelivery through the retry topic and the cache of mapper channel bindings."""
+
+    model_config = SettingsConfigDict(env_prefix="ZAPTRIX_", extra="ignore", env_ignore_empty=True)
+
+    max_attempts: int = Field(8, ge=1, description="Deliveries of one event before the dead-letter topic")
+    retry_base_s: float = Field(2.0, gt=0, description="First retry delay (doubles each attempt, jittered)")
+    channel_cache_ttl_s: Annotated[float, Formerly("channel_cache_s")] = Field(
+        30.0, ge=0, description="Mapper channel bindings are reused this long"
+    )
 
 
 class DatabaseSettings(ZaptrixSettings):

@@ -15,7 +15,13 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings
 from zaptrix.egress import DEFAULT_PORTS, HostAllowlist, address_allowed, literal_address
-from zaptrix.settings import CommonSettings, Formerly, GrpcClientSettings, KafkaSettings
+from zaptrix.settings import (
+    CommonSettings,
+    DispatcherCommonSettings,
+    Formerly,
+    GrpcClientSettings,
+    KafkaSettings,
+)
 
 
 class InsecureUrlError(ValueError):
@@ -234,7 +240,7 @@ class WebSettings(BitrixCommonSettings):
         return self.public_base_url.rstrip("/") + path
 
 
-class DispatcherSettings(BitrixCommonSettings):
+class DispatcherSettings(BitrixCommonSettings, DispatcherCommonSettings):
     """bitrix-dispatcher: Kafka wa-to-b24 -> Bitrix24 REST."""
 
     metrics_port: Annotated[int, Formerly("dispatcher_metrics_port")] = Field(
@@ -284,11 +290,6 @@ class DispatcherSettings(BitrixCommonSettings):
         ),
     )
     dispatch_concurrency: int = Field(32, ge=1, description="Conversations prepared concurrently")
-    channel_cache_ttl_s: Annotated[float, Formerly("channel_cache_s")] = Field(
-        30.0, ge=0, description="How long a channel binding is cached"
-    )
-    max_attempts: int = Field(8, ge=1, description="Deliveries of one event before the dead-letter topic")
-    retry_base_s: float = Field(2.0, gt=0, description="First retry delay (doubles each attempt, jittered)")
 
 
 SETTINGS_CLASSES: list[type[BaseSettings]] = [

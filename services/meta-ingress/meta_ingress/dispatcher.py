@@ -143,6 +143,8 @@ async def run(settings: DispatcherSettings, kafka: KafkaSettings, grpc_settings:
             per_event(dispatcher.handle, settings.dispatch_concurrency),
             producer,
             client_id=SERVICE,
+            max_attempts=settings.max_attempts,
+            retry_base_s=settings.retry_base_s,
             on_dead_letter=DeadLetterNotices(dispatcher.ctx),
         )
         log.info("meta-dispatcher starting", topics=topics.all(), graph=settings.graph_root)

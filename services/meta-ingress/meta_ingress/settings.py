@@ -14,7 +14,13 @@ from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings
-from zaptrix.settings import CommonSettings, Formerly, GrpcClientSettings, KafkaSettings
+from zaptrix.settings import (
+    CommonSettings,
+    DispatcherCommonSettings,
+    Formerly,
+    GrpcClientSettings,
+    KafkaSettings,
+)
 
 _VERSION = re.compile(r"^v\d+\.\d+$")
 # whatsapp.md A4: "Media IDs in webhooks expire after 7 days"; a signed URL never outlives its media id.
@@ -171,7 +177,7 @@ class WebSettings(MetaSettings):
     )
 
 
-class DispatcherSettings(MetaSettings):
+class DispatcherSettings(MetaSettings, DispatcherCommonSettings):
     """meta-dispatcher: operator events from Kafka to the Graph API."""
 
     metrics_port: Annotated[int, Formerly("dispatcher_metrics_port")] = Field(
@@ -288,7 +294,6 @@ class DispatcherSettings(MetaSettings):
         ge=60,
         description="At most one re-engagement template per conversation in this period",
     )
-    channel_cache_ttl_s: float = Field(30.0, ge=0, description="Mapper channel bindings are reused this long")
 
     @model_validator(mode="after")
     def _check_files(self) -> DispatcherSettings:

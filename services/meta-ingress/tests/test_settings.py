@@ -6,6 +6,7 @@ import pytest
 from meta_ingress import settings as s
 from pydantic import ValidationError
 from structlog.testing import capture_logs
+from zaptrix.settings import DispatcherCommonSettings
 
 
 def test_defaults() -> None:
@@ -71,3 +72,12 @@ def test_renamed_settings_still_read_their_old_names(monkeypatch: pytest.MonkeyP
         "ZAPTRIX_METRICS_PORT",
         "ZAPTRIX_WEB_MAX_BODY_BYTES",
     }
+
+
+def test_redelivery_is_configured_like_the_bitrix_dispatcher(monkeypatch: pytest.MonkeyPatch) -> None:
+    """max_attempts and retry_base_s come from the shared DispatcherCommonSettings (they were bitrix-only)."""
+    monkeypatch.setenv("ZAPTRIX_MAX_ATTEMPTS", "3")
+    monkeypatch.setenv("ZAPTRIX_RETRY_BASE_S", "0.5")
+    dispatcher = s.DispatcherSettings()
+    assert isinstance(dispatcher, DispatcherCommonSettings)
+    assert (dispatcher.max_attempts, dispatcher.retry_base_s, dispatcher.channel_cache_ttl_s) == (3, 0.5, 30)
