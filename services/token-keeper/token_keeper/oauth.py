@@ -128,7 +128,8 @@ class BitrixOAuthClient:
         started = time.monotonic()
         retrying = AsyncRetrying(
             retry=retry_if_exception_type(_Transient),
-            stop=stop_after_attempt(s.oauth_attempts) | stop_after_delay(s.oauth_budget_s - s.bitrix_oauth_timeout_s),
+            stop=stop_after_attempt(s.oauth_attempts)
+            | stop_after_delay(s.oauth_budget_s - s.bitrix_oauth_timeout_s),
             wait=wait_exponential_jitter(multiplier=0.2, max=2.0, jitter=0.3),
             reraise=True,
         )
