@@ -23,6 +23,7 @@ SERVICES = {
 SHARED: list[type[BaseSettings]] = [
     shared.CommonSettings,
     shared.KafkaSettings,
+    shared.DispatcherCommonSettings,
     shared.DatabaseSettings,
     shared.GrpcTlsSettings,
     shared.GrpcServerSettings,
@@ -52,8 +53,32 @@ def table(cls: type[BaseSettings], skip: set[str]) -> list[str]:
         if name in skip:
             continue
         desc = (info.description or "").replace("|", "\\|")
-        rows.append(f"| `{env_name(cls, name)}` | {_default(cls, name)} | {desc} |")
+        formerly = "".join(f"<br>(deprecated: `{env_name(cls, old)}`)" for old in shared.former_names(info))
+        rows.append(f"| `{env_name(cls, name)}`{formerly} | {_default(cls, name)} | {desc} |")
     return rows
+
+
+def deprecated_section() -> list[str]:
+    """Every old name still accepted, with its replacement (from the fields' ``Formerly`` metadata)."""
+    classes = list(SHARED)
+    for module in SERVICES.values():
+        classes += [c for c in importlib.import_module(module).SETTINGS_CLASSES if c not in classes]
+    aliases: dict[str, str] = {}
+    for cls in classes:
+        aliases |= shared.deprecated_aliases(cls)
+    if not aliases:
+        return []
+    lines = [
+        "## Deprecated names",
+        "",
+        "Renamed settings keep their old name for one release: the old variable still works and logs a",
+        "warning naming both (`deprecated setting name`); setting both names to different values is refused.",
+        "",
+        "| deprecated variable | use instead |",
+        "|---|---|",
+    ]
+    lines += [f"| `{old}` | `{new}` |" for old, new in sorted(aliases.items())]
+    return [*lines, ""]
 
 
 def render() -> str:
@@ -73,7 +98,6 @@ def render() -> str:
         "## Shared by every process",
         "",
     ]
-    common = set(shared.CommonSettings.model_fields)
     for cls in SHARED:
         # A shared class built on another one (GrpcServerSettings on GrpcTlsSettings) lists only its own fields.
         bases = [b for b in SHARED if b is not cls and issubclass(cls, b)]
@@ -88,8 +112,14 @@ def render() -> str:
             if cls in SHARED:
                 lines += [f"Reads the shared `{cls.__name__}`.", ""]
                 continue
-            inherited = common if issubclass(cls, shared.CommonSettings) else set()
-            lines += [f"### {cls.__name__}", "", *table(cls, inherited), ""]
+            # Fields of a shared class the service's class builds on are listed once, in that class.
+            bases = [b for b in SHARED if issubclass(cls, b)]
+            inherited = set().union(*(set(b.model_fields) for b in bases))
+            also = [f"`{b.__name__}`" for b in bases if b is not shared.CommonSettings]
+            lines += [f"### {cls.__name__}", ""]
+            lines += [f"Also reads the shared {', '.join(also)}.", ""] if also else []
+            lines += [*table(cls, inherited), ""]
+    lines += deprecated_section()
     return "\n".join(lines).rstrip() + "\n"
 
 

@@ -222,12 +222,12 @@ class LocalSystem:
             "ZAPTRIX_WEB_PORT": str(p.meta_web),
             "ZAPTRIX_PUBLIC_BASE_URL": f"http://127.0.0.1:{p.meta_web}",
             "ZAPTRIX_MEDIA_URL_SECRET": DEV_MEDIA_SECRET,
-            "ZAPTRIX_DISPATCHER_METRICS_PORT": str(p.meta_dispatcher),
+            "ZAPTRIX_METRICS_PORT": str(p.meta_dispatcher),
         }
         bitrix = {
             "ZAPTRIX_WEB_PORT": str(p.bitrix_web),
             "ZAPTRIX_PUBLIC_BASE_URL": f"http://127.0.0.1:{p.bitrix_web}",
-            "ZAPTRIX_DISPATCHER_METRICS_PORT": str(p.bitrix_dispatcher),
+            "ZAPTRIX_METRICS_PORT": str(p.bitrix_dispatcher),
         }
         if self.sandbox:  # the stand-in is also Bitrix24's OAuth server, which vouches for every install
             bitrix |= {

@@ -383,4 +383,4 @@ def test_ingress_body_limit_matches_meta_ingress(rendered: Rendered) -> None:
     (ingress,) = rendered.of_kind("Ingress")
     size = ingress["metadata"]["annotations"]["nginx.ingress.kubernetes.io/proxy-body-size"]
     assert size.endswith("m")
-    assert int(size[:-1]) * 1024 * 1024 == WebSettings.model_fields["webhook_max_bytes"].default
+    assert int(size[:-1]) * 1024 * 1024 == WebSettings.model_fields["web_max_body_bytes"].default

@@ -285,3 +285,16 @@ def test_production_sets_the_portal_host_allowlist(render: Callable[..., Rendere
         cm = rendered.named("ConfigMap", f"zt-zaptrix-{component}")
         suffixes = json.loads(cm["data"]["ZAPTRIX_BITRIX_PORTAL_HOST_SUFFIXES"])
         assert "bitrix24.com" in suffixes, component
+
+
+def test_no_deprecated_name_is_rendered_or_means_a_current_setting(chart: Rendered) -> None:
+    """A renamed setting's old variable (zaptrix.settings.Formerly) is only for operators' own overrides."""
+    for name, script, c in processes(chart):
+        classes, _ = classes_for(script)
+        current = set().union(*(env_names(cls) for cls in classes))
+        old = {var for cls in classes for var in shared.deprecated_aliases(cls)}
+        assert not old & current, (
+            f"{script}: {sorted(old & current)} are both a deprecated and a current name"
+        )
+        env, _ = container_env(chart, c)
+        assert not old & env.keys(), f"{name} sets deprecated {sorted(old & env.keys())}: use the new names"

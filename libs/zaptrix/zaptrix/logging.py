@@ -34,6 +34,8 @@ _SECRET_IN_TEXT = re.compile(
 _BEARER = re.compile(r"(?i)\b(bearer|OAuth)\s+[A-Za-z0-9._~+/=-]{8,}")
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 _REDACTED = "[redacted]"
+# Warnings given before configure_logging (settings are read first: they name the log level).
+_early_warnings: list[tuple[str, str, dict[str, Any]]] = []
 
 MAX_VALUE_CHARS = 2048
 MAX_ITEMS = 50
@@ -220,6 +222,18 @@ def configure_logging(service: str, level: str = "INFO") -> None:
     # httpx logs every request URL at INFO, query string (and so credentials) included.
     for noisy in ("sanic.access", "aiokafka", "kafka", "httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+    while _early_warnings:
+        name, event, fields = _early_warnings.pop(0)
+        get_logger(name).warning(event, **fields)
+
+
+def warn_early(name: str, event: str, **fields: Any) -> None:
+    """A warning that may come before configure_logging: logged at once when structlog is configured, else
+    kept (once) and logged by configure_logging, so that it is a JSON line like every other."""
+    if structlog.is_configured():
+        get_logger(name).warning(event, **fields)
+    elif (name, event, fields) not in _early_warnings:
+        _early_warnings.append((name, event, fields))
 
 
 def get_logger(name: str) -> structlog.stdlib.BoundLogger:

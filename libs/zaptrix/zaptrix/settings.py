@@ -2,7 +2,8 @@
 
 Every field is also an environment variable: ``ZAPTRIX_<FIELD>`` (upper case). Every secret field
 (SecretStr) can instead be read from a file named by ``ZAPTRIX_<FIELD>_FILE`` (a mounted Secret), so
-that secrets stay out of the environment. Telemetry uses the standard ``OTEL_*`` variables read by the
+that secrets stay out of the environment. A renamed field keeps its old name for one release
+(``Annotated[float, Formerly("old_name")]``): the old variable still works with a warning. Telemetry uses the standard ``OTEL_*`` variables read by the
 OpenTelemetry SDK itself (see docs/configuration.md).
 """
 
@@ -11,10 +12,12 @@ from __future__ import annotations
 import os
 import types
 import typing
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, TypeAdapter, ValidationError, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
@@ -23,6 +26,7 @@ from pydantic_settings import (
 )
 
 from zaptrix.egress import EgressPolicy, networks_setting
+from zaptrix.logging import warn_early
 
 FILE_SUFFIX = "_FILE"
 
@@ -68,8 +72,74 @@ class SecretFileSource(PydanticBaseSettingsSource):
         return values
 
 
+@dataclass(frozen=True)
+class Formerly:
+    """Field metadata: the field's previous names (deprecated aliases, accepted for one release)."""
+
+    names: tuple[str, ...]
+
+    def __init__(self, *names: str) -> None:
+        object.__setattr__(self, "names", names)
+
+
+def former_names(info: FieldInfo) -> tuple[str, ...]:
+    return tuple(n for m in info.metadata if isinstance(m, Formerly) for n in m.names)
+
+
+def renamed_variables(cls: type[BaseSettings]) -> Iterator[tuple[str, str, str, FieldInfo]]:
+    """(old variable, current variable, field name, field) for every deprecated name of ``cls``."""
+    prefix = str(cls.model_config.get("env_prefix", ""))
+    for name, info in cls.model_fields.items():
+        for old in former_names(info):
+            yield f"{prefix}{old}".upper(), f"{prefix}{name}".upper(), name, info
+
+
+def deprecated_aliases(cls: type[BaseSettings]) -> dict[str, str]:
+    """Old environment variable -> the current one, for every renamed field of ``cls``."""
+    return {old: new for old, new, _, _ in renamed_variables(cls)}
+
+
+class FormerNameSource(PydanticBaseSettingsSource):
+    """The deprecated names of renamed fields. The old variable is used, with a warning naming old and new,
+    when the new one is unset; both set to different values is refused (which one was meant?)."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # unused: __call__ reads everything at once
+
+    def __call__(self) -> dict[str, Any]:
+        values: dict[str, Any] = {}
+        for old_var, new_var, name, info in renamed_variables(self.settings_cls):
+            raw = os.environ.get(old_var)
+            if not raw:
+                continue
+            current = os.environ.get(new_var)
+            if current and not _same_value(info, current, raw):
+                raise ValueError(
+                    f"{old_var} (deprecated) and {new_var} are set to different values: use {new_var}"
+                )
+            warn_early("zaptrix.settings", "deprecated setting name", old=old_var, new=new_var)
+            if not current and name not in values:
+                complex_value = self.field_is_complex(info)
+                values[name] = self.decode_complex_value(name, info, raw) if complex_value else raw
+        return values
+
+
+def _same_value(info: FieldInfo, a: str, b: str) -> bool:
+    """Equal as the field's type reads them ("30" and "30.0" for a float)."""
+    if a.strip() == b.strip():
+        return True
+    if info.annotation is None:
+        return False
+    adapter: TypeAdapter[Any] = TypeAdapter(info.annotation)
+    try:
+        return bool(adapter.validate_python(a) == adapter.validate_python(b))
+    except ValidationError:
+        return False
+
+
 class ZaptrixSettings(BaseSettings):
-    """Base of every settings class: environment variables, then ``*_FILE`` for secret fields."""
+    """Base of every settings class: environment variables, then the deprecated names of renamed fields,
+    then ``*_FILE`` for secret fields."""
 
     @classmethod
     def settings_customise_sources(
@@ -83,6 +153,7 @@ class ZaptrixSettings(BaseSettings):
         return (
             init_settings,
             env_settings,
+            FormerNameSource(settings_cls),
             SecretFileSource(settings_cls),
             dotenv_settings,
             file_secret_settings,
@@ -147,6 +218,18 @@ class KafkaSettings(ZaptrixSettings):
     )
     consumer_fetch_max_wait_ms: int = Field(20, description="Bounds end-to-end latency of an idle consumer")
     consumer_max_records: int = Field(200, description="Records per poll batch")
+
+
+class DispatcherCommonSettings(ZaptrixSettings):
+    """Read by both dispatchers: redelivery through the retry topic and the cache of mapper channel bindings."""
+
+    model_config = SettingsConfigDict(env_prefix="ZAPTRIX_", extra="ignore", env_ignore_empty=True)
+
+    max_attempts: int = Field(8, ge=1, description="Deliveries of one event before the dead-letter topic")
+    retry_base_s: float = Field(2.0, gt=0, description="First retry delay (doubles each attempt, jittered)")
+    channel_cache_ttl_s: Annotated[float, Formerly("channel_cache_s")] = Field(
+        30.0, ge=0, description="Mapper channel bindings are reused this long"
+    )
 
 
 class DatabaseSettings(ZaptrixSettings):

@@ -41,7 +41,7 @@ class BitrixDispatcher:
         self.settings = settings
         self.deps = deps
         self.portals = portals
-        self.channels = Channels(deps, settings.channel_cache_s)
+        self.channels = Channels(deps, settings.channel_cache_ttl_s)
         self.requests = PortalRequests(settings, portals)
 
     async def handle(self, batch: list[Received]) -> list[Outcome]:

@@ -83,7 +83,7 @@ async def run(
         return consumer.healthy()
 
     ops = await serve_ops(
-        settings.dispatcher_metrics_port,
+        settings.metrics_port,
         SERVICE,
         {
             "consumer": consumer_up,

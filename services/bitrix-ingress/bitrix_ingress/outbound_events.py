@@ -39,7 +39,7 @@ async def _verify(ctx: Ctx, auth: ev.Auth) -> tuple[bool, bool]:
         return bool(known), bool(valid)
     verdict = await ctx.deps.verify_application_token(auth.member_id, auth.application_token)
     result = (bool(verdict.known_portal), bool(verdict.valid))
-    ttl = ctx.settings.verify_cache_s if result[1] else min(5.0, ctx.settings.verify_cache_s)
+    ttl = ctx.settings.verify_cache_ttl_s if result[1] else min(5.0, ctx.settings.verify_cache_ttl_s)
     if ttl > 0:
         ctx.verified.put(key, result, ttl)
     return result
@@ -214,7 +214,7 @@ async def _outbound(request: Request, form: dict[str, Any]) -> HTTPResponse:
     envelopes = [p.envelope for p in normalized.pending]
     try:
         await asyncio.wait_for(
-            ctx.producer.publish(ctx.topic, envelopes), timeout=ctx.settings.produce_timeout_s
+            ctx.producer.publish(ctx.topic, envelopes), timeout=ctx.settings.publish_timeout_s
         )
     except (PublishError, TimeoutError) as exc:
         return _lost(event, "kafka_unavailable", form, repr(exc))

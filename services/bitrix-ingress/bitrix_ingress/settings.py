@@ -9,13 +9,19 @@ See docs/bitrix-ingress.md.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings
 from zaptrix.egress import DEFAULT_PORTS, HostAllowlist, address_allowed, literal_address
-from zaptrix.settings import CommonSettings, GrpcClientSettings, KafkaSettings
+from zaptrix.settings import (
+    CommonSettings,
+    DispatcherCommonSettings,
+    Formerly,
+    GrpcClientSettings,
+    KafkaSettings,
+)
 
 
 class InsecureUrlError(ValueError):
@@ -162,10 +168,10 @@ class WebSettings(BitrixCommonSettings):
         ),
     )
     web_max_body_bytes: int = Field(1_000_000, ge=10_000, description="Largest accepted request body")
-    produce_timeout_s: float = Field(
+    publish_timeout_s: Annotated[float, Formerly("produce_timeout_s")] = Field(
         4.0, gt=0, description="Longest wait for Kafka's acknowledgement before answering 503"
     )
-    verify_cache_s: float = Field(
+    verify_cache_ttl_s: Annotated[float, Formerly("verify_cache_s")] = Field(
         30.0, ge=0, description="How long a verified (member_id, application_token) pair is trusted"
     )
     read_on_reply: bool = Field(
@@ -234,10 +240,12 @@ class WebSettings(BitrixCommonSettings):
         return self.public_base_url.rstrip("/") + path
 
 
-class DispatcherSettings(BitrixCommonSettings):
+class DispatcherSettings(BitrixCommonSettings, DispatcherCommonSettings):
     """bitrix-dispatcher: Kafka wa-to-b24 -> Bitrix24 REST."""
 
-    dispatcher_metrics_port: int = Field(9104, description="Port of /health, /ready and /metrics")
+    metrics_port: Annotated[int, Formerly("dispatcher_metrics_port")] = Field(
+        9104, description="Port of /health, /ready and /metrics"
+    )
     consumer_group: str = Field("bitrix-dispatcher", description="Kafka consumer group")
     bitrix_max_messages_per_call: int = Field(
         50, ge=1, le=200, description="MESSAGES[] per imconnector.send.messages call"
@@ -282,9 +290,6 @@ class DispatcherSettings(BitrixCommonSettings):
         ),
     )
     dispatch_concurrency: int = Field(32, ge=1, description="Conversations prepared concurrently")
-    channel_cache_s: float = Field(30.0, ge=0, description="How long a channel binding is cached")
-    max_attempts: int = Field(8, ge=1, description="Deliveries of one event before the dead-letter topic")
-    retry_base_s: float = Field(2.0, gt=0, description="First retry delay (doubles each attempt, jittered)")
 
 
 SETTINGS_CLASSES: list[type[BaseSettings]] = [

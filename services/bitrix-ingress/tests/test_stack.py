@@ -154,7 +154,7 @@ async def stack(
         )
         dispatcher = start_process(
             [console_script("bitrix-dispatcher")],
-            {**common, "ZAPTRIX_DISPATCHER_METRICS_PORT": str(ops_port), "ZAPTRIX_RETRY_BASE_S": "0.5"},
+            {**common, "ZAPTRIX_METRICS_PORT": str(ops_port), "ZAPTRIX_RETRY_BASE_S": "0.5"},
             tmp / "dispatcher.log",
         )
         producer = EventProducer(kafka, client_id="test")

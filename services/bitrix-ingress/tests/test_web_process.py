@@ -106,7 +106,7 @@ def start_web(
         "ZAPTRIX_ALLOW_INSECURE_HTTP": "true",
         "ZAPTRIX_EGRESS_ALLOW_NETWORKS": '["127.0.0.1/32"]',  # the local stand-ins only
         "ZAPTRIX_ENVIRONMENT": "test",
-        "ZAPTRIX_VERIFY_CACHE_S": "0",
+        "ZAPTRIX_VERIFY_CACHE_TTL_S": "0",
         **fakes.env(),
         **extra,
     }

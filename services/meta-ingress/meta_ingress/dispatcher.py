@@ -122,7 +122,7 @@ async def run(settings: DispatcherSettings, kafka: KafkaSettings, grpc_settings:
         return bool(producer_box) and await producer_box[0].healthy()
 
     ops = await serve_ops(
-        settings.dispatcher_metrics_port,
+        settings.metrics_port,
         SERVICE,
         {"consumer": consumer_up, "kafka": kafka_up, "mapper": mapper_up, "token_keeper": token_keeper_up},
     )
@@ -140,9 +140,11 @@ async def run(settings: DispatcherSettings, kafka: KafkaSettings, grpc_settings:
             kafka,
             topics,
             settings.consumer_group,
-            per_event(dispatcher.handle, settings.consumer_concurrency),
+            per_event(dispatcher.handle, settings.dispatch_concurrency),
             producer,
             client_id=SERVICE,
+            max_attempts=settings.max_attempts,
+            retry_base_s=settings.retry_base_s,
             on_dead_letter=DeadLetterNotices(dispatcher.ctx),
         )
         log.info("meta-dispatcher starting", topics=topics.all(), graph=settings.graph_root)

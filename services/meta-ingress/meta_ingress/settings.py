@@ -9,12 +9,18 @@ shared ``zaptrix.settings.KafkaSettings`` (``ZAPTRIX_KAFKA_*``) and ``GrpcClient
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings
-from zaptrix.settings import CommonSettings, GrpcClientSettings, KafkaSettings
+from zaptrix.settings import (
+    CommonSettings,
+    DispatcherCommonSettings,
+    Formerly,
+    GrpcClientSettings,
+    KafkaSettings,
+)
 
 _VERSION = re.compile(r"^v\d+\.\d+$")
 # whatsapp.md A4: "Media IDs in webhooks expire after 7 days"; a signed URL never outlives its media id.
@@ -141,10 +147,10 @@ class WebSettings(MetaSettings):
         gt=0,
         description="A webhook whose events Kafka has not acknowledged in this time gets 503 (Meta retries)",
     )
-    webhook_max_bytes: int = Field(
+    web_max_body_bytes: Annotated[int, Formerly("webhook_max_bytes")] = Field(
         4 * 1024 * 1024,
         ge=1024,
-        description="Largest webhook body accepted, else 413 (Meta documents up to 3 MB)",
+        description="Largest request (webhook) body accepted, else 413 (Meta documents up to 3 MB)",
     )
     webhook_max_updates: int = Field(
         1000,
@@ -171,12 +177,16 @@ class WebSettings(MetaSettings):
     )
 
 
-class DispatcherSettings(MetaSettings):
+class DispatcherSettings(MetaSettings, DispatcherCommonSettings):
     """meta-dispatcher: operator events from Kafka to the Graph API."""
 
-    dispatcher_metrics_port: int = Field(9103, description="Port of /health, /ready and /metrics")
+    metrics_port: Annotated[int, Formerly("dispatcher_metrics_port")] = Field(
+        9103, description="Port of /health, /ready and /metrics"
+    )
     consumer_group: str = Field("meta-dispatcher", description="Kafka consumer group")
-    consumer_concurrency: int = Field(64, ge=1, description="Conversations handled concurrently per batch")
+    dispatch_concurrency: Annotated[int, Formerly("consumer_concurrency")] = Field(
+        64, ge=1, description="Conversations handled concurrently per batch"
+    )
 
     throughput_mps: float = Field(
         80.0, gt=0, description="Messages per second per phone number (Meta's default: 80; upgraded: 1,000)"
@@ -284,7 +294,6 @@ class DispatcherSettings(MetaSettings):
         ge=60,
         description="At most one re-engagement template per conversation in this period",
     )
-    channel_cache_ttl_s: float = Field(30.0, ge=0, description="Mapper channel bindings are reused this long")
 
     @model_validator(mode="after")
     def _check_files(self) -> DispatcherSettings:

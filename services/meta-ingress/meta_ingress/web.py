@@ -71,7 +71,7 @@ def create_app(
     app: App = Sanic(name, configure_logging=False)  # zaptrix.logging owns the handlers (JSON lines)
     app.config.ACCESS_LOG = False
     app.config.FALLBACK_ERROR_FORMAT = "json"
-    app.config.REQUEST_MAX_SIZE = settings.webhook_max_bytes
+    app.config.REQUEST_MAX_SIZE = settings.web_max_body_bytes
     app.config.KEEP_ALIVE_TIMEOUT = 75  # Meta and Bitrix24 reuse connections; be longer than their idle time
     app.config.REQUEST_TIMEOUT = 30
     app.config.RESPONSE_TIMEOUT = max(60, int(settings.media_download_timeout_s) + 10)

@@ -87,7 +87,7 @@ def stack(
         [str(BIN / "meta-dispatcher")],
         {
             **common,
-            "ZAPTRIX_DISPATCHER_METRICS_PORT": str(ops_port),
+            "ZAPTRIX_METRICS_PORT": str(ops_port),
             "ZAPTRIX_PAIR_RATE_PER_S": "2",
             "ZAPTRIX_CHANNEL_CACHE_TTL_S": "0",
             "ZAPTRIX_CREDENTIALS_CACHE_TTL_S": "0.5",

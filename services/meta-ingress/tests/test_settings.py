@@ -5,12 +5,14 @@ from __future__ import annotations
 import pytest
 from meta_ingress import settings as s
 from pydantic import ValidationError
+from structlog.testing import capture_logs
+from zaptrix.settings import DispatcherCommonSettings
 
 
 def test_defaults() -> None:
     web = s.WebSettings()
     dispatcher = s.DispatcherSettings()
-    assert web.web_port == 8080 and dispatcher.dispatcher_metrics_port == 9103
+    assert web.web_port == 8080 and dispatcher.metrics_port == 9103
     assert dispatcher.throughput_mps == 80 and dispatcher.pair_rate_per_s == pytest.approx(1 / 6)
     assert web.graph_root == "https://graph.facebook.com/v25.0"
     assert web.media_url_ttl_s <= s.MEDIA_ID_LIFETIME_S
@@ -52,3 +54,30 @@ def test_env_and_settings_classes(monkeypatch: pytest.MonkeyPatch) -> None:
     assert s.WebSettings().web_port == 9000
     names = {cls.__name__ for cls in s.SETTINGS_CLASSES}
     assert {"WebSettings", "DispatcherSettings", "KafkaSettings", "GrpcClientSettings"} <= names
+
+
+def test_renamed_settings_still_read_their_old_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ZAPTRIX_CONSUMER_CONCURRENCY", "5")
+    monkeypatch.setenv("ZAPTRIX_DISPATCHER_METRICS_PORT", "9200")
+    monkeypatch.setenv("ZAPTRIX_WEBHOOK_MAX_BYTES", "2048")
+    with capture_logs() as logs:
+        dispatcher, web = s.DispatcherSettings(), s.WebSettings()
+    assert (dispatcher.dispatch_concurrency, dispatcher.metrics_port, web.web_max_body_bytes) == (
+        5,
+        9200,
+        2048,
+    )
+    assert {e["new"] for e in logs if e["event"] == "deprecated setting name"} == {
+        "ZAPTRIX_DISPATCH_CONCURRENCY",
+        "ZAPTRIX_METRICS_PORT",
+        "ZAPTRIX_WEB_MAX_BODY_BYTES",
+    }
+
+
+def test_redelivery_is_configured_like_the_bitrix_dispatcher(monkeypatch: pytest.MonkeyPatch) -> None:
+    """max_attempts and retry_base_s come from the shared DispatcherCommonSettings (they were bitrix-only)."""
+    monkeypatch.setenv("ZAPTRIX_MAX_ATTEMPTS", "3")
+    monkeypatch.setenv("ZAPTRIX_RETRY_BASE_S", "0.5")
+    dispatcher = s.DispatcherSettings()
+    assert isinstance(dispatcher, DispatcherCommonSettings)
+    assert (dispatcher.max_attempts, dispatcher.retry_base_s, dispatcher.channel_cache_ttl_s) == (3, 0.5, 30)

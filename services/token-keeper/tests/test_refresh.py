@@ -159,7 +159,7 @@ async def test_unreachable_oauth_retries_bounded_then_serves_stored_token_while_
     svc = make_service(
         oauth_url=f"http://127.0.0.1:{free_port()}/oauth/token/",
         oauth_attempts=3,
-        http_timeout_s=0.5,
+        bitrix_oauth_timeout_s=0.5,
         oauth_budget_s=3.0,
         refresh_failure_cooldown_s=60,
     )

@@ -254,7 +254,7 @@ async def test_events_of_an_uninstalled_portal_are_refused(
     p = await install_portal(service, sandbox, "tk-portal-1")
     async with pool.acquire() as conn:
         await service.repo.set_portal_state(conn, "tk-portal-1", "needs_reauth", now=datetime.now(UTC))
-    service._app_tokens.clear()  # as after app_token_cache_s
+    service._app_tokens.clear()  # as after app_token_cache_ttl_s
     assert await service.verify_application_token("tk-portal-1", p["application_token"]) == (True, True)
     async with pool.acquire() as conn:
         await service.repo.set_portal_state(conn, "tk-portal-1", "uninstalled", now=datetime.now(UTC))

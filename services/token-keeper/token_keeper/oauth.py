@@ -101,7 +101,7 @@ class BitrixOAuthClient:
         self.settings = settings
         self.url = settings.bitrix_oauth_url
         self._http = http or httpx.AsyncClient(
-            timeout=httpx.Timeout(settings.http_timeout_s), follow_redirects=False, trust_env=False
+            timeout=httpx.Timeout(settings.bitrix_oauth_timeout_s), follow_redirects=False, trust_env=False
         )
         self._owns_http = http is None
         self._uninstrument(self._http)
@@ -128,7 +128,8 @@ class BitrixOAuthClient:
         started = time.monotonic()
         retrying = AsyncRetrying(
             retry=retry_if_exception_type(_Transient),
-            stop=stop_after_attempt(s.oauth_attempts) | stop_after_delay(s.oauth_budget_s - s.http_timeout_s),
+            stop=stop_after_attempt(s.oauth_attempts)
+            | stop_after_delay(s.oauth_budget_s - s.bitrix_oauth_timeout_s),
             wait=wait_exponential_jitter(multiplier=0.2, max=2.0, jitter=0.3),
             reraise=True,
         )
@@ -136,7 +137,7 @@ class BitrixOAuthClient:
             async for attempt in retrying:
                 with attempt:
                     remaining = s.oauth_budget_s - (time.monotonic() - started)
-                    timeout = max(0.5, min(s.http_timeout_s, remaining))
+                    timeout = max(0.5, min(s.bitrix_oauth_timeout_s, remaining))
                     return await self._attempt(client_id, client_secret, refresh_token, timeout)
         except _Transient as exc:
             raise OAuthUnavailable(exc.code, exc.description) from None

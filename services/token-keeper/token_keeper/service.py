@@ -584,7 +584,7 @@ class TokenService:
             return False, False
         entry = self._app_tokens.get(member_id)
         now = time.monotonic()
-        if entry is not None and now - entry.at < self.settings.app_token_cache_s:
+        if entry is not None and now - entry.at < self.settings.app_token_cache_ttl_s:
             cached, state = cast(tuple[object, str], entry.value)
             if state == STATE_UNINSTALLED:
                 return False, True

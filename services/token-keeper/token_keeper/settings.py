@@ -7,11 +7,11 @@ Every field is an environment variable with the ``ZAPTRIX_`` prefix, e.g. ``ZAPT
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, model_validator
-from zaptrix.settings import CommonSettings, DatabaseSettings, GrpcServerSettings
+from zaptrix.settings import CommonSettings, DatabaseSettings, Formerly, GrpcServerSettings
 
 
 class InsecureUrlError(ValueError):
@@ -43,7 +43,9 @@ class TokenKeeperSettings(CommonSettings):
     refresh_margin_s: int = Field(
         300, ge=0, description="GetAccessToken returns a token valid at least this long, refreshing first"
     )
-    http_timeout_s: float = Field(5.0, gt=0, description="Timeout of one OAuth HTTP attempt")
+    bitrix_oauth_timeout_s: Annotated[float, Formerly("http_timeout_s")] = Field(
+        5.0, gt=0, description="Timeout of one OAuth HTTP attempt"
+    )
     oauth_attempts: int = Field(3, ge=1, le=10, description="Attempts of one refresh on transient failures")
     oauth_budget_s: float = Field(
         15.0, gt=0, description="Upper bound of one refresh including retries (the portal row stays locked)"
@@ -69,7 +71,7 @@ class TokenKeeperSettings(CommonSettings):
         ge=0,
         description="GetChannelCredentials answers from memory this long (other replicas' updates)",
     )
-    app_token_cache_s: float = Field(
+    app_token_cache_ttl_s: Annotated[float, Formerly("app_token_cache_s")] = Field(
         30.0,
         gt=0,
         description="How long a portal's application_token and state are trusted before they are re-read",
@@ -87,8 +89,8 @@ class TokenKeeperSettings(CommonSettings):
     @model_validator(mode="after")
     def _check_oauth_url(self) -> TokenKeeperSettings:
         require_https(self.bitrix_oauth_url, self, what="ZAPTRIX_BITRIX_OAUTH_URL")
-        if self.oauth_budget_s <= self.http_timeout_s:
-            raise ValueError("oauth_budget_s must be larger than http_timeout_s")
+        if self.oauth_budget_s <= self.bitrix_oauth_timeout_s:
+            raise ValueError("oauth_budget_s must be larger than bitrix_oauth_timeout_s")
         return self
 
 
