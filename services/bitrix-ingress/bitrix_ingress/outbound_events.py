@@ -18,9 +18,9 @@ from sanic import HTTPResponse, Request, json
 from zaptrix.kafka import PublishError
 from zaptrix.logging import get_logger
 from zaptrix.metrics import count_cross_tenant
+from zaptrix.rpc import RpcFailed, RpcNotFound
 
 from bitrix_ingress import events as ev
-from bitrix_ingress.deps import NotFound, RpcFailed
 from bitrix_ingress.event_summary import summary
 from bitrix_ingress.formparse import FormError
 from bitrix_ingress.metrics import EVENTS_LOST, EVENTS_RECEIVED, ITEMS_SKIPPED, UNRESOLVED_CHATS
@@ -65,7 +65,7 @@ async def _resolve_keys(ctx: Ctx, normalized: ev.Normalized) -> set[str]:
             return
         try:
             conv = await ctx.deps.find_portal_conversation(member, chat)
-        except NotFound:
+        except RpcNotFound:
             refused.add(chat)
             return
         except RpcFailed as exc:
@@ -128,7 +128,7 @@ async def _resolve_replies(ctx: Ctx, normalized: ev.Normalized) -> None:
         env = normalized.pending[index].envelope
         try:
             link = await ctx.deps.find_message_link_by_bitrix(normalized.member_id, reply_id)
-        except (NotFound, RpcFailed):
+        except (RpcNotFound, RpcFailed):
             continue
         if link.wamid:
             env.operator_message.reply_to_external_id = link.wamid
