@@ -28,7 +28,7 @@ S = grpc.StatusCode
     ],
 )
 async def test_a_peer_answer_becomes_one_outcome(code: grpc.StatusCode, kind: str) -> None:
-    async def refuse(request: Any, timeout: float) -> Any:
+    async def refuse(request: Any, **_: Any) -> Any:
         raise grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details="said no")
 
     deps = Deps(cast(Any, SimpleNamespace(mapper=None, token_keeper=None, timeout=1.0)))

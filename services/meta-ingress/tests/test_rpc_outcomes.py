@@ -15,7 +15,7 @@ class _Mapper:
     def __init__(self, code: grpc.StatusCode) -> None:
         self.code = code
 
-    async def FindConversation(self, request: Any, timeout: float) -> Any:  # noqa: N802 (gRPC's name)
+    async def FindConversation(self, request: Any, **_: Any) -> Any:
         raise grpc.aio.AioRpcError(self.code, grpc.aio.Metadata(), grpc.aio.Metadata(), details="said no")
 
 
