@@ -209,13 +209,12 @@ async def _outbound(request: Request, form: dict[str, Any]) -> HTTPResponse:
         EVENTS_RECEIVED.labels(label, "refused").inc()
         return problem(403, "the event names no chat of this portal")
     await _resolve_replies(ctx, normalized)
-    if not ctx.producer_ready.is_set():
+    producer = ctx.producer.producer
+    if producer is None:
         return _lost(event, "kafka_unavailable", form, "producer not started")
     envelopes = [p.envelope for p in normalized.pending]
     try:
-        await asyncio.wait_for(
-            ctx.producer.publish(ctx.topic, envelopes), timeout=ctx.settings.produce_timeout_s
-        )
+        await asyncio.wait_for(producer.publish(ctx.topic, envelopes), timeout=ctx.settings.produce_timeout_s)
     except (PublishError, TimeoutError) as exc:
         return _lost(event, "kafka_unavailable", form, repr(exc))
     EVENTS_RECEIVED.labels(label, "accepted").inc()
