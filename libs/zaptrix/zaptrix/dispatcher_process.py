@@ -22,6 +22,7 @@ from zaptrix.kafka import EventConsumer, EventProducer
 from zaptrix.kafka.producer_startup import start_producer
 from zaptrix.logging import get_logger
 from zaptrix.opsserver import serve_ops
+from zaptrix.process import run_async, run_process
 from zaptrix.settings import GrpcClientSettings, KafkaSettings
 
 log = get_logger(__name__)
@@ -85,4 +86,22 @@ async def run_dispatcher(
         log.info("dispatcher stopped")
 
 
-__all__ = ["Wire", "run_dispatcher"]
+def dispatcher_main(
+    service: str,
+    log_level: str,
+    ops_port: int,
+    wire: Callable[[KafkaSettings], Wire],
+    after_logging: Callable[[], None] | None = None,
+) -> None:
+    """A dispatcher's console-script main: run_dispatcher with the settings from the environment."""
+    kafka = KafkaSettings()
+    grpc_settings = GrpcClientSettings()
+    run_process(
+        service,
+        log_level,
+        lambda: run_async(lambda: run_dispatcher(service, ops_port, kafka, grpc_settings, wire(kafka))),
+        after_logging,
+    )
+
+
+__all__ = ["Wire", "dispatcher_main", "run_dispatcher"]

@@ -15,16 +15,15 @@ call_results, request_spans, bookkeeping (the mapper after Bitrix24 confirmed), 
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from functools import partial
 
 from zaptrix.clients import Clients
-from zaptrix.dispatcher_process import Wire, run_dispatcher
+from zaptrix.dispatcher_process import Wire, dispatcher_main
 from zaptrix.kafka import EventConsumer, EventProducer, Flow, topics_for
 from zaptrix.logging import get_logger
-from zaptrix.process import run_async, run_process
-from zaptrix.settings import GrpcClientSettings, KafkaSettings
+from zaptrix.settings import KafkaSettings
 
 from bitrix_ingress.batch_handler import BitrixDispatcher
 from bitrix_ingress.dead_letters import CustomerDeadLetters
@@ -38,7 +37,7 @@ from bitrix_ingress.settings import DispatcherSettings
 log = get_logger(__name__)
 SERVICE = "bitrix-dispatcher"
 
-__all__ = ["SERVICE", "BitrixDispatcher", "main", "run"]
+__all__ = ["SERVICE", "BitrixDispatcher", "main", "wire"]
 
 
 def wire(settings: DispatcherSettings, kafka: KafkaSettings) -> Wire:
@@ -75,24 +74,14 @@ def wire(settings: DispatcherSettings, kafka: KafkaSettings) -> Wire:
     return consumer
 
 
-async def run(
-    settings: DispatcherSettings,
-    kafka: KafkaSettings,
-    grpc_settings: GrpcClientSettings,
-    stopped: asyncio.Event | None = None,
-) -> None:
-    await run_dispatcher(
-        SERVICE, settings.dispatcher_metrics_port, kafka, grpc_settings, wire(settings, kafka), stopped
-    )
-
-
 def main() -> None:
     settings = DispatcherSettings()
-    run_process(
+    dispatcher_main(
         SERVICE,
         settings.log_level,
-        lambda: run_async(lambda: run(settings, KafkaSettings(), GrpcClientSettings())),
-        after_logging=quiet_http_client_logs,
+        settings.dispatcher_metrics_port,
+        partial(wire, settings),
+        quiet_http_client_logs,
     )
 
 

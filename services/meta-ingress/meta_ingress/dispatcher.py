@@ -23,10 +23,11 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
+from functools import partial
 
 import httpx
 from zaptrix.clients import Clients
-from zaptrix.dispatcher_process import Wire, run_dispatcher
+from zaptrix.dispatcher_process import Wire, dispatcher_main
 from zaptrix.kafka import (
     EventConsumer,
     EventProducer,
@@ -38,8 +39,7 @@ from zaptrix.kafka import (
     topics_for,
 )
 from zaptrix.logging import get_logger
-from zaptrix.process import run_async, run_process
-from zaptrix.settings import GrpcClientSettings, KafkaSettings
+from zaptrix.settings import KafkaSettings
 
 from meta_ingress.bitrix_files import BitrixFiles
 from meta_ingress.context import Context
@@ -125,19 +125,9 @@ def wire(settings: DispatcherSettings, kafka: KafkaSettings) -> Wire:
     return consumer
 
 
-async def run(settings: DispatcherSettings, kafka: KafkaSettings, grpc_settings: GrpcClientSettings) -> None:
-    await run_dispatcher(
-        SERVICE, settings.dispatcher_metrics_port, kafka, grpc_settings, wire(settings, kafka)
-    )
-
-
 def main() -> None:
     settings = DispatcherSettings()
-    run_process(
-        SERVICE,
-        settings.log_level,
-        lambda: run_async(lambda: run(settings, KafkaSettings(), GrpcClientSettings())),
-    )
+    dispatcher_main(SERVICE, settings.log_level, settings.dispatcher_metrics_port, partial(wire, settings))
 
 
-__all__ = ["MetaDispatcher", "main"]
+__all__ = ["MetaDispatcher", "main", "wire"]
