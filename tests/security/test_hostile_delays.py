@@ -24,7 +24,7 @@ from typing import Any, cast
 import httpx
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from bitrix_ingress.deps import Deps, NotFound
+from bitrix_ingress.deps import Deps
 from bitrix_ingress.pacing import PacerRegistry
 from bitrix_ingress.portal import PortalClient, PortalUnknown, Token
 from bitrix_ingress.rest import BadResponse, BitrixError, BitrixRest
@@ -45,6 +45,7 @@ from zaptrix.kafka.admin import ensure_topics
 from zaptrix.kafka.envelope import H_DLQ_REASON, H_NOT_BEFORE, header
 from zaptrix.kafka.producer import PublishError
 from zaptrix.metrics import EXTERNAL_CALLS
+from zaptrix.rpc import RpcNotFound
 from zaptrix.settings import KafkaSettings
 from zaptrix.v1 import events_pb2
 
@@ -246,7 +247,7 @@ async def test_a_rest_answer_larger_than_the_cap_is_refused_without_reading_it_a
 
 class _NoPortals:
     async def get_access_token(self, member_id: str) -> Any:
-        raise NotFound(f"portal {member_id}")
+        raise RpcNotFound(f"portal {member_id}")
 
 
 def _outcome_labels() -> set[str]:

@@ -15,14 +15,15 @@ import asyncio
 from collections import OrderedDict
 
 from opentelemetry import trace
+from zaptrix.errors import PermanentError, TransientError
 from zaptrix.kafka import Outcome, Received
-from zaptrix.kafka.consumer import PermanentError, TransientError
 from zaptrix.logging import get_logger
+from zaptrix.rpc import RpcError
 
 from bitrix_ingress.channels import Channels
 from bitrix_ingress.crm_contacts import ensure_contacts
 from bitrix_ingress.customer_messages import finish_customer, prepare_customer
-from bitrix_ingress.deps import Deps, NotFound, RpcFailed
+from bitrix_ingress.deps import Deps
 from bitrix_ingress.metrics import DELIVERED, REQUESTS_PER_FLUSH, STATUSES
 from bitrix_ingress.notices import finish_notice, prepare_failure, reroute_refused_im
 from bitrix_ingress.portal import PortalClient
@@ -105,7 +106,7 @@ class BitrixDispatcher:
                 return await prepare_failure(rec, sf, settings=settings, deps=deps, channels=channels)
             return Outcome.dead(f"unexpected event type {kind} on the wa-to-b24 topic")
         except Exception as exc:
-            if not isinstance(exc, BitrixError | RpcFailed | NotFound | TransientError | PermanentError):
+            if not isinstance(exc, TransientError | PermanentError):  # Bitrix24 and RPC errors included
                 log.exception("prepare failed", event_id=rec.envelope.event_id)
             return outcome_for(exc)
 
@@ -134,7 +135,7 @@ class BitrixDispatcher:
         try:
             return await self._finish(work)
         except Exception as exc:
-            if not isinstance(exc, BitrixError | RpcFailed | NotFound):
+            if not isinstance(exc, BitrixError | RpcError):
                 log.exception("recording failed", event_id=work.rec.envelope.event_id)
             return outcome_for(exc)
 

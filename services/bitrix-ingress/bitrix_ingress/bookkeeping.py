@@ -16,9 +16,10 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential_jitter
+from zaptrix.rpc import RpcFailed
 from zaptrix.v1 import events_pb2, mapper_pb2
 
-from bitrix_ingress.deps import Deps, RpcFailed, conversation_update
+from bitrix_ingress.deps import Deps, conversation_update
 
 T = TypeVar("T")
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from zaptrix.kafka.consumer import PermanentError
+from zaptrix.errors import PermanentError
+from zaptrix.rpc import RpcNotFound
 from zaptrix.v1 import mapper_pb2
 
-from bitrix_ingress.deps import Deps, NotFound
+from bitrix_ingress.deps import Deps
 
 
 class TtlCache:
@@ -40,7 +41,7 @@ class Channels:
             return channel
         try:
             channel = await self.deps.get_channel(phone_number_id)
-        except NotFound as exc:
+        except RpcNotFound as exc:
             raise PermanentError(f"no channel is bound to phone_number_id {phone_number_id}") from exc
         if not channel.member_id or not channel.line_id:
             raise PermanentError(f"channel {phone_number_id} is not bound to a portal's Open Line")

@@ -7,8 +7,9 @@ from collections import OrderedDict
 from typing import Any
 
 from zaptrix.logging import get_logger
+from zaptrix.rpc import RpcFailed, RpcNotFound
 
-from bitrix_ingress.deps import Deps, NotFound, RpcFailed
+from bitrix_ingress.deps import Deps
 from bitrix_ingress.metrics import CRM
 from bitrix_ingress.portal_requests import PortalRequests
 from bitrix_ingress.rest import PermanentBitrixError
@@ -79,7 +80,7 @@ async def ensure_contacts(
             w.contact_id = contact_id
         try:
             await deps.update_conversation(conv_id, bitrix_contact_id=contact_id)
-        except (RpcFailed, NotFound) as exc:  # found again by phone next time: no duplicate
+        except (RpcFailed, RpcNotFound) as exc:  # found again by phone next time: no duplicate
             log.warning("could not record the CRM contact", conversation_id=conv_id, error=str(exc))
     return made
 

@@ -8,12 +8,13 @@ from datetime import UTC
 from typing import Any
 
 from zaptrix.kafka import Outcome, Received
+from zaptrix.rpc import RpcFailed, RpcNotFound
 from zaptrix.v1 import events_pb2, mapper_pb2
 
 from bitrix_ingress import bookkeeping
 from bitrix_ingress import delivery as dl
 from bitrix_ingress.channels import Channels
-from bitrix_ingress.deps import Deps, NotFound, RpcFailed
+from bitrix_ingress.deps import Deps
 from bitrix_ingress.metrics import DELIVERED
 from bitrix_ingress.settings import DispatcherSettings
 from bitrix_ingress.text import display_name, format_time
@@ -67,7 +68,7 @@ async def _reply_label(deps: Deps, cm: events_pb2.CustomerMessage) -> str:
     verb = "Reaction to" if cm.reaction_to_wamid and not cm.reply_to_wamid else "Reply to"
     try:
         link = await deps.find_message_link(target)
-    except (NotFound, RpcFailed):
+    except (RpcNotFound, RpcFailed):
         return f"{verb} an earlier message"
     whose = "the operator's message" if link.direction == mapper_pb2.DIRECTION_OUTBOUND else "their message"
     when = f" of {format_time(link.created_at.ToDatetime(UTC))}" if link.HasField("created_at") else ""
@@ -103,7 +104,7 @@ async def finish_customer(deps: Deps, work: DeliverWork, result: dict[str, Any])
         await bookkeeping.record_delivery(
             deps, event_id, recorded, work.cm, record, work.conv, work.contact_name
         )
-    except (RpcFailed, NotFound):
+    except (RpcFailed, RpcNotFound):
         # All or nothing, so not even the processed record was written: write it alone, or a
         # redelivery would send the message to Bitrix24 again. The rest is redone from `recorded` then.
         await bookkeeping.mark(deps, event_id, recorded)

@@ -13,9 +13,10 @@ from collections.abc import Callable
 
 from zaptrix.kafka import EventProducer, PublishError, event_type
 from zaptrix.logging import get_logger
+from zaptrix.rpc import RpcFailed, RpcNotFound
 from zaptrix.v1 import events_pb2
 
-from bitrix_ingress.deps import Deps, NotFound, RpcFailed
+from bitrix_ingress.deps import Deps
 from bitrix_ingress.metrics import DEAD_LETTER_NOTICES
 
 log = get_logger(__name__)
@@ -67,7 +68,7 @@ class CustomerDeadLetters:
         cm = env.customer_message
         try:
             conv = await self.deps.find_conversation_by_customer(cm.phone_number_id, cm.wa_id)
-        except (NotFound, RpcFailed):
+        except (RpcNotFound, RpcFailed):
             conv = None
         if conv is None or not conv.external_chat_id:
             DEAD_LETTER_NOTICES.labels(kind, "no_chat").inc()

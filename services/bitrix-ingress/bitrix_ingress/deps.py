@@ -1,11 +1,5 @@
-"""Typed calls to the mapper and token-keeper (gRPC), with their failures mapped to our error kinds.
-
-``NOT_FOUND`` becomes :class:`NotFound` (callers decide what an unknown thing means);
-``INVALID_ARGUMENT``, ``PERMISSION_DENIED`` and ``FAILED_PRECONDITION`` (token-keeper: the portal needs
-re-authorisation or is uninstalled, "retrying cannot help") are permanent: the event is dead-lettered with
-the reason and replayed after the fix. Everything else (UNAVAILABLE, DEADLINE_EXCEEDED, INTERNAL, ...) is
-transient: the event is retried later.
-"""
+"""Typed calls to the mapper and token-keeper (gRPC); failures are raised as zaptrix.rpc maps them
+(RpcNotFound, RpcConflict, RpcTransient, RpcPermanent)."""
 
 from __future__ import annotations
 
@@ -13,29 +7,11 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any, TypeVar
 
-import grpc
 from zaptrix.clients import Clients
+from zaptrix.rpc import call
 from zaptrix.v1 import mapper_pb2, token_keeper_pb2
 
 T = TypeVar("T")
-
-_PERMANENT = frozenset(
-    {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.FAILED_PRECONDITION}
-)
-
-
-class NotFound(Exception):
-    def __init__(self, what: str) -> None:
-        super().__init__(f"{what}: not found")
-        self.reason = f"{what}: not found"
-
-
-class RpcFailed(Exception):
-    def __init__(self, what: str, code: str, details: str, *, permanent: bool) -> None:
-        self.reason = f"{what}: {code}: {details}"[:500]
-        self.code = code
-        self.permanent = permanent
-        super().__init__(self.reason)
 
 
 def conversation_update(
@@ -71,13 +47,7 @@ class Deps:
         self.tk: Any = clients.token_keeper
 
     async def _unary(self, fn: Callable[..., Awaitable[T]], request: Any, what: str) -> T:
-        try:
-            return await fn(request, timeout=self.clients.timeout)
-        except grpc.aio.AioRpcError as exc:
-            code = exc.code()
-            if code == grpc.StatusCode.NOT_FOUND:
-                raise NotFound(what) from exc
-            raise RpcFailed(what, code.name, exc.details() or "", permanent=code in _PERMANENT) from exc
+        return await call(what, fn(request, timeout=self.clients.timeout))
 
     # --- token-keeper ---------------------------------------------------------------------
 
@@ -129,7 +99,7 @@ class Deps:
     async def find_portal_conversation(
         self, member_id: str, external_chat_id: str
     ) -> mapper_pb2.Conversation:
-        """The portal's own conversation with this chat id; NotFound for an unknown chat and for another
+        """The portal's own conversation with this chat id; RpcNotFound for an unknown chat and for another
         portal's chat alike (the mapper never serves a chat across portals)."""
         req = mapper_pb2.FindConversationRequest(
             portal_external_chat=mapper_pb2.PortalExternalChat(

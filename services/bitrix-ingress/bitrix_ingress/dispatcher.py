@@ -15,17 +15,15 @@ call_results, request_spans, bookkeeping (the mapper after Bitrix24 confirmed), 
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import signal
+from collections.abc import AsyncIterator
+from functools import partial
 
 from zaptrix.clients import Clients
-from zaptrix.health import grpc_health_check
+from zaptrix.dispatcher_process import Wire, dispatcher_main
 from zaptrix.kafka import EventConsumer, EventProducer, Flow, topics_for
-from zaptrix.logging import configure_logging, get_logger
-from zaptrix.opsserver import serve_ops
-from zaptrix.settings import GrpcClientSettings, KafkaSettings
-from zaptrix.telemetry import setup_telemetry, shutdown_telemetry
+from zaptrix.logging import get_logger
+from zaptrix.settings import KafkaSettings
 
 from bitrix_ingress.batch_handler import BitrixDispatcher
 from bitrix_ingress.dead_letters import CustomerDeadLetters
@@ -39,108 +37,52 @@ from bitrix_ingress.settings import DispatcherSettings
 log = get_logger(__name__)
 SERVICE = "bitrix-dispatcher"
 
-__all__ = ["SERVICE", "BitrixDispatcher", "main", "run"]
+__all__ = ["SERVICE", "BitrixDispatcher", "main", "wire"]
 
 
-async def run(
-    settings: DispatcherSettings,
-    kafka: KafkaSettings,
-    grpc_settings: GrpcClientSettings,
-    stopped: asyncio.Event | None = None,
-) -> None:
-    stopped = stopped or asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stopped.set)
-    clients = Clients(grpc_settings)
-    deps = Deps(clients)
-    rest = portal_rest(settings, timeout_s=settings.bitrix_rest_timeout_s)
-    portals = PortalClient(
-        deps,
-        rest,
-        PacerRegistry(settings.rate_for),
-        settings,
-        attempts=settings.bitrix_rest_attempts,
-        rate_limit_max_wait_s=settings.bitrix_rate_limit_max_wait_s,
-    )
-    dispatcher = BitrixDispatcher(settings, deps, portals)
-    topics = topics_for(Flow.WA_TO_B24, kafka.topic_prefix)
-    producer = EventProducer(kafka, client_id=SERVICE)
-    consumer = EventConsumer(
-        kafka,
-        topics,
-        settings.consumer_group,
-        dispatcher.handle,
-        producer,
-        client_id=SERVICE,
-        max_attempts=settings.max_attempts,
-        retry_base_s=settings.retry_base_s,
-    )
-    consumer.on_dead_letter = CustomerDeadLetters(deps, lambda: consumer.producer, topics.main)
+def wire(settings: DispatcherSettings, kafka: KafkaSettings) -> Wire:
+    """The bitrix dispatcher's consumer around the started producer; its REST client closed on exit."""
 
-    async def consumer_up() -> bool:
-        return consumer.healthy()
+    @contextlib.asynccontextmanager
+    async def consumer(clients: Clients, producer: EventProducer) -> AsyncIterator[EventConsumer]:
+        rest = portal_rest(settings, timeout_s=settings.bitrix_rest_timeout_s)
+        try:
+            deps = Deps(clients)
+            portals = PortalClient(
+                deps,
+                rest,
+                PacerRegistry(settings.rate_for),
+                settings,
+                attempts=settings.bitrix_rest_attempts,
+                rate_limit_max_wait_s=settings.bitrix_rate_limit_max_wait_s,
+            )
+            topics = topics_for(Flow.WA_TO_B24, kafka.topic_prefix)
+            yield EventConsumer(
+                kafka,
+                topics,
+                settings.consumer_group,
+                BitrixDispatcher(settings, deps, portals).handle,
+                producer,
+                client_id=SERVICE,
+                max_attempts=settings.max_attempts,
+                retry_base_s=settings.retry_base_s,
+                on_dead_letter=CustomerDeadLetters(deps, lambda: producer, topics.main),
+            )
+        finally:
+            await rest.aclose()
 
-    ops = await serve_ops(
-        settings.metrics_port,
-        SERVICE,
-        {
-            "consumer": consumer_up,
-            "kafka": producer.healthy,
-            "token_keeper": grpc_health_check(clients.token_keeper_channel),
-            "mapper": grpc_health_check(clients.mapper_channel),
-        },
-    )
-    log.info("dispatcher starting", topics=topics.all(), group=settings.consumer_group)
-    delay = 0.5
-    try:
-        while not stopped.is_set():
-            try:
-                await producer.start()
-                break
-            except Exception as exc:
-                log.warning("kafka producer cannot start yet", error=repr(exc), retry_s=delay)
-                await producer.stop()
-                producer = EventProducer(kafka, client_id=SERVICE)
-                consumer.producer = producer
-                await _sleep_or_stop(stopped, delay)
-                delay = min(delay * 2, 10.0)
-        delay = 0.5
-        while not stopped.is_set():
-            try:
-                await consumer.run(stopped)
-            except Exception as exc:
-                log.exception("consumer stopped with an error, restarting", error=repr(exc))
-                await _sleep_or_stop(stopped, delay)
-                delay = min(delay * 2, 10.0)
-    finally:
-        ops.close()
-        await producer.stop()
-        await rest.aclose()
-        await clients.close()
-        log.info("dispatcher stopped")
-
-
-async def _sleep_or_stop(stopped: asyncio.Event, delay: float) -> None:
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stopped.wait(), timeout=delay)
+    return consumer
 
 
 def main() -> None:
     settings = DispatcherSettings()
-    configure_logging(SERVICE, settings.log_level)
-    quiet_http_client_logs()
-    setup_telemetry(SERVICE)
-    try:
-        try:
-            import uvloop
-
-            uvloop.run(run(settings, KafkaSettings(), GrpcClientSettings()))
-        except ImportError:
-            asyncio.run(run(settings, KafkaSettings(), GrpcClientSettings()))
-    finally:
-        shutdown_telemetry()
+    dispatcher_main(
+        SERVICE,
+        settings.log_level,
+        settings.metrics_port,
+        partial(wire, settings),
+        quiet_http_client_logs,
+    )
 
 
 if __name__ == "__main__":

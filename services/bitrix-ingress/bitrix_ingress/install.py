@@ -29,9 +29,10 @@ from typing import Any
 from urllib.parse import quote
 
 from zaptrix.logging import get_logger
+from zaptrix.rpc import RpcNotFound
 from zaptrix.v1 import token_keeper_pb2
 
-from bitrix_ingress.deps import Deps, NotFound
+from bitrix_ingress.deps import Deps
 from bitrix_ingress.events import OUTBOUND_EVENTS
 from bitrix_ingress.formparse import get_str
 from bitrix_ingress.oauth_check import (
@@ -165,7 +166,7 @@ async def verify_install(
     await require_admin(req.member_id, verified_token(auth), portals)
     try:
         stored: token_keeper_pb2.PortalStatus | None = await deps.get_portal_status(req.member_id)
-    except NotFound:
+    except RpcNotFound:
         stored = None
     return stored, auth
 

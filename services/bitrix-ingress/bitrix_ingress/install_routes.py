@@ -8,9 +8,9 @@ import time
 
 from sanic import HTTPResponse, Request, html
 from zaptrix.logging import get_logger
+from zaptrix.rpc import RpcFailed, RpcNotFound
 
 from bitrix_ingress import events as ev
-from bitrix_ingress.deps import NotFound, RpcFailed
 from bitrix_ingress.formparse import FormError
 from bitrix_ingress.install import InstallRefused, connector_data, parse_placement, settings_page
 from bitrix_ingress.install_guard import REFUSALS, guard_of, rate_limited, refuse
@@ -89,12 +89,12 @@ async def settings_handler(request: Request) -> HTTPResponse:
                 {"CONNECTOR": req.connector, "LINE": req.line, "DATA": connector_data(settings, req.line)},
             )
         channels: list[tuple[str, str]] = []
-        with contextlib.suppress(RpcFailed, NotFound):
+        with contextlib.suppress(RpcFailed, RpcNotFound):
             listed = await ctx.deps.list_channels(req.member_id)
             channels = [
                 (c.phone_number_id, c.display_phone_number) for c in listed.channels if c.line_id == req.line
             ]
-    except NotFound:
+    except RpcNotFound:
         return problem(401, "unknown portal: install the app first")
     except TokenError:
         return problem(401, "AUTH_ID is not valid on this portal")

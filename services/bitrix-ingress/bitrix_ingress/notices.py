@@ -8,12 +8,13 @@ from collections.abc import Sequence
 from zaptrix.kafka import Outcome, Received
 from zaptrix.logging import get_logger
 from zaptrix.metrics import count_cross_tenant
+from zaptrix.rpc import RpcNotFound
 from zaptrix.v1 import events_pb2
 
 from bitrix_ingress import bookkeeping
 from bitrix_ingress import delivery as dl
 from bitrix_ingress.channels import Channels
-from bitrix_ingress.deps import Deps, NotFound
+from bitrix_ingress.deps import Deps
 from bitrix_ingress.metrics import NOTICES
 from bitrix_ingress.rest import AccessDenied, ArgumentError, MethodNotFound, WrongAuthType
 from bitrix_ingress.settings import DispatcherSettings
@@ -40,7 +41,7 @@ async def prepare_failure(
     if sf.member_id:
         try:
             conv = await deps.find_portal_conversation(sf.member_id, sf.external_chat_id)
-        except NotFound:
+        except RpcNotFound:
             conv = None
     if conv is None or conv.member_id != sf.member_id:
         count_cross_tenant("bitrix-dispatcher", "notice")

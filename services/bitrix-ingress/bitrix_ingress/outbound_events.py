@@ -18,9 +18,9 @@ from sanic import HTTPResponse, Request, json
 from zaptrix.kafka import PublishError
 from zaptrix.logging import get_logger
 from zaptrix.metrics import count_cross_tenant
+from zaptrix.rpc import RpcFailed, RpcNotFound
 
 from bitrix_ingress import events as ev
-from bitrix_ingress.deps import NotFound, RpcFailed
 from bitrix_ingress.event_summary import summary
 from bitrix_ingress.formparse import FormError
 from bitrix_ingress.metrics import EVENTS_LOST, EVENTS_RECEIVED, ITEMS_SKIPPED, UNRESOLVED_CHATS
@@ -65,7 +65,7 @@ async def _resolve_keys(ctx: Ctx, normalized: ev.Normalized) -> set[str]:
             return
         try:
             conv = await ctx.deps.find_portal_conversation(member, chat)
-        except NotFound:
+        except RpcNotFound:
             refused.add(chat)
             return
         except RpcFailed as exc:
@@ -128,7 +128,7 @@ async def _resolve_replies(ctx: Ctx, normalized: ev.Normalized) -> None:
         env = normalized.pending[index].envelope
         try:
             link = await ctx.deps.find_message_link_by_bitrix(normalized.member_id, reply_id)
-        except (NotFound, RpcFailed):
+        except (RpcNotFound, RpcFailed):
             continue
         if link.wamid:
             env.operator_message.reply_to_external_id = link.wamid
@@ -209,13 +209,12 @@ async def _outbound(request: Request, form: dict[str, Any]) -> HTTPResponse:
         EVENTS_RECEIVED.labels(label, "refused").inc()
         return problem(403, "the event names no chat of this portal")
     await _resolve_replies(ctx, normalized)
-    if not ctx.producer_ready.is_set():
+    producer = ctx.producer.producer
+    if producer is None:
         return _lost(event, "kafka_unavailable", form, "producer not started")
     envelopes = [p.envelope for p in normalized.pending]
     try:
-        await asyncio.wait_for(
-            ctx.producer.publish(ctx.topic, envelopes), timeout=ctx.settings.publish_timeout_s
-        )
+        await asyncio.wait_for(producer.publish(ctx.topic, envelopes), timeout=ctx.settings.publish_timeout_s)
     except (PublishError, TimeoutError) as exc:
         return _lost(event, "kafka_unavailable", form, repr(exc))
     EVENTS_RECEIVED.labels(label, "accepted").inc()

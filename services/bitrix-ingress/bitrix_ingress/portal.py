@@ -22,8 +22,9 @@ from typing import Any, TypeVar
 
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 from zaptrix.logging import get_logger
+from zaptrix.rpc import RpcNotFound
 
-from bitrix_ingress.deps import Deps, NotFound
+from bitrix_ingress.deps import Deps
 from bitrix_ingress.pacing import PacerRegistry, PortalPacer
 from bitrix_ingress.rest import (
     BatchResult,
@@ -111,7 +112,7 @@ class PortalClient:
                 return cached
             try:
                 msg = await self.deps.get_access_token(member_id)
-            except NotFound as exc:
+            except RpcNotFound as exc:
                 raise PortalUnknown("PORTAL_UNKNOWN", f"portal {member_id} is not installed") from exc
             token = self._to_token(member_id, msg)
             self._tokens[member_id] = token
@@ -123,7 +124,7 @@ class PortalClient:
         code = "expired_token" if error.code == "expired_token" else "invalid_token"
         try:
             msg = await self.deps.report_token_rejected(token.member_id, token.access_token, code)
-        except NotFound as exc:
+        except RpcNotFound as exc:
             raise PortalUnknown("PORTAL_UNKNOWN", f"portal {token.member_id} is not installed") from exc
         fresh = self._to_token(token.member_id, msg)
         self._tokens[token.member_id] = fresh

@@ -7,8 +7,8 @@ from typing import Any
 
 from sanic import HTTPResponse, Request, html, json
 from zaptrix.logging import get_logger
+from zaptrix.rpc import RpcFailed, RpcNotFound
 
-from bitrix_ingress.deps import NotFound, RpcFailed
 from bitrix_ingress.install import (
     InstallRefused,
     ensure_setup,
@@ -74,7 +74,7 @@ async def install_portal(request: Request, form: dict[str, Any]) -> HTTPResponse
         INSTALLS.labels(kind, "unavailable").inc()
         log.error("install failed: token-keeper unavailable", reason=exc.reason, member_id=req.member_id)
         return problem(503, "token-keeper unavailable, try again")
-    except NotFound as exc:
+    except RpcNotFound as exc:
         INSTALLS.labels(kind, "unavailable").inc()
         log.error("install failed", reason=exc.reason, member_id=req.member_id)
         return problem(503, "try again")

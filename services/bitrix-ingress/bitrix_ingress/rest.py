@@ -36,6 +36,7 @@ from typing import Any, Literal
 import httpx
 from zaptrix.delays import parse_retry_after, seconds_until
 from zaptrix.egress import EgressRefused
+from zaptrix.errors import PermanentError, TransientError
 from zaptrix.metrics import EXTERNAL_CALLS, EXTERNAL_LATENCY
 
 from bitrix_ingress.formparse import as_list, build_query
@@ -44,9 +45,12 @@ PLATFORM = "bitrix24"
 
 
 class BitrixError(Exception):
-    """An error answered by Bitrix24 (or on the way there). ``str()`` never contains a token."""
+    """An error answered by Bitrix24 (or on the way there). ``str()`` never contains a token.
+    Raised only as TransientBitrixError or PermanentBitrixError, which the consumer understands."""
 
-    permanent = False
+    permanent: bool
+    reason: str
+    retry_after: float | None
 
     def __init__(
         self,
@@ -62,24 +66,19 @@ class BitrixError(Exception):
         self.status = status
         self.method = method
         self.retry_after = retry_after
-        super().__init__(self.reason)
-
-    @property
-    def reason(self) -> str:
-        where = f"{self.method}: " if self.method else ""
-        status = f" (HTTP {self.status})" if self.status else ""
+        where = f"{method}: " if method else ""
+        shown_status = f" (HTTP {status})" if status else ""
         desc = f": {self.description}" if self.description else ""
-        return f"{where}{self.code}{status}{desc}"
+        self.reason = f"{where}{code}{shown_status}{desc}"
+        Exception.__init__(self, self.reason)  # not cooperative: the attributes above are the whole state
 
 
-class TransientBitrixError(BitrixError):
+class TransientBitrixError(BitrixError, TransientError):
     """Worth retrying later."""
 
 
-class PermanentBitrixError(BitrixError):
+class PermanentBitrixError(BitrixError, PermanentError):
     """Will fail the same way again: dead-letter with the reason."""
-
-    permanent = True
 
 
 class TokenError(TransientBitrixError):

@@ -7,12 +7,13 @@ from typing import Any
 
 from zaptrix.kafka import Outcome, Received
 from zaptrix.logging import get_logger
+from zaptrix.rpc import RpcNotFound
 from zaptrix.v1 import events_pb2, mapper_pb2
 
 from bitrix_ingress import bookkeeping
 from bitrix_ingress import delivery as dl
 from bitrix_ingress.channels import Channels
-from bitrix_ingress.deps import Deps, NotFound
+from bitrix_ingress.deps import Deps
 from bitrix_ingress.metrics import STATUSES
 from bitrix_ingress.settings import DispatcherSettings
 from bitrix_ingress.work import LOGGER, NoticeWork, StatusWork, Work
@@ -38,7 +39,7 @@ async def prepare_status(
         return Outcome.duplicate()
     try:
         link = await deps.find_message_link(st.wamid)
-    except NotFound:
+    except RpcNotFound:
         # Meta can report a status before the meta dispatcher has recorded the link of the message it
         # just sent: look again a few times (retry topic), then accept that it is not ours.
         if rec.attempt < settings.status_link_attempts:
@@ -58,7 +59,7 @@ async def prepare_status(
     channel = await channels.get(st.phone_number_id)
     try:
         conv = await deps.find_conversation_by_id(link.conversation_id)
-    except NotFound:
+    except RpcNotFound:
         conv = await deps.find_conversation_by_customer(st.phone_number_id, st.wa_id)
     base: dict[str, Any] = {
         "rec": rec,

@@ -12,14 +12,12 @@ This module wires the app: outbound_events (connector events), install_routes an
 
 from __future__ import annotations
 
-import asyncio
-
 from sanic import HTTPResponse, Request, Sanic
 from sanic.exceptions import SanicException
 from zaptrix.health import grpc_health_check
-from zaptrix.logging import configure_logging, get_logger
+from zaptrix.logging import get_logger
+from zaptrix.process import run_process, serve_web
 from zaptrix.settings import GrpcClientSettings, KafkaSettings
-from zaptrix.telemetry import setup_telemetry, shutdown_telemetry
 from zaptrix.web import add_ops_routes, instrument_sanic
 
 from bitrix_ingress.install import INSTALL_PATH, OUTBOUND_PATH, SETTINGS_PATH
@@ -53,20 +51,18 @@ def create_app(
     async def _start(app: Sanic) -> None:  # type: ignore[type-arg]
         zx = Ctx(settings, kafka, grpc_settings)
         app.ctx.zx = zx
-        zx.starter = asyncio.create_task(zx.start_producer())
+        zx.producer.start()
 
     @app.after_server_stop
     async def _stop(app: Sanic) -> None:  # type: ignore[type-arg]
         zx: Ctx = app.ctx.zx
-        if zx.starter is not None:
-            zx.starter.cancel()
         await zx.producer.stop()
         await zx.rest.aclose()
         await zx.clients.close()
 
     async def kafka_check() -> bool:
         zx: Ctx = app.ctx.zx
-        return zx.producer_ready.is_set() and await zx.producer.healthy()
+        return await zx.producer.healthy()
 
     async def tk_check() -> bool:
         zx: Ctx = app.ctx.zx
@@ -94,20 +90,12 @@ def create_app(
 
 def main() -> None:
     settings = WebSettings()
-    configure_logging(SERVICE, settings.log_level)
-    quiet_http_client_logs()
-    setup_telemetry(SERVICE)
-    app = create_app(settings)
-    try:
-        app.run(
-            host="0.0.0.0",
-            port=settings.web_port,
-            single_process=True,
-            access_log=False,
-            motd=False,
-        )
-    finally:
-        shutdown_telemetry()
+    run_process(
+        SERVICE,
+        settings.log_level,
+        lambda: serve_web(create_app(settings), "0.0.0.0", settings.web_port),
+        after_logging=quiet_http_client_logs,
+    )
 
 
 if __name__ == "__main__":

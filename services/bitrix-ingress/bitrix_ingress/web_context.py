@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import time
 from collections import OrderedDict
 from typing import Any
 
 from sanic import HTTPResponse, Request, json
 from zaptrix.clients import Clients
-from zaptrix.kafka import EventProducer, Flow, topics_for
+from zaptrix.kafka import Flow, topics_for
+from zaptrix.kafka.producer_startup import BackgroundProducer
 from zaptrix.logging import get_logger
 from zaptrix.settings import GrpcClientSettings, KafkaSettings
 
@@ -60,8 +59,7 @@ class Ctx:
         self.settings = settings
         self.kafka = kafka
         self.topic = topics_for(Flow.B24_TO_WA, kafka.topic_prefix).main
-        self.producer = EventProducer(kafka, client_id="bitrix-ingress-web")
-        self.producer_ready = asyncio.Event()
+        self.producer = BackgroundProducer(kafka, client_id="bitrix-ingress-web")
         self.clients = Clients(grpc_settings)
         self.deps = Deps(self.clients)
         self.rest = portal_rest(settings, timeout_s=min(settings.bitrix_rest_timeout_s, 20.0))
@@ -69,24 +67,6 @@ class Ctx:
         self.portals = PortalClient(self.deps, self.rest, self.pacers, settings, attempts=2)
         self.verified = TtlCache(10_000)
         self.chat_keys = TtlCache(100_000)
-        self.starter: asyncio.Task[None] | None = None
-
-    async def start_producer(self) -> None:
-        """Keep trying: the web process must come up (and answer 503) even while Kafka is down."""
-        delay = 0.5
-        while True:
-            try:
-                await self.producer.start()
-                self.producer_ready.set()
-                log.info("kafka producer started", topic=self.topic)
-                return
-            except Exception as exc:
-                log.warning("kafka producer cannot start yet", error=repr(exc), retry_s=delay)
-                with contextlib.suppress(Exception):
-                    await self.producer.stop()
-                self.producer = EventProducer(self.kafka, client_id="bitrix-ingress-web")
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
 
 
 def ctx_of(request: Request) -> Ctx:

@@ -5,25 +5,18 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from zaptrix.errors import PermanentError, TransientError
 from zaptrix.kafka import Outcome, Received
-from zaptrix.kafka.consumer import PermanentError, TransientError
 from zaptrix.v1 import events_pb2, mapper_pb2
 
 from bitrix_ingress import delivery as dl
-from bitrix_ingress.deps import NotFound, RpcFailed
-from bitrix_ingress.rest import BitrixError
 
 # Every dispatcher module logs and traces under the process's one name.
 LOGGER = "bitrix_ingress.dispatcher"
 
 
 def outcome_for(exc: BaseException) -> Outcome:
-    if isinstance(exc, BitrixError):
-        return Outcome.dead(exc.reason) if exc.permanent else Outcome.retry(exc.reason, exc.retry_after)
-    if isinstance(exc, RpcFailed):
-        return Outcome.dead(exc.reason) if exc.permanent else Outcome.retry(exc.reason)
-    if isinstance(exc, NotFound):
-        return Outcome.dead(exc.reason)
+    """Bitrix24 and RPC errors are TransientError or PermanentError; anything else is retried."""
     if isinstance(exc, TransientError | PermanentError):
         return Outcome.from_exception(exc)
     return Outcome.retry(f"unexpected {type(exc).__name__}: {exc}"[:500])

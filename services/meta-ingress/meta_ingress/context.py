@@ -10,6 +10,7 @@ from zaptrix.clients import Clients
 from zaptrix.kafka import PermanentError
 from zaptrix.logging import get_logger
 from zaptrix.metrics import count_cross_tenant
+from zaptrix.rpc import RpcNotFound
 from zaptrix.v1 import mapper_pb2
 
 from meta_ingress.cache import AsyncTtlCache, NotFoundError
@@ -17,7 +18,6 @@ from meta_ingress.credentials import Credentials, CredentialsCache, UnknownChann
 from meta_ingress.graph import GraphClient
 from meta_ingress.notices import Notice, Notifier
 from meta_ingress.records import Records
-from meta_ingress.rpc import RpcNotFound
 from meta_ingress.sender import Sender
 from meta_ingress.settings import DispatcherSettings
 

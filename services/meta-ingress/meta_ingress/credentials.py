@@ -7,12 +7,12 @@ from dataclasses import dataclass
 
 import grpc
 from zaptrix.clients import Clients
-from zaptrix.kafka import PermanentError, TransientError
+from zaptrix.kafka import TransientError
+from zaptrix.rpc import RpcNotFound, RpcPermanent, call
 from zaptrix.v1 import token_keeper_pb2
 
 from meta_ingress.cache import AsyncTtlCache, NotFoundError
 from meta_ingress.metrics import CREDENTIALS_CACHE
-from meta_ingress.rpc import RpcNotFound, call
 from meta_ingress.settings import MetaSettings
 
 # Meta's ids are decimal numbers; anything else cannot be a channel and never costs a token-keeper call.
@@ -61,9 +61,8 @@ class CredentialsCache:
             )
         except RpcNotFound:
             raise UnknownChannel(f"no credentials for phone_number_id {phone_number_id}") from None
-        except PermanentError as exc:  # INVALID_ARGUMENT: token-keeper's format check; remember it too
-            cause = exc.__cause__
-            if isinstance(cause, grpc.aio.AioRpcError) and cause.code() == grpc.StatusCode.INVALID_ARGUMENT:
+        except RpcPermanent as exc:  # INVALID_ARGUMENT: token-keeper's format check; remember it too
+            if exc.code == grpc.StatusCode.INVALID_ARGUMENT:
                 raise UnknownChannel(f"invalid phone_number_id {phone_number_id[:40]!r}") from None
             raise
         return Credentials(

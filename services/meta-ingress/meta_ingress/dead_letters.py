@@ -15,13 +15,13 @@ import re
 
 from zaptrix.kafka import event_type
 from zaptrix.logging import get_logger
+from zaptrix.rpc import RpcNotFound
 from zaptrix.v1 import events_pb2
 
 from meta_ingress.context import Context
 from meta_ingress.errors import AUTH_CODES, MEDIA_CODES
 from meta_ingress.metrics import DEAD_LETTER_NOTICES
 from meta_ingress.notices import Notice
-from meta_ingress.rpc import RpcNotFound
 
 log = get_logger(__name__)
 

@@ -21,12 +21,13 @@ Edits, deletes, reads and removed lines: operator_events.py. See docs/meta-ingre
 
 from __future__ import annotations
 
-import asyncio
-import signal
+import contextlib
+from collections.abc import AsyncIterator
+from functools import partial
 
 import httpx
 from zaptrix.clients import Clients
-from zaptrix.health import grpc_health_check
+from zaptrix.dispatcher_process import Wire, dispatcher_main
 from zaptrix.kafka import (
     EventConsumer,
     EventProducer,
@@ -37,10 +38,8 @@ from zaptrix.kafka import (
     per_event,
     topics_for,
 )
-from zaptrix.logging import configure_logging, get_logger
-from zaptrix.opsserver import serve_ops
-from zaptrix.settings import GrpcClientSettings, KafkaSettings
-from zaptrix.telemetry import setup_telemetry, shutdown_telemetry
+from zaptrix.logging import get_logger
+from zaptrix.settings import KafkaSettings
 
 from meta_ingress.bitrix_files import BitrixFiles
 from meta_ingress.context import Context
@@ -50,7 +49,6 @@ from meta_ingress.notices import Notifier
 from meta_ingress.operator_events import OperatorEvents
 from meta_ingress.operator_messages import OperatorMessages
 from meta_ingress.portal_hosts import PortalHosts
-from meta_ingress.producer import connect_producer
 from meta_ingress.settings import DispatcherSettings
 from meta_ingress.window import Window
 
@@ -98,82 +96,40 @@ class MetaDispatcher:
         raise PermanentError(f"unexpected event type {kind} on the {Flow.B24_TO_WA} topic")
 
 
-async def run(settings: DispatcherSettings, kafka: KafkaSettings, grpc_settings: GrpcClientSettings) -> None:
-    stopped = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stopped.set)
-    clients = Clients(grpc_settings)
-    graph = GraphClient(settings)
-    consumer: EventConsumer | None = None
+def wire(settings: DispatcherSettings, kafka: KafkaSettings) -> Wire:
+    """The meta dispatcher's consumer around the started producer; its Graph and file clients closed on exit."""
 
-    async def consumer_up() -> bool:
-        return consumer is not None and consumer.healthy()
+    @contextlib.asynccontextmanager
+    async def consumer(clients: Clients, producer: EventProducer) -> AsyncIterator[EventConsumer]:
+        graph = GraphClient(settings)
+        dispatcher: MetaDispatcher | None = None
+        try:
+            dispatcher = MetaDispatcher(
+                settings, clients, graph, producer, topics_for(Flow.WA_TO_B24, kafka.topic_prefix).main
+            )
+            log.info("meta-dispatcher wired", graph=settings.graph_root)
+            yield EventConsumer(
+                kafka,
+                topics_for(Flow.B24_TO_WA, kafka.topic_prefix),
+                settings.consumer_group,
+                per_event(dispatcher.handle, settings.dispatch_concurrency),
+                producer,
+                client_id=SERVICE,
+                max_attempts=settings.max_attempts,
+                retry_base_s=settings.retry_base_s,
+                on_dead_letter=DeadLetterNotices(dispatcher.ctx),
+            )
+        finally:
+            if dispatcher is not None:
+                await dispatcher.aclose()
+            await graph.aclose()
 
-    async def mapper_up() -> bool:
-        return await grpc_health_check(clients.mapper_channel)()
-
-    async def token_keeper_up() -> bool:
-        return await grpc_health_check(clients.token_keeper_channel)()
-
-    producer_box: list[EventProducer] = []
-
-    async def kafka_up() -> bool:
-        return bool(producer_box) and await producer_box[0].healthy()
-
-    ops = await serve_ops(
-        settings.metrics_port,
-        SERVICE,
-        {"consumer": consumer_up, "kafka": kafka_up, "mapper": mapper_up, "token_keeper": token_keeper_up},
-    )
-    dispatcher: MetaDispatcher | None = None
-    try:
-        producer = await connect_producer(kafka, SERVICE, stopped)
-        if producer is None:
-            return
-        producer_box.append(producer)
-        topics = topics_for(Flow.B24_TO_WA, kafka.topic_prefix)
-        dispatcher = MetaDispatcher(
-            settings, clients, graph, producer, topics_for(Flow.WA_TO_B24, kafka.topic_prefix).main
-        )
-        consumer = EventConsumer(
-            kafka,
-            topics,
-            settings.consumer_group,
-            per_event(dispatcher.handle, settings.dispatch_concurrency),
-            producer,
-            client_id=SERVICE,
-            max_attempts=settings.max_attempts,
-            retry_base_s=settings.retry_base_s,
-            on_dead_letter=DeadLetterNotices(dispatcher.ctx),
-        )
-        log.info("meta-dispatcher starting", topics=topics.all(), graph=settings.graph_root)
-        while not stopped.is_set():
-            try:
-                await consumer.run(stopped)
-            except Exception as exc:  # Kafka gone mid-run: start over, offsets are committed per batch
-                if stopped.is_set():
-                    break
-                log.error("consumer stopped unexpectedly; restarting", error=repr(exc))
-                await asyncio.sleep(2.0)
-        await producer.stop()
-    finally:
-        ops.close()
-        if dispatcher is not None:
-            await dispatcher.aclose()
-        await graph.aclose()
-        await clients.close()
-        log.info("meta-dispatcher stopped")
+    return consumer
 
 
 def main() -> None:
     settings = DispatcherSettings()
-    configure_logging(SERVICE, settings.log_level)
-    setup_telemetry(SERVICE)
-    try:
-        asyncio.run(run(settings, KafkaSettings(), GrpcClientSettings()))
-    finally:
-        shutdown_telemetry()
+    dispatcher_main(SERVICE, settings.log_level, settings.metrics_port, partial(wire, settings))
 
 
-__all__ = ["MetaDispatcher", "main"]
+__all__ = ["MetaDispatcher", "main", "wire"]

@@ -10,10 +10,10 @@ from urllib.parse import urlsplit
 
 from zaptrix.clients import Clients
 from zaptrix.egress import HostAllowlist
+from zaptrix.rpc import RpcNotFound, call
 from zaptrix.v1 import token_keeper_pb2
 
 from meta_ingress.cache import AsyncTtlCache, NotFoundError
-from meta_ingress.rpc import RpcNotFound, call
 
 
 def _host(text: str) -> str:

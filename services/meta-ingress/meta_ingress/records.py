@@ -15,13 +15,13 @@ from functools import partial
 from typing import Any
 
 from zaptrix.clients import Clients
-from zaptrix.kafka import PermanentError, TransientError
+from zaptrix.kafka import TransientError
 from zaptrix.logging import get_logger
+from zaptrix.rpc import RpcNotFound, RpcPermanent, call
 from zaptrix.v1 import mapper_pb2
 
 from meta_ingress.cache import NotFoundError
 from meta_ingress.notices import Notice
-from meta_ingress.rpc import RpcConflict, RpcNotFound, call
 
 log = get_logger(__name__)
 REMEMBERED_SENDS = 50_000
@@ -51,7 +51,7 @@ class Records:
         """The portal's own conversation with this chat id. RpcNotFound for an unknown chat and for another
         portal's chat alike: there is no lookup by chat id alone."""
         if not member_id or not external_chat_id:
-            raise RpcNotFound("the event names no portal or no external_chat_id")
+            raise RpcNotFound("mapper FindConversation", "the event names no portal or no external_chat_id")
         chat = mapper_pb2.PortalExternalChat(member_id=member_id, external_chat_id=external_chat_id)
         return await self._find_conversation(mapper_pb2.FindConversationRequest(portal_external_chat=chat))
 
@@ -135,7 +135,7 @@ class Records:
                     "mapper LinkMessage",
                     partial(self.clients.mapper.LinkMessage, request, timeout=self.clients.timeout),
                 )
-            except (RpcConflict, PermanentError) as exc:
+            except RpcPermanent as exc:  # RpcConflict included
                 level = log.warning if i == 0 else log.debug
                 level("message link not recorded", wamid=wamid, error=str(exc))
 

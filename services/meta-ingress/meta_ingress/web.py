@@ -17,15 +17,15 @@ from sanic import Sanic
 from sanic.config import Config
 from zaptrix.clients import Clients
 from zaptrix.health import grpc_health_check
-from zaptrix.logging import configure_logging, get_logger
+from zaptrix.kafka.producer_startup import BackgroundProducer
+from zaptrix.logging import get_logger
+from zaptrix.process import run_process, serve_web
 from zaptrix.settings import GrpcClientSettings, KafkaSettings
-from zaptrix.telemetry import setup_telemetry, shutdown_telemetry
 from zaptrix.web import add_ops_routes, instrument_sanic
 
 from meta_ingress.credentials import CredentialsCache
 from meta_ingress.graph import GraphClient
 from meta_ingress.media_proxy import MediaProxy
-from meta_ingress.producer import ProducerHolder
 from meta_ingress.settings import WebSettings
 from meta_ingress.webhooks import Webhooks
 
@@ -45,7 +45,7 @@ class WebResources:
         self.clients: Clients
         self.credentials: CredentialsCache
         self.graph: GraphClient
-        self.producer = ProducerHolder(kafka, SERVICE)
+        self.producer = BackgroundProducer(kafka, SERVICE)
 
     async def start(self) -> None:
         self.clients = Clients(self.grpc_settings)
@@ -111,20 +111,13 @@ def create_app(
 
 def main() -> None:
     settings = WebSettings()
-    configure_logging(SERVICE, settings.log_level)
-    setup_telemetry(SERVICE)
-    app = create_app(settings)
-    log.info("meta-ingress-web starting", port=settings.web_port, graph=settings.graph_root)
-    try:
-        app.run(
-            host=settings.web_host,
-            port=settings.web_port,
-            single_process=True,
-            access_log=False,
-            motd=False,
-        )
-    finally:
-        shutdown_telemetry()
+
+    def serve() -> None:
+        app = create_app(settings)
+        log.info("meta-ingress-web starting", port=settings.web_port, graph=settings.graph_root)
+        serve_web(app, settings.web_host, settings.web_port)
+
+    run_process(SERVICE, settings.log_level, serve)
 
 
 __all__ = ["create_app", "main"]

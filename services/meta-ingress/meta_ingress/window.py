@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from zaptrix.kafka import Outcome, PermanentError
 from zaptrix.logging import get_logger
+from zaptrix.rpc import RpcNotFound
 from zaptrix.v1 import events_pb2, mapper_pb2
 
 from meta_ingress.cache import NotFoundError
@@ -19,7 +20,6 @@ from meta_ingress.graph import GraphApiError, GraphTransportError
 from meta_ingress.metrics import DUPLICATES, OPERATOR_EVENTS, TEMPLATES
 from meta_ingress.notices import Notice, graph_error, window_error
 from meta_ingress.outbound import template_payload
-from meta_ingress.rpc import RpcNotFound
 
 WINDOW_S = 24 * 3600
 log = get_logger(__name__)

@@ -24,6 +24,10 @@ from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from zaptrix.delays import clamp_delay
+
+# Re-exported: older imports name them here (zaptrix.errors is their home).
+from zaptrix.errors import PermanentError as PermanentError
+from zaptrix.errors import TransientError as TransientError
 from zaptrix.kafka.connection import connection_kwargs
 from zaptrix.kafka.envelope import (
     H_ATTEMPT,
@@ -50,23 +54,6 @@ from zaptrix.v1 import events_pb2
 
 log = get_logger(__name__)
 tracer = trace.get_tracer("zaptrix.kafka")
-
-
-class TransientError(Exception):
-    """Worth trying again later (5xx, timeouts, rate limits). retry_after in seconds when the peer said."""
-
-    def __init__(self, reason: str, retry_after: float | None = None) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.retry_after = retry_after
-
-
-class PermanentError(Exception):
-    """Will never succeed as it is: goes to the dead-letter topic with this reason."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
 
 
 @dataclass(frozen=True)
