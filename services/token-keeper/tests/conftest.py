@@ -35,8 +35,8 @@ from tk_support import (
     new_keyring,
     spawn,
 )
+from token_keeper import migrate
 from token_keeper.crypto import Keyring
-from token_keeper.migrate import upgrade_async
 from token_keeper.oauth import BitrixOAuthClient
 from token_keeper.repository import Repository
 from token_keeper.service import TokenService
@@ -94,7 +94,7 @@ async def sandbox(sandbox_process: Sandbox) -> Sandbox:
 @pytest.fixture
 async def db_url(fresh_database: Callable[[], Awaitable[str]]) -> str:
     url = await fresh_database()
-    await upgrade_async(url)
+    await migrate.upgrade(url)
     return url
 
 
