@@ -124,7 +124,7 @@ class Database:
         Returns when open, or quietly once `stopped` is set. After `within_s` (None: forever) the outage
         is raised as DatabaseUnavailable. Anything that is not an outage (SchemaMissing, a bad DSN) is
         raised at once."""
-        stop = stop_never if within_s is None else stop_after_delay(within_s)
+        stop: stop_base = stop_never if within_s is None else stop_after_delay(within_s)
         if stopped is not None:
             stop = stop | _Stopped(stopped)
         try:

@@ -59,7 +59,7 @@ class Migrations:
     prog: str  # the console script, e.g. mapper-migrate
 
     def config(self, connection: Connection | None = None) -> Config:
-        config = Config()
+        config = Config(stdout=sys.stdout)  # the current stdout (alembic defaults to the one at import)
         config.set_main_option("script_location", str(self.scripts))
         config.attributes["migrations"] = self
         if connection is not None:

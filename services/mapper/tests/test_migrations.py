@@ -4,6 +4,7 @@ import asyncio
 import os
 from collections.abc import Awaitable, Callable
 
+import pytest
 from mapper import migrate
 from mapper_support import console_script, sql
 from structlog.testing import capture_logs
@@ -67,3 +68,13 @@ def test_cli_reports_an_unreachable_database_without_the_password(pg_server_url:
     failures = [e for e in logs if e["event"] == "migration failed"]
     assert len(failures) == 1
     assert "hunter2-secret" not in repr(logs)
+
+
+def test_history_and_offline_sql_need_no_database(capsys: pytest.CaptureFixture[str]) -> None:
+    unreachable = "postgresql://nobody:pw@127.0.0.1:1/none"
+    assert migrate.cli(["history"], unreachable) == 0
+    assert migrate.head_revision() in capsys.readouterr().out
+    assert migrate.cli(["sql"], unreachable) == 0
+    sql_text = capsys.readouterr().out
+    assert "CREATE TABLE mapper.channel_binding" in sql_text
+    assert "mapper.alembic_version" in sql_text
