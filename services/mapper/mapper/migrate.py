@@ -9,9 +9,5 @@ from zaptrix.migrations import Migrations
 SCHEMA = "mapper"
 MIGRATIONS = Migrations(schema=SCHEMA, scripts=Path(__file__).with_name("migrations"), prog="mapper-migrate")
 
-upgrade = MIGRATIONS.upgrade
-downgrade = MIGRATIONS.downgrade
-current_revision = MIGRATIONS.current_revision
-head_revision = MIGRATIONS.head_revision
-cli = MIGRATIONS.cli
+upgrade = MIGRATIONS.upgrade  # for tests and benchmarks that migrate a fresh database
 main = MIGRATIONS.main

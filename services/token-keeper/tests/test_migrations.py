@@ -42,7 +42,7 @@ async def test_concurrent_runs_and_downgrade(fresh_database: Callable[[], Awaita
     assert [p.returncode for p in procs] == [0, 0], outs  # advisory lock: no duplicate DDL errors
     assert sum(b"Running upgrade  -> 0001" in o for o, _ in outs) == 1
     assert await _tables(url) == {"alembic_version", "portal_config", "channel_credentials"}
-    await migrate.downgrade(url, "base")
+    await migrate.MIGRATIONS.downgrade(url, "base")
     assert await _tables(url) == {"alembic_version"}
     await migrate.upgrade(url)
     assert await _tables(url) == {"alembic_version", "portal_config", "channel_credentials"}

@@ -6,19 +6,15 @@ import asyncio
 import time
 from typing import cast
 
-from zaptrix.database import Database
-
+from token_keeper.context import Context
 from token_keeper.errors import decrypted
 from token_keeper.model import IDENT, Timed, matches
-from token_keeper.repository import STATE_UNINSTALLED, Repository
-from token_keeper.settings import TokenKeeperSettings
+from token_keeper.repository import STATE_UNINSTALLED
 
 
 class ApplicationTokens:
-    def __init__(self, db: Database, repo: Repository, settings: TokenKeeperSettings) -> None:
-        self.db = db
-        self.repo = repo
-        self.settings = settings
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
         self._app_tokens: dict[str, Timed] = {}
         self._known: set[str] = set()  # member_ids of stored portals (L6: no query per unknown id)
         self._known_at = float("-inf")
@@ -43,7 +39,7 @@ class ApplicationTokens:
             return False, False
         entry = self._app_tokens.get(member_id)
         now = time.monotonic()
-        if entry is not None and now - entry.at < self.settings.app_token_cache_s:
+        if entry is not None and now - entry.at < self.ctx.settings.app_token_cache_s:
             cached, state = cast(tuple[object, str], entry.value)
             if state == STATE_UNINSTALLED:
                 return False, True
@@ -53,13 +49,13 @@ class ApplicationTokens:
                 return False, True
         elif entry is None and not await self._maybe_known(member_id):
             return False, False
-        async with self.db.connection() as conn:
-            row = await self.repo.get_portal(conn, member_id)
+        async with self.ctx.db.connection() as conn:
+            row = await self.ctx.repo.get_portal(conn, member_id)
         if row is None:
             self._app_tokens.pop(member_id, None)
             self._known.discard(member_id)
             return False, False
-        stored = decrypted(lambda: self.repo.application_token(row), member_id)
+        stored = decrypted(lambda: self.ctx.repo.application_token(row), member_id)
         self._app_tokens[member_id] = Timed((stored, row.state), time.monotonic())
         self._known.add(member_id)
         if row.state == STATE_UNINSTALLED:
@@ -73,8 +69,8 @@ class ApplicationTokens:
         if member_id in self._known:
             return True
         async with self._known_lock:
-            if time.monotonic() - self._known_at >= self.settings.unknown_portal_recheck_s:
-                async with self.db.connection() as conn:
-                    self._known = await self.repo.portal_ids(conn)
+            if time.monotonic() - self._known_at >= self.ctx.settings.unknown_portal_recheck_s:
+                async with self.ctx.db.connection() as conn:
+                    self._known = await self.ctx.repo.portal_ids(conn)
                 self._known_at = time.monotonic()
         return member_id in self._known

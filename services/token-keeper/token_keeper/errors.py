@@ -1,4 +1,4 @@
-"""Token-keeper's errors; grpc_api maps each to a status code. Messages are shown to callers: never put a
+"""Token-keeper's errors; the servicer maps each to a status code. Messages are shown to callers: never put a
 secret in them. A database outage is zaptrix.database.DatabaseUnavailable (UNAVAILABLE), raised by the pool."""
 
 from __future__ import annotations

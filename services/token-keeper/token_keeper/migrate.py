@@ -19,9 +19,5 @@ MIGRATIONS = Migrations(
     schema=SCHEMA, scripts=Path(__file__).with_name("migrations"), prog="token-keeper-migrate"
 )
 
-upgrade = MIGRATIONS.upgrade
-downgrade = MIGRATIONS.downgrade
-current_revision = MIGRATIONS.current_revision
-head_revision = MIGRATIONS.head_revision
-cli = MIGRATIONS.cli
+upgrade = MIGRATIONS.upgrade  # for tests that migrate a fresh database
 main = MIGRATIONS.main

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime
-from typing import TYPE_CHECKING
 
 from pydantic import SecretStr
-from zaptrix.database import Database
 from zaptrix.logging import get_logger
 
 from token_keeper import metrics
+from token_keeper.context import Context
 from token_keeper.errors import InvalidInput, NotFound, decrypted
 from token_keeper.model import EPOCH, PortalUpsert, check_ident, nonempty, same_secret
 from token_keeper.repository import (
@@ -19,56 +17,42 @@ from token_keeper.repository import (
     STATE_UNINSTALLED,
     PortalRow,
     PortalSecrets,
-    Repository,
 )
-from token_keeper.settings import InsecureUrlError, TokenKeeperSettings, require_https
-
-if TYPE_CHECKING:
-    from token_keeper.app_tokens import ApplicationTokens
-    from token_keeper.refresh import AccessTokens
+from token_keeper.settings import InsecureUrlError, require_https
 
 log = get_logger(__name__)
 
 
-async def update_gauges(db: Database, repo: Repository) -> None:
-    async with db.connection() as conn:
-        counts = await repo.count_portals_by_state(conn)
+async def update_gauges(ctx: Context) -> None:
+    async with ctx.db.connection() as conn:
+        counts = await ctx.repo.count_portals_by_state(conn)
     for state in (STATE_ACTIVE, STATE_NEEDS_REAUTH, STATE_UNINSTALLED):
         metrics.PORTALS_BY_STATE.labels(state).set(counts.get(state, 0))
     metrics.PORTALS_NEEDING_REAUTH.set(counts.get(STATE_NEEDS_REAUTH, 0))
 
 
 class Portals:
-    def __init__(
-        self,
-        db: Database,
-        repo: Repository,
-        settings: TokenKeeperSettings,
-        clock: Callable[[], datetime],
-        tokens: AccessTokens,
-        app_tokens: ApplicationTokens,
-    ) -> None:
-        self.db = db
-        self.repo = repo
-        self.settings = settings
-        self.clock = clock
-        self.tokens = tokens
-        self.app_tokens = app_tokens
+    def __init__(self, ctx: Context, stored: Callable[[str], None]) -> None:
+        """`stored(member_id)` is called after every write: the caches of the other parts forget the portal."""
+        self.ctx = ctx
+        self.stored = stored
 
     def _endpoint(self, url: str, what: str) -> str:
         try:
-            require_https(url, self.settings, what=what)
+            require_https(url, self.ctx.settings, what=what)
         except InsecureUrlError as exc:
             raise InvalidInput(str(exc)) from None
         return url
 
     async def upsert(self, req: PortalUpsert) -> PortalRow:
         member_id = check_ident(req.member_id, "member_id")
-        now = self.clock()
-        async with self.db.connection() as conn, conn.transaction():
-            await self.repo.lock_portal_ident(conn, member_id)
-            old = await self.repo.get_portal(conn, member_id, for_update=True)
-            old_secrets = None if old is None else decrypted(lambda: self.repo.portal_secrets(old), member_id)
+        now = self.ctx.clock()
+        async with self.ctx.db.connection() as conn, conn.transaction():
+            await self.ctx.repo.lock_portal_ident(conn, member_id)
+            old = await self.ctx.repo.get_portal(conn, member_id, for_update=True)
+            old_secrets = (
+                None if old is None else decrypted(lambda: self.ctx.repo.portal_secrets(old), member_id)
+            )
             domain = req.domain or (old.domain if old else "")
             client_endpoint = req.client_endpoint or (old.client_endpoint if old else "")
             server_endpoint = req.server_endpoint or (old.server_endpoint if old else "")
@@ -111,7 +95,7 @@ class Portals:
             state = STATE_ACTIVE if (old is None or reauthorised) else old.state
             if old is not None and old.state == STATE_UNINSTALLED and new_refresh:
                 state = STATE_ACTIVE
-            row = await self.repo.write_portal(
+            row = await self.ctx.repo.write_portal(
                 conn,
                 member_id=member_id,
                 domain=domain,
@@ -132,8 +116,7 @@ class Portals:
                 clear_error=reauthorised,
                 now=now,
             )
-        self.tokens.forget(member_id)
-        self.app_tokens.stored(member_id)
+        self.stored(member_id)
         log.info(
             "portal upserted",
             member_id=member_id,
@@ -143,17 +126,17 @@ class Portals:
             state=row.state,
         )
         if old is not None and old.state != row.state:
-            await update_gauges(self.db, self.repo)
+            await update_gauges(self.ctx)
         return row
 
     async def get(self, member_id: str) -> PortalRow:
         check_ident(member_id, "member_id")
-        async with self.db.connection() as conn:
-            row = await self.repo.get_portal(conn, member_id)
+        async with self.ctx.db.connection() as conn:
+            row = await self.ctx.repo.get_portal(conn, member_id)
         if row is None:
             raise NotFound(f"unknown portal {member_id}")
         return row
 
     async def list_all(self) -> list[PortalRow]:
-        async with self.db.connection() as conn:
-            return await self.repo.list_portals(conn)
+        async with self.ctx.db.connection() as conn:
+            return await self.ctx.repo.list_portals(conn)

@@ -22,11 +22,18 @@ from datetime import datetime, timedelta
 
 import asyncpg
 from pydantic import SecretStr
-from zaptrix.database import Database
 from zaptrix.logging import get_logger
 
 from token_keeper import metrics
-from token_keeper.errors import NotFound, PortalUnusable, RefreshUnavailable, TokenKeeperError, decrypted
+from token_keeper.context import Context
+from token_keeper.errors import (
+    DatabaseUnavailable,
+    NotFound,
+    PortalUnusable,
+    RefreshUnavailable,
+    TokenKeeperError,
+    decrypted,
+)
 from token_keeper.model import IssuedToken, check_ident, same_secret
 from token_keeper.oauth import BitrixOAuthClient, NeedsReauth, OAuthError, OAuthRejected, OAuthUnavailable
 from token_keeper.portals import update_gauges
@@ -36,31 +43,19 @@ from token_keeper.repository import (
     STATE_UNINSTALLED,
     PortalRow,
     PortalSecrets,
-    Repository,
 )
-from token_keeper.settings import TokenKeeperSettings
 
 log = get_logger(__name__)
 
 
 class AccessTokens:
-    def __init__(
-        self,
-        db: Database,
-        repo: Repository,
-        oauth: BitrixOAuthClient,
-        settings: TokenKeeperSettings,
-        clock: Callable[[], datetime],
-    ) -> None:
-        self.db = db
-        self.repo = repo
+    def __init__(self, ctx: Context, oauth: BitrixOAuthClient) -> None:
+        self.ctx = ctx
         self.oauth = oauth
-        self.settings = settings
-        self.clock = clock
-        self.margin = timedelta(seconds=settings.refresh_margin_s)
+        self.margin = timedelta(seconds=ctx.settings.refresh_margin_s)
         self._tokens: dict[str, IssuedToken] = {}
         self._inflight: dict[str, asyncio.Task[IssuedToken]] = {}
-        self._lock_budget_ms = int((settings.oauth_budget_s + 5.0) * 1000)
+        self._lock_budget_ms = int((ctx.settings.oauth_budget_s + 5.0) * 1000)
 
     def forget(self, member_id: str) -> None:
         """Drop the cached token (the portal's credentials changed)."""
@@ -71,16 +66,16 @@ class AccessTokens:
 
     def _cached(self, member_id: str) -> IssuedToken | None:
         tok = self._tokens.get(member_id)
-        if tok is not None and tok.expires_at - self.clock() >= self.margin:
+        if tok is not None and tok.expires_at - self.ctx.clock() >= self.margin:
             return tok
         return None
 
     def _issue(self, row: PortalRow) -> IssuedToken:
-        token = decrypted(lambda: self.repo.access_token(row), row.member_id)
+        token = decrypted(lambda: self.ctx.repo.access_token(row), row.member_id)
         if token is None:  # only when a caller decided no refresh is needed (idle sweep racing an upsert)
             raise RefreshUnavailable(f"portal {row.member_id} has no access token stored yet; retry")
         issued = IssuedToken(row.member_id, SecretStr(token), row.access_expires_at, row.client_endpoint)
-        if row.access_expires_at - self.clock() >= self.margin:
+        if row.access_expires_at - self.ctx.clock() >= self.margin:
             self._tokens[row.member_id] = issued
         return issued
 
@@ -102,12 +97,12 @@ class AccessTokens:
             return cached
         metrics.TOKEN_CACHE.labels("miss").inc()
         check_ident(member_id, "member_id")
-        async with self.db.connection() as conn:
-            row = await self.repo.get_portal(conn, member_id)
+        async with self.ctx.db.connection() as conn:
+            row = await self.ctx.repo.get_portal(conn, member_id)
         if row is None:
             raise NotFound(f"unknown portal {member_id}")
         self._check_usable(row)
-        if self._fresh(row, self.clock()):
+        if self._fresh(row, self.ctx.clock()):
             return self._issue(row)
         return await self._refresh_shared(member_id, "on_use", lambda r, now: not self._fresh(r, now))
 
@@ -115,14 +110,14 @@ class AccessTokens:
         check_ident(member_id, "member_id")
         self._tokens.pop(member_id, None)
         rejected_s = SecretStr(rejected)
-        async with self.db.connection() as conn:
-            row = await self.repo.get_portal(conn, member_id)
+        async with self.ctx.db.connection() as conn:
+            row = await self.ctx.repo.get_portal(conn, member_id)
         if row is None:
             raise NotFound(f"unknown portal {member_id}")
         self._check_usable(row)
 
         def needs_refresh(r: PortalRow, now: datetime) -> bool:
-            stored = decrypted(lambda: self.repo.access_token(r), member_id)
+            stored = decrypted(lambda: self.ctx.repo.access_token(r), member_id)
             return (
                 not self._fresh(r, now)
                 or not rejected
@@ -130,7 +125,7 @@ class AccessTokens:
                 or hmac.compare_digest(stored.encode(), rejected.encode())
             )
 
-        if not needs_refresh(row, self.clock()):
+        if not needs_refresh(row, self.ctx.clock()):
             log.info("rejected token already replaced", member_id=member_id, error=error[:64])
             return self._issue(row)
         issued = await self._refresh_shared(member_id, "rejected", needs_refresh)
@@ -174,7 +169,7 @@ class AccessTokens:
         started = time.monotonic()
         failure: TokenKeeperError | None = None
         issued: IssuedToken | None = None
-        async with self.db.connection() as conn:
+        async with self.ctx.db.connection() as conn:
             try:
                 async with conn.transaction():
                     budget = self._lock_budget_ms
@@ -182,11 +177,11 @@ class AccessTokens:
                         f"SET LOCAL lock_timeout = {budget}; SET LOCAL statement_timeout = {budget}; "
                         f"SET LOCAL idle_in_transaction_session_timeout = {budget}"
                     )
-                    row = await self.repo.get_portal(conn, member_id, for_update=True)
+                    row = await self.ctx.repo.get_portal(conn, member_id, for_update=True)
                     if row is None:
                         raise NotFound(f"unknown portal {member_id}")
                     self._check_usable(row)
-                    now = self.clock()
+                    now = self.ctx.clock()
                     if not should_refresh(row, now):
                         log.debug("refreshed meanwhile by another caller", member_id=member_id)
                         return self._issue(row)
@@ -200,7 +195,7 @@ class AccessTokens:
                 metrics.REFRESH_SECONDS.observe(time.monotonic() - started)
         if failure is not None:
             if isinstance(failure, PortalUnusable):
-                await update_gauges(self.db, self.repo)
+                await update_gauges(self.ctx)
             if issued is None:
                 raise failure
             log.warning(
@@ -217,7 +212,7 @@ class AccessTokens:
     ) -> tuple[IssuedToken | None, TokenKeeperError | None]:
         """Inside the locked transaction. Returns (token, None) or (fallback-or-None, error) — errors are
         returned, not raised, so that the failure is committed with the transaction."""
-        s = self.settings
+        s = self.ctx.settings
         member_id = row.member_id
         if trigger == "rejected" and row.last_refresh_at is not None:
             since = (now - row.last_refresh_at).total_seconds()
@@ -235,7 +230,7 @@ class AccessTokens:
                     f"portal {member_id}: last refresh failed {since:.0f}s ago ({row.last_error}); "
                     f"next attempt in {s.refresh_failure_cooldown_s - since:.0f}s"
                 )
-        secrets = decrypted(lambda: self.repo.portal_secrets(row), member_id)
+        secrets = decrypted(lambda: self.ctx.repo.portal_secrets(row), member_id)
         try:
             grant = await self.oauth.refresh(
                 client_id=row.client_id,
@@ -243,8 +238,8 @@ class AccessTokens:
                 refresh_token=secrets.refresh_token,
             )
         except NeedsReauth as exc:
-            await self.repo.record_refresh_failure(
-                conn, member_id, error=_describe(exc), needs_reauth=True, now=self.clock()
+            await self.ctx.repo.record_refresh_failure(
+                conn, member_id, error=_describe(exc), needs_reauth=True, now=self.ctx.clock()
             )
             metrics.REFRESHES.labels(trigger, exc.code).inc()
             log.error(
@@ -262,8 +257,8 @@ class AccessTokens:
                 "`token-keeper-admin add-portal` with a new refresh token"
             )
         except (OAuthUnavailable, OAuthRejected) as exc:
-            await self.repo.record_refresh_failure(
-                conn, member_id, error=_describe(exc), needs_reauth=False, now=self.clock()
+            await self.ctx.repo.record_refresh_failure(
+                conn, member_id, error=_describe(exc), needs_reauth=False, now=self.ctx.clock()
             )
             outcome = "unavailable" if isinstance(exc, OAuthUnavailable) else "rejected"
             metrics.REFRESHES.labels(trigger, outcome).inc()
@@ -288,14 +283,14 @@ class AccessTokens:
             access_token=grant.access_token,
             application_token=secrets.application_token,
         )
-        stored = await self.repo.store_refresh(
+        stored = await self.ctx.repo.store_refresh(
             conn,
             row,
             secrets=new_secrets,
             access_expires_at=grant.expires_at,
             client_endpoint=grant.client_endpoint or row.client_endpoint,
             scope=grant.scope or row.scope,
-            now=self.clock(),
+            now=self.ctx.clock(),
         )
         metrics.REFRESHES.labels(trigger, "ok").inc()
         log.info(
@@ -320,9 +315,9 @@ class AccessTokens:
 
     async def refresh_idle_portals(self) -> int:
         """Refresh portals whose refresh token nears the end of its 180-day life; returns how many were due."""
-        threshold = self.clock() - timedelta(days=self.settings.idle_refresh_after_days)
-        async with self.db.connection() as conn:
-            due = await self.repo.idle_portals(conn, threshold)
+        threshold = self.ctx.clock() - timedelta(days=self.ctx.settings.idle_refresh_after_days)
+        async with self.ctx.db.connection() as conn:
+            due = await self.ctx.repo.idle_portals(conn, threshold)
         for member_id in due:
             try:
                 await self._refresh_shared(
@@ -330,7 +325,7 @@ class AccessTokens:
                     "idle",
                     lambda r, _now: r.state == STATE_ACTIVE and r.refresh_obtained_at < threshold,
                 )
-            except TokenKeeperError as exc:
+            except (TokenKeeperError, DatabaseUnavailable) as exc:
                 log.warning("idle refresh failed", member_id=member_id, reason=str(exc))
         return len(due)
 

@@ -13,11 +13,11 @@ from zaptrix.settings import DatabaseSettings
 from zaptrix.telemetry import setup_telemetry, shutdown_telemetry
 
 from token_keeper.crypto import KeyConfigError, Keyring
-from token_keeper.grpc_api import register
 from token_keeper.keys import load_keyring
 from token_keeper.oauth import BitrixOAuthClient
 from token_keeper.repository import Repository, database
 from token_keeper.service import TokenService
+from token_keeper.servicer import register
 from token_keeper.settings import TokenKeeperSettings
 
 log = get_logger(__name__)

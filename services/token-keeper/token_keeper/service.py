@@ -5,7 +5,7 @@
 - app_tokens.py: verification of Bitrix24's application_token;
 - channels.py: WhatsApp channels' credentials.
 
-grpc_api.py (the gRPC face) and admin.py (the operator CLI) call this; the SQL is repository.py's and the
+servicer.py (the gRPC face) and admin.py (the operator CLI) call this; the SQL is repository.py's and the
 pool zaptrix.database's.
 """
 
@@ -22,6 +22,7 @@ from zaptrix.logging import get_logger
 
 from token_keeper.app_tokens import ApplicationTokens
 from token_keeper.channels import Channels
+from token_keeper.context import Context
 from token_keeper.model import ChannelUpsert, IssuedToken, PortalUpsert, utcnow
 from token_keeper.oauth import BitrixOAuthClient
 from token_keeper.portals import Portals, update_gauges
@@ -47,10 +48,16 @@ class TokenService:
         self.oauth = oauth
         self.settings = settings
         self.clock = clock
-        self.tokens = AccessTokens(db, repo, oauth, settings, clock)
-        self.app_tokens = ApplicationTokens(db, repo, settings)
-        self.portals = Portals(db, repo, settings, clock, self.tokens, self.app_tokens)
-        self.channels = Channels(db, repo, settings, clock)
+        self.ctx = Context(db, repo, settings, clock)
+        self.tokens = AccessTokens(self.ctx, oauth)
+        self.app_tokens = ApplicationTokens(self.ctx)
+        self.portals = Portals(self.ctx, self._stored)
+        self.channels = Channels(self.ctx)
+
+    def _stored(self, member_id: str) -> None:
+        """A portal was written: forget its cached access and application tokens."""
+        self.tokens.forget(member_id)
+        self.app_tokens.stored(member_id)
 
     # ---- access tokens -----------------------------------------------------------------------------------------
 
@@ -97,7 +104,7 @@ class TokenService:
     # ---- background --------------------------------------------------------------------------------------------
 
     async def update_gauges(self) -> None:
-        await update_gauges(self.db, self.repo)
+        await update_gauges(self.ctx)
 
     async def run_background(self, stop: asyncio.Event) -> None:
         """Gauges every gauge_interval_s; the idle sweep every idle_check_interval_s (jittered, first one soon)."""
