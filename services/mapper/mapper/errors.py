@@ -1,4 +1,6 @@
-"""Domain errors. The servicer maps each to a gRPC status code; messages never carry secrets."""
+"""Domain errors. The servicer maps each to a gRPC status code; messages never carry secrets.
+
+A database outage is zaptrix.database.DatabaseUnavailable (UNAVAILABLE), raised by the shared pool."""
 
 from __future__ import annotations
 
@@ -21,7 +23,3 @@ class AlreadyExists(MapperError):
 
 class FailedPrecondition(MapperError):
     """The system is not in a state that allows this (e.g. a conversation on an unbound channel)."""
-
-
-class Unavailable(MapperError):
-    """The database cannot be reached right now: retry with backoff."""

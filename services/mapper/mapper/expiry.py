@@ -6,9 +6,9 @@ import asyncio
 import random
 from datetime import timedelta
 
+from zaptrix.database import DatabaseUnavailable
 from zaptrix.logging import get_logger
 
-from mapper.errors import Unavailable
 from mapper.metrics import DEDUPE_EXPIRED, DEDUPE_EXPIRY_ERRORS
 from mapper.repository import Repository
 
@@ -36,7 +36,7 @@ async def expire_forever(repo: Repository, retention: timedelta, batch: int, int
             deleted = await expire_once(repo, retention, batch)
             if deleted:
                 log.info("expired dedupe records", deleted=deleted)
-        except Unavailable as exc:
+        except DatabaseUnavailable as exc:
             DEDUPE_EXPIRY_ERRORS.inc()
             log.warning("dedupe expiry skipped", error=str(exc))
         except Exception:

@@ -11,8 +11,8 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import asyncpg
+from zaptrix.database import Database
 
-from mapper.database import Database
 from mapper.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from mapper.model import (
     BITRIX_STATUSES,

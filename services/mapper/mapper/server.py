@@ -7,13 +7,13 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
+from zaptrix.database import Database
 from zaptrix.grpcserver import serve
 from zaptrix.logging import configure_logging, get_logger
 from zaptrix.settings import DatabaseSettings
 from zaptrix.telemetry import setup_telemetry, shutdown_telemetry
 from zaptrix.v1 import mapper_pb2_grpc
 
-from mapper.database import Database
 from mapper.expiry import expire_forever
 from mapper.repository import Repository
 from mapper.service import MapperService

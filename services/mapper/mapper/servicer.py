@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, NoReturn, TypeVar
 
 import grpc
+from zaptrix.database import DatabaseUnavailable
 from zaptrix.logging import get_logger
 from zaptrix.v1 import mapper_pb2 as pb
 from zaptrix.v1 import mapper_pb2_grpc
@@ -20,7 +21,6 @@ from mapper.errors import (
     InvalidArgument,
     MapperError,
     NotFound,
-    Unavailable,
 )
 from mapper.metrics import RPC_SECONDS, RPCS
 from mapper.service import MapperService
@@ -29,12 +29,12 @@ log = get_logger(__name__)
 
 SERVICE_NAME: str = pb.DESCRIPTOR.services_by_name["Mapper"].full_name
 
-_CODES: dict[type[MapperError], grpc.StatusCode] = {
+_CODES: dict[type[Exception], grpc.StatusCode] = {
     InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
     NotFound: grpc.StatusCode.NOT_FOUND,
     AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
     FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
-    Unavailable: grpc.StatusCode.UNAVAILABLE,
+    DatabaseUnavailable: grpc.StatusCode.UNAVAILABLE,
 }
 
 S = TypeVar("S", bound="MapperServicer")
@@ -60,7 +60,7 @@ def rpc(
         code = grpc.StatusCode.OK
         try:
             return await handler(self, request)
-        except MapperError as exc:
+        except (MapperError, DatabaseUnavailable) as exc:
             code = _CODES.get(type(exc), grpc.StatusCode.INTERNAL)
             if code is grpc.StatusCode.UNAVAILABLE:
                 # Debug only: during an outage this fires for every request. The outage itself is logged

@@ -16,12 +16,12 @@ from zaptrix.v1 import mapper_pb2_grpc
 sys.path.insert(0, str(Path(__file__).parent))  # mapper_support (pytest runs with --import-mode=importlib)
 
 from mapper import migrate
-from mapper.database import Database
 from mapper.repository import Repository
 from mapper.service import MapperService
 from mapper.servicer import MapperServicer
 from mapper.settings import MapperSettings
 from mapper_support import Mapper, db_settings
+from zaptrix.database import Database
 
 
 @pytest.fixture

@@ -13,8 +13,8 @@ from typing import Any
 import asyncpg
 import grpc
 import pytest
-from mapper.database import Database
 from mapper.service import MapperService
+from zaptrix.database import Database
 from zaptrix.settings import DatabaseSettings
 from zaptrix.v1 import mapper_pb2 as pb
 

@@ -10,13 +10,13 @@ from typing import Any
 import asyncpg
 import grpc
 import pytest
-from mapper.database import Database
 from mapper.metrics import RPCS
 from mapper.repository import Repository
 from mapper.service import MapperService
 from mapper.servicer import MapperServicer
 from mapper.settings import MapperSettings
 from mapper_support import db_settings, expect_code
+from zaptrix.database import Database
 from zaptrix.v1 import mapper_pb2 as pb
 from zaptrix.v1 import mapper_pb2_grpc
 

@@ -4,6 +4,7 @@ import asyncio
 import os
 from collections.abc import Awaitable, Callable
 
+import pytest
 from mapper import migrate
 from mapper_support import console_script, sql
 from structlog.testing import capture_logs
@@ -29,7 +30,7 @@ async def _cli_migrate(dsn: str) -> tuple[int, bytes]:
 
 async def test_upgrade_twice_is_a_no_op_and_versions_live_in_the_schema(migrated_db: str) -> None:
     await migrate.upgrade(migrated_db)
-    assert await migrate.current_revision(migrated_db) == migrate.head_revision()
+    assert await migrate.MIGRATIONS.current_revision(migrated_db) == migrate.MIGRATIONS.head_revision()
     assert await _tables(migrated_db, "mapper") == TABLES
     assert await _tables(migrated_db, "public") == []  # no alembic_version outside the schema
 
@@ -43,15 +44,15 @@ async def test_concurrent_runners_in_and_across_processes(
     (code, out), *_ = await asyncio.gather(_cli_migrate(dsn), *(migrate.upgrade(dsn) for _ in range(3)))
     assert code == 0, out.decode()
     assert b'"event": "migrated"' in out
-    assert await migrate.current_revision(dsn) == migrate.head_revision()
+    assert await migrate.MIGRATIONS.current_revision(dsn) == migrate.MIGRATIONS.head_revision()
     assert await _tables(dsn, "mapper") == TABLES
     rows = await sql(dsn, "SELECT count(*) AS n FROM mapper.alembic_version")
     assert rows[0]["n"] == 1
 
 
 async def test_downgrade_to_base_and_up_again(migrated_db: str) -> None:
-    await migrate.downgrade(migrated_db, "base")
-    assert await migrate.current_revision(migrated_db) is None
+    await migrate.MIGRATIONS.downgrade(migrated_db, "base")
+    assert await migrate.MIGRATIONS.current_revision(migrated_db) is None
     assert await _tables(migrated_db, "mapper") == ["alembic_version"]
     await migrate.upgrade(migrated_db)
     assert await _tables(migrated_db, "mapper") == TABLES
@@ -62,8 +63,18 @@ def test_cli_reports_an_unreachable_database_without_the_password(pg_server_url:
         pg_server_url.replace("zaptrix:zaptrix@", "zaptrix:hunter2-secret@").rsplit("/", 1)[0] + "/no_such_db"
     )
     with capture_logs() as logs:
-        code = migrate.cli([], wrong)
+        code = migrate.MIGRATIONS.cli([], wrong)
     assert code == 1
     failures = [e for e in logs if e["event"] == "migration failed"]
     assert len(failures) == 1
     assert "hunter2-secret" not in repr(logs)
+
+
+def test_history_and_offline_sql_need_no_database(capsys: pytest.CaptureFixture[str]) -> None:
+    unreachable = "postgresql://nobody:pw@127.0.0.1:1/none"
+    assert migrate.MIGRATIONS.cli(["history"], unreachable) == 0
+    assert migrate.MIGRATIONS.head_revision() in capsys.readouterr().out
+    assert migrate.MIGRATIONS.cli(["sql"], unreachable) == 0
+    sql_text = capsys.readouterr().out
+    assert "CREATE TABLE mapper.channel_binding" in sql_text
+    assert "mapper.alembic_version" in sql_text

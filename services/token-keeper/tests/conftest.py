@@ -35,11 +35,13 @@ from tk_support import (
     new_keyring,
     spawn,
 )
+from token_keeper import migrate
 from token_keeper.crypto import Keyring
-from token_keeper.migrate import upgrade_async
 from token_keeper.oauth import BitrixOAuthClient
-from token_keeper.repository import Repository
+from token_keeper.repository import Repository, database
 from token_keeper.service import TokenService
+from zaptrix.database import Database
+from zaptrix.settings import DatabaseSettings
 from zaptrix.v1 import token_keeper_pb2_grpc
 
 
@@ -94,15 +96,22 @@ async def sandbox(sandbox_process: Sandbox) -> Sandbox:
 @pytest.fixture
 async def db_url(fresh_database: Callable[[], Awaitable[str]]) -> str:
     url = await fresh_database()
-    await upgrade_async(url)
+    await migrate.upgrade(url)
     return url
 
 
 @pytest.fixture
-async def pool(db_url: str) -> AsyncIterator[asyncpg.Pool]:
-    p = await asyncpg.create_pool(db_url, min_size=1, max_size=10)
-    yield p
-    await p.close()
+async def db(db_url: str) -> AsyncIterator[Database]:
+    d = database(DatabaseSettings(url=db_url, pool_min_size=1, pool_max_size=10), "token-keeper-test")
+    await d.open()
+    yield d
+    await d.close()
+
+
+@pytest.fixture
+def pool(db: Database) -> asyncpg.Pool:
+    assert db.pool is not None
+    return db.pool
 
 
 @pytest.fixture
@@ -112,7 +121,7 @@ def keyring() -> Keyring:
 
 @pytest.fixture
 async def make_service(
-    pool: asyncpg.Pool, sandbox: Sandbox, keyring: Keyring
+    db: Database, sandbox: Sandbox, keyring: Keyring
 ) -> AsyncIterator[Callable[..., TokenService]]:
     """Factory of in-process services (each one a "replica" with its own caches) on the same database."""
     clients: list[BitrixOAuthClient] = []
@@ -127,7 +136,7 @@ async def make_service(
         settings = make_settings(oauth_url or sandbox.oauth_url, **kw)
         oauth = BitrixOAuthClient(settings, http=http)
         clients.append(oauth)
-        return TokenService(pool, Repository(keys or keyring), oauth, settings)
+        return TokenService(db, Repository(keys or keyring), oauth, settings)
 
     yield make
     for c in clients:

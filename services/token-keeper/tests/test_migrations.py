@@ -7,13 +7,14 @@ import uuid
 from collections.abc import Awaitable, Callable
 
 import asyncpg
-from alembic import command
 from pydantic import SecretStr
 from tk_support import console_script, make_settings, new_keyring, server_env
-from token_keeper.migrate import alembic_config, upgrade_async
+from token_keeper import migrate
+from token_keeper.model import ChannelUpsert
 from token_keeper.oauth import BitrixOAuthClient
-from token_keeper.repository import Repository
-from token_keeper.service import ChannelUpsert, TokenService
+from token_keeper.repository import Repository, database
+from token_keeper.service import TokenService
+from zaptrix.settings import DatabaseSettings
 
 
 async def _tables(url: str) -> set[str]:
@@ -41,9 +42,9 @@ async def test_concurrent_runs_and_downgrade(fresh_database: Callable[[], Awaita
     assert [p.returncode for p in procs] == [0, 0], outs  # advisory lock: no duplicate DDL errors
     assert sum(b"Running upgrade  -> 0001" in o for o, _ in outs) == 1
     assert await _tables(url) == {"alembic_version", "portal_config", "channel_credentials"}
-    await asyncio.to_thread(command.downgrade, alembic_config(url), "base")
+    await migrate.MIGRATIONS.downgrade(url, "base")
     assert await _tables(url) == {"alembic_version"}
-    await upgrade_async(url)
+    await migrate.upgrade(url)
     assert await _tables(url) == {"alembic_version", "portal_config", "channel_credentials"}
 
 
@@ -60,19 +61,20 @@ async def test_least_privilege_role_with_precreated_schema(
         await admin.execute(f"REVOKE CREATE ON DATABASE {admin_url.rsplit('/', 1)[1]} FROM PUBLIC")
         host = admin_url.split("@", 1)[1]
         url = f"postgresql://{role}:pw@{host}"
-        await upgrade_async(url)
-        await upgrade_async(url)  # idempotent
+        await migrate.upgrade(url)
+        await migrate.upgrade(url)  # idempotent
         assert await _tables(url) == {"alembic_version", "portal_config", "channel_credentials"}
-        pool = await asyncpg.create_pool(url, min_size=1, max_size=2)
+        db = database(DatabaseSettings(url=url, pool_min_size=1, pool_max_size=2), "token-keeper-test")
+        await db.open()
         settings = make_settings("https://oauth.bitrix.info/oauth/token/")
         oauth = BitrixOAuthClient(settings)
         try:
-            svc = TokenService(pool, Repository(new_keyring("k1")[0]), oauth, settings)
+            svc = TokenService(db, Repository(new_keyring("k1")[0]), oauth, settings)
             await svc.upsert_channel(ChannelUpsert("42", verify_token=SecretStr("vt")))
             assert await svc.check_verify_token("vt")
         finally:
             await oauth.aclose()
-            await pool.close()
+            await db.close()
     finally:
         await admin.execute("DROP SCHEMA IF EXISTS token_keeper CASCADE")
         await admin.execute(f"DROP OWNED BY {role}")

@@ -15,7 +15,9 @@ import pytest
 from prometheus_client import REGISTRY
 from pydantic import SecretStr
 from tk_support import PORTALS, Sandbox, find_secrets_in, free_port, install_portal
-from token_keeper.service import PortalUnusable, PortalUpsert, RefreshUnavailable, TokenService
+from token_keeper.errors import PortalUnusable, RefreshUnavailable
+from token_keeper.model import PortalUpsert
+from token_keeper.service import TokenService
 
 
 def sample(name: str, **labels: str) -> float:
@@ -179,7 +181,7 @@ async def test_unreachable_oauth_retries_bounded_then_serves_stored_token_while_
         await conn.execute(
             "UPDATE token_keeper.portal_config SET access_expires_at = now() + interval '10 seconds'"
         )
-    svc._tokens.clear()
+    svc.tokens._tokens.clear()
     with pytest.raises(RefreshUnavailable, match="last refresh failed"):
         await svc.get_access_token("tk-portal-5")
     assert await sandbox.refresh_count("tk-portal-5") == 0

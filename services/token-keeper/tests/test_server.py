@@ -9,6 +9,7 @@ import statistics
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import asyncpg
 import grpc
@@ -19,13 +20,17 @@ from tk_support import (
     PORTALS,
     Sandbox,
     Server,
+    console_script,
     find_secrets_in,
+    free_port,
     install_portal,
     new_keyring,
     server_env,
+    spawn,
 )
 from token_keeper.service import TokenService
 from zaptrix.v1 import token_keeper_pb2 as pb
+from zaptrix.v1 import token_keeper_pb2_grpc
 
 StartServer = Callable[[dict[str, str]], Awaitable[Server]]
 
@@ -284,3 +289,68 @@ def test_production_refuses_to_start_without_keys(
         main()  # the console script's entry point, before anything listens
     assert exit_.value.code == 2
     assert "ZAPTRIX_TOKEN_KEEPER_KEYS is required in production" in capsys.readouterr().out
+
+
+def _spawn_server(db_url: str, tmp_path: Path) -> Server:
+    """A `token-keeper-server` process, not waited for (start_server waits until SERVING)."""
+    port, mport = free_port(), free_port()
+    env = server_env(db_url, "https://oauth.bitrix.info/oauth/token/", new_keyring("k1")[1])
+    env.update(ZAPTRIX_GRPC_PORT=str(port), ZAPTRIX_METRICS_PORT=str(mport))
+    log = tmp_path / f"token-keeper-{port}.log"
+    proc = spawn([console_script("token-keeper-server")], env, log)
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    return Server(port, mport, proc, log, channel, token_keeper_pb2_grpc.TokenKeeperStub(channel))
+
+
+async def _health_answers(server: Server, want: int, within_s: float = 20.0) -> bool:
+    """Like wait_health, while the server may still be starting (connection refused counts as no answer)."""
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline and server.proc.poll() is None:
+        try:
+            if await wait_health(server, want, within_s=1.0):
+                return True
+        except grpc.aio.AioRpcError:
+            await asyncio.sleep(0.2)
+    return False
+
+
+async def test_starts_not_serving_while_postgresql_refuses_connections_then_serves(
+    db_url: str, pg_server_url: str, tmp_path: Path
+) -> None:
+    """Drift fix: token-keeper used to block in start-up (then exit) while PostgreSQL was out; now it serves
+    gRPC at once, NOT_SERVING and UNAVAILABLE until the pool opens in the background, as the mapper does."""
+    db_name = db_url.rsplit("/", 1)[1]
+    admin = await asyncpg.connect(pg_server_url)
+    server = None
+    try:
+        await admin.execute(f'ALTER DATABASE "{db_name}" ALLOW_CONNECTIONS false')  # SQLSTATE 55000
+        server = _spawn_server(db_url, tmp_path)
+        assert await _health_answers(server, health_pb2.HealthCheckResponse.NOT_SERVING), server.log_text()
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await server.stub.GetPortalStatus(pb.GetPortalStatusRequest(member_id="p1"), timeout=5)
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+        await admin.execute(f'ALTER DATABASE "{db_name}" ALLOW_CONNECTIONS true')
+        assert await _health_answers(server, health_pb2.HealthCheckResponse.SERVING), server.log_text()
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await server.stub.GetPortalStatus(pb.GetPortalStatusRequest(member_id="p1"), timeout=5)
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    finally:
+        await admin.execute(f'ALTER DATABASE "{db_name}" ALLOW_CONNECTIONS true')
+        await admin.close()
+        if server is not None:
+            await server.channel.close()
+            server.proc.terminate()
+            await asyncio.to_thread(server.proc.wait, 15)
+
+
+async def test_an_unmigrated_schema_stops_the_server(
+    fresh_database: Callable[[], Awaitable[str]], tmp_path: Path
+) -> None:
+    server = _spawn_server(await fresh_database(), tmp_path)
+    try:
+        assert await asyncio.to_thread(server.proc.wait, 30) == 3
+        assert "run `token-keeper-migrate` first" in server.log_text()
+    finally:
+        await server.channel.close()
+        if server.proc.poll() is None:
+            server.proc.kill()

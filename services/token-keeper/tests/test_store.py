@@ -12,14 +12,9 @@ import pytest
 from pydantic import SecretStr
 from tk_support import PORTALS, Sandbox, install_portal, scan_tables_for
 from token_keeper.crypto import Keyring
-from token_keeper.service import (
-    ChannelUpsert,
-    CredentialsUnreadable,
-    InvalidInput,
-    NotFound,
-    PortalUpsert,
-    TokenService,
-)
+from token_keeper.errors import CredentialsUnreadable, InvalidInput, NotFound
+from token_keeper.model import ChannelUpsert, PortalUpsert
+from token_keeper.service import TokenService
 
 
 async def test_nothing_secret_is_readable_in_any_column(
@@ -74,7 +69,7 @@ async def test_upsert_keeps_stored_secrets_when_fields_are_empty(
         ChannelUpsert("1001", access_token=SecretStr("t1"), app_secret=SecretStr("s1"))
     )
     await service.upsert_channel(ChannelUpsert("1001", waba_id="w9", app_secret=SecretStr("s2")))
-    service._channels.clear()
+    service.channels._channels.clear()
     row, ch = await service.get_channel("1001")
     assert row.waba_id == "w9"
     assert ch.access_token == SecretStr("t1") and ch.app_secret == SecretStr("s2") and ch.verify_token is None
@@ -86,7 +81,7 @@ async def test_new_portal_needs_its_credentials_and_https(service: TokenService)
             PortalUpsert(member_id="m-new", domain="d", client_endpoint="https://d/rest/", client_id="c")
         )
     prod = service.settings.model_copy(update={"allow_insecure_http": False})
-    strict = TokenService(service.pool, service.repo, service.oauth, prod)
+    strict = TokenService(service.db, service.repo, service.oauth, prod)
     with pytest.raises(InvalidInput, match="https"):
         await strict.upsert_portal(
             PortalUpsert(
@@ -216,8 +211,7 @@ async def test_random_member_ids_cost_no_query_each(
     make_service: Callable[..., TokenService], sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """L6: unknown member_ids are answered from the set of known portals, not one SELECT each."""
-    service = make_service()
-    service.settings = service.settings.model_copy(update={"unknown_portal_recheck_s": 3600.0})
+    service = make_service(unknown_portal_recheck_s=3600.0)
     p = await install_portal(service, sandbox, "tk-portal-1")
     reads: list[str] = []
     real = service.repo.get_portal
@@ -230,7 +224,7 @@ async def test_random_member_ids_cost_no_query_each(
     for i in range(50):
         assert await service.verify_application_token(f"random-{i}", "x") == (False, False)
     assert reads == []
-    service._app_tokens.clear()
+    service.app_tokens._app_tokens.clear()
     assert await service.verify_application_token("tk-portal-1", p["application_token"]) == (True, True)
     assert reads == ["tk-portal-1"]
 
@@ -238,8 +232,7 @@ async def test_random_member_ids_cost_no_query_each(
 async def test_a_portal_stored_by_another_replica_is_seen_after_the_recheck(
     make_service: Callable[..., TokenService], sandbox: Sandbox
 ) -> None:
-    reader = make_service()
-    reader.settings = reader.settings.model_copy(update={"unknown_portal_recheck_s": 0.0})
+    reader = make_service(unknown_portal_recheck_s=0.0)
     assert await reader.verify_application_token("tk-portal-1", "x") == (False, False)
     p = await install_portal(make_service(), sandbox, "tk-portal-1")
     assert await reader.verify_application_token("tk-portal-1", p["application_token"]) == (True, True)
@@ -254,9 +247,9 @@ async def test_events_of_an_uninstalled_portal_are_refused(
     p = await install_portal(service, sandbox, "tk-portal-1")
     async with pool.acquire() as conn:
         await service.repo.set_portal_state(conn, "tk-portal-1", "needs_reauth", now=datetime.now(UTC))
-    service._app_tokens.clear()  # as after app_token_cache_ttl_s
+    service.app_tokens._app_tokens.clear()  # as after app_token_cache_ttl_s
     assert await service.verify_application_token("tk-portal-1", p["application_token"]) == (True, True)
     async with pool.acquire() as conn:
         await service.repo.set_portal_state(conn, "tk-portal-1", "uninstalled", now=datetime.now(UTC))
-    service._app_tokens.clear()
+    service.app_tokens._app_tokens.clear()
     assert await service.verify_application_token("tk-portal-1", p["application_token"]) == (False, True)

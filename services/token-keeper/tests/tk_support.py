@@ -19,7 +19,8 @@ import grpc
 import httpx
 from pydantic import SecretStr
 from token_keeper.crypto import Keyring
-from token_keeper.service import PortalUpsert, TokenService
+from token_keeper.model import PortalUpsert
+from token_keeper.service import TokenService
 from token_keeper.settings import TokenKeeperSettings
 from zaptrix.v1 import token_keeper_pb2_grpc
 

@@ -22,15 +22,17 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pydantic import SecretStr
+from zaptrix.database import DatabaseUnavailable, SchemaMissing
 from zaptrix.logging import configure_logging
 from zaptrix.settings import DatabaseSettings
 
 from token_keeper.crypto import KeyConfigError, generate_key
-from token_keeper.db import SchemaMissing, create_pool
+from token_keeper.errors import TokenKeeperError
 from token_keeper.keys import load_keyring
+from token_keeper.model import ChannelUpsert, PortalUpsert, utcnow
 from token_keeper.oauth import BitrixOAuthClient
-from token_keeper.repository import STATE_UNINSTALLED, Repository
-from token_keeper.service import ChannelUpsert, PortalUpsert, TokenKeeperError, TokenService, utcnow
+from token_keeper.repository import STATE_UNINSTALLED, Repository, database
+from token_keeper.service import TokenService
 from token_keeper.settings import TokenKeeperSettings
 
 
@@ -144,11 +146,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 async def _run(args: argparse.Namespace, settings: TokenKeeperSettings) -> int:
     keyring = load_keyring(settings)
-    db = DatabaseSettings()
-    pool = await create_pool(db, application_name="token-keeper-admin", connect_for_s=5.0)
-    repo = Repository(keyring)
+    db = database(DatabaseSettings(), "token-keeper-admin")
+    await db.open_until_ready(within_s=5.0)
     oauth = BitrixOAuthClient(settings)
-    service = TokenService(pool, repo, oauth, settings, acquire_timeout_s=db.acquire_timeout_s)
+    service = TokenService(db, Repository(keyring), oauth, settings)
     try:
         handler = {
             "add-portal": _add_portal,
@@ -161,7 +162,7 @@ async def _run(args: argparse.Namespace, settings: TokenKeeperSettings) -> int:
         return await handler(args, service)
     finally:
         await oauth.aclose()
-        await pool.close()
+        await db.close()
 
 
 async def _add_portal(args: argparse.Namespace, service: TokenService) -> int:
@@ -228,7 +229,7 @@ async def _add_channel(args: argparse.Namespace, service: TokenService) -> int:
 async def _status(args: argparse.Namespace, service: TokenService) -> int:
     now = utcnow()
     portals = await service.list_portals()
-    async with service.pool.acquire() as conn:
+    async with service.db.connection() as conn:
         channels = await service.repo.list_channels(conn)
         usage = await service.repo.key_usage(conn)
     if args.json:
@@ -343,7 +344,7 @@ async def _refresh(args: argparse.Namespace, service: TokenService) -> int:
 
 
 async def _mark_uninstalled(args: argparse.Namespace, service: TokenService) -> int:
-    async with service.pool.acquire() as conn:
+    async with service.db.connection() as conn:
         row = await service.repo.set_portal_state(conn, args.member_id, STATE_UNINSTALLED, now=utcnow())
     if row is None:
         say(f"unknown portal {args.member_id}", err=True)
@@ -355,7 +356,7 @@ async def _mark_uninstalled(args: argparse.Namespace, service: TokenService) -> 
 async def _rotate_keys(args: argparse.Namespace, service: TokenService) -> int:
     repo = service.repo
     active = repo.keyring.active_id
-    async with service.pool.acquire() as conn:
+    async with service.db.connection() as conn:
         portals, channels = await repo.rows_not_under(conn, active)
         if args.dry_run:
             say(f"{len(portals)} portal(s) and {len(channels)} channel(s) are not under key {active}")
@@ -384,7 +385,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging("token-keeper-admin", "INFO" if args.verbose else "WARNING")
     try:
         return asyncio.run(_run(args, settings))
-    except (UsageError, KeyConfigError, SchemaMissing, TokenKeeperError) as exc:
+    except (UsageError, KeyConfigError, SchemaMissing, DatabaseUnavailable, TokenKeeperError) as exc:
         say(f"error: {exc}", err=True)
         return 1
 

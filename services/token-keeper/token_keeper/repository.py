@@ -13,6 +13,8 @@ from typing import Any
 
 import asyncpg
 from pydantic import SecretStr
+from zaptrix.database import Database
+from zaptrix.settings import DatabaseSettings
 
 from token_keeper.crypto import Field, Keyring
 
@@ -26,6 +28,19 @@ STATE_UNINSTALLED = "uninstalled"
 
 _PORTAL_SECRET_COLUMNS = ("client_secret", "access_token", "refresh_token", "application_token")
 _CHANNEL_SECRET_COLUMNS = ("access_token", "app_secret", "verify_token")
+
+
+def database(db: DatabaseSettings, application_name: str) -> Database:
+    """token-keeper's pool (server and admin CLI): refuses an unmigrated schema. The refresh transaction
+    may wait for a portal's row lock up to oauth_budget_s + 5 s, so the client-side statement backstop
+    stays well above the server's statement_timeout."""
+    return Database(
+        db,
+        application_name=application_name,
+        command_timeout_s=max(db.statement_timeout_ms / 1000 * 4, 30.0),
+        required_table=PORTALS,
+        migrate_command="token-keeper-migrate",
+    )
 
 
 def _lock_key(kind: str, ident: str) -> str:

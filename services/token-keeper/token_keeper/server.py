@@ -6,26 +6,25 @@ import asyncio
 import contextlib
 import sys
 
-import asyncpg
+from zaptrix.database import Database, DatabaseUnavailable, SchemaMissing
 from zaptrix.grpcserver import serve
 from zaptrix.logging import configure_logging, get_logger
 from zaptrix.settings import DatabaseSettings
 from zaptrix.telemetry import setup_telemetry, shutdown_telemetry
 
 from token_keeper.crypto import KeyConfigError, Keyring
-from token_keeper.db import SchemaMissing, create_pool
-from token_keeper.grpc_api import register
 from token_keeper.keys import load_keyring
 from token_keeper.oauth import BitrixOAuthClient
-from token_keeper.repository import Repository
+from token_keeper.repository import Repository, database
 from token_keeper.service import TokenService
+from token_keeper.servicer import register
 from token_keeper.settings import TokenKeeperSettings
 
 log = get_logger(__name__)
 
 
-async def check_key_ids(pool: asyncpg.Pool, repo: Repository) -> None:
-    async with pool.acquire() as conn:
+async def check_key_ids(db: Database, repo: Repository) -> None:
+    async with db.connection() as conn:
         usage = await repo.key_usage(conn)
     missing = sorted(set(usage) - set(repo.keyring.key_ids))
     if missing:
@@ -40,48 +39,61 @@ async def check_key_ids(pool: asyncpg.Pool, repo: Repository) -> None:
     )
 
 
+async def _start(db: Database, service: TokenService, stop: asyncio.Event) -> None:
+    """In the background while the server answers NOT_SERVING: open the pool (retrying while PostgreSQL
+    is out), check the keys, then run the gauges and the idle sweep. An unmigrated schema stops the server."""
+    try:
+        await db.open_until_ready(stop)
+    except Exception:  # not an outage: SchemaMissing, a malformed DSN
+        stop.set()
+        raise
+    if stop.is_set():
+        return
+    try:
+        await check_key_ids(db, service.repo)
+    except DatabaseUnavailable as exc:
+        log.warning("encryption key check skipped", reason=str(exc))
+    await service.run_background(stop)
+
+
 async def run(
     settings: TokenKeeperSettings,
-    db: DatabaseSettings,
+    db_settings: DatabaseSettings,
     keyring: Keyring,
     stopped: asyncio.Event | None = None,
 ) -> None:
-    pool = await create_pool(db, application_name="token-keeper")
-    repo = Repository(keyring)
+    """Serve until SIGTERM/SIGINT or `stopped`. The gRPC server starts at once and reports NOT_SERVING
+    until PostgreSQL answers; the pool keeps retrying in the background."""
+    db = database(db_settings, "token-keeper")
     oauth = BitrixOAuthClient(settings)
-    service = TokenService(pool, repo, oauth, settings, acquire_timeout_s=db.acquire_timeout_s)
+    service = TokenService(db, Repository(keyring), oauth, settings)
     stop = stopped or asyncio.Event()
-    background: asyncio.Task[None] | None = None
+    background = asyncio.create_task(_start(db, service, stop), name="db-open")
+    log.info(
+        "token-keeper starting",
+        oauth_url=oauth.url,
+        refresh_margin_s=settings.refresh_margin_s,
+        idle_refresh_after_days=settings.idle_refresh_after_days,
+    )
     try:
-        await check_key_ids(pool, repo)
-
-        async def ready() -> bool:
-            async with pool.acquire(timeout=db.acquire_timeout_s) as conn:
-                return bool(await conn.fetchval("SELECT true"))
-
-        background = asyncio.create_task(service.run_background(stop))
-        log.info(
-            "token-keeper starting",
-            oauth_url=oauth.url,
-            refresh_margin_s=settings.refresh_margin_s,
-            idle_refresh_after_days=settings.idle_refresh_after_days,
-        )
         await serve(
             port=settings.grpc_port,
             register=register(service),
-            readiness=ready,
+            readiness=db.ping,
             metrics_port=settings.metrics_port,
             stopped=stop,
         )
     finally:
         stop.set()
         await service.drain(within_s=settings.oauth_budget_s)
-        if background is not None:
+        if background.done():
+            background.result()  # e.g. SchemaMissing: why the server stopped
+        else:
             background.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await background
         await oauth.aclose()
-        await pool.close()
+        await db.close()
 
 
 def main() -> None:

@@ -11,25 +11,22 @@ from typing import Any, TypeVar
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 from pydantic import SecretStr
-from zaptrix.dbfailures import is_outage
 from zaptrix.logging import get_logger
 from zaptrix.v1 import token_keeper_pb2 as pb
 from zaptrix.v1 import token_keeper_pb2_grpc as pb_grpc
 
 from token_keeper import metrics
-from token_keeper.repository import STATE_ACTIVE, STATE_NEEDS_REAUTH, STATE_UNINSTALLED, ChannelRow, PortalRow
-from token_keeper.service import (
-    ChannelUpsert,
+from token_keeper.errors import (
     CredentialsUnreadable,
     DatabaseUnavailable,
     InvalidInput,
-    IssuedToken,
     NotFound,
     PortalUnusable,
-    PortalUpsert,
     RefreshUnavailable,
-    TokenService,
 )
+from token_keeper.model import ChannelUpsert, IssuedToken, PortalUpsert
+from token_keeper.repository import STATE_ACTIVE, STATE_NEEDS_REAUTH, STATE_UNINSTALLED, ChannelRow, PortalRow
+from token_keeper.service import TokenService
 
 log = get_logger(__name__)
 
@@ -114,10 +111,6 @@ def rpc(fn: Handler[Req, Resp]) -> Handler[Req, Resp]:
                     code = status
                     break
             else:
-                if is_outage(exc):
-                    code = grpc.StatusCode.UNAVAILABLE
-                    log.warning("database unavailable", method=method, error_type=type(exc).__name__)
-                    await context.abort(code, "token-keeper's database is unavailable; retry")
                 code = grpc.StatusCode.INTERNAL
                 # Type only: exception texts of drivers may quote parameters.
                 log.error("unexpected error", method=method, error_type=type(exc).__name__)

@@ -1,0 +1,79 @@
+"""WhatsApp channels' credentials: upsert, the cached read Meta's webhooks need, the verify-token check."""
+
+from __future__ import annotations
+
+import time
+
+from zaptrix.logging import get_logger
+
+from token_keeper.context import Context
+from token_keeper.errors import NotFound, decrypted
+from token_keeper.model import ChannelUpsert, Timed, check_ident, matches, nonempty
+from token_keeper.repository import ChannelRow, ChannelSecrets
+
+log = get_logger(__name__)
+
+
+class Channels:
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self._channels: dict[str, Timed] = {}
+
+    async def upsert(self, req: ChannelUpsert) -> ChannelRow:
+        pid = check_ident(req.phone_number_id, "phone_number_id")
+        async with self.ctx.db.connection() as conn, conn.transaction():
+            await self.ctx.repo.lock_channel_ident(conn, pid)
+            old = await self.ctx.repo.get_channel(conn, pid, for_update=True)
+            old_s = (
+                None
+                if old is None
+                else decrypted(lambda: self.ctx.repo.channel_secrets(old), pid, "channel_credentials")
+            )
+            row = await self.ctx.repo.write_channel(
+                conn,
+                phone_number_id=pid,
+                waba_id=req.waba_id or (old.waba_id if old else ""),
+                secrets=ChannelSecrets(
+                    access_token=nonempty(req.access_token) or (old_s.access_token if old_s else None),
+                    app_secret=nonempty(req.app_secret) or (old_s.app_secret if old_s else None),
+                    verify_token=nonempty(req.verify_token) or (old_s.verify_token if old_s else None),
+                ),
+                now=self.ctx.clock(),
+            )
+        self._channels.pop(pid, None)
+        log.info("channel credentials upserted", phone_number_id=pid, created=old is None)
+        return row
+
+    async def get(self, phone_number_id: str) -> tuple[ChannelRow, ChannelSecrets]:
+        """Cached for channel_cache_ttl_s: Meta's webhooks need the app secret on every request."""
+        pid = check_ident(phone_number_id, "phone_number_id")
+        entry = self._channels.get(pid)
+        if entry is not None and time.monotonic() - entry.at < self.ctx.settings.channel_cache_ttl_s:
+            return entry.value  # type: ignore[return-value]
+        async with self.ctx.db.connection() as conn:
+            row = await self.ctx.repo.get_channel(conn, pid)
+        if row is None:
+            raise NotFound(f"unknown channel {pid}")
+        value = (row, decrypted(lambda: self.ctx.repo.channel_secrets(row), pid, "channel_credentials"))
+        self._channels[pid] = Timed(value, time.monotonic())
+        return value
+
+    async def check_verify_token(self, verify_token: str) -> bool:
+        if not verify_token:
+            return False
+        async with self.ctx.db.connection() as conn:
+            rows = await self.ctx.repo.channels_by_verify_hash(
+                conn, self.ctx.repo.keyring.lookup_hashes(verify_token)
+            )
+        for row in rows:  # the hash found it; confirm against the decrypted value (defence in depth)
+            secrets = self._channel_secrets(row)
+            if secrets.verify_token is not None and matches(
+                secrets.verify_token.get_secret_value(), verify_token
+            ):
+                return True
+        return False
+
+    def _channel_secrets(self, row: ChannelRow) -> ChannelSecrets:
+        return decrypted(
+            lambda: self.ctx.repo.channel_secrets(row), row.phone_number_id, "channel_credentials"
+        )
