@@ -10,9 +10,9 @@ from urllib.parse import urlsplit
 
 from zaptrix.clients import Clients
 from zaptrix.egress import HostAllowlist
+from zaptrix.ttlcache import AsyncTtlCache, NotFoundError
 from zaptrix.v1 import token_keeper_pb2
 
-from meta_ingress.cache import AsyncTtlCache, NotFoundError
 from meta_ingress.rpc import RpcNotFound, call
 
 

@@ -17,9 +17,9 @@ from typing import Any
 from zaptrix.clients import Clients
 from zaptrix.kafka import PermanentError, TransientError
 from zaptrix.logging import get_logger
+from zaptrix.ttlcache import NotFoundError
 from zaptrix.v1 import mapper_pb2
 
-from meta_ingress.cache import NotFoundError
 from meta_ingress.notices import Notice
 from meta_ingress.rpc import RpcConflict, RpcNotFound, call
 

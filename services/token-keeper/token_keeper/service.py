@@ -28,6 +28,7 @@ from typing import TypeVar, cast
 import asyncpg
 from pydantic import SecretStr
 from zaptrix.logging import get_logger
+from zaptrix.ttlcache import TtlCache
 
 from token_keeper import metrics
 from token_keeper.crypto import DecryptError
@@ -166,7 +167,9 @@ class TokenService:
         self._known: set[str] = set()  # member_ids of stored portals (L6: no query per unknown id)
         self._known_at = float("-inf")
         self._known_lock = asyncio.Lock()
-        self._channels: dict[str, _Timed] = {}
+        self._channels: TtlCache[str, tuple[ChannelRow, ChannelSecrets]] = TtlCache(
+            100_000, settings.channel_cache_ttl_s
+        )
         self._inflight: dict[str, asyncio.Task[IssuedToken]] = {}
         self._lock_budget_ms = int((settings.oauth_budget_s + 5.0) * 1000)
 
@@ -643,22 +646,22 @@ class TokenService:
                 ),
                 now=self.clock(),
             )
-        self._channels.pop(pid, None)
+        self._channels.invalidate(pid)
         log.info("channel credentials upserted", phone_number_id=pid, created=old is None)
         return row
 
     async def get_channel(self, phone_number_id: str) -> tuple[ChannelRow, ChannelSecrets]:
         """Cached for channel_cache_ttl_s: Meta's webhooks need the app secret on every request."""
         pid = check_ident(phone_number_id, "phone_number_id")
-        entry = self._channels.get(pid)
-        if entry is not None and time.monotonic() - entry.at < self.settings.channel_cache_ttl_s:
-            return entry.value  # type: ignore[return-value]
+        cached = self._channels.get(pid)
+        if cached is not None:
+            return cached
         async with self._conn() as conn:
             row = await self.repo.get_channel(conn, pid)
         if row is None:
             raise NotFound(f"unknown channel {pid}")
         value = (row, self._decrypt(lambda: self.repo.channel_secrets(row), pid, "channel_credentials"))
-        self._channels[pid] = _Timed(value, time.monotonic())
+        self._channels.put(pid, value)
         return value
 
     async def check_verify_token(self, verify_token: str) -> bool:
