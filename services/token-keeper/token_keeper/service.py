@@ -27,6 +27,7 @@ from typing import TypeVar, cast
 
 import asyncpg
 from pydantic import SecretStr
+from zaptrix.egress import InsecureUrlError, require_https
 from zaptrix.logging import get_logger
 from zaptrix.ttlcache import TtlCache
 
@@ -43,7 +44,7 @@ from token_keeper.repository import (
     PortalSecrets,
     Repository,
 )
-from token_keeper.settings import InsecureUrlError, TokenKeeperSettings, require_https
+from token_keeper.settings import TokenKeeperSettings
 
 log = get_logger(__name__)
 
