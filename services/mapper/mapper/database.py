@@ -10,6 +10,7 @@ from typing import Any
 import asyncpg
 from zaptrix.dbfailures import is_outage
 from zaptrix.logging import get_logger
+from zaptrix.retrying import retry_until_stopped
 from zaptrix.settings import DatabaseSettings
 
 from mapper.errors import Unavailable
@@ -57,20 +58,14 @@ class Database:
 
     async def open_until_ready(self, stopped: asyncio.Event | None = None) -> None:
         """Retry opening the pool with capped backoff; the server answers NOT_SERVING meanwhile."""
-        delay = 0.5
-        while self.pool is None:
-            try:
-                await self.open()
-                log.info("database pool open", min_size=self.settings.pool_min_size)
-                return
-            except Exception as exc:
-                if not is_outage(exc):
-                    raise
-                log.warning("database unreachable, retrying", error=type(exc).__name__, retry_in_s=delay)
-            if stopped is not None and stopped.is_set():
-                return
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 10.0)
+        if self.pool is not None:
+            return
+
+        def retrying(exc: BaseException, delay: float) -> None:
+            log.warning("database unreachable, retrying", error=type(exc).__name__, retry_in_s=delay)
+
+        if await retry_until_stopped(self.open, retry_on=is_outage, stopped=stopped, on_retry=retrying):
+            log.info("database pool open", min_size=self.settings.pool_min_size)
 
     async def close(self, timeout_s: float = 5.0) -> None:
         pool, self.pool = self.pool, None

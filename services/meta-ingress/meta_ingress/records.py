@@ -8,12 +8,12 @@ it instead of sending again.
 
 from __future__ import annotations
 
-import asyncio
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any
 
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 from zaptrix.clients import Clients
 from zaptrix.kafka import PermanentError, TransientError
 from zaptrix.logging import get_logger
@@ -142,13 +142,11 @@ class Records:
     async def _after_send(self, what: str, rpc: Callable[[], Awaitable[Any]]) -> None:
         """Recording after a send: a few quick attempts in process (a failure here must not cost a second
         send; the in-memory record covers the retry of the event if all of them fail)."""
-        delay = 0.1
-        for attempt in range(4):
-            try:
+        async for attempt in AsyncRetrying(
+            retry=retry_if_exception_type(TransientError),
+            stop=stop_after_attempt(4),
+            wait=wait_exponential(multiplier=0.1, exp_base=3),  # 0.1, 0.3, 0.9 s
+            reraise=True,
+        ):
+            with attempt:
                 await call(what, rpc())
-                return
-            except TransientError:
-                if attempt == 3:
-                    raise
-                await asyncio.sleep(delay)
-                delay *= 3
