@@ -17,9 +17,10 @@ from zaptrix.egress import EgressRefused, HostAllowlist, InsecureUrlError, check
 from zaptrix.settings import CommonSettings, GrpcClientSettings, KafkaSettings
 
 _ENDPOINT_REFUSALS = {
-    "host": "its host is not in ZAPTRIX_BITRIX_PORTAL_HOST_SUFFIXES",
-    "address": "is not a public address",
-    "port": "must use the default port",
+    "host": "portal client_endpoint's host is not in ZAPTRIX_BITRIX_PORTAL_HOST_SUFFIXES",
+    "address": "portal client_endpoint is not a public address",
+    "port": "portal client_endpoint must use the default port",
+    "malformed": "portal client_endpoint is malformed (host or port)",
 }
 
 
@@ -36,8 +37,8 @@ def check_portal_endpoint(url: str, settings: BitrixCommonSettings) -> str:
     try:
         check_url_now(url, settings.portal_allowlist(), settings.egress_policy())
     except EgressRefused as exc:
-        why = _ENDPOINT_REFUSALS.get(exc.reason, f"is refused ({exc.reason})")
-        raise InsecureUrlError(f"portal client_endpoint {why}") from None
+        why = _ENDPOINT_REFUSALS.get(exc.reason, f"portal client_endpoint is refused ({exc.reason})")
+        raise InsecureUrlError(why) from None
     return url
 
 
