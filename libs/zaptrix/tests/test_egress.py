@@ -7,6 +7,7 @@ import random
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
@@ -16,12 +17,16 @@ from zaptrix.egress import (
     EgressRefused,
     GuardedTransport,
     HostAllowlist,
+    InsecureUrlError,
     check_url,
     guarded_client,
     is_public,
     literal_address,
     open_stream,
+    require_https,
+    url_allowed,
 )
+from zaptrix.settings import CommonSettings
 
 FORBIDDEN_NETWORKS = [
     "0.0.0.0/8",
@@ -245,3 +250,33 @@ async def test_a_client_without_a_check_cannot_connect() -> None:
 def test_literal_address_reads_what_the_c_library_reads(host: str, expected: str | None) -> None:
     addr = literal_address(host)
     assert (str(addr) if addr is not None else None) == expected
+
+
+@pytest.mark.parametrize(
+    ("url", "allow_insecure_http", "environment", "ok"),
+    [
+        ("https://graph.facebook.com/v24.0", False, "production", True),
+        ("http://127.0.0.1:18080", True, "dev", True),
+        ("http://127.0.0.1:18080", False, "dev", False),
+        ("http://127.0.0.1:18080", True, "production", False),  # never plain http in production
+        ("ftp://example.com/", True, "dev", False),
+        ("//example.com/", True, "dev", False),
+        ("https:///path", False, "dev", False),  # no host
+    ],
+)
+def test_one_https_rule_for_every_url(
+    url: str, allow_insecure_http: bool, environment: str, ok: bool
+) -> None:
+    knobs = SimpleNamespace(allow_insecure_http=allow_insecure_http, environment=environment)
+    assert url_allowed(url, knobs) is ok
+    if ok:
+        assert require_https(url, knobs, what="X") == url
+    else:
+        with pytest.raises(InsecureUrlError, match=r"^X "):
+            require_https(url, knobs, what="X")
+
+
+def test_the_egress_policy_follows_the_same_https_rule() -> None:
+    assert CommonSettings(allow_insecure_http=True, environment="dev").egress_policy().allow_http
+    assert not CommonSettings(allow_insecure_http=True, environment="production").egress_policy().allow_http
+    assert not CommonSettings(allow_insecure_http=False, environment="dev").egress_policy().allow_http

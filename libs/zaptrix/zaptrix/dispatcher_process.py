@@ -15,7 +15,6 @@ import signal
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 
-from zaptrix.backoff import until_stopped
 from zaptrix.clients import Clients
 from zaptrix.health import grpc_health_check
 from zaptrix.kafka import EventConsumer, EventProducer
@@ -23,6 +22,7 @@ from zaptrix.kafka.producer_startup import start_producer
 from zaptrix.logging import get_logger
 from zaptrix.opsserver import serve_ops
 from zaptrix.process import run_async, run_process
+from zaptrix.retrying import until_stopped
 from zaptrix.settings import GrpcClientSettings, KafkaSettings
 
 log = get_logger(__name__)

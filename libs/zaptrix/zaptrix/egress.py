@@ -15,6 +15,11 @@ Every request that goes through :class:`GuardedTransport` is checked before a so
    can swap in another address (DNS rebinding). TLS still verifies the certificate for the host *name*
    (httpcore passes the URL's host as SNI, whatever address the socket connects to).
 
+The same module holds the https rule for every URL a service uses (configured endpoints, Graph media
+URLs, endpoints in Bitrix24 answers): :func:`require_https` (plain http only with
+ZAPTRIX_ALLOW_INSECURE_HTTP=true outside production, :func:`insecure_http_allowed`), and
+:func:`check_url_now`, steps 1-4 without DNS, for a tenant-named URL checked when it arrives.
+
 Redirects are never followed by httpx; :func:`open_stream` follows at most ``max_redirects`` hops itself,
 and every hop is a new request through the same checks.
 
@@ -32,7 +37,8 @@ import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 import httpcore
 import httpx
@@ -61,6 +67,46 @@ class EgressRefused(Exception):
     def __init__(self, reason: str, detail: str) -> None:
         super().__init__(f"egress refused ({reason}): {detail}")
         self.reason = reason
+
+
+class InsecureUrlError(ValueError):
+    """A URL that may not be used: not absolute, or plain http where https is required."""
+
+
+class HttpKnobs(Protocol):
+    """The two settings the https rule reads (zaptrix.settings.CommonSettings has both)."""
+
+    @property
+    def allow_insecure_http(self) -> bool: ...
+
+    @property
+    def environment(self) -> str: ...
+
+
+def insecure_http_allowed(settings: HttpKnobs) -> bool:
+    """Plain http is for the local sandbox: only when asked for, and never in production."""
+    return settings.allow_insecure_http and settings.environment != "production"
+
+
+def require_https(url: str, settings: HttpKnobs, *, what: str) -> str:
+    """``url`` if it is absolute and https (or http where :func:`insecure_http_allowed`), else
+    InsecureUrlError naming ``what``."""
+    parts = urlsplit(url)
+    if not parts.netloc or not parts.hostname:
+        raise InsecureUrlError(f"{what} is not an absolute URL")
+    if parts.scheme == "https" or (parts.scheme == "http" and insecure_http_allowed(settings)):
+        return url
+    raise InsecureUrlError(
+        f"{what} must use https (plain http only with ZAPTRIX_ALLOW_INSECURE_HTTP=true outside production)"
+    )
+
+
+def url_allowed(url: str, settings: HttpKnobs) -> bool:
+    try:
+        require_https(url, settings, what="url")
+    except InsecureUrlError:
+        return False
+    return True
 
 
 @dataclass(frozen=True)
@@ -190,14 +236,10 @@ def parse_url(url: str | httpx.URL) -> httpx.URL:
     return parsed
 
 
-async def check_url(
-    url: str | httpx.URL,
-    allow: HostAllowlist,
-    policy: EgressPolicy,
-    resolver: Resolver | None = system_resolver,
-) -> Pinned:
-    """Run steps 1-4 of the module docstring; returns what the connection is pinned to. Without a
-    ``resolver`` a host name is not resolved (for a link someone else fetches): no addresses pinned."""
+def _scheme_and_host(
+    url: str | httpx.URL, allow: HostAllowlist, policy: EgressPolicy
+) -> tuple[str, str, int]:
+    """Steps 1 and 2: (scheme, host, port)."""
     parsed = parse_url(url)
     scheme = parsed.scheme
     if scheme != "https" and not (scheme == "http" and policy.allow_http):
@@ -206,29 +248,55 @@ async def check_url(
     host = _norm_host(parsed.raw_host.decode("ascii"))
     if not allow.allows(host):
         raise EgressRefused("host", f"host {host!r} is not allowed for this tenant")
-    port = parsed.port or DEFAULT_PORTS[scheme]
-    literal = literal_address(host)
-    if literal is not None:
-        texts = [str(literal)]
-    elif resolver is None:
-        if port != DEFAULT_PORTS[scheme]:
-            raise EgressRefused("port", f"port {port} is not allowed (only {DEFAULT_PORTS[scheme]})")
-        return Pinned(host, port, ())
-    else:
-        try:
-            texts = await resolver(host, port)
-        except (OSError, UnicodeError) as exc:
-            # Not a refusal: the name may resolve later. The caller treats it as a connect error.
-            raise httpx.ConnectError(f"cannot resolve {host!r}: {type(exc).__name__}") from None
-        if not texts:
-            raise httpx.ConnectError(f"cannot resolve {host!r}: no address")
-    addresses = [ipaddress.ip_address(t.split("%", 1)[0]) for t in texts]
+    return scheme, host, parsed.port or DEFAULT_PORTS[scheme]
+
+
+def _pin(host: str, port: int, scheme: str, addresses: list[IPAddress], policy: EgressPolicy) -> Pinned:
+    """Steps 3 and 4 on the addresses ``host`` stands for."""
     bad = [a for a in addresses if not address_allowed(a, policy)]
     if bad:  # one bad address is enough: a name that also points inside is not a public host
         raise EgressRefused("address", f"{host!r} resolves to a non-public address {bad[0]}")
     if port != DEFAULT_PORTS[scheme] and not all(policy.explicitly_allowed(a) for a in addresses):
         raise EgressRefused("port", f"port {port} is not allowed (only {DEFAULT_PORTS[scheme]})")
     return Pinned(host, port, tuple(str(a) for a in addresses))
+
+
+def check_url_now(url: str | httpx.URL, allow: HostAllowlist, policy: EgressPolicy) -> Pinned:
+    """Steps 1-4 without DNS, for a URL checked when it arrives or fetched by someone else: a literal
+    address is checked as an address, a name only against ``allow`` and the default port (no addresses
+    pinned)."""
+    scheme, host, port = _scheme_and_host(url, allow, policy)
+    literal = literal_address(host)
+    if literal is not None:
+        return _pin(host, port, scheme, [literal], policy)
+    if port != DEFAULT_PORTS[scheme]:
+        raise EgressRefused("port", f"port {port} is not allowed (only {DEFAULT_PORTS[scheme]})")
+    return Pinned(host, port, ())
+
+
+async def check_url(
+    url: str | httpx.URL,
+    allow: HostAllowlist,
+    policy: EgressPolicy,
+    resolver: Resolver | None = system_resolver,
+) -> Pinned:
+    """Run steps 1-4 of the module docstring; returns what the connection is pinned to. Without a
+    ``resolver`` this is :func:`check_url_now`."""
+    if resolver is None:
+        return check_url_now(url, allow, policy)
+    scheme, host, port = _scheme_and_host(url, allow, policy)
+    literal = literal_address(host)
+    if literal is not None:
+        return _pin(host, port, scheme, [literal], policy)
+    try:
+        texts = await resolver(host, port)
+    except (OSError, UnicodeError) as exc:
+        # Not a refusal: the name may resolve later. The caller treats it as a connect error.
+        raise httpx.ConnectError(f"cannot resolve {host!r}: {type(exc).__name__}") from None
+    if not texts:
+        raise httpx.ConnectError(f"cannot resolve {host!r}: no address")
+    addresses = [ipaddress.ip_address(t.split("%", 1)[0]) for t in texts]
+    return _pin(host, port, scheme, addresses, policy)
 
 
 # host name -> addresses the current request may connect to (set by GuardedTransport for one request;

@@ -25,7 +25,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
-from zaptrix.egress import EgressPolicy, networks_setting
+from zaptrix.egress import EgressPolicy, insecure_http_allowed, networks_setting
 from zaptrix.logging import warn_early
 
 FILE_SUFFIX = "_FILE"
@@ -189,8 +189,7 @@ class CommonSettings(ZaptrixSettings):
 
     def egress_policy(self) -> EgressPolicy:
         """The egress guard's process-wide policy (zaptrix.egress)."""
-        allow_http = self.allow_insecure_http and self.environment != "production"
-        return EgressPolicy.of(self.egress_allow_networks, allow_http=allow_http)
+        return EgressPolicy.of(self.egress_allow_networks, allow_http=insecure_http_allowed(self))
 
 
 class KafkaSettings(ZaptrixSettings):

@@ -2,43 +2,23 @@
 
 from __future__ import annotations
 
-import time
-from typing import Any
-
 from zaptrix.errors import PermanentError
 from zaptrix.rpc import RpcNotFound
+from zaptrix.ttlcache import TtlCache
 from zaptrix.v1 import mapper_pb2
 
 from bitrix_ingress.deps import Deps
 
 
-class TtlCache:
-    def __init__(self, ttl_s: float) -> None:
-        self.ttl_s = ttl_s
-        self._data: dict[str, tuple[float, Any]] = {}
-
-    def get(self, key: str) -> Any:
-        item = self._data.get(key)
-        if item is None or item[0] < time.monotonic():
-            return None
-        return item[1]
-
-    def put(self, key: str, value: Any) -> None:
-        if len(self._data) > 50_000:
-            self._data.clear()
-        self._data[key] = (time.monotonic() + self.ttl_s, value)
-
-
 class Channels:
     def __init__(self, deps: Deps, ttl_s: float) -> None:
         self.deps = deps
-        self._cache = TtlCache(ttl_s)
+        self._cache: TtlCache[str, mapper_pb2.Channel] = TtlCache(50_000, ttl_s)
 
     async def get(self, phone_number_id: str) -> mapper_pb2.Channel:
         cached = self._cache.get(phone_number_id)
         if cached is not None:
-            channel: mapper_pb2.Channel = cached
-            return channel
+            return cached
         try:
             channel = await self.deps.get_channel(phone_number_id)
         except RpcNotFound as exc:

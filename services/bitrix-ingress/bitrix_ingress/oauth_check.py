@@ -22,9 +22,10 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
+from zaptrix.egress import InsecureUrlError
 from zaptrix.logging import get_logger
 
-from bitrix_ingress.settings import InsecureUrlError, WebSettings, check_portal_endpoint
+from bitrix_ingress.settings import WebSettings, check_portal_endpoint
 
 log = get_logger(__name__)
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
+from zaptrix.egress import InsecureUrlError
 from zaptrix.logging import get_logger
 from zaptrix.rpc import RpcNotFound
 
@@ -34,7 +35,7 @@ from bitrix_ingress.rest import (
     TokenError,
     TransientBitrixError,
 )
-from bitrix_ingress.settings import BitrixCommonSettings, InsecureUrlError, check_portal_endpoint
+from bitrix_ingress.settings import BitrixCommonSettings, check_portal_endpoint
 
 log = get_logger(__name__)
 T = TypeVar("T")

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from sanic import HTTPResponse, Request, html, json
+from zaptrix.egress import InsecureUrlError
 from zaptrix.logging import get_logger
 from zaptrix.rpc import RpcFailed, RpcNotFound
 
@@ -23,7 +24,6 @@ from bitrix_ingress.install_guard import REFUSALS, guard_of, rate_limited, refus
 from bitrix_ingress.metrics import INSTALLS
 from bitrix_ingress.oauth_check import MALFORMED, Refused
 from bitrix_ingress.rest import BitrixError
-from bitrix_ingress.settings import InsecureUrlError
 from bitrix_ingress.web_context import LOGGER, ctx_of, problem, query
 
 log = get_logger(LOGGER)

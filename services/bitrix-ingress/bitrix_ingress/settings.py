@@ -10,11 +10,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Annotated, Literal
-from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings
-from zaptrix.egress import DEFAULT_PORTS, HostAllowlist, address_allowed, literal_address
+from zaptrix.egress import (
+    EgressRefused,
+    HostAllowlist,
+    InsecureUrlError,
+    check_url_now,
+    require_https,
+)
 from zaptrix.settings import (
     CommonSettings,
     DispatcherCommonSettings,
@@ -23,23 +28,12 @@ from zaptrix.settings import (
     KafkaSettings,
 )
 
-
-class InsecureUrlError(ValueError):
-    """A URL that may not be used (plain http outside the sandbox, not absolute, ...)."""
-
-
-def check_url(url: str, settings: CommonSettings, *, what: str) -> str:
-    """Refuse anything but https, except plain http when explicitly allowed outside production."""
-    parts = urlsplit(url)
-    if not parts.netloc or not parts.hostname:
-        raise InsecureUrlError(f"{what} is not an absolute URL")
-    if parts.scheme == "https":
-        return url
-    if parts.scheme == "http" and settings.allow_insecure_http and settings.environment != "production":
-        return url
-    raise InsecureUrlError(
-        f"{what} must use https (plain http only with ZAPTRIX_ALLOW_INSECURE_HTTP=true outside production)"
-    )
+_ENDPOINT_REFUSALS = {
+    "host": "portal client_endpoint's host is not in ZAPTRIX_BITRIX_PORTAL_HOST_SUFFIXES",
+    "address": "portal client_endpoint is not a public address",
+    "port": "portal client_endpoint must use the default port",
+    "malformed": "portal client_endpoint is malformed (host or port)",
+}
 
 
 def check_portal_endpoint(url: str, settings: BitrixCommonSettings) -> str:
@@ -51,25 +45,12 @@ def check_portal_endpoint(url: str, settings: BitrixCommonSettings) -> str:
     guard in the REST client's transport (portal_egress.py), which resolves the name and pins the
     checked address on every call.
     """
-    check_url(url, settings, what="portal client_endpoint")
-    parts = urlsplit(url)
-    host = (parts.hostname or "").lower().rstrip(".")
-    if not settings.portal_allowlist().allows(host):
-        raise InsecureUrlError(f"portal host {host!r} is not in ZAPTRIX_BITRIX_PORTAL_HOST_SUFFIXES")
-    policy = settings.egress_policy()
-    addr = literal_address(host)
-    if addr is not None and not address_allowed(addr, policy):
-        raise InsecureUrlError("portal client_endpoint is not a public address")
+    require_https(url, settings, what="portal client_endpoint")
     try:
-        port = parts.port
-    except ValueError:
-        raise InsecureUrlError("portal client_endpoint has an invalid port") from None
-    if (
-        port is not None
-        and port != DEFAULT_PORTS.get(parts.scheme)
-        and not (addr is not None and policy.explicitly_allowed(addr))
-    ):
-        raise InsecureUrlError("portal client_endpoint must use the default port")
+        check_url_now(url, settings.portal_allowlist(), settings.egress_policy())
+    except EgressRefused as exc:
+        why = _ENDPOINT_REFUSALS.get(exc.reason, f"portal client_endpoint is refused ({exc.reason})")
+        raise InsecureUrlError(why) from None
     return url
 
 
@@ -227,9 +208,9 @@ class WebSettings(BitrixCommonSettings):
     @model_validator(mode="after")
     def _check_public_url(self) -> WebSettings:
         if self.public_base_url:
-            check_url(self.public_base_url, self, what="ZAPTRIX_PUBLIC_BASE_URL")
-        check_url(self.bitrix_oauth_server_endpoint, self, what="ZAPTRIX_BITRIX_OAUTH_SERVER_ENDPOINT")
-        check_url(self.bitrix_oauth_url, self, what="ZAPTRIX_BITRIX_OAUTH_URL")
+            require_https(self.public_base_url, self, what="ZAPTRIX_PUBLIC_BASE_URL")
+        require_https(self.bitrix_oauth_server_endpoint, self, what="ZAPTRIX_BITRIX_OAUTH_SERVER_ENDPOINT")
+        require_https(self.bitrix_oauth_url, self, what="ZAPTRIX_BITRIX_OAUTH_URL")
         return self
 
     def url(self, path: str) -> str:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-from collections import OrderedDict
 from typing import Any
 
 from sanic import HTTPResponse, Request, json
@@ -12,6 +10,7 @@ from zaptrix.kafka import Flow, topics_for
 from zaptrix.kafka.producer_startup import BackgroundProducer
 from zaptrix.logging import get_logger
 from zaptrix.settings import GrpcClientSettings, KafkaSettings
+from zaptrix.ttlcache import TtlCache
 
 from bitrix_ingress.deps import Deps
 from bitrix_ingress.formparse import FormError, parse_form
@@ -23,31 +22,6 @@ from bitrix_ingress.settings import WebSettings
 # Every web module logs under the process's one name.
 LOGGER = "bitrix_ingress.web"
 log = get_logger(LOGGER)
-
-
-class TtlCache:
-    """A small bounded cache with per-entry expiry (verification results, chat keys)."""
-
-    def __init__(self, max_size: int) -> None:
-        self.max_size = max_size
-        self._data: OrderedDict[Any, tuple[float, Any]] = OrderedDict()
-
-    def get(self, key: Any) -> Any:
-        item = self._data.get(key)
-        if item is None:
-            return None
-        expires, value = item
-        if expires < time.monotonic():
-            self._data.pop(key, None)
-            return None
-        self._data.move_to_end(key)
-        return value
-
-    def put(self, key: Any, value: Any, ttl_s: float) -> None:
-        self._data[key] = (time.monotonic() + ttl_s, value)
-        self._data.move_to_end(key)
-        while len(self._data) > self.max_size:
-            self._data.popitem(last=False)
 
 
 class Ctx:
@@ -65,8 +39,12 @@ class Ctx:
         self.rest = portal_rest(settings, timeout_s=min(settings.bitrix_rest_timeout_s, 20.0))
         self.pacers = PacerRegistry(settings.rate_for)
         self.portals = PortalClient(self.deps, self.rest, self.pacers, settings, attempts=2)
-        self.verified = TtlCache(10_000)
-        self.chat_keys = TtlCache(100_000)
+        # (member_id, token hash) -> (known_portal, valid); the TTL depends on the verdict (see _verify)
+        self.verified: TtlCache[tuple[str, str], tuple[bool, bool]] = TtlCache(
+            10_000, settings.verify_cache_ttl_s
+        )
+        # (member_id, external chat id) -> conversation key
+        self.chat_keys: TtlCache[tuple[str, str], str] = TtlCache(100_000, 86_400.0)
 
 
 def ctx_of(request: Request) -> Ctx:

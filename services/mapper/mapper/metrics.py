@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 RPCS = Counter(
     "zaptrix_mapper_rpcs_total",
@@ -20,6 +20,7 @@ CACHE_LOOKUPS = Counter(
     "In-process cache lookups by cache and result (hit, miss)",
     ["cache", "result"],
 )
+CACHE_ENTRIES = Gauge("zaptrix_mapper_cache_entries", "Entries held by an in-process cache", ["cache"])
 CONVERSATIONS_CREATED = Counter("zaptrix_mapper_conversations_created_total", "Conversations created")
 DEDUPE_EXPIRED = Counter("zaptrix_mapper_dedupe_expired_total", "Processed-event records deleted by expiry")
 DEDUPE_EXPIRY_ERRORS = Counter("zaptrix_mapper_dedupe_expiry_errors_total", "Expiry sweeps that failed")

@@ -16,10 +16,12 @@ and each is already one indexed statement.
 from __future__ import annotations
 
 import uuid
+from typing import TypeVar
 
-from mapper.cache import TTLCache
+from zaptrix.ttlcache import TtlCache
+
 from mapper.errors import FailedPrecondition, NotFound
-from mapper.metrics import CONVERSATIONS_CREATED
+from mapper.metrics import CACHE_ENTRIES, CACHE_LOOKUPS, CONVERSATIONS_CREATED
 from mapper.model import (
     ChannelBinding,
     ChannelSpec,
@@ -32,14 +34,22 @@ from mapper.model import (
 from mapper.repository import Repository
 from mapper.settings import MapperSettings
 
+V = TypeVar("V")
+
+
+def _cache(name: str, max_entries: int, ttl_s: float) -> TtlCache[str, V]:
+    cache: TtlCache[str, V] = TtlCache(max_entries, ttl_s, counter=CACHE_LOOKUPS, labels=(name,))
+    CACHE_ENTRIES.labels(name).set_function(lambda: len(cache))
+    return cache
+
 
 class MapperService:
     def __init__(self, repo: Repository, settings: MapperSettings) -> None:
         self.repo = repo
-        self.channels: TTLCache[str, ChannelBinding] = TTLCache(
+        self.channels: TtlCache[str, ChannelBinding] = _cache(
             "channel", settings.channel_cache_size, settings.channel_cache_ttl_s
         )
-        self.processed: TTLCache[str, str] = TTLCache(
+        self.processed: TtlCache[str, str] = _cache(
             "processed_event", settings.dedupe_cache_size, settings.dedupe_cache_ttl_s
         )
 

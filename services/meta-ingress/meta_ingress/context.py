@@ -11,9 +11,9 @@ from zaptrix.kafka import PermanentError
 from zaptrix.logging import get_logger
 from zaptrix.metrics import count_cross_tenant
 from zaptrix.rpc import RpcNotFound
+from zaptrix.ttlcache import AsyncTtlCache, NotFoundError
 from zaptrix.v1 import mapper_pb2
 
-from meta_ingress.cache import AsyncTtlCache, NotFoundError
 from meta_ingress.credentials import Credentials, CredentialsCache, UnknownChannel
 from meta_ingress.graph import GraphClient
 from meta_ingress.notices import Notice, Notifier

@@ -1,4 +1,4 @@
-"""Channel credentials from token-keeper, cached in process (see cache.py for the policy)."""
+"""Channel credentials from token-keeper, cached in process (zaptrix.ttlcache.AsyncTtlCache has the policy)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import grpc
 from zaptrix.clients import Clients
 from zaptrix.kafka import TransientError
 from zaptrix.rpc import RpcNotFound, RpcPermanent, call
+from zaptrix.ttlcache import AsyncTtlCache, NotFoundError
 from zaptrix.v1 import token_keeper_pb2
 
-from meta_ingress.cache import AsyncTtlCache, NotFoundError
 from meta_ingress.metrics import CREDENTIALS_CACHE
 from meta_ingress.settings import MetaSettings
 

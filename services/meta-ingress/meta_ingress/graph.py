@@ -16,9 +16,10 @@ from typing import IO, Any
 
 import httpx
 from zaptrix import delays
+from zaptrix.egress import url_allowed
 from zaptrix.metrics import EXTERNAL_CALLS, EXTERNAL_LATENCY
 
-from meta_ingress.settings import MetaSettings, url_allowed
+from meta_ingress.settings import MetaSettings
 
 PLATFORM = "meta"
 _TITLE_PREFIX = re.compile(r"^\(#\d+\)\s*")  # "(#131047) Re-engagement message" -> the title

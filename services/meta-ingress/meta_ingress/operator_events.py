@@ -8,9 +8,9 @@ from functools import partial
 
 from zaptrix.kafka import Outcome, PermanentError
 from zaptrix.logging import get_logger
+from zaptrix.ttlcache import NotFoundError
 from zaptrix.v1 import events_pb2
 
-from meta_ingress.cache import NotFoundError
 from meta_ingress.context import Context
 from meta_ingress.credentials import UnknownChannel
 from meta_ingress.errors import Action, classify, describe, retry_later

@@ -11,9 +11,8 @@ from urllib.parse import urlsplit
 from zaptrix.clients import Clients
 from zaptrix.egress import HostAllowlist
 from zaptrix.rpc import RpcNotFound, call
+from zaptrix.ttlcache import AsyncTtlCache, NotFoundError
 from zaptrix.v1 import token_keeper_pb2
-
-from meta_ingress.cache import AsyncTtlCache, NotFoundError
 
 
 def _host(text: str) -> str:

@@ -8,19 +8,19 @@ it instead of sending again.
 
 from __future__ import annotations
 
-import asyncio
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any
 
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 from zaptrix.clients import Clients
 from zaptrix.kafka import TransientError
 from zaptrix.logging import get_logger
 from zaptrix.rpc import RpcNotFound, RpcPermanent, call
+from zaptrix.ttlcache import NotFoundError
 from zaptrix.v1 import mapper_pb2
 
-from meta_ingress.cache import NotFoundError
 from meta_ingress.notices import Notice
 
 log = get_logger(__name__)
@@ -142,13 +142,11 @@ class Records:
     async def _after_send(self, what: str, rpc: Callable[[], Awaitable[Any]]) -> None:
         """Recording after a send: a few quick attempts in process (a failure here must not cost a second
         send; the in-memory record covers the retry of the event if all of them fail)."""
-        delay = 0.1
-        for attempt in range(4):
-            try:
+        async for attempt in AsyncRetrying(
+            retry=retry_if_exception_type(TransientError),
+            stop=stop_after_attempt(4),
+            wait=wait_exponential(multiplier=0.1, exp_base=3),  # 0.1, 0.3, 0.9 s
+            reraise=True,
+        ):
+            with attempt:
                 await call(what, rpc())
-                return
-            except TransientError:
-                if attempt == 3:
-                    raise
-                await asyncio.sleep(delay)
-                delay *= 3

@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings
+from zaptrix.egress import InsecureUrlError, require_https
 from zaptrix.settings import (
     CommonSettings,
     DispatcherCommonSettings,
@@ -27,32 +28,6 @@ _VERSION = re.compile(r"^v\d+\.\d+$")
 MEDIA_ID_LIFETIME_S = 7 * 24 * 3600
 # whatsapp.md A3: v20.0 is dead; anything older than v23.0 is refused so a stale env var cannot slip in.
 OLDEST_GRAPH_VERSION = (23, 0)
-
-
-class InsecureUrlError(ValueError):
-    """A plain-http URL where https is required."""
-
-
-def require_https(url: str, settings: CommonSettings, *, what: str) -> None:
-    """Refuse anything but https, except plain http when allowed outside production (sandbox)."""
-    parts = urlsplit(url)
-    if not parts.netloc:
-        raise InsecureUrlError(f"{what} is not an absolute URL: {url!r}")
-    if parts.scheme == "https":
-        return
-    if parts.scheme == "http" and settings.allow_insecure_http and settings.environment != "production":
-        return
-    raise InsecureUrlError(
-        f"{what} must use https (plain http only with ZAPTRIX_ALLOW_INSECURE_HTTP=true outside production)"
-    )
-
-
-def url_allowed(url: str, settings: CommonSettings) -> bool:
-    try:
-        require_https(url, settings, what="url")
-    except InsecureUrlError:
-        return False
-    return True
 
 
 class MetaSettings(CommonSettings):

@@ -10,9 +10,9 @@ from dataclasses import dataclass
 from zaptrix.kafka import Outcome, PermanentError
 from zaptrix.logging import get_logger
 from zaptrix.rpc import RpcNotFound
+from zaptrix.ttlcache import NotFoundError
 from zaptrix.v1 import events_pb2, mapper_pb2
 
-from meta_ingress.cache import NotFoundError
 from meta_ingress.context import Context, Target
 from meta_ingress.credentials import UnknownChannel
 from meta_ingress.errors import describe, notice_for, retry_later

@@ -1,12 +1,10 @@
-"""Message planning, pacing (fake clock) and the credentials cache policy."""
+"""Message planning and pacing (fake clock); the cache policy is tested in libs/zaptrix (test_ttlcache.py)."""
 
 from __future__ import annotations
 
-import asyncio
 import time
 
 import pytest
-from meta_ingress.cache import AsyncTtlCache, NotFoundError
 from meta_ingress.outbound import (
     FileRejected,
     choose_kind,
@@ -157,66 +155,3 @@ async def test_channel_throttle_rate() -> None:
     started = time.monotonic()
     await throttle.acquire("fast")
     assert time.monotonic() - started >= 0.19
-
-
-async def test_cache_single_flight_negative_and_stale() -> None:
-    calls: list[str] = []
-    mode = {"fail": False}
-
-    async def load(key: str) -> str:
-        calls.append(key)
-        await asyncio.sleep(0.01)
-        if key == "missing":
-            raise NotFoundError(key)
-        if mode["fail"]:
-            raise RuntimeError("token-keeper down")
-        return f"value-{key}"
-
-    clock = Clock()
-    cache: AsyncTtlCache[str, str] = AsyncTtlCache(
-        load, ttl_s=10, negative_ttl_s=5, stale_max_s=100, clock=clock
-    )
-    values = await asyncio.gather(*(cache.get("a") for _ in range(50)))
-    assert set(values) == {"value-a"} and calls == ["a"]  # one load for 50 concurrent callers
-    with pytest.raises(NotFoundError):
-        await cache.get("missing")
-    with pytest.raises(NotFoundError):
-        await cache.get("missing")
-    assert calls.count("missing") == 1  # remembered as missing
-    clock.now += 11
-    mode["fail"] = True
-    assert await cache.get("a") == "value-a"  # stale while the loader fails
-    clock.now += 200
-    with pytest.raises(RuntimeError):
-        await cache.get("a")  # too stale
-    mode["fail"] = False
-    assert await cache.get("a") == "value-a"
-    cache.invalidate("a")
-    await cache.get("a")
-    assert calls.count("a") == 5  # first load, two failed reloads, one good reload, one after invalidate
-
-
-async def test_random_missing_keys_never_evict_real_entries() -> None:
-    """H4: a flood of unknown phone_number_ids fills only the bounded negative map."""
-    calls: list[str] = []
-
-    async def load(key: str) -> str:
-        calls.append(key)
-        if key.startswith("random"):
-            raise NotFoundError(key)
-        return f"value-{key}"
-
-    cache: AsyncTtlCache[str, str] = AsyncTtlCache(
-        load, ttl_s=60, negative_ttl_s=60, stale_max_s=100, max_entries=10, negative_max_entries=100
-    )
-    for key in ("a", "b"):
-        await cache.get(key)
-    for i in range(5_000):
-        with pytest.raises(NotFoundError):
-            await cache.get(f"random-{i}")
-    assert await cache.get("a") == "value-a" and await cache.get("b") == "value-b"
-    assert calls.count("a") == 1 and calls.count("b") == 1  # still cached, not reloaded
-    with pytest.raises(NotFoundError):
-        await cache.get("random-4999")  # the newest missing keys are remembered
-    assert calls.count("random-4999") == 1
-    assert len(cache._missing) <= 100

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import time
-
 from zaptrix.logging import get_logger
+from zaptrix.ttlcache import TtlCache
 
 from token_keeper.context import Context
 from token_keeper.errors import NotFound, decrypted
-from token_keeper.model import ChannelUpsert, Timed, check_ident, matches, nonempty
+from token_keeper.model import ChannelUpsert, check_ident, matches, nonempty
 from token_keeper.repository import ChannelRow, ChannelSecrets
 
 log = get_logger(__name__)
@@ -17,7 +16,9 @@ log = get_logger(__name__)
 class Channels:
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
-        self._channels: dict[str, Timed] = {}
+        self._channels: TtlCache[str, tuple[ChannelRow, ChannelSecrets]] = TtlCache(
+            100_000, ctx.settings.channel_cache_ttl_s
+        )
 
     async def upsert(self, req: ChannelUpsert) -> ChannelRow:
         pid = check_ident(req.phone_number_id, "phone_number_id")
@@ -40,22 +41,22 @@ class Channels:
                 ),
                 now=self.ctx.clock(),
             )
-        self._channels.pop(pid, None)
+        self._channels.invalidate(pid)
         log.info("channel credentials upserted", phone_number_id=pid, created=old is None)
         return row
 
     async def get(self, phone_number_id: str) -> tuple[ChannelRow, ChannelSecrets]:
         """Cached for channel_cache_ttl_s: Meta's webhooks need the app secret on every request."""
         pid = check_ident(phone_number_id, "phone_number_id")
-        entry = self._channels.get(pid)
-        if entry is not None and time.monotonic() - entry.at < self.ctx.settings.channel_cache_ttl_s:
-            return entry.value  # type: ignore[return-value]
+        cached = self._channels.get(pid)
+        if cached is not None:
+            return cached
         async with self.ctx.db.connection() as conn:
             row = await self.ctx.repo.get_channel(conn, pid)
         if row is None:
             raise NotFound(f"unknown channel {pid}")
         value = (row, decrypted(lambda: self.ctx.repo.channel_secrets(row), pid, "channel_credentials"))
-        self._channels[pid] = Timed(value, time.monotonic())
+        self._channels.put(pid, value)
         return value
 
     async def check_verify_token(self, verify_token: str) -> bool:

@@ -33,10 +33,11 @@ from tenacity import (
     stop_after_delay,
     wait_exponential_jitter,
 )
+from zaptrix.egress import InsecureUrlError, require_https
 from zaptrix.logging import get_logger
 from zaptrix.metrics import EXTERNAL_CALLS, EXTERNAL_LATENCY
 
-from token_keeper.settings import InsecureUrlError, TokenKeeperSettings, require_https
+from token_keeper.settings import TokenKeeperSettings
 
 log = get_logger(__name__)
 tracer = trace.get_tracer(__name__)

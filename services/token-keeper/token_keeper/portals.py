@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from pydantic import SecretStr
+from zaptrix.egress import InsecureUrlError, require_https
 from zaptrix.logging import get_logger
 
 from token_keeper import metrics
@@ -18,7 +19,6 @@ from token_keeper.repository import (
     PortalRow,
     PortalSecrets,
 )
-from token_keeper.settings import InsecureUrlError, require_https
 
 log = get_logger(__name__)
 

@@ -8,14 +8,10 @@ Every field is an environment variable with the ``ZAPTRIX_`` prefix, e.g. ``ZAPT
 from __future__ import annotations
 
 from typing import Annotated, Literal
-from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, model_validator
+from zaptrix.egress import require_https
 from zaptrix.settings import CommonSettings, DatabaseSettings, Formerly, GrpcServerSettings
-
-
-class InsecureUrlError(ValueError):
-    """A plain-http URL where https is required."""
 
 
 class TokenKeeperSettings(CommonSettings):
@@ -92,20 +88,6 @@ class TokenKeeperSettings(CommonSettings):
         if self.oauth_budget_s <= self.bitrix_oauth_timeout_s:
             raise ValueError("oauth_budget_s must be larger than bitrix_oauth_timeout_s")
         return self
-
-
-def require_https(url: str, settings: CommonSettings, *, what: str) -> None:
-    """Refuse anything but https, except plain http when allowed outside production (sandbox)."""
-    parts = urlsplit(url)
-    if not parts.netloc:
-        raise InsecureUrlError(f"{what} is not an absolute URL")
-    if parts.scheme == "https":
-        return
-    if parts.scheme == "http" and settings.allow_insecure_http and settings.environment != "production":
-        return
-    raise InsecureUrlError(
-        f"{what} must use https (plain http only with ZAPTRIX_ALLOW_INSECURE_HTTP=true outside production)"
-    )
 
 
 # Read by dev/config_docs.py (docs/configuration.md): every settings class token-keeper's processes read.

@@ -10,7 +10,6 @@ across Kafka. Retry records carry a not-before time, at most retry_max_s ahead; 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
 import time
 from collections import OrderedDict
@@ -49,6 +48,7 @@ from zaptrix.kafka.starts import StartMark, read_marks
 from zaptrix.kafka.topics import FlowTopics
 from zaptrix.logging import bounded_reason, get_logger
 from zaptrix.metrics import CONSUMER_LAG, DEAD_LETTERS, EVENTS_HANDLED, HANDLE_SECONDS
+from zaptrix.retrying import retry_until_stopped
 from zaptrix.settings import KafkaSettings
 from zaptrix.v1 import events_pb2
 
@@ -439,18 +439,19 @@ class EventConsumer:
     async def _publish(self, topic: str, key: bytes | None, value: bytes | None, headers: Headers) -> None:
         """Retry/DLQ publishing must not fail silently: keep trying (offsets stay uncommitted meanwhile)
         until it works or the process is asked to stop."""
-        delay = 0.5
-        while True:
-            try:
-                await self._unless_stopped(self.producer.publish_raw(topic, key, value, headers))
-                return
-            except PublishError:
-                log.warning("cannot publish to Kafka, will try again", topic=topic, delay_s=delay)
-            if self._stopped.is_set():
-                raise _Stopping
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopped.wait(), timeout=delay)
-            delay = min(delay * 2, 30.0)
+
+        def retrying(_: BaseException, delay: float) -> None:
+            log.warning("cannot publish to Kafka, will try again", topic=topic, delay_s=delay)
+
+        published = await retry_until_stopped(
+            lambda: self._unless_stopped(self.producer.publish_raw(topic, key, value, headers)),
+            retry_on=lambda exc: isinstance(exc, PublishError),
+            stopped=self._stopped,
+            max_s=30.0,
+            on_retry=retrying,
+        )
+        if not published:
+            raise _Stopping
 
     async def _unless_stopped(self, publish: Awaitable[None]) -> None:
         """Await a publish; once ``stopped`` is set it gets STOP_GRACE_S more, then the batch is given up."""

@@ -7,9 +7,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
-from zaptrix.backoff import until_stopped
 from zaptrix.kafka.producer import EventProducer
 from zaptrix.logging import get_logger
+from zaptrix.retrying import until_stopped
 from zaptrix.settings import KafkaSettings
 
 log = get_logger(__name__)
