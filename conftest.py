@@ -94,9 +94,12 @@ def processes() -> None:
 _NEEDS = {"pg_server_url": "postgres", "kafka_bootstrap": "kafka", "processes": "processes"}
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the xdist_group marks
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         used = set(getattr(item, "fixturenames", ()))  # the whole closure, fixtures of fixtures included
+        if "helm" in used:  # one worker renders the chart once for all of them (`make test-fast` -n)
+            item.add_marker(pytest.mark.xdist_group("helm"))
         needs = {mark for name, mark in _NEEDS.items() if name in used}
         needs |= {m.name for m in item.iter_markers() if m.name in _NEEDS.values()}
         for mark in sorted(needs):

@@ -13,5 +13,6 @@ run ruff check .
 run ruff format --check .
 # Never a running database or broker: a test reaching for one without its fixture fails here.
 unset ZAPTRIX_TEST_PG_URL ZAPTRIX_TEST_KAFKA
-# One worker per core: the lane is CPU-bound (helm renders, property tests).
-run pytest -p no:cacheprovider -m fast -n auto "$@"
+# One worker per core: the lane is CPU-bound. The chart tests share one worker (xdist_group "helm",
+# root conftest.py), so each chart rendering is done once.
+run pytest -p no:cacheprovider -m fast -n auto --dist loadgroup "$@"
