@@ -7,11 +7,12 @@ export UV_CACHE_DIR ?= $(ZAPTRIX_CACHE)/uv
 export UV_PYTHON_DOWNLOADS := never
 export UV_LINK_MODE := copy
 
-.PHONY: help run test check lint typecheck protos protos-check docs bench sync stack-up stack-down clean
+.PHONY: help run test test-fast check lint typecheck protos protos-check docs bench sync stack-up stack-down clean
 
 help:
 	@echo "make run    - start the whole system locally (PostgreSQL, Kafka, Jaeger, all services, sandbox stand-ins)"
 	@echo "make test   - lint, type-check and run every test against real PostgreSQL and Kafka"
+	@echo "make test-fast - lint and run the tests that need no PostgreSQL, Kafka or processes (under a minute)"
 	@echo "make bench  - run the benchmarks in bench/ (prints a table, writes bench/results/*.json)"
 	@echo "make protos - regenerate libs/zaptrix/zaptrix/v1 from protos/"
 
@@ -23,6 +24,9 @@ run: sync
 
 test:
 	@dev/test.sh
+
+test-fast:
+	@dev/test-fast.sh
 
 check: sync lint typecheck protos-check
 

@@ -39,7 +39,7 @@ class System:
 
 @pytest.fixture(scope="session")
 async def system(
-    pg_server_url: str, kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory
+    pg_server_url: str, kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory, processes: None
 ) -> AsyncIterator[System]:
     import asyncpg
 

@@ -18,6 +18,8 @@ DEV = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(DEV))
 from localsystem import LocalSystem, Ports, Process, free_port  # noqa: E402
 
+pytestmark = pytest.mark.processes  # every test here starts real child processes
+
 # Writes 1 MB lines to stdout and stderr at start and on every request, then answers HTTP.
 LOUD_CHILD = textwrap.dedent(
     """

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import copy
+import json
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import kubernetes_validate
 import pytest
@@ -238,3 +240,35 @@ def test_optional_client_secret_is_mounted_only_when_it_exists(render: Callable[
     assert files(render(sets=("secrets.hasBitrixClientSecret=true",))) == {
         "ZAPTRIX_BITRIX_CLIENT_SECRET_FILE"
     }
+
+
+def test_every_values_key_has_a_description() -> None:
+    """Editor hovers and docs: every property of values.schema.json says what it is (its own description or
+    that of the $defs entry it refers to); if/then conditions are no keys."""
+    schema = json.loads((CHART / "values.schema.json").read_text())
+
+    def described(node: dict[str, Any]) -> bool:
+        if "description" in node:
+            return True
+        ref = node.get("$ref", "")
+        return ref.startswith("#/$defs/") and "description" in schema["$defs"][ref.removeprefix("#/$defs/")]
+
+    missing: list[str] = []
+
+    def walk(node: Any, path: str) -> None:
+        if not isinstance(node, dict):
+            return
+        for key, sub in node.get("properties", {}).items():
+            if not described(sub):
+                missing.append(f"{path}.{key}")
+            walk(sub, f"{path}.{key}")
+        for key in ("items", "additionalProperties"):
+            walk(node.get(key), path)
+        for key in ("oneOf", "anyOf"):
+            for sub in node.get(key, []):
+                walk(sub, path)
+
+    walk(schema, "")
+    for name, sub in schema["$defs"].items():
+        walk(sub, f"$defs.{name}")
+    assert not missing, missing

@@ -143,7 +143,7 @@ def test_every_command_is_a_console_script_of_its_image(chart: Rendered) -> None
     known = scripts()
     for name, script, c in processes(chart):
         assert script in known, f"{name}: {script} is no console script of any service"
-        # The image is the service's: services/<dir>/Dockerfile of the package that provides the script.
+        # The image is the one built with SERVICE=<dir> whose package provides the script.
         image_service = c["image"].rsplit("/", 1)[-1].split(":")[0]
         assert known[script] == image_service.replace("-", "_"), f"{name}: {script} is not in {c['image']}"
 

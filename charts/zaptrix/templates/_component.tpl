@@ -259,14 +259,7 @@ spec:
             - name: OTEL_RESOURCE_ATTRIBUTES
               value: {{ include "zaptrix.otelResourceAttributes" (list $root) | quote }}
             {{- include "zaptrix.secretEnv" (list $root $c) | nindent 12 }}
-          {{- with $c.startupProbe }}
-          startupProbe:
-            {{- toYaml . | nindent 12 }}
-          {{- end }}
-          livenessProbe:
-            {{- toYaml $c.livenessProbe | nindent 12 }}
-          readinessProbe:
-            {{- toYaml $c.readinessProbe | nindent 12 }}
+          {{- include "zaptrix.probes" $c | trim | nindent 10 }}
           {{- if $c.preStopSleepSeconds }}
           lifecycle:
             preStop:
@@ -586,4 +579,34 @@ spec:
       interval: {{ $root.Values.serviceMonitor.interval }}
       scrapeTimeout: {{ $root.Values.serviceMonitor.scrapeTimeout }}
 {{- end }}
+{{- end -}}
+
+{{/*
+The three probes of a component, defined once per kind; a probe given in the component's values replaces
+the kind's one. web and dispatcher: HTTP /health (liveness, startup) and /ready (readiness) on the http or
+metrics port. grpc: grpc.health.v1 on the plaintext health port (the kubelet has no client certificate);
+readiness and startup ask "" (NOT_SERVING while PostgreSQL is unreachable), liveness asks "liveness"
+(SERVING while the process works, so a database outage does not restart the pods).
+*/}}
+{{- define "zaptrix.probes" -}}
+{{- $c := . -}}
+{{- $live := dict -}}
+{{- $ready := dict -}}
+{{- if eq $c.kind "grpc" -}}
+{{- $live = dict "grpc" (dict "port" $c.ports.health "service" "liveness") -}}
+{{- $ready = dict "grpc" (dict "port" $c.ports.health) -}}
+{{- else -}}
+{{- $port := ternary "http" "metrics" (eq $c.kind "web") -}}
+{{- $live = dict "httpGet" (dict "path" "/health" "port" $port) -}}
+{{- $ready = dict "httpGet" (dict "path" "/ready" "port" $port) -}}
+{{- end -}}
+{{- $probes := dict
+  "startupProbe" (merge (deepCopy (ternary $ready $live (eq $c.kind "grpc"))) (dict "periodSeconds" 2 "timeoutSeconds" 3 "failureThreshold" 30))
+  "livenessProbe" (merge (deepCopy $live) (dict "periodSeconds" 10 "timeoutSeconds" 3 "failureThreshold" (ternary 6 3 (eq $c.kind "grpc"))))
+  "readinessProbe" (merge (deepCopy $ready) (dict "periodSeconds" (ternary 10 5 (eq $c.kind "dispatcher")) "timeoutSeconds" 3 "failureThreshold" (ternary 3 2 (eq $c.kind "dispatcher"))))
+-}}
+{{- range $name := list "startupProbe" "livenessProbe" "readinessProbe" }}
+{{ $name }}:
+  {{- toYaml (index $c $name | default (index $probes $name)) | nindent 2 }}
+{{- end -}}
 {{- end -}}

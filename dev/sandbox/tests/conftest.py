@@ -132,7 +132,7 @@ def _start(module: str, env: dict[str, str], port: int) -> subprocess.Popen[byte
 
 
 @pytest.fixture(scope="session")
-def graph_url(stub: GatewayStub) -> Iterator[str]:
+def graph_url(stub: GatewayStub, processes: None) -> Iterator[str]:
     port = free_port()
     proc = _start(
         "zaptrix_sandbox.graph",
@@ -150,7 +150,7 @@ def graph_url(stub: GatewayStub) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def bitrix_url(stub: GatewayStub) -> Iterator[str]:
+def bitrix_url(stub: GatewayStub, processes: None) -> Iterator[str]:
     port = free_port()
     portals = [
         {},

@@ -5,8 +5,10 @@
 2. deliver (per portal concurrently, sequential inside a portal): first-contact CRM look-ups, then
    every message/notice for one (connector, line) packed into imconnector.send.messages calls, plus
    delivery statuses, packed into `batch` requests, each request waiting for the portal's pacer.
-3. record (per event): MarkProcessed right after Bitrix24 confirmed, then LinkMessage and
-   UpdateConversation; the consumer commits the offsets only after the whole batch has its outcomes.
+3. record (per event, right after Bitrix24 confirmed): one RecordDelivery per delivered customer message
+   (processed record, message link and conversation in one mapper transaction), MarkProcessed for the
+   other events (bookkeeping.py); the consumer commits the offsets only after the whole batch has its
+   outcomes.
 """
 
 from __future__ import annotations

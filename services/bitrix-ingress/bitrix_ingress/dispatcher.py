@@ -5,12 +5,9 @@ three phases: prepare, deliver per portal, record. This module wires the process
 
 Idempotency: a redelivered event is found by CheckProcessed and not sent again (its bookkeeping is
 redone from the recorded result, which is idempotent). Bitrix24 has no idempotency key for
-imconnector.send.messages, so the one window left is between Bitrix24's answer and MarkProcessed
-(one gRPC call, retried in place): a crash exactly there sends that message twice.
-
-Modules: batch_handler (the three phases), customer_messages, statuses, notices, crm_contacts (what each
-event becomes, and its bookkeeping), sending and portal_requests (calls → requests on one portal),
-call_results, request_spans, bookkeeping (the mapper after Bitrix24 confirmed), channels, work.
+imconnector.send.messages, so the one window left is between Bitrix24's answer and RecordDelivery
+(one gRPC call, retried in place): a crash exactly there sends that message twice. The modules are
+mapped in docs/bitrix-ingress.md.
 """
 
 from __future__ import annotations

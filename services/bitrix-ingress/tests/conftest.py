@@ -45,7 +45,7 @@ async def kafka_prefix(kafka_bootstrap: str) -> str:
 
 
 @pytest.fixture(scope="session")
-def sandbox_bitrix(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def sandbox_bitrix(tmp_path_factory: pytest.TempPathFactory, processes: None) -> Iterator[str]:
     """The Bitrix24 stand-in (sandbox-bitrix) on a free port; tests reset it before use."""
     port = free_port()
     log = tmp_path_factory.mktemp("sandbox") / "sandbox-bitrix.log"

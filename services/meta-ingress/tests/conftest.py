@@ -52,7 +52,11 @@ class Stack:
 
 @pytest.fixture(scope="session")
 def stack(
-    kafka_bootstrap: str, topic_prefix: str, fakes: Fakes, tmp_path_factory: pytest.TempPathFactory
+    kafka_bootstrap: str,
+    topic_prefix: str,
+    fakes: Fakes,
+    tmp_path_factory: pytest.TempPathFactory,
+    processes: None,
 ) -> Iterator[Stack]:
     """The Graph API stand-in, meta-ingress-web and meta-dispatcher, started together."""
     logs = tmp_path_factory.mktemp("stack")

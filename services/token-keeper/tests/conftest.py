@@ -56,7 +56,9 @@ def _restore_logging() -> Iterator[None]:
 
 
 @pytest.fixture(scope="session")
-async def sandbox_process(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Sandbox]:
+async def sandbox_process(
+    tmp_path_factory: pytest.TempPathFactory, processes: None
+) -> AsyncIterator[Sandbox]:
     port = free_port()
     log = tmp_path_factory.mktemp("sandbox") / "sandbox.log"
     env = {
@@ -149,7 +151,9 @@ async def service(make_service: Callable[..., TokenService]) -> TokenService:
 
 
 @pytest.fixture
-async def start_server(tmp_path: Path) -> AsyncIterator[Callable[[dict[str, str]], Awaitable[Server]]]:
+async def start_server(
+    tmp_path: Path, processes: None
+) -> AsyncIterator[Callable[[dict[str, str]], Awaitable[Server]]]:
     """Starts `token-keeper-server` subprocesses (env from tk_support.server_env); waits until SERVING."""
     servers: list[Server] = []
 

@@ -1,6 +1,6 @@
 """Bitrix24 OAuth refresh (grant_type=refresh_token) against the documented token endpoint.
 
-Documented contract (../shared/reference/bitrix24.md §5): ``GET https://oauth.bitrix.info/oauth/token/
+Documented contract (bitrix24.md §5, docs/platform-sources.md): ``GET https://oauth.bitrix.info/oauth/token/
 ?grant_type=refresh_token&client_id=…&client_secret=…&refresh_token=…`` answers ``access_token``,
 ``refresh_token`` (keep it instead of the old one), ``expires``/``expires_in``, ``client_endpoint``,
 ``server_endpoint``, ``member_id``, ``scope``; errors are ``{"error": "...", "error_description": "..."}``,
