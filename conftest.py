@@ -24,6 +24,9 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+from zaptrix.kafka import EventProducer, Flow, FlowTopics, topics_for
+from zaptrix.kafka.admin import ensure_topics
+from zaptrix.settings import KafkaSettings
 
 # The whole-system fixture (`system`), shared by tests/e2e and tests/security: registered once, so one
 # system serves both. A plugin module rather than tests/conftest.py, whose module name would clash with
@@ -154,3 +157,27 @@ def pytest_runtest_setup(item: pytest.Item) -> Generator[None, None, None]:
 def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
     with _no_system_processes(item):
         return (yield)
+
+
+FlowKafka = tuple[KafkaSettings, FlowTopics, EventProducer]
+
+
+@pytest.fixture
+async def flow_kafka(kafka_bootstrap: str) -> AsyncIterator[Callable[[int], Awaitable[FlowKafka]]]:
+    """Factory: the wa-to-b24 flow's topics under a fresh prefix, with `partitions` each, and a started
+    producer; the producers are stopped afterwards."""
+    producers: list[EventProducer] = []
+
+    async def make(partitions: int) -> FlowKafka:
+        prefix = f"t{uuid.uuid4().hex[:8]}"
+        settings = KafkaSettings(bootstrap_servers=kafka_bootstrap, topic_prefix=prefix)
+        topics = topics_for(Flow.WA_TO_B24, prefix)
+        await ensure_topics(settings, topics.all(), partitions=partitions)
+        producer = EventProducer(settings, client_id="test")
+        await producer.start()
+        producers.append(producer)
+        return settings, topics, producer
+
+    yield make
+    for producer in producers:
+        await producer.stop()

@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, cast
 
@@ -33,15 +33,12 @@ from bitrix_ingress.work import outcome_for
 from zaptrix.kafka import (
     EventConsumer,
     EventProducer,
-    Flow,
     FlowTopics,
     Outcome,
     Received,
     new_envelope,
     per_event,
-    topics_for,
 )
-from zaptrix.kafka.admin import ensure_topics
 from zaptrix.kafka.envelope import H_DLQ_REASON, H_NOT_BEFORE, header
 from zaptrix.kafka.producer import PublishError
 from zaptrix.metrics import EXTERNAL_CALLS
@@ -54,15 +51,10 @@ POISON_SCRIPT = Path(__file__).with_name("poison_consumer.py")
 
 
 @pytest.fixture
-async def kafka(kafka_bootstrap: str) -> AsyncIterator[tuple[KafkaSettings, FlowTopics, EventProducer]]:
-    prefix = f"hd{uuid.uuid4().hex[:8]}"
-    settings = KafkaSettings(bootstrap_servers=kafka_bootstrap, topic_prefix=prefix)
-    topics = topics_for(Flow.WA_TO_B24, prefix)
-    await ensure_topics(settings, topics.all(), partitions=1)
-    producer = EventProducer(settings, client_id="test")
-    await producer.start()
-    yield settings, topics, producer
-    await producer.stop()
+async def kafka(
+    flow_kafka: Callable[[int], Awaitable[tuple[KafkaSettings, FlowTopics, EventProducer]]],
+) -> tuple[KafkaSettings, FlowTopics, EventProducer]:
+    return await flow_kafka(1)
 
 
 def _event(n: int, text: str = "hello") -> events_pb2.Envelope:

@@ -5,36 +5,29 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import Awaitable, Callable
 
 import pytest
 from aiokafka import AIOKafkaConsumer
 from zaptrix.kafka import (
     EventConsumer,
     EventProducer,
-    Flow,
     PermanentError,
     Received,
     new_envelope,
     per_event,
 )
-from zaptrix.kafka.admin import ensure_topics
 from zaptrix.kafka.envelope import H_DLQ_REASON, header
-from zaptrix.kafka.topics import FlowTopics, topics_for
+from zaptrix.kafka.topics import FlowTopics
 from zaptrix.settings import KafkaSettings
 from zaptrix.v1 import events_pb2
 
 
 @pytest.fixture
-async def kafka(kafka_bootstrap: str) -> AsyncIterator[tuple[KafkaSettings, FlowTopics, EventProducer]]:
-    prefix = f"t{uuid.uuid4().hex[:8]}"
-    settings = KafkaSettings(bootstrap_servers=kafka_bootstrap, topic_prefix=prefix)
-    topics = topics_for(Flow.WA_TO_B24, prefix)
-    await ensure_topics(settings, topics.all(), partitions=1)
-    producer = EventProducer(settings, client_id="test")
-    await producer.start()
-    yield settings, topics, producer
-    await producer.stop()
+async def kafka(
+    flow_kafka: Callable[[int], Awaitable[tuple[KafkaSettings, FlowTopics, EventProducer]]],
+) -> tuple[KafkaSettings, FlowTopics, EventProducer]:
+    return await flow_kafka(1)
 
 
 def _event(n: int) -> events_pb2.Envelope:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -22,9 +22,7 @@ from zaptrix.kafka import (
     TransientError,
     new_envelope,
     per_event,
-    topics_for,
 )
-from zaptrix.kafka.admin import ensure_topics
 from zaptrix.kafka.envelope import H_ATTEMPT, H_DLQ_REASON, H_DLQ_SOURCE, H_NOT_BEFORE, encode, header, now_ms
 from zaptrix.replay import replay
 from zaptrix.settings import KafkaSettings
@@ -32,15 +30,10 @@ from zaptrix.v1 import events_pb2
 
 
 @pytest.fixture
-async def kafka(kafka_bootstrap: str) -> AsyncIterator[tuple[KafkaSettings, FlowTopics, EventProducer]]:
-    prefix = f"t{uuid.uuid4().hex[:8]}"
-    settings = KafkaSettings(bootstrap_servers=kafka_bootstrap, topic_prefix=prefix)
-    topics = topics_for(Flow.WA_TO_B24, prefix)
-    await ensure_topics(settings, topics.all(), partitions=3)
-    producer = EventProducer(settings, client_id="test")
-    await producer.start()
-    yield settings, topics, producer
-    await producer.stop()
+async def kafka(
+    flow_kafka: Callable[[int], Awaitable[tuple[KafkaSettings, FlowTopics, EventProducer]]],
+) -> tuple[KafkaSettings, FlowTopics, EventProducer]:
+    return await flow_kafka(3)
 
 
 def _event(n: int, key: str = "100:4915") -> events_pb2.Envelope:
