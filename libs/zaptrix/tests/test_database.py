@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 import asyncpg
 import pytest
 from zaptrix.database import Database, DatabaseUnavailable, SchemaMissing
+from zaptrix.errors import TransientError
 from zaptrix.settings import DatabaseSettings
 
 
@@ -25,9 +26,10 @@ def _refused_dsn() -> str:
 
 async def test_before_the_pool_opens_every_call_is_unavailable() -> None:
     db = Database(_settings(_refused_dsn()), application_name="test")
-    with pytest.raises(DatabaseUnavailable, match="not connected yet"):
+    with pytest.raises(TransientError, match="not connected yet") as err:  # the shared vocabulary
         async with db.connection():
             pass
+    assert isinstance(err.value, DatabaseUnavailable) and err.value.reason == "database not connected yet"
     assert await db.ping() is False
 
 

@@ -1,5 +1,5 @@
-"""The consumer's on_dead_letter hook: called once per dead letter with the envelope and the bounded reason;
-its failure never blocks the partition. The reason header is bounded and carries no credentials (L3)."""
+"""The consumer's on_dead_letter hook: called once per dead letter with the envelope the handler had (the
+record is decoded once) and the bounded reason; its failure never blocks the partition. The reason header is bounded and carries no credentials (L3)."""
 
 from __future__ import annotations
 
@@ -46,9 +46,12 @@ async def test_hook_gets_each_dead_letter_and_its_failure_blocks_nothing(
     await producer.publish(topics.main, [_event(1), _event(2), _event(3)])
     told: list[tuple[str, str]] = []
     handled: list[str] = []
+    opened: dict[str, events_pb2.Envelope] = {}
+    hooked: dict[str, events_pb2.Envelope] = {}
 
     async def handler(rec: Received) -> None:
         handled.append(rec.envelope.event_id)
+        opened[rec.envelope.event_id] = rec.envelope
         if rec.envelope.event_id != "wa:wamid.3":
             raise PermanentError(
                 "unexpected HTTPError: GET https://h/x?access_token=SECRET\nnext" + "z" * 5000
@@ -56,6 +59,7 @@ async def test_hook_gets_each_dead_letter_and_its_failure_blocks_nothing(
 
     async def hook(env: events_pb2.Envelope, reason: str) -> None:
         told.append((env.event_id, reason))
+        hooked[env.event_id] = env
         if env.event_id == "wa:wamid.1":
             raise RuntimeError("the notice could not be sent")
 
@@ -78,6 +82,7 @@ async def test_hook_gets_each_dead_letter_and_its_failure_blocks_nothing(
         stopped.set()
         await task
     assert [event_id for event_id, _ in told] == ["wa:wamid.1", "wa:wamid.2"]
+    assert all(hooked[event_id] is opened[event_id] for event_id in hooked)  # not decoded a second time
     for _, reason in told:
         assert "SECRET" not in reason and "\n" not in reason and len(reason) < 600
 

@@ -21,15 +21,17 @@ from tenacity import (
 from tenacity.stop import stop_base
 
 from zaptrix.dbfailures import is_outage
+from zaptrix.errors import TransientError
 from zaptrix.logging import get_logger
 from zaptrix.settings import DatabaseSettings
 
 log = get_logger(__name__)
 
 
-class DatabaseUnavailable(Exception):
+class DatabaseUnavailable(TransientError):
     """The database cannot serve right now (not connected yet, down, refusing, pool exhausted, statement
-    timeout): retry with backoff. The message names the driver's error type only, never its text."""
+    timeout): retry with backoff. The message (``reason``) names the driver's error type only, never its
+    text."""
 
 
 class SchemaMissing(RuntimeError):

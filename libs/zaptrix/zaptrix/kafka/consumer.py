@@ -140,6 +140,14 @@ def per_event(handler: EventHandler, concurrency: int = 64) -> BatchHandler:
     return handle
 
 
+def _envelope_of(rec: ConsumerRecord) -> events_pb2.Envelope | None:
+    """A record dead-lettered before it was opened (it crashed its process): its envelope for the hook."""
+    try:
+        return decode(rec.value, list(rec.headers or []))
+    except Exception:  # undecodable as well: nobody to tell
+        return None
+
+
 class _Stopping(Exception):
     """``stopped`` was set while Kafka would not take a record: leave the batch uncommitted and stop."""
 
@@ -275,7 +283,7 @@ class EventConsumer:
         assert mark is not None
         starts = mark.starts_of(rec.offset)
         if starts >= self.crash_limit:
-            await self._dead_letter(rec, f"crashed its process {starts} times", starts)
+            await self._dead_letter(rec, f"crashed its process {starts} times", starts, _envelope_of(rec))
         else:
             await self._commit(consumer, {tp: (rec.offset, StartMark(rec.offset, mark.last, starts + 1))})
             log.warning(
@@ -404,10 +412,17 @@ class EventConsumer:
             rec.span.set_attribute("zaptrix.outcome", outcome.kind)
             rec.span.end()
 
-    async def _dead_letter(self, rec: Received | ConsumerRecord, reason: str, attempt: int) -> None:
+    async def _dead_letter(
+        self,
+        rec: Received | ConsumerRecord,
+        reason: str,
+        attempt: int,
+        envelope: events_pb2.Envelope | None = None,
+    ) -> None:
         """The one way a record reaches the dead-letter topic (handler verdict, exhausted retries,
         undecodable, routing failure, crashed its process). ``rec`` is a ConsumerRecord when the record
-        was never opened (undecodable, or dead-lettered for crashing before it could be handled)."""
+        was never opened (undecodable, or dead-lettered for crashing before it could be handled); the hook
+        then gets ``envelope`` (None: nothing to tell), never a second decoding of a Received's record."""
         headers: Headers = rec.headers if isinstance(rec, Received) else list(rec.headers or [])
         reason = bounded_reason(reason)  # exception texts are not ours: one line, no credentials, bounded
         dlq_headers = [
@@ -422,14 +437,10 @@ class EventConsumer:
         EVENTS_HANDLED.labels(rec.topic, etype, "dead_lettered").inc()
         DEAD_LETTERS.labels(self.topics.dlq, _reason_label(reason)).inc()
         log.error("event dead-lettered", event_id=header(headers, H_EVENT_ID), reason=reason)
-        await self._dead_letter_hook(rec.value, headers, reason)
+        await self._dead_letter_hook(rec.envelope if isinstance(rec, Received) else envelope, reason)
 
-    async def _dead_letter_hook(self, value: bytes | None, headers: Headers, reason: str) -> None:
-        if self.on_dead_letter is None or value is None:
-            return
-        try:
-            env = decode(value, headers)
-        except Exception:
+    async def _dead_letter_hook(self, env: events_pb2.Envelope | None, reason: str) -> None:
+        if self.on_dead_letter is None or env is None:
             return
         try:
             await self.on_dead_letter(env, reason)
