@@ -7,8 +7,10 @@ dev/test (single-service tests), refused in production."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -17,6 +19,9 @@ from zaptrix.grpcauth import CallerAllowlist, InsecureGrpcError
 from zaptrix.logging import get_logger
 from zaptrix.metrics import serve_metrics
 from zaptrix.settings import GrpcServerSettings
+
+if TYPE_CHECKING:  # the database runtime is the extra zaptrix[db]: only its users import it
+    from zaptrix.database import Database
 
 log = get_logger(__name__)
 
@@ -115,3 +120,56 @@ async def serve(
     await server.stop(grace_s)
     if health_server is not None:
         await health_server.stop(0)
+
+
+async def serve_with_database(
+    db: Database,
+    *,
+    port: int,
+    register: Callable[[grpc.aio.Server], list[str]],
+    metrics_port: int = 0,
+    after_open: Callable[[asyncio.Event], Awaitable[None]] | None = None,
+    on_stop: Callable[[], Awaitable[None]] | None = None,
+    stopped: asyncio.Event | None = None,
+    grace_s: float = 10.0,
+    health_period_s: float = 2.0,
+) -> None:
+    """The server process of a service that owns a schema (mapper, token-keeper), until SIGTERM/SIGINT or
+    `stopped`. gRPC starts at once and reports NOT_SERVING until PostgreSQL answers; meanwhile the pool
+    opens in the background (retrying through outages), then ``after_open(stop)`` runs (sweeps, gauges).
+    A start-up failure that is not an outage (SchemaMissing, a malformed DSN) stops the server and is
+    raised. On the way out: ``on_stop()`` (e.g. let in-flight work finish), the background ended, the pool
+    closed."""
+    stop = stopped or asyncio.Event()
+
+    async def start() -> None:
+        try:
+            await db.open_until_ready(stop)
+        except Exception:  # not an outage: nothing will ever serve
+            stop.set()
+            raise
+        if after_open is not None and not stop.is_set():
+            await after_open(stop)
+
+    background = asyncio.create_task(start(), name="db-open")
+    try:
+        await serve(
+            port=port,
+            register=register,
+            readiness=db.ping,
+            metrics_port=metrics_port,
+            grace_s=grace_s,
+            health_period_s=health_period_s,
+            stopped=stop,
+        )
+    finally:
+        stop.set()
+        if on_stop is not None:
+            await on_stop()
+        if background.done():
+            background.result()  # e.g. SchemaMissing: why the server stopped
+        else:
+            background.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await background
+        await db.close()

@@ -8,10 +8,10 @@ from datetime import timedelta
 from typing import Any
 
 from zaptrix.database import Database
-from zaptrix.grpcserver import serve
-from zaptrix.logging import configure_logging, get_logger
+from zaptrix.grpcserver import serve_with_database
+from zaptrix.logging import get_logger
+from zaptrix.process import run_process
 from zaptrix.settings import DatabaseSettings
-from zaptrix.telemetry import setup_telemetry, shutdown_telemetry
 from zaptrix.v1 import mapper_pb2_grpc
 
 from mapper.expiry import expire_forever
@@ -34,48 +34,31 @@ def registrar(servicer: MapperServicer) -> Callable[[Any], list[str]]:
 async def run(
     settings: MapperSettings, db_settings: DatabaseSettings, stopped: asyncio.Event | None = None
 ) -> None:
-    """Serve until SIGTERM/SIGINT or `stopped`. The gRPC server starts at once and reports
-    NOT_SERVING until PostgreSQL answers; the pool keeps retrying in the background."""
-    stopped = stopped or asyncio.Event()
+    """Serve until SIGTERM/SIGINT or `stopped` (zaptrix.grpcserver.serve_with_database); dedupe expiry
+    runs once the pool is open."""
     db = Database(db_settings, connect_timeout_s=settings.db_connect_timeout_s, application_name="mapper")
     repo = Repository(db)
-    servicer = MapperServicer(MapperService(repo, settings))
-    background = [
-        asyncio.create_task(db.open_until_ready(stopped), name="db-open"),
-        asyncio.create_task(
-            expire_forever(
-                repo,
-                timedelta(hours=settings.dedupe_retention_hours),
-                settings.dedupe_expiry_batch,
-                settings.dedupe_expiry_interval_s,
-            ),
-            name="dedupe-expiry",
-        ),
-    ]
+    retention = timedelta(hours=settings.dedupe_retention_hours)
+
+    async def expire(_: asyncio.Event) -> None:
+        await expire_forever(repo, retention, settings.dedupe_expiry_batch, settings.dedupe_expiry_interval_s)
+
     try:
-        await serve(
+        await serve_with_database(
+            db,
             port=settings.grpc_port,
-            register=registrar(servicer),
-            readiness=db.ping,
+            register=registrar(MapperServicer(MapperService(repo, settings))),
             metrics_port=settings.metrics_port,
+            after_open=expire,
+            stopped=stopped,
             grace_s=settings.shutdown_grace_s,
             health_period_s=settings.health_period_s,
-            stopped=stopped,
         )
     finally:
-        for task in background:
-            task.cancel()
-        await asyncio.gather(*background, return_exceptions=True)
-        await db.close()
         log.info("mapper stopped")
 
 
 def main() -> None:
     settings = MapperSettings()
     db_settings = DatabaseSettings()
-    configure_logging("mapper", settings.log_level)
-    setup_telemetry("mapper")
-    try:
-        asyncio.run(run(settings, db_settings))
-    finally:
-        shutdown_telemetry()
+    run_process("mapper", settings.log_level, lambda: asyncio.run(run(settings, db_settings)))

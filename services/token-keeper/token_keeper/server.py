@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import sys
 
 from zaptrix.database import Database, DatabaseUnavailable, SchemaMissing
-from zaptrix.grpcserver import serve
-from zaptrix.logging import configure_logging, get_logger
+from zaptrix.grpcserver import serve_with_database
+from zaptrix.logging import get_logger
+from zaptrix.process import run_process
 from zaptrix.settings import DatabaseSettings
-from zaptrix.telemetry import setup_telemetry, shutdown_telemetry
 
 from token_keeper.crypto import KeyConfigError, Keyring
 from token_keeper.keys import load_keyring
@@ -39,36 +38,25 @@ async def check_key_ids(db: Database, repo: Repository) -> None:
     )
 
 
-async def _start(db: Database, service: TokenService, stop: asyncio.Event) -> None:
-    """In the background while the server answers NOT_SERVING: open the pool (retrying while PostgreSQL
-    is out), check the keys, then run the gauges and the idle sweep. An unmigrated schema stops the server."""
-    try:
-        await db.open_until_ready(stop)
-    except Exception:  # not an outage: SchemaMissing, a malformed DSN
-        stop.set()
-        raise
-    if stop.is_set():
-        return
-    try:
-        await check_key_ids(db, service.repo)
-    except DatabaseUnavailable as exc:
-        log.warning("encryption key check skipped", reason=str(exc))
-    await service.run_background(stop)
-
-
 async def run(
     settings: TokenKeeperSettings,
     db_settings: DatabaseSettings,
     keyring: Keyring,
     stopped: asyncio.Event | None = None,
 ) -> None:
-    """Serve until SIGTERM/SIGINT or `stopped`. The gRPC server starts at once and reports NOT_SERVING
-    until PostgreSQL answers; the pool keeps retrying in the background."""
+    """Serve until SIGTERM/SIGINT or `stopped` (zaptrix.grpcserver.serve_with_database); once the pool is
+    open: the key check, then the gauges and the idle sweep. In-flight refreshes get oauth_budget_s to end."""
     db = database(db_settings, "token-keeper")
     oauth = BitrixOAuthClient(settings)
     service = TokenService(db, Repository(keyring), oauth, settings)
-    stop = stopped or asyncio.Event()
-    background = asyncio.create_task(_start(db, service, stop), name="db-open")
+
+    async def after_open(stop: asyncio.Event) -> None:
+        try:
+            await check_key_ids(db, service.repo)
+        except DatabaseUnavailable as exc:
+            log.warning("encryption key check skipped", reason=str(exc))
+        await service.run_background(stop)
+
     log.info(
         "token-keeper starting",
         oauth_url=oauth.url,
@@ -76,43 +64,36 @@ async def run(
         idle_refresh_after_days=settings.idle_refresh_after_days,
     )
     try:
-        await serve(
+        await serve_with_database(
+            db,
             port=settings.grpc_port,
             register=register(service),
-            readiness=db.ping,
             metrics_port=settings.metrics_port,
-            stopped=stop,
+            after_open=after_open,
+            on_stop=lambda: service.drain(within_s=settings.oauth_budget_s),
+            stopped=stopped,
         )
     finally:
-        stop.set()
-        await service.drain(within_s=settings.oauth_budget_s)
-        if background.done():
-            background.result()  # e.g. SchemaMissing: why the server stopped
-        else:
-            background.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await background
         await oauth.aclose()
-        await db.close()
 
 
 def main() -> None:
     settings = TokenKeeperSettings()
     db = DatabaseSettings()
-    configure_logging("token-keeper", settings.log_level)
-    try:
-        keyring = load_keyring(settings)
-    except KeyConfigError as exc:
-        log.error("refusing to start: encryption keys", reason=str(exc))
-        sys.exit(2)
-    setup_telemetry("token-keeper")
-    try:
-        asyncio.run(run(settings, db, keyring))
-    except SchemaMissing as exc:
-        log.error("refusing to start", reason=str(exc))
-        sys.exit(3)
-    finally:
-        shutdown_telemetry()
+
+    def body() -> None:
+        try:
+            keyring = load_keyring(settings)
+        except KeyConfigError as exc:
+            log.error("refusing to start: encryption keys", reason=str(exc))
+            sys.exit(2)
+        try:
+            asyncio.run(run(settings, db, keyring))
+        except SchemaMissing as exc:
+            log.error("refusing to start", reason=str(exc))
+            sys.exit(3)
+
+    run_process("token-keeper", settings.log_level, body)
 
 
 if __name__ == "__main__":
