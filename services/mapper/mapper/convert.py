@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
+from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 from zaptrix.v1 import mapper_pb2 as pb
 
@@ -53,6 +55,13 @@ def required(value: str, field: str, max_len: int = MAX_ID) -> str:
     if not value.strip():
         raise InvalidArgument(f"{field} is required")
     return checked(value, field, max_len)
+
+
+def present(request: Message, name: str) -> Any:
+    """The sub-message `name` of the request, which must be set."""
+    if not request.HasField(name):
+        raise InvalidArgument(f"{name} is required")
+    return getattr(request, name)
 
 
 def optional(value: str, field: str, max_len: int = MAX_ID) -> str | None:

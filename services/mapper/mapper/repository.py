@@ -34,59 +34,27 @@ Record = Any  # asyncpg.Record: untyped
 
 CHANNEL_COLUMNS = """phone_number_id, display_phone_number, member_id, line_id, connector_id, crm_mode,
     reengagement_template, template_language, active, created_at, updated_at"""
-CONVERSATION_COLUMNS = """id, phone_number_id, meta_whatsapp_id, member_id, external_chat_id,
+CONVERSATION_COLUMNS = """id, phone_number_id, meta_whatsapp_id AS wa_id, member_id, external_chat_id,
     bitrix_contact_id, bitrix_chat_id, contact_name, last_message_at, last_customer_message_at,
     created_at, updated_at"""
 LINK_COLUMNS = """wamid, conversation_id, direction, member_id, bitrix_message_id, bitrix_chat_id,
     whatsapp_status, bitrix_status, created_at, updated_at"""
 
 
+# Each column list names exactly the fields of its model (the model's names: meta_whatsapp_id is wa_id);
+# only the enum columns need converting.
+
+
 def _channel(r: Record) -> ChannelBinding:
-    return ChannelBinding(
-        phone_number_id=r["phone_number_id"],
-        display_phone_number=r["display_phone_number"],
-        member_id=r["member_id"],
-        line_id=r["line_id"],
-        connector_id=r["connector_id"],
-        crm_mode=CrmMode(r["crm_mode"]),
-        reengagement_template=r["reengagement_template"],
-        template_language=r["template_language"],
-        active=r["active"],
-        created_at=r["created_at"],
-        updated_at=r["updated_at"],
-    )
+    return ChannelBinding(**{**dict(r), "crm_mode": CrmMode(r["crm_mode"])})
 
 
 def _conversation(r: Record) -> Conversation:
-    return Conversation(
-        id=r["id"],
-        phone_number_id=r["phone_number_id"],
-        wa_id=r["meta_whatsapp_id"],
-        member_id=r["member_id"],
-        external_chat_id=r["external_chat_id"],
-        bitrix_contact_id=r["bitrix_contact_id"],
-        bitrix_chat_id=r["bitrix_chat_id"],
-        contact_name=r["contact_name"],
-        last_message_at=r["last_message_at"],
-        last_customer_message_at=r["last_customer_message_at"],
-        created_at=r["created_at"],
-        updated_at=r["updated_at"],
-    )
+    return Conversation(**dict(r))
 
 
 def _link(r: Record) -> MessageLink:
-    return MessageLink(
-        wamid=r["wamid"],
-        conversation_id=r["conversation_id"],
-        direction=Direction(r["direction"]),
-        member_id=r["member_id"],
-        bitrix_message_id=r["bitrix_message_id"],
-        bitrix_chat_id=r["bitrix_chat_id"],
-        whatsapp_status=r["whatsapp_status"],
-        bitrix_status=r["bitrix_status"],
-        created_at=r["created_at"],
-        updated_at=r["updated_at"],
-    )
+    return MessageLink(**{**dict(r), "direction": Direction(r["direction"])})
 
 
 # --- channel bindings ------------------------------------------------------------------------------

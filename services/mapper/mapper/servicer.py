@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
-import functools
-import time
-from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any, NoReturn, TypeVar
+from collections.abc import Awaitable, Callable
 
 import grpc
-from zaptrix.database import DatabaseUnavailable
-from zaptrix.logging import get_logger
+from google.protobuf.message import Message
+from zaptrix.grpchandler import StatusTable, rpc_decorator
 from zaptrix.v1 import mapper_pb2 as pb
 from zaptrix.v1 import mapper_pb2_grpc
 
@@ -19,66 +15,37 @@ from mapper.errors import (
     AlreadyExists,
     FailedPrecondition,
     InvalidArgument,
-    MapperError,
     NotFound,
 )
 from mapper.metrics import RPC_SECONDS, RPCS
+from mapper.model import Conversation
 from mapper.service import MapperService
-
-log = get_logger(__name__)
 
 SERVICE_NAME: str = pb.DESCRIPTOR.services_by_name["Mapper"].full_name
 
-_CODES: dict[type[Exception], grpc.StatusCode] = {
-    InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
-    NotFound: grpc.StatusCode.NOT_FOUND,
-    AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
-    FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
-    DatabaseUnavailable: grpc.StatusCode.UNAVAILABLE,
-}
-
-S = TypeVar("S", bound="MapperServicer")
-Req = TypeVar("Req")
-Resp = TypeVar("Resp")
+_CODES: StatusTable = [
+    (InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
+    (NotFound, grpc.StatusCode.NOT_FOUND),
+    (AlreadyExists, grpc.StatusCode.ALREADY_EXISTS),
+    (FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION),
+]
 
 
-async def _abort(context: Any, code: grpc.StatusCode, message: str) -> NoReturn:
-    await context.abort(code, message)
-    raise AssertionError("context.abort returned")  # pragma: no cover
+def _observe(method: str, code: grpc.StatusCode, seconds: float) -> None:
+    RPCS.labels(method, code.name).inc()
+    RPC_SECONDS.labels(method).observe(seconds)
 
 
-def rpc(
-    handler: Callable[[S, Req], Awaitable[Resp]],
-) -> Callable[[S, Req, Any], Coroutine[Any, Any, Resp]]:
-    """Times the handler, maps domain errors to status codes, and turns any other exception into
-    INTERNAL (logged) instead of grpc's opaque UNKNOWN."""
-    method = handler.__name__
+rpc = rpc_decorator(_CODES, _observe)
 
-    @functools.wraps(handler)
-    async def wrapper(self: S, request: Req, context: Any) -> Resp:
-        started = time.perf_counter()
-        code = grpc.StatusCode.OK
-        try:
-            return await handler(self, request)
-        except (MapperError, DatabaseUnavailable) as exc:
-            code = _CODES.get(type(exc), grpc.StatusCode.INTERNAL)
-            if code is grpc.StatusCode.UNAVAILABLE:
-                # Debug only: during an outage this fires for every request. The outage itself is logged
-                # by the health watcher and the pool's reconnect loop, and counted in zaptrix_mapper_rpcs_total.
-                log.debug("rpc unavailable", method=method, error=str(exc))
-            await _abort(context, code, str(exc))
-        except asyncio.CancelledError:
-            code = grpc.StatusCode.CANCELLED
-            raise
-        except Exception:
-            code = grpc.StatusCode.INTERNAL
-            log.exception("rpc failed", method=method)
-            await _abort(context, code, "internal error")
-        finally:
-            RPCS.labels(method, code.name).inc()
-            RPC_SECONDS.labels(method).observe(time.perf_counter() - started)
 
-    return wrapper
+def _required(request: Message, by: str, first: str, second: str) -> tuple[str, str]:
+    """The two fields of the lookup key `by` (a oneof member of the request), both required."""
+    key = getattr(request, by)
+    return (
+        convert.required(getattr(key, first), f"{by}.{first}"),
+        convert.required(getattr(key, second), f"{by}.{second}"),
+    )
 
 
 class MapperServicer(mapper_pb2_grpc.MapperServicer):
@@ -89,9 +56,8 @@ class MapperServicer(mapper_pb2_grpc.MapperServicer):
 
     @rpc
     async def BindChannel(self, request: pb.BindChannelRequest) -> pb.Channel:
-        if not request.HasField("channel"):
-            raise InvalidArgument("channel is required")
-        return convert.channel_pb(await self.service.bind_channel(convert.channel_spec(request.channel)))
+        spec = convert.channel_spec(convert.present(request, "channel"))
+        return convert.channel_pb(await self.service.bind_channel(spec))
 
     @rpc
     async def GetChannel(self, request: pb.GetChannelRequest) -> pb.Channel:
@@ -122,26 +88,21 @@ class MapperServicer(mapper_pb2_grpc.MapperServicer):
     @rpc
     async def FindConversation(self, request: pb.FindConversationRequest) -> pb.Conversation:
         by = request.WhichOneof("by")
+        service = self.service
+        keys: dict[str, tuple[Callable[[str, str], Awaitable[Conversation]], str, str]] = {
+            "channel_customer": (service.conversation_by_customer, "phone_number_id", "wa_id"),
+            "bitrix_chat": (service.conversation_by_bitrix_chat, "member_id", "bitrix_chat_id"),
+            "portal_external_chat": (
+                service.conversation_by_portal_external_chat,
+                "member_id",
+                "external_chat_id",
+            ),
+        }
         if by == "id":
-            found = await self.service.conversation_by_id(convert.conversation_id(request.id))
-        elif by == "channel_customer":
-            cc = request.channel_customer
-            found = await self.service.conversation_by_customer(
-                convert.required(cc.phone_number_id, "channel_customer.phone_number_id"),
-                convert.required(cc.wa_id, "channel_customer.wa_id"),
-            )
-        elif by == "bitrix_chat":
-            chat = request.bitrix_chat
-            found = await self.service.conversation_by_bitrix_chat(
-                convert.required(chat.member_id, "bitrix_chat.member_id"),
-                convert.required(chat.bitrix_chat_id, "bitrix_chat.bitrix_chat_id"),
-            )
-        elif by == "portal_external_chat":
-            pec = request.portal_external_chat
-            found = await self.service.conversation_by_portal_external_chat(
-                convert.required(pec.member_id, "portal_external_chat.member_id"),
-                convert.required(pec.external_chat_id, "portal_external_chat.external_chat_id"),
-            )
+            found = await service.conversation_by_id(convert.conversation_id(request.id))
+        elif by in keys:
+            find, first, second = keys[by]
+            found = await find(*_required(request, by, first, second))
         else:
             raise InvalidArgument("set one of id, channel_customer, bitrix_chat, portal_external_chat")
         return convert.conversation_pb(found)
@@ -155,9 +116,8 @@ class MapperServicer(mapper_pb2_grpc.MapperServicer):
 
     @rpc
     async def LinkMessage(self, request: pb.LinkMessageRequest) -> pb.MessageLink:
-        if not request.HasField("link"):
-            raise InvalidArgument("link is required")
-        return convert.link_pb(await self.service.link_message(convert.link_spec(request.link)))
+        spec = convert.link_spec(convert.present(request, "link"))
+        return convert.link_pb(await self.service.link_message(spec))
 
     @rpc
     async def FindMessageLink(self, request: pb.FindMessageLinkRequest) -> pb.MessageLink:
@@ -165,10 +125,8 @@ class MapperServicer(mapper_pb2_grpc.MapperServicer):
         if by == "wamid":
             found = await self.service.link_by_wamid(convert.required(request.wamid, "wamid"))
         elif by == "bitrix_message":
-            msg = request.bitrix_message
             found = await self.service.link_by_bitrix_message(
-                convert.required(msg.member_id, "bitrix_message.member_id"),
-                convert.required(msg.bitrix_message_id, "bitrix_message.bitrix_message_id"),
+                *_required(request, by, "member_id", "bitrix_message_id")
             )
         else:
             raise InvalidArgument("set one of wamid, bitrix_message")

@@ -7,6 +7,7 @@ depends on; `rotate-keys` only has to visit rows whose key_id is not the active 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -101,6 +102,9 @@ class ChannelSecrets:
     verify_token: SecretStr | None
 
 
+Encrypted = dict[str, bytes | None]  # column -> ciphertext
+
+
 def _portal_field(member_id: str, column: str) -> Field:
     return Field("portal_config", column, member_id)
 
@@ -163,16 +167,16 @@ class Repository:
             row.application_token_enc, _portal_field(row.member_id, "application_token")
         )
 
-    def _encrypt_portal(self, member_id: str, secrets: PortalSecrets) -> dict[str, bytes | None]:
-        out: dict[str, bytes | None] = {}
-        for column in _PORTAL_SECRET_COLUMNS:
-            value: SecretStr | None = getattr(secrets, column)
-            out[column] = (
-                None
-                if value is None
-                else self.keyring.encrypt(value.get_secret_value(), _portal_field(member_id, column))
-            )
-        return out
+    def _encrypt(self, secrets: object, columns: tuple[str, ...], field: Callable[[str], Field]) -> Encrypted:
+        """Each secret column of a row encrypted under the active key (None stays None)."""
+        values: dict[str, SecretStr | None] = {column: getattr(secrets, column) for column in columns}
+        return {
+            column: None if value is None else self.keyring.encrypt(value.get_secret_value(), field(column))
+            for column, value in values.items()
+        }
+
+    def _encrypt_portal(self, member_id: str, secrets: PortalSecrets) -> Encrypted:
+        return self._encrypt(secrets, _PORTAL_SECRET_COLUMNS, lambda column: _portal_field(member_id, column))
 
     async def lock_portal_ident(self, conn: asyncpg.Connection, member_id: str) -> None:
         """Transaction-scoped lock on the portal's id, held even before its row exists (concurrent installs)."""
@@ -358,14 +362,9 @@ class Repository:
         secrets: ChannelSecrets,
         now: datetime,
     ) -> ChannelRow:
-        enc: dict[str, bytes | None] = {}
-        for column in _CHANNEL_SECRET_COLUMNS:
-            value: SecretStr | None = getattr(secrets, column)
-            enc[column] = (
-                None
-                if value is None
-                else self.keyring.encrypt(value.get_secret_value(), _channel_field(phone_number_id, column))
-            )
+        enc = self._encrypt(
+            secrets, _CHANNEL_SECRET_COLUMNS, lambda column: _channel_field(phone_number_id, column)
+        )
         verify_hash = (
             None
             if secrets.verify_token is None

@@ -2,23 +2,19 @@
 
 from __future__ import annotations
 
-import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from datetime import UTC, datetime
-from functools import wraps
-from typing import Any, TypeVar
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 from pydantic import SecretStr
-from zaptrix.logging import get_logger
+from zaptrix.grpchandler import StatusTable, rpc_decorator
 from zaptrix.v1 import token_keeper_pb2 as pb
 from zaptrix.v1 import token_keeper_pb2_grpc as pb_grpc
 
 from token_keeper import metrics
 from token_keeper.errors import (
     CredentialsUnreadable,
-    DatabaseUnavailable,
     InvalidInput,
     NotFound,
     PortalUnusable,
@@ -28,25 +24,18 @@ from token_keeper.model import ChannelUpsert, IssuedToken, PortalUpsert
 from token_keeper.repository import STATE_ACTIVE, STATE_NEEDS_REAUTH, STATE_UNINSTALLED, ChannelRow, PortalRow
 from token_keeper.service import TokenService
 
-log = get_logger(__name__)
-
 _STATES = {
     STATE_ACTIVE: pb.PORTAL_STATE_ACTIVE,
     STATE_NEEDS_REAUTH: pb.PORTAL_STATE_NEEDS_REAUTH,
     STATE_UNINSTALLED: pb.PORTAL_STATE_UNINSTALLED,
 }
-_ERRORS: list[tuple[type[Exception], grpc.StatusCode]] = [
+_ERRORS: StatusTable = [
     (NotFound, grpc.StatusCode.NOT_FOUND),
     (InvalidInput, grpc.StatusCode.INVALID_ARGUMENT),
     (PortalUnusable, grpc.StatusCode.FAILED_PRECONDITION),
     (RefreshUnavailable, grpc.StatusCode.UNAVAILABLE),
     (CredentialsUnreadable, grpc.StatusCode.INTERNAL),
-    (DatabaseUnavailable, grpc.StatusCode.UNAVAILABLE),
 ]
-
-Req = TypeVar("Req")
-Resp = TypeVar("Resp")
-Handler = Callable[[Any, Req, grpc.aio.ServicerContext], Awaitable[Resp]]
 
 
 def _ts(value: datetime | None) -> Timestamp | None:
@@ -95,32 +84,11 @@ def _access_token(tok: IssuedToken) -> pb.AccessToken:
     )
 
 
-def rpc(fn: Handler[Req, Resp]) -> Handler[Req, Resp]:
-    """Maps service errors to status codes, times the call; unexpected errors become a bare INTERNAL."""
-    method = fn.__name__
+def _observe(method: str, code: grpc.StatusCode, seconds: float) -> None:
+    metrics.RPC_SECONDS.labels(method, code.name).observe(seconds)
 
-    @wraps(fn)
-    async def wrapper(self: Any, request: Req, context: grpc.aio.ServicerContext) -> Resp:
-        t0 = time.perf_counter()
-        code = grpc.StatusCode.OK
-        try:
-            return await fn(self, request, context)
-        except Exception as exc:
-            for kind, status in _ERRORS:
-                if isinstance(exc, kind):
-                    code = status
-                    break
-            else:
-                code = grpc.StatusCode.INTERNAL
-                # Type only: exception texts of drivers may quote parameters.
-                log.error("unexpected error", method=method, error_type=type(exc).__name__)
-                await context.abort(code, "internal error")
-            await context.abort(code, str(exc))
-            raise  # unreachable: abort raises
-        finally:
-            metrics.RPC_SECONDS.labels(method, code.name).observe(time.perf_counter() - t0)
 
-    return wrapper
+rpc = rpc_decorator(_ERRORS, _observe)
 
 
 class TokenKeeperServicer(pb_grpc.TokenKeeperServicer):
@@ -128,9 +96,7 @@ class TokenKeeperServicer(pb_grpc.TokenKeeperServicer):
         self.service = service
 
     @rpc
-    async def UpsertPortal(
-        self, request: pb.UpsertPortalRequest, context: grpc.aio.ServicerContext
-    ) -> pb.PortalStatus:
+    async def UpsertPortal(self, request: pb.UpsertPortalRequest) -> pb.PortalStatus:
         row = await self.service.upsert_portal(
             PortalUpsert(
                 member_id=request.member_id,
@@ -151,34 +117,26 @@ class TokenKeeperServicer(pb_grpc.TokenKeeperServicer):
         return portal_status(row)
 
     @rpc
-    async def GetPortalStatus(
-        self, request: pb.GetPortalStatusRequest, context: grpc.aio.ServicerContext
-    ) -> pb.PortalStatus:
+    async def GetPortalStatus(self, request: pb.GetPortalStatusRequest) -> pb.PortalStatus:
         return portal_status(await self.service.get_portal(request.member_id))
 
     @rpc
-    async def ListPortals(
-        self, request: pb.ListPortalsRequest, context: grpc.aio.ServicerContext
-    ) -> pb.ListPortalsResponse:
+    async def ListPortals(self, request: pb.ListPortalsRequest) -> pb.ListPortalsResponse:
         return pb.ListPortalsResponse(portals=[portal_status(r) for r in await self.service.list_portals()])
 
     @rpc
-    async def GetAccessToken(
-        self, request: pb.GetAccessTokenRequest, context: grpc.aio.ServicerContext
-    ) -> pb.AccessToken:
+    async def GetAccessToken(self, request: pb.GetAccessTokenRequest) -> pb.AccessToken:
         return _access_token(await self.service.get_access_token(request.member_id))
 
     @rpc
-    async def ReportTokenRejected(
-        self, request: pb.ReportTokenRejectedRequest, context: grpc.aio.ServicerContext
-    ) -> pb.AccessToken:
+    async def ReportTokenRejected(self, request: pb.ReportTokenRejectedRequest) -> pb.AccessToken:
         return _access_token(
             await self.service.report_token_rejected(request.member_id, request.access_token, request.error)
         )
 
     @rpc
     async def VerifyApplicationToken(
-        self, request: pb.VerifyApplicationTokenRequest, context: grpc.aio.ServicerContext
+        self, request: pb.VerifyApplicationTokenRequest
     ) -> pb.VerifyApplicationTokenResponse:
         valid, known = await self.service.verify_application_token(
             request.member_id, request.application_token
@@ -187,7 +145,7 @@ class TokenKeeperServicer(pb_grpc.TokenKeeperServicer):
 
     @rpc
     async def UpsertChannelCredentials(
-        self, request: pb.UpsertChannelCredentialsRequest, context: grpc.aio.ServicerContext
+        self, request: pb.UpsertChannelCredentialsRequest
     ) -> pb.ChannelCredentialsStatus:
         row = await self.service.upsert_channel(
             ChannelUpsert(
@@ -201,9 +159,7 @@ class TokenKeeperServicer(pb_grpc.TokenKeeperServicer):
         return channel_status(row)
 
     @rpc
-    async def GetChannelCredentials(
-        self, request: pb.GetChannelCredentialsRequest, context: grpc.aio.ServicerContext
-    ) -> pb.ChannelCredentials:
+    async def GetChannelCredentials(self, request: pb.GetChannelCredentialsRequest) -> pb.ChannelCredentials:
         row, secrets = await self.service.get_channel(request.phone_number_id)
 
         def plain(v: SecretStr | None) -> str:
@@ -218,9 +174,7 @@ class TokenKeeperServicer(pb_grpc.TokenKeeperServicer):
         )
 
     @rpc
-    async def CheckVerifyToken(
-        self, request: pb.CheckVerifyTokenRequest, context: grpc.aio.ServicerContext
-    ) -> pb.CheckVerifyTokenResponse:
+    async def CheckVerifyToken(self, request: pb.CheckVerifyTokenRequest) -> pb.CheckVerifyTokenResponse:
         return pb.CheckVerifyTokenResponse(valid=await self.service.check_verify_token(request.verify_token))
 
 
