@@ -1,5 +1,6 @@
 """The one guard for outgoing HTTP to addresses that tenants name (portal REST endpoints, operator file
-links): the SSRF defence of DESIGN.md "Nothing from outside is trusted for ... address".
+links): the SSRF defence of docs/security.md ("anything a portal or Meta answers" is trusted for nothing beyond
+its type).
 
 Every request that goes through :class:`GuardedTransport` is checked before a socket is opened:
 

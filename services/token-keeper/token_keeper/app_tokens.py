@@ -33,7 +33,7 @@ class ApplicationTokens:
         `needs_reauth` are still accepted: their events are genuine and Bitrix24 never resends one, while
         relaying an operator's reply to WhatsApp needs no Bitrix24 token.
 
-        Unknown member_ids are answered from the set of known ones (review L6), which is re-read at most
+        Unknown member_ids are answered from the set of known ones, which is re-read at most
         once per `unknown_portal_recheck_s`: random member_ids cost no query each."""
         if not IDENT.match(member_id):
             return False, False
