@@ -272,3 +272,27 @@ def test_every_values_key_has_a_description() -> None:
     for name, sub in schema["$defs"].items():
         walk(sub, f"$defs.{name}")
     assert not missing, missing
+
+
+def test_each_property_schema_is_defined_once() -> None:
+    """A key that stands in several places (defaults and a component: resources, probes, ports...) is one
+    $defs entry they refer to, never a copy: no key name carries the same non-trivial schema inline twice."""
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    places: dict[str, list[str]] = {}
+
+    def walk(node: Any, path: str) -> None:
+        if isinstance(node, list):
+            for sub in node:
+                walk(sub, path)
+        if not isinstance(node, dict):
+            return
+        for key, sub in node.get("properties", {}).items():
+            body = {k: v for k, v in sub.items() if k != "description"}
+            if "$ref" not in body and len(body) > 1:  # a bare {"type": ...} is no definition worth sharing
+                places.setdefault(key + json.dumps(body, sort_keys=True), []).append(f"{path}.{key}")
+        for key, sub in node.items():
+            walk(sub, f"{path}/{key}")
+
+    walk(schema, "")
+    copies = [where for where in places.values() if len(where) > 1]
+    assert not copies, copies
