@@ -25,7 +25,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
-from zaptrix.egress import EgressPolicy, insecure_http_allowed, networks_setting
+from zaptrix.egress import EgressPolicy, insecure_http_allowed, networks_setting, require_https
 from zaptrix.logging import warn_early
 
 FILE_SUFFIX = "_FILE"
@@ -190,6 +190,25 @@ class CommonSettings(ZaptrixSettings):
     def egress_policy(self) -> EgressPolicy:
         """The egress guard's process-wide policy (zaptrix.egress)."""
         return EgressPolicy.of(self.egress_allow_networks, allow_http=insecure_http_allowed(self))
+
+
+class BitrixOAuthSettings(CommonSettings):
+    """Bitrix24's OAuth token endpoint, one knob for token-keeper (refreshes) and bitrix-ingress-web (the
+    install check)."""
+
+    bitrix_oauth_url: str = Field(
+        "https://oauth.bitrix.info/oauth/token/",
+        description=(
+            "Bitrix24's OAuth token endpoint, the only Bitrix24 endpoint a client secret is sent to: token-keeper's refreshes "
+            "and bitrix-ingress-web's install check by a refresh-token exchange when app.info does not name "
+            "the portal (needs ZAPTRIX_BITRIX_CLIENT_SECRET)"
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _oauth_url_https(self) -> BitrixOAuthSettings:
+        require_https(self.bitrix_oauth_url, self, what="ZAPTRIX_BITRIX_OAUTH_URL")
+        return self
 
 
 class KafkaSettings(ZaptrixSettings):

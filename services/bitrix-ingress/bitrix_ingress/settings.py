@@ -21,6 +21,7 @@ from zaptrix.egress import (
     require_https,
 )
 from zaptrix.settings import (
+    BitrixOAuthSettings,
     CommonSettings,
     DispatcherCommonSettings,
     Formerly,
@@ -137,7 +138,7 @@ class BitrixCommonSettings(CommonSettings):
         return RateSpec.parse(spec) if spec else RateSpec(self.bitrix_rate_per_s, self.bitrix_burst)
 
 
-class WebSettings(BitrixCommonSettings):
+class WebSettings(BitrixCommonSettings, BitrixOAuthSettings):
     """bitrix-ingress-web: Bitrix24 events, app install and the connector settings page."""
 
     web_port: int = Field(8081, description="HTTP port of bitrix-ingress-web")
@@ -182,13 +183,6 @@ class WebSettings(BitrixCommonSettings):
             "(never with the portal the request names); stored as the portal's server_endpoint"
         ),
     )
-    bitrix_oauth_url: str = Field(
-        "https://oauth.bitrix.info/oauth/token/",
-        description=(
-            "Bitrix24's OAuth token endpoint, used to verify an install by a refresh-token exchange when "
-            "app.info does not name the portal (needs ZAPTRIX_BITRIX_CLIENT_SECRET)"
-        ),
-    )
     bitrix_oauth_timeout_s: float = Field(10.0, gt=0, description="Timeout of one OAuth server request")
     install_max_token_ttl_s: float = Field(
         3600.0,
@@ -210,7 +204,6 @@ class WebSettings(BitrixCommonSettings):
         if self.public_base_url:
             require_https(self.public_base_url, self, what="ZAPTRIX_PUBLIC_BASE_URL")
         require_https(self.bitrix_oauth_server_endpoint, self, what="ZAPTRIX_BITRIX_OAUTH_SERVER_ENDPOINT")
-        require_https(self.bitrix_oauth_url, self, what="ZAPTRIX_BITRIX_OAUTH_URL")
         return self
 
     def url(self, path: str) -> str:

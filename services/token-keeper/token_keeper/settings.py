@@ -10,11 +10,10 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, model_validator
-from zaptrix.egress import require_https
-from zaptrix.settings import CommonSettings, DatabaseSettings, Formerly, GrpcServerSettings
+from zaptrix.settings import BitrixOAuthSettings, DatabaseSettings, Formerly, GrpcServerSettings
 
 
-class TokenKeeperSettings(CommonSettings):
+class TokenKeeperSettings(BitrixOAuthSettings):
     grpc_port: int = Field(50052, description="gRPC port (TokenKeeper + grpc.health.v1)")
     metrics_port: int = Field(9102, description="Prometheus /metrics port; 0 disables")
 
@@ -29,10 +28,6 @@ class TokenKeeperSettings(CommonSettings):
         None, description="Key id used for new writes; optional when exactly one key is configured"
     )
 
-    bitrix_oauth_url: str = Field(
-        "https://oauth.bitrix.info/oauth/token/",
-        description="Bitrix24 OAuth token endpoint (the client secret is only ever sent here)",
-    )
     bitrix_oauth_method: Literal["GET", "POST"] = Field(
         "GET", description="HTTP method of the refresh request (Bitrix24 documents GET with query parameters)"
     )
@@ -83,8 +78,7 @@ class TokenKeeperSettings(CommonSettings):
     gauge_interval_s: float = Field(30.0, gt=0, description="How often portal-state gauges are recomputed")
 
     @model_validator(mode="after")
-    def _check_oauth_url(self) -> TokenKeeperSettings:
-        require_https(self.bitrix_oauth_url, self, what="ZAPTRIX_BITRIX_OAUTH_URL")
+    def _check_oauth_budget(self) -> TokenKeeperSettings:
         if self.oauth_budget_s <= self.bitrix_oauth_timeout_s:
             raise ValueError("oauth_budget_s must be larger than bitrix_oauth_timeout_s")
         return self
