@@ -28,6 +28,7 @@ from zaptrix.delays import clamp_delay
 from zaptrix.errors import PermanentError as PermanentError
 from zaptrix.errors import TransientError as TransientError
 from zaptrix.kafka.connection import connection_kwargs
+from zaptrix.kafka.effects import effects_header, read_effects
 from zaptrix.kafka.envelope import (
     H_ATTEMPT,
     H_DLQ_AT,
@@ -98,10 +99,16 @@ class Received:
     headers: Headers
     attempt: int
     span: Span = field(repr=False)
+    # Effects noted by this and earlier attempts (effects.py): part -> result, e.g. a message id -> wamid.
+    effects: dict[str, str] = field(default_factory=dict)
 
     @property
     def event_type(self) -> str:
         return event_type(self.envelope)
+
+    def happened(self, part: str, result: str) -> None:
+        """Note an effect the moment it happens; a retry of this record will find it in ``effects``."""
+        self.effects[part] = result
 
 
 BatchHandler = Callable[[list[Received]], Awaitable[list[Outcome]]]
@@ -367,7 +374,10 @@ class EventConsumer:
         span.set_attribute("messaging.message.id", env.event_id)
         span.set_attribute("zaptrix.event_type", event_type(env))
         attempt = max(1, _int_header(headers, H_ATTEMPT, 1))
-        return Received(env, rec.topic, rec.partition, rec.offset, rec.key, rec.value, headers, attempt, span)
+        effects = read_effects(headers)
+        return Received(
+            env, rec.topic, rec.partition, rec.offset, rec.key, rec.value, headers, attempt, span, effects
+        )
 
     async def _route(self, rec: Received, outcome: Outcome) -> None:
         etype = rec.event_type
@@ -381,6 +391,7 @@ class EventConsumer:
                     *without_bookkeeping(rec.headers),
                     (H_ATTEMPT, str(rec.attempt + 1).encode()),
                     (H_NOT_BEFORE, str(now_ms() + int(delay * 1000)).encode()),
+                    *effects_header(rec.effects),
                 ]
                 await self._publish(self.topics.retry, rec.key, rec.value, headers)
                 EVENTS_HANDLED.labels(rec.topic, etype, "retried").inc()
@@ -410,12 +421,15 @@ class EventConsumer:
         was never opened (undecodable, or dead-lettered for crashing before it could be handled)."""
         headers: Headers = rec.headers if isinstance(rec, Received) else list(rec.headers or [])
         reason = bounded_reason(reason)  # exception texts are not ours: one line, no credentials, bounded
+        # A replay from the dead-letter topic must not redo what already happened: the effects go along.
+        effects = rec.effects if isinstance(rec, Received) else read_effects(headers)
         dlq_headers = [
             *without_bookkeeping(headers),
             (H_ATTEMPT, str(attempt).encode()),
             (H_DLQ_REASON, reason.encode()),
             (H_DLQ_SOURCE, rec.topic.encode()),
             (H_DLQ_AT, datetime.now(UTC).isoformat().encode()),
+            *effects_header(effects),
         ]
         await self._publish(self.topics.dlq, rec.key, rec.value, dlq_headers)
         etype = rec.event_type if isinstance(rec, Received) else "unknown"
