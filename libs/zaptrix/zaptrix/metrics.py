@@ -17,11 +17,16 @@ EVENTS_PRODUCED = Counter(
 )
 EVENTS_HANDLED = Counter(
     "zaptrix_events_handled_total",
-    "Events consumed, by outcome (ok, duplicate, retried, dead_lettered)",
+    "Events consumed, by outcome (ok, duplicate, retried, held, dead_lettered)",
     ["topic", "event_type", "outcome"],
 )
 DEAD_LETTERS = Counter(
     "zaptrix_dead_letters_total", "Events moved to a dead-letter topic", ["topic", "reason"]
+)
+REQUEUED = Counter(
+    "zaptrix_retry_requeued_total",
+    "Retry records not yet due moved to the tail of their partition so that due ones behind could go",
+    ["topic"],
 )
 CONSUMER_LAG = Gauge(
     "zaptrix_kafka_consumer_lag", "Records behind the end of the partition", ["topic", "partition"]

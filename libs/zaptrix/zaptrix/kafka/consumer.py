@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from typing import Literal
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
+from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
@@ -28,6 +29,7 @@ from zaptrix.delays import clamp_delay
 from zaptrix.errors import PermanentError as PermanentError
 from zaptrix.errors import TransientError as TransientError
 from zaptrix.kafka.connection import connection_kwargs
+from zaptrix.kafka.effects import effects_header, read_effects
 from zaptrix.kafka.envelope import (
     H_ATTEMPT,
     H_DLQ_AT,
@@ -35,6 +37,7 @@ from zaptrix.kafka.envelope import (
     H_DLQ_SOURCE,
     H_EVENT_ID,
     H_NOT_BEFORE,
+    H_SEQ,
     Headers,
     decode,
     event_type,
@@ -43,11 +46,12 @@ from zaptrix.kafka.envelope import (
     now_ms,
     without_bookkeeping,
 )
+from zaptrix.kafka.holds import Holds, Pending, seq_of
 from zaptrix.kafka.producer import EventProducer, PublishError
 from zaptrix.kafka.starts import StartMark, read_marks
 from zaptrix.kafka.topics import FlowTopics
 from zaptrix.logging import bounded_reason, get_logger
-from zaptrix.metrics import CONSUMER_LAG, DEAD_LETTERS, EVENTS_HANDLED, HANDLE_SECONDS
+from zaptrix.metrics import CONSUMER_LAG, DEAD_LETTERS, EVENTS_HANDLED, HANDLE_SECONDS, REQUEUED
 from zaptrix.retrying import retry_until_stopped
 from zaptrix.settings import KafkaSettings
 from zaptrix.v1 import events_pb2
@@ -58,7 +62,7 @@ tracer = trace.get_tracer("zaptrix.kafka")
 
 @dataclass(frozen=True)
 class Outcome:
-    kind: Literal["ok", "duplicate", "retry", "dead"]
+    kind: Literal["ok", "duplicate", "retry", "dead", "held"]
     reason: str = ""
     retry_after: float | None = None
 
@@ -77,6 +81,11 @@ class Outcome:
     @classmethod
     def dead(cls, reason: str) -> Outcome:
         return cls("dead", reason)
+
+    @classmethod
+    def held(cls, reason: str = "an earlier event of the conversation is waiting for a retry") -> Outcome:
+        """Not handled: goes behind its conversation's pending retry, not counted as an attempt."""
+        return cls("held", reason)
 
     @classmethod
     def from_exception(cls, exc: BaseException) -> Outcome:
@@ -98,10 +107,17 @@ class Received:
     headers: Headers
     attempt: int
     span: Span = field(repr=False)
+    # Effects noted by this and earlier attempts (effects.py): part -> result, e.g. a message id -> wamid.
+    effects: dict[str, str] = field(default_factory=dict)
+    seq: int = 0  # place in its conversation: the offset it had in the main topic (holds.py)
 
     @property
     def event_type(self) -> str:
         return event_type(self.envelope)
+
+    def happened(self, part: str, result: str) -> None:
+        """Note an effect the moment it happens; a retry of this record will find it in ``effects``."""
+        self.effects[part] = result
 
 
 BatchHandler = Callable[[list[Received]], Awaitable[list[Outcome]]]
@@ -126,8 +142,10 @@ def per_event(handler: EventHandler, concurrency: int = 64) -> BatchHandler:
 
     async def run_conversation(items: list[tuple[int, Received]], out: list[Outcome | None]) -> None:
         async with limit:
+            waiting = False  # an earlier event of this conversation goes to the retry topic
             for index, rec in items:
-                out[index] = await run_one(rec)
+                out[index] = Outcome.held() if waiting else await run_one(rec)
+                waiting = waiting or out[index].kind in ("retry", "held")  # type: ignore[union-attr]
 
     async def handle(batch: list[Received]) -> list[Outcome]:
         groups: OrderedDict[str, list[tuple[int, Received]]] = OrderedDict()
@@ -152,22 +170,38 @@ class _Stopping(Exception):
     """``stopped`` was set while Kafka would not take a record: leave the batch uncommitted and stop."""
 
 
+REBUILD_TIMEOUT_S = 60.0
+RECHECK_S = 5.0  # a retry partition with nothing due is looked at again this often (earlier-due arrivals)
 STOP_GRACE_S = 5.0  # a publish in flight when SIGTERM arrives gets this long before the batch is given up
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
-    """Forget the start marks of partitions that change hands: the next owner reads them back."""
+    """Forget the start marks and holds of partitions that change hands: the next owner reads them back."""
 
-    def __init__(self, marks: dict[TopicPartition, StartMark | None]) -> None:
-        self.marks = marks
+    def __init__(self, owner: EventConsumer) -> None:
+        self.owner = owner
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
         for tp in revoked:
-            self.marks.pop(tp, None)
+            self.owner._marks.pop(tp, None)
+        self.owner._holds.forget({tp.partition for tp in revoked if tp.topic == self.owner.topics.retry})
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         for tp in assigned:
-            self.marks.pop(tp, None)
+            self.owner._marks.pop(tp, None)
+        retry = [tp for tp in assigned if tp.topic == self.owner.topics.retry]
+        consumer = self.owner._consumer
+        if retry and consumer is not None:
+            # Records may already be fetched while this runs: nothing is handled until the holds are back.
+            self.owner._holds_ready.clear()
+            try:
+                await asyncio.wait_for(
+                    self.owner._holds.rebuild(self.owner.settings, consumer, retry), REBUILD_TIMEOUT_S
+                )
+            except Exception:
+                log.exception("pending retries could not be read back; order may not hold")
+            finally:
+                self.owner._holds_ready.set()
 
 
 class EventConsumer:
@@ -202,6 +236,8 @@ class EventConsumer:
         self._consumer: AIOKafkaConsumer | None = None
         self._stopped = asyncio.Event()
         self._marks: dict[TopicPartition, StartMark | None] = {}
+        self._holds = Holds()
+        self._holds_ready = asyncio.Event()
 
     def healthy(self, stale_after_s: float = 60.0) -> bool:
         return self.running and time.monotonic() - self.last_poll_at < stale_after_s
@@ -209,15 +245,19 @@ class EventConsumer:
     async def run(self, stopped: asyncio.Event) -> None:
         self._stopped = stopped
         self._marks = {}
+        self._holds = Holds()
+        self._holds_ready.set()
         consumer = AIOKafkaConsumer(
             group_id=self.group_id,
             client_id=self.client_id,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             fetch_max_wait_ms=self.settings.consumer_fetch_max_wait_ms,
+            # Partition N of the main and of the retry topic go to the same member (holds.py).
+            partition_assignment_strategy=(RangePartitionAssignor,),
             **connection_kwargs(self.settings),
         )
-        consumer.subscribe([self.topics.main, self.topics.retry], listener=_Listener(self._marks))
+        consumer.subscribe([self.topics.main, self.topics.retry], listener=_Listener(self))
         self._consumer = consumer
         await consumer.start()
         self.running = True
@@ -244,12 +284,14 @@ class EventConsumer:
     async def _process(
         self, consumer: AIOKafkaConsumer, data: dict[TopicPartition, list[ConsumerRecord]]
     ) -> None:
+        await self._holds_ready.wait()
         ready: dict[TopicPartition, list[ConsumerRecord]] = {}
+        requeue: set[tuple[int, int]] = set()  # (partition, offset) of retry records moved to the tail
         for tp, records in data.items():
-            for rec in records:
-                if tp.topic == self.topics.retry and self._not_yet_due(consumer, tp, rec):
-                    break
-                ready.setdefault(tp, []).append(rec)
+            if tp.topic == self.topics.retry:
+                records = self._due_part(consumer, tp, records, requeue)
+            if records:
+                ready[tp] = records
         if not ready:
             return
         unknown = [tp for tp in ready if tp not in self._marks]
@@ -262,7 +304,18 @@ class EventConsumer:
         # Count this start before handling: if the process dies now, the next owner knows.
         marks = {tp: StartMark(recs[0].offset, recs[-1].offset, 1) for tp, recs in ready.items()}
         await self._commit(consumer, {tp: (recs[0].offset, marks[tp]) for tp, recs in ready.items()})
-        await self._handle([rec for recs in ready.values() for rec in recs])
+        for tp, recs in ready.items():
+            for rec in recs:
+                if (tp.partition, rec.offset) in requeue and tp.topic == self.topics.retry:
+                    await self._requeue(rec)
+        await self._handle(
+            [
+                rec
+                for tp, recs in ready.items()
+                for rec in recs
+                if tp.topic != self.topics.retry or (tp.partition, rec.offset) not in requeue
+            ]
+        )
         await self._commit(consumer, {tp: (recs[-1].offset + 1, None) for tp, recs in ready.items()})
 
     def _starts(self, tp: TopicPartition, offset: int) -> int:
@@ -305,13 +358,19 @@ class EventConsumer:
         """Handle and route records; nothing in here may abort the batch but a stop."""
         batch: list[Received] = []
         for rec in records:
+            if rec.topic == self.topics.retry:
+                self._holds.consumed(rec.key, rec.partition, rec.offset)
             received = self._open(rec)
-            if isinstance(received, Received):
-                batch.append(received)
-            else:  # not an envelope we can read: nothing will ever handle it
+            if not isinstance(received, Received):  # not an envelope we can read: nothing will handle it
                 await self._dead_letter(rec, received, 1)
+            elif self._holds.ahead(received.key, received.seq) is not None:
+                await self._route(received, Outcome.held())
+            else:
+                batch.append(received)
         if not batch:
             return
+        # A conversation's retried event and its later ones can arrive in one poll: its place goes first.
+        batch.sort(key=lambda rec: rec.seq)
         started = time.perf_counter()
         try:
             outcomes = await self.handler(batch)
@@ -333,21 +392,16 @@ class EventConsumer:
                 log.exception("routing failed", event_id=rec.envelope.event_id)
                 await self._dead_letter(rec, f"routing failed: {type(exc).__name__}: {exc}", rec.attempt)
 
-    def _not_yet_due(self, consumer: AIOKafkaConsumer, tp: TopicPartition, rec: ConsumerRecord) -> bool:
+    def _wait_ms(self, tp: TopicPartition, rec: ConsumerRecord) -> int:
+        """How long until a retry record is due (<= 0: due now)."""
         wait_ms = _int_header(rec.headers, H_NOT_BEFORE, 0) - now_ms()
-        if wait_ms <= 0:
-            return False
         if wait_ms > (self.retry_max_s + 60) * 1000:
             # We never schedule that far ahead (retry_max_s): a bogus time must not freeze the partition.
             log.warning(
                 "retry record due implausibly late; handling it now", topic=tp.topic, offset=rec.offset
             )
-            return False
-        # Rewind to this record and pause the partition until it is due (at most retry_max_s); others go on.
-        consumer.seek(tp, rec.offset)
-        consumer.pause(tp)
-        asyncio.get_running_loop().call_later(wait_ms / 1000, consumer.resume, tp)
-        return True
+            return 0
+        return wait_ms
 
     def _open(self, rec: ConsumerRecord) -> Received | str:
         """The record as a Received with its processing span open, or why it cannot be read."""
@@ -375,7 +429,21 @@ class EventConsumer:
         span.set_attribute("messaging.message.id", env.event_id)
         span.set_attribute("zaptrix.event_type", event_type(env))
         attempt = max(1, _int_header(headers, H_ATTEMPT, 1))
-        return Received(env, rec.topic, rec.partition, rec.offset, rec.key, rec.value, headers, attempt, span)
+        effects = read_effects(headers)
+        seq = rec.offset if rec.topic == self.topics.main else seq_of(headers, rec.offset)
+        return Received(
+            env,
+            rec.topic,
+            rec.partition,
+            rec.offset,
+            rec.key,
+            rec.value,
+            headers,
+            attempt,
+            span,
+            effects,
+            seq,
+        )
 
     async def _route(self, rec: Received, outcome: Outcome) -> None:
         etype = rec.event_type
@@ -383,14 +451,14 @@ class EventConsumer:
             if outcome.kind in ("ok", "duplicate"):
                 EVENTS_HANDLED.labels(rec.topic, etype, outcome.kind).inc()
                 return
+            if outcome.kind == "held":
+                ahead = self._holds.ahead(rec.key, rec.seq) or 0
+                await self._to_retry(rec, rec.attempt, max(ahead, now_ms()))
+                EVENTS_HANDLED.labels(rec.topic, etype, "held").inc()
+                return
             if outcome.kind == "retry" and rec.attempt < self.max_attempts:
                 delay = self._backoff(rec.attempt, outcome.retry_after)
-                headers = [
-                    *without_bookkeeping(rec.headers),
-                    (H_ATTEMPT, str(rec.attempt + 1).encode()),
-                    (H_NOT_BEFORE, str(now_ms() + int(delay * 1000)).encode()),
-                ]
-                await self._publish(self.topics.retry, rec.key, rec.value, headers)
+                await self._to_retry(rec, rec.attempt + 1, now_ms() + int(delay * 1000))
                 EVENTS_HANDLED.labels(rec.topic, etype, "retried").inc()
                 log.warning(
                     "event scheduled for retry",
@@ -405,12 +473,61 @@ class EventConsumer:
                 reason = f"retries exhausted after {rec.attempt} attempts: {outcome.reason}"
             await self._dead_letter(rec, reason, rec.attempt)
         finally:
-            if outcome.kind in ("ok", "duplicate"):
+            if outcome.kind in ("ok", "duplicate", "held"):
                 rec.span.set_status(Status(StatusCode.OK))
             else:
                 rec.span.set_status(Status(StatusCode.ERROR, outcome.reason[:200]))
             rec.span.set_attribute("zaptrix.outcome", outcome.kind)
             rec.span.end()
+
+    async def _to_retry(self, rec: Received, attempt: int, not_before_ms: int) -> None:
+        headers = [
+            *without_bookkeeping(rec.headers),
+            (H_ATTEMPT, str(attempt).encode()),
+            (H_NOT_BEFORE, str(not_before_ms).encode()),
+            (H_SEQ, str(rec.seq).encode()),
+            *effects_header(rec.effects),
+        ]
+        partition, offset = await self._publish(self.topics.retry, rec.key, rec.value, headers)
+        self._holds.add(rec.key, partition, offset, Pending(rec.seq, not_before_ms))
+
+    def _due_part(
+        self,
+        consumer: AIOKafkaConsumer,
+        tp: TopicPartition,
+        records: list[ConsumerRecord],
+        requeue: set[tuple[int, int]],
+    ) -> list[ConsumerRecord]:
+        """The records of a retry partition to take now: up to the last one that is due, with the not yet
+        due ones before it marked for the tail (one tenant's long wait must not hold others' due retries).
+        The rest is fetched again; with nothing due, the partition rests until its head is due or
+        RECHECK_S has passed (new, earlier-due retries may have arrived behind it)."""
+        waits = [self._wait_ms(tp, rec) for rec in records]
+        last_due = max((i for i, wait in enumerate(waits) if wait <= 0), default=-1)
+        if last_due + 1 < len(records):
+            consumer.seek(tp, records[last_due + 1].offset)
+        if last_due < 0:
+            consumer.pause(tp)
+            rest_s = min(waits[0] / 1000, RECHECK_S)
+            asyncio.get_running_loop().call_later(rest_s, consumer.resume, tp)
+            return []
+        take = records[: last_due + 1]
+        requeue.update(
+            (tp.partition, rec.offset)
+            for rec, wait in zip(take, waits[: last_due + 1], strict=True)
+            if wait > 0
+        )
+        return take
+
+    async def _requeue(self, rec: ConsumerRecord) -> None:
+        """A retry record not yet due, moved as it is to the tail of its partition (same key, same
+        partition: its conversation's order is kept by the holds)."""
+        headers: Headers = list(rec.headers or [])
+        partition, offset = await self._publish(self.topics.retry, rec.key, rec.value, headers)
+        self._holds.consumed(rec.key, rec.partition, rec.offset)
+        not_before = _int_header(headers, H_NOT_BEFORE, 0)
+        self._holds.add(rec.key, partition, offset, Pending(seq_of(headers, rec.offset), not_before))
+        REQUEUED.labels(self.topics.retry).inc()
 
     async def _dead_letter(
         self,
@@ -425,12 +542,15 @@ class EventConsumer:
         then gets ``envelope`` (None: nothing to tell), never a second decoding of a Received's record."""
         headers: Headers = rec.headers if isinstance(rec, Received) else list(rec.headers or [])
         reason = bounded_reason(reason)  # exception texts are not ours: one line, no credentials, bounded
+        # A replay from the dead-letter topic must not redo what already happened: the effects go along.
+        effects = rec.effects if isinstance(rec, Received) else read_effects(headers)
         dlq_headers = [
             *without_bookkeeping(headers),
             (H_ATTEMPT, str(attempt).encode()),
             (H_DLQ_REASON, reason.encode()),
             (H_DLQ_SOURCE, rec.topic.encode()),
             (H_DLQ_AT, datetime.now(UTC).isoformat().encode()),
+            *effects_header(effects),
         ]
         await self._publish(self.topics.dlq, rec.key, rec.value, dlq_headers)
         etype = rec.event_type if isinstance(rec, Received) else "unknown"
@@ -447,15 +567,21 @@ class EventConsumer:
         except Exception:  # the dead letter is the evidence; a failed notice must not block the partition
             log.exception("dead-letter notice failed", event_id=env.event_id)
 
-    async def _publish(self, topic: str, key: bytes | None, value: bytes | None, headers: Headers) -> None:
+    async def _publish(
+        self, topic: str, key: bytes | None, value: bytes | None, headers: Headers
+    ) -> tuple[int, int]:
         """Retry/DLQ publishing must not fail silently: keep trying (offsets stay uncommitted meanwhile)
-        until it works or the process is asked to stop."""
+        until it works or the process is asked to stop. Returns where the record landed."""
+        landed: list[tuple[int, int]] = []
 
         def retrying(_: BaseException, delay: float) -> None:
             log.warning("cannot publish to Kafka, will try again", topic=topic, delay_s=delay)
 
+        async def once() -> None:
+            landed.append(await self._unless_stopped(self.producer.publish_raw(topic, key, value, headers)))
+
         published = await retry_until_stopped(
-            lambda: self._unless_stopped(self.producer.publish_raw(topic, key, value, headers)),
+            once,
             retry_on=lambda exc: isinstance(exc, PublishError),
             stopped=self._stopped,
             max_s=30.0,
@@ -463,8 +589,9 @@ class EventConsumer:
         )
         if not published:
             raise _Stopping
+        return landed[-1]
 
-    async def _unless_stopped(self, publish: Awaitable[None]) -> None:
+    async def _unless_stopped(self, publish: Awaitable[tuple[int, int]]) -> tuple[int, int]:
         """Await a publish; once ``stopped`` is set it gets STOP_GRACE_S more, then the batch is given up."""
         task = asyncio.ensure_future(publish)
         stop = asyncio.ensure_future(self._stopped.wait())
@@ -475,7 +602,7 @@ class EventConsumer:
             if not task.done():
                 task.cancel()
                 raise _Stopping
-            task.result()
+            return task.result()
         finally:
             stop.cancel()
 

@@ -27,7 +27,9 @@ H_NOT_BEFORE = "zaptrix-not-before"  # epoch milliseconds
 H_DLQ_REASON = "zaptrix-dlq-reason"
 H_DLQ_SOURCE = "zaptrix-dlq-source-topic"
 H_DLQ_AT = "zaptrix-dlq-at"
-BOOKKEEPING = frozenset({H_ATTEMPT, H_NOT_BEFORE, H_DLQ_REASON, H_DLQ_SOURCE, H_DLQ_AT})
+H_EFFECTS = "zaptrix-effects"  # effects.py
+H_SEQ = "zaptrix-seq"  # holds.py: the record's offset in the main topic, its place in the conversation
+BOOKKEEPING = frozenset({H_ATTEMPT, H_NOT_BEFORE, H_DLQ_REASON, H_DLQ_SOURCE, H_DLQ_AT, H_EFFECTS, H_SEQ})
 
 Headers = list[tuple[str, bytes]]
 

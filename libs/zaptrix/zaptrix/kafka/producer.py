@@ -71,13 +71,18 @@ class EventProducer:
         for env in envelopes:
             EVENTS_PRODUCED.labels(topic, event_type(env)).inc()
 
-    async def publish_raw(self, topic: str, key: bytes | None, value: bytes | None, headers: Headers) -> None:
-        """Re-publish a record as is (retry, dead letter, replay); the headers already carry the trace."""
+    async def publish_raw(
+        self, topic: str, key: bytes | None, value: bytes | None, headers: Headers
+    ) -> tuple[int, int]:
+        """Re-publish a record as is (retry, dead letter, replay); the headers already carry the trace.
+        Returns where it landed: (partition, offset)."""
         try:
             fut = await self._producer.send(topic, value=value, key=key, headers=headers)
             await self._await_acks([fut])
         except (KafkaError, TimeoutError) as exc:
             raise PublishError(f"Kafka did not accept the record for {topic}: {exc!r}") from exc
+        meta = fut.result()
+        return int(meta.partition), int(meta.offset)
 
     async def _await_acks(self, futures: list[asyncio.Future[object]]) -> None:
         if futures:
