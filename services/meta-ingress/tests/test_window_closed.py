@@ -10,9 +10,9 @@ from typing import Any
 
 import httpx
 import pytest
-from meta_ingress.dispatcher import MetaDispatcher
-from meta_ingress.graph import GraphClient
-from meta_ingress.notices import Notice
+from meta_ingress.dispatcher.notices import Notice
+from meta_ingress.dispatcher.process import MetaDispatcher
+from meta_ingress.graph.client import GraphClient
 from meta_ingress.settings import DispatcherSettings
 from meta_support import MEMBER, PNID, TOKEN, Fakes, operator_message
 from opentelemetry import trace

@@ -8,7 +8,7 @@ from zaptrix.kafka import EventProducer, PermanentError, PublishError, Transient
 from zaptrix.logging import get_logger
 from zaptrix.v1 import events_pb2, mapper_pb2
 
-from meta_ingress.graph import GraphApiError
+from meta_ingress.graph.errors import GraphApiError
 
 log = get_logger(__name__)
 

@@ -11,14 +11,20 @@ from zaptrix.logging import get_logger
 from zaptrix.ttlcache import NotFoundError
 from zaptrix.v1 import events_pb2
 
-from meta_ingress.context import Context
 from meta_ingress.credentials import UnknownChannel
-from meta_ingress.errors import Action, classify, describe, retry_later
-from meta_ingress.graph import GraphApiError, GraphTransportError
+from meta_ingress.dispatcher.context import Context
+from meta_ingress.dispatcher.notices import Notice
+from meta_ingress.dispatcher.operator_messages import OperatorMessages
+from meta_ingress.dispatcher.send_plan import plan_message
+from meta_ingress.graph.errors import (
+    Action,
+    GraphApiError,
+    GraphTransportError,
+    classify,
+    describe,
+    retry_later,
+)
 from meta_ingress.metrics import DUPLICATES, OPERATOR_EVENTS, TOKEN_ERRORS
-from meta_ingress.notices import Notice
-from meta_ingress.operator_messages import OperatorMessages
-from meta_ingress.outbound import plan_message
 
 log = get_logger(__name__)
 

@@ -15,10 +15,10 @@ from zaptrix.ttlcache import AsyncTtlCache, NotFoundError
 from zaptrix.v1 import mapper_pb2
 
 from meta_ingress.credentials import Credentials, CredentialsCache, UnknownChannel
-from meta_ingress.graph import GraphClient
-from meta_ingress.notices import Notice, Notifier
-from meta_ingress.records import Records
-from meta_ingress.sender import Sender
+from meta_ingress.dispatcher.notices import Notice, Notifier
+from meta_ingress.dispatcher.records import Records
+from meta_ingress.dispatcher.sender import Sender
+from meta_ingress.graph.client import GraphClient
 from meta_ingress.settings import DispatcherSettings
 
 SERVICE = "meta-dispatcher"

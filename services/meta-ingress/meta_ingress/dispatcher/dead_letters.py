@@ -18,10 +18,10 @@ from zaptrix.logging import get_logger
 from zaptrix.rpc import RpcNotFound
 from zaptrix.v1 import events_pb2
 
-from meta_ingress.context import Context
-from meta_ingress.errors import AUTH_CODES, MEDIA_CODES
+from meta_ingress.dispatcher.context import Context
+from meta_ingress.dispatcher.notices import Notice
+from meta_ingress.graph.errors import AUTH_CODES, MEDIA_CODES
 from meta_ingress.metrics import DEAD_LETTER_NOTICES
-from meta_ingress.notices import Notice
 
 log = get_logger(__name__)
 

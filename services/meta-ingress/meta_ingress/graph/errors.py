@@ -1,4 +1,4 @@
-"""What a Graph API error means for an operator's message (whatsapp.md A5 error table).
+"""The Graph API's errors, and what each means for an operator's message (whatsapp.md A5 error table).
 
 Build logic on ``code`` (and the HTTP status when there is no code), never on titles: Meta says titles
 "will eventually be deprecated".
@@ -10,7 +10,48 @@ from enum import StrEnum
 
 from zaptrix.kafka import TransientError
 
-from meta_ingress.graph import GraphApiError, GraphTransportError
+
+class GraphApiError(Exception):
+    """The Graph API answered with an error (HTTP status >= 400)."""
+
+    def __init__(
+        self,
+        http_status: int,
+        code: int | None,
+        message: str,
+        *,
+        subcode: int | None = None,
+        details: str = "",
+        title: str = "",
+        fbtrace_id: str = "",
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(f"Graph API {http_status} code={code}: {message}")
+        self.http_status = http_status
+        self.code = code
+        self.subcode = subcode
+        self.message = message
+        self.details = details
+        self.title = title
+        self.fbtrace_id = fbtrace_id
+        self.retry_after = retry_after
+
+    @property
+    def label(self) -> str:
+        return str(self.code) if self.code is not None else f"http_{self.http_status}"
+
+
+class GraphTransportError(Exception):
+    """No usable answer (connection refused, timeout, broken response).
+
+    ``maybe_delivered`` is True when the request may have reached Meta (a read timeout or a connection
+    dropped after sending): retrying can then produce a duplicate.
+    """
+
+    def __init__(self, message: str, *, maybe_delivered: bool) -> None:
+        super().__init__(message)
+        self.maybe_delivered = maybe_delivered
+        self.retry_after: float | None = None
 
 
 class Action(StrEnum):
