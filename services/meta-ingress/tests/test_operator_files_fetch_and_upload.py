@@ -1,4 +1,4 @@
-"""bitrix_files.py and spool.py in process: the byte budget, streamed uploads, allowed file hosts."""
+"""dispatcher/bitrix_files.py and spool.py in process: the byte budget, streamed uploads, allowed file hosts."""
 
 from __future__ import annotations
 
