@@ -12,6 +12,9 @@ from meta_ingress.graph.errors import GraphApiError
 
 log = get_logger(__name__)
 
+# The fields a Notice and its SendFailure share: where in Bitrix24 the notice is shown.
+_ADDRESS = ("member_id", "line_id", "connector_id", "bitrix_chat_id", "bitrix_message_id", "external_chat_id")
+
 OperatorEvent = events_pb2.OperatorMessage | events_pb2.OperatorMessageEdit | events_pb2.OperatorMessageDelete
 
 
@@ -90,16 +93,8 @@ class Notifier:
         if not notice.routed or not notice.member_id:
             # A programming error, not an input: a notice must never go to a portal the event merely named.
             raise PermanentError(f"notice {notice.event_id} is not routed to a conversation; not produced")
-        failure = events_pb2.SendFailure(
-            member_id=notice.member_id,
-            line_id=notice.line_id,
-            connector_id=notice.connector_id,
-            bitrix_chat_id=notice.bitrix_chat_id,
-            bitrix_message_id=notice.bitrix_message_id,
-            external_chat_id=notice.external_chat_id,
-            notice=text[:2000],
-            template_sent=template_sent,
-        )
+        address = {name: getattr(notice, name) for name in _ADDRESS}
+        failure = events_pb2.SendFailure(notice=text[:2000], template_sent=template_sent, **address)
         if error is not None:
             failure.error.CopyFrom(error)
         env = events_pb2.Envelope(

@@ -6,35 +6,28 @@ Build logic on ``code`` (and the HTTP status when there is no code), never on ti
 
 from __future__ import annotations
 
+from dataclasses import KW_ONLY, dataclass
 from enum import StrEnum
 
 from zaptrix.kafka import TransientError
 
 
+@dataclass(eq=False, repr=False)  # compared and shown as an exception, by identity and message
 class GraphApiError(Exception):
     """The Graph API answered with an error (HTTP status >= 400)."""
 
-    def __init__(
-        self,
-        http_status: int,
-        code: int | None,
-        message: str,
-        *,
-        subcode: int | None = None,
-        details: str = "",
-        title: str = "",
-        fbtrace_id: str = "",
-        retry_after: float | None = None,
-    ) -> None:
-        super().__init__(f"Graph API {http_status} code={code}: {message}")
-        self.http_status = http_status
-        self.code = code
-        self.subcode = subcode
-        self.message = message
-        self.details = details
-        self.title = title
-        self.fbtrace_id = fbtrace_id
-        self.retry_after = retry_after
+    http_status: int
+    code: int | None
+    message: str
+    _: KW_ONLY
+    subcode: int | None = None
+    details: str = ""
+    title: str = ""
+    fbtrace_id: str = ""
+    retry_after: float | None = None
+
+    def __post_init__(self) -> None:
+        super().__init__(f"Graph API {self.http_status} code={self.code}: {self.message}")
 
     @property
     def label(self) -> str:
