@@ -1,12 +1,5 @@
-"""Meta's webhooks: the verification handshake (GET) and the events (POST).
-
-POST: X-Hub-Signature-256 (against the app secret of the first channel the raw body names: one lookup, one
-HMAC, nothing parsed yet) → parse with caps → one event per message/status → Kafka (acks=all) → 200. A
-failed status with 131047 also becomes a WindowClosed for the meta dispatcher (b24-to-wa flow), published
-before the 200 as well. Events of numbers that cannot take them (unknown, or not signed with their own app
-secret) are parked in the dead-letter topic; the rest of the batch is taken. Never a 500 for what Meta (or
-anyone) sends. See docs/meta-ingress.md.
-"""
+"""Meta's webhooks: the verification handshake (GET) and the events (POST), never a 500 for what anyone
+sends. The order of the checks, and why: docs/meta-ingress.md, "POST /webhooks/meta"."""
 
 from __future__ import annotations
 
