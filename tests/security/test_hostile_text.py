@@ -147,7 +147,7 @@ async def test_long_operator_text_is_sent_truncated_with_a_notice() -> None:
         phone_number_id="pn1",
         wa_id="4917",
     )
-    notice = Notice("wa-fail:m1:1", "m1", 7, "zaptrix_whatsapp", "1807", "1", "wa_100_4917")
+    notice = Notice("wa-fail:m1:1", "m1", 7, "zaptrix_whatsapp", "1807", "1", "wa_100_4917", "pn1:4917")
     text = ("word " * 20_000).strip()  # 100,000 characters
     plan = meta_outbound.plan_message(text, [])
     await handler.deliver("b24:m1:1", target, plan, notice, link=True, reengage=True)  # type: ignore[arg-type]

@@ -249,7 +249,7 @@ async def test_a_notice_goes_to_the_conversations_portal_and_never_unrouted(meta
     failure = notice.send_failure
     assert (failure.member_id, failure.external_chat_id) == (conv.member_id, conv.external_chat_id)
     assert notice.conversation_key == f"{conv.phone_number_id}:{conv.wa_id}"
-    unrouted = Notice.about(operator_message(conv).operator_message, "wa-fail:x")
+    unrouted = Notice("wa-fail:x", "", 7, "zaptrix_whatsapp", "1807", "1", "", "")  # no conversation
     with pytest.raises(PermanentError, match="not routed"):
         await meta.dispatcher.ctx.notifier.send(unrouted, None, "text")
     assert len(meta.producer.published) == 1

@@ -73,8 +73,8 @@ class OperatorMessages:
             DUPLICATES.labels("operator_message").inc()
             log.info("operator message already delivered", event_id=event_id)
             return Outcome.duplicate()
-        notice = Notice.about(om, f"wa-fail:{om.member_id}:{om.bitrix_message_id}")
-        target = await self.ctx.target(om.member_id, om.external_chat_id, notice, "message")
+        target = await self.ctx.target(om.member_id, om.external_chat_id, "message")
+        notice = Notice.about(om, f"wa-fail:{om.member_id}:{om.bitrix_message_id}", target.conversation)
         plan = plan_message(om.text_bbcode, list(om.files), om.reply_to_external_id)
         return await self.deliver(event_id, target, plan, notice, link=True, reengage=True)
 

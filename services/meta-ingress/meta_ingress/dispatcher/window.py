@@ -149,7 +149,10 @@ class Window:
             return "cooldown"
         # informational: the failed message itself was reported by its status
         notice = Notice.for_conversation(
-            conversation, channel, f"wa-fail:{conversation.member_id}:window:{wc.wamid}"
+            conversation,
+            f"wa-fail:{conversation.member_id}:window:{wc.wamid}",
+            channel.line_id,
+            channel.connector_id,
         )
         error = window_error(
             "More than 24 hours have passed since the customer last replied (reported after the send).",
