@@ -29,9 +29,9 @@ from urllib.parse import urlencode
 
 from bitrix_ingress import events as bitrix_events
 from bitrix_ingress.formparse import FormError, parse_form
-from meta_ingress.bbcode import to_whatsapp
-from meta_ingress.normalize import normalize, parse_envelope
-from meta_ingress.outbound import plan_message
+from meta_ingress.dispatcher.bbcode import to_whatsapp
+from meta_ingress.dispatcher.send_plan import plan_message
+from meta_ingress.web.normalize import normalize, parse_envelope
 
 from bench.common import BenchEnv
 from bench.result import Result, verdict

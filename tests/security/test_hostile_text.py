@@ -18,10 +18,11 @@ import pytest
 from bitrix_ingress import events as ev
 from bitrix_ingress import formparse
 from bitrix_ingress.outbound_events import outbound
-from meta_ingress import bbcode, media_url
-from meta_ingress import outbound as meta_outbound
-from meta_ingress.notices import Notice
-from meta_ingress.operator_messages import OperatorMessages
+from meta_ingress.dispatcher import bbcode
+from meta_ingress.dispatcher import send_plan as meta_outbound
+from meta_ingress.dispatcher.notices import Notice
+from meta_ingress.dispatcher.operator_messages import OperatorMessages
+from meta_ingress.web import media_url
 from zaptrix.v1 import mapper_pb2
 
 WHATSAPP_PARTS = 4 * 4096  # the dispatcher sends at most 4 messages of 4,096 characters per operator message
@@ -146,7 +147,7 @@ async def test_long_operator_text_is_sent_truncated_with_a_notice() -> None:
         phone_number_id="pn1",
         wa_id="4917",
     )
-    notice = Notice("wa-fail:m1:1", "m1", 7, "zaptrix_whatsapp", "1807", "1", "wa_100_4917")
+    notice = Notice("wa-fail:m1:1", "m1", 7, "zaptrix_whatsapp", "1807", "1", "wa_100_4917", "pn1:4917")
     text = ("word " * 20_000).strip()  # 100,000 characters
     plan = meta_outbound.plan_message(text, [])
     await handler.deliver("b24:m1:1", target, plan, notice, link=True, reengage=True)  # type: ignore[arg-type]

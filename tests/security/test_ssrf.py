@@ -24,8 +24,8 @@ import httpx
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "services" / "meta-ingress" / "tests"))
-from meta_ingress.dispatcher import MetaDispatcher
-from meta_ingress.graph import GraphClient
+from meta_ingress.dispatcher.process import MetaDispatcher
+from meta_ingress.graph.client import GraphClient
 from meta_ingress.settings import DispatcherSettings
 from meta_support import Fakes, operator_message, start_fakes
 from zaptrix.clients import Clients

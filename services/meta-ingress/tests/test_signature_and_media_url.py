@@ -7,7 +7,7 @@ import hmac
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-from meta_ingress import media_url, signature
+from meta_ingress.web import media_url, signature
 
 BODY = b'{"object":"whatsapp_business_account","entry":[{"x":"\\u00e9"}]}'
 

@@ -10,9 +10,9 @@ from typing import Any
 
 import httpx
 import pytest
-from meta_ingress.dispatcher import MetaDispatcher
-from meta_ingress.graph import GraphClient
-from meta_ingress.notices import Notice
+from meta_ingress.dispatcher.notices import Notice
+from meta_ingress.dispatcher.process import MetaDispatcher
+from meta_ingress.graph.client import GraphClient
 from meta_ingress.settings import DispatcherSettings
 from meta_support import MEMBER, PNID, TOKEN, Fakes, operator_message
 from opentelemetry import trace
@@ -249,7 +249,7 @@ async def test_a_notice_goes_to_the_conversations_portal_and_never_unrouted(meta
     failure = notice.send_failure
     assert (failure.member_id, failure.external_chat_id) == (conv.member_id, conv.external_chat_id)
     assert notice.conversation_key == f"{conv.phone_number_id}:{conv.wa_id}"
-    unrouted = Notice.about(operator_message(conv).operator_message, "wa-fail:x")
+    unrouted = Notice("wa-fail:x", "", 7, "zaptrix_whatsapp", "1807", "1", "", "")  # no conversation
     with pytest.raises(PermanentError, match="not routed"):
         await meta.dispatcher.ctx.notifier.send(unrouted, None, "text")
     assert len(meta.producer.published) == 1

@@ -36,13 +36,13 @@ from zaptrix.egress import (
 from zaptrix.kafka import TransientError
 from zaptrix.logging import get_logger
 
-from meta_ingress.graph import GraphClient
+from meta_ingress.dispatcher.portal_hosts import PortalHosts
+from meta_ingress.dispatcher.send_plan import FileRejected, Part, choose_kind, normalize_mime
+from meta_ingress.dispatcher.sender import Sender
+from meta_ingress.dispatcher.spool import ByteBudget
+from meta_ingress.graph.client import GraphClient
 from meta_ingress.metrics import FILE_FETCHES
-from meta_ingress.outbound import FileRejected, Part, choose_kind, normalize_mime
-from meta_ingress.portal_hosts import PortalHosts
-from meta_ingress.sender import Sender
 from meta_ingress.settings import DispatcherSettings
-from meta_ingress.spool import ByteBudget
 
 log = get_logger(__name__)
 

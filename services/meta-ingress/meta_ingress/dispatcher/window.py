@@ -13,13 +13,12 @@ from zaptrix.rpc import RpcNotFound
 from zaptrix.ttlcache import NotFoundError
 from zaptrix.v1 import events_pb2, mapper_pb2
 
-from meta_ingress.context import Context, Target
 from meta_ingress.credentials import UnknownChannel
-from meta_ingress.errors import describe, notice_for, retry_later
-from meta_ingress.graph import GraphApiError, GraphTransportError
+from meta_ingress.dispatcher.context import Context, Target
+from meta_ingress.dispatcher.notices import Notice, graph_error, window_error
+from meta_ingress.dispatcher.send_plan import template_payload
+from meta_ingress.graph.errors import GraphApiError, GraphTransportError, describe, notice_for, retry_later
 from meta_ingress.metrics import DUPLICATES, OPERATOR_EVENTS, TEMPLATES
-from meta_ingress.notices import Notice, graph_error, window_error
-from meta_ingress.outbound import template_payload
 
 WINDOW_S = 24 * 3600
 log = get_logger(__name__)
@@ -150,7 +149,10 @@ class Window:
             return "cooldown"
         # informational: the failed message itself was reported by its status
         notice = Notice.for_conversation(
-            conversation, channel, f"wa-fail:{conversation.member_id}:window:{wc.wamid}"
+            conversation,
+            f"wa-fail:{conversation.member_id}:window:{wc.wamid}",
+            channel.line_id,
+            channel.connector_id,
         )
         error = window_error(
             "More than 24 hours have passed since the customer last replied (reported after the send).",

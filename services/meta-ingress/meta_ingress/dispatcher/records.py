@@ -21,7 +21,7 @@ from zaptrix.rpc import RpcNotFound, RpcPermanent, call
 from zaptrix.ttlcache import NotFoundError
 from zaptrix.v1 import mapper_pb2
 
-from meta_ingress.notices import Notice
+from meta_ingress.dispatcher.notices import Notice
 
 log = get_logger(__name__)
 REMEMBERED_SENDS = 50_000

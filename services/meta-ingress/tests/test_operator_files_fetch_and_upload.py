@@ -1,4 +1,4 @@
-"""bitrix_files.py and spool.py in process: the byte budget, streamed uploads, allowed file hosts."""
+"""dispatcher/bitrix_files.py and spool.py in process: the byte budget, streamed uploads, allowed file hosts."""
 
 from __future__ import annotations
 
@@ -10,13 +10,13 @@ from typing import Any
 
 import httpx
 import pytest
-from meta_ingress.bitrix_files import BitrixFiles, PartFailed
-from meta_ingress.graph import GraphClient
-from meta_ingress.outbound import Part
-from meta_ingress.portal_hosts import PortalHosts
-from meta_ingress.sender import Sender
+from meta_ingress.dispatcher.bitrix_files import BitrixFiles, PartFailed
+from meta_ingress.dispatcher.portal_hosts import PortalHosts
+from meta_ingress.dispatcher.send_plan import Part
+from meta_ingress.dispatcher.sender import Sender
+from meta_ingress.dispatcher.spool import ByteBudget
+from meta_ingress.graph.client import GraphClient
 from meta_ingress.settings import DispatcherSettings
-from meta_ingress.spool import ByteBudget
 from zaptrix.egress import EgressPolicy, GuardedTransport, HostAllowlist, guarded_client
 from zaptrix.kafka import TransientError
 from zaptrix.v1 import events_pb2

@@ -8,17 +8,20 @@ from zaptrix.kafka import EventProducer, PermanentError, PublishError, Transient
 from zaptrix.logging import get_logger
 from zaptrix.v1 import events_pb2, mapper_pb2
 
-from meta_ingress.graph import GraphApiError
+from meta_ingress.graph.errors import GraphApiError
 
 log = get_logger(__name__)
+
+# The fields a Notice and its SendFailure share: where in Bitrix24 the notice is shown.
+_ADDRESS = ("member_id", "line_id", "connector_id", "bitrix_chat_id", "bitrix_message_id", "external_chat_id")
 
 OperatorEvent = events_pb2.OperatorMessage | events_pb2.OperatorMessageEdit | events_pb2.OperatorMessageDelete
 
 
-@dataclass
+@dataclass(frozen=True)
 class Notice:
-    """Where a failure notice goes. The portal, chat and Kafka key are the conversation's (``route_to``),
-    never the event's claim: a notice is only produced once it is routed."""
+    """Where a failure notice goes. The portal, chat and Kafka key are always a conversation's, fixed when
+    the notice is made, never the event's claim."""
 
     event_id: str
     member_id: str
@@ -27,39 +30,46 @@ class Notice:
     bitrix_chat_id: str
     bitrix_message_id: str  # empty: an informational notice, no message of the operator failed
     external_chat_id: str
-    conversation_key: str = ""
-    routed: bool = False
+    conversation_key: str
 
     @classmethod
-    def about(cls, event: OperatorEvent, event_id: str, *, informational: bool = False) -> Notice:
-        """A notice to the chat of an operator's event (about its message unless ``informational``);
-        ``route_to`` the conversation before sending it."""
+    def about(
+        cls,
+        event: OperatorEvent,
+        event_id: str,
+        conversation: mapper_pb2.Conversation,
+        *,
+        informational: bool = False,
+    ) -> Notice:
+        """A notice in the conversation's chat about an operator's event (about its message unless
+        ``informational``)."""
         return cls(
             event_id=event_id,
-            member_id="",
+            member_id=conversation.member_id,
             line_id=event.line_id,
             connector_id=event.connector_id,
-            bitrix_chat_id=event.bitrix_chat_id,
+            bitrix_chat_id=event.bitrix_chat_id or conversation.bitrix_chat_id,
             bitrix_message_id="" if informational else event.bitrix_message_id,
-            external_chat_id="",
+            external_chat_id=conversation.external_chat_id,
+            conversation_key=f"{conversation.phone_number_id}:{conversation.wa_id}",
         )
 
     @classmethod
     def for_conversation(
-        cls, conversation: mapper_pb2.Conversation, channel: mapper_pb2.Channel, event_id: str
+        cls, conversation: mapper_pb2.Conversation, event_id: str, line_id: int = 0, connector_id: str = ""
     ) -> Notice:
-        """An informational notice in a conversation's chat (no operator message failed)."""
-        notice = cls(event_id, "", channel.line_id, channel.connector_id, "", "", "")
-        notice.route_to(conversation)
-        return notice
-
-    def route_to(self, conversation: mapper_pb2.Conversation) -> None:
-        """Address the notice by the conversation: its portal, its chat, its Kafka key."""
-        self.member_id = conversation.member_id
-        self.external_chat_id = conversation.external_chat_id
-        self.bitrix_chat_id = self.bitrix_chat_id or conversation.bitrix_chat_id
-        self.conversation_key = f"{conversation.phone_number_id}:{conversation.wa_id}"
-        self.routed = True
+        """An informational notice in a conversation's chat (no operator message failed); without a line
+        and connector the bitrix dispatcher takes them from the channel."""
+        return cls(
+            event_id=event_id,
+            member_id=conversation.member_id,
+            line_id=line_id,
+            connector_id=connector_id,
+            bitrix_chat_id=conversation.bitrix_chat_id,
+            bitrix_message_id="",
+            external_chat_id=conversation.external_chat_id,
+            conversation_key=f"{conversation.phone_number_id}:{conversation.wa_id}",
+        )
 
 
 def graph_error(exc: BaseException) -> events_pb2.GraphError:
@@ -87,19 +97,11 @@ class Notifier:
         self, notice: Notice, error: events_pb2.GraphError | None, text: str, template_sent: bool = False
     ) -> None:
         """Produce the SendFailure; TransientError when Kafka does not take it (the event is retried)."""
-        if not notice.routed or not notice.member_id:
+        if not notice.member_id or not notice.conversation_key:
             # A programming error, not an input: a notice must never go to a portal the event merely named.
             raise PermanentError(f"notice {notice.event_id} is not routed to a conversation; not produced")
-        failure = events_pb2.SendFailure(
-            member_id=notice.member_id,
-            line_id=notice.line_id,
-            connector_id=notice.connector_id,
-            bitrix_chat_id=notice.bitrix_chat_id,
-            bitrix_message_id=notice.bitrix_message_id,
-            external_chat_id=notice.external_chat_id,
-            notice=text[:2000],
-            template_sent=template_sent,
-        )
+        address = {name: getattr(notice, name) for name in _ADDRESS}
+        failure = events_pb2.SendFailure(notice=text[:2000], template_sent=template_sent, **address)
         if error is not None:
             failure.error.CopyFrom(error)
         env = events_pb2.Envelope(

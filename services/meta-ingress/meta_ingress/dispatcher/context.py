@@ -15,10 +15,10 @@ from zaptrix.ttlcache import AsyncTtlCache, NotFoundError
 from zaptrix.v1 import mapper_pb2
 
 from meta_ingress.credentials import Credentials, CredentialsCache, UnknownChannel
-from meta_ingress.graph import GraphClient
-from meta_ingress.notices import Notice, Notifier
-from meta_ingress.records import Records
-from meta_ingress.sender import Sender
+from meta_ingress.dispatcher.notices import Notifier
+from meta_ingress.dispatcher.records import Records
+from meta_ingress.dispatcher.sender import Sender
+from meta_ingress.graph.client import GraphClient
 from meta_ingress.settings import DispatcherSettings
 
 SERVICE = "meta-dispatcher"
@@ -73,15 +73,13 @@ class Context:
             self.refuse(kind, member_id, external_chat_id, "is not a conversation of the event's portal")
         return conversation
 
-    async def target(self, member_id: str, external_chat_id: str, notice: Notice, kind: str) -> Target:
+    async def target(self, member_id: str, external_chat_id: str, kind: str) -> Target:
         """The conversation, channel and credentials, or PermanentError.
 
         The conversation, the event and the channel binding must all name one portal before any credential
-        is loaded; otherwise nothing is sent and no notice goes anywhere (see ``refuse``). The notice is
-        routed to the conversation's portal.
+        is loaded; otherwise nothing is sent and no notice goes anywhere (see ``refuse``).
         """
         conversation = await self.conversation(member_id, external_chat_id, kind)
-        notice.route_to(conversation)
         try:
             channel = await self.channels.get(conversation.phone_number_id)
         except NotFoundError as exc:  # the dead-letter hook tells the operator (dead_letters.py)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import time
 
 import pytest
-from meta_ingress.outbound import (
+from meta_ingress.dispatcher.pacing import ChannelThrottle, PairPacer
+from meta_ingress.dispatcher.send_plan import (
     FileRejected,
     choose_kind,
     media_payload,
@@ -14,7 +15,6 @@ from meta_ingress.outbound import (
     template_payload,
     text_payload,
 )
-from meta_ingress.pacing import ChannelThrottle, PairPacer
 from zaptrix.v1 import events_pb2
 
 MB = 1024 * 1024

@@ -7,7 +7,7 @@ from typing import Any, cast
 
 import grpc
 import pytest
-from meta_ingress.records import Records
+from meta_ingress.dispatcher.records import Records
 from zaptrix.kafka import Outcome
 
 

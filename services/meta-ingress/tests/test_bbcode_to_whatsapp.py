@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from meta_ingress.bbcode import ZWSP, escape_markers, split_text, to_whatsapp
+from meta_ingress.dispatcher.bbcode import ZWSP, escape_markers, split_text, to_whatsapp
 
 Z = ZWSP
 

@@ -9,7 +9,7 @@ import time
 
 import httpx
 import pytest
-from meta_ingress.media_url import sign_url
+from meta_ingress.web.media_url import sign_url
 from meta_support import (
     APP_SECRET,
     PNID,

@@ -4,7 +4,6 @@ then the file streamed chunk by chunk; no token in any URL, nothing written to d
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 from sanic import HTTPResponse, Request
@@ -12,32 +11,22 @@ from sanic.response import empty
 from zaptrix.kafka import TransientError
 from zaptrix.logging import get_logger
 
-from meta_ingress import media_url
 from meta_ingress.credentials import CredentialsCache, UnknownChannel
-from meta_ingress.graph import GraphApiError, GraphClient, GraphTransportError
+from meta_ingress.graph.errors import GraphApiError, GraphTransportError
 from meta_ingress.metrics import MEDIA_PROXY, MEDIA_PROXY_BYTES
-from meta_ingress.responses import error_response
 from meta_ingress.settings import WebSettings
-
-if TYPE_CHECKING:
-    from meta_ingress.web import WebResources
+from meta_ingress.web import media_url
+from meta_ingress.web.resources import Lifetime
+from meta_ingress.web.webhooks import error_response
 
 log = get_logger(__name__)
 
 
 class MediaProxy:
-    def __init__(self, settings: WebSettings, resources: WebResources) -> None:
+    def __init__(self, settings: WebSettings, lifetime: Lifetime) -> None:
         self.settings = settings
-        self.resources = resources
+        self.lifetime = lifetime
         self.media_secret = settings.media_secret_bytes()
-
-    @property
-    def credentials(self) -> CredentialsCache:
-        return self.resources.credentials
-
-    @property
-    def graph(self) -> GraphClient:
-        return self.resources.graph
 
     async def media(self, request: Request, phone_number_id: str, media_id: str) -> HTTPResponse | None:
         args = request.args
@@ -48,14 +37,15 @@ class MediaProxy:
         except media_url.MediaUrlError as exc:
             MEDIA_PROXY.labels("expired" if str(exc) == "expired" else "forbidden").inc()
             return error_response(403, f"media URL refused: {exc}")
+        credentials, graph = self.lifetime.resources.credentials, self.lifetime.resources.graph
         try:
-            creds = await self.credentials.get(phone_number_id)
-            info = await self.graph.media_info(media_id, creds.access_token, phone_number_id)
+            creds = await credentials.get(phone_number_id)
+            info = await graph.media_info(media_id, creds.access_token, phone_number_id)
         except UnknownChannel:
             MEDIA_PROXY.labels("not_found").inc()
             return error_response(404, "unknown channel")
         except GraphApiError as exc:
-            return self._media_error(exc, phone_number_id)
+            return self._media_error(exc, credentials, phone_number_id)
         except (GraphTransportError, TransientError) as exc:
             MEDIA_PROXY.labels("upstream_error").inc()
             log.warning("media lookup failed", media_id=media_id, error=str(exc))
@@ -72,7 +62,7 @@ class MediaProxy:
             MEDIA_PROXY.labels("ok").inc()
             return empty(status=200, headers={**headers, "Content-Type": content_type})
         try:
-            async with self.graph.download(
+            async with graph.download(
                 info.url, creds.access_token, self.settings.media_download_timeout_s
             ) as upstream:
                 content_type = upstream.headers.get("content-type") or content_type
@@ -96,7 +86,7 @@ class MediaProxy:
                     MEDIA_PROXY_BYTES.inc(sent)
                 await response.eof()
         except GraphApiError as exc:
-            return self._media_error(exc, phone_number_id)
+            return self._media_error(exc, credentials, phone_number_id)
         except GraphTransportError as exc:
             MEDIA_PROXY.labels("upstream_error").inc()
             log.warning("media download failed", media_id=media_id, error=str(exc))
@@ -104,12 +94,14 @@ class MediaProxy:
         MEDIA_PROXY.labels("ok").inc()
         return None
 
-    def _media_error(self, exc: GraphApiError, phone_number_id: str) -> HTTPResponse:
+    def _media_error(
+        self, exc: GraphApiError, credentials: CredentialsCache, phone_number_id: str
+    ) -> HTTPResponse:
         if exc.http_status == 404 or exc.subcode == 33 or (exc.code == 100 and exc.http_status == 400):
             MEDIA_PROXY.labels("not_found").inc()
             return error_response(404, "media not found (media ids from webhooks expire after 7 days)")
         if exc.code in (0, 190) or exc.http_status == 401:
-            self.credentials.invalidate(phone_number_id)
+            credentials.invalidate(phone_number_id)
             log.error(
                 "Graph API rejected the channel's token for a media lookup", phone_number_id=phone_number_id
             )

@@ -1,23 +1,5 @@
-"""meta-dispatcher: operator events (Kafka, Flow.B24_TO_WA) → WhatsApp Graph API. Wiring and the process.
-
-Per OperatorMessage (operator_messages.py), in this order:
-1. dedupe: CheckProcessed(event_id) → already done: nothing happens (duplicate);
-2. conversation by (event member_id, external_chat_id) (mapper), channel binding (mapper, cached); the
-   event, the conversation and the binding must name one portal (else dead letter "cross-tenant", nothing
-   sent, no notice); then credentials (token-keeper, cached) (context.py, records.py);
-3. plan: BB-code → WhatsApp text, chunks, files by media type, reply context (outbound.py);
-4. 24-h window (window.py): a conversation whose last customer message is known to be older than 24 h
-   gets no plain send: the operator is told at once (SendFailure, notices.py) and the channel's
-   re-engagement template is sent where configured. Meta's 131047 (synchronous, or later as a failed
-   status) stays the last word;
-5. send each part, paced per phone number and per customer (sender.py; files: bitrix_files.py);
-6. LinkMessage(wamid ↔ member_id + bitrix_message_id, OUTBOUND), then MarkProcessed(event_id, wamids).
-   The consumer commits the offset after the handler returns.
-
-WindowClosed (window.py; Meta reported 131047 after accepting a send, produced by the web part): the
-channel's re-engagement template is sent under the same per-conversation cooldown, and the operator told.
-Edits, deletes, reads and removed lines: operator_events.py. See docs/meta-ingress.md.
-"""
+"""meta-dispatcher: routes each event of the b24-to-wa flow to its handler; the wiring and the process.
+The order of an operator message's steps: docs/meta-ingress.md, "Dispatcher"."""
 
 from __future__ import annotations
 
@@ -41,16 +23,16 @@ from zaptrix.kafka import (
 from zaptrix.logging import get_logger
 from zaptrix.settings import KafkaSettings
 
-from meta_ingress.bitrix_files import BitrixFiles
-from meta_ingress.context import Context
-from meta_ingress.dead_letters import DeadLetterNotices
-from meta_ingress.graph import GraphClient
-from meta_ingress.notices import Notifier
-from meta_ingress.operator_events import OperatorEvents
-from meta_ingress.operator_messages import OperatorMessages
-from meta_ingress.portal_hosts import PortalHosts
+from meta_ingress.dispatcher.bitrix_files import BitrixFiles
+from meta_ingress.dispatcher.context import Context
+from meta_ingress.dispatcher.dead_letters import DeadLetterNotices
+from meta_ingress.dispatcher.notices import Notifier
+from meta_ingress.dispatcher.operator_events import OperatorEvents
+from meta_ingress.dispatcher.operator_messages import OperatorMessages
+from meta_ingress.dispatcher.portal_hosts import PortalHosts
+from meta_ingress.dispatcher.window import Window
+from meta_ingress.graph.client import GraphClient
 from meta_ingress.settings import DispatcherSettings
-from meta_ingress.window import Window
 
 SERVICE = "meta-dispatcher"
 log = get_logger(__name__)

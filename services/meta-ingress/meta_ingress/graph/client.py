@@ -2,7 +2,7 @@
 
 One httpx.AsyncClient per process (connection pool, HTTP keep-alive; the official httpx instrumentation
 adds the CLIENT spans). Errors come back as GraphApiError (Meta's error envelope, or an HTTP status
-without one) or GraphTransportError (no usable answer); errors.py decides what each means.
+without one) or GraphTransportError (no usable answer); graph/errors.py decides what each means.
 """
 
 from __future__ import annotations
@@ -19,53 +19,11 @@ from zaptrix import delays
 from zaptrix.egress import url_allowed
 from zaptrix.metrics import EXTERNAL_CALLS, EXTERNAL_LATENCY
 
+from meta_ingress.graph.errors import GraphApiError, GraphTransportError
 from meta_ingress.settings import MetaSettings
 
 PLATFORM = "meta"
 _TITLE_PREFIX = re.compile(r"^\(#\d+\)\s*")  # "(#131047) Re-engagement message" -> the title
-
-
-class GraphApiError(Exception):
-    """The Graph API answered with an error (HTTP status >= 400)."""
-
-    def __init__(
-        self,
-        http_status: int,
-        code: int | None,
-        message: str,
-        *,
-        subcode: int | None = None,
-        details: str = "",
-        title: str = "",
-        fbtrace_id: str = "",
-        retry_after: float | None = None,
-    ) -> None:
-        super().__init__(f"Graph API {http_status} code={code}: {message}")
-        self.http_status = http_status
-        self.code = code
-        self.subcode = subcode
-        self.message = message
-        self.details = details
-        self.title = title
-        self.fbtrace_id = fbtrace_id
-        self.retry_after = retry_after
-
-    @property
-    def label(self) -> str:
-        return str(self.code) if self.code is not None else f"http_{self.http_status}"
-
-
-class GraphTransportError(Exception):
-    """No usable answer (connection refused, timeout, broken response).
-
-    ``maybe_delivered`` is True when the request may have reached Meta (a read timeout or a connection
-    dropped after sending): retrying can then produce a duplicate.
-    """
-
-    def __init__(self, message: str, *, maybe_delivered: bool) -> None:
-        super().__init__(message)
-        self.maybe_delivered = maybe_delivered
-        self.retry_after: float | None = None
 
 
 @dataclass(frozen=True)

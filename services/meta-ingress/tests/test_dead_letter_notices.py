@@ -4,7 +4,7 @@ technical reason (Graph's details, exception texts)."""
 from __future__ import annotations
 
 import pytest
-from meta_ingress.dead_letters import graph_code, plain_reason, preview
+from meta_ingress.dispatcher.dead_letters import graph_code, plain_reason, preview
 
 
 @pytest.mark.parametrize(

@@ -6,8 +6,8 @@ import json
 
 import httpx
 import pytest
-from meta_ingress.errors import Action, classify, notice_for
-from meta_ingress.graph import GraphApiError, GraphClient, GraphTransportError, parse_retry_after
+from meta_ingress.graph.client import GraphClient, parse_retry_after
+from meta_ingress.graph.errors import Action, GraphApiError, GraphTransportError, classify, notice_for
 from meta_ingress.settings import DispatcherSettings
 
 

@@ -22,7 +22,7 @@ from typing import Any
 
 from zaptrix.v1 import events_pb2
 
-from meta_ingress.bbcode import MAX_TEXT, split_text, to_whatsapp
+from meta_ingress.dispatcher.bbcode import MAX_TEXT, split_text, to_whatsapp
 
 MAX_CAPTION = 1024
 MAX_TEXT_PARTS = 4  # text messages per operator message: 4 x 4,096 characters, the rest is cut

@@ -1,4 +1,4 @@
-"""OperatorMessage → WhatsApp: dedupe, resolve, plan (outbound.py), the 24-h window (window.py), send each
+"""OperatorMessage → WhatsApp: dedupe, resolve, plan (send_plan.py), the 24-h window (window.py), send each
 part (sender.py, files through bitrix_files.py), record (links, dedupe), and a notice for what failed.
 
 Redelivery never sends twice what was recorded: parts of a multi-part message are recorded one by one
@@ -17,14 +17,28 @@ from zaptrix.kafka import Outcome, PermanentError, TransientError
 from zaptrix.logging import get_logger
 from zaptrix.v1 import events_pb2
 
-from meta_ingress.bitrix_files import BitrixFiles, PartFailed
-from meta_ingress.context import Context, Target
-from meta_ingress.errors import Action, classify, describe, is_media_problem, notice_for
-from meta_ingress.graph import GraphApiError, GraphTransportError
+from meta_ingress.dispatcher.bitrix_files import BitrixFiles, PartFailed
+from meta_ingress.dispatcher.context import Context, Target
+from meta_ingress.dispatcher.notices import Notice, graph_error
+from meta_ingress.dispatcher.send_plan import (
+    Part,
+    Plan,
+    media_payload,
+    plan_message,
+    text_payload,
+    too_long_notice,
+)
+from meta_ingress.dispatcher.window import Window
+from meta_ingress.graph.errors import (
+    Action,
+    GraphApiError,
+    GraphTransportError,
+    classify,
+    describe,
+    is_media_problem,
+    notice_for,
+)
 from meta_ingress.metrics import DUPLICATES, SEND_FAILURES, TOKEN_ERRORS
-from meta_ingress.notices import Notice, graph_error
-from meta_ingress.outbound import Part, Plan, media_payload, plan_message, text_payload, too_long_notice
-from meta_ingress.window import Window
 
 log = get_logger(__name__)
 AfterError = Literal["continue", "stop", "window"]
@@ -59,8 +73,8 @@ class OperatorMessages:
             DUPLICATES.labels("operator_message").inc()
             log.info("operator message already delivered", event_id=event_id)
             return Outcome.duplicate()
-        notice = Notice.about(om, f"wa-fail:{om.member_id}:{om.bitrix_message_id}")
-        target = await self.ctx.target(om.member_id, om.external_chat_id, notice, "message")
+        target = await self.ctx.target(om.member_id, om.external_chat_id, "message")
+        notice = Notice.about(om, f"wa-fail:{om.member_id}:{om.bitrix_message_id}", target.conversation)
         plan = plan_message(om.text_bbcode, list(om.files), om.reply_to_external_id)
         return await self.deliver(event_id, target, plan, notice, link=True, reengage=True)
 

@@ -11,14 +11,20 @@ from zaptrix.logging import get_logger
 from zaptrix.ttlcache import NotFoundError
 from zaptrix.v1 import events_pb2
 
-from meta_ingress.context import Context
 from meta_ingress.credentials import UnknownChannel
-from meta_ingress.errors import Action, classify, describe, retry_later
-from meta_ingress.graph import GraphApiError, GraphTransportError
+from meta_ingress.dispatcher.context import Context
+from meta_ingress.dispatcher.notices import Notice
+from meta_ingress.dispatcher.operator_messages import OperatorMessages
+from meta_ingress.dispatcher.send_plan import plan_message
+from meta_ingress.graph.errors import (
+    Action,
+    GraphApiError,
+    GraphTransportError,
+    classify,
+    describe,
+    retry_later,
+)
 from meta_ingress.metrics import DUPLICATES, OPERATOR_EVENTS, TOKEN_ERRORS
-from meta_ingress.notices import Notice
-from meta_ingress.operator_messages import OperatorMessages
-from meta_ingress.outbound import plan_message
 
 log = get_logger(__name__)
 
@@ -34,9 +40,9 @@ class OperatorEvents:
 
     async def on_edit(self, env: events_pb2.Envelope, e: events_pb2.OperatorMessageEdit) -> Outcome:
         event_id = f"wa-fail:{e.member_id}:{e.bitrix_message_id}:edit:{_short(env.event_id)}"
-        notice = Notice.about(e, event_id, informational=True)
         if self.ctx.settings.edit_mode == "notice":
-            notice.route_to(await self.ctx.conversation(e.member_id, e.external_chat_id, "edit"))
+            conversation = await self.ctx.conversation(e.member_id, e.external_chat_id, "edit")
+            notice = Notice.about(e, event_id, conversation, informational=True)
             OPERATOR_EVENTS.labels("edit", "notice").inc()
             log.info("operator edited a message; WhatsApp cannot edit: notice only", event_id=env.event_id)
             await self.ctx.notifier.send(
@@ -49,7 +55,8 @@ class OperatorEvents:
         if await self.ctx.records.recorded(env.event_id) is not None:
             DUPLICATES.labels("operator_message_edit").inc()
             return Outcome.duplicate()
-        target = await self.ctx.target(e.member_id, e.external_chat_id, notice, "edit")
+        target = await self.ctx.target(e.member_id, e.external_chat_id, "edit")
+        notice = Notice.about(e, event_id, target.conversation, informational=True)
         original = (
             e.external_message_ids[-1]
             if e.external_message_ids
@@ -71,8 +78,7 @@ class OperatorEvents:
         OPERATOR_EVENTS.labels("delete", mode).inc()
         if mode == "notice":
             event_id = f"wa-fail:{d.member_id}:{d.bitrix_message_id}:delete:{_short(env.event_id)}"
-            notice = Notice.about(d, event_id, informational=True)
-            notice.route_to(conversation)
+            notice = Notice.about(d, event_id, conversation, informational=True)
             await self.ctx.notifier.send(
                 notice,
                 None,

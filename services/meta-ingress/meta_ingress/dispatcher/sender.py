@@ -18,10 +18,10 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_aft
 from zaptrix.kafka import TransientError
 from zaptrix.logging import get_logger
 
-from meta_ingress.errors import Action, classify
-from meta_ingress.graph import GraphApiError, GraphClient, GraphTransportError
+from meta_ingress.dispatcher.pacing import ChannelThrottle, PairKey, PairPacer, PairSnapshot
+from meta_ingress.graph.client import GraphClient
+from meta_ingress.graph.errors import Action, GraphApiError, GraphTransportError, classify
 from meta_ingress.metrics import AMBIGUOUS_RETRIES, PACING_WAIT, PAIR_DEFERRALS, SENDS, THROTTLED
-from meta_ingress.pacing import ChannelThrottle, PairKey, PairPacer, PairSnapshot
 from meta_ingress.settings import DispatcherSettings
 
 log = get_logger(__name__)

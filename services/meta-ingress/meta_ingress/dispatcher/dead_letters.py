@@ -18,10 +18,10 @@ from zaptrix.logging import get_logger
 from zaptrix.rpc import RpcNotFound
 from zaptrix.v1 import events_pb2
 
-from meta_ingress.context import Context
-from meta_ingress.errors import AUTH_CODES, MEDIA_CODES
+from meta_ingress.dispatcher.context import Context
+from meta_ingress.dispatcher.notices import Notice
+from meta_ingress.graph.errors import AUTH_CODES, MEDIA_CODES
 from meta_ingress.metrics import DEAD_LETTER_NOTICES
-from meta_ingress.notices import Notice
 
 log = get_logger(__name__)
 
@@ -132,21 +132,24 @@ class DeadLetterNotices:
         words = plain_reason(reason)
         if kind == "operator_message":
             om = env.operator_message
-            notice = Notice.about(om, f"wa-fail:{om.member_id}:{om.bitrix_message_id}")
-            notice.route_to(await self.ctx.records.conversation(om.member_id, om.external_chat_id))
+            conversation = await self.ctx.records.conversation(om.member_id, om.external_chat_id)
+            notice = Notice.about(om, f"wa-fail:{om.member_id}:{om.bitrix_message_id}", conversation)
             what = preview(om.text_bbcode, [f.name for f in om.files])
             return notice, f"your message '{what}' was not delivered: {words}."
         if kind == "operator_message_edit":
             ed = env.operator_message_edit
-            notice = Notice.about(ed, f"wa-fail:{ed.member_id}:{ed.bitrix_message_id}:edit:dead")
-            notice.route_to(await self.ctx.records.conversation(ed.member_id, ed.external_chat_id))
+            conversation = await self.ctx.records.conversation(ed.member_id, ed.external_chat_id)
+            notice = Notice.about(
+                ed, f"wa-fail:{ed.member_id}:{ed.bitrix_message_id}:edit:dead", conversation
+            )
             what = preview(ed.text_bbcode, [])
             return notice, f"your correction '{what}' was not delivered: {words}."
         if kind == "window_closed":
             wc = env.window_closed
             conversation = await self.ctx.records.conversation_of(wc.phone_number_id, wc.wa_id)
             # line and connector are left to the bitrix dispatcher, which takes them from the channel
-            notice = Notice(f"wa-fail:{conversation.member_id}:window:{wc.wamid}", "", 0, "", "", "", "")
-            notice.route_to(conversation)
+            notice = Notice.for_conversation(
+                conversation, f"wa-fail:{conversation.member_id}:window:{wc.wamid}"
+            )
             return notice, f"the re-engagement template was not delivered: {words}."
         return None  # reads, deletes, removed lines: nothing the operator is waiting for

@@ -1,4 +1,4 @@
-"""What a Graph API error means for an operator's message (whatsapp.md A5 error table).
+"""The Graph API's errors, and what each means for an operator's message (whatsapp.md A5 error table).
 
 Build logic on ``code`` (and the HTTP status when there is no code), never on titles: Meta says titles
 "will eventually be deprecated".
@@ -6,11 +6,45 @@ Build logic on ``code`` (and the HTTP status when there is no code), never on ti
 
 from __future__ import annotations
 
+from dataclasses import KW_ONLY, dataclass
 from enum import StrEnum
 
 from zaptrix.kafka import TransientError
 
-from meta_ingress.graph import GraphApiError, GraphTransportError
+
+@dataclass(eq=False, repr=False)  # compared and shown as an exception, by identity and message
+class GraphApiError(Exception):
+    """The Graph API answered with an error (HTTP status >= 400)."""
+
+    http_status: int
+    code: int | None
+    message: str
+    _: KW_ONLY
+    subcode: int | None = None
+    details: str = ""
+    title: str = ""
+    fbtrace_id: str = ""
+    retry_after: float | None = None
+
+    def __post_init__(self) -> None:
+        super().__init__(f"Graph API {self.http_status} code={self.code}: {self.message}")
+
+    @property
+    def label(self) -> str:
+        return str(self.code) if self.code is not None else f"http_{self.http_status}"
+
+
+class GraphTransportError(Exception):
+    """No usable answer (connection refused, timeout, broken response).
+
+    ``maybe_delivered`` is True when the request may have reached Meta (a read timeout or a connection
+    dropped after sending): retrying can then produce a duplicate.
+    """
+
+    def __init__(self, message: str, *, maybe_delivered: bool) -> None:
+        super().__init__(message)
+        self.maybe_delivered = maybe_delivered
+        self.retry_after: float | None = None
 
 
 class Action(StrEnum):

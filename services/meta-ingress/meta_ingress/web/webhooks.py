@@ -1,12 +1,5 @@
-"""Meta's webhooks: the verification handshake (GET) and the events (POST).
-
-POST: X-Hub-Signature-256 (against the app secret of the first channel the raw body names: one lookup, one
-HMAC, nothing parsed yet) → parse with caps → one event per message/status → Kafka (acks=all) → 200. A
-failed status with 131047 also becomes a WindowClosed for the meta dispatcher (b24-to-wa flow), published
-before the 200 as well. Events of numbers that cannot take them (unknown, or not signed with their own app
-secret) are parked in the dead-letter topic; the rest of the batch is taken. Never a 500 for what Meta (or
-anyone) sends. See docs/meta-ingress.md.
-"""
+"""Meta's webhooks: the verification handshake (GET) and the events (POST), never a 500 for what anyone
+sends. The order of the checks, and why: docs/meta-ingress.md, "POST /webhooks/meta"."""
 
 from __future__ import annotations
 
@@ -14,7 +7,7 @@ import asyncio
 import hmac
 import json
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aiokafka.errors import KafkaError
 from prometheus_client import Counter
@@ -28,7 +21,6 @@ from zaptrix.logging import get_logger
 from zaptrix.metrics import DEAD_LETTERS
 from zaptrix.settings import KafkaSettings
 
-from meta_ingress import media_url, signature
 from meta_ingress.credentials import Credentials, CredentialsCache, UnknownChannel
 from meta_ingress.metrics import (
     IGNORED_CHANGES,
@@ -46,7 +38,9 @@ from meta_ingress.metrics import (
     WEBHOOKS,
     bounded,
 )
-from meta_ingress.normalize import (
+from meta_ingress.settings import WebSettings
+from meta_ingress.web import media_url, signature
+from meta_ingress.web.normalize import (
     Normalized,
     Webhook,
     WebhookShapeError,
@@ -55,11 +49,7 @@ from meta_ingress.normalize import (
     normalize,
     parse_envelope,
 )
-from meta_ingress.responses import SECURITY_HEADERS, error_response
-from meta_ingress.settings import WebSettings
-
-if TYPE_CHECKING:
-    from meta_ingress.web import WebResources
+from meta_ingress.web.resources import Lifetime
 
 log = get_logger(__name__)
 
@@ -70,6 +60,12 @@ _PARK_TEXT = {
     "app_secret_mismatch": "app secret mismatch",
 }
 _UNAUTHENTICATED = "the webhook could not be authenticated"
+SECURITY_HEADERS = {"X-Content-Type-Options": "nosniff", "Cache-Control": "no-store"}
+
+
+def error_response(status: int, reason: str) -> HTTPResponse:
+    """A refusal as JSON, never cached or sniffed."""
+    return json_response({"error": reason}, status=status, headers=SECURITY_HEADERS)
 
 
 def _unauthenticated() -> HTTPResponse:
@@ -91,9 +87,9 @@ def _child(metric: Counter, label: str) -> Any:
 
 
 class Webhooks:
-    def __init__(self, settings: WebSettings, kafka: KafkaSettings, resources: WebResources) -> None:
+    def __init__(self, settings: WebSettings, kafka: KafkaSettings, lifetime: Lifetime) -> None:
         self.settings = settings
-        self.resources = resources
+        self.lifetime = lifetime
         self.topics = topics_for(Flow.WA_TO_B24, kafka.topic_prefix)
         self.window_topics = topics_for(Flow.B24_TO_WA, kafka.topic_prefix)
         self.media_secret = settings.media_secret_bytes()
@@ -105,7 +101,7 @@ class Webhooks:
 
     @property
     def credentials(self) -> CredentialsCache:
-        return self.resources.credentials
+        return self.lifetime.resources.credentials
 
     # --- GET /webhooks/meta --------------------------------------------------------------------------
     async def verify(self, request: Request) -> HTTPResponse:
@@ -277,7 +273,7 @@ class Webhooks:
         self, result: Normalized, held: Normalized, parked: dict[str, str]
     ) -> HTTPResponse | None:
         """Every event acknowledged by Kafka within the deadline, else the 503 (Meta retries)."""
-        producer = self.resources.producer.producer
+        producer = self.lifetime.resources.producer.producer
         if producer is None:
             WEBHOOKS.labels("kafka_unavailable").inc()
             return error_response(503, "Kafka is not reachable; Meta will retry")

@@ -16,12 +16,12 @@ from typing import Any
 import httpx
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from meta_ingress.bbcode import MAX_TEXT, split_text, to_whatsapp
-from meta_ingress.errors import Action, classify, describe, notice_for
-from meta_ingress.graph import GraphApiError, error_from_response, parse_retry_after
-from meta_ingress.normalize import WebhookShapeError, normalize, parse_envelope
-from meta_ingress.notices import graph_error
-from meta_ingress.outbound import MAX_TEXT_PARTS, plan_message
+from meta_ingress.dispatcher.bbcode import MAX_TEXT, split_text, to_whatsapp
+from meta_ingress.dispatcher.notices import graph_error
+from meta_ingress.dispatcher.send_plan import MAX_TEXT_PARTS, plan_message
+from meta_ingress.graph.client import error_from_response, parse_retry_after
+from meta_ingress.graph.errors import Action, GraphApiError, classify, describe, notice_for
+from meta_ingress.web.normalize import WebhookShapeError, normalize, parse_envelope
 
 FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -7,7 +7,7 @@ import random
 from typing import Any
 
 import pytest
-from meta_ingress.normalize import Normalized, WebhookShapeError, normalize, parse_envelope
+from meta_ingress.web.normalize import Normalized, WebhookShapeError, normalize, parse_envelope
 from meta_support import PNID, msg, status, value, webhook
 from zaptrix.v1 import events_pb2
 
@@ -351,7 +351,7 @@ def test_fuzz_only_shape_errors_escape() -> None:
 
 # --- caps and sizes (security review H4, webhook sizes) ------------------------------------------------------
 def test_caps_on_entries_changes_items_and_numbers() -> None:
-    from meta_ingress.normalize import WebhookTooLarge
+    from meta_ingress.web.normalize import WebhookTooLarge
 
     three = [value([msg("text", {"body": str(i)})]) for i in range(3)]
     assert len(parse_envelope(webhook(*three), max_updates=3).changes) == 3
@@ -369,7 +369,7 @@ def test_caps_on_entries_changes_items_and_numbers() -> None:
 
 
 def test_an_event_too_large_for_one_record_is_cut_with_a_visible_marker() -> None:
-    from meta_ingress.normalize import TRUNCATED, fit
+    from meta_ingress.web.normalize import TRUNCATED, fit
 
     huge = msg("text", {"body": "é" * 600_000})
     env = run(webhook(value([huge]))).envelopes[0]
@@ -384,7 +384,7 @@ def test_an_event_too_large_for_one_record_is_cut_with_a_visible_marker() -> Non
 
 
 def test_huge_unknown_payload_and_long_names_share_the_cut() -> None:
-    from meta_ingress.normalize import TRUNCATED, fit
+    from meta_ingress.web.normalize import TRUNCATED, fit
 
     m = msg("hologram", {"data": "z" * 900_000})
     contacts = [{"profile": {"name": "N" * 400_000}, "wa_id": m["from"]}]

@@ -1,0 +1,1 @@
+"""meta-dispatcher: operator events from Kafka to the WhatsApp Graph API."""

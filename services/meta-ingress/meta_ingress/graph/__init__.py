@@ -1,0 +1,1 @@
+"""The WhatsApp Cloud (Graph) API: the HTTP client and what its errors mean."""
