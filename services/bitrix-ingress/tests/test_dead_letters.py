@@ -4,7 +4,7 @@ technical reason."""
 from __future__ import annotations
 
 import pytest
-from bitrix_ingress.dead_letters import plain_reason
+from bitrix_ingress.dispatcher.dead_letters import plain_reason
 
 
 @pytest.mark.parametrize(

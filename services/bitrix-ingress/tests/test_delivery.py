@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bitrix_ingress import delivery as dl
+from bitrix_ingress.dispatcher import packing as dl
 from bitrix_ingress.text import QUOTE_LINE
 from zaptrix.v1 import events_pb2
 

@@ -8,12 +8,12 @@ from typing import Any
 
 import grpc
 import pytest
-from bitrix_ingress.batch_handler import BitrixDispatcher
+from bitrix_ingress.bitrix_rest.client import BitrixRest
+from bitrix_ingress.bitrix_rest.pacing import PacerRegistry
+from bitrix_ingress.bitrix_rest.portal import PortalClient
 from bitrix_ingress.deps import Deps
+from bitrix_ingress.dispatcher.batch_handler import BitrixDispatcher
 from bitrix_ingress.formparse import as_list
-from bitrix_ingress.pacing import PacerRegistry
-from bitrix_ingress.portal import PortalClient
-from bitrix_ingress.rest import BitrixRest
 from bitrix_ingress.settings import DispatcherSettings
 from bitrix_support import FakeBitrix, GrpcFakes, Portal
 from opentelemetry import trace

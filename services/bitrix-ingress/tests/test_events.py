@@ -7,9 +7,9 @@ from typing import Any
 from urllib.parse import urlencode
 
 import pytest
-from bitrix_ingress import events as ev
 from bitrix_ingress.formparse import FormError, parse_form
 from bitrix_ingress.text import notice_text
+from bitrix_ingress.web import events as ev
 
 CONNECTOR = "zaptrix_whatsapp"
 

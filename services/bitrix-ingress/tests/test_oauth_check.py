@@ -10,8 +10,9 @@ from typing import Any
 
 import httpx
 import pytest
-from bitrix_ingress.install_guard import SourceLimiter
-from bitrix_ingress.oauth_check import (
+from bitrix_ingress.settings import WebSettings
+from bitrix_ingress.web.install_guard import SourceLimiter
+from bitrix_ingress.web.oauth_check import (
     BAD_OAUTH,
     ENDPOINT_NOT_ALLOWED,
     MEMBER_MISMATCH,
@@ -22,7 +23,6 @@ from bitrix_ingress.oauth_check import (
     Refused,
     parse_claims,
 )
-from bitrix_ingress.settings import WebSettings
 from pydantic import SecretStr
 
 OURS = "app.ours.123"

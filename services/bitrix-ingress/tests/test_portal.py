@@ -7,10 +7,15 @@ from collections.abc import AsyncIterator
 
 import httpx
 import pytest
+from bitrix_ingress.bitrix_rest.client import ArgumentError, BitrixRest, ServerError
+from bitrix_ingress.bitrix_rest.pacing import PacerRegistry, PortalPacer
+from bitrix_ingress.bitrix_rest.portal import (
+    PortalClient,
+    PortalUnknown,
+    RateLimitWaitExceeded,
+    TokenRejectedTwice,
+)
 from bitrix_ingress.deps import Deps
-from bitrix_ingress.pacing import PacerRegistry, PortalPacer
-from bitrix_ingress.portal import PortalClient, PortalUnknown, RateLimitWaitExceeded, TokenRejectedTwice
-from bitrix_ingress.rest import ArgumentError, BitrixRest, ServerError
 from bitrix_ingress.settings import DispatcherSettings, RateSpec
 from bitrix_support import GrpcFakes, Portal
 from zaptrix.clients import Clients

@@ -11,7 +11,6 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import urlencode
 
-from bitrix_ingress import events as ev
 from bitrix_ingress.formparse import (
     MAX_DEPTH,
     MAX_FIELDS,
@@ -21,6 +20,7 @@ from bitrix_ingress.formparse import (
     get_str,
     parse_form,
 )
+from bitrix_ingress.web import events as ev
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

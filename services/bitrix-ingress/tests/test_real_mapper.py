@@ -13,11 +13,11 @@ from pathlib import Path
 
 import grpc
 import pytest
-from bitrix_ingress.batch_handler import BitrixDispatcher
+from bitrix_ingress.bitrix_rest.client import BitrixRest
+from bitrix_ingress.bitrix_rest.pacing import PacerRegistry
+from bitrix_ingress.bitrix_rest.portal import PortalClient
 from bitrix_ingress.deps import Deps
-from bitrix_ingress.pacing import PacerRegistry
-from bitrix_ingress.portal import PortalClient
-from bitrix_ingress.rest import BitrixRest
+from bitrix_ingress.dispatcher.batch_handler import BitrixDispatcher
 from bitrix_ingress.settings import DispatcherSettings
 from bitrix_support import FakeBitrix, GrpcFakes, Portal, console_script, free_port, start_process
 from grpc_health.v1 import health_pb2, health_pb2_grpc

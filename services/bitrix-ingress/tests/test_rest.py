@@ -7,7 +7,7 @@ from typing import Any
 
 import httpx
 import pytest
-from bitrix_ingress import rest
+from bitrix_ingress.bitrix_rest import client as rest
 from bitrix_ingress.formparse import parse_form
 
 ENDPOINT = "https://p.bitrix24.com/rest/"

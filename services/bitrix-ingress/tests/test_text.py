@@ -6,7 +6,7 @@ import random
 import re
 
 import pytest
-from bitrix_ingress.delivery import failure_text
+from bitrix_ingress.dispatcher.packing import failure_text
 from bitrix_ingress.text import (
     FALLBACK_NAME,
     display_name,

@@ -9,7 +9,6 @@ noticed again. The reason shown is plain words from a fixed vocabulary, never th
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 
 from zaptrix.kafka import EventProducer, PublishError, event_type
 from zaptrix.logging import get_logger
@@ -46,7 +45,7 @@ def plain_reason(reason: str) -> str:
 class CustomerDeadLetters:
     """The bitrix dispatcher's dead-letter hook (EventConsumer ``on_dead_letter``)."""
 
-    def __init__(self, deps: Deps, producer: Callable[[], EventProducer], topic: str) -> None:
+    def __init__(self, deps: Deps, producer: EventProducer, topic: str) -> None:
         self.deps = deps
         self.producer = producer
         self.topic = topic
@@ -91,7 +90,7 @@ class CustomerDeadLetters:
         )
         notice.occurred_at.GetCurrentTime()
         try:
-            await self.producer().publish(self.topic, [notice])
+            await self.producer.publish(self.topic, [notice])
         except PublishError:
             DEAD_LETTER_NOTICES.labels(kind, "failed").inc()
             log.error("dead-letter notice could not be produced", event_id=env.event_id)

@@ -11,14 +11,14 @@ from zaptrix.kafka import Outcome, Received
 from zaptrix.rpc import RpcFailed, RpcNotFound
 from zaptrix.v1 import events_pb2, mapper_pb2
 
-from bitrix_ingress import bookkeeping
-from bitrix_ingress import delivery as dl
-from bitrix_ingress.channels import Channels
 from bitrix_ingress.deps import Deps
+from bitrix_ingress.dispatcher import bookkeeping
+from bitrix_ingress.dispatcher import packing as dl
+from bitrix_ingress.dispatcher.channels import Channels
+from bitrix_ingress.dispatcher.work import DeliverWork, Work
 from bitrix_ingress.metrics import DELIVERED
 from bitrix_ingress.settings import DispatcherSettings
 from bitrix_ingress.text import display_name, format_time
-from bitrix_ingress.work import DeliverWork, Work
 
 
 async def prepare_customer(

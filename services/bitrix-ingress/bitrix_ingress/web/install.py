@@ -10,7 +10,7 @@ Install arrives in one of two shapes (DOCS settings/app-installation, api-refere
   ``BX24.installFinish()`` before Bitrix24 delivers any event.
 
 Nothing in the payload is trusted but its tokens, and those only after Bitrix24's OAuth server vouched for
-them (:mod:`bitrix_ingress.oauth_check`): they must be our app's (ZAPTRIX_BITRIX_CLIENT_ID), of the claimed
+them (:mod:`bitrix_ingress.web.oauth_check`): they must be our app's (ZAPTRIX_BITRIX_CLIENT_ID), of the claimed
 member_id, and the user must be a portal administrator (``profile`` ADMIN on the endpoint the OAuth server
 named). The portal's domain and REST endpoint come from the OAuth server's answer, never from the request,
 and the stored expiry is capped to an hour. Then the tokens go to token-keeper (UpsertPortal) and
@@ -20,6 +20,7 @@ and the stored expiry is capped to an hour. Then the tokens go to token-keeper (
 
 from __future__ import annotations
 
+import contextlib
 import html
 import json
 import time
@@ -28,24 +29,33 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
 
+from sanic import HTTPResponse, Request
+from sanic import html as html_response
+from sanic import json as json_response
+from zaptrix.egress import InsecureUrlError
 from zaptrix.logging import get_logger
-from zaptrix.rpc import RpcNotFound
+from zaptrix.rpc import RpcFailed, RpcNotFound
 from zaptrix.v1 import token_keeper_pb2
 
+from bitrix_ingress.bitrix_rest.client import BitrixError, TokenError
+from bitrix_ingress.bitrix_rest.portal import PortalClient, Token
 from bitrix_ingress.deps import Deps
-from bitrix_ingress.events import OUTBOUND_EVENTS
-from bitrix_ingress.formparse import get_str
-from bitrix_ingress.oauth_check import (
+from bitrix_ingress.formparse import FormError, get_str
+from bitrix_ingress.metrics import INSTALLS
+from bitrix_ingress.settings import WebSettings
+from bitrix_ingress.web.events import OUTBOUND_EVENTS
+from bitrix_ingress.web.http import problem, query, read_body
+from bitrix_ingress.web.install_guard import REFUSALS
+from bitrix_ingress.web.oauth_check import (
     BAD_OAUTH,
+    MALFORMED,
     NOT_ADMIN,
     PORTAL_UNAVAILABLE,
     OAuthServer,
     Refused,
     VerifiedAuth,
 )
-from bitrix_ingress.portal import PortalClient, Token
-from bitrix_ingress.rest import BitrixError, TokenError
-from bitrix_ingress.settings import WebSettings
+from bitrix_ingress.web.resources import WebResources
 
 log = get_logger(__name__)
 
@@ -391,3 +401,165 @@ def connector_data(settings: WebSettings, line: int) -> dict[str, Any]:
         "URL_IM": settings.public_base_url,
         "NAME": settings.connector_name,
     }
+
+
+class Install:
+    """POST /webhooks/bitrix24/install (ONAPPINSTALL, or a UI app's install page) and
+    POST /webhooks/bitrix24/settings (the SETTING_CONNECTOR placement: activate the connector on a line)."""
+
+    def __init__(self, resources: WebResources) -> None:
+        self.resources = resources
+
+    async def install(self, request: Request, form: dict[str, Any]) -> HTTPResponse:
+        """Store the portal and set it up: verify with Bitrix24's OAuth server, UpsertPortal,
+        imconnector.register and the event bindings. Never a 500."""
+        try:
+            return await self.install_portal(request, form)
+        except Exception:
+            log.exception("install handler failed", member_id=member_of(form))
+            INSTALLS.labels("unknown", "error").inc()
+            return problem(503, "internal error, try again")
+
+    async def install_portal(self, request: Request, form: dict[str, Any]) -> HTTPResponse:
+        """The install itself; exceptions go to the caller."""
+        ctx, settings, guard = self.resources, self.resources.settings, self.resources.guard
+        limited = guard.rate_limited(request, "install")
+        if limited is not None:
+            INSTALLS.labels("unknown", "refused").inc()
+            return limited
+        try:
+            req = parse_install(form, query(request))
+        except InstallRefused as exc:  # our own words about the request's shape: safe to say
+            INSTALLS.labels("unknown", "malformed").inc()
+            REFUSALS.labels("install", MALFORMED).inc()
+            return problem(exc.status, exc.reason)
+        kind = req.kind
+        try:
+            stored, auth = await verify_install(req, ctx.deps, ctx.portals, guard.oauth)
+            if replaces_stored(req, stored):
+                await ctx.deps.upsert_portal(upsert_request(req, auth, settings))
+                ctx.portals.forget_token(req.member_id)
+                log.info("portal stored", member_id=req.member_id, domain=auth.domain, kind=req.kind)
+            changes = await ensure_setup(req.member_id, verified_token(auth), ctx.portals, settings)
+        except Refused as exc:
+            INSTALLS.labels(kind, "refused").inc()
+            return await guard.refuse(request, "install", exc, req.member_id)
+        except InstallRefused as exc:  # after verification: the portal's administrator may see why
+            INSTALLS.labels(kind, "refused").inc()
+            log.warning("install failed", reason=exc.reason, member_id=req.member_id)
+            return problem(exc.status, exc.reason)
+        except InsecureUrlError as exc:  # ZAPTRIX_PUBLIC_BASE_URL missing: Bitrix24 could not reach us anyway
+            INSTALLS.labels(kind, "misconfigured").inc()
+            log.error("install impossible: configuration", reason=str(exc))
+            return problem(503, "the gateway is not configured for installs")
+        except RpcFailed as exc:
+            if exc.permanent:  # e.g. "a new portal needs: client_id, client_secret"
+                INSTALLS.labels(kind, "refused_by_token_keeper").inc()
+                log.error(
+                    "install failed: token-keeper refused the portal (set ZAPTRIX_BITRIX_CLIENT_ID/SECRET or "
+                    "register the app's credentials with token-keeper-admin)",
+                    reason=exc.reason,
+                    member_id=req.member_id,
+                )
+                return problem(503, "the portal could not be stored")
+            INSTALLS.labels(kind, "unavailable").inc()
+            log.error("install failed: token-keeper unavailable", reason=exc.reason, member_id=req.member_id)
+            return problem(503, "token-keeper unavailable, try again")
+        except RpcNotFound as exc:
+            INSTALLS.labels(kind, "unavailable").inc()
+            log.error("install failed", reason=exc.reason, member_id=req.member_id)
+            return problem(503, "try again")
+        except BitrixError as exc:  # the caller is a verified administrator of this portal by now
+            INSTALLS.labels(kind, "bitrix_error").inc()
+            log.error(
+                "install failed: bitrix24 refused the setup", reason=exc.reason, member_id=req.member_id
+            )
+            return problem(502, f"Bitrix24 refused the setup: {exc.code}")
+        INSTALLS.labels(kind, "ok").inc()
+        log.info("install done", member_id=req.member_id, changes=changes)
+        if req.kind == "page":
+            return html_response(install_finish_page(auth.domain, changes))
+        return json_response({"ok": True, "changes": changes})
+
+    async def settings(self, request: Request) -> HTTPResponse:
+        """The SETTING_CONNECTOR slider. Its AUTH_ID must be a token of our app on this portal, as the OAuth
+        server confirms (review L11: any user's or any other app's token used to be enough)."""
+        ctx, settings, guard = self.resources, self.resources.settings, self.resources.guard
+        limited = guard.rate_limited(request, "settings")
+        if limited is not None:
+            return limited
+        try:
+            form = read_body(request)
+            req = parse_placement(form, query(request), settings)
+        except FormError as exc:
+            REFUSALS.labels("settings", MALFORMED).inc()
+            return problem(400, str(exc))
+        except InstallRefused as exc:
+            REFUSALS.labels("settings", MALFORMED).inc()
+            return problem(exc.status, exc.reason)
+        try:
+            auth = await guard.oauth.verify(
+                member_id=req.member_id,
+                access_token=req.auth_id,
+                refresh_token=req.refresh_id,
+                claimed_expires_at=time.time() + 600,
+            )
+        except Refused as exc:
+            return await guard.refuse(request, "settings", exc, req.member_id)
+        try:
+            stored = await ctx.deps.get_portal_status(req.member_id)
+            if req.application_token:
+                verdict = await ctx.deps.verify_application_token(req.member_id, req.application_token)
+                if not verdict.valid:
+                    return problem(401, "wrong APPLICATION_TOKEN")
+            token = Token(req.member_id, auth.access_token, stored.client_endpoint, auth.expires_at)
+            activate = req.action != "deactivate"
+            await ctx.portals.call_with_token(
+                req.member_id,
+                token,
+                "imconnector.activate",
+                {"CONNECTOR": req.connector, "LINE": req.line, "ACTIVE": 1 if activate else 0},
+            )
+            if activate:
+                await ctx.portals.call_with_token(
+                    req.member_id,
+                    token,
+                    "imconnector.connector.data.set",
+                    {
+                        "CONNECTOR": req.connector,
+                        "LINE": req.line,
+                        "DATA": connector_data(settings, req.line),
+                    },
+                )
+            channels: list[tuple[str, str]] = []
+            with contextlib.suppress(RpcFailed, RpcNotFound):
+                listed = await ctx.deps.list_channels(req.member_id)
+                channels = [
+                    (c.phone_number_id, c.display_phone_number)
+                    for c in listed.channels
+                    if c.line_id == req.line
+                ]
+        except RpcNotFound:
+            return problem(401, "unknown portal: install the app first")
+        except TokenError:
+            return problem(401, "AUTH_ID is not valid on this portal")
+        except RpcFailed as exc:
+            log.error("settings page: dependency failed", reason=exc.reason)
+            return problem(503, "temporarily unavailable, reload the page")
+        except BitrixError as exc:  # the caller holds a verified token of our app on this portal
+            log.error("settings page: bitrix24 refused", reason=exc.reason, member_id=req.member_id)
+            return problem(502, f"Bitrix24 refused: {exc.code}")
+        INSTALLS.labels("settings", "activated" if activate else "deactivated").inc()
+        log.info("connector line configured", member_id=req.member_id, line=req.line, active=activate)
+        message = "Messages from the bound numbers arrive in this line." if activate else "Disconnected."
+        return html_response(
+            settings_page(settings=settings, req=req, active=activate, channels=channels, message=message)
+        )
+
+
+def member_of(form: dict[str, Any]) -> str:
+    auth = form.get("auth")
+    if isinstance(auth, dict) and isinstance(auth.get("member_id"), str):
+        return str(auth["member_id"])[:64]
+    value = form.get("member_id")
+    return value[:64] if isinstance(value, str) else ""

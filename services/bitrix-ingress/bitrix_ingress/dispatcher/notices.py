@@ -3,7 +3,8 @@ or with ZAPTRIX_BITRIX_NOTICE_VIA=im as a system message (falling back to the co
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
 
 from zaptrix.kafka import Outcome, Received
 from zaptrix.logging import get_logger
@@ -11,17 +12,17 @@ from zaptrix.metrics import count_cross_tenant
 from zaptrix.rpc import RpcNotFound
 from zaptrix.v1 import events_pb2
 
-from bitrix_ingress import bookkeeping
-from bitrix_ingress import delivery as dl
-from bitrix_ingress.channels import Channels
+from bitrix_ingress.bitrix_rest.client import AccessDenied, ArgumentError, MethodNotFound, WrongAuthType
 from bitrix_ingress.deps import Deps
+from bitrix_ingress.dispatcher import bookkeeping
+from bitrix_ingress.dispatcher import packing as dl
+from bitrix_ingress.dispatcher.channels import Channels
+from bitrix_ingress.dispatcher.work import Answer, NoticeWork, Work
 from bitrix_ingress.metrics import NOTICES
-from bitrix_ingress.rest import AccessDenied, ArgumentError, MethodNotFound, WrongAuthType
 from bitrix_ingress.settings import DispatcherSettings
 from bitrix_ingress.text import notice_text
-from bitrix_ingress.work import LOGGER, NoticeWork, Work
 
-log = get_logger(LOGGER)
+log = get_logger(__name__)
 
 
 async def prepare_failure(
@@ -75,13 +76,18 @@ async def prepare_failure(
         external_chat_id=conv.external_chat_id,
         bitrix_chat_id=sf.bitrix_chat_id or conv.bitrix_chat_id,
         body=body,
-        via=settings.bitrix_notice_via,
+        via=notice_via(settings, sf.bitrix_chat_id or conv.bitrix_chat_id),
     )
+
+
+def notice_via(settings: DispatcherSettings, bitrix_chat_id: str) -> str:
+    """ "im" (a system message) only when configured and the chat is known; else through the connector."""
+    return "im" if settings.bitrix_notice_via == "im" and bitrix_chat_id else "connector"
 
 
 def im_notice_call(w: NoticeWork) -> dl.Call | None:
     """The im.message.add call of a notice that goes as a system message; None: through the connector."""
-    if w.via == "im" and w.bitrix_chat_id:
+    if w.via == "im":
         params = {
             "DIALOG_ID": f"chat{w.bitrix_chat_id}",
             "MESSAGE": notice_text(w.body),
@@ -93,7 +99,6 @@ def im_notice_call(w: NoticeWork) -> dl.Call | None:
 
 
 def connector_notice_item(w: NoticeWork) -> dl.Item:
-    w.via = "connector"
     payload = dl.build_notice_item(
         event_id=w.rec.envelope.event_id,
         wa_id=w.wa_id,
@@ -104,18 +109,18 @@ def connector_notice_item(w: NoticeWork) -> dl.Item:
     return dl.Item(w, payload)
 
 
-def reroute_refused_im(works: Sequence[Work]) -> list[NoticeWork]:
-    """Notices whose im.message.add was refused, made ready to go again through the connector."""
-    fallback = [w for w in works if isinstance(w, NoticeWork) and w.via == "im" and _im_refused(w.error)]
-    for notice in fallback:
-        log.warning(
-            "im.message.add refused, posting the notice through the connector", error=str(notice.error)
-        )
-        notice.error, notice.via = None, "connector"
+def reroute_refused_im(works: Sequence[Work], answers: Mapping[Work, Answer]) -> dict[Work, Work]:
+    """Notices whose im.message.add was refused → the same notice, to go again through the connector."""
+    fallback: dict[Work, Work] = {}
+    for w in works:
+        answer = answers.get(w)
+        if isinstance(w, NoticeWork) and w.via == "im" and _im_refused(answer):
+            log.warning("im.message.add refused, posting the notice through the connector", error=str(answer))
+            fallback[w] = replace(w, via="connector")
     return fallback
 
 
-def _im_refused(exc: BaseException | None) -> bool:
+def _im_refused(exc: object) -> bool:
     return isinstance(exc, AccessDenied | MethodNotFound | ArgumentError | WrongAuthType)
 
 

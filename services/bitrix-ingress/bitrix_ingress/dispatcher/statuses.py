@@ -10,15 +10,16 @@ from zaptrix.logging import get_logger
 from zaptrix.rpc import RpcNotFound
 from zaptrix.v1 import events_pb2, mapper_pb2
 
-from bitrix_ingress import bookkeeping
-from bitrix_ingress import delivery as dl
-from bitrix_ingress.channels import Channels
 from bitrix_ingress.deps import Deps
+from bitrix_ingress.dispatcher import bookkeeping
+from bitrix_ingress.dispatcher import packing as dl
+from bitrix_ingress.dispatcher.channels import Channels
+from bitrix_ingress.dispatcher.notices import notice_via
+from bitrix_ingress.dispatcher.work import NoticeWork, StatusWork, Work
 from bitrix_ingress.metrics import STATUSES
 from bitrix_ingress.settings import DispatcherSettings
-from bitrix_ingress.work import LOGGER, NoticeWork, StatusWork, Work
 
-log = get_logger(LOGGER)
+log = get_logger(__name__)
 
 
 async def prepare_status(
@@ -79,7 +80,7 @@ async def prepare_status(
             bitrix_chat_id=link.bitrix_chat_id or conv.bitrix_chat_id,
             body=dl.failure_text(error),
             wamid=st.wamid,
-            via=settings.bitrix_notice_via,
+            via=notice_via(settings, link.bitrix_chat_id or conv.bitrix_chat_id),
         )
     already = link.bitrix_status in ("delivered", "read")
     if status == "delivered" and already:

@@ -14,11 +14,11 @@ from prometheus_client import Counter
 from sanic import HTTPResponse, Request
 from zaptrix.logging import get_logger
 
-from bitrix_ingress.oauth_check import RATE_LIMITED, REASONS, OAuthServer, Refused
 from bitrix_ingress.settings import WebSettings
-from bitrix_ingress.web_context import LOGGER, problem
+from bitrix_ingress.web.http import problem
+from bitrix_ingress.web.oauth_check import RATE_LIMITED, REASONS, OAuthServer, Refused
 
-log = get_logger(LOGGER)
+log = get_logger(__name__)
 
 ROUTES = ("install", "settings")
 REFUSALS = Counter(
@@ -64,48 +64,38 @@ class SourceLimiter:
 
 
 class InstallGuard:
+    """The OAuth server that vouches for installs, and the per-source limit on refusals."""
+
     def __init__(self, settings: WebSettings) -> None:
         self.oauth = OAuthServer(settings)
         self.limiter = SourceLimiter(settings.install_refusals_per_minute)
 
+    def rate_limited(self, request: Request, route: str) -> HTTPResponse | None:
+        if not self.limiter.blocked(source_of(request)):
+            return None
+        REFUSALS.labels(route, RATE_LIMITED).inc()
+        log.warning(
+            "install/settings request refused", route=route, reason=RATE_LIMITED, source=source_of(request)
+        )
+        return problem(429, _GENERIC[429])
 
-def guard_of(request: Request) -> InstallGuard:
-    """Created on first use and kept on the app (one per worker process)."""
-    ctx = request.app.ctx
-    guard: InstallGuard | None = getattr(ctx, "install_guard", None)
-    if guard is None:
-        guard = InstallGuard(ctx.zx.settings)
-        ctx.install_guard = guard
-    return guard
+    async def refuse(self, request: Request, route: str, exc: Refused, member_id: str = "") -> HTTPResponse:
+        """Count, log (with the detail) and answer generically."""
+        REFUSALS.labels(route, exc.reason).inc()
+        log.warning(
+            "install/settings request refused",
+            route=route,
+            reason=exc.reason,
+            detail=exc.detail,
+            member_id=member_id[:64],
+            source=source_of(request),
+        )
+        if exc.status != 503:  # an outage is not the caller's fault
+            await self.limiter.charge(source_of(request))
+        status = exc.status if exc.status in _GENERIC else 401
+        return problem(status, _GENERIC[status])
 
 
 def source_of(request: Request) -> str:
     # remote_addr honours the proxy settings (FORWARDED_SECRET / REAL_IP_HEADER / PROXIES_COUNT).
     return str(request.remote_addr or request.ip or "unknown")
-
-
-def rate_limited(request: Request, route: str) -> HTTPResponse | None:
-    if not guard_of(request).limiter.blocked(source_of(request)):
-        return None
-    REFUSALS.labels(route, RATE_LIMITED).inc()
-    log.warning(
-        "install/settings request refused", route=route, reason=RATE_LIMITED, source=source_of(request)
-    )
-    return problem(429, _GENERIC[429])
-
-
-async def refuse(request: Request, route: str, exc: Refused, member_id: str = "") -> HTTPResponse:
-    """Count, log (with the detail) and answer generically."""
-    REFUSALS.labels(route, exc.reason).inc()
-    log.warning(
-        "install/settings request refused",
-        route=route,
-        reason=exc.reason,
-        detail=exc.detail,
-        member_id=member_id[:64],
-        source=source_of(request),
-    )
-    if exc.status != 503:  # an outage is not the caller's fault
-        await guard_of(request).limiter.charge(source_of(request))
-    status = exc.status if exc.status in _GENERIC else 401
-    return problem(status, _GENERIC[status])

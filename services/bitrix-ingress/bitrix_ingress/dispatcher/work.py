@@ -9,10 +9,10 @@ from zaptrix.errors import PermanentError, TransientError
 from zaptrix.kafka import Outcome, Received
 from zaptrix.v1 import events_pb2, mapper_pb2
 
-from bitrix_ingress import delivery as dl
+from bitrix_ingress.dispatcher import packing as dl
 
-# Every dispatcher module logs and traces under the process's one name.
-LOGGER = "bitrix_ingress.dispatcher"
+# What Bitrix24 answered for one work: its result, or the error.
+Answer = dict[str, Any] | BaseException
 
 
 def outcome_for(exc: BaseException) -> Outcome:
@@ -30,16 +30,6 @@ class Work:
     connector: str
     line: int
     index: int = -1
-    error: BaseException | None = None
-    result: dict[str, Any] | None = None
-    held: str = ""
-
-    def done(self, result: Any) -> None:
-        self.result = result if isinstance(result, dict) else {"result": result}
-
-    def fail(self, exc: BaseException) -> None:
-        if self.error is None:
-            self.error = exc
 
 
 @dataclass(eq=False)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import httpx
 from zaptrix.egress import GuardedTransport, Resolver, system_resolver
 
-from bitrix_ingress.rest import BitrixRest
+from bitrix_ingress.bitrix_rest.client import BitrixRest
 from bitrix_ingress.settings import BitrixCommonSettings
 
 # The pool BitrixRest had before the guard (the client's own limits do not apply to a given transport).

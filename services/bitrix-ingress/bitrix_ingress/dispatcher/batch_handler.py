@@ -2,19 +2,19 @@
 
 1. prepare (per conversation in order, conversations concurrently): dedupe (CheckProcessed), channel
    and conversation from the mapper, what to send. Nothing leaves for Bitrix24 yet.
-2. deliver (per portal concurrently, sequential inside a portal): first-contact CRM look-ups, then
-   every message/notice for one (connector, line) packed into imconnector.send.messages calls, plus
-   delivery statuses, packed into `batch` requests, each request waiting for the portal's pacer.
-3. record (per event, right after Bitrix24 confirmed): one RecordDelivery per delivered customer message
-   (processed record, message link and conversation in one mapper transaction), MarkProcessed for the
-   other events (bookkeeping.py); the consumer commits the offsets only after the whole batch has its
-   outcomes.
+2. deliver (per portal concurrently, sequential inside a portal): first-contact CRM look-ups
+   (crm_contacts.py), then the portal's calls (portal_calls.py), which answer for every work.
+3. record (per event, once its portal's requests are done): one RecordDelivery per delivered customer
+   message (processed record, message link and conversation in one mapper transaction), MarkProcessed
+   for the other events (bookkeeping.py); the consumer commits the offsets only after the whole batch
+   has its outcomes.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict
+from dataclasses import replace
 
 from opentelemetry import trace
 from zaptrix.errors import PermanentError, TransientError
@@ -22,21 +22,20 @@ from zaptrix.kafka import Outcome, Received
 from zaptrix.logging import get_logger
 from zaptrix.rpc import RpcError
 
-from bitrix_ingress.channels import Channels
-from bitrix_ingress.crm_contacts import ensure_contacts
-from bitrix_ingress.customer_messages import finish_customer, prepare_customer
+from bitrix_ingress.bitrix_rest.client import BitrixError, TransientBitrixError
+from bitrix_ingress.bitrix_rest.portal import PortalClient
 from bitrix_ingress.deps import Deps
+from bitrix_ingress.dispatcher.channels import Channels
+from bitrix_ingress.dispatcher.crm_contacts import ensure_contacts
+from bitrix_ingress.dispatcher.customer_messages import finish_customer, prepare_customer
+from bitrix_ingress.dispatcher.notices import finish_notice, prepare_failure, reroute_refused_im
+from bitrix_ingress.dispatcher.portal_calls import HeldBehind, PortalCalls
+from bitrix_ingress.dispatcher.statuses import finish_status, prepare_status
+from bitrix_ingress.dispatcher.work import Answer, DeliverWork, NoticeWork, StatusWork, Work, outcome_for
 from bitrix_ingress.metrics import DELIVERED, REQUESTS_PER_FLUSH, STATUSES
-from bitrix_ingress.notices import finish_notice, prepare_failure, reroute_refused_im
-from bitrix_ingress.portal import PortalClient
-from bitrix_ingress.portal_requests import PortalRequests
-from bitrix_ingress.rest import BitrixError, TransientBitrixError
-from bitrix_ingress.sending import send
 from bitrix_ingress.settings import DispatcherSettings
-from bitrix_ingress.statuses import finish_status, prepare_status
-from bitrix_ingress.work import LOGGER, DeliverWork, NoticeWork, StatusWork, Work, outcome_for
 
-log = get_logger(LOGGER)
+log = get_logger(__name__)
 
 
 class BitrixDispatcher:
@@ -45,7 +44,7 @@ class BitrixDispatcher:
         self.deps = deps
         self.portals = portals
         self.channels = Channels(deps, settings.channel_cache_ttl_s)
-        self.requests = PortalRequests(settings, portals)
+        self.calls = PortalCalls(settings, portals)
 
     async def handle(self, batch: list[Received]) -> list[Outcome]:
         outcomes: list[Outcome | None] = [None] * len(batch)
@@ -81,14 +80,14 @@ class BitrixDispatcher:
         by_portal: OrderedDict[str, list[Work]] = OrderedDict()
         for work in sorted(works, key=lambda w: w.index):
             by_portal.setdefault(work.member_id, []).append(work)
-        await asyncio.gather(*(self._deliver_portal(m, ws) for m, ws in by_portal.items()))
+        delivered = await asyncio.gather(*(self._deliver_portal(m, ws) for m, ws in by_portal.items()))
 
-        async def finish(work: Work) -> None:
+        async def finish(work: Work, answer: Answer | None) -> None:
             async with limit:
                 with trace.use_span(work.rec.span, end_on_exit=False):
-                    outcomes[work.index] = await self._finish_safe(work)
+                    outcomes[work.index] = await self._finish_safe(work, answer)
 
-        await asyncio.gather(*(finish(w) for w in works))
+        await asyncio.gather(*(finish(w, a) for portal in delivered for w, a in portal))
         return [o or Outcome.retry("not handled") for o in outcomes]
 
     # phase 1: prepare --------------------------------------------------------------------------
@@ -114,38 +113,48 @@ class BitrixDispatcher:
 
     # phase 2: deliver, per portal ------------------------------------------------------------
 
-    async def _deliver_portal(self, member_id: str, works: list[Work]) -> None:
+    async def _deliver_portal(self, member_id: str, works: list[Work]) -> list[tuple[Work, Answer | None]]:
+        """Every work of the portal with Bitrix24's answer (None: no request carried it)."""
+        answers: dict[Work, Answer] = {}
         requests_made = 0
         try:
             need = [w for w in works if isinstance(w, DeliverWork) and w.need_contact]
             if need:
-                requests_made += await ensure_contacts(self.deps, self.requests, member_id, need)
-            requests_made += await send(self.settings, self.requests, member_id, works)
-            fallback = reroute_refused_im(works)
+                contacts = await ensure_contacts(self.deps, self.calls, member_id, need)
+                requests_made += contacts.requests
+                answers.update(contacts.failed)
+                works = [_with_contact(w, contacts.ids) for w in works]
+            sent = await self.calls.send(member_id, [w for w in works if w not in answers])
+            requests_made += sent.requests
+            answers.update(sent.answers)
+            fallback = reroute_refused_im(works, answers)
             if fallback:
-                requests_made += await send(self.settings, self.requests, member_id, fallback)
+                again = await self.calls.send(member_id, list(fallback.values()))
+                requests_made += again.requests
+                answers.update(again.answers)
+                works = [fallback.get(w, w) for w in works]
         except Exception as exc:  # whatever happens, every work gets an outcome
             log.exception("delivery to portal failed", member_id=member_id)
             for work in works:
-                if work.result is None:
-                    work.fail(exc)
+                answers.setdefault(work, exc)
         REQUESTS_PER_FLUSH.observe(requests_made)
+        return [(w, answers.get(w)) for w in works]
 
     # phase 3: record -----------------------------------------------------------------------------
 
-    async def _finish_safe(self, work: Work) -> Outcome:
+    async def _finish_safe(self, work: Work, answer: Answer | None) -> Outcome:
         try:
-            return await self._finish(work)
+            return await self._finish(work, answer)
         except Exception as exc:
             if not isinstance(exc, BitrixError | RpcError):
                 log.exception("recording failed", event_id=work.rec.envelope.event_id)
             return outcome_for(exc)
 
-    async def _finish(self, work: Work) -> Outcome:
-        if work.error is not None or work.result is None:
-            exc = work.error or TransientBitrixError("NOT_SENT", "no result from Bitrix24")
+    async def _finish(self, work: Work, answer: Answer | None) -> Outcome:
+        if not isinstance(answer, dict):
+            exc = answer or TransientBitrixError("NOT_SENT", "no result from Bitrix24")
             outcome = outcome_for(exc)
-            label = "held" if work.held else outcome.kind
+            label = "held" if isinstance(exc, HeldBehind) else outcome.kind
             if isinstance(work, DeliverWork):
                 DELIVERED.labels(label).inc()
             elif isinstance(work, StatusWork):
@@ -156,9 +165,15 @@ class BitrixDispatcher:
                 )
             return outcome
         if isinstance(work, DeliverWork):
-            return await finish_customer(self.deps, work, work.result)
+            return await finish_customer(self.deps, work, answer)
         if isinstance(work, StatusWork):
             return await finish_status(self.deps, work)
         if isinstance(work, NoticeWork):
             return await finish_notice(self.deps, work)
         return Outcome.dead(f"unknown work {type(work).__name__}")
+
+
+def _with_contact(work: Work, contact_ids: dict[str, str]) -> Work:
+    if isinstance(work, DeliverWork) and work.conv.id in contact_ids:
+        return replace(work, contact_id=contact_ids[work.conv.id])
+    return work

@@ -1,4 +1,4 @@
-"""POST /webhooks/bitrix24/outbound: connector events in.
+"""POST /webhooks/bitrix24/outbound: the operator's events in (Bitrix24's "outbound" webhook, inbound to us).
 
 Authenticate by auth[application_token], normalize, key by conversation, produce (acks=all), 200.
 Bitrix24 never resends an event whose delivery failed or timed out, so this answers fast and never 500s:
@@ -20,17 +20,18 @@ from zaptrix.logging import get_logger
 from zaptrix.metrics import count_cross_tenant
 from zaptrix.rpc import RpcFailed, RpcNotFound
 
-from bitrix_ingress import events as ev
-from bitrix_ingress.event_summary import summary
 from bitrix_ingress.formparse import FormError
-from bitrix_ingress.metrics import EVENTS_LOST, EVENTS_RECEIVED, ITEMS_SKIPPED, UNRESOLVED_CHATS
-from bitrix_ingress.portal_install import install_portal
-from bitrix_ingress.web_context import LOGGER, Ctx, ctx_of, problem, read_body
+from bitrix_ingress.metrics import EVENTS_LOST, EVENTS_RECEIVED, INSTALLS, ITEMS_SKIPPED, UNRESOLVED_CHATS
+from bitrix_ingress.web import events as ev
+from bitrix_ingress.web.event_summary import summary
+from bitrix_ingress.web.http import problem, read_body
+from bitrix_ingress.web.install import Install
+from bitrix_ingress.web.resources import WebResources
 
-log = get_logger(LOGGER)
+log = get_logger(__name__)
 
 
-async def _verify(ctx: Ctx, auth: ev.Auth) -> tuple[bool, bool]:
+async def _verify(ctx: WebResources, auth: ev.Auth) -> tuple[bool, bool]:
     """(known_portal, valid) for an event's member_id + application_token, cached briefly."""
     key = (auth.member_id, hashlib.sha256(auth.application_token.encode()).hexdigest())
     cached = ctx.verified.get(key)
@@ -45,7 +46,7 @@ async def _verify(ctx: Ctx, auth: ev.Auth) -> tuple[bool, bool]:
     return result
 
 
-async def _resolve_keys(ctx: Ctx, normalized: ev.Normalized) -> set[str]:
+async def _resolve_keys(ctx: WebResources, normalized: ev.Normalized) -> set[str]:
     """Kafka key of every pending envelope: the conversation key, from the portal's own conversation.
 
     Every chat is looked up as (authenticated member_id, chat id): the mapper answers NOT_FOUND for a chat
@@ -122,7 +123,7 @@ def _drop_refused(event: str, normalized: ev.Normalized, refused: set[str]) -> i
     return dropped
 
 
-async def _resolve_replies(ctx: Ctx, normalized: ev.Normalized) -> None:
+async def _resolve_replies(ctx: WebResources, normalized: ev.Normalized) -> None:
     """Best effort: the wamid of a quoted customer message, when Bitrix24 told us its internal id."""
     for index, reply_id in normalized.reply_lookups.items():
         env = normalized.pending[index].envelope
@@ -151,90 +152,111 @@ def _lost(event: str, reason: str, form: dict[str, Any], detail: str) -> HTTPRes
     return problem(503, f"temporarily unavailable: {reason}")
 
 
-async def outbound(request: Request) -> HTTPResponse:
-    try:
-        form = read_body(request)
-    except FormError as exc:
-        EVENTS_RECEIVED.labels("unknown", "malformed").inc()
-        return problem(400, str(exc))
-    try:
-        return await _outbound(request, form)
-    except Exception as exc:  # never a 500: log what identifies the event, it will not come again
-        log.exception("outbound handler failed")
-        return _lost(ev.event_name(form), "internal_error", form, repr(exc))
+class OperatorEvents:
+    """The connector's events (POST /webhooks/bitrix24/outbound) and whatever Bitrix24 posts to the
+    install URL (an install, or an uninstall event bound there)."""
 
+    def __init__(self, resources: WebResources, install: Install) -> None:
+        self.resources = resources
+        self.install = install
 
-async def _outbound(request: Request, form: dict[str, Any]) -> HTTPResponse:
-    ctx = ctx_of(request)
-    event = ev.event_name(form)
-    if not event:
-        EVENTS_RECEIVED.labels("unknown", "malformed").inc()
-        return problem(400, "no event name")
-    label = _label(event)
-    if event == ev.APP_INSTALL:
-        return await install_portal(request, form)
-    auth = ev.Auth.from_form(form)
-    if not auth.member_id or not auth.application_token:
-        EVENTS_RECEIVED.labels(label, "unauthorized").inc()
-        return problem(401, "auth[member_id] and auth[application_token] are required")
-    try:
-        known, valid = await _verify(ctx, auth)
-    except RpcFailed as exc:
-        return _lost(event, "token_keeper_unavailable", form, exc.reason)
-    if not known or not valid:
-        EVENTS_RECEIVED.labels(label, "unauthorized").inc()
-        log.warning(
-            "bitrix24 event refused", bitrix_event=event, member_id=auth.member_id, known_portal=known
-        )
-        return problem(401, "unknown portal" if not known else "wrong application_token")
-    try:
-        normalized = ev.normalize(
-            form, auth, connector_id=ctx.settings.connector_id, read_on_reply=ctx.settings.read_on_reply
-        )
-    except ev.EventError as exc:
-        EVENTS_RECEIVED.labels(label, "malformed").inc()
-        log.warning("malformed bitrix24 event", bitrix_event=summary(form), reason=str(exc))
-        return problem(400, str(exc))
-    for reason in normalized.skipped:
-        ITEMS_SKIPPED.labels(label).inc()
-        log.warning(
-            "bitrix24 event item left out", bitrix_event=event, member_id=auth.member_id, reason=reason
-        )
-    if not normalized.pending:
-        EVENTS_RECEIVED.labels(label, "ignored").inc()
-        return json({"ok": True, "events": 0})
-    refused = await _resolve_keys(ctx, normalized)
-    dropped = _drop_refused(event, normalized, refused) if refused else 0
-    if dropped and not normalized.pending:
-        EVENTS_RECEIVED.labels(label, "refused").inc()
-        return problem(403, "the event names no chat of this portal")
-    await _resolve_replies(ctx, normalized)
-    producer = ctx.producer.producer
-    if producer is None:
-        return _lost(event, "kafka_unavailable", form, "producer not started")
-    envelopes = [p.envelope for p in normalized.pending]
-    try:
-        await asyncio.wait_for(producer.publish(ctx.topic, envelopes), timeout=ctx.settings.publish_timeout_s)
-    except (PublishError, TimeoutError) as exc:
-        return _lost(event, "kafka_unavailable", form, repr(exc))
-    EVENTS_RECEIVED.labels(label, "accepted").inc()
-    for env in envelopes:
-        if env.WhichOneof("kind") == "line_removed":
-            removed = env.line_removed
+    async def receive(self, request: Request) -> HTTPResponse:
+        try:
+            form = read_body(request)
+        except FormError as exc:
+            EVENTS_RECEIVED.labels("unknown", "malformed").inc()
+            return problem(400, str(exc))
+        try:
+            return await self._receive(request, form)
+        except Exception as exc:  # never a 500: log what identifies the event, it will not come again
+            log.exception("outbound handler failed")
+            return _lost(ev.event_name(form), "internal_error", form, repr(exc))
+
+    async def at_install_url(self, request: Request) -> HTTPResponse:
+        try:
+            form = read_body(request)
+        except FormError as exc:
+            INSTALLS.labels("unknown", "malformed").inc()
+            return problem(400, str(exc))
+        if (
+            ev.event_name(form) == ev.APP_UNINSTALL
+        ):  # bound to this URL: an authenticated event like any other
+            return await self.receive(request)
+        return await self.install.install(request, form)
+
+    async def _receive(self, request: Request, form: dict[str, Any]) -> HTTPResponse:
+        ctx = self.resources
+        event = ev.event_name(form)
+        if not event:
+            EVENTS_RECEIVED.labels("unknown", "malformed").inc()
+            return problem(400, "no event name")
+        label = _label(event)
+        if event == ev.APP_INSTALL:
+            return await self.install.install_portal(request, form)
+        auth = ev.Auth.from_form(form)
+        if not auth.member_id or not auth.application_token:
+            EVENTS_RECEIVED.labels(label, "unauthorized").inc()
+            return problem(401, "auth[member_id] and auth[application_token] are required")
+        try:
+            known, valid = await _verify(ctx, auth)
+        except RpcFailed as exc:
+            return _lost(event, "token_keeper_unavailable", form, exc.reason)
+        if not known or not valid:
+            EVENTS_RECEIVED.labels(label, "unauthorized").inc()
             log.warning(
-                "bitrix24 app uninstalled"
-                if event == ev.APP_UNINSTALL
-                else "connector removed from an Open Line",
-                member_id=removed.member_id,
-                connector_id=removed.connector_id,
-                line_id=removed.line_id,
-                bitrix_event=event,
+                "bitrix24 event refused", bitrix_event=event, member_id=auth.member_id, known_portal=known
             )
-    answer: dict[str, Any] = {
-        "ok": True,
-        "events": len(envelopes),
-        "event_ids": [e.event_id for e in envelopes],
-    }
-    if dropped:  # a mixed event: the portal's own messages went out, the others were refused
-        answer["refused"] = dropped
-    return json(answer)
+            return problem(401, "unknown portal" if not known else "wrong application_token")
+        try:
+            normalized = ev.normalize(
+                form, auth, connector_id=ctx.settings.connector_id, read_on_reply=ctx.settings.read_on_reply
+            )
+        except ev.EventError as exc:
+            EVENTS_RECEIVED.labels(label, "malformed").inc()
+            log.warning("malformed bitrix24 event", bitrix_event=summary(form), reason=str(exc))
+            return problem(400, str(exc))
+        for reason in normalized.skipped:
+            ITEMS_SKIPPED.labels(label).inc()
+            log.warning(
+                "bitrix24 event item left out", bitrix_event=event, member_id=auth.member_id, reason=reason
+            )
+        if not normalized.pending:
+            EVENTS_RECEIVED.labels(label, "ignored").inc()
+            return json({"ok": True, "events": 0})
+        refused = await _resolve_keys(ctx, normalized)
+        dropped = _drop_refused(event, normalized, refused) if refused else 0
+        if dropped and not normalized.pending:
+            EVENTS_RECEIVED.labels(label, "refused").inc()
+            return problem(403, "the event names no chat of this portal")
+        await _resolve_replies(ctx, normalized)
+        producer = ctx.producer.producer
+        if producer is None:
+            return _lost(event, "kafka_unavailable", form, "producer not started")
+        envelopes = [p.envelope for p in normalized.pending]
+        try:
+            await asyncio.wait_for(
+                producer.publish(ctx.topic, envelopes), timeout=ctx.settings.publish_timeout_s
+            )
+        except (PublishError, TimeoutError) as exc:
+            return _lost(event, "kafka_unavailable", form, repr(exc))
+        EVENTS_RECEIVED.labels(label, "accepted").inc()
+        for env in envelopes:
+            if env.WhichOneof("kind") == "line_removed":
+                removed = env.line_removed
+                log.warning(
+                    "bitrix24 app uninstalled"
+                    if event == ev.APP_UNINSTALL
+                    else "connector removed from an Open Line",
+                    member_id=removed.member_id,
+                    connector_id=removed.connector_id,
+                    line_id=removed.line_id,
+                    bitrix_event=event,
+                )
+        answer: dict[str, Any] = {
+            "ok": True,
+            "events": len(envelopes),
+            "event_ids": [e.event_id for e in envelopes],
+        }
+        if dropped:  # a mixed event: the portal's own messages went out, the others were refused
+            answer["refused"] = dropped
+        return json(answer)

@@ -1,13 +1,9 @@
-"""bitrix-dispatcher: wa-to-b24 events -> Bitrix24 Open Lines, within each portal's REST limit.
+"""bitrix-dispatcher: wa-to-b24 events → Bitrix24 Open Lines, within each portal's REST limit. Wiring only.
 
-The consumer hands over a whole poll batch (a BatchHandler, not per_event); batch_handler handles it in
-three phases: prepare, deliver per portal, record. This module wires the process together.
-
-Idempotency: a redelivered event is found by CheckProcessed and not sent again (its bookkeeping is
-redone from the recorded result, which is idempotent). Bitrix24 has no idempotency key for
-imconnector.send.messages, so the one window left is between Bitrix24's answer and RecordDelivery
-(one gRPC call, retried in place): a crash exactly there sends that message twice. The modules are
-mapped in docs/bitrix-ingress.md.
+The consumer hands over a whole poll batch; batch_handler.py handles it in three phases (prepare, deliver
+per portal, record). A redelivered event is found by CheckProcessed and not sent again. Bitrix24 has no
+idempotency key for imconnector.send.messages, so the one window left is between Bitrix24's answer and
+RecordDelivery (one gRPC call, retried in place): a crash exactly there sends that message twice.
 """
 
 from __future__ import annotations
@@ -22,13 +18,13 @@ from zaptrix.kafka import EventConsumer, EventProducer, Flow, topics_for
 from zaptrix.logging import get_logger
 from zaptrix.settings import KafkaSettings
 
-from bitrix_ingress.batch_handler import BitrixDispatcher
-from bitrix_ingress.dead_letters import CustomerDeadLetters
+from bitrix_ingress.bitrix_rest.client import quiet_http_client_logs
+from bitrix_ingress.bitrix_rest.egress import portal_rest
+from bitrix_ingress.bitrix_rest.pacing import PacerRegistry
+from bitrix_ingress.bitrix_rest.portal import PortalClient
 from bitrix_ingress.deps import Deps
-from bitrix_ingress.pacing import PacerRegistry
-from bitrix_ingress.portal import PortalClient
-from bitrix_ingress.portal_egress import portal_rest
-from bitrix_ingress.rest import quiet_http_client_logs
+from bitrix_ingress.dispatcher.batch_handler import BitrixDispatcher
+from bitrix_ingress.dispatcher.dead_letters import CustomerDeadLetters
 from bitrix_ingress.settings import DispatcherSettings
 
 log = get_logger(__name__)
@@ -63,7 +59,7 @@ def wire(settings: DispatcherSettings, kafka: KafkaSettings) -> Wire:
                 client_id=SERVICE,
                 max_attempts=settings.max_attempts,
                 retry_base_s=settings.retry_base_s,
-                on_dead_letter=CustomerDeadLetters(deps, lambda: producer, topics.main),
+                on_dead_letter=CustomerDeadLetters(deps, producer, topics.main),
             )
         finally:
             await rest.aclose()

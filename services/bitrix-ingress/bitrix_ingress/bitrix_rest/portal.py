@@ -25,9 +25,7 @@ from zaptrix.egress import InsecureUrlError
 from zaptrix.logging import get_logger
 from zaptrix.rpc import RpcNotFound
 
-from bitrix_ingress.deps import Deps
-from bitrix_ingress.pacing import PacerRegistry, PortalPacer
-from bitrix_ingress.rest import (
+from bitrix_ingress.bitrix_rest.client import (
     BatchResult,
     BitrixRest,
     PermanentBitrixError,
@@ -35,6 +33,8 @@ from bitrix_ingress.rest import (
     TokenError,
     TransientBitrixError,
 )
+from bitrix_ingress.bitrix_rest.pacing import PacerRegistry, PortalPacer
+from bitrix_ingress.deps import Deps
 from bitrix_ingress.settings import BitrixCommonSettings, check_portal_endpoint
 
 log = get_logger(__name__)

@@ -4,25 +4,32 @@ from __future__ import annotations
 
 import contextlib
 from collections import OrderedDict
-from typing import Any
+from typing import Any, NamedTuple
 
 from zaptrix.logging import get_logger
 from zaptrix.rpc import RpcFailed, RpcNotFound
 
+from bitrix_ingress.bitrix_rest.client import PermanentBitrixError
 from bitrix_ingress.deps import Deps
+from bitrix_ingress.dispatcher.portal_calls import PortalCalls
+from bitrix_ingress.dispatcher.work import DeliverWork, Work
 from bitrix_ingress.metrics import CRM
-from bitrix_ingress.portal_requests import PortalRequests
-from bitrix_ingress.rest import PermanentBitrixError
 from bitrix_ingress.text import split_name
-from bitrix_ingress.work import LOGGER, DeliverWork
 
-log = get_logger(LOGGER)
+log = get_logger(__name__)
+
+
+class Contacts(NamedTuple):
+    ids: dict[str, str]  # conversation id -> CRM contact id
+    failed: dict[Work, BaseException]  # works that must not be sent now
+    requests: int
 
 
 async def ensure_contacts(
-    deps: Deps, requests: PortalRequests, member_id: str, works: list[DeliverWork]
-) -> int:
-    """Find the customer's CRM contact by phone, else create it; never a duplicate. Returns requests."""
+    deps: Deps, requests: PortalCalls, member_id: str, works: list[DeliverWork]
+) -> Contacts:
+    """Find the customer's CRM contact by phone, else create it; never a duplicate.
+    The contact ids found or created, the works a CRM failure holds back, and the requests made."""
     by_conv: OrderedDict[str, list[DeliverWork]] = OrderedDict()
     for w in works:
         by_conv.setdefault(w.conv.id, []).append(w)
@@ -36,11 +43,12 @@ async def ensure_contacts(
         )
     found, made = await requests.run_commands(member_id, find, [w for ws in by_conv.values() for w in ws])
     contact_ids: dict[str, str] = {}
+    failed: dict[Work, BaseException] = {}
     add: dict[str, tuple[str, dict[str, Any]]] = {}
     for conv_id, ws in by_conv.items():
         res = found.get(keys[conv_id])
         if isinstance(res, BaseException):
-            _crm_failed(ws, res)
+            _crm_failed(ws, res, failed)
             continue
         ids = _contact_ids(res)
         if ids:
@@ -71,21 +79,19 @@ async def ensure_contacts(
                 continue
             res = created.get(keys[conv_id])
             if isinstance(res, BaseException):
-                _crm_failed(ws, res)
+                _crm_failed(ws, res, failed)
             elif res:
                 contact_ids[conv_id] = str(res)
                 CRM.labels("created").inc()
     for conv_id, contact_id in contact_ids.items():
-        for w in by_conv[conv_id]:
-            w.contact_id = contact_id
         try:
             await deps.update_conversation(conv_id, bitrix_contact_id=contact_id)
         except (RpcFailed, RpcNotFound) as exc:  # found again by phone next time: no duplicate
             log.warning("could not record the CRM contact", conversation_id=conv_id, error=str(exc))
-    return made
+    return Contacts(contact_ids, failed, made)
 
 
-def _crm_failed(works: list[DeliverWork], exc: BaseException) -> None:
+def _crm_failed(works: list[DeliverWork], exc: BaseException, failed: dict[Work, BaseException]) -> None:
     if isinstance(exc, PermanentBitrixError):
         # No crm scope, access denied...: deliver the message anyway; the line's tracker still sees user.phone.
         CRM.labels("error").inc()
@@ -93,7 +99,7 @@ def _crm_failed(works: list[DeliverWork], exc: BaseException) -> None:
         return
     CRM.labels("retry").inc()
     for w in works:
-        w.fail(exc)
+        failed.setdefault(w, exc)
 
 
 def _contact_ids(result: Any) -> list[int]:
