@@ -164,16 +164,8 @@ _BY_CODE: dict[str, type[BitrixError]] = {
 }
 
 
-def classify(
-    code: str,
-    description: str = "",
-    *,
-    status: int | None = None,
-    method: str = "",
-    retry_after: float | None = None,
-) -> BitrixError:
+def error_class(code: str, status: int | None = None) -> type[BitrixError]:
     """The typed error for a Bitrix24 error code (HTTP status decides for codes we do not know)."""
-    code = code or "UNKNOWN"
     cls = _BY_CODE.get(code) or _BY_CODE.get(code.upper()) or _BY_CODE.get(code.lower())
     if cls is None:
         if code.upper().startswith(("IMCONNECTOR_", "ERROR_IMCONNECTOR_", "CONNECTOR_")):
@@ -189,7 +181,7 @@ def classify(
             cls = ArgumentError
         else:
             cls = ArgumentError
-    return cls(code, description, status=status, method=method, retry_after=retry_after)
+    return cls
 
 
 def _retry_after(resp: httpx.Response, payload: Any, code: str) -> float | None:
@@ -297,7 +289,7 @@ class BitrixRest:
                     desc = str(err.get("error_description") or "")
                 else:
                     code, desc = "UNKNOWN", str(err)
-                out.errors[key] = classify(code, desc, method=method)
+                out.errors[key] = error_class(code)(code, desc, method=method)
                 EXTERNAL_CALLS.labels(PLATFORM, method, outcome_label(code)).inc()
             elif key in results:
                 out.results[key] = results[key]
@@ -345,7 +337,7 @@ class BitrixRest:
             if err or resp.status_code >= 400:
                 code = str(err or f"HTTP_{resp.status_code}")
                 outcome = outcome_label(code)
-                raise classify(
+                raise error_class(code, resp.status_code)(
                     code,
                     str(payload.get("error_description") or ""),
                     status=resp.status_code,

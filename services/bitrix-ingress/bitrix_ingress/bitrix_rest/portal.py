@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass, field
 from typing import Any, TypeVar
 
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
@@ -67,29 +67,21 @@ def _retryable(exc: BaseException) -> bool:
     )
 
 
+@dataclass(eq=False)
 class PortalClient:
-    def __init__(
-        self,
-        deps: Deps,
-        rest: BitrixRest,
-        pacers: PacerRegistry,
-        settings: BitrixCommonSettings,
-        *,
-        attempts: int = 3,
-        rate_limit_max_wait_s: float = 30.0,
-        backoff_initial_s: float = 0.5,
-        backoff_max_s: float = 5.0,
-    ) -> None:
-        self.deps = deps
-        self.rest = rest
-        self.pacers = pacers
-        self.settings = settings
-        self.attempts = attempts
-        self.rate_limit_max_wait_s = rate_limit_max_wait_s
-        self.backoff_initial_s = backoff_initial_s
-        self.backoff_max_s = backoff_max_s
-        self._tokens: dict[str, Token] = {}
-        self._locks: dict[str, asyncio.Lock] = {}
+    """Calls on behalf of a portal: its token from token-keeper, its pacer, a refresh on rejection, retries."""
+
+    deps: Deps
+    rest: BitrixRest
+    pacers: PacerRegistry
+    settings: BitrixCommonSettings
+    _: KW_ONLY
+    attempts: int = 3
+    rate_limit_max_wait_s: float = 30.0
+    backoff_initial_s: float = 0.5
+    backoff_max_s: float = 5.0
+    _tokens: dict[str, Token] = field(default_factory=dict, init=False)
+    _locks: dict[str, asyncio.Lock] = field(default_factory=dict, init=False)
 
     # --- tokens -------------------------------------------------------------------------------
 

@@ -10,7 +10,7 @@ from zaptrix.logging import get_logger
 from zaptrix.rpc import RpcFailed, RpcNotFound
 
 from bitrix_ingress.bitrix_rest.client import PermanentBitrixError
-from bitrix_ingress.deps import Deps
+from bitrix_ingress.deps import Deps, conversation_update
 from bitrix_ingress.dispatcher.portal_calls import PortalCalls
 from bitrix_ingress.dispatcher.work import DeliverWork, Work
 from bitrix_ingress.metrics import CRM
@@ -85,7 +85,7 @@ async def ensure_contacts(
                 CRM.labels("created").inc()
     for conv_id, contact_id in contact_ids.items():
         try:
-            await deps.update_conversation(conv_id, bitrix_contact_id=contact_id)
+            await deps.update_conversation(conversation_update(conv_id, bitrix_contact_id=contact_id))
         except (RpcFailed, RpcNotFound) as exc:  # found again by phone next time: no duplicate
             log.warning("could not record the CRM contact", conversation_id=conv_id, error=str(exc))
     return Contacts(contact_ids, failed, made)

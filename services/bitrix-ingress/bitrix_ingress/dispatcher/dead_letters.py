@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 
-from zaptrix.kafka import EventProducer, PublishError, event_type
+from zaptrix.kafka import EventProducer, PublishError, event_type, new_envelope
 from zaptrix.logging import get_logger
 from zaptrix.rpc import RpcFailed, RpcNotFound
 from zaptrix.v1 import events_pb2
@@ -82,13 +82,12 @@ class CustomerDeadLetters:
             notice=f"a message from the customer could not be shown in this chat: {plain_reason(reason)}. "
             "An administrator can replay it once the cause is fixed.",
         )
-        notice = events_pb2.Envelope(
-            event_id=f"dlq-notice:{env.event_id}",
-            conversation_key=env.conversation_key,
-            source=events_pb2.PLATFORM_WHATSAPP,
+        notice = new_envelope(
+            f"dlq-notice:{env.event_id}",
+            env.conversation_key,
+            events_pb2.PLATFORM_WHATSAPP,
             send_failure=failure,
         )
-        notice.occurred_at.GetCurrentTime()
         try:
             await self.producer.publish(self.topic, [notice])
         except PublishError:

@@ -284,16 +284,8 @@ def normalize(form: dict[str, Any], auth: Auth, *, connector_id: str, read_on_re
             raise EventError("data is missing or not a map")
         connector, line = _common(data)
         connector = connector or connector_id
-        env = new_envelope(
-            f"b24-status-del:{member}:{_id(connector)}:{line}:{ts_text}",
-            "-",
-            events_pb2.PLATFORM_BITRIX24,
-            occurred,
-            line_removed=events_pb2.LineRemoved(
-                member_id=auth.member_id, connector_id=connector, line_id=line
-            ),
-        )
-        out.pending.append(Pending(env, key=f"line:{auth.member_id}:{line}"))
+        event_id = f"b24-status-del:{member}:{_id(connector)}:{line}:{ts_text}"
+        out.pending.append(_line_removed(event_id, occurred, auth.member_id, connector, line))
         return out
 
     if event == LINE_DELETE:
@@ -304,16 +296,8 @@ def normalize(form: dict[str, Any], auth: Auth, *, connector_id: str, read_on_re
         if not line_raw:
             raise EventError("data (the line id) is missing")
         line = _int(line_raw, "data")
-        env = new_envelope(
-            f"b24-line-del:{member}:{line}:{ts_text}",
-            "-",
-            events_pb2.PLATFORM_BITRIX24,
-            occurred,
-            line_removed=events_pb2.LineRemoved(
-                member_id=auth.member_id, connector_id=connector_id, line_id=line
-            ),
-        )
-        out.pending.append(Pending(env, key=f"line:{auth.member_id}:{line}"))
+        event_id = f"b24-line-del:{member}:{line}:{ts_text}"
+        out.pending.append(_line_removed(event_id, occurred, auth.member_id, connector_id, line))
         return out
 
     if event == APP_UNINSTALL:
@@ -330,6 +314,13 @@ def normalize(form: dict[str, Any], auth: Auth, *, connector_id: str, read_on_re
         return out
 
     return out  # an event we do not handle: acknowledged, nothing produced
+
+
+def _line_removed(event_id: str, occurred: datetime, member_id: str, connector: str, line: int) -> Pending:
+    """A connector removed from one Open Line (keyed by the line: the dispatcher needs no conversation)."""
+    removed = events_pb2.LineRemoved(member_id=member_id, connector_id=connector, line_id=line)
+    env = new_envelope(event_id, "-", events_pb2.PLATFORM_BITRIX24, occurred, line_removed=removed)
+    return Pending(env, key=f"line:{member_id}:{line}")
 
 
 def _message_item(

@@ -371,17 +371,15 @@ def settings_page(
     )
     toggle_action = "deactivate" if active else "activate"
     toggle_label = "Disconnect this Open Line" if active else "Connect this Open Line"
-    hidden = "".join(
-        f'<input type="hidden" name="{esc(k)}" value="{esc(v)}">'
-        for k, v in (
-            ("member_id", req.member_id),
-            ("AUTH_ID", req.auth_id),
-            ("APPLICATION_TOKEN", req.application_token),
-            ("PLACEMENT", "SETTING_CONNECTOR"),
-            ("PLACEMENT_OPTIONS", req.raw_options),
-            ("action", toggle_action),
-        )
-    )
+    fields = {
+        "member_id": req.member_id,
+        "AUTH_ID": req.auth_id,
+        "APPLICATION_TOKEN": req.application_token,
+        "PLACEMENT": "SETTING_CONNECTOR",
+        "PLACEMENT_OPTIONS": req.raw_options,
+        "action": toggle_action,
+    }
+    hidden = "".join(f'<input type="hidden" name="{esc(k)}" value="{esc(v)}">' for k, v in fields.items())
     state = "connected" if active else "not connected"
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>{esc(settings.connector_name)}</title></head>

@@ -14,6 +14,7 @@ import asyncio
 import hashlib
 from typing import Any
 
+from prometheus_client import Counter
 from sanic import HTTPResponse, Request, json
 from zaptrix.kafka import PublishError
 from zaptrix.logging import get_logger
@@ -152,6 +153,15 @@ def _lost(event: str, reason: str, form: dict[str, Any], detail: str) -> HTTPRes
     return problem(503, f"temporarily unavailable: {reason}")
 
 
+def _read(request: Request, counter: Counter) -> dict[str, Any] | HTTPResponse:
+    """The form, or the 400 for what cannot be read (counted as malformed under `counter`)."""
+    try:
+        return read_body(request)
+    except FormError as exc:
+        counter.labels("unknown", "malformed").inc()
+        return problem(400, str(exc))
+
+
 class OperatorEvents:
     """The connector's events (POST /webhooks/bitrix24/outbound) and whatever Bitrix24 posts to the
     install URL (an install, or an uninstall event bound there)."""
@@ -161,28 +171,23 @@ class OperatorEvents:
         self.install = install
 
     async def receive(self, request: Request) -> HTTPResponse:
-        try:
-            form = read_body(request)
-        except FormError as exc:
-            EVENTS_RECEIVED.labels("unknown", "malformed").inc()
-            return problem(400, str(exc))
+        form = _read(request, EVENTS_RECEIVED)
+        return form if isinstance(form, HTTPResponse) else await self._received(request, form)
+
+    async def at_install_url(self, request: Request) -> HTTPResponse:
+        form = _read(request, INSTALLS)
+        if isinstance(form, HTTPResponse):
+            return form
+        if ev.event_name(form) == ev.APP_UNINSTALL:  # bound to this URL: an event like any other
+            return await self._received(request, form)
+        return await self.install.install(request, form)
+
+    async def _received(self, request: Request, form: dict[str, Any]) -> HTTPResponse:
         try:
             return await self._receive(request, form)
         except Exception as exc:  # never a 500: log what identifies the event, it will not come again
             log.exception("outbound handler failed")
             return _lost(ev.event_name(form), "internal_error", form, repr(exc))
-
-    async def at_install_url(self, request: Request) -> HTTPResponse:
-        try:
-            form = read_body(request)
-        except FormError as exc:
-            INSTALLS.labels("unknown", "malformed").inc()
-            return problem(400, str(exc))
-        if (
-            ev.event_name(form) == ev.APP_UNINSTALL
-        ):  # bound to this URL: an authenticated event like any other
-            return await self.receive(request)
-        return await self.install.install(request, form)
 
     async def _receive(self, request: Request, form: dict[str, Any]) -> HTTPResponse:
         ctx = self.resources
