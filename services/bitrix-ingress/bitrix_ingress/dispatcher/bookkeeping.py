@@ -1,11 +1,6 @@
-"""Bookkeeping with the mapper after Bitrix24 confirmed.
-
-A delivered customer message is recorded with one RecordDelivery (LinkMessage + UpdateConversation +
-MarkProcessed in one mapper transaction), right after Bitrix24's answer and retried in place (Bitrix24
-has no idempotency key, so this keeps the duplicate window small). Should it still fail, nothing was
-recorded, so the processed record alone is written (MarkProcessed) before the error is passed on: a
-redelivery then only redoes the idempotent bookkeeping, from the recorded result
-(`{"chat","session","conv","member","contact"}`), and never the send. Other events only MarkProcessed.
+"""Bookkeeping with the mapper after Bitrix24 confirmed: RecordDelivery for a delivered customer message
+(MarkProcessed alone should that fail), MarkProcessed for the other events, each retried in place to keep
+the duplicate window small (docs/bitrix-ingress.md, "Idempotency and the crash window").
 """
 
 from __future__ import annotations

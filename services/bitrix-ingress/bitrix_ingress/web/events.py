@@ -1,27 +1,8 @@
-"""Bitrix24 connector events (form-encoded, PHP-style keys) -> normalized zaptrix.v1 envelopes.
+"""Bitrix24 connector events (form-encoded, PHP-style keys) → zaptrix.v1 envelopes. Pure: no I/O.
 
-Pure functions: no I/O. The web handler authenticates the event first, then calls :func:`normalize`,
-resolves each envelope's conversation key through the mapper and produces the envelopes.
-
-| Bitrix24 event | envelope(s) | event id |
-|---|---|---|
-| ONIMCONNECTORMESSAGEADD | OperatorMessage per message (+ OperatorRead per chat when read_on_reply) | ``b24:<member>:<im.message_id>`` (read: ``b24-read:<member>:<chat>:<ts>``) |
-| ONIMCONNECTORMESSAGEUPDATE | OperatorMessageEdit | ``b24-edit:<member>:<im.message_id>:<sha256(text)[:16]>`` |
-| ONIMCONNECTORMESSAGEDELETE | OperatorMessageDelete | ``b24-del:<member>:<im.message_id>`` |
-| ONIMCONNECTORDIALOGFINISH | OperatorRead per dialog | ``b24-read:<member>:<chat>:<ts>`` |
-| ONIMCONNECTORSTATUSDELETE | LineRemoved | ``b24-status-del:<member>:<connector>:<line>:<ts>`` |
-| ONIMCONNECTORLINEDELETE | LineRemoved | ``b24-line-del:<member>:<line>:<ts>`` |
-| ONAPPUNINSTALL | LineRemoved with line_id 0 (= every line of the portal) | ``b24-uninstall:<member>:<ts>`` |
-
-Both payload shapes are read: ``data[MESSAGES]`` (current) and ``data[DATA]`` (older), keys in any
-case, ``message.id`` as an array or a single value. One malformed message among several is skipped
-(and reported) rather than failing the others: Bitrix24 never resends an event.
-
-Bounds (a real event carries one message for one chat): at most MAX_MESSAGES messages (or dialogs) and
-MAX_CHATS distinct chats per event are taken; the excess is left out with one reason in ``skipped``
-(logged and counted), not refused: refusing would lose the legitimate part too, since Bitrix24 never
-resends. Operator text is cut at MAX_TEXT characters; the dispatcher converts at most 20,000 of them and
-tells the operator what it sent.
+Which event becomes which envelope, with which event id, and the bounds per event: docs/bitrix-ingress.md
+("POST /webhooks/bitrix24/outbound"). One malformed message among several is skipped (and reported)
+rather than failing the others: Bitrix24 never resends an event.
 """
 
 from __future__ import annotations

@@ -1,21 +1,9 @@
 """App installation, connector registration, event binding and the connector settings page.
 
-Install arrives in one of two shapes (DOCS settings/app-installation, api-reference/common/events):
-
-- ``event=ONAPPINSTALL`` with ``auth[access_token|refresh_token|expires|application_token|member_id|
-  domain|client_endpoint|server_endpoint|scope]`` — the "script only" app's initial installation
-  request, and the OnAppInstall event of a UI app;
-- the POST that opens a UI app's install page: ``AUTH_ID``, ``REFRESH_ID``, ``AUTH_EXPIRES``,
-  ``member_id``, ``DOMAIN``, ``PROTOCOL`` (form or query string); the page must call
-  ``BX24.installFinish()`` before Bitrix24 delivers any event.
-
-Nothing in the payload is trusted but its tokens, and those only after Bitrix24's OAuth server vouched for
-them (:mod:`bitrix_ingress.web.oauth_check`): they must be our app's (ZAPTRIX_BITRIX_CLIENT_ID), of the claimed
-member_id, and the user must be a portal administrator (``profile`` ADMIN on the endpoint the OAuth server
-named). The portal's domain and REST endpoint come from the OAuth server's answer, never from the request,
-and the stored expiry is capped to an hour. Then the tokens go to token-keeper (UpsertPortal) and
-:func:`ensure_setup` registers the connector and binds the events: idempotent, so running it again
-(re-install, app update, an admin opening the app) repairs a half-finished setup.
+Nothing in an install payload is trusted but its tokens, and those only after Bitrix24's OAuth server
+vouched for them (oauth_check.py); the two shapes an install arrives in and the checks made are described
+in docs/bitrix-ingress.md ("POST /webhooks/bitrix24/install"). :func:`ensure_setup` is idempotent, so
+running it again (re-install, app update, an admin opening the app) repairs a half-finished setup.
 """
 
 from __future__ import annotations

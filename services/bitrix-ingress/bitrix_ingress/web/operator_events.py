@@ -1,11 +1,7 @@
 """POST /webhooks/bitrix24/outbound: the operator's events in (Bitrix24's "outbound" webhook, inbound to us).
 
-Authenticate by auth[application_token], normalize, key by conversation, produce (acks=all), 200.
-Bitrix24 never resends an event whose delivery failed or timed out, so this answers fast and never 500s:
-400 for what cannot be read, 401 for what is not genuine, 403 for an event naming only chats that are
-not the authenticated portal's own (a mixed event keeps the portal's own messages), 503 (with the event's
-ids, size and hash, never its text, logged at ERROR and counted in zaptrix_bitrix_events_lost_total) when
-Kafka or token-keeper cannot take it.
+Bitrix24 never resends an event whose delivery failed or timed out, so this answers fast and never 500s;
+the answers (400, 401, 403, 503 "NOT accepted") are listed in docs/bitrix-ingress.md.
 """
 
 from __future__ import annotations
