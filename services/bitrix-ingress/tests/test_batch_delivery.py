@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -369,6 +370,31 @@ async def test_notice_via_im_message_add(h: Harness) -> None:
         and call.params["DIALOG_ID"] == "chat1807"
         and call.params["SYSTEM"] == "Y"
     )
+
+
+async def test_a_refused_im_notice_goes_through_the_connector(h: Harness) -> None:
+    outbound_link(h)
+    h.bitrix.script["im.message.add"] = [(403, {"error": "ACCESS_DENIED"})]
+    assert await h.run([status("wamid.out1", "failed")], bitrix_notice_via="im") == ["ok"]
+    assert [r.method for r in h.bitrix.requests] == ["im.message.add", "imconnector.send.messages"]
+    assert list(h.fakes.mapper.processed.values()) == ["notice:connector"]
+
+
+async def test_a_message_bitrix_refuses_holds_the_later_ones_of_its_conversation(h: Harness) -> None:
+    h.fakes.mapper.bind("100", "m1", 7, crm_mode=mapper_pb2.CRM_MODE_OPEN_LINE)
+    h.bitrix.bad_message_ids = {"wamid.a.1"}
+    one_by_one = {"bitrix_use_batch": False, "bitrix_max_messages_per_call": 1}
+    outcomes = await h.make(**one_by_one).handle([customer("a", 1), customer("a", 2), customer("b", 1)])
+    assert [o.kind for o in outcomes] == ["dead", "retry", "ok"]
+    assert "an earlier message failed" in outcomes[1].reason
+    assert [m["message"]["id"] for m in h.bitrix.sent_messages()] == ["wamid.b.1"]
+
+
+async def test_the_recorded_delivery_names_the_crm_contact_found(h: Harness) -> None:
+    h.bitrix.contacts[77] = "4917"
+    assert await h.run([customer("4917", 1)]) == ["ok"]
+    (recorded,) = h.fakes.mapper.processed.values()
+    assert json.loads(recorded)["contact"] == "77"
 
 
 async def test_unexpected_event_kinds_are_dead_lettered(h: Harness) -> None:
