@@ -27,8 +27,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
 
-from bitrix_ingress import events as bitrix_events
 from bitrix_ingress.formparse import FormError, parse_form
+from bitrix_ingress.web import events as bitrix_events
 from meta_ingress.dispatcher.bbcode import to_whatsapp
 from meta_ingress.dispatcher.send_plan import plan_message
 from meta_ingress.web.normalize import normalize, parse_envelope

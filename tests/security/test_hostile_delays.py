@@ -24,12 +24,12 @@ from typing import Any, cast
 import httpx
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from bitrix_ingress.bitrix_rest.client import BadResponse, BitrixError, BitrixRest
+from bitrix_ingress.bitrix_rest.pacing import PacerRegistry
+from bitrix_ingress.bitrix_rest.portal import PortalClient, PortalUnknown, Token
 from bitrix_ingress.deps import Deps
-from bitrix_ingress.pacing import PacerRegistry
-from bitrix_ingress.portal import PortalClient, PortalUnknown, Token
-from bitrix_ingress.rest import BadResponse, BitrixError, BitrixRest
+from bitrix_ingress.dispatcher.work import outcome_for
 from bitrix_ingress.settings import DispatcherSettings
-from bitrix_ingress.work import outcome_for
 from zaptrix.kafka import (
     EventConsumer,
     EventProducer,

@@ -15,9 +15,9 @@ from typing import Any
 from urllib.parse import urlencode
 
 import pytest
-from bitrix_ingress import events as ev
 from bitrix_ingress import formparse
-from bitrix_ingress.outbound_events import outbound
+from bitrix_ingress.web import events as ev
+from bitrix_ingress.web.operator_events import OperatorEvents
 from meta_ingress.dispatcher import bbcode
 from meta_ingress.dispatcher import send_plan as meta_outbound
 from meta_ingress.dispatcher.notices import Notice
@@ -167,9 +167,11 @@ def test_auto_index_form_parsing_is_linear() -> None:
 
 
 def _request(body: bytes, ctype: str = "application/x-www-form-urlencoded") -> Any:
-    return SimpleNamespace(
-        content_type=ctype, body=body, app=SimpleNamespace(ctx=SimpleNamespace(zx=None)), query_string=""
-    )
+    return SimpleNamespace(content_type=ctype, body=body, query_string="")
+
+
+# What is refused here is refused before any resource is used.
+outbound = OperatorEvents(None, None).receive  # type: ignore[arg-type]
 
 
 async def test_unicode_digit_keys_give_a_clean_400() -> None:

@@ -1,6 +1,6 @@
 """SSRF through a portal's REST endpoint (review finding M2): bitrix-ingress POSTs to whatever
 client_endpoint an install or token-keeper names. The REST client both processes build
-(bitrix_ingress.portal_egress.portal_rest) must refuse internal addresses however they are spelled,
+(bitrix_ingress.bitrix_rest.egress.portal_rest) must refuse internal addresses however they are spelled,
 names that resolve inside, and ports other than 443, before any connection is made.
 
 The "internal service" is a local HTTP server on 127.0.0.1; production settings (no allowed networks).
@@ -14,8 +14,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
-from bitrix_ingress.portal_egress import portal_rest
-from bitrix_ingress.rest import BitrixError, PermanentBitrixError
+from bitrix_ingress.bitrix_rest.client import BitrixError, PermanentBitrixError
+from bitrix_ingress.bitrix_rest.egress import portal_rest
 from bitrix_ingress.settings import InsecureUrlError, WebSettings, check_portal_endpoint
 
 

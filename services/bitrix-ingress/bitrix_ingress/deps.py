@@ -120,24 +120,8 @@ class Deps:
         )
         return await self._unary(self.mapper.FindConversation, req, "mapper FindConversation")
 
-    async def update_conversation(
-        self,
-        conversation_id: str,
-        *,
-        bitrix_contact_id: str | None = None,
-        bitrix_chat_id: str | None = None,
-        contact_name: str | None = None,
-        last_message_at: datetime | None = None,
-        last_customer_message_at: datetime | None = None,
-    ) -> mapper_pb2.Conversation:
-        req = conversation_update(
-            conversation_id,
-            bitrix_contact_id=bitrix_contact_id,
-            bitrix_chat_id=bitrix_chat_id,
-            contact_name=contact_name,
-            last_message_at=last_message_at,
-            last_customer_message_at=last_customer_message_at,
-        )
+    async def update_conversation(self, req: mapper_pb2.UpdateConversationRequest) -> mapper_pb2.Conversation:
+        """Build `req` with conversation_update (only the fields given change)."""
         return await self._unary(self.mapper.UpdateConversation, req, "mapper UpdateConversation")
 
     async def record_delivery(

@@ -8,7 +8,7 @@ from typing import Any, cast
 import grpc
 import pytest
 from bitrix_ingress.deps import Deps
-from bitrix_ingress.work import outcome_for
+from bitrix_ingress.dispatcher.work import outcome_for
 
 S = grpc.StatusCode
 

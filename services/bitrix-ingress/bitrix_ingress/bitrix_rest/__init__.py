@@ -1,0 +1,1 @@
+"""The portal REST client both processes use: typed errors, a portal's token and pacing, the egress guard."""

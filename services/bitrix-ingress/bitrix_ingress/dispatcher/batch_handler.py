@@ -1,0 +1,179 @@
+"""The dispatcher's BatchHandler: a whole poll batch in three phases.
+
+1. prepare (per conversation in order, conversations concurrently): dedupe (CheckProcessed), channel
+   and conversation from the mapper, what to send. Nothing leaves for Bitrix24 yet.
+2. deliver (per portal concurrently, sequential inside a portal): first-contact CRM look-ups
+   (crm_contacts.py), then the portal's calls (portal_calls.py), which answer for every work.
+3. record (per event, once its portal's requests are done): one RecordDelivery per delivered customer
+   message (processed record, message link and conversation in one mapper transaction), MarkProcessed
+   for the other events (bookkeeping.py); the consumer commits the offsets only after the whole batch
+   has its outcomes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import OrderedDict
+from dataclasses import replace
+
+from opentelemetry import trace
+from zaptrix.errors import PermanentError, TransientError
+from zaptrix.kafka import Outcome, Received
+from zaptrix.logging import get_logger
+from zaptrix.rpc import RpcError
+
+from bitrix_ingress.bitrix_rest.client import BitrixError, TransientBitrixError
+from bitrix_ingress.bitrix_rest.portal import PortalClient
+from bitrix_ingress.deps import Deps
+from bitrix_ingress.dispatcher.channels import Channels
+from bitrix_ingress.dispatcher.crm_contacts import ensure_contacts
+from bitrix_ingress.dispatcher.customer_messages import finish_customer, prepare_customer
+from bitrix_ingress.dispatcher.notices import finish_notice, prepare_failure, reroute_refused_im
+from bitrix_ingress.dispatcher.portal_calls import HeldBehind, PortalCalls
+from bitrix_ingress.dispatcher.statuses import finish_status, prepare_status
+from bitrix_ingress.dispatcher.work import Answer, DeliverWork, NoticeWork, StatusWork, Work, outcome_for
+from bitrix_ingress.metrics import DELIVERED, REQUESTS_PER_FLUSH, STATUSES
+from bitrix_ingress.settings import DispatcherSettings
+
+log = get_logger(__name__)
+
+
+class BitrixDispatcher:
+    def __init__(self, settings: DispatcherSettings, deps: Deps, portals: PortalClient) -> None:
+        self.settings = settings
+        self.deps = deps
+        self.portals = portals
+        self.channels = Channels(deps, settings.channel_cache_ttl_s)
+        self.calls = PortalCalls(settings, portals)
+
+    async def handle(self, batch: list[Received]) -> list[Outcome]:
+        outcomes: list[Outcome | None] = [None] * len(batch)
+        works: list[Work] = []
+        groups: OrderedDict[str, list[int]] = OrderedDict()
+        for i, rec in enumerate(batch):
+            groups.setdefault(rec.envelope.conversation_key or f"#{i}", []).append(i)
+        limit = asyncio.Semaphore(self.settings.dispatch_concurrency)
+
+        async def prepare_conversation(indices: list[int]) -> None:
+            async with limit:
+                held = ""
+                for i in indices:
+                    rec = batch[i]
+                    message = rec.event_type == "customer_message"
+                    if held and message:  # customer messages keep their order; statuses are independent
+                        outcomes[i] = Outcome.retry(
+                            f"held behind an earlier message of this conversation: {held}"
+                        )
+                        continue
+                    with trace.use_span(rec.span, end_on_exit=False):
+                        prepared = await self._prepare_safe(rec)
+                    if isinstance(prepared, Outcome):
+                        outcomes[i] = prepared
+                        if prepared.kind == "retry" and message:
+                            held = prepared.reason[:200]
+                    else:
+                        prepared.index = i
+                        works.append(prepared)
+
+        await asyncio.gather(*(prepare_conversation(ix) for ix in groups.values()))
+
+        by_portal: OrderedDict[str, list[Work]] = OrderedDict()
+        for work in sorted(works, key=lambda w: w.index):
+            by_portal.setdefault(work.member_id, []).append(work)
+        delivered = await asyncio.gather(*(self._deliver_portal(m, ws) for m, ws in by_portal.items()))
+
+        async def finish(work: Work, answer: Answer | None) -> None:
+            async with limit:
+                with trace.use_span(work.rec.span, end_on_exit=False):
+                    outcomes[work.index] = await self._finish_safe(work, answer)
+
+        await asyncio.gather(*(finish(w, a) for portal in delivered for w, a in portal))
+        return [o or Outcome.retry("not handled") for o in outcomes]
+
+    # phase 1: prepare --------------------------------------------------------------------------
+
+    async def _prepare_safe(self, rec: Received) -> Work | Outcome:
+        settings, deps, channels = self.settings, self.deps, self.channels
+        try:
+            kind = rec.event_type
+            if kind == "customer_message":
+                cm = rec.envelope.customer_message
+                return await prepare_customer(rec, cm, settings=settings, deps=deps, channels=channels)
+            if kind == "whatsapp_status":
+                st = rec.envelope.whatsapp_status
+                return await prepare_status(rec, st, settings=settings, deps=deps, channels=channels)
+            if kind == "send_failure":
+                sf = rec.envelope.send_failure
+                return await prepare_failure(rec, sf, settings=settings, deps=deps, channels=channels)
+            return Outcome.dead(f"unexpected event type {kind} on the wa-to-b24 topic")
+        except Exception as exc:
+            if not isinstance(exc, TransientError | PermanentError):  # Bitrix24 and RPC errors included
+                log.exception("prepare failed", event_id=rec.envelope.event_id)
+            return outcome_for(exc)
+
+    # phase 2: deliver, per portal ------------------------------------------------------------
+
+    async def _deliver_portal(self, member_id: str, works: list[Work]) -> list[tuple[Work, Answer | None]]:
+        """Every work of the portal with Bitrix24's answer (None: no request carried it)."""
+        answers: dict[Work, Answer] = {}
+        requests_made = 0
+        try:
+            need = [w for w in works if isinstance(w, DeliverWork) and w.need_contact]
+            if need:
+                contacts = await ensure_contacts(self.deps, self.calls, member_id, need)
+                requests_made += contacts.requests
+                answers.update(contacts.failed)
+                works = [_with_contact(w, contacts.ids) for w in works]
+            sent = await self.calls.send(member_id, [w for w in works if w not in answers])
+            requests_made += sent.requests
+            answers.update(sent.answers)
+            fallback = reroute_refused_im(works, answers)
+            if fallback:
+                again = await self.calls.send(member_id, list(fallback.values()))
+                requests_made += again.requests
+                answers.update(again.answers)
+                works = [fallback.get(w, w) for w in works]
+        except Exception as exc:  # whatever happens, every work gets an outcome
+            log.exception("delivery to portal failed", member_id=member_id)
+            for work in works:
+                answers.setdefault(work, exc)
+        REQUESTS_PER_FLUSH.observe(requests_made)
+        return [(w, answers.get(w)) for w in works]
+
+    # phase 3: record -----------------------------------------------------------------------------
+
+    async def _finish_safe(self, work: Work, answer: Answer | None) -> Outcome:
+        try:
+            return await self._finish(work, answer)
+        except Exception as exc:
+            if not isinstance(exc, BitrixError | RpcError):
+                log.exception("recording failed", event_id=work.rec.envelope.event_id)
+            return outcome_for(exc)
+
+    async def _finish(self, work: Work, answer: Answer | None) -> Outcome:
+        if not isinstance(answer, dict):
+            exc = answer or TransientBitrixError("NOT_SENT", "no result from Bitrix24")
+            outcome = outcome_for(exc)
+            label = "held" if isinstance(exc, HeldBehind) else outcome.kind
+            if isinstance(work, DeliverWork):
+                DELIVERED.labels(label).inc()
+            elif isinstance(work, StatusWork):
+                STATUSES.labels(work.st.status, label).inc()
+            if outcome.kind == "dead":
+                log.error(
+                    "event failed permanently", event_id=work.rec.envelope.event_id, reason=outcome.reason
+                )
+            return outcome
+        if isinstance(work, DeliverWork):
+            return await finish_customer(self.deps, work, answer)
+        if isinstance(work, StatusWork):
+            return await finish_status(self.deps, work)
+        if isinstance(work, NoticeWork):
+            return await finish_notice(self.deps, work)
+        return Outcome.dead(f"unknown work {type(work).__name__}")
+
+
+def _with_contact(work: Work, contact_ids: dict[str, str]) -> Work:
+    if isinstance(work, DeliverWork) and work.conv.id in contact_ids:
+        return replace(work, contact_id=contact_ids[work.conv.id])
+    return work

@@ -1,0 +1,85 @@
+"""Bookkeeping with the mapper after Bitrix24 confirmed: RecordDelivery for a delivered customer message
+(MarkProcessed alone should that fail), MarkProcessed for the other events, each retried in place to keep
+the duplicate window small (docs/bitrix-ingress.md, "Idempotency and the crash window").
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential_jitter
+from zaptrix.rpc import RpcFailed
+from zaptrix.v1 import events_pb2, mapper_pb2
+
+from bitrix_ingress.deps import Deps, conversation_update
+
+T = TypeVar("T")
+
+
+async def in_place(fn: Callable[[], Awaitable[T]], budget_s: float = 8.0) -> T:
+    async for attempt in AsyncRetrying(
+        stop=stop_after_delay(budget_s),
+        wait=wait_exponential_jitter(multiplier=0.2, max=2.0, jitter=0.2),
+        retry=retry_if_exception_type(RpcFailed),
+        reraise=True,
+    ):
+        with attempt:
+            return await fn()
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+async def mark(deps: Deps, event_id: str, result: str) -> None:
+    """MarkProcessed right after Bitrix24 confirmed; retried in place to keep the duplicate window small."""
+    await in_place(lambda: deps.mark_processed(event_id, result))
+
+
+def _delivery(
+    cm: events_pb2.CustomerMessage,
+    record: dict[str, Any],
+    conv: mapper_pb2.Conversation | None,
+    name: str,
+) -> tuple[mapper_pb2.MessageLink, mapper_pb2.UpdateConversationRequest]:
+    conv_id = str(record.get("conv") or (conv.id if conv is not None else ""))
+    chat_id = str(record.get("chat") or "")
+    link = mapper_pb2.MessageLink(
+        conversation_id=conv_id,
+        direction=mapper_pb2.DIRECTION_INBOUND,
+        wamid=cm.wamid,
+        member_id=str(record.get("member") or (conv.member_id if conv is not None else "")),
+        bitrix_chat_id=chat_id,
+        bitrix_status="delivered",
+    )
+    sent_at = cm.sent_at.ToDatetime(UTC) if cm.HasField("sent_at") else datetime.now(UTC)
+    update: dict[str, Any] = {"last_message_at": sent_at, "last_customer_message_at": sent_at}
+    if chat_id and (conv is None or conv.bitrix_chat_id != chat_id):
+        update["bitrix_chat_id"] = chat_id
+    if name and (conv is None or conv.contact_name != name):
+        update["contact_name"] = name
+    return link, conversation_update(conv_id, **update)
+
+
+async def record_delivery(
+    deps: Deps,
+    event_id: str,
+    result: str,
+    cm: events_pb2.CustomerMessage,
+    record: dict[str, Any],
+    conv: mapper_pb2.Conversation | None,
+    name: str,
+) -> None:
+    """One RecordDelivery (processed record `result` for `event_id`, link, conversation), retried in place."""
+    link, update = _delivery(cm, record, conv, name)
+    await in_place(lambda: deps.record_delivery(link, update, event_id, result))
+
+
+async def record_from_result(deps: Deps, event_id: str, cm: events_pb2.CustomerMessage, result: str) -> None:
+    """A redelivered, already-sent message: redo the (idempotent) bookkeeping, never the send."""
+    try:
+        record = json.loads(result) if result else {}
+    except ValueError:
+        record = {}
+    if isinstance(record, dict) and record.get("conv"):
+        await record_delivery(deps, event_id, result, cm, record, None, "")

@@ -1,0 +1,114 @@
+"""Customer messages: what to send for one (prepare), its MESSAGES[] item, and the bookkeeping once sent."""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import UTC
+from typing import Any
+
+from zaptrix.kafka import Outcome, Received
+from zaptrix.rpc import RpcFailed, RpcNotFound
+from zaptrix.v1 import events_pb2, mapper_pb2
+
+from bitrix_ingress.deps import Deps
+from bitrix_ingress.dispatcher import bookkeeping
+from bitrix_ingress.dispatcher import packing as dl
+from bitrix_ingress.dispatcher.channels import Channels
+from bitrix_ingress.dispatcher.work import DeliverWork, Work
+from bitrix_ingress.metrics import DELIVERED
+from bitrix_ingress.settings import DispatcherSettings
+from bitrix_ingress.text import display_name, format_time
+
+
+async def prepare_customer(
+    rec: Received,
+    cm: events_pb2.CustomerMessage,
+    *,
+    settings: DispatcherSettings,
+    deps: Deps,
+    channels: Channels,
+) -> Work | Outcome:
+    event_id = rec.envelope.event_id
+    if not cm.wamid or not cm.wa_id or not cm.phone_number_id:
+        return Outcome.dead("customer message without wamid, wa_id or phone_number_id")
+    check = await deps.check_processed(event_id)
+    if check.processed:
+        await bookkeeping.record_from_result(deps, event_id, cm, check.result)
+        DELIVERED.labels("duplicate").inc()
+        return Outcome.duplicate()
+    channel = await channels.get(cm.phone_number_id)
+    if not channel.active:
+        return Outcome.dead(f"channel {cm.phone_number_id} is inactive")
+    got = await deps.get_or_create_conversation(cm.phone_number_id, cm.wa_id, cm.profile_name)
+    conv = got.conversation
+    if not conv.external_chat_id:
+        return Outcome.dead(f"conversation {conv.id} has no external_chat_id")
+    crm_gateway = channel.crm_mode in (mapper_pb2.CRM_MODE_UNSPECIFIED, mapper_pb2.CRM_MODE_GATEWAY)
+    reply_label = await _reply_label(deps, cm)
+    return DeliverWork(
+        rec=rec,
+        member_id=channel.member_id,
+        conv_key=rec.envelope.conversation_key,
+        connector=channel.connector_id or settings.connector_id,
+        line=int(channel.line_id),
+        cm=cm,
+        conv=conv,
+        contact_name=cm.profile_name or conv.contact_name,
+        need_contact=crm_gateway and not conv.bitrix_contact_id,
+        contact_id=conv.bitrix_contact_id,
+        reply_label=reply_label,
+    )
+
+
+async def _reply_label(deps: Deps, cm: events_pb2.CustomerMessage) -> str:
+    target = cm.reply_to_wamid or cm.reaction_to_wamid
+    if not target:
+        return ""
+    verb = "Reaction to" if cm.reaction_to_wamid and not cm.reply_to_wamid else "Reply to"
+    try:
+        link = await deps.find_message_link(target)
+    except (RpcNotFound, RpcFailed):
+        return f"{verb} an earlier message"
+    whose = "the operator's message" if link.direction == mapper_pb2.DIRECTION_OUTBOUND else "their message"
+    when = f" of {format_time(link.created_at.ToDatetime(UTC))}" if link.HasField("created_at") else ""
+    return f"{verb} {whose}{when}"
+
+
+def customer_item(w: DeliverWork) -> dl.Item:
+    payload = dl.build_customer_item(
+        w.cm,
+        contact_name=w.contact_name,
+        external_chat_id=w.conv.external_chat_id,
+        reply_label=w.reply_label,
+        chat_name=display_name(w.contact_name, w.cm.wa_id),
+    )
+    return dl.Item(w, payload, has_files=bool(payload["message"].get("files")))
+
+
+async def finish_customer(deps: Deps, work: DeliverWork, result: dict[str, Any]) -> Outcome:
+    raw_session = result.get("session")
+    session: dict[str, Any] = raw_session if isinstance(raw_session, dict) else {}
+    chat_id = str(session.get("CHAT_ID") or session.get("chat_id") or work.conv.bitrix_chat_id or "")
+    record = {
+        "chat": chat_id,
+        "session": str(session.get("ID") or session.get("id") or ""),
+        "conv": work.conv.id,
+        "member": work.member_id,
+        "contact": work.contact_id,
+        "at": int(time.time()),
+    }
+    event_id = work.rec.envelope.event_id
+    recorded = json.dumps(record, separators=(",", ":"))
+    try:
+        await bookkeeping.record_delivery(
+            deps, event_id, recorded, work.cm, record, work.conv, work.contact_name
+        )
+    except (RpcFailed, RpcNotFound):
+        # All or nothing, so not even the processed record was written: write it alone, or a
+        # redelivery would send the message to Bitrix24 again. The rest is redone from `recorded` then.
+        await bookkeeping.mark(deps, event_id, recorded)
+        DELIVERED.labels("ok").inc()
+        raise
+    DELIVERED.labels("ok").inc()
+    return Outcome.ok()

@@ -1,0 +1,342 @@
+"""Running one portal's calls: works → imconnector calls → HTTP requests, in order, within the portal's pacing.
+
+Messages and connector notices for one (connector, line) are packed into imconnector.send.messages
+calls, statuses into send.status.* calls, im notices go alone; the calls are packed into `batch`
+requests (packing.py). A request runs as one `batch` or call by call: a call refused for a bad argument
+is bisected, and a portal that refuses `batch` for imconnector gets single calls for good. Each work's
+answer (Bitrix24's result, or the error) is returned to the caller; the works themselves are not changed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
+from typing import Any, NamedTuple
+
+from opentelemetry import trace
+from opentelemetry.trace import Link, SpanKind
+from zaptrix.logging import get_logger
+
+from bitrix_ingress.bitrix_rest.client import (
+    ArgumentError,
+    BitrixError,
+    MethodNotFound,
+    TransientBitrixError,
+    WrongAuthType,
+    result_items,
+)
+from bitrix_ingress.bitrix_rest.portal import PortalClient, RateLimitWaitExceeded
+from bitrix_ingress.dispatcher import packing as dl
+from bitrix_ingress.dispatcher.customer_messages import customer_item
+from bitrix_ingress.dispatcher.notices import connector_notice_item, im_notice_call
+from bitrix_ingress.dispatcher.work import Answer, DeliverWork, NoticeWork, StatusWork, Work
+from bitrix_ingress.metrics import BATCH_FALLBACKS, MESSAGES_PER_CALL
+from bitrix_ingress.settings import DispatcherSettings
+
+log = get_logger(__name__)
+tracer = trace.get_tracer(__name__)
+
+Answers = dict[Work, Answer]
+
+
+class PerMessageError(TransientBitrixError):
+    """Bitrix24 accepted the call but reported this message as not delivered (SUCCESS=false)."""
+
+
+class HeldBehind(TransientBitrixError):
+    """Not sent: an earlier message of the same conversation failed in this batch (order is kept)."""
+
+
+class Sent(NamedTuple):
+    answers: Answers
+    requests: int  # HTTP requests made
+
+
+class PortalCalls:
+    def __init__(self, settings: DispatcherSettings, portals: PortalClient) -> None:
+        self.settings = settings
+        self.portals = portals
+        self._no_batch: set[str] = set()
+
+    def batch_allowed(self, member_id: str) -> bool:
+        return self.settings.bitrix_use_batch and member_id not in self._no_batch
+
+    async def send(self, member_id: str, works: Sequence[Work]) -> Sent:
+        """Send every work to the portal; an answer for each work that a request carried."""
+        answers: Answers = {}
+        broken: dict[str, str] = {}
+        made = 0
+        throttled: BaseException | None = None
+        for request in self._requests(member_id, works):
+            if throttled is not None:
+                # The portal stayed rate limited beyond the in-place wait: do not wait again for every
+                # request of this batch (the consumer must keep polling); retry them through the topic.
+                for call in request:
+                    _fail_call(answers, call, throttled)
+                continue
+            request = _hold_broken(request, broken, answers)
+            if not request:
+                continue
+            made += await self._execute(member_id, request, answers)
+            for call in request:
+                for item in call.items:
+                    answer = answers.get(item.owner)
+                    if isinstance(answer, RateLimitWaitExceeded):
+                        throttled = answer
+                    if call.method == dl.SEND_MESSAGES and isinstance(answer, BaseException):
+                        work: Work = item.owner
+                        if work.conv_key:
+                            broken.setdefault(work.conv_key, str(answer)[:200])
+        return Sent(answers, made)
+
+    def _requests(self, member_id: str, works: Sequence[Work]) -> list[list[dl.Call]]:
+        settings = self.settings
+        stream: OrderedDict[tuple[str, int], list[dl.Item]] = OrderedDict()
+        statuses: OrderedDict[tuple[str, str, int], list[dl.Item]] = OrderedDict()
+        singles: list[dl.Call] = []
+        for w in works:
+            if isinstance(w, DeliverWork):
+                stream.setdefault((w.connector, w.line), []).append(customer_item(w))
+            elif isinstance(w, NoticeWork):
+                im_call = im_notice_call(w)
+                if im_call is not None:
+                    singles.append(im_call)
+                else:
+                    stream.setdefault((w.connector, w.line), []).append(connector_notice_item(w))
+            elif isinstance(w, StatusWork):
+                statuses.setdefault((w.method, w.connector, w.line), []).append(dl.Item(w, w.payload))
+        calls: list[dl.Call] = []
+        for (connector, line), items in stream.items():
+            calls += dl.chunk(
+                dl.SEND_MESSAGES,
+                {"CONNECTOR": connector, "LINE": line},
+                items,
+                max_messages=settings.bitrix_max_messages_per_call,
+                max_files=settings.bitrix_max_files_per_call,
+            )
+        for (method, connector, line), items in statuses.items():
+            calls += dl.chunk(
+                method,
+                {"CONNECTOR": connector, "LINE": line},
+                items,
+                max_messages=settings.bitrix_max_messages_per_call,
+                max_files=settings.bitrix_max_messages_per_call,
+            )
+        calls += singles
+        return dl.pack(
+            calls,
+            use_batch=self.batch_allowed(member_id),
+            max_commands=settings.bitrix_batch_max_commands,
+            max_messages=settings.bitrix_batch_max_messages,
+        )
+
+    async def _execute(self, member_id: str, calls: list[dl.Call], answers: Answers) -> int:
+        """Run calls as one request (batch) or one by one; returns the number of HTTP requests."""
+        with request_spans(calls):
+            if len(calls) == 1 or not self.batch_allowed(member_id):
+                made = 0
+                for call in calls:
+                    made += await self._execute_single(member_id, call, answers)
+                return made
+            commands = {f"c{i}": (c.method, c.params()) for i, c in enumerate(calls)}
+            try:
+                result = await self.portals.batch(member_id, commands)
+            except MethodNotFound:
+                self._disable_batch(member_id, "batch method not available")
+                made = 1
+                for call in calls:
+                    made += await self._execute_single(member_id, call, answers)
+                return made
+            except Exception as exc:
+                for call in calls:
+                    _fail_call(answers, call, exc)
+                return 1
+            made = 1
+            for i, call in enumerate(calls):
+                key = f"c{i}"
+                err = result.errors.get(key)
+                if err is None:
+                    _succeed_call(answers, call, result.results.get(key))
+                elif batch_refused(call, err):
+                    self._disable_batch(member_id, err.reason)
+                    made += await self._execute_single(member_id, call, answers)
+                elif isinstance(err, ArgumentError) and len(call.items) > 1:
+                    made += await self._execute_single(member_id, call, answers)
+                else:
+                    _fail_call(answers, call, err)
+            return made
+
+    def _disable_batch(self, member_id: str, reason: str) -> None:
+        if member_id not in self._no_batch:
+            self._no_batch.add(member_id)
+            BATCH_FALLBACKS.inc()
+            log.warning(
+                "batch refused for imconnector calls, sending them one by one",
+                member_id=member_id,
+                reason=reason,
+            )
+
+    async def _execute_single(self, member_id: str, call: dl.Call, answers: Answers) -> int:
+        if call.messages:
+            MESSAGES_PER_CALL.observe(len(call.items))
+        try:
+            result = await self.portals.call(member_id, call.method, call.params())
+        except ArgumentError as exc:
+            if len(call.items) > 1:  # one bad message must not sink the others: bisect
+                first, second = call.split()
+                return (
+                    1
+                    + await self._execute_single(member_id, first, answers)
+                    + await self._execute_single(member_id, second, answers)
+                )
+            _fail_call(answers, call, exc)
+            return 1
+        except Exception as exc:
+            _fail_call(answers, call, exc)
+            return 1
+        _succeed_call(answers, call, result)
+        return 1
+
+    async def run_commands(
+        self, member_id: str, commands: dict[str, tuple[str, dict[str, Any]]], works: Sequence[Work]
+    ) -> tuple[dict[str, Any], int]:
+        """Independent calls, as batch requests when allowed; results or exceptions per key."""
+        out: dict[str, Any] = {}
+        keys = list(commands)
+        step = self.settings.bitrix_batch_max_commands if self.settings.bitrix_use_batch else 1
+        made = 0
+        spans_for = [dl.Call("crm", {}, [dl.Item(w, {})]) for w in works]
+        with request_spans(spans_for):
+            for start in range(0, len(keys), step):
+                part = {k: commands[k] for k in keys[start : start + step]}
+                made += 1
+                if len(part) == 1:
+                    ((key, (method, params)),) = part.items()
+                    try:
+                        out[key] = await self.portals.call(member_id, method, params)
+                    except Exception as exc:
+                        out[key] = exc
+                    continue
+                try:
+                    res = await self.portals.batch(member_id, part)
+                except Exception as exc:
+                    out.update(dict.fromkeys(part, exc))
+                    continue
+                out.update(res.results)
+                out.update(res.errors)
+        return out, made
+
+
+def _hold_broken(request: list[dl.Call], broken: dict[str, str], answers: Answers) -> list[dl.Call]:
+    """Keep conversation order: after a failed message, later ones of that conversation wait too."""
+    if not broken:
+        return request
+    out = []
+    for call in request:
+        if call.method == dl.SEND_MESSAGES:
+            kept = []
+            for item in call.items:
+                work: Work = item.owner
+                if work.conv_key in broken:
+                    held = HeldBehind("HELD", f"an earlier message failed: {broken[work.conv_key]}")
+                    _fail(answers, work, held)
+                else:
+                    kept.append(item)
+            if not kept:
+                continue
+            call = dl.Call(call.method, call.base, kept, call.messages)
+        out.append(call)
+    return out
+
+
+def batch_refused(call: dl.Call, err: BitrixError) -> bool:
+    return call.method.startswith("imconnector.") and (
+        isinstance(err, MethodNotFound | WrongAuthType) or err.code == "ERROR_BATCH_METHOD_NOT_ALLOWED"
+    )
+
+
+def _fail(answers: Answers, work: Work, exc: BaseException) -> None:
+    """The first error of a work is its answer (it replaces a result)."""
+    if not isinstance(answers.get(work), BaseException):
+        answers[work] = exc
+
+
+def _done(answers: Answers, work: Work, result: Any) -> None:
+    if not isinstance(answers.get(work), BaseException):
+        answers[work] = result if isinstance(result, dict) else {"result": result}
+
+
+def _fail_call(answers: Answers, call: dl.Call, exc: BaseException) -> None:
+    for item in call.items:
+        _fail(answers, item.owner, exc)
+
+
+def _succeed_call(answers: Answers, call: dl.Call, result: Any) -> None:
+    """Bitrix24's answer to one call, per work: imconnector.send.messages answers per message."""
+    if call.method != dl.SEND_MESSAGES:
+        failed = isinstance(result, dict) and result.get("SUCCESS") is False
+        for item in call.items:
+            if failed:
+                error = PerMessageError(
+                    "SUCCESS_FALSE", f"{call.method} answered SUCCESS=false", method=call.method
+                )
+                _fail(answers, item.owner, error)
+            else:
+                _done(answers, item.owner, result)
+        return
+    per_message = result_items(result)
+    overall_failed = isinstance(result, dict) and result.get("SUCCESS") is False
+    for index, item in enumerate(call.items):
+        res = per_message[index] if index < len(per_message) else None
+        res_failed = isinstance(res, dict) and res.get("SUCCESS") is False
+        if res_failed or (res is None and overall_failed):
+            errors = res.get("ERRORS") if isinstance(res, dict) else None
+            detail = "; ".join(str(e) for e in errors) if isinstance(errors, list) else str(errors or "")
+            _fail(
+                answers,
+                item.owner,
+                PerMessageError("MESSAGE_NOT_DELIVERED", detail[:300], method=call.method),
+            )
+        else:
+            _done(answers, item.owner, res if isinstance(res, dict) else {})
+
+
+@contextlib.contextmanager
+def request_spans(calls: list[dl.Call]) -> Iterator[None]:
+    """Each event's trace gets a span named after the method that carried it (``bitrix24
+    imconnector.send.messages``); the HTTP request itself (a batch or a single call) runs inside the
+    first event's span, and every event's span links to it."""
+    owned = [(call.method, item.owner) for call in calls for item in call.items]
+    if not owned:
+        yield
+        return
+    request_name = "bitrix24 " + (calls[0].method if len(calls) == 1 else "batch")
+    attributes = {"zaptrix.bitrix.calls": len(calls), "zaptrix.bitrix.items": len(owned)}
+    spans = [
+        tracer.start_span(
+            f"bitrix24 {method}",
+            context=trace.set_span_in_context(work.rec.span),
+            kind=SpanKind.INTERNAL,
+            attributes={
+                **attributes,
+                "zaptrix.bitrix.method": method,
+                "zaptrix.event_id": work.rec.envelope.event_id,
+            },
+        )
+        for method, work in owned
+    ]
+    try:
+        with tracer.start_as_current_span(
+            request_name,
+            context=trace.set_span_in_context(spans[0]),
+            kind=SpanKind.INTERNAL,
+            links=[Link(span.get_span_context()) for span in spans[1:129]],
+            attributes=attributes,
+        ) as request_span:
+            for span in spans:
+                span.add_link(request_span.get_span_context())
+            yield
+    finally:
+        for span in spans:
+            span.end()

@@ -1,0 +1,82 @@
+"""bitrix-dispatcher: wa-to-b24 events → Bitrix24 Open Lines, within each portal's REST limit. Wiring only.
+
+The consumer hands over a whole poll batch; batch_handler.py handles it in three phases (prepare, deliver
+per portal, record). A redelivered event is found by CheckProcessed and not sent again. Bitrix24 has no
+idempotency key for imconnector.send.messages, so the one window left is between Bitrix24's answer and
+RecordDelivery (one gRPC call, retried in place): a crash exactly there sends that message twice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from functools import partial
+
+from zaptrix.clients import Clients
+from zaptrix.dispatcher_process import Wire, dispatcher_main
+from zaptrix.kafka import EventConsumer, EventProducer, Flow, topics_for
+from zaptrix.logging import get_logger
+from zaptrix.settings import KafkaSettings
+
+from bitrix_ingress.bitrix_rest.client import quiet_http_client_logs
+from bitrix_ingress.bitrix_rest.egress import portal_rest
+from bitrix_ingress.bitrix_rest.pacing import PacerRegistry
+from bitrix_ingress.bitrix_rest.portal import PortalClient
+from bitrix_ingress.deps import Deps
+from bitrix_ingress.dispatcher.batch_handler import BitrixDispatcher
+from bitrix_ingress.dispatcher.dead_letters import CustomerDeadLetters
+from bitrix_ingress.settings import DispatcherSettings
+
+log = get_logger(__name__)
+SERVICE = "bitrix-dispatcher"
+
+__all__ = ["SERVICE", "BitrixDispatcher", "main", "wire"]
+
+
+def wire(settings: DispatcherSettings, kafka: KafkaSettings) -> Wire:
+    """The bitrix dispatcher's consumer around the started producer; its REST client closed on exit."""
+
+    @contextlib.asynccontextmanager
+    async def consumer(clients: Clients, producer: EventProducer) -> AsyncIterator[EventConsumer]:
+        rest = portal_rest(settings, timeout_s=settings.bitrix_rest_timeout_s)
+        try:
+            deps = Deps(clients)
+            portals = PortalClient(
+                deps,
+                rest,
+                PacerRegistry(settings.rate_for),
+                settings,
+                attempts=settings.bitrix_rest_attempts,
+                rate_limit_max_wait_s=settings.bitrix_rate_limit_max_wait_s,
+            )
+            topics = topics_for(Flow.WA_TO_B24, kafka.topic_prefix)
+            yield EventConsumer(
+                kafka,
+                topics,
+                settings.consumer_group,
+                BitrixDispatcher(settings, deps, portals).handle,
+                producer,
+                client_id=SERVICE,
+                max_attempts=settings.max_attempts,
+                retry_base_s=settings.retry_base_s,
+                on_dead_letter=CustomerDeadLetters(deps, producer, topics.main),
+            )
+        finally:
+            await rest.aclose()
+
+    return consumer
+
+
+def main() -> None:
+    settings = DispatcherSettings()
+    dispatcher_main(
+        SERVICE,
+        settings.log_level,
+        settings.metrics_port,
+        partial(wire, settings),
+        quiet_http_client_logs,
+    )
+
+
+if __name__ == "__main__":
+    main()

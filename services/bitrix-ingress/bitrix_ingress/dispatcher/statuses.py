@@ -1,0 +1,119 @@
+"""WhatsApp statuses of operator messages → imconnector.send.status.delivery/reading (or, for a failed
+message, a notice in the operator's chat)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from zaptrix.kafka import Outcome, Received
+from zaptrix.logging import get_logger
+from zaptrix.rpc import RpcNotFound
+from zaptrix.v1 import events_pb2, mapper_pb2
+
+from bitrix_ingress.deps import Deps
+from bitrix_ingress.dispatcher import bookkeeping
+from bitrix_ingress.dispatcher import packing as dl
+from bitrix_ingress.dispatcher.channels import Channels
+from bitrix_ingress.dispatcher.notices import notice_via
+from bitrix_ingress.dispatcher.work import NoticeWork, StatusWork, Work
+from bitrix_ingress.metrics import STATUSES
+from bitrix_ingress.settings import DispatcherSettings
+
+log = get_logger(__name__)
+
+
+async def prepare_status(
+    rec: Received,
+    st: events_pb2.WhatsAppStatus,
+    *,
+    settings: DispatcherSettings,
+    deps: Deps,
+    channels: Channels,
+) -> Work | Outcome:
+    status = st.status.lower()
+    event_id = rec.envelope.event_id
+    if not st.wamid:
+        return Outcome.dead("status without wamid")
+    check = await deps.check_processed(event_id)
+    if check.processed:
+        STATUSES.labels(status, "duplicate").inc()
+        return Outcome.duplicate()
+    try:
+        link = await deps.find_message_link(st.wamid)
+    except RpcNotFound:
+        # Meta can report a status before the meta dispatcher has recorded the link of the message it
+        # just sent: look again a few times (retry topic), then accept that it is not ours.
+        if rec.attempt < settings.status_link_attempts:
+            STATUSES.labels(status, "link_not_yet_recorded").inc()
+            return Outcome.retry(f"no message link for {st.wamid} yet")
+        STATUSES.labels(status, "unknown_wamid").inc()
+        log.info("status for a message that is not ours", wamid=st.wamid, status=status)
+        return Outcome.ok()
+    if link.direction == mapper_pb2.DIRECTION_INBOUND:
+        STATUSES.labels(status, "not_ours").inc()
+        return Outcome.ok()
+    if status not in ("delivered", "read", "failed"):
+        if status == "sent":
+            await deps.update_message_status(st.wamid, whatsapp_status="sent")
+        STATUSES.labels(status or "empty", "recorded").inc()
+        return Outcome.ok()
+    channel = await channels.get(st.phone_number_id)
+    try:
+        conv = await deps.find_conversation_by_id(link.conversation_id)
+    except RpcNotFound:
+        conv = await deps.find_conversation_by_customer(st.phone_number_id, st.wa_id)
+    base: dict[str, Any] = {
+        "rec": rec,
+        "member_id": link.member_id or channel.member_id,
+        "conv_key": rec.envelope.conversation_key,
+        "connector": channel.connector_id or settings.connector_id,
+        "line": int(channel.line_id),
+    }
+    if status == "failed":
+        error = st.errors[0] if st.errors else None
+        return NoticeWork(
+            **base,
+            source="status",
+            wa_id=conv.wa_id or st.wa_id,
+            contact_name=conv.contact_name,
+            external_chat_id=conv.external_chat_id,
+            bitrix_chat_id=link.bitrix_chat_id or conv.bitrix_chat_id,
+            body=dl.failure_text(error),
+            wamid=st.wamid,
+            via=notice_via(settings, link.bitrix_chat_id or conv.bitrix_chat_id),
+        )
+    already = link.bitrix_status in ("delivered", "read")
+    if status == "delivered" and already:
+        await deps.update_message_status(st.wamid, whatsapp_status=status)
+        STATUSES.labels(status, "already_reported").inc()
+        return Outcome.ok()
+    method = dl.STATUS_DELIVERY
+    if status == "read" and already:
+        if not settings.bitrix_send_read_status or link.bitrix_status == "read":
+            await deps.update_message_status(st.wamid, whatsapp_status=status)
+            STATUSES.labels(status, "already_reported").inc()
+            return Outcome.ok()
+        method = dl.STATUS_READING
+    if not link.bitrix_message_id or not link.bitrix_chat_id:
+        log.warning("status for a message without Bitrix24 ids", wamid=st.wamid)
+        await deps.update_message_status(st.wamid, whatsapp_status=status)
+        STATUSES.labels(status, "no_bitrix_ids").inc()
+        return Outcome.ok()
+    payload = dl.build_status_item(
+        bitrix_chat_id=link.bitrix_chat_id,
+        bitrix_message_id=link.bitrix_message_id,
+        wamids=[st.wamid],
+        external_chat_id=conv.external_chat_id,
+        at=dl.unix(st.at) if method == dl.STATUS_DELIVERY else None,
+    )
+    # "delivered" also marks the message read in Open Lines, so a read reported as delivery is "read".
+    return StatusWork(**base, st=st, method=method, payload=payload, new_bitrix_status=status)
+
+
+async def finish_status(deps: Deps, work: StatusWork) -> Outcome:
+    await bookkeeping.mark(deps, work.rec.envelope.event_id, work.method)
+    await deps.update_message_status(
+        work.st.wamid, whatsapp_status=work.st.status, bitrix_status=work.new_bitrix_status
+    )
+    STATUSES.labels(work.st.status, "reported").inc()
+    return Outcome.ok()

@@ -1,0 +1,1 @@
+"""bitrix-ingress-web (console script, app.main): the operator's events, app install and the settings page in."""

@@ -1,0 +1,45 @@
+"""What the web process's handlers share (Kafka producer, gRPC clients, REST client, caches, install guard).
+
+Built in before_server_start, whole: the gRPC channels belong to the server's event loop."""
+
+from __future__ import annotations
+
+from zaptrix.clients import Clients
+from zaptrix.kafka import Flow, topics_for
+from zaptrix.kafka.producer_startup import BackgroundProducer
+from zaptrix.settings import GrpcClientSettings, KafkaSettings
+from zaptrix.ttlcache import TtlCache
+
+from bitrix_ingress.bitrix_rest.egress import portal_rest
+from bitrix_ingress.bitrix_rest.pacing import PacerRegistry
+from bitrix_ingress.bitrix_rest.portal import PortalClient
+from bitrix_ingress.deps import Deps
+from bitrix_ingress.settings import WebSettings
+from bitrix_ingress.web.install_guard import InstallGuard
+
+
+class WebResources:
+    def __init__(
+        self, settings: WebSettings, kafka: KafkaSettings, grpc_settings: GrpcClientSettings
+    ) -> None:
+        self.settings = settings
+        self.topic = topics_for(Flow.B24_TO_WA, kafka.topic_prefix).main
+        self.producer = BackgroundProducer(kafka, client_id="bitrix-ingress-web")
+        self.clients = Clients(grpc_settings)
+        self.deps = Deps(self.clients)
+        self.rest = portal_rest(settings, timeout_s=min(settings.bitrix_rest_timeout_s, 20.0))
+        self.pacers = PacerRegistry(settings.rate_for)
+        self.portals = PortalClient(self.deps, self.rest, self.pacers, settings, attempts=2)
+        self.guard = InstallGuard(settings)
+        # (member_id, token hash) -> (known_portal, valid); the TTL depends on the verdict (see _verify)
+        self.verified: TtlCache[tuple[str, str], tuple[bool, bool]] = TtlCache(
+            10_000, settings.verify_cache_ttl_s
+        )
+        # (member_id, external chat id) -> conversation key
+        self.chat_keys: TtlCache[tuple[str, str], str] = TtlCache(100_000, 86_400.0)
+
+    async def stop(self) -> None:
+        await self.producer.stop()
+        await self.rest.aclose()
+        await self.guard.oauth.aclose()
+        await self.clients.close()

@@ -1,0 +1,474 @@
+"""The dispatcher's batch handler against in-memory gRPC fakes and a scripted Bitrix24 (httpx mock)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import pytest
+from bitrix_ingress.bitrix_rest.client import BitrixRest
+from bitrix_ingress.bitrix_rest.pacing import PacerRegistry
+from bitrix_ingress.bitrix_rest.portal import PortalClient
+from bitrix_ingress.deps import Deps
+from bitrix_ingress.dispatcher.batch_handler import BitrixDispatcher
+from bitrix_ingress.formparse import as_list
+from bitrix_ingress.settings import DispatcherSettings
+from bitrix_support import FakeBitrix, GrpcFakes, Portal
+from opentelemetry import trace
+from zaptrix.clients import Clients
+from zaptrix.kafka import Received, new_envelope
+from zaptrix.settings import GrpcClientSettings
+from zaptrix.v1 import events_pb2, mapper_pb2
+
+tracer = trace.get_tracer("test")
+
+
+@dataclass
+class Harness:
+    fakes: GrpcFakes
+    bitrix: FakeBitrix
+    make: Callable[..., BitrixDispatcher]
+
+    async def run(self, records: list[Received], **settings: Any) -> list[str]:
+        outcomes = await self.make(**settings).handle(records)
+        return [o.kind for o in outcomes]
+
+
+@pytest.fixture
+async def h(fakes: GrpcFakes) -> AsyncIterator[Harness]:
+    fakes.token_keeper.add(Portal("m1", "apptok", access_token="access-1"))
+    fakes.mapper.bind("100", "m1", 7)
+    bitrix = FakeBitrix()
+    clients = Clients(GrpcClientSettings(mapper_addr=fakes.addr, token_keeper_addr=fakes.addr))
+    deps = Deps(clients)
+    made: list[BitrixRest] = []
+
+    def make(**kw: Any) -> BitrixDispatcher:
+        settings = DispatcherSettings(**{"bitrix_rate_per_s": 100.0, "bitrix_burst": 50, **kw})
+        rest = BitrixRest(transport=bitrix.transport())
+        made.append(rest)
+        portals = PortalClient(
+            deps,
+            rest,
+            PacerRegistry(settings.rate_for),
+            settings,
+            attempts=2,
+            backoff_initial_s=0.01,
+            backoff_max_s=0.02,
+            rate_limit_max_wait_s=settings.bitrix_rate_limit_max_wait_s,
+        )
+        return BitrixDispatcher(settings, deps, portals)
+
+    yield Harness(fakes, bitrix, make)
+    for rest in made:
+        await rest.aclose()
+    await clients.close()
+
+
+def received(env: events_pb2.Envelope, offset: int = 0) -> Received:
+    return Received(
+        env,
+        "t",
+        0,
+        offset,
+        env.conversation_key.encode(),
+        env.SerializeToString(),
+        [],
+        1,
+        tracer.start_span("r"),
+    )
+
+
+def customer(wa_id: str, n: int, *, pnid: str = "100", name: str = "Anna Schmidt", **kw: Any) -> Received:
+    cm = events_pb2.CustomerMessage(
+        phone_number_id=pnid,
+        wa_id=wa_id,
+        profile_name=name,
+        wamid=f"wamid.{wa_id}.{n}",
+        type="text",
+        text=f"hello {n}",
+        **kw,
+    )
+    cm.sent_at.FromSeconds(1_700_000_000 + n)
+    env = new_envelope(f"wa:{cm.wamid}", f"{pnid}:{wa_id}", events_pb2.PLATFORM_WHATSAPP, customer_message=cm)
+    return received(env, n)
+
+
+def status(wamid: str, value: str, wa_id: str = "4917", **kw: Any) -> Received:
+    st = events_pb2.WhatsAppStatus(phone_number_id="100", wa_id=wa_id, wamid=wamid, status=value, **kw)
+    st.at.FromSeconds(1_700_000_100)
+    env = new_envelope(
+        f"wa-status:{wamid}:{value}", f"100:{wa_id}", events_pb2.PLATFORM_WHATSAPP, whatsapp_status=st
+    )
+    return received(env)
+
+
+def outbound_link(h: Harness, wa_id: str = "4917", wamid: str = "wamid.out1") -> mapper_pb2.Conversation:
+    conv = h.fakes.mapper.add_conversation("100", wa_id, "Anna")
+    h.fakes.mapper.links[wamid] = mapper_pb2.MessageLink(
+        conversation_id=conv.id,
+        direction=mapper_pb2.DIRECTION_OUTBOUND,
+        wamid=wamid,
+        member_id="m1",
+        bitrix_message_id="86497",
+        bitrix_chat_id="1807",
+    )
+    return conv
+
+
+async def test_many_messages_few_requests_in_conversation_order(h: Harness) -> None:
+    records = [customer(f"49170{c}", n) for n in range(12) for c in range(10)]  # 10 customers, interleaved
+    assert await h.run(records) == ["ok"] * 120
+    # CRM: one batch of look-ups, one batch of creations; messages: 50+50 in one batch, then a call of 20.
+    assert [r.method for r in h.bitrix.requests] == ["batch", "batch", "batch", "imconnector.send.messages"]
+    sent = h.bitrix.sent_messages()
+    assert len(sent) == 120
+    for c in range(10):
+        ids = [m["message"]["id"] for m in sent if m["user"]["id"] == f"49170{c}"]
+        assert ids == [f"wamid.49170{c}.{n}" for n in range(12)]
+    assert len(h.bitrix.contacts) == 10  # exactly one contact per new customer
+    # bookkeeping: one RecordDelivery per message; UpdateConversation only stores the 10 new contacts
+    assert h.fakes.mapper.count("RecordDelivery") == 120
+    separate = [h.fakes.mapper.count(m) for m in ("MarkProcessed", "LinkMessage", "UpdateConversation")]
+    assert separate == [0, 0, 10]
+    assert len(h.fakes.mapper.links) == 120 and len(h.fakes.mapper.processed) == 120
+    conv = h.fakes.mapper.by_customer("100", "491700")
+    assert conv is not None and conv.bitrix_chat_id and conv.bitrix_contact_id
+    assert conv.last_customer_message_at.seconds == 1_700_000_011
+    first = sent[0]
+    assert first["user"] == {"id": "491700", "name": "Anna", "last_name": "Schmidt", "phone": "+491700"}
+    assert first["chat"]["id"] == conv.external_chat_id
+
+
+async def test_a_redelivered_message_is_not_sent_twice(h: Harness) -> None:
+    records = [customer("4917", n) for n in range(3)]
+    assert await h.run(records) == ["ok"] * 3
+    before = len(h.bitrix.calls)
+    recorded = h.fakes.mapper.count("RecordDelivery")
+    assert await h.run([customer("4917", n) for n in range(3)]) == ["duplicate"] * 3
+    assert len(h.bitrix.calls) == before  # nothing reached Bitrix24 again
+    assert h.fakes.mapper.count("RecordDelivery") == recorded + 3  # bookkeeping redone (idempotent)
+
+
+async def test_a_failed_record_delivery_still_marks_the_message_processed(h: Harness) -> None:
+    # RecordDelivery is all or nothing: when it fails, MarkProcessed alone keeps a redelivery from
+    # sending the message again.
+    h.fakes.mapper.fail["RecordDelivery"] = [grpc.StatusCode.NOT_FOUND]  # not retried in place
+    outcomes = await h.make().handle([customer("4917", 1)])
+    assert [o.kind for o in outcomes] == ["dead"], [o.reason for o in outcomes]
+    assert h.fakes.mapper.count("MarkProcessed") == 1 and not h.fakes.mapper.links
+    before = len(h.bitrix.sent_messages())
+    assert await h.run([customer("4917", 1)]) == ["duplicate"]
+    assert len(h.bitrix.sent_messages()) == before == 1
+    assert "wamid.4917.1" in h.fakes.mapper.links  # the bookkeeping was redone from the recorded result
+
+
+async def test_returning_customer_is_found_not_created(h: Harness) -> None:
+    h.bitrix.contacts[77] = "4917"
+    assert await h.run([customer("4917", 1), customer("4917", 2)]) == ["ok", "ok"]
+    assert "crm.contact.add" not in h.bitrix.methods()
+    assert [m for m in h.bitrix.methods() if m.startswith("crm.")] == ["crm.duplicate.findbycomm"]
+    conv = h.fakes.mapper.by_customer("100", "4917")
+    assert conv is not None and conv.bitrix_contact_id == "77"
+    assert await h.run([customer("4917", 3)]) == ["ok"]
+    assert [m for m in h.bitrix.methods() if m.startswith("crm.")] == [
+        "crm.duplicate.findbycomm"
+    ]  # remembered
+
+
+async def test_open_line_mode_leaves_crm_to_the_tracker(h: Harness) -> None:
+    h.fakes.mapper.bind("100", "m1", 7, crm_mode=mapper_pb2.CRM_MODE_OPEN_LINE)
+    assert await h.run([customer("4917", 1)]) == ["ok"]
+    assert not [m for m in h.bitrix.methods() if m.startswith("crm.")]
+    assert h.bitrix.sent_messages()[0]["user"]["phone"] == "+4917"
+
+
+async def test_crm_without_scope_still_delivers(h: Harness) -> None:
+    h.bitrix.script["crm.duplicate.findbycomm"] = [(403, {"error": "insufficient_scope"})]
+    assert await h.run([customer("4917", 1)]) == ["ok"]
+    assert len(h.bitrix.sent_messages()) == 1
+
+
+async def test_one_bad_message_is_isolated_by_bisecting(h: Harness) -> None:
+    h.bitrix.bad_message_ids = {"wamid.c.1"}
+    records = [customer(w, 1) for w in ("a", "b", "c", "d", "e")]
+    outcomes = await h.make().handle(records)
+    assert [o.kind for o in outcomes] == ["ok", "ok", "dead", "ok", "ok"]
+    assert "ERROR_ARGUMENT" in outcomes[2].reason
+    delivered = [m["message"]["id"] for m in h.bitrix.sent_messages()]
+    assert sorted(set(delivered)) == ["wamid.a.1", "wamid.b.1", "wamid.d.1", "wamid.e.1"]
+    assert delivered.count("wamid.a.1") == 1  # the bad call failed whole: nothing was stored twice
+
+
+async def test_a_failure_holds_the_rest_of_its_conversation(h: Harness) -> None:
+    h.fakes.mapper.fail_if.append(
+        ("GetOrCreateConversation", lambda r: r.wa_id == "a", grpc.StatusCode.UNAVAILABLE)
+    )
+    outcomes = await h.make().handle([customer("a", 1), customer("a", 2), customer("b", 1)])
+    assert [o.kind for o in outcomes] == ["retry", "retry", "ok"]
+    assert "held behind" in outcomes[1].reason
+    assert [m["message"]["id"] for m in h.bitrix.sent_messages()] == ["wamid.b.1"]
+    # A status waiting for its link does not hold the customer's messages.
+    outcomes = await h.make().handle([status("wamid.not-yet", "delivered", wa_id="c"), customer("c", 1)])
+    assert [o.kind for o in outcomes] == ["retry", "ok"]
+
+
+async def test_transient_bitrix_failure_retries_and_keeps_order(h: Harness) -> None:
+    h.bitrix.script["batch"] = [(500, {"error": "INTERNAL_SERVER_ERROR"})] * 2
+    records = [customer("a", n) for n in range(60)]  # two calls in one batch request
+    outcomes = await h.make().handle(records)
+    assert {o.kind for o in outcomes} == {"retry"}
+    assert h.bitrix.sent_messages() == []
+
+
+async def test_per_message_failure_is_retried(h: Harness) -> None:
+    h.bitrix.per_message_failures = {"wamid.a.1"}
+    outcomes = await h.make().handle([customer("a", 1), customer("b", 1)])
+    assert [o.kind for o in outcomes] == ["retry", "ok"] and "could not save the file" in outcomes[0].reason
+    assert "wa:wamid.a.1" not in h.fakes.mapper.processed
+
+
+async def test_inactive_line_is_dead_lettered(h: Harness) -> None:
+    h.fakes.mapper.bind("100", "m1", 7, crm_mode=mapper_pb2.CRM_MODE_OPEN_LINE)
+    h.bitrix.script["imconnector.send.messages"] = [
+        (400, {"error": "NOT_ACTIVE_LINE", "error_description": "inactive"})
+    ]
+    outcomes = await h.make().handle([customer("a", 1)])
+    assert outcomes[0].kind == "dead" and "NOT_ACTIVE_LINE" in outcomes[0].reason
+
+
+async def test_unknown_channel_is_dead_lettered(h: Harness) -> None:
+    outcomes = await h.make().handle([customer("a", 1, pnid="999")])
+    assert outcomes[0].kind == "dead" and "999" in outcomes[0].reason
+
+
+async def test_batch_refused_for_imconnector_falls_back_to_single_calls(h: Harness) -> None:
+    h.fakes.mapper.bind("200", "m1", 8, crm_mode=mapper_pb2.CRM_MODE_OPEN_LINE)
+    h.fakes.mapper.bind("100", "m1", 7, crm_mode=mapper_pb2.CRM_MODE_OPEN_LINE)
+    h.bitrix.refuse_imconnector_in_batch = True
+    d = h.make()
+    records = [customer("a", 1), customer("b", 1, pnid="200")]
+    assert [o.kind for o in await d.handle(records)] == ["ok", "ok"]
+    assert [r.method for r in h.bitrix.requests] == [
+        "batch",
+        "imconnector.send.messages",
+        "imconnector.send.messages",
+    ]
+    h.bitrix.requests.clear()
+    assert [o.kind for o in await d.handle([customer("a", 2), customer("b", 2, pnid="200")])] == ["ok", "ok"]
+    assert [r.method for r in h.bitrix.requests] == ["imconnector.send.messages"] * 2  # remembered per portal
+
+
+async def test_expired_token_mid_flow(h: Harness) -> None:
+    d = h.make()
+    assert [o.kind for o in await d.handle([customer("a", 1)])] == ["ok"]
+    h.bitrix.expired_tokens.add("access-1")
+    h.bitrix.valid_tokens.add("access-1-r")
+    assert [o.kind for o in await d.handle([customer("a", 2), customer("b", 1)])] == ["ok", "ok"]
+    assert len(h.fakes.token_keeper.rejections) == 1
+
+
+async def test_delivered_status_reaches_bitrix_once(h: Harness) -> None:
+    conv = outbound_link(h)
+    assert await h.run([status("wamid.out1", "sent")]) == ["ok"]
+    assert await h.run([status("wamid.out1", "delivered")]) == ["ok"]
+    (call,) = [c for c in h.bitrix.calls if c.method == "imconnector.send.status.delivery"]
+    (item,) = as_list(call.params["MESSAGES"])
+    assert item["im"] == {"chat_id": "1807", "message_id": "86497"}
+    assert as_list(item["message"]["id"]) == ["wamid.out1"] and str(item["message"]["date"]) == "1700000100"
+    assert item["chat"] == {"id": conv.external_chat_id}
+    link = h.fakes.mapper.links["wamid.out1"]
+    assert (link.whatsapp_status, link.bitrix_status) == ("delivered", "delivered")
+    assert await h.run([status("wamid.out1", "read")]) == ["ok"]
+    assert (
+        len([c for c in h.bitrix.calls if c.method.startswith("imconnector.send.status")]) == 1
+    )  # read = delivered
+    assert h.fakes.mapper.links["wamid.out1"].whatsapp_status == "read"
+
+
+async def test_read_before_delivered_reports_delivery(h: Harness) -> None:
+    outbound_link(h)
+    assert await h.run([status("wamid.out1", "read")]) == ["ok"]
+    assert [c.method for c in h.bitrix.calls] == ["imconnector.send.status.delivery"]
+    assert h.fakes.mapper.links["wamid.out1"].bitrix_status == "read"
+
+
+async def test_statuses_of_unknown_messages_are_acknowledged(h: Harness) -> None:
+    rec = status("wamid.someone-else", "delivered")
+    assert await h.run([rec]) == ["retry"]  # the link may just not be recorded yet
+    rec.attempt = 3
+    assert await h.run([rec]) == ["ok"]
+    assert h.bitrix.calls == []
+
+
+async def test_a_status_faster_than_its_link_is_reported_once_the_link_exists(h: Harness) -> None:
+    rec = status("wamid.out1", "delivered")
+    assert await h.run([rec]) == ["retry"]
+    outbound_link(h)
+    rec.attempt = 2
+    assert await h.run([rec]) == ["ok"]
+    assert [c.method for c in h.bitrix.calls] == ["imconnector.send.status.delivery"]
+
+
+async def test_failed_status_becomes_a_visible_notice(h: Harness) -> None:
+    conv = outbound_link(h)
+    err = events_pb2.GraphError(code=131047, title="Re-engagement message")
+    assert await h.run([status("wamid.out1", "failed", errors=[err])]) == ["ok"]
+    (notice,) = h.bitrix.sent_messages()
+    assert notice["chat"]["id"] == conv.external_chat_id and notice["user"]["name"] == "Anna"
+    assert notice["message"]["text"].startswith("⚠️ Zaptrix: Not delivered to WhatsApp: more than 24 hours")
+    assert notice["message"]["disable_crm"] == "Y"
+    link = h.fakes.mapper.links["wamid.out1"]
+    assert (link.whatsapp_status, link.bitrix_status) == ("failed", "failed")
+
+
+async def test_send_failure_notice(h: Harness) -> None:
+    conv = h.fakes.mapper.add_conversation("100", "4917", "Anna")
+    sf = events_pb2.SendFailure(
+        member_id="m1",
+        line_id=7,
+        connector_id="zaptrix_whatsapp",
+        bitrix_chat_id="1807",
+        bitrix_message_id="86497",
+        external_chat_id=conv.external_chat_id,
+        error=events_pb2.GraphError(code=131047, title="Re-engagement message"),
+        template_sent=True,
+    )
+    env = new_envelope("wa-fail:b24:m1:86497", "100:4917", events_pb2.PLATFORM_WHATSAPP, send_failure=sf)
+    assert await h.run([received(env)]) == ["ok"]
+    (notice,) = h.bitrix.sent_messages()
+    assert "template was sent instead" in notice["message"]["text"]
+    assert await h.run([received(env)]) == ["duplicate"]
+    assert len(h.bitrix.sent_messages()) == 1
+
+
+@pytest.mark.parametrize("claimed", ["m2", ""])
+async def test_a_send_failure_claiming_another_portal_is_refused_and_posted_nowhere(
+    h: Harness, claimed: str
+) -> None:
+    h.fakes.token_keeper.add(Portal("m2", "apptok-m2", access_token="access-2"))
+    conv = h.fakes.mapper.add_conversation("100", "4917", "Anna")  # portal m1's customer
+    sf = events_pb2.SendFailure(
+        member_id=claimed, line_id=7, connector_id="zaptrix_whatsapp", external_chat_id=conv.external_chat_id
+    )
+    env = new_envelope(f"wa-fail:{claimed}:1", "100:4917", events_pb2.PLATFORM_WHATSAPP, send_failure=sf)
+    outcomes = await h.make().handle([received(env)])
+    assert [o.kind for o in outcomes] == ["dead"]
+    assert outcomes[0].reason.startswith("cross-tenant:")
+    assert h.bitrix.calls == []  # neither the claimed portal nor the conversation's own
+
+
+async def test_notice_via_im_message_add(h: Harness) -> None:
+    outbound_link(h)
+    assert await h.run([status("wamid.out1", "failed")], bitrix_notice_via="im") == ["ok"]
+    (call,) = h.bitrix.calls
+    assert (
+        call.method == "im.message.add"
+        and call.params["DIALOG_ID"] == "chat1807"
+        and call.params["SYSTEM"] == "Y"
+    )
+
+
+async def test_a_refused_im_notice_goes_through_the_connector(h: Harness) -> None:
+    outbound_link(h)
+    h.bitrix.script["im.message.add"] = [(403, {"error": "ACCESS_DENIED"})]
+    assert await h.run([status("wamid.out1", "failed")], bitrix_notice_via="im") == ["ok"]
+    assert [r.method for r in h.bitrix.requests] == ["im.message.add", "imconnector.send.messages"]
+    assert list(h.fakes.mapper.processed.values()) == ["notice:connector"]
+
+
+async def test_a_message_bitrix_refuses_holds_the_later_ones_of_its_conversation(h: Harness) -> None:
+    h.fakes.mapper.bind("100", "m1", 7, crm_mode=mapper_pb2.CRM_MODE_OPEN_LINE)
+    h.bitrix.bad_message_ids = {"wamid.a.1"}
+    one_by_one = {"bitrix_use_batch": False, "bitrix_max_messages_per_call": 1}
+    outcomes = await h.make(**one_by_one).handle([customer("a", 1), customer("a", 2), customer("b", 1)])
+    assert [o.kind for o in outcomes] == ["dead", "retry", "ok"]
+    assert "an earlier message failed" in outcomes[1].reason
+    assert [m["message"]["id"] for m in h.bitrix.sent_messages()] == ["wamid.b.1"]
+
+
+async def test_the_recorded_delivery_names_the_crm_contact_found(h: Harness) -> None:
+    h.bitrix.contacts[77] = "4917"
+    assert await h.run([customer("4917", 1)]) == ["ok"]
+    (recorded,) = h.fakes.mapper.processed.values()
+    assert json.loads(recorded)["contact"] == "77"
+
+
+async def test_unexpected_event_kinds_are_dead_lettered(h: Harness) -> None:
+    env = new_envelope(
+        "b24:m1:1", "k", events_pb2.PLATFORM_BITRIX24, operator_read=events_pb2.OperatorRead(member_id="m1")
+    )
+    outcomes = await h.make().handle([received(env)])
+    assert outcomes[0].kind == "dead" and "operator_read" in outcomes[0].reason
+
+
+async def test_a_portal_rate_limited_beyond_the_wait_does_not_stall_the_batch(h: Harness) -> None:
+    h.fakes.mapper.bind("100", "m1", 7, crm_mode=mapper_pb2.CRM_MODE_OPEN_LINE)
+    h.bitrix.script["imconnector.send.messages"] = [
+        (503, {"error": "QUERY_LIMIT_EXCEEDED", "error_description": "Too many requests"})
+    ] * 5
+    h.bitrix.script["batch"] = [(503, {"error": "QUERY_LIMIT_EXCEEDED"})] * 5
+    records = [customer(f"c{i}", n) for i in range(4) for n in range(60)]  # several requests' worth
+    import time
+
+    started = time.monotonic()
+    outcomes = await h.make(bitrix_rate_limit_max_wait_s=0.5).handle(records)
+    assert time.monotonic() - started < 3.0
+    assert {o.kind for o in outcomes} == {"retry"}
+    assert len(h.bitrix.requests) == 1  # one refused request; the rest went to the retry topic untried
+    assert outcomes[0].retry_after is not None
+
+
+async def test_a_portal_that_needs_reauthorisation_is_dead_lettered_at_once(h: Harness) -> None:
+    h.fakes.token_keeper.fail["GetAccessToken"] = [grpc.StatusCode.FAILED_PRECONDITION]
+    h.fakes.mapper.bind("100", "m1", 7, crm_mode=mapper_pb2.CRM_MODE_OPEN_LINE)
+    outcomes = await h.make().handle([customer("a", 1)])
+    assert outcomes[0].kind == "dead" and "FAILED_PRECONDITION" in outcomes[0].reason
+    h.fakes.token_keeper.fail["GetAccessToken"] = [grpc.StatusCode.UNAVAILABLE]
+    outcomes = await h.make().handle([customer("a", 2)])
+    assert outcomes[0].kind == "retry"
+
+
+async def test_every_message_trace_shows_its_delivery_call(h: Harness) -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter = InMemorySpanExporter()
+    provider = trace.get_tracer_provider()
+    if not isinstance(provider, TracerProvider):  # no library instrumentation: it would leak into other tests
+        provider = TracerProvider()
+        trace.set_tracer_provider(provider)
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    records = [customer("a", 1), customer("b", 1), customer("c", 1)]
+    assert await h.run(records) == ["ok"] * 3
+    for rec in records:
+        rec.span.end()
+    spans = exporter.get_finished_spans()
+    assert isinstance(provider, TracerProvider)
+    for rec in records:
+        trace_id = rec.span.get_span_context().trace_id
+        names = {s.name for s in spans if s.context.trace_id == trace_id}
+        assert "bitrix24 imconnector.send.messages" in names, names
+        assert "bitrix24 crm.duplicate.findbycomm" in names or "bitrix24 crm" in names, names
+    # The one HTTP request of the send runs in the first event's trace; the others link to it.
+    (request,) = [
+        s
+        for s in spans
+        if s.name == "bitrix24 imconnector.send.messages"
+        and s.attributes.get("zaptrix.bitrix.items") == 3
+        and "zaptrix.bitrix.method" not in s.attributes
+    ]
+    assert request.context.trace_id == records[0].span.get_span_context().trace_id
+    per_event = [
+        s
+        for s in spans
+        if s.name == "bitrix24 imconnector.send.messages" and "zaptrix.bitrix.method" in s.attributes
+    ]
+    assert len(per_event) == 3 and all(
+        request.context in [link.context for link in s.links] for s in per_event
+    )
+    assert not any("access-1" in str(s.attributes) for s in spans)

@@ -1,0 +1,189 @@
+"""Portal calls: token from token-keeper, refresh on rejection, pacing, QUERY_LIMIT_EXCEEDED, retries."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+from bitrix_ingress.bitrix_rest.client import ArgumentError, BitrixRest, ServerError
+from bitrix_ingress.bitrix_rest.pacing import PacerRegistry, PortalPacer
+from bitrix_ingress.bitrix_rest.portal import (
+    PortalClient,
+    PortalUnknown,
+    RateLimitWaitExceeded,
+    TokenRejectedTwice,
+)
+from bitrix_ingress.deps import Deps
+from bitrix_ingress.settings import DispatcherSettings, RateSpec
+from bitrix_support import GrpcFakes, Portal
+from zaptrix.clients import Clients
+from zaptrix.settings import GrpcClientSettings
+
+
+@pytest.fixture
+async def deps(fakes: GrpcFakes) -> AsyncIterator[Deps]:
+    fakes.token_keeper.add(Portal("m1", "apptok", access_token="access-1"))
+    clients = Clients(GrpcClientSettings(mapper_addr=fakes.addr, token_keeper_addr=fakes.addr))
+    yield Deps(clients)
+    await clients.close()
+
+
+def portal_client(deps: Deps, handler: object, **kw: object) -> PortalClient:
+    settings = DispatcherSettings(bitrix_rate_per_s=50, bitrix_burst=50)
+    rest = BitrixRest(transport=httpx.MockTransport(handler))  # type: ignore[arg-type]
+    return PortalClient(
+        deps,
+        rest,
+        PacerRegistry(settings.rate_for),
+        settings,
+        backoff_initial_s=0.01,
+        backoff_max_s=0.02,
+        **kw,
+    )  # type: ignore[arg-type]
+
+
+async def test_expired_token_is_reported_once_then_retried(deps: Deps, fakes: GrpcFakes) -> None:
+    tokens: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        import json
+
+        token = json.loads(request.content)["auth"]
+        tokens.append(token)
+        if token == "access-1":
+            return httpx.Response(401, json={"error": "expired_token"})
+        return httpx.Response(200, json={"result": "ok"})
+
+    pc = portal_client(deps, handler)
+    assert await pc.call("m1", "app.info", {}) == "ok"
+    assert await pc.call("m1", "app.info", {}) == "ok"  # the fresh token is cached
+    assert tokens == ["access-1", "access-1-r", "access-1-r"]
+    (rejected,) = fakes.token_keeper.rejections
+    assert (rejected.member_id, rejected.access_token, rejected.error) == ("m1", "access-1", "expired_token")
+
+
+async def test_a_refused_fresh_token_is_not_refreshed_forever(deps: Deps, fakes: GrpcFakes) -> None:
+    pc = portal_client(deps, lambda r: httpx.Response(401, json={"error": "invalid_token"}))
+    with pytest.raises(TokenRejectedTwice):
+        await pc.call("m1", "app.info", {})
+    assert (
+        len(fakes.token_keeper.rejections) == 1 and fakes.token_keeper.rejections[0].error == "invalid_token"
+    )
+
+
+async def test_unknown_portal_is_permanent(deps: Deps) -> None:
+    pc = portal_client(deps, lambda r: httpx.Response(200, json={"result": 1}))
+    with pytest.raises(PortalUnknown) as info:
+        await pc.call("nobody", "app.info", {})
+    assert info.value.permanent
+
+
+async def test_query_limit_slows_down_and_retries_in_place(deps: Deps) -> None:
+    answers = [503, 503, 200]
+    seen: list[float] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(time.monotonic())
+        status = answers.pop(0)
+        if status == 503:
+            return httpx.Response(503, json={"error": "QUERY_LIMIT_EXCEEDED"}, headers={"Retry-After": "0.2"})
+        return httpx.Response(200, json={"result": "done"})
+
+    pc = portal_client(deps, handler)
+    pacer = pc.pacers.get("m1")
+    pacer.pause_base_s, pacer.pause_max_s = 0.05, 0.1  # backoff below Retry-After: Retry-After rules
+    assert await pc.call("m1", "imconnector.send.messages", {}) == "done"
+    assert len(seen) == 3 and 0.19 <= seen[1] - seen[0] < 1.0 and 0.19 <= seen[2] - seen[1] < 1.0
+    assert pacer.penalties == 0  # success resets the backoff
+
+
+def test_pacer_backoff_grows_and_honours_retry_after() -> None:
+    now = [100.0]
+    pacer = PortalPacer(RateSpec(2, 10), clock=lambda: now[0])
+    delays = [pacer.slow_down() for _ in range(7)]
+    assert 1.0 <= delays[0] <= 2.0 and 2.0 <= delays[1] <= 4.0 and all(d <= 30.0 for d in delays)
+    assert delays[-1] >= 15.0
+    assert pacer.slow_down(retry_after=45.0) == 45.0 and pacer.paused_until == 145.0
+
+
+async def test_query_limit_beyond_the_wait_budget_goes_up(deps: Deps) -> None:
+    pc = portal_client(
+        deps,
+        lambda r: httpx.Response(503, json={"error": "QUERY_LIMIT_EXCEEDED"}, headers={"Retry-After": "5"}),
+        rate_limit_max_wait_s=1.0,
+    )
+    started = time.monotonic()
+    with pytest.raises(RateLimitWaitExceeded) as info:
+        await pc.call("m1", "imconnector.send.messages", {})
+    assert time.monotonic() - started < 1.0 and not info.value.permanent and info.value.retry_after == 5.0
+
+
+async def test_server_errors_are_retried_a_bounded_number_of_times(deps: Deps) -> None:
+    calls: list[int] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(1)
+        return httpx.Response(500, json={"error": "INTERNAL_SERVER_ERROR"})
+
+    pc = portal_client(deps, handler, attempts=3)
+    with pytest.raises(ServerError):
+        await pc.call("m1", "imconnector.send.messages", {})
+    assert len(calls) == 3
+    calls.clear()
+    pc = portal_client(
+        deps, lambda r: (calls.append(1), httpx.Response(400, json={"error": "ERROR_ARGUMENT"}))[1]
+    )
+    with pytest.raises(ArgumentError):
+        await pc.call("m1", "imconnector.send.messages", {})
+    assert len(calls) == 1  # permanent: no retry
+
+
+async def test_pacer_keeps_the_sustained_rate() -> None:
+    pacer = PortalPacer(RateSpec(rate=20.0, burst=5))
+    started = time.monotonic()
+    for _ in range(25):
+        await pacer.acquire()
+    elapsed = time.monotonic() - started
+    # 5 at once, then 20 more at 20/s: about 1 s (never faster than the bucket drains)
+    assert 0.9 <= elapsed < 1.6
+
+
+def test_rate_overrides() -> None:
+    s = DispatcherSettings(bitrix_portal_rates={"big": "5/50"})
+    assert s.rate_for("big") == RateSpec(5.0, 50)
+    assert s.rate_for("other") == RateSpec(2.0, 10)
+    with pytest.raises(ValueError):
+        DispatcherSettings(bitrix_portal_rates={"x": "fast"})
+
+
+def test_pacers_are_a_bounded_lru() -> None:
+    registry = PacerRegistry(DispatcherSettings().rate_for, max_size=3)
+    first = registry.get("a")
+    for name in ("b", "c", "a", "d", "e"):
+        registry.get(name)
+    assert len(registry) == 3 and registry.get("a") is first  # "a" was used recently: kept
+    assert set(registry._pacers) == {"a", "d", "e"}
+
+
+def test_a_hostile_retry_after_pauses_a_portal_for_at_most_900_s() -> None:
+    now = [100.0]
+    pacer = PortalPacer(RateSpec(2, 10), clock=lambda: now[0])
+    for hostile in (float("inf"), 1e9, float("nan")):
+        assert pacer.slow_down(retry_after=hostile) <= 900.0
+    assert pacer.paused_for() <= 900.0
+
+
+async def test_a_long_paused_portal_sends_its_events_to_the_retry_topic_at_once(deps: Deps) -> None:
+    calls: list[httpx.Request] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        calls.append(request)
+        return httpx.Response(200, json={"result": 1})
+
+    pc = portal_client(deps, answer)
+    pc.pacers.get("m1").slow_down(retry_after=600.0)
+    with pytest.raises(RateLimitWaitExceeded) as info:
+        await pc.call("m1", "imconnector.send.messages", {})
+    assert calls == [] and info.value.retry_after is not None and 500 < info.value.retry_after <= 600
