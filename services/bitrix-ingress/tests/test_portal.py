@@ -12,9 +12,9 @@ from bitrix_ingress.pacing import PacerRegistry, PortalPacer
 from bitrix_ingress.portal import PortalClient, PortalUnknown, RateLimitWaitExceeded, TokenRejectedTwice
 from bitrix_ingress.rest import ArgumentError, BitrixRest, ServerError
 from bitrix_ingress.settings import DispatcherSettings, RateSpec
-from bitrix_support import GrpcFakes, Portal
 from zaptrix.clients import Clients
 from zaptrix.settings import GrpcClientSettings
+from zaptrix_testing.fakes import GrpcFakes, Portal
 
 
 @pytest.fixture
