@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from localsystem import SANDBOX_MEMBER_ID
+from zaptrix_testing.seeding import SANDBOX_MEMBER_ID
 
 from tests.system import System
 

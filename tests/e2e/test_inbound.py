@@ -6,10 +6,11 @@ import itertools
 from typing import Any
 
 import pytest
-from localsystem import SANDBOX_MEMBER_ID
+from zaptrix_testing.seeding import SANDBOX_MEMBER_ID
+from zaptrix_testing.waiting import eventually
 
 from tests.e2e.flows import chat_messages, customer_says, external_chat_id
-from tests.system import System, eventually
+from tests.system import System
 
 _numbers = itertools.count(491710000000)
 

@@ -9,20 +9,14 @@ from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from localsystem import (
-    CONNECTOR_ID,
-    SANDBOX_DISPLAY_NUMBER,
-    SANDBOX_LINE_ID,
-    SANDBOX_MEMBER_ID,
-    SANDBOX_PHONE_NUMBER_ID,
-)
 from zaptrix.kafka import Flow, topics_for
 from zaptrix.kafka.envelope import H_EVENT_ID, header
-from zaptrix.v1 import mapper_pb2, mapper_pb2_grpc
+from zaptrix_testing.seeding import SANDBOX_MEMBER_ID, bind_sandbox_channel
+from zaptrix_testing.waiting import eventually
 
 from tests.e2e.flows import chat_messages, customer_says, external_chat_id, operator_says, sent_to
 from tests.e2e.test_inbound import wait_for_messages
-from tests.system import System, eventually
+from tests.system import System
 
 _numbers = itertools.count(491720000000)
 PNG_1PX = base64.b64encode(
@@ -166,22 +160,7 @@ async def test_closed_window_sends_the_reengagement_template_where_configured(
 
 async def _bind_template(system: System, name: str) -> None:
     async with system.local.grpc_channel("mapper") as channel:
-        await mapper_pb2_grpc.MapperStub(channel).BindChannel(
-            mapper_pb2.BindChannelRequest(
-                channel=mapper_pb2.Channel(
-                    phone_number_id=SANDBOX_PHONE_NUMBER_ID,
-                    display_phone_number=SANDBOX_DISPLAY_NUMBER,
-                    member_id=SANDBOX_MEMBER_ID,
-                    line_id=SANDBOX_LINE_ID,
-                    connector_id=CONNECTOR_ID,
-                    crm_mode=mapper_pb2.CRM_MODE_GATEWAY,
-                    reengagement_template=name,
-                    template_language="en_US" if name else "",
-                    active=True,
-                )
-            ),
-            timeout=5,
-        )
+        await bind_sandbox_channel(channel, reengagement_template=name)
 
 
 async def test_a_redelivered_event_sends_nothing_twice(system: System) -> None:

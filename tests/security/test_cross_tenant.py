@@ -24,21 +24,17 @@ from urllib.parse import urlencode
 import grpc
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from localsystem import (
-    CONNECTOR_ID,
-    SANDBOX_CLIENT_ID,
-    SANDBOX_LINE_ID,
-    SANDBOX_MEMBER_ID,
-    SANDBOX_PHONE_NUMBER_ID,
-)
+from localsystem import SANDBOX_CLIENT_ID
 from zaptrix.kafka import Flow, topics_for
 from zaptrix.kafka.envelope import H_EVENT_ID, encode, header, new_envelope
 from zaptrix.v1 import events_pb2, mapper_pb2, mapper_pb2_grpc, token_keeper_pb2, token_keeper_pb2_grpc
+from zaptrix_testing.seeding import CONNECTOR_ID, SANDBOX_LINE_ID, SANDBOX_MEMBER_ID, SANDBOX_PHONE_NUMBER_ID
+from zaptrix_testing.waiting import eventually
 
 from tests.e2e.flows import chat_messages, customer_says, external_chat_id, operator_says, sent_to
 from tests.e2e.test_inbound import wait_for_messages
 from tests.e2e.test_outbound import _bind_template, wait_sent
-from tests.system import System, eventually
+from tests.system import System
 
 _numbers = itertools.count(491730000000)
 _message_ids = itertools.count(970000)

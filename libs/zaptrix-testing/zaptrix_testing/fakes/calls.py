@@ -4,9 +4,15 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
 import grpc
+
+
+async def abort(context: Any, code: grpc.StatusCode, details: str) -> NoReturn:
+    """context.abort, typed: it always raises."""
+    await context.abort(code, details)
+    raise AssertionError("context.abort returned")
 
 
 class Recorder:
@@ -28,14 +34,14 @@ class Recorder:
         self.calls.append(f"{method}:{key}" if key else method)
         self.requests.append((method, request))
         if self.down:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "down")
+            await abort(context, grpc.StatusCode.UNAVAILABLE, "down")
         for rule in self.fail_if:
             if rule[0] == method and rule[1](request):
                 self.fail_if.remove(rule)
-                await context.abort(rule[2], f"injected {rule[2].name}")
+                await abort(context, rule[2], f"injected {rule[2].name}")
         if self.fail[method]:
             code = self.fail[method].pop(0)
-            await context.abort(code, f"injected {code.name}")
+            await abort(context, code, f"injected {code.name}")
 
     def forget_calls(self) -> None:
         self.calls.clear()

@@ -13,7 +13,7 @@ import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 from zaptrix.v1 import mapper_pb2, mapper_pb2_grpc
 
-from zaptrix_testing.fakes.calls import Recorder
+from zaptrix_testing.fakes.calls import Recorder, abort
 
 
 def timestamp(dt: datetime | None = None) -> Timestamp:
@@ -98,7 +98,7 @@ class FakeMapper(Recorder, mapper_pb2_grpc.MapperServicer):
         await self._enter("GetChannel", request, context)
         channel = self.channels.get(request.phone_number_id)
         if channel is None:
-            await context.abort(grpc.StatusCode.NOT_FOUND, "no such channel")
+            await abort(context, grpc.StatusCode.NOT_FOUND, "no such channel")
         return channel
 
     async def ListChannels(self, request: Any, context: Any) -> mapper_pb2.ListChannelsResponse:
@@ -116,8 +116,9 @@ class FakeMapper(Recorder, mapper_pb2_grpc.MapperServicer):
     ) -> mapper_pb2.GetOrCreateConversationResponse:
         await self._enter("GetOrCreateConversation", request, context)
         async with self._lock:
-            if request.phone_number_id not in self.channels:
-                await context.abort(grpc.StatusCode.NOT_FOUND, "no such channel")
+            channel = self.channels.get(request.phone_number_id)
+            if channel is None or not channel.active:  # as the mapper: a precondition, not a lookup
+                await abort(context, grpc.StatusCode.FAILED_PRECONDITION, "channel not bound or inactive")
             conv = self.by_customer(request.phone_number_id, request.wa_id)
             if conv is not None:
                 return mapper_pb2.GetOrCreateConversationResponse(conversation=conv, created=False)
@@ -144,14 +145,14 @@ class FakeMapper(Recorder, mapper_pb2_grpc.MapperServicer):
             ):
                 found = conv
         if found is None:
-            await context.abort(grpc.StatusCode.NOT_FOUND, "no such conversation")
+            await abort(context, grpc.StatusCode.NOT_FOUND, "no such conversation")
         return found
 
     async def UpdateConversation(self, request: Any, context: Any) -> mapper_pb2.Conversation:
         await self._enter("UpdateConversation", request, context)
         conv = self.conversations.get(request.id)
         if conv is None:
-            await context.abort(grpc.StatusCode.NOT_FOUND, "no such conversation")
+            await abort(context, grpc.StatusCode.NOT_FOUND, "no such conversation")
         return self._update(conv, request)
 
     @staticmethod
@@ -173,9 +174,9 @@ class FakeMapper(Recorder, mapper_pb2_grpc.MapperServicer):
     async def LinkMessage(self, request: Any, context: Any) -> mapper_pb2.MessageLink:
         await self._enter("LinkMessage", request, context, request.link.wamid)
         if request.link.conversation_id not in self.conversations:
-            await context.abort(grpc.StatusCode.NOT_FOUND, "no such conversation")
+            await abort(context, grpc.StatusCode.NOT_FOUND, "no such conversation")
         if self._conflicts(request.link):
-            await context.abort(grpc.StatusCode.ALREADY_EXISTS, "bitrix message linked to another wamid")
+            await abort(context, grpc.StatusCode.ALREADY_EXISTS, "bitrix message linked to another wamid")
         return self._link(request)
 
     def _conflicts(self, link: mapper_pb2.MessageLink) -> bool:
@@ -212,14 +213,14 @@ class FakeMapper(Recorder, mapper_pb2_grpc.MapperServicer):
                 None,
             )
         if link is None:
-            await context.abort(grpc.StatusCode.NOT_FOUND, "no such link")
+            await abort(context, grpc.StatusCode.NOT_FOUND, "no such link")
         return link
 
     async def UpdateMessageStatus(self, request: Any, context: Any) -> mapper_pb2.MessageLink:
         await self._enter("UpdateMessageStatus", request, context, request.wamid)
         link = self.links.get(request.wamid)
         if link is None:
-            await context.abort(grpc.StatusCode.NOT_FOUND, "no such link")
+            await abort(context, grpc.StatusCode.NOT_FOUND, "no such link")
         if request.HasField("whatsapp_status"):
             link.whatsapp_status = request.whatsapp_status
         if request.HasField("bitrix_status"):
@@ -248,7 +249,7 @@ class FakeMapper(Recorder, mapper_pb2_grpc.MapperServicer):
         await self._enter("RecordDelivery", request, context, request.processed.event_id)
         conv = self.conversations.get(request.conversation.id)
         if conv is None or request.link.link.conversation_id != conv.id:
-            await context.abort(grpc.StatusCode.NOT_FOUND, "no such conversation")
+            await abort(context, grpc.StatusCode.NOT_FOUND, "no such conversation")
         link = self._link(request.link)
         already = self._mark(request.processed)
         return mapper_pb2.RecordDeliveryResponse(

@@ -12,7 +12,7 @@ import grpc
 import httpx
 from zaptrix.v1 import token_keeper_pb2, token_keeper_pb2_grpc
 
-from zaptrix_testing.fakes.calls import Recorder
+from zaptrix_testing.fakes.calls import Recorder, abort
 
 
 @dataclass
@@ -64,7 +64,7 @@ class FakeTokenKeeper(Recorder, token_keeper_pb2_grpc.TokenKeeperServicer):
     async def _portal(self, member_id: str, context: Any) -> Portal:
         p = self.portals.get(member_id)
         if p is None:
-            await context.abort(grpc.StatusCode.NOT_FOUND, "unknown portal")
+            await abort(context, grpc.StatusCode.NOT_FOUND, "unknown portal")
         return p
 
     # --- portals -----------------------------------------------------------------------------------
@@ -123,6 +123,10 @@ class FakeTokenKeeper(Recorder, token_keeper_pb2_grpc.TokenKeeperServicer):
         await self._enter("GetPortalStatus", request, context, request.member_id)
         return self._status(await self._portal(request.member_id, context))
 
+    async def ListPortals(self, request: Any, context: Any) -> Any:
+        await self._enter("ListPortals", request, context)
+        return token_keeper_pb2.ListPortalsResponse(portals=[self._status(p) for p in self.portals.values()])
+
     @staticmethod
     def _status(p: Portal) -> token_keeper_pb2.PortalStatus:
         return token_keeper_pb2.PortalStatus(
@@ -157,7 +161,7 @@ class FakeTokenKeeper(Recorder, token_keeper_pb2_grpc.TokenKeeperServicer):
         await self._enter("GetChannelCredentials", request, context, request.phone_number_id)
         creds = self.channels.get(request.phone_number_id)
         if creds is None:
-            await context.abort(grpc.StatusCode.NOT_FOUND, "no such channel")
+            await abort(context, grpc.StatusCode.NOT_FOUND, "no such channel")
         return creds
 
     async def CheckVerifyToken(self, request: Any, context: Any) -> Any:
