@@ -15,8 +15,7 @@ from zaptrix.kafka.envelope import H_DLQ_REASON, H_EVENT_ID, header
 from zaptrix_testing.seeding import SANDBOX_MEMBER_ID
 from zaptrix_testing.waiting import eventually
 
-from tests.e2e.flows import chat_messages, customer_says, operator_says
-from tests.e2e.test_inbound import wait_for_messages
+from tests.e2e.flows import chat_messages, customer_says, operator_says, wait_for_messages
 from tests.system import System
 
 _numbers = itertools.count(491740000000)
