@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 import grpc
 
@@ -13,6 +13,16 @@ async def abort(context: Any, code: grpc.StatusCode, details: str) -> NoReturn:
     """context.abort, typed: it always raises."""
     await context.abort(code, details)
     raise AssertionError("context.abort returned")
+
+
+T = TypeVar("T")
+
+
+async def found(context: Any, value: T | None, what: str) -> T:
+    """The value, or NOT_FOUND as the real services answer for an unknown key."""
+    if value is None:
+        await abort(context, grpc.StatusCode.NOT_FOUND, f"no such {what}")
+    return value
 
 
 class Recorder:

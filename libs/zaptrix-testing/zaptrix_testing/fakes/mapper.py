@@ -13,7 +13,7 @@ import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 from zaptrix.v1 import mapper_pb2, mapper_pb2_grpc
 
-from zaptrix_testing.fakes.calls import Recorder, abort
+from zaptrix_testing.fakes.calls import Recorder, abort, found
 
 
 def timestamp(dt: datetime | None = None) -> Timestamp:
@@ -96,10 +96,7 @@ class FakeMapper(Recorder, mapper_pb2_grpc.MapperServicer):
 
     async def GetChannel(self, request: Any, context: Any) -> mapper_pb2.Channel:
         await self._enter("GetChannel", request, context)
-        channel = self.channels.get(request.phone_number_id)
-        if channel is None:
-            await abort(context, grpc.StatusCode.NOT_FOUND, "no such channel")
-        return channel
+        return await found(context, self.channels.get(request.phone_number_id), "channel")
 
     async def ListChannels(self, request: Any, context: Any) -> mapper_pb2.ListChannelsResponse:
         await self._enter("ListChannels", request, context)
@@ -128,7 +125,7 @@ class FakeMapper(Recorder, mapper_pb2_grpc.MapperServicer):
     async def FindConversation(self, request: Any, context: Any) -> mapper_pb2.Conversation:
         await self._enter("FindConversation", request, context)
         by = request.WhichOneof("by")
-        found = None
+        match = None
         for conv in self.conversations.values():
             if (
                 (by == "id" and conv.id == request.id)
@@ -143,16 +140,12 @@ class FakeMapper(Recorder, mapper_pb2_grpc.MapperServicer):
                     and conv.wa_id == request.channel_customer.wa_id
                 )
             ):
-                found = conv
-        if found is None:
-            await abort(context, grpc.StatusCode.NOT_FOUND, "no such conversation")
-        return found
+                match = conv
+        return await found(context, match, "conversation")
 
     async def UpdateConversation(self, request: Any, context: Any) -> mapper_pb2.Conversation:
         await self._enter("UpdateConversation", request, context)
-        conv = self.conversations.get(request.id)
-        if conv is None:
-            await abort(context, grpc.StatusCode.NOT_FOUND, "no such conversation")
+        conv = await found(context, self.conversations.get(request.id), "conversation")
         return self._update(conv, request)
 
     @staticmethod
@@ -212,15 +205,11 @@ class FakeMapper(Recorder, mapper_pb2_grpc.MapperServicer):
                 ),
                 None,
             )
-        if link is None:
-            await abort(context, grpc.StatusCode.NOT_FOUND, "no such link")
-        return link
+        return await found(context, link, "link")
 
     async def UpdateMessageStatus(self, request: Any, context: Any) -> mapper_pb2.MessageLink:
         await self._enter("UpdateMessageStatus", request, context, request.wamid)
-        link = self.links.get(request.wamid)
-        if link is None:
-            await abort(context, grpc.StatusCode.NOT_FOUND, "no such link")
+        link = await found(context, self.links.get(request.wamid), "link")
         if request.HasField("whatsapp_status"):
             link.whatsapp_status = request.whatsapp_status
         if request.HasField("bitrix_status"):

@@ -8,11 +8,10 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import grpc
 import httpx
 from zaptrix.v1 import token_keeper_pb2, token_keeper_pb2_grpc
 
-from zaptrix_testing.fakes.calls import Recorder, abort
+from zaptrix_testing.fakes.calls import Recorder, found
 
 
 @dataclass
@@ -62,10 +61,7 @@ class FakeTokenKeeper(Recorder, token_keeper_pb2_grpc.TokenKeeperServicer):
         return out
 
     async def _portal(self, member_id: str, context: Any) -> Portal:
-        p = self.portals.get(member_id)
-        if p is None:
-            await abort(context, grpc.StatusCode.NOT_FOUND, "unknown portal")
-        return p
+        return await found(context, self.portals.get(member_id), "portal")
 
     # --- portals -----------------------------------------------------------------------------------
 
@@ -159,10 +155,7 @@ class FakeTokenKeeper(Recorder, token_keeper_pb2_grpc.TokenKeeperServicer):
 
     async def GetChannelCredentials(self, request: Any, context: Any) -> Any:
         await self._enter("GetChannelCredentials", request, context, request.phone_number_id)
-        creds = self.channels.get(request.phone_number_id)
-        if creds is None:
-            await abort(context, grpc.StatusCode.NOT_FOUND, "no such channel")
-        return creds
+        return await found(context, self.channels.get(request.phone_number_id), "channel")
 
     async def CheckVerifyToken(self, request: Any, context: Any) -> Any:
         await self._enter("CheckVerifyToken", request, context)
