@@ -23,18 +23,18 @@ import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "dev"))
-from localsystem import (  # noqa: E402  (dev/ is not a package)
+from localsystem import LocalSystem, Ports  # noqa: E402  (dev/ is not a package)
+from zaptrix_testing.ports import free_port  # noqa: E402
+from zaptrix_testing.seeding import (  # noqa: E402
     CONNECTOR_ID,
     SANDBOX_APP_SECRET,
     SANDBOX_DISPLAY_NUMBER,
     SANDBOX_LINE_ID,
     SANDBOX_MEMBER_ID,
     SANDBOX_PHONE_NUMBER_ID,
-    SANDBOX_VERIFY_TOKEN,
     SANDBOX_WA_TOKEN,
-    LocalSystem,
-    Ports,
-    free_port,
+    SANDBOX_WABA_ID,
+    seed_sandbox_channel,
 )
 
 __all__ = [
@@ -50,7 +50,6 @@ __all__ = [
     "Ports",
     "free_port",
 ]
-SANDBOX_WABA_ID = "200000000000001"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -422,34 +421,11 @@ class SystemUnderTest:
     async def bind_channel(self) -> None:
         """The sandbox channel's credentials in token-keeper and its binding to the Open Line in the mapper
         (what LocalSystem.seed does after the app install)."""
-        from zaptrix.v1 import mapper_pb2, mapper_pb2_grpc, token_keeper_pb2, token_keeper_pb2_grpc
-
-        async with self.local.grpc_channel("token-keeper") as channel:
-            await token_keeper_pb2_grpc.TokenKeeperStub(channel).UpsertChannelCredentials(
-                token_keeper_pb2.UpsertChannelCredentialsRequest(
-                    phone_number_id=SANDBOX_PHONE_NUMBER_ID,
-                    access_token=SANDBOX_WA_TOKEN,
-                    app_secret=SANDBOX_APP_SECRET,
-                    verify_token=SANDBOX_VERIFY_TOKEN,
-                    waba_id=SANDBOX_WABA_ID,
-                ),
-                timeout=10,
-            )
-        async with self.local.grpc_channel("mapper") as channel:
-            await mapper_pb2_grpc.MapperStub(channel).BindChannel(
-                mapper_pb2.BindChannelRequest(
-                    channel=mapper_pb2.Channel(
-                        phone_number_id=SANDBOX_PHONE_NUMBER_ID,
-                        display_phone_number=SANDBOX_DISPLAY_NUMBER,
-                        member_id=SANDBOX_MEMBER_ID,
-                        line_id=SANDBOX_LINE_ID,
-                        connector_id=CONNECTOR_ID,
-                        crm_mode=mapper_pb2.CRM_MODE_GATEWAY,
-                        active=True,
-                    )
-                ),
-                timeout=10,
-            )
+        async with (
+            self.local.grpc_channel("mapper") as mapper,
+            self.local.grpc_channel("token-keeper") as token_keeper,
+        ):
+            await seed_sandbox_channel(mapper, token_keeper)
 
 
 def _with_db(url: str, db: str) -> str:

@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import socket
 import sys
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field, replace
@@ -24,21 +23,15 @@ import httpx
 from grpc_certs import CertFiles, DevCA
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from zaptrix import grpcauth
+from zaptrix_testing.ports import free_port
+from zaptrix_testing.seeding import SANDBOX_MEMBER_ID, seed_sandbox_channel
 
 BIN = Path(sys.executable).parent
 ROOT = Path(__file__).resolve().parent.parent
 
 # The sandbox's well-known identities (dev/sandbox defaults; see docs/sandbox.md).
-SANDBOX_MEMBER_ID = "sandbox-member-1"
-SANDBOX_PHONE_NUMBER_ID = "100000000000001"
-SANDBOX_DISPLAY_NUMBER = "15550000001"
-SANDBOX_WA_TOKEN = "sandbox-wa-token"
-SANDBOX_APP_SECRET = "sandbox-app-secret"
-SANDBOX_VERIFY_TOKEN = "sandbox-verify-token"
-SANDBOX_LINE_ID = 1
 SANDBOX_CLIENT_ID = "local.sandbox.app"
 SANDBOX_CLIENT_SECRET = "sandbox-client-secret"
-CONNECTOR_ID = "zaptrix_whatsapp"
 # Development-only key material: refused when ZAPTRIX_ENVIRONMENT=production.
 DEV_KEYS = "dev1:MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="
 DEV_MEDIA_SECRET = "dev-media-url-secret-change-me"
@@ -51,12 +44,6 @@ GRPC_IDENTITIES = {
     "bitrix-ingress": grpcauth.BITRIX_INGRESS_WEB,
     "bitrix-dispatcher": grpcauth.BITRIX_DISPATCHER,
 }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass(frozen=True)
@@ -369,8 +356,6 @@ class LocalSystem:
     async def seed(self) -> None:
         """Install the sandbox app into the sandbox portal (the real ONAPPINSTALL flow through bitrix-ingress,
         verified with the stand-in's OAuth server like any install), then give token-keeper the sandbox WhatsApp channel's credentials and bind it to the Open Line."""
-        from zaptrix.v1 import mapper_pb2, mapper_pb2_grpc, token_keeper_pb2, token_keeper_pb2_grpc
-
         p = self.ports
         async with httpx.AsyncClient(timeout=10) as client:
             resp = await client.post(
@@ -379,32 +364,8 @@ class LocalSystem:
             resp.raise_for_status()
             if resp.json().get("gateway_status") != 200:
                 raise RuntimeError(f"app install failed: {resp.text}\n{self.log_tail('bitrix-ingress')}")
-        async with self.grpc_channel("token-keeper") as channel:
-            await token_keeper_pb2_grpc.TokenKeeperStub(channel).UpsertChannelCredentials(
-                token_keeper_pb2.UpsertChannelCredentialsRequest(
-                    phone_number_id=SANDBOX_PHONE_NUMBER_ID,
-                    access_token=SANDBOX_WA_TOKEN,
-                    app_secret=SANDBOX_APP_SECRET,
-                    verify_token=SANDBOX_VERIFY_TOKEN,
-                    waba_id="200000000000001",
-                ),
-                timeout=5,
-            )
-        async with self.grpc_channel("mapper") as channel:
-            await mapper_pb2_grpc.MapperStub(channel).BindChannel(
-                mapper_pb2.BindChannelRequest(
-                    channel=mapper_pb2.Channel(
-                        phone_number_id=SANDBOX_PHONE_NUMBER_ID,
-                        display_phone_number=SANDBOX_DISPLAY_NUMBER,
-                        member_id=SANDBOX_MEMBER_ID,
-                        line_id=SANDBOX_LINE_ID,
-                        connector_id=CONNECTOR_ID,
-                        crm_mode=mapper_pb2.CRM_MODE_GATEWAY,
-                        active=True,
-                    )
-                ),
-                timeout=5,
-            )
+        async with self.grpc_channel("mapper") as mapper, self.grpc_channel("token-keeper") as token_keeper:
+            await seed_sandbox_channel(mapper, token_keeper)
 
     def with_ports(self, **changes: int) -> LocalSystem:
         return replace(self, ports=replace(self.ports, **changes))

@@ -15,7 +15,8 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from localsystem import ROOT, SANDBOX_MEMBER_ID, LocalSystem, Ports, say, serve_until_signalled
+from localsystem import ROOT, LocalSystem, Ports, say, serve_until_signalled
+from zaptrix_testing.seeding import SANDBOX_MEMBER_ID
 
 
 def _stack(action: str) -> None:

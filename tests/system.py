@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import sys
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,10 +14,11 @@ import httpx
 import pytest
 
 sys.path[:0] = [str(Path(__file__).resolve().parents[1] / "dev"), str(Path(__file__).resolve().parents[1])]
-from localsystem import ROOT, LocalSystem, Ports, free_port  # noqa: E402
+from localsystem import ROOT, LocalSystem, Ports  # noqa: E402
 from zaptrix.kafka import Flow, topics_for  # noqa: E402
 from zaptrix.kafka.admin import ensure_topics  # noqa: E402
 from zaptrix.settings import KafkaSettings  # noqa: E402
+from zaptrix_testing.ports import free_port  # noqa: E402
 
 from tests.e2e.otlp import Receiver, start_receiver  # noqa: E402
 
@@ -105,15 +106,4 @@ _ALL = [
 ]
 
 
-async def eventually(check: Callable[[], Awaitable[bool]], timeout_s: float = 20.0, what: str = "") -> None:
-    """Polls `check` until it is true; fails with `what` after the timeout."""
-    import asyncio
-
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while not await check():
-        if asyncio.get_running_loop().time() > deadline:
-            pytest.fail(f"timed out after {timeout_s}s waiting for {what or check}")
-        await asyncio.sleep(0.1)
-
-
-__all__ = ["ROOT", "System", "eventually"]
+__all__ = ["ROOT", "System"]

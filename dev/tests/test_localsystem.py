@@ -16,7 +16,8 @@ import pytest
 
 DEV = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(DEV))
-from localsystem import LocalSystem, Ports, Process, free_port  # noqa: E402
+from localsystem import LocalSystem, Ports, Process  # noqa: E402
+from zaptrix_testing.ports import free_port  # noqa: E402
 
 pytestmark = pytest.mark.processes  # every test here starts real child processes
 

@@ -17,7 +17,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import statistics
 import sys
 import time
@@ -34,6 +33,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from mapper import migrate
 from zaptrix.v1 import mapper_pb2 as pb
 from zaptrix.v1 import mapper_pb2_grpc
+from zaptrix_testing.ports import free_port
 
 CUSTOMERS = 1000
 PHONE = "106540352242922"
@@ -54,12 +54,6 @@ def cpu_seconds(pid: int) -> float:
     """utime + stime of a process (Linux /proc)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def start_server(dsn: str, extra_env: dict[str, str]) -> tuple[asyncio.subprocess.Process, str]:

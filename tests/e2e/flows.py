@@ -1,10 +1,13 @@
-"""Actions and observations through the stand-ins' simulator APIs (docs/sandbox.md)."""
+"""Actions and observations through the stand-ins' simulator APIs (docs/sandbox.md), shared by tests/e2e and
+tests/security."""
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
-from localsystem import SANDBOX_MEMBER_ID
+from zaptrix_testing.seeding import SANDBOX_MEMBER_ID, bind_sandbox_channel
+from zaptrix_testing.waiting import eventually
 
 from tests.system import System
 
@@ -61,3 +64,54 @@ async def sent_to(system: System, wa_id: str) -> list[dict[str, Any]]:
     resp.raise_for_status()
     data = resp.json()
     return list(data["sent"] if isinstance(data, dict) else data)
+
+
+_inbound_numbers = itertools.count(491710000000)  # apart from each other module's numbers
+_outbound_numbers = itertools.count(491720000000)
+
+
+def new_customer() -> str:
+    """A number that has not written yet."""
+    return str(next(_inbound_numbers))
+
+
+async def wait_for_messages(
+    system: System, wa_id: str, count: int, timeout_s: float = 20
+) -> list[dict[str, Any]]:
+    found: list[dict[str, Any]] = []
+
+    async def enough() -> bool:
+        nonlocal found
+        found = [m for m in await chat_messages(system, wa_id) if m["direction"] == "client"]
+        return len(found) >= count
+
+    await eventually(enough, timeout_s, f"{count} message(s) from {wa_id} in the operator's chat")
+    return found
+
+
+async def customer(system: System, text: str = "Hallo") -> str:
+    """A customer who wrote, so the conversation exists and the 24-hour window is open."""
+    wa_id = str(next(_outbound_numbers))
+    await customer_says(system, wa_id, type="text", text=text)
+    await wait_for_messages(system, wa_id, 1)
+    return wa_id
+
+
+async def wait_sent(
+    system: System, wa_id: str, count: int = 1, timeout_s: float = 20
+) -> list[dict[str, Any]]:
+    found: list[dict[str, Any]] = []
+
+    async def enough() -> bool:
+        nonlocal found
+        found = [s for s in await sent_to(system, wa_id) if s["http_status"] == 200]
+        return len(found) >= count
+
+    await eventually(enough, timeout_s, f"{count} send(s) to {wa_id} at the Graph API stand-in")
+    return found
+
+
+async def bind_template(system: System, name: str) -> None:
+    """Re-bind the sandbox channel with this re-engagement template ('': none)."""
+    async with system.local.grpc_channel("mapper") as channel:
+        await bind_sandbox_channel(channel, reengagement_template=name)

@@ -10,13 +10,13 @@ from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer
-from localsystem import SANDBOX_MEMBER_ID
 from zaptrix.kafka import Flow, topics_for
 from zaptrix.kafka.envelope import H_DLQ_REASON, H_EVENT_ID, header
+from zaptrix_testing.seeding import SANDBOX_MEMBER_ID
+from zaptrix_testing.waiting import eventually
 
-from tests.e2e.flows import chat_messages, customer_says, operator_says
-from tests.e2e.test_inbound import wait_for_messages
-from tests.system import System, eventually
+from tests.e2e.flows import chat_messages, customer_says, operator_says, wait_for_messages
+from tests.system import System
 
 _numbers = itertools.count(491740000000)
 NOTICE = "⚠️ Zaptrix:"

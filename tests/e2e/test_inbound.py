@@ -2,34 +2,14 @@
 
 from __future__ import annotations
 
-import itertools
 from typing import Any
 
 import pytest
-from localsystem import SANDBOX_MEMBER_ID
+from zaptrix_testing.seeding import SANDBOX_MEMBER_ID
+from zaptrix_testing.waiting import eventually
 
-from tests.e2e.flows import chat_messages, customer_says, external_chat_id
-from tests.system import System, eventually
-
-_numbers = itertools.count(491710000000)
-
-
-def new_customer() -> str:
-    return str(next(_numbers))
-
-
-async def wait_for_messages(
-    system: System, wa_id: str, count: int, timeout_s: float = 20
-) -> list[dict[str, Any]]:
-    found: list[dict[str, Any]] = []
-
-    async def enough() -> bool:
-        nonlocal found
-        found = [m for m in await chat_messages(system, wa_id) if m["direction"] == "client"]
-        return len(found) >= count
-
-    await eventually(enough, timeout_s, f"{count} message(s) from {wa_id} in the operator's chat")
-    return found
+from tests.e2e.flows import chat_messages, customer_says, external_chat_id, new_customer, wait_for_messages
+from tests.system import System
 
 
 async def contacts_with_phone(system: System, wa_id: str) -> list[dict[str, Any]]:

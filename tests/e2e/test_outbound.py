@@ -4,55 +4,31 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import itertools
-from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from localsystem import (
-    CONNECTOR_ID,
-    SANDBOX_DISPLAY_NUMBER,
-    SANDBOX_LINE_ID,
-    SANDBOX_MEMBER_ID,
-    SANDBOX_PHONE_NUMBER_ID,
-)
 from zaptrix.kafka import Flow, topics_for
 from zaptrix.kafka.envelope import H_EVENT_ID, header
-from zaptrix.v1 import mapper_pb2, mapper_pb2_grpc
+from zaptrix_testing.seeding import SANDBOX_MEMBER_ID
+from zaptrix_testing.waiting import eventually
 
-from tests.e2e.flows import chat_messages, customer_says, external_chat_id, operator_says, sent_to
-from tests.e2e.test_inbound import wait_for_messages
-from tests.system import System, eventually
+from tests.e2e.flows import (
+    bind_template,
+    chat_messages,
+    customer,
+    external_chat_id,
+    operator_says,
+    sent_to,
+    wait_sent,
+)
+from tests.system import System
 
-_numbers = itertools.count(491720000000)
 PNG_1PX = base64.b64encode(
     bytes.fromhex(
         "89504e470d0a1a0a0000000d4948445200000001000000010806000000"
         "1f15c4890000000d49444154789c6360000002000154a24f5d0000000049454e44ae426082"
     )
 ).decode()
-
-
-async def customer(system: System, text: str = "Hallo") -> str:
-    """A customer who wrote, so the conversation exists and the 24-hour window is open."""
-    wa_id = str(next(_numbers))
-    await customer_says(system, wa_id, type="text", text=text)
-    await wait_for_messages(system, wa_id, 1)
-    return wa_id
-
-
-async def wait_sent(
-    system: System, wa_id: str, count: int = 1, timeout_s: float = 20
-) -> list[dict[str, Any]]:
-    found: list[dict[str, Any]] = []
-
-    async def enough() -> bool:
-        nonlocal found
-        found = [s for s in await sent_to(system, wa_id) if s["http_status"] == 200]
-        return len(found) >= count
-
-    await eventually(enough, timeout_s, f"{count} send(s) to {wa_id} at the Graph API stand-in")
-    return found
 
 
 @pytest.mark.parametrize(
@@ -140,7 +116,7 @@ async def test_closed_window_sends_the_reengagement_template_where_configured(
 ) -> None:
     # Meta reports 131047 either as a failed status after accepting the send (async) or at once (sync).
     await system.graph.post("/_sandbox/config", json={"window_error_mode": mode})
-    await _bind_template(system, "hello_world")
+    await bind_template(system, "hello_world")
     try:
         await asyncio.sleep(1.5)  # the dispatcher's channel cache (0.5 s in these tests)
         wa_id = await customer(system)
@@ -160,28 +136,8 @@ async def test_closed_window_sends_the_reengagement_template_where_configured(
             template_sent, 45, f"the re-engagement template sent to the customer ({mode} 131047)"
         )
     finally:
-        await _bind_template(system, "")
+        await bind_template(system, "")
         await system.graph.post("/_sandbox/config", json={"window_error_mode": "async"})
-
-
-async def _bind_template(system: System, name: str) -> None:
-    async with system.local.grpc_channel("mapper") as channel:
-        await mapper_pb2_grpc.MapperStub(channel).BindChannel(
-            mapper_pb2.BindChannelRequest(
-                channel=mapper_pb2.Channel(
-                    phone_number_id=SANDBOX_PHONE_NUMBER_ID,
-                    display_phone_number=SANDBOX_DISPLAY_NUMBER,
-                    member_id=SANDBOX_MEMBER_ID,
-                    line_id=SANDBOX_LINE_ID,
-                    connector_id=CONNECTOR_ID,
-                    crm_mode=mapper_pb2.CRM_MODE_GATEWAY,
-                    reengagement_template=name,
-                    template_language="en_US" if name else "",
-                    active=True,
-                )
-            ),
-            timeout=5,
-        )
 
 
 async def test_a_redelivered_event_sends_nothing_twice(system: System) -> None:

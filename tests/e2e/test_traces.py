@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from localsystem import SANDBOX_MEMBER_ID
+from zaptrix_testing.seeding import SANDBOX_MEMBER_ID
+from zaptrix_testing.waiting import eventually
 
-from tests.e2e.flows import operator_says
+from tests.e2e.flows import customer, new_customer, operator_says, wait_for_messages, wait_sent
 from tests.e2e.otlp import ReceivedSpan
-from tests.e2e.test_inbound import new_customer, wait_for_messages
-from tests.e2e.test_outbound import customer, wait_sent
-from tests.system import System, eventually
+from tests.system import System
 
 SERVER, CLIENT, PRODUCER, CONSUMER = 2, 3, 4, 5  # OTLP SpanKind values
 

@@ -24,21 +24,24 @@ from urllib.parse import urlencode
 import grpc
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from localsystem import (
-    CONNECTOR_ID,
-    SANDBOX_CLIENT_ID,
-    SANDBOX_LINE_ID,
-    SANDBOX_MEMBER_ID,
-    SANDBOX_PHONE_NUMBER_ID,
-)
+from localsystem import SANDBOX_CLIENT_ID
 from zaptrix.kafka import Flow, topics_for
 from zaptrix.kafka.envelope import H_EVENT_ID, encode, header, new_envelope
 from zaptrix.v1 import events_pb2, mapper_pb2, mapper_pb2_grpc, token_keeper_pb2, token_keeper_pb2_grpc
+from zaptrix_testing.seeding import CONNECTOR_ID, SANDBOX_LINE_ID, SANDBOX_MEMBER_ID, SANDBOX_PHONE_NUMBER_ID
+from zaptrix_testing.waiting import eventually
 
-from tests.e2e.flows import chat_messages, customer_says, external_chat_id, operator_says, sent_to
-from tests.e2e.test_inbound import wait_for_messages
-from tests.e2e.test_outbound import _bind_template, wait_sent
-from tests.system import System, eventually
+from tests.e2e.flows import (
+    bind_template,
+    chat_messages,
+    customer_says,
+    external_chat_id,
+    operator_says,
+    sent_to,
+    wait_for_messages,
+    wait_sent,
+)
+from tests.system import System
 
 _numbers = itertools.count(491730000000)
 _message_ids = itertools.count(970000)
@@ -227,7 +230,7 @@ async def test_a_forged_operator_message_past_the_web_tier_is_dead_lettered_as_c
 
 async def test_portal_b_cannot_trigger_a_reengagement_template(system: System, portal_b: PortalB) -> None:
     await system.graph.post("/_sandbox/config", json={"window_error_mode": "sync"})
-    await _bind_template(system, "hello_world")
+    await bind_template(system, "hello_world")
     try:
         await asyncio.sleep(1.5)  # the dispatcher's channel cache (0.5 s in these tests)
         wa_id, chat, _ = await customer_of_a(system)
@@ -267,7 +270,7 @@ async def test_portal_b_cannot_trigger_a_reengagement_template(system: System, p
         await eventually(one, 45, "A's own re-engagement template")
         assert len(await templates()) == 1, "B's events spent A's template (or its cooldown)"
     finally:
-        await _bind_template(system, "")
+        await bind_template(system, "")
         await system.graph.post("/_sandbox/config", json={"window_error_mode": "async"})
 
 

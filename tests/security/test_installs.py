@@ -16,8 +16,8 @@ from typing import Any
 
 import grpc
 import pytest
-from localsystem import SANDBOX_MEMBER_ID
 from zaptrix.v1 import token_keeper_pb2, token_keeper_pb2_grpc
+from zaptrix_testing.seeding import SANDBOX_MEMBER_ID
 
 from tests.system import System
 

@@ -28,7 +28,8 @@ from zaptrix.v1 import mapper_pb2, mapper_pb2_grpc, token_keeper_pb2, token_keep
 BIN = Path(sys.executable).parent
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "dev"))
 from grpc_certs import CertFiles, DevCA  # noqa: E402
-from localsystem import DEV_KEYS, free_port  # noqa: E402
+from localsystem import DEV_KEYS  # noqa: E402
+from zaptrix_testing.ports import free_port  # noqa: E402
 
 PORTAL = "sec-portal-1"
 PNID = "190000000000001"

@@ -22,19 +22,15 @@ from opentelemetry.instrumentation.utils import suppress_http_instrumentation, s
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "services" / "meta-ingress" / "tests"))
 
 from meta_support import (
-    BIN,
     PNID,
     WABA,
     Fakes,
-    Proc,
     TopicReader,
     base_env,
     dump,
-    free_port,
     msg,
     sign,
     start_fakes,
-    start_process,
     value,
     wait_events,
     webhook,
@@ -42,6 +38,8 @@ from meta_support import (
 from zaptrix.kafka import Flow, topics_for
 from zaptrix.kafka.admin import ensure_topics
 from zaptrix.settings import KafkaSettings
+from zaptrix_testing.ports import free_port
+from zaptrix_testing.processes import BIN, Proc, Spec, start_processes
 
 from tests.e2e.otlp import ReceivedSpan, Receiver, start_receiver
 
@@ -85,8 +83,8 @@ async def env(
         "OTEL_BSP_SCHEDULE_DELAY": "200",
     }
     logs = tmp_path_factory.mktemp("webhook-bounds")
-    web = start_process(
-        [str(BIN / "meta-ingress-web")], environment, f"http://127.0.0.1:{port}/ready", logs / "web.log"
+    (web,) = start_processes(
+        Spec([str(BIN / "meta-ingress-web")], environment, f"http://127.0.0.1:{port}/ready", logs / "web.log")
     )
     yield Env(web, fakes, receiver, prefix, kafka_bootstrap)
     web.stop()

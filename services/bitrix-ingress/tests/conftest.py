@@ -17,10 +17,12 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))  # bitrix_support (pytest runs with --import-mode=importlib)
 
-from bitrix_support import GrpcFakes, Proc, console_script, free_port, start_fakes, start_process
 from zaptrix.kafka import Flow, topics_for
 from zaptrix.kafka.admin import ensure_topics
 from zaptrix.settings import KafkaSettings
+from zaptrix_testing.fakes import GrpcFakes, start_fakes
+from zaptrix_testing.ports import free_port
+from zaptrix_testing.processes import Proc, console_script, start_process
 
 SANDBOX_MEMBER = "sandbox-member-1"
 

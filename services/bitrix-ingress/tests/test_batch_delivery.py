@@ -16,12 +16,13 @@ from bitrix_ingress.deps import Deps
 from bitrix_ingress.dispatcher.batch_handler import BitrixDispatcher
 from bitrix_ingress.formparse import as_list
 from bitrix_ingress.settings import DispatcherSettings
-from bitrix_support import FakeBitrix, GrpcFakes, Portal
+from bitrix_support import FakeBitrix
 from opentelemetry import trace
 from zaptrix.clients import Clients
 from zaptrix.kafka import Received, new_envelope
 from zaptrix.settings import GrpcClientSettings
 from zaptrix.v1 import events_pb2, mapper_pb2
+from zaptrix_testing.fakes import GrpcFakes, Portal
 
 tracer = trace.get_tracer("test")
 

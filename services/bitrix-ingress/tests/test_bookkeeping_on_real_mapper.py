@@ -19,13 +19,16 @@ from bitrix_ingress.bitrix_rest.portal import PortalClient
 from bitrix_ingress.deps import Deps
 from bitrix_ingress.dispatcher.batch_handler import BitrixDispatcher
 from bitrix_ingress.settings import DispatcherSettings
-from bitrix_support import FakeBitrix, GrpcFakes, Portal, console_script, free_port, start_process
+from bitrix_support import FakeBitrix
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from opentelemetry import trace
 from zaptrix.clients import Clients
 from zaptrix.kafka import Received, new_envelope
 from zaptrix.settings import GrpcClientSettings
 from zaptrix.v1 import events_pb2, mapper_pb2, mapper_pb2_grpc
+from zaptrix_testing.fakes import GrpcFakes, Portal
+from zaptrix_testing.ports import free_port
+from zaptrix_testing.processes import console_script, start_process
 
 tracer = trace.get_tracer("test")
 

@@ -17,9 +17,9 @@ from bitrix_ingress.bitrix_rest.portal import (
 )
 from bitrix_ingress.deps import Deps
 from bitrix_ingress.settings import DispatcherSettings, RateSpec
-from bitrix_support import GrpcFakes, Portal
 from zaptrix.clients import Clients
 from zaptrix.settings import GrpcClientSettings
+from zaptrix_testing.fakes import GrpcFakes, Portal
 
 
 @pytest.fixture

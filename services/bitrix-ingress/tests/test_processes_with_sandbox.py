@@ -18,22 +18,14 @@ from typing import Any
 import httpx
 import pytest
 from aiokafka import AIOKafkaConsumer
-from bitrix_support import (
-    FakeTokenKeeper,
-    GrpcFakes,
-    Portal,
-    Proc,
-    console_script,
-    eventually,
-    free_port,
-    start_fakes,
-    start_process,
-    wait_http,
-)
 from zaptrix.kafka import EventProducer, Flow, decode, new_envelope, topics_for
 from zaptrix.kafka.admin import ensure_topics
 from zaptrix.settings import KafkaSettings
 from zaptrix.v1 import events_pb2, mapper_pb2
+from zaptrix_testing.fakes import FakeTokenKeeper, GrpcFakes, Portal, start_fakes
+from zaptrix_testing.ports import free_port
+from zaptrix_testing.processes import Proc, console_script, start_process, wait_http
+from zaptrix_testing.waiting import eventually
 
 MEMBER = "sandbox-member-1"
 PNID = "100000000000001"

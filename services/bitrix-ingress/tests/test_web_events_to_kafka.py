@@ -19,20 +19,13 @@ from urllib.parse import urlencode
 import httpx
 import pytest
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
-from bitrix_support import (
-    GrpcFakes,
-    Portal,
-    Proc,
-    console_script,
-    free_port,
-    start_fakes,
-    start_process,
-    wait_http,
-)
 from zaptrix.kafka import Flow, decode, topics_for
 from zaptrix.kafka.admin import ensure_topics
 from zaptrix.settings import KafkaSettings
 from zaptrix.v1 import events_pb2
+from zaptrix_testing.fakes import GrpcFakes, Portal, start_fakes
+from zaptrix_testing.ports import free_port
+from zaptrix_testing.processes import Proc, console_script, start_process, wait_http
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 

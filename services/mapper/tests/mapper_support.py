@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import shutil
-import socket
-import sys
 from collections.abc import Awaitable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -17,18 +13,6 @@ from mapper.service import MapperService
 from zaptrix.database import Database
 from zaptrix.settings import DatabaseSettings
 from zaptrix.v1 import mapper_pb2 as pb
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def console_script(name: str) -> str:
-    path = shutil.which(name, path=str(Path(sys.executable).parent))
-    assert path, f"console script {name} not installed (uv sync)"
-    return path
 
 
 def db_settings(dsn: str, **overrides: Any) -> DatabaseSettings:

@@ -6,8 +6,9 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 from mapper import migrate
-from mapper_support import console_script, sql
+from mapper_support import sql
 from structlog.testing import capture_logs
+from zaptrix_testing.processes import console_script
 
 TABLES = ["alembic_version", "channel_binding", "conversation_mapping", "message_link", "processed_event"]
 

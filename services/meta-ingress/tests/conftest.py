@@ -14,10 +14,12 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))  # meta_support (pytest runs with --import-mode=importlib)
 
-from meta_support import BIN, Fakes, Proc, Spec, base_env, free_port, start_fakes, start_processes, stop_all
+from meta_support import Fakes, base_env, start_fakes
 from zaptrix.kafka import Flow, topics_for
 from zaptrix.kafka.admin import ensure_topics
 from zaptrix.settings import KafkaSettings
+from zaptrix_testing.ports import free_port
+from zaptrix_testing.processes import BIN, Proc, Spec, start_processes, stop_all
 
 
 @pytest.fixture(scope="session")

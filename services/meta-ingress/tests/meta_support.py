@@ -1,34 +1,26 @@
-"""Test doubles and helpers for meta-ingress tests.
+"""Test doubles and helpers for meta-ingress tests: webhook builders, the kit's gRPC fakes (zaptrix_testing)
+set up with the sandbox channel, a Kafka topic reader.
 
-The gRPC peers (token-keeper, mapper) are in-test servicers built on the generated base classes and
-served by a real grpc.aio server: a unit boundary. Kafka, the processes under test and the Graph API
-stand-in (dev/sandbox) are real.
+The gRPC peers (token-keeper, mapper) are a unit boundary; Kafka, the processes under test and the Graph
+API stand-in (dev/sandbox) are real.
 """
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
+import dataclasses
 import hashlib
 import hmac
 import json
-import os
-import socket
-import subprocess
-import sys
-import threading
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
-import httpx
+import zaptrix_testing.fakes as kit
 from aiokafka import AIOKafkaConsumer
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from zaptrix.v1 import events_pb2, mapper_pb2, mapper_pb2_grpc, token_keeper_pb2, token_keeper_pb2_grpc
+from zaptrix.v1 import events_pb2, mapper_pb2
 
 PNID = "100000000000001"  # the sandbox's default channel
 DISPLAY = "15550000001"
@@ -37,13 +29,6 @@ TOKEN = "sandbox-wa-token"
 VERIFY_TOKEN = "verify-me"
 MEMBER = "member-1"
 WABA = "200000000000002"  # entry[].id (the WhatsApp Business Account) of the webhooks built below
-BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def sign(body: bytes, secret: str = APP_SECRET) -> str:
@@ -121,281 +106,55 @@ def operator_message(conv: mapper_pb2.Conversation, text: str = "", **fields: An
     )
 
 
-# --- gRPC fakes --------------------------------------------------------------------------------------------
-class FakeTokenKeeper(token_keeper_pb2_grpc.TokenKeeperServicer):
-    def __init__(self) -> None:
-        self.reset()
-
+# --- gRPC fakes: the kit's, set up with the sandbox channel and portal ------------------------------------
+class FakeTokenKeeper(kit.FakeTokenKeeper):
     def reset(self) -> None:
-        self.channels: dict[str, token_keeper_pb2.ChannelCredentials] = {
-            PNID: token_keeper_pb2.ChannelCredentials(
-                phone_number_id=PNID,
-                access_token=TOKEN,
-                app_secret=APP_SECRET,
-                verify_token=VERIFY_TOKEN,
-                waba_id=WABA,
-            )
-        }
-        self.calls: list[str] = []
-        self.down = False
+        self.clear()
+        self.add_channel(
+            PNID, access_token=TOKEN, app_secret=APP_SECRET, verify_token=VERIFY_TOKEN, waba_id=WABA
+        )
         # The portal whose file links the dispatcher may fetch: its own host (127.0.0.1, the test servers).
-        self.portals: dict[str, token_keeper_pb2.PortalStatus] = {
-            MEMBER: token_keeper_pb2.PortalStatus(
-                member_id=MEMBER, domain="portal.test", client_endpoint="http://127.0.0.1/rest/"
-            )
-        }
-
-    async def GetPortalStatus(self, request: Any, context: Any) -> Any:
-        self.calls.append(f"GetPortalStatus:{request.member_id}")
-        portal = self.portals.get(request.member_id)
-        if portal is None:
-            await context.abort(grpc.StatusCode.NOT_FOUND, "no such portal")
-        return portal
-
-    async def GetChannelCredentials(self, request: Any, context: Any) -> Any:
-        self.calls.append(f"GetChannelCredentials:{request.phone_number_id}")
-        if self.down:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "down")
-        creds = self.channels.get(request.phone_number_id)
-        if creds is None:
-            await context.abort(grpc.StatusCode.NOT_FOUND, "no such channel")
-        return creds
-
-    async def CheckVerifyToken(self, request: Any, context: Any) -> Any:
-        self.calls.append("CheckVerifyToken")
-        valid = any(c.verify_token == request.verify_token for c in self.channels.values())
-        return token_keeper_pb2.CheckVerifyTokenResponse(valid=valid)
+        self.add(kit.Portal(MEMBER, "", domain="portal.test", client_endpoint="http://127.0.0.1/rest/"))
 
 
-@dataclass
-class FakeMapper(mapper_pb2_grpc.MapperServicer):
-    conversations: dict[str, mapper_pb2.Conversation] = field(default_factory=dict)
-    channels: dict[str, mapper_pb2.Channel] = field(default_factory=dict)
-    links: dict[str, mapper_pb2.MessageLink] = field(default_factory=dict)
-    processed: dict[str, str] = field(default_factory=dict)
-    calls: list[str] = field(default_factory=list)
-    fail_mark: int = 0  # the next N MarkProcessed calls answer UNAVAILABLE
-
+class FakeMapper(kit.FakeMapper):
     def reset(self) -> None:
-        self.conversations.clear()
-        self.links.clear()
-        self.processed.clear()
-        self.calls.clear()
-        self.fail_mark = 0
-        self.channels = {
-            PNID: mapper_pb2.Channel(phone_number_id=PNID, member_id=MEMBER, line_id=1, active=True)
-        }
+        self.clear()
+        self.bind(PNID, MEMBER, 1, display_phone_number="", connector_id="")
 
-    def add_conversation(
+    def add_conversation(  # type: ignore[override]  # the sandbox channel's customer
         self, wa_id: str, last_customer_ago_s: float | None = 60.0
     ) -> mapper_pb2.Conversation:
-        conv = mapper_pb2.Conversation(
-            id=str(uuid.uuid4()),
-            phone_number_id=PNID,
-            wa_id=wa_id,
-            member_id=MEMBER,
-            external_chat_id=f"wa_{uuid.uuid4().hex}",  # opaque, as the mapper makes them
-            bitrix_chat_id="77",
+        return super().add_conversation(
+            PNID, wa_id, last_customer_ago_s=last_customer_ago_s, bitrix_chat_id="77"
         )
-        if last_customer_ago_s is not None:
-            conv.last_customer_message_at.seconds = int(time.time() - last_customer_ago_s)
-        self.conversations[conv.external_chat_id] = conv
-        return conv
 
-    async def GetChannel(self, request: Any, context: Any) -> Any:
-        self.calls.append("GetChannel")
-        channel = self.channels.get(request.phone_number_id)
-        if channel is None:
-            await context.abort(grpc.StatusCode.NOT_FOUND, "not bound")
-        return channel
+    @property
+    def fail_mark(self) -> int:
+        return len(self.fail["MarkProcessed"])
 
-    async def FindConversation(self, request: Any, context: Any) -> Any:
-        self.calls.append("FindConversation")
-        if request.WhichOneof("by") == "channel_customer":
-            cc = request.channel_customer
-            found = (
-                c
-                for c in self.conversations.values()
-                if (c.phone_number_id, c.wa_id) == (cc.phone_number_id, cc.wa_id)
-            )
-            conv = next(found, None)
-        else:  # portal_external_chat: scoped like the mapper (another portal's chat is NOT_FOUND)
-            chat = request.portal_external_chat
-            conv = self.conversations.get(chat.external_chat_id)
-            if conv is not None and conv.member_id != chat.member_id:
-                conv = None
-        if conv is None:
-            await context.abort(grpc.StatusCode.NOT_FOUND, "no conversation")
-        return conv
-
-    async def LinkMessage(self, request: Any, context: Any) -> Any:
-        link = request.link
-        self.calls.append(f"LinkMessage:{link.wamid}")
-        for other in self.links.values():
-            if (
-                link.bitrix_message_id
-                and other.member_id == link.member_id
-                and other.bitrix_message_id == link.bitrix_message_id
-                and other.wamid != link.wamid
-            ):
-                await context.abort(grpc.StatusCode.ALREADY_EXISTS, "bitrix message linked to another wamid")
-        self.links[link.wamid] = link
-        return link
-
-    async def FindMessageLink(self, request: Any, context: Any) -> Any:
-        which = request.WhichOneof("by")
-        for link in self.links.values():
-            if which == "wamid" and link.wamid == request.wamid:
-                return link
-            if (
-                which == "bitrix_message"
-                and link.member_id == request.bitrix_message.member_id
-                and link.bitrix_message_id == request.bitrix_message.bitrix_message_id
-            ):
-                return link
-        await context.abort(grpc.StatusCode.NOT_FOUND, "no link")
-
-    async def CheckProcessed(self, request: Any, context: Any) -> Any:
-        self.calls.append(f"CheckProcessed:{request.event_id}")
-        result = self.processed.get(request.event_id)
-        return mapper_pb2.CheckProcessedResponse(processed=result is not None, result=result or "")
-
-    async def MarkProcessed(self, request: Any, context: Any) -> Any:
-        self.calls.append(f"MarkProcessed:{request.event_id}")
-        if self.fail_mark > 0:
-            self.fail_mark -= 1
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "database down")
-        already = request.event_id in self.processed
-        self.processed.setdefault(request.event_id, request.result)
-        return mapper_pb2.MarkProcessedResponse(already_processed=already)
+    @fail_mark.setter
+    def fail_mark(self, n: int) -> None:
+        """The next n MarkProcessed calls answer UNAVAILABLE."""
+        self.fail["MarkProcessed"] = [grpc.StatusCode.UNAVAILABLE] * n
 
 
-@dataclass
-class Fakes:
-    token_keeper: FakeTokenKeeper
+class Fakes(kit.GrpcFakes):
     mapper: FakeMapper
-    server: grpc.aio.Server
-    addr: str
-    loop: asyncio.AbstractEventLoop
+    token_keeper: FakeTokenKeeper
 
     def reset(self) -> None:
         self.token_keeper.reset()
         self.mapper.reset()
 
-    def stop(self) -> None:
-        try:
-            asyncio.run_coroutine_threadsafe(self.server.stop(0), self.loop).result(timeout=3)
-        except (TimeoutError, concurrent.futures.TimeoutError):
-            pass  # a daemon thread: it ends with the test process
-
 
 def start_fakes() -> Fakes:
-    """Serve the fakes from a thread with its own event loop: tests may block (subprocess start-up,
-    synchronous waits) without starving the gRPC server."""
-    loop = asyncio.new_event_loop()
-    ready: concurrent.futures.Future[Fakes] = concurrent.futures.Future()
-
-    async def serve() -> None:
-        server = grpc.aio.server()
-        tk, mapper = FakeTokenKeeper(), FakeMapper()
-        mapper.reset()
-        token_keeper_pb2_grpc.add_TokenKeeperServicer_to_server(tk, server)
-        mapper_pb2_grpc.add_MapperServicer_to_server(mapper, server)
-        health_servicer = health.aio.HealthServicer()
-        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-        port = server.add_insecure_port("127.0.0.1:0")
-        await server.start()
-        await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
-        ready.set_result(Fakes(tk, mapper, server, f"127.0.0.1:{port}", loop))
-        await server.wait_for_termination()
-
-    thread = threading.Thread(target=loop.run_until_complete, args=(serve(),), daemon=True)
-    thread.start()
-    return ready.result(timeout=10)
-
-
-# --- processes --------------------------------------------------------------------------------------------
-@dataclass
-class Proc:
-    proc: subprocess.Popen[bytes]
-    url: str
-    log_path: Path
-
-    def logs(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self) -> None:
-        stop_all([self])
-
-
-def stop_all(procs: Sequence[Proc], grace_s: float = 10.0) -> None:
-    """SIGTERM every process, then wait for all (graceful shutdown runs in parallel)."""
-    for p in procs:
-        if p.proc.poll() is None:
-            p.proc.terminate()
-    deadline = time.monotonic() + grace_s
-    for p in procs:
-        try:
-            p.proc.wait(max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            p.proc.kill()
-            p.proc.wait(5)
-
-
-@dataclass
-class Spec:
-    args: list[str]
-    env: dict[str, str]
-    health_url: str
-    log_path: Path
-    ready_status: tuple[int, ...] = (200,)
-
-
-def start_processes(*specs: Spec) -> list[Proc]:
-    """Start all processes at once (start-up is mostly imports: in parallel it costs one), then wait."""
-    procs = []
-    for spec in specs:
-        with spec.log_path.open("wb") as out:
-            procs.append(
-                subprocess.Popen(
-                    spec.args, env={**os.environ, **spec.env}, stdout=out, stderr=subprocess.STDOUT
-                )
-            )
-    started = [Proc(p, s.health_url.rsplit("/", 1)[0], s.log_path) for p, s in zip(procs, specs, strict=True)]
-    deadline = time.monotonic() + 45
-    pending = list(range(len(specs)))
-    try:
-        while pending:
-            if time.monotonic() > deadline:
-                names = [specs[i].args[0] for i in pending]
-                logs = "\n".join(specs[i].log_path.read_text(errors="replace") for i in pending)
-                raise RuntimeError(f"{names} did not become healthy:\n{logs}")
-            for i in list(pending):
-                spec, proc = specs[i], procs[i]
-                if proc.poll() is not None:
-                    raise RuntimeError(
-                        f"{spec.args[0]} exited with {proc.returncode}:\n{spec.log_path.read_text(errors='replace')}"
-                    )
-                try:
-                    if httpx.get(spec.health_url, timeout=0.5).status_code in spec.ready_status:
-                        pending.remove(i)
-                except httpx.HTTPError:
-                    pass
-            time.sleep(0.1)
-    except BaseException:
-        stop_all(started)
-        raise
-    return started
-
-
-def start_process(
-    args: list[str],
-    env: dict[str, str],
-    health_url: str,
-    log_path: Path,
-    ready_status: tuple[int, ...] = (200,),
-) -> Proc:
-    return start_processes(Spec(args, env, health_url, log_path, ready_status))[0]
+    """The fakes, reset, served from their own thread (tests block on subprocesses)."""
+    mapper, tk = FakeMapper(), FakeTokenKeeper()
+    mapper.reset()
+    tk.reset()
+    served = kit.start_fakes_in_thread(mapper, tk)
+    return Fakes(**{f.name: getattr(served, f.name) for f in dataclasses.fields(served)})
 
 
 def base_env(kafka: str, prefix: str, fakes_addr: str, graph_url: str) -> dict[str, str]:
@@ -476,12 +235,3 @@ async def wait_events(
 
 def dump(obj: Any) -> bytes:
     return json.dumps(obj, separators=(",", ":")).encode()
-
-
-async def wait_until(predicate: Any, within: float = 10.0, every: float = 0.05) -> None:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        await asyncio.sleep(every)
-    raise AssertionError("condition not met in time")

@@ -18,10 +18,11 @@ from typing import Any
 
 import httpx
 import pytest
-from meta_support import MEMBER, PNID, TOKEN, Fakes, Proc, TopicReader, operator_message, wait_events
+from meta_support import MEMBER, PNID, TOKEN, Fakes, TopicReader, operator_message, wait_events
 from zaptrix.kafka import EventProducer, Flow, topics_for
 from zaptrix.settings import KafkaSettings
 from zaptrix.v1 import events_pb2, mapper_pb2
+from zaptrix_testing.processes import Proc
 
 JPEG = bytes.fromhex("ffd8ffe000104a46494600010100000100010000ffd9")
 

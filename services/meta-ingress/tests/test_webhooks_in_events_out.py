@@ -17,7 +17,6 @@ from meta_support import (
     VERIFY_TOKEN,
     WABA,
     Fakes,
-    Proc,
     TopicReader,
     dump,
     msg,
@@ -27,6 +26,7 @@ from meta_support import (
     webhook,
 )
 from zaptrix.kafka import Flow, topics_for
+from zaptrix_testing.processes import Proc
 
 
 @pytest.fixture

@@ -25,16 +25,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 sys.path.insert(0, str(Path(__file__).parent))  # tk_support (pytest runs with --import-mode=importlib)
 
-from tk_support import (
-    PORTALS,
-    Sandbox,
-    Server,
-    console_script,
-    free_port,
-    make_settings,
-    new_keyring,
-    spawn,
-)
+from tk_support import PORTALS, Sandbox, Server, make_settings, new_keyring, spawn
 from token_keeper import migrate
 from token_keeper.crypto import Keyring
 from token_keeper.oauth import BitrixOAuthClient
@@ -43,6 +34,8 @@ from token_keeper.service import TokenService
 from zaptrix.database import Database
 from zaptrix.settings import DatabaseSettings
 from zaptrix.v1 import token_keeper_pb2_grpc
+from zaptrix_testing.ports import free_port
+from zaptrix_testing.processes import console_script
 
 
 @pytest.fixture(autouse=True)

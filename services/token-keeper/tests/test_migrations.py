@@ -8,13 +8,14 @@ from collections.abc import Awaitable, Callable
 
 import asyncpg
 from pydantic import SecretStr
-from tk_support import console_script, make_settings, new_keyring, server_env
+from tk_support import make_settings, new_keyring, server_env
 from token_keeper import migrate
 from token_keeper.model import ChannelUpsert
 from token_keeper.oauth import BitrixOAuthClient
 from token_keeper.repository import Repository, database
 from token_keeper.service import TokenService
 from zaptrix.settings import DatabaseSettings
+from zaptrix_testing.processes import console_script
 
 
 async def _tables(url: str) -> set[str]:

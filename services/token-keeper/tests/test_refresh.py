@@ -1,6 +1,6 @@
 """Refresh rules against the real sandbox OAuth endpoint and real PostgreSQL (in-process services).
 
-The two-process case (real `token-keeper-server` subprocesses) is in test_server.py.
+The two-process case (real `token-keeper-server` subprocesses) is in test_server_replicas_and_start_up.py.
 """
 
 from __future__ import annotations
@@ -14,10 +14,11 @@ import httpx
 import pytest
 from prometheus_client import REGISTRY
 from pydantic import SecretStr
-from tk_support import PORTALS, Sandbox, find_secrets_in, free_port, install_portal
+from tk_support import PORTALS, Sandbox, find_secrets_in, install_portal
 from token_keeper.errors import PortalUnusable, RefreshUnavailable
 from token_keeper.model import PortalUpsert
 from token_keeper.service import TokenService
+from zaptrix_testing.ports import free_port
 
 
 def sample(name: str, **labels: str) -> float:

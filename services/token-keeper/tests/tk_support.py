@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import base64
 import os
-import shutil
-import socket
 import subprocess
-import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -23,6 +20,7 @@ from token_keeper.model import PortalUpsert
 from token_keeper.service import TokenService
 from token_keeper.settings import TokenKeeperSettings
 from zaptrix.v1 import token_keeper_pb2_grpc
+from zaptrix_testing.processes import console_script
 
 PORTALS = [
     {
@@ -34,19 +32,6 @@ PORTALS = [
     }
     for i in range(1, 9)
 ]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def console_script(name: str) -> str:
-    path = shutil.which(name, path=str(Path(sys.executable).parent))
-    assert path, f"console script {name} not installed (uv sync)"
-    return path
 
 
 def new_keyring(*kids: str, active: str | None = None) -> tuple[Keyring, str]:

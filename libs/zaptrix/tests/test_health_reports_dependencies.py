@@ -2,28 +2,21 @@
 
 from __future__ import annotations
 
-import socket
-
 import grpc
 import httpx
 from zaptrix.health import grpc_health_check
 from zaptrix.kafka import EventProducer
 from zaptrix.opsserver import serve_ops
 from zaptrix.settings import KafkaSettings
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from zaptrix_testing.ports import free_port
 
 
 async def test_kafka_down_is_reported_down(kafka_bootstrap: str) -> None:
     up = EventProducer(KafkaSettings(bootstrap_servers=kafka_bootstrap), client_id="h1")
     await up.start()
-    dead_port = _free_port()
+    dead_port = free_port()
     dead_mapper = grpc.aio.insecure_channel(f"127.0.0.1:{dead_port}")
-    port = _free_port()
+    port = free_port()
     server = await serve_ops(
         port,
         "test",

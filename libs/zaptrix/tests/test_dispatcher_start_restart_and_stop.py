@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any, cast
@@ -16,16 +15,11 @@ from zaptrix.dispatcher_process import run_dispatcher
 from zaptrix.kafka import EventConsumer, EventProducer
 from zaptrix.kafka.producer_startup import BackgroundProducer, start_producer
 from zaptrix.settings import GrpcClientSettings, KafkaSettings
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from zaptrix_testing.ports import free_port
 
 
 def _nowhere() -> KafkaSettings:
-    return KafkaSettings(bootstrap_servers=f"127.0.0.1:{_free_port()}", request_timeout_ms=1000)
+    return KafkaSettings(bootstrap_servers=f"127.0.0.1:{free_port()}", request_timeout_ms=1000)
 
 
 async def test_start_producer_keeps_trying_while_kafka_is_down_and_gives_up_on_stop() -> None:
@@ -92,7 +86,7 @@ class _FlakyConsumer:
 
 async def test_the_dispatcher_restarts_a_failed_consumer_and_closes_everything(kafka_bootstrap: str) -> None:
     kafka = KafkaSettings(bootstrap_servers=kafka_bootstrap, topic_prefix=f"t{uuid.uuid4().hex[:8]}")
-    port = _free_port()
+    port = free_port()
     consumer = _FlakyConsumer()
     seen: dict[str, Any] = {}
 
@@ -131,7 +125,7 @@ async def test_the_dispatcher_stops_while_kafka_is_still_down() -> None:
 
     stopped = asyncio.Event()
     task = asyncio.create_task(
-        run_dispatcher("test-dispatcher", _free_port(), _nowhere(), GrpcClientSettings(), wire, stopped)
+        run_dispatcher("test-dispatcher", free_port(), _nowhere(), GrpcClientSettings(), wire, stopped)
     )
     await asyncio.sleep(0.3)
     stopped.set()

@@ -20,9 +20,7 @@ from tk_support import (
     PORTALS,
     Sandbox,
     Server,
-    console_script,
     find_secrets_in,
-    free_port,
     install_portal,
     new_keyring,
     server_env,
@@ -31,6 +29,8 @@ from tk_support import (
 from token_keeper.service import TokenService
 from zaptrix.v1 import token_keeper_pb2 as pb
 from zaptrix.v1 import token_keeper_pb2_grpc
+from zaptrix_testing.ports import free_port
+from zaptrix_testing.processes import console_script
 
 StartServer = Callable[[dict[str, str]], Awaitable[Server]]
 

@@ -14,9 +14,10 @@ import grpc
 import httpx
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from mapper import migrate
-from mapper_support import console_script, free_port
 from zaptrix.v1 import mapper_pb2 as pb
 from zaptrix.v1 import mapper_pb2_grpc
+from zaptrix_testing.ports import free_port
+from zaptrix_testing.processes import console_script
 
 
 async def test_mapper_server_process(fresh_database: Callable[[], Awaitable[str]]) -> None:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from zaptrix_testing.waiting import eventually
+
 from tests.e2e.flows import chat_messages, customer_says, operator_says, sent_to
-from tests.system import System, eventually
+from tests.system import System
 
 
 async def test_customer_message_reaches_the_operator_and_the_reply_reaches_the_customer(

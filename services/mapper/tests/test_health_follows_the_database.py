@@ -14,10 +14,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from mapper import migrate
 from mapper.server import run
 from mapper.settings import MapperSettings
-from mapper_support import db_settings, expect_code, free_port
+from mapper_support import db_settings, expect_code
 from prometheus_client import REGISTRY
 from zaptrix.v1 import mapper_pb2 as pb
 from zaptrix.v1 import mapper_pb2_grpc
+from zaptrix_testing.ports import free_port
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING

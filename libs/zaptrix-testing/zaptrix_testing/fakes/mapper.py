@@ -1,0 +1,246 @@
+"""The fake mapper: the mapper's documented behaviour in memory (NOT_FOUND for unknown things, idempotent
+LinkMessage/MarkProcessed/RecordDelivery, atomic get-or-create, portal-scoped lookups)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+from zaptrix.v1 import mapper_pb2, mapper_pb2_grpc
+
+from zaptrix_testing.fakes.calls import Recorder, abort, found
+
+
+def timestamp(dt: datetime | None = None) -> Timestamp:
+    out = Timestamp()
+    out.FromDatetime(dt or datetime.now(UTC))
+    return out
+
+
+class FakeMapper(Recorder, mapper_pb2_grpc.MapperServicer):
+    def __init__(self) -> None:
+        super().__init__()
+        self.channels: dict[str, mapper_pb2.Channel] = {}
+        self.conversations: dict[str, mapper_pb2.Conversation] = {}  # by id
+        self.links: dict[str, mapper_pb2.MessageLink] = {}  # by wamid
+        self.processed: dict[str, str] = {}  # event id -> result
+        self._lock = asyncio.Lock()
+
+    def clear(self) -> None:
+        """Forget all state, calls and scripted failures."""
+        self.channels.clear()
+        self.conversations.clear()
+        self.links.clear()
+        self.processed.clear()
+        self.forget_calls()
+
+    # --- test set-up -------------------------------------------------------------------------------
+
+    def bind(self, phone_number_id: str, member_id: str, line_id: int, **kw: Any) -> mapper_pb2.Channel:
+        channel = mapper_pb2.Channel(
+            phone_number_id=phone_number_id,
+            display_phone_number=kw.pop("display_phone_number", "15550000001"),
+            member_id=member_id,
+            line_id=line_id,
+            connector_id=kw.pop("connector_id", "zaptrix_whatsapp"),
+            active=kw.pop("active", True),
+            **kw,
+        )
+        self.channels[phone_number_id] = channel
+        return channel
+
+    def add_conversation(
+        self,
+        phone_number_id: str,
+        wa_id: str,
+        name: str = "",
+        *,
+        last_customer_ago_s: float | None = None,
+        bitrix_chat_id: str = "",
+    ) -> mapper_pb2.Conversation:
+        channel = self.channels[phone_number_id]
+        conv = mapper_pb2.Conversation(
+            id=str(uuid.uuid4()),
+            phone_number_id=phone_number_id,
+            wa_id=wa_id,
+            member_id=channel.member_id,
+            external_chat_id=f"wa_{uuid.uuid4().hex}",  # opaque, as the mapper makes them
+            contact_name=name,
+            bitrix_chat_id=bitrix_chat_id,
+        )
+        conv.created_at.CopyFrom(timestamp())
+        if last_customer_ago_s is not None:
+            conv.last_customer_message_at.seconds = int(time.time() - last_customer_ago_s)
+        self.conversations[conv.id] = conv
+        return conv
+
+    def by_customer(self, phone_number_id: str, wa_id: str) -> mapper_pb2.Conversation | None:
+        for conv in self.conversations.values():
+            if conv.phone_number_id == phone_number_id and conv.wa_id == wa_id:
+                return conv
+        return None
+
+    # --- channels ----------------------------------------------------------------------------------
+
+    async def BindChannel(self, request: Any, context: Any) -> mapper_pb2.Channel:
+        await self._enter("BindChannel", request, context, request.channel.phone_number_id)
+        channel = mapper_pb2.Channel()
+        channel.CopyFrom(request.channel)
+        self.channels[channel.phone_number_id] = channel
+        return channel
+
+    async def GetChannel(self, request: Any, context: Any) -> mapper_pb2.Channel:
+        await self._enter("GetChannel", request, context)
+        return await found(context, self.channels.get(request.phone_number_id), "channel")
+
+    async def ListChannels(self, request: Any, context: Any) -> mapper_pb2.ListChannelsResponse:
+        await self._enter("ListChannels", request, context)
+        return mapper_pb2.ListChannelsResponse(
+            channels=[
+                c for c in self.channels.values() if not request.member_id or c.member_id == request.member_id
+            ]
+        )
+
+    # --- conversations -----------------------------------------------------------------------------
+
+    async def GetOrCreateConversation(
+        self, request: Any, context: Any
+    ) -> mapper_pb2.GetOrCreateConversationResponse:
+        await self._enter("GetOrCreateConversation", request, context)
+        async with self._lock:
+            channel = self.channels.get(request.phone_number_id)
+            if channel is None or not channel.active:  # as the mapper: a precondition, not a lookup
+                await abort(context, grpc.StatusCode.FAILED_PRECONDITION, "channel not bound or inactive")
+            conv = self.by_customer(request.phone_number_id, request.wa_id)
+            if conv is not None:
+                return mapper_pb2.GetOrCreateConversationResponse(conversation=conv, created=False)
+            conv = self.add_conversation(request.phone_number_id, request.wa_id, request.contact_name)
+            return mapper_pb2.GetOrCreateConversationResponse(conversation=conv, created=True)
+
+    async def FindConversation(self, request: Any, context: Any) -> mapper_pb2.Conversation:
+        await self._enter("FindConversation", request, context)
+        by = request.WhichOneof("by")
+        match = None
+        for conv in self.conversations.values():
+            if (
+                (by == "id" and conv.id == request.id)
+                or (  # scoped like the mapper: another portal's chat is NOT_FOUND
+                    by == "portal_external_chat"
+                    and conv.external_chat_id == request.portal_external_chat.external_chat_id
+                    and conv.member_id == request.portal_external_chat.member_id
+                )
+                or (
+                    by == "channel_customer"
+                    and conv.phone_number_id == request.channel_customer.phone_number_id
+                    and conv.wa_id == request.channel_customer.wa_id
+                )
+            ):
+                match = conv
+        return await found(context, match, "conversation")
+
+    async def UpdateConversation(self, request: Any, context: Any) -> mapper_pb2.Conversation:
+        await self._enter("UpdateConversation", request, context)
+        conv = await found(context, self.conversations.get(request.id), "conversation")
+        return self._update(conv, request)
+
+    @staticmethod
+    def _update(conv: mapper_pb2.Conversation, request: Any) -> mapper_pb2.Conversation:
+        for name in ("bitrix_contact_id", "bitrix_chat_id", "contact_name"):
+            if request.HasField(name):
+                setattr(conv, name, getattr(request, name))
+        for name in ("last_message_at", "last_customer_message_at"):
+            # Timestamps only move forward (a late, older event does not roll them back).
+            if (
+                request.HasField(name)
+                and getattr(request, name).ToDatetime() > getattr(conv, name).ToDatetime()
+            ):
+                getattr(conv, name).CopyFrom(getattr(request, name))
+        return conv
+
+    # --- message links -----------------------------------------------------------------------------
+
+    async def LinkMessage(self, request: Any, context: Any) -> mapper_pb2.MessageLink:
+        await self._enter("LinkMessage", request, context, request.link.wamid)
+        if request.link.conversation_id not in self.conversations:
+            await abort(context, grpc.StatusCode.NOT_FOUND, "no such conversation")
+        if self._conflicts(request.link):
+            await abort(context, grpc.StatusCode.ALREADY_EXISTS, "bitrix message linked to another wamid")
+        return self._link(request)
+
+    def _conflicts(self, link: mapper_pb2.MessageLink) -> bool:
+        return any(
+            link.bitrix_message_id
+            and other.member_id == link.member_id
+            and other.bitrix_message_id == link.bitrix_message_id
+            and other.wamid != link.wamid
+            for other in self.links.values()
+        )
+
+    def _link(self, request: Any) -> mapper_pb2.MessageLink:
+        """The first link of a wamid stays (a repeat returns it)."""
+        link = self.links.get(request.link.wamid)
+        if link is None:
+            link = mapper_pb2.MessageLink()
+            link.CopyFrom(request.link)
+            link.created_at.CopyFrom(timestamp())
+            self.links[link.wamid] = link
+        return link
+
+    async def FindMessageLink(self, request: Any, context: Any) -> mapper_pb2.MessageLink:
+        await self._enter("FindMessageLink", request, context)
+        if request.WhichOneof("by") == "wamid":
+            link = self.links.get(request.wamid)
+        else:
+            link = next(
+                (
+                    lk
+                    for lk in self.links.values()
+                    if lk.member_id == request.bitrix_message.member_id
+                    and lk.bitrix_message_id == request.bitrix_message.bitrix_message_id
+                ),
+                None,
+            )
+        return await found(context, link, "link")
+
+    async def UpdateMessageStatus(self, request: Any, context: Any) -> mapper_pb2.MessageLink:
+        await self._enter("UpdateMessageStatus", request, context, request.wamid)
+        link = await found(context, self.links.get(request.wamid), "link")
+        if request.HasField("whatsapp_status"):
+            link.whatsapp_status = request.whatsapp_status
+        if request.HasField("bitrix_status"):
+            link.bitrix_status = request.bitrix_status
+        return link
+
+    # --- dedupe ------------------------------------------------------------------------------------
+
+    async def CheckProcessed(self, request: Any, context: Any) -> mapper_pb2.CheckProcessedResponse:
+        await self._enter("CheckProcessed", request, context, request.event_id)
+        result = self.processed.get(request.event_id)
+        return mapper_pb2.CheckProcessedResponse(processed=result is not None, result=result or "")
+
+    async def MarkProcessed(self, request: Any, context: Any) -> mapper_pb2.MarkProcessedResponse:
+        await self._enter("MarkProcessed", request, context, request.event_id)
+        return mapper_pb2.MarkProcessedResponse(already_processed=self._mark(request))
+
+    def _mark(self, request: Any) -> bool:
+        """The first result of an event stays."""
+        already = request.event_id in self.processed
+        self.processed.setdefault(request.event_id, request.result)
+        return already
+
+    async def RecordDelivery(self, request: Any, context: Any) -> mapper_pb2.RecordDeliveryResponse:
+        """LinkMessage + UpdateConversation + MarkProcessed, all or nothing (checked before any change)."""
+        await self._enter("RecordDelivery", request, context, request.processed.event_id)
+        conv = self.conversations.get(request.conversation.id)
+        if conv is None or request.link.link.conversation_id != conv.id:
+            await abort(context, grpc.StatusCode.NOT_FOUND, "no such conversation")
+        link = self._link(request.link)
+        already = self._mark(request.processed)
+        return mapper_pb2.RecordDeliveryResponse(
+            link=link, conversation=self._update(conv, request.conversation), already_processed=already
+        )
