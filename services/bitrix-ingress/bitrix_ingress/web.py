@@ -72,7 +72,16 @@ def create_app(
         zx: Ctx = app.ctx.zx
         return await grpc_health_check(zx.clients.mapper_channel)()
 
-    add_ops_routes(app, SERVICE, {"kafka": kafka_check, "token_keeper": tk_check, "mapper": mapper_check})
+    async def producer_started() -> bool:
+        zx: Ctx = app.ctx.zx
+        return await zx.producer.started()
+
+    add_ops_routes(
+        app,
+        SERVICE,
+        {"kafka": kafka_check, "token_keeper": tk_check, "mapper": mapper_check},
+        ready=producer_started,
+    )
     app.add_route(outbound, OUTBOUND_PATH, methods=["POST"], name="outbound")
     app.add_route(install, INSTALL_PATH, methods=["POST"], name="install")
     app.add_route(settings_handler, SETTINGS_PATH, methods=["POST"], name="settings")

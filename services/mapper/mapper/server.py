@@ -35,7 +35,8 @@ async def run(
     settings: MapperSettings, db_settings: DatabaseSettings, stopped: asyncio.Event | None = None
 ) -> None:
     """Serve until SIGTERM/SIGINT or `stopped`. The gRPC server starts at once and reports
-    NOT_SERVING until PostgreSQL answers; the pool keeps retrying in the background."""
+    NOT_SERVING until PostgreSQL first answers (the pool keeps retrying in the background); after that it
+    stays SERVING, and a database outage shows in the "postgres" health status and zaptrix_dependency_up."""
     stopped = stopped or asyncio.Event()
     db = Database(db_settings, connect_timeout_s=settings.db_connect_timeout_s, application_name="mapper")
     repo = Repository(db)
@@ -56,7 +57,7 @@ async def run(
         await serve(
             port=settings.grpc_port,
             register=registrar(servicer),
-            readiness=db.ping,
+            dependencies={"postgres": db.ping},
             metrics_port=settings.metrics_port,
             grace_s=settings.shutdown_grace_s,
             health_period_s=settings.health_period_s,

@@ -96,7 +96,10 @@ def create_app(
         return await grpc_health_check(resources.clients.token_keeper_channel)()
 
     add_ops_routes(
-        app, SERVICE, checks={"kafka": resources.producer.healthy, "token_keeper": token_keeper_up}
+        app,
+        SERVICE,
+        checks={"kafka": resources.producer.healthy, "token_keeper": token_keeper_up},
+        ready=resources.producer.started,
     )
     app.add_route(hooks.verify, "/webhooks/meta", methods=["GET"], name="webhook_verify")
     app.add_route(hooks.receive, "/webhooks/meta", methods=["POST"], name="webhook_receive")

@@ -63,7 +63,9 @@ async def run(
     stopped: asyncio.Event | None = None,
 ) -> None:
     """Serve until SIGTERM/SIGINT or `stopped`. The gRPC server starts at once and reports NOT_SERVING
-    until PostgreSQL answers; the pool keeps retrying in the background."""
+    until PostgreSQL first answers (the pool keeps retrying in the background); after that it stays
+    SERVING (cached tokens keep flowing), and a database outage shows in the "postgres" health status and
+    zaptrix_dependency_up."""
     db = database(db_settings, "token-keeper")
     oauth = BitrixOAuthClient(settings)
     service = TokenService(db, Repository(keyring), oauth, settings)
@@ -79,7 +81,7 @@ async def run(
         await serve(
             port=settings.grpc_port,
             register=register(service),
-            readiness=db.ping,
+            dependencies={"postgres": db.ping},
             metrics_port=settings.metrics_port,
             stopped=stop,
         )
