@@ -87,8 +87,8 @@ async def _http_ok(url: str) -> bool:
         return False
 
 
-def _health(port: int) -> Callable[[], Awaitable[bool]]:
-    return lambda: _http_ok(f"http://127.0.0.1:{port}/health")
+def _health(port: int, path: str = "/health") -> Callable[[], Awaitable[bool]]:
+    return lambda: _http_ok(f"http://127.0.0.1:{port}{path}")
 
 
 async def _grpc_serving(channel: grpc.aio.Channel) -> bool:
@@ -239,9 +239,11 @@ class LocalSystem:
                 lambda: _grpc_serving(self.grpc_channel("token-keeper")),
             ),
             self._service("meta-ingress", "meta-ingress-web", meta, _health(p.meta_web)),
-            self._service("meta-dispatcher", "meta-dispatcher", meta, _health(p.meta_dispatcher)),
+            self._service("meta-dispatcher", "meta-dispatcher", meta, _health(p.meta_dispatcher, "/ready")),
             self._service("bitrix-ingress", "bitrix-ingress-web", bitrix, _health(p.bitrix_web)),
-            self._service("bitrix-dispatcher", "bitrix-dispatcher", bitrix, _health(p.bitrix_dispatcher)),
+            self._service(
+                "bitrix-dispatcher", "bitrix-dispatcher", bitrix, _health(p.bitrix_dispatcher, "/ready")
+            ),
         ]
         return procs
 

@@ -104,6 +104,21 @@ def test_service_containers_have_probes_on_declared_ports(rendered: Rendered) ->
         assert c["livenessProbe"]["failureThreshold"] >= 3
 
 
+def test_probes_ask_the_pods_own_state_never_a_dependencys(rendered: Rendered) -> None:
+    """The readiness cascade (issue 13): startup and liveness ask "is the process working" (gRPC
+    "liveness", HTTP /health), so a PostgreSQL or Kafka outage neither restarts pods nor keeps new ones
+    from starting; readiness asks "" or /ready, which follow only the pod's own start-up (zaptrix.health)."""
+    for d in rendered.of_kind("Deployment"):
+        component = d["metadata"]["labels"]["app.kubernetes.io/component"]
+        (c,) = d["spec"]["template"]["spec"]["containers"]
+        if component in GRPC:
+            assert c["startupProbe"]["grpc"].get("service") == "liveness", component
+            assert c["livenessProbe"]["grpc"].get("service") == "liveness", component
+            assert c["readinessProbe"]["grpc"].get("service", "") == "", component
+        else:
+            assert c["startupProbe"]["httpGet"]["path"] == "/health", component
+
+
 def test_migrations_are_pre_install_and_pre_upgrade_hook_jobs(rendered: Rendered) -> None:
     jobs = {j["metadata"]["name"]: j for j in rendered.of_kind("Job")}
     assert set(jobs) == {f"{component_name('mapper')}-migrate", f"{component_name('token-keeper')}-migrate"}

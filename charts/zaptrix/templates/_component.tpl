@@ -583,10 +583,13 @@ spec:
 
 {{/*
 The three probes of a component, defined once per kind; a probe given in the component's values replaces
-the kind's one. web and dispatcher: HTTP /health (liveness, startup) and /ready (readiness) on the http or
-metrics port. grpc: grpc.health.v1 on the plaintext health port (the kubelet has no client certificate);
-readiness and startup ask "" (NOT_SERVING while PostgreSQL is unreachable), liveness asks "liveness"
-(SERVING while the process works, so a database outage does not restart the pods).
+the kind's one. Every probe asks about the pod itself, never a dependency (docs/ARCHITECTURE.md, "Health
+and readiness"): a Kafka, PostgreSQL, mapper or token-keeper outage neither restarts pods nor empties a
+Service; it shows in /health and zaptrix_dependency_up. startup and liveness: "the process works" (HTTP
+/health; gRPC "liveness"). readiness: "this pod can take traffic" (HTTP /ready: web = its Kafka producer
+has started, dispatcher = its consumer polls; gRPC "": PostgreSQL answered once since start-up). web and
+dispatcher use the http or metrics port; grpc uses grpc.health.v1 on the plaintext health port (the
+kubelet has no client certificate).
 */}}
 {{- define "zaptrix.probes" -}}
 {{- $c := . -}}
@@ -601,7 +604,7 @@ readiness and startup ask "" (NOT_SERVING while PostgreSQL is unreachable), live
 {{- $ready = dict "httpGet" (dict "path" "/ready" "port" $port) -}}
 {{- end -}}
 {{- $probes := dict
-  "startupProbe" (merge (deepCopy (ternary $ready $live (eq $c.kind "grpc"))) (dict "periodSeconds" 2 "timeoutSeconds" 3 "failureThreshold" 30))
+  "startupProbe" (merge (deepCopy $live) (dict "periodSeconds" 2 "timeoutSeconds" 3 "failureThreshold" 30))
   "livenessProbe" (merge (deepCopy $live) (dict "periodSeconds" 10 "timeoutSeconds" 3 "failureThreshold" (ternary 6 3 (eq $c.kind "grpc"))))
   "readinessProbe" (merge (deepCopy $ready) (dict "periodSeconds" (ternary 10 5 (eq $c.kind "dispatcher")) "timeoutSeconds" 3 "failureThreshold" (ternary 3 2 (eq $c.kind "dispatcher"))))
 -}}

@@ -72,16 +72,19 @@ class _FlakyConsumer:
         self.topics = type("T", (), {"all": lambda self: ["t.main"]})()
         self.group_id = "g"
         self.started = asyncio.Event()
+        self.running = False
 
     def healthy(self) -> bool:
-        return self.runs > 1
+        return self.running
 
     async def run(self, stopped: asyncio.Event) -> None:
         self.runs += 1
         if self.runs == 1:
             raise RuntimeError("broker went away")
+        self.running = True
         self.started.set()
         await stopped.wait()
+        self.running = False
 
 
 async def test_the_dispatcher_restarts_a_failed_consumer_and_closes_everything(kafka_bootstrap: str) -> None:
@@ -131,3 +134,67 @@ async def test_the_dispatcher_stops_while_kafka_is_still_down() -> None:
     stopped.set()
     await asyncio.wait_for(task, timeout=30)
     assert not wired
+
+
+async def test_a_dispatcher_whose_mapper_and_token_keeper_are_down_stays_ready_and_alive(
+    kafka_bootstrap: str,
+) -> None:
+    """Readiness is the pod's own state (its consumer polls), not its dependencies': the mapper and
+    token-keeper being unreachable shows in /health and zaptrix_dependency_up, and both probes answer 200."""
+    kafka = KafkaSettings(bootstrap_servers=kafka_bootstrap, topic_prefix=f"t{uuid.uuid4().hex[:8]}")
+    port = free_port()
+    consumer = _FlakyConsumer()
+    consumer.runs = 1  # no failure first: runs until stopped
+
+    @contextlib.asynccontextmanager
+    async def wire(clients: Clients, producer: EventProducer) -> AsyncIterator[EventConsumer]:
+        yield cast(EventConsumer, consumer)
+
+    dead = GrpcClientSettings(
+        mapper_addr=f"127.0.0.1:{free_port()}", token_keeper_addr=f"127.0.0.1:{free_port()}"
+    )
+    stopped = asyncio.Event()
+    task = asyncio.create_task(run_dispatcher("test-dispatcher", port, kafka, dead, wire, stopped))
+    try:
+        await asyncio.wait_for(consumer.started.wait(), timeout=60)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
+            ready, health = await http.get("/ready"), await http.get("/health")
+            metrics = await http.get("/metrics")
+    finally:
+        stopped.set()
+        await asyncio.wait_for(task, timeout=60)
+    assert ready.status_code == 200, ready.text
+    assert health.status_code == 200
+    doc = health.json()
+    assert doc["dependencies"] == {"consumer": "up", "kafka": "up", "mapper": "down", "token_keeper": "down"}
+    assert doc["status"] == "degraded" and doc["ready"] is True
+    assert 'zaptrix_dependency_up{dependency="mapper"} 0.0' in metrics.text
+    assert 'zaptrix_dependency_up{dependency="kafka"} 1.0' in metrics.text
+
+
+async def test_a_dispatcher_waiting_for_kafka_is_alive_but_not_ready() -> None:
+    """Liveness restarts a wedged consumer, not a process that is waiting for Kafka to come back: a
+    restart would not bring Kafka back, only crash-loop the pods through an outage."""
+    port = free_port()
+
+    @contextlib.asynccontextmanager
+    async def wire(clients: Clients, producer: EventProducer) -> AsyncIterator[EventConsumer]:
+        yield cast(EventConsumer, None)
+
+    stopped = asyncio.Event()
+    task = asyncio.create_task(
+        run_dispatcher("test-dispatcher", port, _nowhere(), GrpcClientSettings(), wire, stopped)
+    )
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
+            for _ in range(100):
+                with contextlib.suppress(httpx.TransportError):
+                    health, ready = await http.get("/health"), await http.get("/ready")
+                    break
+                await asyncio.sleep(0.05)
+    finally:
+        stopped.set()
+        await asyncio.wait_for(task, timeout=30)
+    assert health.status_code == 200, health.text
+    assert health.json()["dependencies"]["kafka"] == "down"
+    assert ready.status_code == 503 and ready.json()["ready"] is False

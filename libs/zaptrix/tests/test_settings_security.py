@@ -76,7 +76,7 @@ async def test_production_server_refuses_plaintext() -> None:
             serve(
                 port=0,
                 register=lambda server: [],
-                readiness=ready,
+                dependencies={"postgres": ready},
                 handle_signals=False,
                 security=GrpcServerSettings(environment="production"),
             ),

@@ -1,7 +1,10 @@
 """The dispatcher process both adapters run; each adapter only wires its consumer (``Wire``).
 
-SIGTERM/SIGINT stop it. The ops server (/health, /ready, /metrics) is up from the start with four checks:
-consumer, kafka, mapper, token_keeper. The producer is started while Kafka may still be down
+SIGTERM/SIGINT stop it. The ops server (/health, /ready, /metrics) is up from the start and reports four
+checks: consumer, kafka, mapper, token_keeper. /ready is the consumer polling (the pod's own work; a
+dispatcher has no Service, so readiness only paces rollouts); /health fails only when the consumer runs but
+has stopped polling (wedged): a process waiting for Kafka or its gRPC dependencies is alive, and restarting
+it would not bring them back. The producer is started while Kafka may still be down
 (producer_startup); then the adapter wires its consumer around the started producer, and the consumer
 runs, restarted with backoff when it fails (offsets are committed per batch, so a restart loses nothing).
 On the way out the adapter's resources close first, then the ops server, the producer and the gRPC clients.
@@ -56,6 +59,9 @@ async def run_dispatcher(
     async def kafka_up() -> bool:
         return producer is not None and await producer.healthy()
 
+    async def not_wedged() -> bool:
+        return consumer is None or not consumer.running or consumer.healthy()
+
     ops = await serve_ops(
         ops_port,
         service,
@@ -65,6 +71,8 @@ async def run_dispatcher(
             "mapper": grpc_health_check(clients.mapper_channel),
             "token_keeper": grpc_health_check(clients.token_keeper_channel),
         },
+        ready=consumer_up,
+        live=not_wedged,
     )
     try:
         producer = await start_producer(kafka, service, stopped)

@@ -9,13 +9,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from zaptrix.grpcauth import CallerAllowlist, InsecureGrpcError
+from zaptrix.health import DEPENDENCY_UP, Check, run_check
 from zaptrix.logging import get_logger
 from zaptrix.metrics import serve_metrics
 from zaptrix.settings import GrpcServerSettings
@@ -24,29 +25,40 @@ if TYPE_CHECKING:  # the database runtime is the extra zaptrix[db]: only its use
     from zaptrix.database import Database
 
 log = get_logger(__name__)
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
-Readiness = Callable[[], Awaitable[bool]]
 LIVENESS_SERVICE = "liveness"
 
 
-async def _watch_readiness(
-    servicer: health.aio.HealthServicer, service_names: list[str], readiness: Readiness, period_s: float
+async def _watch_dependencies(
+    servicer: health.aio.HealthServicer,
+    service_names: list[str],
+    dependencies: Mapping[str, Check],
+    period_s: float,
 ) -> None:
-    """Reports NOT_SERVING while a dependency (the database) is unreachable, SERVING once it is back."""
-    last: bool | None = None
+    """Each dependency's own health status (e.g. "postgres") and zaptrix_dependency_up follow its check.
+    Readiness ("" and every service name) turns SERVING once every dependency has answered, i.e. once
+    start-up is done, and stays SERVING through later outages: an outage of the database is every
+    replica's, so going NOT_SERVING would only empty the Service, and callers would lose the fast,
+    classified UNAVAILABLE answers (and token-keeper's cached tokens) their degraded modes act on. A pod
+    that never reached its database (wrong DSN, a NetworkPolicy) stays out of rotation, so a bad rollout
+    does not replace working pods."""
+    last: dict[str, bool] = {}
+    started = False
     while True:
-        try:
-            ok = await asyncio.wait_for(readiness(), timeout=period_s)
-        except Exception:
-            ok = False
-        if ok != last:
-            status = (
-                health_pb2.HealthCheckResponse.SERVING if ok else health_pb2.HealthCheckResponse.NOT_SERVING
-            )
+        results = await asyncio.gather(*(run_check(c, period_s) for c in dependencies.values()))
+        for name, ok in zip(dependencies, results, strict=True):
+            DEPENDENCY_UP.labels(name).set(1 if ok else 0)
+            if last.get(name) != ok:
+                await servicer.set(name, SERVING if ok else NOT_SERVING)
+                log.info("dependency health changed", dependency=name, up=ok)
+                last[name] = ok
+        if not started and all(results):
             for name in ["", *service_names]:
-                await servicer.set(name, status)
-            log.info("health changed", serving=ok)
-            last = ok
+                await servicer.set(name, SERVING)
+            log.info("serving: start-up done")
+            started = True
         await asyncio.sleep(period_s)
 
 
@@ -54,7 +66,7 @@ async def serve(
     *,
     port: int,
     register: Callable[[grpc.aio.Server], list[str]],
-    readiness: Readiness,
+    dependencies: Mapping[str, Check],
     metrics_port: int = 0,
     grace_s: float = 10.0,
     health_period_s: float = 2.0,
@@ -64,7 +76,9 @@ async def serve(
     security: GrpcServerSettings | None = None,
 ) -> None:
     """Serve until SIGTERM/SIGINT (with handle_signals) or until `stopped` is set. `register` adds servicers
-    and returns their names. Port 0 binds a free port; `bound` receives the port actually bound.
+    and returns their names. `dependencies` (e.g. {"postgres": db.ping}) are re-checked every
+    `health_period_s`: each has its own health status and zaptrix_dependency_up gauge, and readiness waits
+    for all of them once, at start-up (_watch_dependencies). Port 0 binds a free port; `bound` receives the port actually bound.
     `security` defaults to the ZAPTRIX_GRPC_TLS_* / ZAPTRIX_GRPC_HEALTH_PORT environment."""
     security = security or GrpcServerSettings()
     if not security.tls_enabled and security.environment == "production":
@@ -74,9 +88,11 @@ async def serve(
     server = grpc.aio.server(interceptors=[CallerAllowlist()] if security.tls_enabled else None)
     names = register(server)
     servicer = health.aio.HealthServicer()
-    # "liveness" stays SERVING while the process runs (liveness probes); "" and each service follow
-    # readiness, i.e. the database, so a database outage takes pods out of rotation without restarts.
-    await servicer.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
+    # "liveness" is SERVING while the process runs (liveness and startup probes); "" and each service
+    # (readiness) are NOT_SERVING until start-up is done (_watch_dependencies), then until shutdown.
+    await servicer.set(LIVENESS_SERVICE, SERVING)
+    for name in ["", *names]:
+        await servicer.set(name, NOT_SERVING)
     health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
     health_server: grpc.aio.Server | None = None
     if security.tls_enabled:
@@ -107,7 +123,7 @@ async def serve(
         mtls=security.tls_enabled,
         health_port=security.grpc_health_port if health_server else None,
     )
-    watcher = asyncio.create_task(_watch_readiness(servicer, names, readiness, health_period_s))
+    watcher = asyncio.create_task(_watch_dependencies(servicer, names, dependencies, health_period_s))
     stop = stopped or asyncio.Event()
     if handle_signals:
         loop = asyncio.get_running_loop()
@@ -135,7 +151,8 @@ async def serve_with_database(
     health_period_s: float = 2.0,
 ) -> None:
     """The server process of a service that owns a schema (mapper, token-keeper), until SIGTERM/SIGINT or
-    `stopped`. gRPC starts at once and reports NOT_SERVING until PostgreSQL answers; meanwhile the pool
+    `stopped`. gRPC starts at once and reports NOT_SERVING until PostgreSQL first answers, then SERVING through
+    later outages (the "postgres" health status and zaptrix_dependency_up follow the database); meanwhile the pool
     opens in the background (retrying through outages), then ``after_open(stop)`` runs (sweeps, gauges).
     A start-up failure that is not an outage (SchemaMissing, a malformed DSN) stops the server and is
     raised. On the way out: ``on_stop()`` (e.g. let in-flight work finish), the background ended, the pool
@@ -156,7 +173,7 @@ async def serve_with_database(
         await serve(
             port=port,
             register=register,
-            readiness=db.ping,
+            dependencies={"postgres": db.ping},
             metrics_port=metrics_port,
             grace_s=grace_s,
             health_period_s=health_period_s,

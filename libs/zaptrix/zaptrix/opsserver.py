@@ -8,11 +8,14 @@ from collections.abc import Mapping
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from zaptrix.health import CachedChecks, Check, health_document
+from zaptrix.health import Check, Probes, always
 
 
-async def serve_ops(port: int, service: str, checks: Mapping[str, Check]) -> asyncio.Server:
-    cached = CachedChecks(checks)
+async def serve_ops(
+    port: int, service: str, checks: Mapping[str, Check], ready: Check = always, live: Check = always
+) -> asyncio.Server:
+    """/health (``live``; the body reports ``checks``), /ready (``ready``) and /metrics; see zaptrix.health."""
+    probes = Probes(service, checks, ready=ready, live=live)
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -22,13 +25,11 @@ async def serve_ops(port: int, service: str, checks: Mapping[str, Check]) -> asy
             parts = request_line.decode(errors="replace").split()
             path = parts[1].split("?", 1)[0] if len(parts) > 1 else "/"
             if path == "/metrics":
+                await probes.refresh()  # zaptrix_dependency_up as of this scrape
                 status, ctype, body = 200, CONTENT_TYPE_LATEST, generate_latest()
             elif path in ("/health", "/ready"):
-                doc = health_document(service, await cached.results())
-                ok = doc["status"] == "ok" or (
-                    path == "/health" and doc["dependencies"].get("consumer") == "up"
-                )
-                status, ctype, body = (200 if ok else 503), "application/json", json.dumps(doc).encode()
+                status, doc = await (probes.health() if path == "/health" else probes.readiness())
+                ctype, body = "application/json", json.dumps(doc).encode()
             else:
                 status, ctype, body = 404, "text/plain", b"not found"
             reason = {200: "OK", 404: "Not Found", 503: "Service Unavailable"}[status]

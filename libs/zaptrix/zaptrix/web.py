@@ -20,7 +20,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_
 from sanic import HTTPResponse, Request, Sanic, json, raw
 from sanic.response import BaseHTTPResponse
 
-from zaptrix.health import CachedChecks, Check, health_document
+from zaptrix.health import Check, Probes, always
 
 tracer = trace.get_tracer("zaptrix.web")
 
@@ -92,20 +92,29 @@ def instrument_sanic(app: Sanic) -> None:  # type: ignore[type-arg]
     app.register_middleware(_finish, "response", priority=100)
 
 
-def add_ops_routes(app: Sanic, service: str, checks: Mapping[str, Check]) -> CachedChecks:  # type: ignore[type-arg]
-    cached = CachedChecks(checks)
+def add_ops_routes(
+    app: Sanic,  # type: ignore[type-arg]
+    service: str,
+    checks: Mapping[str, Check],
+    ready: Check = always,
+) -> Probes:
+    """/health (200 while the process serves; the body reports ``checks``), /ready (200 while ``ready``:
+    the pod's own state, never its dependencies'; see zaptrix.health) and /metrics."""
+    probes = Probes(service, checks, ready=ready)
 
     async def health(_: Request) -> HTTPResponse:
-        return json(health_document(service, await cached.results()))
+        status, doc = await probes.health()
+        return json(doc, status=status)
 
-    async def ready(_: Request) -> HTTPResponse:
-        doc = health_document(service, await cached.results())
-        return json(doc, status=200 if doc["status"] == "ok" else 503)
+    async def ready_route(_: Request) -> HTTPResponse:
+        status, doc = await probes.readiness()
+        return json(doc, status=status)
 
     async def metrics(_: Request) -> HTTPResponse:
+        await probes.refresh()  # zaptrix_dependency_up as of this scrape
         return raw(generate_latest(), content_type=CONTENT_TYPE_LATEST)
 
     app.add_route(health, "/health", methods=["GET"], name="health")
-    app.add_route(ready, "/ready", methods=["GET"], name="ready")
+    app.add_route(ready_route, "/ready", methods=["GET"], name="ready")
     app.add_route(metrics, "/metrics", methods=["GET"], name="metrics")
-    return cached
+    return probes

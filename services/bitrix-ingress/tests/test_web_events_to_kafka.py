@@ -382,3 +382,31 @@ async def test_kafka_down_answers_503_and_logs_the_event_ids_not_its_text(
         assert "access-xyz" not in log and "apptok" not in log  # secrets never logged
     finally:
         await proc.astop()
+
+
+async def test_mapper_down_the_web_stays_ready_and_takes_the_event_into_kafka(
+    tmp_path: Path, fakes: GrpcFakes, kafka_bootstrap: str, kafka_prefix: str
+) -> None:
+    """The readiness cascade (aesthetics review 6): Bitrix24 never resends an event, so a web pod whose
+    mapper is unreachable stays in rotation, keys the event by its chat id and hands it to Kafka; the
+    mapper shows as down in /health and zaptrix_dependency_up, never in /ready."""
+    fakes.token_keeper.add(Portal("m1", "apptok"))
+    dead_mapper = f"127.0.0.1:{free_port()}"
+    url, proc = start_web(tmp_path, fakes, kafka_bootstrap, kafka_prefix, ZAPTRIX_MAPPER_ADDR=dead_mapper)
+    try:
+        await wait_http(f"{url}/health", proc, ok=lambda s: s == 200)
+        async with httpx.AsyncClient(timeout=30) as http:
+            web = Web(url, proc, fakes, topics_for(Flow.B24_TO_WA, kafka_prefix).main, kafka_bootstrap, http)
+            await wait_http(f"{url}/ready", proc, ok=lambda s: s == 200)
+            resp = await web.post(message_add(message_id="2001"))
+            assert resp.status_code == 200, resp.text
+            (record,) = await web.records("b24:m1:2001", 1)
+            health = (await http.get(f"{url}/health")).json()
+            ready = await http.get(f"{url}/ready")
+            metrics = (await http.get(f"{url}/metrics")).text
+    finally:
+        await proc.astop()
+    assert record.key == b"wa_100_4917"  # keyed by the chat id while the mapper cannot be asked
+    assert health["dependencies"]["mapper"] == "down" and health["status"] == "degraded"
+    assert ready.status_code == 200 and ready.json()["ready"] is True
+    assert 'zaptrix_dependency_up{dependency="mapper"} 0.0' in metrics

@@ -14,7 +14,10 @@ class MapperSettings(CommonSettings):
     grpc_port: int = Field(50051, description="gRPC listen port (Mapper + grpc.health.v1.Health)")
     metrics_port: int = Field(9101, description="Prometheus /metrics port; 0 disables")
     shutdown_grace_s: float = Field(10.0, description="In-flight RPCs get this long to finish on SIGTERM")
-    health_period_s: float = Field(2.0, description="How often readiness (SELECT 1) is re-checked")
+    health_period_s: float = Field(
+        2.0,
+        description="How often the database check (SELECT 1) behind the 'postgres' health status and zaptrix_dependency_up is re-run",
+    )
     db_connect_timeout_s: float = Field(5.0, description="Timeout of one new PostgreSQL connection")
 
     # Dedupe records must outlive every way an event can come back:

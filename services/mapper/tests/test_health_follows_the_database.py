@@ -1,4 +1,8 @@
-"""The production wiring (mapper.server.run → zaptrix.grpcserver.serve) in this process: health follows the database."""
+"""The production wiring (mapper.server.run → zaptrix.grpcserver.serve) in this process.
+
+Readiness ("" and zaptrix.v1.Mapper) waits for the database once, at start-up; after that a database outage
+shows in the "postgres" health status and zaptrix_dependency_up, and the mapper stays in rotation answering
+UNAVAILABLE (a classified, fast answer its callers' degraded modes act on) instead of emptying its Service."""
 
 from __future__ import annotations
 
@@ -69,18 +73,21 @@ async def admin(pg_server_url: str, statement: str) -> None:
         await conn.close()
 
 
-async def test_serving_until_the_database_goes_away(migrated_db: str, pg_server_url: str) -> None:
+async def test_stays_serving_while_the_database_goes_away(migrated_db: str, pg_server_url: str) -> None:
     async with running(migrated_db) as channel:
         await wait_for_status(channel, SERVING)
         await wait_for_status(channel, SERVING, "zaptrix.v1.Mapper")
+        await wait_for_status(channel, SERVING, "postgres")
         stub = mapper_pb2_grpc.MapperStub(channel)
         ok_before = rpc_count("ListChannels", "OK")
         await stub.ListChannels(pb.ListChannelsRequest())
         assert rpc_count("ListChannels", "OK") == ok_before + 1
 
         await admin(pg_server_url, f'DROP DATABASE "{migrated_db.rsplit("/", 1)[1]}" WITH (FORCE)')
-        await wait_for_status(channel, NOT_SERVING)
-        await wait_for_status(channel, NOT_SERVING, "zaptrix.v1.Mapper")
+        await wait_for_status(channel, NOT_SERVING, "postgres")
+        assert REGISTRY.get_sample_value("zaptrix_dependency_up", {"dependency": "postgres"}) == 0.0
+        await wait_for_status(channel, SERVING)  # still in rotation: readiness is not the database's
+        await wait_for_status(channel, SERVING, "zaptrix.v1.Mapper")
         unavailable_before = rpc_count("ListChannels", "UNAVAILABLE")
         await expect_code(stub.ListChannels(pb.ListChannelsRequest()), grpc.StatusCode.UNAVAILABLE)
         assert rpc_count("ListChannels", "UNAVAILABLE") == unavailable_before + 1
@@ -93,7 +100,8 @@ async def test_starts_not_serving_and_connects_once_the_database_exists(pg_serve
     dsn = f"{pg_server_url.rpartition('/')[0]}/{name}"
     try:
         async with running(dsn) as channel:
-            await wait_for_status(channel, NOT_SERVING)
+            await wait_for_status(channel, NOT_SERVING)  # never reached its database: not ready yet
+            await wait_for_status(channel, NOT_SERVING, "postgres")
             stub = mapper_pb2_grpc.MapperStub(channel)
             await expect_code(
                 stub.GetChannel(pb.GetChannelRequest(phone_number_id="1")), grpc.StatusCode.UNAVAILABLE

@@ -6,22 +6,28 @@ import asyncio
 import hashlib
 import random
 import time
+from pathlib import Path
 
 import httpx
 import pytest
 from meta_ingress.web.media_url import sign_url
 from meta_support import (
     APP_SECRET,
+    BIN,
     PNID,
     TOKEN,
     VERIFY_TOKEN,
     WABA,
     Fakes,
     TopicReader,
+    base_env,
     dump,
+    free_port,
     msg,
     sign,
+    start_process,
     status,
+    stop_all,
     value,
     webhook,
 )
@@ -343,3 +349,31 @@ async def test_sandbox_batch_of_every_type(
     assert got["reaction"].text == "Reacted ❤️ to your message"
     assert got["unsupported"].text.startswith("[Unsupported message type: unknown]")
     assert all(m.raw_json for m in got.values())
+
+
+async def test_token_keeper_unreachable_the_web_stays_ready(
+    tmp_path: Path, kafka_bootstrap: str, topic_prefix: str
+) -> None:
+    """Readiness is the pod's own state (its Kafka producer started), not token-keeper's: with token-keeper
+    gone the pod stays in rotation (stale credentials keep verifying what they can; the rest answers 503
+    and Meta retries), and token-keeper shows as down in /health and zaptrix_dependency_up."""
+    port, dead = free_port(), f"127.0.0.1:{free_port()}"
+    env = {
+        **base_env(kafka_bootstrap, topic_prefix, dead, "http://127.0.0.1:9"),
+        "ZAPTRIX_WEB_PORT": str(port),
+    }
+    web = start_process(
+        [str(BIN / "meta-ingress-web")], env, f"http://127.0.0.1:{port}/ready", tmp_path / "web.log"
+    )
+    try:
+        async with httpx.AsyncClient(base_url=web.url) as client:
+            ready = await client.get("/ready")
+            health = await client.get("/health")
+            metrics = (await client.get("/metrics")).text
+    finally:
+        stop_all([web])
+    assert ready.status_code == 200 and ready.json()["ready"] is True
+    # (kafka may still read "down" here: the checks are cached for 1 s from the first probe, before the
+    # producer had started; readiness itself is never cached)
+    assert health.status_code == 200 and health.json()["dependencies"]["token_keeper"] == "down"
+    assert 'zaptrix_dependency_up{dependency="token_keeper"} 0.0' in metrics

@@ -133,11 +133,13 @@ async def test_invalid_grant_is_visible_in_status_metrics_and_log_without_retry_
     assert find_secrets_in(log, [p["refresh_token"], p["client_secret"], p["access_token"]]) == []
 
 
-async def wait_health(server: Server, want: int, within_s: float = 10.0) -> bool:
+async def wait_health(
+    server: Server, want: int, within_s: float = 10.0, service: str = "zaptrix.v1.TokenKeeper"
+) -> bool:
     stub = health_pb2_grpc.HealthStub(server.channel)
     deadline = time.monotonic() + within_s
     while time.monotonic() < deadline:
-        r = await stub.Check(health_pb2.HealthCheckRequest(service="zaptrix.v1.TokenKeeper"), timeout=2)
+        r = await stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=2)
         if r.status == want:
             return True
         await asyncio.sleep(0.2)
@@ -245,7 +247,8 @@ async def test_grpc_api_install_verify_channels_and_cached_latency(
     text = await server.metrics()
     assert metric(text, "zaptrix_token_cache_total", result="hit") >= 1000
 
-    # PostgreSQL becomes unreachable: cached tokens keep flowing, the rest is UNAVAILABLE, health NOT_SERVING.
+    # PostgreSQL becomes unreachable: cached tokens keep flowing, the rest is UNAVAILABLE; the "postgres"
+    # health status and zaptrix_dependency_up say so, and the server stays SERVING (in rotation).
     db_name = db_url.rsplit("/", 1)[1]
     admin = await asyncpg.connect(pg_server_url)
     try:
@@ -257,11 +260,14 @@ async def test_grpc_api_install_verify_channels_and_cached_latency(
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await stub.GetPortalStatus(pb.GetPortalStatusRequest(member_id=spec["member_id"]), timeout=10)
         assert err.value.code() == grpc.StatusCode.UNAVAILABLE
-        assert await wait_health(server, health_pb2.HealthCheckResponse.NOT_SERVING)
+        assert await wait_health(server, health_pb2.HealthCheckResponse.NOT_SERVING, service="postgres")
+        assert 'zaptrix_dependency_up{dependency="postgres"} 0.0' in await server.metrics()
+        assert await wait_health(server, health_pb2.HealthCheckResponse.SERVING)
+        assert await wait_health(server, health_pb2.HealthCheckResponse.SERVING, service="")
     finally:
         await admin.execute(f'ALTER DATABASE "{db_name}" ALLOW_CONNECTIONS true')
         await admin.close()
-    assert await wait_health(server, health_pb2.HealthCheckResponse.SERVING)
+    assert await wait_health(server, health_pb2.HealthCheckResponse.SERVING, service="postgres")
     status = await stub.GetPortalStatus(pb.GetPortalStatusRequest(member_id=spec["member_id"]), timeout=5)
     assert status.state == pb.PORTAL_STATE_ACTIVE
 

@@ -1,6 +1,6 @@
 """Producers that come up even while Kafka is unreachable: every process keeps retrying the start (0.5 s
-doubling up to 10 s) instead of crashing. Meanwhile a web process answers 503 (the platform retries) and
-a dispatcher reports kafka down on /ready."""
+doubling up to 10 s) instead of crashing. Meanwhile a web process is not ready and answers 503 (the
+platform retries), and a dispatcher reports kafka down on /health."""
 
 from __future__ import annotations
 
@@ -63,6 +63,12 @@ class BackgroundProducer:
         if task is None or not task.done() or task.cancelled() or task.exception() is not None:
             return None
         return task.result()
+
+    async def started(self) -> bool:
+        """The web process's readiness: Kafka has answered once, so events can be handed off durably. A
+        later broker outage does not undo it: every replica shares that outage, and an unready pod would
+        turn Bitrix24 events (never resent) into ingress 503s recorded nowhere instead of counted ones."""
+        return self.producer is not None
 
     async def healthy(self) -> bool:
         producer = self.producer

@@ -93,7 +93,15 @@ def create_app(
     async def connector_settings(request: Request) -> HTTPResponse:
         return await handlers().install.settings(request)
 
-    add_ops_routes(app, SERVICE, {"kafka": kafka_check, "token_keeper": tk_check, "mapper": mapper_check})
+    async def producer_started() -> bool:
+        return await handlers().resources.producer.started()
+
+    add_ops_routes(
+        app,
+        SERVICE,
+        {"kafka": kafka_check, "token_keeper": tk_check, "mapper": mapper_check},
+        ready=producer_started,
+    )
     app.add_route(outbound, OUTBOUND_PATH, methods=["POST"], name="outbound")
     app.add_route(install, INSTALL_PATH, methods=["POST"], name="install")
     app.add_route(connector_settings, SETTINGS_PATH, methods=["POST"], name="settings")

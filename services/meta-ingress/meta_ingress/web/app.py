@@ -58,7 +58,15 @@ def create_app(
     async def token_keeper_up() -> bool:
         return await grpc_health_check(lifetime.resources.clients.token_keeper_channel)()
 
-    add_ops_routes(app, SERVICE, checks={"kafka": kafka_up, "token_keeper": token_keeper_up})
+    async def producer_started() -> bool:
+        return await lifetime.resources.producer.started()
+
+    add_ops_routes(
+        app,
+        SERVICE,
+        checks={"kafka": kafka_up, "token_keeper": token_keeper_up},
+        ready=producer_started,
+    )
     app.add_route(hooks.verify, "/webhooks/meta", methods=["GET"], name="webhook_verify")
     app.add_route(hooks.receive, "/webhooks/meta", methods=["POST"], name="webhook_receive")
     app.add_route(
