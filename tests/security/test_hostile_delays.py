@@ -57,10 +57,10 @@ async def kafka(
     return await flow_kafka(1)
 
 
-def _event(n: int, text: str = "hello") -> events_pb2.Envelope:
+def _event(n: int, text: str = "hello", conversation: str = "100:4915") -> events_pb2.Envelope:
     return new_envelope(
         f"wa:wamid.{n}",
-        "100:4915",
+        conversation,
         events_pb2.PLATFORM_WHATSAPP,
         customer_message=events_pb2.CustomerMessage(wamid=f"wamid.{n}", text=text),
     )
@@ -131,8 +131,9 @@ async def test_hostile_retry_after_neither_crashes_nor_freezes_the_dispatcher(
     try:
         await producer.publish(topics.main, [_event(1)])
         (first,) = await _read(settings, topics.retry, 1)
-        # the portal is now paused; its next event must not wait behind an endless (or 15 min) pause
-        await producer.publish(topics.main, [_event(2)])
+        # the portal is now paused; its next event (another customer's: the first one's conversation waits
+        # behind its retry) must not wait behind an endless (or 15 min) pause
+        await producer.publish(topics.main, [_event(2, conversation="100:4916")])
         await _until(lambda: "wa:wamid.2" in handled, task)
         retried = await _read(settings, topics.retry, 2)
         assert not task.done(), "the consumer crashed"
