@@ -13,7 +13,6 @@ import pytest
 from meta_ingress.web.media_url import sign_url
 from meta_support import (
     APP_SECRET,
-    BIN,
     PNID,
     TOKEN,
     VERIFY_TOKEN,
@@ -22,17 +21,15 @@ from meta_support import (
     TopicReader,
     base_env,
     dump,
-    free_port,
     msg,
     sign,
-    start_process,
     status,
-    stop_all,
     value,
     webhook,
 )
 from zaptrix.kafka import Flow, topics_for
-from zaptrix_testing.processes import Proc
+from zaptrix_testing.ports import free_port
+from zaptrix_testing.processes import BIN, Proc, Spec, start_processes, stop_all
 
 
 @pytest.fixture
@@ -362,8 +359,8 @@ async def test_token_keeper_unreachable_the_web_stays_ready(
         **base_env(kafka_bootstrap, topic_prefix, dead, "http://127.0.0.1:9"),
         "ZAPTRIX_WEB_PORT": str(port),
     }
-    web = start_process(
-        [str(BIN / "meta-ingress-web")], env, f"http://127.0.0.1:{port}/ready", tmp_path / "web.log"
+    (web,) = start_processes(
+        Spec([str(BIN / "meta-ingress-web")], env, f"http://127.0.0.1:{port}/ready", tmp_path / "web.log")
     )
     try:
         async with httpx.AsyncClient(base_url=web.url) as client:

@@ -15,6 +15,7 @@ from sanic import HTTPResponse, Request, Sanic
 from sanic.config import Config
 from sanic.exceptions import SanicException
 from zaptrix.health import grpc_health_check
+from zaptrix.lifetime import Lifetime
 from zaptrix.logging import get_logger
 from zaptrix.process import run_process, serve_web
 from zaptrix.settings import GrpcClientSettings, KafkaSettings
@@ -47,6 +48,9 @@ class Handlers:
         install = Install(resources)
         return cls(resources, OperatorEvents(resources, install), install)
 
+    async def close(self) -> None:
+        await self.resources.stop()
+
 
 def create_app(
     settings: WebSettings,
@@ -62,18 +66,19 @@ def create_app(
     app.config.FALLBACK_ERROR_FORMAT = "json"
     instrument_sanic(app)
 
+    lifetime = Lifetime(lambda: Handlers.build(WebResources(settings, kafka, grpc_settings)))
+
     def handlers() -> Handlers:
-        built: Handlers = app.ctx.handlers
-        return built
+        return lifetime.resources
 
     @app.before_server_start
     async def _start(app: App) -> None:
-        app.ctx.handlers = Handlers.build(WebResources(settings, kafka, grpc_settings))
+        await lifetime.start()
         handlers().resources.producer.start()
 
     @app.after_server_stop
     async def _stop(app: App) -> None:
-        await handlers().resources.stop()
+        await lifetime.stop()
 
     async def kafka_check() -> bool:
         return await handlers().resources.producer.healthy()

@@ -1,12 +1,10 @@
-"""What the web handlers share, and the one thing in the web process that is bound late: the resources
-exist only while the server runs."""
+"""What the web handlers share (through a zaptrix.lifetime.Lifetime: they exist only while the server runs)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from zaptrix.clients import Clients
 from zaptrix.kafka.producer_startup import BackgroundProducer
+from zaptrix.lifetime import Lifetime as _Lifetime
 from zaptrix.settings import GrpcClientSettings, KafkaSettings
 
 from meta_ingress.credentials import CredentialsCache
@@ -35,25 +33,5 @@ class WebResources:
         await self.clients.close()
 
 
-class Lifetime:
-    """The resources of the running server: opened in before_server_start, closed after the server stops.
-    Handlers are built with the Lifetime and read ``resources`` per request; Sanic routes no request before
-    before_server_start has run."""
-
-    def __init__(self, open_resources: Callable[[], WebResources]) -> None:
-        self._open = open_resources
-        self._resources: WebResources | None = None
-
-    @property
-    def resources(self) -> WebResources:
-        if self._resources is None:
-            raise RuntimeError("the web resources are not open (before_server_start has not run)")
-        return self._resources
-
-    async def start(self) -> None:
-        self._resources = self._open()
-
-    async def stop(self) -> None:
-        resources, self._resources = self._resources, None
-        if resources is not None:
-            await resources.close()
+# The handlers get the resources through a Lifetime: they exist only while the server runs.
+Lifetime = _Lifetime[WebResources]
