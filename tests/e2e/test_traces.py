@@ -37,8 +37,14 @@ async def test_customer_message_is_one_trace_from_webhook_to_imconnector(system:
         spans = _trace_with(system, event_id)
         # Each process exports in its own batches: wait for both ends of the trace.
         reached = any("imconnector.send.messages" in s.attributes.get("url.full", "") + s.name for s in spans)
-        # The mapper exports its spans in its own batches too, possibly after the far API call's.
-        return reached and _has(spans, "meta-ingress", SERVER) and _has(spans, "mapper", SERVER)
+        # The mapper exports its spans in its own batches too, possibly after the far API call's; the
+        # dispatcher's CONSUMER span ends after its children (the API call), so it may come in a later batch.
+        return (
+            reached
+            and _has(spans, "meta-ingress", SERVER)
+            and _has(spans, "mapper", SERVER)
+            and _has(spans, "bitrix-dispatcher", CONSUMER)
+        )
 
     await eventually(complete, 20, "the trace to reach imconnector.send.messages")
     services = {s.service for s in spans}

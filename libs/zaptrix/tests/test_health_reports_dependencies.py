@@ -20,11 +20,7 @@ async def test_a_dependency_down_is_reported_down_but_readiness_is_the_processs_
     dead_port = free_port()
     dead_mapper = grpc.aio.insecure_channel(f"127.0.0.1:{dead_port}")
     port = free_port()
-    server = await serve_ops(
-        port,
-        "test",
-        {"consumer": lambda: _true(), "kafka": up.healthy, "mapper": grpc_health_check(dead_mapper)},
-    )
+    server = await serve_ops(port, "test", {"kafka": up.healthy, "mapper": grpc_health_check(dead_mapper)})
     try:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
             health = await client.get("/health")
