@@ -79,7 +79,9 @@ def _mapper(*names: str) -> frozenset[str]:
 # The table. Keep docs/token-keeper.md and docs/mapper.md in step (tests/security checks the enforcement).
 ALLOWED: dict[str, frozenset[str]] = {
     # Webhook signature check (app secret per phone_number_id) and Meta's GET verification handshake.
-    META_INGRESS_WEB: _tk("GetChannelCredentials", "CheckVerifyToken"),
+    # MarkProcessed: a status webhook echoing our part id records that Meta took the send (the dispatcher
+    # reconciles an ambiguous send with it; meta_ingress/sent_parts.py).
+    META_INGRESS_WEB: _tk("GetChannelCredentials", "CheckVerifyToken") | _mapper("MarkProcessed"),
     # Sends through the Graph API with the channel's token; resolves and records conversations/links.
     # GetPortalStatus: the conversation's portal hosts, which operator file links may name (egress guard).
     META_DISPATCHER: _tk("GetChannelCredentials", "GetPortalStatus")

@@ -138,6 +138,13 @@ AMBIGUOUS_SENDS = Counter(
     "(a status webhook echoed its id: not sent again) or resent (no echo within the reconcile window)",
     ["resolution"],
 )
+SEND_CONFIRMATIONS = Counter(
+    "zaptrix_meta_send_confirmations_total",
+    "Status webhooks echoing one of our part ids, recorded for the reconciliation of ambiguous sends: "
+    "recorded, failed (mapper unavailable; a later status of the message tries again) or dropped (too many "
+    "in flight)",
+    ["outcome"],
+)
 OPERATOR_EVENTS = Counter(
     "zaptrix_meta_operator_events_total",
     "Events other than operator messages (edits, deletes, reads, removed lines, closed windows), by type and "
