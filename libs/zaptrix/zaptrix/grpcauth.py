@@ -109,6 +109,13 @@ ALLOWED: dict[str, frozenset[str]] = {
     ADMIN: _tk(*TOKEN_KEEPER_METHODS) | _mapper(*MAPPER_METHODS),
 }
 
+# Methods a caller's row grants only for some requests: (caller, method) -> whether this request is one.
+REQUEST_RULES: dict[tuple[str, str], Callable[[Any], bool]] = {
+    # meta-ingress-web records send confirmations only ("sent:<phone_number_id>:<part id>"), never another
+    # event's dedupe record: a forged one would silently drop an operator's or a customer's message.
+    (META_INGRESS_WEB, _MAPPER + "MarkProcessed"): lambda request: str(request.event_id).startswith("sent:"),
+}
+
 # Open to any caller that completed the TLS handshake: health checking and reflection.
 OPEN_PREFIXES = (
     "/grpc.health.v1.Health/",
@@ -162,16 +169,20 @@ async def _refuse(context: grpc.aio.ServicerContext[Any, Any], caller: str | Non
 def _guard(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
     """The same handler, checking the caller before the servicer runs."""
 
-    async def check(context: grpc.aio.ServicerContext[Any, Any]) -> None:
+    async def check(context: grpc.aio.ServicerContext[Any, Any]) -> str | None:
         caller = identity_of(context)
         if not allowed(caller, method):
             await _refuse(context, caller, method)
+        return caller
 
     if handler.unary_unary is not None:
         inner_uu: Callable[..., Any] = handler.unary_unary
 
         async def unary_unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-            await check(context)
+            caller = await check(context)
+            rule = REQUEST_RULES.get((caller or "", method))
+            if rule is not None and not rule(request):
+                await _refuse(context, caller, method)
             result = inner_uu(request, context)
             return await result if inspect.isawaitable(result) else result
 
