@@ -23,7 +23,9 @@ from meta_ingress.dispatcher import send_plan as meta_outbound
 from meta_ingress.dispatcher.notices import Notice
 from meta_ingress.dispatcher.operator_messages import OperatorMessages
 from meta_ingress.web import media_url
-from zaptrix.v1 import mapper_pb2
+from opentelemetry import trace
+from zaptrix.kafka import Received
+from zaptrix.v1 import events_pb2, mapper_pb2
 
 WHATSAPP_PARTS = 4 * 4096  # the dispatcher sends at most 4 messages of 4,096 characters per operator message
 
@@ -107,15 +109,6 @@ class _Records:
     def __init__(self) -> None:
         self.marks: dict[str, str] = {}
 
-    def unrecorded(self, part_id: str) -> str | None:
-        return None
-
-    async def done(self, part_id: str) -> str | None:
-        return None
-
-    def remember(self, part_id: str, wamid: str) -> None:
-        pass
-
     async def mark(self, event_id: str, result: str) -> None:
         self.marks[event_id] = result
 
@@ -127,16 +120,25 @@ async def test_long_operator_text_is_sent_truncated_with_a_notice() -> None:
     sent: list[str] = []
     notices: list[str] = []
 
-    async def send(pnid: str, to: str, part_id: str, token: str, payload: dict[str, Any]) -> str:
+    async def send(
+        rec: Received, pnid: str, to: str, part_id: str, token: str, payload: dict[str, Any]
+    ) -> str:
         sent.append(payload["text"]["body"])
         return f"wamid.{len(sent)}"
+
+    async def prior(rec: Received, part_id: str, pnid: str, *, recorded: bool) -> str | None:
+        return None
 
     async def notify(notice: Notice, error: Any, text: str) -> None:
         notices.append(text)
 
-    sender = SimpleNamespace(check_pair=lambda key, part_id: None, send=send)
+    sender = SimpleNamespace(check_pair=lambda key, part_id: None)
     ctx = SimpleNamespace(
-        records=_Records(), sender=sender, credentials=None, notifier=SimpleNamespace(send=notify)
+        records=_Records(),
+        sender=sender,
+        once=SimpleNamespace(prior=prior, send=send),
+        credentials=None,
+        notifier=SimpleNamespace(send=notify),
     )
     window = SimpleNamespace(closed_by_record=lambda conversation: False)
     handler = OperatorMessages(ctx, window, files=None)  # type: ignore[arg-type]
@@ -150,7 +152,10 @@ async def test_long_operator_text_is_sent_truncated_with_a_notice() -> None:
     notice = Notice("wa-fail:m1:1", "m1", 7, "zaptrix_whatsapp", "1807", "1", "wa_100_4917", "pn1:4917")
     text = ("word " * 20_000).strip()  # 100,000 characters
     plan = meta_outbound.plan_message(text, [])
-    await handler.deliver("b24:m1:1", target, plan, notice, link=True, reengage=True)  # type: ignore[arg-type]
+    rec = Received(
+        events_pb2.Envelope(event_id="b24:m1:1"), "b24-to-wa", 0, 0, None, b"", [], 1, trace.INVALID_SPAN
+    )
+    await handler.deliver(rec, target, plan, notice, link=True, reengage=True)  # type: ignore[arg-type]
     assert sent, "nothing was sent"
     assert len(sent) <= 4 and sum(len(s) for s in sent) <= WHATSAPP_PARTS
     assert text.startswith(" ".join(sent)[:1000])

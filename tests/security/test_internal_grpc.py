@@ -408,3 +408,21 @@ async def test_plaintext_health_port_serves_nothing_but_health(servers: Servers)
         stub = token_keeper_pb2_grpc.TokenKeeperStub(channel)
         request = token_keeper_pb2.GetChannelCredentialsRequest(phone_number_id=PNID)
         assert await _code(stub.GetChannelCredentials(request, timeout=5)) == grpc.StatusCode.UNIMPLEMENTED
+
+
+async def test_meta_ingress_web_records_send_confirmations_only(servers: Servers) -> None:
+    """meta-ingress-web may record that Meta took a send (a "sent:" record from a status webhook), never
+    mark another event processed: that would silently drop an operator's or a customer's message."""
+    await _seed(servers)
+    stub = servers.mapper(grpcauth.META_INGRESS_WEB)
+    event = f"b24:{PORTAL}:{uuid.uuid4().int % 10**9}"
+    forged = mapper_pb2.MarkProcessedRequest(event_id=event, result="wamid.forged")
+    assert await _code(stub.MarkProcessed(forged, timeout=5)) == grpc.StatusCode.PERMISSION_DENIED
+    check = await servers.mapper().CheckProcessed(mapper_pb2.CheckProcessedRequest(event_id=event), timeout=5)
+    assert not check.processed
+    confirmation = mapper_pb2.MarkProcessedRequest(event_id=f"sent:{PNID}:{event}", result="wamid.ok")
+    await stub.MarkProcessed(confirmation, timeout=5)
+    check = await servers.mapper().CheckProcessed(
+        mapper_pb2.CheckProcessedRequest(event_id=f"sent:{PNID}:{event}"), timeout=5
+    )
+    assert check.result == "wamid.ok"

@@ -127,6 +127,8 @@ BAD_PAYLOADS = [
         "1 to 3 buttons",
     ),
     ({**text(), "context": {}}, "context['message_id']"),
+    ({**text(), "biz_opaque_callback_data": "x" * 513}, "biz_opaque_callback_data"),
+    ({**text(), "biz_opaque_callback_data": {"part": 1}}, "biz_opaque_callback_data"),
     ({"messaging_product": "whatsapp", "status": "read"}, "message_id"),
     ({"messaging_product": "whatsapp", "status": "delivered", "message_id": "wamid.x"}, "status"),
 ]

@@ -99,6 +99,7 @@ async def test_status_webhooks_follow_a_send(graph: httpx.AsyncClient, stub: Gat
             "to": "+49 170 1234567",
             "type": "text",
             "text": {"body": "Hello Anna", "preview_url": False},
+            "biz_opaque_callback_data": "b24:member-1:42#p1",
         },
     )
     assert r.status_code == 200
@@ -109,6 +110,7 @@ async def test_status_webhooks_follow_a_send(graph: httpx.AsyncClient, stub: Gat
     statuses = [h.json()["entry"][0]["changes"][0]["value"]["statuses"][0] for h in hooks]
     assert [s["status"] for s in statuses] == ["sent", "delivered", "read"]
     assert all(s["id"] == wamid and s["recipient_id"] == "491701234567" for s in statuses)
+    assert all(s["biz_opaque_callback_data"] == "b24:member-1:42#p1" for s in statuses)
     assert statuses[0]["pricing"] == {"billable": True, "pricing_model": "CBP", "category": "service"}
     assert statuses[0]["conversation"]["origin"] == {"type": "service"}
     assert "pricing" not in statuses[2]

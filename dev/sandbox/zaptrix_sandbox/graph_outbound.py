@@ -163,6 +163,9 @@ class Outbound:
             "timestamp": str(int(time.time())),
             "recipient_id": sent.wa_id,
         }
+        opaque = sent.payload.get("biz_opaque_callback_data") if isinstance(sent.payload, dict) else None
+        if isinstance(opaque, str) and status in ("sent", "delivered", "read"):  # documented for these three
+            item["biz_opaque_callback_data"] = opaque
         if status in ("sent", "delivered"):
             item["conversation"] = self._conversation(sent, category)
             item["pricing"] = {"billable": True, "pricing_model": "CBP", "category": category}

@@ -250,6 +250,8 @@ def validate(body: Any) -> SendRequest | ReadRequest:
         if key not in TOP_LEVEL and key != kind:
             raise param_error(f'Unexpected key "{key}" on param root.')
     body_of(kind, _require(body, kind, ""))
+    if "biz_opaque_callback_data" in body:  # echoed in the sent/delivered/read status webhooks
+        _string(body["biz_opaque_callback_data"], "biz_opaque_callback_data", 512, min_len=0)
     context_id: str | None = None
     if "context" in body:
         context = _object(body["context"], "context")

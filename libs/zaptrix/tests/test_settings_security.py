@@ -93,7 +93,9 @@ def test_every_allowed_method_exists_and_web_rows_are_narrow() -> None:
     assert grpcauth.ALLOWED[grpcauth.META_INGRESS_WEB] == {
         "/zaptrix.v1.TokenKeeper/GetChannelCredentials",
         "/zaptrix.v1.TokenKeeper/CheckVerifyToken",
+        "/zaptrix.v1.Mapper/MarkProcessed",  # send confirmations only (REQUEST_RULES)
     }
+    assert (grpcauth.META_INGRESS_WEB, "/zaptrix.v1.Mapper/MarkProcessed") in grpcauth.REQUEST_RULES
     for caller in (grpcauth.META_INGRESS_WEB, grpcauth.BITRIX_INGRESS_WEB):
         assert "/zaptrix.v1.TokenKeeper/GetAccessToken" not in grpcauth.ALLOWED[caller]
         assert "/zaptrix.v1.TokenKeeper/UpsertChannelCredentials" not in grpcauth.ALLOWED[caller]
@@ -127,8 +129,13 @@ def test_docs_show_the_caller_table() -> None:
         rows = [line.strip().strip("|").split("|") for line in text.splitlines() if line.startswith("| `")]
         table = {r[0].strip(" `"): [c.strip() for c in r[1:]] for r in rows if len(r) == len(callers) + 1}
         for method in methods:
-            cells = table[method]
+            full = f"/zaptrix.v1.{service}/{method}"
+            # A cell that is neither empty nor "yes" names the condition of a REQUEST_RULES entry.
+            cells = ["condition" if cell not in ("", "yes") else cell for cell in table[method]]
             expected = [
-                "yes" if f"/zaptrix.v1.{service}/{method}" in grpcauth.ALLOWED[c] else "" for c in callers
+                ("condition" if (c, full) in grpcauth.REQUEST_RULES else "yes")
+                if full in grpcauth.ALLOWED[c]
+                else ""
+                for c in callers
             ]
             assert cells == expected, (doc, method)

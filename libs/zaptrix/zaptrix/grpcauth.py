@@ -79,7 +79,9 @@ def _mapper(*names: str) -> frozenset[str]:
 # The table. Keep docs/token-keeper.md and docs/mapper.md in step (tests/security checks the enforcement).
 ALLOWED: dict[str, frozenset[str]] = {
     # Webhook signature check (app secret per phone_number_id) and Meta's GET verification handshake.
-    META_INGRESS_WEB: _tk("GetChannelCredentials", "CheckVerifyToken"),
+    # MarkProcessed: a status webhook echoing our part id records that Meta took the send (the dispatcher
+    # reconciles an ambiguous send with it; meta_ingress/sent_parts.py).
+    META_INGRESS_WEB: _tk("GetChannelCredentials", "CheckVerifyToken") | _mapper("MarkProcessed"),
     # Sends through the Graph API with the channel's token; resolves and records conversations/links.
     # GetPortalStatus: the conversation's portal hosts, which operator file links may name (egress guard).
     META_DISPATCHER: _tk("GetChannelCredentials", "GetPortalStatus")
@@ -105,6 +107,13 @@ ALLOWED: dict[str, frozenset[str]] = {
     ),
     # Operator tooling: everything (binding channels, storing channel credentials).
     ADMIN: _tk(*TOKEN_KEEPER_METHODS) | _mapper(*MAPPER_METHODS),
+}
+
+# Methods a caller's row grants only for some requests: (caller, method) -> whether this request is one.
+REQUEST_RULES: dict[tuple[str, str], Callable[[Any], bool]] = {
+    # meta-ingress-web records send confirmations only ("sent:<phone_number_id>:<part id>"), never another
+    # event's dedupe record: a forged one would silently drop an operator's or a customer's message.
+    (META_INGRESS_WEB, _MAPPER + "MarkProcessed"): lambda request: str(request.event_id).startswith("sent:"),
 }
 
 # Open to any caller that completed the TLS handshake: health checking and reflection.
@@ -160,16 +169,20 @@ async def _refuse(context: grpc.aio.ServicerContext[Any, Any], caller: str | Non
 def _guard(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
     """The same handler, checking the caller before the servicer runs."""
 
-    async def check(context: grpc.aio.ServicerContext[Any, Any]) -> None:
+    async def check(context: grpc.aio.ServicerContext[Any, Any]) -> str | None:
         caller = identity_of(context)
         if not allowed(caller, method):
             await _refuse(context, caller, method)
+        return caller
 
     if handler.unary_unary is not None:
         inner_uu: Callable[..., Any] = handler.unary_unary
 
         async def unary_unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-            await check(context)
+            caller = await check(context)
+            rule = REQUEST_RULES.get((caller or "", method))
+            if rule is not None and not rule(request):
+                await _refuse(context, caller, method)
             result = inner_uu(request, context)
             return await result if inspect.isawaitable(result) else result
 

@@ -132,9 +132,18 @@ PAIR_DEFERRALS = Counter(
 THROTTLED = Counter(
     "zaptrix_meta_throttled_total", "Throughput or pair-rate errors returned by the Graph API", ["code"]
 )
-AMBIGUOUS_RETRIES = Counter(
-    "zaptrix_meta_ambiguous_retries_total",
-    "Sends retried after the request may have reached Meta (read timeout): a duplicate is possible",
+AMBIGUOUS_SENDS = Counter(
+    "zaptrix_meta_ambiguous_sends_total",
+    "Sends whose outcome was unknown (timeout after the request left), by how it was resolved: confirmed "
+    "(a status webhook echoed its id: not sent again) or resent (no echo within the reconcile window)",
+    ["resolution"],
+)
+SEND_CONFIRMATIONS = Counter(
+    "zaptrix_meta_send_confirmations_total",
+    "Status webhooks echoing one of our part ids, recorded for the reconciliation of ambiguous sends: "
+    "recorded, failed (mapper unavailable; a later status of the message tries again) or dropped (too many "
+    "in flight)",
+    ["outcome"],
 )
 OPERATOR_EVENTS = Counter(
     "zaptrix_meta_operator_events_total",

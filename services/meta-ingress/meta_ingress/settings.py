@@ -196,6 +196,18 @@ class DispatcherSettings(MetaSettings, DispatcherCommonSettings):
     send_backoff_max_s: float = Field(
         3.0, gt=0, description="Longest in-process wait; a longer Retry-After goes to the retry topic"
     )
+    ambiguous_retry_s: float = Field(
+        20.0,
+        gt=0,
+        description="After a send whose outcome is unknown (timeout after the request left): wait this long "
+        "for its status webhook before looking again (through the retry topic; never resent at once)",
+    )
+    reconcile_window_s: float = Field(
+        120.0,
+        gt=0,
+        description="How long an ambiguous send waits for a status webhook echoing its id before it is sent "
+        "again (a duplicate only if the webhook was lost or later than this)",
+    )
 
     media_send_mode: Literal["upload", "link"] = Field(
         "upload",

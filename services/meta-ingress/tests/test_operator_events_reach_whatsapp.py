@@ -478,7 +478,7 @@ async def test_recording_failure_after_send_does_not_send_twice(
     dispatcher: Proc, sandbox: httpx.AsyncClient, fresh: Fakes, producer: EventProducer, topic_prefix: str
 ) -> None:
     """The mapper fails MarkProcessed longer than the in-process attempts: the event goes through the retry
-    topic, and the retry only records the send it remembers instead of sending again."""
+    topic, and the retry only records the send noted on its record instead of sending again."""
     wa = customer()
     await open_windows(sandbox, wa)
     conv = fresh.mapper.add_conversation(wa)

@@ -13,6 +13,7 @@ import pytest
 from meta_ingress.web.media_url import sign_url
 from meta_support import (
     APP_SECRET,
+    MEMBER,
     PNID,
     TOKEN,
     VERIFY_TOKEN,
@@ -374,3 +375,27 @@ async def test_token_keeper_unreachable_the_web_stays_ready(
     # producer had started; readiness itself is never cached)
     assert health.status_code == 200 and health.json()["dependencies"]["token_keeper"] == "down"
     assert 'zaptrix_dependency_up{dependency="token_keeper"} 0.0' in metrics
+
+
+async def test_status_echoing_our_part_id_records_the_send(
+    web: Proc, fresh: Fakes, reader: TopicReader
+) -> None:
+    """A status webhook whose biz_opaque_callback_data is one of our part ids records that Meta took the
+    send (for the dispatcher's reconciliation of an ambiguous send); the status event still goes to Kafka.
+    A failed status and a value the mapper could not take record nothing."""
+    part = f"b24:{MEMBER}:{random.randrange(10**9)}#p2"
+    sent = status("wamid.ECHO1", "sent", biz_opaque_callback_data=part)
+    delivered = status("wamid.ECHO1", "delivered", biz_opaque_callback_data=part)
+    failed = status("wamid.ECHO2", "failed", biz_opaque_callback_data=part + "x")
+    too_long = status("wamid.ECHO3", "sent", biz_opaque_callback_data="b" * 512)
+    body = dump(webhook(value(statuses=[sent, delivered, failed, too_long])))
+    resp = await post(web, body)
+    assert resp.status_code == 200, resp.text
+    events = {r.envelope.event_id for r in await reader.take(4, within=10)}
+    assert {"wa-status:wamid.ECHO1:sent", "wa-status:wamid.ECHO2:failed"} <= events
+    deadline = time.monotonic() + 10
+    while f"sent:{PNID}:{part}" not in fresh.mapper.processed and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    assert fresh.mapper.processed[f"sent:{PNID}:{part}"] == "wamid.ECHO1"
+    assert f"sent:{PNID}:{part}x" not in fresh.mapper.processed
+    assert not [k for k in fresh.mapper.processed if k.startswith(f"sent:{PNID}:bbb")]

@@ -17,6 +17,7 @@ from zaptrix.v1 import mapper_pb2
 from meta_ingress.credentials import Credentials, CredentialsCache, UnknownChannel
 from meta_ingress.dispatcher.notices import Notifier
 from meta_ingress.dispatcher.records import Records
+from meta_ingress.dispatcher.send_once import SendOnce
 from meta_ingress.dispatcher.sender import Sender
 from meta_ingress.graph.client import GraphClient
 from meta_ingress.settings import DispatcherSettings
@@ -53,6 +54,7 @@ class Context:
         self.notifier = notifier
         self.records = Records(clients)
         self.sender = Sender(settings, graph)
+        self.once = SendOnce(settings, self.records, self.sender)
         self.credentials = CredentialsCache(clients, settings)
         self.channels: AsyncTtlCache[str, mapper_pb2.Channel] = AsyncTtlCache(
             self.records.channel,

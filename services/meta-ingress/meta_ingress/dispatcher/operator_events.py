@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 from functools import partial
 
-from zaptrix.kafka import Outcome, PermanentError
+from zaptrix.kafka import Outcome, PermanentError, Received
 from zaptrix.logging import get_logger
 from zaptrix.ttlcache import NotFoundError
 from zaptrix.v1 import events_pb2
@@ -38,7 +38,8 @@ class OperatorEvents:
         self.ctx = ctx
         self.messages = messages
 
-    async def on_edit(self, env: events_pb2.Envelope, e: events_pb2.OperatorMessageEdit) -> Outcome:
+    async def on_edit(self, rec: Received, e: events_pb2.OperatorMessageEdit) -> Outcome:
+        env = rec.envelope
         event_id = f"wa-fail:{e.member_id}:{e.bitrix_message_id}:edit:{_short(env.event_id)}"
         if self.ctx.settings.edit_mode == "notice":
             conversation = await self.ctx.conversation(e.member_id, e.external_chat_id, "edit")
@@ -64,7 +65,7 @@ class OperatorEvents:
         )
         plan = plan_message(e.text_bbcode, [], original, self.ctx.settings.correction_prefix)
         OPERATOR_EVENTS.labels("edit", "correction").inc()
-        return await self.messages.deliver(env.event_id, target, plan, notice, link=False, reengage=False)
+        return await self.messages.deliver(rec, target, plan, notice, link=False, reengage=False)
 
     async def on_delete(self, env: events_pb2.Envelope, d: events_pb2.OperatorMessageDelete) -> Outcome:
         mode = self.ctx.settings.delete_mode

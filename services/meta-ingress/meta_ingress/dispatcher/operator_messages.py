@@ -2,10 +2,11 @@
 part (sender.py, files through bitrix_files.py), record (links, dedupe), and a notice for what failed.
 
 Redelivery never sends twice what was recorded: parts of a multi-part message are recorded one by one
-(``<event_id>#p<n>``), and a send whose recording failed is remembered in memory so that the retry only
-records it. What remains is the crash window: the process dies between Meta's 200 and MarkProcessed
-(milliseconds). The event is then delivered again and the part is sent a second time; the Cloud API
-offers no idempotency key to close it. See docs/meta-ingress.md.
+(``<event_id>#p<n>``), and a send whose recording failed is noted on the Kafka record, so that the retry
+(on any replica) only records it; an ambiguous send is reconciled with Meta's status webhooks first
+(send_once.py). What remains is the crash window: the process dies between Meta's 200 and the retry
+record (milliseconds). The event is then delivered again and the part is sent a second time; the Cloud
+API offers no idempotency key to close it. See docs/meta-ingress.md.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from zaptrix.kafka import Outcome, PermanentError, TransientError
+from zaptrix.kafka import Outcome, PermanentError, Received, TransientError
 from zaptrix.logging import get_logger
 from zaptrix.v1 import events_pb2
 
@@ -67,8 +68,8 @@ class OperatorMessages:
         self.window = window
         self.files = files
 
-    async def on_message(self, env: events_pb2.Envelope, om: events_pb2.OperatorMessage) -> Outcome:
-        event_id = env.event_id
+    async def on_message(self, rec: Received, om: events_pb2.OperatorMessage) -> Outcome:
+        event_id = rec.envelope.event_id
         if await self.ctx.records.recorded(event_id) is not None:
             DUPLICATES.labels("operator_message").inc()
             log.info("operator message already delivered", event_id=event_id)
@@ -76,13 +77,14 @@ class OperatorMessages:
         target = await self.ctx.target(om.member_id, om.external_chat_id, "message")
         notice = Notice.about(om, f"wa-fail:{om.member_id}:{om.bitrix_message_id}", target.conversation)
         plan = plan_message(om.text_bbcode, list(om.files), om.reply_to_external_id)
-        return await self.deliver(event_id, target, plan, notice, link=True, reengage=True)
+        return await self.deliver(rec, target, plan, notice, link=True, reengage=True)
 
     async def deliver(
-        self, event_id: str, target: Target, plan: Plan, notice: Notice, *, link: bool, reengage: bool
+        self, rec: Received, target: Target, plan: Plan, notice: Notice, *, link: bool, reengage: bool
     ) -> Outcome:
         """Send the plan's parts (a message, or an edit's correction), record them, notify what failed."""
         records, notify = self.ctx.records, self.ctx.notifier.send
+        event_id = rec.envelope.event_id
         if not target.channel.active:
             await notify(notice, None, "Not delivered: this WhatsApp channel is switched off.")
             SEND_FAILURES.labels("channel_inactive", "notified").inc()
@@ -94,7 +96,7 @@ class OperatorMessages:
             return Outcome.ok()
         if plan.parts and self.window.closed_by_record(target.conversation):
             log.info("24-h window closed (last customer message): not sending", event_id=event_id)
-            await self.window.failure(event_id, target, notice, None, reengage)
+            await self.window.failure(rec, target, notice, None, reengage)
             await records.mark(event_id, "failed:131047")
             return Outcome.ok()
         delivery = Delivery(
@@ -106,13 +108,13 @@ class OperatorMessages:
         multi = len(plan.parts) > 1
         for part in plan.parts:
             part_id = f"{event_id}#p{part.index}" if multi else event_id
-            done = await records.done(part_id) if multi else records.unrecorded(part_id)
+            done = await self.ctx.once.prior(rec, part_id, target.phone_number_id, recorded=multi)
             if done is not None:
                 if not done.startswith("failed:"):
                     delivery.wamids.append(done)
                 continue
             try:
-                wamid = await self._send_part(target, part, part_id)
+                wamid = await self._send_part(rec, target, part, part_id)
             except PartFailed as exc:
                 delivery.failures.append(Failure(None, str(exc)))
                 SEND_FAILURES.labels("file", "notified").inc()
@@ -120,15 +122,12 @@ class OperatorMessages:
                     await records.mark(part_id, "failed:file")
                 continue
             except (GraphApiError, GraphTransportError) as exc:
-                after = await self._part_error(
-                    exc, event_id, part, part_id, target, notice, delivery, reengage
-                )
+                after = await self._part_error(exc, rec, part, part_id, target, notice, delivery, reengage)
                 if after == "continue":
                     continue
                 if after == "stop":
                     break
                 return Outcome.ok()  # "window": handled completely
-            records.remember(part_id, wamid)
             delivery.wamids.append(wamid)
             if multi:
                 await records.mark(part_id, wamid)
@@ -148,7 +147,7 @@ class OperatorMessages:
     async def _part_error(
         self,
         exc: GraphApiError | GraphTransportError,
-        event_id: str,
+        rec: Received,
         part: Part,
         part_id: str,
         target: Target,
@@ -158,7 +157,7 @@ class OperatorMessages:
     ) -> AfterError:
         """Decide after a failed part: "continue" (next part), "stop" (no further part), "window" (done),
         or raise TransientError / PermanentError."""
-        records = self.ctx.records
+        records, event_id = self.ctx.records, rec.envelope.event_id
         action = classify(exc)
         if action in (Action.RETRY, Action.THROTTLE):
             SEND_FAILURES.labels(_label(exc), "retried").inc()
@@ -174,7 +173,7 @@ class OperatorMessages:
             SEND_FAILURES.labels("131047", "notified").inc()
             if delivery.wamids:
                 await records.link(target.conversation.id, notice, delivery.wamids)
-            await self.window.failure(event_id, target, notice, exc, reengage)
+            await self.window.failure(rec, target, notice, exc, reengage)
             await records.mark(event_id, ",".join(delivery.wamids) or "failed:131047")
             return "window"
         if action == Action.NOTIFY:
@@ -200,7 +199,7 @@ class OperatorMessages:
             await records.link(target.conversation.id, notice, delivery.wamids)
         raise PermanentError(f"Graph API {action.value}: {describe(exc)}")
 
-    async def _send_part(self, target: Target, part: Part, part_id: str) -> str:
+    async def _send_part(self, rec: Received, target: Target, part: Part, part_id: str) -> str:
         """Send one part; refreshes the token once after 190 and drops a refused reply context once."""
         pnid, to = target.phone_number_id, target.wa_id
         sender, credentials = self.ctx.sender, self.ctx.credentials
@@ -213,7 +212,7 @@ class OperatorMessages:
             payload = media_payload(to, part, ref)
         for attempt in range(3):
             try:
-                return await sender.send(pnid, to, part_id, token, payload)
+                return await self.ctx.once.send(rec, pnid, to, part_id, token, payload)
             except GraphApiError as exc:
                 action = classify(exc)
                 if action == Action.AUTH and attempt == 0:

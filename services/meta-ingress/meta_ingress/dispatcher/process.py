@@ -64,9 +64,9 @@ class MetaDispatcher:
         env = rec.envelope
         kind = rec.event_type
         if kind == "operator_message":
-            return await self.messages.on_message(env, env.operator_message)
+            return await self.messages.on_message(rec, env.operator_message)
         if kind == "operator_message_edit":
-            return await self.others.on_edit(env, env.operator_message_edit)
+            return await self.others.on_edit(rec, env.operator_message_edit)
         if kind == "operator_message_delete":
             return await self.others.on_delete(env, env.operator_message_delete)
         if kind == "operator_read":
@@ -74,7 +74,7 @@ class MetaDispatcher:
         if kind == "line_removed":
             return await self.others.on_line_removed(env.line_removed)
         if kind == "window_closed":
-            return await self.window.on_window_closed(env, env.window_closed)
+            return await self.window.on_window_closed(rec, env.window_closed)
         raise PermanentError(f"unexpected event type {kind} on the {Flow.B24_TO_WA} topic")
 
 

@@ -1,14 +1,13 @@
-"""What the mapper knows for the dispatcher, and what this process sent but has not recorded yet.
+"""What the mapper knows for the dispatcher.
 
 Lookups: channel bindings, conversations (by external chat id or by channel + customer), the wamid of a
 Bitrix24 message. Bookkeeping: dedupe records (CheckProcessed / MarkProcessed) and message links. A send
-whose recording fails is remembered in memory (part id → wamid), so the retry of the event only records
-it instead of sending again.
+whose recording fails is not kept here: it is noted on the Kafka record (send_once.py), so the retry of
+the event, on whichever replica, only records it instead of sending again.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any
@@ -24,14 +23,11 @@ from zaptrix.v1 import mapper_pb2
 from meta_ingress.dispatcher.notices import Notice
 
 log = get_logger(__name__)
-REMEMBERED_SENDS = 50_000
 
 
 class Records:
     def __init__(self, clients: Clients) -> None:
         self.clients = clients
-        # Sends that happened but whose recording (MarkProcessed) has not succeeded yet: part id → wamid.
-        self._sent: OrderedDict[str, str] = OrderedDict()
 
     # --- lookups ---------------------------------------------------------------------------------------
     async def channel(self, phone_number_id: str) -> mapper_pb2.Channel:
@@ -92,29 +88,12 @@ class Records:
         )
         return resp.result if resp.processed else None
 
-    async def done(self, event_id: str) -> str | None:
-        """The result of an event part (or template) that already had its effect, else None: first what
-        this process sent but could not record yet, then the mapper's dedupe record."""
-        if event_id in self._sent:
-            return self._sent[event_id]
-        return await self.recorded(event_id)
-
-    def unrecorded(self, part_id: str) -> str | None:
-        """The wamid of a send this process made but could not record yet."""
-        return self._sent.get(part_id)
-
-    def remember(self, part_id: str, wamid: str) -> None:
-        self._sent[part_id] = wamid
-        while len(self._sent) > REMEMBERED_SENDS:
-            self._sent.popitem(last=False)
-
     async def mark(self, event_id: str, result: str) -> None:
         request = mapper_pb2.MarkProcessedRequest(event_id=event_id, result=result[:1000])
         await self._after_send(
             "mapper MarkProcessed",
             lambda: self.clients.mapper.MarkProcessed(request, timeout=self.clients.timeout),
         )
-        self._sent.pop(event_id, None)
 
     async def link(self, conversation_id: str, notice: Notice, wamids: list[str]) -> None:
         for i, wamid in enumerate(wamids):
@@ -141,7 +120,7 @@ class Records:
 
     async def _after_send(self, what: str, rpc: Callable[[], Awaitable[Any]]) -> None:
         """Recording after a send: a few quick attempts in process (a failure here must not cost a second
-        send; the in-memory record covers the retry of the event if all of them fail)."""
+        send; the effect noted on the record covers the retry of the event if all of them fail)."""
         async for attempt in AsyncRetrying(
             retry=retry_if_exception_type(TransientError),
             stop=stop_after_attempt(4),

@@ -4,7 +4,9 @@ Order of a send: the customer's pair slot (deferred through the retry topic when
 number's throughput token → POST. Transient answers (5xx, 131000, timeouts, 130429 with a short
 Retry-After) are retried here with exponential backoff and full jitter (tenacity), bounded by
 ``send_attempts`` and ``send_backoff_max_s`` so a poll batch is never held long; what is still failing
-is raised for the caller to turn into TransientError (retry topic) or a failure notice.
+is raised for the caller to turn into TransientError (retry topic) or a failure notice. A send whose
+outcome is unknown (the request may have reached Meta) is never retried here: send_once.py reconciles it.
+Every send carries its part id as ``biz_opaque_callback_data`` (sent_parts.py).
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ from zaptrix.logging import get_logger
 from meta_ingress.dispatcher.pacing import ChannelThrottle, PairKey, PairPacer, PairSnapshot
 from meta_ingress.graph.client import GraphClient
 from meta_ingress.graph.errors import Action, GraphApiError, GraphTransportError, classify
-from meta_ingress.metrics import AMBIGUOUS_RETRIES, PACING_WAIT, PAIR_DEFERRALS, SENDS, THROTTLED
+from meta_ingress.metrics import PACING_WAIT, PAIR_DEFERRALS, SENDS, THROTTLED
+from meta_ingress.sent_parts import opaque_of
 from meta_ingress.settings import DispatcherSettings
 
 log = get_logger(__name__)
@@ -42,8 +45,10 @@ class Sender:
         self.pair = PairPacer(settings.pair_rate_per_s, settings.pair_burst, settings.pair_margin_s)
 
     # --- retry policy -----------------------------------------------------------------------------
-    def _inline_retryable(self, exc: BaseException) -> bool:
+    def _inline_retryable(self, exc: BaseException, resend_ambiguous: bool = True) -> bool:
         if isinstance(exc, PairDeferred):
+            return False
+        if not resend_ambiguous and isinstance(exc, GraphTransportError) and exc.maybe_delivered:
             return False
         if classify(exc) not in (Action.RETRY, Action.THROTTLE):
             return False
@@ -84,9 +89,13 @@ class Sender:
         token: str,
         payload: dict[str, Any],
     ) -> str:
-        """POST one message; returns its wamid. Raises PairDeferred, GraphApiError or GraphTransportError."""
+        """POST one message; returns its wamid. Raises PairDeferred, GraphApiError or GraphTransportError
+        (``maybe_delivered``: not retried here, the caller reconciles it)."""
         key = (phone_number_id, wa_id)
         kind = str(payload.get("type", "text"))
+        opaque = opaque_of(event_id)
+        if opaque is not None:
+            payload = {**payload, "biz_opaque_callback_data": opaque}
 
         async def attempt() -> str:
             previous = await self._pace(phone_number_id, key, event_id)
@@ -94,12 +103,12 @@ class Sender:
                 wamid = await self.graph.send_message(phone_number_id, token, payload)
             except GraphTransportError as exc:
                 SENDS.labels(kind, "transport_error").inc()
-                self.pair.restore(previous)
-                if exc.maybe_delivered:
-                    AMBIGUOUS_RETRIES.inc()
+                if exc.maybe_delivered:  # it may have gone out: the pair slot stays taken
                     log.warning(
                         "send outcome unknown (may have reached Meta)", event_id=event_id, error=str(exc)
                     )
+                else:
+                    self.pair.restore(previous)
                 raise
             except GraphApiError as exc:
                 SENDS.labels(kind, exc.label).inc()
@@ -120,13 +129,15 @@ class Sender:
             SENDS.labels(kind, "ok").inc()
             return wamid
 
-        return await self.with_retries(attempt)
+        return await self.with_retries(attempt, resend_ambiguous=False)
 
-    async def with_retries(self, attempt: Callable[[], Awaitable[T]]) -> T:
+    async def with_retries(self, attempt: Callable[[], Awaitable[T]], *, resend_ambiguous: bool = True) -> T:
+        """``attempt`` with bounded in-process retries; an ambiguous failure is retried only when repeating
+        it is harmless (``resend_ambiguous``: a mark-as-read, never a send)."""
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self.settings.send_attempts),
             wait=self._wait,
-            retry=retry_if_exception(self._inline_retryable),
+            retry=retry_if_exception(lambda exc: self._inline_retryable(exc, resend_ambiguous)),
             reraise=True,
         )
         async for state in retrying:

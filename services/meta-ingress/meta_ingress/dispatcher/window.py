@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from zaptrix.kafka import Outcome, PermanentError
+from zaptrix.kafka import Outcome, PermanentError, Received
 from zaptrix.logging import get_logger
 from zaptrix.rpc import RpcNotFound
 from zaptrix.ttlcache import NotFoundError
@@ -48,7 +48,7 @@ class Window:
         return time.time() - conversation.last_customer_message_at.seconds >= WINDOW_S
 
     async def failure(
-        self, event_id: str, target: Target, notice: Notice, exc: GraphApiError | None, reengage: bool
+        self, rec: Received, target: Target, notice: Notice, exc: GraphApiError | None, reengage: bool
     ) -> None:
         """Tell the operator their message was not sent (known before sending, or Meta's synchronous
         131047 in ``exc``), sending the re-engagement template first when ``reengage``."""
@@ -61,21 +61,26 @@ class Window:
             )
         )
         text = notice_for(GraphApiError(400, 131047, error.message))
-        outcome = await self.reengage(target, event_id) if reengage else Reengagement("none")
+        outcome = await self.reengage(rec, target) if reengage else Reengagement("none")
         await self.ctx.notifier.send(notice, error, text + outcome.text, template_sent=outcome.sent)
 
-    async def reengage(self, target: Target, event_id: str) -> Reengagement:
+    async def reengage(self, rec: Received, target: Target) -> Reengagement:
         """Send the channel's re-engagement template, at most once per conversation per cooldown period."""
         name = target.channel.reengagement_template
         if not name:
             return Reengagement("none")
-        records = self.ctx.records
+        records, event_id = self.ctx.records, rec.envelope.event_id
         sent_text = f" The re-engagement template “{name}” was sent; write again once the customer replies."
+        prefix = f"wa-reengage:{target.phone_number_id}:{target.wa_id}:"
         bucket = int(time.time()) // self.ctx.settings.template_cooldown_s
-        key = f"wa-reengage:{target.phone_number_id}:{target.wa_id}:{bucket}"
-        done = await records.done(key)
+        # An earlier attempt of this event keeps its period's key (the period may have turned since).
+        key = next((k for k in rec.effects if k.startswith(prefix)), f"{prefix}{bucket}")
+        ours = key in rec.effects
+        done = await self.ctx.once.prior(rec, key, target.phone_number_id, recorded=True)
         if done is not None:
-            if done.endswith(f" {event_id}"):  # this event sent it before a retry
+            if ours or done.endswith(f" {event_id}"):  # this event sent it before a retry
+                if ours:  # noted, perhaps never recorded
+                    await records.mark(key, f"{done.split(' ', 1)[0]} {event_id}")
                 return Reengagement("sent", sent_text)
             TEMPLATES.labels("cooldown").inc()
             return Reengagement(
@@ -84,8 +89,8 @@ class Window:
             )
         payload = template_payload(target.wa_id, name, target.channel.template_language)
         try:
-            wamid = await self.ctx.sender.send(
-                target.phone_number_id, target.wa_id, key, target.creds.access_token, payload
+            wamid = await self.ctx.once.send(
+                rec, target.phone_number_id, target.wa_id, key, target.creds.access_token, payload
             )
         except (GraphApiError, GraphTransportError) as exc:
             if (later := retry_later(exc, "re-engagement template")) is not None:
@@ -95,27 +100,26 @@ class Window:
             return Reengagement(
                 "failed", f" The re-engagement template “{name}” could not be sent ({describe(exc)})."
             )
-        records.remember(key, f"{wamid} {event_id}")
         await records.mark(key, f"{wamid} {event_id}")
         TEMPLATES.labels("sent").inc()
         log.info("re-engagement template sent", template=name, wamid=wamid)
         return Reengagement("sent", sent_text)
 
-    async def on_window_closed(self, env: events_pb2.Envelope, wc: events_pb2.WindowClosed) -> Outcome:
+    async def on_window_closed(self, rec: Received, wc: events_pb2.WindowClosed) -> Outcome:
         """Meta reported 131047 for a send it had accepted (a failed status, forwarded by the web part).
         The operator's notice comes from the WhatsAppStatus; here only the re-engagement template is sent,
         and the operator is told when it was (or could not be)."""
-        event_id = env.event_id
+        event_id = rec.envelope.event_id
         if await self.ctx.records.recorded(event_id) is not None:
             DUPLICATES.labels("window_closed").inc()
             return Outcome.duplicate()
-        outcome = await self._template_after_send(event_id, wc)
+        outcome = await self._template_after_send(rec, wc)
         OPERATOR_EVENTS.labels("window_closed", outcome).inc()
         log.info("24-h window closed after a send", event_id=event_id, wamid=wc.wamid, outcome=outcome)
         await self.ctx.records.mark(event_id, outcome)
         return Outcome.ok()
 
-    async def _template_after_send(self, event_id: str, wc: events_pb2.WindowClosed) -> str:
+    async def _template_after_send(self, rec: Received, wc: events_pb2.WindowClosed) -> str:
         """What happened after an asynchronous 131047: the outcome label (also the dedupe record)."""
         pnid = wc.phone_number_id
         try:
@@ -144,7 +148,7 @@ class Window:
         except UnknownChannel as exc:
             raise PermanentError(str(exc)) from None
         target = Target(conversation, channel, creds)
-        result = await self.reengage(target, event_id)
+        result = await self.reengage(rec, target)
         if result.outcome == "cooldown":
             return "cooldown"
         # informational: the failed message itself was reported by its status

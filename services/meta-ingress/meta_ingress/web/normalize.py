@@ -28,6 +28,8 @@ from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 from zaptrix.v1 import events_pb2
 
+from meta_ingress.sent_parts import CONFIRMING_STATUSES, opaque_of, sent_record_id
+
 MediaUrl = Callable[[str, str, str], str]  # (phone_number_id, media_id, filename) -> signed URL
 
 _MAX_TIMESTAMP = 253402300799  # 9999-12-31T23:59:59Z, the end of google.protobuf.Timestamp
@@ -87,6 +89,9 @@ class Normalized:
     # WindowClosed events (failed statuses with 131047), for the b24-to-wa flow: the meta dispatcher
     # sends the re-engagement template. The WhatsAppStatus of the same status stays in ``envelopes``.
     window_closed: list[events_pb2.Envelope] = field(default_factory=list)
+    # Statuses echoing one of our part ids (biz_opaque_callback_data): (mapper record id, wamid), see
+    # sent_parts.py; the web records them for the dispatcher's reconciliation of ambiguous sends.
+    confirmations: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def count(self) -> int:
@@ -460,6 +465,14 @@ def window_closed_event(st: events_pb2.WhatsAppStatus) -> events_pb2.Envelope | 
     )
 
 
+def _confirmation(st: events_pb2.WhatsAppStatus, opaque: Any) -> tuple[str, str] | None:
+    """(sent record id, wamid) for a sent/delivered/read status echoing a part id we could have set."""
+    if st.status not in CONFIRMING_STATUSES or not isinstance(opaque, str) or opaque_of(opaque) is None:
+        return None
+    record_id = sent_record_id(st.phone_number_id, opaque)
+    return (record_id, st.wamid) if record_id is not None else None
+
+
 def _contact_names(value: dict[str, Any]) -> tuple[dict[str, str], str]:
     names: dict[str, str] = {}
     first = ""
@@ -504,6 +517,9 @@ def _normalize(hook: Webhook, media_url: MediaUrl) -> Normalized:
             window = window_closed_event(env.whatsapp_status)
             if window is not None:
                 result.window_closed.append(window)
+            confirmation = _confirmation(env.whatsapp_status, st.get("biz_opaque_callback_data"))
+            if confirmation is not None:
+                result.confirmations.append(confirmation)
         for err in _errors(value.get("errors")):
             result.system_errors.append(
                 (change.phone_number_id, err.code, err.title, err.details or err.message)

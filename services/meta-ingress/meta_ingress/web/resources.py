@@ -10,13 +10,14 @@ from zaptrix.settings import GrpcClientSettings, KafkaSettings
 from meta_ingress.credentials import CredentialsCache
 from meta_ingress.graph.client import GraphClient
 from meta_ingress.settings import WebSettings
+from meta_ingress.web.confirmations import Confirmations
 
 SERVICE = "meta-ingress"
 
 
 class WebResources:
-    """The gRPC clients, the credentials cache, the Graph client and the producer (started in the
-    background). Built on the server's event loop, which the gRPC channels and the producer belong to."""
+    """The gRPC clients, the credentials cache, the Graph client, the producer (started in the background)
+    and the recorder of send confirmations. Built on the server's event loop, which the gRPC channels and the producer belong to."""
 
     def __init__(
         self, settings: WebSettings, kafka: KafkaSettings, grpc_settings: GrpcClientSettings
@@ -26,8 +27,10 @@ class WebResources:
         self.graph = GraphClient(settings)
         self.producer = BackgroundProducer(kafka, SERVICE)
         self.producer.start()
+        self.confirmations = Confirmations(self.clients)
 
     async def close(self) -> None:
+        await self.confirmations.aclose()
         await self.producer.stop()
         await self.graph.aclose()
         await self.clients.close()

@@ -187,6 +187,8 @@ class Webhooks:
         refused = await self._publish(result, held, routes)
         if refused is not None:
             return refused
+        if result.confirmations:  # after Kafka took the statuses; never delays or fails this answer
+            self.lifetime.resources.confirmations.record(result.confirmations)
         for kind in result.types:
             _child(INBOUND_MESSAGES, bounded(kind, KNOWN_TYPES)).inc()
         if result.statuses:
