@@ -49,16 +49,17 @@ class Stack:
         return int((self.state / "kafka" / "kafka.pid").read_text().strip())
 
     async def script(self, name: str, action: str) -> None:
-        proc = await asyncio.create_subprocess_exec(
-            str(ROOT / "dev" / "stack" / name),
-            action,
-            cwd=ROOT,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-        )
-        out, _ = await proc.communicate()
-        if proc.returncode != 0:
-            raise RuntimeError(f"dev/stack/{name} {action} failed:\n{out.decode(errors='replace')[-2000:]}")
+        """Runs dev/stack/<name> <action>. Its output goes to a file, never a pipe: the broker it starts
+        inherits the script's descriptors and lives on, so a pipe would never see its end."""
+        log = self.state / f"faults-{name}-{action}.log"
+        with log.open("ab") as out:
+            proc = await asyncio.create_subprocess_exec(
+                str(ROOT / "dev" / "stack" / name), action, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT
+            )
+            rc = await proc.wait()
+        if rc != 0:
+            tail = log.read_text(errors="replace")[-2000:]
+            raise RuntimeError(f"dev/stack/{name} {action} failed (rc {rc}):\n{tail}")
 
 
 def _signal(pids: list[int], sig: signal.Signals) -> None:

@@ -14,6 +14,7 @@ import asyncio
 import atexit
 import json
 import secrets
+import signal
 import sys
 import time
 from dataclasses import asdict, fields
@@ -92,6 +93,10 @@ def print_outcome(o: Outcome) -> None:
 
 
 async def main_async(args: argparse.Namespace, cfg: Config, names: list[str]) -> int:
+    # `kill -USR1 <pid>` prints where every task of the suite waits (a scenario that seems stuck).
+    asyncio.get_running_loop().add_signal_handler(
+        signal.SIGUSR1, lambda: [t.print_stack(file=sys.stderr) for t in asyncio.all_tasks()]
+    )
     env = BenchEnv.from_environ()
     stack = inject.Stack.from_environ()
     results = Path(args.results)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -296,7 +295,9 @@ async def run_scenario(ctx: Context, scenario: Scenario, cfg: Config, marker: st
     outcome.marks_missing = delivery_marks_missing(
         load.operators, records["graph"]["sends"], records["bitrix"]["marked"], marker
     )
-    with contextlib.suppress(Exception):
+    try:
         outcome.notes += await ensure_running(ctx)
+    except Exception as exc:
+        outcome.notes.append(f"could not restart an exited process: {type(exc).__name__}: {exc}"[:500])
     outcome.duration_s = time.time() - started
     return outcome
