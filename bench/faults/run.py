@@ -82,6 +82,11 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(out)
 
 
+def print_tasks() -> None:
+    for task in asyncio.all_tasks():
+        task.print_stack(file=sys.stderr)
+
+
 def print_outcome(o: Outcome) -> None:
     r = o.row()
     print(
@@ -94,9 +99,7 @@ def print_outcome(o: Outcome) -> None:
 
 async def main_async(args: argparse.Namespace, cfg: Config, names: list[str]) -> int:
     # `kill -USR1 <pid>` prints where every task of the suite waits (a scenario that seems stuck).
-    asyncio.get_running_loop().add_signal_handler(
-        signal.SIGUSR1, lambda: [t.print_stack(file=sys.stderr) for t in asyncio.all_tasks()]
-    )
+    asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, print_tasks)
     env = BenchEnv.from_environ()
     stack = inject.Stack.from_environ()
     results = Path(args.results)
