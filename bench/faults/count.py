@@ -58,6 +58,7 @@ class FlowCount:
     lost_detail: dict[str, int] = field(default_factory=dict)
     lost_visible: int = 0
     lost_ids: list[str] = field(default_factory=list)
+    lost_answers: dict[str, int] = field(default_factory=dict)  # what the gateway answered to the lost ones
     duplicated: int = 0
     explained_duplicates: int = 0
     windows: dict[str, int] = field(default_factory=dict)  # duplicates per attributed window
@@ -72,6 +73,7 @@ class FlowCount:
             "lost_detail": self.lost_detail,
             "lost_visible": self.lost_visible,
             "lost_ids": self.lost_ids[:50],
+            "lost_answers": self.lost_answers,
             "duplicated": self.duplicated,
             "explained_duplicates": self.explained_duplicates,
             "windows": self.windows,
@@ -191,6 +193,8 @@ def count_operators(
                 else "event taken, never sent"
             )
             out.lost_detail[why] = out.lost_detail.get(why, 0) + 1
+            answer = str(s.gateway_status) if s.gateway_status is not None else (s.error or "no answer")[:80]
+            out.lost_answers[answer] = out.lost_answers.get(answer, 0) + 1
             # Visible: the message shows no delivery mark, or a notice followed it in its chat.
             member, chat, at = chat_of.get(s.ident, (s.member_id, s.chat_id, s.at))
             notice = any(

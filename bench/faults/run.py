@@ -71,6 +71,7 @@ def table(rows: list[dict[str, Any]]) -> str:
             f = r[flow]
             parts = [f"{label}: {f['delivered']}/{f['sent']}"]
             parts += [f"lost {n}: {why}" for why, n in f["lost_detail"].items()]
+            parts += [f"answered {a}: {n}" for a, n in f["lost_answers"].items()]
             parts += [f"dup {n}: {w}" for w, n in f["windows"].items()]
             if len(parts) > 1:
                 out.append("    " + "; ".join(parts))

@@ -96,6 +96,7 @@ def test_operator_losses_are_visible_without_a_delivery_mark() -> None:
         "event refused or unanswered (Bitrix24 never resends)": 1,
         "event taken, never sent": 2,
     }
+    assert got.lost_answers == {"no answer": 1, "200": 2}
     assert got.lost_visible == 2
 
 
