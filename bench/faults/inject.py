@@ -61,6 +61,11 @@ class Stack:
             tail = log.read_text(errors="replace")[-2000:]
             raise RuntimeError(f"dev/stack/{name} {action} failed (rc {rc}):\n{tail}")
 
+    async def ensure_up(self) -> None:
+        """Both started (a no-op when they run): a failed restart must not wreck the next scenarios."""
+        await self.script("postgres.sh", "start")
+        await self.script("kafka.sh", "start")
+
 
 def _signal(pids: list[int], sig: signal.Signals) -> None:
     for pid in pids:
@@ -121,8 +126,16 @@ async def kill_postgres(stack: Stack) -> Injected:
     pids = stack.postgres_pids()
     fault_at = time.time()
     _signal(pids, signal.SIGKILL)
+    # Until every process is gone and reaped: pg_ctl takes a postmaster.pid whose process still exists
+    # (a zombie too) for a running server, and `start` would do nothing.
+    for pid in pids:
+        await _wait_gone(pid, 60.0)
     await asyncio.sleep(1.0)
     await stack.script("postgres.sh", "start")  # crash recovery, then ready
+    if stack.postgres_pids()[0] == pids[0]:
+        raise RuntimeError(
+            "PostgreSQL was not restarted (the killed postmaster's pid is still in postmaster.pid)"
+        )
     return Injected(fault_at, time.time(), notes=[f"killed {len(pids)} PostgreSQL processes"])
 
 

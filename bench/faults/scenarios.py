@@ -227,6 +227,8 @@ def _complete(load: Load, records: dict[str, Any], marker: str) -> bool:
 async def ensure_running(ctx: Context) -> list[str]:
     """Restarts any of our processes that exited on its own (and says so): the next scenario starts whole."""
     notes = []
+    if ctx.stack is not None:
+        await ctx.stack.ensure_up()
     for definition in ctx.local.definitions():
         proc = ctx.local.processes.get(definition.name)
         if proc is not None and proc.proc is not None and proc.proc.returncode is None:
