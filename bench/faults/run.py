@@ -28,7 +28,7 @@ from bench.faults.world import add_second_tenant, configure_stand_ins, open_cust
 from bench.run import machine
 
 COLUMNS = [
-    ("scenario", 20),
+    ("scenario", 22),
     ("sent", 6),
     ("delivered", 9),
     ("lost", 5),
