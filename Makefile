@@ -7,13 +7,14 @@ export UV_CACHE_DIR ?= $(ZAPTRIX_CACHE)/uv
 export UV_PYTHON_DOWNLOADS := never
 export UV_LINK_MODE := copy
 
-.PHONY: help run test test-fast check lint typecheck protos protos-check docs bench sync stack-up stack-down clean
+.PHONY: help run test test-fast check lint typecheck protos protos-check docs bench faults sync stack-up stack-down clean
 
 help:
 	@echo "make run    - start the whole system locally (PostgreSQL, Kafka, Jaeger, all services, sandbox stand-ins)"
 	@echo "make test   - lint, type-check and run every test against real PostgreSQL and Kafka"
 	@echo "make test-fast - lint and run the tests that need no PostgreSQL, Kafka or processes (under a minute)"
 	@echo "make bench  - run the benchmarks in bench/ (prints a table, writes bench/results/*.json)"
+	@echo "make faults - kill and freeze every component under load; count lost and duplicated messages (bench/results/faults.json)"
 	@echo "make protos - regenerate libs/zaptrix/zaptrix/v1 from protos/"
 
 sync:
@@ -48,6 +49,9 @@ docs: sync
 
 bench: sync
 	@dev/bench.sh
+
+faults: sync
+	@dev/faults.sh
 
 stack-up:
 	@dev/stack/up.sh --with-jaeger

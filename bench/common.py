@@ -44,6 +44,7 @@ __all__ = [
     "SANDBOX_LINE_ID",
     "SANDBOX_MEMBER_ID",
     "SANDBOX_PHONE_NUMBER_ID",
+    "SANDBOX_VERIFY_TOKEN",
     "SANDBOX_WABA_ID",
     "SANDBOX_WA_TOKEN",
     "LocalSystem",

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 from sanic import Request
 from sanic.response import HTTPResponse
+from sanic.response import json as json_response
 
 from . import bitrix_crm, bitrix_imconnector, bitrix_sim
+from . import faults as fault_injection
 from .bitrix_oauth import handle_app_info, handle_token
 from .bitrix_rest import handle
 from .bitrix_settings import BitrixOptions, BitrixSettings, PortalSpec
@@ -34,6 +37,9 @@ class BitrixSandbox:
     portals: dict[str, PortalState] = field(default_factory=dict)
     background: Background = field(default_factory=Background)
     client: httpx.AsyncClient = field(default_factory=_client)
+    faults: fault_injection.Faults = field(
+        default_factory=lambda: fault_injection.Faults(frozenset({"5xx", "timeout"}))
+    )
 
     @property
     def base_url(self) -> str:
@@ -80,6 +86,7 @@ class BitrixSandbox:
 def create_app(settings: BitrixSettings | None = None, name: str = "sandbox_bitrix") -> App:
     settings = settings or BitrixSettings()
     app = new_app(name)
+    app.config.RESPONSE_TIMEOUT = 600  # a "timeout" fault holds requests past the caller's 65 s read timeout
     sb = BitrixSandbox(settings=settings)
     sb.reset()
 
@@ -94,6 +101,15 @@ def create_app(settings: BitrixSettings | None = None, name: str = "sandbox_bitr
 
     @app.route("/rest/<method_name>", methods=["GET", "POST"])
     async def rest(request: Request, method_name: str) -> HTTPResponse:
+        mode = sb.faults.mode()
+        if mode != "none":  # injected outage (POST /_sandbox/faults): nothing is done
+            sb.faults.hit(mode)
+            if mode == "timeout":
+                await asyncio.sleep(sb.faults.spec.hang_s)
+                return json_response({"error": "GATEWAY_TIMEOUT", "error_description": "sandbox fault"}, 504)
+            return json_response(
+                {"error": "INTERNAL_SERVER_ERROR", "error_description": "sandbox fault"}, 500
+            )
         return handle(request, method_name, sb.portals, sb.options, sb.base_url, sb.background, sb.client)
 
     @app.after_server_stop
@@ -102,4 +118,5 @@ def create_app(settings: BitrixSettings | None = None, name: str = "sandbox_bitr
         await sb.client.aclose()
 
     bitrix_sim.register(app, sb)
+    fault_injection.register(app, sb.faults)
     return app

@@ -203,6 +203,42 @@ def register(app: App, sb: BitrixSandbox) -> None:
         }
         return json_response({what: views[what]()})
 
+    @app.get("/_sandbox/faults/record")
+    async def fault_record(request: Request) -> HTTPResponse:
+        """What the fault suite counts: every chat message whose text carries `marker`, and every other
+        message stored since `since` (notices, system messages), across all portals."""
+        marker = request.args.get("marker", "")
+        try:
+            since = float(request.args.get("since", "0"))
+        except ValueError:
+            return _bad("since must be a number")
+        if len(marker) < 4:
+            return _bad("marker: at least 4 characters")
+        marked: list[dict[str, Any]] = []
+        other: list[dict[str, Any]] = []
+        for p in sb.portals.values():
+            for c in p.chats.values():
+                for m in c.messages:
+                    if marker in m.text:
+                        target = marked
+                    elif m.received_at >= since:
+                        target = other
+                    else:
+                        continue
+                    target.append(
+                        {
+                            "member_id": p.spec.member_id,
+                            "chat_id": c.external_id,
+                            "id": m.id,
+                            "direction": m.direction,
+                            "text": m.text[:500],
+                            "external_ids": m.external_ids,
+                            "delivered": m.delivered,
+                            "received_at": m.received_at,
+                        }
+                    )
+        return json_response({"marked": marked, "other": other[-5000:]})
+
     @app.post("/_sandbox/portals/<member_id>/operator-messages")
     async def operator_message(request: Request, member_id: str) -> HTTPResponse:
         p = portal_or_none(member_id)
@@ -420,6 +456,7 @@ def register(app: App, sb: BitrixSandbox) -> None:
     async def reset(request: Request) -> HTTPResponse:
         await sb.background.cancel_all()
         sb.reset()
+        sb.faults.reset()
         return json_response({"reset": True})
 
     @app.post("/_sandbox/config")

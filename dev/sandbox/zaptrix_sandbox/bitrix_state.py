@@ -70,6 +70,7 @@ class ChatMessage:
     deleted: bool = False
     duplicate_of: int | None = None
     reply_to: int | None = None
+    received_at: float = field(default_factory=time.time)  # when the stand-in stored it (fault suite)
 
 
 @dataclass

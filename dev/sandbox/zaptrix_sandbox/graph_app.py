@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
@@ -17,6 +18,7 @@ from sanic.request import RequestParameters
 from sanic.response import HTTPResponse, raw
 from sanic.response import json as json_response
 
+from . import faults as fault_injection
 from . import graph_sim
 from .graph_errors import GraphError, no_object, param_error
 from .graph_outbound import Outbound, check_media
@@ -55,6 +57,9 @@ class GraphSandbox:
     state: GraphState
     background: Background = field(default_factory=Background)
     client: httpx.AsyncClient = field(default_factory=_client)
+    faults: fault_injection.Faults = field(
+        default_factory=lambda: fault_injection.Faults(frozenset({"slow"}))
+    )
 
     @property
     def sender(self) -> WebhookSender:
@@ -124,7 +129,14 @@ def _register_api(app: App, sb: GraphSandbox) -> None:
             payload = _json_body(request)
             req = validate(payload)
             if isinstance(req, SendRequest):
-                return json_response(sb.outbound.send(channel, req, payload))
+                answer = sb.outbound.send(channel, req, payload)
+                if sb.faults.mode() == "slow":  # done and recorded; the answer comes late (ambiguous outcome)
+                    sb.faults.hit("slow")
+                    sent = sb.state.sent_by_wamid.get(answer["messages"][0]["id"])
+                    if sent is not None:
+                        sent.answer_delay_s = sb.faults.spec.delay_s
+                    await asyncio.sleep(sb.faults.spec.delay_s)
+                return json_response(answer)
             return json_response(sb.outbound.read(channel, req))
         except GraphError as err:
             body = err.body()
@@ -234,4 +246,5 @@ def create_app(settings: GraphSettings | None = None, name: str = "sandbox_graph
 
     _register_api(app, sb)
     graph_sim.register(app, sb)
+    fault_injection.register(app, sb.faults)
     return app

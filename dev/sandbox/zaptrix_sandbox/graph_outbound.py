@@ -169,6 +169,9 @@ class Outbound:
         if status in ("sent", "delivered"):
             item["conversation"] = self._conversation(sent, category)
             item["pricing"] = {"billable": True, "pricing_model": "CBP", "category": category}
+        opaque = sent.payload.get("biz_opaque_callback_data") if isinstance(sent.payload, dict) else None
+        if opaque:  # whatsapp.md: echoed in the status webhooks of that message
+            item["biz_opaque_callback_data"] = opaque
         if error is not None:
             item["errors"] = [webhook_error(*error)]
             sent.error_code = error[0]

@@ -147,6 +147,55 @@ def register(app: App, sb: GraphSandbox) -> None:
         items = [s.view() for s in sb.state.sent if to is None or s.wa_id == to or s.to == to]
         return json_response({"sent": items})
 
+    @app.get("/_sandbox/faults/record")
+    async def fault_record(request: Request) -> HTTPResponse:
+        """What the fault suite counts: every send whose text carries `marker`, and every customer-message
+        webhook carrying it with the outcome of its delivery attempts."""
+        marker = request.args.get("marker", "")
+        if len(marker) < 4:
+            return _bad("marker: at least 4 characters")
+        sends = []
+        for s in sb.state.sent:
+            payload = s.payload if isinstance(s.payload, dict) else {}
+            text = (
+                str((payload.get("text") or {}).get("body") or "")
+                if isinstance(payload.get("text"), dict)
+                else ""
+            )
+            if marker not in text:
+                continue
+            sends.append(
+                {
+                    "wamid": s.wamid,
+                    "phone_number_id": s.phone_number_id,
+                    "wa_id": s.wa_id,
+                    "text": text[:500],
+                    "at": s.at,
+                    "http_status": s.http_status,
+                    "outcome": s.outcome,
+                    "error_code": s.error_code,
+                    "answer_delay_s": s.answer_delay_s,
+                    "biz_opaque_callback_data": payload.get("biz_opaque_callback_data"),
+                }
+            )
+        needle = marker.encode()
+        webhooks = []
+        for d in sb.state.deliveries.values():
+            if d.kind != "message" or needle not in d.body:
+                continue
+            accepted = [a["at"] for a in d.attempts if a.get("status_code") == 200]
+            webhooks.append(
+                {
+                    "id": d.id,
+                    "body": d.body.decode(errors="replace")[:2000],
+                    "attempts": len(d.attempts),
+                    "first_at": d.attempts[0]["at"] if d.attempts else None,
+                    "accepted_at": accepted[0] if accepted else None,
+                    "statuses": [a.get("status_code") or a.get("error") for a in d.attempts],
+                }
+            )
+        return json_response({"sends": sends, "webhooks": webhooks})
+
     @app.get("/_sandbox/reads")
     async def reads(request: Request) -> HTTPResponse:
         return json_response({"reads": sb.state.reads})
@@ -192,6 +241,7 @@ def register(app: App, sb: GraphSandbox) -> None:
         await sb.background.cancel_all()
         sb.state.options = sb.initial_options()
         sb.state.reset()
+        sb.faults.reset()
         return json_response({"reset": True})
 
     def config_view() -> dict[str, Any]:

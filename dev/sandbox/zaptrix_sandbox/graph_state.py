@@ -47,6 +47,7 @@ class Sent:
     statuses: list[str] = field(default_factory=list)
     media: dict[str, Any] | None = None  # what the stand-in downloaded from a `link`
     at: float = field(default_factory=time.time)
+    answer_delay_s: float = 0.0  # a "slow" fault held the answer this long after the send was done
 
     def view(self) -> dict[str, Any]:
         return dict(self.__dict__)
