@@ -32,6 +32,7 @@ from zaptrix_testing.seeding import (  # noqa: E402
     SANDBOX_LINE_ID,
     SANDBOX_MEMBER_ID,
     SANDBOX_PHONE_NUMBER_ID,
+    SANDBOX_VERIFY_TOKEN,
     SANDBOX_WA_TOKEN,
     SANDBOX_WABA_ID,
     seed_sandbox_channel,
