@@ -191,11 +191,11 @@ async def test_a_retry_record_claiming_a_far_future_time_does_not_freeze_its_par
     kafka: tuple[KafkaSettings, FlowTopics, EventProducer],
 ) -> None:
     settings, topics, producer = kafka
-    key, value, headers = encode(_event(11))
     raw = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers)
     await raw.start()
     far = str(now_ms() + 10 * 365 * 86400 * 1000).encode()  # written by an old version, or by anyone
-    for garbage_attempt in (b"2", b"not a number"):
+    for n, garbage_attempt in ((11, b"2"), (12, b"not a number")):
+        key, value, headers = encode(_event(n))
         await raw.send_and_wait(
             topics.retry,
             value,

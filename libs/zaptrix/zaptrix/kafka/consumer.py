@@ -357,7 +357,9 @@ class EventConsumer:
     async def _handle(self, records: list[ConsumerRecord]) -> None:
         """Handle and route records; nothing in here may abort the batch but a stop."""
         batch: list[Received] = []
-        for rec in records:
+        in_batch: set[str] = set()
+        # Retry records first: of two copies of an event, the one that may carry effects is kept.
+        for rec in sorted(records, key=lambda r: r.topic != self.topics.retry):
             if rec.topic == self.topics.retry:
                 self._holds.consumed(rec.key, rec.partition, rec.offset)
             received = self._open(rec)
@@ -365,7 +367,12 @@ class EventConsumer:
                 await self._dead_letter(rec, received, 1)
             elif self._holds.ahead(received.key, received.seq) is not None:
                 await self._route(received, Outcome.held())
+            elif received.envelope.event_id in in_batch:
+                # A copy (a producer re-sent after a timeout, the webhook came again): the handler gets each
+                # event once per batch; copies in later batches meet the handler's dedupe records.
+                await self._route(received, Outcome.duplicate())
             else:
+                in_batch.add(received.envelope.event_id)
                 batch.append(received)
         if not batch:
             return

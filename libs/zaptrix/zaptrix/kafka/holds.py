@@ -99,7 +99,9 @@ class Holds:
                             break
                         nb = header(rec.headers or [], H_NOT_BEFORE) or "0"
                         due = int(nb) if nb.isdigit() and len(nb) <= 18 else 0
-                        self.add(rec.key, tp.partition, rec.offset, Pending(seq_of(rec.headers, 0), due))
+                        self.add(
+                            rec.key, tp.partition, rec.offset, Pending(seq_of(rec.headers, rec.offset), due)
+                        )
                     if records and records[-1].offset + 1 >= ends[tp]:
                         todo.discard(tp)
                 await asyncio.sleep(0)
