@@ -9,7 +9,7 @@ import httpx
 from sanic import Request
 from sanic.response import HTTPResponse
 
-from . import bitrix_crm, bitrix_imconnector, bitrix_sim
+from . import bitrix_crm, bitrix_imconnector, bitrix_offline, bitrix_sim
 from .bitrix_oauth import handle_app_info, handle_token
 from .bitrix_rest import handle
 from .bitrix_settings import BitrixOptions, BitrixSettings, PortalSpec
@@ -102,4 +102,5 @@ def create_app(settings: BitrixSettings | None = None, name: str = "sandbox_bitr
         await sb.client.aclose()
 
     bitrix_sim.register(app, sb)
+    bitrix_offline.register(app, sb)
     return app
