@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import operator
 import secrets
 import time
 from datetime import UTC, datetime
@@ -101,7 +102,7 @@ def _sorted(records: list[dict[str, Any]], order: Any, default: str) -> list[dic
         if name not in _LIST_FIELDS:
             raise RestError("ERROR_ARGUMENT", f"order by {name} is not supported")
         key = "_seq" if name in ("ID", "TIMESTAMP_X") else name
-        out.sort(key=lambda r, k=key: r[k], reverse=str(direction).upper() == "DESC")
+        out.sort(key=operator.itemgetter(key), reverse=str(direction).upper() == "DESC")
     return out
 
 
