@@ -34,7 +34,8 @@ OFFLINE_EVENTS = Counter(
 )
 OFFLINE_POLLS = Counter(
     "zaptrix_bitrix_offline_polls_total",
-    "Offline-event polls per portal by outcome (ok, failed: the portal's queue waits for the next poll)",
+    "Offline-event polls by outcome: ok, failed (one portal's queue waits for the next poll), "
+    "kafka_unavailable (no portal read: nothing is taken from a queue that cannot be produced)",
     ["outcome"],
 )
 INSTALLS = Counter("zaptrix_bitrix_installs_total", "Install/setup requests by outcome", ["kind", "outcome"])

@@ -110,6 +110,9 @@ class FakeProducer:
     fail: bool = False
     published: list[Any] = field(default_factory=list)
 
+    async def healthy(self) -> bool:
+        return not self.fail
+
     async def publish(self, topic: str, envelopes: list[Any]) -> None:
         if self.fail:
             raise PublishError("kafka down")
@@ -222,3 +225,14 @@ async def test_a_portal_that_fails_does_not_stop_the_loop() -> None:
     await asyncio.wait_for(task, 5)
     assert not task.exception()
     assert [e.event_id for e in producer.published] == [f"b24:{MEMBER}:86005"]
+
+
+async def test_no_queue_is_read_while_kafka_is_down() -> None:
+    """Without rest_offline_extended a read deletes: nothing may be read that cannot be produced."""
+    offline, portals, producer, _ = reconciler(extended=False, pages=[[record("86006", data("86006"))]])
+    producer.fail = True
+    await offline.poll_all()
+    assert calls(portals, "event.offline.get") == []
+    producer.fail = False
+    await offline.poll_all()
+    assert [e.event_id for e in producer.published] == [f"b24:{MEMBER}:86006"]

@@ -114,6 +114,10 @@ class OfflineEvents:
                 await asyncio.wait_for(stopped.wait(), interval)
 
     async def poll_all(self) -> None:
+        if not await self.producer.healthy():  # reading without clear=0 would delete what we cannot produce
+            OFFLINE_POLLS.labels("kafka_unavailable").inc()
+            log.warning("offline events not read: Kafka is unavailable")
+            return
         listed = await self.deps.list_portals()
         active = [p for p in listed.portals if p.state == token_keeper_pb2.PORTAL_STATE_ACTIVE]
         await asyncio.gather(*(self._poll_logged(p.member_id, p.domain) for p in active))
