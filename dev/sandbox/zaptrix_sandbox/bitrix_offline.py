@@ -44,8 +44,12 @@ def queue(portal: PortalState, event: str, data: Any, user_id: str = "") -> None
     """Store an offline record when the portal has an offline binding of this event (called on every event
     the stand-in emits, before the online delivery is attempted)."""
     name = event.upper()
-    if not any(b["event"] == name and b["offline"] for b in portal.bindings):
-        return
+    if any(b["event"] == name and b["offline"] for b in portal.bindings):
+        store(portal, name, data, user_id)
+
+
+def store(portal: PortalState, name: str, data: Any, user_id: str = "", message_id: Any = None) -> None:
+    """Append one record (``message_id`` None: Bitrix24's md5 of name and data)."""
     record_id = portal.next_offline_id()
     portal.offline.append(
         {
@@ -54,7 +58,9 @@ def queue(portal: PortalState, event: str, data: Any, user_id: str = "") -> None
             "EVENT_NAME": name,
             "EVENT_DATA": data,
             "EVENT_ADDITIONAL": {"user_id": user_id},  # the auth block, without tokens
-            "MESSAGE_ID": hashlib.md5(  # as Bitrix24 does: an id, not a secret
+            "MESSAGE_ID": message_id
+            if message_id is not None
+            else hashlib.md5(  # as Bitrix24 does: an id, not a secret
                 f"{name}|{json.dumps(data, sort_keys=True)}".encode(), usedforsecurity=False
             ).hexdigest(),
             "PROCESS_ID": "",
@@ -223,3 +229,15 @@ def register(app: App, sb: BitrixSandbox) -> None:
             return json_response({"error": "unknown portal"}, status=404)
         records = [{k: v for k, v in r.items() if not k.startswith("_")} for r in p.offline]
         return json_response({"offline_events": records, "calls": p.offline_log, "at": time.time()})
+
+    @app.post("/_sandbox/portals/<member_id>/offline-events")
+    async def offline_inject(request: Request, member_id: str) -> HTTPResponse:
+        """Fault injection: queue a record as given (hostile EVENT_DATA, another portal's chat, ...),
+        with or without an offline binding. Body: {"event_name", "event_data", "message_id"?}."""
+        p = sb.portals.get(member_id)
+        if p is None:
+            return json_response({"error": "unknown portal"}, status=404)
+        body = request.json if isinstance(request.json, dict) else {}
+        name = str(body.get("event_name") or "ONIMCONNECTORMESSAGEADD")
+        store(p, name, body.get("event_data"), message_id=body.get("message_id"))
+        return json_response({"queued": p.offline[-1]["ID"]}, status=201)
