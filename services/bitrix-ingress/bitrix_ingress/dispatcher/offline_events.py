@@ -62,6 +62,7 @@ class Page:
     produced: list[str] = field(default_factory=list)
     confirm: list[str] = field(default_factory=list)  # nothing to relay: confirmed at once
     park: list[str] = field(default_factory=list)
+    unnamed: list[str] = field(default_factory=list)  # record IDs without a usable MESSAGE_ID: cleared by ID
     retry: int = 0
 
 
@@ -71,6 +72,10 @@ def process_id_for(connector_id: str, member_id: str) -> str:
     processed). Two replicas share it, so they may both read a record: the event id dedupes that."""
     digest = hashlib.sha256(f"{connector_id}|{member_id}".encode()).hexdigest()[:24]
     return f"zaptrix{digest}"
+
+
+def _usable_id(value: Any) -> bool:
+    return isinstance(value, str | int) and 0 < len(str(value)) <= MAX_MESSAGE_ID
 
 
 def _epoch(timestamp: Any) -> str:
@@ -202,6 +207,10 @@ class OfflineEvents:
             await self.portals.call(
                 member_id, "event.offline.clear", {"process_id": process_id, "message_id": done}
             )
+        if page.unnamed:  # error takes MESSAGE_IDs only; left reserved, they would fill every later page
+            await self.portals.call(
+                member_id, "event.offline.clear", {"process_id": process_id, "id": page.unnamed}
+            )
 
     # --- records → envelopes ----------------------------------------------------------------------
 
@@ -213,12 +222,18 @@ class OfflineEvents:
         return page
 
     async def _read_one(self, auth: ev.Auth, record: Any, page: Page, *, can_retry: bool) -> None:
-        message_id = record.get("MESSAGE_ID") if isinstance(record, dict) else None
-        if not isinstance(message_id, str | int) or not 0 < len(str(message_id)) <= MAX_MESSAGE_ID:
+        if not isinstance(record, dict):
             OFFLINE_EVENTS.labels("malformed").inc()  # cannot be named: left to Bitrix24's 30-day cleanup
-            log.warning("offline event without a usable MESSAGE_ID left alone", member_id=auth.member_id)
+            log.warning("offline event that is not a record left alone", member_id=auth.member_id)
             return
-        assert isinstance(record, dict)
+        message_id = record.get("MESSAGE_ID")
+        if not _usable_id(message_id):
+            OFFLINE_EVENTS.labels("malformed").inc()
+            record_id = record.get("ID")
+            if _usable_id(record_id):
+                page.unnamed.append(str(record_id))
+            log.warning("offline event without a usable MESSAGE_ID dropped", member_id=auth.member_id)
+            return
         message_id = str(message_id)
         reason = self._unusable(record)
         if reason:
