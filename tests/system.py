@@ -70,7 +70,9 @@ async def system(
         topic_prefix=prefix,
         # The meta dispatcher re-reads channel bindings quickly: tests change a channel's template mid-run.
         extra_env=dict.fromkeys(_ALL, fast_export)
-        | {"meta-dispatcher": fast_export | {"ZAPTRIX_CHANNEL_CACHE_TTL_S": "0.5"}},
+        | {"meta-dispatcher": fast_export | {"ZAPTRIX_CHANNEL_CACHE_TTL_S": "0.5"}}
+        # The offline-event reconciler drains the portals' queues every second (default 10 s).
+        | {"bitrix-dispatcher": fast_export | {"ZAPTRIX_BITRIX_OFFLINE_POLL_S": "1"}},
     )
     try:
         await local.start()

@@ -54,13 +54,18 @@ class Recorder:
 
     port: int = 0
     requests: list[str] = field(default_factory=list)
+    queue_polls: list[str] = field(default_factory=list)
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             head = await reader.readuntil(b"\r\n\r\n")
             length = int(m.group(1)) if (m := re.search(rb"(?i)content-length:\s*(\d+)", head)) else 0
             body = await reader.readexactly(length) if length else b""
-            self.requests.append((head + body).decode(errors="replace"))
+            request = (head + body).decode(errors="replace")
+            # bitrix-dispatcher's offline-event reconciler polls every installed portal's own queue (B's,
+            # with B's token): not about A, so kept apart from what the assertions look at.
+            polls = ("POST /rest/feature.get ", "POST /rest/event.offline.")
+            (self.queue_polls if request.startswith(polls) else self.requests).append(request)
             answer = json.dumps({"result": {}, "time": {}}).encode()
             writer.write(
                 b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n"

@@ -163,18 +163,26 @@ def duplicate_findbycomm(ctx: Ctx, p: dict[str, Any]) -> dict[str, Any]:
 @method("event.bind")
 def event_bind(ctx: Ctx, p: dict[str, Any]) -> dict[str, Any]:
     event, handler = str(p.get("EVENT") or "").upper(), str(p.get("HANDLER") or "")
-    if not event or not handler:
+    offline = str(p.get("EVENT_TYPE") or "").lower() == "offline"
+    if not event or not (handler or offline):
         raise RestError("ERROR_ARGUMENT", "event and handler are required")
     if event not in KNOWN_EVENTS:
         raise RestError("ERROR_EVENT_NOT_FOUND", "Event not found")
-    if any(b["event"] == event and b["handler"] == handler for b in ctx.portal.bindings):
+    if offline:  # no handler: Bitrix24 queues the event (bitrix_offline.py); administrators only
+        handler = ""
+        if not ctx.portal.is_admin(ctx.user_id):
+            raise RestError("ACCESS_DENIED", "Offline events are available to administrators only", 403)
+    if any(
+        b["event"] == event and b["handler"] == handler and bool(b["offline"]) == offline
+        for b in ctx.portal.bindings
+    ):
         raise RestError("ERROR_CORE", "Handler already binded")
     ctx.portal.bindings.append(
         {
             "event": event,
             "handler": handler,
             "auth_type": str(p.get("AUTH_TYPE") or "0"),
-            "offline": 1 if p.get("EVENT_TYPE") == "offline" else 0,
+            "offline": 1 if offline else 0,
             "handler_id": ctx.portal.next_id("handler"),
             "at": time.time(),
         }

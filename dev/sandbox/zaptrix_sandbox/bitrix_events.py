@@ -7,7 +7,7 @@ from typing import Any
 
 import httpx
 
-from . import formdata
+from . import bitrix_offline, formdata
 from .bitrix_settings import BitrixOptions
 from .bitrix_state import PortalState
 
@@ -83,7 +83,10 @@ async def post_event(
         "status_code": None,
         "error": None,
     }
-    if url is None:
+    bitrix_offline.queue(portal, event, data, str(auth.get("user_id", "")))
+    if event.upper() in {e.upper() for e in options.drop_online_events}:
+        record["error"] = "dropped: drop_online_events (the event is lost, as Bitrix24 never resends one)"
+    elif url is None:
         record["error"] = "no handler bound (event.bind) for this event"
     else:
         try:

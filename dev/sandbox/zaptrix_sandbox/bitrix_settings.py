@@ -26,6 +26,8 @@ class PortalSpec(BaseModel):
     rate_limit_burst: float | None = None
     # Bitrix24 users with administrator rights (`profile` answers ADMIN=true); user 1 installs the app.
     admin_user_ids: list[int] = [1]
+    # feature.get(CODE=rest_offline_extended): whether event.offline.get may reserve (clear=0) instead of deleting.
+    offline_extended: bool = True
 
 
 class BitrixOptions(BaseModel):
@@ -45,6 +47,9 @@ class BitrixOptions(BaseModel):
     # Without a binding, events go to outbound_url; with require_event_binding they need event.bind.
     require_event_binding: bool = False
     event_timeout_s: float = 10.0
+    # Fault injection: events (upper-case names, e.g. ONIMCONNECTORMESSAGEADD) never POSTed to their handler, as
+    # when Bitrix24's queue server loses one; an offline binding still queues them (bitrix_offline.py).
+    drop_online_events: list[str] = []
     # bitrix24.md §2: user.name/last_name only letters, spaces, hyphens, apostrophes, max 25 chars.
     strict_user_names: bool = True
     fetch_files: bool = True  # download message.files[].url like Bitrix24 does

@@ -105,6 +105,9 @@ class PortalState:
         self.events: list[dict[str, Any]] = []
         self.files: dict[str, tuple[bytes, str, str]] = {}  # id -> (data, mime, name) for operator files
         self.unmatched_statuses: list[dict[str, Any]] = []
+        # Offline events (bitrix_offline.py): the queue of records and the event.offline.* calls on it.
+        self.offline: list[dict[str, Any]] = []
+        self.offline_log: list[dict[str, Any]] = []
         self.refresh_count = 0
         self.rate_limited = 0
         self.expired_token_hits = 0
@@ -119,6 +122,7 @@ class PortalState:
             "phone": itertools.count(101),
             "file": itertools.count(501),
             "handler": itertools.count(555),
+            "offline": itertools.count(1),
         }
         self.bucket = LeakyBucket(1, 1)
         self.apply_limits(options)
@@ -138,6 +142,9 @@ class PortalState:
 
     def next_id(self, kind: str) -> int:
         return next(self._ids[kind])
+
+    def next_offline_id(self) -> int:
+        return next(self._ids["offline"])
 
     def operator(self, name: str) -> int:
         if name not in self.operators:

@@ -93,7 +93,8 @@ ALLOWED: dict[str, frozenset[str]] = {
     BITRIX_INGRESS_WEB: _tk("VerifyApplicationToken", "GetPortalStatus", "UpsertPortal")
     | _mapper("ListChannels", "FindConversation", "FindMessageLink"),
     # Delivers to Bitrix24 with the portal's token; owns the conversation and delivery records.
-    BITRIX_DISPATCHER: _tk("GetAccessToken", "ReportTokenRejected")
+    # ListPortals: the offline-event reconciler drains every installed portal's queue.
+    BITRIX_DISPATCHER: _tk("GetAccessToken", "ReportTokenRejected", "ListPortals")
     | _mapper(
         "GetChannel",
         "GetOrCreateConversation",

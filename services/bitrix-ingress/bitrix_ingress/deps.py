@@ -78,6 +78,10 @@ class Deps:
         req = token_keeper_pb2.GetPortalStatusRequest(member_id=member_id)
         return await self._unary(self.tk.GetPortalStatus, req, "token-keeper GetPortalStatus")
 
+    async def list_portals(self) -> token_keeper_pb2.ListPortalsResponse:
+        req = token_keeper_pb2.ListPortalsRequest()
+        return await self._unary(self.tk.ListPortals, req, "token-keeper ListPortals")
+
     # --- mapper ---------------------------------------------------------------------------
 
     async def get_channel(self, phone_number_id: str) -> mapper_pb2.Channel:

@@ -25,6 +25,19 @@ UNRESOLVED_CHATS = Counter(
     " chats are refused: zaptrix_cross_tenant_refusals_total)",
     ["reason"],
 )
+OFFLINE_EVENTS = Counter(
+    "zaptrix_bitrix_offline_events_total",
+    "Offline-event records read back from Bitrix24 (event.offline.get), by outcome: produced (in Kafka, then "
+    "confirmed), ignored (nothing to relay), malformed / refused (parked with event.offline.error), retried "
+    "(left reserved for the next poll), lost (read with clear=1 and not produced)",
+    ["outcome"],
+)
+OFFLINE_POLLS = Counter(
+    "zaptrix_bitrix_offline_polls_total",
+    "Offline-event polls by outcome: ok, failed (one portal's queue waits for the next poll), "
+    "kafka_unavailable (no portal read: nothing is taken from a queue that cannot be produced)",
+    ["outcome"],
+)
 INSTALLS = Counter("zaptrix_bitrix_installs_total", "Install/setup requests by outcome", ["kind", "outcome"])
 
 MESSAGES_PER_CALL = Histogram(

@@ -264,6 +264,20 @@ class DispatcherSettings(BitrixCommonSettings, DispatcherCommonSettings):
         ),
     )
     dispatch_concurrency: int = Field(32, ge=1, description="Conversations prepared concurrently")
+    bitrix_offline_poll_s: float = Field(
+        10.0,
+        ge=0,
+        description=(
+            "Seconds between two drains of each portal's offline-event queue (operator messages whose "
+            "online event never reached us; docs/reconciliation.md); 0 disables the reconciler"
+        ),
+    )
+    bitrix_offline_pages_per_poll: int = Field(
+        4,
+        ge=1,
+        le=50,
+        description="event.offline.get pages (50 records each) per portal and poll: bounds its REST share",
+    )
 
 
 SETTINGS_CLASSES: list[type[BaseSettings]] = [

@@ -64,6 +64,22 @@ async def test_expired_token_is_reported_once_then_retried(deps: Deps, fakes: Gr
     assert (rejected.member_id, rejected.access_token, rejected.error) == ("m1", "access-1", "expired_token")
 
 
+async def test_concurrent_calls_report_an_expired_token_once(deps: Deps, fakes: GrpcFakes) -> None:
+    """The consumer and the offline reconciler share the portal's token: one rejection, one report."""
+    import asyncio
+    import json
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if json.loads(request.content)["auth"] == "access-1":
+            return httpx.Response(401, json={"error": "expired_token"})
+        return httpx.Response(200, json={"result": "ok"})
+
+    pc = portal_client(deps, handler)
+    await pc.token("m1")  # both calls start with the cached token
+    assert await asyncio.gather(*(pc.call("m1", "app.info", {}) for _ in range(5))) == ["ok"] * 5
+    assert len(fakes.token_keeper.rejections) == 1
+
+
 async def test_a_refused_fresh_token_is_not_refreshed_forever(deps: Deps, fakes: GrpcFakes) -> None:
     pc = portal_client(deps, lambda r: httpx.Response(401, json={"error": "invalid_token"}))
     with pytest.raises(TokenRejectedTwice):

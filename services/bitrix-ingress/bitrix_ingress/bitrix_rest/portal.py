@@ -112,16 +112,21 @@ class PortalClient:
             return token
 
     async def _rejected(self, token: Token, error: TokenError) -> Token:
-        log.warning("bitrix24 refused the access token", member_id=token.member_id, error=error.code)
-        self._tokens.pop(token.member_id, None)
-        code = "expired_token" if error.code == "expired_token" else "invalid_token"
-        try:
-            msg = await self.deps.report_token_rejected(token.member_id, token.access_token, code)
-        except RpcNotFound as exc:
-            raise PortalUnknown("PORTAL_UNKNOWN", f"portal {token.member_id} is not installed") from exc
-        fresh = self._to_token(token.member_id, msg)
-        self._tokens[token.member_id] = fresh
-        return fresh
+        lock = self._locks.setdefault(token.member_id, asyncio.Lock())
+        async with lock:  # concurrent calls (the consumer, the offline reconciler) report a token once
+            current = self._tokens.get(token.member_id)
+            if current is not None and current.access_token != token.access_token:
+                return current  # another call of this process already had it replaced
+            log.warning("bitrix24 refused the access token", member_id=token.member_id, error=error.code)
+            self._tokens.pop(token.member_id, None)
+            code = "expired_token" if error.code == "expired_token" else "invalid_token"
+            try:
+                msg = await self.deps.report_token_rejected(token.member_id, token.access_token, code)
+            except RpcNotFound as exc:
+                raise PortalUnknown("PORTAL_UNKNOWN", f"portal {token.member_id} is not installed") from exc
+            fresh = self._to_token(token.member_id, msg)
+            self._tokens[token.member_id] = fresh
+            return fresh
 
     def forget_token(self, member_id: str) -> None:
         self._tokens.pop(member_id, None)

@@ -4,10 +4,14 @@ The consumer hands over a whole poll batch; batch_handler.py handles it in three
 per portal, record). A redelivered event is found by CheckProcessed and not sent again. Bitrix24 has no
 idempotency key for imconnector.send.messages, so the one window left is between Bitrix24's answer and
 RecordDelivery (one gRPC call, retried in place): a crash exactly there sends that message twice.
+
+Beside the consumer runs the offline-event reconciler (offline_events.py): operator messages whose Bitrix24
+event never reached the web, drained from each portal's offline queue into the b24-to-wa topic.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from functools import partial
@@ -25,6 +29,7 @@ from bitrix_ingress.bitrix_rest.portal import PortalClient
 from bitrix_ingress.deps import Deps
 from bitrix_ingress.dispatcher.batch_handler import BitrixDispatcher
 from bitrix_ingress.dispatcher.dead_letters import CustomerDeadLetters
+from bitrix_ingress.dispatcher.offline_events import OfflineEvents
 from bitrix_ingress.settings import DispatcherSettings
 
 log = get_logger(__name__)
@@ -39,6 +44,7 @@ def wire(settings: DispatcherSettings, kafka: KafkaSettings) -> Wire:
     @contextlib.asynccontextmanager
     async def consumer(clients: Clients, producer: EventProducer) -> AsyncIterator[EventConsumer]:
         rest = portal_rest(settings, timeout_s=settings.bitrix_rest_timeout_s)
+        reconciler: asyncio.Task[None] | None = None
         try:
             deps = Deps(clients)
             portals = PortalClient(
@@ -50,6 +56,11 @@ def wire(settings: DispatcherSettings, kafka: KafkaSettings) -> Wire:
                 rate_limit_max_wait_s=settings.bitrix_rate_limit_max_wait_s,
             )
             topics = topics_for(Flow.WA_TO_B24, kafka.topic_prefix)
+            offline = OfflineEvents(
+                settings, deps, portals, producer, topics_for(Flow.B24_TO_WA, kafka.topic_prefix).main
+            )
+            stop_offline = asyncio.Event()
+            reconciler = asyncio.create_task(offline.run(stop_offline), name="offline-events")
             yield EventConsumer(
                 kafka,
                 topics,
@@ -62,6 +73,9 @@ def wire(settings: DispatcherSettings, kafka: KafkaSettings) -> Wire:
                 on_dead_letter=CustomerDeadLetters(deps, producer, topics.main),
             )
         finally:
+            if reconciler is not None:
+                stop_offline.set()
+                await asyncio.gather(reconciler, return_exceptions=True)
             await rest.aclose()
 
     return consumer

@@ -54,6 +54,10 @@ LIFECYCLE_EVENTS = ("OnAppUninstall", "OnAppInstall")
 # Nice to have: install still succeeds when a portal does not know them (DialogFinish is documented for
 # connectors but not registered by every imconnector version; OnAppInstall only matters for UI apps).
 OPTIONAL_EVENTS = frozenset({"ONIMCONNECTORDIALOGFINISH", "ONAPPINSTALL"})
+# Bound a second time with event_type=offline (no handler): Bitrix24 also queues each one on the portal, and
+# bitrix-dispatcher's reconciler (dispatcher/offline_events.py) drains the queue, so an event that never
+# reached the web is not lost. Optional: a portal that refuses it keeps the online path.
+OFFLINE_EVENTS = ("OnImConnectorMessageAdd",)
 
 _ICON_SVG = (
     '<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 64 64">'
@@ -241,9 +245,14 @@ async def ensure_setup(
 
     bound = await portals.call_with_token(member_id, token, "event.get", {})
     have: set[tuple[str, str]] = set()
+    have_offline: set[str] = set()
     for item in bound if isinstance(bound, list) else []:
         if isinstance(item, dict):
-            have.add((str(item.get("event", "")).upper(), str(item.get("handler", ""))))
+            event_upper = str(item.get("event", "")).upper()
+            if str(item.get("offline", "0")) in ("1", "True", "true", "Y"):
+                have_offline.add(event_upper)  # not a stale online handler: it has none
+            else:
+                have.add((event_upper, str(item.get("handler", ""))))
     want = desired_bindings(settings)
     for event, handler in sorted(have):
         if event in want and handler != want[event]:
@@ -267,6 +276,21 @@ async def ensure_setup(
                 changes.append(f"skipped {event}: {exc.code}")
                 continue
             raise
+    for name in OFFLINE_EVENTS:
+        if name.upper() in have_offline:
+            continue
+        try:
+            await portals.call_with_token(
+                member_id, token, "event.bind", {"event": name, "event_type": "offline"}
+            )
+            changes.append(f"bound {name.upper()} offline")
+        except BitrixError as exc:
+            if "already" in exc.description.lower() or "already" in exc.code.lower():
+                continue
+            if not exc.permanent:
+                raise
+            log.warning("offline event not bound; lost events stay lost", bitrix_event=name, error=exc.reason)
+            changes.append(f"skipped {name.upper()} offline: {exc.code}")
     return changes
 
 

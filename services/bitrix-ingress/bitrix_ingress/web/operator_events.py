@@ -14,11 +14,11 @@ from prometheus_client import Counter
 from sanic import HTTPResponse, Request, json
 from zaptrix.kafka import PublishError
 from zaptrix.logging import get_logger
-from zaptrix.metrics import count_cross_tenant
-from zaptrix.rpc import RpcFailed, RpcNotFound
+from zaptrix.rpc import RpcFailed
 
 from bitrix_ingress.formparse import FormError
-from bitrix_ingress.metrics import EVENTS_LOST, EVENTS_RECEIVED, INSTALLS, ITEMS_SKIPPED, UNRESOLVED_CHATS
+from bitrix_ingress.metrics import EVENTS_LOST, EVENTS_RECEIVED, INSTALLS, ITEMS_SKIPPED
+from bitrix_ingress.operator_chats import drop_refused, resolve_keys, resolve_replies
 from bitrix_ingress.web import events as ev
 from bitrix_ingress.web.event_summary import summary
 from bitrix_ingress.web.http import problem, read_body
@@ -41,95 +41,6 @@ async def _verify(ctx: WebResources, auth: ev.Auth) -> tuple[bool, bool]:
     if ttl > 0:
         ctx.verified.put(key, result, ttl)
     return result
-
-
-async def _resolve_keys(ctx: WebResources, normalized: ev.Normalized) -> set[str]:
-    """Kafka key of every pending envelope: the conversation key, from the portal's own conversation.
-
-    Every chat is looked up as (authenticated member_id, chat id): the mapper answers NOT_FOUND for a chat
-    of another portal exactly as for an unknown one. Returns the chats refused that way; the caller drops
-    their envelopes. Only when the mapper cannot be asked does an envelope go out keyed by its chat id:
-    the meta dispatcher then makes the same portal check before anything is sent.
-    """
-    member = normalized.member_id
-    chats = sorted({p.external_chat_id for p in normalized.pending if p.external_chat_id and not p.key})
-    keys: dict[str, str] = {}
-    refused: set[str] = set()
-
-    async def one(chat: str) -> None:
-        cached = ctx.chat_keys.get((member, chat))  # scoped: one portal's answer never serves another
-        if cached:
-            keys[chat] = cached
-            return
-        try:
-            conv = await ctx.deps.find_portal_conversation(member, chat)
-        except RpcNotFound:
-            refused.add(chat)
-            return
-        except RpcFailed as exc:
-            UNRESOLVED_CHATS.labels("mapper_unavailable").inc()
-            log.warning(
-                "mapper unavailable, keying by external chat id", external_chat_id=chat, error=exc.reason
-            )
-            return
-        if conv.member_id != member:  # the mapper scopes the lookup; this only guards against a regression
-            refused.add(chat)
-            return
-        key = f"{conv.phone_number_id}:{conv.wa_id}"
-        keys[chat] = key
-        ctx.chat_keys.put((member, chat), key, 86_400.0)
-
-    await asyncio.gather(*(one(c) for c in chats))
-    for p in normalized.pending:
-        p.envelope.conversation_key = p.key or keys.get(p.external_chat_id) or p.external_chat_id
-    return refused
-
-
-_KINDS = {
-    "operator_message": "message",
-    "operator_message_edit": "edit",
-    "operator_message_delete": "delete",
-    "operator_read": "read",
-}
-
-
-def _drop_refused(event: str, normalized: ev.Normalized, refused: set[str]) -> int:
-    """Remove the envelopes of refused chats (and keep reply_lookups pointing at the right ones);
-    count and log each. Returns how many were dropped. The message text is never logged."""
-    kept: list[ev.Pending] = []
-    lookups: dict[int, str] = {}
-    dropped = 0
-    for index, p in enumerate(normalized.pending):
-        if p.external_chat_id in refused and not p.key:
-            kind = _KINDS.get(p.envelope.WhichOneof("kind") or "", "other")
-            count_cross_tenant("bitrix-ingress", kind)
-            dropped += 1
-            continue
-        if index in normalized.reply_lookups:
-            lookups[len(kept)] = normalized.reply_lookups[index]
-        kept.append(p)
-    normalized.pending, normalized.reply_lookups = kept, lookups
-    for chat in sorted(refused):
-        log.warning(
-            "operator event refused: the chat is not a conversation of this portal (another portal's, "
-            "or unknown); nothing is produced for it",
-            bitrix_event=event,
-            member_id=normalized.member_id,
-            external_chat_id=chat,
-        )
-    return dropped
-
-
-async def _resolve_replies(ctx: WebResources, normalized: ev.Normalized) -> None:
-    """Best effort: the wamid of a quoted customer message, when Bitrix24 told us its internal id."""
-    for index, reply_id in normalized.reply_lookups.items():
-        env = normalized.pending[index].envelope
-        try:
-            link = await ctx.deps.find_message_link_by_bitrix(normalized.member_id, reply_id)
-        except (RpcNotFound, RpcFailed):
-            continue
-        if link.wamid:
-            env.operator_message.reply_to_external_id = link.wamid
 
 
 def _label(event: str) -> str:
@@ -224,12 +135,12 @@ class OperatorEvents:
         if not normalized.pending:
             EVENTS_RECEIVED.labels(label, "ignored").inc()
             return json({"ok": True, "events": 0})
-        refused = await _resolve_keys(ctx, normalized)
-        dropped = _drop_refused(event, normalized, refused) if refused else 0
+        refused = await resolve_keys(ctx.deps, ctx.chat_keys, normalized)
+        dropped = drop_refused(event, normalized, refused) if refused else 0
         if dropped and not normalized.pending:
             EVENTS_RECEIVED.labels(label, "refused").inc()
             return problem(403, "the event names no chat of this portal")
-        await _resolve_replies(ctx, normalized)
+        await resolve_replies(ctx.deps, normalized)
         producer = ctx.producer.producer
         if producer is None:
             return _lost(event, "kafka_unavailable", form, "producer not started")

@@ -14,6 +14,7 @@ from bitrix_ingress.bitrix_rest.egress import portal_rest
 from bitrix_ingress.bitrix_rest.pacing import PacerRegistry
 from bitrix_ingress.bitrix_rest.portal import PortalClient
 from bitrix_ingress.deps import Deps
+from bitrix_ingress.operator_chats import ChatKeys, chat_key_cache
 from bitrix_ingress.settings import WebSettings
 from bitrix_ingress.web.install_guard import InstallGuard
 
@@ -35,8 +36,7 @@ class WebResources:
         self.verified: TtlCache[tuple[str, str], tuple[bool, bool]] = TtlCache(
             10_000, settings.verify_cache_ttl_s
         )
-        # (member_id, external chat id) -> conversation key
-        self.chat_keys: TtlCache[tuple[str, str], str] = TtlCache(100_000, 86_400.0)
+        self.chat_keys: ChatKeys = chat_key_cache()
 
     async def stop(self) -> None:
         await self.producer.stop()
