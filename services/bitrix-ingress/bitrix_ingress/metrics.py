@@ -19,6 +19,11 @@ ITEMS_SKIPPED = Counter(
     "Messages inside an event left out (malformed, or our own failure notice echoed back)",
     ["event"],
 )
+VERIFY_STALE = Counter(
+    "zaptrix_bitrix_verify_stale_total",
+    "Bitrix24 events taken on a last-known-good application-token verification because token-keeper was"
+    " unavailable (ZAPTRIX_VERIFY_STALE_S)",
+)
 UNRESOLVED_CHATS = Counter(
     "zaptrix_bitrix_unresolved_chats_total",
     "Operator events keyed by their chat id because the mapper could not be asked (unknown and other portals'"

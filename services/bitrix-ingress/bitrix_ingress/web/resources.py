@@ -16,6 +16,7 @@ from bitrix_ingress.bitrix_rest.portal import PortalClient
 from bitrix_ingress.deps import Deps
 from bitrix_ingress.settings import WebSettings
 from bitrix_ingress.web.install_guard import InstallGuard
+from bitrix_ingress.web.verification import Verifications
 
 
 class WebResources:
@@ -31,10 +32,8 @@ class WebResources:
         self.pacers = PacerRegistry(settings.rate_for)
         self.portals = PortalClient(self.deps, self.rest, self.pacers, settings, attempts=2)
         self.guard = InstallGuard(settings)
-        # (member_id, token hash) -> (known_portal, valid); the TTL depends on the verdict (see _verify)
-        self.verified: TtlCache[tuple[str, str], tuple[bool, bool]] = TtlCache(
-            10_000, settings.verify_cache_ttl_s
-        )
+        # token-keeper's verdicts on events' application tokens, and the last ones for its outages
+        self.verifications = Verifications(self.deps, settings)
         # (member_id, external chat id) -> conversation key
         self.chat_keys: TtlCache[tuple[str, str], str] = TtlCache(100_000, 86_400.0)
 
