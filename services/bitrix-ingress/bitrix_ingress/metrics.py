@@ -52,7 +52,8 @@ NOTICES = Counter("zaptrix_bitrix_notices_total", "Failure notices posted to ope
 DEAD_LETTER_NOTICES = Counter(
     "zaptrix_bitrix_dead_letter_notices_total",
     "Dead-lettered wa-to-b24 events and the notice attempt: produced (a SendFailure for the chat), "
-    "no_chat, failed (could not be produced), notice_lost (a notice itself was dead-lettered), none",
+    "no_chat, failed (could not be produced), notice_lost (a notice itself was dead-lettered), delivered (sent to"
+    " Bitrix24, only its recording failed: no notice), none",
     ["event_type", "outcome"],
 )
 CRM = Counter("zaptrix_bitrix_crm_contacts_total", "First-contact CRM lookups by outcome", ["outcome"])

@@ -18,6 +18,7 @@ from bitrix_ingress.bitrix_rest.portal import PortalClient
 from bitrix_ingress.deps import Deps
 from bitrix_ingress.dispatcher import bookkeeping
 from bitrix_ingress.dispatcher.batch_handler import BitrixDispatcher
+from bitrix_ingress.dispatcher.dead_letters import CustomerDeadLetters
 from bitrix_ingress.formparse import as_list
 from bitrix_ingress.settings import DispatcherSettings
 from bitrix_support import FakeBitrix
@@ -616,3 +617,31 @@ async def test_a_notice_posted_but_not_recorded_is_not_posted_again(
     assert h.fakes.mapper.processed["wa-status:wamid.out1:failed"] == "notice:connector"
     link = h.fakes.mapper.links["wamid.out1"]
     assert (link.whatsapp_status, link.bitrix_status) == ("failed", "failed")
+
+
+async def test_a_sent_message_whose_recording_is_dead_lettered_gets_no_not_delivered_notice(
+    h: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Retries exhausted while the mapper stays down: the dead letter of a message Bitrix24 has must not tell
+    the operator it could not be shown."""
+    monkeypatch.setattr(bookkeeping, "IN_PLACE_BUDGET_S", 0.2)
+    h.fakes.mapper.bind("100", "m1", 7, crm_mode=mapper_pb2.CRM_MODE_OPEN_LINE)
+    h.fakes.mapper.fail["RecordDelivery"] = [grpc.StatusCode.UNAVAILABLE] * 10_000
+    h.fakes.mapper.fail["MarkProcessed"] = [grpc.StatusCode.UNAVAILABLE] * 10_000
+    rec = customer("4917", 1)
+    (outcome,) = await h.make().handle([rec])
+    assert outcome.kind == "retry" and outcome.reason.startswith("sent to Bitrix24, not recorded: ")
+    (again,) = await h.make().handle([rec])  # the retry: records only, and fails again
+    assert again.reason.startswith("sent to Bitrix24, not recorded: ")
+    assert len(h.bitrix.sent_messages()) == 1
+    published: list[Any] = []
+
+    class Producer:
+        async def publish(self, topic: str, envelopes: list[Any]) -> None:
+            published.extend(envelopes)
+
+    hook = CustomerDeadLetters(h.make().deps, Producer(), "t")  # type: ignore[arg-type]
+    await hook(rec.envelope, f"retries exhausted after 8 attempts: {again.reason}")
+    assert published == []
+    await hook(rec.envelope, "retries exhausted after 8 attempts: imconnector.send.messages: NOT_SENT")
+    assert len(published) == 1  # a message that never reached Bitrix24 is still told about

@@ -37,7 +37,7 @@ from bitrix_ingress.dispatcher.crm_contacts import ensure_contacts
 from bitrix_ingress.dispatcher.customer_messages import finish_customer, prepare_customer
 from bitrix_ingress.dispatcher.notices import finish_notice, prepare_failure, reroute_refused_im
 from bitrix_ingress.dispatcher.portal_calls import Answered, HeldBehind, PortalCalls
-from bitrix_ingress.dispatcher.sent_effects import SENT, record_sent, sent_result
+from bitrix_ingress.dispatcher.sent_effects import SENT, record_sent, sent_result, with_sent_reason
 from bitrix_ingress.dispatcher.statuses import finish_status, prepare_status
 from bitrix_ingress.dispatcher.work import Answer, DeliverWork, NoticeWork, StatusWork, Work, outcome_for
 from bitrix_ingress.metrics import DELIVERED, REQUESTS_PER_FLUSH, STATUSES
@@ -107,7 +107,10 @@ class BitrixDispatcher:
             *(finish(w, a) for portal in delivered for w, a in portal if outcomes[w.index] is None)
         )
         _hold_behind_retries(batch, groups, outcomes)
-        return [o or Outcome.retry("not handled") for o in outcomes]
+        return [
+            with_sent_reason(rec, o or Outcome.retry("not handled"))
+            for rec, o in zip(batch, outcomes, strict=True)
+        ]
 
     # phase 1: prepare --------------------------------------------------------------------------
 

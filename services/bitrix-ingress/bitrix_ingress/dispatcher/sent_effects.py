@@ -9,6 +9,7 @@ again.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from zaptrix.kafka import Outcome, Received
@@ -20,6 +21,16 @@ from bitrix_ingress.dispatcher.work import DeliverWork, NoticeWork, StatusWork, 
 from bitrix_ingress.metrics import DELIVERED, STATUSES
 
 SENT = "bitrix24.sent"
+# Starts the reason of an event that reached Bitrix24 but could not be recorded: its dead letter must not
+# tell the operator it was not delivered (dead_letters.py).
+SENT_NOT_RECORDED = "sent to Bitrix24, not recorded"
+
+
+def with_sent_reason(rec: Received, outcome: Outcome) -> Outcome:
+    """A retry or dead letter of an event already sent says so in its reason."""
+    if outcome.kind in ("retry", "dead") and SENT in rec.effects and SENT_NOT_RECORDED not in outcome.reason:
+        return replace(outcome, reason=f"{SENT_NOT_RECORDED}: {outcome.reason}"[:500])
+    return outcome
 
 
 def sent_result(work: Work, answer: dict[str, Any]) -> str:
