@@ -11,9 +11,19 @@ import pytest
 from aiokafka import AIOKafkaConsumer
 from hypothesis import given
 from hypothesis import strategies as st
-from zaptrix.kafka import EventConsumer, EventProducer, Received, TransientError, new_envelope, per_event
+from zaptrix.kafka import (
+    EventConsumer,
+    EventProducer,
+    Flow,
+    PermanentError,
+    Received,
+    TransientError,
+    new_envelope,
+    per_event,
+)
 from zaptrix.kafka.effects import H_EFFECTS, MAX_EFFECTS, effects_header, read_effects
 from zaptrix.kafka.topics import FlowTopics
+from zaptrix.replay import replay
 from zaptrix.settings import KafkaSettings
 from zaptrix.v1 import events_pb2
 
@@ -103,3 +113,40 @@ def test_effects_round_trip_bounded(effects: dict[str, str]) -> None:
         assert len(key) <= 200 and len(value) <= 1000
     if all(len(k) <= 200 and len(v) <= 1000 for k, v in effects.items()):
         assert back == effects
+
+
+async def test_a_replayed_dead_letter_keeps_its_effects(
+    kafka: tuple[KafkaSettings, FlowTopics, EventProducer],
+) -> None:
+    """zaptrix-replay moves a dead letter back with what already happened, so its next handling records the
+    effect instead of doing it again (a message sent, then dead-lettered because it could not be recorded)."""
+    settings, topics, producer = kafka
+    await producer.publish(topics.main, [_event(2)])
+    seen: list[dict[str, str]] = []
+
+    async def handler(rec: Received) -> None:
+        seen.append(dict(rec.effects))
+        if not rec.effects:
+            rec.happened("bitrix24.sent", '{"chat":"1807"}')
+            raise PermanentError("mapper RecordDelivery: NOT_FOUND")
+
+    group = f"g-{uuid.uuid4().hex[:6]}"
+
+    async def consume_until(done: Callable[[], bool]) -> None:
+        consumer = EventConsumer(settings, topics, group, per_event(handler), producer, client_id="t")
+        stopped = asyncio.Event()
+        task = asyncio.create_task(consumer.run(stopped))
+        try:
+            async with asyncio.timeout(40):
+                while not done():
+                    await asyncio.sleep(0.1)
+        finally:
+            stopped.set()
+            await task
+
+    await consume_until(lambda: len(seen) == 1)
+    async with asyncio.timeout(20):
+        while not await replay(settings, Flow.WA_TO_B24, idle_s=1.0):
+            pass
+    await consume_until(lambda: len(seen) >= 2)
+    assert seen == [{}, {"bitrix24.sent": '{"chat":"1807"}'}]

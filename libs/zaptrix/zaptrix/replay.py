@@ -14,7 +14,7 @@ import sys
 from aiokafka import AIOKafkaConsumer
 
 from zaptrix.kafka.connection import connection_kwargs
-from zaptrix.kafka.envelope import H_DLQ_REASON, H_EVENT_ID, header, without_bookkeeping
+from zaptrix.kafka.envelope import H_DLQ_REASON, H_EFFECTS, H_EVENT_ID, header, without_bookkeeping
 from zaptrix.kafka.producer import EventProducer
 from zaptrix.kafka.topics import Flow, topics_for
 from zaptrix.settings import KafkaSettings
@@ -57,8 +57,11 @@ async def replay(
                     if limit and len(done) >= limit:
                         break
                     if not dry_run:
+                        # What already happened goes along (effects.py): a message the dead letter
+                        # had sent is recorded, not sent again.
+                        effects = [(k, v) for k, v in headers if k == H_EFFECTS]
                         await producer.publish_raw(
-                            topics.main, rec.key, rec.value, without_bookkeeping(headers)
+                            topics.main, rec.key, rec.value, [*without_bookkeeping(headers), *effects]
                         )
                     done.append((rid, header(headers, H_DLQ_REASON) or ""))
                     if group:

@@ -19,6 +19,11 @@ ITEMS_SKIPPED = Counter(
     "Messages inside an event left out (malformed, or our own failure notice echoed back)",
     ["event"],
 )
+VERIFY_STALE = Counter(
+    "zaptrix_bitrix_verify_stale_total",
+    "Bitrix24 events taken on a last-known-good application-token verification because token-keeper was"
+    " unavailable (ZAPTRIX_VERIFY_STALE_S)",
+)
 UNRESOLVED_CHATS = Counter(
     "zaptrix_bitrix_unresolved_chats_total",
     "Operator events keyed by their chat id because the mapper could not be asked (unknown and other portals'"
@@ -60,7 +65,8 @@ NOTICES = Counter("zaptrix_bitrix_notices_total", "Failure notices posted to ope
 DEAD_LETTER_NOTICES = Counter(
     "zaptrix_bitrix_dead_letter_notices_total",
     "Dead-lettered wa-to-b24 events and the notice attempt: produced (a SendFailure for the chat), "
-    "no_chat, failed (could not be produced), notice_lost (a notice itself was dead-lettered), none",
+    "no_chat, failed (could not be produced), notice_lost (a notice itself was dead-lettered), delivered (sent to"
+    " Bitrix24, only its recording failed: no notice), none",
     ["event_type", "outcome"],
 )
 CRM = Counter("zaptrix_bitrix_crm_contacts_total", "First-contact CRM lookups by outcome", ["outcome"])

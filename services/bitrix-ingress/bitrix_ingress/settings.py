@@ -156,6 +156,15 @@ class WebSettings(BitrixCommonSettings, BitrixOAuthSettings):
     verify_cache_ttl_s: Annotated[float, Formerly("verify_cache_s")] = Field(
         30.0, ge=0, description="How long a verified (member_id, application_token) pair is trusted"
     )
+    verify_stale_s: float = Field(
+        86_400.0,
+        ge=0,
+        description=(
+            "How long token-keeper's last verdict on a (member_id, application_token) pair is used while "
+            "token-keeper is unavailable (events are taken on a last-known-good verification instead of "
+            "being lost); 0: never"
+        ),
+    )
     read_on_reply: bool = Field(
         True,
         description="An operator reply also marks the customer's messages read on WhatsApp (OperatorRead)",

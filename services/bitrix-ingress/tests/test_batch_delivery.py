@@ -2,25 +2,30 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import AsyncIterator, Callable
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import grpc
 import pytest
+from aiokafka import AIOKafkaConsumer
 from bitrix_ingress.bitrix_rest.client import BitrixRest
 from bitrix_ingress.bitrix_rest.pacing import PacerRegistry
 from bitrix_ingress.bitrix_rest.portal import PortalClient
 from bitrix_ingress.deps import Deps
+from bitrix_ingress.dispatcher import bookkeeping
 from bitrix_ingress.dispatcher.batch_handler import BitrixDispatcher
+from bitrix_ingress.dispatcher.dead_letters import CustomerDeadLetters
 from bitrix_ingress.formparse import as_list
 from bitrix_ingress.settings import DispatcherSettings
 from bitrix_support import FakeBitrix
 from opentelemetry import trace
 from zaptrix.clients import Clients
-from zaptrix.kafka import Received, new_envelope
-from zaptrix.settings import GrpcClientSettings
+from zaptrix.kafka import EventConsumer, EventProducer, Flow, Received, new_envelope, topics_for
+from zaptrix.settings import GrpcClientSettings, KafkaSettings
 from zaptrix.v1 import events_pb2, mapper_pb2
 from zaptrix_testing.fakes import GrpcFakes, Portal
 
@@ -209,7 +214,8 @@ async def test_a_failure_holds_the_rest_of_its_conversation(h: Harness) -> None:
         ("GetOrCreateConversation", lambda r: r.wa_id == "a", grpc.StatusCode.UNAVAILABLE)
     )
     outcomes = await h.make().handle([customer("a", 1), customer("a", 2), customer("b", 1)])
-    assert [o.kind for o in outcomes] == ["retry", "retry", "ok"]
+    # "held": the consumer puts it behind a/1's pending retry without counting an attempt (issue 13).
+    assert [o.kind for o in outcomes] == ["retry", "held", "ok"]
     assert "held behind" in outcomes[1].reason
     assert [m["message"]["id"] for m in h.bitrix.sent_messages()] == ["wamid.b.1"]
     # A status waiting for its link does not hold the customer's messages.
@@ -221,7 +227,8 @@ async def test_transient_bitrix_failure_retries_and_keeps_order(h: Harness) -> N
     h.bitrix.script["batch"] = [(500, {"error": "INTERNAL_SERVER_ERROR"})] * 2
     records = [customer("a", n) for n in range(60)]  # two calls in one batch request
     outcomes = await h.make().handle(records)
-    assert {o.kind for o in outcomes} == {"retry"}
+    # The first message is retried; the later ones of its conversation wait behind it, uncounted.
+    assert [o.kind for o in outcomes] == ["retry"] + ["held"] * 59
     assert h.bitrix.sent_messages() == []
 
 
@@ -386,7 +393,7 @@ async def test_a_message_bitrix_refuses_holds_the_later_ones_of_its_conversation
     h.bitrix.bad_message_ids = {"wamid.a.1"}
     one_by_one = {"bitrix_use_batch": False, "bitrix_max_messages_per_call": 1}
     outcomes = await h.make(**one_by_one).handle([customer("a", 1), customer("a", 2), customer("b", 1)])
-    assert [o.kind for o in outcomes] == ["dead", "retry", "ok"]
+    assert [o.kind for o in outcomes] == ["dead", "held", "ok"]
     assert "an earlier message failed" in outcomes[1].reason
     assert [m["message"]["id"] for m in h.bitrix.sent_messages()] == ["wamid.b.1"]
 
@@ -418,7 +425,8 @@ async def test_a_portal_rate_limited_beyond_the_wait_does_not_stall_the_batch(h:
     started = time.monotonic()
     outcomes = await h.make(bitrix_rate_limit_max_wait_s=0.5).handle(records)
     assert time.monotonic() - started < 3.0
-    assert {o.kind for o in outcomes} == {"retry"}
+    # Each conversation's first message is retried; its later ones wait behind it (held, uncounted).
+    assert [o.kind for o in outcomes] == (["retry"] + ["held"] * 59) * 4
     assert len(h.bitrix.requests) == 1  # one refused request; the rest went to the retry topic untried
     assert outcomes[0].retry_after is not None
 
@@ -473,3 +481,167 @@ async def test_every_message_trace_shows_its_delivery_call(h: Harness) -> None:
         request.context in [link.context for link in s.links] for s in per_event
     )
     assert not any("access-1" in str(s.attributes) for s in spans)
+
+
+async def test_a_failed_call_retries_the_first_message_of_each_conversation_and_holds_the_rest(
+    h: Harness,
+) -> None:
+    """Issue 13 / M5: the batch handler's holds and the consumer's agree. A later message of a conversation
+    whose earlier one failed transiently in this batch comes back held (behind the pending retry, no attempt
+    counted), not as a retry of its own that counts an attempt and could overtake."""
+    h.fakes.mapper.bind("100", "m1", 7, crm_mode=mapper_pb2.CRM_MODE_OPEN_LINE)
+    h.bitrix.script["imconnector.send.messages"] = [(500, {"error": "INTERNAL_SERVER_ERROR"})] * 2
+    records = [customer("a", 1), customer("b", 1), customer("a", 2), customer("b", 2), customer("c", 1)]
+    outcomes = await h.make().handle(records)  # one call carries all five; it fails as a whole
+    assert [o.kind for o in outcomes] == ["retry", "retry", "held", "held", "retry"]
+    assert all(o.retry_after is None for o in outcomes if o.kind == "held")
+    assert h.bitrix.sent_messages() == []
+
+
+async def test_each_requests_deliveries_are_recorded_before_the_next_request(h: Harness) -> None:
+    """Issue 13: the crash window is one request, not a poll batch. A delivery is recorded as soon as the
+    request that carried it has been answered, before the next request of the batch goes out."""
+    h.fakes.mapper.bind("100", "m1", 7, crm_mode=mapper_pb2.CRM_MODE_OPEN_LINE)
+    recorded_when_sent: list[int] = []
+    answer = h.bitrix.handle
+
+    def spy(request: Any) -> Any:
+        recorded_when_sent.append(len(h.fakes.mapper.processed))
+        return answer(request)
+
+    h.bitrix.handle = spy  # type: ignore[method-assign]
+    records = [customer(f"c{i}", 1) for i in range(6)]
+    one_call_per_request = {"bitrix_use_batch": False, "bitrix_max_messages_per_call": 2}
+    assert await h.run(records, **one_call_per_request) == ["ok"] * 6
+    assert [r.method for r in h.bitrix.requests] == ["imconnector.send.messages"] * 3
+    assert recorded_when_sent == [0, 2, 4]
+    assert len(h.bitrix.sent_messages()) == 6
+
+
+async def test_a_send_the_mapper_could_not_record_is_recorded_by_another_dispatcher_not_sent_again(
+    h: Harness, kafka_bootstrap: str, kafka_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 13 / M4: Bitrix24 answered, then RecordDelivery and the fallback MarkProcessed both failed past
+    their in-place attempts (a mapper outage). The event goes to the retry topic; a fresh dispatcher (another
+    process or replica) handles the retry: it records the delivery and does not send the message again."""
+    monkeypatch.setattr(bookkeeping, "IN_PLACE_BUDGET_S", 0.3, raising=False)
+    kafka = KafkaSettings(bootstrap_servers=kafka_bootstrap, topic_prefix=kafka_prefix)
+    topics = topics_for(Flow.WA_TO_B24, kafka_prefix)
+    producer = EventProducer(kafka, client_id="test")
+    await producer.start()
+    retry_reader = AIOKafkaConsumer(
+        topics.retry, bootstrap_servers=kafka_bootstrap, auto_offset_reset="earliest"
+    )
+    await retry_reader.start()
+    group = f"g-{uuid.uuid4().hex[:6]}"
+
+    async def consume(until: Callable[[], Awaitable[bool]], retry_base_s: float) -> None:
+        consumer = EventConsumer(
+            kafka, topics, group, h.make().handle, producer, client_id="d", retry_base_s=retry_base_s
+        )
+        stopped = asyncio.Event()
+        task = asyncio.create_task(consumer.run(stopped))
+        try:
+            async with asyncio.timeout(60):
+                while not await until():
+                    assert not task.done(), task
+                    await asyncio.sleep(0.1)
+        finally:
+            stopped.set()
+            await task
+
+    try:
+        h.fakes.mapper.fail["RecordDelivery"] = [grpc.StatusCode.UNAVAILABLE] * 10_000
+        h.fakes.mapper.fail["MarkProcessed"] = [grpc.StatusCode.UNAVAILABLE] * 10_000
+        rec = customer("4917", 1)
+        await producer.publish(topics.main, [rec.envelope])
+        retries: list[Any] = []
+
+        async def retried() -> bool:
+            for got in (await retry_reader.getmany(timeout_ms=100)).values():
+                retries.extend(got)
+            return bool(retries)
+
+        await consume(retried, retry_base_s=4.0)  # due 2-4 s later: the next dispatcher handles it
+        assert len(h.bitrix.sent_messages()) == 1 and "wa:wamid.4917.1" not in h.fakes.mapper.processed
+        h.fakes.mapper.fail.clear()  # the mapper is back
+
+        async def recorded() -> bool:
+            return "wa:wamid.4917.1" in h.fakes.mapper.processed
+
+        await consume(recorded, retry_base_s=4.0)  # a fresh dispatcher instance
+    finally:
+        await retry_reader.stop()
+        await producer.stop()
+    assert [m["message"]["id"] for m in h.bitrix.sent_messages()] == ["wamid.4917.1"]  # exactly once
+    link = h.fakes.mapper.links["wamid.4917.1"]
+    assert link.bitrix_chat_id and link.member_id == "m1"
+    assert json.loads(h.fakes.mapper.processed["wa:wamid.4917.1"])["chat"] == link.bitrix_chat_id
+
+
+async def test_while_the_mapper_records_nothing_the_rest_of_the_batch_is_not_sent(
+    h: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A request's deliveries could not be recorded: the portal's later requests of this batch are not sent
+    (they would only add to what waits unrecorded); the retry records the first ones and sends the rest."""
+    monkeypatch.setattr(bookkeeping, "IN_PLACE_BUDGET_S", 0.2)
+    h.fakes.mapper.bind("100", "m1", 7, crm_mode=mapper_pb2.CRM_MODE_OPEN_LINE)
+    h.fakes.mapper.fail["RecordDelivery"] = [grpc.StatusCode.UNAVAILABLE] * 10_000
+    h.fakes.mapper.fail["MarkProcessed"] = [grpc.StatusCode.UNAVAILABLE] * 10_000
+    records = [customer(f"c{i}", 1) for i in range(6)]
+    one_call_per_request = {"bitrix_use_batch": False, "bitrix_max_messages_per_call": 2}
+    outcomes = await h.make(**one_call_per_request).handle(records)
+    assert [o.kind for o in outcomes] == ["retry"] * 6
+    assert len(h.bitrix.requests) == 1 and len(h.bitrix.sent_messages()) == 2
+    assert [bool(r.effects) for r in records] == [True, True, False, False, False, False]
+    assert "NOT_SENT" in outcomes[2].reason
+    h.fakes.mapper.fail.clear()
+    assert await h.run(records, **one_call_per_request) == ["ok"] * 6  # the retries (effects kept)
+    sent = sorted(m["message"]["id"] for m in h.bitrix.sent_messages())
+    assert sent == sorted(f"wamid.c{i}.1" for i in range(6))  # each exactly once
+    assert len(h.fakes.mapper.processed) == 6 and len(h.fakes.mapper.links) == 6
+
+
+async def test_a_notice_posted_but_not_recorded_is_not_posted_again(
+    h: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(bookkeeping, "IN_PLACE_BUDGET_S", 0.2)
+    outbound_link(h)
+    h.fakes.mapper.fail["MarkProcessed"] = [grpc.StatusCode.UNAVAILABLE] * 10_000
+    rec = status("wamid.out1", "failed")
+    assert await h.run([rec]) == ["retry"]
+    assert len(h.bitrix.sent_messages()) == 1 and rec.effects
+    h.fakes.mapper.fail.clear()
+    assert await h.run([rec]) == ["ok"]
+    assert len(h.bitrix.sent_messages()) == 1
+    assert h.fakes.mapper.processed["wa-status:wamid.out1:failed"] == "notice:connector"
+    link = h.fakes.mapper.links["wamid.out1"]
+    assert (link.whatsapp_status, link.bitrix_status) == ("failed", "failed")
+
+
+async def test_a_sent_message_whose_recording_is_dead_lettered_gets_no_not_delivered_notice(
+    h: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Retries exhausted while the mapper stays down: the dead letter of a message Bitrix24 has must not tell
+    the operator it could not be shown."""
+    monkeypatch.setattr(bookkeeping, "IN_PLACE_BUDGET_S", 0.2)
+    h.fakes.mapper.bind("100", "m1", 7, crm_mode=mapper_pb2.CRM_MODE_OPEN_LINE)
+    h.fakes.mapper.fail["RecordDelivery"] = [grpc.StatusCode.UNAVAILABLE] * 10_000
+    h.fakes.mapper.fail["MarkProcessed"] = [grpc.StatusCode.UNAVAILABLE] * 10_000
+    rec = customer("4917", 1)
+    (outcome,) = await h.make().handle([rec])
+    assert outcome.kind == "retry" and outcome.reason.startswith("sent to Bitrix24, not recorded: ")
+    (again,) = await h.make().handle([rec])  # the retry: records only, and fails again
+    assert again.reason.startswith("sent to Bitrix24, not recorded: ")
+    assert len(h.bitrix.sent_messages()) == 1
+    published: list[Any] = []
+
+    class Producer:
+        async def publish(self, topic: str, envelopes: list[Any]) -> None:
+            published.extend(envelopes)
+
+    hook = CustomerDeadLetters(h.make().deps, Producer(), "t")  # type: ignore[arg-type]
+    await hook(rec.envelope, f"retries exhausted after 8 attempts: {again.reason}")
+    assert published == []
+    await hook(rec.envelope, "retries exhausted after 8 attempts: imconnector.send.messages: NOT_SENT")
+    assert len(published) == 1  # a message that never reached Bitrix24 is still told about

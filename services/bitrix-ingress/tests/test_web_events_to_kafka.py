@@ -410,3 +410,43 @@ async def test_mapper_down_the_web_stays_ready_and_takes_the_event_into_kafka(
     assert health["dependencies"]["mapper"] == "down" and health["status"] == "degraded"
     assert ready.status_code == 200 and ready.json()["ready"] is True
     assert 'zaptrix_dependency_up{dependency="mapper"} 0.0' in metrics
+
+
+async def test_token_keeper_down_a_portal_verified_before_still_gets_its_events_into_kafka(
+    tmp_path: Path, fakes: GrpcFakes, kafka_bootstrap: str, kafka_prefix: str
+) -> None:
+    """Issue 13 / M9: Bitrix24 never resends an event. With token-keeper down for longer than the verify
+    cache (here 0 s: every event is past it), a (member_id, application_token) pair token-keeper verified
+    before is taken from its last-known-good verification and reaches Kafka (counted). Token-keeper's own
+    refusal still holds (401), and a pair never verified is not guessed at (503, counted lost)."""
+    fakes.token_keeper.add(Portal("m1", "apptok"))
+    fakes.token_keeper.add(Portal("m2", "apptok-m2"))
+    fakes.mapper.bind("100", "m1", 7)
+    fakes.mapper.add_conversation("100", "4917", "Anna").external_chat_id = "wa_100_4917"
+    url, proc = start_web(tmp_path, fakes, kafka_bootstrap, kafka_prefix)  # ZAPTRIX_VERIFY_CACHE_TTL_S=0
+    try:
+        await wait_http(f"{url}/ready", proc, ok=lambda s: s == 200)
+        async with httpx.AsyncClient(timeout=30) as http:
+            web = Web(url, proc, fakes, topics_for(Flow.B24_TO_WA, kafka_prefix).main, kafka_bootstrap, http)
+            assert (await web.post(message_add(message_id="5001"))).status_code == 200
+            assert (await web.post(message_add(message_id="5002", app_token="wrong"))).status_code == 401
+            fakes.token_keeper.down = True  # every call UNAVAILABLE from now on
+            taken = await web.post(message_add(message_id="5003"))
+            wrong = await web.post(message_add(message_id="5004", app_token="wrong"))
+            unseen_portal = await web.post(as_member(message_add(message_id="5005"), "m2", "apptok-m2"))
+            unseen_token = await web.post(message_add(message_id="5006", app_token="apptok-guess"))
+            metrics = (await http.get(f"{url}/metrics")).text
+            assert taken.status_code == 200, taken.text
+            assert [r.key for r in await web.records("b24:m1:5003", 1)] == [b"100:4917"]
+            assert wrong.status_code == 401, wrong.text
+            assert (unseen_portal.status_code, unseen_token.status_code) == (503, 503)
+            for mid in ("5004", "5005", "5006"):
+                assert await web.records(f":{mid}", 1, within_s=0.3) == []
+    finally:
+        await proc.astop()
+    assert "zaptrix_bitrix_verify_stale_total 1.0" in metrics
+    assert (
+        'zaptrix_bitrix_events_lost_total{event="ONIMCONNECTORMESSAGEADD",reason="token_keeper_unavailable"} 2.0'
+        in metrics
+    )
+    assert "apptok" not in proc.log()  # the tokens themselves are never logged

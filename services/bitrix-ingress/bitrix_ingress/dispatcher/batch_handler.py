@@ -1,13 +1,20 @@
 """The dispatcher's BatchHandler: a whole poll batch in three phases.
 
 1. prepare (per conversation in order, conversations concurrently): dedupe (CheckProcessed), channel
-   and conversation from the mapper, what to send. Nothing leaves for Bitrix24 yet.
+   and conversation from the mapper, what to send. Nothing leaves for Bitrix24 yet. An event an earlier
+   attempt already sent (its effect came with the retry, sent_effects.py) is only recorded here.
 2. deliver (per portal concurrently, sequential inside a portal): first-contact CRM look-ups
-   (crm_contacts.py), then the portal's calls (portal_calls.py), which answer for every work.
-3. record (per event, once its portal's requests are done): one RecordDelivery per delivered customer
-   message (processed record, message link and conversation in one mapper transaction), MarkProcessed
-   for the other events (bookkeeping.py); the consumer commits the offsets only after the whole batch
-   has its outcomes.
+   (crm_contacts.py), then the portal's requests (portal_calls.py), one at a time.
+3. record, as soon as THE REQUEST that carried an event has answered and before the next request of the
+   portal goes out: the effect is noted on the record (it survives a failed recording), then one
+   RecordDelivery per delivered customer message (processed record, message link and conversation in one
+   mapper transaction), MarkProcessed for the other events (bookkeeping.py). So a crash (kill -9) sends
+   again at most the messages of one request. Events whose request failed get their outcome at the end.
+   The consumer commits the offsets only after the whole batch has its outcomes.
+
+A conversation keeps its order: after a customer message that will be retried, the later ones of its
+conversation in this batch come back ``held`` (the consumer puts them behind the pending retry without
+counting an attempt, zaptrix/kafka/holds.py).
 """
 
 from __future__ import annotations
@@ -29,7 +36,8 @@ from bitrix_ingress.dispatcher.channels import Channels
 from bitrix_ingress.dispatcher.crm_contacts import ensure_contacts
 from bitrix_ingress.dispatcher.customer_messages import finish_customer, prepare_customer
 from bitrix_ingress.dispatcher.notices import finish_notice, prepare_failure, reroute_refused_im
-from bitrix_ingress.dispatcher.portal_calls import HeldBehind, PortalCalls
+from bitrix_ingress.dispatcher.portal_calls import Answered, HeldBehind, PortalCalls
+from bitrix_ingress.dispatcher.sent_effects import SENT, record_sent, sent_result, with_sent_reason
 from bitrix_ingress.dispatcher.statuses import finish_status, prepare_status
 from bitrix_ingress.dispatcher.work import Answer, DeliverWork, NoticeWork, StatusWork, Work, outcome_for
 from bitrix_ingress.metrics import DELIVERED, REQUESTS_PER_FLUSH, STATUSES
@@ -61,7 +69,7 @@ class BitrixDispatcher:
                     rec = batch[i]
                     message = rec.event_type == "customer_message"
                     if held and message:  # customer messages keep their order; statuses are independent
-                        outcomes[i] = Outcome.retry(
+                        outcomes[i] = Outcome.held(
                             f"held behind an earlier message of this conversation: {held}"
                         )
                         continue
@@ -77,18 +85,32 @@ class BitrixDispatcher:
 
         await asyncio.gather(*(prepare_conversation(ix) for ix in groups.values()))
 
-        by_portal: OrderedDict[str, list[Work]] = OrderedDict()
-        for work in sorted(works, key=lambda w: w.index):
-            by_portal.setdefault(work.member_id, []).append(work)
-        delivered = await asyncio.gather(*(self._deliver_portal(m, ws) for m, ws in by_portal.items()))
-
         async def finish(work: Work, answer: Answer | None) -> None:
             async with limit:
                 with trace.use_span(work.rec.span, end_on_exit=False):
                     outcomes[work.index] = await self._finish_safe(work, answer)
 
-        await asyncio.gather(*(finish(w, a) for portal in delivered for w, a in portal))
-        return [o or Outcome.retry("not handled") for o in outcomes]
+        async def record(answered: list[tuple[Work, Answer]]) -> bool:
+            """Right after a request: record what it delivered. False (stop sending to this portal in
+            this batch) when a recording failed for a reason worth a retry: the mapper is not recording."""
+            sent = [(w, a) for w, a in answered if isinstance(a, dict) and outcomes[w.index] is None]
+            await asyncio.gather(*(finish(w, a) for w, a in sent))
+            return not any(_unrecorded(outcomes[w.index]) for w, _ in sent)
+
+        by_portal: OrderedDict[str, list[Work]] = OrderedDict()
+        for work in sorted(works, key=lambda w: w.index):
+            by_portal.setdefault(work.member_id, []).append(work)
+        delivered = await asyncio.gather(
+            *(self._deliver_portal(m, ws, record) for m, ws in by_portal.items())
+        )
+        await asyncio.gather(
+            *(finish(w, a) for portal in delivered for w, a in portal if outcomes[w.index] is None)
+        )
+        _hold_behind_retries(batch, groups, outcomes)
+        return [
+            with_sent_reason(rec, o or Outcome.retry("not handled"))
+            for rec, o in zip(batch, outcomes, strict=True)
+        ]
 
     # phase 1: prepare --------------------------------------------------------------------------
 
@@ -96,6 +118,9 @@ class BitrixDispatcher:
         settings, deps, channels = self.settings, self.deps, self.channels
         try:
             kind = rec.event_type
+            done = rec.effects.get(SENT)
+            if done is not None:  # an earlier attempt sent it; its recording failed
+                return await record_sent(deps, rec, done)
             if kind == "customer_message":
                 cm = rec.envelope.customer_message
                 return await prepare_customer(rec, cm, settings=settings, deps=deps, channels=channels)
@@ -113,8 +138,11 @@ class BitrixDispatcher:
 
     # phase 2: deliver, per portal ------------------------------------------------------------
 
-    async def _deliver_portal(self, member_id: str, works: list[Work]) -> list[tuple[Work, Answer | None]]:
-        """Every work of the portal with Bitrix24's answer (None: no request carried it)."""
+    async def _deliver_portal(
+        self, member_id: str, works: list[Work], record: Answered
+    ) -> list[tuple[Work, Answer | None]]:
+        """Every work of the portal with Bitrix24's answer (None: no request carried it); ``record`` runs
+        after each request, on the works it carried."""
         answers: dict[Work, Answer] = {}
         requests_made = 0
         try:
@@ -124,12 +152,12 @@ class BitrixDispatcher:
                 requests_made += contacts.requests
                 answers.update(contacts.failed)
                 works = [_with_contact(w, contacts.ids) for w in works]
-            sent = await self.calls.send(member_id, [w for w in works if w not in answers])
+            sent = await self.calls.send(member_id, [w for w in works if w not in answers], record)
             requests_made += sent.requests
             answers.update(sent.answers)
             fallback = reroute_refused_im(works, answers)
             if fallback:
-                again = await self.calls.send(member_id, list(fallback.values()))
+                again = await self.calls.send(member_id, list(fallback.values()), record)
                 requests_made += again.requests
                 answers.update(again.answers)
                 works = [fallback.get(w, w) for w in works]
@@ -163,14 +191,40 @@ class BitrixDispatcher:
                 log.error(
                     "event failed permanently", event_id=work.rec.envelope.event_id, reason=outcome.reason
                 )
-            return outcome
+            return Outcome.held(outcome.reason) if isinstance(exc, HeldBehind) else outcome
+        # Noted before anything else can fail: a retry of this event records, it does not send again.
+        done = sent_result(work, answer)
+        work.rec.happened(SENT, done)
         if isinstance(work, DeliverWork):
-            return await finish_customer(self.deps, work, answer)
+            return await finish_customer(self.deps, work, done)
         if isinstance(work, StatusWork):
             return await finish_status(self.deps, work)
         if isinstance(work, NoticeWork):
             return await finish_notice(self.deps, work)
         return Outcome.dead(f"unknown work {type(work).__name__}")
+
+
+def _unrecorded(outcome: Outcome | None) -> bool:
+    return outcome is not None and outcome.kind == "retry"
+
+
+def _hold_behind_retries(
+    batch: list[Received], groups: OrderedDict[str, list[int]], outcomes: list[Outcome | None]
+) -> None:
+    """After a customer message that goes to the retry topic, the later ones of its conversation that did
+    not get through either are held: they wait behind it, uncounted, instead of retrying on their own
+    schedule (the consumer would then hold them anyway, but count an attempt)."""
+    for indices in groups.values():
+        waiting = False
+        for i in indices:
+            outcome = outcomes[i]
+            if outcome is None or batch[i].event_type != "customer_message":
+                continue
+            if waiting and outcome.kind == "retry":
+                outcomes[i] = Outcome.held(
+                    f"held behind an earlier message of this conversation: {outcome.reason}"[:500]
+                )
+            waiting = waiting or outcome.kind in ("retry", "held")
 
 
 def _with_contact(work: Work, contact_ids: dict[str, str]) -> Work:

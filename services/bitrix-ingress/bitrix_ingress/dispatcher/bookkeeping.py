@@ -17,11 +17,12 @@ from zaptrix.v1 import events_pb2, mapper_pb2
 from bitrix_ingress.deps import Deps, conversation_update
 
 T = TypeVar("T")
+IN_PLACE_BUDGET_S = 8.0  # per call; past it the event goes to the retry topic with its effect noted
 
 
-async def in_place(fn: Callable[[], Awaitable[T]], budget_s: float = 8.0) -> T:
+async def in_place(fn: Callable[[], Awaitable[T]], budget_s: float | None = None) -> T:
     async for attempt in AsyncRetrying(
-        stop=stop_after_delay(budget_s),
+        stop=stop_after_delay(IN_PLACE_BUDGET_S if budget_s is None else budget_s),
         wait=wait_exponential_jitter(multiplier=0.2, max=2.0, jitter=0.2),
         retry=retry_if_exception_type(RpcFailed),
         reraise=True,
@@ -75,11 +76,17 @@ async def record_delivery(
     await in_place(lambda: deps.record_delivery(link, update, event_id, result))
 
 
-async def record_from_result(deps: Deps, event_id: str, cm: events_pb2.CustomerMessage, result: str) -> None:
-    """A redelivered, already-sent message: redo the (idempotent) bookkeeping, never the send."""
+async def record_from_result(
+    deps: Deps, event_id: str, cm: events_pb2.CustomerMessage, result: str, *, mark_alone: bool = False
+) -> None:
+    """An already-sent message (processed record, or the effect an earlier attempt noted): redo the
+    (idempotent) bookkeeping, never the send. ``mark_alone``: a result without a conversation is still
+    written as the processed record."""
     try:
         record = json.loads(result) if result else {}
     except ValueError:
         record = {}
     if isinstance(record, dict) and record.get("conv"):
         await record_delivery(deps, event_id, result, cm, record, None, "")
+    elif mark_alone:
+        await mark(deps, event_id, result)

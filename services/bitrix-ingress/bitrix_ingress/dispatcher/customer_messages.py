@@ -86,7 +86,8 @@ def customer_item(w: DeliverWork) -> dl.Item:
     return dl.Item(w, payload, has_files=bool(payload["message"].get("files")))
 
 
-async def finish_customer(deps: Deps, work: DeliverWork, result: dict[str, Any]) -> Outcome:
+def delivery_record(work: DeliverWork, result: dict[str, Any]) -> str:
+    """What is recorded of a delivered message (the processed result, and the effect noted for a retry)."""
     raw_session = result.get("session")
     session: dict[str, Any] = raw_session if isinstance(raw_session, dict) else {}
     chat_id = str(session.get("CHAT_ID") or session.get("chat_id") or work.conv.bitrix_chat_id or "")
@@ -98,8 +99,13 @@ async def finish_customer(deps: Deps, work: DeliverWork, result: dict[str, Any])
         "contact": work.contact_id,
         "at": int(time.time()),
     }
+    return json.dumps(record, separators=(",", ":"))
+
+
+async def finish_customer(deps: Deps, work: DeliverWork, recorded: str) -> Outcome:
+    """Record a delivered message (``recorded``: its delivery_record)."""
+    record = json.loads(recorded)
     event_id = work.rec.envelope.event_id
-    recorded = json.dumps(record, separators=(",", ":"))
     try:
         await bookkeeping.record_delivery(
             deps, event_id, recorded, work.cm, record, work.conv, work.contact_name

@@ -16,6 +16,7 @@ from zaptrix.rpc import RpcFailed, RpcNotFound
 from zaptrix.v1 import events_pb2
 
 from bitrix_ingress.deps import Deps
+from bitrix_ingress.dispatcher.sent_effects import SENT_NOT_RECORDED
 from bitrix_ingress.metrics import DEAD_LETTER_NOTICES
 
 log = get_logger(__name__)
@@ -63,6 +64,13 @@ class CustomerDeadLetters:
             return
         if kind != "customer_message":
             DEAD_LETTER_NOTICES.labels(kind, "none").inc()
+            return
+        if SENT_NOT_RECORDED in reason:  # Bitrix24 has it: the operator sees it; nothing to tell
+            DEAD_LETTER_NOTICES.labels(kind, "delivered").inc()
+            log.error(
+                "dead-lettered customer message was delivered, only its recording failed",
+                event_id=env.event_id,
+            )
             return
         cm = env.customer_message
         try:

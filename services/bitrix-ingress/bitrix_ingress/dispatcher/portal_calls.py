@@ -5,13 +5,15 @@ calls, statuses into send.status.* calls, im notices go alone; the calls are pac
 requests (packing.py). A request runs as one `batch` or call by call: a call refused for a bad argument
 is bisected, and a portal that refuses `batch` for imconnector gets single calls for good. Each work's
 answer (Bitrix24's result, or the error) is returned to the caller; the works themselves are not changed.
+After each request, the caller's ``answered`` gets the answers of the works that request carried (it
+records them before the next request goes out); when it answers False, the rest is not sent.
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any, NamedTuple
 
 from opentelemetry import trace
@@ -38,6 +40,8 @@ log = get_logger(__name__)
 tracer = trace.get_tracer(__name__)
 
 Answers = dict[Work, Answer]
+# Called after each request with the answers of the works it carried; False: send no more.
+Answered = Callable[[list[tuple[Work, Answer]]], Awaitable[bool]]
 
 
 class PerMessageError(TransientBitrixError):
@@ -62,32 +66,40 @@ class PortalCalls:
     def batch_allowed(self, member_id: str) -> bool:
         return self.settings.bitrix_use_batch and member_id not in self._no_batch
 
-    async def send(self, member_id: str, works: Sequence[Work]) -> Sent:
+    async def send(self, member_id: str, works: Sequence[Work], answered: Answered | None = None) -> Sent:
         """Send every work to the portal; an answer for each work that a request carried."""
         answers: Answers = {}
         broken: dict[str, str] = {}
         made = 0
-        throttled: BaseException | None = None
+        halted: BaseException | None = None
         for request in self._requests(member_id, works):
-            if throttled is not None:
-                # The portal stayed rate limited beyond the in-place wait: do not wait again for every
-                # request of this batch (the consumer must keep polling); retry them through the topic.
+            if halted is not None:
+                # The portal stayed rate limited beyond the in-place wait (do not wait again for every
+                # request: the consumer must keep polling), or the mapper is not recording what was sent:
+                # the rest is retried through the topic, unsent.
                 for call in request:
-                    _fail_call(answers, call, throttled)
+                    _fail_call(answers, call, halted)
                 continue
             request = _hold_broken(request, broken, answers)
             if not request:
                 continue
             made += await self._execute(member_id, request, answers)
+            carried: list[tuple[Work, Answer]] = []
             for call in request:
                 for item in call.items:
-                    answer = answers.get(item.owner)
+                    work: Work = item.owner
+                    answer = answers.get(work)
+                    if answer is not None:
+                        carried.append((work, answer))
                     if isinstance(answer, RateLimitWaitExceeded):
-                        throttled = answer
+                        halted = answer
                     if call.method == dl.SEND_MESSAGES and isinstance(answer, BaseException):
-                        work: Work = item.owner
                         if work.conv_key:
                             broken.setdefault(work.conv_key, str(answer)[:200])
+            if answered is not None and not await answered(carried) and halted is None:
+                halted = TransientBitrixError(
+                    "NOT_SENT", "not sent: what the previous request delivered could not be recorded"
+                )
         return Sent(answers, made)
 
     def _requests(self, member_id: str, works: Sequence[Work]) -> list[list[dl.Call]]:

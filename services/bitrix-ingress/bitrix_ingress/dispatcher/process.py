@@ -1,9 +1,10 @@
 """bitrix-dispatcher: wa-to-b24 events → Bitrix24 Open Lines, within each portal's REST limit. Wiring only.
 
 The consumer hands over a whole poll batch; batch_handler.py handles it in three phases (prepare, deliver
-per portal, record). A redelivered event is found by CheckProcessed and not sent again. Bitrix24 has no
-idempotency key for imconnector.send.messages, so the one window left is between Bitrix24's answer and
-RecordDelivery (one gRPC call, retried in place): a crash exactly there sends that message twice.
+per portal, record each request's events before the next request). A redelivered event is found by
+CheckProcessed and not sent again; one whose recording failed carries its "sent" effect into the retry,
+which only records. Bitrix24 has no idempotency key for imconnector.send.messages, so the one window left
+is a crash between sending a request and recording its events: that request's messages are sent twice.
 
 Beside the consumer runs the offline-event reconciler (offline_events.py): operator messages whose Bitrix24
 event never reached the web, drained from each portal's offline queue into the b24-to-wa topic.

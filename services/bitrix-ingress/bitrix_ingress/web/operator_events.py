@@ -7,7 +7,6 @@ the answers (400, 401, 403, 503 "NOT accepted") are listed in docs/bitrix-ingres
 from __future__ import annotations
 
 import asyncio
-import hashlib
 from typing import Any
 
 from prometheus_client import Counter
@@ -26,21 +25,6 @@ from bitrix_ingress.web.install import Install
 from bitrix_ingress.web.resources import WebResources
 
 log = get_logger(__name__)
-
-
-async def _verify(ctx: WebResources, auth: ev.Auth) -> tuple[bool, bool]:
-    """(known_portal, valid) for an event's member_id + application_token, cached briefly."""
-    key = (auth.member_id, hashlib.sha256(auth.application_token.encode()).hexdigest())
-    cached = ctx.verified.get(key)
-    if cached is not None:
-        known, valid = cached
-        return bool(known), bool(valid)
-    verdict = await ctx.deps.verify_application_token(auth.member_id, auth.application_token)
-    result = (bool(verdict.known_portal), bool(verdict.valid))
-    ttl = ctx.settings.verify_cache_ttl_s if result[1] else min(5.0, ctx.settings.verify_cache_ttl_s)
-    if ttl > 0:
-        ctx.verified.put(key, result, ttl)
-    return result
 
 
 def _label(event: str) -> str:
@@ -110,15 +94,19 @@ class OperatorEvents:
             EVENTS_RECEIVED.labels(label, "unauthorized").inc()
             return problem(401, "auth[member_id] and auth[application_token] are required")
         try:
-            known, valid = await _verify(ctx, auth)
-        except RpcFailed as exc:
+            verdict = await ctx.verifications.verify(auth.member_id, auth.application_token)
+        except RpcFailed as exc:  # token-keeper down, and no earlier verdict on this pair to go by
             return _lost(event, "token_keeper_unavailable", form, exc.reason)
-        if not known or not valid:
+        if not verdict.known_portal or not verdict.valid:
             EVENTS_RECEIVED.labels(label, "unauthorized").inc()
             log.warning(
-                "bitrix24 event refused", bitrix_event=event, member_id=auth.member_id, known_portal=known
+                "bitrix24 event refused",
+                bitrix_event=event,
+                member_id=auth.member_id,
+                known_portal=verdict.known_portal,
+                stale_verdict=verdict.stale,
             )
-            return problem(401, "unknown portal" if not known else "wrong application_token")
+            return problem(401, "unknown portal" if not verdict.known_portal else "wrong application_token")
         try:
             normalized = ev.normalize(
                 form, auth, connector_id=ctx.settings.connector_id, read_on_reply=ctx.settings.read_on_reply

@@ -8,7 +8,6 @@ from zaptrix.clients import Clients
 from zaptrix.kafka import Flow, topics_for
 from zaptrix.kafka.producer_startup import BackgroundProducer
 from zaptrix.settings import GrpcClientSettings, KafkaSettings
-from zaptrix.ttlcache import TtlCache
 
 from bitrix_ingress.bitrix_rest.egress import portal_rest
 from bitrix_ingress.bitrix_rest.pacing import PacerRegistry
@@ -17,6 +16,7 @@ from bitrix_ingress.deps import Deps
 from bitrix_ingress.operator_chats import ChatKeys, chat_key_cache
 from bitrix_ingress.settings import WebSettings
 from bitrix_ingress.web.install_guard import InstallGuard
+from bitrix_ingress.web.verification import Verifications
 
 
 class WebResources:
@@ -32,10 +32,8 @@ class WebResources:
         self.pacers = PacerRegistry(settings.rate_for)
         self.portals = PortalClient(self.deps, self.rest, self.pacers, settings, attempts=2)
         self.guard = InstallGuard(settings)
-        # (member_id, token hash) -> (known_portal, valid); the TTL depends on the verdict (see _verify)
-        self.verified: TtlCache[tuple[str, str], tuple[bool, bool]] = TtlCache(
-            10_000, settings.verify_cache_ttl_s
-        )
+        # token-keeper's verdicts on events' application tokens, and the last ones for its outages
+        self.verifications = Verifications(self.deps, settings)
         self.chat_keys: ChatKeys = chat_key_cache()
 
     async def stop(self) -> None:
