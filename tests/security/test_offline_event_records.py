@@ -16,7 +16,7 @@ from tests.e2e.flows import customer_says, external_chat_id, sent_to, wait_for_m
 from tests.system import System
 
 ADD = "ONIMCONNECTORMESSAGEADD"
-_numbers = itertools.count(491740000000)
+_numbers = itertools.count(491750000000)  # apart from each other module's numbers
 _message_ids = itertools.count(990000)
 
 

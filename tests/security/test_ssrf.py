@@ -28,8 +28,10 @@ from meta_ingress.dispatcher.process import MetaDispatcher
 from meta_ingress.graph.client import GraphClient
 from meta_ingress.settings import DispatcherSettings
 from meta_support import Fakes, operator_message, start_fakes
+from opentelemetry import trace
 from zaptrix.clients import Clients
 from zaptrix.egress import EgressPolicy, GuardedTransport, HostAllowlist, guarded_client
+from zaptrix.kafka import Received
 from zaptrix.settings import GrpcClientSettings
 from zaptrix.v1 import events_pb2
 
@@ -122,7 +124,8 @@ class Harness:
 
     async def deliver(self, env: events_pb2.Envelope) -> None:
         async with asyncio.timeout(30):  # a guard against a hang, not a timing assertion
-            await self.dispatcher.messages.on_message(env, env.operator_message)
+            rec = Received(env, "b24-to-wa", 0, 0, None, b"", [], 1, trace.INVALID_SPAN)
+            await self.dispatcher.messages.on_message(rec, env.operator_message)
 
     def notice_texts(self) -> list[str]:
         return [e.send_failure.notice for e in self.notices.envelopes]
