@@ -12,6 +12,7 @@ from aiokafka import AIOKafkaProducer
 from zaptrix.kafka import (
     EventConsumer,
     EventProducer,
+    Outcome,
     Received,
     TransientError,
     encode,
@@ -116,3 +117,37 @@ async def test_a_long_retry_does_not_hold_other_tenants_due_retries(kafka: Kafka
 
     await _run_until(_consumer(kafka, f"g-{uuid.uuid4().hex[:6]}", handler), lambda: len(done) == 2)
     assert sorted(done) == ["tenant-b:1", "tenant-c:1"]
+
+
+async def test_an_unordered_retry_does_not_hold_its_conversation(kafka: Kafka) -> None:
+    """A status waiting for its message's link goes to the retry topic without holding the customer's next
+    messages (statuses do not need the conversation's order)."""
+    _, topics, producer = kafka
+    await producer.publish(topics.main, [_event("k", 1), _event("k", 2)])
+    done: list[str] = []
+    failed_once: set[str] = set()
+
+    async def batch_handler(batch: list[Received]) -> list[Outcome]:
+        out = []
+        for rec in batch:
+            event_id = rec.envelope.event_id
+            if event_id == "k:1" and event_id not in failed_once:
+                failed_once.add(event_id)
+                out.append(Outcome.retry("no message link yet", ordered=False))
+            else:
+                done.append(event_id)
+                out.append(Outcome.ok())
+        return out
+
+    settings, _, _ = kafka
+    consumer = EventConsumer(
+        settings,
+        topics,
+        f"g-{uuid.uuid4().hex[:6]}",
+        batch_handler,
+        producer,
+        client_id="t",
+        retry_base_s=2.0,
+    )
+    await _run_until(consumer, lambda: len(done) == 2)
+    assert done == ["k:2", "k:1"]

@@ -265,11 +265,13 @@ class DispatcherSettings(BitrixCommonSettings, DispatcherCommonSettings):
         description="Also call imconnector.send.status.reading (a documented no-op; delivery marks read)",
     )
     status_link_attempts: int = Field(
-        3,
+        6,
         ge=1,
         description=(
             "Deliveries of a status whose message link is not recorded yet (Meta can be faster than the "
-            "meta dispatcher's LinkMessage) before it is taken as not ours"
+            "meta dispatcher's LinkMessage; after an ambiguous send the link comes with its confirmation, "
+            "20 s or more later) before it is taken as not ours; 6 spans about a minute with the default "
+            "backoff. These retries do not hold the conversation"
         ),
     )
     dispatch_concurrency: int = Field(32, ge=1, description="Conversations prepared concurrently")

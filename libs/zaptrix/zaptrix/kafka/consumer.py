@@ -65,6 +65,8 @@ class Outcome:
     kind: Literal["ok", "duplicate", "retry", "dead", "held"]
     reason: str = ""
     retry_after: float | None = None
+    # False: the retry does not hold its conversation (e.g. a status waiting for its message's link)
+    ordered: bool = True
 
     @classmethod
     def ok(cls) -> Outcome:
@@ -75,8 +77,8 @@ class Outcome:
         return cls("duplicate")
 
     @classmethod
-    def retry(cls, reason: str, retry_after: float | None = None) -> Outcome:
-        return cls("retry", reason, retry_after)
+    def retry(cls, reason: str, retry_after: float | None = None, *, ordered: bool = True) -> Outcome:
+        return cls("retry", reason, retry_after, ordered)
 
     @classmethod
     def dead(cls, reason: str) -> Outcome:
@@ -110,6 +112,7 @@ class Received:
     # Effects noted by this and earlier attempts (effects.py): part -> result, e.g. a message id -> wamid.
     effects: dict[str, str] = field(default_factory=dict)
     seq: int = 0  # place in its conversation: the offset it had in the main topic (holds.py)
+    ordered: bool = True  # False: a retry that does not keep its conversation's order (no zaptrix-seq)
 
     @property
     def event_type(self) -> str:
@@ -144,8 +147,9 @@ def per_event(handler: EventHandler, concurrency: int = 64) -> BatchHandler:
         async with limit:
             waiting = False  # an earlier event of this conversation goes to the retry topic
             for index, rec in items:
-                out[index] = Outcome.held() if waiting else await run_one(rec)
-                waiting = waiting or out[index].kind in ("retry", "held")  # type: ignore[union-attr]
+                outcome = Outcome.held() if waiting else await run_one(rec)
+                out[index] = outcome
+                waiting = waiting or outcome.kind == "held" or (outcome.kind == "retry" and outcome.ordered)
 
     async def handle(batch: list[Received]) -> list[Outcome]:
         groups: OrderedDict[str, list[tuple[int, Received]]] = OrderedDict()
@@ -365,7 +369,7 @@ class EventConsumer:
             received = self._open(rec)
             if not isinstance(received, Received):  # not an envelope we can read: nothing will handle it
                 await self._dead_letter(rec, received, 1)
-            elif self._holds.ahead(received.key, received.seq) is not None:
+            elif received.ordered and self._holds.ahead(received.key, received.seq) is not None:
                 await self._route(received, Outcome.held())
             elif received.envelope.event_id in in_batch:
                 # A copy (a producer re-sent after a timeout, the webhook came again): the handler gets each
@@ -438,6 +442,7 @@ class EventConsumer:
         attempt = max(1, _int_header(headers, H_ATTEMPT, 1))
         effects = read_effects(headers)
         seq = rec.offset if rec.topic == self.topics.main else seq_of(headers, rec.offset)
+        ordered = rec.topic == self.topics.main or header(headers, H_SEQ) is not None
         return Received(
             env,
             rec.topic,
@@ -450,6 +455,7 @@ class EventConsumer:
             span,
             effects,
             seq,
+            ordered,
         )
 
     async def _route(self, rec: Received, outcome: Outcome) -> None:
@@ -465,7 +471,9 @@ class EventConsumer:
                 return
             if outcome.kind == "retry" and rec.attempt < self.max_attempts:
                 delay = self._backoff(rec.attempt, outcome.retry_after)
-                await self._to_retry(rec, rec.attempt + 1, now_ms() + int(delay * 1000))
+                await self._to_retry(
+                    rec, rec.attempt + 1, now_ms() + int(delay * 1000), ordered=outcome.ordered
+                )
                 EVENTS_HANDLED.labels(rec.topic, etype, "retried").inc()
                 log.warning(
                     "event scheduled for retry",
@@ -487,16 +495,20 @@ class EventConsumer:
             rec.span.set_attribute("zaptrix.outcome", outcome.kind)
             rec.span.end()
 
-    async def _to_retry(self, rec: Received, attempt: int, not_before_ms: int) -> None:
+    async def _to_retry(
+        self, rec: Received, attempt: int, not_before_ms: int, *, ordered: bool = True
+    ) -> None:
+        """To the retry topic; an ordered record (with its place, ``zaptrix-seq``) holds its conversation."""
         headers = [
             *without_bookkeeping(rec.headers),
             (H_ATTEMPT, str(attempt).encode()),
             (H_NOT_BEFORE, str(not_before_ms).encode()),
-            (H_SEQ, str(rec.seq).encode()),
+            *([(H_SEQ, str(rec.seq).encode())] if ordered else []),
             *effects_header(rec.effects),
         ]
         partition, offset = await self._publish(self.topics.retry, rec.key, rec.value, headers)
-        self._holds.add(rec.key, partition, offset, Pending(rec.seq, not_before_ms))
+        if ordered:
+            self._holds.add(rec.key, partition, offset, Pending(rec.seq, not_before_ms))
 
     def _due_part(
         self,

@@ -97,6 +97,8 @@ class Holds:
                     for rec in records:
                         if rec.offset >= ends[tp]:
                             break
+                        if header(rec.headers or [], H_SEQ) is None:
+                            continue  # a retry that does not hold its conversation (Outcome.ordered)
                         nb = header(rec.headers or [], H_NOT_BEFORE) or "0"
                         due = int(nb) if nb.isdigit() and len(nb) <= 18 else 0
                         self.add(

@@ -45,7 +45,8 @@ async def prepare_status(
         # just sent: look again a few times (retry topic), then accept that it is not ours.
         if rec.attempt < settings.status_link_attempts:
             STATUSES.labels(status, "link_not_yet_recorded").inc()
-            return Outcome.retry(f"no message link for {st.wamid} yet")
+            # Not ordered: a status waiting for its link must not hold the customer's next messages.
+            return Outcome.retry(f"no message link for {st.wamid} yet", ordered=False)
         STATUSES.labels(status, "unknown_wamid").inc()
         log.info("status for a message that is not ours", wamid=st.wamid, status=status)
         return Outcome.ok()
