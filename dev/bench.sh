@@ -16,24 +16,17 @@
 # ZAPTRIX_BENCH_STATE, ZAPTRIX_BENCH_PG_PORT, ZAPTRIX_BENCH_KAFKA_PORT.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export ZAPTRIX_CACHE="${ZAPTRIX_CACHE:-$HOME/.cache/zaptrix}"
-export UV_CACHE_DIR="${UV_CACHE_DIR:-$ZAPTRIX_CACHE/uv}" UV_PYTHON_DOWNLOADS=never
-export ZAPTRIX_STATE="${ZAPTRIX_BENCH_STATE:-$PWD/.local/bench}"
 # Own ports, away from `make run` (55432, Kafka 19092+19093), `make test` (55433, 19094+19095) and the
 # 1909x ports engineers pick for their own stacks.
-export PG_PORT="${ZAPTRIX_BENCH_PG_PORT:-55434}" KAFKA_PORT="${ZAPTRIX_BENCH_KAFKA_PORT:-19195}"
-export KAFKA_CONTROLLER_PORT="${ZAPTRIX_BENCH_KAFKA_CONTROLLER_PORT:-$((KAFKA_PORT + 1))}"
-
-log() { printf '[%s bench] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+# shellcheck source=dev/stack/own-stack.sh
+source dev/stack/own-stack.sh
+own_stack_env bench "${ZAPTRIX_BENCH_STATE:-$PWD/.local/bench}" "${ZAPTRIX_BENCH_PG_PORT:-55434}" \
+  "${ZAPTRIX_BENCH_KAFKA_PORT:-19195}" "${ZAPTRIX_BENCH_KAFKA_CONTROLLER_PORT:-}"
 
 if [[ $# -eq 0 && -n ${BENCH:-} ]]; then
   # shellcheck disable=SC2086
   set -- $BENCH
 fi
-
-uv=$(dev/stack/uv.sh)
-"$uv" sync --frozen --quiet
-run() { "$uv" run --frozen --no-sync "$@"; }
 
 if [[ ${1:-} == --list ]]; then run python -m bench.run --list; exit 0; fi
 # Check the scenario names before starting anything.
@@ -57,25 +50,7 @@ if [[ ${BENCH_PROFILE:-} == 1 ]] && ! command -v py-spy >/dev/null && [[ ! -x $Z
     || { log "could not install py-spy"; exit 1; }
 fi
 
-# shellcheck disable=SC2317  # called through the trap
-cleanup() {
-  local rc=$?
-  trap - EXIT INT TERM
-  log "stopping the bench's Kafka and PostgreSQL"
-  dev/stack/kafka.sh stop >/dev/null 2>&1 || true
-  dev/stack/postgres.sh stop >/dev/null 2>&1 || true
-  exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-log "PostgreSQL :$PG_PORT and Kafka :$KAFKA_PORT (state $ZAPTRIX_STATE)"
-dev/stack/postgres.sh start
-dev/stack/kafka.sh start
-
-export BENCH_PG_URL BENCH_KAFKA="127.0.0.1:$KAFKA_PORT" BENCH_STATE="$ZAPTRIX_STATE"
-BENCH_PG_URL=$(dev/stack/postgres.sh url)
+own_stack_start
 export BENCH_RESULTS="${BENCH_RESULTS:-$PWD/bench/results}"
 
 # Not exec: the trap must stop the stack afterwards. The driver handles SIGINT itself (it stops every

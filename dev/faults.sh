@@ -15,23 +15,16 @@
 # ZAPTRIX_FAULTS_KAFKA_PORT.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export ZAPTRIX_CACHE="${ZAPTRIX_CACHE:-$HOME/.cache/zaptrix}"
-export UV_CACHE_DIR="${UV_CACHE_DIR:-$ZAPTRIX_CACHE/uv}" UV_PYTHON_DOWNLOADS=never
-export ZAPTRIX_STATE="${ZAPTRIX_FAULTS_STATE:-$PWD/.local/faults}"
 # Own ports, away from `make run` (55432, 19092+), `make test` (55433, 19094+) and `make bench` (55434, 19195+).
-export PG_PORT="${ZAPTRIX_FAULTS_PG_PORT:-55436}" KAFKA_PORT="${ZAPTRIX_FAULTS_KAFKA_PORT:-19197}"
-export KAFKA_CONTROLLER_PORT="${ZAPTRIX_FAULTS_KAFKA_CONTROLLER_PORT:-$((KAFKA_PORT + 1))}"
-
-log() { printf '[%s faults] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+# shellcheck source=dev/stack/own-stack.sh
+source dev/stack/own-stack.sh
+own_stack_env faults "${ZAPTRIX_FAULTS_STATE:-$PWD/.local/faults}" "${ZAPTRIX_FAULTS_PG_PORT:-55436}" \
+  "${ZAPTRIX_FAULTS_KAFKA_PORT:-19197}" "${ZAPTRIX_FAULTS_KAFKA_CONTROLLER_PORT:-}"
 
 if [[ $# -eq 0 && -n ${FAULTS:-} ]]; then
   # shellcheck disable=SC2086
   set -- $FAULTS
 fi
-
-uv=$(dev/stack/uv.sh)
-"$uv" sync --frozen --quiet
-run() { "$uv" run --frozen --no-sync "$@"; }
 
 # Check the arguments before starting anything (--list prints the scenarios).
 for arg in "$@"; do
@@ -39,25 +32,8 @@ for arg in "$@"; do
 done
 run python -m bench.faults --list >/dev/null
 
-# shellcheck disable=SC2317  # called through the trap
-cleanup() {
-  local rc=$?
-  trap - EXIT INT TERM
-  log "stopping the suite's Kafka and PostgreSQL"
-  dev/stack/kafka.sh stop >/dev/null 2>&1 || true
-  dev/stack/postgres.sh stop >/dev/null 2>&1 || true
-  exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-log "PostgreSQL :$PG_PORT and Kafka :$KAFKA_PORT (state $ZAPTRIX_STATE)"
-dev/stack/postgres.sh start
-dev/stack/kafka.sh start
-
-export BENCH_PG_URL BENCH_KAFKA="127.0.0.1:$KAFKA_PORT" BENCH_STATE="$ZAPTRIX_STATE" FAULTS_STACK_STATE="$ZAPTRIX_STATE"
-BENCH_PG_URL=$(dev/stack/postgres.sh url)
+own_stack_start
+export FAULTS_STACK_STATE="$ZAPTRIX_STATE"
 
 rc=0
 run python -m bench.faults "$@" || rc=$?
