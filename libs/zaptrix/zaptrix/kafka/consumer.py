@@ -517,25 +517,22 @@ class EventConsumer:
         records: list[ConsumerRecord],
         requeue: set[tuple[int, int]],
     ) -> list[ConsumerRecord]:
-        """The records of a retry partition to take now: up to the last one that is due, with the not yet
-        due ones before it marked for the tail (one tenant's long wait must not hold others' due retries).
-        The rest is fetched again; with nothing due, the partition rests until its head is due or
-        RECHECK_S has passed (new, earlier-due retries may have arrived behind it)."""
+        """The records of a retry partition to take now: the due ones at its head, and when a due record
+        behind a not-yet-due one has waited RECHECK_S past its time, everything up to it, with the not-yet-due
+        ones marked for the tail (one tenant's long wait must not hold others' due retries for long; the
+        grace keeps the moving rare). The rest is fetched again; with nothing due at its head, the partition
+        rests until the head is due or RECHECK_S has passed."""
         waits = [self._wait_ms(tp, rec) for rec in records]
-        last_due = max((i for i, wait in enumerate(waits) if wait <= 0), default=-1)
-        if last_due + 1 < len(records):
-            consumer.seek(tp, records[last_due + 1].offset)
-        if last_due < 0:
-            consumer.pause(tp)
-            rest_s = min(waits[0] / 1000, RECHECK_S)
-            asyncio.get_running_loop().call_later(rest_s, consumer.resume, tp)
-            return []
-        take = records[: last_due + 1]
-        requeue.update(
-            (tp.partition, rec.offset)
-            for rec, wait in zip(take, waits[: last_due + 1], strict=True)
-            if wait > 0
-        )
+        head = next((i for i, wait in enumerate(waits) if wait > 0), len(records))  # due records first
+        overdue = max((i for i, wait in enumerate(waits) if wait <= -RECHECK_S * 1000), default=-1)
+        take = records[: max(head, overdue + 1)]
+        requeue.update((tp.partition, rec.offset) for rec, wait in zip(take, waits, strict=False) if wait > 0)
+        if len(take) < len(records):
+            consumer.seek(tp, records[len(take)].offset)
+            if not take:
+                consumer.pause(tp)
+                rest_s = min(waits[0] / 1000, RECHECK_S)
+                asyncio.get_running_loop().call_later(rest_s, consumer.resume, tp)
         return take
 
     async def _requeue(self, rec: ConsumerRecord) -> None:
