@@ -23,7 +23,7 @@ run() { "$uv" run --frozen --no-sync "$@"; }
 own_stack_stop() {
   local rc=$?
   trap - EXIT INT TERM
-  log "stopping the $OWN_STACK_NAME's Kafka and PostgreSQL"
+  log "stopping its own Kafka and PostgreSQL"
   dev/stack/kafka.sh stop >/dev/null 2>&1 || true
   dev/stack/postgres.sh stop >/dev/null 2>&1 || true
   exit "$rc"
