@@ -1,16 +1,25 @@
 """Sanic wiring shared by the two web services: SERVER spans, request metrics, /health, /ready, /metrics.
 
-No official OpenTelemetry instrumentation exists for Sanic, so a small middleware opens the SERVER span with
-HTTP semantic-convention attributes. These servers face the internet (Meta, Bitrix24, anyone): a caller's
-``traceparent``/``tracestate``/``baggage`` is never the parent (it would choose our trace ids, force sampling
-and have its baggage copied into Kafka headers). Every request starts a new root span; a valid incoming
-span context is only recorded as a span link.
+No official OpenTelemetry instrumentation exists for Sanic, so every route's handler is wrapped (at server
+start, once all routes exist) to open the SERVER span with HTTP semantic-convention attributes and count
+the request. A wrapper, not request/response middleware: Sanic runs each middleware through its signal
+machinery, which cost more than the span itself (docs/benchmarks.md). Requests that never reach a handler
+(404, 405, a body over the limit, an unreadable request) are counted and get their span from Sanic's
+``http.lifecycle.exception`` signal.
+
+These servers face the internet (Meta, Bitrix24, anyone): a caller's ``traceparent``/``tracestate``/``baggage``
+is never the parent (it would choose our trace ids, force sampling and have its baggage copied into Kafka
+headers). Every request starts a new root span; a valid incoming span context is only recorded as a span link.
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from inspect import isawaitable
+from typing import Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
@@ -18,7 +27,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 from sanic import HTTPResponse, Request, Sanic, json, raw
-from sanic.response import BaseHTTPResponse
+from sanic.exceptions import SanicException
 
 from zaptrix.health import Check, Probes, always
 
@@ -34,6 +43,9 @@ HTTP_SECONDS = Histogram(
 _UNTRACED = frozenset({"/health", "/ready", "/metrics"})
 _ROOT = otel_context.Context()  # empty: no parent span, no baggage
 _W3C = TraceContextTextMapPropagator()  # traceparent/tracestate only: incoming baggage is never read
+_CHILDREN_MAX = 512  # cached metric children; the method label comes from the request line
+
+Handler = Callable[..., Any]
 
 
 def _remote_link(request: Request) -> list[trace.Link]:
@@ -47,49 +59,119 @@ def _remote_link(request: Request) -> list[trace.Link]:
     return [trace.Link(remote, {"zaptrix.link": "caller"})]
 
 
+_counters: dict[tuple[str, str, int], Any] = {}
+_timers: dict[tuple[str, str], Any] = {}
+
+
+def _count(route: str, method: str, status: int, seconds: float | None) -> None:
+    """zaptrix_http_requests_total and _seconds, through cached children (.labels() costs a lock each)."""
+    counter = _counters.get((route, method, status))
+    if counter is None:
+        counter = HTTP_REQUESTS.labels(route, method, str(status))
+        if len(_counters) < _CHILDREN_MAX:
+            _counters[(route, method, status)] = counter
+    counter.inc()
+    if seconds is not None:
+        timer = _timers.get((route, method))
+        if timer is None:
+            timer = HTTP_SECONDS.labels(route, method)
+            if len(_timers) < _CHILDREN_MAX:
+                _timers[(route, method)] = timer
+        timer.observe(seconds)
+
+
+def _start_span(request: Request, route: str) -> trace.Span:
+    return tracer.start_span(
+        f"{request.method} {route}",
+        context=_ROOT,
+        kind=SpanKind.SERVER,
+        links=_remote_link(request),
+        attributes={
+            "http.request.method": request.method,
+            "http.route": route,
+            "url.path": request.path,
+            "server.port": request.conn_info.server_port if request.conn_info else 0,
+            "user_agent.original": request.headers.get("user-agent", ""),
+        },
+    )
+
+
+def _end_span(span: trace.Span, status: int) -> None:
+    span.set_attribute("http.response.status_code", status)
+    if status >= 500:
+        span.set_status(Status(StatusCode.ERROR))
+    span.end()
+
+
+def _status_of(exc: BaseException) -> int:
+    """The status Sanic's error handler answers for an exception."""
+    return exc.status_code if isinstance(exc, SanicException) else 500
+
+
+def _traced(handler: Handler, route: str, traced: bool) -> Handler:
+    """The handler inside its SERVER span (unless an ops route), counted and timed."""
+
+    @functools.wraps(handler)  # copies Sanic's markers (is_stream, ...) with __dict__
+    async def wrapper(request: Request, *args: Any, **kwargs: Any) -> Any:
+        started = time.perf_counter()
+        request.ctx.zaptrix_counted = True  # _on_exception must not count it again
+        span = token = None
+        if traced:
+            span = _start_span(request, route)
+            token = otel_context.attach(trace.set_span_in_context(span, _ROOT))
+        status = 500
+        try:
+            response = handler(request, *args, **kwargs)
+            if isawaitable(response):
+                response = await response
+            if response is None:  # a streamed answer: request.respond() already sent the headers
+                response = getattr(request.stream, "response", None)
+            status = response.status if response is not None else 500
+            return response
+        except asyncio.CancelledError:
+            status = 499  # the client went away (nginx's code): no answer was sent
+            raise
+        except Exception as exc:
+            status = _status_of(exc)
+            raise
+        finally:
+            _count(route, request.method, status, time.perf_counter() - started)
+            if span is not None:
+                _end_span(span, status)
+            if token is not None:
+                otel_context.detach(token)
+
+    wrapper.__zaptrix_traced__ = True  # type: ignore[attr-defined]
+    return wrapper
+
+
+async def _on_exception(request: Request | None, exception: BaseException) -> None:
+    """A request that never reached a handler (no route, wrong method, body too large, unreadable): count it
+    and give it its (short) SERVER span, as the handled ones get."""
+    if request is None or getattr(request.ctx, "zaptrix_counted", False):
+        return
+    request.ctx.zaptrix_counted = True
+    route = f"/{request.route.path.lstrip('/')}" if request.route else "unmatched"
+    status = _status_of(exception)
+    method = request.method or "?"
+    _count(route, method, status, None)
+    if request.path not in _UNTRACED:
+        _end_span(_start_span(request, route), status)
+
+
 def instrument_sanic(app: Sanic) -> None:  # type: ignore[type-arg]
-    async def _start(request: Request) -> None:
-        request.ctx.started = time.perf_counter()
-        if request.path in _UNTRACED:
-            return
-        route = request.route.path if request.route else request.path
-        span = tracer.start_span(
-            f"{request.method} /{route.lstrip('/')}",
-            context=_ROOT,
-            kind=SpanKind.SERVER,
-            links=_remote_link(request),
-            attributes={
-                "http.request.method": request.method,
-                "http.route": f"/{route.lstrip('/')}",
-                "url.path": request.path,
-                "server.port": request.server_port,
-                "user_agent.original": request.headers.get("user-agent", ""),
-            },
-        )
-        request.ctx.span = span
-        request.ctx.otel_token = otel_context.attach(trace.set_span_in_context(span, _ROOT))
+    """Wrap every route's handler when the server starts (after every add_route) and count the requests
+    that never reach one."""
 
-    async def _finish(request: Request, response: BaseHTTPResponse) -> None:
-        route = f"/{request.route.path.lstrip('/')}" if request.route else "unmatched"
-        status = response.status if response is not None else 500
-        HTTP_REQUESTS.labels(route, request.method, str(status)).inc()
-        started = getattr(request.ctx, "started", None)
-        if started is not None:
-            HTTP_SECONDS.labels(route, request.method).observe(time.perf_counter() - started)
-        span = getattr(request.ctx, "span", None)
-        if span is None:
-            return
-        span.set_attribute("http.response.status_code", status)
-        if status >= 500:
-            span.set_status(Status(StatusCode.ERROR))
-        span.end()
-        token = getattr(request.ctx, "otel_token", None)
-        if token is not None:
-            otel_context.detach(token)
-            request.ctx.otel_token = None
+    def wrap_routes(app: Sanic) -> None:  # type: ignore[type-arg]
+        for route in app.router.routes:
+            if getattr(route.handler, "__zaptrix_traced__", False):
+                continue  # a second start of the same app (tests)
+            path = f"/{route.path.lstrip('/')}"
+            route.handler = _traced(route.handler, path, path not in _UNTRACED)
 
-    app.register_middleware(_start, "request", priority=100)
-    app.register_middleware(_finish, "response", priority=100)
+    app.before_server_start(wrap_routes)
+    app.signal("http.lifecycle.exception")(_on_exception)
 
 
 def add_ops_routes(

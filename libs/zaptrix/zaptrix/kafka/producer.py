@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from opentelemetry import trace
-from opentelemetry.trace import SpanKind
+from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from zaptrix.kafka.connection import connection_kwargs
 from zaptrix.kafka.envelope import Headers, encode, event_type
@@ -17,6 +18,22 @@ from zaptrix.settings import KafkaSettings
 from zaptrix.v1 import events_pb2
 
 tracer = trace.get_tracer("zaptrix.kafka")
+
+
+_produced_children: dict[tuple[str, str], Any] = {}
+
+
+def _produced(topic: str, kind: str) -> Any:
+    """The zaptrix_events_produced_total child, cached (topics and event kinds are a fixed, small set)."""
+    child = _produced_children.get((topic, kind))
+    if child is None:
+        child = _produced_children[(topic, kind)] = EVENTS_PRODUCED.labels(topic, kind)
+    return child
+
+
+def _retrieve(fut: asyncio.Future[object]) -> None:
+    if not fut.cancelled():
+        fut.exception()
 
 
 class PublishError(RuntimeError):
@@ -47,29 +64,40 @@ class EventProducer:
             self._started = False
 
     async def publish(self, topic: str, envelopes: Sequence[events_pb2.Envelope]) -> None:
-        """Send all envelopes (each with its own PRODUCER span), then wait for every acknowledgement."""
-        futures = []
+        """Send all envelopes under one PRODUCER span, then wait for every acknowledgement.
+
+        One span per call, not per envelope: every record's headers carry this span's context, so each
+        message's trace continues from it on the consumer's side (same trace, one span fewer per event
+        when a webhook brings several, and no per-record context switch)."""
+        if not envelopes:
+            return
+        first = envelopes[0]
+        attributes: dict[str, str | int] = {
+            "messaging.system": "kafka",
+            "messaging.operation.type": "send",
+            "messaging.destination.name": topic,
+        }
+        if len(envelopes) == 1:
+            attributes["messaging.message.id"] = first.event_id
+            attributes["messaging.kafka.message.key"] = first.conversation_key
+            attributes["zaptrix.event_type"] = event_type(first)
+        else:
+            attributes["messaging.batch.message_count"] = len(envelopes)
+        span = tracer.start_span(f"{topic} publish", kind=SpanKind.PRODUCER, attributes=attributes)
+        context = trace.set_span_in_context(span)
         try:
+            futures = []
             for env in envelopes:
-                with tracer.start_as_current_span(
-                    f"{topic} publish",
-                    kind=SpanKind.PRODUCER,
-                    attributes={
-                        "messaging.system": "kafka",
-                        "messaging.operation.type": "send",
-                        "messaging.destination.name": topic,
-                        "messaging.message.id": env.event_id,
-                        "messaging.kafka.message.key": env.conversation_key,
-                        "zaptrix.event_type": event_type(env),
-                    },
-                ):
-                    key, value, headers = encode(env)
-                    futures.append(await self._producer.send(topic, value=value, key=key, headers=headers))
+                key, value, headers = encode(env, context)
+                futures.append(await self._producer.send(topic, value=value, key=key, headers=headers))
             await self._await_acks(futures)
         except (KafkaError, TimeoutError) as exc:
+            span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
             raise PublishError(f"Kafka did not accept the events for {topic}: {exc!r}") from exc
+        finally:
+            span.end()
         for env in envelopes:
-            EVENTS_PRODUCED.labels(topic, event_type(env)).inc()
+            _produced(topic, event_type(env)).inc()
 
     async def publish_raw(
         self, topic: str, key: bytes | None, value: bytes | None, headers: Headers
@@ -85,9 +113,16 @@ class EventProducer:
         return int(meta.partition), int(meta.offset)
 
     async def _await_acks(self, futures: list[asyncio.Future[object]]) -> None:
-        if futures:
-            timeout = self.settings.request_timeout_ms / 1000 * 2
-            await asyncio.wait_for(asyncio.gather(*futures), timeout=timeout)
+        """Every future resolved (the first failure raises), within twice the request timeout. Awaited in
+        turn under one asyncio.timeout: no gather future and no wait_for task per call."""
+        try:
+            async with asyncio.timeout(self.settings.request_timeout_ms / 1000 * 2):
+                for fut in futures:
+                    await fut
+        except BaseException:
+            for fut in futures:  # the others' outcomes are read, never "exception was never retrieved"
+                fut.add_done_callback(_retrieve)
+            raise
 
     async def healthy(self, timeout_s: float = 2.0) -> bool:
         """True when a broker answers a metadata request now."""

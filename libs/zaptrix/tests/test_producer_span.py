@@ -1,0 +1,78 @@
+"""EventProducer.publish: one PRODUCER span per call, its context in every record's headers (so each
+message's trace continues from it), and an error span when Kafka refuses."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from aiokafka.errors import KafkaTimeoutError
+from opentelemetry import trace
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind, StatusCode
+from zaptrix.kafka.envelope import extract_context, new_envelope
+from zaptrix.kafka.producer import EventProducer, PublishError
+from zaptrix.settings import KafkaSettings
+from zaptrix.v1 import events_pb2
+
+
+class _FakeAioProducer:
+    def __init__(self, fail: bool = False) -> None:
+        self.sent: list[dict[str, Any]] = []
+        self.fail = fail
+
+    async def send(self, topic: str, **record: Any) -> asyncio.Future[object]:
+        self.sent.append(record)
+        fut: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+        if self.fail:
+            fut.set_exception(KafkaTimeoutError())
+        else:
+            fut.set_result(None)
+        return fut
+
+
+def _producer(fake: _FakeAioProducer) -> EventProducer:
+    producer = EventProducer(KafkaSettings(), "test")
+    producer._producer = fake
+    return producer
+
+
+def _event(n: int) -> events_pb2.Envelope:
+    return new_envelope(
+        f"wa:wamid.{n}",
+        "100:4915",
+        events_pb2.PLATFORM_WHATSAPP,
+        customer_message=events_pb2.CustomerMessage(wamid=f"wamid.{n}", text=f"message {n}"),
+    )
+
+
+async def test_one_producer_span_per_publish_whose_context_every_record_carries(
+    spans: InMemorySpanExporter,
+) -> None:
+    fake = _FakeAioProducer()
+    with trace.get_tracer("test").start_as_current_span("POST /webhooks/meta", kind=SpanKind.SERVER) as root:
+        await _producer(fake).publish("t", [_event(1), _event(2), _event(3)])
+    (publish,) = [s for s in spans.get_finished_spans() if s.kind == SpanKind.PRODUCER]
+    assert publish.name == "t publish"
+    assert publish.parent is not None and publish.parent.span_id == root.get_span_context().span_id
+    assert publish.attributes is not None and publish.attributes["messaging.batch.message_count"] == 3
+    assert len(fake.sent) == 3
+    for record in fake.sent:
+        parent = trace.get_current_span(extract_context(record["headers"])).get_span_context()
+        assert (parent.trace_id, parent.span_id) == (publish.context.trace_id, publish.context.span_id)
+
+
+async def test_a_single_event_publish_names_the_message(spans: InMemorySpanExporter) -> None:
+    await _producer(_FakeAioProducer()).publish("t", [_event(7)])
+    (publish,) = [s for s in spans.get_finished_spans() if s.kind == SpanKind.PRODUCER]
+    assert publish.attributes is not None
+    assert publish.attributes["messaging.message.id"] == "wa:wamid.7"
+    assert publish.attributes["zaptrix.event_type"] == "customer_message"
+
+
+async def test_a_refused_publish_raises_and_marks_its_span(spans: InMemorySpanExporter) -> None:
+    with pytest.raises(PublishError):
+        await _producer(_FakeAioProducer(fail=True)).publish("t", [_event(1), _event(2)])
+    (publish,) = [s for s in spans.get_finished_spans() if s.kind == SpanKind.PRODUCER]
+    assert publish.status.status_code == StatusCode.ERROR
