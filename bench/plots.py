@@ -70,6 +70,11 @@ def when(result: dict[str, Any]) -> str:
     return time.strftime("%Y-%m-%d %H:%M", time.localtime(float(at))) if at else ""
 
 
+def values(points: Sequence[dict[str, Any]], key: str) -> list[float]:
+    """points[i][key] as floats, NaN where missing (matplotlib leaves a gap)."""
+    return [float(p[key]) if p.get(key) is not None else math.nan for p in points]
+
+
 def rolling_percentile(
     xs: Sequence[float], ys: Sequence[float], q: float, window: float, step: float
 ) -> tuple[list[float], list[float]]:
@@ -128,11 +133,22 @@ def cost_curve(
         return None
     xs = [float(p[x_key]) for p in pts]
     fig, ax = figure()
-    cpu = [p.get("cpu_us_per_msg") for p in pts]
-    ax.plot(xs, cpu, marker="o", color="tab:blue", label="CPU per message (all services)")
+    ax.plot(
+        xs,
+        values(pts, "cpu_us_per_msg"),
+        marker="o",
+        color="tab:blue",
+        label="CPU per message (all services)",
+    )
     if any(p.get("dispatcher_cpu_us_per_msg") is not None for p in pts):
-        disp = [p.get("dispatcher_cpu_us_per_msg") for p in pts]
-        ax.plot(xs, disp, marker="s", color="tab:cyan", linestyle=":", label="of which bitrix-dispatcher")
+        ax.plot(
+            xs,
+            values(pts, "dispatcher_cpu_us_per_msg"),
+            marker="s",
+            color="tab:cyan",
+            linestyle=":",
+            label="of which bitrix-dispatcher",
+        )
     ax.set_ylabel("CPU per message (µs)")
     ax.set_ylim(bottom=0)
     ax.set_xlabel(x_label)
@@ -140,7 +156,7 @@ def cost_curve(
         ax.set_xscale("log")
     ax.set_xticks(xs, [f"{x:g}" for x in xs])
     ax2 = ax.twinx()
-    ax2.plot(xs, [p.get("p99_ms") for p in pts], marker="^", color="tab:red", label="p99 latency")
+    ax2.plot(xs, values(pts, "p99_ms"), marker="^", color="tab:red", label="p99 latency")
     ax2.set_ylabel("p99 latency (ms)")
     ax2.set_ylim(bottom=0)
     lines = ax.get_legend_handles_labels()
@@ -199,26 +215,25 @@ def replicas(result: dict[str, Any]) -> Figure | None:
     proj = details.get("projection", {})
     ks = [int(p["replicas"]) for p in points]
     fig, ax = figure()
-    ax.plot(ks, [p.get("throughput_per_s") for p in points], marker="o", label="measured (2 shared cores)")
-    per = proj.get("per_replica_per_s")
+    ax.plot(ks, values(points, "throughput_per_s"), marker="o", label="measured (2 shared cores)")
     parts = int(proj.get("partitions") or 0)
-    if per and parts:
-        xs = list(range(1, max(max(ks), parts + 2) + 1))
+    curve_pts = proj.get("curve") or []
+    if curve_pts:
         ax.plot(
-            xs,
-            [per * min(k, parts) for k in xs],
+            [int(c["replicas"]) for c in curve_pts],
+            values(curve_pts, "per_s"),
             linestyle="--",
+            marker=".",
             color="tab:green",
             label=f"projected: a core per replica, {parts} partitions",
         )
+    if parts:
         ax.axvline(parts, color="grey", linestyle=":", linewidth=1)
     ax.set_xlabel("bitrix-dispatcher replicas (one consumer group)")
     ax.set_ylabel("messages/s")
     ax.set_ylim(bottom=0)
     ax2 = ax.twinx()
-    ax2.plot(
-        ks, [p.get("cpu_us_per_msg") for p in points], marker="s", color="tab:red", label="CPU per message"
-    )
+    ax2.plot(ks, values(points, "cpu_us_per_msg"), marker="s", color="tab:red", label="CPU per message")
     ax2.set_ylabel("CPU per message, all services (µs)")
     ax2.set_ylim(bottom=0)
     lines = ax.get_legend_handles_labels()

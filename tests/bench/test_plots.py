@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from bench import plots
+from bench.result import is_ours
 from bench.series import latency_series
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -48,7 +49,11 @@ def test_every_curve_is_drawn_from_synthetic_results(tmp_path: Path) -> None:
                 "points": [
                     {"replicas": k, "throughput_per_s": 150, "cpu_us_per_msg": 7000} for k in (1, 2, 4)
                 ],
-                "projection": {"partitions": 6, "per_replica_per_s": 300},
+                "projection": {
+                    "partitions": 6,
+                    "per_replica_per_s": 300,
+                    "curve": [{"replicas": k, "per_s": 300 * k} for k in (1, 2, 3, 6)],
+                },
             }
         },
     )
@@ -92,4 +97,4 @@ def test_max_rss_per_process_is_the_highest_over_scenarios() -> None:
     }
 
     assert plots.max_rss_by_process(summary) == {"mapper": (90.5, "b")}
-    assert plots.is_ours("mapper") and not plots.is_ours("kafka (JVM)")
+    assert is_ours("mapper") and not is_ours("kafka (JVM)")
