@@ -123,6 +123,13 @@ def latency_over_time(result: dict[str, Any], title: str, target_ms: float | Non
     return fig
 
 
+# Parts of the CPU per message drawn beside the total, when a point has them.
+SHARES = (
+    ("dispatcher_cpu_us_per_msg", "of which bitrix-dispatcher", "tab:cyan"),
+    ("mapper_cpu_us_per_msg", "of which mapper", "tab:purple"),
+)
+
+
 def cost_curve(
     points: Sequence[dict[str, Any]], x_key: str, x_label: str, title: str, log_x: bool = True
 ) -> Figure | None:
@@ -140,15 +147,9 @@ def cost_curve(
         color="tab:blue",
         label="CPU per message (all services)",
     )
-    if any(p.get("dispatcher_cpu_us_per_msg") is not None for p in pts):
-        ax.plot(
-            xs,
-            values(pts, "dispatcher_cpu_us_per_msg"),
-            marker="s",
-            color="tab:cyan",
-            linestyle=":",
-            label="of which bitrix-dispatcher",
-        )
+    for key, label, color in SHARES:
+        if any(p.get(key) is not None for p in pts):
+            ax.plot(xs, values(pts, key), marker="s", color=color, linestyle=":", label=label)
     ax.set_ylabel("CPU per message (µs)")
     ax.set_ylim(bottom=0)
     ax.set_xlabel(x_label)
@@ -161,7 +162,7 @@ def cost_curve(
     ax2.set_ylim(bottom=0)
     lines = ax.get_legend_handles_labels()
     lines2 = ax2.get_legend_handles_labels()
-    ax.legend(lines[0] + lines2[0], lines[1] + lines2[1], loc="upper left", fontsize=8)
+    fig.legend(lines[0] + lines2[0], lines[1] + lines2[1], loc="outside lower center", ncols=3, fontsize=8)
     ax.grid(True, alpha=0.3)
     ax.set_title(title, fontsize=10)
     return fig
@@ -238,7 +239,7 @@ def replicas(result: dict[str, Any]) -> Figure | None:
     ax2.set_ylim(bottom=0)
     lines = ax.get_legend_handles_labels()
     lines2 = ax2.get_legend_handles_labels()
-    ax.legend(lines[0] + lines2[0], lines[1] + lines2[1], loc="upper left", fontsize=8)
+    fig.legend(lines[0] + lines2[0], lines[1] + lines2[1], loc="outside lower center", ncols=3, fontsize=8)
     ax.grid(True, alpha=0.3)
     ax.set_title(f"inbound drain with 1..k dispatcher replicas ({when(result)})", fontsize=10)
     return fig
@@ -269,6 +270,7 @@ def memory(summary: dict[str, Any]) -> Figure | None:
     for i, n in enumerate(names):
         ax.text(rss[n][0], i, f" {rss[n][0]:.0f} ({rss[n][1]})", va="center", fontsize=7)
     ax.axvline(RSS_GOAL_MIB, color="tab:red", linestyle="--", linewidth=1, label=f"goal {RSS_GOAL_MIB:g} MiB")
+    ax.set_xlim(0, max(max(v[0] for v in rss.values()), RSS_GOAL_MIB) * 1.25)  # room for the labels
     ax.invert_yaxis()
     ax.set_xlabel("max RSS under load (MiB, VmRSS; PostgreSQL summed over its backends)")
     ax.tick_params(axis="y", labelsize=8)
