@@ -228,6 +228,11 @@ def replicas(result: dict[str, Any]) -> Figure | None:
             color="tab:green",
             label=f"projected: a core per replica, {parts} partitions",
         )
+    goal = proj.get("ten_x_inbound_per_s")
+    if goal:
+        ax.axhline(
+            float(goal), color="tab:orange", linestyle="-.", linewidth=1, label="10x today's inbound goal"
+        )
     if parts:
         ax.axvline(parts, color="grey", linestyle=":", linewidth=1)
     ax.set_xlabel("bitrix-dispatcher replicas (one consumer group)")
