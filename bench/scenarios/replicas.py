@@ -213,6 +213,10 @@ async def run(env: BenchEnv) -> Result:
             # ceil(P/r); enough partitions means at least one per replica.
             "partitions_for_10x": replicas_needed,
             "default_partitions_carry_per_s": round(projected(per_replica, PARTITIONS, PARTITIONS), 1),
+            # With the default partitions: the fewest replicas that carry it (None: no number of them does).
+            "replicas_for_10x_with_default_partitions": next(
+                (k for k in range(1, PARTITIONS + 1) if projected(per_replica, k, PARTITIONS) >= need), None
+            ),
             "mapper_cores_for_10x": round(need * m_us / 1e6, 1) if m_us else None,
         }
     res.details = {
@@ -244,7 +248,8 @@ async def run(env: BenchEnv) -> Result:
             f"projected with a core per replica: {per_replica:g} msg/s per replica, "
             f"{projection['default_partitions_carry_per_s']:g} msg/s with the default {PARTITIONS} partitions; "
             f"10x today's inbound ({projection['ten_x_inbound_per_s']:g}/s) needs "
-            f"{projection['dispatcher_replicas_for_10x']} replicas and as many partitions, "
+            f"{projection['dispatcher_replicas_for_10x']} replicas and as many partitions (with the default "
+            f"{PARTITIONS}: {projection['replicas_for_10x_with_default_partitions'] or 'not reachable'} replicas), "
             f"and ~{projection['mapper_cores_for_10x']} cores of mapper"
         )
     if bad:
