@@ -41,7 +41,7 @@ def verdict(ok: bool) -> str:
 RSS_GOAL_MIB = 150.0  # issue 14: memory per process under load
 # The processes that goal is about are the services; the stand-ins, Kafka, PostgreSQL and the load
 # generators are reported beside them, not judged.
-NOT_OURS = ("sandbox-", "kafka", "postgresql", "bench harness", "wrk", "bare sanic", "py-spy")
+NOT_OURS = ("sandbox-", "kafka", "postgresql", "bench harness", "wrk", "bare-sanic", "bare sanic", "py-spy")
 
 
 def is_ours(process: str) -> bool:

@@ -97,4 +97,25 @@ def test_max_rss_per_process_is_the_highest_over_scenarios() -> None:
     }
 
     assert plots.max_rss_by_process(summary) == {"mapper": (90.5, "b")}
-    assert is_ours("mapper") and not is_ours("kafka (JVM)")
+    assert is_ours("mapper") and is_ours("bitrix-dispatcher-2")
+    assert not any(
+        map(is_ours, ["kafka (JVM)", "bare-sanic (baseline)", "wrk (load generator)", "sandbox-graph"])
+    )
+
+
+def test_memory_judges_our_processes_against_the_goal() -> None:
+    from bench.result import memory
+
+    rows = [
+        {"process": "mapper", "rss_mb_max": 80.0},
+        {"process": "meta-ingress", "rss_mb_max": 160.0},
+        {"process": "kafka (JVM)", "rss_mb_max": 400.0},
+    ]
+
+    mem = memory(rows)
+
+    assert mem is not None
+    assert (mem["max_mib"], mem["process"], mem["within_goal"]) == (160.0, "meta-ingress", False)
+    assert "kafka (JVM)" not in mem["max_mib_by_process"]
+    assert memory(rows[:1]) is not None and memory(rows[:1])["within_goal"] is True  # type: ignore[index]
+    assert memory([{"process": "kafka (JVM)", "rss_mb_max": 400.0}]) is None
