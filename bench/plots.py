@@ -241,7 +241,8 @@ def replicas(result: dict[str, Any]) -> Figure | None:
     ax2 = ax.twinx()
     ax2.plot(ks, values(points, "cpu_us_per_msg"), marker="s", color="tab:red", label="CPU per message")
     ax2.set_ylabel("CPU per message, all services (µs)")
-    ax2.set_ylim(bottom=0)
+    cpu_top = max((v for v in values(points, "cpu_us_per_msg") if not math.isnan(v)), default=0.0)
+    ax2.set_ylim(0, cpu_top * 1.6 or None)  # below the projection's plateau, not on top of it
     lines = ax.get_legend_handles_labels()
     lines2 = ax2.get_legend_handles_labels()
     fig.legend(lines[0] + lines2[0], lines[1] + lines2[1], loc="outside lower center", ncols=3, fontsize=8)
