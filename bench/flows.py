@@ -65,19 +65,29 @@ def plan_messages(run: str, count: int, customers: int, first: int = 0, customer
 
 
 async def send_paced(
-    port: int, items: Sequence[Sent], rate_per_s: float, connections: int = 32, concurrency_cap: int = 256
+    port: int,
+    items: Sequence[Sent],
+    rate_per_s: float,
+    connections: int = 32,
+    concurrency_cap: int = 256,
+    bodies: Sequence[tuple[bytes, str]] | None = None,
 ) -> SendReport:
     """Open loop: message i is due at t0 + i / rate, whatever the answers of earlier ones. Each signed
-    webhook goes straight to meta-ingress's POST /webhooks/meta (what Meta does)."""
+    webhook goes straight to meta-ingress's POST /webhooks/meta (what Meta does). `bodies`: the signed
+    webhooks (body, signature) of the items, when not the sandbox number's text messages."""
     pool = Pool("127.0.0.1", port, size=connections)
     report = SendReport(list(items))
-    bodies = [signed_text_webhook(s.wa_id, s.wamid, sample_text(i)) for i, s in enumerate(items)]
+    signed = (
+        bodies
+        if bodies is not None
+        else [signed_text_webhook(s.wa_id, s.wamid, sample_text(i)) for i, s in enumerate(items)]
+    )
     inflight = asyncio.Semaphore(concurrency_cap)
     tasks: list[asyncio.Task[None]] = []
 
     async def one(i: int) -> None:
         s = items[i]
-        body, sig = bodies[i]
+        body, sig = signed[i]
         try:
             status, _, sent_at = await pool.post(
                 "/webhooks/meta",

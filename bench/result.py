@@ -36,3 +36,34 @@ class Result:
 
 def verdict(ok: bool) -> str:
     return "pass" if ok else "short"
+
+
+RSS_GOAL_MIB = 150.0  # issue 14: memory per process under load
+# The processes that goal is about are the services; the stand-ins, Kafka, PostgreSQL and the load
+# generators are reported beside them, not judged.
+NOT_OURS = ("sandbox-", "kafka", "postgresql", "bench harness", "wrk", "bare-sanic", "bare sanic", "py-spy")
+
+
+def is_ours(process: str) -> bool:
+    return not process.lower().startswith(NOT_OURS)
+
+
+def memory(processes: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The highest max RSS (MiB) of a scenario's own processes against the goal, or None without any."""
+    ours = [p for p in processes if is_ours(str(p.get("process"))) and p.get("rss_mb_max")]
+    if not ours:
+        return None
+    top = max(ours, key=lambda p: float(p["rss_mb_max"]))
+    return {
+        "goal_mib": RSS_GOAL_MIB,
+        "max_mib": float(top["rss_mb_max"]),
+        "process": top["process"],
+        "within_goal": all(float(p["rss_mb_max"]) < RSS_GOAL_MIB for p in ours),
+        "max_mib_by_process": {str(p["process"]): float(p["rss_mb_max"]) for p in ours},
+    }
+
+
+def memory_cell(mem: dict[str, Any] | None) -> str:
+    if not mem:
+        return "-"
+    return f"{mem['max_mib']:.0f} MiB {mem['process']} ({'<' if mem['within_goal'] else '≥'} {mem['goal_mib']:g})"

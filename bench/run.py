@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import BenchEnv, kill_remembered
-from bench.result import Result
+from bench.result import RSS_GOAL_MIB, Result, is_ours, memory, memory_cell
 
 # name -> (module, time limit in seconds at BENCH_SCALE=1)
 SCENARIOS: dict[str, tuple[str, float]] = {
@@ -34,6 +34,9 @@ SCENARIOS: dict[str, tuple[str, float]] = {
     "outbound_latency": ("bench.scenarios.outbound_latency", 120),
     "adversarial": ("bench.scenarios.adversarial", 120),
 }
+# helper 4 (issue 14): cost curves
+SCENARIOS["scaling"] = ("bench.scenarios.scaling", 300)
+SCENARIOS["replicas"] = ("bench.scenarios.replicas", 240)
 IN_PROCESS = frozenset({"adversarial"})  # need no PostgreSQL or Kafka: runnable without dev/bench.sh
 
 
@@ -120,19 +123,23 @@ def print_result(r: Result) -> None:
 
 
 def print_table(results: list[Result]) -> None:
-    print("\n" + "=" * 118)
-    print(f"{'scenario':<20} {'verdict':<7} {'target':<38} figure")
-    print("-" * 118)
+    print("\n" + "=" * 140)
+    print(
+        f"{'scenario':<20} {'verdict':<7} {'target':<38} {'figure':<50} max RSS (goal < {RSS_GOAL_MIB:g} MiB)"
+    )
+    print("-" * 140)
     for r in results:
         target_lines = _wrap(r.target, 38)
         text = (r.error or "").splitlines()[0][:300] if r.error else r.figure
         fig_lines = _wrap(text, 50)
-        for i in range(max(len(target_lines), len(fig_lines))):
+        mem_lines = _wrap(memory_cell(memory(r.processes)), 20)
+        for i in range(max(len(target_lines), len(fig_lines), len(mem_lines))):
             t = target_lines[i] if i < len(target_lines) else ""
             f = fig_lines[i] if i < len(fig_lines) else ""
+            m = mem_lines[i] if i < len(mem_lines) else ""
             head = f"{r.scenario:<20} {r.verdict:<7} " if i == 0 else " " * 29
-            print(f"{head}{t:<38} {f}")
-    print("=" * 118)
+            print(f"{head}{t:<38} {f:<50} {m}")
+    print("=" * 140)
 
 
 async def main_async(names: list[str], env: BenchEnv) -> int:
@@ -182,20 +189,57 @@ async def main_async(names: list[str], env: BenchEnv) -> int:
                 **previous,
                 **{
                     r.scenario: {k: v for k, v in r.to_json().items() if k not in ("details",)}
+                    | {"memory": memory(r.processes)}
                     for r in results
                 },
             }
-            summary = {"machine": info, "written_at": time.time(), "scenarios": merged}
+            summary = {
+                "machine": info,
+                "written_at": time.time(),
+                "scenarios": merged,
+                "memory": memory_summary(merged),
+            }
             env.results.mkdir(parents=True, exist_ok=True)
             summary_path.write_text(json.dumps(summary, indent=2, default=str) + "\n")
+            draw_plots(env, [r.scenario for r in results])
     print_table(results)
     print(f"results: {env.results}/<scenario>.json, {summary_path}")
     return 0 if all(r.verdict != "error" for r in results) else 1
 
 
+def memory_summary(scenarios: dict[str, Any]) -> dict[str, Any]:
+    """Max RSS per process over every scenario of the summary, against the goal (ours judged, the
+    stand-ins, Kafka and PostgreSQL listed)."""
+    top: dict[str, dict[str, Any]] = {}
+    for name, r in scenarios.items():
+        for p in r.get("processes") or []:
+            mb = float(p.get("rss_mb_max") or 0)
+            if mb > top.get(p["process"], {}).get("max_mib", 0.0):
+                top[p["process"]] = {"max_mib": mb, "scenario": name, "judged": is_ours(p["process"])}
+    return {
+        "goal_mib": RSS_GOAL_MIB,
+        "within_goal": all(v["max_mib"] < RSS_GOAL_MIB for v in top.values() if v["judged"]),
+        "max_by_process": dict(sorted(top.items(), key=lambda kv: -kv[1]["max_mib"])),
+    }
+
+
+def draw_plots(env: BenchEnv, scenarios: list[str]) -> None:
+    """Redraws the curves of the scenarios just run (and the memory chart) into docs/benchmarks/."""
+    try:
+        from bench import plots
+
+        for path in plots.draw(env.results, only=[*scenarios, "summary"]):
+            print(f"plot: {path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path}")
+    except Exception as exc:  # plotting never fails a run
+        print(f"plots not drawn: {type(exc).__name__}: {exc}", file=sys.stderr)
+
+
 def markdown(summary: dict[str, Any]) -> str:
     """The latest verdicts as a Markdown table (docs/benchmarks.md)."""
-    rows = ["| scenario | target | figure | same-run baseline | verdict |", "|---|---|---|---|---|"]
+    rows = [
+        f"| scenario | target | figure | same-run baseline | verdict | max RSS (goal < {RSS_GOAL_MIB:g} MiB) |",
+        "|---|---|---|---|---|---|",
+    ]
     for name in SCENARIOS:
         r = summary.get("scenarios", {}).get(name)
         if r is None:
@@ -206,6 +250,7 @@ def markdown(summary: dict[str, Any]) -> str:
             r.get("error") or r["figure"],
             r.get("baseline") or "-",
             f"**{r['verdict']}**",
+            memory_cell(r.get("memory") or memory(r.get("processes") or [])),
         ]
         rows.append("| " + " | ".join(str(c).replace("|", "/").replace("\n", " ") for c in cells) + " |")
     return "\n".join(rows)

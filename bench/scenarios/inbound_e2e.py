@@ -44,6 +44,7 @@ from bench.flows import (
 from bench.profiling import Profiles
 from bench.profiling import notes as profile_notes
 from bench.result import Result, verdict
+from bench.series import latency_series
 
 NAME = "inbound_e2e"
 RATE = 200.0
@@ -164,6 +165,10 @@ async def run(env: BenchEnv) -> Result:
             "bitrix_dispatcher": extra["bitrix-dispatcher"],
         },
     }
+    # Per message (send time, latency) for the latency-over-time plot (bench/plots.py).
+    res.details["latency_series"] = latency_series(
+        (s.sent_at, min(got[s.wamid]) - s.sent_at) for s in accepted if s.wamid in got
+    )
     res.processes = monitor.report()
     non200 = len(items) - len(accepted)
     p99 = lat["p99_ms"]

@@ -33,6 +33,7 @@ from bench.httpclient import Pool
 from bench.profiling import Profiles
 from bench.profiling import notes as profile_notes
 from bench.result import Result, verdict
+from bench.series import latency_series
 from bench.webhooks import customer
 
 NAME = "outbound_latency"
@@ -185,6 +186,12 @@ async def run(env: BenchEnv) -> Result:
         "event_not_accepted": not_200,
         "status_webhooks_to_meta_ingress": webhooks,
     }
+    # Per reply (send time, latency) for the latency-over-time plot (bench/plots.py).
+    res.details["latency_series"] = latency_series(
+        (r["sent_at"], accepted[w] - r["sent_at"])
+        for w, r in sends.items()
+        if w in accepted and r.get("sent_at")
+    )
     res.processes = monitor.report()
     res.notes += profile_notes(profiled)
     return res
