@@ -155,6 +155,43 @@ _MARK_PROCESSED = """
 INSERT INTO mapper.processed_event (event_id, result) VALUES ($1, $2)
 ON CONFLICT (event_id) DO NOTHING RETURNING true"""
 
+_CHECK_PROCESSED_MANY = """
+SELECT event_id, result FROM mapper.processed_event WHERE event_id = ANY($1::text[])"""
+
+_MARK_PROCESSED_MANY = """
+INSERT INTO mapper.processed_event (event_id, result)
+SELECT * FROM unnest($1::text[], $2::text[])
+ON CONFLICT (event_id) DO NOTHING RETURNING event_id"""
+
+# _INSERT_LINK for a list. A row is missing from what it returns when the conversation is missing or of
+# another portal, or on a unique conflict: the caller then looks at that one as LinkMessage would.
+_INSERT_LINKS = f"""
+INSERT INTO mapper.message_link (wamid, conversation_id, direction, member_id, bitrix_message_id,
+    bitrix_chat_id, whatsapp_status, bitrix_status)
+SELECT u.wamid, c.id, u.direction, c.member_id, u.bitrix_message_id, COALESCE(u.bitrix_chat_id,
+    c.bitrix_chat_id), u.whatsapp_status, u.bitrix_status
+FROM unnest($1::text[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[])
+    WITH ORDINALITY AS u(wamid, conversation_id, direction, member_id, bitrix_message_id, bitrix_chat_id,
+        whatsapp_status, bitrix_status, n)
+JOIN mapper.conversation_mapping c ON c.id = u.conversation_id AND (u.member_id IS NULL OR c.member_id = u.member_id)
+ORDER BY u.n
+ON CONFLICT DO NOTHING
+RETURNING {LINK_COLUMNS}"""  # noqa: S608
+
+# _UPDATE_CONVERSATION for several conversations (one row each: the caller merges a conversation's updates).
+_UPDATE_CONVERSATIONS = f"""
+UPDATE mapper.conversation_mapping AS m SET
+    bitrix_contact_id = CASE WHEN u.contact IS NULL THEN m.bitrix_contact_id ELSE NULLIF(u.contact, '') END,
+    bitrix_chat_id = CASE WHEN u.chat IS NULL THEN m.bitrix_chat_id ELSE NULLIF(u.chat, '') END,
+    contact_name = CASE WHEN u.name IS NULL THEN m.contact_name ELSE NULLIF(u.name, '') END,
+    last_message_at = GREATEST(m.last_message_at, u.last_message_at, u.last_customer_message_at),
+    last_customer_message_at = GREATEST(m.last_customer_message_at, u.last_customer_message_at),
+    updated_at = now()
+FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::timestamptz[])
+    AS u(id, contact, chat, name, last_message_at, last_customer_message_at)
+WHERE m.id = u.id
+RETURNING {", ".join("m." + c.strip() for c in CONVERSATION_COLUMNS.split(","))}"""  # noqa: S608
+
 _EXPIRE_PROCESSED = """
 DELETE FROM mapper.processed_event WHERE event_id IN (
     SELECT event_id FROM mapper.processed_event
@@ -429,6 +466,80 @@ class Repository:
             conversation = await self._update_conversation(conn, update)
         return link, conversation, already
 
+    async def check_processed_many(self, event_ids: list[str]) -> dict[str, str]:
+        """The recorded result of each of ``event_ids`` that was processed (one statement)."""
+        async with self.db.connection() as conn:
+            rows = await conn.fetch(_CHECK_PROCESSED_MANY, event_ids)
+        return {r["event_id"]: r["result"] for r in rows}
+
+    async def record_deliveries(
+        self, items: list[tuple[LinkSpec, ConversationUpdate, str, str]]
+    ) -> list[tuple[MessageLink, Conversation, bool]]:
+        """record_delivery for each item, all in one transaction and one statement per table: the
+        links, the processed records, then each conversation once (its updates merged in order, as
+        applying them one after the other would). Raises as record_delivery would for the first item
+        that fails, and then nothing is recorded (the caller records the items one by one)."""
+        specs = [spec for spec, _, _, _ in items]
+        async with self.db.connection() as conn, conn.transaction():
+            try:
+                rows = await conn.fetch(
+                    _INSERT_LINKS,
+                    [s.wamid for s in specs],
+                    [s.conversation_id for s in specs],
+                    [s.direction.value for s in specs],
+                    [s.member_id for s in specs],
+                    [s.bitrix_message_id for s in specs],
+                    [s.bitrix_chat_id for s in specs],
+                    [s.whatsapp_status for s in specs],
+                    [s.bitrix_status for s in specs],
+                )
+            except asyncpg.exceptions.ForeignKeyViolationError as exc:
+                raise NotFound("a conversation of the list was not found") from exc
+            links = {r["wamid"]: _link(r) for r in rows}
+            for spec in specs:  # already linked (a retry), conflicting, or no such conversation
+                if spec.wamid not in links:
+                    links[spec.wamid], _ = await self._link_message(conn, spec)
+            inserted = await conn.fetch(
+                _MARK_PROCESSED_MANY, [e for _, _, e, _ in items], [r for _, _, _, r in items]
+            )
+            new = {r["event_id"] for r in inserted}
+            conversations = await self._update_conversations(conn, [u for _, u, _, _ in items])
+        out: list[tuple[MessageLink, Conversation, bool]] = []
+        for spec, update, event_id, _ in items:
+            first = event_id in new
+            new.discard(event_id)  # a second item with the same event id finds it processed
+            out.append((links[spec.wamid], conversations[update.id], not first))
+        return out
+
+    @staticmethod
+    async def _update_conversations(
+        conn: Any, updates: list[ConversationUpdate]
+    ) -> dict[uuid.UUID, Conversation]:
+        merged: dict[uuid.UUID, ConversationUpdate] = {}
+        for u in updates:
+            merged[u.id] = merge_updates(merged[u.id], u) if u.id in merged else u
+        changing = sorted((u for u in merged.values() if u.changes_anything), key=lambda u: u.id)
+        found: dict[uuid.UUID, Conversation] = {}
+        if changing:
+            rows = await conn.fetch(
+                _UPDATE_CONVERSATIONS,
+                [u.id for u in changing],
+                [u.bitrix_contact_id for u in changing],
+                [u.bitrix_chat_id for u in changing],
+                [u.contact_name for u in changing],
+                [u.last_message_at for u in changing],
+                [u.last_customer_message_at for u in changing],
+            )
+            found.update((r["id"], _conversation(r)) for r in rows)
+        unchanged = [u.id for u in merged.values() if not u.changes_anything]
+        if unchanged:
+            rows = await conn.fetch(f"{_SELECT_CONVERSATION} WHERE id = ANY($1::uuid[])", unchanged)
+            found.update((r["id"], _conversation(r)) for r in rows)
+        missing = next((i for i in merged if i not in found), None)
+        if missing is not None:
+            raise NotFound(f"conversation {missing} not found")
+        return found
+
     async def expire_processed(self, older_than: timedelta, batch: int) -> int:
         """Delete one batch of records older than `older_than`; returns how many."""
         async with self.db.connection() as conn:
@@ -439,6 +550,25 @@ class Repository:
         async with self.db.connection() as conn:
             value: datetime = await conn.fetchval("SELECT now()")
         return value
+
+
+def merge_updates(first: ConversationUpdate, then: ConversationUpdate) -> ConversationUpdate:
+    """One update with the effect of ``first`` and then ``then``: a given text field of the later one
+    wins, timestamps take the later of both (they only move forward)."""
+
+    def later(a: datetime | None, b: datetime | None) -> datetime | None:
+        return a if b is None else b if a is None else max(a, b)
+
+    return ConversationUpdate(
+        id=first.id,
+        bitrix_contact_id=first.bitrix_contact_id
+        if then.bitrix_contact_id is None
+        else then.bitrix_contact_id,
+        bitrix_chat_id=first.bitrix_chat_id if then.bitrix_chat_id is None else then.bitrix_chat_id,
+        contact_name=first.contact_name if then.contact_name is None else then.contact_name,
+        last_message_at=later(first.last_message_at, then.last_message_at),
+        last_customer_message_at=later(first.last_customer_message_at, then.last_customer_message_at),
+    )
 
 
 def _check_same(existing: MessageLink, spec: LinkSpec) -> None:
