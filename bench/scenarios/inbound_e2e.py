@@ -80,11 +80,11 @@ async def _sampled_phase(env: BenchEnv, sut: Any, run_id: str, bitrix: Any) -> d
         assert proc.proc is not None
         remember_pid(proc.proc.pid)
     # One message per customer first: the restarted dispatcher has joined and its caches are warm.
-    warm = plan_messages(run_id + "w", CUSTOMERS, CUSTOMERS, first=0)
+    warm = plan_messages(run_id + "a", CUSTOMERS, CUSTOMERS, first=0)  # hex: WAMID_RE
     await send_burst(sut.ports.meta_web, warm, connections=8)
     await wait_delivered(bitrix, {s.wamid for s in warm}, timeout_s=60)
     seconds = env.seconds(SAMPLED_SECONDS, 3)
-    items = plan_messages(run_id + "s", int(RATE * seconds), CUSTOMERS, first=0)
+    items = plan_messages(run_id + "b", int(RATE * seconds), CUSTOMERS, first=0)
     monitor = ProcessMonitor({n: p for n, p in sut.pids().items() if n in CPU_PROCESSES})
     monitor.start()
     try:
