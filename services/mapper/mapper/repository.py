@@ -6,6 +6,7 @@ Statements run in autocommit unless a method opens a transaction; READ COMMITTED
 
 from __future__ import annotations
 
+import json
 import uuid
 from datetime import datetime, timedelta
 from typing import Any
@@ -191,6 +192,32 @@ FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], $
     AS u(id, contact, chat, name, last_message_at, last_customer_message_at)
 WHERE m.id = u.id
 RETURNING {", ".join("m." + c.strip() for c in CONVERSATION_COLUMNS.split(","))}"""  # noqa: S608
+
+# RecordDeliveries in one statement (atomic on its own, one round trip): links, processed records and the
+# merged conversation updates. When a link is not inserted (already linked: a retry; conflicting; no such
+# conversation of that portal) or a conversation is missing, the final cast fails with "incomplete", the
+# whole statement is undone, and the caller takes the step-by-step transaction, which finds out which.
+_RECORD_NEW_DELIVERIES = f"""
+WITH links AS ({_INSERT_LINKS}),
+processed AS (
+    INSERT INTO mapper.processed_event (event_id, result)
+    SELECT * FROM unnest($9::text[], $10::text[])
+    ON CONFLICT (event_id) DO NOTHING RETURNING event_id),
+conversations AS ({
+    _UPDATE_CONVERSATIONS.replace("$1::", "$11::")
+    .replace("$2::", "$12::")
+    .replace("$3::", "$13::")
+    .replace("$4::", "$14::")
+    .replace("$5::", "$15::")
+    .replace("$6::", "$16::")
+}),
+counted AS (SELECT (SELECT count(*) FROM links) AS l, (SELECT count(*) FROM conversations) AS c)
+SELECT CASE WHEN counted.l = $17 AND counted.c = $18 THEN 0
+        ELSE ('incomplete: ' || counted.l || ' links, ' || counted.c || ' conversations')::int END AS ok,
+    (SELECT json_agg(links) FROM links) AS links,
+    (SELECT json_agg(processed.event_id) FROM processed) AS processed,
+    (SELECT json_agg(conversations) FROM conversations) AS conversations
+FROM counted"""  # noqa: S608
 
 _EXPIRE_PROCESSED = """
 DELETE FROM mapper.processed_event WHERE event_id IN (
@@ -480,6 +507,15 @@ class Repository:
         applying them one after the other would). Raises as record_delivery would for the first item
         that fails, and then nothing is recorded (the caller records the items one by one)."""
         specs = [spec for spec, _, _, _ in items]
+        merged = merged_updates([u for _, u, _, _ in items])
+        if len({s.wamid for s in specs}) == len(specs) and all(u.changes_anything for u in merged):
+            try:
+                return await self._record_new_deliveries(items, merged)
+            except (
+                asyncpg.exceptions.InvalidTextRepresentationError,
+                asyncpg.exceptions.ForeignKeyViolationError,
+            ):
+                pass  # something is not new or not there: step by step below, which says what
         async with self.db.connection() as conn, conn.transaction():
             try:
                 rows = await conn.fetch(
@@ -511,14 +547,49 @@ class Repository:
             out.append((links[spec.wamid], conversations[update.id], not first))
         return out
 
+    async def _record_new_deliveries(
+        self, items: list[tuple[LinkSpec, ConversationUpdate, str, str]], merged: list[ConversationUpdate]
+    ) -> list[tuple[MessageLink, Conversation, bool]]:
+        """record_deliveries when every wamid is new and every conversation is there: one statement."""
+        specs = [spec for spec, _, _, _ in items]
+        async with self.db.connection() as conn:
+            row = await conn.fetchrow(
+                _RECORD_NEW_DELIVERIES,
+                [s.wamid for s in specs],
+                [s.conversation_id for s in specs],
+                [s.direction.value for s in specs],
+                [s.member_id for s in specs],
+                [s.bitrix_message_id for s in specs],
+                [s.bitrix_chat_id for s in specs],
+                [s.whatsapp_status for s in specs],
+                [s.bitrix_status for s in specs],
+                [e for _, _, e, _ in items],
+                [r for _, _, _, r in items],
+                [u.id for u in merged],
+                [u.bitrix_contact_id for u in merged],
+                [u.bitrix_chat_id for u in merged],
+                [u.contact_name for u in merged],
+                [u.last_message_at for u in merged],
+                [u.last_customer_message_at for u in merged],
+                len(specs),
+                len(merged),
+            )
+        links = {r["wamid"]: _link_json(r) for r in json.loads(row["links"])}
+        conversations = {c.id: c for c in map(_conversation_json, json.loads(row["conversations"]))}
+        new = set(json.loads(row["processed"] or "[]"))
+        out: list[tuple[MessageLink, Conversation, bool]] = []
+        for spec, update, event_id, _ in items:
+            first = event_id in new
+            new.discard(event_id)  # a second item with the same event id finds it processed
+            out.append((links[spec.wamid], conversations[update.id], not first))
+        return out
+
     @staticmethod
     async def _update_conversations(
         conn: Any, updates: list[ConversationUpdate]
     ) -> dict[uuid.UUID, Conversation]:
-        merged: dict[uuid.UUID, ConversationUpdate] = {}
-        for u in updates:
-            merged[u.id] = merge_updates(merged[u.id], u) if u.id in merged else u
-        changing = sorted((u for u in merged.values() if u.changes_anything), key=lambda u: u.id)
+        merged = {u.id: u for u in merged_updates(updates)}
+        changing = [u for u in merged.values() if u.changes_anything]
         found: dict[uuid.UUID, Conversation] = {}
         if changing:
             rows = await conn.fetch(
@@ -550,6 +621,38 @@ class Repository:
         async with self.db.connection() as conn:
             value: datetime = await conn.fetchval("SELECT now()")
         return value
+
+
+def _when(value: str | None) -> datetime | None:
+    return None if value is None else datetime.fromisoformat(value)
+
+
+def _link_json(r: dict[str, Any]) -> MessageLink:
+    """A message_link row as json_agg writes it."""
+    return MessageLink(
+        **{
+            **r,
+            "conversation_id": uuid.UUID(r["conversation_id"]),
+            "direction": Direction(r["direction"]),
+            "created_at": _when(r["created_at"]),
+            "updated_at": _when(r["updated_at"]),
+        }
+    )
+
+
+def _conversation_json(r: dict[str, Any]) -> Conversation:
+    """A conversation_mapping row (CONVERSATION_COLUMNS) as json_agg writes it."""
+    times = ("last_message_at", "last_customer_message_at", "created_at", "updated_at")
+    return Conversation(**{**r, "id": uuid.UUID(r["id"]), **{k: _when(r[k]) for k in times}})
+
+
+def merged_updates(updates: list[ConversationUpdate]) -> list[ConversationUpdate]:
+    """One update per conversation with the effect of its updates in order, sorted by id (the order rows
+    are locked in)."""
+    merged: dict[uuid.UUID, ConversationUpdate] = {}
+    for u in updates:
+        merged[u.id] = merge_updates(merged[u.id], u) if u.id in merged else u
+    return sorted(merged.values(), key=lambda u: u.id)
 
 
 def merge_updates(first: ConversationUpdate, then: ConversationUpdate) -> ConversationUpdate:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import grpc
+import pytest
+from mapper.repository import Repository
 from mapper_support import Mapper, expect_code
 from test_record_delivery import delivery
 from zaptrix.v1 import mapper_pb2 as pb
@@ -156,3 +158,64 @@ async def test_batched_rpcs_refuse_what_the_single_ones_refuse_and_oversized_lis
     await expect_code(mapper.stub.CheckProcessedMany(huge), grpc.StatusCode.INVALID_ARGUMENT)
     many = pb.RecordDeliveriesRequest(deliveries=[pb.RecordDeliveryRequest()] * 1001)
     await expect_code(mapper.stub.RecordDeliveries(many), grpc.StatusCode.INVALID_ARGUMENT)
+
+
+def _spy(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Counts the one-statement path's successes."""
+    used: list[int] = []
+    real = Repository._record_new_deliveries
+
+    async def spy(self: Repository, *args: Any) -> Any:
+        done = await real(self, *args)
+        used.append(len(done))
+        return done
+
+    monkeypatch.setattr(Repository, "_record_new_deliveries", spy)
+    return used
+
+
+async def test_record_deliveries_all_new_is_one_statement_with_the_single_answers(
+    mapper: Mapper, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a1, a2 = await _conversations(mapper, "1001", "portal-a")
+    b1, b2 = await _conversations(mapper, "1002", "portal-a")
+    used = _spy(monkeypatch)
+    singles = await _singles(mapper, _items("single", a1, a2)[:3])
+    items = _items("many", b1, b2)[:3]
+    batched = await mapper.stub.RecordDeliveries(pb.RecordDeliveriesRequest(deliveries=items))
+    assert used == [3]
+    ids = {a1: "c1", a2: "c2", b1: "c1", b2: "c2"}
+    assert [r.error_code for r in batched.results] == [0, 0, 0]
+    assert [_shape(OK, r.response, ids)[:3] for r in batched.results] == [
+        _shape(c, r, ids)[:3] for c, r in singles
+    ]
+    for r in batched.results:  # what is read back is what the one statement answered
+        found = await mapper.stub.FindMessageLink(pb.FindMessageLinkRequest(wamid=r.response.link.wamid))
+        assert found == r.response.link
+        conv = await mapper.stub.FindConversation(pb.FindConversationRequest(id=r.response.conversation.id))
+        assert conv == r.response.conversation
+    check = await mapper.stub.CheckProcessedMany(
+        pb.CheckProcessedManyRequest(event_ids=[i.processed.event_id for i in items])
+    )
+    assert all(c.processed for c in check.results)
+
+
+async def test_a_retried_list_is_recorded_step_by_step_with_the_single_answers(
+    mapper: Mapper, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One wamid of the list is already linked (an earlier attempt recorded it): the one statement is
+    undone as a whole and the list is recorded step by step, answering as RecordDelivery would."""
+    a1, a2 = await _conversations(mapper, "1001", "portal-a")
+    b1, b2 = await _conversations(mapper, "1002", "portal-a")
+    used = _spy(monkeypatch)
+    first, second = _items("single", a1, a2)[:2]
+    singles = await _singles(mapper, [first, first, second])
+    first, second = _items("many", b1, b2)[:2]
+    await mapper.stub.RecordDeliveries(pb.RecordDeliveriesRequest(deliveries=[first]))
+    again = await mapper.stub.RecordDeliveries(pb.RecordDeliveriesRequest(deliveries=[first, second]))
+    assert used == [1]  # the second list did not go through the one statement
+    ids = {a1: "c1", a2: "c2", b1: "c1", b2: "c2"}
+    assert [_shape(OK, r.response, ids)[:3] for r in again.results] == [
+        _shape(c, r, ids)[:3] for c, r in singles[1:]
+    ]
+    assert [r.response.already_processed for r in again.results] == [True, False]
