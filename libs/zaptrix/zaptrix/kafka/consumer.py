@@ -176,7 +176,8 @@ class _Stopping(Exception):
 
 REBUILD_TIMEOUT_S = 60.0
 RECHECK_S = 5.0  # a retry partition with nothing due is looked at again this often (earlier-due arrivals)
-STOP_GRACE_S = 5.0  # a publish in flight when SIGTERM arrives gets this long before the batch is given up
+STOP_GRACE_S = 5.0
+LAG_REPORT_S = 0.5  # a publish in flight when SIGTERM arrives gets this long before the batch is given up
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -251,6 +252,7 @@ class EventConsumer:
         # Offsets after handled batches, committed with the next batch's start marks (one commit per batch)
         # or after a poll that brought nothing: a finished batch costs no commit round trip of its own.
         self._finished: dict[TopicPartition, int] = {}
+        self._lag_reported_at = 0.0
 
     def healthy(self, stale_after_s: float = 60.0) -> bool:
         return self.running and time.monotonic() - self.last_poll_at < stale_after_s
@@ -662,6 +664,11 @@ class EventConsumer:
         return min(max(delay, clamp_delay(retry_after, self.retry_max_s) or 0.0), self.retry_max_s)
 
     async def _report_lag(self, consumer: AIOKafkaConsumer) -> None:
+        """The lag gauge, at most every LAG_REPORT_S (not after every batch: a scrape reads it once)."""
+        now = time.monotonic()
+        if now - self._lag_reported_at < LAG_REPORT_S:
+            return
+        self._lag_reported_at = now
         for tp in consumer.assignment():
             highwater = consumer.highwater(tp)
             if highwater is None:
