@@ -164,7 +164,7 @@ async def finish_customers(
             if isinstance(error, RpcTransient):
                 return await finish_customer(deps, work, recorded)
             raise await _mark_alone(deps, work, recorded, error)
-        conversations.remember(result.response.conversation)
+        latest[result.response.conversation.id] = result.response.conversation
         DELIVERED.labels("ok").inc()
         return Outcome.ok()
 
@@ -176,7 +176,11 @@ async def finish_customers(
         except Exception as exc:
             return exc
 
-    return list(await asyncio.gather(*(safe(w, r, res) for (w, r), res in zip(done, results, strict=True))))
+    latest: dict[str, mapper_pb2.Conversation] = {}  # each conversation as the mapper last answered
+    outcomes = await asyncio.gather(*(safe(w, r, res) for (w, r), res in zip(done, results, strict=True)))
+    for conv in latest.values():
+        conversations.remember(conv)
+    return list(outcomes)
 
 
 async def _mark_alone(deps: Deps, work: DeliverWork, recorded: str, error: BaseException) -> BaseException:
