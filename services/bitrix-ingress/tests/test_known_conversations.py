@@ -150,3 +150,17 @@ async def test_record_deliveries_down_ends_like_record_delivery_down(
     h.fakes.mapper.fail.clear()
     assert await h.run([customer(f"c{i}", 1) for i in range(3)]) == ["duplicate"] * 3
     assert len(h.bitrix.sent_messages()) == 3
+
+
+async def test_a_mapper_without_the_batched_rpcs_still_gets_every_message_recorded(
+    h: Harness,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Mid-upgrade (a mapper older than the dispatcher): UNIMPLEMENTED for the batched RPCs means one
+    CheckProcessed / RecordDelivery per message, not retries in place and a dead letter."""
+    monkeypatch.setattr(bookkeeping, "IN_PLACE_BUDGET_S", 0.2)
+    h.fakes.mapper.fail["CheckProcessedMany"] = [grpc.StatusCode.UNIMPLEMENTED] * 100
+    h.fakes.mapper.fail["RecordDeliveries"] = [grpc.StatusCode.UNIMPLEMENTED] * 100
+    assert await h.run([customer(f"c{i}", 1) for i in range(3)]) == ["ok"] * 3
+    assert h.fakes.mapper.count("RecordDelivery") == 3 and h.fakes.mapper.count("CheckProcessed") == 3
+    assert sorted(h.fakes.mapper.processed) == ["wa:wamid.c0.1", "wa:wamid.c1.1", "wa:wamid.c2.1"]

@@ -315,6 +315,7 @@ class EventConsumer:
             if records:
                 ready[tp] = records
         if not ready:
+            await self._flush(consumer)
             return
         unknown = [tp for tp in ready if tp not in self._marks]
         if unknown:

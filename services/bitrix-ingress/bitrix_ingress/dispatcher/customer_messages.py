@@ -148,7 +148,9 @@ async def finish_customers(
         for w, recorded in done
     ]
     try:
-        results = await bookkeeping.in_place(lambda: deps.record_deliveries(requests))
+        results = await bookkeeping.in_place(lambda: _record_deliveries(deps, requests))
+    except _Unimplemented:  # a mapper older than RecordDeliveries (mid-upgrade): one RecordDelivery each
+        return list(await asyncio.gather(*(_finish_one(deps, w, r) for w, r in done)))
     except (RpcFailed, RpcNotFound) as exc:
         # Nothing of the list was recorded: each keeps a redelivery from sending again with its
         # processed record alone (as finish_customer does), then goes to the retry with its effect.
@@ -181,6 +183,28 @@ async def finish_customers(
     for conv in latest.values():
         conversations.remember(conv)
     return list(outcomes)
+
+
+class _Unimplemented(Exception):
+    """The mapper does not know RecordDeliveries (not retried in place)."""
+
+
+async def _record_deliveries(
+    deps: Deps, requests: list[mapper_pb2.RecordDeliveryRequest]
+) -> list[mapper_pb2.RecordDeliveryResult]:
+    try:
+        return await deps.record_deliveries(requests)
+    except RpcFailed as exc:
+        if exc.code == grpc.StatusCode.UNIMPLEMENTED:
+            raise _Unimplemented from exc
+        raise
+
+
+async def _finish_one(deps: Deps, work: DeliverWork, recorded: str) -> Outcome | BaseException:
+    try:
+        return await finish_customer(deps, work, recorded)
+    except Exception as exc:
+        return exc
 
 
 async def _mark_alone(deps: Deps, work: DeliverWork, recorded: str, error: BaseException) -> BaseException:
