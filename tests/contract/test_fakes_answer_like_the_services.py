@@ -289,6 +289,36 @@ async def test_record_delivery_is_all_or_nothing_and_idempotent(peers: Peers) ->
     assert (await peers.mapper.RecordDelivery(delivery(conv.id))).already_processed
 
 
+async def test_the_batched_rpcs_answer_per_item(peers: Peers) -> None:
+    conv = await conversation(peers, await bound(peers))
+    event_id = f"evt:{uuid.uuid4()}"
+    now = datetime.now(UTC).replace(microsecond=0)
+
+    def delivery(conversation_id: str, n: int) -> mpb.RecordDeliveryRequest:
+        link = link_of(conv, f"wamid.{event_id}.{n}")
+        link.conversation_id = conversation_id
+        return mpb.RecordDeliveryRequest(
+            link=mpb.LinkMessageRequest(link=link),
+            conversation=mpb.UpdateConversationRequest(
+                id=conversation_id, bitrix_chat_id="55", last_message_at=ts(now)
+            ),
+            processed=mpb.MarkProcessedRequest(event_id=f"{event_id}.{n}", result="delivered"),
+        )
+
+    items = [delivery(conv.id, 1), delivery(str(uuid.uuid4()), 2), delivery(conv.id, 3)]
+    got = await peers.mapper.RecordDeliveries(mpb.RecordDeliveriesRequest(deliveries=items))
+    assert [r.error_code for r in got.results] == [0, grpc.StatusCode.NOT_FOUND.value[0], 0]
+    assert [r.response.already_processed for r in got.results] == [False, False, False]
+    assert got.results[2].response.conversation.bitrix_chat_id == "55"
+    ids = [f"{event_id}.{n}" for n in (1, 2, 3)]
+    check = await peers.mapper.CheckProcessedMany(mpb.CheckProcessedManyRequest(event_ids=ids))
+    assert [(c.processed, c.result) for c in check.results] == [
+        (True, "delivered"),
+        (False, ""),
+        (True, "delivered"),
+    ]
+
+
 # --- token-keeper ----------------------------------------------------------------------------------
 
 

@@ -7,7 +7,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from opentelemetry import trace
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
@@ -211,3 +211,53 @@ async def test_a_retry_record_claiming_a_far_future_time_does_not_freeze_its_par
 
     await _consume_until(settings, topics, producer, handler, lambda: len(attempts) == 2)
     assert attempts == [2, 1]  # a garbage attempt header counts as the first attempt
+
+
+async def test_a_finished_batch_is_committed_with_the_next_batch_s_start(
+    kafka: tuple[KafkaSettings, FlowTopics, EventProducer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One commit per batch under load (the end of one rides with the start mark of the next); once the
+    polls come back empty, the end is committed without a start mark."""
+    settings, topics, producer = kafka
+    settings = settings.model_copy(update={"consumer_max_records": 5})
+    await producer.publish(topics.main, [_event(n, key="100:1") for n in range(30)])
+    commits: list[dict[TopicPartition, tuple[int, object]]] = []
+    real_commit = EventConsumer._commit
+
+    async def counting(
+        self: EventConsumer, consumer: object, offsets: dict[TopicPartition, tuple[int, object]]
+    ) -> None:
+        commits.append(dict(offsets))
+        await real_commit(self, consumer, offsets)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(EventConsumer, "_commit", counting)
+    batches: list[int] = []
+
+    async def handler(batch: list[Received]) -> list[Outcome]:
+        batches.append(len(batch))
+        return [Outcome.ok()] * len(batch)
+
+    group = f"g-{uuid.uuid4().hex[:6]}"
+    consumer = EventConsumer(settings, topics, group, handler, producer, client_id="t")
+    stopped = asyncio.Event()
+    task = asyncio.create_task(consumer.run(stopped))
+    try:
+        async with asyncio.timeout(30):
+            while sum(batches) < 30 or any(m is not None for o in commits[-1:] for _, m in o.values()):
+                await asyncio.sleep(0.05)
+    finally:
+        stopped.set()
+        await task
+    assert sum(batches) == 30
+    starts = [c for c in commits if any(m is not None for _, m in c.values())]
+    assert len(starts) == len(batches)  # every start is counted before its batch is handled
+    assert len(commits) <= len(batches) + 2  # not two per batch
+    last = {tp: o for c in commits for tp, (o, m) in c.items() if m is None}
+    assert max(last.values()) == 30
+    probe = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers, group_id=group)
+    await probe.start()
+    try:
+        partitions = {tp for c in commits for tp in c}
+        assert sum([await probe.committed(tp) or 0 for tp in partitions]) == 30
+    finally:
+        await probe.stop()

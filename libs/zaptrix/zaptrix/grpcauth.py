@@ -63,6 +63,8 @@ MAPPER_METHODS = (
     "CheckProcessed",
     "MarkProcessed",
     "RecordDelivery",
+    "CheckProcessedMany",
+    "RecordDeliveries",
 )
 
 
@@ -105,6 +107,8 @@ ALLOWED: dict[str, frozenset[str]] = {
         "CheckProcessed",
         "MarkProcessed",
         "RecordDelivery",
+        "CheckProcessedMany",
+        "RecordDeliveries",
     ),
     # Operator tooling: everything (binding channels, storing channel credentials).
     ADMIN: _tk(*TOKEN_KEEPER_METHODS) | _mapper(*MAPPER_METHODS),

@@ -234,7 +234,13 @@ class KafkaSettings(ZaptrixSettings):
             "broker's message.max.bytes must be at least this (1048588, Kafka's default, in dev and the chart)"
         ),
     )
-    consumer_fetch_max_wait_ms: int = Field(20, description="Bounds end-to-end latency of an idle consumer")
+    consumer_fetch_max_wait_ms: int = Field(
+        250,
+        description=(
+            "Longest the broker holds a consumer's fetch while it has nothing new (a record that arrives "
+            "is answered at once: fetch_min_bytes is 1); short values only add idle fetches (broker CPU)"
+        ),
+    )
     consumer_max_records: int = Field(200, description="Records per poll batch")
 
 

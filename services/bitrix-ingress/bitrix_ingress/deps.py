@@ -176,3 +176,18 @@ class Deps:
     async def mark_processed(self, event_id: str, result: str) -> mapper_pb2.MarkProcessedResponse:
         req = mapper_pb2.MarkProcessedRequest(event_id=event_id, result=result)
         return await self._unary(self.mapper.MarkProcessed, req, "mapper MarkProcessed")
+
+    async def check_processed_many(self, event_ids: list[str]) -> list[mapper_pb2.CheckProcessedResponse]:
+        """CheckProcessed for each id (one poll batch), the answers in the same order."""
+        req = mapper_pb2.CheckProcessedManyRequest(event_ids=event_ids)
+        resp = await self._unary(self.mapper.CheckProcessedMany, req, "mapper CheckProcessedMany")
+        return list(resp.results)
+
+    async def record_deliveries(
+        self, deliveries: list[mapper_pb2.RecordDeliveryRequest]
+    ) -> list[mapper_pb2.RecordDeliveryResult]:
+        """RecordDelivery for each (one mapper transaction when all succeed); per item its response, or
+        the status code RecordDelivery would have answered."""
+        req = mapper_pb2.RecordDeliveriesRequest(deliveries=deliveries)
+        resp = await self._unary(self.mapper.RecordDeliveries, req, "mapper RecordDeliveries")
+        return list(resp.results)

@@ -275,6 +275,19 @@ class DispatcherSettings(BitrixCommonSettings, DispatcherCommonSettings):
         ),
     )
     dispatch_concurrency: int = Field(32, ge=1, description="Conversations prepared concurrently")
+    conversation_cache_size: int = Field(
+        100_000,
+        ge=0,
+        description=(
+            "Conversations kept in memory (per portal, channel and customer) so a known customer's message "
+            "needs no GetOrCreateConversation; 0 disables (docs/bitrix-ingress.md)"
+        ),
+    )
+    conversation_cache_ttl_s: float = Field(
+        300.0,
+        gt=0,
+        description="Longest a known conversation is used without the mapper having answered for it again",
+    )
     bitrix_offline_poll_s: float = Field(
         10.0,
         ge=0,

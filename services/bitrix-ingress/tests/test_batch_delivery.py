@@ -136,8 +136,15 @@ async def test_many_messages_few_requests_in_conversation_order(h: Harness) -> N
         ids = [m["message"]["id"] for m in sent if m["user"]["id"] == f"49170{c}"]
         assert ids == [f"wamid.49170{c}.{n}" for n in range(12)]
     assert len(h.bitrix.contacts) == 10  # exactly one contact per new customer
-    # bookkeeping: one RecordDelivery per message; UpdateConversation only stores the 10 new contacts
-    assert h.fakes.mapper.count("RecordDelivery") == 120
+    # bookkeeping: one RecordDeliveries per request that carried messages (100, then 20); one
+    # CheckProcessedMany for the batch; a conversation is asked for once per customer (then known);
+    # UpdateConversation only stores the 10 new contacts
+    calls = h.fakes.mapper.calls
+    assert h.fakes.mapper.count("RecordDeliveries") == 2
+    assert sum(1 for c in calls if c.startswith("RecordDeliveries.item:")) == 120
+    assert [h.fakes.mapper.count(m) for m in ("RecordDelivery", "CheckProcessed")] == [0, 0]
+    assert h.fakes.mapper.count("CheckProcessedMany") == 1
+    assert h.fakes.mapper.count("GetOrCreateConversation") == 10
     separate = [h.fakes.mapper.count(m) for m in ("MarkProcessed", "LinkMessage", "UpdateConversation")]
     assert separate == [0, 0, 10]
     assert len(h.fakes.mapper.links) == 120 and len(h.fakes.mapper.processed) == 120
@@ -157,6 +164,7 @@ async def test_a_redelivered_message_is_not_sent_twice(h: Harness) -> None:
     assert await h.run([customer("4917", n) for n in range(3)]) == ["duplicate"] * 3
     assert len(h.bitrix.calls) == before  # nothing reached Bitrix24 again
     assert h.fakes.mapper.count("RecordDelivery") == recorded + 3  # bookkeeping redone (idempotent)
+    assert h.fakes.mapper.count("CheckProcessedMany") == 2  # one per batch, none per message
 
 
 async def test_a_failed_record_delivery_still_marks_the_message_processed(h: Harness) -> None:

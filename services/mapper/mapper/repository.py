@@ -6,6 +6,7 @@ Statements run in autocommit unless a method opens a transaction; READ COMMITTED
 
 from __future__ import annotations
 
+import json
 import uuid
 from datetime import datetime, timedelta
 from typing import Any
@@ -154,6 +155,69 @@ RETURNING {LINK_COLUMNS}"""  # noqa: S608
 _MARK_PROCESSED = """
 INSERT INTO mapper.processed_event (event_id, result) VALUES ($1, $2)
 ON CONFLICT (event_id) DO NOTHING RETURNING true"""
+
+_CHECK_PROCESSED_MANY = """
+SELECT event_id, result FROM mapper.processed_event WHERE event_id = ANY($1::text[])"""
+
+_MARK_PROCESSED_MANY = """
+INSERT INTO mapper.processed_event (event_id, result)
+SELECT * FROM unnest($1::text[], $2::text[])
+ON CONFLICT (event_id) DO NOTHING RETURNING event_id"""
+
+# _INSERT_LINK for a list. A row is missing from what it returns when the conversation is missing or of
+# another portal, or on a unique conflict: the caller then looks at that one as LinkMessage would.
+_INSERT_LINKS = f"""
+INSERT INTO mapper.message_link (wamid, conversation_id, direction, member_id, bitrix_message_id,
+    bitrix_chat_id, whatsapp_status, bitrix_status)
+SELECT u.wamid, c.id, u.direction, c.member_id, u.bitrix_message_id, COALESCE(u.bitrix_chat_id,
+    c.bitrix_chat_id), u.whatsapp_status, u.bitrix_status
+FROM unnest($1::text[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[])
+    WITH ORDINALITY AS u(wamid, conversation_id, direction, member_id, bitrix_message_id, bitrix_chat_id,
+        whatsapp_status, bitrix_status, n)
+JOIN mapper.conversation_mapping c ON c.id = u.conversation_id AND (u.member_id IS NULL OR c.member_id = u.member_id)
+ORDER BY u.n
+ON CONFLICT DO NOTHING
+RETURNING {LINK_COLUMNS}"""  # noqa: S608
+
+# _UPDATE_CONVERSATION for several conversations (one row each: the caller merges a conversation's updates).
+_UPDATE_CONVERSATIONS = f"""
+UPDATE mapper.conversation_mapping AS m SET
+    bitrix_contact_id = CASE WHEN u.contact IS NULL THEN m.bitrix_contact_id ELSE NULLIF(u.contact, '') END,
+    bitrix_chat_id = CASE WHEN u.chat IS NULL THEN m.bitrix_chat_id ELSE NULLIF(u.chat, '') END,
+    contact_name = CASE WHEN u.name IS NULL THEN m.contact_name ELSE NULLIF(u.name, '') END,
+    last_message_at = GREATEST(m.last_message_at, u.last_message_at, u.last_customer_message_at),
+    last_customer_message_at = GREATEST(m.last_customer_message_at, u.last_customer_message_at),
+    updated_at = now()
+FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::timestamptz[])
+    AS u(id, contact, chat, name, last_message_at, last_customer_message_at)
+WHERE m.id = u.id
+RETURNING {", ".join("m." + c.strip() for c in CONVERSATION_COLUMNS.split(","))}"""  # noqa: S608
+
+# RecordDeliveries in one statement (atomic on its own, one round trip): links, processed records and the
+# merged conversation updates. When a link is not inserted (already linked: a retry; conflicting; no such
+# conversation of that portal) or a conversation is missing, the final cast fails with "incomplete", the
+# whole statement is undone, and the caller takes the step-by-step transaction, which finds out which.
+_RECORD_NEW_DELIVERIES = f"""
+WITH links AS ({_INSERT_LINKS}),
+processed AS (
+    INSERT INTO mapper.processed_event (event_id, result)
+    SELECT * FROM unnest($9::text[], $10::text[])
+    ON CONFLICT (event_id) DO NOTHING RETURNING event_id),
+conversations AS ({
+    _UPDATE_CONVERSATIONS.replace("$1::", "$11::")
+    .replace("$2::", "$12::")
+    .replace("$3::", "$13::")
+    .replace("$4::", "$14::")
+    .replace("$5::", "$15::")
+    .replace("$6::", "$16::")
+}),
+counted AS (SELECT (SELECT count(*) FROM links) AS l, (SELECT count(*) FROM conversations) AS c)
+SELECT CASE WHEN counted.l = $17 AND counted.c = $18 THEN 0
+        ELSE ('incomplete: ' || counted.l || ' links, ' || counted.c || ' conversations')::int END AS ok,
+    (SELECT json_agg(links) FROM links) AS links,
+    (SELECT json_agg(processed.event_id) FROM processed) AS processed,
+    (SELECT json_agg(conversations) FROM conversations) AS conversations
+FROM counted"""  # noqa: S608
 
 _EXPIRE_PROCESSED = """
 DELETE FROM mapper.processed_event WHERE event_id IN (
@@ -429,6 +493,124 @@ class Repository:
             conversation = await self._update_conversation(conn, update)
         return link, conversation, already
 
+    async def check_processed_many(self, event_ids: list[str]) -> dict[str, str]:
+        """The recorded result of each of ``event_ids`` that was processed (one statement)."""
+        async with self.db.connection() as conn:
+            rows = await conn.fetch(_CHECK_PROCESSED_MANY, event_ids)
+        return {r["event_id"]: r["result"] for r in rows}
+
+    async def record_deliveries(
+        self, items: list[tuple[LinkSpec, ConversationUpdate, str, str]]
+    ) -> list[tuple[MessageLink, Conversation, bool]]:
+        """record_delivery for each item, all in one transaction and one statement per table: the
+        links, the processed records, then each conversation once (its updates merged in order, as
+        applying them one after the other would). Raises as record_delivery would for the first item
+        that fails, and then nothing is recorded (the caller records the items one by one)."""
+        specs = [spec for spec, _, _, _ in items]
+        merged = merged_updates([u for _, u, _, _ in items])
+        if len({s.wamid for s in specs}) == len(specs) and all(u.changes_anything for u in merged):
+            try:
+                return await self._record_new_deliveries(items, merged)
+            except (
+                asyncpg.exceptions.InvalidTextRepresentationError,
+                asyncpg.exceptions.ForeignKeyViolationError,
+            ):
+                pass  # something is not new or not there: step by step below, which says what
+        async with self.db.connection() as conn, conn.transaction():
+            try:
+                rows = await conn.fetch(
+                    _INSERT_LINKS,
+                    [s.wamid for s in specs],
+                    [s.conversation_id for s in specs],
+                    [s.direction.value for s in specs],
+                    [s.member_id for s in specs],
+                    [s.bitrix_message_id for s in specs],
+                    [s.bitrix_chat_id for s in specs],
+                    [s.whatsapp_status for s in specs],
+                    [s.bitrix_status for s in specs],
+                )
+            except asyncpg.exceptions.ForeignKeyViolationError as exc:
+                raise NotFound("a conversation of the list was not found") from exc
+            links = {r["wamid"]: _link(r) for r in rows}
+            for spec in specs:  # already linked (a retry), conflicting, or no such conversation
+                if spec.wamid not in links:
+                    links[spec.wamid], _ = await self._link_message(conn, spec)
+            inserted = await conn.fetch(
+                _MARK_PROCESSED_MANY, [e for _, _, e, _ in items], [r for _, _, _, r in items]
+            )
+            new = {r["event_id"] for r in inserted}
+            conversations = await self._update_conversations(conn, [u for _, u, _, _ in items])
+        out: list[tuple[MessageLink, Conversation, bool]] = []
+        for spec, update, event_id, _ in items:
+            first = event_id in new
+            new.discard(event_id)  # a second item with the same event id finds it processed
+            out.append((links[spec.wamid], conversations[update.id], not first))
+        return out
+
+    async def _record_new_deliveries(
+        self, items: list[tuple[LinkSpec, ConversationUpdate, str, str]], merged: list[ConversationUpdate]
+    ) -> list[tuple[MessageLink, Conversation, bool]]:
+        """record_deliveries when every wamid is new and every conversation is there: one statement."""
+        specs = [spec for spec, _, _, _ in items]
+        async with self.db.connection() as conn:
+            row = await conn.fetchrow(
+                _RECORD_NEW_DELIVERIES,
+                [s.wamid for s in specs],
+                [s.conversation_id for s in specs],
+                [s.direction.value for s in specs],
+                [s.member_id for s in specs],
+                [s.bitrix_message_id for s in specs],
+                [s.bitrix_chat_id for s in specs],
+                [s.whatsapp_status for s in specs],
+                [s.bitrix_status for s in specs],
+                [e for _, _, e, _ in items],
+                [r for _, _, _, r in items],
+                [u.id for u in merged],
+                [u.bitrix_contact_id for u in merged],
+                [u.bitrix_chat_id for u in merged],
+                [u.contact_name for u in merged],
+                [u.last_message_at for u in merged],
+                [u.last_customer_message_at for u in merged],
+                len(specs),
+                len(merged),
+            )
+        links = {r["wamid"]: _link_json(r) for r in json.loads(row["links"])}
+        conversations = {c.id: c for c in map(_conversation_json, json.loads(row["conversations"]))}
+        new = set(json.loads(row["processed"] or "[]"))
+        out: list[tuple[MessageLink, Conversation, bool]] = []
+        for spec, update, event_id, _ in items:
+            first = event_id in new
+            new.discard(event_id)  # a second item with the same event id finds it processed
+            out.append((links[spec.wamid], conversations[update.id], not first))
+        return out
+
+    @staticmethod
+    async def _update_conversations(
+        conn: Any, updates: list[ConversationUpdate]
+    ) -> dict[uuid.UUID, Conversation]:
+        merged = {u.id: u for u in merged_updates(updates)}
+        changing = [u for u in merged.values() if u.changes_anything]
+        found: dict[uuid.UUID, Conversation] = {}
+        if changing:
+            rows = await conn.fetch(
+                _UPDATE_CONVERSATIONS,
+                [u.id for u in changing],
+                [u.bitrix_contact_id for u in changing],
+                [u.bitrix_chat_id for u in changing],
+                [u.contact_name for u in changing],
+                [u.last_message_at for u in changing],
+                [u.last_customer_message_at for u in changing],
+            )
+            found.update((r["id"], _conversation(r)) for r in rows)
+        unchanged = [u.id for u in merged.values() if not u.changes_anything]
+        if unchanged:
+            rows = await conn.fetch(f"{_SELECT_CONVERSATION} WHERE id = ANY($1::uuid[])", unchanged)
+            found.update((r["id"], _conversation(r)) for r in rows)
+        missing = next((i for i in merged if i not in found), None)
+        if missing is not None:
+            raise NotFound(f"conversation {missing} not found")
+        return found
+
     async def expire_processed(self, older_than: timedelta, batch: int) -> int:
         """Delete one batch of records older than `older_than`; returns how many."""
         async with self.db.connection() as conn:
@@ -439,6 +621,57 @@ class Repository:
         async with self.db.connection() as conn:
             value: datetime = await conn.fetchval("SELECT now()")
         return value
+
+
+def _when(value: str | None) -> datetime | None:
+    return None if value is None else datetime.fromisoformat(value)
+
+
+def _link_json(r: dict[str, Any]) -> MessageLink:
+    """A message_link row as json_agg writes it."""
+    return MessageLink(
+        **{
+            **r,
+            "conversation_id": uuid.UUID(r["conversation_id"]),
+            "direction": Direction(r["direction"]),
+            "created_at": _when(r["created_at"]),
+            "updated_at": _when(r["updated_at"]),
+        }
+    )
+
+
+def _conversation_json(r: dict[str, Any]) -> Conversation:
+    """A conversation_mapping row (CONVERSATION_COLUMNS) as json_agg writes it."""
+    times = ("last_message_at", "last_customer_message_at", "created_at", "updated_at")
+    return Conversation(**{**r, "id": uuid.UUID(r["id"]), **{k: _when(r[k]) for k in times}})
+
+
+def merged_updates(updates: list[ConversationUpdate]) -> list[ConversationUpdate]:
+    """One update per conversation with the effect of its updates in order, sorted by id (the order rows
+    are locked in)."""
+    merged: dict[uuid.UUID, ConversationUpdate] = {}
+    for u in updates:
+        merged[u.id] = merge_updates(merged[u.id], u) if u.id in merged else u
+    return sorted(merged.values(), key=lambda u: u.id)
+
+
+def merge_updates(first: ConversationUpdate, then: ConversationUpdate) -> ConversationUpdate:
+    """One update with the effect of ``first`` and then ``then``: a given text field of the later one
+    wins, timestamps take the later of both (they only move forward)."""
+
+    def later(a: datetime | None, b: datetime | None) -> datetime | None:
+        return a if b is None else b if a is None else max(a, b)
+
+    return ConversationUpdate(
+        id=first.id,
+        bitrix_contact_id=first.bitrix_contact_id
+        if then.bitrix_contact_id is None
+        else then.bitrix_contact_id,
+        bitrix_chat_id=first.bitrix_chat_id if then.bitrix_chat_id is None else then.bitrix_chat_id,
+        contact_name=first.contact_name if then.contact_name is None else then.contact_name,
+        last_message_at=later(first.last_message_at, then.last_message_at),
+        last_customer_message_at=later(first.last_customer_message_at, then.last_customer_message_at),
+    )
 
 
 def _check_same(existing: MessageLink, spec: LinkSpec) -> None:

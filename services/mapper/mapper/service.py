@@ -168,6 +168,17 @@ class MapperService:
             self.processed.put(event_id, result)
         return already
 
+    async def check_processed_many(self, event_ids: list[str]) -> list[str | None]:
+        """check_processed for each id, in order: cached ones from memory, the rest in one query."""
+        known = {e: r for e in event_ids if (r := self.processed.get(e)) is not None}
+        todo = list({e for e in event_ids if e not in known})
+        if todo:
+            found = await self.repo.check_processed_many(todo)
+            for event_id, result in found.items():
+                self.processed.put(event_id, result)
+            known.update(found)
+        return [known.get(e) for e in event_ids]
+
     # one delivered inbound message
 
     async def record_delivery(
@@ -182,3 +193,13 @@ class MapperService:
         if not already:
             self.processed.put(event_id, result)
         return link, conversation, already
+
+    async def record_deliveries(
+        self, items: list[tuple[LinkSpec, ConversationUpdate, str, str]]
+    ) -> list[tuple[MessageLink, Conversation, bool]]:
+        """record_delivery for each item in one transaction (raises as the first failing item would)."""
+        done = await self.repo.record_deliveries(items)
+        for (_, _, event_id, result), (_, _, already) in zip(items, done, strict=True):
+            if not already:
+                self.processed.put(event_id, result)
+        return done

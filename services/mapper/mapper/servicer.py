@@ -6,7 +6,7 @@ from collections.abc import Awaitable, Callable
 
 import grpc
 from google.protobuf.message import Message
-from zaptrix.grpchandler import StatusTable, rpc_decorator
+from zaptrix.grpchandler import StatusTable, rpc_decorator, status_of
 from zaptrix.v1 import mapper_pb2 as pb
 from zaptrix.v1 import mapper_pb2_grpc
 
@@ -15,10 +15,11 @@ from mapper.errors import (
     AlreadyExists,
     FailedPrecondition,
     InvalidArgument,
+    MapperError,
     NotFound,
 )
 from mapper.metrics import RPC_SECONDS, RPCS
-from mapper.model import Conversation
+from mapper.model import Conversation, ConversationUpdate, LinkSpec, MessageLink
 from mapper.service import MapperService
 
 SERVICE_NAME: str = pb.DESCRIPTOR.services_by_name["Mapper"].full_name
@@ -37,6 +38,9 @@ def _observe(method: str, code: grpc.StatusCode, seconds: float) -> None:
 
 
 rpc = rpc_decorator(_CODES, _observe)
+MAX_BATCH = 1000  # items of one CheckProcessedMany / RecordDeliveries
+
+Delivery = tuple[LinkSpec, ConversationUpdate, str, str]
 
 
 def _required(request: Message, by: str, first: str, second: str) -> tuple[str, str]:
@@ -158,21 +162,81 @@ class MapperServicer(mapper_pb2_grpc.MapperServicer):
 
     @rpc
     async def RecordDelivery(self, request: pb.RecordDeliveryRequest) -> pb.RecordDeliveryResponse:
-        if not request.HasField("link") or not request.link.HasField("link"):
-            raise InvalidArgument("link.link is required")
-        if not request.HasField("conversation"):
-            raise InvalidArgument("conversation is required")
-        if not request.HasField("processed"):
-            raise InvalidArgument("processed is required")
-        spec = convert.link_spec(request.link.link)
-        update = convert.conversation_update(request.conversation)
-        if spec.conversation_id != update.id:
-            raise InvalidArgument("link.link.conversation_id and conversation.id differ")
-        event_id = convert.required(request.processed.event_id, "processed.event_id")
-        result = convert.checked(request.processed.result, "processed.result", convert.MAX_RESULT)
-        link, conversation, already = await self.service.record_delivery(spec, update, event_id, result)
-        return pb.RecordDeliveryResponse(
-            link=convert.link_pb(link),
-            conversation=convert.conversation_pb(conversation),
-            already_processed=already,
+        link, conversation, already = await self.service.record_delivery(*_delivery(request))
+        return _delivered(link, conversation, already)
+
+    # the same, one poll batch at a time
+
+    @rpc
+    async def CheckProcessedMany(
+        self, request: pb.CheckProcessedManyRequest
+    ) -> pb.CheckProcessedManyResponse:
+        ids = list(request.event_ids)
+        if len(ids) > MAX_BATCH:
+            raise InvalidArgument(f"more than {MAX_BATCH} event_ids")
+        results = await self.service.check_processed_many(
+            [convert.required(e, f"event_ids[{i}]") for i, e in enumerate(ids)]
         )
+        return pb.CheckProcessedManyResponse(
+            results=[pb.CheckProcessedResponse(processed=r is not None, result=r or "") for r in results]
+        )
+
+    @rpc
+    async def RecordDeliveries(self, request: pb.RecordDeliveriesRequest) -> pb.RecordDeliveriesResponse:
+        """One transaction for the list; when an item fails (invalid, conflicting link, no conversation),
+        each valid item is recorded alone and every item answers as RecordDelivery would have."""
+        if len(request.deliveries) > MAX_BATCH:
+            raise InvalidArgument(f"more than {MAX_BATCH} deliveries")
+        parsed: list[Delivery | MapperError] = []
+        for item in request.deliveries:
+            try:
+                parsed.append(_delivery(item))
+            except MapperError as exc:
+                parsed.append(exc)
+        valid = [p for p in parsed if not isinstance(p, MapperError)]
+        if len(valid) == len(parsed) and valid:
+            try:
+                done = await self.service.record_deliveries(valid)
+            except MapperError:
+                pass  # one of them fails: each alone below, with its own answer
+            else:
+                return pb.RecordDeliveriesResponse(
+                    results=[pb.RecordDeliveryResult(response=_delivered(*d)) for d in done]
+                )
+        results = []
+        for p in parsed:
+            if not isinstance(p, MapperError):
+                try:
+                    results.append(
+                        pb.RecordDeliveryResult(response=_delivered(*await self.service.record_delivery(*p)))
+                    )
+                    continue
+                except MapperError as exc:
+                    p = exc
+            code = status_of(p, _CODES)
+            results.append(pb.RecordDeliveryResult(error_code=code.value[0], error_details=str(p)))
+        return pb.RecordDeliveriesResponse(results=results)
+
+
+def _delivery(request: pb.RecordDeliveryRequest) -> Delivery:
+    if not request.HasField("link") or not request.link.HasField("link"):
+        raise InvalidArgument("link.link is required")
+    if not request.HasField("conversation"):
+        raise InvalidArgument("conversation is required")
+    if not request.HasField("processed"):
+        raise InvalidArgument("processed is required")
+    spec = convert.link_spec(request.link.link)
+    update = convert.conversation_update(request.conversation)
+    if spec.conversation_id != update.id:
+        raise InvalidArgument("link.link.conversation_id and conversation.id differ")
+    event_id = convert.required(request.processed.event_id, "processed.event_id")
+    result = convert.checked(request.processed.result, "processed.result", convert.MAX_RESULT)
+    return spec, update, event_id, result
+
+
+def _delivered(link: MessageLink, conversation: Conversation, already: bool) -> pb.RecordDeliveryResponse:
+    return pb.RecordDeliveryResponse(
+        link=convert.link_pb(link),
+        conversation=convert.conversation_pb(conversation),
+        already_processed=already,
+    )

@@ -233,6 +233,44 @@ class FakeMapper(Recorder, mapper_pb2_grpc.MapperServicer):
         self.processed.setdefault(request.event_id, request.result)
         return already
 
+    async def CheckProcessedMany(self, request: Any, context: Any) -> mapper_pb2.CheckProcessedManyResponse:
+        await self._enter("CheckProcessedMany", request, context)
+        return mapper_pb2.CheckProcessedManyResponse(
+            results=[
+                mapper_pb2.CheckProcessedResponse(
+                    processed=e in self.processed, result=self.processed.get(e, "")
+                )
+                for e in request.event_ids
+            ]
+        )
+
+    async def RecordDeliveries(self, request: Any, context: Any) -> mapper_pb2.RecordDeliveriesResponse:
+        """RecordDelivery per item, each answering with its own error; a failure scripted for
+        RecordDelivery is that item's answer (scripted failures of RecordDeliveries fail the whole call)."""
+        await self._enter("RecordDeliveries", request, context)
+        results = []
+        for item in request.deliveries:
+            self.calls.append(f"RecordDeliveries.item:{item.processed.event_id}")
+            conv = self.conversations.get(item.conversation.id)
+            scripted = self.fail["RecordDelivery"].pop(0) if self.fail["RecordDelivery"] else None
+            if scripted is None and (conv is None or item.link.link.conversation_id != conv.id):
+                scripted = grpc.StatusCode.NOT_FOUND
+            if scripted is not None or conv is None:
+                code = scripted or grpc.StatusCode.NOT_FOUND
+                results.append(
+                    mapper_pb2.RecordDeliveryResult(
+                        error_code=code.value[0], error_details=f"injected {code.name}"
+                    )
+                )
+                continue
+            link = self._link(item.link)
+            already = self._mark(item.processed)
+            done = mapper_pb2.RecordDeliveryResponse(
+                link=link, conversation=self._update(conv, item.conversation), already_processed=already
+            )
+            results.append(mapper_pb2.RecordDeliveryResult(response=done))
+        return mapper_pb2.RecordDeliveriesResponse(results=results)
+
     async def RecordDelivery(self, request: Any, context: Any) -> mapper_pb2.RecordDeliveryResponse:
         """LinkMessage + UpdateConversation + MarkProcessed, all or nothing (checked before any change)."""
         await self._enter("RecordDelivery", request, context, request.processed.event_id)

@@ -176,7 +176,8 @@ class _Stopping(Exception):
 
 REBUILD_TIMEOUT_S = 60.0
 RECHECK_S = 5.0  # a retry partition with nothing due is looked at again this often (earlier-due arrivals)
-STOP_GRACE_S = 5.0  # a publish in flight when SIGTERM arrives gets this long before the batch is given up
+STOP_GRACE_S = 5.0
+LAG_REPORT_S = 0.5  # a publish in flight when SIGTERM arrives gets this long before the batch is given up
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -186,6 +187,12 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
         self.owner = owner
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        consumer = self.owner._consumer
+        if consumer is not None:  # what this member finished is committed before another takes over
+            try:
+                await self.owner._flush(consumer, set(revoked))
+            except Exception:
+                log.exception("finished offsets not committed before the rebalance (they are handled again)")
         for tp in revoked:
             self.owner._marks.pop(tp, None)
         self.owner._holds.forget({tp.partition for tp in revoked if tp.topic == self.owner.topics.retry})
@@ -242,6 +249,10 @@ class EventConsumer:
         self._marks: dict[TopicPartition, StartMark | None] = {}
         self._holds = Holds()
         self._holds_ready = asyncio.Event()
+        # Offsets after handled batches, committed with the next batch's start marks (one commit per batch)
+        # or after a poll that brought nothing: a finished batch costs no commit round trip of its own.
+        self._finished: dict[TopicPartition, int] = {}
+        self._lag_reported_at = 0.0
 
     def healthy(self, stale_after_s: float = 60.0) -> bool:
         return self.running and time.monotonic() - self.last_poll_at < stale_after_s
@@ -249,6 +260,7 @@ class EventConsumer:
     async def run(self, stopped: asyncio.Event) -> None:
         self._stopped = stopped
         self._marks = {}
+        self._finished = {}
         self._holds = Holds()
         self._holds_ready.set()
         consumer = AIOKafkaConsumer(
@@ -273,10 +285,16 @@ class EventConsumer:
                 if data:
                     await self._process(consumer, data)
                     await self._report_lag(consumer)
+                elif self._finished:
+                    await self._flush(consumer)
         except _Stopping:
             log.warning("stopping with a batch not committed: Kafka did not take its retries/dead letters")
         finally:
             self.running = False
+            try:
+                await asyncio.wait_for(self._flush(consumer), timeout=STOP_GRACE_S)
+            except Exception:  # handled again after the restart (the effects are deduplicated)
+                log.warning("finished offsets not committed at the stop", group=self.group_id)
             try:  # leaving the group needs the broker; do not let an outage hold the shutdown
                 await asyncio.wait_for(consumer.stop(), timeout=STOP_GRACE_S * 2)
             except TimeoutError:
@@ -297,17 +315,24 @@ class EventConsumer:
             if records:
                 ready[tp] = records
         if not ready:
+            await self._flush(consumer)
             return
         unknown = [tp for tp in ready if tp not in self._marks]
         if unknown:
             self._marks.update(await read_marks(consumer, unknown))
         suspects = [tp for tp in ready if self._starts(tp, ready[tp][0].offset)]
         if suspects:
+            await self._flush(consumer)
             await self._process_suspect(consumer, suspects[0], ready)
             return
-        # Count this start before handling: if the process dies now, the next owner knows.
+        # Count this start before handling: if the process dies now, the next owner knows. The same commit
+        # carries the end of the previous batch's other partitions.
         marks = {tp: StartMark(recs[0].offset, recs[-1].offset, 1) for tp, recs in ready.items()}
-        await self._commit(consumer, {tp: (recs[0].offset, marks[tp]) for tp, recs in ready.items()})
+        finished = {tp: (offset, None) for tp, offset in self._finished.items() if tp not in ready}
+        await self._commit(
+            consumer, {**finished, **{tp: (recs[0].offset, marks[tp]) for tp, recs in ready.items()}}
+        )
+        self._finished.clear()
         for tp, recs in ready.items():
             for rec in recs:
                 if (tp.partition, rec.offset) in requeue and tp.topic == self.topics.retry:
@@ -320,7 +345,17 @@ class EventConsumer:
                 if tp.topic != self.topics.retry or (tp.partition, rec.offset) not in requeue
             ]
         )
-        await self._commit(consumer, {tp: (recs[-1].offset + 1, None) for tp, recs in ready.items()})
+        # Done: committed with the next batch's start (or after the next empty poll, a revocation, the stop).
+        self._finished.update({tp: recs[-1].offset + 1 for tp, recs in ready.items()})
+
+    async def _flush(self, consumer: AIOKafkaConsumer, only: set[TopicPartition] | None = None) -> None:
+        """Commit the finished offsets (of ``only`` these partitions) and clear their start marks."""
+        done = {tp: o for tp, o in self._finished.items() if only is None or tp in only}
+        if not done:
+            return
+        await self._commit(consumer, {tp: (offset, None) for tp, offset in done.items()})
+        for tp in done:
+            self._finished.pop(tp, None)
 
     def _starts(self, tp: TopicPartition, offset: int) -> int:
         mark = self._marks.get(tp)
@@ -630,6 +665,11 @@ class EventConsumer:
         return min(max(delay, clamp_delay(retry_after, self.retry_max_s) or 0.0), self.retry_max_s)
 
     async def _report_lag(self, consumer: AIOKafkaConsumer) -> None:
+        """The lag gauge, at most every LAG_REPORT_S (not after every batch: a scrape reads it once)."""
+        now = time.monotonic()
+        if now - self._lag_reported_at < LAG_REPORT_S:
+            return
+        self._lag_reported_at = now
         for tp in consumer.assignment():
             highwater = consumer.highwater(tp)
             if highwater is None:

@@ -94,6 +94,16 @@ class MapperStub:
                 request_serializer=zaptrix_dot_v1_dot_mapper__pb2.RecordDeliveryRequest.SerializeToString,
                 response_deserializer=zaptrix_dot_v1_dot_mapper__pb2.RecordDeliveryResponse.FromString,
                 _registered_method=True)
+        self.CheckProcessedMany = channel.unary_unary(
+                '/zaptrix.v1.Mapper/CheckProcessedMany',
+                request_serializer=zaptrix_dot_v1_dot_mapper__pb2.CheckProcessedManyRequest.SerializeToString,
+                response_deserializer=zaptrix_dot_v1_dot_mapper__pb2.CheckProcessedManyResponse.FromString,
+                _registered_method=True)
+        self.RecordDeliveries = channel.unary_unary(
+                '/zaptrix.v1.Mapper/RecordDeliveries',
+                request_serializer=zaptrix_dot_v1_dot_mapper__pb2.RecordDeliveriesRequest.SerializeToString,
+                response_deserializer=zaptrix_dot_v1_dot_mapper__pb2.RecordDeliveriesResponse.FromString,
+                _registered_method=True)
 
 
 class MapperServicer:
@@ -176,6 +186,23 @@ class MapperServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CheckProcessedMany(self, request, context):
+        """One poll batch at a time (the bitrix dispatcher): the same answers as one CheckProcessed /
+        RecordDelivery per item, in the order asked, for one round trip and one database statement.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RecordDeliveries(self, request, context):
+        """One transaction for the whole list when every item records as it would alone; if any item fails,
+        each is recorded on its own (its own transaction) and answers with its own error, as RecordDelivery
+        would. A returned conversation is its state after the whole list.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MapperServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -238,6 +265,16 @@ def add_MapperServicer_to_server(servicer, server):
                     servicer.RecordDelivery,
                     request_deserializer=zaptrix_dot_v1_dot_mapper__pb2.RecordDeliveryRequest.FromString,
                     response_serializer=zaptrix_dot_v1_dot_mapper__pb2.RecordDeliveryResponse.SerializeToString,
+            ),
+            'CheckProcessedMany': grpc.unary_unary_rpc_method_handler(
+                    servicer.CheckProcessedMany,
+                    request_deserializer=zaptrix_dot_v1_dot_mapper__pb2.CheckProcessedManyRequest.FromString,
+                    response_serializer=zaptrix_dot_v1_dot_mapper__pb2.CheckProcessedManyResponse.SerializeToString,
+            ),
+            'RecordDeliveries': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordDeliveries,
+                    request_deserializer=zaptrix_dot_v1_dot_mapper__pb2.RecordDeliveriesRequest.FromString,
+                    response_serializer=zaptrix_dot_v1_dot_mapper__pb2.RecordDeliveriesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -564,6 +601,60 @@ class Mapper:
             '/zaptrix.v1.Mapper/RecordDelivery',
             zaptrix_dot_v1_dot_mapper__pb2.RecordDeliveryRequest.SerializeToString,
             zaptrix_dot_v1_dot_mapper__pb2.RecordDeliveryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CheckProcessedMany(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/zaptrix.v1.Mapper/CheckProcessedMany',
+            zaptrix_dot_v1_dot_mapper__pb2.CheckProcessedManyRequest.SerializeToString,
+            zaptrix_dot_v1_dot_mapper__pb2.CheckProcessedManyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordDeliveries(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/zaptrix.v1.Mapper/RecordDeliveries',
+            zaptrix_dot_v1_dot_mapper__pb2.RecordDeliveriesRequest.SerializeToString,
+            zaptrix_dot_v1_dot_mapper__pb2.RecordDeliveriesResponse.FromString,
             options,
             channel_credentials,
             insecure,

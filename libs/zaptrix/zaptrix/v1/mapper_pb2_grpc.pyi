@@ -49,6 +49,15 @@ class MapperStub:
     MarkProcessed with their own semantics (link idempotent, timestamps forward only, first result wins).
     All or nothing: on any error (e.g. ALREADY_EXISTS for a conflicting link) nothing is recorded.
     """
+    CheckProcessedMany: _grpc.UnaryUnaryMultiCallable[_mapper_pb2.CheckProcessedManyRequest, _mapper_pb2.CheckProcessedManyResponse]
+    """One poll batch at a time (the bitrix dispatcher): the same answers as one CheckProcessed /
+    RecordDelivery per item, in the order asked, for one round trip and one database statement.
+    """
+    RecordDeliveries: _grpc.UnaryUnaryMultiCallable[_mapper_pb2.RecordDeliveriesRequest, _mapper_pb2.RecordDeliveriesResponse]
+    """One transaction for the whole list when every item records as it would alone; if any item fails,
+    each is recorded on its own (its own transaction) and answers with its own error, as RecordDelivery
+    would. A returned conversation is its state after the whole list.
+    """
 
 @_typing.type_check_only
 class MapperAsyncStub(MapperStub):
@@ -70,6 +79,15 @@ class MapperAsyncStub(MapperStub):
     """One delivered inbound customer message, in one transaction: LinkMessage + UpdateConversation +
     MarkProcessed with their own semantics (link idempotent, timestamps forward only, first result wins).
     All or nothing: on any error (e.g. ALREADY_EXISTS for a conflicting link) nothing is recorded.
+    """
+    CheckProcessedMany: _aio.UnaryUnaryMultiCallable[_mapper_pb2.CheckProcessedManyRequest, _mapper_pb2.CheckProcessedManyResponse]  # type: ignore[assignment]
+    """One poll batch at a time (the bitrix dispatcher): the same answers as one CheckProcessed /
+    RecordDelivery per item, in the order asked, for one round trip and one database statement.
+    """
+    RecordDeliveries: _aio.UnaryUnaryMultiCallable[_mapper_pb2.RecordDeliveriesRequest, _mapper_pb2.RecordDeliveriesResponse]  # type: ignore[assignment]
+    """One transaction for the whole list when every item records as it would alone; if any item fails,
+    each is recorded on its own (its own transaction) and answers with its own error, as RecordDelivery
+    would. A returned conversation is its state after the whole list.
     """
 
 class MapperServicer(metaclass=_abc_1.ABCMeta):
@@ -161,6 +179,27 @@ class MapperServicer(metaclass=_abc_1.ABCMeta):
         """One delivered inbound customer message, in one transaction: LinkMessage + UpdateConversation +
         MarkProcessed with their own semantics (link idempotent, timestamps forward only, first result wins).
         All or nothing: on any error (e.g. ALREADY_EXISTS for a conflicting link) nothing is recorded.
+        """
+
+    @_abc_1.abstractmethod
+    def CheckProcessedMany(
+        self,
+        request: _mapper_pb2.CheckProcessedManyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_mapper_pb2.CheckProcessedManyResponse, _abc.Awaitable[_mapper_pb2.CheckProcessedManyResponse]]:
+        """One poll batch at a time (the bitrix dispatcher): the same answers as one CheckProcessed /
+        RecordDelivery per item, in the order asked, for one round trip and one database statement.
+        """
+
+    @_abc_1.abstractmethod
+    def RecordDeliveries(
+        self,
+        request: _mapper_pb2.RecordDeliveriesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_mapper_pb2.RecordDeliveriesResponse, _abc.Awaitable[_mapper_pb2.RecordDeliveriesResponse]]:
+        """One transaction for the whole list when every item records as it would alone; if any item fails,
+        each is recorded on its own (its own transaction) and answers with its own error, as RecordDelivery
+        would. A returned conversation is its state after the whole list.
         """
 
 def add_MapperServicer_to_server(servicer: MapperServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

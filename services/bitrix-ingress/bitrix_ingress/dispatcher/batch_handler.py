@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 from collections import OrderedDict
 from dataclasses import replace
+from typing import Any
 
 from opentelemetry import trace
 from zaptrix.errors import PermanentError, TransientError
@@ -33,8 +34,14 @@ from bitrix_ingress.bitrix_rest.client import BitrixError, TransientBitrixError
 from bitrix_ingress.bitrix_rest.portal import PortalClient
 from bitrix_ingress.deps import Deps
 from bitrix_ingress.dispatcher.channels import Channels
+from bitrix_ingress.dispatcher.conversations import Conversations
 from bitrix_ingress.dispatcher.crm_contacts import ensure_contacts
-from bitrix_ingress.dispatcher.customer_messages import finish_customer, prepare_customer
+from bitrix_ingress.dispatcher.customer_messages import (
+    Processed,
+    finish_customer,
+    finish_customers,
+    prepare_customer,
+)
 from bitrix_ingress.dispatcher.notices import finish_notice, prepare_failure, reroute_refused_im
 from bitrix_ingress.dispatcher.portal_calls import Answered, HeldBehind, PortalCalls
 from bitrix_ingress.dispatcher.sent_effects import SENT, record_sent, sent_result, with_sent_reason
@@ -52,6 +59,9 @@ class BitrixDispatcher:
         self.deps = deps
         self.portals = portals
         self.channels = Channels(deps, settings.channel_cache_ttl_s)
+        self.conversations = Conversations(
+            deps, settings.conversation_cache_size, settings.conversation_cache_ttl_s
+        )
         self.calls = PortalCalls(settings, portals)
 
     async def handle(self, batch: list[Received]) -> list[Outcome]:
@@ -61,6 +71,7 @@ class BitrixDispatcher:
         for i, rec in enumerate(batch):
             groups.setdefault(rec.envelope.conversation_key or f"#{i}", []).append(i)
         limit = asyncio.Semaphore(self.settings.dispatch_concurrency)
+        processed = await self._check_processed(batch)
 
         async def prepare_conversation(indices: list[int]) -> None:
             async with limit:
@@ -74,7 +85,7 @@ class BitrixDispatcher:
                         )
                         continue
                     with trace.use_span(rec.span, end_on_exit=False):
-                        prepared = await self._prepare_safe(rec)
+                        prepared = await self._prepare_safe(rec, processed)
                     if isinstance(prepared, Outcome):
                         outcomes[i] = prepared
                         if prepared.kind == "retry" and message:
@@ -91,10 +102,15 @@ class BitrixDispatcher:
                     outcomes[work.index] = await self._finish_safe(work, answer)
 
         async def record(answered: list[tuple[Work, Answer]]) -> bool:
-            """Right after a request: record what it delivered. False (stop sending to this portal in
-            this batch) when a recording failed for a reason worth a retry: the mapper is not recording."""
+            """Right after a request: record what it delivered (its customer messages with one
+            RecordDeliveries). False (stop sending to this portal in this batch) when a recording failed
+            for a reason worth a retry: the mapper is not recording."""
             sent = [(w, a) for w, a in answered if isinstance(a, dict) and outcomes[w.index] is None]
-            await asyncio.gather(*(finish(w, a) for w, a in sent))
+            messages = [(w, a) for w, a in sent if isinstance(w, DeliverWork) and isinstance(a, dict)]
+            await asyncio.gather(
+                self._finish_messages(messages, outcomes),
+                *(finish(w, a) for w, a in sent if not isinstance(w, DeliverWork)),
+            )
             return not any(_unrecorded(outcomes[w.index]) for w, _ in sent)
 
         by_portal: OrderedDict[str, list[Work]] = OrderedDict()
@@ -114,7 +130,25 @@ class BitrixDispatcher:
 
     # phase 1: prepare --------------------------------------------------------------------------
 
-    async def _prepare_safe(self, rec: Received) -> Work | Outcome:
+    async def _check_processed(self, batch: list[Received]) -> Processed:
+        """One CheckProcessedMany for the batch's new customer messages (in the first one's trace); when it
+        fails, each is asked alone in prepare (and fails there as it would have)."""
+        ids = [
+            rec.envelope.event_id
+            for rec in batch
+            if rec.event_type == "customer_message" and SENT not in rec.effects and rec.envelope.event_id
+        ]
+        if not ids:
+            return {}
+        try:
+            with trace.use_span(batch[0].span, end_on_exit=False):
+                answers = await self.deps.check_processed_many(ids)
+        except RpcError as exc:
+            log.warning("CheckProcessedMany failed; asking per event", error=str(exc))
+            return {}
+        return dict(zip(ids, answers, strict=True)) if len(answers) == len(ids) else {}
+
+    async def _prepare_safe(self, rec: Received, processed: Processed | None = None) -> Work | Outcome:
         settings, deps, channels = self.settings, self.deps, self.channels
         try:
             kind = rec.event_type
@@ -123,7 +157,15 @@ class BitrixDispatcher:
                 return await record_sent(deps, rec, done)
             if kind == "customer_message":
                 cm = rec.envelope.customer_message
-                return await prepare_customer(rec, cm, settings=settings, deps=deps, channels=channels)
+                return await prepare_customer(
+                    rec,
+                    cm,
+                    settings=settings,
+                    deps=deps,
+                    channels=channels,
+                    conversations=self.conversations,
+                    processed=processed,
+                )
             if kind == "whatsapp_status":
                 st = rec.envelope.whatsapp_status
                 return await prepare_status(rec, st, settings=settings, deps=deps, channels=channels)
@@ -170,6 +212,32 @@ class BitrixDispatcher:
 
     # phase 3: record -----------------------------------------------------------------------------
 
+    async def _finish_messages(
+        self, messages: list[tuple[DeliverWork, dict[str, Any]]], outcomes: list[Outcome | None]
+    ) -> None:
+        """The customer messages one request delivered: each noted as sent on its record first (a retry
+        records, never sends again), then one RecordDeliveries for all (in the first one's trace)."""
+        if not messages:
+            return
+        done = []
+        for work, answer in messages:
+            recorded = sent_result(work, answer)
+            work.rec.happened(SENT, recorded)
+            done.append((work, recorded))
+        with trace.use_span(messages[0][0].rec.span, end_on_exit=False):
+            results = await finish_customers(self.deps, self.conversations, done)
+        for (work, _), result in zip(done, results, strict=True):
+            if isinstance(result, Outcome):
+                outcomes[work.index] = result
+                continue
+            if not isinstance(result, BitrixError | RpcError):
+                log.error(
+                    "recording failed",
+                    event_id=work.rec.envelope.event_id,
+                    error=f"{type(result).__name__}: {result}"[:300],
+                )
+            outcomes[work.index] = outcome_for(result)
+
     async def _finish_safe(self, work: Work, answer: Answer | None) -> Outcome:
         try:
             return await self._finish(work, answer)
@@ -185,6 +253,7 @@ class BitrixDispatcher:
             label = "held" if isinstance(exc, HeldBehind) else outcome.kind
             if isinstance(work, DeliverWork):
                 DELIVERED.labels(label).inc()
+                self.conversations.forget(work.conv)  # read again from the mapper next time
             elif isinstance(work, StatusWork):
                 STATUSES.labels(work.st.status, label).inc()
             if outcome.kind == "dead":

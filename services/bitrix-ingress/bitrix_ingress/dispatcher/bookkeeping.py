@@ -62,6 +62,23 @@ def _delivery(
     return link, conversation_update(conv_id, **update)
 
 
+def delivery_request(
+    event_id: str,
+    result: str,
+    cm: events_pb2.CustomerMessage,
+    record: dict[str, Any],
+    conv: mapper_pb2.Conversation | None,
+    name: str,
+) -> mapper_pb2.RecordDeliveryRequest:
+    """The RecordDelivery of one delivered message (an item of RecordDeliveries)."""
+    link, update = _delivery(cm, record, conv, name)
+    return mapper_pb2.RecordDeliveryRequest(
+        link=mapper_pb2.LinkMessageRequest(link=link),
+        conversation=update,
+        processed=mapper_pb2.MarkProcessedRequest(event_id=event_id, result=result),
+    )
+
+
 async def record_delivery(
     deps: Deps,
     event_id: str,

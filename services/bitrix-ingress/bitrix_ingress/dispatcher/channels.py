@@ -27,3 +27,6 @@ class Channels:
             raise PermanentError(f"channel {phone_number_id} is not bound to a portal's Open Line")
         self._cache.put(phone_number_id, channel)
         return channel
+
+    def forget(self, phone_number_id: str) -> None:
+        self._cache.invalidate(phone_number_id)
