@@ -33,7 +33,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from bench.common import BenchEnv, ProcessMonitor, latency_summary_ms, stack_pids, system
+from bench.common import BenchEnv, ProcessMonitor, latency_summary_ms, scrape, stack_pids, system
 from bench.lookup_drain_plots import register, save
 from bench.result import Result, verdict
 
@@ -98,27 +98,80 @@ SEED_PROCESSED = f"""
 INSERT INTO mapper.processed_event (event_id, result, processed_at)
 SELECT 'wa:wamid.HBgM' || md5('{SALT}e' || j), 'ok:' || (300000 + j),
        now() - (j % 604800) * interval '1 second'
-FROM generate_series($1::bigint, $2::bigint - 1) AS j"""
+FROM generate_series($1::bigint, $2::bigint - 1) AS j
+ORDER BY 1"""
 
 
-async def seed(conn: Any, start: int, end: int) -> dict[str, float]:
+async def seed(url: str, start: int, end: int) -> dict[str, float]:
+    """Conversations [start, end) and their processed events, the two tables on two connections at once.
+    Processed events go in sorted by their (random) id: the primary key then grows at its right edge
+    instead of splitting pages all over an index larger than shared_buffers."""
+    import asyncpg
+
+    async def timed(sql: str, *args: int) -> float:
+        conn = await asyncpg.connect(url)
+        try:
+            await conn.execute("SET work_mem = '512MB'")
+            t = time.monotonic()
+            await conn.execute(sql, *args)
+            return time.monotonic() - t
+        finally:
+            await conn.close()
+
     t0 = time.monotonic()
-    await conn.execute(SEED_CONVERSATIONS, start, end)
+    conv_s, processed_s = await asyncio.gather(
+        timed(SEED_CONVERSATIONS, start, end),
+        timed(SEED_PROCESSED, start * PROCESSED_PER_CONVERSATION, end * PROCESSED_PER_CONVERSATION),
+    )
     t1 = time.monotonic()
-    await conn.execute(SEED_PROCESSED, start * PROCESSED_PER_CONVERSATION, end * PROCESSED_PER_CONVERSATION)
-    t2 = time.monotonic()
     # As the tables are in steady state: vacuumed (visibility map, hint bits set, so the measurement's
     # reads do not write), analyzed, and the dirty pages flushed.
-    await conn.execute("VACUUM (ANALYZE) mapper.conversation_mapping")
-    await conn.execute("VACUUM (ANALYZE) mapper.processed_event")
-    await conn.execute("CHECKPOINT")
-    t3 = time.monotonic()
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute("VACUUM (ANALYZE) mapper.conversation_mapping")
+        await conn.execute("VACUUM (ANALYZE) mapper.processed_event")
+        await conn.execute("CHECKPOINT")
+    finally:
+        await conn.close()
+    t2 = time.monotonic()
     return {
-        "conversations_s": round(t1 - t0, 1),
-        "processed_events_s": round(t2 - t1, 1),
-        "vacuum_analyze_s": round(t3 - t2, 1),
-        "total_s": round(t3 - t0, 1),
+        "conversations_s": round(conv_s, 1),
+        "processed_events_s": round(processed_s, 1),
+        "inserts_wall_s": round(t1 - t0, 1),
+        "vacuum_analyze_s": round(t2 - t1, 1),
+        "total_s": round(t2 - t0, 1),
     }
+
+
+def server_times(before: list[Any], after: list[Any]) -> dict[str, dict[str, float | None]]:
+    """The mapper's own handling time per method between two scrapes of its /metrics
+    (zaptrix_mapper_rpc_seconds: server side, without transport): count, mean, and the upper bound of the
+    bucket holding the 99th percentile."""
+    name = "zaptrix_mapper_rpc_seconds"
+
+    def by(samples: list[Any], suffix: str) -> dict[tuple[str, str], float]:
+        return {
+            (lb.get("method", ""), lb.get("le", "")): v for n, lb, v in samples if n == f"{name}_{suffix}"
+        }
+
+    out: dict[str, dict[str, float | None]] = {}
+    b0, b1 = by(before, "bucket"), by(after, "bucket")
+    c0, c1 = by(before, "count"), by(after, "count")
+    s0, s1 = by(before, "sum"), by(after, "sum")
+    for method, _ in c1:
+        count = c1[(method, "")] - c0.get((method, ""), 0.0)
+        if count <= 0:
+            continue
+        buckets = sorted(
+            (float(le), b1[(m, le)] - b0.get((m, le), 0.0)) for (m, le) in b1 if m == method and le != "+Inf"
+        )
+        p99 = next((le for le, n in buckets if n >= 0.99 * count), None)
+        out[method] = {
+            "count": count,
+            "mean_ms": round(1000 * (s1[(method, "")] - s0.get((method, ""), 0.0)) / count, 3),
+            "p99_le_ms": None if p99 is None else round(1000 * p99, 2),
+        }
+    return out
 
 
 def statements(size: int, rng: random.Random) -> dict[str, tuple[str, tuple[str, ...]]]:
@@ -247,7 +300,7 @@ async def run(env: BenchEnv) -> Result:
             try:
                 for size in sizes:
                     print(f"  seeding {seeded:,} → {size:,} conversations", flush=True)
-                    took = await seed(conn, seeded, size)
+                    took = await seed(sut.local.database_url, seeded, size)
                     seeding.append({"from": seeded, "to": size} | took)
                     print(f"  seeded in {took['total_s']} s", flush=True)
                     seeded = size
@@ -294,9 +347,12 @@ async def run(env: BenchEnv) -> Result:
                     }
                     await measure(calls, RATE_PER_RPC, WARMUP_S)  # connections, plan caches
                     monitor = ProcessMonitor(sut.pids() | stack_pids(env))
+                    metrics = sut.client("mapper_metrics")
+                    scraped = await scrape(metrics, "/metrics")
                     monitor.start()
                     lat = await measure(calls, RATE_PER_RPC, seconds)
                     await monitor.stop()
+                    server = server_times(scraped, await scrape(metrics, "/metrics"))
                     stmts = await statement_times(
                         conn, size, max(50, int(STATEMENT_SAMPLES * min(env.scale, 1)))
                     )
@@ -307,6 +363,7 @@ async def run(env: BenchEnv) -> Result:
                         "processed_events": size * PROCESSED_PER_CONVERSATION,
                         "rpcs": {n: latency_summary_ms(v) for n, v in lat.items()},
                         "statements": stmts,
+                        "server": server,
                         "mapper_cpu_us_per_call": cpu_us[size],
                         "processes": monitor.report(),
                     }
@@ -314,7 +371,9 @@ async def run(env: BenchEnv) -> Result:
                     print(
                         f"  {size:,}: "
                         + "; ".join(f"{n} p99 {s['p99_ms']} ms" for n, s in row["rpcs"].items())
-                        + f"; mapper {cpu_us[size]} µs CPU/call; SQL p99 "
+                        + f"; mapper {cpu_us[size]} µs CPU/call; server mean "
+                        + ", ".join(f"{m} {v['mean_ms']}" for m, v in server.items())
+                        + " ms; SQL p99 "
                         + ", ".join(f"{s['p99_ms']}" for s in stmts.values())
                         + " ms",
                         flush=True,
@@ -359,6 +418,15 @@ async def run(env: BenchEnv) -> Result:
     res.figure = (
         f"RPC p99 (client, ms) at {at}: "
         + "; ".join(f"{n} " + " / ".join(f"{y:.1f}" for _, y in pts) for n, pts in curves.items())
+        + "; mapper-side mean / p99 bucket (ms): "
+        + "; ".join(
+            f"{m} "
+            + " / ".join(
+                f"{r['server'].get(m, {}).get('mean_ms')} (p99 ≤ {r['server'].get(m, {}).get('p99_le_ms')})"
+                for r in per_size
+            )
+            for m in per_size[-1]["server"]
+        )
         + "; SQL statement p99 (ms): "
         + "; ".join(f"{n} " + " / ".join(f"{y:.3f}" for _, y in pts) for n, pts in sql_curves.items())
         + "; buffers/call "
