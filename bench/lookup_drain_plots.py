@@ -32,14 +32,35 @@ def mapper_lookup_figure(result: dict[str, Any]) -> Any | None:
     figure = _figure_class()
     if not rows or figure is None:
         return None
-    fig = figure(figsize=(8.0, 4.0), layout="constrained")
+    fig = figure(figsize=(9.0, 4.2), layout="constrained")
     grpc_ax, sql_ax = fig.subplots(1, 2)
     xs = [int(r["conversations"]) for r in rows]
+
+    def color(name: str) -> str:  # the same call in the same colour in both panels
+        for key, c in (
+            ("GetOrCreate", "tab:blue"),
+            ("processed event", "tab:green"),
+            ("Check", "tab:orange"),
+        ):
+            if key in name:
+                return c
+        return "tab:red"
+
     for name in rows[0]["rpcs"]:
-        grpc_ax.plot(xs, [r["rpcs"][name]["p99_ms"] for r in rows], marker="o", label=name)
+        c = color(name)
+        grpc_ax.plot(xs, [r["rpcs"][name]["p99_ms"] for r in rows], marker="o", color=c, label=f"{name} p99")
+        grpc_ax.plot(xs, [r["rpcs"][name]["p50_ms"] for r in rows], linestyle=":", marker=".", color=c)
     for name in rows[0].get("statements") or {}:
-        sql_ax.plot(xs, [r["statements"][name]["p99_ms"] for r in rows], marker="o", label=name)
-    for ax, title in ((grpc_ax, "RPC p99, client side (ms)"), (sql_ax, "SQL statement p99 (ms)")):
+        c = color(name)
+        sql_ax.plot(
+            xs, [r["statements"][name]["p99_ms"] for r in rows], marker="o", color=c, label=f"{name} p99"
+        )
+        sql_ax.plot(xs, [r["statements"][name]["p50_ms"] for r in rows], linestyle=":", marker=".", color=c)
+    panels = (
+        (grpc_ax, "RPC over mTLS, client side (ms; dotted: p50)"),
+        (sql_ax, "the SQL statement in PostgreSQL (ms; dotted: p50)"),
+    )
+    for ax, title in panels:
         ax.set_xscale("log")
         ax.set_xticks(xs, [f"{x:,}" for x in xs])
         ax.set_xlabel("conversations in PostgreSQL")
@@ -61,11 +82,12 @@ def backlog_drain_figure(result: dict[str, Any]) -> Any | None:
     fig = figure(figsize=(8.0, 5.5), layout="constrained")
     top, bottom = fig.subplots(2, 1, sharex=True)
     top.plot([i + 0.5 for i in range(len(delivered))], delivered, color="tab:blue", label="delivered msg/s")
-    bound = d.get("platform_bound_per_s")
-    if bound:
+    bound = float(d.get("platform_bound_per_s") or 0)
+    ceiling = max([*delivered, 1]) * 1.3
+    if bound and bound <= ceiling:
         top.axhline(bound, color="grey", linestyle="--", linewidth=1, label=f"Bitrix24 bound {bound:,.0f}/s")
     top.set_ylabel("messages delivered / s")
-    top.set_ylim(bottom=0, top=max([*delivered, 1]) * 1.3)
+    top.set_ylim(bottom=0, top=ceiling)
     lag = [(r["t"], r["consumer_lag"]) for r in d.get("consumer_lag_per_second") or [] if "consumer_lag" in r]
     lag_ax = top.twinx()
     lag_ax.plot([t for t, _ in lag], [v for _, v in lag], color="tab:red", linewidth=1, label="consumer lag")
@@ -95,7 +117,9 @@ def backlog_drain_figure(result: dict[str, Any]) -> Any | None:
     bottom.legend(fontsize=7, loc="upper right")
     total = d.get("messages")
     fig.suptitle(
-        f"backlog drain: {total:,} messages across {portals} portals (bound: {d.get('bound')})", fontsize=10
+        f"backlog drain: {total:,} messages across {portals} portals; bound: {d.get('bound')}"
+        f" (Bitrix24's limit would allow {bound:,.0f} msg/s)",
+        fontsize=10,
     )
     return fig
 

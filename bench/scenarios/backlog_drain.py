@@ -326,6 +326,7 @@ async def run(env: BenchEnv) -> Result:
     first_at: dict[str, float] = {}
     twice = 0
     per_portal_hits: list[list[float]] = []
+    methods: Counter[str] = Counter()  # HTTP requests by method, all portals (a batch counts once)
     refused = 0
     for p, reqs in enumerate(requests):
         new = reqs[before.get(p, 0) :]
@@ -335,6 +336,7 @@ async def run(env: BenchEnv) -> Result:
                 first_at[w] = min(ts)
                 twice += len(ts) > 1
         hits = [float(r["at"]) for r in new if not r.get("via")]
+        methods.update(str(r.get("method")) for r in new if not r.get("via"))
         per_portal_hits.append(hits)
         refused += sum(1 for r in new if not r.get("via") and r.get("status") == 503)
     refused_stats = sum(
@@ -433,6 +435,7 @@ async def run(env: BenchEnv) -> Result:
         "batch_max_messages": batch_max_messages,
         "messages_per_request": round(msgs_per_request, 2),
         "http_requests": http_hits,
+        "http_requests_by_method": dict(methods.most_common()),
         "portal_req_per_s_mean": round(sum(portal_rates) / max(len(portal_rates), 1), 3),
         "portal_req_per_s_max": round(max(portal_rates), 3) if portal_rates else None,
         "portal_max_requests_in_any_second_after_first_2s": max_in_second,
