@@ -1,4 +1,11 @@
-"""Meta's webhook envelope, X-Hub-Signature-256 signing and delivery with retries (whatsapp.md A1, A2)."""
+"""Meta's webhook envelope, X-Hub-Signature-256 signing and delivery with retries (whatsapp.md A1, A2).
+
+Webhooks leave through a WebhookLane: one httpx client whose pool is as large as the lane's concurrency
+(every connection kept alive), behind a semaphore. At 80 sends/s the stand-in posts 240 status webhooks/s;
+without the lane each of them queued inside httpcore's pool, whose scan of waiting requests grows with the
+queue (PoolTimeout, a starved event loop and late answers to the sends themselves). Waiting happens in
+the semaphore instead, in arrival order, and a webhook's timeout starts when it leaves.
+"""
 
 from __future__ import annotations
 
@@ -39,13 +46,34 @@ def encode(payload: dict[str, Any], ascii_escape: bool) -> bytes:
     return json.dumps(payload, ensure_ascii=ascii_escape, separators=(",", ":")).encode()
 
 
+class WebhookLane:
+    """At most ``concurrency`` webhooks in flight, over as many kept-alive connections."""
+
+    def __init__(self, concurrency: int, transport: httpx.AsyncBaseTransport | None = None) -> None:
+        self.concurrency = concurrency
+        self.client = httpx.AsyncClient(
+            limits=httpx.Limits(
+                max_connections=concurrency, max_keepalive_connections=concurrency, keepalive_expiry=30.0
+            ),
+            transport=transport,
+        )
+        self.slots = asyncio.Semaphore(concurrency)
+
+    async def post(self, url: str, body: bytes, headers: dict[str, str], timeout_s: float) -> httpx.Response:
+        async with self.slots:
+            return await self.client.post(url, content=body, headers=headers, timeout=timeout_s)
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+
 class WebhookSender:
     """Posts webhooks to the gateway. The first attempt is awaited (its status is reported to the
     simulator caller); on a non-200 answer Meta-style retries continue in the background."""
 
-    def __init__(self, state: GraphState, client: httpx.AsyncClient, background: Background) -> None:
+    def __init__(self, state: GraphState, lane: WebhookLane, background: Background) -> None:
         self.state = state
-        self.client = client
+        self.lane = lane
         self.background = background
 
     @property
@@ -81,11 +109,8 @@ class WebhookSender:
             "url": self.options.webhook_url,
         }
         try:
-            response = await self.client.post(
-                self.options.webhook_url,
-                content=delivery.body,
-                headers=delivery.headers,
-                timeout=self.options.webhook_timeout_s,
+            response = await self.lane.post(
+                self.options.webhook_url, delivery.body, delivery.headers, self.options.webhook_timeout_s
             )
             record.update(status_code=response.status_code, response=response.text[:2000], error=None)
         except httpx.HTTPError as exc:
