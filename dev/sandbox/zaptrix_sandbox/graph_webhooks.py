@@ -1,10 +1,11 @@
 """Meta's webhook envelope, X-Hub-Signature-256 signing and delivery with retries (whatsapp.md A1, A2).
 
-Webhooks leave through a WebhookLane: one httpx client whose pool is as large as the lane's concurrency
-(every connection kept alive), behind a semaphore. At 80 sends/s the stand-in posts 240 status webhooks/s;
-without the lane each of them queued inside httpcore's pool, whose scan of waiting requests grows with the
-queue (PoolTimeout, a starved event loop and late answers to the sends themselves). Waiting happens in
-the semaphore instead, in arrival order, and a webhook's timeout starts when it leaves.
+Webhooks leave through a WebhookLane: a semaphore, then a small keep-alive HTTP/1.1 client for a
+plain-http gateway (webhook_http.py; httpx for https) with as many connections as the lane's concurrency.
+At 80 sends/s the stand-in posts 240 status webhooks/s; through one httpx client each of them queued inside
+httpcore's pool, whose scans grow with the queue (PoolTimeout, a starved event loop and late answers to
+the sends themselves). Waiting happens in the semaphore instead, in arrival order, and a webhook's timeout
+starts when it leaves.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import httpx
 from .graph_settings import Channel, GraphOptions
 from .graph_state import Delivery, GraphState
 from .tasks import Background
+from .webhook_http import Answer, PlainHttp, WebhookFailed
 
 
 def envelope(channel: Channel, value: dict[str, Any]) -> dict[str, Any]:
@@ -47,10 +49,12 @@ def encode(payload: dict[str, Any], ascii_escape: bool) -> bytes:
 
 
 class WebhookLane:
-    """At most ``concurrency`` webhooks in flight, over as many kept-alive connections."""
+    """At most ``concurrency`` webhooks in flight; plain-http gateways through PlainHttp (webhook_http.py),
+    https through an httpx client with a pool of as many kept-alive connections."""
 
     def __init__(self, concurrency: int, transport: httpx.AsyncBaseTransport | None = None) -> None:
         self.concurrency = concurrency
+        self.plain = PlainHttp(concurrency) if transport is None else None
         self.client = httpx.AsyncClient(
             limits=httpx.Limits(
                 max_connections=concurrency, max_keepalive_connections=concurrency, keepalive_expiry=30.0
@@ -59,11 +63,16 @@ class WebhookLane:
         )
         self.slots = asyncio.Semaphore(concurrency)
 
-    async def post(self, url: str, body: bytes, headers: dict[str, str], timeout_s: float) -> httpx.Response:
+    async def post(self, url: str, body: bytes, headers: dict[str, str], timeout_s: float) -> Answer:
         async with self.slots:
-            return await self.client.post(url, content=body, headers=headers, timeout=timeout_s)
+            if self.plain is not None and url.startswith("http://"):
+                return await self.plain.post(url, body, headers, timeout_s)
+            response = await self.client.post(url, content=body, headers=headers, timeout=timeout_s)
+            return Answer(response.status_code, response.text)
 
     async def aclose(self) -> None:
+        if self.plain is not None:
+            await self.plain.aclose()
         await self.client.aclose()
 
 
@@ -113,6 +122,8 @@ class WebhookSender:
                 self.options.webhook_url, delivery.body, delivery.headers, self.options.webhook_timeout_s
             )
             record.update(status_code=response.status_code, response=response.text[:2000], error=None)
+        except WebhookFailed as exc:
+            record.update(status_code=None, response=None, error=str(exc))
         except httpx.HTTPError as exc:
             record.update(status_code=None, response=None, error=f"{type(exc).__name__}: {exc}")
         record["duration_ms"] = round((time.time() - started) * 1000, 1)
