@@ -51,9 +51,22 @@ async def test_many_statuses_go_in_few_calls_and_each_message_once(h: Harness) -
     for w in wamids:
         link = h.fakes.mapper.links[w]
         assert (link.whatsapp_status, link.bitrix_status) == ("read", "read")
-    # Delivered again later (Meta retried the webhook): a duplicate, no call.
-    assert await h.run([status(wamids[0], "delivered", wa_id="49170000")]) == ["duplicate"]
+    # Delivered again later (Meta retried the webhook): already reported, no call.
+    assert await h.run([status(wamids[0], "delivered", wa_id="49170000")]) == ["ok"]
     assert len(h.bitrix.requests) == 1
+
+
+async def test_only_a_status_that_calls_bitrix_pays_for_dedupe_and_conversation(h: Harness) -> None:  # noqa: F811
+    wamids = [sent_reply(h, n) for n in range(10)]
+    first = [status(w, s, wa_id=f"4917{n:04d}") for s in ("sent", "delivered") for n, w in enumerate(wamids)]
+    assert await h.run(first) == ["ok"] * 20
+    assert h.fakes.mapper.count("CheckProcessed") == 10  # the deliveries; "sent" only updates the link
+    h.fakes.mapper.forget_calls()
+    reads = [status(w, "read", wa_id=f"4917{n:04d}") for n, w in enumerate(wamids)]
+    assert await h.run(reads) == ["ok"] * 10
+    assert h.fakes.mapper.count("CheckProcessed") == 0 and h.fakes.mapper.count("FindConversation") == 0
+    assert [r.method for r in h.bitrix.requests] == [DELIVERY]  # no call for the reads
+    assert all(h.fakes.mapper.links[w].whatsapp_status == "read" for w in wamids)
 
 
 async def test_delivered_and_read_in_one_batch_report_the_message_once(h: Harness) -> None:  # noqa: F811
