@@ -12,7 +12,7 @@
 #
 # Environment: BENCH (scenarios when no arguments are given), BENCH_SCALE (multiplies every duration;
 # 0.3 = a quick smoke run), BENCH_PROFILE=1 (py-spy profiles of the busy processes, installed on demand),
-# BENCH_OUTBOUND_STATUSES=1 (keep the Graph stand-in's status webhooks during outbound_throughput),
+# BENCH_OUTBOUND_STATUSES=0 (switch the Graph stand-in's status webhooks off during outbound_throughput),
 # ZAPTRIX_BENCH_STATE, ZAPTRIX_BENCH_PG_PORT, ZAPTRIX_BENCH_KAFKA_PORT.
 set -euo pipefail
 cd "$(dirname "$0")/.."
