@@ -49,6 +49,8 @@ from bench.common import (
     BenchEnv,
     ProcessMonitor,
     free_port,
+    histogram_means,
+    scrape,
     slope,
     stack_pids,
     system,
@@ -198,6 +200,16 @@ async def run(env: BenchEnv) -> Result:
             await monitor.stop()
         webhooks = await graph_webhook_attempts(graph, since=t_burst)
         profiled = await profiles.collect()
+        breakdown: dict[str, Any] = {}
+        try:  # diagnostics: where a send's time goes (meta dispatcher) and what the mapper answered
+            disp = await scrape(sut.client("meta_dispatcher"), "/metrics")
+            breakdown["event_handle"] = histogram_means(disp, "zaptrix_event_handle_seconds", by="topic")
+            breakdown["external_calls"] = histogram_means(disp, "zaptrix_external_api_seconds", by="method")
+            breakdown["pacing_wait"] = histogram_means(disp, "zaptrix_meta_pacing_wait_seconds", by="limiter")
+            mapper = await scrape(sut.client("mapper_metrics"), "/metrics")
+            breakdown["mapper_rpcs"] = histogram_means(mapper, "zaptrix_mapper_rpc_seconds", by="method")
+        except Exception as exc:
+            breakdown["error"] = repr(exc)
 
     sent = sent[len(before) :] if before else sent
     accepted = sorted((s for s in sent if s.get("http_status") == 200), key=lambda s: s["at"])
@@ -308,6 +320,7 @@ async def run(env: BenchEnv) -> Result:
         if WITH_STATUSES
         else "to a closed port, no retries (BENCH_OUTBOUND_STATUSES=0)",
         "statuses_at_bitrix24": status_figures,
+        "breakdown": breakdown,
         "status_webhook_attempts": webhooks,
         "profiles": profiled,
         "stand_in": {"throughput_mps": CONFIGURED_MPS, "pair_limit": PAIR_RELAXED},
