@@ -30,10 +30,12 @@ fi
 
 if [[ ${1:-} == --list ]]; then run python -m bench.run --list; exit 0; fi
 # Check the scenario names before starting anything.
-run python -m bench.run --list >/dev/null
+# Read once: `--list | grep -q` let grep exit before the list was written, and with pipefail the
+# writer's broken pipe made a known scenario "unknown".
+scenarios=$(run python -m bench.run --list)
 for name in "$@"; do
   for n in ${name//,/ }; do
-    run python -m bench.run --list | grep -qx -- "$n" || { log "unknown scenario: $n (see dev/bench.sh --list)"; exit 2; }
+    grep -qx -- "$n" <<<"$scenarios" || { log "unknown scenario: $n (see dev/bench.sh --list)"; exit 2; }
   done
 done
 
