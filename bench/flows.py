@@ -166,6 +166,25 @@ def deliveries(requests: list[dict[str, Any]]) -> dict[str, list[float]]:
     return out
 
 
+STATUS_METHODS = ("imconnector.send.status.delivery", "imconnector.send.status.reading")
+GRAPH_WAMID_RE = re.compile(
+    r"wamid\.HBgL[A-Za-z0-9]{32}"
+)  # the Graph stand-in's wamids (graph_state.new_wamid)
+
+
+def status_reports(requests: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
+    """method → wamid → how many successful status calls (direct or as a batch sub-call) carried it."""
+    out: dict[str, dict[str, int]] = {m: defaultdict(int) for m in STATUS_METHODS}
+    for r in requests:
+        if r.get("method") not in STATUS_METHODS or r.get("status") != 200:
+            continue
+        params = r.get("params")
+        text = params if isinstance(params, str) else json.dumps(params)
+        for w in set(GRAPH_WAMID_RE.findall(text)):
+            out[str(r["method"])][w] += 1
+    return out
+
+
 def request_times(requests: list[dict[str, Any]], predicate: Callable[[dict[str, Any]], bool]) -> list[float]:
     return sorted(float(r["at"]) for r in requests if predicate(r))
 

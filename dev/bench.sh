@@ -12,7 +12,7 @@
 #
 # Environment: BENCH (scenarios when no arguments are given), BENCH_SCALE (multiplies every duration;
 # 0.3 = a quick smoke run), BENCH_PROFILE=1 (py-spy profiles of the busy processes, installed on demand),
-# BENCH_OUTBOUND_STATUSES=1 (keep the Graph stand-in's status webhooks during outbound_throughput),
+# BENCH_OUTBOUND_STATUSES=0 (switch the Graph stand-in's status webhooks off during outbound_throughput),
 # ZAPTRIX_BENCH_STATE, ZAPTRIX_BENCH_PG_PORT, ZAPTRIX_BENCH_KAFKA_PORT.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -30,10 +30,12 @@ fi
 
 if [[ ${1:-} == --list ]]; then run python -m bench.run --list; exit 0; fi
 # Check the scenario names before starting anything.
-run python -m bench.run --list >/dev/null
+# Read once: `--list | grep -q` let grep exit before the list was written, and with pipefail the
+# writer's broken pipe made a known scenario "unknown".
+scenarios=$(run python -m bench.run --list)
 for name in "$@"; do
   for n in ${name//,/ }; do
-    run python -m bench.run --list | grep -qx -- "$n" || { log "unknown scenario: $n (see dev/bench.sh --list)"; exit 2; }
+    grep -qx -- "$n" <<<"$scenarios" || { log "unknown scenario: $n (see dev/bench.sh --list)"; exit 2; }
   done
 done
 

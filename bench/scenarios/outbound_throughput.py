@@ -14,12 +14,15 @@ The burst: 1,000 OperatorMessage envelopes (what bitrix-ingress produces for ONI
 with the real chat ids) published at once to the b24-to-wa topic with zaptrix.kafka.EventProducer: this
 measures the dispatcher, not bitrix-ingress (outbound_latency covers the whole path).
 
-Status webhooks: each accepted send makes the Graph stand-in post sent/delivered/read webhooks (240/s at
-80 sends/s). On a 2-core box the stand-in's own webhook client (httpx) cannot keep up with that: its
-connection pool times out, its event loop starves and its answers to the dispatcher's sends time out, so
-the figure would measure the stand-in. By default the stand-in's status webhooks therefore go to a
-closed port with no retries during the burst (cheap, immediate connection refusal);
-BENCH_OUTBOUND_STATUSES=1 keeps them flowing to meta-ingress as usual.
+Status webhooks are ON (the default; BENCH_OUTBOUND_STATUSES=0 points them at a closed port): each accepted
+send makes the Graph stand-in post signed sent, delivered and read webhooks (240/s at 80 sends/s) to
+meta-ingress, which puts them on the wa-to-b24 topic; the bitrix dispatcher reports them to the Bitrix24
+stand-in in imconnector.send.status.delivery / .reading calls (MESSAGES arrays, packed into `batch`) within
+the portal's documented 2 requests/s: after the set-up the stand-in's limit goes back to its default
+(2/s, burst 50), and the dispatcher paces at its own default. The bitrix dispatcher's consumer lag is
+sampled every second; from the Bitrix24 stand-in's request log, each reply's delivered status must reach
+Bitrix24 exactly once. Read statuses are recorded in the mapper but not called (ZAPTRIX_BITRIX_SEND_READ_STATUS
+is off by default: "delivered" already marks the message read in Open Lines, reading is a no-op there).
 
 From the stand-in's /_sandbox/sent: achieved send rate (accepted sends, first to last) against 80/s,
 the count of 130429 (and any other refusal), and that every reply (a unique reference in its text) was
@@ -46,10 +49,23 @@ from bench.common import (
     BenchEnv,
     ProcessMonitor,
     free_port,
+    histogram_means,
+    scrape,
+    slope,
     stack_pids,
     system,
 )
-from bench.flows import bitrix_config, graph_config, graph_sent, graph_webhook_attempts, open_conversations
+from bench.flows import (
+    STATUS_METHODS,
+    bitrix_config,
+    bitrix_requests,
+    graph_config,
+    graph_sent,
+    graph_webhook_attempts,
+    open_conversations,
+    sample_backlog,
+    status_reports,
+)
 from bench.profiling import Profiles
 from bench.profiling import notes as profile_notes
 from bench.result import Result, verdict
@@ -59,7 +75,9 @@ NAME = "outbound_throughput"
 REPLIES = 1000
 CUSTOMERS = 200
 PAIR_RELAXED = {"pair_rate_per_s": 1000.0, "pair_burst": 10}
-WITH_STATUSES = os.environ.get("BENCH_OUTBOUND_STATUSES", "") not in ("", "0", "false")
+WITH_STATUSES = os.environ.get("BENCH_OUTBOUND_STATUSES", "1") not in ("0", "false", "no")
+PORTAL_DEFAULT_LIMIT = {"rate_limit_drain_per_s": 2.0, "rate_limit_burst": 50.0}  # bitrix24.md: 2 req/s
+STATUS_TIMEOUT_S = 60.0  # after the last send, for the statuses to reach Bitrix24
 CONFIGURED_MPS = 80.0
 TARGET_SHARE = 0.95
 CUSTOMER_BASE = 100_000
@@ -121,7 +139,6 @@ async def run(env: BenchEnv) -> Result:
     run_id = uuid.uuid4().hex[:6]
     wa_ids = [customer(CUSTOMER_BASE + i) for i in range(CUSTOMERS)]
     extra = {
-        "bitrix-dispatcher": {"ZAPTRIX_BITRIX_RATE_PER_S": "100000", "ZAPTRIX_BITRIX_BURST": "50"},
         "meta-dispatcher": {
             "ZAPTRIX_PAIR_RATE_PER_S": str(PAIR_RELAXED["pair_rate_per_s"]),
             "ZAPTRIX_PAIR_BURST": str(PAIR_RELAXED["pair_burst"]),
@@ -134,11 +151,13 @@ async def run(env: BenchEnv) -> Result:
         t_setup = time.time()
         chats = await open_conversations(graph, bitrix, wa_ids, SANDBOX_PHONE_NUMBER_ID, timeout_s=150)
         setup_s = time.time() - t_setup
+        await bitrix_config(bitrix, **PORTAL_DEFAULT_LIMIT)
         if not WITH_STATUSES:
             await graph_config(
                 graph, webhook_url=f"http://127.0.0.1:{free_port()}/webhooks/meta", webhook_retry_delays_s=[]
             )
         await asyncio.sleep(2.0)  # inbound messages used the number's throughput bucket: let it refill
+        requests_before = len(await bitrix_requests(bitrix))
         ours = set(wa_ids)
         before = [s for s in await graph_sent(graph) if s.get("wa_id") in ours or s.get("to") in ours]
 
@@ -147,6 +166,11 @@ async def run(env: BenchEnv) -> Result:
         profiles = Profiles(env, NAME)
         pids = sut.pids()
         await profiles.start({n: pids[n][0] for n in ("meta-dispatcher", "sandbox-graph") if n in pids}, 10)
+        timeline: list[dict[str, Any]] = []
+        t_sample = time.time()
+        sampler = asyncio.create_task(sample_backlog(sut, timeline, t_sample))
+        reports: dict[str, dict[str, int]] = {m: {} for m in STATUS_METHODS}
+        statuses_done_at: float | None = None
         try:
             t_burst = await _publish_burst(env, sut.prefix, sut.topic("b24-to-wa"), chats, run_id)
             deadline = time.monotonic() + DRAIN_TIMEOUT_S
@@ -156,12 +180,36 @@ async def run(env: BenchEnv) -> Result:
                 sent = [s for s in await graph_sent(graph) if s.get("wa_id") in ours or s.get("to") in ours]
                 if sum(1 for s in sent if s.get("http_status") == 200) >= REPLIES:
                     break
+            sends_done_at = time.time()
             await asyncio.sleep(3.0)  # anything sent twice would show up now
             sent = [s for s in await graph_sent(graph) if s.get("wa_id") in ours or s.get("to") in ours]
+            wamids = {str(s.get("wamid")) for s in sent if s.get("http_status") == 200 and s.get("wamid")}
+            if WITH_STATUSES:
+                status_deadline = time.monotonic() + STATUS_TIMEOUT_S
+                while time.monotonic() < status_deadline:
+                    reports = status_reports((await bitrix_requests(bitrix))[requests_before:])
+                    if wamids <= set(reports[STATUS_METHODS[0]]):
+                        statuses_done_at = time.time()
+                        break
+                    await asyncio.sleep(2.0)
+                await asyncio.sleep(3.0)  # a status reported twice would show up now
+            requests = (await bitrix_requests(bitrix))[requests_before:]
+            reports = status_reports(requests)
         finally:
+            sampler.cancel()
             await monitor.stop()
         webhooks = await graph_webhook_attempts(graph, since=t_burst)
         profiled = await profiles.collect()
+        breakdown: dict[str, Any] = {}
+        try:  # diagnostics: where a send's time goes (meta dispatcher) and what the mapper answered
+            disp = await scrape(sut.client("meta_dispatcher"), "/metrics")
+            breakdown["event_handle"] = histogram_means(disp, "zaptrix_event_handle_seconds", by="topic")
+            breakdown["external_calls"] = histogram_means(disp, "zaptrix_external_api_seconds", by="method")
+            breakdown["pacing_wait"] = histogram_means(disp, "zaptrix_meta_pacing_wait_seconds", by="limiter")
+            mapper = await scrape(sut.client("mapper_metrics"), "/metrics")
+            breakdown["mapper_rpcs"] = histogram_means(mapper, "zaptrix_mapper_rpc_seconds", by="method")
+        except Exception as exc:
+            breakdown["error"] = repr(exc)
 
     sent = sent[len(before) :] if before else sent
     accepted = sorted((s for s in sent if s.get("http_status") == 200), key=lambda s: s["at"])
@@ -184,12 +232,51 @@ async def run(env: BenchEnv) -> Result:
         per_s[min(secs - 1, int(s["at"] - t0))] += 1
     full_seconds = per_s[1:-1] if len(per_s) > 2 else per_s
     share = rate / CONFIGURED_MPS
+    status_figures: dict[str, Any] = {}
+    statuses_ok = True
+    if WITH_STATUSES:
+        for method in STATUS_METHODS:
+            got = reports[method]
+            short = method.rsplit(".", 1)[-1]
+            status_figures[short] = {
+                "messages": len(wamids & set(got)),
+                "missing": len(wamids - set(got)),
+                "twice": sum(1 for w in wamids if got.get(w, 0) > 1),
+            }
+            statuses_ok = statuses_ok and not (
+                status_figures[short]["missing"] or status_figures[short]["twice"]
+            )
+        http = [r for r in requests if r.get("via") != "batch"]
+        http_per_s = Counter(int(float(r["at"])) for r in http)
+        status_figures["http_requests"] = len(http)
+        status_figures["refused_query_limit"] = sum(
+            1 for r in http if r.get("error") == "QUERY_LIMIT_EXCEEDED"
+        )
+        status_figures["max_requests_in_a_second"] = max(http_per_s.values()) if http_per_s else 0
+        status_figures["status_calls"] = sum(1 for r in requests if r.get("method") in STATUS_METHODS)
+        status_figures["all_reported_after_last_send_s"] = (
+            round(statuses_done_at - sends_done_at, 1) if statuses_done_at else None
+        )
+        lag = [
+            (float(r["t"]), float(r["consumer_lag_all_topics"]))
+            for r in timeline
+            if "consumer_lag_all_topics" in r
+        ]
+        burst_s = (sends_done_at - t_sample) if accepted else 0.0
+        during = [(t, v) for t, v in lag if 3.0 <= t - (t_burst - t_sample) and t <= burst_s]
+        status_figures["consumer_lag_max"] = max((v for _, v in lag), default=None)
+        status_figures["consumer_lag_slope_per_s"] = (
+            round(s_, 2) if (s_ := slope(during)) is not None else None
+        )
+        status_figures["consumer_lag_per_s"] = [v for _, v in lag]
+        statuses_ok = statuses_ok and status_figures["refused_query_limit"] == 0
     passed = (
         share >= TARGET_SHARE
         and throughput_errors == 0
         and not missing
         and not twice
         and len(accepted) == REPLIES
+        and statuses_ok
     )
     res.verdict = verdict(passed)
     res.figure = (
@@ -198,6 +285,19 @@ async def run(env: BenchEnv) -> Result:
         f"sent {len(accepted)} of {REPLIES} (missing {len(missing)}, twice {len(twice)}); drained in "
         f"{(accepted[-1]['at'] - t_burst) if accepted else float('nan'):.1f} s"
     )
+    if WITH_STATUSES:
+        d, r = status_figures["delivery"], status_figures["reading"]
+        res.figure += (
+            f"; statuses at Bitrix24: delivered {d['messages']}/{len(wamids)} (missing {d['missing']}, twice "
+            f"{d['twice']}), read calls for {r['messages']} (twice {r['twice']}) in "
+            f"{status_figures['status_calls']} status calls, {status_figures['http_requests']} HTTP requests "
+            f"(max {status_figures['max_requests_in_a_second']} in a second, refused "
+            f"{status_figures['refused_query_limit']}), all reported "
+            f"{status_figures['all_reported_after_last_send_s']} s after the last send; bitrix dispatcher lag "
+            f"max {status_figures['consumer_lag_max']}, slope {status_figures['consumer_lag_slope_per_s']}/s"
+        )
+    else:
+        res.figure += " (status webhooks OFF)"
     res.details = {
         "replies": REPLIES,
         "customers": len(wa_ids),
@@ -218,7 +318,9 @@ async def run(env: BenchEnv) -> Result:
         "sent_twice": len(twice),
         "status_webhooks": "to meta-ingress"
         if WITH_STATUSES
-        else "to a closed port, no retries (BENCH_OUTBOUND_STATUSES=1 to keep them)",
+        else "to a closed port, no retries (BENCH_OUTBOUND_STATUSES=0)",
+        "statuses_at_bitrix24": status_figures,
+        "breakdown": breakdown,
         "status_webhook_attempts": webhooks,
         "profiles": profiled,
         "stand_in": {"throughput_mps": CONFIGURED_MPS, "pair_limit": PAIR_RELAXED},
@@ -232,10 +334,9 @@ async def run(env: BenchEnv) -> Result:
     res.notes.append(
         "status webhooks of the Graph stand-in: "
         + (
-            "sent to meta-ingress"
+            "sent to meta-ingress (sent, delivered, read per reply), reported to Bitrix24 at its 2 req/s"
             if WITH_STATUSES
-            else "switched off during the burst (closed port, no retries): "
-            "the stand-in's httpx webhook client cannot post 240/s on this box (see docs/benchmarks.md)"
+            else "switched off during the burst (BENCH_OUTBOUND_STATUSES=0: closed port, no retries)"
         )
     )
     res.notes += profile_notes(profiled)

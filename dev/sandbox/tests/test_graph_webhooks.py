@@ -161,3 +161,34 @@ async def test_batch_webhook_and_replay(graph: httpx.AsyncClient, stub: GatewayS
     original, _, again = stub.on("/webhooks/meta")
     assert again.body == original.body
     assert again.headers["X-Hub-Signature-256"] == original.headers["X-Hub-Signature-256"]
+
+
+async def test_webhook_lane_bounds_webhooks_in_flight_and_sends_each_signed_once() -> None:
+    """240 status webhooks/s must not pile up inside httpx's pool: the lane lets ``concurrency`` out at
+    once, the rest wait their turn, and every one goes out (once, with its signature)."""
+    from zaptrix_sandbox.graph_settings import GraphOptions
+    from zaptrix_sandbox.graph_state import GraphState
+    from zaptrix_sandbox.graph_webhooks import WebhookLane, WebhookSender
+    from zaptrix_sandbox.tasks import Background
+
+    in_flight, most, seen = 0, 0, []
+
+    async def gateway(request: httpx.Request) -> httpx.Response:
+        nonlocal in_flight, most
+        in_flight += 1
+        most = max(most, in_flight)
+        await asyncio.sleep(0.01)
+        seen.append((request.content, request.headers.get("X-Hub-Signature-256")))
+        in_flight -= 1
+        return httpx.Response(200)
+
+    lane = WebhookLane(4, transport=httpx.MockTransport(gateway))
+    sender = WebhookSender(GraphState(GraphOptions()), lane, Background())
+    try:
+        answers = await asyncio.gather(*(sender.send("status", {"n": n}) for n in range(60)))
+    finally:
+        await lane.aclose()
+    assert [code for _, code in answers] == [200] * 60
+    assert most == 4
+    assert sorted(body for body, _ in seen) == sorted(f'{{"n":{n}}}'.encode() for n in range(60))
+    assert all(verifies(body, signature) for body, signature in seen)

@@ -25,7 +25,7 @@ from .graph_outbound import Outbound, check_media
 from .graph_settings import Channel, GraphOptions, GraphSettings
 from .graph_state import GraphState, Media, Sent
 from .graph_validate import SendRequest, validate
-from .graph_webhooks import WebhookSender
+from .graph_webhooks import WebhookLane, WebhookSender
 from .tasks import Background
 from .web import App, new_app
 
@@ -45,9 +45,9 @@ _UPLOAD_KINDS = {
 
 
 def _client() -> httpx.AsyncClient:
-    """Webhooks go out concurrently (Meta sends sent/delivered/read per message): a pool sized for bursts."""
+    """Media downloads (``link`` sends, GET /_sandbox helpers); webhooks have their own lane."""
     return httpx.AsyncClient(
-        limits=httpx.Limits(max_connections=256, max_keepalive_connections=64), timeout=10.0
+        limits=httpx.Limits(max_connections=64, max_keepalive_connections=16), timeout=10.0
     )
 
 
@@ -60,10 +60,14 @@ class GraphSandbox:
     faults: fault_injection.Faults = field(
         default_factory=lambda: fault_injection.Faults(frozenset({"slow"}))
     )
+    lane: WebhookLane = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.lane = WebhookLane(self.settings.webhook_concurrency)
 
     @property
     def sender(self) -> WebhookSender:
-        return WebhookSender(self.state, self.client, self.background)
+        return WebhookSender(self.state, self.lane, self.background)
 
     @property
     def outbound(self) -> Outbound:
@@ -243,6 +247,7 @@ def create_app(settings: GraphSettings | None = None, name: str = "sandbox_graph
     async def close(app: App) -> None:
         await sb.background.cancel_all()
         await sb.client.aclose()
+        await sb.lane.aclose()
 
     _register_api(app, sb)
     graph_sim.register(app, sb)

@@ -67,6 +67,8 @@ class GraphSettings(GraphOptions, BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8090
     public_url: str = ""  # base of media URLs; default http://host:port
+    # Webhooks in flight at once (and kept-alive connections to the gateway); more wait in line.
+    webhook_concurrency: int = Field(32, ge=1, le=1024)
 
     def base_url(self) -> str:
         return self.public_url.rstrip("/") or f"http://{self.host}:{self.port}"

@@ -1,4 +1,12 @@
-"""Meta's webhook envelope, X-Hub-Signature-256 signing and delivery with retries (whatsapp.md A1, A2)."""
+"""Meta's webhook envelope, X-Hub-Signature-256 signing and delivery with retries (whatsapp.md A1, A2).
+
+Webhooks leave through a WebhookLane: a semaphore, then a small keep-alive HTTP/1.1 client for a
+plain-http gateway (webhook_http.py; httpx for https) with as many connections as the lane's concurrency.
+At 80 sends/s the stand-in posts 240 status webhooks/s; through one httpx client each of them queued inside
+httpcore's pool, whose scans grow with the queue (PoolTimeout, a starved event loop and late answers to
+the sends themselves). Waiting happens in the semaphore instead, in arrival order, and a webhook's timeout
+starts when it leaves.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +22,7 @@ import httpx
 from .graph_settings import Channel, GraphOptions
 from .graph_state import Delivery, GraphState
 from .tasks import Background
+from .webhook_http import Answer, PlainHttp, WebhookFailed
 
 
 def envelope(channel: Channel, value: dict[str, Any]) -> dict[str, Any]:
@@ -39,13 +48,41 @@ def encode(payload: dict[str, Any], ascii_escape: bool) -> bytes:
     return json.dumps(payload, ensure_ascii=ascii_escape, separators=(",", ":")).encode()
 
 
+class WebhookLane:
+    """At most ``concurrency`` webhooks in flight; plain-http gateways through PlainHttp (webhook_http.py),
+    https through an httpx client with a pool of as many kept-alive connections."""
+
+    def __init__(self, concurrency: int, transport: httpx.AsyncBaseTransport | None = None) -> None:
+        self.concurrency = concurrency
+        self.plain = PlainHttp(concurrency) if transport is None else None
+        self.client = httpx.AsyncClient(
+            limits=httpx.Limits(
+                max_connections=concurrency, max_keepalive_connections=concurrency, keepalive_expiry=30.0
+            ),
+            transport=transport,
+        )
+        self.slots = asyncio.Semaphore(concurrency)
+
+    async def post(self, url: str, body: bytes, headers: dict[str, str], timeout_s: float) -> Answer:
+        async with self.slots:
+            if self.plain is not None and url.startswith("http://"):
+                return await self.plain.post(url, body, headers, timeout_s)
+            response = await self.client.post(url, content=body, headers=headers, timeout=timeout_s)
+            return Answer(response.status_code, response.text)
+
+    async def aclose(self) -> None:
+        if self.plain is not None:
+            await self.plain.aclose()
+        await self.client.aclose()
+
+
 class WebhookSender:
     """Posts webhooks to the gateway. The first attempt is awaited (its status is reported to the
     simulator caller); on a non-200 answer Meta-style retries continue in the background."""
 
-    def __init__(self, state: GraphState, client: httpx.AsyncClient, background: Background) -> None:
+    def __init__(self, state: GraphState, lane: WebhookLane, background: Background) -> None:
         self.state = state
-        self.client = client
+        self.lane = lane
         self.background = background
 
     @property
@@ -81,13 +118,12 @@ class WebhookSender:
             "url": self.options.webhook_url,
         }
         try:
-            response = await self.client.post(
-                self.options.webhook_url,
-                content=delivery.body,
-                headers=delivery.headers,
-                timeout=self.options.webhook_timeout_s,
+            response = await self.lane.post(
+                self.options.webhook_url, delivery.body, delivery.headers, self.options.webhook_timeout_s
             )
             record.update(status_code=response.status_code, response=response.text[:2000], error=None)
+        except WebhookFailed as exc:
+            record.update(status_code=None, response=None, error=str(exc))
         except httpx.HTTPError as exc:
             record.update(status_code=None, response=None, error=f"{type(exc).__name__}: {exc}")
         record["duration_ms"] = round((time.time() - started) * 1000, 1)

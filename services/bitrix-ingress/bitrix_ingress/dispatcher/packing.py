@@ -153,11 +153,39 @@ def failure_text(
 
 @dataclass(eq=False)
 class Item:
-    """One element of a call's MESSAGES[] (or a whole single-purpose call), owned by one work item."""
+    """One element of a call's MESSAGES[] (or a whole single-purpose call), owned by one work item;
+    ``riders`` are further works answered by the same element (a status of the same message)."""
 
     owner: Any
     payload: dict[str, Any]
     has_files: bool = False
+    riders: list[Any] = field(default_factory=list)
+
+    @property
+    def owners(self) -> list[Any]:
+        return [self.owner, *self.riders]
+
+
+def status_key(payload: dict[str, Any]) -> tuple[str, str]:
+    """The Bitrix24 message a status item is about: (chat id, message id)."""
+    im = payload.get("im") or {}
+    return str(im.get("chat_id", "")), str(im.get("message_id", ""))
+
+
+def merge_statuses(items: list[Item]) -> list[Item]:
+    """One MESSAGES element per Bitrix24 message: a later status of the same message (its delivered and
+    read webhooks in one poll batch, both reported as delivery because the link was not yet marked) rides
+    on the first element and gets its answer; the message is reported once. Order is kept."""
+    first: dict[tuple[str, str], Item] = {}
+    out: list[Item] = []
+    for item in items:
+        key = status_key(item.payload)
+        if key in first:
+            first[key].riders.extend(item.owners)
+            continue
+        first[key] = item
+        out.append(item)
+    return out
 
 
 @dataclass(eq=False)

@@ -87,15 +87,15 @@ class PortalCalls:
             carried: list[tuple[Work, Answer]] = []
             for call in request:
                 for item in call.items:
-                    work: Work = item.owner
-                    answer = answers.get(work)
-                    if answer is not None:
-                        carried.append((work, answer))
-                    if isinstance(answer, RateLimitWaitExceeded):
-                        halted = answer
-                    if call.method == dl.SEND_MESSAGES and isinstance(answer, BaseException):
-                        if work.conv_key:
-                            broken.setdefault(work.conv_key, str(answer)[:200])
+                    for work in item.owners:
+                        answer = answers.get(work)
+                        if answer is not None:
+                            carried.append((work, answer))
+                        if isinstance(answer, RateLimitWaitExceeded):
+                            halted = answer
+                        if call.method == dl.SEND_MESSAGES and isinstance(answer, BaseException):
+                            if work.conv_key:
+                                broken.setdefault(work.conv_key, str(answer)[:200])
             if answered is not None and not await answered(carried) and halted is None:
                 halted = TransientBitrixError(
                     "NOT_SENT", "not sent: what the previous request delivered could not be recorded"
@@ -131,7 +131,7 @@ class PortalCalls:
             calls += dl.chunk(
                 method,
                 {"CONNECTOR": connector, "LINE": line},
-                items,
+                dl.merge_statuses(items),
                 max_messages=settings.bitrix_max_messages_per_call,
                 max_files=settings.bitrix_max_messages_per_call,
             )
@@ -281,7 +281,8 @@ def _done(answers: Answers, work: Work, result: Any) -> None:
 
 def _fail_call(answers: Answers, call: dl.Call, exc: BaseException) -> None:
     for item in call.items:
-        _fail(answers, item.owner, exc)
+        for owner in item.owners:
+            _fail(answers, owner, exc)
 
 
 def _succeed_call(answers: Answers, call: dl.Call, result: Any) -> None:
@@ -289,13 +290,14 @@ def _succeed_call(answers: Answers, call: dl.Call, result: Any) -> None:
     if call.method != dl.SEND_MESSAGES:
         failed = isinstance(result, dict) and result.get("SUCCESS") is False
         for item in call.items:
-            if failed:
-                error = PerMessageError(
-                    "SUCCESS_FALSE", f"{call.method} answered SUCCESS=false", method=call.method
-                )
-                _fail(answers, item.owner, error)
-            else:
-                _done(answers, item.owner, result)
+            for owner in item.owners:  # a status's riders share its answer
+                if failed:
+                    error = PerMessageError(
+                        "SUCCESS_FALSE", f"{call.method} answered SUCCESS=false", method=call.method
+                    )
+                    _fail(answers, owner, error)
+                else:
+                    _done(answers, owner, result)
         return
     per_message = result_items(result)
     overall_failed = isinstance(result, dict) and result.get("SUCCESS") is False
@@ -319,7 +321,7 @@ def request_spans(calls: list[dl.Call]) -> Iterator[None]:
     """Each event's trace gets a span named after the method that carried it (``bitrix24
     imconnector.send.messages``); the HTTP request itself (a batch or a single call) runs inside the
     first event's span, and every event's span links to it."""
-    owned = [(call.method, item.owner) for call in calls for item in call.items]
+    owned = [(call.method, owner) for call in calls for item in call.items for owner in item.owners]
     if not owned:
         yield
         return

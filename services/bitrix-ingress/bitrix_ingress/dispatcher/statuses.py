@@ -1,5 +1,10 @@
 """WhatsApp statuses of operator messages → imconnector.send.status.delivery/reading (or, for a failed
-message, a notice in the operator's chat)."""
+message, a notice in the operator's chat).
+
+Each reply brings three statuses (sent, delivered, read): only the one that calls Bitrix24 pays for the
+dedupe record and the conversation lookup; the others update the message link (idempotent, the mapper
+keeps the latest state) after one FindMessageLink.
+"""
 
 from __future__ import annotations
 
@@ -34,10 +39,8 @@ async def prepare_status(
     event_id = rec.envelope.event_id
     if not st.wamid:
         return Outcome.dead("status without wamid")
-    check = await deps.check_processed(event_id)
-    if check.processed:
-        STATUSES.labels(status, "duplicate").inc()
-        return Outcome.duplicate()
+    # The link first: most statuses only update it (sent, and delivered/read once the delivery is reported),
+    # which is idempotent and needs no dedupe record; CheckProcessed only guards a status that calls Bitrix24.
     try:
         link = await deps.find_message_link(st.wamid)
     except RpcNotFound:
@@ -58,6 +61,22 @@ async def prepare_status(
             await deps.update_message_status(st.wamid, whatsapp_status="sent")
         STATUSES.labels(status or "empty", "recorded").inc()
         return Outcome.ok()
+    already = link.bitrix_status in ("delivered", "read")
+    if status == "delivered" and already:
+        await deps.update_message_status(st.wamid, whatsapp_status=status)
+        STATUSES.labels(status, "already_reported").inc()
+        return Outcome.ok()
+    method = dl.STATUS_DELIVERY
+    if status == "read" and already:
+        if not settings.bitrix_send_read_status or link.bitrix_status == "read":
+            await deps.update_message_status(st.wamid, whatsapp_status=status)
+            STATUSES.labels(status, "already_reported").inc()
+            return Outcome.ok()
+        method = dl.STATUS_READING
+    check = await deps.check_processed(event_id)
+    if check.processed:
+        STATUSES.labels(status, "duplicate").inc()
+        return Outcome.duplicate()
     channel = await channels.get(st.phone_number_id)
     try:
         conv = await deps.find_conversation_by_id(link.conversation_id)
@@ -83,18 +102,6 @@ async def prepare_status(
             wamid=st.wamid,
             via=notice_via(settings, link.bitrix_chat_id or conv.bitrix_chat_id),
         )
-    already = link.bitrix_status in ("delivered", "read")
-    if status == "delivered" and already:
-        await deps.update_message_status(st.wamid, whatsapp_status=status)
-        STATUSES.labels(status, "already_reported").inc()
-        return Outcome.ok()
-    method = dl.STATUS_DELIVERY
-    if status == "read" and already:
-        if not settings.bitrix_send_read_status or link.bitrix_status == "read":
-            await deps.update_message_status(st.wamid, whatsapp_status=status)
-            STATUSES.labels(status, "already_reported").inc()
-            return Outcome.ok()
-        method = dl.STATUS_READING
     if not link.bitrix_message_id or not link.bitrix_chat_id:
         log.warning("status for a message without Bitrix24 ids", wamid=st.wamid)
         await deps.update_message_status(st.wamid, whatsapp_status=status)

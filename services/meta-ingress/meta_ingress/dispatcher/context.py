@@ -3,6 +3,7 @@ credentials."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import NoReturn
 
@@ -11,7 +12,7 @@ from zaptrix.kafka import PermanentError
 from zaptrix.logging import get_logger
 from zaptrix.metrics import count_cross_tenant
 from zaptrix.rpc import RpcNotFound
-from zaptrix.ttlcache import AsyncTtlCache, NotFoundError
+from zaptrix.ttlcache import AsyncTtlCache, NotFoundError, TtlCache
 from zaptrix.v1 import mapper_pb2
 
 from meta_ingress.credentials import Credentials, CredentialsCache, UnknownChannel
@@ -24,6 +25,19 @@ from meta_ingress.settings import DispatcherSettings
 
 SERVICE = "meta-dispatcher"
 log = get_logger(__name__)
+WINDOW_S = 24 * 3600  # Meta's customer service window
+# A conversation looked up moments ago serves the next events of the same chat (a burst of replies to one
+# customer): its ids and portal do not change, and it is used only while its window is open by that
+# record, so staleness can only let Meta judge a window that closed in the last seconds (131047 path).
+CONVERSATIONS_KEPT = 10_000
+CONVERSATION_TTL_S = 2.0
+
+
+def window_open_by_record(conversation: mapper_pb2.Conversation, now: float) -> bool:
+    """Not known to be closed: no customer message on record, or the last one less than 24 h ago."""
+    if not conversation.HasField("last_customer_message_at"):
+        return True
+    return now - conversation.last_customer_message_at.seconds < WINDOW_S
 
 
 @dataclass
@@ -63,16 +77,24 @@ class Context:
             stale_max_s=600.0,
             name="channels",
         )
+        self._conversations: TtlCache[tuple[str, str], mapper_pb2.Conversation] = TtlCache(
+            CONVERSATIONS_KEPT, CONVERSATION_TTL_S
+        )
 
     async def conversation(self, member_id: str, external_chat_id: str, kind: str) -> mapper_pb2.Conversation:
         """The event's conversation, which must belong to the event's portal, or PermanentError
         ("cross-tenant: ...", counted, no notice: the event's portal is not the chat's)."""
+        key = (member_id, external_chat_id)
+        cached = self._conversations.get(key)
+        if cached is not None and window_open_by_record(cached, time.time()):
+            return cached
         try:
             conversation = await self.records.conversation(member_id, external_chat_id)
         except RpcNotFound:
             conversation = None
         if conversation is None or conversation.member_id != member_id:
             self.refuse(kind, member_id, external_chat_id, "is not a conversation of the event's portal")
+        self._conversations.put(key, conversation)
         return conversation
 
     async def target(self, member_id: str, external_chat_id: str, kind: str) -> Target:

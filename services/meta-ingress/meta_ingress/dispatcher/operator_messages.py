@@ -11,6 +11,7 @@ API offers no idempotency key to close it. See docs/meta-ingress.md.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -70,14 +71,31 @@ class OperatorMessages:
 
     async def on_message(self, rec: Received, om: events_pb2.OperatorMessage) -> Outcome:
         event_id = rec.envelope.event_id
-        if await self.ctx.records.recorded(event_id) is not None:
-            DUPLICATES.labels("operator_message").inc()
-            log.info("operator message already delivered", event_id=event_id)
-            return Outcome.duplicate()
-        target = await self.ctx.target(om.member_id, om.external_chat_id, "message")
+        records = self.ctx.records
+        if records.known(event_id) is not None:  # e.g. the offline copy of a message sent moments ago
+            return self._duplicate(event_id)
+        # The dedupe record and the target are independent look-ups: asked at once, one round trip less
+        # before the send. A recorded event stays a duplicate whatever its target lookup said.
+        recorded, target = await asyncio.gather(
+            records.recorded(event_id),
+            self.ctx.target(om.member_id, om.external_chat_id, "message"),
+            return_exceptions=True,
+        )
+        if isinstance(recorded, BaseException):
+            raise recorded
+        if recorded is not None:
+            return self._duplicate(event_id)
+        if isinstance(target, BaseException):
+            raise target
         notice = Notice.about(om, f"wa-fail:{om.member_id}:{om.bitrix_message_id}", target.conversation)
         plan = plan_message(om.text_bbcode, list(om.files), om.reply_to_external_id)
         return await self.deliver(rec, target, plan, notice, link=True, reengage=True)
+
+    @staticmethod
+    def _duplicate(event_id: str) -> Outcome:
+        DUPLICATES.labels("operator_message").inc()
+        log.info("operator message already delivered", event_id=event_id)
+        return Outcome.duplicate()
 
     async def deliver(
         self, rec: Received, target: Target, plan: Plan, notice: Notice, *, link: bool, reengage: bool

@@ -4,6 +4,11 @@ Lookups: channel bindings, conversations (by external chat id or by channel + cu
 Bitrix24 message. Bookkeeping: dedupe records (CheckProcessed / MarkProcessed) and message links. A send
 whose recording fails is not kept here: it is noted on the Kafka record (send_once.py), so the retry of
 the event, on whichever replica, only records it instead of sending again.
+
+Dedupe records this process has seen in the mapper (its own MarkProcessed, or a CheckProcessed that found
+one) are remembered for a while: every operator message reaches the topic twice (online, and again from
+the offline-event queue a few seconds later), and the copy then costs no RPC. Only "processed" is
+remembered, never "not processed": a record is never taken back, so the memory cannot send twice.
 """
 
 from __future__ import annotations
@@ -17,17 +22,20 @@ from zaptrix.clients import Clients
 from zaptrix.kafka import TransientError
 from zaptrix.logging import get_logger
 from zaptrix.rpc import RpcNotFound, RpcPermanent, call
-from zaptrix.ttlcache import NotFoundError
+from zaptrix.ttlcache import NotFoundError, TtlCache
 from zaptrix.v1 import mapper_pb2
 
 from meta_ingress.dispatcher.notices import Notice
 
 log = get_logger(__name__)
+DONE_KEPT = 20_000  # dedupe records remembered (the offline copy of a message comes seconds after it)
+DONE_TTL_S = 3600.0
 
 
 class Records:
     def __init__(self, clients: Clients) -> None:
         self.clients = clients
+        self._done: TtlCache[str, str] = TtlCache(DONE_KEPT, DONE_TTL_S)
 
     # --- lookups ---------------------------------------------------------------------------------------
     async def channel(self, phone_number_id: str) -> mapper_pb2.Channel:
@@ -78,22 +86,35 @@ class Records:
         return str(link.wamid)
 
     # --- dedupe ----------------------------------------------------------------------------------------
+    def known(self, event_id: str) -> str | None:
+        """The dedupe record of an event as this process saw it in the mapper lately (no RPC), else None."""
+        return self._done.get(event_id)
+
     async def recorded(self, event_id: str) -> str | None:
         """The mapper's dedupe record of an event (MarkProcessed happened), else None."""
+        done = self._done.get(event_id)
+        if done is not None:
+            return done
         resp = await call(
             "mapper CheckProcessed",
             self.clients.mapper.CheckProcessed(
                 mapper_pb2.CheckProcessedRequest(event_id=event_id), timeout=self.clients.timeout
             ),
         )
-        return resp.result if resp.processed else None
+        if not resp.processed:
+            return None
+        self._done.put(event_id, resp.result)
+        return str(resp.result)
 
     async def mark(self, event_id: str, result: str) -> None:
         request = mapper_pb2.MarkProcessedRequest(event_id=event_id, result=result[:1000])
-        await self._after_send(
+        resp = await self._after_send(
             "mapper MarkProcessed",
             lambda: self.clients.mapper.MarkProcessed(request, timeout=self.clients.timeout),
         )
+        # An earlier record keeps its own result: remember ours only when it is the one the mapper kept.
+        if not getattr(resp, "already_processed", True):
+            self._done.put(event_id, request.result)
 
     async def link(self, conversation_id: str, notice: Notice, wamids: list[str]) -> None:
         for i, wamid in enumerate(wamids):
@@ -118,7 +139,7 @@ class Records:
                 level = log.warning if i == 0 else log.debug
                 level("message link not recorded", wamid=wamid, error=str(exc))
 
-    async def _after_send(self, what: str, rpc: Callable[[], Awaitable[Any]]) -> None:
+    async def _after_send(self, what: str, rpc: Callable[[], Awaitable[Any]]) -> Any:
         """Recording after a send: a few quick attempts in process (a failure here must not cost a second
         send; the effect noted on the record covers the retry of the event if all of them fail)."""
         async for attempt in AsyncRetrying(
@@ -128,4 +149,5 @@ class Records:
             reraise=True,
         ):
             with attempt:
-                await call(what, rpc())
+                return await call(what, rpc())
+        raise AssertionError("unreachable")  # pragma: no cover - reraise=True always raises or returns

@@ -14,13 +14,12 @@ from zaptrix.ttlcache import NotFoundError
 from zaptrix.v1 import events_pb2, mapper_pb2
 
 from meta_ingress.credentials import UnknownChannel
-from meta_ingress.dispatcher.context import Context, Target
+from meta_ingress.dispatcher.context import WINDOW_S, Context, Target
 from meta_ingress.dispatcher.notices import Notice, graph_error, window_error
 from meta_ingress.dispatcher.send_plan import template_payload
 from meta_ingress.graph.errors import GraphApiError, GraphTransportError, describe, notice_for, retry_later
 from meta_ingress.metrics import DUPLICATES, OPERATOR_EVENTS, TEMPLATES
 
-WINDOW_S = 24 * 3600
 log = get_logger(__name__)
 
 

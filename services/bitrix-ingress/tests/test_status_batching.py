@@ -1,0 +1,109 @@
+"""Statuses of operator messages at Bitrix24: many in few calls, each message once, each portal its own."""
+
+from __future__ import annotations
+
+from bitrix_ingress.dispatcher import packing as dl
+from bitrix_ingress.formparse import as_list
+from test_batch_delivery import Harness, h, status  # noqa: F401 (h: the fixture)
+from zaptrix.v1 import mapper_pb2
+from zaptrix_testing.fakes import Portal
+
+DELIVERY = "imconnector.send.status.delivery"
+
+
+def sent_reply(harness: Harness, n: int, *, pnid: str = "100", member_id: str = "m1") -> str:
+    """An operator reply to customer n that the meta dispatcher sent and linked; its wamid."""
+    conv = harness.fakes.mapper.add_conversation(pnid, f"4917{n:04d}", f"Kunde {n}")
+    wamid = f"wamid.reply{pnid}x{n}"
+    harness.fakes.mapper.links[wamid] = mapper_pb2.MessageLink(
+        conversation_id=conv.id,
+        direction=mapper_pb2.DIRECTION_OUTBOUND,
+        wamid=wamid,
+        member_id=member_id,
+        bitrix_message_id=str(90_000 + n),
+        bitrix_chat_id=str(1_000 + n),
+    )
+    return wamid
+
+
+def reported(harness: Harness, method: str = DELIVERY, token: str | None = None) -> list[str]:
+    """Every wamid in the MESSAGES of successful-looking status calls, as often as it was carried."""
+    return [
+        wamid
+        for call in harness.bitrix.calls
+        if call.method == method and (token is None or call.token == token)
+        for item in as_list(call.params["MESSAGES"])
+        for wamid in as_list(item["message"]["id"])
+    ]
+
+
+async def test_many_statuses_go_in_few_calls_and_each_message_once(h: Harness) -> None:  # noqa: F811
+    wamids = [sent_reply(h, n) for n in range(40)]
+    # What 40 replies bring back within one poll: sent, delivered and read of each, interleaved.
+    batch = [
+        status(w, s, wa_id=f"4917{n:04d}")
+        for s in ("sent", "delivered", "read")
+        for n, w in enumerate(wamids)
+    ]
+    assert await h.run(batch) == ["ok"] * 120
+    assert sorted(reported(h)) == sorted(wamids)  # every message's delivery, none twice
+    assert [r.method for r in h.bitrix.requests] == [DELIVERY]  # one HTTP request for all of them
+    for w in wamids:
+        link = h.fakes.mapper.links[w]
+        assert (link.whatsapp_status, link.bitrix_status) == ("read", "read")
+    # Delivered again later (Meta retried the webhook): already reported, no call.
+    assert await h.run([status(wamids[0], "delivered", wa_id="49170000")]) == ["ok"]
+    assert len(h.bitrix.requests) == 1
+
+
+async def test_only_a_status_that_calls_bitrix_pays_for_dedupe_and_conversation(h: Harness) -> None:  # noqa: F811
+    wamids = [sent_reply(h, n) for n in range(10)]
+    first = [status(w, s, wa_id=f"4917{n:04d}") for s in ("sent", "delivered") for n, w in enumerate(wamids)]
+    assert await h.run(first) == ["ok"] * 20
+    assert h.fakes.mapper.count("CheckProcessed") == 10  # the deliveries; "sent" only updates the link
+    h.fakes.mapper.forget_calls()
+    reads = [status(w, "read", wa_id=f"4917{n:04d}") for n, w in enumerate(wamids)]
+    assert await h.run(reads) == ["ok"] * 10
+    assert h.fakes.mapper.count("CheckProcessed") == 0 and h.fakes.mapper.count("FindConversation") == 0
+    assert [r.method for r in h.bitrix.requests] == [DELIVERY]  # no call for the reads
+    assert all(h.fakes.mapper.links[w].whatsapp_status == "read" for w in wamids)
+
+
+async def test_delivered_and_read_in_one_batch_report_the_message_once(h: Harness) -> None:  # noqa: F811
+    w = sent_reply(h, 1)
+    outcomes = await h.run([status(w, "delivered", wa_id="49170001"), status(w, "read", wa_id="49170001")])
+    assert outcomes == ["ok", "ok"]
+    assert reported(h) == [w]
+    assert h.fakes.mapper.processed.keys() >= {f"wa-status:{w}:delivered", f"wa-status:{w}:read"}
+
+
+async def test_statuses_of_two_portals_go_to_their_own_portal(h: Harness) -> None:  # noqa: F811
+    h.fakes.token_keeper.add(
+        Portal("m2", "apptok2", access_token="access-2", client_endpoint="https://two.example.com/rest/")
+    )
+    h.fakes.mapper.bind("200", "m2", 3)
+    h.bitrix.valid_tokens.add("access-2")
+    ones = [sent_reply(h, n) for n in range(3)]
+    twos = [sent_reply(h, n, pnid="200", member_id="m2") for n in range(10, 13)]
+    batch = [status(w, "delivered", wa_id=f"4917{n:04d}") for n, w in enumerate(ones)]
+    for n, w in zip(range(10, 13), twos, strict=True):
+        record = status(w, "delivered", wa_id=f"4917{n:04d}")
+        record.envelope.whatsapp_status.phone_number_id = "200"
+        batch.append(record)
+    assert await h.run(batch) == ["ok"] * 6
+    assert sorted(reported(h, token="access-1")) == sorted(ones)
+    assert sorted(reported(h, token="access-2")) == sorted(twos)
+
+
+def test_merge_statuses_keeps_one_element_per_message_in_order() -> None:
+    def item(owner: str, chat: str, message: str) -> dl.Item:
+        payload = dl.build_status_item(
+            bitrix_chat_id=chat, bitrix_message_id=message, wamids=[owner], external_chat_id="x", at=1
+        )
+        return dl.Item(owner, payload)
+
+    merged = dl.merge_statuses([item("a", "1", "10"), item("b", "2", "20"), item("c", "1", "10")])
+    assert [i.owner for i in merged] == ["a", "b"]
+    assert merged[0].owners == ["a", "c"] and merged[1].owners == ["b"]
+    # The same message id in another chat is another message.
+    assert len(dl.merge_statuses([item("a", "1", "10"), item("b", "2", "10")])) == 2
