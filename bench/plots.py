@@ -300,6 +300,9 @@ def load(results: Path, source: str) -> dict[str, Any] | None:
 def draw(results: Path = RESULTS, out: Path = DOCS, only: Iterable[str] | None = None) -> list[Path]:
     """Every registered curve whose source JSON exists (only those of `only`, if given) as out/<png>.
     A curve that fails is reported and skipped: plotting must never fail a benchmark run."""
+    from bench import lookup_drain_plots  # its curves register here (it imports this module lazily)
+
+    lookup_drain_plots.register()
     wanted = set(only) if only is not None else None
     written: list[Path] = []
     for c in CURVES:

@@ -33,13 +33,12 @@ SCENARIOS: dict[str, tuple[str, float]] = {
     "outbound_throughput": ("bench.scenarios.outbound_throughput", 180),
     "outbound_latency": ("bench.scenarios.outbound_latency", 120),
     "adversarial": ("bench.scenarios.adversarial", 120),
-    # issue 14 curves (helper 5)
+    # how cost grows (issue 14)
+    "scaling": ("bench.scenarios.scaling", 300),
+    "replicas": ("bench.scenarios.replicas", 240),
     "mapper_lookup": ("bench.scenarios.mapper_lookup", 240),
     "backlog_drain": ("bench.scenarios.backlog_drain", 420),
 }
-# helper 4 (issue 14): cost curves
-SCENARIOS["scaling"] = ("bench.scenarios.scaling", 300)
-SCENARIOS["replicas"] = ("bench.scenarios.replicas", 240)
 IN_PROCESS = frozenset({"adversarial"})  # need no PostgreSQL or Kafka: runnable without dev/bench.sh
 
 
