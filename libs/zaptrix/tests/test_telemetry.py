@@ -16,3 +16,15 @@ def test_query_strings_with_credentials_never_reach_spans(spans: InMemorySpanExp
     assert finished.attributes is not None
     assert finished.attributes["url.full"] == "https://portal.example/rest/profile.json"
     assert "SECRET-TOKEN" not in str(dict(finished.attributes))
+
+
+def test_a_lazy_tracer_made_before_setup_records_to_the_sdk_provider(spans: InMemorySpanExporter) -> None:
+    from opentelemetry.sdk.trace import Tracer
+    from zaptrix.telemetry import LazyTracer
+
+    lazy = LazyTracer("zaptrix.test")  # as a module does at import, possibly before setup_telemetry
+    tracer = lazy()
+    assert isinstance(tracer, Tracer)  # the SDK's, not a ProxyTracer re-checking the provider per span
+    assert lazy() is tracer
+    tracer.start_span("lazy").end()
+    assert spans.get_finished_spans()[-1].name == "lazy"

@@ -23,6 +23,26 @@ from opentelemetry.trace import Span
 _configured = False
 
 
+class LazyTracer:
+    """A module's tracer, resolved on first use after the SDK provider is set.
+
+    ``trace.get_tracer()`` at import time (before setup_telemetry) returns a ProxyTracer, which re-checks the
+    global provider and adds a call on every span (a hot path: two spans per webhook). The global provider
+    can be set only once, so the real tracer is cached as soon as it exists."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._tracer: trace.Tracer | None = None
+
+    def __call__(self) -> trace.Tracer:
+        if self._tracer is not None:
+            return self._tracer
+        tracer = trace.get_tracer(self.name)
+        if not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
+            self._tracer = tracer
+        return tracer
+
+
 def setup_telemetry(service_name: str, exporter: SpanExporter | None = None) -> TracerProvider:
     """Configure tracing once per process and instrument grpc (aio), asyncpg and httpx.
 

@@ -30,8 +30,9 @@ from sanic import HTTPResponse, Request, Sanic, json, raw
 from sanic.exceptions import SanicException
 
 from zaptrix.health import Check, Probes, always
+from zaptrix.telemetry import LazyTracer
 
-tracer = trace.get_tracer("zaptrix.web")
+tracer = LazyTracer("zaptrix.web")
 
 HTTP_REQUESTS = Counter("zaptrix_http_requests_total", "HTTP requests", ["route", "method", "status"])
 HTTP_SECONDS = Histogram(
@@ -81,7 +82,7 @@ def _count(route: str, method: str, status: int, seconds: float | None) -> None:
 
 
 def _start_span(request: Request, route: str) -> trace.Span:
-    return tracer.start_span(
+    return tracer().start_span(
         f"{request.method} {route}",
         context=_ROOT,
         kind=SpanKind.SERVER,

@@ -15,9 +15,10 @@ from zaptrix.kafka.connection import connection_kwargs
 from zaptrix.kafka.envelope import Headers, encode, event_type
 from zaptrix.metrics import EVENTS_PRODUCED
 from zaptrix.settings import KafkaSettings
+from zaptrix.telemetry import LazyTracer
 from zaptrix.v1 import events_pb2
 
-tracer = trace.get_tracer("zaptrix.kafka")
+tracer = LazyTracer("zaptrix.kafka")
 
 
 _produced_children: dict[tuple[str, str], Any] = {}
@@ -83,7 +84,7 @@ class EventProducer:
             attributes["zaptrix.event_type"] = event_type(first)
         else:
             attributes["messaging.batch.message_count"] = len(envelopes)
-        span = tracer.start_span(f"{topic} publish", kind=SpanKind.PRODUCER, attributes=attributes)
+        span = tracer().start_span(f"{topic} publish", kind=SpanKind.PRODUCER, attributes=attributes)
         context = trace.set_span_in_context(span)
         try:
             futures = []
