@@ -119,6 +119,7 @@ async def servers(
         grpcauth.ADMIN,
         grpcauth.META_INGRESS_WEB,
         grpcauth.BITRIX_INGRESS_WEB,
+        grpcauth.META_DISPATCHER,
         "stranger.zaptrix",  # signed by the right CA, but no row in the table
     ]
     certs = {name: ca.issue(name) for name in identities}
@@ -426,3 +427,44 @@ async def test_meta_ingress_web_records_send_confirmations_only(servers: Servers
         mapper_pb2.CheckProcessedRequest(event_id=f"sent:{PNID}:{event}"), timeout=5
     )
     assert check.result == "wamid.ok"
+
+
+async def test_meta_dispatcher_records_a_delivery_but_cannot_change_the_conversation(
+    servers: Servers,
+) -> None:
+    """meta-dispatcher may record a sent reply's link and dedupe record in one RecordDelivery call (it may
+    make both alone), but never change the conversation through it: UpdateConversation is not its to call
+    (a forged contact name or timestamp would mislead the operator or the 24-h window)."""
+    await _seed(servers)
+    wa = str(10**11 + uuid.uuid4().int % 10**9)
+    conv = (
+        await servers.mapper().GetOrCreateConversation(
+            mapper_pb2.GetOrCreateConversationRequest(phone_number_id=PNID, wa_id=wa), timeout=5
+        )
+    ).conversation
+    stub = servers.mapper(grpcauth.META_DISPATCHER)
+
+    def delivery(event: str, **changes: str) -> mapper_pb2.RecordDeliveryRequest:
+        link = mapper_pb2.MessageLink(
+            conversation_id=conv.id,
+            direction=mapper_pb2.DIRECTION_OUTBOUND,
+            wamid=f"wamid.{event}",
+            member_id=PORTAL,
+        )
+        return mapper_pb2.RecordDeliveryRequest(
+            link=mapper_pb2.LinkMessageRequest(link=link),
+            conversation=mapper_pb2.UpdateConversationRequest(id=conv.id, **changes),
+            processed=mapper_pb2.MarkProcessedRequest(event_id=event, result=f"wamid.{event}"),
+        )
+
+    forged = f"b24:{PORTAL}:{uuid.uuid4().int % 10**9}"
+    refused = stub.RecordDelivery(delivery(forged, contact_name="Forged"), timeout=5)
+    assert await _code(refused) == grpc.StatusCode.PERMISSION_DENIED
+    check = await servers.mapper().CheckProcessed(
+        mapper_pb2.CheckProcessedRequest(event_id=forged), timeout=5
+    )
+    assert not check.processed
+    event = f"b24:{PORTAL}:{uuid.uuid4().int % 10**9}"
+    done = await stub.RecordDelivery(delivery(event), timeout=5)
+    assert done.link.wamid == f"wamid.{event}" and not done.already_processed
+    assert done.conversation.contact_name == conv.contact_name

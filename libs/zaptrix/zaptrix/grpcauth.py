@@ -86,9 +86,16 @@ ALLOWED: dict[str, frozenset[str]] = {
     META_INGRESS_WEB: _tk("GetChannelCredentials", "CheckVerifyToken") | _mapper("MarkProcessed"),
     # Sends through the Graph API with the channel's token; resolves and records conversations/links.
     # GetPortalStatus: the conversation's portal hosts, which operator file links may name (egress guard).
+    # RecordDelivery: a sent reply's link + dedupe record in one call (no conversation change: rule below).
     META_DISPATCHER: _tk("GetChannelCredentials", "GetPortalStatus")
     | _mapper(
-        "GetChannel", "FindConversation", "FindMessageLink", "LinkMessage", "CheckProcessed", "MarkProcessed"
+        "GetChannel",
+        "FindConversation",
+        "FindMessageLink",
+        "LinkMessage",
+        "CheckProcessed",
+        "MarkProcessed",
+        "RecordDelivery",
     ),
     # Event verification, app install (portal status, upsert), settings placement (line's channels),
     # outbound events (conversation and message lookups). REST calls during install use the caller's token.
@@ -119,6 +126,11 @@ REQUEST_RULES: dict[tuple[str, str], Callable[[Any], bool]] = {
     # meta-ingress-web records send confirmations only ("sent:<phone_number_id>:<part id>"), never another
     # event's dedupe record: a forged one would silently drop an operator's or a customer's message.
     (META_INGRESS_WEB, _MAPPER + "MarkProcessed"): lambda request: str(request.event_id).startswith("sent:"),
+    # meta-dispatcher records LinkMessage + MarkProcessed in one call, which it may make alone; the
+    # conversation part may only name the conversation (UpdateConversation is not its to call).
+    (META_DISPATCHER, _MAPPER + "RecordDelivery"): lambda request: all(
+        field.name == "id" for field, _ in request.conversation.ListFields()
+    ),
 }
 
 # Open to any caller that completed the TLS handshake: health checking and reflection.

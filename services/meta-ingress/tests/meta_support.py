@@ -131,12 +131,14 @@ class FakeMapper(kit.FakeMapper):
 
     @property
     def fail_mark(self) -> int:
-        return len(self.fail["MarkProcessed"])
+        return max(len(self.fail["MarkProcessed"]), len(self.fail["RecordDelivery"]))
 
     @fail_mark.setter
     def fail_mark(self, n: int) -> None:
-        """The next n MarkProcessed calls answer UNAVAILABLE."""
+        """The next n calls that write a dedupe record (MarkProcessed, and RecordDelivery: a reply's link and
+        record at once) answer UNAVAILABLE."""
         self.fail["MarkProcessed"] = [grpc.StatusCode.UNAVAILABLE] * n
+        self.fail["RecordDelivery"] = [grpc.StatusCode.UNAVAILABLE] * n
 
 
 class Fakes(kit.GrpcFakes):

@@ -7,9 +7,10 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator
 
+import grpc
 import pytest
 from meta_ingress.dispatcher.context import Context
-from meta_ingress.dispatcher.notices import Notifier
+from meta_ingress.dispatcher.notices import Notice, Notifier
 from meta_ingress.dispatcher.records import Records
 from meta_ingress.graph.client import GraphClient
 from meta_ingress.settings import DispatcherSettings
@@ -17,6 +18,7 @@ from meta_support import MEMBER, Fakes
 from zaptrix.clients import Clients
 from zaptrix.kafka import PermanentError
 from zaptrix.settings import GrpcClientSettings
+from zaptrix.v1 import mapper_pb2
 
 
 @pytest.fixture
@@ -84,3 +86,33 @@ async def test_a_remembered_conversation_whose_window_closed_is_looked_up_again(
     fresh_copy = await ctx.conversation(MEMBER, conv.external_chat_id, "message")
     assert fresh.mapper.count("FindConversation") == 2
     assert time.time() - fresh_copy.last_customer_message_at.seconds < 60
+
+
+async def test_a_reply_is_linked_and_recorded_in_one_call(records: Records, fresh: Fakes) -> None:
+    conv = fresh.mapper.add_conversation("4915100000041")
+    notice = Notice("b24:m1:41", MEMBER, 1, "zaptrix_whatsapp", "77", "9001", conv.external_chat_id, "k")
+    await records.link_and_mark(conv.id, notice, "wamid.ONE", "b24:m1:41", "wamid.ONE")
+    assert fresh.mapper.count("RecordDelivery") == 1
+    assert fresh.mapper.count("LinkMessage") == fresh.mapper.count("MarkProcessed") == 0
+    assert fresh.mapper.processed["b24:m1:41"] == "wamid.ONE"
+    link = fresh.mapper.links["wamid.ONE"]
+    assert (link.conversation_id, link.bitrix_message_id, link.direction) == (
+        conv.id,
+        "9001",
+        mapper_pb2.DIRECTION_OUTBOUND,
+    )
+    request = next(r for m, r in fresh.mapper.requests if m == "RecordDelivery")
+    assert [f.name for f, _ in request.conversation.ListFields()] == ["id"]  # names it, changes nothing
+    assert records.known("b24:m1:41") == "wamid.ONE"
+
+
+async def test_a_refused_combined_call_records_link_and_dedupe_one_by_one(
+    records: Records, fresh: Fakes
+) -> None:
+    conv = fresh.mapper.add_conversation("4915100000042")
+    notice = Notice("b24:m1:42", MEMBER, 1, "zaptrix_whatsapp", "77", "9002", conv.external_chat_id, "k")
+    fresh.mapper.fail["RecordDelivery"] = [grpc.StatusCode.PERMISSION_DENIED]  # e.g. a mapper not granting it
+    await records.link_and_mark(conv.id, notice, "wamid.TWO", "b24:m1:42", "wamid.TWO")
+    assert fresh.mapper.processed["b24:m1:42"] == "wamid.TWO"
+    assert "wamid.TWO" in fresh.mapper.links
+    assert fresh.mapper.count("LinkMessage") == fresh.mapper.count("MarkProcessed") == 1

@@ -477,7 +477,7 @@ async def test_events_naming_another_portals_chat_touch_nothing_and_tell_nobody(
 async def test_recording_failure_after_send_does_not_send_twice(
     dispatcher: Proc, sandbox: httpx.AsyncClient, fresh: Fakes, producer: EventProducer, topic_prefix: str
 ) -> None:
-    """The mapper fails MarkProcessed longer than the in-process attempts: the event goes through the retry
+    """The mapper fails the recording (RecordDelivery) longer than the in-process attempts: the event goes through the retry
     topic, and the retry only records the send noted on its record instead of sending again."""
     wa = customer()
     await open_windows(sandbox, wa)
@@ -491,4 +491,5 @@ async def test_recording_failure_after_send_does_not_send_twice(
     sent = await sent_to(sandbox, wa)
     assert len(sent) == 1
     assert fresh.mapper.processed[env.event_id] == sent[0]["wamid"]
-    assert fresh.mapper.calls.count(f"MarkProcessed:{env.event_id}") == 6
+    # 4 attempts in process, then the retry: 1 more failure, and the record
+    assert fresh.mapper.calls.count(f"RecordDelivery:{env.event_id}") == 6

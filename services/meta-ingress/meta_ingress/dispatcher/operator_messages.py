@@ -149,6 +149,15 @@ class OperatorMessages:
             delivery.wamids.append(wamid)
             if multi:
                 await records.mark(part_id, wamid)
+        result = ",".join(delivery.wamids) or "failed:" + ",".join(f.code for f in delivery.failures)
+        if link and len(delivery.wamids) == 1 and not delivery.failures:
+            # The common reply: its link and dedupe record in one round trip (the customer's next reply
+            # waits for them).
+            await records.link_and_mark(target.conversation.id, notice, delivery.wamids[0], event_id, result)
+            log.info(
+                "operator message sent", event_id=event_id, wamids=delivery.wamids, parts=len(plan.parts)
+            )
+            return Outcome.ok()
         if delivery.wamids and link:
             await records.link(target.conversation.id, notice, delivery.wamids)
         if delivery.failures:
@@ -157,7 +166,6 @@ class OperatorMessages:
             if delivery.wamids and all(f.code != "too_long" for f in delivery.failures):
                 text += "\nThe rest of the message was delivered."
             await notify(notice, first.error, text)
-        result = ",".join(delivery.wamids) or "failed:" + ",".join(f.code for f in delivery.failures)
         await records.mark(event_id, result)
         log.info("operator message sent", event_id=event_id, wamids=delivery.wamids, parts=len(plan.parts))
         return Outcome.ok()

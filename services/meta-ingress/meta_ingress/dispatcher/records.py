@@ -1,7 +1,8 @@
 """What the mapper knows for the dispatcher.
 
 Lookups: channel bindings, conversations (by external chat id or by channel + customer), the wamid of a
-Bitrix24 message. Bookkeeping: dedupe records (CheckProcessed / MarkProcessed) and message links. A send
+Bitrix24 message. Bookkeeping: dedupe records (CheckProcessed / MarkProcessed) and message links (for a
+reply sent as one message both at once: RecordDelivery). A send
 whose recording fails is not kept here: it is noted on the Kafka record (send_once.py), so the retry of
 the event, on whichever replica, only records it instead of sending again.
 
@@ -116,20 +117,50 @@ class Records:
         if not getattr(resp, "already_processed", True):
             self._done.put(event_id, request.result)
 
+    @staticmethod
+    def _link_of(conversation_id: str, notice: Notice, wamid: str, first: bool) -> mapper_pb2.MessageLink:
+        return mapper_pb2.MessageLink(
+            conversation_id=conversation_id,
+            direction=mapper_pb2.DIRECTION_OUTBOUND,
+            wamid=wamid,
+            member_id=notice.member_id,
+            # Only the first message carries the Bitrix24 id (one link per Bitrix24 message); the others
+            # are linked to the conversation so that a customer quoting them can still be resolved.
+            bitrix_message_id=notice.bitrix_message_id if first else "",
+            bitrix_chat_id=notice.bitrix_chat_id,
+            whatsapp_status="accepted",
+        )
+
+    async def link_and_mark(
+        self, conversation_id: str, notice: Notice, wamid: str, event_id: str, result: str
+    ) -> None:
+        """link() + mark() of a message sent as one WhatsApp message, in one RPC (RecordDelivery: one
+        transaction, the conversation only named). Where the mapper refuses it (e.g. the Bitrix24 message
+        is linked to another wamid, or a mapper that does not grant the call yet), the two calls instead:
+        the dedupe record is written whatever the link's fate, as before."""
+        request = mapper_pb2.RecordDeliveryRequest(
+            link=mapper_pb2.LinkMessageRequest(link=self._link_of(conversation_id, notice, wamid, True)),
+            conversation=mapper_pb2.UpdateConversationRequest(id=conversation_id),
+            processed=mapper_pb2.MarkProcessedRequest(event_id=event_id, result=result[:1000]),
+        )
+        try:
+            resp = await self._after_send(
+                "mapper RecordDelivery",
+                partial(self.clients.mapper.RecordDelivery, request, timeout=self.clients.timeout),
+            )
+        except (RpcPermanent, RpcNotFound) as exc:
+            log.info("link and dedupe record not recorded at once: one by one", error=str(exc))
+            await self.link(conversation_id, notice, [wamid])
+            await self.mark(event_id, result)
+            return
+        if not resp.already_processed:
+            self._done.put(event_id, request.processed.result)
+
     async def link(self, conversation_id: str, notice: Notice, wamids: list[str]) -> None:
         for i, wamid in enumerate(wamids):
-            link = mapper_pb2.MessageLink(
-                conversation_id=conversation_id,
-                direction=mapper_pb2.DIRECTION_OUTBOUND,
-                wamid=wamid,
-                member_id=notice.member_id,
-                # Only the first message carries the Bitrix24 id (one link per Bitrix24 message); the others
-                # are linked to the conversation so that a customer quoting them can still be resolved.
-                bitrix_message_id=notice.bitrix_message_id if i == 0 else "",
-                bitrix_chat_id=notice.bitrix_chat_id,
-                whatsapp_status="accepted",
+            request = mapper_pb2.LinkMessageRequest(
+                link=self._link_of(conversation_id, notice, wamid, i == 0)
             )
-            request = mapper_pb2.LinkMessageRequest(link=link)
             try:
                 await self._after_send(
                     "mapper LinkMessage",
