@@ -65,6 +65,7 @@ MAPPER_METHODS = (
     "RecordDelivery",
     "CheckProcessedMany",
     "RecordDeliveries",
+    "FindMessageLinks",
 )
 
 
@@ -109,6 +110,7 @@ ALLOWED: dict[str, frozenset[str]] = {
         "RecordDelivery",
         "CheckProcessedMany",
         "RecordDeliveries",
+        "FindMessageLinks",
     ),
     # Operator tooling: everything (binding channels, storing channel credentials).
     ADMIN: _tk(*TOKEN_KEEPER_METHODS) | _mapper(*MAPPER_METHODS),

@@ -159,6 +159,9 @@ ON CONFLICT (event_id) DO NOTHING RETURNING true"""
 _CHECK_PROCESSED_MANY = """
 SELECT event_id, result FROM mapper.processed_event WHERE event_id = ANY($1::text[])"""
 
+_LINKS_BY_WAMIDS = f"""
+SELECT {LINK_COLUMNS} FROM mapper.message_link WHERE wamid = ANY($1::text[])"""  # noqa: S608
+
 _MARK_PROCESSED_MANY = """
 INSERT INTO mapper.processed_event (event_id, result)
 SELECT * FROM unnest($1::text[], $2::text[])
@@ -492,6 +495,12 @@ class Repository:
             already = await self._mark_processed(conn, event_id, result)
             conversation = await self._update_conversation(conn, update)
         return link, conversation, already
+
+    async def links_by_wamids(self, wamids: list[str]) -> dict[str, MessageLink]:
+        """The link of each of ``wamids`` that has one (one statement)."""
+        async with self.db.connection() as conn:
+            rows = await conn.fetch(_LINKS_BY_WAMIDS, wamids)
+        return {r["wamid"]: _link(r) for r in rows}
 
     async def check_processed_many(self, event_ids: list[str]) -> dict[str, str]:
         """The recorded result of each of ``event_ids`` that was processed (one statement)."""

@@ -136,6 +136,11 @@ class MapperService:
             raise NotFound(f"no message link for wamid {wamid}")
         return link
 
+    async def links_by_wamids(self, wamids: list[str]) -> list[MessageLink]:
+        """link_by_wamid for each, in order, leaving out the wamids without a link."""
+        found = await self.repo.links_by_wamids(list(dict.fromkeys(wamids)))
+        return [found[w] for w in wamids if w in found]
+
     async def link_by_bitrix_message(self, member_id: str, bitrix_message_id: str) -> MessageLink:
         link = await self.repo.link_by_bitrix_message(member_id, bitrix_message_id)
         if link is None:

@@ -244,6 +244,12 @@ class FakeMapper(Recorder, mapper_pb2_grpc.MapperServicer):
             ]
         )
 
+    async def FindMessageLinks(self, request: Any, context: Any) -> mapper_pb2.FindMessageLinksResponse:
+        await self._enter("FindMessageLinks", request, context)
+        return mapper_pb2.FindMessageLinksResponse(
+            links=[self.links[w] for w in request.wamids if w in self.links]
+        )
+
     async def RecordDeliveries(self, request: Any, context: Any) -> mapper_pb2.RecordDeliveriesResponse:
         """RecordDelivery per item, each answering with its own error; a failure scripted for
         RecordDelivery is that item's answer (scripted failures of RecordDeliveries fail the whole call)."""
