@@ -66,6 +66,7 @@ MAPPER_METHODS = (
     "CheckProcessedMany",
     "RecordDeliveries",
     "FindMessageLinks",
+    "UpdateMessageStatuses",
 )
 
 
@@ -111,6 +112,7 @@ ALLOWED: dict[str, frozenset[str]] = {
         "CheckProcessedMany",
         "RecordDeliveries",
         "FindMessageLinks",
+        "UpdateMessageStatuses",
     ),
     # Operator tooling: everything (binding channels, storing channel credentials).
     ADMIN: _tk(*TOKEN_KEEPER_METHODS) | _mapper(*MAPPER_METHODS),

@@ -65,10 +65,13 @@ async def test_only_a_status_that_calls_bitrix_pays_for_dedupe_and_conversation(
     assert (m.count("FindMessageLinks"), m.count("CheckProcessedMany")) == (1, 1)
     assert m.count("FindMessageLink") == 0 and m.count("CheckProcessed") == 0
     assert m.count("MarkProcessed") == 10  # the deliveries only; "sent" only updates the link
+    # The sent statuses' link updates in one UpdateMessageStatuses; each delivery's after its report.
+    assert (m.count("UpdateMessageStatuses"), m.count("UpdateMessageStatus")) == (1, 10)
     m.forget_calls()
     reads = [status(w, "read", wa_id=f"4917{n:04d}") for n, w in enumerate(wamids)]
     assert await h.run(reads) == ["ok"] * 10
     assert m.count("MarkProcessed") == 0 and m.count("FindConversation") == 0
+    assert (m.count("UpdateMessageStatuses"), m.count("UpdateMessageStatus")) == (1, 0)
     assert [r.method for r in h.bitrix.requests] == [DELIVERY]  # no call for the reads
     assert all(h.fakes.mapper.links[w].whatsapp_status == "read" for w in wamids)
 
@@ -169,3 +172,16 @@ async def test_a_known_conversation_is_not_used_for_another_conversation_s_link(
     call = next(c for c in h.bitrix.calls if c.method == DELIVERY)
     chat = as_list(call.params["MESSAGES"])[0]["chat"]["id"]
     assert chat == other.external_chat_id != known.external_chat_id
+
+
+async def test_a_failed_status_update_retries_those_statuses_only(h: Harness) -> None:  # noqa: F811
+    import grpc
+
+    wamids = [sent_reply(h, n) for n in range(2)]
+    h.fakes.mapper.fail["UpdateMessageStatuses"].append(grpc.StatusCode.UNAVAILABLE)
+    batch = [status(wamids[0], "sent", wa_id="49170000"), status(wamids[1], "delivered", wa_id="49170001")]
+    assert await h.run(batch) == ["retry", "ok"]  # the link update was not made: the sent status again
+    assert reported(h) == [wamids[1]]
+    assert h.fakes.mapper.links[wamids[0]].whatsapp_status == ""
+    assert await h.run([batch[0]]) == ["ok"]
+    assert h.fakes.mapper.links[wamids[0]].whatsapp_status == "sent"

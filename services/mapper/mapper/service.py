@@ -152,6 +152,14 @@ class MapperService:
     ) -> MessageLink:
         return await self.repo.update_message_status(wamid, whatsapp_status, bitrix_status)
 
+    async def update_message_statuses(
+        self, updates: list[tuple[str, str | None, str | None]]
+    ) -> list[MessageLink]:
+        """update_message_status for each, in one statement: the links as they are after the whole list,
+        in order, leaving out the wamids without a link."""
+        found = await self.repo.update_message_statuses(updates)
+        return [found[w] for w, _, _ in updates if w in found]
+
     # dedupe
 
     async def check_processed(self, event_id: str) -> str | None:

@@ -192,6 +192,17 @@ class MapperServicer(mapper_pb2_grpc.MapperServicer):
         return pb.FindMessageLinksResponse(links=[convert.link_pb(link) for link in found])
 
     @rpc
+    async def UpdateMessageStatuses(
+        self, request: pb.UpdateMessageStatusesRequest
+    ) -> pb.UpdateMessageStatusesResponse:
+        if len(request.updates) > MAX_BATCH:
+            raise InvalidArgument(f"more than {MAX_BATCH} updates")
+        found = await self.service.update_message_statuses(
+            [convert.status_update(u) for u in request.updates]
+        )
+        return pb.UpdateMessageStatusesResponse(links=[convert.link_pb(link) for link in found])
+
+    @rpc
     async def RecordDeliveries(self, request: pb.RecordDeliveriesRequest) -> pb.RecordDeliveriesResponse:
         """One transaction for the list; when an item fails (invalid, conflicting link, no conversation),
         each valid item is recorded alone and every item answers as RecordDelivery would have."""

@@ -109,6 +109,11 @@ class MapperStub:
                 request_serializer=zaptrix_dot_v1_dot_mapper__pb2.FindMessageLinksRequest.SerializeToString,
                 response_deserializer=zaptrix_dot_v1_dot_mapper__pb2.FindMessageLinksResponse.FromString,
                 _registered_method=True)
+        self.UpdateMessageStatuses = channel.unary_unary(
+                '/zaptrix.v1.Mapper/UpdateMessageStatuses',
+                request_serializer=zaptrix_dot_v1_dot_mapper__pb2.UpdateMessageStatusesRequest.SerializeToString,
+                response_deserializer=zaptrix_dot_v1_dot_mapper__pb2.UpdateMessageStatusesResponse.FromString,
+                _registered_method=True)
 
 
 class MapperServicer:
@@ -216,6 +221,15 @@ class MapperServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UpdateMessageStatuses(self, request, context):
+        """UpdateMessageStatus for each (a poll batch's statuses), one statement: the statuses only move forward,
+        so the list has the effect of the single calls in any order. The links found, as they are after the
+        whole list, in request order; a wamid without a link is left out.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MapperServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -293,6 +307,11 @@ def add_MapperServicer_to_server(servicer, server):
                     servicer.FindMessageLinks,
                     request_deserializer=zaptrix_dot_v1_dot_mapper__pb2.FindMessageLinksRequest.FromString,
                     response_serializer=zaptrix_dot_v1_dot_mapper__pb2.FindMessageLinksResponse.SerializeToString,
+            ),
+            'UpdateMessageStatuses': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateMessageStatuses,
+                    request_deserializer=zaptrix_dot_v1_dot_mapper__pb2.UpdateMessageStatusesRequest.FromString,
+                    response_serializer=zaptrix_dot_v1_dot_mapper__pb2.UpdateMessageStatusesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -700,6 +719,33 @@ class Mapper:
             '/zaptrix.v1.Mapper/FindMessageLinks',
             zaptrix_dot_v1_dot_mapper__pb2.FindMessageLinksRequest.SerializeToString,
             zaptrix_dot_v1_dot_mapper__pb2.FindMessageLinksResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateMessageStatuses(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/zaptrix.v1.Mapper/UpdateMessageStatuses',
+            zaptrix_dot_v1_dot_mapper__pb2.UpdateMessageStatusesRequest.SerializeToString,
+            zaptrix_dot_v1_dot_mapper__pb2.UpdateMessageStatusesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -46,7 +46,7 @@ from bitrix_ingress.dispatcher.customer_messages import (
 from bitrix_ingress.dispatcher.notices import finish_notice, prepare_failure, reroute_refused_im
 from bitrix_ingress.dispatcher.portal_calls import Answered, HeldBehind, PortalCalls
 from bitrix_ingress.dispatcher.sent_effects import SENT, record_sent, sent_result, with_sent_reason
-from bitrix_ingress.dispatcher.statuses import finish_status, prepare_status
+from bitrix_ingress.dispatcher.statuses import StatusUpdates, finish_status, prepare_status
 from bitrix_ingress.dispatcher.work import Answer, DeliverWork, NoticeWork, StatusWork, Work, outcome_for
 from bitrix_ingress.metrics import DELIVERED, REQUESTS_PER_FLUSH, STATUSES
 from bitrix_ingress.settings import DispatcherSettings
@@ -73,6 +73,7 @@ class BitrixDispatcher:
             groups.setdefault(rec.envelope.conversation_key or f"#{i}", []).append(i)
         limit = asyncio.Semaphore(self.settings.dispatch_concurrency)
         processed, links = await asyncio.gather(self._check_processed(batch), self._status_links(batch))
+        updates: StatusUpdates = []
 
         async def prepare_conversation(indices: list[int]) -> None:
             async with limit:
@@ -86,7 +87,7 @@ class BitrixDispatcher:
                         )
                         continue
                     with trace.use_span(rec.span, end_on_exit=False):
-                        prepared = await self._prepare_safe(rec, processed, links)
+                        prepared = await self._prepare_safe(rec, processed, links, updates)
                     if isinstance(prepared, Outcome):
                         outcomes[i] = prepared
                         if prepared.kind == "retry" and message:
@@ -96,6 +97,7 @@ class BitrixDispatcher:
                         works.append(prepared)
 
         await asyncio.gather(*(prepare_conversation(ix) for ix in groups.values()))
+        await self._update_statuses(batch, updates, outcomes)
 
         async def finish(work: Work, answer: Answer | None) -> None:
             async with limit:
@@ -172,11 +174,29 @@ class BitrixDispatcher:
             log.warning("FindMessageLinks failed; asking per status", error=str(exc))
             return None
 
+    async def _update_statuses(
+        self, batch: list[Received], updates: StatusUpdates, outcomes: list[Outcome | None]
+    ) -> None:
+        """The link updates of the statuses that only update their link: one UpdateMessageStatuses (in the
+        first one's trace); should it fail, those statuses get its failure as their outcome."""
+        if not updates:
+            return
+        try:
+            with trace.use_span(updates[0][0].span, end_on_exit=False):
+                await self.deps.update_message_statuses([u for _, u in updates])
+        except Exception as exc:
+            if not isinstance(exc, RpcError):
+                log.exception("UpdateMessageStatuses failed")
+            index = {id(rec): i for i, rec in enumerate(batch)}
+            for rec, _ in updates:
+                outcomes[index[id(rec)]] = outcome_for(exc)
+
     async def _prepare_safe(
         self,
         rec: Received,
         processed: Processed | None = None,
         links: dict[str, mapper_pb2.MessageLink] | None = None,
+        updates: StatusUpdates | None = None,
     ) -> Work | Outcome:
         settings, deps, channels = self.settings, self.deps, self.channels
         try:
@@ -206,6 +226,7 @@ class BitrixDispatcher:
                     conversations=self.conversations,
                     links=links,
                     processed=processed,
+                    updates=updates,
                 )
             if kind == "send_failure":
                 sf = rec.envelope.send_failure

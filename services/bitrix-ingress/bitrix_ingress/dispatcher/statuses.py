@@ -3,7 +3,8 @@ message, a notice in the operator's chat).
 
 Each reply brings three statuses (sent, delivered, read): only the one that calls Bitrix24 pays for the
 dedupe record and the conversation; the others update the message link (idempotent, the mapper keeps the
-latest state). The links of a poll batch's statuses come from one FindMessageLinks and their dedupe
+latest state; one UpdateMessageStatuses per poll batch for those). The links of a poll batch's statuses
+come from one FindMessageLinks and their dedupe
 answers from the batch's CheckProcessedMany (batch_handler.py); a status missing from those is asked
 alone. The conversation comes from the known-conversation cache when it holds the link's conversation
 under the link's portal and the status's channel and customer.
@@ -31,6 +32,15 @@ from bitrix_ingress.settings import DispatcherSettings
 
 log = get_logger(__name__)
 
+StatusUpdates = list[tuple[Received, mapper_pb2.UpdateMessageStatusRequest]]
+
+
+async def _update(deps: Deps, rec: Received, updates: StatusUpdates | None, wamid: str, status: str) -> None:
+    if updates is None:
+        await deps.update_message_status(wamid, whatsapp_status=status)
+    else:
+        updates.append((rec, mapper_pb2.UpdateMessageStatusRequest(wamid=wamid, whatsapp_status=status)))
+
 
 async def prepare_status(
     rec: Received,
@@ -42,9 +52,12 @@ async def prepare_status(
     conversations: Conversations | None = None,
     links: dict[str, mapper_pb2.MessageLink] | None = None,
     processed: Processed | None = None,
+    updates: StatusUpdates | None = None,
 ) -> Work | Outcome:
     """``links``/``processed``: the poll batch's FindMessageLinks and CheckProcessedMany answers (None
-    when that call failed: each status then asks alone)."""
+    when that call failed: each status then asks alone). ``updates``: where a status that only updates its
+    link puts that update, for the batch's one UpdateMessageStatuses (its ``ok`` stands only once that
+    succeeded; None: UpdateMessageStatus at once)."""
     status = st.status.lower()
     event_id = rec.envelope.event_id
     if not st.wamid:
@@ -73,18 +86,18 @@ async def prepare_status(
         return Outcome.ok()
     if status not in ("delivered", "read", "failed"):
         if status == "sent":
-            await deps.update_message_status(st.wamid, whatsapp_status="sent")
+            await _update(deps, rec, updates, st.wamid, "sent")
         STATUSES.labels(status or "empty", "recorded").inc()
         return Outcome.ok()
     already = link.bitrix_status in ("delivered", "read")
     if status == "delivered" and already:
-        await deps.update_message_status(st.wamid, whatsapp_status=status)
+        await _update(deps, rec, updates, st.wamid, status)
         STATUSES.labels(status, "already_reported").inc()
         return Outcome.ok()
     method = dl.STATUS_DELIVERY
     if status == "read" and already:
         if not settings.bitrix_send_read_status or link.bitrix_status == "read":
-            await deps.update_message_status(st.wamid, whatsapp_status=status)
+            await _update(deps, rec, updates, st.wamid, status)
             STATUSES.labels(status, "already_reported").inc()
             return Outcome.ok()
         method = dl.STATUS_READING
@@ -127,7 +140,7 @@ async def prepare_status(
         )
     if not link.bitrix_message_id or not link.bitrix_chat_id:
         log.warning("status for a message without Bitrix24 ids", wamid=st.wamid)
-        await deps.update_message_status(st.wamid, whatsapp_status=status)
+        await _update(deps, rec, updates, st.wamid, status)
         STATUSES.labels(status, "no_bitrix_ids").inc()
         return Outcome.ok()
     payload = dl.build_status_item(
