@@ -317,6 +317,21 @@ async def test_the_batched_rpcs_answer_per_item(peers: Peers) -> None:
         (False, ""),
         (True, "delivered"),
     ]
+    wamids = [f"wamid.{event_id}.{n}" for n in (3, 2, 1)]
+    links = await peers.mapper.FindMessageLinks(mpb.FindMessageLinksRequest(wamids=wamids))
+    assert [x.wamid for x in links.links] == [wamids[0], wamids[2]]  # the unrecorded one left out
+    assert all(x.conversation_id == conv.id and x.member_id == conv.member_id for x in links.links)
+    u = mpb.UpdateMessageStatusRequest
+    moved = await peers.mapper.UpdateMessageStatuses(
+        mpb.UpdateMessageStatusesRequest(
+            updates=[
+                u(wamid=wamids[0], whatsapp_status="read"),
+                u(wamid=wamids[0], whatsapp_status="sent"),
+                u(wamid=wamids[1], whatsapp_status="sent"),
+            ]
+        )
+    )
+    assert [(x.wamid, x.whatsapp_status) for x in moved.links] == [(wamids[0], "read")] * 2
 
 
 # --- token-keeper ----------------------------------------------------------------------------------

@@ -65,6 +65,8 @@ MAPPER_METHODS = (
     "RecordDelivery",
     "CheckProcessedMany",
     "RecordDeliveries",
+    "FindMessageLinks",
+    "UpdateMessageStatuses",
 )
 
 
@@ -116,6 +118,8 @@ ALLOWED: dict[str, frozenset[str]] = {
         "RecordDelivery",
         "CheckProcessedMany",
         "RecordDeliveries",
+        "FindMessageLinks",
+        "UpdateMessageStatuses",
     ),
     # Operator tooling: everything (binding channels, storing channel credentials).
     ADMIN: _tk(*TOKEN_KEEPER_METHODS) | _mapper(*MAPPER_METHODS),

@@ -183,6 +183,20 @@ class Deps:
         resp = await self._unary(self.mapper.CheckProcessedMany, req, "mapper CheckProcessedMany")
         return list(resp.results)
 
+    async def find_message_links(self, wamids: list[str]) -> dict[str, mapper_pb2.MessageLink]:
+        """FindMessageLink for each wamid (one poll batch's statuses): the links found, by wamid."""
+        req = mapper_pb2.FindMessageLinksRequest(wamids=wamids)
+        resp = await self._unary(self.mapper.FindMessageLinks, req, "mapper FindMessageLinks")
+        return {link.wamid: link for link in resp.links}
+
+    async def update_message_statuses(
+        self, updates: list[mapper_pb2.UpdateMessageStatusRequest]
+    ) -> list[mapper_pb2.MessageLink]:
+        """UpdateMessageStatus for each (one poll batch's statuses), in one statement."""
+        req = mapper_pb2.UpdateMessageStatusesRequest(updates=updates)
+        resp = await self._unary(self.mapper.UpdateMessageStatuses, req, "mapper UpdateMessageStatuses")
+        return list(resp.links)
+
     async def record_deliveries(
         self, deliveries: list[mapper_pb2.RecordDeliveryRequest]
     ) -> list[mapper_pb2.RecordDeliveryResult]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from bitrix_ingress.dispatcher import packing as dl
 from bitrix_ingress.formparse import as_list
-from test_batch_delivery import Harness, h, status  # noqa: F401 (h: the fixture)
+from test_batch_delivery import Harness, customer, h, status  # noqa: F401 (h: the fixture)
 from zaptrix.v1 import mapper_pb2
 from zaptrix_testing.fakes import Portal
 
@@ -60,11 +60,18 @@ async def test_only_a_status_that_calls_bitrix_pays_for_dedupe_and_conversation(
     wamids = [sent_reply(h, n) for n in range(10)]
     first = [status(w, s, wa_id=f"4917{n:04d}") for s in ("sent", "delivered") for n, w in enumerate(wamids)]
     assert await h.run(first) == ["ok"] * 20
-    assert h.fakes.mapper.count("CheckProcessed") == 10  # the deliveries; "sent" only updates the link
-    h.fakes.mapper.forget_calls()
+    m = h.fakes.mapper
+    # One look-up of the links and one of the dedupe records for the whole poll batch, none per status.
+    assert (m.count("FindMessageLinks"), m.count("CheckProcessedMany")) == (1, 1)
+    assert m.count("FindMessageLink") == 0 and m.count("CheckProcessed") == 0
+    assert m.count("MarkProcessed") == 10  # the deliveries only; "sent" only updates the link
+    # The sent statuses' link updates in one UpdateMessageStatuses; each delivery's after its report.
+    assert (m.count("UpdateMessageStatuses"), m.count("UpdateMessageStatus")) == (1, 10)
+    m.forget_calls()
     reads = [status(w, "read", wa_id=f"4917{n:04d}") for n, w in enumerate(wamids)]
     assert await h.run(reads) == ["ok"] * 10
-    assert h.fakes.mapper.count("CheckProcessed") == 0 and h.fakes.mapper.count("FindConversation") == 0
+    assert m.count("MarkProcessed") == 0 and m.count("FindConversation") == 0
+    assert (m.count("UpdateMessageStatuses"), m.count("UpdateMessageStatus")) == (1, 0)
     assert [r.method for r in h.bitrix.requests] == [DELIVERY]  # no call for the reads
     assert all(h.fakes.mapper.links[w].whatsapp_status == "read" for w in wamids)
 
@@ -107,3 +114,74 @@ def test_merge_statuses_keeps_one_element_per_message_in_order() -> None:
     assert merged[0].owners == ["a", "c"] and merged[1].owners == ["b"]
     # The same message id in another chat is another message.
     assert len(dl.merge_statuses([item("a", "1", "10"), item("b", "2", "10")])) == 2
+
+
+async def test_a_status_already_processed_in_the_batch_check_is_a_duplicate(h: Harness) -> None:  # noqa: F811
+    w = sent_reply(h, 1)
+    h.fakes.mapper.processed[f"wa-status:{w}:delivered"] = dl.STATUS_DELIVERY
+    assert await h.run([status(w, "delivered", wa_id="49170001")]) == ["duplicate"]
+    assert reported(h) == [] and h.fakes.mapper.count("CheckProcessed") == 0
+
+
+async def test_statuses_ask_alone_when_the_batched_lookups_fail(h: Harness) -> None:  # noqa: F811
+    import grpc
+
+    wamids = [sent_reply(h, n) for n in range(3)]
+    h.fakes.mapper.fail["FindMessageLinks"].append(grpc.StatusCode.UNAVAILABLE)
+    h.fakes.mapper.fail["CheckProcessedMany"].append(grpc.StatusCode.UNAVAILABLE)
+    batch = [status(w, "delivered", wa_id=f"4917{n:04d}") for n, w in enumerate(wamids)]
+    assert await h.run(batch) == ["ok"] * 3
+    assert sorted(reported(h)) == sorted(wamids)
+    assert h.fakes.mapper.count("FindMessageLink") == 3 and h.fakes.mapper.count("CheckProcessed") == 3
+
+
+async def test_a_status_takes_its_conversation_from_the_known_ones(h: Harness) -> None:  # noqa: F811
+    wamid = sent_reply(h, 1)
+    dispatcher = h.make()
+    # The customer's message makes its conversation known; the reply's status then needs no look-up.
+    assert [o.kind for o in await dispatcher.handle([customer("49170001", 1)])] == ["ok"]
+    h.fakes.mapper.forget_calls()
+    outcomes = await dispatcher.handle([status(wamid, "delivered", wa_id="49170001")])
+    assert [o.kind for o in outcomes] == ["ok"]
+    assert h.fakes.mapper.count("FindConversation") == 0
+    conv = next(c for c in h.fakes.mapper.conversations.values() if c.wa_id == "49170001")
+    call = next(c for c in h.bitrix.calls if c.method == DELIVERY)
+    assert as_list(call.params["MESSAGES"])[0]["chat"]["id"] == conv.external_chat_id
+
+
+async def test_a_known_conversation_is_not_used_for_another_conversation_s_link(h: Harness) -> None:  # noqa: F811
+    """The cache holds the channel's customer's conversation of portal m1; a link naming another
+    conversation (or another portal) is answered from the mapper, never from that entry."""
+    dispatcher = h.make()
+    assert [o.kind for o in await dispatcher.handle([customer("49170001", 1)])] == ["ok"]
+    known = next(c for c in h.fakes.mapper.conversations.values() if c.wa_id == "49170001")
+    other = h.fakes.mapper.add_conversation("100", "49179999", "Other")
+    h.fakes.mapper.links["wamid.other"] = mapper_pb2.MessageLink(
+        conversation_id=other.id,
+        direction=mapper_pb2.DIRECTION_OUTBOUND,
+        wamid="wamid.other",
+        member_id="m1",
+        bitrix_message_id="777",
+        bitrix_chat_id="55",
+    )
+    h.fakes.mapper.forget_calls()
+    # The status claims the known customer's wa_id, but its link is of the other conversation.
+    outcomes = await dispatcher.handle([status("wamid.other", "delivered", wa_id="49170001")])
+    assert [o.kind for o in outcomes] == ["ok"]
+    assert h.fakes.mapper.count("FindConversation") == 1
+    call = next(c for c in h.bitrix.calls if c.method == DELIVERY)
+    chat = as_list(call.params["MESSAGES"])[0]["chat"]["id"]
+    assert chat == other.external_chat_id != known.external_chat_id
+
+
+async def test_a_failed_status_update_retries_those_statuses_only(h: Harness) -> None:  # noqa: F811
+    import grpc
+
+    wamids = [sent_reply(h, n) for n in range(2)]
+    h.fakes.mapper.fail["UpdateMessageStatuses"].append(grpc.StatusCode.UNAVAILABLE)
+    batch = [status(wamids[0], "sent", wa_id="49170000"), status(wamids[1], "delivered", wa_id="49170001")]
+    assert await h.run(batch) == ["retry", "ok"]  # the link update was not made: the sent status again
+    assert reported(h) == [wamids[1]]
+    assert h.fakes.mapper.links[wamids[0]].whatsapp_status == ""
+    assert await h.run([batch[0]]) == ["ok"]
+    assert h.fakes.mapper.links[wamids[0]].whatsapp_status == "sent"

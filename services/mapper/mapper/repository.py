@@ -159,6 +159,27 @@ ON CONFLICT (event_id) DO NOTHING RETURNING true"""
 _CHECK_PROCESSED_MANY = """
 SELECT event_id, result FROM mapper.processed_event WHERE event_id = ANY($1::text[])"""
 
+_LINKS_BY_WAMIDS = f"""
+SELECT {LINK_COLUMNS} FROM mapper.message_link WHERE wamid = ANY($1::text[])"""  # noqa: S608
+
+# _UPDATE_STATUS for a list of distinct wamids (the caller merges the updates of one wamid).
+_UPDATE_STATUSES = f"""
+UPDATE mapper.message_link AS m SET
+    whatsapp_status = CASE
+        WHEN u.wa IS NULL THEN m.whatsapp_status
+        WHEN COALESCE(array_position($4::text[], m.whatsapp_status), 0) > array_position($4::text[], u.wa)
+            THEN m.whatsapp_status
+        ELSE u.wa END,
+    bitrix_status = CASE
+        WHEN u.b24 IS NULL THEN m.bitrix_status
+        WHEN COALESCE(array_position($5::text[], m.bitrix_status), 0) > array_position($5::text[], u.b24)
+            THEN m.bitrix_status
+        ELSE u.b24 END,
+    updated_at = now()
+FROM unnest($1::text[], $2::text[], $3::text[]) AS u(wamid, wa, b24)
+WHERE m.wamid = u.wamid
+RETURNING {", ".join("m." + c.strip() for c in LINK_COLUMNS.split(","))}"""  # noqa: S608
+
 _MARK_PROCESSED_MANY = """
 INSERT INTO mapper.processed_event (event_id, result)
 SELECT * FROM unnest($1::text[], $2::text[])
@@ -457,6 +478,33 @@ class Repository:
             raise NotFound(f"no message link for wamid {wamid}")
         return found
 
+    async def update_message_statuses(
+        self, updates: list[tuple[str, str | None, str | None]]
+    ) -> dict[str, MessageLink]:
+        """update_message_status for each (wamid, whatsapp_status, bitrix_status): one statement for the
+        distinct wamids, the updates of one wamid merged (forward only: the highest of each status)."""
+        merged: dict[str, tuple[str | None, str | None]] = {}
+        for wamid, wa, b24 in updates:
+            old_wa, old_b24 = merged.get(wamid, (None, None))
+            merged[wamid] = (_later(WHATSAPP_STATUSES, old_wa, wa), _later(BITRIX_STATUSES, old_b24, b24))
+        changing = sorted(w for w, (wa, b24) in merged.items() if wa is not None or b24 is not None)
+        found: dict[str, MessageLink] = {}
+        if changing:
+            async with self.db.connection() as conn:
+                rows = await conn.fetch(
+                    _UPDATE_STATUSES,
+                    changing,
+                    [merged[w][0] for w in changing],
+                    [merged[w][1] for w in changing],
+                    list(WHATSAPP_STATUSES),
+                    list(BITRIX_STATUSES),
+                )
+            found.update((r["wamid"], _link(r)) for r in rows)
+        rest = [w for w in merged if w not in changing]
+        if rest:
+            found.update(await self.links_by_wamids(rest))
+        return found
+
     # dedupe
 
     async def check_processed(self, event_id: str) -> str | None:
@@ -492,6 +540,12 @@ class Repository:
             already = await self._mark_processed(conn, event_id, result)
             conversation = await self._update_conversation(conn, update)
         return link, conversation, already
+
+    async def links_by_wamids(self, wamids: list[str]) -> dict[str, MessageLink]:
+        """The link of each of ``wamids`` that has one (one statement)."""
+        async with self.db.connection() as conn:
+            rows = await conn.fetch(_LINKS_BY_WAMIDS, wamids)
+        return {r["wamid"]: _link(r) for r in rows}
 
     async def check_processed_many(self, event_ids: list[str]) -> dict[str, str]:
         """The recorded result of each of ``event_ids`` that was processed (one statement)."""
@@ -653,6 +707,14 @@ def merged_updates(updates: list[ConversationUpdate]) -> list[ConversationUpdate
     for u in updates:
         merged[u.id] = merge_updates(merged[u.id], u) if u.id in merged else u
     return sorted(merged.values(), key=lambda u: u.id)
+
+
+def _later(order: Any, a: str | None, b: str | None) -> str | None:
+    """Of two statuses (None: not set), the one further along ``order``."""
+    if a is None or b is None:
+        return b if a is None else a
+    ranks = list(order)
+    return b if ranks.index(b) >= ranks.index(a) else a
 
 
 def merge_updates(first: ConversationUpdate, then: ConversationUpdate) -> ConversationUpdate:

@@ -136,6 +136,11 @@ class MapperService:
             raise NotFound(f"no message link for wamid {wamid}")
         return link
 
+    async def links_by_wamids(self, wamids: list[str]) -> list[MessageLink]:
+        """link_by_wamid for each, in order, leaving out the wamids without a link."""
+        found = await self.repo.links_by_wamids(list(dict.fromkeys(wamids)))
+        return [found[w] for w in wamids if w in found]
+
     async def link_by_bitrix_message(self, member_id: str, bitrix_message_id: str) -> MessageLink:
         link = await self.repo.link_by_bitrix_message(member_id, bitrix_message_id)
         if link is None:
@@ -146,6 +151,14 @@ class MapperService:
         self, wamid: str, whatsapp_status: str | None, bitrix_status: str | None
     ) -> MessageLink:
         return await self.repo.update_message_status(wamid, whatsapp_status, bitrix_status)
+
+    async def update_message_statuses(
+        self, updates: list[tuple[str, str | None, str | None]]
+    ) -> list[MessageLink]:
+        """update_message_status for each, in one statement: the links as they are after the whole list,
+        in order, leaving out the wamids without a link."""
+        found = await self.repo.update_message_statuses(updates)
+        return [found[w] for w, _, _ in updates if w in found]
 
     # dedupe
 

@@ -182,6 +182,27 @@ class MapperServicer(mapper_pb2_grpc.MapperServicer):
         )
 
     @rpc
+    async def FindMessageLinks(self, request: pb.FindMessageLinksRequest) -> pb.FindMessageLinksResponse:
+        wamids = list(request.wamids)
+        if len(wamids) > MAX_BATCH:
+            raise InvalidArgument(f"more than {MAX_BATCH} wamids")
+        found = await self.service.links_by_wamids(
+            [convert.required(w, f"wamids[{i}]") for i, w in enumerate(wamids)]
+        )
+        return pb.FindMessageLinksResponse(links=[convert.link_pb(link) for link in found])
+
+    @rpc
+    async def UpdateMessageStatuses(
+        self, request: pb.UpdateMessageStatusesRequest
+    ) -> pb.UpdateMessageStatusesResponse:
+        if len(request.updates) > MAX_BATCH:
+            raise InvalidArgument(f"more than {MAX_BATCH} updates")
+        found = await self.service.update_message_statuses(
+            [convert.status_update(u) for u in request.updates]
+        )
+        return pb.UpdateMessageStatusesResponse(links=[convert.link_pb(link) for link in found])
+
+    @rpc
     async def RecordDeliveries(self, request: pb.RecordDeliveriesRequest) -> pb.RecordDeliveriesResponse:
         """One transaction for the list; when an item fails (invalid, conflicting link, no conversation),
         each valid item is recorded alone and every item answers as RecordDelivery would have."""

@@ -219,3 +219,90 @@ async def test_a_retried_list_is_recorded_step_by_step_with_the_single_answers(
         _shape(c, r, ids)[:3] for c, r in singles[1:]
     ]
     assert [r.response.already_processed for r in again.results] == [True, False]
+
+
+async def test_find_message_links_answers_as_find_message_link(mapper: Mapper) -> None:
+    c1, c2 = await _conversations(mapper, "1001", "portal-a")
+    for wamid, conv in (("fml.1", c1), ("fml.2", c2)):
+        await mapper.stub.LinkMessage(
+            pb.LinkMessageRequest(
+                link=pb.MessageLink(
+                    wamid=wamid,
+                    conversation_id=conv,
+                    direction=pb.DIRECTION_OUTBOUND,
+                    bitrix_message_id=f"9{wamid[-1]}",
+                    bitrix_chat_id="55",
+                )
+            )
+        )
+    await mapper.stub.UpdateMessageStatus(
+        pb.UpdateMessageStatusRequest(wamid="fml.2", bitrix_status="delivered")
+    )
+    asked = ["fml.2", "fml.unknown", "fml.1", "fml.2"]
+    many = await mapper.stub.FindMessageLinks(pb.FindMessageLinksRequest(wamids=asked))
+    singles = []
+    for wamid in asked:
+        try:
+            singles.append(await mapper.stub.FindMessageLink(pb.FindMessageLinkRequest(wamid=wamid)))
+        except grpc.aio.AioRpcError as exc:
+            assert exc.code() == grpc.StatusCode.NOT_FOUND
+    assert list(many.links) == singles  # the found ones, in the order asked (a repeat answered again)
+    assert [(x.wamid, x.member_id, x.bitrix_status) for x in many.links] == [
+        ("fml.2", "portal-a", "delivered"),
+        ("fml.1", "portal-a", ""),
+        ("fml.2", "portal-a", "delivered"),
+    ]
+    assert not (await mapper.stub.FindMessageLinks(pb.FindMessageLinksRequest())).links
+    bad = pb.FindMessageLinksRequest(wamids=["fml.1", ""])
+    await expect_code(mapper.stub.FindMessageLinks(bad), grpc.StatusCode.INVALID_ARGUMENT)
+    huge = pb.FindMessageLinksRequest(wamids=[f"w{i}" for i in range(1001)])
+    await expect_code(mapper.stub.FindMessageLinks(huge), grpc.StatusCode.INVALID_ARGUMENT)
+
+
+async def test_update_message_statuses_answers_as_the_single_updates(mapper: Mapper) -> None:
+    c1, _ = await _conversations(mapper, "1001", "portal-a")
+    for prefix in ("one", "many"):
+        for n in (1, 2):
+            await mapper.stub.LinkMessage(
+                pb.LinkMessageRequest(
+                    link=pb.MessageLink(
+                        wamid=f"{prefix}.{n}", conversation_id=c1, direction=pb.DIRECTION_OUTBOUND
+                    )
+                )
+            )
+
+    def updates(prefix: str) -> list[pb.UpdateMessageStatusRequest]:
+        u = pb.UpdateMessageStatusRequest
+        return [  # out of order, as Meta sends them; a status never moves back
+            u(wamid=f"{prefix}.1", whatsapp_status="read"),
+            u(wamid=f"{prefix}.1", whatsapp_status="sent"),
+            u(wamid=f"{prefix}.2", whatsapp_status="delivered", bitrix_status="read"),
+            u(wamid=f"{prefix}.2", bitrix_status="delivered"),
+            u(wamid=f"{prefix}.unknown", whatsapp_status="sent"),
+            u(wamid=f"{prefix}.1"),
+        ]
+
+    for single in updates("one"):
+        try:
+            await mapper.stub.UpdateMessageStatus(single)
+        except grpc.aio.AioRpcError as exc:
+            assert exc.code() == grpc.StatusCode.NOT_FOUND
+    many = await mapper.stub.UpdateMessageStatuses(pb.UpdateMessageStatusesRequest(updates=updates("many")))
+    state = [(x.wamid, x.whatsapp_status, x.bitrix_status) for x in many.links]
+    assert state == [
+        ("many.1", "read", ""),
+        ("many.1", "read", ""),
+        ("many.2", "delivered", "read"),
+        ("many.2", "delivered", "read"),
+        ("many.1", "read", ""),
+    ]
+    for n in (1, 2):
+        one = await mapper.stub.FindMessageLink(pb.FindMessageLinkRequest(wamid=f"one.{n}"))
+        got = await mapper.stub.FindMessageLink(pb.FindMessageLinkRequest(wamid=f"many.{n}"))
+        assert (one.whatsapp_status, one.bitrix_status) == (got.whatsapp_status, got.bitrix_status)
+    bad = pb.UpdateMessageStatusesRequest(
+        updates=[pb.UpdateMessageStatusRequest(wamid="many.1", whatsapp_status="bogus")]
+    )
+    await expect_code(mapper.stub.UpdateMessageStatuses(bad), grpc.StatusCode.INVALID_ARGUMENT)
+    huge = pb.UpdateMessageStatusesRequest(updates=[pb.UpdateMessageStatusRequest(wamid="w")] * 1001)
+    await expect_code(mapper.stub.UpdateMessageStatuses(huge), grpc.StatusCode.INVALID_ARGUMENT)

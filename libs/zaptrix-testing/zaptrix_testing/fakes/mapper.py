@@ -216,6 +216,30 @@ class FakeMapper(Recorder, mapper_pb2_grpc.MapperServicer):
             link.bitrix_status = request.bitrix_status
         return link
 
+    async def UpdateMessageStatuses(
+        self, request: Any, context: Any
+    ) -> mapper_pb2.UpdateMessageStatusesResponse:
+        """As the mapper: each status only moves forward; the links after the whole list, found ones only."""
+        await self._enter("UpdateMessageStatuses", request, context)
+        wa_order = ("accepted", "sent", "delivered", "read", "failed")
+        b24_order = ("delivered", "read", "failed")
+
+        def later(order: tuple[str, ...], old: str, new: str) -> str:
+            rank = {s: i for i, s in enumerate(order)}
+            return old if rank.get(old, -1) > rank.get(new, -1) else new
+
+        for u in request.updates:
+            link = self.links.get(u.wamid)
+            if link is None:
+                continue
+            if u.HasField("whatsapp_status"):
+                link.whatsapp_status = later(wa_order, link.whatsapp_status, u.whatsapp_status)
+            if u.HasField("bitrix_status"):
+                link.bitrix_status = later(b24_order, link.bitrix_status, u.bitrix_status)
+        return mapper_pb2.UpdateMessageStatusesResponse(
+            links=[self.links[u.wamid] for u in request.updates if u.wamid in self.links]
+        )
+
     # --- dedupe ------------------------------------------------------------------------------------
 
     async def CheckProcessed(self, request: Any, context: Any) -> mapper_pb2.CheckProcessedResponse:
@@ -242,6 +266,12 @@ class FakeMapper(Recorder, mapper_pb2_grpc.MapperServicer):
                 )
                 for e in request.event_ids
             ]
+        )
+
+    async def FindMessageLinks(self, request: Any, context: Any) -> mapper_pb2.FindMessageLinksResponse:
+        await self._enter("FindMessageLinks", request, context)
+        return mapper_pb2.FindMessageLinksResponse(
+            links=[self.links[w] for w in request.wamids if w in self.links]
         )
 
     async def RecordDeliveries(self, request: Any, context: Any) -> mapper_pb2.RecordDeliveriesResponse:

@@ -778,6 +778,86 @@ class CheckProcessedManyResponse(_message.Message):
 Global___CheckProcessedManyResponse: _TypeAlias = CheckProcessedManyResponse  # noqa: Y015
 
 @_typing.final
+class FindMessageLinksRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WAMIDS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def wamids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        wamids: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["wamids", b"wamids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FindMessageLinksRequest: _TypeAlias = FindMessageLinksRequest  # noqa: Y015
+
+@_typing.final
+class FindMessageLinksResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LINKS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def links(self) -> _containers.RepeatedCompositeFieldContainer[Global___MessageLink]: ...
+    def __init__(
+        self,
+        *,
+        links: _abc.Iterable[Global___MessageLink] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["links", b"links"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FindMessageLinksResponse: _TypeAlias = FindMessageLinksResponse  # noqa: Y015
+
+@_typing.final
+class UpdateMessageStatusesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    UPDATES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def updates(self) -> _containers.RepeatedCompositeFieldContainer[Global___UpdateMessageStatusRequest]: ...
+    def __init__(
+        self,
+        *,
+        updates: _abc.Iterable[Global___UpdateMessageStatusRequest] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["updates", b"updates"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateMessageStatusesRequest: _TypeAlias = UpdateMessageStatusesRequest  # noqa: Y015
+
+@_typing.final
+class UpdateMessageStatusesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LINKS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def links(self) -> _containers.RepeatedCompositeFieldContainer[Global___MessageLink]: ...
+    def __init__(
+        self,
+        *,
+        links: _abc.Iterable[Global___MessageLink] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["links", b"links"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateMessageStatusesResponse: _TypeAlias = UpdateMessageStatusesResponse  # noqa: Y015
+
+@_typing.final
 class RecordDeliveriesRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

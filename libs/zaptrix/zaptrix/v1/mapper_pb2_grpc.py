@@ -104,6 +104,16 @@ class MapperStub:
                 request_serializer=zaptrix_dot_v1_dot_mapper__pb2.RecordDeliveriesRequest.SerializeToString,
                 response_deserializer=zaptrix_dot_v1_dot_mapper__pb2.RecordDeliveriesResponse.FromString,
                 _registered_method=True)
+        self.FindMessageLinks = channel.unary_unary(
+                '/zaptrix.v1.Mapper/FindMessageLinks',
+                request_serializer=zaptrix_dot_v1_dot_mapper__pb2.FindMessageLinksRequest.SerializeToString,
+                response_deserializer=zaptrix_dot_v1_dot_mapper__pb2.FindMessageLinksResponse.FromString,
+                _registered_method=True)
+        self.UpdateMessageStatuses = channel.unary_unary(
+                '/zaptrix.v1.Mapper/UpdateMessageStatuses',
+                request_serializer=zaptrix_dot_v1_dot_mapper__pb2.UpdateMessageStatusesRequest.SerializeToString,
+                response_deserializer=zaptrix_dot_v1_dot_mapper__pb2.UpdateMessageStatusesResponse.FromString,
+                _registered_method=True)
 
 
 class MapperServicer:
@@ -203,6 +213,23 @@ class MapperServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def FindMessageLinks(self, request, context):
+        """FindMessageLink by wamid for each of a poll batch's statuses (one statement): the links found, in
+        the order asked; a wamid without a link is left out (FindMessageLink would answer NOT_FOUND).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateMessageStatuses(self, request, context):
+        """UpdateMessageStatus for each (a poll batch's statuses), one statement: the statuses only move forward,
+        so the list has the effect of the single calls in any order. The links found, as they are after the
+        whole list, in request order; a wamid without a link is left out.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MapperServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -275,6 +302,16 @@ def add_MapperServicer_to_server(servicer, server):
                     servicer.RecordDeliveries,
                     request_deserializer=zaptrix_dot_v1_dot_mapper__pb2.RecordDeliveriesRequest.FromString,
                     response_serializer=zaptrix_dot_v1_dot_mapper__pb2.RecordDeliveriesResponse.SerializeToString,
+            ),
+            'FindMessageLinks': grpc.unary_unary_rpc_method_handler(
+                    servicer.FindMessageLinks,
+                    request_deserializer=zaptrix_dot_v1_dot_mapper__pb2.FindMessageLinksRequest.FromString,
+                    response_serializer=zaptrix_dot_v1_dot_mapper__pb2.FindMessageLinksResponse.SerializeToString,
+            ),
+            'UpdateMessageStatuses': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateMessageStatuses,
+                    request_deserializer=zaptrix_dot_v1_dot_mapper__pb2.UpdateMessageStatusesRequest.FromString,
+                    response_serializer=zaptrix_dot_v1_dot_mapper__pb2.UpdateMessageStatusesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -655,6 +692,60 @@ class Mapper:
             '/zaptrix.v1.Mapper/RecordDeliveries',
             zaptrix_dot_v1_dot_mapper__pb2.RecordDeliveriesRequest.SerializeToString,
             zaptrix_dot_v1_dot_mapper__pb2.RecordDeliveriesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FindMessageLinks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/zaptrix.v1.Mapper/FindMessageLinks',
+            zaptrix_dot_v1_dot_mapper__pb2.FindMessageLinksRequest.SerializeToString,
+            zaptrix_dot_v1_dot_mapper__pb2.FindMessageLinksResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateMessageStatuses(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/zaptrix.v1.Mapper/UpdateMessageStatuses',
+            zaptrix_dot_v1_dot_mapper__pb2.UpdateMessageStatusesRequest.SerializeToString,
+            zaptrix_dot_v1_dot_mapper__pb2.UpdateMessageStatusesResponse.FromString,
             options,
             channel_credentials,
             insecure,

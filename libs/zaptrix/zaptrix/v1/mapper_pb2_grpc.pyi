@@ -58,6 +58,15 @@ class MapperStub:
     each is recorded on its own (its own transaction) and answers with its own error, as RecordDelivery
     would. A returned conversation is its state after the whole list.
     """
+    FindMessageLinks: _grpc.UnaryUnaryMultiCallable[_mapper_pb2.FindMessageLinksRequest, _mapper_pb2.FindMessageLinksResponse]
+    """FindMessageLink by wamid for each of a poll batch's statuses (one statement): the links found, in
+    the order asked; a wamid without a link is left out (FindMessageLink would answer NOT_FOUND).
+    """
+    UpdateMessageStatuses: _grpc.UnaryUnaryMultiCallable[_mapper_pb2.UpdateMessageStatusesRequest, _mapper_pb2.UpdateMessageStatusesResponse]
+    """UpdateMessageStatus for each (a poll batch's statuses), one statement: the statuses only move forward,
+    so the list has the effect of the single calls in any order. The links found, as they are after the
+    whole list, in request order; a wamid without a link is left out.
+    """
 
 @_typing.type_check_only
 class MapperAsyncStub(MapperStub):
@@ -88,6 +97,15 @@ class MapperAsyncStub(MapperStub):
     """One transaction for the whole list when every item records as it would alone; if any item fails,
     each is recorded on its own (its own transaction) and answers with its own error, as RecordDelivery
     would. A returned conversation is its state after the whole list.
+    """
+    FindMessageLinks: _aio.UnaryUnaryMultiCallable[_mapper_pb2.FindMessageLinksRequest, _mapper_pb2.FindMessageLinksResponse]  # type: ignore[assignment]
+    """FindMessageLink by wamid for each of a poll batch's statuses (one statement): the links found, in
+    the order asked; a wamid without a link is left out (FindMessageLink would answer NOT_FOUND).
+    """
+    UpdateMessageStatuses: _aio.UnaryUnaryMultiCallable[_mapper_pb2.UpdateMessageStatusesRequest, _mapper_pb2.UpdateMessageStatusesResponse]  # type: ignore[assignment]
+    """UpdateMessageStatus for each (a poll batch's statuses), one statement: the statuses only move forward,
+    so the list has the effect of the single calls in any order. The links found, as they are after the
+    whole list, in request order; a wamid without a link is left out.
     """
 
 class MapperServicer(metaclass=_abc_1.ABCMeta):
@@ -200,6 +218,27 @@ class MapperServicer(metaclass=_abc_1.ABCMeta):
         """One transaction for the whole list when every item records as it would alone; if any item fails,
         each is recorded on its own (its own transaction) and answers with its own error, as RecordDelivery
         would. A returned conversation is its state after the whole list.
+        """
+
+    @_abc_1.abstractmethod
+    def FindMessageLinks(
+        self,
+        request: _mapper_pb2.FindMessageLinksRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_mapper_pb2.FindMessageLinksResponse, _abc.Awaitable[_mapper_pb2.FindMessageLinksResponse]]:
+        """FindMessageLink by wamid for each of a poll batch's statuses (one statement): the links found, in
+        the order asked; a wamid without a link is left out (FindMessageLink would answer NOT_FOUND).
+        """
+
+    @_abc_1.abstractmethod
+    def UpdateMessageStatuses(
+        self,
+        request: _mapper_pb2.UpdateMessageStatusesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_mapper_pb2.UpdateMessageStatusesResponse, _abc.Awaitable[_mapper_pb2.UpdateMessageStatusesResponse]]:
+        """UpdateMessageStatus for each (a poll batch's statuses), one statement: the statuses only move forward,
+        so the list has the effect of the single calls in any order. The links found, as they are after the
+        whole list, in request order; a wamid without a link is left out.
         """
 
 def add_MapperServicer_to_server(servicer: MapperServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -29,6 +29,7 @@ from zaptrix.errors import PermanentError, TransientError
 from zaptrix.kafka import Outcome, Received
 from zaptrix.logging import get_logger
 from zaptrix.rpc import RpcError
+from zaptrix.v1 import mapper_pb2
 
 from bitrix_ingress.bitrix_rest.client import BitrixError, TransientBitrixError
 from bitrix_ingress.bitrix_rest.portal import PortalClient
@@ -45,7 +46,7 @@ from bitrix_ingress.dispatcher.customer_messages import (
 from bitrix_ingress.dispatcher.notices import finish_notice, prepare_failure, reroute_refused_im
 from bitrix_ingress.dispatcher.portal_calls import Answered, HeldBehind, PortalCalls
 from bitrix_ingress.dispatcher.sent_effects import SENT, record_sent, sent_result, with_sent_reason
-from bitrix_ingress.dispatcher.statuses import finish_status, prepare_status
+from bitrix_ingress.dispatcher.statuses import StatusUpdates, finish_status, prepare_status
 from bitrix_ingress.dispatcher.work import Answer, DeliverWork, NoticeWork, StatusWork, Work, outcome_for
 from bitrix_ingress.metrics import DELIVERED, REQUESTS_PER_FLUSH, STATUSES
 from bitrix_ingress.settings import DispatcherSettings
@@ -71,7 +72,8 @@ class BitrixDispatcher:
         for i, rec in enumerate(batch):
             groups.setdefault(rec.envelope.conversation_key or f"#{i}", []).append(i)
         limit = asyncio.Semaphore(self.settings.dispatch_concurrency)
-        processed = await self._check_processed(batch)
+        processed, links = await asyncio.gather(self._check_processed(batch), self._status_links(batch))
+        updates: StatusUpdates = []
 
         async def prepare_conversation(indices: list[int]) -> None:
             async with limit:
@@ -85,7 +87,7 @@ class BitrixDispatcher:
                         )
                         continue
                     with trace.use_span(rec.span, end_on_exit=False):
-                        prepared = await self._prepare_safe(rec, processed)
+                        prepared = await self._prepare_safe(rec, processed, links, updates)
                     if isinstance(prepared, Outcome):
                         outcomes[i] = prepared
                         if prepared.kind == "retry" and message:
@@ -95,6 +97,7 @@ class BitrixDispatcher:
                         works.append(prepared)
 
         await asyncio.gather(*(prepare_conversation(ix) for ix in groups.values()))
+        await self._update_statuses(batch, updates, outcomes)
 
         async def finish(work: Work, answer: Answer | None) -> None:
             async with limit:
@@ -131,12 +134,14 @@ class BitrixDispatcher:
     # phase 1: prepare --------------------------------------------------------------------------
 
     async def _check_processed(self, batch: list[Received]) -> Processed:
-        """One CheckProcessedMany for the batch's new customer messages (in the first one's trace); when it
-        fails, each is asked alone in prepare (and fails there as it would have)."""
+        """One CheckProcessedMany for the batch's new customer messages and statuses (in the first one's
+        trace); when it fails, each is asked alone in prepare (and fails there as it would have)."""
         ids = [
             rec.envelope.event_id
             for rec in batch
-            if rec.event_type == "customer_message" and SENT not in rec.effects and rec.envelope.event_id
+            if rec.event_type in ("customer_message", "whatsapp_status")
+            and SENT not in rec.effects
+            and rec.envelope.event_id
         ]
         if not ids:
             return {}
@@ -148,7 +153,51 @@ class BitrixDispatcher:
             return {}
         return dict(zip(ids, answers, strict=True)) if len(answers) == len(ids) else {}
 
-    async def _prepare_safe(self, rec: Received, processed: Processed | None = None) -> Work | Outcome:
+    async def _status_links(self, batch: list[Received]) -> dict[str, mapper_pb2.MessageLink] | None:
+        """One FindMessageLinks for the batch's statuses (in the first one's trace); None when there are
+        none or it failed (each status then asks alone in prepare)."""
+        wamids = list(
+            dict.fromkeys(
+                rec.envelope.whatsapp_status.wamid
+                for rec in batch
+                if rec.event_type == "whatsapp_status"
+                and SENT not in rec.effects
+                and rec.envelope.whatsapp_status.wamid
+            )
+        )
+        if not wamids:
+            return None
+        try:
+            with trace.use_span(batch[0].span, end_on_exit=False):
+                return await self.deps.find_message_links(wamids)
+        except RpcError as exc:
+            log.warning("FindMessageLinks failed; asking per status", error=str(exc))
+            return None
+
+    async def _update_statuses(
+        self, batch: list[Received], updates: StatusUpdates, outcomes: list[Outcome | None]
+    ) -> None:
+        """The link updates of the statuses that only update their link: one UpdateMessageStatuses (in the
+        first one's trace); should it fail, those statuses get its failure as their outcome."""
+        if not updates:
+            return
+        try:
+            with trace.use_span(updates[0][0].span, end_on_exit=False):
+                await self.deps.update_message_statuses([u for _, u in updates])
+        except Exception as exc:
+            if not isinstance(exc, RpcError):
+                log.exception("UpdateMessageStatuses failed")
+            index = {id(rec): i for i, rec in enumerate(batch)}
+            for rec, _ in updates:
+                outcomes[index[id(rec)]] = outcome_for(exc)
+
+    async def _prepare_safe(
+        self,
+        rec: Received,
+        processed: Processed | None = None,
+        links: dict[str, mapper_pb2.MessageLink] | None = None,
+        updates: StatusUpdates | None = None,
+    ) -> Work | Outcome:
         settings, deps, channels = self.settings, self.deps, self.channels
         try:
             kind = rec.event_type
@@ -168,7 +217,17 @@ class BitrixDispatcher:
                 )
             if kind == "whatsapp_status":
                 st = rec.envelope.whatsapp_status
-                return await prepare_status(rec, st, settings=settings, deps=deps, channels=channels)
+                return await prepare_status(
+                    rec,
+                    st,
+                    settings=settings,
+                    deps=deps,
+                    channels=channels,
+                    conversations=self.conversations,
+                    links=links,
+                    processed=processed,
+                    updates=updates,
+                )
             if kind == "send_failure":
                 sf = rec.envelope.send_failure
                 return await prepare_failure(rec, sf, settings=settings, deps=deps, channels=channels)

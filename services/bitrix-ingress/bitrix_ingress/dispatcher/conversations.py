@@ -56,6 +56,12 @@ class Conversations:
         self.remember(conv)
         return conv
 
+    def known(self, member_id: str, phone_number_id: str, wa_id: str) -> mapper_pb2.Conversation | None:
+        """The cached conversation of this portal's channel and customer, if any (no mapper call)."""
+        key: Key = (member_id, phone_number_id, wa_id)
+        cached = self._cache.get(key) if self.enabled and member_id else None
+        return cached if cached is not None and key_of(cached) == key else None
+
     def remember(self, conv: mapper_pb2.Conversation) -> None:
         """The mapper's latest answer for a conversation (after a recording or an update)."""
         if self.enabled and conv.id and conv.member_id and conv.phone_number_id and conv.wa_id:

@@ -2,8 +2,12 @@
 message, a notice in the operator's chat).
 
 Each reply brings three statuses (sent, delivered, read): only the one that calls Bitrix24 pays for the
-dedupe record and the conversation lookup; the others update the message link (idempotent, the mapper
-keeps the latest state) after one FindMessageLink.
+dedupe record and the conversation; the others update the message link (idempotent, the mapper keeps the
+latest state; one UpdateMessageStatuses per poll batch for those). The links of a poll batch's statuses
+come from one FindMessageLinks and their dedupe
+answers from the batch's CheckProcessedMany (batch_handler.py); a status missing from those is asked
+alone. The conversation comes from the known-conversation cache when it holds the link's conversation
+under the link's portal and the status's channel and customer.
 """
 
 from __future__ import annotations
@@ -19,12 +23,23 @@ from bitrix_ingress.deps import Deps
 from bitrix_ingress.dispatcher import bookkeeping
 from bitrix_ingress.dispatcher import packing as dl
 from bitrix_ingress.dispatcher.channels import Channels
+from bitrix_ingress.dispatcher.conversations import Conversations
+from bitrix_ingress.dispatcher.customer_messages import Processed
 from bitrix_ingress.dispatcher.notices import notice_via
 from bitrix_ingress.dispatcher.work import NoticeWork, StatusWork, Work
 from bitrix_ingress.metrics import STATUSES
 from bitrix_ingress.settings import DispatcherSettings
 
 log = get_logger(__name__)
+
+StatusUpdates = list[tuple[Received, mapper_pb2.UpdateMessageStatusRequest]]
+
+
+async def _update(deps: Deps, rec: Received, updates: StatusUpdates | None, wamid: str, status: str) -> None:
+    if updates is None:
+        await deps.update_message_status(wamid, whatsapp_status=status)
+    else:
+        updates.append((rec, mapper_pb2.UpdateMessageStatusRequest(wamid=wamid, whatsapp_status=status)))
 
 
 async def prepare_status(
@@ -34,7 +49,15 @@ async def prepare_status(
     settings: DispatcherSettings,
     deps: Deps,
     channels: Channels,
+    conversations: Conversations | None = None,
+    links: dict[str, mapper_pb2.MessageLink] | None = None,
+    processed: Processed | None = None,
+    updates: StatusUpdates | None = None,
 ) -> Work | Outcome:
+    """``links``/``processed``: the poll batch's FindMessageLinks and CheckProcessedMany answers (None
+    when that call failed: each status then asks alone). ``updates``: where a status that only updates its
+    link puts that update, for the batch's one UpdateMessageStatuses (its ``ok`` stands only once that
+    succeeded; None: UpdateMessageStatus at once)."""
     status = st.status.lower()
     event_id = rec.envelope.event_id
     if not st.wamid:
@@ -42,7 +65,12 @@ async def prepare_status(
     # The link first: most statuses only update it (sent, and delivered/read once the delivery is reported),
     # which is idempotent and needs no dedupe record; CheckProcessed only guards a status that calls Bitrix24.
     try:
-        link = await deps.find_message_link(st.wamid)
+        if links is None:
+            link = await deps.find_message_link(st.wamid)
+        elif (found := links.get(st.wamid)) is not None:
+            link = found
+        else:
+            raise RpcNotFound(f"no message link for wamid {st.wamid}")
     except RpcNotFound:
         # Meta can report a status before the meta dispatcher has recorded the link of the message it
         # just sent: look again a few times (retry topic), then accept that it is not ours.
@@ -58,30 +86,38 @@ async def prepare_status(
         return Outcome.ok()
     if status not in ("delivered", "read", "failed"):
         if status == "sent":
-            await deps.update_message_status(st.wamid, whatsapp_status="sent")
+            await _update(deps, rec, updates, st.wamid, "sent")
         STATUSES.labels(status or "empty", "recorded").inc()
         return Outcome.ok()
     already = link.bitrix_status in ("delivered", "read")
     if status == "delivered" and already:
-        await deps.update_message_status(st.wamid, whatsapp_status=status)
+        await _update(deps, rec, updates, st.wamid, status)
         STATUSES.labels(status, "already_reported").inc()
         return Outcome.ok()
     method = dl.STATUS_DELIVERY
     if status == "read" and already:
         if not settings.bitrix_send_read_status or link.bitrix_status == "read":
-            await deps.update_message_status(st.wamid, whatsapp_status=status)
+            await _update(deps, rec, updates, st.wamid, status)
             STATUSES.labels(status, "already_reported").inc()
             return Outcome.ok()
         method = dl.STATUS_READING
-    check = await deps.check_processed(event_id)
+    check = (processed or {}).get(event_id) or await deps.check_processed(event_id)
     if check.processed:
         STATUSES.labels(status, "duplicate").inc()
         return Outcome.duplicate()
     channel = await channels.get(st.phone_number_id)
-    try:
-        conv = await deps.find_conversation_by_id(link.conversation_id)
-    except RpcNotFound:
-        conv = await deps.find_conversation_by_customer(st.phone_number_id, st.wa_id)
+    known = (
+        conversations.known(link.member_id, st.phone_number_id, st.wa_id)
+        if conversations is not None
+        else None
+    )
+    if known is not None and known.id == link.conversation_id:
+        conv = known
+    else:
+        try:
+            conv = await deps.find_conversation_by_id(link.conversation_id)
+        except RpcNotFound:
+            conv = await deps.find_conversation_by_customer(st.phone_number_id, st.wa_id)
     base: dict[str, Any] = {
         "rec": rec,
         "member_id": link.member_id or channel.member_id,
@@ -104,7 +140,7 @@ async def prepare_status(
         )
     if not link.bitrix_message_id or not link.bitrix_chat_id:
         log.warning("status for a message without Bitrix24 ids", wamid=st.wamid)
-        await deps.update_message_status(st.wamid, whatsapp_status=status)
+        await _update(deps, rec, updates, st.wamid, status)
         STATUSES.labels(status, "no_bitrix_ids").inc()
         return Outcome.ok()
     payload = dl.build_status_item(
