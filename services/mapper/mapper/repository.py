@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -52,6 +53,20 @@ def _channel(r: Record) -> ChannelBinding:
 
 def _conversation(r: Record) -> Conversation:
     return Conversation(**dict(r))
+
+
+def _link_columns(specs: Sequence[LinkSpec]) -> list[list[Any]]:
+    """The message_link columns of `specs`, one array each, in the order of _INSERT_LINKS' parameters."""
+    return [
+        [s.wamid for s in specs],
+        [s.conversation_id for s in specs],
+        [s.direction.value for s in specs],
+        [s.member_id for s in specs],
+        [s.bitrix_message_id for s in specs],
+        [s.bitrix_chat_id for s in specs],
+        [s.whatsapp_status for s in specs],
+        [s.bitrix_status for s in specs],
+    ]
 
 
 def _link(r: Record) -> MessageLink:
@@ -574,14 +589,7 @@ class Repository:
             try:
                 rows = await conn.fetch(
                     _INSERT_LINKS,
-                    [s.wamid for s in specs],
-                    [s.conversation_id for s in specs],
-                    [s.direction.value for s in specs],
-                    [s.member_id for s in specs],
-                    [s.bitrix_message_id for s in specs],
-                    [s.bitrix_chat_id for s in specs],
-                    [s.whatsapp_status for s in specs],
-                    [s.bitrix_status for s in specs],
+                    *_link_columns(specs),
                 )
             except asyncpg.exceptions.ForeignKeyViolationError as exc:
                 raise NotFound("a conversation of the list was not found") from exc
@@ -609,14 +617,7 @@ class Repository:
         async with self.db.connection() as conn:
             row = await conn.fetchrow(
                 _RECORD_NEW_DELIVERIES,
-                [s.wamid for s in specs],
-                [s.conversation_id for s in specs],
-                [s.direction.value for s in specs],
-                [s.member_id for s in specs],
-                [s.bitrix_message_id for s in specs],
-                [s.bitrix_chat_id for s in specs],
-                [s.whatsapp_status for s in specs],
-                [s.bitrix_status for s in specs],
+                *_link_columns(specs),
                 [e for _, _, e, _ in items],
                 [r for _, _, _, r in items],
                 [u.id for u in merged],
