@@ -55,6 +55,21 @@ def _conversation(r: Record) -> Conversation:
     return Conversation(**dict(r))
 
 
+def _delivery_answers(
+    items: list[tuple[LinkSpec, ConversationUpdate, str, str]],
+    links: dict[str, MessageLink],
+    conversations: dict[uuid.UUID, Conversation],
+    new: set[str],
+) -> list[tuple[MessageLink, Conversation, bool]]:
+    """Per item of record_deliveries: its link, its conversation, and whether it was already processed."""
+    out: list[tuple[MessageLink, Conversation, bool]] = []
+    for spec, update, event_id, _ in items:
+        first = event_id in new
+        new.discard(event_id)  # a second item with the same event id finds it processed
+        out.append((links[spec.wamid], conversations[update.id], not first))
+    return out
+
+
 def _link_columns(specs: Sequence[LinkSpec]) -> list[list[Any]]:
     """The message_link columns of `specs`, one array each, in the order of _INSERT_LINKS' parameters."""
     return [
@@ -602,12 +617,7 @@ class Repository:
             )
             new = {r["event_id"] for r in inserted}
             conversations = await self._update_conversations(conn, [u for _, u, _, _ in items])
-        out: list[tuple[MessageLink, Conversation, bool]] = []
-        for spec, update, event_id, _ in items:
-            first = event_id in new
-            new.discard(event_id)  # a second item with the same event id finds it processed
-            out.append((links[spec.wamid], conversations[update.id], not first))
-        return out
+        return _delivery_answers(items, links, conversations, new)
 
     async def _record_new_deliveries(
         self, items: list[tuple[LinkSpec, ConversationUpdate, str, str]], merged: list[ConversationUpdate]
@@ -632,12 +642,7 @@ class Repository:
         links = {r["wamid"]: _link_json(r) for r in json.loads(row["links"])}
         conversations = {c.id: c for c in map(_conversation_json, json.loads(row["conversations"]))}
         new = set(json.loads(row["processed"] or "[]"))
-        out: list[tuple[MessageLink, Conversation, bool]] = []
-        for spec, update, event_id, _ in items:
-            first = event_id in new
-            new.discard(event_id)  # a second item with the same event id finds it processed
-            out.append((links[spec.wamid], conversations[update.id], not first))
-        return out
+        return _delivery_answers(items, links, conversations, new)
 
     @staticmethod
     async def _update_conversations(
