@@ -53,6 +53,7 @@ from bench.common import (
 from bench.flows import bitrix_config, deliveries
 from bench.lookup_drain_plots import register, save
 from bench.result import Result, verdict
+from bench.tenants import add_portal
 from bench.webhooks import sample_text, wamid
 
 register()
@@ -133,19 +134,7 @@ async def add_portals(sut: Any, bitrix: httpx.AsyncClient) -> None:
 
     async def one(p: int) -> None:
         async with gate:
-            spec = {
-                "member_id": portal(p),
-                "domain": f"{portal(p)}.bitrix24.com",
-                "application_token": f"{portal(p)}-app-token",
-                "line_id": 1,
-                "preregistered": True,
-            }
-            resp = await bitrix.post("/_sandbox/portals", json=spec, timeout=30)
-            if resp.status_code not in (201, 409):
-                raise RuntimeError(f"portal {portal(p)} not added: {resp.text}")
-            installed = (await bitrix.post(f"/_sandbox/portals/{portal(p)}/install", timeout=60)).json()
-            if installed.get("gateway_status") != 200:
-                raise RuntimeError(f"install of {portal(p)} failed: {installed}")
+            await add_portal(bitrix, portal(p))
 
     await asyncio.gather(*(one(p) for p in range(PORTALS)))
     async with sut.local.grpc_channel("mapper") as channel:
