@@ -408,7 +408,11 @@ async def test_operator_reply_and_its_receipts(stack: Stack) -> None:
 
     (shown,) = await eventually(notice, timeout_s=10)
     assert "24 hours" in shown["text"]
-    assert stack.fakes.mapper.links["wamid.out.2"].bitrix_status == "failed"
+
+    async def failed_recorded() -> bool:  # the link is updated once Bitrix24 took the notice, not before
+        return stack.fakes.mapper.links["wamid.out.2"].bitrix_status == "failed"
+
+    await eventually(failed_recorded, timeout_s=5)
 
 
 async def test_wrong_application_token_from_the_portal_is_refused(stack: Stack) -> None:
