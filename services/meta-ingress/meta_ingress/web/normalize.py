@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 from zaptrix.v1 import events_pb2
@@ -141,7 +142,10 @@ def _id(value: Any, where: str) -> str:
 
 def parse_envelope(payload: Any, max_updates: int = 1000, max_channels: int = 10) -> Webhook:
     """Validate the outer shape and find the channels (``metadata.phone_number_id``) it concerns.
-    Raises WebhookTooLarge past ``max_updates`` entries, changes or items, or ``max_channels`` numbers."""
+    Raises WebhookTooLarge past ``max_updates`` entries, changes or items, or ``max_channels`` numbers.
+
+    The ``entry[i].changes[j]`` paths of the error messages are built only on an error: formatting them for
+    every change cost more than the checks themselves (docs/benchmarks.md, ingress)."""
     body = _obj(payload, "the webhook body")
     if body.get("object") != "whatsapp_business_account":
         raise WebhookShapeError(f"unexpected object {_str(body.get('object'))[:60]!r}")
@@ -152,29 +156,44 @@ def parse_envelope(payload: Any, max_updates: int = 1000, max_channels: int = 10
     changes = items = 0
     channels: set[str] = set()
     for i, entry in enumerate(entries):
-        entry = _obj(entry, f"entry[{i}]")
-        entry_changes = _list(entry.get("changes"), f"entry[{i}].changes")
+        if not isinstance(entry, dict):
+            _obj(entry, f"entry[{i}]")
+        entry_changes = entry.get("changes")
+        if not isinstance(entry_changes, list):
+            entry_changes = _list(entry_changes, f"entry[{i}].changes")
         changes += len(entry_changes)
         if changes > max_updates:
             raise WebhookTooLarge(f"more than {max_updates} changes")
         for j, change in enumerate(entry_changes):
-            where = f"entry[{i}].changes[{j}]"
-            change = _obj(change, where)
+            value = change.get("value") if isinstance(change, dict) else None
+            metadata = value.get("metadata") if isinstance(value, dict) else None
+            if not isinstance(metadata, dict):  # the slow path only names what is wrong
+                where = f"entry[{i}].changes[{j}]"
+                change = _obj(change, where)
+                value = _obj(change.get("value"), f"{where}.value")
             fld = _str(change.get("field"))
-            value = _obj(change.get("value"), f"{where}.value")
             if fld != "messages":
                 hook.ignored_fields.append(fld or "?")
                 continue
-            metadata = _obj(value.get("metadata"), f"{where}.value.metadata")
-            pnid = _id(metadata.get("phone_number_id"), f"{where}.value.metadata.phone_number_id")
+            metadata = _obj(metadata, f"entry[{i}].changes[{j}].value.metadata")
+            pnid = _id_at(metadata.get("phone_number_id"), i, j)
             channels.add(pnid)
             if len(channels) > max_channels:
                 raise WebhookTooLarge(f"more than {max_channels} phone numbers")
-            items += sum(len(v) for k in ("messages", "statuses") if isinstance(v := value.get(k), list))
+            for k in ("messages", "statuses"):
+                if isinstance(listed := value.get(k), list):
+                    items += len(listed)
             if items > max_updates:
                 raise WebhookTooLarge(f"more than {max_updates} messages and statuses")
             hook.changes.append(Change(pnid, _str(metadata.get("display_phone_number")), value))
     return hook
+
+
+def _id_at(value: Any, i: int, j: int) -> str:
+    """The change's phone_number_id, its path formatted only when it is missing or too long."""
+    if isinstance(value, str) and 0 < len(value) <= 512 and not value[0].isspace() and not value[-1].isspace():
+        return value
+    return _id(value, f"entry[{i}].changes[{j}].value.metadata.phone_number_id")
 
 
 def _timestamp(value: Any) -> int:
@@ -347,6 +366,14 @@ def _envelope(
     return env
 
 
+def _raw_json(msg: dict[str, Any]) -> str:
+    """Meta's message object as compact JSON, non-ASCII kept as is."""
+    try:
+        return orjson.dumps(msg).decode()
+    except orjson.JSONEncodeError:  # integers beyond 64 bits or lone surrogates: never from orjson.loads
+        return json.dumps(msg, ensure_ascii=False, separators=(",", ":"))
+
+
 def customer_message(
     change: Change,
     msg: dict[str, Any],
@@ -369,7 +396,7 @@ def customer_message(
         profile_name=names.get(customer, ""),
         wamid=wamid,
         type=kind,
-        raw_json=json.dumps(msg, ensure_ascii=False, separators=(",", ":")),
+        raw_json=_raw_json(msg),
     )
     sent_at = _timestamp(msg.get("timestamp"))
     out.sent_at.seconds = sent_at
@@ -477,7 +504,8 @@ def _contact_names(value: dict[str, Any]) -> tuple[dict[str, str], str]:
     names: dict[str, str] = {}
     first = ""
     for i, contact in enumerate(_list(value.get("contacts"), "value.contacts")):
-        contact = _obj(contact, f"value.contacts[{i}]")
+        if not isinstance(contact, dict):
+            _obj(contact, f"value.contacts[{i}]")
         key = _str(contact.get("wa_id")) or _str(contact.get("user_id"))
         profile = _sub(contact.get("profile"))
         if key:
@@ -487,8 +515,13 @@ def _contact_names(value: dict[str, Any]) -> tuple[dict[str, str], str]:
 
 
 def _items(value: dict[str, Any], key: str) -> Iterator[tuple[int, dict[str, Any]]]:
-    for i, item in enumerate(_list(value.get(key), f"value.{key}")):
-        yield i, _obj(item, f"value.{key}[{i}]")
+    items = value.get(key)
+    if items is None:
+        return
+    for i, item in enumerate(_list(items, f"value.{key}")):
+        if not isinstance(item, dict):
+            _obj(item, f"value.{key}[{i}]")  # raises; the path is formatted only here
+        yield i, item
 
 
 def normalize(hook: Webhook, media_url: MediaUrl) -> Normalized:

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import json
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 from aiokafka.errors import KafkaError
 from prometheus_client import Counter
 from sanic import HTTPResponse, Request
@@ -72,6 +72,16 @@ def _unauthenticated() -> HTTPResponse:
     """One answer for a missing or wrong signature and for an unknown channel: no channel oracle. Meta retries
     a 401 like a 404 (for up to 7 days), so messages of a number not set up yet still arrive once it is."""
     return error_response(401, _UNAUTHENTICATED)
+
+
+_NOTHING = Webhook()
+
+
+def _accepted(events: int, parked: int) -> HTTPResponse:
+    """The 200 answer, serialized by orjson straight into an HTTPResponse: sanic.json() builds a
+    JSONResponse (a dumps wrapper, a header dict and a content-type check per answer)."""
+    answer = {"events": events, "parked": parked} if parked else {"events": events}
+    return HTTPResponse(orjson.dumps(answer), content_type="application/json")
 
 
 _children: dict[tuple[int, str], Any] = {}
@@ -147,13 +157,13 @@ class Webhooks:
         # --- authenticated from here: the body is signed with the app secret `signer` ---
         try:
             hook = parse_envelope(
-                json.loads(body), self.settings.webhook_max_updates, self.settings.webhook_max_channels
+                orjson.loads(body), self.settings.webhook_max_updates, self.settings.webhook_max_channels
             )
         except WebhookTooLarge as exc:
             WEBHOOKS.labels("too_large").inc()
             log.warning("signed webhook over the limits", reason=str(exc))
             return error_response(413, f"webhook too large: {exc}")
-        except (ValueError, RecursionError) as exc:  # WebhookShapeError is a ValueError too
+        except (ValueError, RecursionError) as exc:  # orjson's JSONDecodeError and WebhookShapeError too
             WEBHOOKS.labels("malformed").inc()
             return error_response(400, f"not a WhatsApp Cloud API webhook: {str(exc)[:200]}")
         except Exception:  # a bug of ours must not turn garbage into a 500 loop
@@ -168,10 +178,14 @@ class Webhooks:
         routes = await self._routes(hook.channels, signer)
         if isinstance(routes, HTTPResponse):
             return routes
-        taken = Webhook([c for c in hook.changes if c.phone_number_id not in routes])
-        parked = Webhook([c for c in hook.changes if c.phone_number_id in routes])
+        if routes:
+            taken = Webhook([c for c in hook.changes if c.phone_number_id not in routes])
+            parked = Webhook([c for c in hook.changes if c.phone_number_id in routes])
+        else:  # the usual case: every channel takes its events, nothing to split or park
+            taken, parked = hook, _NOTHING
         try:
-            result, held = normalize(taken, self._media_url), normalize(parked, self._media_url)
+            result = normalize(taken, self._media_url)
+            held = normalize(parked, self._media_url) if parked.changes else Normalized()
         except (WebhookShapeError, RecursionError) as exc:
             WEBHOOKS.labels("malformed").inc()
             log.warning("signed webhook with an unreadable item", reason=str(exc))
@@ -196,8 +210,7 @@ class Webhooks:
                 if env.HasField("whatsapp_status"):
                     _child(INBOUND_STATUSES, bounded(env.whatsapp_status.status, KNOWN_STATUSES)).inc()
         _child(WEBHOOKS, "ok").inc()
-        answer = {"events": result.count} | ({"parked": held.count} if held.count else {})
-        return json_response(answer)
+        return _accepted(result.count, held.count)
 
     async def _signer(self, body: bytes, digest: bytes) -> str | HTTPResponse:
         """The app secret that signed the body, else the 401 (or 503 when token-keeper is unreachable).
