@@ -165,8 +165,8 @@ def parse_envelope(payload: Any, max_updates: int = 1000, max_channels: int = 10
         if changes > max_updates:
             raise WebhookTooLarge(f"more than {max_updates} changes")
         for j, change in enumerate(entry_changes):
-            value = change.get("value") if isinstance(change, dict) else None
-            metadata = value.get("metadata") if isinstance(value, dict) else None
+            value: Any = change.get("value") if isinstance(change, dict) else None
+            metadata: Any = value.get("metadata") if isinstance(value, dict) else None
             if not isinstance(metadata, dict):  # the slow path only names what is wrong
                 where = f"entry[{i}].changes[{j}]"
                 change = _obj(change, where)
@@ -191,7 +191,12 @@ def parse_envelope(payload: Any, max_updates: int = 1000, max_channels: int = 10
 
 def _id_at(value: Any, i: int, j: int) -> str:
     """The change's phone_number_id, its path formatted only when it is missing or too long."""
-    if isinstance(value, str) and 0 < len(value) <= 512 and not value[0].isspace() and not value[-1].isspace():
+    if (
+        isinstance(value, str)
+        and 0 < len(value) <= 512
+        and not value[0].isspace()
+        and not value[-1].isspace()
+    ):
         return value
     return _id(value, f"entry[{i}].changes[{j}].value.metadata.phone_number_id")
 
