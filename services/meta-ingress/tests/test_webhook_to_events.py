@@ -296,11 +296,41 @@ def test_other_fields_are_ignored_not_refused() -> None:
         (webhook(value([], [{"status": "read"}])), r"statuses\[\].id is missing"),
         (webhook({**value([]), "messages": {"id": 1}}), "value.messages must be a JSON array"),
         (webhook({**value([]), "messages": ["x"]}), r"value.messages\[0\] must be"),
+        # the paths are formatted only on an error (docs/benchmarks.md): they still name the place
+        (
+            {"object": "whatsapp_business_account", "entry": [{"changes": [1]}]},
+            r"entry\[0\].changes\[0\] must",
+        ),
+        (
+            {"object": "whatsapp_business_account", "entry": [{}, {"changes": [{"field": "messages"}]}]},
+            r"entry\[1\].changes\[0\].value must be",
+        ),
+        (webhook({"metadata": []}), r"entry\[0\].changes\[0\].value.metadata must be"),
+        (webhook({"metadata": {"phone_number_id": " "}}), r"changes\[0\].value.metadata.phone_number_id is"),
+        (webhook({"metadata": {"phone_number_id": "1" * 513}}), "phone_number_id is too long"),
+        (webhook({**value([]), "contacts": [7]}), r"value.contacts\[0\] must be"),
     ],
 )
 def test_shape_errors(payload: Any, reason: str) -> None:
     with pytest.raises(WebhookShapeError, match=reason):
         run(payload)
+
+
+def test_a_channel_id_is_read_as_before_on_the_fast_path() -> None:
+    assert parse_envelope(webhook({"metadata": {"phone_number_id": " 123 "}})).channels == ["123"]
+    assert parse_envelope(webhook({"metadata": {"phone_number_id": 123}})).channels == ["123"]
+    ignored = {"field": "account_update", "value": {"no": "metadata"}}
+    hook = parse_envelope({"object": "whatsapp_business_account", "entry": [{"changes": [ignored]}]})
+    assert hook.ignored_fields == ["account_update"] and hook.changes == []
+
+
+def test_raw_json_is_compact_and_keeps_what_orjson_cannot_write() -> None:
+    text = msg("text", {"body": "grüß 👋"})
+    huge = {**msg("text", {"body": "x"}), "n": 2**70}  # no 64-bit integer: the stdlib writes it
+    out = run(webhook(value([text, {**huge, "id": "w2"}])))
+    first, second = (e.customer_message.raw_json for e in out.envelopes)
+    assert json.loads(first) == text and "grüß 👋" in first and ", " not in first
+    assert json.loads(second)["n"] == 2**70
 
 
 def _mutate(node: Any, rng: random.Random) -> Any:
