@@ -321,6 +321,7 @@ class EventConsumer:
         try:
             while not stopped.is_set():
                 self._raise_failure()
+                await self._report_lag(consumer)
                 if len(self._tasks) >= self.max_in_flight:  # bounded: wait for a batch to finish
                     await asyncio.wait(self._tasks, timeout=0.2, return_when=asyncio.FIRST_COMPLETED)
                     self.last_poll_at = time.monotonic()
@@ -332,7 +333,6 @@ class EventConsumer:
                 if data:
                     async with self._admit:
                         await self._process(consumer, data)
-                    await self._report_lag(consumer)
                 else:
                     await self._flush(consumer)
             await self._drain()  # a stop: the batches in flight finish, then their offsets are committed
@@ -793,7 +793,8 @@ class EventConsumer:
         return min(max(delay, clamp_delay(retry_after, self.retry_max_s) or 0.0), self.retry_max_s)
 
     async def _report_lag(self, consumer: AIOKafkaConsumer) -> None:
-        """The lag gauge, at most every LAG_REPORT_S (not after every batch: a scrape reads it once)."""
+        """The lag gauge, at most every LAG_REPORT_S (not after every batch: a scrape reads it once): the
+        records not yet handled, counted from the first one still in flight (fetched is not handled)."""
         now = time.monotonic()
         if now - self._lag_reported_at < LAG_REPORT_S:
             return
@@ -802,7 +803,7 @@ class EventConsumer:
             highwater = consumer.highwater(tp)
             if highwater is None:
                 continue
-            position = await consumer.position(tp)
+            position = self._first_unfinished(tp, await consumer.position(tp))
             CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(max(0, highwater - position))
 
 
