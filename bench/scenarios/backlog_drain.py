@@ -231,7 +231,11 @@ async def run(env: BenchEnv) -> Result:
     from zaptrix.settings import KafkaSettings
 
     batch_max_messages = int(DispatcherSettings.model_fields["bitrix_batch_max_messages"].default)
-    max_records = int(MAX_RECORDS or KafkaSettings.model_fields["consumer_max_records"].default)
+    # While it lags, the dispatcher polls its catch-up batch (never less than its normal poll batch).
+    max_records = max(
+        int(MAX_RECORDS or KafkaSettings.model_fields["consumer_max_records"].default),
+        int(DispatcherSettings.model_fields["consumer_catch_up_records"].default),
+    )
     run_id = uuid.uuid4().hex[:6]
     only = {"sandbox-bitrix", "mapper", "token-keeper", "bitrix-ingress", "bitrix-dispatcher"}
     raised = {"ZAPTRIX_BITRIX_RATE_PER_S": "100000", "ZAPTRIX_BITRIX_BURST": "50"}
@@ -366,8 +370,8 @@ async def run(env: BenchEnv) -> Result:
     all_ms = 1000 * sum(float(r["cpu_s"]) for r in cpu.values()) / max(delivered, 1)
     projected_s = (total / rate) if rate else float("nan")
     # Three ceilings, messages/s: Bitrix24's (every portal at 2 req/s with full batches), the consumer's
-    # (one poll batch at a time, at most one request per portal per batch once the buckets are spent,
-    # so at most rate_per_s batches/s), and this box's CPU (its cores over the CPU of one message, summed
+    # (at most one request per portal per poll batch once the buckets are spent, so at most rate_per_s
+    # batches/s of the catch-up batch's records), and this box's CPU (its cores over the CPU of one message, summed
     # over every process of the path).
     platform_rate = PORTALS * LIMIT_RATE * batch_max_messages
     poll_rate = max_records * LIMIT_RATE if max_records / PORTALS <= batch_max_messages else platform_rate

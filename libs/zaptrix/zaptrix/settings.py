@@ -242,6 +242,15 @@ class KafkaSettings(ZaptrixSettings):
         ),
     )
     consumer_max_records: int = Field(200, description="Records per poll batch")
+    consumer_max_in_flight_batches: int = Field(
+        2,
+        ge=1,
+        description=(
+            "Poll batches a dispatcher handles at once: the next batch starts while the previous one's tail "
+            "is in flight (a conversation's records still in order); 1 handles one batch at a time. A "
+            "rebalance or a stop waits for the batches in flight"
+        ),
+    )
 
 
 class DispatcherCommonSettings(ZaptrixSettings):

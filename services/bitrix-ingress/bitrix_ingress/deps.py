@@ -11,6 +11,8 @@ from zaptrix.clients import Clients
 from zaptrix.rpc import call
 from zaptrix.v1 import mapper_pb2, token_keeper_pb2
 
+MAPPER_MAX_BATCH = 1000  # items per CheckProcessedMany / FindMessageLinks / UpdateMessageStatuses (mapper)
+
 T = TypeVar("T")
 
 
@@ -178,24 +180,34 @@ class Deps:
         return await self._unary(self.mapper.MarkProcessed, req, "mapper MarkProcessed")
 
     async def check_processed_many(self, event_ids: list[str]) -> list[mapper_pb2.CheckProcessedResponse]:
-        """CheckProcessed for each id (one poll batch), the answers in the same order."""
-        req = mapper_pb2.CheckProcessedManyRequest(event_ids=event_ids)
-        resp = await self._unary(self.mapper.CheckProcessedMany, req, "mapper CheckProcessedMany")
-        return list(resp.results)
+        """CheckProcessed for each id (one poll batch), the answers in the same order; a catch-up batch
+        larger than the mapper's MAX_BATCH goes in several calls."""
+        answers: list[mapper_pb2.CheckProcessedResponse] = []
+        for start in range(0, len(event_ids), MAPPER_MAX_BATCH):
+            req = mapper_pb2.CheckProcessedManyRequest(event_ids=event_ids[start : start + MAPPER_MAX_BATCH])
+            resp = await self._unary(self.mapper.CheckProcessedMany, req, "mapper CheckProcessedMany")
+            answers += resp.results
+        return answers
 
     async def find_message_links(self, wamids: list[str]) -> dict[str, mapper_pb2.MessageLink]:
         """FindMessageLink for each wamid (one poll batch's statuses): the links found, by wamid."""
-        req = mapper_pb2.FindMessageLinksRequest(wamids=wamids)
-        resp = await self._unary(self.mapper.FindMessageLinks, req, "mapper FindMessageLinks")
-        return {link.wamid: link for link in resp.links}
+        links: dict[str, mapper_pb2.MessageLink] = {}
+        for start in range(0, len(wamids), MAPPER_MAX_BATCH):
+            req = mapper_pb2.FindMessageLinksRequest(wamids=wamids[start : start + MAPPER_MAX_BATCH])
+            resp = await self._unary(self.mapper.FindMessageLinks, req, "mapper FindMessageLinks")
+            links.update((link.wamid, link) for link in resp.links)
+        return links
 
     async def update_message_statuses(
         self, updates: list[mapper_pb2.UpdateMessageStatusRequest]
     ) -> list[mapper_pb2.MessageLink]:
-        """UpdateMessageStatus for each (one poll batch's statuses), in one statement."""
-        req = mapper_pb2.UpdateMessageStatusesRequest(updates=updates)
-        resp = await self._unary(self.mapper.UpdateMessageStatuses, req, "mapper UpdateMessageStatuses")
-        return list(resp.links)
+        """UpdateMessageStatus for each (one poll batch's statuses), in one statement per MAX_BATCH."""
+        links: list[mapper_pb2.MessageLink] = []
+        for start in range(0, len(updates), MAPPER_MAX_BATCH):
+            req = mapper_pb2.UpdateMessageStatusesRequest(updates=updates[start : start + MAPPER_MAX_BATCH])
+            resp = await self._unary(self.mapper.UpdateMessageStatuses, req, "mapper UpdateMessageStatuses")
+            links += resp.links
+        return links
 
     async def record_deliveries(
         self, deliveries: list[mapper_pb2.RecordDeliveryRequest]

@@ -230,6 +230,15 @@ class DispatcherSettings(BitrixCommonSettings, DispatcherCommonSettings):
         9104, description="Port of /health, /ready and /metrics"
     )
     consumer_group: str = Field("bitrix-dispatcher", description="Kafka consumer group")
+    consumer_catch_up_records: int = Field(
+        5000,
+        ge=1,
+        description=(
+            "Records per poll while the consumer lags (a poll came back full, e.g. after an outage), so one "
+            "request per portal carries up to bitrix_batch_max_messages; below ZAPTRIX_KAFKA_CONSUMER_MAX_RECORDS "
+            "it has no effect"
+        ),
+    )
     bitrix_max_messages_per_call: int = Field(
         50, ge=1, le=200, description="MESSAGES[] per imconnector.send.messages call"
     )

@@ -1,7 +1,14 @@
 """Consumer loop shared by both dispatchers: at-least-once, retry topic, dead-letter topic.
 
-Offsets are committed only after every record of a poll batch has had its effect recorded or has been
-moved to the retry or dead-letter topic. Each start of a batch is counted before handling (starts.py), so
+Poll batches overlap: the next batch is fetched and started while the previous one's tail is still in
+flight (at most ``consumer_max_in_flight_batches``), so a paced handler (the meta dispatcher's 80/s) never
+idles at a batch boundary. A conversation's (record key's) next record never starts before its previous
+one has finished: records whose key is still in flight wait for that batch. Per partition only the
+contiguous prefix of finished batches is committed: an offset is committed only after every record before
+it has had its effect recorded or has been moved to the retry or dead-letter topic. A revocation waits for
+the work in flight before committing and handing the partitions over; a stop drains it. While a poll comes
+back full (the consumer lags), the next polls take up to ``catch_up_records``: a handler that packs records
+into requests (the bitrix dispatcher) then fills them. Each start of a batch is counted before handling (starts.py), so
 a record that kills its process reaches the dead-letter topic after ``crash_limit`` starts. Each record is handled inside a CONSUMER "<topic> process" span
 whose parent is the producer's context taken from the record headers, so one trace follows a message
 across Kafka. Retry records carry a not-before time, at most retry_max_s ahead; their partition is paused until it is due.
@@ -12,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -180,6 +187,15 @@ STOP_GRACE_S = 5.0
 LAG_REPORT_S = 0.5  # a publish in flight when SIGTERM arrives gets this long before the batch is given up
 
 
+@dataclass
+class _Segment:
+    """The offsets first..end-1 of one partition that one in-flight batch handles."""
+
+    first: int
+    end: int
+    done: bool = False
+
+
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
     """Forget the start marks and holds of partitions that change hands: the next owner reads them back."""
 
@@ -187,14 +203,21 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
         self.owner = owner
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
-        consumer = self.owner._consumer
-        if consumer is not None:  # what this member finished is committed before another takes over
-            try:
-                await self.owner._flush(consumer, set(revoked))
-            except Exception:
-                log.exception("finished offsets not committed before the rebalance (they are handled again)")
-        for tp in revoked:
-            self.owner._marks.pop(tp, None)
+        owner = self.owner
+        # No batch starts meanwhile, and the batches in flight finish first: nothing is committed past an
+        # unfinished record, and the next owner does not handle a record this member is still handling.
+        async with owner._admit:
+            await owner._drain()
+            consumer = owner._consumer
+            if consumer is not None:  # what this member finished is committed before another takes over
+                try:
+                    await owner._flush(consumer, set(revoked))
+                except Exception:
+                    log.exception("finished offsets not committed before the rebalance (handled again)")
+            for tp in revoked:
+                owner._marks.pop(tp, None)
+                owner._segments.pop(tp, None)
+                owner._finished.pop(tp, None)
         self.owner._holds.forget({tp.partition for tp in revoked if tp.topic == self.owner.topics.retry})
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
@@ -230,6 +253,7 @@ class EventConsumer:
         retry_max_s: float = 900.0,
         crash_limit: int = 3,
         on_dead_letter: DeadLetterHook | None = None,
+        catch_up_records: int | None = None,
     ) -> None:
         self.settings = settings
         self.topics = topics
@@ -242,6 +266,9 @@ class EventConsumer:
         self.retry_max_s = retry_max_s
         self.crash_limit = crash_limit
         self.on_dead_letter = on_dead_letter
+        # Records per poll while the consumer lags (a full poll); default: the normal poll batch.
+        self.catch_up_records = max(catch_up_records or 0, settings.consumer_max_records)
+        self.max_in_flight = settings.consumer_max_in_flight_batches
         self.last_poll_at = 0.0
         self.running = False
         self._consumer: AIOKafkaConsumer | None = None
@@ -253,6 +280,14 @@ class EventConsumer:
         # or after a poll that brought nothing: a finished batch costs no commit round trip of its own.
         self._finished: dict[TopicPartition, int] = {}
         self._lag_reported_at = 0.0
+        # Overlap: batches in flight, the offsets each partition has in flight (in fetch order), the batch
+        # that last took each key, and the lock that keeps a rebalance from racing a batch's start.
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._segments: dict[TopicPartition, deque[_Segment]] = {}
+        self._key_owner: dict[bytes, asyncio.Task[None]] = {}
+        self._admit = asyncio.Lock()
+        self._failure: BaseException | None = None
+        self._lagging = False
 
     def healthy(self, stale_after_s: float = 60.0) -> bool:
         return self.running and time.monotonic() - self.last_poll_at < stale_after_s
@@ -261,6 +296,11 @@ class EventConsumer:
         self._stopped = stopped
         self._marks = {}
         self._finished = {}
+        self._tasks = set()
+        self._segments = {}
+        self._key_owner = {}
+        self._failure = None
+        self._lagging = False
         self._holds = Holds()
         self._holds_ready.set()
         consumer = AIOKafkaConsumer(
@@ -280,17 +320,32 @@ class EventConsumer:
         log.info("consumer started", topics=[self.topics.main, self.topics.retry], group=self.group_id)
         try:
             while not stopped.is_set():
-                data = await consumer.getmany(timeout_ms=200, max_records=self.settings.consumer_max_records)
+                self._raise_failure()
+                await self._report_lag(consumer)
+                if len(self._tasks) >= self.max_in_flight:  # bounded: wait for a batch to finish
+                    await asyncio.wait(self._tasks, timeout=0.2, return_when=asyncio.FIRST_COMPLETED)
+                    self.last_poll_at = time.monotonic()
+                    continue
+                size = self.catch_up_records if self._lagging else self.settings.consumer_max_records
+                data = await consumer.getmany(timeout_ms=200, max_records=size)
                 self.last_poll_at = time.monotonic()
+                self._lagging = sum(len(recs) for recs in data.values()) >= self.settings.consumer_max_records
                 if data:
-                    await self._process(consumer, data)
-                    await self._report_lag(consumer)
-                elif self._finished:
+                    async with self._admit:
+                        await self._process(consumer, data)
+                else:
                     await self._flush(consumer)
+            await self._drain()  # a stop: the batches in flight finish, then their offsets are committed
+            self._raise_failure()
         except _Stopping:
             log.warning("stopping with a batch not committed: Kafka did not take its retries/dead letters")
+        except BaseException:
+            for task in self._tasks:  # cancelled or broken: nothing of ours runs on without its consumer
+                task.cancel()
+            raise
         finally:
             self.running = False
+            await self._drain()
             try:
                 await asyncio.wait_for(self._flush(consumer), timeout=STOP_GRACE_S)
             except Exception:  # handled again after the restart (the effects are deduplicated)
@@ -321,39 +376,112 @@ class EventConsumer:
         if unknown:
             self._marks.update(await read_marks(consumer, unknown))
         suspects = [tp for tp in ready if self._starts(tp, ready[tp][0].offset)]
-        if suspects:
+        if suspects:  # handled alone: nothing else in flight
+            await self._drain()
+            self._raise_failure()
             await self._flush(consumer)
             await self._process_suspect(consumer, suspects[0], ready)
             return
-        # Count this start before handling: if the process dies now, the next owner knows. The same commit
-        # carries the end of the previous batch's other partitions.
-        marks = {tp: StartMark(recs[0].offset, recs[-1].offset, 1) for tp, recs in ready.items()}
+        # Count this start before handling: if the process dies now, the next owner knows. A partition's
+        # mark and committed offset start at its first unfinished record (an earlier batch may still be in
+        # flight). The same commit carries the finished offsets of the other partitions.
+        self._collect()
+        firsts = {tp: self._first_unfinished(tp, recs[0].offset) for tp, recs in ready.items()}
+        marks = {tp: StartMark(firsts[tp], recs[-1].offset, 1) for tp, recs in ready.items()}
         finished = {tp: (offset, None) for tp, offset in self._finished.items() if tp not in ready}
-        await self._commit(
-            consumer, {**finished, **{tp: (recs[0].offset, marks[tp]) for tp, recs in ready.items()}}
-        )
+        await self._commit(consumer, {**finished, **{tp: (firsts[tp], marks[tp]) for tp in ready}})
         self._finished.clear()
         for tp, recs in ready.items():
             for rec in recs:
                 if (tp.partition, rec.offset) in requeue and tp.topic == self.topics.retry:
                     await self._requeue(rec)
-        await self._handle(
-            [
-                rec
-                for tp, recs in ready.items()
-                for rec in recs
-                if tp.topic != self.topics.retry or (tp.partition, rec.offset) not in requeue
-            ]
-        )
-        # Done: committed with the next batch's start (or after the next empty poll, a revocation, the stop).
-        self._finished.update({tp: recs[-1].offset + 1 for tp, recs in ready.items()})
+        segments = [_Segment(recs[0].offset, recs[-1].offset + 1) for recs in ready.values()]
+        for tp, segment in zip(ready, segments, strict=True):
+            self._segments.setdefault(tp, deque()).append(segment)
+        # A key still in flight in an earlier batch: its records wait for that batch; the others start now.
+        free: list[ConsumerRecord] = []
+        waiting: list[ConsumerRecord] = []
+        after: set[asyncio.Task[None]] = set()
+        for tp, recs in ready.items():
+            for rec in recs:
+                if tp.topic == self.topics.retry and (tp.partition, rec.offset) in requeue:
+                    continue
+                owner = self._key_owner.get(rec.key) if rec.key is not None else None
+                if owner is not None and not owner.done():
+                    after.add(owner)
+                    waiting.append(rec)
+                else:
+                    free.append(rec)
+        task = asyncio.create_task(self._run_batch(segments, free, waiting, after))
+        self._tasks.add(task)
+        for rec in (*free, *waiting):
+            if rec.key is not None:
+                self._key_owner[rec.key] = task
+        task.add_done_callback(self._batch_done)
+
+    async def _run_batch(
+        self,
+        segments: list[_Segment],
+        free: list[ConsumerRecord],
+        waiting: list[ConsumerRecord],
+        after: set[asyncio.Task[None]],
+    ) -> None:
+        """One poll batch: its free records now, the others once the batches holding their keys are done.
+        Its offsets count as finished only when every record is handled or routed."""
+
+        async def behind() -> None:
+            if after:
+                await asyncio.wait(after)
+            await self._handle(waiting)
+
+        try:
+            await asyncio.gather(self._handle(free), behind())
+        except BaseException as exc:
+            if self._failure is None:
+                self._failure = exc
+            raise
+        for segment in segments:
+            segment.done = True
+
+    def _batch_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        for key in [k for k, owner in self._key_owner.items() if owner is task]:
+            del self._key_owner[key]
+        if not task.cancelled():
+            task.exception()  # retrieved: reported through _failure
+
+    async def _drain(self) -> None:
+        """Wait for every batch in flight (failures are kept in ``_failure``)."""
+        while self._tasks:
+            await asyncio.wait(set(self._tasks))
+
+    def _raise_failure(self) -> None:
+        if self._failure is not None:
+            failure, self._failure = self._failure, None
+            raise failure
+
+    def _collect(self) -> None:
+        """Move each partition's contiguous prefix of finished batches to the offsets to commit."""
+        for tp, segments in self._segments.items():
+            while segments and segments[0].done:
+                self._finished[tp] = segments.popleft().end
+
+    def _in_flight_mark(self, tp: TopicPartition) -> StartMark | None:
+        segments = self._segments.get(tp)
+        return StartMark(segments[0].first, segments[-1].end - 1, 1) if segments else None
+
+    def _first_unfinished(self, tp: TopicPartition, default: int) -> int:
+        segments = self._segments.get(tp)
+        return segments[0].first if segments else default
 
     async def _flush(self, consumer: AIOKafkaConsumer, only: set[TopicPartition] | None = None) -> None:
         """Commit the finished offsets (of ``only`` these partitions) and clear their start marks."""
+        self._collect()
         done = {tp: o for tp, o in self._finished.items() if only is None or tp in only}
         if not done:
             return
-        await self._commit(consumer, {tp: (offset, None) for tp, offset in done.items()})
+        # A partition with a batch still in flight keeps its start mark over the records in flight.
+        await self._commit(consumer, {tp: (offset, self._in_flight_mark(tp)) for tp, offset in done.items()})
         for tp in done:
             self._finished.pop(tp, None)
 
@@ -665,7 +793,8 @@ class EventConsumer:
         return min(max(delay, clamp_delay(retry_after, self.retry_max_s) or 0.0), self.retry_max_s)
 
     async def _report_lag(self, consumer: AIOKafkaConsumer) -> None:
-        """The lag gauge, at most every LAG_REPORT_S (not after every batch: a scrape reads it once)."""
+        """The lag gauge, at most every LAG_REPORT_S (not after every batch: a scrape reads it once): the
+        records not yet handled, counted from the first one still in flight (fetched is not handled)."""
         now = time.monotonic()
         if now - self._lag_reported_at < LAG_REPORT_S:
             return
@@ -674,7 +803,7 @@ class EventConsumer:
             highwater = consumer.highwater(tp)
             if highwater is None:
                 continue
-            position = await consumer.position(tp)
+            position = self._first_unfinished(tp, await consumer.position(tp))
             CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(max(0, highwater - position))
 
 

@@ -72,6 +72,7 @@ def wire(settings: DispatcherSettings, kafka: KafkaSettings) -> Wire:
                 max_attempts=settings.max_attempts,
                 retry_base_s=settings.retry_base_s,
                 on_dead_letter=CustomerDeadLetters(deps, producer, topics.main),
+                catch_up_records=settings.consumer_catch_up_records,
             )
         finally:
             if reconciler is not None:
