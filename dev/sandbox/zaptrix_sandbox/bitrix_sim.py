@@ -178,7 +178,7 @@ def register(app: App, sb: BitrixSandbox) -> None:
         p = portal_or_none(member_id)
         return json_response(sb.portal_view(p)) if p else _bad("unknown portal", 404)
 
-    @app.get("/_sandbox/portals/<member_id>/<what:chats|requests|contacts|stats|events>")
+    @app.get("/_sandbox/portals/<member_id>/<what:chats|requests|contacts|stats|events|status-calls>")
     async def listing(request: Request, member_id: str, what: str) -> HTTPResponse:
         p = portal_or_none(member_id)
         if p is None:
@@ -188,6 +188,7 @@ def register(app: App, sb: BitrixSandbox) -> None:
             "requests": lambda: p.requests,
             "contacts": lambda: list(p.contacts.values()),
             "events": lambda: p.events,
+            "status-calls": lambda: p.status_calls,
             "stats": lambda: {
                 "refresh_count": p.refresh_count,
                 "rate_limited_count": p.rate_limited,

@@ -261,8 +261,11 @@ class DispatcherSettings(BitrixCommonSettings, DispatcherCommonSettings):
         ),
     )
     bitrix_send_read_status: bool = Field(
-        False,
-        description="Also call imconnector.send.status.reading (a documented no-op; delivery marks read)",
+        True,
+        description=(
+            "Report WhatsApp read (and played) receipts with imconnector.send.status.reading, each once "
+            "(documented as a no-op in Bitrix24; delivery already marks read). Off: reads only update the link"
+        ),
     )
     status_link_attempts: int = Field(
         6,

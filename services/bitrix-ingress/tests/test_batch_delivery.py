@@ -298,18 +298,33 @@ async def test_delivered_status_reaches_bitrix_once(h: Harness) -> None:
     assert item["chat"] == {"id": conv.external_chat_id}
     link = h.fakes.mapper.links["wamid.out1"]
     assert (link.whatsapp_status, link.bitrix_status) == ("delivered", "delivered")
+    assert await h.run([status("wamid.out1", "delivered")]) == ["ok"]  # Meta sent it again
     assert await h.run([status("wamid.out1", "read")]) == ["ok"]
-    assert (
-        len([c for c in h.bitrix.calls if c.method.startswith("imconnector.send.status")]) == 1
-    )  # read = delivered
+    assert await h.run([status("wamid.out1", "played")]) == ["ok"]  # a voice note: read already
+    assert [c.method for c in h.bitrix.calls if c.method.startswith("imconnector.send.status")] == [
+        "imconnector.send.status.delivery",
+        "imconnector.send.status.reading",
+    ]
     assert h.fakes.mapper.links["wamid.out1"].whatsapp_status == "read"
 
 
-async def test_read_before_delivered_reports_delivery(h: Harness) -> None:
+async def test_read_before_delivered_reports_delivery_then_reading(h: Harness) -> None:
     outbound_link(h)
     assert await h.run([status("wamid.out1", "read")]) == ["ok"]
-    assert [c.method for c in h.bitrix.calls] == ["imconnector.send.status.delivery"]
+    assert [c.method for c in h.bitrix.calls] == [
+        "imconnector.send.status.delivery",
+        "imconnector.send.status.reading",
+    ]
     assert h.fakes.mapper.links["wamid.out1"].bitrix_status == "read"
+    assert await h.run([status("wamid.out1", "delivered")]) == ["ok"]  # late: already reported
+    assert len([c for c in h.bitrix.calls if c.method == "imconnector.send.status.delivery"]) == 1
+
+
+async def test_read_is_not_sent_when_reading_receipts_are_off(h: Harness) -> None:
+    outbound_link(h)
+    d = h.make(bitrix_send_read_status=False)
+    assert [o.kind for o in await d.handle([status("wamid.out1", "read")])] == ["ok"]
+    assert [c.method for c in h.bitrix.calls] == ["imconnector.send.status.delivery"]
 
 
 async def test_statuses_of_unknown_messages_are_acknowledged(h: Harness) -> None:

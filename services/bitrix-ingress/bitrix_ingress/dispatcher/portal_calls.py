@@ -118,6 +118,9 @@ class PortalCalls:
                     stream.setdefault((w.connector, w.line), []).append(connector_notice_item(w))
             elif isinstance(w, StatusWork):
                 statuses.setdefault((w.method, w.connector, w.line), []).append(dl.Item(w, w.payload))
+                if w.reading_payload is not None:
+                    key = (dl.STATUS_READING, w.connector, w.line)
+                    statuses.setdefault(key, []).append(dl.Item(w, w.reading_payload))
         calls: list[dl.Call] = []
         for (connector, line), items in stream.items():
             calls += dl.chunk(
@@ -127,7 +130,9 @@ class PortalCalls:
                 max_messages=settings.bitrix_max_messages_per_call,
                 max_files=settings.bitrix_max_files_per_call,
             )
-        for (method, connector, line), items in statuses.items():
+        # Deliveries before readings: a read that carries its message's delivery is reported in that order.
+        ordered = sorted(statuses.items(), key=lambda kv: kv[0][0] == dl.STATUS_READING)
+        for (method, connector, line), items in ordered:
             calls += dl.chunk(
                 method,
                 {"CONNECTOR": connector, "LINE": line},
