@@ -254,10 +254,11 @@ class DispatcherSettings(BitrixCommonSettings, DispatcherCommonSettings):
         30.0, gt=0, description="Longest in-place wait on QUERY_LIMIT_EXCEEDED before the retry topic"
     )
     bitrix_notice_via: Literal["connector", "im"] = Field(
-        "connector",
+        "im",
         description=(
-            "How failure notices reach the operator: 'connector' (imconnector.send.messages, works in app "
-            "context) or 'im' (im.message.add SYSTEM=Y, needs the im scope and chat access)"
+            "How failure notices reach the operator: 'im' (a system message in the chat, im.message.add "
+            "SYSTEM=Y; needs the im scope and chat access, else it falls back to the connector) or "
+            "'connector' (imconnector.send.messages: shown under the customer's name, marked as a notice)"
         ),
     )
     bitrix_send_read_status: bool = Field(

@@ -404,10 +404,15 @@ async def test_operator_reply_and_its_receipts(stack: Stack) -> None:
     )
 
     async def notice() -> list[dict[str, Any]]:
-        return [m for m in await stack.client_messages(wa_id) if m["text"].startswith("⚠️ Zaptrix:")]
+        chats = await stack.chats(wa_id)
+        return [m for m in chats[chat]["messages"] if m["direction"] == "system"]
 
+    # A system message in the operator's chat (im.message.add SYSTEM=Y), not words of the customer.
     (shown,) = await eventually(notice, timeout_s=10)
-    assert "24 hours" in shown["text"]
+    assert shown["text"].startswith("⚠️ Zaptrix:") and "24 hours" in shown["text"]
+    assert not [m for m in await stack.client_messages(wa_id) if "Zaptrix" in m["text"]]
+    (call,) = [r for r in await stack.sandbox_get("/requests") if r["method"] == "im.message.add"]
+    assert call["status"] == 200
 
     async def failed_recorded() -> bool:  # the link is updated once Bitrix24 took the notice, not before
         return stack.fakes.mapper.links["wamid.out.2"].bitrix_status == "failed"
