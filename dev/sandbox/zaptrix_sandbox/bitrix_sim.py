@@ -343,6 +343,11 @@ def register(app: App, sb: BitrixSandbox) -> None:
         if found is None:
             return _bad("unknown operator message", 404)
         chat, message = found
+        flag = "EDIT_INTERNAL_MESSAGES" if action == "update" else "DEL_INTERNAL_MESSAGES"
+        connector = p.connectors.get(chat.connector)
+        if connector is not None and not connector.flags.get(flag, True):
+            # Registered without it: Bitrix24 does not offer the operator this action (bitrix24.md §1).
+            return _bad(f"the connector is registered with {flag}=N: operators cannot {action} messages", 409)
         if not message.external_ids:
             return _bad("no external id yet: the gateway never reported delivery (CONNECTOR_MID)", 409)
         if action == "update":

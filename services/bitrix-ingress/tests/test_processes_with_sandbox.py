@@ -206,6 +206,10 @@ async def test_install_registers_the_connector_and_binds_events(stack: Stack) ->
         assert offline == ["ONIMCONNECTORMESSAGEADD"], portal["bindings"]  # the reconciler's queue
         assert len(portal["bindings"]) == 9
         assert portal["connectors"]["zaptrix_whatsapp"]["name"] == "WhatsApp (Zaptrix)"
+        # WhatsApp cannot edit or delete a sent message, and CRM mailings would fail outside the window.
+        flags = portal["connectors"]["zaptrix_whatsapp"]["flags"]
+        assert not (flags["EDIT_INTERNAL_MESSAGES"] or flags["DEL_INTERNAL_MESSAGES"] or flags["NEWSLETTER"])
+        assert flags["NEED_SIGNATURE"] and not flags["CHAT_GROUP"]
     assert len(stack.fakes.token_keeper.upserts) == 2
 
 
@@ -371,9 +375,14 @@ async def test_operator_reply_and_its_receipts(stack: Stack) -> None:
 
     await eventually(recorded, timeout_s=5)
 
-    # The operator edits it: the update event carries the wamid Bitrix24 stored as CONNECTOR_MID.
+    # The operator edits it: with a connector registered before edits were switched off, the update event
+    # carries the wamid Bitrix24 stored as CONNECTOR_MID; with ours (install), Bitrix24 offers no edit.
     edit = await stack.sandbox_post(f"/operator-messages/{im['message_id']}/update", {"text": "Ja, morgen!"})
-    assert edit["gateway_status"] == 200, edit
+    flags = (await stack.sandbox_get(""))["connectors"]["zaptrix_whatsapp"]["flags"]
+    if flags["EDIT_INTERNAL_MESSAGES"]:
+        assert edit["gateway_status"] == 200, edit
+    else:
+        assert "EDIT_INTERNAL_MESSAGES=N" in edit["error"], edit
 
     # A later reply fails on WhatsApp: the operator sees why, in the chat.
     sent2 = await stack.sandbox_post("/operator-messages", {"chat_id": chat, "text": "Noch da?"})
