@@ -316,6 +316,7 @@ async def test_read_before_delivered_reports_delivery_then_reading(h: Harness) -
         "imconnector.send.status.reading",
     ]
     assert h.fakes.mapper.links["wamid.out1"].bitrix_status == "read"
+    assert h.fakes.mapper.count("MarkProcessed") == 1  # one event, recorded once (it rode in two calls)
     assert await h.run([status("wamid.out1", "delivered")]) == ["ok"]  # late: already reported
     assert len([c for c in h.bitrix.calls if c.method == "imconnector.send.status.delivery"]) == 1
 

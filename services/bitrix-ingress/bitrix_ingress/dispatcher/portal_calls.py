@@ -85,11 +85,13 @@ class PortalCalls:
                 continue
             made += await self._execute(member_id, request, answers)
             carried: list[tuple[Work, Answer]] = []
+            seen: set[int] = set()  # a read carrying its delivery is in two calls: answered once
             for call in request:
                 for item in call.items:
                     for work in item.owners:
                         answer = answers.get(work)
-                        if answer is not None:
+                        if answer is not None and id(work) not in seen:
+                            seen.add(id(work))
                             carried.append((work, answer))
                         if isinstance(answer, RateLimitWaitExceeded):
                             halted = answer
