@@ -254,6 +254,21 @@ async def test_a_link_is_found_by_wamid_or_bitrix_message_and_takes_statuses(pee
     assert await code_of(peers.mapper.UpdateMessageStatus(unknown)) == NOT_FOUND
 
 
+async def test_the_latest_customer_message_of_a_conversation_is_found(peers: Peers) -> None:
+    conv = await conversation(peers, await bound(peers))
+    find = peers.mapper.FindMessageLink
+    latest = mpb.FindMessageLinkRequest(latest_customer_message_of=conv.id)
+    assert await code_of(find(latest)) == NOT_FOUND
+    for wamid in ("wamid.L1", "wamid.L2"):
+        inbound = link_of(conv, wamid)
+        inbound.direction = mpb.DIRECTION_INBOUND
+        await peers.mapper.LinkMessage(mpb.LinkMessageRequest(link=inbound))
+    await peers.mapper.LinkMessage(mpb.LinkMessageRequest(link=link_of(conv, "wamid.L3")))  # the operator's
+    assert (await find(latest)).wamid == "wamid.L2"
+    nobody = mpb.FindMessageLinkRequest(latest_customer_message_of=str(uuid.uuid4()))
+    assert await code_of(find(nobody)) == NOT_FOUND
+
+
 async def test_the_first_result_of_an_event_stays(peers: Peers) -> None:
     event_id = f"evt:{uuid.uuid4()}"
     check = mpb.CheckProcessedRequest(event_id=event_id)

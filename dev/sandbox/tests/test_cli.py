@@ -89,3 +89,39 @@ def test_cli_adds_and_installs_a_portal_and_adds_a_number(
     numbers = httpx.get(f"{graph_url}/_sandbox/numbers").json()["numbers"]
     assert "100000000000009" in {n["phone_number_id"] for n in numbers}
     assert cli.main([*urls, *args]) == 1  # exists
+
+
+def test_cli_marked_read_failed_reply_and_receipts(
+    graph_url: str, bitrix_url: str, stub: GatewayStub, capsys: pytest.CaptureFixture[str]
+) -> None:
+    httpx.post(f"{graph_url}/_sandbox/reset").raise_for_status()
+    httpx.post(f"{bitrix_url}/_sandbox/reset").raise_for_status()
+    stub.clear()
+    urls = ["--graph-url", graph_url, "--bitrix-url", bitrix_url]
+    wa = "491709999001"
+    assert cli.main([*urls, "marked-read", "--customer", wa]) == 0
+    assert "nothing of" in capsys.readouterr().out
+    assert cli.main([*urls, "customer-says", "--from", wa, "Hallo"]) == 0
+    wamid = stub.on("/webhooks/meta")[0].json()["entry"][0]["changes"][0]["value"]["messages"][0]["id"]
+    graph = f"{graph_url}/v23.0/100000000000001/messages"
+    auth = {"Authorization": "Bearer sandbox-wa-token"}
+    # What the gateway does when the operator replies: mark the customer's latest message read.
+    read = {"messaging_product": "whatsapp", "status": "read", "message_id": wamid}
+    httpx.post(graph, headers=auth, json={**read, "typing_indicator": {"type": "text"}}).raise_for_status()
+    capsys.readouterr()
+    assert cli.main([*urls, "marked-read", "--customer", wa]) == 0
+    assert f"marked read {wamid} + typing indicator" in capsys.readouterr().out
+
+    assert cli.main([*urls, "fail-reply", "--to", wa]) == 1  # nothing sent to them yet
+    reply = {"messaging_product": "whatsapp", "to": wa, "type": "text", "text": {"body": "Hi"}}
+    httpx.post(graph, headers=auth, json=reply).raise_for_status()
+    assert cli.main([*urls, "fail-reply", "--to", wa]) == 0
+    statuses = [
+        s
+        for hook in stub.on("/webhooks/meta")
+        for s in hook.json()["entry"][0]["changes"][0]["value"].get("statuses", [])
+    ]
+    assert any(s["status"] == "failed" and s["errors"][0]["code"] == 131047 for s in statuses)
+
+    assert cli.main([*urls, "receipts"]) == 0
+    assert "no receipts reported yet" in capsys.readouterr().out

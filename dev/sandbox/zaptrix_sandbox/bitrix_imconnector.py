@@ -305,6 +305,17 @@ def _status(ctx: Ctx, p: dict[str, Any], delivered: bool) -> dict[str, Any]:
         if delivered and not str(item["message"].get("date") or "").isdigit():
             raise RestError("ERROR_ARGUMENT", "message.date must be a Unix timestamp in seconds")
         found = _operator_message(ctx, item)
+        im = item["im"]
+        ctx.portal.status_calls.append(
+            {
+                "method": "delivery" if delivered else "reading",
+                "chat_id": str(im.get("chat_id")),
+                "message_id": str(im.get("message_id")),
+                "ids": [str(i) for i in ids],
+                "matched": found is not None,
+                "at": time.time(),
+            }
+        )
         if found is None:
             ctx.portal.unmatched_statuses.append({"delivered": delivered, "item": item, "at": time.time()})
             continue

@@ -28,6 +28,8 @@ class PortalSpec(BaseModel):
     admin_user_ids: list[int] = [1]
     # feature.get(CODE=rest_offline_extended): whether event.offline.get may reserve (clear=0) instead of deleting.
     offline_extended: bool = True
+    # Whether the app's user is a member of the Open Lines chats (im.message.add answers ACCESS_ERROR if not).
+    im_chat_access: bool = True
 
 
 class BitrixOptions(BaseModel):

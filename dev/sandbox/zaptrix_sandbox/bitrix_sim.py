@@ -178,7 +178,7 @@ def register(app: App, sb: BitrixSandbox) -> None:
         p = portal_or_none(member_id)
         return json_response(sb.portal_view(p)) if p else _bad("unknown portal", 404)
 
-    @app.get("/_sandbox/portals/<member_id>/<what:chats|requests|contacts|stats|events>")
+    @app.get("/_sandbox/portals/<member_id>/<what:chats|requests|contacts|stats|events|status-calls>")
     async def listing(request: Request, member_id: str, what: str) -> HTTPResponse:
         p = portal_or_none(member_id)
         if p is None:
@@ -188,6 +188,7 @@ def register(app: App, sb: BitrixSandbox) -> None:
             "requests": lambda: p.requests,
             "contacts": lambda: list(p.contacts.values()),
             "events": lambda: p.events,
+            "status-calls": lambda: p.status_calls,
             "stats": lambda: {
                 "refresh_count": p.refresh_count,
                 "rate_limited_count": p.rate_limited,
@@ -342,6 +343,11 @@ def register(app: App, sb: BitrixSandbox) -> None:
         if found is None:
             return _bad("unknown operator message", 404)
         chat, message = found
+        flag = "EDIT_INTERNAL_MESSAGES" if action == "update" else "DEL_INTERNAL_MESSAGES"
+        connector = p.connectors.get(chat.connector)
+        if connector is not None and not connector.flags.get(flag, True):
+            # Registered without it: Bitrix24 does not offer the operator this action (bitrix24.md §1).
+            return _bad(f"the connector is registered with {flag}=N: operators cannot {action} messages", 409)
         if not message.external_ids:
             return _bad("no external id yet: the gateway never reported delivery (CONNECTOR_MID)", 409)
         if action == "update":

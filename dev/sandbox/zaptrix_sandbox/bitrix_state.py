@@ -105,6 +105,9 @@ class PortalState:
         self.events: list[dict[str, Any]] = []
         self.files: dict[str, tuple[bytes, str, str]] = {}  # id -> (data, mime, name) for operator files
         self.unmatched_statuses: list[dict[str, Any]] = []
+        # Every imconnector.send.status.* item, in arrival order: {method, chat_id, message_id, ids, at}
+        # (a yes/no flag per message could not show a receipt reported twice, or as the wrong kind).
+        self.status_calls: list[dict[str, Any]] = []
         # Offline events (bitrix_offline.py): the queue of records and the event.offline.* calls on it.
         self.offline: list[dict[str, Any]] = []
         self.offline_log: list[dict[str, Any]] = []

@@ -5,6 +5,9 @@ zaptrix-dev customer-says --from 491701234567 --image [--file PATH] "caption"
 zaptrix-dev operator-says --chat <external chat id> "Hi Anna"
 zaptrix-dev chats
 zaptrix-dev customer-inbox --to 491701234567
+zaptrix-dev marked-read --customer 491701234567        (what the business marked read on WhatsApp)
+zaptrix-dev fail-reply --to 491701234567 [--code 131047] (the last reply fails: a system notice in the chat)
+zaptrix-dev receipts                                   (every imconnector.send.status.* call, per message)
 zaptrix-dev add-portal --member-id acme-1 --domain acme.bitrix24.com --line 3 --install
 zaptrix-dev install-portal acme-1
 zaptrix-dev add-number --phone-number-id 100000000000002 --display 15550000002 --bind acme-1:3
@@ -124,7 +127,8 @@ def chats(args: argparse.Namespace, client: httpx.Client) -> int:
                 + (" (deleted)" if m["deleted"] else "")
                 + (f" (duplicate of {m['duplicate_of']})" if m["duplicate_of"] else "")
             )
-            print(f"  {_when(m['date'])} {m['author']}: {m['text']}{flags}{marks}{extra}")
+            kind = "[system] " if m["direction"] == "system" else ""
+            print(f"  {_when(m['date'])} {kind}{m['author']}: {m['text']}{flags}{marks}{extra}")
     return 0
 
 
@@ -148,6 +152,59 @@ def customer_inbox(args: argparse.Namespace, client: httpx.Client) -> int:
             content = kind
         error = f" error {s['error_code']}" if s["error_code"] else ""
         print(f"  {_when(s['at'])} [{s['outcome']}{error}] {content}")
+    return 0
+
+
+def marked_read(args: argparse.Namespace, client: httpx.Client) -> int:
+    """Mark-as-read calls for a customer's messages: the operator answered (or finished the dialog)."""
+    response = client.get(f"{args.graph_url}/_sandbox/reads")
+    response.raise_for_status()
+    reads = [r for r in response.json()["reads"] if r["wa_id"] == args.customer]
+    if not reads:
+        print(f"nothing of {args.customer} marked read yet (the operator has not answered)")
+    for r in reads:
+        typing = " + typing indicator" if r["typing_indicator"] else ""
+        print(f"  {_when(r['at'])} marked read {r['message_id']}{typing}")
+    return 0
+
+
+def fail_reply(args: argparse.Namespace, client: httpx.Client) -> int:
+    """WhatsApp reports the customer's latest reply as failed: the operator gets a notice in the chat."""
+    response = client.get(f"{args.graph_url}/_sandbox/sent", params={"to": args.to})
+    response.raise_for_status()
+    accepted = [s for s in response.json()["sent"] if s.get("wamid")]
+    if not accepted:
+        print(f"no reply to {args.to} was accepted yet (send one with operator-says)", file=sys.stderr)
+        return 1
+    wamid = accepted[-1]["wamid"]
+    body = {"wamid": wamid, "status": "failed", "error_code": args.code, "details": args.details}
+    response = client.post(f"{args.graph_url}/_sandbox/statuses", json=body)
+    if response.status_code != 200:
+        print(f"not posted: {response.text}", file=sys.stderr)
+        return 1
+    print(
+        f"status failed ({args.code}) for {wamid}; gateway answered HTTP {response.json()['gateway_status']}"
+    )
+    print("the notice shows as a [system] message in `zaptrix-dev chats`")
+    return 0
+
+
+def receipts(args: argparse.Namespace, client: httpx.Client) -> int:
+    """Every receipt Zaptrix reported to Bitrix24: each message should get one delivery and one reading."""
+    response = client.get(f"{args.bitrix_url}/_sandbox/portals/{args.portal}/status-calls")
+    response.raise_for_status()
+    calls = response.json()["status-calls"]
+    if not calls:
+        print("no receipts reported yet")
+    per_message: dict[str, list[str]] = {}
+    for c in calls:
+        per_message.setdefault(c["message_id"], []).append(c["method"])
+        matched = "" if c["matched"] else " (no such operator message)"
+        print(f"  {_when(c['at'])} {c['method']:8} message {c['message_id']} {','.join(c['ids'])}{matched}")
+    twice = {m: kinds for m, kinds in per_message.items() if len(kinds) != len(set(kinds))}
+    if twice:
+        print(f"reported more than once: {twice}")
+        return 1
     return 0
 
 
@@ -316,6 +373,20 @@ def build_parser() -> argparse.ArgumentParser:
     inbox = sub.add_parser("customer-inbox", help="what a customer received on WhatsApp")
     inbox.add_argument("--to", required=True, help="customer wa_id")
     inbox.set_defaults(func=customer_inbox)
+
+    mr = sub.add_parser("marked-read", help="which of a customer's messages the business marked read")
+    mr.add_argument("--customer", required=True, help="customer wa_id")
+    mr.set_defaults(func=marked_read)
+
+    fr = sub.add_parser("fail-reply", help="WhatsApp reports the customer's latest reply as failed")
+    fr.add_argument("--to", required=True, help="customer wa_id")
+    fr.add_argument("--code", type=int, default=131047, help="Graph error code (131047: 24 h window)")
+    fr.add_argument("--details", default="Message failed to send because more than 24 hours have passed")
+    fr.set_defaults(func=fail_reply)
+
+    sub.add_parser("receipts", help="every receipt reported to Bitrix24, per message").set_defaults(
+        func=receipts
+    )
 
     ap = sub.add_parser(
         "add-portal", help="another Bitrix24 portal in the stand-in (installed with --install)"

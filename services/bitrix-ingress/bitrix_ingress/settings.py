@@ -263,15 +263,19 @@ class DispatcherSettings(BitrixCommonSettings, DispatcherCommonSettings):
         30.0, gt=0, description="Longest in-place wait on QUERY_LIMIT_EXCEEDED before the retry topic"
     )
     bitrix_notice_via: Literal["connector", "im"] = Field(
-        "connector",
+        "im",
         description=(
-            "How failure notices reach the operator: 'connector' (imconnector.send.messages, works in app "
-            "context) or 'im' (im.message.add SYSTEM=Y, needs the im scope and chat access)"
+            "How failure notices reach the operator: 'im' (a system message in the chat, im.message.add "
+            "SYSTEM=Y; needs the im scope and chat access, else it falls back to the connector) or "
+            "'connector' (imconnector.send.messages: shown under the customer's name, marked as a notice)"
         ),
     )
     bitrix_send_read_status: bool = Field(
-        False,
-        description="Also call imconnector.send.status.reading (a documented no-op; delivery marks read)",
+        True,
+        description=(
+            "Report WhatsApp read (and played) receipts with imconnector.send.status.reading, each once "
+            "(documented as a no-op in Bitrix24; delivery already marks read). Off: reads only update the link"
+        ),
     )
     status_link_attempts: int = Field(
         6,

@@ -135,6 +135,15 @@ def notice_text(body: str) -> str:
     return f"{NOTICE_PREFIX} {body.strip()}"
 
 
+# Through the connector a notice appears under the customer's name: say plainly that it is not theirs.
+CONNECTOR_NOTICE_NOTE = "[i](a notice from Zaptrix, not written by the customer)[/i]"
+
+
+def connector_notice_text(body: str) -> str:
+    """A notice posted through the connector (the fallback when it cannot be a system message)."""
+    return notice_text(f"{CONNECTOR_NOTICE_NOTE} {body.strip()}")
+
+
 _MIME_EXT = {
     "image/jpeg": ".jpg",
     "image/png": ".png",

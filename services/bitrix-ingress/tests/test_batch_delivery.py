@@ -298,18 +298,34 @@ async def test_delivered_status_reaches_bitrix_once(h: Harness) -> None:
     assert item["chat"] == {"id": conv.external_chat_id}
     link = h.fakes.mapper.links["wamid.out1"]
     assert (link.whatsapp_status, link.bitrix_status) == ("delivered", "delivered")
+    assert await h.run([status("wamid.out1", "delivered")]) == ["ok"]  # Meta sent it again
     assert await h.run([status("wamid.out1", "read")]) == ["ok"]
-    assert (
-        len([c for c in h.bitrix.calls if c.method.startswith("imconnector.send.status")]) == 1
-    )  # read = delivered
+    assert await h.run([status("wamid.out1", "played")]) == ["ok"]  # a voice note: read already
+    assert [c.method for c in h.bitrix.calls if c.method.startswith("imconnector.send.status")] == [
+        "imconnector.send.status.delivery",
+        "imconnector.send.status.reading",
+    ]
     assert h.fakes.mapper.links["wamid.out1"].whatsapp_status == "read"
 
 
-async def test_read_before_delivered_reports_delivery(h: Harness) -> None:
+async def test_read_before_delivered_reports_delivery_then_reading(h: Harness) -> None:
     outbound_link(h)
     assert await h.run([status("wamid.out1", "read")]) == ["ok"]
-    assert [c.method for c in h.bitrix.calls] == ["imconnector.send.status.delivery"]
+    assert [c.method for c in h.bitrix.calls] == [
+        "imconnector.send.status.delivery",
+        "imconnector.send.status.reading",
+    ]
     assert h.fakes.mapper.links["wamid.out1"].bitrix_status == "read"
+    assert h.fakes.mapper.count("MarkProcessed") == 1  # one event, recorded once (it rode in two calls)
+    assert await h.run([status("wamid.out1", "delivered")]) == ["ok"]  # late: already reported
+    assert len([c for c in h.bitrix.calls if c.method == "imconnector.send.status.delivery"]) == 1
+
+
+async def test_read_is_not_sent_when_reading_receipts_are_off(h: Harness) -> None:
+    outbound_link(h)
+    d = h.make(bitrix_send_read_status=False)
+    assert [o.kind for o in await d.handle([status("wamid.out1", "read")])] == ["ok"]
+    assert [c.method for c in h.bitrix.calls] == ["imconnector.send.status.delivery"]
 
 
 async def test_statuses_of_unknown_messages_are_acknowledged(h: Harness) -> None:
@@ -332,10 +348,13 @@ async def test_a_status_faster_than_its_link_is_reported_once_the_link_exists(h:
 async def test_failed_status_becomes_a_visible_notice(h: Harness) -> None:
     conv = outbound_link(h)
     err = events_pb2.GraphError(code=131047, title="Re-engagement message")
-    assert await h.run([status("wamid.out1", "failed", errors=[err])]) == ["ok"]
+    via = {"bitrix_notice_via": "connector"}  # the fallback path; the default im path: test_notice_via_im_*
+    assert await h.run([status("wamid.out1", "failed", errors=[err])], **via) == ["ok"]
     (notice,) = h.bitrix.sent_messages()
     assert notice["chat"]["id"] == conv.external_chat_id and notice["user"]["name"] == "Anna"
-    assert notice["message"]["text"].startswith("⚠️ Zaptrix: Not delivered to WhatsApp: more than 24 hours")
+    text = notice["message"]["text"]  # under the customer's name: says plainly it is not theirs
+    assert text.startswith("⚠️ Zaptrix: [i](a notice from Zaptrix, not written by the customer)[/i]")
+    assert "Not delivered to WhatsApp: more than 24 hours" in text
     assert notice["message"]["disable_crm"] == "Y"
     link = h.fakes.mapper.links["wamid.out1"]
     assert (link.whatsapp_status, link.bitrix_status) == ("failed", "failed")
@@ -355,10 +374,12 @@ async def test_send_failure_notice(h: Harness) -> None:
     )
     env = new_envelope("wa-fail:b24:m1:86497", "100:4917", events_pb2.PLATFORM_WHATSAPP, send_failure=sf)
     assert await h.run([received(env)]) == ["ok"]
-    (notice,) = h.bitrix.sent_messages()
-    assert "template was sent instead" in notice["message"]["text"]
+    (call,) = [c for c in h.bitrix.calls if c.method == "im.message.add"]  # a system message, by default
+    assert call.params["DIALOG_ID"] == "chat1807" and call.params["SYSTEM"] == "Y"
+    assert "template was sent instead" in call.params["MESSAGE"]
     assert await h.run([received(env)]) == ["duplicate"]
-    assert len(h.bitrix.sent_messages()) == 1
+    assert len([c for c in h.bitrix.calls if c.method == "im.message.add"]) == 1
+    assert h.bitrix.sent_messages() == []  # nothing under the customer's name
 
 
 @pytest.mark.parametrize("claimed", ["m2", ""])
@@ -617,10 +638,11 @@ async def test_a_notice_posted_but_not_recorded_is_not_posted_again(
     outbound_link(h)
     h.fakes.mapper.fail["MarkProcessed"] = [grpc.StatusCode.UNAVAILABLE] * 10_000
     rec = status("wamid.out1", "failed")
-    assert await h.run([rec]) == ["retry"]
+    via = {"bitrix_notice_via": "connector"}
+    assert await h.run([rec], **via) == ["retry"]
     assert len(h.bitrix.sent_messages()) == 1 and rec.effects
     h.fakes.mapper.fail.clear()
-    assert await h.run([rec]) == ["ok"]
+    assert await h.run([rec], **via) == ["ok"]
     assert len(h.bitrix.sent_messages()) == 1
     assert h.fakes.mapper.processed["wa-status:wamid.out1:failed"] == "notice:connector"
     link = h.fakes.mapper.links["wamid.out1"]

@@ -60,6 +60,7 @@ def test_message_add_both_shapes(key: str) -> None:
     read = out.pending[2]
     assert read.envelope.event_id == "b24-read:m1:wa_100_4917:1773759161"
     assert read.external_chat_id == "wa_100_4917" and not read.envelope.operator_read.wamids
+    assert read.envelope.operator_read.replying  # a reply follows: the typing indicator may show
 
 
 def test_events_without_tokens_are_normal_events() -> None:
@@ -176,6 +177,7 @@ def test_dialog_finish_marks_the_chat_read() -> None:
     ]
     (read,) = normalize(form(pairs)).pending
     assert read.envelope.operator_read.external_chat_id == "wa_100_4917"
+    assert not read.envelope.operator_read.replying  # a finished dialog: marked read, no typing
 
 
 def test_our_own_notice_is_not_relayed_back() -> None:

@@ -98,5 +98,6 @@ def test_status_and_notice_items() -> None:
         event_id="e1", wa_id="4917", contact_name="Anna", external_chat_id="c", body="Not delivered"
     )
     assert notice["message"]["id"] == dl.notice_id("e1") and notice["message"]["disable_crm"] == "Y"
-    assert notice["message"]["text"].startswith("⚠️ Zaptrix: Not delivered")
+    assert notice["message"]["text"].startswith("⚠️ Zaptrix: [i](a notice from Zaptrix, not written by")
+    assert notice["message"]["text"].endswith("[/i] Not delivered")
     assert notice["user"]["name"] == "Anna"

@@ -206,6 +206,10 @@ async def test_install_registers_the_connector_and_binds_events(stack: Stack) ->
         assert offline == ["ONIMCONNECTORMESSAGEADD"], portal["bindings"]  # the reconciler's queue
         assert len(portal["bindings"]) == 9
         assert portal["connectors"]["zaptrix_whatsapp"]["name"] == "WhatsApp (Zaptrix)"
+        # WhatsApp cannot edit or delete a sent message, and CRM mailings would fail outside the window.
+        flags = portal["connectors"]["zaptrix_whatsapp"]["flags"]
+        assert not (flags["EDIT_INTERNAL_MESSAGES"] or flags["DEL_INTERNAL_MESSAGES"] or flags["NEWSLETTER"])
+        assert flags["NEED_SIGNATURE"] and not flags["CHAT_GROUP"]
     assert len(stack.fakes.token_keeper.upserts) == 2
 
 
@@ -371,9 +375,14 @@ async def test_operator_reply_and_its_receipts(stack: Stack) -> None:
 
     await eventually(recorded, timeout_s=5)
 
-    # The operator edits it: the update event carries the wamid Bitrix24 stored as CONNECTOR_MID.
+    # The operator edits it: with a connector registered before edits were switched off, the update event
+    # carries the wamid Bitrix24 stored as CONNECTOR_MID; with ours (install), Bitrix24 offers no edit.
     edit = await stack.sandbox_post(f"/operator-messages/{im['message_id']}/update", {"text": "Ja, morgen!"})
-    assert edit["gateway_status"] == 200, edit
+    flags = (await stack.sandbox_get(""))["connectors"]["zaptrix_whatsapp"]["flags"]
+    if flags["EDIT_INTERNAL_MESSAGES"]:
+        assert edit["gateway_status"] == 200, edit
+    else:
+        assert "EDIT_INTERNAL_MESSAGES=N" in edit["error"], edit
 
     # A later reply fails on WhatsApp: the operator sees why, in the chat.
     sent2 = await stack.sandbox_post("/operator-messages", {"chat_id": chat, "text": "Noch da?"})
@@ -404,15 +413,79 @@ async def test_operator_reply_and_its_receipts(stack: Stack) -> None:
     )
 
     async def notice() -> list[dict[str, Any]]:
-        return [m for m in await stack.client_messages(wa_id) if m["text"].startswith("⚠️ Zaptrix:")]
+        chats = await stack.chats(wa_id)
+        return [m for m in chats[chat]["messages"] if m["direction"] == "system"]
 
+    # A system message in the operator's chat (im.message.add SYSTEM=Y), not words of the customer.
     (shown,) = await eventually(notice, timeout_s=10)
-    assert "24 hours" in shown["text"]
+    assert shown["text"].startswith("⚠️ Zaptrix:") and "24 hours" in shown["text"]
+    assert not [m for m in await stack.client_messages(wa_id) if "Zaptrix" in m["text"]]
+    (call,) = [r for r in await stack.sandbox_get("/requests") if r["method"] == "im.message.add"]
+    assert call["status"] == 200
 
     async def failed_recorded() -> bool:  # the link is updated once Bitrix24 took the notice, not before
         return stack.fakes.mapper.links["wamid.out.2"].bitrix_status == "failed"
 
     await eventually(failed_recorded, timeout_s=5)
+
+
+def _status_env(wa_id: str, wamid: str, status: str) -> events_pb2.Envelope:
+    st = events_pb2.WhatsAppStatus(phone_number_id=PNID, wa_id=wa_id, wamid=wamid, status=status)
+    st.at.FromSeconds(int(time.time()))
+    return new_envelope(
+        f"wa-status:{wamid}:{status}", f"{PNID}:{wa_id}", events_pb2.PLATFORM_WHATSAPP, whatsapp_status=st
+    )
+
+
+async def test_each_receipt_reaches_bitrix24_once_and_as_what_it_is(stack: Stack) -> None:
+    """delivered and read back to back (one poll batch, adjacent batches, read first): per operator
+    message exactly one imconnector.send.status.delivery and one .reading, in that order."""
+    wa_id = "4917300000001"
+    await stack.publish([await stack.customer_says(wa_id, 1)])
+    await eventually(lambda: _count(stack, wa_id, 1), timeout_s=10)
+    chat = next(iter(await stack.chats(wa_id)))
+    conv = stack.fakes.mapper.by_customer(PNID, wa_id)
+    assert conv is not None
+    cases = ("same-batch", "adjacent", "read-first", "read-first-same-batch", "sentinel")
+    message_ids: dict[str, str] = {}
+    for case in cases:
+        sent = await stack.sandbox_post("/operator-messages", {"chat_id": chat, "text": case})
+        wamid = f"wamid.rcpt.{case}"
+        message_ids[wamid] = sent["im"]["message_id"]
+        stack.fakes.mapper.links[wamid] = mapper_pb2.MessageLink(
+            conversation_id=conv.id,
+            direction=mapper_pb2.DIRECTION_OUTBOUND,
+            wamid=wamid,
+            member_id=MEMBER,
+            bitrix_message_id=sent["im"]["message_id"],
+            bitrix_chat_id=sent["im"]["chat_id"],
+        )
+
+    def env(case: str, status: str) -> events_pb2.Envelope:
+        return _status_env(wa_id, f"wamid.rcpt.{case}", status)
+
+    await stack.publish([env("same-batch", "delivered"), env("same-batch", "read")])
+    await stack.publish([env("adjacent", "delivered")])
+    await stack.publish([env("adjacent", "read")])
+    await stack.publish([env("read-first", "read")])
+    await stack.publish([env("read-first", "delivered")])
+    await stack.publish([env("read-first-same-batch", "read"), env("read-first-same-batch", "delivered")])
+    # The same conversation is one partition, handled in order: once the last status is in, the others are.
+    await stack.publish([env("sentinel", "delivered")])
+
+    async def sentinel() -> bool:
+        calls = await stack.sandbox_get("/status-calls")
+        return any(c["message_id"] == message_ids["wamid.rcpt.sentinel"] for c in calls)
+
+    await eventually(sentinel, timeout_s=15)
+    calls = await stack.sandbox_get("/status-calls")
+    per_message = {
+        wamid: [c["method"] for c in calls if c["message_id"] == mid] for wamid, mid in message_ids.items()
+    }
+    expected = {f"wamid.rcpt.{case}": ["delivery", "reading"] for case in cases[:-1]}
+    expected["wamid.rcpt.sentinel"] = ["delivery"]
+    assert per_message == expected
+    assert all(c["matched"] for c in calls if c["message_id"] in message_ids.values())
 
 
 async def test_wrong_application_token_from_the_portal_is_refused(stack: Stack) -> None:

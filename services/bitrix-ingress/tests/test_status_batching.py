@@ -9,6 +9,7 @@ from zaptrix.v1 import mapper_pb2
 from zaptrix_testing.fakes import Portal
 
 DELIVERY = "imconnector.send.status.delivery"
+READING = "imconnector.send.status.reading"
 
 
 def sent_reply(harness: Harness, n: int, *, pnid: str = "100", member_id: str = "m1") -> str:
@@ -47,7 +48,9 @@ async def test_many_statuses_go_in_few_calls_and_each_message_once(h: Harness) -
     ]
     assert await h.run(batch) == ["ok"] * 120
     assert sorted(reported(h)) == sorted(wamids)  # every message's delivery, none twice
-    assert [r.method for r in h.bitrix.requests] == [DELIVERY]  # one HTTP request for all of them
+    assert sorted(reported(h, READING)) == sorted(wamids)  # and its read, as a read, once
+    assert [r.method for r in h.bitrix.requests] == ["batch"]  # one HTTP request for all of them
+    assert [c.method for c in h.bitrix.calls] == [DELIVERY, READING]  # deliveries first
     for w in wamids:
         link = h.fakes.mapper.links[w]
         assert (link.whatsapp_status, link.bitrix_status) == ("read", "read")
@@ -68,11 +71,17 @@ async def test_only_a_status_that_calls_bitrix_pays_for_dedupe_and_conversation(
     # The sent statuses' link updates in one UpdateMessageStatuses; each delivery's after its report.
     assert (m.count("UpdateMessageStatuses"), m.count("UpdateMessageStatus")) == (1, 10)
     m.forget_calls()
-    reads = [status(w, "read", wa_id=f"4917{n:04d}") for n, w in enumerate(wamids)]
-    assert await h.run(reads) == ["ok"] * 10
+    # Meta sends the deliveries again: already reported, only the links (idempotent), no dedupe record.
+    again = [status(w, "delivered", wa_id=f"4917{n:04d}") for n, w in enumerate(wamids)]
+    for rec in again:
+        rec.envelope.event_id += ":again"
+    assert await h.run(again) == ["ok"] * 10
     assert m.count("MarkProcessed") == 0 and m.count("FindConversation") == 0
     assert (m.count("UpdateMessageStatuses"), m.count("UpdateMessageStatus")) == (1, 0)
-    assert [r.method for r in h.bitrix.requests] == [DELIVERY]  # no call for the reads
+    assert [r.method for r in h.bitrix.requests] == [DELIVERY]  # no call for them
+    reads = [status(w, "read", wa_id=f"4917{n:04d}") for n, w in enumerate(wamids)]
+    assert await h.run(reads) == ["ok"] * 10
+    assert [r.method for r in h.bitrix.requests] == [DELIVERY, READING]  # the reads, as reads, in one
     assert all(h.fakes.mapper.links[w].whatsapp_status == "read" for w in wamids)
 
 
@@ -80,7 +89,7 @@ async def test_delivered_and_read_in_one_batch_report_the_message_once(h: Harnes
     w = sent_reply(h, 1)
     outcomes = await h.run([status(w, "delivered", wa_id="49170001"), status(w, "read", wa_id="49170001")])
     assert outcomes == ["ok", "ok"]
-    assert reported(h) == [w]
+    assert reported(h) == [w] and reported(h, READING) == [w]
     assert h.fakes.mapper.processed.keys() >= {f"wa-status:{w}:delivered", f"wa-status:{w}:read"}
 
 

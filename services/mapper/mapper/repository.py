@@ -488,6 +488,12 @@ class Repository:
             "member_id = $1 AND bitrix_message_id = $2", member_id, bitrix_message_id
         )
 
+    async def latest_inbound_link(self, conversation_id: uuid.UUID) -> MessageLink | None:
+        return await self._find_link(
+            "conversation_id = $1 AND direction = 'inbound' ORDER BY created_at DESC, wamid DESC LIMIT 1",
+            conversation_id,
+        )
+
     async def update_message_status(
         self, wamid: str, whatsapp_status: str | None, bitrix_status: str | None
     ) -> MessageLink:

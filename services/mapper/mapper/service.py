@@ -147,6 +147,12 @@ class MapperService:
             raise NotFound(f"no message link for bitrix message {bitrix_message_id} of portal {member_id}")
         return link
 
+    async def latest_customer_link(self, conversation_id: uuid.UUID) -> MessageLink:
+        link = await self.repo.latest_inbound_link(conversation_id)
+        if link is None:
+            raise NotFound(f"no customer message recorded in conversation {conversation_id}")
+        return link
+
     async def update_message_status(
         self, wamid: str, whatsapp_status: str | None, bitrix_status: str | None
     ) -> MessageLink:

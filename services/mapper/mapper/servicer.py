@@ -132,8 +132,12 @@ class MapperServicer(mapper_pb2_grpc.MapperServicer):
             found = await self.service.link_by_bitrix_message(
                 *_required(request, by, "member_id", "bitrix_message_id")
             )
+        elif by == "latest_customer_message_of":
+            found = await self.service.latest_customer_link(
+                convert.conversation_id(request.latest_customer_message_of, "latest_customer_message_of")
+            )
         else:
-            raise InvalidArgument("set one of wamid, bitrix_message")
+            raise InvalidArgument("set one of wamid, bitrix_message, latest_customer_message_of")
         return convert.link_pb(found)
 
     @rpc

@@ -108,6 +108,24 @@ async def test_the_same_bitrix_message_id_in_two_portals_is_two_links(mapper: Ma
     assert found.wamid == "wamid.B"
 
 
+async def test_the_latest_customer_message_of_a_conversation(mapper: Mapper) -> None:
+    conv = await _conversation_with_chat(mapper, "3001", "portal-a")
+    latest = pb.FindMessageLinkRequest(latest_customer_message_of=conv)
+    await expect_code(mapper.stub.FindMessageLink(latest), grpc.StatusCode.NOT_FOUND)
+    await mapper.stub.LinkMessage(link(conv, "wamid.C1", bitrix_message_id="601"))
+    await mapper.stub.LinkMessage(link(conv, "wamid.C2", bitrix_message_id="602"))
+    await mapper.stub.LinkMessage(
+        link(conv, "wamid.R1", direction=pb.DIRECTION_OUTBOUND, member_id="portal-a", bitrix_message_id="603")
+    )
+    found = await mapper.stub.FindMessageLink(latest)
+    assert (found.wamid, found.direction) == (
+        "wamid.C2",
+        pb.DIRECTION_INBOUND,
+    )  # the operator's reply is not it
+    bad = pb.FindMessageLinkRequest(latest_customer_message_of="not-a-uuid")
+    await expect_code(mapper.stub.FindMessageLink(bad), grpc.StatusCode.INVALID_ARGUMENT)
+
+
 async def test_link_errors(mapper: Mapper) -> None:
     conv = await _conversation_with_chat(mapper)
     lm = mapper.stub.LinkMessage

@@ -267,7 +267,11 @@ class DispatcherSettings(MetaSettings, DispatcherCommonSettings):
         "notice", description="WhatsApp cannot delete a sent message: tell the operator (notice) or only log"
     )
     operator_read_typing_indicator: bool = Field(
-        False, description="Also show the typing indicator when the operator reads the chat"
+        False,
+        description=(
+            "With the mark-as-read of an operator reply, show the customer the typing indicator until the "
+            "reply arrives (at most 25 s); never for a finished dialog"
+        ),
     )
     window_precheck: bool = Field(
         True,

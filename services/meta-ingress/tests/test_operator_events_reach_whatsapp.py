@@ -23,6 +23,7 @@ from zaptrix.kafka import EventProducer, Flow, topics_for
 from zaptrix.settings import KafkaSettings
 from zaptrix.v1 import events_pb2, mapper_pb2
 from zaptrix_testing.processes import Proc
+from zaptrix_testing.waiting import eventually
 
 JPEG = bytes.fromhex("ffd8ffe000104a46494600010100000100010000ffd9")
 
@@ -354,6 +355,44 @@ async def test_operator_read_marks_the_latest_customer_message(
             break
         await asyncio.sleep(0.05)
     assert [r["message_id"] for r in reads] == [wamid]
+
+
+async def test_operator_reply_marks_the_customers_latest_message_read(
+    dispatcher: Proc, sandbox: httpx.AsyncClient, fresh: Fakes, producer: EventProducer, topic_prefix: str
+) -> None:
+    """Bitrix24 sends no read event for connectors: the OperatorRead of a reply carries no wamids, and the
+    customer's latest message (the mapper's latest inbound link of the conversation) is marked read."""
+    wa = customer()
+    conv = fresh.mapper.add_conversation(wa)
+    wamids = []
+    for text in ("hello", "anyone there?"):
+        inbound = await sandbox.post(f"/_sandbox/customers/{wa}/messages", json={"text": text})
+        wamids.append(inbound.json()["wamid"])
+        fresh.mapper.links[wamids[-1]] = mapper_pb2.MessageLink(
+            conversation_id=conv.id,
+            direction=mapper_pb2.DIRECTION_INBOUND,
+            wamid=wamids[-1],
+            member_id=MEMBER,
+        )
+    fresh.mapper.links["wamid.reply-of-the-operator"] = mapper_pb2.MessageLink(
+        conversation_id=conv.id, direction=mapper_pb2.DIRECTION_OUTBOUND, wamid="wamid.reply-of-the-operator"
+    )
+    env = events_pb2.Envelope(
+        event_id=f"b24-read:{uuid.uuid4().hex}",
+        conversation_key=f"{PNID}:{wa}",
+        source=events_pb2.PLATFORM_BITRIX24,
+        operator_read=events_pb2.OperatorRead(
+            member_id=MEMBER, external_chat_id=conv.external_chat_id, replying=True
+        ),
+    )
+    await publish(producer, topic_prefix, env)
+
+    async def marked() -> list[dict[str, Any]]:
+        reads = (await sandbox.get("/_sandbox/reads")).json()["reads"]
+        return [r for r in reads if r["wa_id"] == wa]
+
+    (read,) = await eventually(marked, timeout_s=10)
+    assert read["message_id"] == wamids[-1]
 
 
 async def test_edit_and_delete_are_reported_not_dropped(

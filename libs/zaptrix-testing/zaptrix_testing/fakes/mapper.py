@@ -193,8 +193,17 @@ class FakeMapper(Recorder, mapper_pb2_grpc.MapperServicer):
 
     async def FindMessageLink(self, request: Any, context: Any) -> mapper_pb2.MessageLink:
         await self._enter("FindMessageLink", request, context)
-        if request.WhichOneof("by") == "wamid":
+        by = request.WhichOneof("by")
+        if by == "wamid":
             link = self.links.get(request.wamid)
+        elif by == "latest_customer_message_of":
+            inbound = [
+                lk
+                for lk in self.links.values()
+                if lk.conversation_id == request.latest_customer_message_of
+                and lk.direction == mapper_pb2.DIRECTION_INBOUND
+            ]  # dict order = the order recorded
+            link = inbound[-1] if inbound else None
         else:
             link = next(
                 (

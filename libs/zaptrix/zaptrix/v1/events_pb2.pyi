@@ -585,8 +585,11 @@ class OperatorRead(_message.Message):
     MEMBER_ID_FIELD_NUMBER: _builtins.int
     EXTERNAL_CHAT_ID_FIELD_NUMBER: _builtins.int
     WAMIDS_FIELD_NUMBER: _builtins.int
+    REPLYING_FIELD_NUMBER: _builtins.int
     member_id: _builtins.str
     external_chat_id: _builtins.str
+    replying: _builtins.bool
+    """an operator reply is on its way (not a finished dialog): typing allowed"""
     @_builtins.property
     def wamids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """empty: the latest customer message of the conversation"""
@@ -597,10 +600,11 @@ class OperatorRead(_message.Message):
         member_id: _builtins.str = ...,
         external_chat_id: _builtins.str = ...,
         wamids: _abc.Iterable[_builtins.str] | None = ...,
+        replying: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["external_chat_id", b"external_chat_id", "member_id", b"member_id", "wamids", b"wamids"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["external_chat_id", b"external_chat_id", "member_id", b"member_id", "replying", b"replying", "wamids", b"wamids"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -526,7 +526,12 @@ class FindMessageLinkRequest(_message.Message):
 
     WAMID_FIELD_NUMBER: _builtins.int
     BITRIX_MESSAGE_FIELD_NUMBER: _builtins.int
+    LATEST_CUSTOMER_MESSAGE_OF_FIELD_NUMBER: _builtins.int
     wamid: _builtins.str
+    latest_customer_message_of: _builtins.str
+    """A conversation id: the link of its latest customer (inbound) message, to mark it read on WhatsApp
+    when the operator answers (Bitrix24 has no operator-read event for connectors).
+    """
     @_builtins.property
     def bitrix_message(self) -> Global___PortalMessage: ...
     def __init__(
@@ -534,12 +539,13 @@ class FindMessageLinkRequest(_message.Message):
         *,
         wamid: _builtins.str = ...,
         bitrix_message: Global___PortalMessage | None = ...,
+        latest_customer_message_of: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["bitrix_message", b"bitrix_message", "by", b"by", "wamid", b"wamid"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["bitrix_message", b"bitrix_message", "by", b"by", "latest_customer_message_of", b"latest_customer_message_of", "wamid", b"wamid"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bitrix_message", b"bitrix_message", "by", b"by", "wamid", b"wamid"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bitrix_message", b"bitrix_message", "by", b"by", "latest_customer_message_of", b"latest_customer_message_of", "wamid", b"wamid"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_by: _TypeAlias = _typing.Literal["wamid", "bitrix_message"]  # noqa: Y015
+    _WhichOneofReturnType_by: _TypeAlias = _typing.Literal["wamid", "bitrix_message", "latest_customer_message_of"]  # noqa: Y015
     _WhichOneofArgType_by: _TypeAlias = _typing.Literal["by", b"by"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_by) -> _WhichOneofReturnType_by | None: ...
 

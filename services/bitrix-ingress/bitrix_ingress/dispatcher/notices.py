@@ -1,5 +1,6 @@
-"""Failure notices in the operator's chat (a send that failed, a failed status): through the connector,
-or with ZAPTRIX_BITRIX_NOTICE_VIA=im as a system message (falling back to the connector if refused)."""
+"""Failure notices in the operator's chat (a send that failed, a failed status): a system message
+(im.message.add SYSTEM=Y, ZAPTRIX_BITRIX_NOTICE_VIA=im, the default), falling back to the connector if
+refused (scope, chat access); through the connector the text says it is a notice, not the customer's."""
 
 from __future__ import annotations
 

@@ -19,7 +19,7 @@ from typing import Any
 from google.protobuf.timestamp_pb2 import Timestamp
 from zaptrix.v1 import events_pb2
 
-from bitrix_ingress.text import file_name, notice_text, quote_block, split_name, whatsapp_to_bbcode
+from bitrix_ingress.text import connector_notice_text, file_name, quote_block, split_name, whatsapp_to_bbcode
 
 SEND_MESSAGES = "imconnector.send.messages"
 STATUS_DELIVERY = "imconnector.send.status.delivery"
@@ -101,14 +101,15 @@ def notice_id(event_id: str) -> str:
 def build_notice_item(
     *, event_id: str, wa_id: str, contact_name: str, external_chat_id: str, body: str
 ) -> dict[str, Any]:
-    """A failure notice posted through the connector: lands in the conversation's chat, is never relayed
+    """A failure notice posted through the connector (the fallback of the system message): lands in the
+    conversation's chat under the customer's name, so its text says it is not theirs; it is never relayed
     back to WhatsApp (connector events fire only for operator messages), and skips the CRM tracker."""
     return {
         "user": build_user(wa_id, contact_name),
         "message": {
             "id": notice_id(event_id),
             "date": int(datetime.now(UTC).timestamp()),
-            "text": notice_text(body),
+            "text": connector_notice_text(body),
             "disable_crm": "Y",
         },
         "chat": {"id": external_chat_id},

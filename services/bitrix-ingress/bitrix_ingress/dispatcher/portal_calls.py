@@ -85,11 +85,13 @@ class PortalCalls:
                 continue
             made += await self._execute(member_id, request, answers)
             carried: list[tuple[Work, Answer]] = []
+            seen: set[int] = set()  # a read carrying its delivery is in two calls: answered once
             for call in request:
                 for item in call.items:
                     for work in item.owners:
                         answer = answers.get(work)
-                        if answer is not None:
+                        if answer is not None and id(work) not in seen:
+                            seen.add(id(work))
                             carried.append((work, answer))
                         if isinstance(answer, RateLimitWaitExceeded):
                             halted = answer
@@ -118,6 +120,9 @@ class PortalCalls:
                     stream.setdefault((w.connector, w.line), []).append(connector_notice_item(w))
             elif isinstance(w, StatusWork):
                 statuses.setdefault((w.method, w.connector, w.line), []).append(dl.Item(w, w.payload))
+                if w.reading_payload is not None:
+                    key = (dl.STATUS_READING, w.connector, w.line)
+                    statuses.setdefault(key, []).append(dl.Item(w, w.reading_payload))
         calls: list[dl.Call] = []
         for (connector, line), items in stream.items():
             calls += dl.chunk(
@@ -127,7 +132,9 @@ class PortalCalls:
                 max_messages=settings.bitrix_max_messages_per_call,
                 max_files=settings.bitrix_max_files_per_call,
             )
-        for (method, connector, line), items in statuses.items():
+        # Deliveries before readings: a read that carries its message's delivery is reported in that order.
+        ordered = sorted(statuses.items(), key=lambda kv: kv[0][0] == dl.STATUS_READING)
+        for (method, connector, line), items in ordered:
             calls += dl.chunk(
                 method,
                 {"CONNECTOR": connector, "LINE": line},

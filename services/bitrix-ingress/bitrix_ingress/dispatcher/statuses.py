@@ -1,6 +1,12 @@
 """WhatsApp statuses of operator messages → imconnector.send.status.delivery/reading (or, for a failed
 message, a notice in the operator's chat).
 
+Each status reaches Bitrix24 once and as what it is: ``delivered`` as .delivery, ``read`` (and a voice
+note's ``played``, which implies read) as .reading. A read whose delivery is not yet recorded on the link
+(delivered and read in one poll batch, or read first) carries the delivery too: the delivered of the same
+batch rides on that one element (packing.merge_statuses), a later delivered finds the link reported. So a
+message is never reported twice as delivered, nor its read as a delivery.
+
 Each reply brings three statuses (sent, delivered, read): only the one that calls Bitrix24 pays for the
 dedupe record and the conversation; the others update the message link (idempotent, the mapper keeps the
 latest state; one UpdateMessageStatuses per poll batch for those). The links of a poll batch's statuses
@@ -35,6 +41,12 @@ log = get_logger(__name__)
 StatusUpdates = list[tuple[Received, mapper_pb2.UpdateMessageStatusRequest]]
 
 
+def _recorded(status: str) -> str:
+    """The WhatsApp status the link keeps (the mapper knows no ``played``: a played voice note is read)."""
+    status = status.lower()
+    return "read" if status == "played" else status
+
+
 async def _update(deps: Deps, rec: Received, updates: StatusUpdates | None, wamid: str, status: str) -> None:
     if updates is None:
         await deps.update_message_status(wamid, whatsapp_status=status)
@@ -59,6 +71,8 @@ async def prepare_status(
     link puts that update, for the batch's one UpdateMessageStatuses (its ``ok`` stands only once that
     succeeded; None: UpdateMessageStatus at once)."""
     status = st.status.lower()
+    if status == "played":  # a voice note played: Bitrix24 has no such receipt, it is read
+        status = "read"
     event_id = rec.envelope.event_id
     if not st.wamid:
         return Outcome.dead("status without wamid")
@@ -95,12 +109,13 @@ async def prepare_status(
         STATUSES.labels(status, "already_reported").inc()
         return Outcome.ok()
     method = dl.STATUS_DELIVERY
+    reading = status == "read" and settings.bitrix_send_read_status
     if status == "read" and already:
-        if not settings.bitrix_send_read_status or link.bitrix_status == "read":
+        if not reading or link.bitrix_status == "read":
             await _update(deps, rec, updates, st.wamid, status)
             STATUSES.labels(status, "already_reported").inc()
             return Outcome.ok()
-        method = dl.STATUS_READING
+        method, reading = dl.STATUS_READING, False
     check = (processed or {}).get(event_id) or await deps.check_processed(event_id)
     if check.processed:
         STATUSES.labels(status, "duplicate").inc()
@@ -143,21 +158,31 @@ async def prepare_status(
         await _update(deps, rec, updates, st.wamid, status)
         STATUSES.labels(status, "no_bitrix_ids").inc()
         return Outcome.ok()
-    payload = dl.build_status_item(
-        bitrix_chat_id=link.bitrix_chat_id,
-        bitrix_message_id=link.bitrix_message_id,
-        wamids=[st.wamid],
-        external_chat_id=conv.external_chat_id,
-        at=dl.unix(st.at) if method == dl.STATUS_DELIVERY else None,
-    )
+
+    def item(delivery: bool) -> dict[str, Any]:
+        return dl.build_status_item(
+            bitrix_chat_id=link.bitrix_chat_id,
+            bitrix_message_id=link.bitrix_message_id,
+            wamids=[st.wamid],
+            external_chat_id=conv.external_chat_id,
+            at=dl.unix(st.at) if delivery else None,
+        )
+
     # "delivered" also marks the message read in Open Lines, so a read reported as delivery is "read".
-    return StatusWork(**base, st=st, method=method, payload=payload, new_bitrix_status=status)
+    return StatusWork(
+        **base,
+        st=st,
+        method=method,
+        payload=item(method == dl.STATUS_DELIVERY),
+        reading_payload=item(False) if reading else None,
+        new_bitrix_status=status,
+    )
 
 
 async def finish_status(deps: Deps, work: StatusWork) -> Outcome:
     await bookkeeping.mark(deps, work.rec.envelope.event_id, work.method)
     await deps.update_message_status(
-        work.st.wamid, whatsapp_status=work.st.status, bitrix_status=work.new_bitrix_status
+        work.st.wamid, whatsapp_status=_recorded(work.st.status), bitrix_status=work.new_bitrix_status
     )
     STATUSES.labels(work.st.status, "reported").inc()
     return Outcome.ok()

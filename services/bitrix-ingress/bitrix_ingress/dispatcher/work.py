@@ -47,6 +47,8 @@ class StatusWork(Work):
     st: events_pb2.WhatsAppStatus = field(default_factory=events_pb2.WhatsAppStatus)
     method: str = dl.STATUS_DELIVERY
     payload: dict[str, Any] = field(default_factory=dict)
+    # A read whose delivery is not reported yet: the .delivery ``payload`` and, after it, this .reading.
+    reading_payload: dict[str, Any] | None = None
     new_bitrix_status: str = ""
 
 

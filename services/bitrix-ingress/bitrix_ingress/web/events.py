@@ -192,14 +192,18 @@ def _common(data: Any) -> tuple[str, int]:
     return connector.lower(), line
 
 
-def _operator_read(auth: Auth, chat: str, ts_text: str, occurred: datetime) -> Pending:
-    """OperatorRead of one chat: the operator replied in it, or its dialog was finished."""
+def _operator_read(
+    auth: Auth, chat: str, ts_text: str, occurred: datetime, *, replying: bool = False
+) -> Pending:
+    """OperatorRead of one chat: the operator replied in it (``replying``), or its dialog was finished."""
     env = new_envelope(
         f"b24-read:{_id(auth.member_id)}:{_id(chat)}:{ts_text}",
         "-",
         events_pb2.PLATFORM_BITRIX24,
         occurred,
-        operator_read=events_pb2.OperatorRead(member_id=auth.member_id, external_chat_id=chat),
+        operator_read=events_pb2.OperatorRead(
+            member_id=auth.member_id, external_chat_id=chat, replying=replying
+        ),
     )
     return Pending(env, external_chat_id=chat)
 
@@ -243,7 +247,7 @@ def normalize(form: dict[str, Any], auth: Auth, *, connector_id: str, read_on_re
             raise EventError("; ".join(out.skipped)[:500])
         if read_on_reply and event == MESSAGE_ADD:
             for chat in chats.seen:
-                out.pending.append(_operator_read(auth, chat, ts_text, occurred))
+                out.pending.append(_operator_read(auth, chat, ts_text, occurred, replying=True))
         return out
 
     if event == DIALOG_FINISH:

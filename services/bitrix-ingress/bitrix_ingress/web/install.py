@@ -218,6 +218,12 @@ def register_params(settings: WebSettings) -> dict[str, Any]:
         },
         "PLACEMENT_HANDLER": settings.url(SETTINGS_PATH),
         "CHAT_GROUP": False,
+        # WhatsApp cannot edit or delete a message the business sent: operators are not offered it (an
+        # older registration still sends edit/delete events; the meta dispatcher answers them with a notice).
+        "EDIT_INTERNAL_MESSAGES": False,
+        "DEL_INTERNAL_MESSAGES": False,
+        # CRM mailings would be free-form messages, refused outside the 24 h window (131047).
+        "NEWSLETTER": False,
     }
 
 

@@ -88,12 +88,17 @@ class OperatorEvents:
         return Outcome.ok()
 
     async def on_read(self, env: events_pb2.Envelope, r: events_pb2.OperatorRead) -> Outcome:
-        if not r.wamids:
-            # The mapper keeps no "latest customer wamid"; without ids there is nothing to mark.
-            OPERATOR_EVENTS.labels("read", "no_wamid").inc()
-            log.info("operator read without message ids: nothing to mark", event_id=env.event_id)
-            return Outcome.ok()
+        """The operator answered (or finished the dialog; Bitrix24 has no read event for connectors): the
+        customer's messages are marked read on WhatsApp, the latest one (which marks the earlier ones)."""
         conversation = await self.ctx.conversation(r.member_id, r.external_chat_id, "read")
+        wamids = list(r.wamids)
+        if not wamids:
+            latest = await self.ctx.records.latest_customer_wamid(conversation.id)
+            if not latest:
+                OPERATOR_EVENTS.labels("read", "no_wamid").inc()
+                log.info("operator read: no customer message recorded to mark", event_id=env.event_id)
+                return Outcome.ok()
+            wamids = [latest]
         pnid = conversation.phone_number_id
         try:
             channel = await self.ctx.channels.get(pnid)
@@ -107,10 +112,11 @@ class OperatorEvents:
             creds = await self.ctx.credentials.get(pnid)
         except UnknownChannel as exc:
             raise PermanentError(str(exc)) from None
-        typing = self.ctx.settings.operator_read_typing_indicator
+        # Typing only ahead of a reply ("only if you are going to respond"; dismissed by it or after 25 s).
+        typing = self.ctx.settings.operator_read_typing_indicator and r.replying
         # Marking one message read marks the earlier ones too (whatsapp.md A3): mark the latest; fall back
         # to an earlier one if Meta refuses it (e.g. too old or not a customer message).
-        for wamid in list(dict.fromkeys(reversed(r.wamids)))[:3]:
+        for wamid in list(dict.fromkeys(reversed(wamids)))[:3]:
             try:
                 await self.ctx.sender.with_retries(
                     partial(self.ctx.graph.mark_read, pnid, creds.access_token, wamid, typing)

@@ -86,6 +86,18 @@ class Records:
             return ""
         return str(link.wamid)
 
+    async def latest_customer_wamid(self, conversation_id: str) -> str:
+        """The wamid of the conversation's latest customer message ("" when none is recorded)."""
+        request = mapper_pb2.FindMessageLinkRequest(latest_customer_message_of=conversation_id)
+        try:
+            link = await call(
+                "mapper FindMessageLink",
+                self.clients.mapper.FindMessageLink(request, timeout=self.clients.timeout),
+            )
+        except RpcNotFound:
+            return ""
+        return str(link.wamid)
+
     # --- dedupe ----------------------------------------------------------------------------------------
     def known(self, event_id: str) -> str | None:
         """The dedupe record of an event as this process saw it in the mapper lately (no RPC), else None."""
