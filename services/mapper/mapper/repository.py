@@ -38,7 +38,8 @@ CHANNEL_COLUMNS = """phone_number_id, display_phone_number, member_id, line_id, 
     reengagement_template, template_language, active, created_at, updated_at"""
 CONVERSATION_COLUMNS = """id, phone_number_id, meta_whatsapp_id AS wa_id, member_id, external_chat_id,
     bitrix_contact_id, bitrix_chat_id, contact_name, last_message_at, last_customer_message_at,
-    created_at, updated_at"""
+    created_at, updated_at, customer_phone, customer_user_id, customer_parent_user_id, customer_username,
+    bitrix_user_id"""
 LINK_COLUMNS = """wamid, conversation_id, direction, member_id, bitrix_message_id, bitrix_chat_id,
     whatsapp_status, bitrix_status, created_at, updated_at"""
 
