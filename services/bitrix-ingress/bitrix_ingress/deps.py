@@ -107,6 +107,20 @@ class Deps:
             req.user_id, req.parent_user_id, req.username = cm.user_id, cm.parent_user_id, cm.username
         return await self._unary(self.mapper.GetOrCreateConversation, req, "mapper GetOrCreateConversation")
 
+    async def apply_identity_change(
+        self, change: events_pb2.CustomerIdentityChange
+    ) -> mapper_pb2.IdentityChangeResponse:
+        req = mapper_pb2.IdentityChangeRequest(
+            phone_number_id=change.phone_number_id,
+            previous_user_id=change.previous_user_id,
+            previous_parent_user_id=change.previous_parent_user_id,
+            previous_wa_id=change.previous_wa_id,
+            user_id=change.user_id,
+            parent_user_id=change.parent_user_id,
+            wa_id=change.wa_id,
+        )
+        return await self._unary(self.mapper.ApplyIdentityChange, req, "mapper ApplyIdentityChange")
+
     async def find_portal_conversation(
         self, member_id: str, external_chat_id: str
     ) -> mapper_pb2.Conversation:

@@ -151,6 +151,9 @@ def build_status_item(
     }
 
 
+BSUID_RECIPIENT_NOT_ALLOWED = 131062  # Meta: "BSUID recipient not supported for this message"
+
+
 def failure_text(
     error: events_pb2.GraphError | None, *, template_sent: bool = False, template: str = ""
 ) -> str:
@@ -166,6 +169,13 @@ def failure_text(
         else:
             reason += " Ask the customer to write first, or send a template."
         return f"Not delivered to WhatsApp: {reason}"
+    if code == BSUID_RECIPIENT_NOT_ALLOWED:
+        return (
+            "Not delivered to WhatsApp: this customer is known only by their WhatsApp username (no phone "
+            "number shared), and WhatsApp does not allow this kind of message (e.g. authentication "
+            "templates) to such a customer (error 131062). Reply with a normal message, or ask the "
+            "customer to share their phone number."
+        )
     if error is None:
         return "Not delivered to WhatsApp."
     detail = error.title or error.message or "unknown error"
