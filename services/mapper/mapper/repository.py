@@ -373,8 +373,14 @@ class Repository:
         return await self._find_conversation("id = $1", conversation_id)
 
     async def conversation_by_customer(self, phone_number_id: str, wa_id: str) -> Conversation | None:
+        # The key, else any phone or BSUID the person has had (identity aliases): a status names the
+        # customer by the address we sent to, which may not be the conversation's key.
         return await self._find_conversation(
-            "phone_number_id = $1 AND meta_whatsapp_id = $2", phone_number_id, wa_id
+            "phone_number_id = $1 AND (meta_whatsapp_id = $2 OR id = (SELECT conversation_id"
+            " FROM mapper.conversation_alias WHERE phone_number_id = $1 AND kind IN ('phone', 'bsuid')"
+            " AND value = $2 LIMIT 1)) ORDER BY meta_whatsapp_id = $2 DESC LIMIT 1",
+            phone_number_id,
+            wa_id,
         )
 
     async def conversation_by_portal_external_chat(

@@ -45,6 +45,11 @@ async def test_the_phone_arriving_later_finds_the_same_conversation_and_keeps_it
     assert not by_phone.created and by_phone.conversation.id == first.id
     rows = await mapper.sql("SELECT count(*) AS n FROM mapper.conversation_mapping")
     assert rows[0]["n"] == 1
+    # a status names the customer by the phone we sent to: FindConversation by customer finds it too
+    by_customer = pb.FindConversationRequest(
+        channel_customer=pb.ChannelCustomer(phone_number_id=CH, wa_id="5511987654321")
+    )
+    assert (await mapper.stub.FindConversation(by_customer)).id == first.id
 
 
 async def test_two_conversations_of_one_person_are_merged_into_the_oldest(mapper: Mapper) -> None:
