@@ -7,7 +7,6 @@ import itertools
 from typing import Any
 
 import asyncpg
-
 from zaptrix_testing.waiting import eventually
 
 from tests.e2e.flows import chats, customer_says, sent_to

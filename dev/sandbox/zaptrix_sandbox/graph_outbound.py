@@ -173,7 +173,7 @@ class Outbound:
             "timestamp": str(int(time.time())),
         }
         # A send to a BSUID reports recipient_user_id (whatsapp-api-js ServerStatusPayload), not recipient_id.
-        item["recipient_id" if sent.wa_id.isdigit() else "recipient_user_id"] = sent.wa_id
+        item["recipient_id" if (sent.wa_id or "").isdigit() else "recipient_user_id"] = sent.wa_id
         opaque = sent.payload.get("biz_opaque_callback_data") if isinstance(sent.payload, dict) else None
         if isinstance(opaque, str) and status in ("sent", "delivered", "read"):  # documented for these three
             item["biz_opaque_callback_data"] = opaque
