@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+from zaptrix_testing.seeding import chat_customer
 
 from bench.common import SANDBOX_MEMBER_ID, SystemUnderTest, metric_sum, scrape
 from bench.httpclient import Pool
@@ -270,7 +271,7 @@ async def open_conversations(
     shown = 0.0
     while True:
         chats = await bitrix_chats(bitrix)
-        found = {str(c["user"]["id"]): c for c in chats if str((c.get("user") or {}).get("id")) in wanted}
+        found = {chat_customer(c): c for c in chats if chat_customer(c) in wanted}
         if len(found) == len(wanted):
             print(f"  {len(found)} conversations open after {time.monotonic() - started:.1f} s", flush=True)
             return found

@@ -8,6 +8,7 @@ import asyncio
 import time
 
 import httpx
+from zaptrix_testing.seeding import chat_customer
 
 from bench.common import (
     CONNECTOR_ID,
@@ -118,7 +119,7 @@ async def open_customers(
             resp = await bitrix.get(f"/_sandbox/portals/{member}/chats", timeout=60)
             resp.raise_for_status()
             for chat in resp.json()["chats"]:
-                wa_id = str((chat.get("user") or {}).get("id"))
+                wa_id = chat_customer(chat)
                 if wa_id in wanted and wanted[wa_id][1] == member:
                     found[wa_id] = Customer(wa_id, wanted[wa_id][0], member, str(chat["external_chat_id"]))
         if len(found) == len(wanted):

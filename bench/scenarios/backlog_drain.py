@@ -39,6 +39,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
+from zaptrix_testing.seeding import chat_customer
 
 from bench.common import (
     CONNECTOR_ID,
@@ -186,12 +187,7 @@ async def first_contacts(
     await publish(env, sut.prefix, sut.topic("wa-to-b24"), warm)
     while True:
         chats = await each_portal(bitrix, "chats", parallel=8)
-        have = sum(
-            1
-            for p, cs in enumerate(chats)
-            for c in cs
-            if str((c.get("user") or {}).get("id", "")).startswith(f"4915{p:03d}")
-        )
+        have = sum(1 for p, cs in enumerate(chats) for c in cs if chat_customer(c).startswith(f"4915{p:03d}"))
         if have >= PORTALS * CUSTOMERS_PER_PORTAL:
             return time.monotonic() - t0
         if time.monotonic() - t0 > timeout_s:

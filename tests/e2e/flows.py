@@ -6,7 +6,7 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
-from zaptrix_testing.seeding import SANDBOX_MEMBER_ID, bind_sandbox_channel
+from zaptrix_testing.seeding import SANDBOX_MEMBER_ID, bind_sandbox_channel, chat_customer
 from zaptrix_testing.waiting import eventually
 
 from tests.system import System
@@ -37,9 +37,9 @@ async def chats(system: System) -> list[dict[str, Any]]:
 
 
 async def chat_of(system: System, wa_id: str) -> dict[str, Any] | None:
-    """The sandbox portal's chat with the customer (the stand-in's external user id is the wa_id)."""
+    """The sandbox portal's chat with the customer (by user.phone, else user.id: a BSUID-only customer)."""
     for chat in await chats(system):
-        if str((chat.get("user") or {}).get("id")) == wa_id:
+        if wa_id in (chat_customer(chat), str((chat.get("user") or {}).get("id"))):
             return chat
     return None
 

@@ -148,6 +148,7 @@ async def test_long_operator_text_is_sent_truncated_with_a_notice() -> None:
         creds=SimpleNamespace(access_token="tok"),
         phone_number_id="pn1",
         wa_id="4917",
+        address="4917",  # Target.address: the phone, else the BSUID the reply goes to
     )
     notice = Notice("wa-fail:m1:1", "m1", 7, "zaptrix_whatsapp", "1807", "1", "wa_100_4917", "pn1:4917")
     text = ("word " * 20_000).strip()  # 100,000 characters

@@ -2,6 +2,9 @@
 
 zaptrix-dev customer-says --from 491701234567 --name Anna "Hello"
 zaptrix-dev customer-says --from 491701234567 --image [--file PATH] "caption"
+zaptrix-dev customer-says --bsuid US.13491208655302741918 --username anna.s "Hi"   (no phone shared)
+zaptrix-dev customer-changes-number --from 491701234567 --bsuid US.1349… --new-phone 491709999999 --new-bsuid US.77…
+zaptrix-dev customer-changes-bsuid --bsuid US.1349… --new-bsuid US.77…
 zaptrix-dev operator-says --chat <external chat id> "Hi Anna"
 zaptrix-dev chats
 zaptrix-dev customer-inbox --to 491701234567
@@ -52,9 +55,37 @@ def _media(path: str | None, kind: str, caption: str) -> dict[str, Any]:
     return media
 
 
+def customer_changes_identity(args: argparse.Namespace, client: httpx.Client) -> int:
+    body: dict[str, Any] = {
+        "type": args.change,
+        "previous_user_id": args.bsuid,
+        "user_id": args.new_bsuid,
+        "name": args.name,
+    }
+    if getattr(args, "new_phone", None):
+        body["new_wa_id"] = args.new_phone
+    if args.phone_number_id:
+        body["phone_number_id"] = args.phone_number_id
+    who = args.sender or "-"
+    response = client.post(f"{args.graph_url}/_sandbox/customers/{who}/identity-change", json=body)
+    response.raise_for_status()
+    data = response.json()
+    print(f"system message {args.change} {data['wamid']}: gateway answered HTTP {data['gateway_status']}")
+    return 0 if data["gateway_status"] == 200 else 1
+
+
 def customer_says(args: argparse.Namespace, client: httpx.Client) -> int:
     text = " ".join(args.text)
     body: dict[str, Any] = {"name": args.name}
+    if not args.sender and not args.bsuid:
+        print("give --from (a phone) or --bsuid (a customer without one)")
+        return 2
+    if args.bsuid:
+        body["user_id"] = args.bsuid
+        body["phone_hidden"] = not args.sender
+    if args.username:
+        body["username"] = args.username
+    args.sender = args.sender or args.bsuid
     if args.phone_number_id:
         body["phone_number_id"] = args.phone_number_id
     if args.reply_to:
@@ -347,7 +378,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     say = sub.add_parser("customer-says", help="a WhatsApp customer writes to the business")
-    say.add_argument("--from", dest="sender", required=True, help="customer wa_id, e.g. 491701234567")
+    say.add_argument("--from", dest="sender", help="customer wa_id, e.g. 491701234567")
+    say.add_argument("--bsuid", help="business-scoped user id; without --from the customer shares no phone")
+    say.add_argument("--username", help="WhatsApp username (shown as the name when there is no profile name)")
     say.add_argument("--name", default="Sandbox Customer", help="WhatsApp profile name")
     say.add_argument("--phone-number-id", help="business number (default: the first channel)")
     say.add_argument("--reply-to", help="wamid the customer replies to")
@@ -360,6 +393,20 @@ def build_parser() -> argparse.ArgumentParser:
     say.add_argument("--file", help="own file for --image/--document")
     say.add_argument("text", nargs="*", help="message text (caption for media)")
     say.set_defaults(func=customer_says)
+
+    for command, change in (
+        ("customer-changes-number", "user_changed_number"),
+        ("customer-changes-bsuid", "user_changed_user_id"),
+    ):
+        ch = sub.add_parser(command, help=f"Meta's {change} system message (the customer's identity changed)")
+        ch.add_argument("--from", dest="sender", help="the customer's old phone, if they shared one")
+        ch.add_argument("--bsuid", required=True, help="the customer's BSUID before the change")
+        ch.add_argument("--new-bsuid", required=True, help="the BSUID after the change")
+        if change == "user_changed_number":
+            ch.add_argument("--new-phone", required=True, help="the new phone number (digits)")
+        ch.add_argument("--name", default="Sandbox Customer")
+        ch.add_argument("--phone-number-id", help="business number (default: the first channel)")
+        ch.set_defaults(func=customer_changes_identity, change=change)
 
     op = sub.add_parser("operator-says", help="a Bitrix24 operator answers in an Open Lines chat")
     op.add_argument("--chat", required=True, help="external chat id (see `zaptrix-dev chats`)")

@@ -14,6 +14,7 @@ TITLES: dict[int, str] = {
     130429: "Rate limit hit",
     131026: "Message undeliverable",
     131047: "Re-engagement message",
+    131062: "BSUID recipient not supported",
     131053: "Media upload error",
     131056: "(Business Account, Consumer Account) pair rate limit hit",
     132000: "Number of parameters does not match the expected number of params",

@@ -49,6 +49,11 @@ class InboundSpec(BaseModel):
     name: str = "Sandbox Customer"
     phone_number_id: str | None = None
     user_id: str | None = None  # 2026 business-scoped user id (BSUID), added to contacts[] when given
+    parent_user_id: str | None = None  # parent BSUID (US.ENT.…), added to contacts[] when given
+    username: str | None = None  # contacts[].profile.username
+    # A customer who shares no phone number (2026): no messages[].from and no contacts[].wa_id, only
+    # from_user_id / contacts[].user_id (needs user_id; the path's wa_id is then the BSUID).
+    phone_hidden: bool = False
     text: str | None = None
     media: MediaSpec | None = None
     location: dict[str, Any] | None = None
@@ -150,8 +155,9 @@ def build(
     """Returns (contact, message) for value.contacts[] / value.messages[] and records the customer's activity."""
     kind = spec.kind()
     wamid = new_wamid()
-    message: dict[str, Any] = {
-        "from": wa_id,
+    hidden = spec.phone_hidden and bool(spec.user_id)
+    message: dict[str, Any] = {"from_user_id": spec.user_id} if hidden else {"from": wa_id}
+    message |= {
         "id": wamid,
         "timestamp": str(spec.timestamp or int(time.time())),
         "type": kind,
@@ -167,9 +173,17 @@ def build(
             **spec.referral,
         }
     message.update(_body(spec, kind, channel, state))
-    contact: dict[str, Any] = {"profile": {"name": spec.name}, "wa_id": wa_id}
+    profile: dict[str, Any] = {"name": spec.name}
+    if spec.username:
+        profile["username"] = spec.username
+    contact: dict[str, Any] = {"profile": profile} if hidden else {"profile": profile, "wa_id": wa_id}
     if spec.user_id:
         contact["user_id"] = spec.user_id
+        if not hidden:  # Meta's contact book: the BSUID is the same person as the number
+            state.last_inbound[(channel.phone_number_id, spec.user_id)] = time.time()
+    if spec.parent_user_id:
+        contact["parent_user_id"] = spec.parent_user_id
+    wa_id = spec.user_id if hidden and spec.user_id else wa_id
     key = (channel.phone_number_id, wa_id)
     state.last_inbound[key] = time.time()  # a customer message opens/refreshes the 24 h window
     state.inbound[wamid] = {"phone_number_id": channel.phone_number_id, "wa_id": wa_id, "message": message}
@@ -184,3 +198,41 @@ class BatchSpec(BaseModel):
     # messages: one change with all messages; changes: one change each; entries: one entry each
     layout: Literal["messages", "changes", "entries"] = "messages"
     signature: Literal["valid", "invalid", "missing"] = "valid"
+
+
+class IdentityChangeSpec(BaseModel):
+    """Body of POST /_sandbox/customers/{wa_id}/identity-change: Meta's system message (no contacts[]).
+
+    user_changed_number: the customer changed number (``new_wa_id``) and got a new BSUID; user_changed_user_id:
+    only the BSUID changed. Both carry previous_user_id / previous_parent_user_id (Meta changelog 2026-08-11).
+    The path's wa_id is the customer's old number ("from"), or "-" for a customer without one.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["user_changed_number", "user_changed_user_id"]
+    user_id: str
+    previous_user_id: str
+    new_wa_id: str | None = None
+    parent_user_id: str | None = None
+    previous_parent_user_id: str | None = None
+    name: str = "Sandbox Customer"
+    phone_number_id: str | None = None
+    signature: Literal["valid", "invalid", "missing"] = "valid"
+
+
+def build_identity_change(spec: IdentityChangeSpec, wa_id: str, state: GraphState) -> dict[str, Any]:
+    old = wa_id if wa_id.isdigit() else ""
+    if spec.type == "user_changed_number":
+        body = f"User {spec.name} changed from {old or spec.previous_user_id} to {spec.new_wa_id}"
+    else:
+        body = f"User {spec.name} changed their WhatsApp account"
+    system: dict[str, Any] = {"body": body, "type": spec.type, "user_id": spec.user_id}
+    system["previous_user_id"] = spec.previous_user_id
+    if spec.type == "user_changed_number" and spec.new_wa_id:
+        system["wa_id"] = spec.new_wa_id
+    for key in ("parent_user_id", "previous_parent_user_id"):
+        if getattr(spec, key):
+            system[key] = getattr(spec, key)
+    message: dict[str, Any] = {"from": old} if old else {"from_user_id": spec.previous_user_id}
+    message |= {"id": new_wamid(), "timestamp": str(int(time.time())), "type": "system", "system": system}
+    return message

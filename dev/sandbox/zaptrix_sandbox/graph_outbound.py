@@ -81,6 +81,12 @@ class Outbound:
         category = "service"
         if req.type == "template":
             category = self._template(req.obj).category
+            if category.lower() == "authentication" and not req.wa_id.isdigit():
+                raise GraphError(
+                    131062,
+                    details="Business-scoped user ID (BSUID) recipients are not supported for this message "
+                    "(authentication templates).",
+                )
         failure: tuple[int, str] | None = None
         if req.wa_id in opts.not_on_whatsapp:
             failure = (131026, "Message Undeliverable.")
@@ -104,7 +110,11 @@ class Outbound:
         wamid = new_wamid()
         response = {
             "messaging_product": "whatsapp",
-            "contacts": [{"input": req.to, "wa_id": req.wa_id}],
+            "contacts": [
+                {"input": req.to, "wa_id": req.wa_id}
+                if req.wa_id.isdigit()
+                else {"input": req.to, "user_id": req.wa_id}
+            ],
             "messages": [{"id": wamid, "message_status": "accepted"}],
         }
         sent = state.record_sent(
@@ -161,8 +171,9 @@ class Outbound:
             "id": sent.wamid,
             "status": status,
             "timestamp": str(int(time.time())),
-            "recipient_id": sent.wa_id,
         }
+        # A send to a BSUID reports recipient_user_id (whatsapp-api-js ServerStatusPayload), not recipient_id.
+        item["recipient_id" if (sent.wa_id or "").isdigit() else "recipient_user_id"] = sent.wa_id
         opaque = sent.payload.get("biz_opaque_callback_data") if isinstance(sent.payload, dict) else None
         if isinstance(opaque, str) and status in ("sent", "delivered", "read"):  # documented for these three
             item["biz_opaque_callback_data"] = opaque

@@ -11,7 +11,7 @@ from sanic import Request
 from sanic.response import HTTPResponse
 from sanic.response import json as json_response
 
-from .graph_inbound import BatchSpec, InboundSpec, build
+from .graph_inbound import BatchSpec, IdentityChangeSpec, InboundSpec, build, build_identity_change
 from .graph_settings import Channel, GraphOptions
 from .graph_webhooks import envelope, value_of
 from .web import App
@@ -69,6 +69,22 @@ def register(app: App, sb: GraphSandbox) -> None:
                 "gateway_status": status,
                 "payload": payload,
             }
+        )
+
+    @app.post("/_sandbox/customers/<wa_id>/identity-change")
+    async def identity_change(request: Request, wa_id: str) -> HTTPResponse:
+        try:
+            spec = IdentityChangeSpec.model_validate(request.json or {})
+        except ValidationError as exc:
+            return _errors(exc)
+        channel = channel_for(spec.phone_number_id)
+        if channel is None:
+            return _bad(f"unknown phone_number_id {spec.phone_number_id}", 404)
+        message = build_identity_change(spec, wa_id, sb.state)
+        payload = envelope(channel, value_of(channel, messages=[message]))  # system messages: no contacts
+        delivery, status = await sb.sender.send("message", payload, spec.signature)
+        return json_response(
+            {"wamid": message["id"], "delivery_id": delivery.id, "gateway_status": status, "payload": payload}
         )
 
     @app.post("/_sandbox/webhooks")

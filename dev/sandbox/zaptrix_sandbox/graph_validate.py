@@ -25,7 +25,15 @@ MESSAGE_TYPES = (
     "reaction",
 )
 MEDIA_TYPES = ("image", "video", "audio", "document", "sticker")
-TOP_LEVEL = {"messaging_product", "recipient_type", "to", "type", "context", "biz_opaque_callback_data"}
+TOP_LEVEL = {
+    "messaging_product",
+    "recipient_type",
+    "to",
+    "recipient",
+    "type",
+    "context",
+    "biz_opaque_callback_data",
+}
 MEDIA_KEYS = {
     "image": {"id", "link", "caption"},
     "video": {"id", "link", "caption"},
@@ -43,12 +51,14 @@ INTERACTIVE_TYPES = (
     "location_request_message",
 )
 _PHONE = re.compile(r"^\+?[0-9][0-9 ()\-]{5,20}$")
+# A business-scoped user id (BSUID) or parent BSUID: country code, a dot, up to 128 alphanumerics.
+_BSUID = re.compile(r"^[A-Z]{2}\.(?:ENT\.)?[A-Za-z0-9]{1,128}$")
 
 
 @dataclass
 class SendRequest:
     to: str
-    wa_id: str
+    wa_id: str  # the phone's digits, or the BSUID of a "recipient" send
     type: str
     obj: Any
     context_id: str | None
@@ -238,9 +248,27 @@ def validate(body: Any) -> SendRequest | ReadRequest:
         raise param_error(
             f'Param recipient_type must be one of {{INDIVIDUAL}} - got "{body["recipient_type"]}".'
         )
+    if "recipient" in body:
+        # 2026: a customer known only by a BSUID is addressed with "recipient" and no "to" (Meta's
+        # business-scoped user ids page; pywa resolve_recipient). Both at once is ambiguous: refused.
+        if "to" in body:
+            raise param_error("Invalid parameter", details="Use either to or recipient, not both.")
+        recipient = _string(body["recipient"], "recipient", 160)
+        if not _BSUID.match(recipient):
+            raise param_error(
+                "Invalid parameter", details=f"Invalid value for recipient: {recipient!r} is not a user id."
+            )
+        return _send(body, recipient, recipient)
     to = _string(_require(body, "to", ""), "to")
     if not _PHONE.match(to):
         raise param_error("Invalid parameter", details=f"Invalid value for to: {to!r} is not a phone number.")
+    wa_id = re.sub(r"\D", "", to)
+    if not 7 <= len(wa_id) <= 15:
+        raise param_error("Invalid parameter", details=f"Invalid value for to: {to!r} is not a phone number.")
+    return _send(body, to, wa_id)
+
+
+def _send(body: dict[str, Any], to: str, wa_id: str) -> SendRequest:
     kind = body.get("type", "text")  # Graph defaults type to text
     if kind not in MESSAGE_TYPES:
         raise param_error(
@@ -256,7 +284,4 @@ def validate(body: Any) -> SendRequest | ReadRequest:
     if "context" in body:
         context = _object(body["context"], "context")
         context_id = _string(_require(context, "message_id", "context"), "context['message_id']")
-    wa_id = re.sub(r"\D", "", to)
-    if not 7 <= len(wa_id) <= 15:
-        raise param_error("Invalid parameter", details=f"Invalid value for to: {to!r} is not a phone number.")
     return SendRequest(to=to, wa_id=wa_id, type=kind, obj=body[kind], context_id=context_id)

@@ -6,6 +6,8 @@ The identities are the dev/sandbox defaults (docs/sandbox.md). Imports no pytest
 
 from __future__ import annotations
 
+from typing import Any
+
 import grpc
 from zaptrix.v1 import mapper_pb2, mapper_pb2_grpc, token_keeper_pb2, token_keeper_pb2_grpc
 
@@ -61,3 +63,10 @@ async def seed_sandbox_channel(mapper: grpc.aio.Channel, token_keeper: grpc.aio.
     """Credentials first: once bound, the channel's webhooks are accepted and must verify."""
     await store_sandbox_credentials(token_keeper)
     await bind_sandbox_channel(mapper)
+
+
+def chat_customer(chat: dict[str, Any]) -> str:
+    """The customer of a chat in the Bitrix24 stand-in: the number we gave as user.phone, else user.id (the
+    user.id is the conversation's opaque key; conversations from before identity aliases used the number)."""
+    user = chat.get("user") or {}
+    return str(user.get("phone") or "").lstrip("+") or str(user.get("id", ""))

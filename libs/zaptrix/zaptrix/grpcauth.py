@@ -67,6 +67,8 @@ MAPPER_METHODS = (
     "RecordDeliveries",
     "FindMessageLinks",
     "UpdateMessageStatuses",
+    "ApplyIdentityChange",
+    "FindConversationByIdentityAlias",
 )
 
 
@@ -120,6 +122,8 @@ ALLOWED: dict[str, frozenset[str]] = {
         "RecordDeliveries",
         "FindMessageLinks",
         "UpdateMessageStatuses",
+        # Identity aliases: a customer's number or BSUID changed (a WhatsApp system message).
+        "ApplyIdentityChange",
     ),
     # Operator tooling: everything (binding channels, storing channel credentials).
     ADMIN: _tk(*TOKEN_KEEPER_METHODS) | _mapper(*MAPPER_METHODS),

@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 
 from zaptrix.clients import Clients
 from zaptrix.rpc import call
-from zaptrix.v1 import mapper_pb2, token_keeper_pb2
+from zaptrix.v1 import events_pb2, mapper_pb2, token_keeper_pb2
 
 MAPPER_MAX_BATCH = 1000  # items per CheckProcessedMany / FindMessageLinks / UpdateMessageStatuses (mapper)
 
@@ -95,12 +95,33 @@ class Deps:
         return await self._unary(self.mapper.ListChannels, req, "mapper ListChannels")
 
     async def get_or_create_conversation(
-        self, phone_number_id: str, wa_id: str, contact_name: str
+        self,
+        phone_number_id: str,
+        wa_id: str,
+        contact_name: str,
+        cm: events_pb2.CustomerMessage | None = None,
     ) -> mapper_pb2.GetOrCreateConversationResponse:
         req = mapper_pb2.GetOrCreateConversationRequest(
             phone_number_id=phone_number_id, wa_id=wa_id, contact_name=contact_name
         )
+        if cm is not None and cm.user_id:  # identity aliases: a BSUID-only customer sends no phone
+            req.wa_id = wa_id if cm.phone_known else ""
+            req.user_id, req.parent_user_id, req.username = cm.user_id, cm.parent_user_id, cm.username
         return await self._unary(self.mapper.GetOrCreateConversation, req, "mapper GetOrCreateConversation")
+
+    async def apply_identity_change(
+        self, change: events_pb2.CustomerIdentityChange
+    ) -> mapper_pb2.IdentityChangeResponse:
+        req = mapper_pb2.IdentityChangeRequest(
+            phone_number_id=change.phone_number_id,
+            previous_user_id=change.previous_user_id,
+            previous_parent_user_id=change.previous_parent_user_id,
+            previous_wa_id=change.previous_wa_id,
+            user_id=change.user_id,
+            parent_user_id=change.parent_user_id,
+            wa_id=change.wa_id,
+        )
+        return await self._unary(self.mapper.ApplyIdentityChange, req, "mapper ApplyIdentityChange")
 
     async def find_portal_conversation(
         self, member_id: str, external_chat_id: str

@@ -8,9 +8,11 @@ from typing import Any
 
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
+from zaptrix import identity
 from zaptrix.v1 import mapper_pb2 as pb
 
 from mapper.errors import InvalidArgument
+from mapper.identity import Identity
 from mapper.model import (
     BITRIX_STATUSES,
     WHATSAPP_STATUSES,
@@ -199,6 +201,11 @@ def conversation_pb(c: Conversation) -> pb.Conversation:
         bitrix_contact_id=c.bitrix_contact_id or "",
         bitrix_chat_id=c.bitrix_chat_id or "",
         contact_name=c.contact_name or "",
+        customer_phone=c.customer_phone or "",
+        customer_user_id=c.customer_user_id or "",
+        customer_parent_user_id=c.customer_parent_user_id or "",
+        customer_username=c.customer_username or "",
+        bitrix_user_id=c.bitrix_user_id,
     )
     _set_ts(out.last_message_at, c.last_message_at)
     _set_ts(out.last_customer_message_at, c.last_customer_message_at)
@@ -219,4 +226,31 @@ def link_pb(link: MessageLink) -> pb.MessageLink:
     )
     _set_ts(out.created_at, link.created_at)
     _set_ts(out.updated_at, link.updated_at)
+    return out
+
+
+ALIAS_KIND_FROM_PB = {
+    pb.IDENTITY_ALIAS_KIND_PHONE: "phone",
+    pb.IDENTITY_ALIAS_KIND_BSUID: "bsuid",
+    pb.IDENTITY_ALIAS_KIND_PARENT_BSUID: "parent_bsuid",
+    pb.IDENTITY_ALIAS_KIND_USERNAME: "username",
+}
+
+
+def customer_identity(
+    wa_id: str, user_id: str, parent_user_id: str, username: str, *, need_key: bool = True
+) -> Identity:
+    """A customer's identifiers from a request, each checked for its format (identity aliases)."""
+    checks = (
+        ("wa_id", wa_id, lambda v: len(v) <= MAX_ID and v.strip() == v and "\x00" not in v),
+        ("user_id", user_id, identity.is_bsuid),
+        ("parent_user_id", parent_user_id, identity.is_bsuid),
+        ("username", username, identity.is_username),
+    )
+    for name, value, ok in checks:
+        if value and not ok(value):
+            raise InvalidArgument(f"{name} is not a valid identifier")
+    out = Identity(wa_id or None, user_id or None, parent_user_id or None, username or None)
+    if need_key and out.key is None:
+        raise InvalidArgument("wa_id or user_id is required")
     return out

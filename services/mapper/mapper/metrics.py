@@ -22,5 +22,9 @@ CACHE_LOOKUPS = Counter(
 )
 CACHE_ENTRIES = Gauge("zaptrix_mapper_cache_entries", "Entries held by an in-process cache", ["cache"])
 CONVERSATIONS_CREATED = Counter("zaptrix_mapper_conversations_created_total", "Conversations created")
+IDENTITY_MERGES = Counter(
+    "zaptrix_mapper_identity_merges_total",
+    "Conversations merged into another: the same person by phone or BSUID",
+)
 DEDUPE_EXPIRED = Counter("zaptrix_mapper_dedupe_expired_total", "Processed-event records deleted by expiry")
 DEDUPE_EXPIRY_ERRORS = Counter("zaptrix_mapper_dedupe_expiry_errors_total", "Expiry sweeps that failed")

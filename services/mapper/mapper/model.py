@@ -70,6 +70,13 @@ class Conversation:
     last_customer_message_at: datetime | None
     created_at: datetime
     updated_at: datetime
+    # The customer's current identity (identity_aliases): phone only when known; the BSUID is the one the
+    # customer has now. bitrix_user_id is the user.id Bitrix24 knows (never changes).
+    customer_phone: str | None = None
+    customer_user_id: str | None = None
+    customer_parent_user_id: str | None = None
+    customer_username: str | None = None
+    bitrix_user_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -38,7 +38,8 @@ CHANNEL_COLUMNS = """phone_number_id, display_phone_number, member_id, line_id, 
     reengagement_template, template_language, active, created_at, updated_at"""
 CONVERSATION_COLUMNS = """id, phone_number_id, meta_whatsapp_id AS wa_id, member_id, external_chat_id,
     bitrix_contact_id, bitrix_chat_id, contact_name, last_message_at, last_customer_message_at,
-    created_at, updated_at"""
+    created_at, updated_at, customer_phone, customer_user_id, customer_parent_user_id, customer_username,
+    bitrix_user_id"""
 LINK_COLUMNS = """wamid, conversation_id, direction, member_id, bitrix_message_id, bitrix_chat_id,
     whatsapp_status, bitrix_status, created_at, updated_at"""
 
@@ -372,8 +373,14 @@ class Repository:
         return await self._find_conversation("id = $1", conversation_id)
 
     async def conversation_by_customer(self, phone_number_id: str, wa_id: str) -> Conversation | None:
+        # The key, else any phone or BSUID the person has had (identity aliases): a status names the
+        # customer by the address we sent to, which may not be the conversation's key.
         return await self._find_conversation(
-            "phone_number_id = $1 AND meta_whatsapp_id = $2", phone_number_id, wa_id
+            "phone_number_id = $1 AND (meta_whatsapp_id = $2 OR id = (SELECT conversation_id"
+            " FROM mapper.conversation_alias WHERE phone_number_id = $1 AND kind IN ('phone', 'bsuid')"
+            " AND value = $2 LIMIT 1)) ORDER BY meta_whatsapp_id = $2 DESC LIMIT 1",
+            phone_number_id,
+            wa_id,
         )
 
     async def conversation_by_portal_external_chat(

@@ -20,8 +20,9 @@ from typing import TypeVar
 
 from zaptrix.ttlcache import TtlCache
 
-from mapper.errors import FailedPrecondition, NotFound
-from mapper.metrics import CACHE_ENTRIES, CACHE_LOOKUPS, CONVERSATIONS_CREATED
+from mapper.errors import FailedPrecondition, InvalidArgument, NotFound
+from mapper.identity import Identity, Resolved, conversation_by_alias, resolve_identity
+from mapper.metrics import CACHE_ENTRIES, CACHE_LOOKUPS, CONVERSATIONS_CREATED, IDENTITY_MERGES
 from mapper.model import (
     ChannelBinding,
     ChannelSpec,
@@ -83,20 +84,61 @@ class MapperService:
     # conversations
 
     async def get_or_create_conversation(
-        self, phone_number_id: str, wa_id: str, contact_name: str | None
+        self,
+        phone_number_id: str,
+        wa_id: str | None,
+        contact_name: str | None,
+        identity: Identity | None = None,
     ) -> tuple[Conversation, bool]:
+        resolved = await self.resolve_customer(
+            phone_number_id, identity or Identity(phone=wa_id), contact_name
+        )
+        return resolved.conversation, resolved.created
+
+    async def resolve_customer(
+        self, phone_number_id: str, identity: Identity, contact_name: str | None
+    ) -> Resolved:
+        """The person's conversation by any identifier (identity aliases), created on first contact."""
         try:
             channel = await self.get_channel(phone_number_id)
         except NotFound as exc:
             raise FailedPrecondition(f"phone_number_id {phone_number_id} is not bound to a portal") from exc
         if not channel.active:
             raise FailedPrecondition(f"channel {phone_number_id} is inactive")
-        conversation, created = await self.repo.get_or_create_conversation(
-            phone_number_id, wa_id, new_external_chat_id(), contact_name
+        if identity.key is None:
+            raise InvalidArgument("wa_id or user_id is required")
+        resolved = await resolve_identity(
+            self.repo.db,
+            phone_number_id,
+            identity,
+            contact_name=contact_name,
+            external_chat_id=new_external_chat_id(),
         )
-        if created:
+        assert resolved is not None  # an external chat id was given: created when nothing matched
+        if resolved.created:
             CONVERSATIONS_CREATED.inc()
-        return conversation, created
+        if resolved.merged:
+            IDENTITY_MERGES.inc(len(resolved.merged))
+        return resolved
+
+    async def apply_identity_change(
+        self, phone_number_id: str, previous: Identity, new: Identity
+    ) -> Resolved:
+        resolved = await resolve_identity(
+            self.repo.db, phone_number_id, new, previous=previous, replaces_phone=new.phone is not None
+        )
+        if resolved is None:
+            raise NotFound("no conversation of this channel has the previous identifiers")
+        if resolved.merged:
+            IDENTITY_MERGES.inc(len(resolved.merged))
+        return resolved
+
+    async def conversation_by_identity_alias(
+        self, phone_number_id: str, kind: str, value: str
+    ) -> Conversation:
+        return self._found(
+            await conversation_by_alias(self.repo.db, phone_number_id, kind, value), "conversation"
+        )
 
     @staticmethod
     def _found(conversation: Conversation | None, what: str) -> Conversation:

@@ -80,14 +80,53 @@ class MapperServicer(mapper_pb2_grpc.MapperServicer):
     async def GetOrCreateConversation(
         self, request: pb.GetOrCreateConversationRequest
     ) -> pb.GetOrCreateConversationResponse:
-        conversation, created = await self.service.get_or_create_conversation(
+        identity = convert.customer_identity(
+            request.wa_id, request.user_id, request.parent_user_id, request.username
+        )
+        resolved = await self.service.resolve_customer(
             convert.required(request.phone_number_id, "phone_number_id"),
-            convert.required(request.wa_id, "wa_id"),
+            identity,
             convert.optional(request.contact_name, "contact_name", convert.MAX_TEXT),
         )
         return pb.GetOrCreateConversationResponse(
-            conversation=convert.conversation_pb(conversation), created=created
+            conversation=convert.conversation_pb(resolved.conversation),
+            created=resolved.created,
+            merged_conversation_ids=[str(i) for i in resolved.merged],
         )
+
+    @rpc
+    async def ApplyIdentityChange(self, request: pb.IdentityChangeRequest) -> pb.IdentityChangeResponse:
+        previous = convert.customer_identity(
+            request.previous_wa_id,
+            request.previous_user_id,
+            request.previous_parent_user_id,
+            "",
+            need_key=False,
+        )
+        new = convert.customer_identity(request.wa_id, request.user_id, request.parent_user_id, "")
+        if not previous.aliases():
+            raise InvalidArgument("previous_user_id or previous_wa_id is required")
+        resolved = await self.service.apply_identity_change(
+            convert.required(request.phone_number_id, "phone_number_id"), previous, new
+        )
+        return pb.IdentityChangeResponse(
+            conversation=convert.conversation_pb(resolved.conversation),
+            merged_conversation_ids=[str(i) for i in resolved.merged],
+        )
+
+    @rpc
+    async def FindConversationByIdentityAlias(
+        self, request: pb.FindConversationByIdentityAliasRequest
+    ) -> pb.Conversation:
+        kind = convert.ALIAS_KIND_FROM_PB.get(request.kind)
+        if kind is None:
+            raise InvalidArgument("kind is required")
+        found = await self.service.conversation_by_identity_alias(
+            convert.required(request.phone_number_id, "phone_number_id"),
+            kind,
+            convert.required(request.value, "value", 160),
+        )
+        return convert.conversation_pb(found)
 
     @rpc
     async def FindConversation(self, request: pb.FindConversationRequest) -> pb.Conversation:

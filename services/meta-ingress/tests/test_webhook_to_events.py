@@ -430,3 +430,188 @@ def test_over_long_customer_ids_are_refused() -> None:
         run(webhook(value([msg("text", {"body": "x"}, frm="1" * 600)], contacts=[])))
     with pytest.raises(WebhookShapeError, match="recipient id is too long"):
         run(webhook(value(statuses=[status("w", "read", recipient="1" * 600)])))
+
+
+# --- customers as people: BSUID-only customers and identity changes (2026) -----------------------------
+
+BSUID = "US.13491208655302741918"
+
+
+def _hook(value: dict[str, object]) -> Normalized:
+    body = {
+        "object": "whatsapp_business_account",
+        "entry": [
+            {
+                "id": "WABA",
+                "changes": [
+                    {
+                        "field": "messages",
+                        "value": {
+                            "messaging_product": "whatsapp",
+                            "metadata": {"display_phone_number": "15550001111", "phone_number_id": "PNID"},
+                            **value,
+                        },
+                    }
+                ],
+            }
+        ],
+    }
+    return normalize(parse_envelope(body), media_url)
+
+
+def test_a_bsuid_only_customer_is_keyed_by_the_bsuid_and_carries_the_username() -> None:
+    out = _hook(
+        {
+            "contacts": [{"profile": {"username": "ana.s"}, "user_id": BSUID, "parent_user_id": "US.ENT.42"}],
+            "messages": [
+                {
+                    "from_user_id": BSUID,
+                    "id": "wamid.B1",
+                    "timestamp": "1700000000",
+                    "type": "text",
+                    "text": {"body": "hi"},
+                }
+            ],
+        }
+    )
+    env = out.envelopes[0]
+    cm = env.customer_message
+    assert env.conversation_key == f"PNID:{BSUID}"
+    assert (cm.wa_id, cm.user_id, cm.parent_user_id, cm.username) == (BSUID, BSUID, "US.ENT.42", "ana.s")
+    assert not cm.phone_known and cm.profile_name == "ana.s" and cm.text == "hi"
+
+
+def test_a_customer_with_phone_and_bsuid_is_keyed_by_the_phone() -> None:
+    out = _hook(
+        {
+            "contacts": [{"profile": {"name": "Ana"}, "wa_id": "5511987654321", "user_id": BSUID}],
+            "messages": [
+                {
+                    "from": "5511987654321",
+                    "id": "wamid.B2",
+                    "timestamp": "1700000000",
+                    "type": "text",
+                    "text": {"body": "hi"},
+                }
+            ],
+        }
+    )
+    cm = out.envelopes[0].customer_message
+    assert out.envelopes[0].conversation_key == "PNID:5511987654321"
+    assert (cm.wa_id, cm.user_id, cm.phone_known, cm.profile_name) == ("5511987654321", BSUID, True, "Ana")
+
+
+def test_hostile_identity_fields_are_dropped_not_trusted() -> None:
+    out = _hook(
+        {
+            "contacts": [
+                {
+                    "profile": {"username": "a b\x00" * 50},
+                    "wa_id": "15550002222",
+                    "user_id": "US." + "9" * 500,
+                    "parent_user_id": ["x"],
+                }
+            ],
+            "messages": [
+                {
+                    "from": "15550002222",
+                    "from_user_id": {"x": 1},
+                    "id": "wamid.B3",
+                    "timestamp": "1700000000",
+                    "type": "text",
+                    "text": {"body": "hi"},
+                }
+            ],
+        }
+    )
+    cm = out.envelopes[0].customer_message
+    assert (cm.user_id, cm.parent_user_id, cm.username) == ("", "", "")
+    assert cm.wa_id == "15550002222"
+
+
+def test_a_status_to_a_bsuid_recipient_carries_recipient_user_id() -> None:
+    out = _hook(
+        {
+            "statuses": [
+                {
+                    "id": "wamid.S1",
+                    "status": "delivered",
+                    "timestamp": "1700000000",
+                    "recipient_user_id": BSUID,
+                    "recipient_parent_user_id": "US.ENT.42",
+                }
+            ]
+        }
+    )
+    st = out.envelopes[0].whatsapp_status
+    assert (st.wa_id, st.user_id, st.parent_user_id) == (BSUID, BSUID, "US.ENT.42")
+    assert out.envelopes[0].conversation_key == f"PNID:{BSUID}"
+
+
+def test_identity_change_system_messages_become_identity_change_events() -> None:
+    out = _hook(
+        {
+            "messages": [
+                {
+                    "from": "491701234567",
+                    "id": "wamid.SYS1",
+                    "timestamp": "1700000000",
+                    "type": "system",
+                    "system": {
+                        "body": "User Ana changed from 491701234567 to 491709999999",
+                        "type": "user_changed_number",
+                        "wa_id": "491709999999",
+                        "user_id": "US.777",
+                        "previous_user_id": BSUID,
+                    },
+                },
+                {
+                    "from_user_id": "US.777",
+                    "id": "wamid.SYS2",
+                    "timestamp": "1700000001",
+                    "type": "system",
+                    "system": {
+                        "body": "changed",
+                        "type": "user_changed_user_id",
+                        "user_id": "US.888",
+                        "previous_user_id": "US.777",
+                        "previous_parent_user_id": "US.ENT.1",
+                        "parent_user_id": "US.ENT.2",
+                    },
+                },
+            ]
+        }
+    )
+    first, second = (e.customer_identity_change for e in out.envelopes)
+    assert out.envelopes[0].event_id == "wa-identity:wamid.SYS1"
+    assert out.envelopes[0].conversation_key == "PNID:491701234567"  # behind the person's earlier messages
+    assert (first.previous_wa_id, first.previous_user_id, first.wa_id, first.user_id) == (
+        "491701234567",
+        BSUID,
+        "491709999999",
+        "US.777",
+    )
+    assert out.envelopes[1].conversation_key == "PNID:US.777"
+    assert (second.wa_id, second.user_id, second.previous_parent_user_id, second.parent_user_id) == (
+        "",
+        "US.888",
+        "US.ENT.1",
+        "US.ENT.2",
+    )
+
+
+def test_an_identity_change_with_a_forged_new_number_is_shown_not_applied() -> None:
+    out = _hook(
+        {
+            "messages": [
+                {
+                    "from": "491701234567",
+                    "id": "wamid.SYS3",
+                    "timestamp": "1700000000",
+                    "type": "system",
+                    "system": {"body": "x", "type": "user_changed_number", "wa_id": "49170; DROP"},
+                }
+            ]
+        }
+    )
+    assert out.envelopes[0].WhichOneof("kind") == "customer_message"

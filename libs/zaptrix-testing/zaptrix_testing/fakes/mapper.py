@@ -116,11 +116,30 @@ class FakeMapper(Recorder, mapper_pb2_grpc.MapperServicer):
             channel = self.channels.get(request.phone_number_id)
             if channel is None or not channel.active:  # as the mapper: a precondition, not a lookup
                 await abort(context, grpc.StatusCode.FAILED_PRECONDITION, "channel not bound or inactive")
-            conv = self.by_customer(request.phone_number_id, request.wa_id)
+            key = request.wa_id or request.user_id  # the mapper's key: the phone when known, else the BSUID
+            conv = self.by_customer(request.phone_number_id, key)
             if conv is not None:
                 return mapper_pb2.GetOrCreateConversationResponse(conversation=conv, created=False)
-            conv = self.add_conversation(request.phone_number_id, request.wa_id, request.contact_name)
+            conv = self.add_conversation(request.phone_number_id, key, request.contact_name)
             return mapper_pb2.GetOrCreateConversationResponse(conversation=conv, created=True)
+
+    async def ApplyIdentityChange(self, request: Any, context: Any) -> mapper_pb2.IdentityChangeResponse:
+        """Simplified: the conversation keyed by a previous identifier (the real mapper keeps all aliases)."""
+        await self._enter("ApplyIdentityChange", request, context)
+        for previous in (request.previous_wa_id, request.previous_user_id):
+            conv = self.by_customer(request.phone_number_id, previous) if previous else None
+            if conv is not None:
+                return mapper_pb2.IdentityChangeResponse(conversation=conv)
+        await abort(context, grpc.StatusCode.NOT_FOUND, "no conversation has the previous identifiers")
+        raise AssertionError("unreachable")
+
+    async def FindConversationByIdentityAlias(self, request: Any, context: Any) -> mapper_pb2.Conversation:
+        await self._enter("FindConversationByIdentityAlias", request, context)
+        conv = self.by_customer(request.phone_number_id, request.value)
+        if conv is None:
+            await abort(context, grpc.StatusCode.NOT_FOUND, "conversation not found")
+        assert conv is not None
+        return conv
 
     async def FindConversation(self, request: Any, context: Any) -> mapper_pb2.Conversation:
         await self._enter("FindConversation", request, context)

@@ -54,6 +54,7 @@ class Envelope(_message.Message):
     SEND_FAILURE_FIELD_NUMBER: _builtins.int
     LINE_REMOVED_FIELD_NUMBER: _builtins.int
     WINDOW_CLOSED_FIELD_NUMBER: _builtins.int
+    CUSTOMER_IDENTITY_CHANGE_FIELD_NUMBER: _builtins.int
     event_id: _builtins.str
     """Stable id of the event; redeliveries carry the same id (dedupe key).
     WhatsApp message: "wa:<wamid>"; WhatsApp status: "wa-status:<wamid>:<status>";
@@ -82,6 +83,8 @@ class Envelope(_message.Message):
     def line_removed(self) -> Global___LineRemoved: ...
     @_builtins.property
     def window_closed(self) -> Global___WindowClosed: ...
+    @_builtins.property
+    def customer_identity_change(self) -> Global___CustomerIdentityChange: ...
     def __init__(
         self,
         *,
@@ -98,12 +101,13 @@ class Envelope(_message.Message):
         send_failure: Global___SendFailure | None = ...,
         line_removed: Global___LineRemoved | None = ...,
         window_closed: Global___WindowClosed | None = ...,
+        customer_identity_change: Global___CustomerIdentityChange | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["customer_message", b"customer_message", "kind", b"kind", "line_removed", b"line_removed", "occurred_at", b"occurred_at", "operator_message", b"operator_message", "operator_message_delete", b"operator_message_delete", "operator_message_edit", b"operator_message_edit", "operator_read", b"operator_read", "send_failure", b"send_failure", "whatsapp_status", b"whatsapp_status", "window_closed", b"window_closed"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["customer_identity_change", b"customer_identity_change", "customer_message", b"customer_message", "kind", b"kind", "line_removed", b"line_removed", "occurred_at", b"occurred_at", "operator_message", b"operator_message", "operator_message_delete", b"operator_message_delete", "operator_message_edit", b"operator_message_edit", "operator_read", b"operator_read", "send_failure", b"send_failure", "whatsapp_status", b"whatsapp_status", "window_closed", b"window_closed"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["conversation_key", b"conversation_key", "customer_message", b"customer_message", "event_id", b"event_id", "kind", b"kind", "line_removed", b"line_removed", "occurred_at", b"occurred_at", "operator_message", b"operator_message", "operator_message_delete", b"operator_message_delete", "operator_message_edit", b"operator_message_edit", "operator_read", b"operator_read", "send_failure", b"send_failure", "source", b"source", "whatsapp_status", b"whatsapp_status", "window_closed", b"window_closed"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["conversation_key", b"conversation_key", "customer_identity_change", b"customer_identity_change", "customer_message", b"customer_message", "event_id", b"event_id", "kind", b"kind", "line_removed", b"line_removed", "occurred_at", b"occurred_at", "operator_message", b"operator_message", "operator_message_delete", b"operator_message_delete", "operator_message_edit", b"operator_message_edit", "operator_read", b"operator_read", "send_failure", b"send_failure", "source", b"source", "whatsapp_status", b"whatsapp_status", "window_closed", b"window_closed"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["customer_message", "whatsapp_status", "operator_message", "operator_message_edit", "operator_message_delete", "operator_read", "send_failure", "line_removed", "window_closed"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["customer_message", "whatsapp_status", "operator_message", "operator_message_edit", "operator_message_delete", "operator_read", "send_failure", "line_removed", "window_closed", "customer_identity_change"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
@@ -204,6 +208,10 @@ class CustomerMessage(_message.Message):
     REACTION_EMOJI_FIELD_NUMBER: _builtins.int
     REACTION_TO_WAMID_FIELD_NUMBER: _builtins.int
     RAW_JSON_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    PARENT_USER_ID_FIELD_NUMBER: _builtins.int
+    USERNAME_FIELD_NUMBER: _builtins.int
+    PHONE_KNOWN_FIELD_NUMBER: _builtins.int
     phone_number_id: _builtins.str
     """our channel"""
     display_phone_number: _builtins.str
@@ -223,6 +231,15 @@ class CustomerMessage(_message.Message):
     reaction_to_wamid: _builtins.str
     raw_json: _builtins.str
     """the original message object, for audit and future fields"""
+    user_id: _builtins.str
+    """Identity (2026): wa_id above is the customer key, the phone when Meta shares it, else the BSUID.
+    BSUID (contacts[].user_id / from_user_id), empty when not sent
+    """
+    parent_user_id: _builtins.str
+    username: _builtins.str
+    """contacts[].profile.username"""
+    phone_known: _builtins.bool
+    """wa_id is a phone number (false: a BSUID-only customer)"""
     @_builtins.property
     def sent_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -247,10 +264,14 @@ class CustomerMessage(_message.Message):
         reaction_emoji: _builtins.str = ...,
         reaction_to_wamid: _builtins.str = ...,
         raw_json: _builtins.str = ...,
+        user_id: _builtins.str = ...,
+        parent_user_id: _builtins.str = ...,
+        username: _builtins.str = ...,
+        phone_known: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["location", b"location", "sent_at", b"sent_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["display_phone_number", b"display_phone_number", "forwarded", b"forwarded", "location", b"location", "media", b"media", "phone_number_id", b"phone_number_id", "profile_name", b"profile_name", "raw_json", b"raw_json", "reaction_emoji", b"reaction_emoji", "reaction_to_wamid", b"reaction_to_wamid", "reply_to_wamid", b"reply_to_wamid", "sent_at", b"sent_at", "text", b"text", "type", b"type", "wa_id", b"wa_id", "wamid", b"wamid"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["display_phone_number", b"display_phone_number", "forwarded", b"forwarded", "location", b"location", "media", b"media", "parent_user_id", b"parent_user_id", "phone_known", b"phone_known", "phone_number_id", b"phone_number_id", "profile_name", b"profile_name", "raw_json", b"raw_json", "reaction_emoji", b"reaction_emoji", "reaction_to_wamid", b"reaction_to_wamid", "reply_to_wamid", b"reply_to_wamid", "sent_at", b"sent_at", "text", b"text", "type", b"type", "user_id", b"user_id", "username", b"username", "wa_id", b"wa_id", "wamid", b"wamid"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -266,6 +287,8 @@ class WhatsAppStatus(_message.Message):
     STATUS_FIELD_NUMBER: _builtins.int
     AT_FIELD_NUMBER: _builtins.int
     ERRORS_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    PARENT_USER_ID_FIELD_NUMBER: _builtins.int
     phone_number_id: _builtins.str
     wa_id: _builtins.str
     """recipient_id"""
@@ -273,6 +296,10 @@ class WhatsAppStatus(_message.Message):
     """our outbound message"""
     status: _builtins.str
     """sent | delivered | read | failed"""
+    user_id: _builtins.str
+    """recipient_user_id (BSUID); wa_id is recipient_id, else this"""
+    parent_user_id: _builtins.str
+    """recipient_parent_user_id"""
     @_builtins.property
     def at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -286,14 +313,74 @@ class WhatsAppStatus(_message.Message):
         status: _builtins.str = ...,
         at: _timestamp_pb2.Timestamp | None = ...,
         errors: _abc.Iterable[Global___GraphError] | None = ...,
+        user_id: _builtins.str = ...,
+        parent_user_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "errors", b"errors", "phone_number_id", b"phone_number_id", "status", b"status", "wa_id", b"wa_id", "wamid", b"wamid"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "errors", b"errors", "parent_user_id", b"parent_user_id", "phone_number_id", b"phone_number_id", "status", b"status", "user_id", b"user_id", "wa_id", b"wa_id", "wamid", b"wamid"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___WhatsAppStatus: _TypeAlias = WhatsAppStatus  # noqa: Y015
+
+@_typing.final
+class CustomerIdentityChange(_message.Message):
+    """A system message (messages[].type = "system") saying the customer's identity changed:
+    user_changed_number (new phone and new BSUID) or user_changed_user_id (new BSUID only). The
+    bitrix dispatcher adds the new identifiers to the person's conversation (mapper ApplyIdentityChange).
+    Event id "wa-identity:<wamid>"; keyed by the previous identity, behind the person's earlier messages.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PHONE_NUMBER_ID_FIELD_NUMBER: _builtins.int
+    CHANGE_TYPE_FIELD_NUMBER: _builtins.int
+    WAMID_FIELD_NUMBER: _builtins.int
+    PREVIOUS_WA_ID_FIELD_NUMBER: _builtins.int
+    PREVIOUS_USER_ID_FIELD_NUMBER: _builtins.int
+    PREVIOUS_PARENT_USER_ID_FIELD_NUMBER: _builtins.int
+    WA_ID_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    PARENT_USER_ID_FIELD_NUMBER: _builtins.int
+    TEXT_FIELD_NUMBER: _builtins.int
+    phone_number_id: _builtins.str
+    change_type: _builtins.str
+    """user_changed_number | user_changed_user_id"""
+    wamid: _builtins.str
+    previous_wa_id: _builtins.str
+    """messages[].from: the phone the customer had, if sent"""
+    previous_user_id: _builtins.str
+    """system.previous_user_id"""
+    previous_parent_user_id: _builtins.str
+    wa_id: _builtins.str
+    """the new phone (system.wa_id), user_changed_number only"""
+    user_id: _builtins.str
+    """the new BSUID (system.user_id)"""
+    parent_user_id: _builtins.str
+    text: _builtins.str
+    """system.body, shown to the operator"""
+    def __init__(
+        self,
+        *,
+        phone_number_id: _builtins.str = ...,
+        change_type: _builtins.str = ...,
+        wamid: _builtins.str = ...,
+        previous_wa_id: _builtins.str = ...,
+        previous_user_id: _builtins.str = ...,
+        previous_parent_user_id: _builtins.str = ...,
+        wa_id: _builtins.str = ...,
+        user_id: _builtins.str = ...,
+        parent_user_id: _builtins.str = ...,
+        text: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["change_type", b"change_type", "parent_user_id", b"parent_user_id", "phone_number_id", b"phone_number_id", "previous_parent_user_id", b"previous_parent_user_id", "previous_user_id", b"previous_user_id", "previous_wa_id", b"previous_wa_id", "text", b"text", "user_id", b"user_id", "wa_id", b"wa_id", "wamid", b"wamid"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CustomerIdentityChange: _TypeAlias = CustomerIdentityChange  # noqa: Y015
 
 @_typing.final
 class GraphError(_message.Message):

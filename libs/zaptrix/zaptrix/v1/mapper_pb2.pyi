@@ -43,6 +43,27 @@ CRM_MODE_OPEN_LINE: CrmMode.ValueType  # 2
 """the Open Line's own CRM tracker does it from user.phone"""
 Global___CrmMode: _TypeAlias = CrmMode  # noqa: Y015
 
+class _IdentityAliasKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _IdentityAliasKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_IdentityAliasKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    IDENTITY_ALIAS_KIND_UNSPECIFIED: _IdentityAliasKind.ValueType  # 0
+    IDENTITY_ALIAS_KIND_PHONE: _IdentityAliasKind.ValueType  # 1
+    IDENTITY_ALIAS_KIND_BSUID: _IdentityAliasKind.ValueType  # 2
+    IDENTITY_ALIAS_KIND_PARENT_BSUID: _IdentityAliasKind.ValueType  # 3
+    IDENTITY_ALIAS_KIND_USERNAME: _IdentityAliasKind.ValueType  # 4
+
+class IdentityAliasKind(_IdentityAliasKind, metaclass=_IdentityAliasKindEnumTypeWrapper): ...
+
+IDENTITY_ALIAS_KIND_UNSPECIFIED: IdentityAliasKind.ValueType  # 0
+IDENTITY_ALIAS_KIND_PHONE: IdentityAliasKind.ValueType  # 1
+IDENTITY_ALIAS_KIND_BSUID: IdentityAliasKind.ValueType  # 2
+IDENTITY_ALIAS_KIND_PARENT_BSUID: IdentityAliasKind.ValueType  # 3
+IDENTITY_ALIAS_KIND_USERNAME: IdentityAliasKind.ValueType  # 4
+Global___IdentityAliasKind: _TypeAlias = IdentityAliasKind  # noqa: Y015
+
 class _Direction:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -206,6 +227,11 @@ class Conversation(_message.Message):
     LAST_MESSAGE_AT_FIELD_NUMBER: _builtins.int
     LAST_CUSTOMER_MESSAGE_AT_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
+    CUSTOMER_PHONE_FIELD_NUMBER: _builtins.int
+    CUSTOMER_USER_ID_FIELD_NUMBER: _builtins.int
+    CUSTOMER_PARENT_USER_ID_FIELD_NUMBER: _builtins.int
+    CUSTOMER_USERNAME_FIELD_NUMBER: _builtins.int
+    BITRIX_USER_ID_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """uuid"""
     phone_number_id: _builtins.str
@@ -217,6 +243,17 @@ class Conversation(_message.Message):
     bitrix_chat_id: _builtins.str
     """session.CHAT_ID"""
     contact_name: _builtins.str
+    customer_phone: _builtins.str
+    """The customer's current identity (empty when unknown). wa_id above is the conversation's key (the
+    phone when known at creation, else the BSUID) and never changes.
+    send with "to" when set
+    """
+    customer_user_id: _builtins.str
+    """BSUID: send with "recipient" when there is no phone"""
+    customer_parent_user_id: _builtins.str
+    customer_username: _builtins.str
+    bitrix_user_id: _builtins.str
+    """user.id we give Bitrix24: stable for the conversation"""
     @_builtins.property
     def last_message_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -239,10 +276,15 @@ class Conversation(_message.Message):
         last_message_at: _timestamp_pb2.Timestamp | None = ...,
         last_customer_message_at: _timestamp_pb2.Timestamp | None = ...,
         created_at: _timestamp_pb2.Timestamp | None = ...,
+        customer_phone: _builtins.str = ...,
+        customer_user_id: _builtins.str = ...,
+        customer_parent_user_id: _builtins.str = ...,
+        customer_username: _builtins.str = ...,
+        bitrix_user_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "last_customer_message_at", b"last_customer_message_at", "last_message_at", b"last_message_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bitrix_chat_id", b"bitrix_chat_id", "bitrix_contact_id", b"bitrix_contact_id", "contact_name", b"contact_name", "created_at", b"created_at", "external_chat_id", b"external_chat_id", "id", b"id", "last_customer_message_at", b"last_customer_message_at", "last_message_at", b"last_message_at", "member_id", b"member_id", "phone_number_id", b"phone_number_id", "wa_id", b"wa_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bitrix_chat_id", b"bitrix_chat_id", "bitrix_contact_id", b"bitrix_contact_id", "bitrix_user_id", b"bitrix_user_id", "contact_name", b"contact_name", "created_at", b"created_at", "customer_parent_user_id", b"customer_parent_user_id", "customer_phone", b"customer_phone", "customer_user_id", b"customer_user_id", "customer_username", b"customer_username", "external_chat_id", b"external_chat_id", "id", b"id", "last_customer_message_at", b"last_customer_message_at", "last_message_at", b"last_message_at", "member_id", b"member_id", "phone_number_id", b"phone_number_id", "wa_id", b"wa_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -255,19 +297,30 @@ class GetOrCreateConversationRequest(_message.Message):
     PHONE_NUMBER_ID_FIELD_NUMBER: _builtins.int
     WA_ID_FIELD_NUMBER: _builtins.int
     CONTACT_NAME_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    PARENT_USER_ID_FIELD_NUMBER: _builtins.int
+    USERNAME_FIELD_NUMBER: _builtins.int
     phone_number_id: _builtins.str
     wa_id: _builtins.str
+    """the phone; may be empty when user_id is set (a BSUID-only customer)"""
     contact_name: _builtins.str
+    user_id: _builtins.str
+    """BSUID"""
+    parent_user_id: _builtins.str
+    username: _builtins.str
     def __init__(
         self,
         *,
         phone_number_id: _builtins.str = ...,
         wa_id: _builtins.str = ...,
         contact_name: _builtins.str = ...,
+        user_id: _builtins.str = ...,
+        parent_user_id: _builtins.str = ...,
+        username: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["contact_name", b"contact_name", "phone_number_id", b"phone_number_id", "wa_id", b"wa_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["contact_name", b"contact_name", "parent_user_id", b"parent_user_id", "phone_number_id", b"phone_number_id", "user_id", b"user_id", "username", b"username", "wa_id", b"wa_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -279,22 +332,117 @@ class GetOrCreateConversationResponse(_message.Message):
 
     CONVERSATION_FIELD_NUMBER: _builtins.int
     CREATED_FIELD_NUMBER: _builtins.int
+    MERGED_CONVERSATION_IDS_FIELD_NUMBER: _builtins.int
     created: _builtins.bool
     @_builtins.property
     def conversation(self) -> Global___Conversation: ...
+    @_builtins.property
+    def merged_conversation_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Conversations found to be the same person (by phone / BSUID) and merged into this one (ids)."""
+
     def __init__(
         self,
         *,
         conversation: Global___Conversation | None = ...,
         created: _builtins.bool = ...,
+        merged_conversation_ids: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["conversation", b"conversation"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["conversation", b"conversation", "created", b"created"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["conversation", b"conversation", "created", b"created", "merged_conversation_ids", b"merged_conversation_ids"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetOrCreateConversationResponse: _TypeAlias = GetOrCreateConversationResponse  # noqa: Y015
+
+@_typing.final
+class IdentityChangeRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PHONE_NUMBER_ID_FIELD_NUMBER: _builtins.int
+    PREVIOUS_USER_ID_FIELD_NUMBER: _builtins.int
+    PREVIOUS_PARENT_USER_ID_FIELD_NUMBER: _builtins.int
+    PREVIOUS_WA_ID_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    PARENT_USER_ID_FIELD_NUMBER: _builtins.int
+    WA_ID_FIELD_NUMBER: _builtins.int
+    phone_number_id: _builtins.str
+    previous_user_id: _builtins.str
+    previous_parent_user_id: _builtins.str
+    previous_wa_id: _builtins.str
+    """the phone the customer had (the system message's "from"), if any"""
+    user_id: _builtins.str
+    """the new BSUID"""
+    parent_user_id: _builtins.str
+    wa_id: _builtins.str
+    """the new phone (user_changed_number), empty for user_changed_user_id"""
+    def __init__(
+        self,
+        *,
+        phone_number_id: _builtins.str = ...,
+        previous_user_id: _builtins.str = ...,
+        previous_parent_user_id: _builtins.str = ...,
+        previous_wa_id: _builtins.str = ...,
+        user_id: _builtins.str = ...,
+        parent_user_id: _builtins.str = ...,
+        wa_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["parent_user_id", b"parent_user_id", "phone_number_id", b"phone_number_id", "previous_parent_user_id", b"previous_parent_user_id", "previous_user_id", b"previous_user_id", "previous_wa_id", b"previous_wa_id", "user_id", b"user_id", "wa_id", b"wa_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___IdentityChangeRequest: _TypeAlias = IdentityChangeRequest  # noqa: Y015
+
+@_typing.final
+class IdentityChangeResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONVERSATION_FIELD_NUMBER: _builtins.int
+    MERGED_CONVERSATION_IDS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def conversation(self) -> Global___Conversation: ...
+    @_builtins.property
+    def merged_conversation_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        conversation: Global___Conversation | None = ...,
+        merged_conversation_ids: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["conversation", b"conversation"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["conversation", b"conversation", "merged_conversation_ids", b"merged_conversation_ids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___IdentityChangeResponse: _TypeAlias = IdentityChangeResponse  # noqa: Y015
+
+@_typing.final
+class FindConversationByIdentityAliasRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PHONE_NUMBER_ID_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
+    phone_number_id: _builtins.str
+    kind: Global___IdentityAliasKind.ValueType
+    value: _builtins.str
+    def __init__(
+        self,
+        *,
+        phone_number_id: _builtins.str = ...,
+        kind: Global___IdentityAliasKind.ValueType = ...,
+        value: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "phone_number_id", b"phone_number_id", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FindConversationByIdentityAliasRequest: _TypeAlias = FindConversationByIdentityAliasRequest  # noqa: Y015
 
 @_typing.final
 class FindConversationRequest(_message.Message):

@@ -114,6 +114,16 @@ class MapperStub:
                 request_serializer=zaptrix_dot_v1_dot_mapper__pb2.UpdateMessageStatusesRequest.SerializeToString,
                 response_deserializer=zaptrix_dot_v1_dot_mapper__pb2.UpdateMessageStatusesResponse.FromString,
                 _registered_method=True)
+        self.ApplyIdentityChange = channel.unary_unary(
+                '/zaptrix.v1.Mapper/ApplyIdentityChange',
+                request_serializer=zaptrix_dot_v1_dot_mapper__pb2.IdentityChangeRequest.SerializeToString,
+                response_deserializer=zaptrix_dot_v1_dot_mapper__pb2.IdentityChangeResponse.FromString,
+                _registered_method=True)
+        self.FindConversationByIdentityAlias = channel.unary_unary(
+                '/zaptrix.v1.Mapper/FindConversationByIdentityAlias',
+                request_serializer=zaptrix_dot_v1_dot_mapper__pb2.FindConversationByIdentityAliasRequest.SerializeToString,
+                response_deserializer=zaptrix_dot_v1_dot_mapper__pb2.Conversation.FromString,
+                _registered_method=True)
 
 
 class MapperServicer:
@@ -230,6 +240,22 @@ class MapperServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ApplyIdentityChange(self, request, context):
+        """Customers as people (identity aliases): an identity-change system message (user_changed_number,
+        user_changed_user_id) adds the new identifiers to the person's conversation; NOT_FOUND when the
+        previous identifiers name no conversation of the channel (nothing to change).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def FindConversationByIdentityAlias(self, request, context):
+        """A conversation by any identifier it has had on the channel (phone, BSUID, parent BSUID, username).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MapperServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -312,6 +338,16 @@ def add_MapperServicer_to_server(servicer, server):
                     servicer.UpdateMessageStatuses,
                     request_deserializer=zaptrix_dot_v1_dot_mapper__pb2.UpdateMessageStatusesRequest.FromString,
                     response_serializer=zaptrix_dot_v1_dot_mapper__pb2.UpdateMessageStatusesResponse.SerializeToString,
+            ),
+            'ApplyIdentityChange': grpc.unary_unary_rpc_method_handler(
+                    servicer.ApplyIdentityChange,
+                    request_deserializer=zaptrix_dot_v1_dot_mapper__pb2.IdentityChangeRequest.FromString,
+                    response_serializer=zaptrix_dot_v1_dot_mapper__pb2.IdentityChangeResponse.SerializeToString,
+            ),
+            'FindConversationByIdentityAlias': grpc.unary_unary_rpc_method_handler(
+                    servicer.FindConversationByIdentityAlias,
+                    request_deserializer=zaptrix_dot_v1_dot_mapper__pb2.FindConversationByIdentityAliasRequest.FromString,
+                    response_serializer=zaptrix_dot_v1_dot_mapper__pb2.Conversation.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -746,6 +782,60 @@ class Mapper:
             '/zaptrix.v1.Mapper/UpdateMessageStatuses',
             zaptrix_dot_v1_dot_mapper__pb2.UpdateMessageStatusesRequest.SerializeToString,
             zaptrix_dot_v1_dot_mapper__pb2.UpdateMessageStatusesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ApplyIdentityChange(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/zaptrix.v1.Mapper/ApplyIdentityChange',
+            zaptrix_dot_v1_dot_mapper__pb2.IdentityChangeRequest.SerializeToString,
+            zaptrix_dot_v1_dot_mapper__pb2.IdentityChangeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FindConversationByIdentityAlias(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/zaptrix.v1.Mapper/FindConversationByIdentityAlias',
+            zaptrix_dot_v1_dot_mapper__pb2.FindConversationByIdentityAliasRequest.SerializeToString,
+            zaptrix_dot_v1_dot_mapper__pb2.Conversation.FromString,
             options,
             channel_credentials,
             insecure,

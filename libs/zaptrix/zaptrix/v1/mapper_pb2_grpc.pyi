@@ -67,6 +67,13 @@ class MapperStub:
     so the list has the effect of the single calls in any order. The links found, as they are after the
     whole list, in request order; a wamid without a link is left out.
     """
+    ApplyIdentityChange: _grpc.UnaryUnaryMultiCallable[_mapper_pb2.IdentityChangeRequest, _mapper_pb2.IdentityChangeResponse]
+    """Customers as people (identity aliases): an identity-change system message (user_changed_number,
+    user_changed_user_id) adds the new identifiers to the person's conversation; NOT_FOUND when the
+    previous identifiers name no conversation of the channel (nothing to change).
+    """
+    FindConversationByIdentityAlias: _grpc.UnaryUnaryMultiCallable[_mapper_pb2.FindConversationByIdentityAliasRequest, _mapper_pb2.Conversation]
+    """A conversation by any identifier it has had on the channel (phone, BSUID, parent BSUID, username)."""
 
 @_typing.type_check_only
 class MapperAsyncStub(MapperStub):
@@ -107,6 +114,13 @@ class MapperAsyncStub(MapperStub):
     so the list has the effect of the single calls in any order. The links found, as they are after the
     whole list, in request order; a wamid without a link is left out.
     """
+    ApplyIdentityChange: _aio.UnaryUnaryMultiCallable[_mapper_pb2.IdentityChangeRequest, _mapper_pb2.IdentityChangeResponse]  # type: ignore[assignment]
+    """Customers as people (identity aliases): an identity-change system message (user_changed_number,
+    user_changed_user_id) adds the new identifiers to the person's conversation; NOT_FOUND when the
+    previous identifiers name no conversation of the channel (nothing to change).
+    """
+    FindConversationByIdentityAlias: _aio.UnaryUnaryMultiCallable[_mapper_pb2.FindConversationByIdentityAliasRequest, _mapper_pb2.Conversation]  # type: ignore[assignment]
+    """A conversation by any identifier it has had on the channel (phone, BSUID, parent BSUID, username)."""
 
 class MapperServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -240,5 +254,24 @@ class MapperServicer(metaclass=_abc_1.ABCMeta):
         so the list has the effect of the single calls in any order. The links found, as they are after the
         whole list, in request order; a wamid without a link is left out.
         """
+
+    @_abc_1.abstractmethod
+    def ApplyIdentityChange(
+        self,
+        request: _mapper_pb2.IdentityChangeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_mapper_pb2.IdentityChangeResponse, _abc.Awaitable[_mapper_pb2.IdentityChangeResponse]]:
+        """Customers as people (identity aliases): an identity-change system message (user_changed_number,
+        user_changed_user_id) adds the new identifiers to the person's conversation; NOT_FOUND when the
+        previous identifiers name no conversation of the channel (nothing to change).
+        """
+
+    @_abc_1.abstractmethod
+    def FindConversationByIdentityAlias(
+        self,
+        request: _mapper_pb2.FindConversationByIdentityAliasRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_mapper_pb2.Conversation, _abc.Awaitable[_mapper_pb2.Conversation]]:
+        """A conversation by any identifier it has had on the channel (phone, BSUID, parent BSUID, username)."""
 
 def add_MapperServicer_to_server(servicer: MapperServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

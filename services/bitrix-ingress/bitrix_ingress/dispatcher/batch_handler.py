@@ -43,6 +43,7 @@ from bitrix_ingress.dispatcher.customer_messages import (
     finish_customers,
     prepare_customer,
 )
+from bitrix_ingress.dispatcher.identity_changes import apply_identity_change
 from bitrix_ingress.dispatcher.notices import finish_notice, prepare_failure, reroute_refused_im
 from bitrix_ingress.dispatcher.portal_calls import Answered, HeldBehind, PortalCalls
 from bitrix_ingress.dispatcher.sent_effects import SENT, record_sent, sent_result, with_sent_reason
@@ -228,6 +229,9 @@ class BitrixDispatcher:
                     processed=processed,
                     updates=updates,
                 )
+            if kind == "customer_identity_change":
+                change = rec.envelope.customer_identity_change
+                return await apply_identity_change(rec, change, deps=deps, conversations=self.conversations)
             if kind == "send_failure":
                 sf = rec.envelope.send_failure
                 return await prepare_failure(rec, sf, settings=settings, deps=deps, channels=channels)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from zaptrix.errors import TransientError
 from zaptrix.ttlcache import TtlCache
-from zaptrix.v1 import mapper_pb2
+from zaptrix.v1 import events_pb2, mapper_pb2
 
 from bitrix_ingress.deps import Deps
 
@@ -37,16 +37,27 @@ class Conversations:
         return len(self._cache)
 
     async def get(
-        self, channel: mapper_pb2.Channel, wa_id: str, contact_name: str
+        self,
+        channel: mapper_pb2.Channel,
+        wa_id: str,
+        contact_name: str,
+        cm: events_pb2.CustomerMessage | None = None,
     ) -> mapper_pb2.Conversation:
-        """The conversation of this channel's customer (GetOrCreateConversation unless known)."""
+        """The conversation of this channel's customer (GetOrCreateConversation unless known). ``cm``: the
+        message's identity (BSUID, username) for the mapper's identity aliases; the conversation found may
+        be keyed by another of the person's identifiers than ``wa_id``."""
         key: Key = (channel.member_id, channel.phone_number_id, wa_id)
         cached = self._cache.get(key) if self.enabled else None
-        if cached is not None and key_of(cached) == key:
+        if cached is not None and _same_portal(cached, key):
             return cached
-        got = await self.deps.get_or_create_conversation(channel.phone_number_id, wa_id, contact_name)
+        pnid = channel.phone_number_id
+        got = await (
+            self.deps.get_or_create_conversation(pnid, wa_id, contact_name)
+            if cm is None
+            else self.deps.get_or_create_conversation(pnid, wa_id, contact_name, cm=cm)
+        )
         conv = got.conversation
-        if key_of(conv) != key:
+        if not _same_portal(conv, key):
             # The channel binding this process holds names another portal than the conversation (the number
             # was moved): never deliver into the wrong portal; the channel is read again on the retry.
             raise TransientError(
@@ -54,13 +65,15 @@ class Conversations:
                 f"{channel.member_id}"
             )
         self.remember(conv)
+        if self.enabled and key_of(conv) != key:  # found by another identifier of the person
+            self._cache.put(key, conv)
         return conv
 
     def known(self, member_id: str, phone_number_id: str, wa_id: str) -> mapper_pb2.Conversation | None:
         """The cached conversation of this portal's channel and customer, if any (no mapper call)."""
         key: Key = (member_id, phone_number_id, wa_id)
         cached = self._cache.get(key) if self.enabled and member_id else None
-        return cached if cached is not None and key_of(cached) == key else None
+        return cached if cached is not None and _same_portal(cached, key) else None
 
     def remember(self, conv: mapper_pb2.Conversation) -> None:
         """The mapper's latest answer for a conversation (after a recording or an update)."""
@@ -71,3 +84,7 @@ class Conversations:
 
     def forget(self, conv: mapper_pb2.Conversation) -> None:
         self._cache.invalidate(key_of(conv))
+
+
+def _same_portal(conv: mapper_pb2.Conversation, key: Key) -> bool:
+    return (conv.member_id, conv.phone_number_id) == key[:2]

@@ -6,11 +6,13 @@ import contextlib
 from collections import OrderedDict
 from typing import Any, NamedTuple
 
+from zaptrix.identity import phone_variants
 from zaptrix.logging import get_logger
 from zaptrix.rpc import RpcFailed, RpcNotFound
 
 from bitrix_ingress.bitrix_rest.client import PermanentBitrixError
 from bitrix_ingress.deps import Deps, conversation_update
+from bitrix_ingress.dispatcher.packing import customer_user
 from bitrix_ingress.dispatcher.portal_calls import PortalCalls
 from bitrix_ingress.dispatcher.work import DeliverWork, Work
 from bitrix_ingress.metrics import CRM
@@ -36,10 +38,12 @@ async def ensure_contacts(
     keys = {conv_id: f"f{i}" for i, conv_id in enumerate(by_conv)}
     find: dict[str, tuple[str, dict[str, Any]]] = {}
     for conv_id, ws in by_conv.items():
-        phone = f"+{ws[0].cm.wa_id}"
+        # Every spelling of the number (Brazil's extra 9, Mexico's 521/52, Argentina's 549/54), with and
+        # without "+": a contact saved under another variant is the same person.
+        spellings = [v for digits in phone_variants(_phone_of(ws[0])) for v in (f"+{digits}", digits)]
         find[keys[conv_id]] = (
             "crm.duplicate.findbycomm",
-            {"type": "PHONE", "values": [phone, phone[1:]], "entity_type": "CONTACT"},
+            {"type": "PHONE", "values": spellings, "entity_type": "CONTACT"},
         )
     found, made = await requests.run_commands(member_id, find, [w for ws in by_conv.values() for w in ws])
     contact_ids: dict[str, str] = {}
@@ -63,7 +67,7 @@ async def ensure_contacts(
                 "fields": {
                     "NAME": name,
                     "LAST_NAME": last_name,
-                    "PHONE": [{"VALUE": f"+{first.cm.wa_id}", "VALUE_TYPE": "MOBILE"}],
+                    "PHONE": [{"VALUE": f"+{_phone_of(first)}", "VALUE_TYPE": "MOBILE"}],
                     "SOURCE_DESCRIPTION": "WhatsApp (Zaptrix)",
                     "OPENED": "Y",
                 },
@@ -89,6 +93,12 @@ async def ensure_contacts(
         except (RpcFailed, RpcNotFound) as exc:  # found again by phone next time: no duplicate
             log.warning("could not record the CRM contact", conversation_id=conv_id, error=str(exc))
     return Contacts(contact_ids, failed, made)
+
+
+def _phone_of(w: DeliverWork) -> str:
+    """The customer's number (prepare_customer asks for a contact only when one is known)."""
+    _, phone = customer_user(w.conv)
+    return w.cm.wa_id if phone is None else phone
 
 
 def _crm_failed(works: list[DeliverWork], exc: BaseException, failed: dict[Work, BaseException]) -> None:

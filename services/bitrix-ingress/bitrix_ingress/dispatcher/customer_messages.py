@@ -41,7 +41,7 @@ async def prepare_customer(
 ) -> Work | Outcome:
     """``processed``: the poll batch's CheckProcessedMany answers (an event missing from it is asked alone)."""
     event_id = rec.envelope.event_id
-    if not cm.wamid or not cm.wa_id or not cm.phone_number_id:
+    if not cm.wamid or not (cm.wa_id or cm.user_id) or not cm.phone_number_id:
         return Outcome.dead("customer message without wamid, wa_id or phone_number_id")
     check = (processed or {}).get(event_id) or await deps.check_processed(event_id)
     if check.processed:
@@ -52,7 +52,7 @@ async def prepare_customer(
     if not channel.active:
         return Outcome.dead(f"channel {cm.phone_number_id} is inactive")
     try:
-        conv = await conversations.get(channel, cm.wa_id, cm.profile_name)
+        conv = await conversations.get(channel, cm.wa_id, cm.profile_name, cm)
     except TransientError:
         channels.forget(cm.phone_number_id)
         raise
@@ -68,8 +68,9 @@ async def prepare_customer(
         line=int(channel.line_id),
         cm=cm,
         conv=conv,
-        contact_name=cm.profile_name or conv.contact_name,
-        need_contact=crm_gateway and not conv.bitrix_contact_id,
+        contact_name=cm.profile_name or conv.contact_name or cm.username or conv.customer_username,
+        # No phone, nothing to find or create a CRM contact by: the Open Line's tracker still gets the chat.
+        need_contact=crm_gateway and not conv.bitrix_contact_id and dl.customer_user(conv)[1] != "",
         contact_id=conv.bitrix_contact_id,
         reply_label=reply_label,
     )
@@ -95,7 +96,8 @@ def customer_item(w: DeliverWork) -> dl.Item:
         contact_name=w.contact_name,
         external_chat_id=w.conv.external_chat_id,
         reply_label=w.reply_label,
-        chat_name=display_name(w.contact_name, w.cm.wa_id),
+        chat_name=display_name(w.contact_name, dl.customer_user(w.conv)[1] or w.cm.wa_id),
+        user=dl.customer_user(w.conv),
     )
     return dl.Item(w, payload, has_files=bool(payload["message"].get("files")))
 

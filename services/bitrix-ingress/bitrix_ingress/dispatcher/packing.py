@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
-from zaptrix.v1 import events_pb2
+from zaptrix.v1 import events_pb2, mapper_pb2
 
 from bitrix_ingress.text import connector_notice_text, file_name, quote_block, split_name, whatsapp_to_bbcode
 
@@ -33,11 +33,26 @@ def unix(ts: Timestamp | None) -> int:
     return int(datetime.now(UTC).timestamp())
 
 
-def build_user(wa_id: str, contact_name: str) -> dict[str, Any]:
-    """The external user. Always built the same way from (wa_id, name): Bitrix24 rewrites the user's
-    name whenever the block changes, and an empty name would turn the customer into "Guest"."""
+def build_user(user_id: str, contact_name: str, phone: str | None = None) -> dict[str, Any]:
+    """The external user. Always built the same way from (id, name, phone): Bitrix24 rewrites the user's
+    name whenever the block changes, and an empty name would turn the customer into "Guest".
+
+    ``user_id`` is the conversation's bitrix_user_id (opaque and stable through number and BSUID changes;
+    conversations from before identity aliases keep their wa_id). ``phone``: the customer's number, only
+    when known (a BSUID-only customer has none); None means the old rule, the id is the number."""
     name, last_name = split_name(contact_name)
-    return {"id": wa_id, "name": name, "last_name": last_name, "phone": f"+{wa_id}"}
+    user = {"id": user_id, "name": name, "last_name": last_name}
+    phone = user_id if phone is None else phone
+    if phone:
+        user["phone"] = f"+{phone}"
+    return user
+
+
+def customer_user(conv: mapper_pb2.Conversation) -> tuple[str, str | None]:
+    """(user.id, phone) of a conversation; a mapper without identity aliases answers neither field."""
+    if not conv.bitrix_user_id:
+        return conv.wa_id, None
+    return conv.bitrix_user_id, conv.customer_phone
 
 
 def render_text(
@@ -80,6 +95,7 @@ def build_customer_item(
     external_chat_id: str,
     reply_label: str = "",
     chat_name: str = "",
+    user: tuple[str, str | None] | None = None,
 ) -> dict[str, Any]:
     message: dict[str, Any] = {"id": cm.wamid, "date": unix(cm.sent_at)}
     text = render_text(cm, reply_label)
@@ -91,7 +107,8 @@ def build_customer_item(
     chat: dict[str, Any] = {"id": external_chat_id}
     if chat_name:
         chat["name"] = chat_name
-    return {"user": build_user(cm.wa_id, contact_name), "message": message, "chat": chat}
+    user_id, phone = user or (cm.wa_id, None)
+    return {"user": build_user(user_id, contact_name, phone), "message": message, "chat": chat}
 
 
 def notice_id(event_id: str) -> str:
@@ -99,13 +116,19 @@ def notice_id(event_id: str) -> str:
 
 
 def build_notice_item(
-    *, event_id: str, wa_id: str, contact_name: str, external_chat_id: str, body: str
+    *,
+    event_id: str,
+    wa_id: str,
+    contact_name: str,
+    external_chat_id: str,
+    body: str,
+    phone: str | None = None,
 ) -> dict[str, Any]:
     """A failure notice posted through the connector (the fallback of the system message): lands in the
     conversation's chat under the customer's name, so its text says it is not theirs; it is never relayed
     back to WhatsApp (connector events fire only for operator messages), and skips the CRM tracker."""
     return {
-        "user": build_user(wa_id, contact_name),
+        "user": build_user(wa_id, contact_name, phone),
         "message": {
             "id": notice_id(event_id),
             "date": int(datetime.now(UTC).timestamp()),
@@ -129,6 +152,9 @@ def build_status_item(
     }
 
 
+BSUID_RECIPIENT_NOT_ALLOWED = 131062  # Meta: "BSUID recipient not supported for this message"
+
+
 def failure_text(
     error: events_pb2.GraphError | None, *, template_sent: bool = False, template: str = ""
 ) -> str:
@@ -144,6 +170,13 @@ def failure_text(
         else:
             reason += " Ask the customer to write first, or send a template."
         return f"Not delivered to WhatsApp: {reason}"
+    if code == BSUID_RECIPIENT_NOT_ALLOWED:
+        return (
+            "Not delivered to WhatsApp: this customer is known only by their WhatsApp username (no phone "
+            "number shared), and WhatsApp does not allow this kind of message (e.g. authentication "
+            "templates) to such a customer (error 131062). Reply with a normal message, or ask the "
+            "customer to share their phone number."
+        )
     if error is None:
         return "Not delivered to WhatsApp."
     detail = error.title or error.message or "unknown error"

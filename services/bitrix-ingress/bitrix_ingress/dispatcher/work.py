@@ -55,7 +55,8 @@ class StatusWork(Work):
 @dataclass(eq=False)
 class NoticeWork(Work):
     source: str = ""
-    wa_id: str = ""
+    wa_id: str = ""  # the user.id of the chat's customer (packing.customer_user)
+    phone: str | None = None  # the customer's number when known; None: wa_id is the number (old rule)
     contact_name: str = ""
     external_chat_id: str = ""
     bitrix_chat_id: str = ""

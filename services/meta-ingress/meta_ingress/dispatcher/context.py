@@ -55,6 +55,13 @@ class Target:
         return self.conversation.wa_id
 
     @property
+    def address(self) -> str:
+        """Whom the Graph API sends to: the phone when known, else the current BSUID (which goes in
+        "recipient", see send_plan.base_payload); a mapper without identity aliases: the key."""
+        c = self.conversation
+        return c.customer_phone or c.customer_user_id or c.wa_id
+
+    @property
     def key(self) -> str:
         return f"{self.phone_number_id}:{self.wa_id}"
 

@@ -227,9 +227,9 @@ class OperatorMessages:
 
     async def _send_part(self, rec: Received, target: Target, part: Part, part_id: str) -> str:
         """Send one part; refreshes the token once after 190 and drops a refused reply context once."""
-        pnid, to = target.phone_number_id, target.wa_id
+        pnid, to = target.phone_number_id, target.address
         sender, credentials = self.ctx.sender, self.ctx.credentials
-        sender.check_pair((pnid, to), part_id)  # before any upload work
+        sender.check_pair((pnid, target.wa_id), part_id)  # before any upload work
         token = target.creds.access_token
         if part.kind == "text":
             payload = text_payload(to, part.text, part.context_id)
@@ -238,7 +238,7 @@ class OperatorMessages:
             payload = media_payload(to, part, ref)
         for attempt in range(3):
             try:
-                return await self.ctx.once.send(rec, pnid, to, part_id, token, payload)
+                return await self.ctx.once.send(rec, pnid, target.wa_id, part_id, token, payload)
             except GraphApiError as exc:
                 action = classify(exc)
                 if action == Action.AUTH and attempt == 0:

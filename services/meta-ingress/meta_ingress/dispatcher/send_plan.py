@@ -20,6 +20,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from zaptrix import identity
 from zaptrix.v1 import events_pb2
 
 from meta_ingress.dispatcher.bbcode import MAX_TEXT, split_text, to_whatsapp
@@ -157,7 +158,10 @@ def too_long_notice(sent: int) -> str:
 
 
 def base_payload(to: str, kind: str, context_id: str = "") -> dict[str, Any]:
-    payload: dict[str, Any] = {"messaging_product": "whatsapp", "recipient_type": "individual", "to": to}
+    """``to``: a phone number, or a BSUID for a customer without one, which goes in "recipient" with no
+    "to" (Meta's business-scoped user ids page; a BSUID in "to" is silently dropped)."""
+    payload: dict[str, Any] = {"messaging_product": "whatsapp", "recipient_type": "individual"}
+    payload["recipient" if identity.is_bsuid(to) else "to"] = to
     payload["type"] = kind
     if context_id:
         payload["context"] = {"message_id": context_id}

@@ -86,7 +86,7 @@ class Window:
                 "cooldown",
                 " A re-engagement template was already sent recently; the customer needs to reply first.",
             )
-        payload = template_payload(target.wa_id, name, target.channel.template_language)
+        payload = template_payload(target.address, name, target.channel.template_language)
         try:
             wamid = await self.ctx.once.send(
                 rec, target.phone_number_id, target.wa_id, key, target.creds.access_token, payload

@@ -66,6 +66,7 @@ NOTIFY_CODES = frozenset(
     {
         131021,  # recipient cannot be the sender
         131026,  # undeliverable: not on WhatsApp, old client, terms not accepted
+        131062,  # not allowed for a BSUID recipient (e.g. authentication templates)
         131048,  # spam rate limit: only after a long pause
         131049,  # Meta chose not to deliver (per-user marketing limit)
         131050,  # the user stopped marketing messages
@@ -140,6 +141,12 @@ def notice_for(exc: GraphApiError) -> str:
         return (
             "Not delivered: more than 24 hours have passed since the customer last wrote, so WhatsApp only "
             "allows template messages now. Your message will reach the customer once they reply."
+        )
+    if code == 131062:
+        return (
+            "Not delivered: this customer is known only by their WhatsApp username (no phone number "
+            "shared), and WhatsApp does not allow this kind of message (e.g. authentication templates) to "
+            "such a customer. Reply with a normal message, or ask the customer to share their number."
         )
     if code == 131026:
         return (

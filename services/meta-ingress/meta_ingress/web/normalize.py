@@ -27,6 +27,7 @@ from typing import Any
 import orjson
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
+from zaptrix import identity
 from zaptrix.v1 import events_pb2
 
 from meta_ingress.sent_parts import CONFIRMING_STATUSES, opaque_of, sent_record_id
@@ -382,26 +383,36 @@ def _raw_json(msg: dict[str, Any]) -> str:
 def customer_message(
     change: Change,
     msg: dict[str, Any],
-    names: dict[str, str],
+    names: dict[str, ContactIdentity],
     media_url: MediaUrl,
     default_customer: str,
 ) -> events_pb2.Envelope:
     pnid = change.phone_number_id
     wamid = _id(msg.get("id"), "messages[].id")
-    customer = _str(msg.get("from")) or _str(msg.get("from_user_id")) or default_customer
+    from_user = _bsuid(msg.get("from_user_id"))
+    customer = _str(msg.get("from")) or from_user or default_customer
     if not customer:
-        raise WebhookShapeError(f"message {wamid[:80]} names no customer (from / contacts[].wa_id)")
+        raise WebhookShapeError(f"message {wamid[:80]} names no customer (from / from_user_id / contacts[])")
     if len(customer) > 512:  # it is part of the Kafka key
         raise WebhookShapeError(f"message {wamid[:80]}: the customer id is too long")
+    who = names.get(customer) or names.get(from_user) or ContactIdentity()
+    # The key is the phone when Meta shares it, else the BSUID (a BSUID-only customer).
+    phone = customer if not identity.is_bsuid(customer) else who.phone
+    if phone:
+        customer = phone
     kind = _str(msg.get("type")) or "unknown"
     out = events_pb2.CustomerMessage(
         phone_number_id=pnid,
         display_phone_number=change.display_phone_number,
         wa_id=customer,
-        profile_name=names.get(customer, ""),
+        profile_name=who.name,
         wamid=wamid,
         type=kind,
         raw_json=_raw_json(msg),
+        user_id=from_user or who.user_id or ("" if phone else customer),
+        parent_user_id=who.parent_user_id,
+        username=who.username,
+        phone_known=bool(phone),
     )
     sent_at = _timestamp(msg.get("timestamp"))
     out.sent_at.seconds = sent_at
@@ -475,11 +486,19 @@ def status_event(change: Change, st: dict[str, Any]) -> events_pb2.Envelope:
     pnid = change.phone_number_id
     wamid = _id(st.get("id"), "statuses[].id")
     status = _id(st.get("status"), "statuses[].status").lower()
-    recipient = _str(st.get("recipient_id")) or _str(st.get("recipient_user_id"))
+    user_id = _bsuid(st.get("recipient_user_id"))
+    recipient = _str(st.get("recipient_id")) or user_id
     if len(recipient) > 512:  # it is part of the Kafka key
         raise WebhookShapeError(f"status {wamid[:80]}: the recipient id is too long")
     at = _timestamp(st.get("timestamp"))
-    out = events_pb2.WhatsAppStatus(phone_number_id=pnid, wa_id=recipient, wamid=wamid, status=status)
+    out = events_pb2.WhatsAppStatus(
+        phone_number_id=pnid,
+        wa_id=recipient,
+        wamid=wamid,
+        status=status,
+        user_id=user_id,
+        parent_user_id=_bsuid(st.get("recipient_parent_user_id")),
+    )
     out.at.seconds = at
     out.errors.extend(_errors(st.get("errors")))
     return _envelope(f"wa-status:{wamid}:{status}", pnid, recipient, at, whatsapp_status=out)
@@ -497,6 +516,46 @@ def window_closed_event(st: events_pb2.WhatsAppStatus) -> events_pb2.Envelope | 
     )
 
 
+IDENTITY_CHANGES = ("user_changed_number", "user_changed_user_id")
+
+
+def identity_change_event(change: Change, msg: dict[str, Any]) -> events_pb2.Envelope | None:
+    """A CustomerIdentityChange for a system message saying the customer's number or BSUID changed
+    (Meta's system messages reference: no contacts array; system.{type, body, wa_id, user_id,
+    parent_user_id, previous_user_id, previous_parent_user_id}); None for any other message."""
+    system = _sub(msg.get("system"))
+    change_type = _str(system.get("type"))
+    if _str(msg.get("type")) != "system" or change_type not in IDENTITY_CHANGES:
+        return None
+    wamid = _id(msg.get("id"), "messages[].id")
+    previous_phone = _str(msg.get("from"))
+    new_phone = _str(system.get("wa_id")) or _str(system.get("new_wa_id"))
+    # Anything not shaped as documented is dropped: a message naming no previous or no new identity is
+    # shown to the operator as the system text it is (what Zaptrix did before identity changes).
+    previous_phone = previous_phone if identity.is_phone(previous_phone) else ""
+    new_phone = new_phone if identity.is_phone(new_phone) else ""
+    out = events_pb2.CustomerIdentityChange(
+        phone_number_id=change.phone_number_id,
+        change_type=change_type,
+        wamid=wamid,
+        previous_wa_id=previous_phone,
+        previous_user_id=_bsuid(system.get("previous_user_id")) or _bsuid(msg.get("from_user_id")),
+        previous_parent_user_id=_bsuid(system.get("previous_parent_user_id")),
+        wa_id=new_phone if change_type == "user_changed_number" else "",
+        user_id=_bsuid(system.get("user_id")),
+        parent_user_id=_bsuid(system.get("parent_user_id")),
+        text=_str(system.get("body"))[:1024],
+    )
+    previous = out.previous_wa_id or out.previous_user_id
+    if not previous or not (out.user_id or out.wa_id):
+        return None
+    at = _timestamp(msg.get("timestamp"))
+    # Keyed by the previous identity: behind the person's earlier messages on the same partition.
+    return _envelope(
+        f"wa-identity:{wamid}", change.phone_number_id, previous, at, customer_identity_change=out
+    )
+
+
 def _confirmation(st: events_pb2.WhatsAppStatus, opaque: Any) -> tuple[str, str] | None:
     """(sent record id, wamid) for a sent/delivered/read status echoing a part id we could have set."""
     if st.status not in CONFIRMING_STATUSES or not isinstance(opaque, str) or opaque_of(opaque) is None:
@@ -505,18 +564,43 @@ def _confirmation(st: events_pb2.WhatsAppStatus, opaque: Any) -> tuple[str, str]
     return (record_id, st.wamid) if record_id is not None else None
 
 
-def _contact_names(value: dict[str, Any]) -> tuple[dict[str, str], str]:
-    names: dict[str, str] = {}
+@dataclass(frozen=True, slots=True)
+class ContactIdentity:
+    """What contacts[] says about one customer (2026: wa_id may be omitted; user_id is the BSUID)."""
+
+    name: str = ""
+    phone: str = ""
+    user_id: str = ""
+    parent_user_id: str = ""
+    username: str = ""
+
+
+def _bsuid(value: Any) -> str:
+    """A BSUID, or "" for anything that is not one (hostile input never reaches a key or the mapper)."""
+    text = _str(value)
+    return text if identity.is_bsuid(text) else ""
+
+
+def _contact_names(value: dict[str, Any]) -> tuple[dict[str, ContactIdentity], str]:
+    """Each contact under its phone and its BSUID (a message names its customer by either)."""
+    found: dict[str, ContactIdentity] = {}
     first = ""
     for i, contact in enumerate(_list(value.get("contacts"), "value.contacts")):
         if not isinstance(contact, dict):
             _obj(contact, f"value.contacts[{i}]")
-        key = _str(contact.get("wa_id")) or _str(contact.get("user_id"))
         profile = _sub(contact.get("profile"))
-        if key:
-            names[key] = _str(profile.get("name")) or _str(profile.get("username"))
-            first = first or key
-    return names, first
+        username = _str(profile.get("username"))
+        who = ContactIdentity(
+            name=_str(profile.get("name")) or username,
+            phone=_str(contact.get("wa_id")),
+            user_id=_bsuid(contact.get("user_id")),
+            parent_user_id=_bsuid(contact.get("parent_user_id")),
+            username=username if identity.is_username(username) else "",
+        )
+        for key in {who.phone, who.user_id} - {""}:
+            found[key] = who
+        first = first or who.phone or who.user_id
+    return found, first
 
 
 def _items(value: dict[str, Any], key: str) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -544,6 +628,12 @@ def _normalize(hook: Webhook, media_url: MediaUrl) -> Normalized:
         # Only a single-contact change may fall back to contacts[0] for a message without "from".
         default_customer = first if len(names) == 1 else ""
         for _, msg in _items(value, "messages"):
+            change_env = identity_change_event(change, msg)
+            if change_env is not None:
+                result.envelopes.append(change_env)
+                result.messages += 1
+                result.types.append("system")
+                continue
             env = customer_message(change, msg, names, media_url, default_customer)
             result.envelopes.append(env)
             result.messages += 1
@@ -570,6 +660,14 @@ TRUNCATED = "[truncated]"
 # Routing and dedupe keys are bounded where they are read (_id, 512 chars) and never cut here.
 _KEEP = frozenset(
     {"event_id", "conversation_key", "phone_number_id", "wa_id", "wamid", "media_id", "url", "status", "type"}
+    | {
+        "user_id",
+        "parent_user_id",
+        "username",
+        "previous_wa_id",
+        "previous_user_id",
+        "previous_parent_user_id",
+    }
 )
 
 
