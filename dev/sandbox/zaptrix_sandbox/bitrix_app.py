@@ -11,7 +11,7 @@ from sanic import Request
 from sanic.response import HTTPResponse
 from sanic.response import json as json_response
 
-from . import bitrix_crm, bitrix_imconnector, bitrix_offline, bitrix_sim
+from . import bitrix_crm, bitrix_im, bitrix_imconnector, bitrix_offline, bitrix_sim
 from . import faults as fault_injection
 from .bitrix_oauth import handle_app_info, handle_token
 from .bitrix_rest import handle
@@ -20,7 +20,7 @@ from .bitrix_state import PortalState
 from .tasks import Background
 from .web import App, new_app
 
-assert bitrix_crm and bitrix_imconnector  # imported for their @method registrations
+assert bitrix_crm and bitrix_im and bitrix_imconnector  # imported for their @method registrations
 
 
 def _client() -> httpx.AsyncClient:

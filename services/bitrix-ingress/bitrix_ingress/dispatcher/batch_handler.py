@@ -35,6 +35,7 @@ from bitrix_ingress.bitrix_rest.client import BitrixError, TransientBitrixError
 from bitrix_ingress.bitrix_rest.portal import PortalClient
 from bitrix_ingress.deps import Deps
 from bitrix_ingress.dispatcher.channels import Channels
+from bitrix_ingress.dispatcher.coexistence import prepare_coexistence
 from bitrix_ingress.dispatcher.conversations import Conversations
 from bitrix_ingress.dispatcher.crm_contacts import ensure_contacts
 from bitrix_ingress.dispatcher.customer_messages import (
@@ -231,6 +232,10 @@ class BitrixDispatcher:
             if kind == "send_failure":
                 sf = rec.envelope.send_failure
                 return await prepare_failure(rec, sf, settings=settings, deps=deps, channels=channels)
+            if kind in ("business_echo", "consent_change"):
+                return await prepare_coexistence(
+                    rec, settings=settings, deps=deps, channels=channels, conversations=self.conversations
+                )
             return Outcome.dead(f"unexpected event type {kind} on the wa-to-b24 topic")
         except Exception as exc:
             if not isinstance(exc, TransientError | PermanentError):  # Bitrix24 and RPC errors included

@@ -60,3 +60,4 @@ class NoticeWork(Work):
     body: str = ""
     wamid: str = ""  # of the failed operator message, for UpdateMessageStatus
     via: str = "connector"
+    shown: str = ""  # the exact text to post (echoes, consent lines); empty: the "⚠️ Zaptrix:" notice of body

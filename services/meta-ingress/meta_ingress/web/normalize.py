@@ -59,13 +59,21 @@ class WebhookTooLarge(WebhookShapeError):
     """More entries, changes, items or channels than one webhook may carry (413)."""
 
 
+# The change fields read here (research-2026-12.md 1.6, 1.11); any other field is counted and ignored.
+MESSAGES, ECHOES, PREFERENCES = "messages", "smb_message_echoes", "user_preferences"
+READ_FIELDS = (MESSAGES, ECHOES, PREFERENCES)
+# The lists of a change value that count against ``max_updates``.
+_ITEM_LISTS = ("messages", "statuses", "message_echoes", "user_preferences")
+
+
 @dataclass
 class Change:
-    """One ``entry[].changes[]`` item of field ``messages``."""
+    """One ``entry[].changes[]`` item of a field we read (``messages``, echoes, user preferences)."""
 
     phone_number_id: str
     display_phone_number: str
     value: dict[str, Any]
+    field: str = MESSAGES
 
 
 @dataclass
@@ -83,6 +91,8 @@ class Normalized:
     envelopes: list[events_pb2.Envelope] = field(default_factory=list)
     messages: int = 0
     statuses: int = 0
+    echoes: int = 0  # smb_message_echoes (coexistence): the business's own messages from the app
+    consents: int = 0  # user_preferences (marketing stop / resume)
     # value-level errors[] (not tied to a message): (phone_number_id, code, title, details)
     system_errors: list[tuple[str, int, str, str]] = field(default_factory=list)
     types: list[str] = field(default_factory=list)
@@ -162,7 +172,7 @@ def parse_envelope(payload: Any, max_updates: int = 1000, max_channels: int = 10
             change = _obj(change, where)
             fld = _str(change.get("field"))
             value = _obj(change.get("value"), f"{where}.value")
-            if fld != "messages":
+            if fld not in READ_FIELDS:
                 hook.ignored_fields.append(fld or "?")
                 continue
             metadata = _obj(value.get("metadata"), f"{where}.value.metadata")
@@ -170,10 +180,10 @@ def parse_envelope(payload: Any, max_updates: int = 1000, max_channels: int = 10
             channels.add(pnid)
             if len(channels) > max_channels:
                 raise WebhookTooLarge(f"more than {max_channels} phone numbers")
-            items += sum(len(v) for k in ("messages", "statuses") if isinstance(v := value.get(k), list))
+            items += sum(len(v) for k in _ITEM_LISTS if isinstance(v := value.get(k), list))
             if items > max_updates:
-                raise WebhookTooLarge(f"more than {max_updates} messages and statuses")
-            hook.changes.append(Change(pnid, _str(metadata.get("display_phone_number")), value))
+                raise WebhookTooLarge(f"more than {max_updates} messages and statuses (and other items)")
+            hook.changes.append(Change(pnid, _str(metadata.get("display_phone_number")), value, fld))
     return hook
 
 
@@ -453,6 +463,54 @@ def status_event(change: Change, st: dict[str, Any]) -> events_pb2.Envelope:
     return _envelope(f"wa-status:{wamid}:{status}", pnid, recipient, at, whatsapp_status=out)
 
 
+def business_echo(change: Change, echo: dict[str, Any], media_url: MediaUrl) -> events_pb2.Envelope:
+    """A message the business sent from the WhatsApp Business app (coexistence): same object as a customer
+    message but ``from`` is the business and ``to`` the customer. Rendered with the customer-message
+    rules; a media file is named, not attached (it is the business's own file, already on its phone)."""
+    customer = _id(echo.get("to"), "message_echoes[].to")
+    if len(customer) > 512:
+        raise WebhookShapeError("message_echoes[].to is too long")
+    rendered = customer_message(change, {**echo, "from": customer}, {}, media_url, "").customer_message
+    text = rendered.text
+    for m in rendered.media:
+        label = f"📎 {m.kind}: {m.filename}"
+        text = f"{label}\n{text}" if text else label
+    out = events_pb2.BusinessEcho(
+        phone_number_id=change.phone_number_id,
+        wa_id=customer,
+        wamid=rendered.wamid,
+        sent_at=rendered.sent_at,
+        type=rendered.type,
+        text=text or f"[{rendered.type}]",
+    )
+    return _envelope(
+        f"wa-echo:{rendered.wamid}", change.phone_number_id, customer, out.sent_at.seconds, business_echo=out
+    )
+
+
+_CONSENT_VALUES = ("stop", "resume")
+
+
+def consent_change(change: Change, pref: dict[str, Any]) -> events_pb2.Envelope:
+    """One ``user_preferences[]`` item: {wa_id, detail, category, value: stop|resume, timestamp}."""
+    customer = _id(pref.get("wa_id"), "user_preferences[].wa_id")
+    category = _id(pref.get("category"), "user_preferences[].category")[:64]
+    value = _id(pref.get("value"), "user_preferences[].value").lower()
+    if value not in _CONSENT_VALUES:
+        raise WebhookShapeError(f"user_preferences[].value must be stop or resume, not {value[:20]!r}")
+    at = _timestamp(pref.get("timestamp"))
+    out = events_pb2.ConsentChange(
+        phone_number_id=change.phone_number_id,
+        wa_id=customer,
+        category=category,
+        value=value,
+        detail=_str(pref.get("detail"))[:1000],
+    )
+    out.at.seconds = at
+    event_id = f"wa-consent:{change.phone_number_id}:{customer}:{category}:{at}:{value}"
+    return _envelope(event_id, change.phone_number_id, customer, at, consent_change=out)
+
+
 def window_closed_event(st: events_pb2.WhatsAppStatus) -> events_pb2.Envelope | None:
     """A WindowClosed event when Meta reports 131047 (24-h window closed) for a send it had accepted."""
     if st.status != "failed" or not st.wa_id or not any(e.code == WINDOW_CLOSED for e in st.errors):
@@ -502,6 +560,16 @@ def _normalize(hook: Webhook, media_url: MediaUrl) -> Normalized:
     result = Normalized()
     for change in hook.changes:
         value = change.value
+        if change.field == ECHOES:
+            for _, echo in _items(value, "message_echoes"):
+                result.envelopes.append(business_echo(change, echo, media_url))
+                result.echoes += 1
+            continue
+        if change.field == PREFERENCES:
+            for _, pref in _items(value, "user_preferences"):
+                result.envelopes.append(consent_change(change, pref))
+                result.consents += 1
+            continue
         names, first = _contact_names(value)
         # Only a single-contact change may fall back to contacts[0] for a message without "from".
         default_customer = first if len(names) == 1 else ""

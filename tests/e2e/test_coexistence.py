@@ -1,0 +1,54 @@
+"""Coexistence and consent across the real system with the stand-ins: what the business wrote from the
+WhatsApp Business app shows as the business's line (never the customer's, never sent to WhatsApp again),
+and a customer's marketing opt-out is shown to the operator."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from zaptrix_testing.waiting import eventually
+
+from tests.e2e.flows import chat_messages, customer, operator_says, sent_to, wait_sent
+from tests.system import System
+
+
+async def business_app(system: System, wa_id: str, case: str, **body: Any) -> dict[str, Any]:
+    resp = await system.graph.post(f"/_sandbox/customers/{wa_id}/{case}", json=body)
+    resp.raise_for_status()
+    answer: dict[str, Any] = resp.json()
+    assert answer["gateway_status"] == 200, answer
+    return answer
+
+
+async def system_lines(system: System, wa_id: str, needle: str) -> list[dict[str, Any]]:
+    found: list[dict[str, Any]] = []
+
+    async def shown() -> bool:
+        nonlocal found
+        found = [m for m in await chat_messages(system, wa_id) if needle in m["text"]]
+        return bool(found)
+
+    await eventually(shown, 20, f"{needle!r} in the chat of {wa_id}")
+    return found
+
+
+async def test_an_echo_shows_as_the_business_and_is_not_sent_back(system: System) -> None:
+    wa_id = await customer(system, "Haben Sie heute offen?")
+    await business_app(system, wa_id, "echo", text="Ja, bis 18 Uhr (vom Handy)")
+    [line] = await system_lines(system, wa_id, "bis 18 Uhr")
+    assert line["direction"] == "system"  # im.message.add SYSTEM=Y: not the customer's bubble
+    assert line["text"].startswith("🏢 Business (WhatsApp Business app):")
+    # The operator writes after the echo is shown: that reply is the only send to the customer.
+    await operator_says(system, wa_id, "Gern geschehen")
+    await wait_sent(system, wa_id, 1)
+    sends = await sent_to(system, wa_id)
+    assert ["bis 18 Uhr" in str(s) for s in sends] == [False] * len(sends)
+
+
+async def test_a_marketing_opt_out_is_shown_to_the_operator(system: System) -> None:
+    wa_id = await customer(system)
+    await business_app(system, wa_id, "preferences", value="stop")
+    [line] = await system_lines(system, wa_id, "stopped marketing messages")
+    assert line["direction"] == "system"
+    await business_app(system, wa_id, "preferences", value="resume")
+    await system_lines(system, wa_id, "resumed marketing messages")
