@@ -4,11 +4,12 @@ and a customer's marketing opt-out is shown to the operator."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from zaptrix_testing.waiting import eventually
 
-from tests.e2e.flows import chat_messages, customer, operator_says, sent_to, wait_sent
+from tests.e2e.flows import bind_template, chat_messages, customer, operator_says, sent_to, wait_sent
 from tests.system import System
 
 
@@ -52,3 +53,25 @@ async def test_a_marketing_opt_out_is_shown_to_the_operator(system: System) -> N
     assert line["direction"] == "system"
     await business_app(system, wa_id, "preferences", value="resume")
     await system_lines(system, wa_id, "resumed marketing messages")
+
+
+async def test_an_opted_out_customer_gets_no_marketing_template_and_the_operator_is_told(
+    system: System,
+) -> None:
+    await bind_template(system, "promo_offer")  # named a MARKETING template in tests/system.py
+    try:
+        await asyncio.sleep(1.5)  # the dispatcher's channel cache (0.5 s in these tests)
+        wa_id = await customer(system)
+        await business_app(system, wa_id, "preferences", value="stop")
+        await system_lines(system, wa_id, "stopped marketing messages")  # recorded before it is shown
+        await system.graph.post(
+            "/_sandbox/config", json={"customers": [{"wa_id": wa_id, "last_inbound_ago_s": 90000}]}
+        )
+        await operator_says(system, wa_id, "Neues Angebot!")
+        [notice] = await system_lines(system, wa_id, "is a marketing template")
+        assert "promo_offer" in notice["text"] and notice["direction"] != "operator"
+        sends = await sent_to(system, wa_id)
+        # The reply itself was tried (Meta refuses it later with 131047); no template ever went out.
+        assert [s["payload"].get("type") for s in sends] == ["text"]
+    finally:
+        await bind_template(system, "")

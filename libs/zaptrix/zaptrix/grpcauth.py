@@ -67,6 +67,8 @@ MAPPER_METHODS = (
     "RecordDeliveries",
     "FindMessageLinks",
     "UpdateMessageStatuses",
+    "RecordCustomerConsent",
+    "GetCustomerConsent",
 )
 
 
@@ -98,6 +100,8 @@ ALLOWED: dict[str, frozenset[str]] = {
         "CheckProcessed",
         "MarkProcessed",
         "RecordDelivery",
+        # a marketing template is not sent to a customer who stopped marketing messages
+        "GetCustomerConsent",
     ),
     # Event verification, app install (portal status, upsert), settings placement (line's channels),
     # outbound events (conversation and message lookups). REST calls during install use the caller's token.
@@ -120,6 +124,8 @@ ALLOWED: dict[str, frozenset[str]] = {
         "RecordDeliveries",
         "FindMessageLinks",
         "UpdateMessageStatuses",
+        # user_preferences webhooks (it consumes them with the rest of WhatsApp's events)
+        "RecordCustomerConsent",
     ),
     # Operator tooling: everything (binding channels, storing channel credentials).
     ADMIN: _tk(*TOKEN_KEEPER_METHODS) | _mapper(*MAPPER_METHODS),

@@ -13,9 +13,11 @@ from zaptrix.v1 import mapper_pb2 as pb
 from mapper.errors import InvalidArgument
 from mapper.model import (
     BITRIX_STATUSES,
+    CONSENT_VALUES,
     WHATSAPP_STATUSES,
     ChannelBinding,
     ChannelSpec,
+    Consent,
     Conversation,
     ConversationUpdate,
     CrmMode,
@@ -219,4 +221,25 @@ def link_pb(link: MessageLink) -> pb.MessageLink:
     )
     _set_ts(out.created_at, link.created_at)
     _set_ts(out.updated_at, link.updated_at)
+    return out
+
+
+def consent(c: pb.CustomerConsent) -> Consent:
+    if not c.HasField("changed_at"):
+        raise InvalidArgument("changed_at is required")
+    return Consent(
+        phone_number_id=required(c.phone_number_id, "phone_number_id"),
+        wa_id=required(c.wa_id, "wa_id"),
+        category=required(c.category, "category", 64),
+        value=status(c.value, "value", CONSENT_VALUES),
+        detail=checked(c.detail, "detail", MAX_TEXT),
+        changed_at=timestamp(c.changed_at, "changed_at"),
+    )
+
+
+def consent_pb(c: Consent) -> pb.CustomerConsent:
+    out = pb.CustomerConsent(
+        phone_number_id=c.phone_number_id, wa_id=c.wa_id, category=c.category, value=c.value, detail=c.detail
+    )
+    _set_ts(out.changed_at, c.changed_at)
     return out

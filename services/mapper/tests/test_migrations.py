@@ -10,7 +10,14 @@ from mapper_support import sql
 from structlog.testing import capture_logs
 from zaptrix_testing.processes import console_script
 
-TABLES = ["alembic_version", "channel_binding", "conversation_mapping", "message_link", "processed_event"]
+TABLES = [
+    "alembic_version",
+    "channel_binding",
+    "conversation_mapping",
+    "customer_consent",
+    "message_link",
+    "processed_event",
+]
 
 
 async def _tables(dsn: str, schema: str) -> list[str]:

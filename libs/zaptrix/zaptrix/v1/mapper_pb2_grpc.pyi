@@ -67,6 +67,11 @@ class MapperStub:
     so the list has the effect of the single calls in any order. The links found, as they are after the
     whole list, in request order; a wamid without a link is left out.
     """
+    RecordCustomerConsent: _grpc.UnaryUnaryMultiCallable[_mapper_pb2.CustomerConsent, _mapper_pb2.CustomerConsent]
+    """Customer consent (webhook user_preferences): the latest stop/resume per channel, customer and
+    category. RecordCustomerConsent keeps the newest change (an older one arriving late is ignored).
+    """
+    GetCustomerConsent: _grpc.UnaryUnaryMultiCallable[_mapper_pb2.GetCustomerConsentRequest, _mapper_pb2.CustomerConsent]
 
 @_typing.type_check_only
 class MapperAsyncStub(MapperStub):
@@ -107,6 +112,11 @@ class MapperAsyncStub(MapperStub):
     so the list has the effect of the single calls in any order. The links found, as they are after the
     whole list, in request order; a wamid without a link is left out.
     """
+    RecordCustomerConsent: _aio.UnaryUnaryMultiCallable[_mapper_pb2.CustomerConsent, _mapper_pb2.CustomerConsent]  # type: ignore[assignment]
+    """Customer consent (webhook user_preferences): the latest stop/resume per channel, customer and
+    category. RecordCustomerConsent keeps the newest change (an older one arriving late is ignored).
+    """
+    GetCustomerConsent: _aio.UnaryUnaryMultiCallable[_mapper_pb2.GetCustomerConsentRequest, _mapper_pb2.CustomerConsent]  # type: ignore[assignment]
 
 class MapperServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -240,5 +250,22 @@ class MapperServicer(metaclass=_abc_1.ABCMeta):
         so the list has the effect of the single calls in any order. The links found, as they are after the
         whole list, in request order; a wamid without a link is left out.
         """
+
+    @_abc_1.abstractmethod
+    def RecordCustomerConsent(
+        self,
+        request: _mapper_pb2.CustomerConsent,
+        context: _ServicerContext,
+    ) -> _typing.Union[_mapper_pb2.CustomerConsent, _abc.Awaitable[_mapper_pb2.CustomerConsent]]:
+        """Customer consent (webhook user_preferences): the latest stop/resume per channel, customer and
+        category. RecordCustomerConsent keeps the newest change (an older one arriving late is ignored).
+        """
+
+    @_abc_1.abstractmethod
+    def GetCustomerConsent(
+        self,
+        request: _mapper_pb2.GetCustomerConsentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_mapper_pb2.CustomerConsent, _abc.Awaitable[_mapper_pb2.CustomerConsent]]: ...
 
 def add_MapperServicer_to_server(servicer: MapperServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -13,7 +13,7 @@ WhatsApp. Without the im scope, or before the chat exists, the line goes through
 from __future__ import annotations
 
 from zaptrix.kafka import Outcome, Received
-from zaptrix.v1 import events_pb2
+from zaptrix.v1 import events_pb2, mapper_pb2
 
 from bitrix_ingress.deps import Deps
 from bitrix_ingress.dispatcher.channels import Channels
@@ -63,6 +63,17 @@ async def prepare_coexistence(
     if check.processed:
         return Outcome.duplicate()
     channel = await channels.get(item.phone_number_id)
+    if isinstance(item, events_pb2.ConsentChange):  # recorded first: it counts even if no chat shows it
+        await deps.record_customer_consent(
+            mapper_pb2.CustomerConsent(
+                phone_number_id=item.phone_number_id,
+                wa_id=item.wa_id,
+                category=item.category,
+                value=item.value,
+                detail=item.detail,
+                changed_at=item.at,
+            )
+        )
     if not channel.active:
         return Outcome.dead(f"channel {item.phone_number_id} is inactive")
     conv = await conversations.get(channel, item.wa_id, "")
