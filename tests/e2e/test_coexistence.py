@@ -9,7 +9,18 @@ from typing import Any
 
 from zaptrix_testing.waiting import eventually
 
-from tests.e2e.flows import bind_template, chat_messages, customer, operator_says, sent_to, wait_sent
+from tests.e2e.flows import (
+    bind_template,
+    chat_messages,
+    chat_of,
+    customer,
+    customer_says,
+    new_customer,
+    operator_says,
+    sent_to,
+    wait_for_messages,
+    wait_sent,
+)
 from tests.system import System
 
 
@@ -75,3 +86,30 @@ async def test_an_opted_out_customer_gets_no_marketing_template_and_the_operator
         assert [s["payload"].get("type") for s in sends] == ["text"]
     finally:
         await bind_template(system, "")
+
+
+async def test_customer_edits_and_revokes_change_the_message_in_the_chat(system: System) -> None:
+    wa_id = new_customer()
+    first = await customer_says(system, wa_id, type="text", text="Termin um 9")
+    second = await customer_says(system, wa_id, type="text", text="Falsche Nachricht")
+    await wait_for_messages(system, wa_id, 2)
+    await business_app(system, wa_id, "edit", original_message_id=first["wamid"], text="Termin um 10")
+    await business_app(system, wa_id, "revoke", original_message_id=second["wamid"])
+
+    async def changed() -> bool:
+        by_id = {m["external_ids"][0]: m for m in await chat_messages(system, wa_id) if m["external_ids"]}
+        edited, revoked = by_id[first["wamid"]], by_id[second["wamid"]]
+        return bool(edited["edited"] and edited["text"].startswith("Termin um 10") and revoked["deleted"])
+
+    await eventually(changed, 20, "the edit and the revoke shown on the original messages")
+
+
+async def test_contact_sync_renames_the_chat(system: System) -> None:
+    wa_id = await customer(system)
+    await business_app(system, wa_id, "contact-sync", full_name="Anna Schmidt")
+
+    async def renamed() -> bool:
+        chat = await chat_of(system, wa_id)
+        return chat is not None and chat["name"] == "Anna Schmidt"
+
+    await eventually(renamed, 20, "the chat renamed from the business app's contact sync")

@@ -159,3 +159,84 @@ def test_fuzz_only_shape_errors_escape(field: str, items: list[dict[str, Any]]) 
         run(hook(field, **{key: items}))
     except WebhookShapeError:
         pass
+
+
+def _change(kind: str, body: dict[str, Any], **over: Any) -> dict[str, Any]:
+    return {"from": CUSTOMER, "id": "wamid.CHG", "timestamp": "1749416400", "type": kind, kind: body} | over
+
+
+def test_a_customer_edit_names_the_original_and_carries_the_new_text() -> None:
+    edit = {
+        "original_message_id": "wamid.ORIG",
+        "message": {"type": "text", "text": {"body": "10 Uhr, nicht 9"}},
+    }
+    result = run(hook("messages", contacts=[{"wa_id": CUSTOMER}], messages=[_change("edit", edit)]))
+    assert (result.changes, result.messages, result.types) == (1, 0, [])
+    env = result.envelopes[0]
+    c = env.customer_message_change
+    assert env.event_id == "wa-edit:wamid.CHG" and env.conversation_key == f"{PNID}:{CUSTOMER}"
+    assert (c.action, c.original_wamid, c.text, c.at.seconds) == (
+        "edit",
+        "wamid.ORIG",
+        "10 Uhr, nicht 9",
+        1749416400,
+    )
+
+
+def test_a_customer_revoke_names_the_original() -> None:
+    revoke = _change("revoke", {"original_message_id": "wamid.ORIG"})
+    c = run(hook("messages", messages=[revoke])).envelopes[0].customer_message_change
+    assert (c.action, c.original_wamid, c.text, c.wa_id) == ("revoke", "wamid.ORIG", "", CUSTOMER)
+
+
+def test_contact_sync_gives_the_name_of_a_phone_number() -> None:
+    item = {
+        "type": "contact",
+        "contact": {"full_name": "Anna Schmidt", "first_name": "Anna", "phone_number": "+1 650-555-1234"},
+        "action": "add",
+        "metadata": {"timestamp": "1749416400"},
+    }
+    other = {"type": "something_new", "whatever": 1}  # an undocumented type is skipped, not refused
+    result = run(hook("smb_app_state_sync", state_sync=[item, other]))
+    assert result.contact_syncs == 1 and len(result.envelopes) == 1
+    s = result.envelopes[0].contact_name_sync
+    assert (s.wa_id, s.full_name, s.action) == (CUSTOMER, "Anna Schmidt", "add")
+    assert result.envelopes[0].conversation_key == f"{PNID}:{CUSTOMER}"
+
+
+@pytest.mark.parametrize(
+    ("payload", "reason"),
+    [
+        (hook("messages", messages=[_change("edit", {"message": {}})]), "original_message_id is missing"),
+        (hook("messages", messages=[_change("revoke", "x")]), "original_message_id is missing"),
+        (
+            hook("messages", messages=[_change("revoke", {"original_message_id": "w"}, id=None)]),
+            "id is missing",
+        ),
+        (
+            hook("messages", messages=[_change("revoke", {"original_message_id": "w"}, **{"from": None})]),
+            "from",
+        ),
+        (
+            hook("smb_app_state_sync", state_sync=[{"type": "contact", "contact": {"phone_number": "abc"}}]),
+            "not a phone number",
+        ),
+        (
+            hook(
+                "smb_app_state_sync",
+                state_sync=[{"type": "contact", "contact": {"phone_number": "1"}, "action": 3}],
+            ),
+            "add or remove",
+        ),
+        (hook("smb_app_state_sync", state_sync="x"), "must be a JSON array"),
+    ],
+)
+def test_hostile_changes_and_syncs_are_refused_with_a_reason(payload: dict[str, Any], reason: str) -> None:
+    with pytest.raises(WebhookShapeError, match=reason):
+        run(payload)
+
+
+def test_state_sync_items_count_against_the_cap() -> None:
+    item = {"type": "contact", "contact": {"phone_number": "1"}, "action": "add"}
+    with pytest.raises(WebhookTooLarge):
+        run(hook("smb_app_state_sync", state_sync=[item] * 11), max_updates=10)

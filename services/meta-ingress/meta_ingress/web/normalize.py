@@ -61,9 +61,11 @@ class WebhookTooLarge(WebhookShapeError):
 
 # The change fields read here (research-2026-12.md 1.6, 1.11); any other field is counted and ignored.
 MESSAGES, ECHOES, PREFERENCES = "messages", "smb_message_echoes", "user_preferences"
-READ_FIELDS = (MESSAGES, ECHOES, PREFERENCES)
+STATE_SYNC = "smb_app_state_sync"
+READ_FIELDS = (MESSAGES, ECHOES, PREFERENCES, STATE_SYNC)
 # The lists of a change value that count against ``max_updates``.
-_ITEM_LISTS = ("messages", "statuses", "message_echoes", "user_preferences")
+_ITEM_LISTS = ("messages", "statuses", "message_echoes", "user_preferences", "state_sync")
+CHANGE_TYPES = ("edit", "revoke")  # a customer's edit or revoke of an earlier message (coexistence)
 
 
 @dataclass
@@ -93,6 +95,8 @@ class Normalized:
     statuses: int = 0
     echoes: int = 0  # smb_message_echoes (coexistence): the business's own messages from the app
     consents: int = 0  # user_preferences (marketing stop / resume)
+    changes: int = 0  # customer edits and revokes (coexistence)
+    contact_syncs: int = 0  # smb_app_state_sync contacts
     # value-level errors[] (not tied to a message): (phone_number_id, code, title, details)
     system_errors: list[tuple[str, int, str, str]] = field(default_factory=list)
     types: list[str] = field(default_factory=list)
@@ -488,6 +492,60 @@ def business_echo(change: Change, echo: dict[str, Any], media_url: MediaUrl) -> 
     )
 
 
+def customer_change(
+    change: Change, msg: dict[str, Any], media_url: MediaUrl, default_customer: str
+) -> events_pb2.Envelope:
+    """``type: edit`` {edit: {original_message_id, message: {type, <type>: ...}}} or ``type: revoke``
+    {revoke: {original_message_id}}: the customer changed an earlier message (coexistence numbers only)."""
+    action = _str(msg.get("type"))
+    wamid = _id(msg.get("id"), "messages[].id")
+    customer = _id(msg.get("from") or default_customer, f"message {wamid[:80]}: from")
+    if len(customer) > 512:
+        raise WebhookShapeError(f"message {wamid[:80]}: the customer id is too long")
+    body = _sub(msg.get(action))
+    original = _id(body.get("original_message_id"), f"messages[].{action}.original_message_id")
+    at = _timestamp(msg.get("timestamp"))
+    text = ""
+    if action == "edit":
+        inner = _sub(body.get("message"))
+        rendered = customer_message(change, {**inner, "id": wamid, "from": customer}, {}, media_url, "")
+        text = rendered.customer_message.text or "[edited]"
+    out = events_pb2.CustomerMessageChange(
+        phone_number_id=change.phone_number_id,
+        wa_id=customer,
+        wamid=wamid,
+        original_wamid=original,
+        action=action,
+        text=text,
+    )
+    out.at.seconds = at
+    return _envelope(
+        f"wa-{action}:{wamid}", change.phone_number_id, customer, at, customer_message_change=out
+    )
+
+
+def contact_name_sync(change: Change, item: dict[str, Any]) -> events_pb2.Envelope | None:
+    """One ``state_sync[]`` item {type: contact, contact: {full_name, first_name, phone_number}, action};
+    other types (none documented yet) are skipped."""
+    if _str(item.get("type")) != "contact":
+        return None
+    contact = _sub(item.get("contact"))
+    digits = "".join(ch for ch in _str(contact.get("phone_number")) if ch.isascii() and ch.isdigit())
+    if not digits or len(digits) > 32:
+        raise WebhookShapeError("state_sync[].contact.phone_number is missing or not a phone number")
+    action = _str(item.get("action")).lower()
+    if action not in ("add", "remove"):
+        raise WebhookShapeError(f"state_sync[].action must be add or remove, not {action[:20]!r}")
+    name = _str(contact.get("full_name")) or _str(contact.get("first_name"))
+    at = _timestamp(_sub(item.get("metadata")).get("timestamp"))
+    out = events_pb2.ContactNameSync(
+        phone_number_id=change.phone_number_id, wa_id=digits, full_name=name[:256], action=action
+    )
+    out.at.seconds = at
+    event_id = f"wa-contact:{change.phone_number_id}:{digits}:{at}:{action}"
+    return _envelope(event_id, change.phone_number_id, digits, at, contact_name_sync=out)
+
+
 _CONSENT_VALUES = ("stop", "resume")
 
 
@@ -565,6 +623,13 @@ def _normalize(hook: Webhook, media_url: MediaUrl) -> Normalized:
                 result.envelopes.append(business_echo(change, echo, media_url))
                 result.echoes += 1
             continue
+        if change.field == STATE_SYNC:
+            for _, item in _items(value, "state_sync"):
+                env = contact_name_sync(change, item)
+                if env is not None:
+                    result.envelopes.append(env)
+                    result.contact_syncs += 1
+            continue
         if change.field == PREFERENCES:
             for _, pref in _items(value, "user_preferences"):
                 result.envelopes.append(consent_change(change, pref))
@@ -574,6 +639,10 @@ def _normalize(hook: Webhook, media_url: MediaUrl) -> Normalized:
         # Only a single-contact change may fall back to contacts[0] for a message without "from".
         default_customer = first if len(names) == 1 else ""
         for _, msg in _items(value, "messages"):
+            if _str(msg.get("type")) in CHANGE_TYPES:
+                result.envelopes.append(customer_change(change, msg, media_url, default_customer))
+                result.changes += 1
+                continue
             env = customer_message(change, msg, names, media_url, default_customer)
             result.envelopes.append(env)
             result.messages += 1
