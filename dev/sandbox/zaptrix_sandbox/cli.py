@@ -351,16 +351,21 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("chats", help="the Open Lines chats as the operator sees them").set_defaults(func=chats)
 
     ba = sub.add_parser("business-app", help="coexistence / consent webhooks (WhatsApp Business app)")
-    ba.add_argument(
-        "case",
-        choices=["echo", "edit", "revoke", "contact-sync", "history", "marketing"],
-        help="which webhook",
-    )
-    ba.add_argument("--to", required=True, help="customer wa_id")
-    ba.add_argument("--original", help="edit/revoke: the wamid of the customer's message")
-    ba.add_argument("--phone-number-id", help="business number (default: the first channel)")
-    ba.add_argument("text", nargs="*", help="text; history: one argument per message; marketing: stop|resume")
-    ba.set_defaults(func=business_app)
+    cases = ba.add_subparsers(dest="case", required=True)
+    for case, what in [
+        ("echo", "the business writes from the app (smb_message_echoes)"),
+        ("edit", "the customer edits a message (--original)"),
+        ("revoke", "the customer revokes a message (--original)"),
+        ("contact-sync", "the app's contact sync gives the customer a name (smb_app_state_sync)"),
+        ("history", "a history chunk, one argument per message"),
+        ("marketing", "the customer stops or resumes marketing messages: stop|resume (user_preferences)"),
+    ]:
+        one = cases.add_parser(case, help=what)
+        one.add_argument("--to", required=True, help="customer wa_id")
+        one.add_argument("--original", help="edit/revoke: the wamid of the customer's message")
+        one.add_argument("--phone-number-id", help="business number (default: the first channel)")
+        one.add_argument("text", nargs="*")
+        one.set_defaults(func=business_app)
 
     inbox = sub.add_parser("customer-inbox", help="what a customer received on WhatsApp")
     inbox.add_argument("--to", required=True, help="customer wa_id")
