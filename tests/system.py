@@ -70,7 +70,11 @@ async def system(
         topic_prefix=prefix,
         # The meta dispatcher re-reads channel bindings quickly: tests change a channel's template mid-run.
         extra_env=dict.fromkeys(_ALL, fast_export)
-        | {"meta-dispatcher": fast_export | {"ZAPTRIX_CHANNEL_CACHE_TTL_S": "0.5"}}
+        # "promo_offer" stands for a MARKETING template (tests/e2e/test_coexistence.py).
+        | {
+            "meta-dispatcher": fast_export
+            | {"ZAPTRIX_CHANNEL_CACHE_TTL_S": "0.5", "ZAPTRIX_MARKETING_TEMPLATES": "promo_offer"}
+        }
         # The offline-event reconciler drains the portals' queues every second (default 10 s).
         | {"bitrix-dispatcher": fast_export | {"ZAPTRIX_BITRIX_OFFLINE_POLL_S": "1"}},
     )

@@ -125,3 +125,30 @@ def test_cli_marked_read_failed_reply_and_receipts(
 
     assert cli.main([*urls, "receipts"]) == 0
     assert "no receipts reported yet" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("args", "field"),
+    [
+        (["echo", "--to", "491701234567", "vom", "Handy"], "smb_message_echoes"),
+        (["edit", "--to", "491701234567", "--original", "wamid.O", "neu"], "messages"),
+        (["revoke", "--to", "491701234567", "--original", "wamid.O"], "messages"),
+        (["contact-sync", "--to", "491701234567", "Anna", "Schmidt"], "smb_app_state_sync"),
+        (["history", "--to", "491701234567", "hi", "hallo"], "history"),
+        (["marketing", "--to", "491701234567", "stop"], "user_preferences"),
+    ],
+)
+def test_business_app_cases(
+    graph_url: str, stub: GatewayStub, capsys: pytest.CaptureFixture[str], args: list[str], field: str
+) -> None:
+    stub.clear()
+    assert cli.main(["--graph-url", graph_url, "business-app", *args]) == 0
+    assert "HTTP 200" in capsys.readouterr().out
+    [hook] = stub.on("/webhooks/meta")
+    assert hook.json()["entry"][0]["changes"][0]["field"] == field
+
+
+def test_business_app_edit_needs_the_original(graph_url: str, stub: GatewayStub) -> None:
+    stub.clear()
+    assert cli.main(["--graph-url", graph_url, "business-app", "edit", "--to", "1", "x"]) == 2
+    assert stub.on("/webhooks/meta") == []

@@ -14,6 +14,12 @@ zaptrix-dev receipts                                   (every imconnector.send.s
 zaptrix-dev add-portal --member-id acme-1 --domain acme.bitrix24.com --line 3 --install
 zaptrix-dev install-portal acme-1
 zaptrix-dev add-number --phone-number-id 100000000000002 --display 15550000002 --bind acme-1:3
+zaptrix-dev business-app echo --to 491701234567 "Sent from the phone"      (smb_message_echoes)
+zaptrix-dev business-app edit --to 491701234567 --original <wamid> "fixed"  (customer edit)
+zaptrix-dev business-app revoke --to 491701234567 --original <wamid>       (customer revoke)
+zaptrix-dev business-app contact-sync --to 491701234567 "Anna Schmidt"     (smb_app_state_sync)
+zaptrix-dev business-app history --to 491701234567 "hi" "hello, Anna"      (history chunk)
+zaptrix-dev business-app marketing --to 491701234567 stop|resume          (user_preferences)
 """
 
 from __future__ import annotations
@@ -368,6 +374,37 @@ async def _bind(args: argparse.Namespace, number: dict[str, str], member_id: str
         )
 
 
+def business_app(args: argparse.Namespace, client: httpx.Client) -> int:
+    """Coexistence and consent webhooks of the Graph stand-in (graph_coexist.py)."""
+    words = " ".join(args.text)
+    body: dict[str, Any] = {}
+    if args.phone_number_id:
+        body["phone_number_id"] = args.phone_number_id
+    route = args.case
+    if args.case == "echo":
+        body["text"] = words
+    elif args.case in ("edit", "revoke"):
+        if not args.original:
+            print("--original <wamid> is required", file=sys.stderr)
+            return 2
+        body["original_message_id"] = args.original
+        if args.case == "edit":
+            body["text"] = words
+    elif args.case == "contact-sync":
+        body["full_name"] = words
+    elif args.case == "history":
+        body["texts"] = list(args.text)
+    else:  # marketing stop|resume
+        route, body["value"] = "preferences", words
+    response = client.post(f"{args.graph_url}/_sandbox/customers/{args.to}/{route}", json=body)
+    if response.status_code != 200:
+        print(f"not sent: {response.text}", file=sys.stderr)
+        return 1
+    data = response.json()
+    print(f"{args.case} webhook {data['delivery_id']}: gateway answered HTTP {data['gateway_status']}")
+    return 0 if data["gateway_status"] == 200 else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="zaptrix-dev", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -416,6 +453,23 @@ def build_parser() -> argparse.ArgumentParser:
     op.set_defaults(func=operator_says)
 
     sub.add_parser("chats", help="the Open Lines chats as the operator sees them").set_defaults(func=chats)
+
+    ba = sub.add_parser("business-app", help="coexistence / consent webhooks (WhatsApp Business app)")
+    cases = ba.add_subparsers(dest="case", required=True)
+    for case, what in [
+        ("echo", "the business writes from the app (smb_message_echoes)"),
+        ("edit", "the customer edits a message (--original)"),
+        ("revoke", "the customer revokes a message (--original)"),
+        ("contact-sync", "the app's contact sync gives the customer a name (smb_app_state_sync)"),
+        ("history", "a history chunk, one argument per message"),
+        ("marketing", "the customer stops or resumes marketing messages: stop|resume (user_preferences)"),
+    ]:
+        one = cases.add_parser(case, help=what)
+        one.add_argument("--to", required=True, help="customer wa_id")
+        one.add_argument("--original", help="edit/revoke: the wamid of the customer's message")
+        one.add_argument("--phone-number-id", help="business number (default: the first channel)")
+        one.add_argument("text", nargs="*")
+        one.set_defaults(func=business_app)
 
     inbox = sub.add_parser("customer-inbox", help="what a customer received on WhatsApp")
     inbox.add_argument("--to", required=True, help="customer wa_id")

@@ -25,10 +25,10 @@ from .tasks import Background
 from .webhook_http import Answer, PlainHttp, WebhookFailed
 
 
-def envelope(channel: Channel, value: dict[str, Any]) -> dict[str, Any]:
+def envelope(channel: Channel, value: dict[str, Any], field: str = "messages") -> dict[str, Any]:
     return {
         "object": "whatsapp_business_account",
-        "entry": [{"id": channel.waba_id, "changes": [{"value": value, "field": "messages"}]}],
+        "entry": [{"id": channel.waba_id, "changes": [{"value": value, "field": field}]}],
     }
 
 

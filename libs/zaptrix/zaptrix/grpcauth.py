@@ -69,6 +69,8 @@ MAPPER_METHODS = (
     "UpdateMessageStatuses",
     "ApplyIdentityChange",
     "FindConversationByIdentityAlias",
+    "RecordCustomerConsent",
+    "GetCustomerConsent",
 )
 
 
@@ -100,6 +102,8 @@ ALLOWED: dict[str, frozenset[str]] = {
         "CheckProcessed",
         "MarkProcessed",
         "RecordDelivery",
+        # a marketing template is not sent to a customer who stopped marketing messages
+        "GetCustomerConsent",
     ),
     # Event verification, app install (portal status, upsert), settings placement (line's channels),
     # outbound events (conversation and message lookups). REST calls during install use the caller's token.
@@ -124,6 +128,8 @@ ALLOWED: dict[str, frozenset[str]] = {
         "UpdateMessageStatuses",
         # Identity aliases: a customer's number or BSUID changed (a WhatsApp system message).
         "ApplyIdentityChange",
+        # user_preferences webhooks (it consumes them with the rest of WhatsApp's events)
+        "RecordCustomerConsent",
     ),
     # Operator tooling: everything (binding channels, storing channel credentials).
     ADMIN: _tk(*TOKEN_KEEPER_METHODS) | _mapper(*MAPPER_METHODS),

@@ -192,6 +192,11 @@ class Deps:
             req.bitrix_status = bitrix_status
         return await self._unary(self.mapper.UpdateMessageStatus, req, "mapper UpdateMessageStatus")
 
+    async def record_customer_consent(
+        self, consent: mapper_pb2.CustomerConsent
+    ) -> mapper_pb2.CustomerConsent:
+        return await self._unary(self.mapper.RecordCustomerConsent, consent, "mapper RecordCustomerConsent")
+
     async def check_processed(self, event_id: str) -> mapper_pb2.CheckProcessedResponse:
         req = mapper_pb2.CheckProcessedRequest(event_id=event_id)
         return await self._unary(self.mapper.CheckProcessed, req, "mapper CheckProcessed")

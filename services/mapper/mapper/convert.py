@@ -15,9 +15,11 @@ from mapper.errors import InvalidArgument
 from mapper.identity import Identity
 from mapper.model import (
     BITRIX_STATUSES,
+    CONSENT_VALUES,
     WHATSAPP_STATUSES,
     ChannelBinding,
     ChannelSpec,
+    Consent,
     Conversation,
     ConversationUpdate,
     CrmMode,
@@ -253,4 +255,25 @@ def customer_identity(
     out = Identity(wa_id or None, user_id or None, parent_user_id or None, username or None)
     if need_key and out.key is None:
         raise InvalidArgument("wa_id or user_id is required")
+    return out
+
+
+def consent(c: pb.CustomerConsent) -> Consent:
+    if not c.HasField("changed_at"):
+        raise InvalidArgument("changed_at is required")
+    return Consent(
+        phone_number_id=required(c.phone_number_id, "phone_number_id"),
+        wa_id=required(c.wa_id, "wa_id"),
+        category=required(c.category, "category", 64),
+        value=status(c.value, "value", CONSENT_VALUES),
+        detail=checked(c.detail, "detail", MAX_TEXT),
+        changed_at=timestamp(c.changed_at, "changed_at"),
+    )
+
+
+def consent_pb(c: Consent) -> pb.CustomerConsent:
+    out = pb.CustomerConsent(
+        phone_number_id=c.phone_number_id, wa_id=c.wa_id, category=c.category, value=c.value, detail=c.detail
+    )
+    _set_ts(out.changed_at, c.changed_at)
     return out

@@ -130,3 +130,18 @@ class MessageLink:
     bitrix_status: str | None
     created_at: datetime
     updated_at: datetime
+
+
+CONSENT_VALUES: tuple[str, ...] = ("stop", "resume")
+
+
+@dataclass(frozen=True, slots=True)
+class Consent:
+    """The latest user_preferences change of a customer on a channel, for one category."""
+
+    phone_number_id: str
+    wa_id: str
+    category: str
+    value: str  # stop | resume
+    detail: str
+    changed_at: datetime

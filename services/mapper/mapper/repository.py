@@ -21,6 +21,7 @@ from mapper.model import (
     WHATSAPP_STATUSES,
     ChannelBinding,
     ChannelSpec,
+    Consent,
     Conversation,
     ConversationUpdate,
     CrmMode,
@@ -278,6 +279,33 @@ DELETE FROM mapper.processed_event WHERE event_id IN (
     ORDER BY processed_at
     LIMIT $2
     FOR UPDATE SKIP LOCKED)"""
+
+
+_CONSENT_COLUMNS = "phone_number_id, wa_id, category, value, detail, changed_at"
+# A change older than the recorded one (Meta does not order webhooks) leaves the row as it is.
+_UPSERT_CONSENT = f"""
+WITH up AS (
+    INSERT INTO mapper.customer_consent AS c (phone_number_id, wa_id, category, value, detail, changed_at)
+    VALUES ($1, $2, $3, $4, $5, $6)
+    ON CONFLICT (phone_number_id, wa_id, category) DO UPDATE
+        SET value = EXCLUDED.value, detail = EXCLUDED.detail, changed_at = EXCLUDED.changed_at,
+            recorded_at = now()
+        WHERE c.changed_at <= EXCLUDED.changed_at
+    RETURNING {_CONSENT_COLUMNS}
+)
+SELECT {_CONSENT_COLUMNS} FROM up
+UNION ALL
+SELECT {_CONSENT_COLUMNS} FROM mapper.customer_consent
+WHERE phone_number_id = $1 AND wa_id = $2 AND category = $3 AND NOT EXISTS (SELECT 1 FROM up)
+"""  # noqa: S608
+
+
+def _consent_args(c: Consent) -> tuple[Any, ...]:
+    return (c.phone_number_id, c.wa_id, c.category, c.value, c.detail, c.changed_at)
+
+
+def _consent(r: Record) -> Consent:
+    return Consent(**dict(r))
 
 
 class Repository:
@@ -683,6 +711,28 @@ class Repository:
         if missing is not None:
             raise NotFound(f"conversation {missing} not found")
         return found
+
+    # customer consent
+
+    async def record_consent(self, consent: Consent) -> Consent:
+        """Keep the newest change per (channel, customer, category); returns what is recorded now."""
+        try:
+            async with self.db.connection() as conn:
+                row = await conn.fetchrow(_UPSERT_CONSENT, *_consent_args(consent))
+        except asyncpg.exceptions.ForeignKeyViolationError as exc:
+            raise NotFound(f"phone_number_id {consent.phone_number_id} is not bound") from exc
+        return _consent(row)
+
+    async def get_consent(self, phone_number_id: str, wa_id: str, category: str) -> Consent | None:
+        async with self.db.connection() as conn:
+            row = await conn.fetchrow(
+                f"SELECT {_CONSENT_COLUMNS} FROM mapper.customer_consent"  # noqa: S608
+                " WHERE phone_number_id = $1 AND wa_id = $2 AND category = $3",
+                phone_number_id,
+                wa_id,
+                category,
+            )
+        return None if row is None else _consent(row)
 
     async def expire_processed(self, older_than: timedelta, batch: int) -> int:
         """Delete one batch of records older than `older_than`; returns how many."""

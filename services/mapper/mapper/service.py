@@ -26,6 +26,7 @@ from mapper.metrics import CACHE_ENTRIES, CACHE_LOOKUPS, CONVERSATIONS_CREATED, 
 from mapper.model import (
     ChannelBinding,
     ChannelSpec,
+    Consent,
     Conversation,
     ConversationUpdate,
     LinkSpec,
@@ -207,6 +208,14 @@ class MapperService:
         in order, leaving out the wamids without a link."""
         found = await self.repo.update_message_statuses(updates)
         return [found[w] for w, _, _ in updates if w in found]
+
+    # customer consent
+
+    async def record_consent(self, consent: Consent) -> Consent:
+        return await self.repo.record_consent(consent)
+
+    async def get_consent(self, phone_number_id: str, wa_id: str, category: str) -> Consent | None:
+        return await self.repo.get_consent(phone_number_id, wa_id, category)
 
     # dedupe
 

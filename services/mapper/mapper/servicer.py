@@ -186,6 +186,22 @@ class MapperServicer(mapper_pb2_grpc.MapperServicer):
             await self.service.update_message_status(wamid, whatsapp_status, bitrix_status)
         )
 
+    # customer consent
+
+    @rpc
+    async def RecordCustomerConsent(self, request: pb.CustomerConsent) -> pb.CustomerConsent:
+        return convert.consent_pb(await self.service.record_consent(convert.consent(request)))
+
+    @rpc
+    async def GetCustomerConsent(self, request: pb.GetCustomerConsentRequest) -> pb.CustomerConsent:
+        phone_number_id = convert.required(request.phone_number_id, "phone_number_id")
+        wa_id = convert.required(request.wa_id, "wa_id")
+        category = convert.required(request.category, "category", 64)
+        found = await self.service.get_consent(phone_number_id, wa_id, category)
+        if found is None:  # nothing recorded: an empty value, not an error (most customers never opt out)
+            return pb.CustomerConsent(phone_number_id=phone_number_id, wa_id=wa_id, category=category)
+        return convert.consent_pb(found)
+
     # dedupe
 
     @rpc

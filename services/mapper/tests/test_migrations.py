@@ -15,6 +15,7 @@ TABLES = [
     "channel_binding",
     "conversation_alias",
     "conversation_mapping",
+    "customer_consent",
     "message_link",
     "processed_event",
 ]

@@ -116,7 +116,7 @@ TOKEN_ERRORS = Counter(
 )
 TEMPLATES = Counter(
     "zaptrix_meta_reengagement_templates_total",
-    "Re-engagement templates after a closed 24-h window (sent, failed, cooldown)",
+    "Re-engagement templates after a closed 24-h window (sent, failed, cooldown, opted_out)",
     ["outcome"],
 )
 PACING_WAIT = Histogram(

@@ -285,6 +285,19 @@ class DispatcherSettings(MetaSettings, DispatcherCommonSettings):
         ge=60,
         description="At most one re-engagement template per conversation in this period",
     )
+    marketing_templates: str = Field(
+        "",
+        description=(
+            "Comma-separated names of re-engagement templates whose category is MARKETING ('*': every one). "
+            "Such a template is not sent to a customer who stopped marketing messages (user_preferences "
+            "webhook); the operator is told instead. Templates not named here are sent (Meta refuses a "
+            "marketing one with 131050, which the operator also sees)"
+        ),
+    )
+
+    def is_marketing_template(self, name: str) -> bool:
+        names = {n.strip() for n in self.marketing_templates.split(",") if n.strip()}
+        return "*" in names or name in names
 
     @model_validator(mode="after")
     def _check_files(self) -> DispatcherSettings:

@@ -29,6 +29,7 @@ class FakeMapper(Recorder, mapper_pb2_grpc.MapperServicer):
         self.conversations: dict[str, mapper_pb2.Conversation] = {}  # by id
         self.links: dict[str, mapper_pb2.MessageLink] = {}  # by wamid
         self.processed: dict[str, str] = {}  # event id -> result
+        self.consents: dict[tuple[str, str, str], mapper_pb2.CustomerConsent] = {}
         self._lock = asyncio.Lock()
 
     def clear(self) -> None:
@@ -37,6 +38,7 @@ class FakeMapper(Recorder, mapper_pb2_grpc.MapperServicer):
         self.conversations.clear()
         self.links.clear()
         self.processed.clear()
+        self.consents.clear()
         self.forget_calls()
 
     # --- test set-up -------------------------------------------------------------------------------
@@ -234,6 +236,23 @@ class FakeMapper(Recorder, mapper_pb2_grpc.MapperServicer):
                 None,
             )
         return await found(context, link, "link")
+
+    async def RecordCustomerConsent(self, request: Any, context: Any) -> mapper_pb2.CustomerConsent:
+        """As the mapper: the newest changed_at wins; the stored one is answered."""
+        await self._enter("RecordCustomerConsent", request, context, request.wa_id)
+        key = (request.phone_number_id, request.wa_id, request.category)
+        old = self.consents.get(key)
+        if old is None or old.changed_at.seconds <= request.changed_at.seconds:
+            self.consents[key] = mapper_pb2.CustomerConsent()
+            self.consents[key].CopyFrom(request)
+        return self.consents[key]
+
+    async def GetCustomerConsent(self, request: Any, context: Any) -> mapper_pb2.CustomerConsent:
+        await self._enter("GetCustomerConsent", request, context, request.wa_id)
+        key = (request.phone_number_id, request.wa_id, request.category)
+        return self.consents.get(key) or mapper_pb2.CustomerConsent(
+            phone_number_id=request.phone_number_id, wa_id=request.wa_id, category=request.category
+        )
 
     async def UpdateMessageStatus(self, request: Any, context: Any) -> mapper_pb2.MessageLink:
         await self._enter("UpdateMessageStatus", request, context, request.wamid)

@@ -55,6 +55,10 @@ class Envelope(_message.Message):
     LINE_REMOVED_FIELD_NUMBER: _builtins.int
     WINDOW_CLOSED_FIELD_NUMBER: _builtins.int
     CUSTOMER_IDENTITY_CHANGE_FIELD_NUMBER: _builtins.int
+    BUSINESS_ECHO_FIELD_NUMBER: _builtins.int
+    CONSENT_CHANGE_FIELD_NUMBER: _builtins.int
+    CUSTOMER_MESSAGE_CHANGE_FIELD_NUMBER: _builtins.int
+    CONTACT_NAME_SYNC_FIELD_NUMBER: _builtins.int
     event_id: _builtins.str
     """Stable id of the event; redeliveries carry the same id (dedupe key).
     WhatsApp message: "wa:<wamid>"; WhatsApp status: "wa-status:<wamid>:<status>";
@@ -85,6 +89,16 @@ class Envelope(_message.Message):
     def window_closed(self) -> Global___WindowClosed: ...
     @_builtins.property
     def customer_identity_change(self) -> Global___CustomerIdentityChange: ...
+    @_builtins.property
+    def business_echo(self) -> Global___BusinessEcho:
+        """Coexistence (WhatsApp Business app + Cloud API), numbers 40-49."""
+
+    @_builtins.property
+    def consent_change(self) -> Global___ConsentChange: ...
+    @_builtins.property
+    def customer_message_change(self) -> Global___CustomerMessageChange: ...
+    @_builtins.property
+    def contact_name_sync(self) -> Global___ContactNameSync: ...
     def __init__(
         self,
         *,
@@ -102,12 +116,16 @@ class Envelope(_message.Message):
         line_removed: Global___LineRemoved | None = ...,
         window_closed: Global___WindowClosed | None = ...,
         customer_identity_change: Global___CustomerIdentityChange | None = ...,
+        business_echo: Global___BusinessEcho | None = ...,
+        consent_change: Global___ConsentChange | None = ...,
+        customer_message_change: Global___CustomerMessageChange | None = ...,
+        contact_name_sync: Global___ContactNameSync | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["customer_identity_change", b"customer_identity_change", "customer_message", b"customer_message", "kind", b"kind", "line_removed", b"line_removed", "occurred_at", b"occurred_at", "operator_message", b"operator_message", "operator_message_delete", b"operator_message_delete", "operator_message_edit", b"operator_message_edit", "operator_read", b"operator_read", "send_failure", b"send_failure", "whatsapp_status", b"whatsapp_status", "window_closed", b"window_closed"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["business_echo", b"business_echo", "consent_change", b"consent_change", "contact_name_sync", b"contact_name_sync", "customer_identity_change", b"customer_identity_change", "customer_message", b"customer_message", "customer_message_change", b"customer_message_change", "kind", b"kind", "line_removed", b"line_removed", "occurred_at", b"occurred_at", "operator_message", b"operator_message", "operator_message_delete", b"operator_message_delete", "operator_message_edit", b"operator_message_edit", "operator_read", b"operator_read", "send_failure", b"send_failure", "whatsapp_status", b"whatsapp_status", "window_closed", b"window_closed"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["conversation_key", b"conversation_key", "customer_identity_change", b"customer_identity_change", "customer_message", b"customer_message", "event_id", b"event_id", "kind", b"kind", "line_removed", b"line_removed", "occurred_at", b"occurred_at", "operator_message", b"operator_message", "operator_message_delete", b"operator_message_delete", "operator_message_edit", b"operator_message_edit", "operator_read", b"operator_read", "send_failure", b"send_failure", "source", b"source", "whatsapp_status", b"whatsapp_status", "window_closed", b"window_closed"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["business_echo", b"business_echo", "consent_change", b"consent_change", "contact_name_sync", b"contact_name_sync", "conversation_key", b"conversation_key", "customer_identity_change", b"customer_identity_change", "customer_message", b"customer_message", "customer_message_change", b"customer_message_change", "event_id", b"event_id", "kind", b"kind", "line_removed", b"line_removed", "occurred_at", b"occurred_at", "operator_message", b"operator_message", "operator_message_delete", b"operator_message_delete", "operator_message_edit", b"operator_message_edit", "operator_read", b"operator_read", "send_failure", b"send_failure", "source", b"source", "whatsapp_status", b"whatsapp_status", "window_closed", b"window_closed"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["customer_message", "whatsapp_status", "operator_message", "operator_message_edit", "operator_message_delete", "operator_read", "send_failure", "line_removed", "window_closed", "customer_identity_change"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["customer_message", "whatsapp_status", "operator_message", "operator_message_edit", "operator_message_delete", "operator_read", "send_failure", "line_removed", "window_closed", "customer_identity_change", "business_echo", "consent_change", "customer_message_change", "contact_name_sync"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
@@ -459,6 +477,174 @@ class SendFailure(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SendFailure: _TypeAlias = SendFailure  # noqa: Y015
+
+@_typing.final
+class BusinessEcho(_message.Message):
+    """Coexistence: a message the business sent from the WhatsApp Business app (webhook field
+    smb_message_echoes, value.message_echoes[]). Shown in the operator's chat as the business's message,
+    never sent to WhatsApp again. event_id "wa-echo:<wamid>".
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PHONE_NUMBER_ID_FIELD_NUMBER: _builtins.int
+    WA_ID_FIELD_NUMBER: _builtins.int
+    WAMID_FIELD_NUMBER: _builtins.int
+    SENT_AT_FIELD_NUMBER: _builtins.int
+    TYPE_FIELD_NUMBER: _builtins.int
+    TEXT_FIELD_NUMBER: _builtins.int
+    phone_number_id: _builtins.str
+    wa_id: _builtins.str
+    """the customer (echo.to)"""
+    wamid: _builtins.str
+    type: _builtins.str
+    """the Cloud API message type of the echo"""
+    text: _builtins.str
+    """readable text, as for CustomerMessage"""
+    @_builtins.property
+    def sent_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        phone_number_id: _builtins.str = ...,
+        wa_id: _builtins.str = ...,
+        wamid: _builtins.str = ...,
+        sent_at: _timestamp_pb2.Timestamp | None = ...,
+        type: _builtins.str = ...,
+        text: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["sent_at", b"sent_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["phone_number_id", b"phone_number_id", "sent_at", b"sent_at", "text", b"text", "type", b"type", "wa_id", b"wa_id", "wamid", b"wamid"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BusinessEcho: _TypeAlias = BusinessEcho  # noqa: Y015
+
+@_typing.final
+class ConsentChange(_message.Message):
+    """The customer stopped or resumed marketing messages (webhook field user_preferences).
+    event_id "wa-consent:<phone_number_id>:<wa_id>:<category>:<timestamp>:<value>".
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PHONE_NUMBER_ID_FIELD_NUMBER: _builtins.int
+    WA_ID_FIELD_NUMBER: _builtins.int
+    CATEGORY_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
+    AT_FIELD_NUMBER: _builtins.int
+    phone_number_id: _builtins.str
+    wa_id: _builtins.str
+    category: _builtins.str
+    """"marketing_messages" """
+    value: _builtins.str
+    """"stop" | "resume" """
+    detail: _builtins.str
+    @_builtins.property
+    def at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        phone_number_id: _builtins.str = ...,
+        wa_id: _builtins.str = ...,
+        category: _builtins.str = ...,
+        value: _builtins.str = ...,
+        detail: _builtins.str = ...,
+        at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "category", b"category", "detail", b"detail", "phone_number_id", b"phone_number_id", "value", b"value", "wa_id", b"wa_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ConsentChange: _TypeAlias = ConsentChange  # noqa: Y015
+
+@_typing.final
+class CustomerMessageChange(_message.Message):
+    """Coexistence: the customer edited (type edit, within 15 min) or revoked (type revoke, within 2 days) an
+    earlier message. event_id "wa-<action>:<wamid>".
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PHONE_NUMBER_ID_FIELD_NUMBER: _builtins.int
+    WA_ID_FIELD_NUMBER: _builtins.int
+    WAMID_FIELD_NUMBER: _builtins.int
+    ORIGINAL_WAMID_FIELD_NUMBER: _builtins.int
+    ACTION_FIELD_NUMBER: _builtins.int
+    TEXT_FIELD_NUMBER: _builtins.int
+    AT_FIELD_NUMBER: _builtins.int
+    phone_number_id: _builtins.str
+    wa_id: _builtins.str
+    wamid: _builtins.str
+    """the edit/revoke message's own id"""
+    original_wamid: _builtins.str
+    """the message edited or revoked (its external message id in Bitrix24)"""
+    action: _builtins.str
+    """"edit" | "revoke" """
+    text: _builtins.str
+    """edit: the new readable text"""
+    @_builtins.property
+    def at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        phone_number_id: _builtins.str = ...,
+        wa_id: _builtins.str = ...,
+        wamid: _builtins.str = ...,
+        original_wamid: _builtins.str = ...,
+        action: _builtins.str = ...,
+        text: _builtins.str = ...,
+        at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "at", b"at", "original_wamid", b"original_wamid", "phone_number_id", b"phone_number_id", "text", b"text", "wa_id", b"wa_id", "wamid", b"wamid"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CustomerMessageChange: _TypeAlias = CustomerMessageChange  # noqa: Y015
+
+@_typing.final
+class ContactNameSync(_message.Message):
+    """Coexistence: the WhatsApp Business app's contact sync (webhook smb_app_state_sync, type contact).
+    event_id "wa-contact:<phone_number_id>:<wa_id>:<timestamp>:<action>".
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PHONE_NUMBER_ID_FIELD_NUMBER: _builtins.int
+    WA_ID_FIELD_NUMBER: _builtins.int
+    FULL_NAME_FIELD_NUMBER: _builtins.int
+    ACTION_FIELD_NUMBER: _builtins.int
+    AT_FIELD_NUMBER: _builtins.int
+    phone_number_id: _builtins.str
+    wa_id: _builtins.str
+    """contact.phone_number, digits only"""
+    full_name: _builtins.str
+    action: _builtins.str
+    """"add" | "remove" """
+    @_builtins.property
+    def at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        phone_number_id: _builtins.str = ...,
+        wa_id: _builtins.str = ...,
+        full_name: _builtins.str = ...,
+        action: _builtins.str = ...,
+        at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "at", b"at", "full_name", b"full_name", "phone_number_id", b"phone_number_id", "wa_id", b"wa_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ContactNameSync: _TypeAlias = ContactNameSync  # noqa: Y015
 
 @_typing.final
 class WindowClosed(_message.Message):

@@ -1079,3 +1079,69 @@ class RecordDeliveriesResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RecordDeliveriesResponse: _TypeAlias = RecordDeliveriesResponse  # noqa: Y015
+
+@_typing.final
+class CustomerConsent(_message.Message):
+    """--- customer consent (coexistence helper) ------------------------------------------------------------"""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PHONE_NUMBER_ID_FIELD_NUMBER: _builtins.int
+    WA_ID_FIELD_NUMBER: _builtins.int
+    CATEGORY_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
+    CHANGED_AT_FIELD_NUMBER: _builtins.int
+    phone_number_id: _builtins.str
+    wa_id: _builtins.str
+    category: _builtins.str
+    """"marketing_messages" """
+    value: _builtins.str
+    """"stop" | "resume"; "" (Get): nothing recorded"""
+    detail: _builtins.str
+    @_builtins.property
+    def changed_at(self) -> _timestamp_pb2.Timestamp:
+        """Meta's timestamp of the change"""
+
+    def __init__(
+        self,
+        *,
+        phone_number_id: _builtins.str = ...,
+        wa_id: _builtins.str = ...,
+        category: _builtins.str = ...,
+        value: _builtins.str = ...,
+        detail: _builtins.str = ...,
+        changed_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["changed_at", b"changed_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["category", b"category", "changed_at", b"changed_at", "detail", b"detail", "phone_number_id", b"phone_number_id", "value", b"value", "wa_id", b"wa_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CustomerConsent: _TypeAlias = CustomerConsent  # noqa: Y015
+
+@_typing.final
+class GetCustomerConsentRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PHONE_NUMBER_ID_FIELD_NUMBER: _builtins.int
+    WA_ID_FIELD_NUMBER: _builtins.int
+    CATEGORY_FIELD_NUMBER: _builtins.int
+    phone_number_id: _builtins.str
+    wa_id: _builtins.str
+    category: _builtins.str
+    def __init__(
+        self,
+        *,
+        phone_number_id: _builtins.str = ...,
+        wa_id: _builtins.str = ...,
+        category: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["category", b"category", "phone_number_id", b"phone_number_id", "wa_id", b"wa_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetCustomerConsentRequest: _TypeAlias = GetCustomerConsentRequest  # noqa: Y015

@@ -124,6 +124,16 @@ class MapperStub:
                 request_serializer=zaptrix_dot_v1_dot_mapper__pb2.FindConversationByIdentityAliasRequest.SerializeToString,
                 response_deserializer=zaptrix_dot_v1_dot_mapper__pb2.Conversation.FromString,
                 _registered_method=True)
+        self.RecordCustomerConsent = channel.unary_unary(
+                '/zaptrix.v1.Mapper/RecordCustomerConsent',
+                request_serializer=zaptrix_dot_v1_dot_mapper__pb2.CustomerConsent.SerializeToString,
+                response_deserializer=zaptrix_dot_v1_dot_mapper__pb2.CustomerConsent.FromString,
+                _registered_method=True)
+        self.GetCustomerConsent = channel.unary_unary(
+                '/zaptrix.v1.Mapper/GetCustomerConsent',
+                request_serializer=zaptrix_dot_v1_dot_mapper__pb2.GetCustomerConsentRequest.SerializeToString,
+                response_deserializer=zaptrix_dot_v1_dot_mapper__pb2.CustomerConsent.FromString,
+                _registered_method=True)
 
 
 class MapperServicer:
@@ -256,6 +266,20 @@ class MapperServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RecordCustomerConsent(self, request, context):
+        """Customer consent (webhook user_preferences): the latest stop/resume per channel, customer and
+        category. RecordCustomerConsent keeps the newest change (an older one arriving late is ignored).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetCustomerConsent(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MapperServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -348,6 +372,16 @@ def add_MapperServicer_to_server(servicer, server):
                     servicer.FindConversationByIdentityAlias,
                     request_deserializer=zaptrix_dot_v1_dot_mapper__pb2.FindConversationByIdentityAliasRequest.FromString,
                     response_serializer=zaptrix_dot_v1_dot_mapper__pb2.Conversation.SerializeToString,
+            ),
+            'RecordCustomerConsent': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordCustomerConsent,
+                    request_deserializer=zaptrix_dot_v1_dot_mapper__pb2.CustomerConsent.FromString,
+                    response_serializer=zaptrix_dot_v1_dot_mapper__pb2.CustomerConsent.SerializeToString,
+            ),
+            'GetCustomerConsent': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetCustomerConsent,
+                    request_deserializer=zaptrix_dot_v1_dot_mapper__pb2.GetCustomerConsentRequest.FromString,
+                    response_serializer=zaptrix_dot_v1_dot_mapper__pb2.CustomerConsent.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -836,6 +870,60 @@ class Mapper:
             '/zaptrix.v1.Mapper/FindConversationByIdentityAlias',
             zaptrix_dot_v1_dot_mapper__pb2.FindConversationByIdentityAliasRequest.SerializeToString,
             zaptrix_dot_v1_dot_mapper__pb2.Conversation.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordCustomerConsent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/zaptrix.v1.Mapper/RecordCustomerConsent',
+            zaptrix_dot_v1_dot_mapper__pb2.CustomerConsent.SerializeToString,
+            zaptrix_dot_v1_dot_mapper__pb2.CustomerConsent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetCustomerConsent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/zaptrix.v1.Mapper/GetCustomerConsent',
+            zaptrix_dot_v1_dot_mapper__pb2.GetCustomerConsentRequest.SerializeToString,
+            zaptrix_dot_v1_dot_mapper__pb2.CustomerConsent.FromString,
             options,
             channel_credentials,
             insecure,

@@ -74,6 +74,11 @@ class MapperStub:
     """
     FindConversationByIdentityAlias: _grpc.UnaryUnaryMultiCallable[_mapper_pb2.FindConversationByIdentityAliasRequest, _mapper_pb2.Conversation]
     """A conversation by any identifier it has had on the channel (phone, BSUID, parent BSUID, username)."""
+    RecordCustomerConsent: _grpc.UnaryUnaryMultiCallable[_mapper_pb2.CustomerConsent, _mapper_pb2.CustomerConsent]
+    """Customer consent (webhook user_preferences): the latest stop/resume per channel, customer and
+    category. RecordCustomerConsent keeps the newest change (an older one arriving late is ignored).
+    """
+    GetCustomerConsent: _grpc.UnaryUnaryMultiCallable[_mapper_pb2.GetCustomerConsentRequest, _mapper_pb2.CustomerConsent]
 
 @_typing.type_check_only
 class MapperAsyncStub(MapperStub):
@@ -121,6 +126,11 @@ class MapperAsyncStub(MapperStub):
     """
     FindConversationByIdentityAlias: _aio.UnaryUnaryMultiCallable[_mapper_pb2.FindConversationByIdentityAliasRequest, _mapper_pb2.Conversation]  # type: ignore[assignment]
     """A conversation by any identifier it has had on the channel (phone, BSUID, parent BSUID, username)."""
+    RecordCustomerConsent: _aio.UnaryUnaryMultiCallable[_mapper_pb2.CustomerConsent, _mapper_pb2.CustomerConsent]  # type: ignore[assignment]
+    """Customer consent (webhook user_preferences): the latest stop/resume per channel, customer and
+    category. RecordCustomerConsent keeps the newest change (an older one arriving late is ignored).
+    """
+    GetCustomerConsent: _aio.UnaryUnaryMultiCallable[_mapper_pb2.GetCustomerConsentRequest, _mapper_pb2.CustomerConsent]  # type: ignore[assignment]
 
 class MapperServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -273,5 +283,22 @@ class MapperServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_mapper_pb2.Conversation, _abc.Awaitable[_mapper_pb2.Conversation]]:
         """A conversation by any identifier it has had on the channel (phone, BSUID, parent BSUID, username)."""
+
+    @_abc_1.abstractmethod
+    def RecordCustomerConsent(
+        self,
+        request: _mapper_pb2.CustomerConsent,
+        context: _ServicerContext,
+    ) -> _typing.Union[_mapper_pb2.CustomerConsent, _abc.Awaitable[_mapper_pb2.CustomerConsent]]:
+        """Customer consent (webhook user_preferences): the latest stop/resume per channel, customer and
+        category. RecordCustomerConsent keeps the newest change (an older one arriving late is ignored).
+        """
+
+    @_abc_1.abstractmethod
+    def GetCustomerConsent(
+        self,
+        request: _mapper_pb2.GetCustomerConsentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_mapper_pb2.CustomerConsent, _abc.Awaitable[_mapper_pb2.CustomerConsent]]: ...
 
 def add_MapperServicer_to_server(servicer: MapperServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

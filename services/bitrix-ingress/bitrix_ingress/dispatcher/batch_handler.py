@@ -35,8 +35,10 @@ from bitrix_ingress.bitrix_rest.client import BitrixError, TransientBitrixError
 from bitrix_ingress.bitrix_rest.portal import PortalClient
 from bitrix_ingress.deps import Deps
 from bitrix_ingress.dispatcher.channels import Channels
+from bitrix_ingress.dispatcher.coexistence import prepare_coexistence
 from bitrix_ingress.dispatcher.conversations import Conversations
 from bitrix_ingress.dispatcher.crm_contacts import ensure_contacts
+from bitrix_ingress.dispatcher.customer_changes import finish_change, prepare_change
 from bitrix_ingress.dispatcher.customer_messages import (
     Processed,
     finish_customer,
@@ -48,7 +50,15 @@ from bitrix_ingress.dispatcher.notices import finish_notice, prepare_failure, re
 from bitrix_ingress.dispatcher.portal_calls import Answered, HeldBehind, PortalCalls
 from bitrix_ingress.dispatcher.sent_effects import SENT, record_sent, sent_result, with_sent_reason
 from bitrix_ingress.dispatcher.statuses import StatusUpdates, finish_status, prepare_status
-from bitrix_ingress.dispatcher.work import Answer, DeliverWork, NoticeWork, StatusWork, Work, outcome_for
+from bitrix_ingress.dispatcher.work import (
+    Answer,
+    ChangeWork,
+    DeliverWork,
+    NoticeWork,
+    StatusWork,
+    Work,
+    outcome_for,
+)
 from bitrix_ingress.metrics import DELIVERED, REQUESTS_PER_FLUSH, STATUSES
 from bitrix_ingress.settings import DispatcherSettings
 
@@ -235,6 +245,14 @@ class BitrixDispatcher:
             if kind == "send_failure":
                 sf = rec.envelope.send_failure
                 return await prepare_failure(rec, sf, settings=settings, deps=deps, channels=channels)
+            if kind in ("customer_message_change", "contact_name_sync"):
+                return await prepare_change(
+                    rec, settings=settings, deps=deps, channels=channels, conversations=self.conversations
+                )
+            if kind in ("business_echo", "consent_change"):
+                return await prepare_coexistence(
+                    rec, settings=settings, deps=deps, channels=channels, conversations=self.conversations
+                )
             return Outcome.dead(f"unexpected event type {kind} on the wa-to-b24 topic")
         except Exception as exc:
             if not isinstance(exc, TransientError | PermanentError):  # Bitrix24 and RPC errors included
@@ -333,6 +351,8 @@ class BitrixDispatcher:
             return await finish_status(self.deps, work)
         if isinstance(work, NoticeWork):
             return await finish_notice(self.deps, work)
+        if isinstance(work, ChangeWork):
+            return await finish_change(self.deps, work)
         return Outcome.dead(f"unknown work {type(work).__name__}")
 
 

@@ -92,7 +92,7 @@ def im_notice_call(w: NoticeWork) -> dl.Call | None:
     if w.via == "im":
         params = {
             "DIALOG_ID": f"chat{w.bitrix_chat_id}",
-            "MESSAGE": notice_text(w.body),
+            "MESSAGE": shown_text(w),
             "SYSTEM": "Y",
             "URL_PREVIEW": "N",
         }
@@ -109,7 +109,12 @@ def connector_notice_item(w: NoticeWork) -> dl.Item:
         external_chat_id=w.external_chat_id,
         body=w.body,
     )
+    payload["message"]["text"] = shown_text(w)
     return dl.Item(w, payload)
+
+
+def shown_text(w: NoticeWork) -> str:
+    return w.shown or notice_text(w.body)
 
 
 def reroute_refused_im(works: Sequence[Work], answers: Mapping[Work, Answer]) -> dict[Work, Work]:
@@ -132,7 +137,8 @@ async def finish_notice(deps: Deps, work: NoticeWork) -> Outcome:
     await bookkeeping.mark(deps, event_id, f"notice:{work.via}")
     NOTICES.labels(work.source, work.via).inc()
     log.info(
-        "failure notice posted in the operator's chat",
+        "notice posted in the operator's chat",
+        source=work.source,
         event_id=event_id,
         external_chat_id=work.external_chat_id,
         via=work.via,

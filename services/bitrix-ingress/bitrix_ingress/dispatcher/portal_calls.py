@@ -32,7 +32,7 @@ from bitrix_ingress.bitrix_rest.portal import PortalClient, RateLimitWaitExceede
 from bitrix_ingress.dispatcher import packing as dl
 from bitrix_ingress.dispatcher.customer_messages import customer_item
 from bitrix_ingress.dispatcher.notices import connector_notice_item, im_notice_call
-from bitrix_ingress.dispatcher.work import Answer, DeliverWork, NoticeWork, StatusWork, Work
+from bitrix_ingress.dispatcher.work import Answer, ChangeWork, DeliverWork, NoticeWork, StatusWork, Work
 from bitrix_ingress.metrics import BATCH_FALLBACKS, MESSAGES_PER_CALL
 from bitrix_ingress.settings import DispatcherSettings
 
@@ -118,6 +118,8 @@ class PortalCalls:
                     singles.append(im_call)
                 else:
                     stream.setdefault((w.connector, w.line), []).append(connector_notice_item(w))
+            elif isinstance(w, ChangeWork):
+                singles.append(w.call())
             elif isinstance(w, StatusWork):
                 statuses.setdefault((w.method, w.connector, w.line), []).append(dl.Item(w, w.payload))
                 if w.reading_payload is not None:

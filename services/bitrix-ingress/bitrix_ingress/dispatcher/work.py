@@ -63,3 +63,22 @@ class NoticeWork(Work):
     body: str = ""
     wamid: str = ""  # of the failed operator message, for UpdateMessageStatus
     via: str = "connector"
+    shown: str = ""  # the exact text to post (echoes, consent lines); empty: the "⚠️ Zaptrix:" notice of body
+
+
+@dataclass(eq=False)
+class ChangeWork(Work):
+    """One imconnector call that changes what the chat shows: a customer's edit or revoke
+    (imconnector.update/delete.messages, MESSAGES = [payload]) or a name from the business app's contact
+    sync (imconnector.chat.name.set, params = payload)."""
+
+    method: str = ""
+    payload: dict[str, Any] = field(default_factory=dict)
+    messages: bool = True  # payload is one MESSAGES[] item (else: the call's own params)
+
+    def call(self) -> dl.Call:
+        base = {"CONNECTOR": self.connector, "LINE": self.line}
+        if self.messages:
+            return dl.Call(self.method, base, [dl.Item(self, self.payload)])
+        params = base | self.payload
+        return dl.Call(self.method, params, [dl.Item(self, params)], messages=False)

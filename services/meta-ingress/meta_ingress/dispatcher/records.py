@@ -72,6 +72,17 @@ class Records:
             self.clients.mapper.FindConversation(request, timeout=self.clients.timeout),
         )
 
+    async def marketing_stopped(self, phone_number_id: str, wa_id: str) -> bool:
+        """The customer's latest user_preferences answer for marketing messages is "stop"."""
+        request = mapper_pb2.GetCustomerConsentRequest(
+            phone_number_id=phone_number_id, wa_id=wa_id, category="marketing_messages"
+        )
+        consent = await call(
+            "mapper GetCustomerConsent",
+            self.clients.mapper.GetCustomerConsent(request, timeout=self.clients.timeout),
+        )
+        return str(consent.value) == "stop"
+
     async def wamid_of(self, member_id: str, bitrix_message_id: str) -> str:
         """The wamid a Bitrix24 message was sent as ("" when not linked)."""
         request = mapper_pb2.FindMessageLinkRequest(

@@ -25,7 +25,8 @@ log = get_logger(__name__)
 
 @dataclass
 class Reengagement:
-    """What became of the re-engagement template: none (not configured), sent, cooldown or failed; ``text``
+    """What became of the re-engagement template: none (not configured), sent, cooldown, failed or opted_out
+    (a marketing template to a customer who stopped marketing messages); ``text``
     is the sentence for the operator's notice."""
 
     outcome: str
@@ -69,6 +70,16 @@ class Window:
         if not name:
             return Reengagement("none")
         records, event_id = self.ctx.records, rec.envelope.event_id
+        if self.ctx.settings.is_marketing_template(name) and await records.marketing_stopped(
+            target.phone_number_id, target.wa_id
+        ):
+            TEMPLATES.labels("opted_out").inc()
+            log.info("marketing template refused: the customer stopped marketing messages", template=name)
+            return Reengagement(
+                "opted_out",
+                f" The re-engagement template “{name}” is a marketing template and the customer stopped"
+                " marketing messages on WhatsApp, so it was not sent.",
+            )
         sent_text = f" The re-engagement template “{name}” was sent; write again once the customer replies."
         prefix = f"wa-reengage:{target.phone_number_id}:{target.wa_id}:"
         bucket = int(time.time()) // self.ctx.settings.template_cooldown_s

@@ -61,13 +61,23 @@ class WebhookTooLarge(WebhookShapeError):
     """More entries, changes, items or channels than one webhook may carry (413)."""
 
 
+# The change fields read here (research-2026-12.md 1.6, 1.11); any other field is counted and ignored.
+MESSAGES, ECHOES, PREFERENCES = "messages", "smb_message_echoes", "user_preferences"
+STATE_SYNC = "smb_app_state_sync"
+READ_FIELDS = (MESSAGES, ECHOES, PREFERENCES, STATE_SYNC)
+# The lists of a change value that count against ``max_updates``.
+_ITEM_LISTS = ("messages", "statuses", "message_echoes", "user_preferences", "state_sync")
+CHANGE_TYPES = ("edit", "revoke")  # a customer's edit or revoke of an earlier message (coexistence)
+
+
 @dataclass
 class Change:
-    """One ``entry[].changes[]`` item of field ``messages``."""
+    """One ``entry[].changes[]`` item of a field we read (``messages``, echoes, user preferences)."""
 
     phone_number_id: str
     display_phone_number: str
     value: dict[str, Any]
+    field: str = MESSAGES
 
 
 @dataclass
@@ -85,6 +95,10 @@ class Normalized:
     envelopes: list[events_pb2.Envelope] = field(default_factory=list)
     messages: int = 0
     statuses: int = 0
+    echoes: int = 0  # smb_message_echoes (coexistence): the business's own messages from the app
+    consents: int = 0  # user_preferences (marketing stop / resume)
+    changes: int = 0  # customer edits and revokes (coexistence)
+    contact_syncs: int = 0  # smb_app_state_sync contacts
     # value-level errors[] (not tied to a message): (phone_number_id, code, title, details)
     system_errors: list[tuple[str, int, str, str]] = field(default_factory=list)
     types: list[str] = field(default_factory=list)
@@ -173,7 +187,7 @@ def parse_envelope(payload: Any, max_updates: int = 1000, max_channels: int = 10
                 change = _obj(change, where)
                 value = _obj(change.get("value"), f"{where}.value")
             fld = _str(change.get("field"))
-            if fld != "messages":
+            if fld not in READ_FIELDS:
                 hook.ignored_fields.append(fld or "?")
                 continue
             metadata = _obj(metadata, f"entry[{i}].changes[{j}].value.metadata")
@@ -181,12 +195,10 @@ def parse_envelope(payload: Any, max_updates: int = 1000, max_channels: int = 10
             channels.add(pnid)
             if len(channels) > max_channels:
                 raise WebhookTooLarge(f"more than {max_channels} phone numbers")
-            for k in ("messages", "statuses"):
-                if isinstance(listed := value.get(k), list):
-                    items += len(listed)
+            items += sum(len(v) for k in _ITEM_LISTS if isinstance(v := value.get(k), list))
             if items > max_updates:
-                raise WebhookTooLarge(f"more than {max_updates} messages and statuses")
-            hook.changes.append(Change(pnid, _str(metadata.get("display_phone_number")), value))
+                raise WebhookTooLarge(f"more than {max_updates} messages and statuses (and other items)")
+            hook.changes.append(Change(pnid, _str(metadata.get("display_phone_number")), value, fld))
     return hook
 
 
@@ -504,6 +516,108 @@ def status_event(change: Change, st: dict[str, Any]) -> events_pb2.Envelope:
     return _envelope(f"wa-status:{wamid}:{status}", pnid, recipient, at, whatsapp_status=out)
 
 
+def business_echo(change: Change, echo: dict[str, Any], media_url: MediaUrl) -> events_pb2.Envelope:
+    """A message the business sent from the WhatsApp Business app (coexistence): same object as a customer
+    message but ``from`` is the business and ``to`` the customer. Rendered with the customer-message
+    rules; a media file is named, not attached (it is the business's own file, already on its phone)."""
+    customer = _id(echo.get("to"), "message_echoes[].to")
+    if len(customer) > 512:
+        raise WebhookShapeError("message_echoes[].to is too long")
+    rendered = customer_message(change, {**echo, "from": customer}, {}, media_url, "").customer_message
+    text = rendered.text
+    for m in rendered.media:
+        label = f"📎 {m.kind}: {m.filename}"
+        text = f"{label}\n{text}" if text else label
+    out = events_pb2.BusinessEcho(
+        phone_number_id=change.phone_number_id,
+        wa_id=customer,
+        wamid=rendered.wamid,
+        sent_at=rendered.sent_at,
+        type=rendered.type,
+        text=text or f"[{rendered.type}]",
+    )
+    return _envelope(
+        f"wa-echo:{rendered.wamid}", change.phone_number_id, customer, out.sent_at.seconds, business_echo=out
+    )
+
+
+def customer_change(
+    change: Change, msg: dict[str, Any], media_url: MediaUrl, default_customer: str
+) -> events_pb2.Envelope:
+    """``type: edit`` {edit: {original_message_id, message: {type, <type>: ...}}} or ``type: revoke``
+    {revoke: {original_message_id}}: the customer changed an earlier message (coexistence numbers only)."""
+    action = _str(msg.get("type"))
+    wamid = _id(msg.get("id"), "messages[].id")
+    customer = _id(msg.get("from") or default_customer, f"message {wamid[:80]}: from")
+    if len(customer) > 512:
+        raise WebhookShapeError(f"message {wamid[:80]}: the customer id is too long")
+    body = _sub(msg.get(action))
+    original = _id(body.get("original_message_id"), f"messages[].{action}.original_message_id")
+    at = _timestamp(msg.get("timestamp"))
+    text = ""
+    if action == "edit":
+        inner = _sub(body.get("message"))
+        rendered = customer_message(change, {**inner, "id": wamid, "from": customer}, {}, media_url, "")
+        text = rendered.customer_message.text or "[edited]"
+    out = events_pb2.CustomerMessageChange(
+        phone_number_id=change.phone_number_id,
+        wa_id=customer,
+        wamid=wamid,
+        original_wamid=original,
+        action=action,
+        text=text,
+    )
+    out.at.seconds = at
+    return _envelope(
+        f"wa-{action}:{wamid}", change.phone_number_id, customer, at, customer_message_change=out
+    )
+
+
+def contact_name_sync(change: Change, item: dict[str, Any]) -> events_pb2.Envelope | None:
+    """One ``state_sync[]`` item {type: contact, contact: {full_name, first_name, phone_number}, action};
+    other types (none documented yet) are skipped."""
+    if _str(item.get("type")) != "contact":
+        return None
+    contact = _sub(item.get("contact"))
+    digits = "".join(ch for ch in _str(contact.get("phone_number")) if ch.isascii() and ch.isdigit())
+    if not digits or len(digits) > 32:
+        raise WebhookShapeError("state_sync[].contact.phone_number is missing or not a phone number")
+    action = _str(item.get("action")).lower()
+    if action not in ("add", "remove"):
+        raise WebhookShapeError(f"state_sync[].action must be add or remove, not {action[:20]!r}")
+    name = _str(contact.get("full_name")) or _str(contact.get("first_name"))
+    at = _timestamp(_sub(item.get("metadata")).get("timestamp"))
+    out = events_pb2.ContactNameSync(
+        phone_number_id=change.phone_number_id, wa_id=digits, full_name=name[:256], action=action
+    )
+    out.at.seconds = at
+    event_id = f"wa-contact:{change.phone_number_id}:{digits}:{at}:{action}"
+    return _envelope(event_id, change.phone_number_id, digits, at, contact_name_sync=out)
+
+
+_CONSENT_VALUES = ("stop", "resume")
+
+
+def consent_change(change: Change, pref: dict[str, Any]) -> events_pb2.Envelope:
+    """One ``user_preferences[]`` item: {wa_id, detail, category, value: stop|resume, timestamp}."""
+    customer = _id(pref.get("wa_id"), "user_preferences[].wa_id")
+    category = _id(pref.get("category"), "user_preferences[].category")[:64]
+    value = _id(pref.get("value"), "user_preferences[].value").lower()
+    if value not in _CONSENT_VALUES:
+        raise WebhookShapeError(f"user_preferences[].value must be stop or resume, not {value[:20]!r}")
+    at = _timestamp(pref.get("timestamp"))
+    out = events_pb2.ConsentChange(
+        phone_number_id=change.phone_number_id,
+        wa_id=customer,
+        category=category,
+        value=value,
+        detail=_str(pref.get("detail"))[:1000],
+    )
+    out.at.seconds = at
+    event_id = f"wa-consent:{change.phone_number_id}:{customer}:{category}:{at}:{value}"
+    return _envelope(event_id, change.phone_number_id, customer, at, consent_change=out)
+
+
 def window_closed_event(st: events_pb2.WhatsAppStatus) -> events_pb2.Envelope | None:
     """A WindowClosed event when Meta reports 131047 (24-h window closed) for a send it had accepted."""
     if st.status != "failed" or not st.wa_id or not any(e.code == WINDOW_CLOSED for e in st.errors):
@@ -624,6 +738,23 @@ def _normalize(hook: Webhook, media_url: MediaUrl) -> Normalized:
     result = Normalized()
     for change in hook.changes:
         value = change.value
+        if change.field == ECHOES:
+            for _, echo in _items(value, "message_echoes"):
+                result.envelopes.append(business_echo(change, echo, media_url))
+                result.echoes += 1
+            continue
+        if change.field == STATE_SYNC:
+            for _, item in _items(value, "state_sync"):
+                env = contact_name_sync(change, item)
+                if env is not None:
+                    result.envelopes.append(env)
+                    result.contact_syncs += 1
+            continue
+        if change.field == PREFERENCES:
+            for _, pref in _items(value, "user_preferences"):
+                result.envelopes.append(consent_change(change, pref))
+                result.consents += 1
+            continue
         names, first = _contact_names(value)
         # Only a single-contact change may fall back to contacts[0] for a message without "from".
         default_customer = first if len(names) == 1 else ""
@@ -633,6 +764,9 @@ def _normalize(hook: Webhook, media_url: MediaUrl) -> Normalized:
                 result.envelopes.append(change_env)
                 result.messages += 1
                 result.types.append("system")
+            if _str(msg.get("type")) in CHANGE_TYPES:
+                result.envelopes.append(customer_change(change, msg, media_url, default_customer))
+                result.changes += 1
                 continue
             env = customer_message(change, msg, names, media_url, default_customer)
             result.envelopes.append(env)
