@@ -16,6 +16,7 @@ from zaptrix.kafka import Outcome, Received
 from zaptrix.v1 import events_pb2, mapper_pb2
 
 from bitrix_ingress.deps import Deps
+from bitrix_ingress.dispatcher import packing as dl
 from bitrix_ingress.dispatcher.channels import Channels
 from bitrix_ingress.dispatcher.conversations import Conversations
 from bitrix_ingress.dispatcher.work import NoticeWork, Work
@@ -89,8 +90,9 @@ async def prepare_coexistence(
         connector=channel.connector_id or settings.connector_id,
         line=int(channel.line_id),
         source=source,
-        wa_id=item.wa_id,
-        contact_name=conv.contact_name,
+        wa_id=dl.customer_user(conv)[0],
+        phone=dl.customer_user(conv)[1],
+        contact_name=conv.contact_name or conv.customer_username,
         external_chat_id=conv.external_chat_id,
         bitrix_chat_id=conv.bitrix_chat_id,
         body=shown,

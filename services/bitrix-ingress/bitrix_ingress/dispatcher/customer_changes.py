@@ -9,7 +9,7 @@ from typing import Any
 
 from zaptrix.kafka import Outcome, Received
 from zaptrix.rpc import RpcNotFound
-from zaptrix.v1 import events_pb2
+from zaptrix.v1 import events_pb2, mapper_pb2
 
 from bitrix_ingress.deps import Deps, conversation_update
 from bitrix_ingress.dispatcher import bookkeeping
@@ -65,7 +65,7 @@ async def prepare_change(
         )
 
     if isinstance(item, events_pb2.CustomerMessageChange):
-        user = dl.build_user(conv.wa_id, conv.contact_name)
+        user = dl.build_user(*_user_of(conv))
         chat = {"id": conv.external_chat_id}
         if item.action == "revoke":
             payload = {"user": {"id": user["id"]}, "message": {"id": item.original_wamid}, "chat": chat}
@@ -79,8 +79,8 @@ async def prepare_change(
     conversations.remember(await deps.update_conversation(conversation_update(conv.id, contact_name=name)))
     params = {
         "CHAT_ID": conv.external_chat_id,
-        "NAME": display_name(name, conv.wa_id),
-        "USER_ID": dl.build_user(conv.wa_id, name)["id"],
+        "NAME": display_name(name, dl.customer_user(conv)[1] or conv.wa_id),
+        "USER_ID": dl.customer_user(conv)[0],
     }
     return work(CHAT_NAME_SET, params, messages=False)
 
@@ -88,3 +88,9 @@ async def prepare_change(
 async def finish_change(deps: Deps, work: ChangeWork) -> Outcome:
     await bookkeeping.mark(deps, work.rec.envelope.event_id, work.method)
     return Outcome.ok()
+
+
+def _user_of(conv: mapper_pb2.Conversation) -> tuple[str, str, str | None]:
+    """(user.id, name, phone) the chat knows the customer by: the conversation's stable bitrix_user_id."""
+    user_id, phone = dl.customer_user(conv)
+    return user_id, conv.contact_name or conv.customer_username, phone

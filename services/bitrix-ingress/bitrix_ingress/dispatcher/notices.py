@@ -109,7 +109,8 @@ def connector_notice_item(w: NoticeWork) -> dl.Item:
         external_chat_id=w.external_chat_id,
         body=w.body,
     )
-    payload["message"]["text"] = shown_text(w)
+    if w.shown:  # else build_notice_item's text, which says it is not the customer's
+        payload["message"]["text"] = w.shown
     return dl.Item(w, payload)
 
 

@@ -145,8 +145,9 @@ async def prepare_status(
         return NoticeWork(
             **base,
             source="status",
-            wa_id=conv.wa_id or st.wa_id,
-            contact_name=conv.contact_name,
+            wa_id=dl.customer_user(conv)[0] if conv.wa_id else st.wa_id,
+            phone=dl.customer_user(conv)[1] if conv.wa_id else None,
+            contact_name=conv.contact_name or conv.customer_username,
             external_chat_id=conv.external_chat_id,
             bitrix_chat_id=link.bitrix_chat_id or conv.bitrix_chat_id,
             body=dl.failure_text(error),

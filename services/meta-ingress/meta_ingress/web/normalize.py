@@ -764,6 +764,7 @@ def _normalize(hook: Webhook, media_url: MediaUrl) -> Normalized:
                 result.envelopes.append(change_env)
                 result.messages += 1
                 result.types.append("system")
+                continue
             if _str(msg.get("type")) in CHANGE_TYPES:
                 result.envelopes.append(customer_change(change, msg, media_url, default_customer))
                 result.changes += 1
