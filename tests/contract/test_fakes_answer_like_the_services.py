@@ -343,10 +343,18 @@ async def test_the_batched_rpcs_answer_per_item(peers: Peers) -> None:
                 u(wamid=wamids[0], whatsapp_status="read"),
                 u(wamid=wamids[0], whatsapp_status="sent"),
                 u(wamid=wamids[1], whatsapp_status="sent"),
+                u(
+                    wamid=wamids[2],
+                    bitrix_status="delivered",
+                    processed=mpb.MarkProcessedRequest(event_id=f"{event_id}.status", result="delivery"),
+                ),
             ]
         )
     )
-    assert [(x.wamid, x.whatsapp_status) for x in moved.links] == [(wamids[0], "read")] * 2
+    assert [(x.wamid, x.whatsapp_status) for x in moved.links[:2]] == [(wamids[0], "read")] * 2
+    assert [(x.wamid, x.bitrix_status) for x in moved.links[2:]] == [(wamids[2], "delivered")]
+    check = await peers.mapper.CheckProcessed(mpb.CheckProcessedRequest(event_id=f"{event_id}.status"))
+    assert (check.processed, check.result) == (True, "delivery")
 
 
 # --- token-keeper ----------------------------------------------------------------------------------

@@ -316,7 +316,11 @@ async def test_read_before_delivered_reports_delivery_then_reading(h: Harness) -
         "imconnector.send.status.reading",
     ]
     assert h.fakes.mapper.links["wamid.out1"].bitrix_status == "read"
-    assert h.fakes.mapper.count("MarkProcessed") == 1  # one event, recorded once (it rode in two calls)
+    # One event, recorded once (it rode in two calls), with its link update: no MarkProcessed of its own.
+    assert h.fakes.mapper.count("UpdateMessageStatuses") == 1 and h.fakes.mapper.count("MarkProcessed") == 0
+    assert [e for e in h.fakes.mapper.processed if e.startswith("wa-status:")] == [
+        "wa-status:wamid.out1:read"
+    ]
     assert await h.run([status("wamid.out1", "delivered")]) == ["ok"]  # late: already reported
     assert len([c for c in h.bitrix.calls if c.method == "imconnector.send.status.delivery"]) == 1
 

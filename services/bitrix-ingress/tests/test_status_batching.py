@@ -67,9 +67,16 @@ async def test_only_a_status_that_calls_bitrix_pays_for_dedupe_and_conversation(
     # One look-up of the links and one of the dedupe records for the whole poll batch, none per status.
     assert (m.count("FindMessageLinks"), m.count("CheckProcessedMany")) == (1, 1)
     assert m.count("FindMessageLink") == 0 and m.count("CheckProcessed") == 0
-    assert m.count("MarkProcessed") == 10  # the deliveries only; "sent" only updates the link
-    # The sent statuses' link updates in one UpdateMessageStatuses; each delivery's after its report.
-    assert (m.count("UpdateMessageStatuses"), m.count("UpdateMessageStatus")) == (1, 10)
+    # The sent statuses' link updates in one UpdateMessageStatuses; the deliveries' (one request to
+    # Bitrix24) in one more after their report, which also records them processed: no call per status.
+    assert (m.count("UpdateMessageStatuses"), m.count("UpdateMessageStatus"), m.count("MarkProcessed")) == (
+        2,
+        0,
+        0,
+    )
+    assert {e for e in m.processed if e.startswith("wa-status:")} == {
+        f"wa-status:{w}:delivered" for w in wamids
+    }
     m.forget_calls()
     # Meta sends the deliveries again: already reported, only the links (idempotent), no dedupe record.
     again = [status(w, "delivered", wa_id=f"4917{n:04d}") for n, w in enumerate(wamids)]

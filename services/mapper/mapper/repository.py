@@ -550,18 +550,24 @@ class Repository:
         return found
 
     async def update_message_statuses(
-        self, updates: list[tuple[str, str | None, str | None]]
+        self, updates: list[tuple[str, str | None, str | None]], marks: list[tuple[str, str]] | None = None
     ) -> dict[str, MessageLink]:
         """update_message_status for each (wamid, whatsapp_status, bitrix_status): one statement for the
-        distinct wamids, the updates of one wamid merged (forward only: the highest of each status)."""
+        distinct wamids, the updates of one wamid merged (forward only: the highest of each status).
+        ``marks``: (event_id, result) recorded as processed in the same transaction (first result wins)."""
         merged: dict[str, tuple[str | None, str | None]] = {}
         for wamid, wa, b24 in updates:
             old_wa, old_b24 = merged.get(wamid, (None, None))
             merged[wamid] = (_later(WHATSAPP_STATUSES, old_wa, wa), _later(BITRIX_STATUSES, old_b24, b24))
         changing = sorted(w for w, (wa, b24) in merged.items() if wa is not None or b24 is not None)
         found: dict[str, MessageLink] = {}
-        if changing:
-            async with self.db.connection() as conn:
+        marks = marks or []
+        if changing or marks:
+            async with self.db.connection() as conn, conn.transaction():
+                if marks:  # in event_id order, as the links are in wamid order: no deadlock between batches
+                    first = dict(reversed(marks))  # first result wins, as in one statement per mark
+                    ids = sorted(first)
+                    await conn.execute(_MARK_PROCESSED_MANY, ids, [first[e] for e in ids])
                 rows = await conn.fetch(
                     _UPDATE_STATUSES,
                     changing,

@@ -202,11 +202,15 @@ class MapperService:
         return await self.repo.update_message_status(wamid, whatsapp_status, bitrix_status)
 
     async def update_message_statuses(
-        self, updates: list[tuple[str, str | None, str | None]]
+        self, updates: list[tuple[str, str | None, str | None]], marks: list[tuple[str, str]] | None = None
     ) -> list[MessageLink]:
         """update_message_status for each, in one statement: the links as they are after the whole list,
-        in order, leaving out the wamids without a link."""
-        found = await self.repo.update_message_statuses(updates)
+        in order, leaving out the wamids without a link. ``marks``: (event_id, result) to MarkProcessed in
+        the same transaction."""
+        found = await self.repo.update_message_statuses(updates, marks or [])
+        for event_id, result in marks or []:
+            if self.processed.get(event_id) is None:
+                self.processed.put(event_id, result)
         return [found[w] for w, _, _ in updates if w in found]
 
     # customer consent

@@ -256,8 +256,16 @@ class MapperServicer(mapper_pb2_grpc.MapperServicer):
     ) -> pb.UpdateMessageStatusesResponse:
         if len(request.updates) > MAX_BATCH:
             raise InvalidArgument(f"more than {MAX_BATCH} updates")
+        marks = [
+            (
+                convert.required(u.processed.event_id, f"updates[{i}].processed.event_id"),
+                convert.checked(u.processed.result, f"updates[{i}].processed.result", convert.MAX_RESULT),
+            )
+            for i, u in enumerate(request.updates)
+            if u.HasField("processed")
+        ]
         found = await self.service.update_message_statuses(
-            [convert.status_update(u) for u in request.updates]
+            [convert.status_update(u) for u in request.updates], marks
         )
         return pb.UpdateMessageStatusesResponse(links=[convert.link_pb(link) for link in found])
 

@@ -306,3 +306,39 @@ async def test_update_message_statuses_answers_as_the_single_updates(mapper: Map
     await expect_code(mapper.stub.UpdateMessageStatuses(bad), grpc.StatusCode.INVALID_ARGUMENT)
     huge = pb.UpdateMessageStatusesRequest(updates=[pb.UpdateMessageStatusRequest(wamid="w")] * 1001)
     await expect_code(mapper.stub.UpdateMessageStatuses(huge), grpc.StatusCode.INVALID_ARGUMENT)
+
+
+async def test_update_message_statuses_marks_processed_in_the_same_transaction(mapper: Mapper) -> None:
+    c1, _ = await _conversations(mapper, "1002", "portal-a")
+    link = pb.MessageLink(wamid="marked.1", conversation_id=c1, direction=pb.DIRECTION_OUTBOUND)
+    await mapper.stub.LinkMessage(pb.LinkMessageRequest(link=link))
+    u, mark = pb.UpdateMessageStatusRequest, pb.MarkProcessedRequest
+    ids = ["ev.marked.delivered", "ev.marked.read", "ev.marked.unknown"]
+    request = pb.UpdateMessageStatusesRequest(
+        updates=[
+            u(wamid="marked.1", bitrix_status="delivered", processed=mark(event_id=ids[0], result="first")),
+            u(wamid="marked.1", bitrix_status="read", processed=mark(event_id=ids[1], result="reading")),
+            u(wamid="marked.1", processed=mark(event_id=ids[0], result="second")),  # first result wins
+            u(wamid="marked.unknown", processed=mark(event_id=ids[2], result="r")),  # no link: still marked
+        ]
+    )
+    got = await mapper.stub.UpdateMessageStatuses(request)
+    assert [x.bitrix_status for x in got.links] == ["read"] * 3
+    check = await mapper.stub.CheckProcessedMany(pb.CheckProcessedManyRequest(event_ids=ids))
+    assert [(c.processed, c.result) for c in check.results] == [
+        (True, "first"),
+        (True, "reading"),
+        (True, "r"),
+    ]
+    # A mark that is invalid fails the whole request, and nothing of it is recorded.
+    bad = pb.UpdateMessageStatusesRequest(
+        updates=[
+            u(wamid="marked.1", whatsapp_status="read", processed=mark(event_id="ev.marked.bad")),
+            u(wamid="marked.1", processed=mark(event_id="")),
+        ]
+    )
+    await expect_code(mapper.stub.UpdateMessageStatuses(bad), grpc.StatusCode.INVALID_ARGUMENT)
+    check = await mapper.stub.CheckProcessed(pb.CheckProcessedRequest(event_id="ev.marked.bad"))
+    assert not check.processed
+    found = await mapper.stub.FindMessageLink(pb.FindMessageLinkRequest(wamid="marked.1"))
+    assert found.whatsapp_status != "read"

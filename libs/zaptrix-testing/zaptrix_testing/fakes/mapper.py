@@ -276,6 +276,8 @@ class FakeMapper(Recorder, mapper_pb2_grpc.MapperServicer):
             return old if rank.get(old, -1) > rank.get(new, -1) else new
 
         for u in request.updates:
+            if u.HasField("processed"):
+                self._mark(u.processed)
             link = self.links.get(u.wamid)
             if link is None:
                 continue

@@ -728,19 +728,27 @@ class UpdateMessageStatusRequest(_message.Message):
     WAMID_FIELD_NUMBER: _builtins.int
     WHATSAPP_STATUS_FIELD_NUMBER: _builtins.int
     BITRIX_STATUS_FIELD_NUMBER: _builtins.int
+    PROCESSED_FIELD_NUMBER: _builtins.int
     wamid: _builtins.str
     whatsapp_status: _builtins.str
     bitrix_status: _builtins.str
+    @_builtins.property
+    def processed(self) -> Global___MarkProcessedRequest:
+        """Only in UpdateMessageStatuses: also MarkProcessed (first result wins), in the same transaction, so a
+        status reported to Bitrix24 costs no call of its own (the bitrix dispatcher's poll batch).
+        """
+
     def __init__(
         self,
         *,
         wamid: _builtins.str = ...,
         whatsapp_status: _builtins.str | None = ...,
         bitrix_status: _builtins.str | None = ...,
+        processed: Global___MarkProcessedRequest | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_bitrix_status", b"_bitrix_status", "_whatsapp_status", b"_whatsapp_status", "bitrix_status", b"bitrix_status", "whatsapp_status", b"whatsapp_status"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_bitrix_status", b"_bitrix_status", "_whatsapp_status", b"_whatsapp_status", "bitrix_status", b"bitrix_status", "processed", b"processed", "whatsapp_status", b"whatsapp_status"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_bitrix_status", b"_bitrix_status", "_whatsapp_status", b"_whatsapp_status", "bitrix_status", b"bitrix_status", "wamid", b"wamid", "whatsapp_status", b"whatsapp_status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_bitrix_status", b"_bitrix_status", "_whatsapp_status", b"_whatsapp_status", "bitrix_status", b"bitrix_status", "processed", b"processed", "wamid", b"wamid", "whatsapp_status", b"whatsapp_status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__bitrix_status: _TypeAlias = _typing.Literal["bitrix_status"]  # noqa: Y015
     _WhichOneofArgType__bitrix_status: _TypeAlias = _typing.Literal["_bitrix_status", b"_bitrix_status"]  # noqa: Y015

@@ -49,7 +49,7 @@ from bitrix_ingress.dispatcher.identity_changes import apply_identity_change
 from bitrix_ingress.dispatcher.notices import finish_notice, prepare_failure, reroute_refused_im
 from bitrix_ingress.dispatcher.portal_calls import Answered, HeldBehind, PortalCalls
 from bitrix_ingress.dispatcher.sent_effects import SENT, record_sent, sent_result, with_sent_reason
-from bitrix_ingress.dispatcher.statuses import StatusUpdates, finish_status, prepare_status
+from bitrix_ingress.dispatcher.statuses import StatusUpdates, finish_statuses, prepare_status
 from bitrix_ingress.dispatcher.work import (
     Answer,
     ChangeWork,
@@ -121,9 +121,11 @@ class BitrixDispatcher:
             for a reason worth a retry: the mapper is not recording."""
             sent = [(w, a) for w, a in answered if isinstance(a, dict) and outcomes[w.index] is None]
             messages = [(w, a) for w, a in sent if isinstance(w, DeliverWork) and isinstance(a, dict)]
+            statuses = [(w, a) for w, a in sent if isinstance(w, StatusWork) and isinstance(a, dict)]
             await asyncio.gather(
                 self._finish_messages(messages, outcomes),
-                *(finish(w, a) for w, a in sent if not isinstance(w, DeliverWork)),
+                self._finish_statuses(statuses, outcomes),
+                *(finish(w, a) for w, a in sent if not isinstance(w, DeliverWork | StatusWork)),
             )
             return not any(_unrecorded(outcomes[w.index]) for w, _ in sent)
 
@@ -319,6 +321,27 @@ class BitrixDispatcher:
                 )
             outcomes[work.index] = outcome_for(result)
 
+    async def _finish_statuses(
+        self, statuses: list[tuple[StatusWork, dict[str, Any]]], outcomes: list[Outcome | None]
+    ) -> None:
+        """The statuses one request reported: each noted as sent on its record first (a retry records,
+        never reports again), then one UpdateMessageStatuses that also marks them processed."""
+        if not statuses:
+            return
+        for work, answer in statuses:
+            work.rec.happened(SENT, sent_result(work, answer))
+        try:
+            with trace.use_span(statuses[0][0].rec.span, end_on_exit=False):
+                await finish_statuses(self.deps, [w for w, _ in statuses])
+        except Exception as exc:
+            if not isinstance(exc, BitrixError | RpcError):
+                log.exception("recording failed", event_id=statuses[0][0].rec.envelope.event_id)
+            for work, _ in statuses:
+                outcomes[work.index] = outcome_for(exc)
+            return
+        for work, _ in statuses:
+            outcomes[work.index] = Outcome.ok()
+
     async def _finish_safe(self, work: Work, answer: Answer | None) -> Outcome:
         try:
             return await self._finish(work, answer)
@@ -348,7 +371,8 @@ class BitrixDispatcher:
         if isinstance(work, DeliverWork):
             return await finish_customer(self.deps, work, done)
         if isinstance(work, StatusWork):
-            return await finish_status(self.deps, work)
+            await finish_statuses(self.deps, [work])
+            return Outcome.ok()
         if isinstance(work, NoticeWork):
             return await finish_notice(self.deps, work)
         if isinstance(work, ChangeWork):

@@ -180,10 +180,18 @@ async def prepare_status(
     )
 
 
-async def finish_status(deps: Deps, work: StatusWork) -> Outcome:
-    await bookkeeping.mark(deps, work.rec.envelope.event_id, work.method)
-    await deps.update_message_status(
-        work.st.wamid, whatsapp_status=_recorded(work.st.status), bitrix_status=work.new_bitrix_status
-    )
-    STATUSES.labels(work.st.status, "reported").inc()
-    return Outcome.ok()
+async def finish_statuses(deps: Deps, works: list[StatusWork]) -> None:
+    """The statuses one request reported to Bitrix24: each recorded as processed and on its link, all in
+    one UpdateMessageStatuses (one transaction), retried in place to keep the duplicate window small."""
+    updates = [
+        mapper_pb2.UpdateMessageStatusRequest(
+            wamid=w.st.wamid,
+            whatsapp_status=_recorded(w.st.status),
+            bitrix_status=w.new_bitrix_status,
+            processed=mapper_pb2.MarkProcessedRequest(event_id=w.rec.envelope.event_id, result=w.method),
+        )
+        for w in works
+    ]
+    await bookkeeping.in_place(lambda: deps.update_message_statuses(updates))
+    for w in works:
+        STATUSES.labels(w.st.status, "reported").inc()
