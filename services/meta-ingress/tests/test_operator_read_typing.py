@@ -72,3 +72,31 @@ async def test_no_customer_message_recorded_nothing_to_mark(
     env = events_pb2.Envelope(event_id=f"b24-read:{uuid.uuid4().hex}", operator_read=read)
     assert (await events.on_read(env, read)).kind == "ok"
     assert await _reads(graph, "4917000000999") == []
+
+
+async def test_a_message_already_marked_is_not_marked_again(
+    events: OperatorEvents, graph: httpx.AsyncClient, fresh: Fakes
+) -> None:
+    wa, conv, first = await _customer_wrote(graph, fresh)
+
+    async def finished() -> None:  # the dialog finished (no typing indicator): a mark only if it is new
+        read = events_pb2.OperatorRead(member_id=MEMBER, external_chat_id=conv.external_chat_id)
+        env = events_pb2.Envelope(event_id=f"b24-read:{uuid.uuid4().hex}", operator_read=read)
+        assert (await events.on_read(env, read)).kind == "ok"
+
+    await finished()
+    await finished()
+    assert [m["message_id"] for m in await _reads(graph, wa)] == [first]
+    later = (await graph.post(f"/_sandbox/customers/{wa}/messages", json={"text": "noch da?"})).json()[
+        "wamid"
+    ]
+    fresh.mapper.links[later] = mapper_pb2.MessageLink(
+        conversation_id=conv.id, direction=mapper_pb2.DIRECTION_INBOUND, wamid=later, member_id=MEMBER
+    )
+    await finished()
+    assert [m["message_id"] for m in await _reads(graph, wa)] == [first, later]
+    # A reply with the typing indicator marks again: the indicator is what the customer is shown.
+    read = events_pb2.OperatorRead(member_id=MEMBER, external_chat_id=conv.external_chat_id, replying=True)
+    env = events_pb2.Envelope(event_id=f"b24-read:{uuid.uuid4().hex}", operator_read=read)
+    assert (await events.on_read(env, read)).kind == "ok"
+    assert [m["typing_indicator"] for m in await _reads(graph, wa)] == [False, False, True]

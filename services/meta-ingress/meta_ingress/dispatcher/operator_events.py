@@ -8,7 +8,7 @@ from functools import partial
 
 from zaptrix.kafka import Outcome, PermanentError, Received
 from zaptrix.logging import get_logger
-from zaptrix.ttlcache import NotFoundError
+from zaptrix.ttlcache import NotFoundError, TtlCache
 from zaptrix.v1 import events_pb2
 
 from meta_ingress.credentials import UnknownChannel
@@ -33,10 +33,17 @@ def _short(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
+# Conversations whose latest customer message this process marked read: every operator reply brings an
+# OperatorRead, and a second mark of the same message would be a Graph call that changes nothing.
+MARKED_KEPT = 50_000
+MARKED_TTL_S = 6 * 3600.0
+
+
 class OperatorEvents:
     def __init__(self, ctx: Context, messages: OperatorMessages) -> None:
         self.ctx = ctx
         self.messages = messages
+        self._marked: TtlCache[str, str] = TtlCache(MARKED_KEPT, MARKED_TTL_S)
 
     async def on_edit(self, rec: Received, e: events_pb2.OperatorMessageEdit) -> Outcome:
         env = rec.envelope
@@ -99,6 +106,11 @@ class OperatorEvents:
                 log.info("operator read: no customer message recorded to mark", event_id=env.event_id)
                 return Outcome.ok()
             wamids = [latest]
+        # Typing only ahead of a reply ("only if you are going to respond"; dismissed by it or after 25 s).
+        typing = self.ctx.settings.operator_read_typing_indicator and r.replying
+        if not typing and self._marked.get(conversation.id) == wamids[-1]:
+            OPERATOR_EVENTS.labels("read", "already_marked").inc()
+            return Outcome.ok()
         pnid = conversation.phone_number_id
         try:
             channel = await self.ctx.channels.get(pnid)
@@ -112,8 +124,6 @@ class OperatorEvents:
             creds = await self.ctx.credentials.get(pnid)
         except UnknownChannel as exc:
             raise PermanentError(str(exc)) from None
-        # Typing only ahead of a reply ("only if you are going to respond"; dismissed by it or after 25 s).
-        typing = self.ctx.settings.operator_read_typing_indicator and r.replying
         # Marking one message read marks the earlier ones too (whatsapp.md A3): mark the latest; fall back
         # to an earlier one if Meta refuses it (e.g. too old or not a customer message).
         for wamid in list(dict.fromkeys(reversed(wamids)))[:3]:
@@ -133,6 +143,7 @@ class OperatorEvents:
                     raise PermanentError(f"mark as read: {describe(exc)}") from exc
                 log.info("mark as read refused; trying an earlier message", wamid=wamid, error=describe(exc))
                 continue
+            self._marked.put(conversation.id, wamids[-1])
             OPERATOR_EVENTS.labels("read", "marked").inc()
             return Outcome.ok()
         OPERATOR_EVENTS.labels("read", "refused").inc()
