@@ -69,7 +69,10 @@ def promtool() -> str:
     path = os.environ.get("ZAPTRIX_PROMTOOL")
     if not path:
         proc = subprocess.run(
-            [str(REPO / "dev" / "stack" / "tools.sh"), "promtool"], capture_output=True, text=True, check=False
+            [str(REPO / "dev" / "stack" / "tools.sh"), "promtool"],
+            capture_output=True,
+            text=True,
+            check=False,
         )
         if proc.returncode != 0:
             pytest.fail(f"cannot get promtool from dev/stack/tools.sh: {proc.stderr[-2000:]}")
@@ -80,7 +83,9 @@ def promtool() -> str:
 
 
 def _promtool(promtool: str, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([promtool, *args], capture_output=True, text=True, check=False, cwd=cwd, timeout=120)
+    return subprocess.run(
+        [promtool, *args], capture_output=True, text=True, check=False, cwd=cwd, timeout=120
+    )
 
 
 def _rule_groups(rendered: Rendered) -> dict[str, Any]:
@@ -92,7 +97,9 @@ def _alerts(rendered: Rendered) -> dict[str, dict[str, Any]]:
     return {r["alert"]: r for g in _rule_groups(rendered)["groups"] for r in g["rules"] if "alert" in r}
 
 
-def test_monitoring_resources_are_off_by_default_and_on_in_production(render: Callable[..., Rendered]) -> None:
+def test_monitoring_resources_are_off_by_default_and_on_in_production(
+    render: Callable[..., Rendered],
+) -> None:
     default = render()
     assert not default.of_kind("PrometheusRule")
     assert not [c for c in default.of_kind("ConfigMap") if c["metadata"]["name"].endswith("-dashboard")]
@@ -135,14 +142,19 @@ def test_every_alert_links_a_runbook_section_that_exists(render: Callable[..., R
 
 
 def test_rules_pass_promtool_check(promtool: str, render: Callable[..., Rendered], tmp_path: Path) -> None:
-    for name, values in {"default thresholds": ((), RULES_ON), "production": ((PRODUCTION_VALUES,), ())}.items():
+    for name, values in {
+        "default thresholds": ((), RULES_ON),
+        "production": ((PRODUCTION_VALUES,), ()),
+    }.items():
         (tmp_path / "rules.yaml").write_text(yaml.safe_dump(_rule_groups(render(*values))))
         proc = _promtool(promtool, "check", "rules", "--lint=all", "--lint-fatal", "rules.yaml", cwd=tmp_path)
         assert proc.returncode == 0, f"{name}:\n{proc.stdout}{proc.stderr}"
         assert "SUCCESS: 7 rules found" in proc.stdout, proc.stdout
 
 
-def test_promtool_check_refuses_a_broken_rule(promtool: str, render: Callable[..., Rendered], tmp_path: Path) -> None:
+def test_promtool_check_refuses_a_broken_rule(
+    promtool: str, render: Callable[..., Rendered], tmp_path: Path
+) -> None:
     """Guards the test above: promtool really parses the expressions."""
     groups = copy.deepcopy(_rule_groups(render(sets=RULES_ON)))
     groups["groups"][0]["rules"][0]["expr"] = "sum by (topic) (increase(zaptrix_dead_letters_total[15m]) > 0"
@@ -204,7 +216,9 @@ def test_thresholds_come_from_values(render: Callable[..., Rendered]) -> None:
     assert lag["expr"].endswith("> 42") and lag["for"] == "3m"
     assert "[12h] offset 1w" in alerts["ZaptrixNumberSilent"]["expr"]
     assert all(a["labels"]["team"] == "messaging" for a in alerts.values())
-    assert lag["annotations"]["runbook_url"] == "https://docs.example.com/zaptrix/runbook.md#alert-consumer-lag"
+    assert (
+        lag["annotations"]["runbook_url"] == "https://docs.example.com/zaptrix/runbook.md#alert-consumer-lag"
+    )
     assert all(f'namespace="{NAMESPACE}"' in a["expr"] for a in alerts.values())
 
 
@@ -216,14 +230,24 @@ def exported_metrics() -> dict[str, set[str]]:
     for module in METRIC_MODULES:
         importlib.import_module(module)
     names: dict[str, set[str]] = {}
-    for collector, series in REGISTRY._collector_to_names.items():  # noqa: SLF001 (no public map of names)
+    for collector, series in REGISTRY._collector_to_names.items():  # no public map of the exposed names
         labels = set(getattr(collector, "_labelnames", ()))
         for name in series:
             names[name] = labels | ({"le"} if name.endswith("_bucket") else set())
     return names
 
 
-_FUNCTIONS_AND_KEYWORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "bool", "and", "or"}
+_FUNCTIONS_AND_KEYWORDS = {
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+    "bool",
+    "and",
+    "or",
+}
 _FUNCTIONS_AND_KEYWORDS |= {"unless", "offset", "inf", "nan", "atan2"}
 
 
@@ -268,7 +292,9 @@ def test_dashboard_is_well_formed() -> None:
     dashboard = json.loads(DASHBOARD.read_text())
     assert dashboard["uid"] and dashboard["title"] and isinstance(dashboard["schemaVersion"], int)
     variables = {v["name"]: v for v in dashboard["templating"]["list"]}
-    assert variables["datasource"]["type"] == "datasource" and variables["datasource"]["query"] == "prometheus"
+    assert (
+        variables["datasource"]["type"] == "datasource" and variables["datasource"]["query"] == "prometheus"
+    )
     panels = _panels()
     assert len({p["id"] for p in panels}) == len(panels), "panel ids must be unique"
     cells: set[tuple[int, int]] = set()
@@ -321,14 +347,18 @@ def test_the_name_check_catches_what_the_code_does_not_export() -> None:
     """Guards the test above."""
     metrics = exported_metrics()
     assert unknown_names('sum by (topic) (rate(zaptrix_dead_letters_total{reason="x"}[5m]))', metrics) == []
-    assert unknown_names("rate(zaptrix_dead_letter_total[5m])", metrics) == ["metric zaptrix_dead_letter_total"]
+    assert unknown_names("rate(zaptrix_dead_letter_total[5m])", metrics) == [
+        "metric zaptrix_dead_letter_total"
+    ]
     assert unknown_names('rate(zaptrix_dead_letters_total{code="1"}[5m])', metrics) == [
         "label code of zaptrix_dead_letters_total"
     ]
     assert unknown_names("sum by (code) (rate(zaptrix_dead_letters_total[5m]))", metrics) == [
         "grouping label code"
     ]
-    assert unknown_names("histogram_quantile(0.9, sum by (le) (rate(zaptrix_meta_sends_bucket[5m])))", metrics)
+    assert unknown_names(
+        "histogram_quantile(0.9, sum by (le) (rate(zaptrix_meta_sends_bucket[5m])))", metrics
+    )
 
 
 def test_dashboard_queries_parse_as_promql(promtool: str, tmp_path: Path) -> None:
@@ -366,7 +396,14 @@ def test_in_cluster_tracing_is_wired_to_every_component(render: Callable[..., Re
     rendered = render(sets=TRACING_ON)
     collector = component_name("otel-collector")
     endpoint = f"http://{collector}.{NAMESPACE}.svc:4317"
-    for component in ("meta-ingress", "meta-dispatcher", "bitrix-ingress", "bitrix-dispatcher", "mapper", "token-keeper"):
+    for component in (
+        "meta-ingress",
+        "meta-dispatcher",
+        "bitrix-ingress",
+        "bitrix-dispatcher",
+        "mapper",
+        "token-keeper",
+    ):
         assert _config(rendered, component)["OTEL_EXPORTER_OTLP_ENDPOINT"] == endpoint, component
     # the endpoint's Service exists, selects the collector's pods and serves OTLP/gRPC on 4317
     service = rendered.named("Service", collector)
@@ -386,7 +423,10 @@ def test_in_cluster_tracing_is_wired_to_every_component(render: Callable[..., Re
     assert {p["name"]: p["port"] for p in jaeger_service["spec"]["ports"]} == {"ui": 16686, "otlp-grpc": 4317}
     jaeger_deployment = rendered.named("Deployment", jaeger)
     assert jaeger_service["spec"]["selector"] == jaeger_deployment["spec"]["selector"]["matchLabels"]
-    assert jaeger_deployment["spec"]["replicas"] == 1 and jaeger_deployment["spec"]["strategy"]["type"] == "Recreate"
+    assert (
+        jaeger_deployment["spec"]["replicas"] == 1
+        and jaeger_deployment["spec"]["strategy"]["type"] == "Recreate"
+    )
 
 
 def test_in_cluster_tracing_network_policies(render: Callable[..., Rendered]) -> None:
@@ -394,7 +434,14 @@ def test_in_cluster_tracing_network_policies(render: Callable[..., Rendered]) ->
     policies = {p["metadata"]["name"]: p["spec"] for p in rendered.of_kind("NetworkPolicy")}
     collector_pods = {"app.kubernetes.io/component": "otel-collector"}
     # every component may send to the collector's pods on 4317, and to no other OTLP place
-    for component in ("meta-ingress", "meta-dispatcher", "bitrix-ingress", "bitrix-dispatcher", "mapper", "token-keeper"):
+    for component in (
+        "meta-ingress",
+        "meta-dispatcher",
+        "bitrix-ingress",
+        "bitrix-dispatcher",
+        "mapper",
+        "token-keeper",
+    ):
         egress = policies[component_name(component)]["egress"]
         otlp = [r for r in egress if {"port": 4317, "protocol": "TCP"} in r["ports"]]
         assert len(otlp) == 1, component
@@ -404,7 +451,9 @@ def test_in_cluster_tracing_network_policies(render: Callable[..., Rendered]) ->
     collector = policies[component_name("otel-collector")]
     (source,) = collector["ingress"]
     (peer,) = source["from"]
-    components = next(e for e in peer["podSelector"]["matchExpressions"] if e["key"] == "app.kubernetes.io/component")
+    components = next(
+        e for e in peer["podSelector"]["matchExpressions"] if e["key"] == "app.kubernetes.io/component"
+    )
     assert set(components["values"]) == {
         "meta-ingress", "meta-dispatcher", "bitrix-ingress", "bitrix-dispatcher", "mapper", "token-keeper"
     }  # fmt: skip
@@ -417,7 +466,9 @@ def test_in_cluster_tracing_network_policies(render: Callable[..., Rendered]) ->
     assert len(jaeger["ingress"]) == 1
     assert collector_pods.items() <= jaeger["ingress"][0]["from"][0]["podSelector"]["matchLabels"].items()
     assert jaeger["policyTypes"] == ["Ingress", "Egress"] and jaeger["egress"] == []
-    opened = render(sets=(*TRACING_ON, "tracing.inCluster.jaeger.uiFrom[0].namespaceSelector.matchLabels.team=sre"))
+    opened = render(
+        sets=(*TRACING_ON, "tracing.inCluster.jaeger.uiFrom[0].namespaceSelector.matchLabels.team=sre")
+    )
     ui = {p["metadata"]["name"]: p["spec"] for p in opened.of_kind("NetworkPolicy")}[component_name("jaeger")]
     assert ui["ingress"][1] == {
         "from": [{"namespaceSelector": {"matchLabels": {"team": "sre"}}}],
