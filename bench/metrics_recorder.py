@@ -11,11 +11,14 @@ import os
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
-from localsystem import Ports  # dev/ is on sys.path (bench.common puts it there)
 
 from bench.common import parse_metrics
+
+if TYPE_CHECKING:
+    from localsystem import Ports  # dev/ is on sys.path (bench.common puts it there)
 
 
 def _targets(ports: Ports) -> dict[str, str]:
