@@ -421,6 +421,12 @@ def test_in_cluster_tracing_is_wired_to_every_component(render: Callable[..., Re
     }
     jaeger_service = rendered.named("Service", jaeger)
     assert {p["name"]: p["port"] for p in jaeger_service["spec"]["ports"]} == {"ui": 16686, "otlp-grpc": 4317}
+    jaeger_config = yaml.safe_load(rendered.named("ConfigMap", jaeger)["data"]["config.yaml"])
+    assert jaeger_config["receivers"]["otlp"]["protocols"] == {"grpc": {"endpoint": "0.0.0.0:4317"}}
+    assert jaeger_config["extensions"]["jaeger_query"]["http"]["endpoint"] == "0.0.0.0:16686"
+    assert (
+        jaeger_config["extensions"]["jaeger_storage"]["backends"]["memstore"]["memory"]["max_traces"] == 50000
+    )
     jaeger_deployment = rendered.named("Deployment", jaeger)
     assert jaeger_service["spec"]["selector"] == jaeger_deployment["spec"]["selector"]["matchLabels"]
     assert (
