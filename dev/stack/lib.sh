@@ -90,6 +90,7 @@ go_build_tool() {
     { printf 'module zaptrix.local/build/%s\n\ngo %s\n\nrequire %s %s\n' "$name" "$gov" "$module" "$version"
       for r in "$@"; do printf '\nreplace %s\n' "$r"; done; } >"$wrap/go.mod"
     log "building $name $version with go (first time only, can take minutes)"
+    # shellcheck disable=SC2086 # GO_BUILD_FLAGS: several flags, split on purpose
     (cd "$wrap" && go_env build ${GO_BUILD_FLAGS:-} -trimpath -ldflags="-s -w ${GO_LDFLAGS:-}" -o "$out.tmp" "$pkg") >&2 \
       || die "building $name failed"
     mv "$out.tmp" "$out"
