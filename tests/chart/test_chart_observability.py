@@ -107,6 +107,14 @@ def test_monitoring_resources_are_off_by_default_and_on_in_production(
     (rule,) = production.of_kind("PrometheusRule")
     assert rule["metadata"]["labels"]["release"] == "kube-prometheus-stack"
     assert set(rule["spec"]) == {"groups"}
+    # the fields of the PrometheusRule CRD (monitoring.coreos.com/v1 Rule), nothing else
+    for group in rule["spec"]["groups"]:
+        assert set(group) <= {"name", "interval", "rules", "partial_response_strategy", "limit"}
+        for r in group["rules"]:
+            assert set(r) <= {"alert", "record", "expr", "for", "keep_firing_for", "labels", "annotations"}, r
+            assert isinstance(r["expr"], str) and all(
+                isinstance(v, str) for v in r.get("labels", {}).values()
+            )
     dashboard = production.named("ConfigMap", "zt-zaptrix-dashboard")
     assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
     # the file itself, byte for byte (Grafana parses it)
