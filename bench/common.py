@@ -483,7 +483,10 @@ async def system(
                 await local.seed()
             else:
                 await sut.bind_channel()
-        yield sut
+        from bench.metrics_recorder import recording
+
+        async with recording(local.ports, env.results, name):
+            yield sut
     finally:
         for c in sut.clients.values():
             with contextlib.suppress(Exception):

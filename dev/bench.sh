@@ -13,6 +13,8 @@
 # Environment: BENCH (scenarios when no arguments are given), BENCH_SCALE (multiplies every duration;
 # 0.3 = a quick smoke run), BENCH_PROFILE=1 (py-spy profiles of the busy processes, installed on demand),
 # BENCH_OUTBOUND_STATUSES=0 (switch the Graph stand-in's status webhooks off during outbound_throughput),
+# BENCH_RECORD_METRICS=1 (every process's /metrics each second into bench/results/<scenario>-metrics.jsonl,
+# for bench/dashboard_png.py: docs/observability.md),
 # ZAPTRIX_BENCH_STATE, ZAPTRIX_BENCH_PG_PORT, ZAPTRIX_BENCH_KAFKA_PORT.
 set -euo pipefail
 cd "$(dirname "$0")/.."

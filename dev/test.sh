@@ -33,6 +33,7 @@ export ZAPTRIX_TEST_PG_URL; ZAPTRIX_TEST_PG_URL=$(dev/stack/postgres.sh url)
 export ZAPTRIX_TEST_KAFKA="127.0.0.1:$KAFKA_PORT"
 # Tools the chart tests need (built once into the cache).
 export ZAPTRIX_HELM; ZAPTRIX_HELM=$(dev/stack/tools.sh helm)
+export ZAPTRIX_PROMTOOL; ZAPTRIX_PROMTOOL=$(dev/stack/tools.sh promtool)
 
 step "pytest"
 run pytest -p no:cacheprovider "$@"

@@ -77,7 +77,8 @@ go_env() {
 # into $ZAPTRIX_CACHE/bin/NAME-VERSION (once) and prints that path. Like
 # `go install PKG@VERSION`, but inside a small wrapper module so that upstream
 # replace directives (which go install refuses) can be repeated: pass them as
-# "old => new version". GO_LDFLAGS adds linker flags (e.g. -X version stamps).
+# "old => new version". GO_LDFLAGS adds linker flags (e.g. -X version stamps);
+# GO_BUILD_FLAGS more build flags (e.g. -p 1 to keep a big build to one core).
 go_build_tool() {
   local name=$1 module=$2 version=$3 pkg=$4 out wrap r gov; shift 4
   out="$ZAPTRIX_CACHE/bin/$name-$version"
@@ -89,7 +90,8 @@ go_build_tool() {
     { printf 'module zaptrix.local/build/%s\n\ngo %s\n\nrequire %s %s\n' "$name" "$gov" "$module" "$version"
       for r in "$@"; do printf '\nreplace %s\n' "$r"; done; } >"$wrap/go.mod"
     log "building $name $version with go (first time only, can take minutes)"
-    (cd "$wrap" && go_env build -trimpath -ldflags="-s -w ${GO_LDFLAGS:-}" -o "$out.tmp" "$pkg") >&2 \
+    # shellcheck disable=SC2086 # GO_BUILD_FLAGS: several flags, split on purpose
+    (cd "$wrap" && go_env build ${GO_BUILD_FLAGS:-} -trimpath -ldflags="-s -w ${GO_LDFLAGS:-}" -o "$out.tmp" "$pkg") >&2 \
       || die "building $name failed"
     mv "$out.tmp" "$out"
   fi

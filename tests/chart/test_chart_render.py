@@ -18,6 +18,7 @@ Run = Callable[..., subprocess.CompletedProcess[str]]
 # Custom resources: kubernetes-validate ships only the built-in kinds; these are checked by hand below.
 CRD_KINDS = {
     ("monitoring.coreos.com/v1", "ServiceMonitor"),
+    ("monitoring.coreos.com/v1", "PrometheusRule"),
     ("kafka.strimzi.io/v1beta2", "KafkaTopic"),
     ("cert-manager.io/v1", "Certificate"),
 }
@@ -154,6 +155,14 @@ BAD_VALUES = {
     "resources without limits": ["components.mapper.resources.limits=null"],
     "unknown grpc tls source": ["grpcTls.source=vault"],
     "unknown connection": ["components.mapper.connections.redis=true"],
+    "alert ratio above 1": ["prometheusRule.thresholds.webhook5xx.ratio=1.5"],
+    "alert duration without unit": ["prometheusRule.thresholds.consumerLag.for=10"],
+    "unknown alert threshold": ["prometheusRule.thresholds.diskFull.for=5m"],
+    "runbook url with an anchor": ["prometheusRule.runbookBaseUrl=https://x.example/runbook.md#top"],
+    "dashboard label not a string": ["grafanaDashboard.labels.grafana_dashboard=1"],
+    "tracing collector latest tag": ["tracing.inCluster.collector.image.tag=latest"],
+    "tracing jaeger without tag": ["tracing.inCluster.jaeger.image.tag="],
+    "unknown tracing key": ["tracing.inCluster.tempo.enabled=true"],
 }
 
 

@@ -14,8 +14,8 @@ effective component config built by "zaptrix.componentConfig".
   "OTEL_TRACES_SAMPLER" $root.Values.otel.sampler
   "OTEL_TRACES_SAMPLER_ARG" ($root.Values.otel.samplerArg | toString)
 -}}
-{{- if $root.Values.otel.endpoint -}}
-{{- $_ := set $data "OTEL_EXPORTER_OTLP_ENDPOINT" $root.Values.otel.endpoint -}}
+{{- with include "zaptrix.otlpEndpoint" $root -}}
+{{- $_ := set $data "OTEL_EXPORTER_OTLP_ENDPOINT" . -}}
 {{- end -}}
 {{- if $c.connections.kafka -}}
 {{- $_ := set $data "ZAPTRIX_KAFKA_BOOTSTRAP_SERVERS" $root.Values.kafka.bootstrapServers -}}
@@ -530,7 +530,15 @@ spec:
       ports:
         {{- toYaml $eg.kafka.ports | nindent 8 }}
     {{- end }}
-    {{- if $root.Values.otel.endpoint }}
+    {{- if $root.Values.tracing.inCluster.enabled }}
+    # The in-cluster OpenTelemetry collector (tracing.inCluster)
+    - to:
+        - podSelector:
+            matchLabels:
+              {{- include "zaptrix.selectorLabels" (list $root "otel-collector") | nindent 14 }}
+      ports:
+        - {port: 4317, protocol: TCP}
+    {{- else if $root.Values.otel.endpoint }}
     # OpenTelemetry collector
     - to:
         {{- toYaml $eg.otlp.to | nindent 8 }}

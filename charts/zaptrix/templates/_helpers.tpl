@@ -144,3 +144,16 @@ bitrixClientSecret
 {{- end -}}
 {{- join "," $attrs -}}
 {{- end -}}
+
+{{/* OTLP/gRPC endpoint of every component: otel.endpoint, else the in-cluster collector when it is enabled. */}}
+{{- define "zaptrix.otlpEndpoint" -}}
+{{- $in := .Values.tracing.inCluster -}}
+{{- if and $in.enabled .Values.otel.endpoint -}}
+{{- fail "tracing.inCluster.enabled and otel.endpoint exclude each other: the components export to one place" -}}
+{{- end -}}
+{{- if .Values.otel.endpoint -}}
+{{- .Values.otel.endpoint -}}
+{{- else if $in.enabled -}}
+{{- printf "http://%s.%s.svc:4317" (include "zaptrix.componentFullname" (list . "otel-collector")) .Release.Namespace -}}
+{{- end -}}
+{{- end -}}

@@ -11,6 +11,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from opentelemetry import trace
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
+from prometheus_client import REGISTRY
 from zaptrix.kafka import (
     EventConsumer,
     EventProducer,
@@ -151,6 +152,35 @@ async def test_transient_failure_is_retried_then_succeeds(
     retried = await _read_all(settings, topics.retry, 2)
     assert [header(h, H_ATTEMPT) for _, h in retried] == ["2", "3"]
     assert all(header(h, "traceparent") for _, h in retried)
+
+
+async def test_end_to_end_age_is_observed_for_first_attempts_only(
+    kafka: tuple[KafkaSettings, FlowTopics, EventProducer],
+) -> None:
+    """zaptrix_event_age_seconds (the dashboard's end-to-end latency): one observation per event handled on its
+    first attempt from the main topic; an event that needed a retry is counted as retried, not as an age."""
+    settings, topics, producer = kafka
+    await producer.publish(topics.main, [_event(20, key="100:20"), _event(21, key="100:21")])
+
+    def sample(name: str, labels: dict[str, str]) -> float:
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+
+    async def handler(rec: Received) -> Outcome:
+        if rec.envelope.event_id == "wa:wamid.21" and rec.attempt == 1:
+            raise TransientError("Bitrix24 answered 502")
+        return Outcome.ok()
+
+    retried_ok = {"topic": topics.retry, "event_type": "customer_message", "outcome": "ok"}
+    await _consume_until(
+        settings,
+        topics,
+        producer,
+        handler,
+        lambda: sample("zaptrix_events_handled_total", retried_ok) == 1,
+    )
+    assert sample("zaptrix_event_age_seconds_count", {"topic": topics.main}) == 1
+    assert sample("zaptrix_event_age_seconds_count", {"topic": topics.retry}) == 0
+    assert sample("zaptrix_event_age_seconds_sum", {"topic": topics.main}) >= 0
 
 
 async def test_permanent_failure_and_garbage_go_to_the_dead_letter_topic_and_replay(

@@ -32,6 +32,14 @@ CONSUMER_LAG = Gauge(
     "zaptrix_kafka_consumer_lag", "Records behind the end of the partition", ["topic", "partition"]
 )
 HANDLE_SECONDS = Histogram("zaptrix_event_handle_seconds", "Time to handle one consumed event", ["topic"])
+EVENT_AGE = Histogram(
+    "zaptrix_event_age_seconds",
+    "End to end: from an event's record in its main topic (the webhook or Bitrix24 event accepted) to its "
+    "successful handling (delivered to the other platform), first attempts only (retries count in "
+    "zaptrix_events_handled_total)",
+    ["topic"],
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+)
 CROSS_TENANT_REFUSALS = Counter(
     "zaptrix_cross_tenant_refusals_total",
     "Events refused because they name a chat (or channel) that is not their portal's own. "

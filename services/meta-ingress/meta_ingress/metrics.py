@@ -56,6 +56,12 @@ INBOUND_MESSAGES = Counter(
     "Customer messages normalized from webhooks, by Cloud API type",
     ["type"],
 )
+INBOUND_BY_NUMBER = Counter(
+    "zaptrix_meta_inbound_by_number_total",
+    "Customer messages taken from webhooks, by the business phone number (phone_number_id) that received them "
+    "(known channels only: unknown numbers are parked, so the label set is the installation's numbers)",
+    ["phone_number_id"],
+)
 INBOUND_STATUSES = Counter(
     "zaptrix_meta_inbound_statuses_total", "Status updates normalized from webhooks", ["status"]
 )

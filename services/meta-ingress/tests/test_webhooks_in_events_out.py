@@ -74,9 +74,18 @@ async def test_verification_handshake(web: Proc, fresh: Fakes) -> None:
         assert mode.status_code == 400
 
 
+async def inbound_by_number(web: Proc) -> float:
+    """zaptrix_meta_inbound_by_number_total of PNID (the no-messages-from-a-number alert reads it)."""
+    async with httpx.AsyncClient(timeout=10) as client:
+        metrics = (await client.get(f"{web.url}/metrics")).text
+    line = f'zaptrix_meta_inbound_by_number_total{{phone_number_id="{PNID}"}} '
+    return next((float(x.removeprefix(line)) for x in metrics.splitlines() if x.startswith(line)), 0.0)
+
+
 async def test_multi_message_webhook_becomes_one_event_each(
     web: Proc, fresh: Fakes, reader: TopicReader, kafka_bootstrap: str, topic_prefix: str
 ) -> None:
+    before = await inbound_by_number(web)
     operator_side = await TopicReader(kafka_bootstrap, topics_for(Flow.B24_TO_WA, topic_prefix).main).start()
     await operator_side.take(10_000, within=0.5)
     text = msg("text", {"body": "Olá — ação"})
@@ -122,6 +131,8 @@ async def test_multi_message_webhook_becomes_one_event_each(
     assert window.envelope.window_closed.wamid == "wamid.OUT2"
     # the credentials were fetched once for the whole webhook, not per event
     assert fresh.token_keeper.calls.count(f"GetChannelCredentials:{PNID}") <= 1
+    # three customer messages (statuses are not messages) counted for the number that received them
+    assert await inbound_by_number(web) == before + 3
 
 
 async def test_bad_or_missing_signature_is_401_and_produces_nothing(

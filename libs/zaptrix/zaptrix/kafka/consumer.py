@@ -58,7 +58,7 @@ from zaptrix.kafka.producer import EventProducer, PublishError
 from zaptrix.kafka.starts import StartMark, read_marks
 from zaptrix.kafka.topics import FlowTopics
 from zaptrix.logging import bounded_reason, get_logger
-from zaptrix.metrics import CONSUMER_LAG, DEAD_LETTERS, EVENTS_HANDLED, HANDLE_SECONDS, REQUEUED
+from zaptrix.metrics import CONSUMER_LAG, DEAD_LETTERS, EVENT_AGE, EVENTS_HANDLED, HANDLE_SECONDS, REQUEUED
 from zaptrix.retrying import retry_until_stopped
 from zaptrix.settings import KafkaSettings
 from zaptrix.v1 import events_pb2
@@ -120,6 +120,7 @@ class Received:
     effects: dict[str, str] = field(default_factory=dict)
     seq: int = 0  # place in its conversation: the offset it had in the main topic (holds.py)
     ordered: bool = True  # False: a retry that does not keep its conversation's order (no zaptrix-seq)
+    timestamp_ms: int = 0  # the Kafka record's timestamp (its production, for a main-topic record)
 
     @property
     def event_type(self) -> str:
@@ -619,6 +620,7 @@ class EventConsumer:
             effects,
             seq,
             ordered,
+            rec.timestamp,
         )
 
     async def _route(self, rec: Received, outcome: Outcome) -> None:
@@ -626,6 +628,8 @@ class EventConsumer:
         try:
             if outcome.kind in ("ok", "duplicate"):
                 EVENTS_HANDLED.labels(rec.topic, etype, outcome.kind).inc()
+                if outcome.kind == "ok" and rec.topic == self.topics.main and rec.timestamp_ms > 0:
+                    EVENT_AGE.labels(rec.topic).observe(max(0.0, now_ms() - rec.timestamp_ms) / 1000)
                 return
             if outcome.kind == "held":
                 ahead = self._holds.ahead(rec.key, rec.seq) or 0

@@ -24,6 +24,7 @@ from zaptrix.settings import KafkaSettings
 from meta_ingress.credentials import Credentials, CredentialsCache, UnknownChannel
 from meta_ingress.metrics import (
     IGNORED_CHANGES,
+    INBOUND_BY_NUMBER,
     INBOUND_MESSAGES,
     INBOUND_STATUSES,
     KNOWN_ERROR_CODES,
@@ -205,9 +206,11 @@ class Webhooks:
             self.lifetime.resources.confirmations.record(result.confirmations)
         for kind in result.types:
             _child(INBOUND_MESSAGES, bounded(kind, KNOWN_TYPES)).inc()
-        if result.statuses:
+        if result.types or result.statuses:
             for env in result.envelopes:
-                if env.HasField("whatsapp_status"):
+                if env.HasField("customer_message"):
+                    _child(INBOUND_BY_NUMBER, env.customer_message.phone_number_id).inc()
+                elif env.HasField("whatsapp_status"):
                     _child(INBOUND_STATUSES, bounded(env.whatsapp_status.status, KNOWN_STATUSES)).inc()
         _child(WEBHOOKS, "ok").inc()
         return _accepted(result.count, held.count)
