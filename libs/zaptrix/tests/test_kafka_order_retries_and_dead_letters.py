@@ -136,6 +136,7 @@ async def test_one_conversation_stays_in_order(
 
 async def test_transient_failure_is_retried_then_succeeds(
     kafka: tuple[KafkaSettings, FlowTopics, EventProducer],
+    spans: InMemorySpanExporter,  # an SDK tracer provider: without one no span carries a traceparent
 ) -> None:
     settings, topics, producer = kafka
     await producer.publish(topics.main, [_event(7)])
