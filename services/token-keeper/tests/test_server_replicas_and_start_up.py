@@ -60,7 +60,7 @@ async def test_two_servers_twenty_callers_each_one_refresh_same_token(
     p = await install_portal(make_service(keys=ring), sandbox, "tk-portal-1", expires_in_s=90)
 
     calls = [
-        s.stub.GetAccessToken(pb.GetAccessTokenRequest(member_id="tk-portal-1"), timeout=10)
+        s.stub.GetAccessToken(pb.GetAccessTokenRequest(member_id="tk-portal-1"), timeout=30)
         for s in [a, b] * 20
     ]
     answers = await asyncio.gather(*calls)
