@@ -273,8 +273,8 @@ class DispatcherSettings(BitrixCommonSettings, DispatcherCommonSettings):
     bitrix_echo_via: Literal["connector", "im"] = Field(
         "im",
         description=(
-            "How messages the business sent from the WhatsApp Business app (coexistence echoes) and consent "
-            "changes reach the chat: 'im' (im.message.add SYSTEM=Y: a system line, not the customer's, never "
+            "How messages the business sent from the WhatsApp Business app (coexistence echoes), consent "
+            "changes, customer identity changes and imported history reach the chat: 'im' (im.message.add SYSTEM=Y: a system line, not the customer's, never "
             "relayed back to WhatsApp; falls back to the connector when refused or the chat is not known "
             "yet) or 'connector' (imconnector.send.messages, shown under the customer with a 🏢 prefix)"
         ),

@@ -675,3 +675,47 @@ async def test_a_sent_message_whose_recording_is_dead_lettered_gets_no_not_deliv
     assert published == []
     await hook(rec.envelope, "retries exhausted after 8 attempts: imconnector.send.messages: NOT_SENT")
     assert len(published) == 1  # a message that never reached Bitrix24 is still told about
+
+
+def identity_change(old: str, **kw: Any) -> Received:
+    change = events_pb2.CustomerIdentityChange(phone_number_id="100", previous_wa_id=old, **kw)
+    env = new_envelope(
+        f"wa-identity:{old}:{kw.get('user_id', '')}",
+        f"100:{old}",
+        events_pb2.PLATFORM_WHATSAPP,
+        customer_identity_change=change,
+    )
+    return received(env)
+
+
+async def test_a_number_change_is_posted_once_as_a_system_line(h: Harness) -> None:
+    h.fakes.mapper.add_conversation("100", "491731234567", "Jonas", bitrix_chat_id="1807")
+    change = {"change_type": "user_changed_number", "wa_id": "491739999999", "user_id": "US.2"}
+    rec = identity_change("491731234567", **change)
+    assert await h.run([rec]) == ["ok"]
+    (call,) = h.bitrix.calls
+    assert call.method == "im.message.add" and call.params["SYSTEM"] == "Y"
+    assert call.params["DIALOG_ID"] == "chat1807"
+    assert (
+        call.params["MESSAGE"] == "📱 The customer changed their number from +491731234567 to +491739999999."
+    )
+    assert h.fakes.mapper.processed[rec.envelope.event_id] == "notice:im"
+    assert await h.run([identity_change("491731234567", **change)]) == ["duplicate"]  # redelivered
+    assert len(h.bitrix.calls) == 1 and h.bitrix.sent_messages() == []
+
+
+async def test_a_new_account_id_before_the_chat_is_known_goes_through_the_connector(h: Harness) -> None:
+    conv = h.fakes.mapper.add_conversation("100", "4917", "Anna")  # no bitrix_chat_id yet
+    rec = identity_change("4917", change_type="user_changed_user_id", previous_user_id="US.1", user_id="US.2")
+    assert await h.run([rec]) == ["ok"]
+    (line,) = h.bitrix.sent_messages()
+    assert line["chat"]["id"] == conv.external_chat_id
+    assert line["message"]["text"] == (
+        "📋 Zaptrix: 🪪 The customer's WhatsApp account id changed (same person, same chat)."
+    )
+
+
+async def test_an_identity_change_of_an_unknown_customer_posts_nothing(h: Harness) -> None:
+    rec = identity_change("4999", change_type="user_changed_number", wa_id="4998")
+    assert await h.run([rec]) == ["ok"]
+    assert h.bitrix.calls == []

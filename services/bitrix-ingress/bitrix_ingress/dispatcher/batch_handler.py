@@ -241,7 +241,14 @@ class BitrixDispatcher:
                 )
             if kind == "customer_identity_change":
                 change = rec.envelope.customer_identity_change
-                return await apply_identity_change(rec, change, deps=deps, conversations=self.conversations)
+                return await apply_identity_change(
+                    rec,
+                    change,
+                    settings=settings,
+                    deps=deps,
+                    channels=channels,
+                    conversations=self.conversations,
+                )
             if kind == "send_failure":
                 sf = rec.envelope.send_failure
                 return await prepare_failure(rec, sf, settings=settings, deps=deps, channels=channels)
