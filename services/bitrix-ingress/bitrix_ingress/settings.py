@@ -230,6 +230,25 @@ class DispatcherSettings(BitrixCommonSettings, DispatcherCommonSettings):
         9104, description="Port of /health, /ready and /metrics"
     )
     consumer_group: str = Field("bitrix-dispatcher", description="Kafka consumer group")
+    history_import: bool = Field(
+        True,
+        description=(
+            "Run the history consumer: the coexistence history import (topic <prefix>.wa-history.v1) becomes "
+            "marked system lines in the chats. Off: the history events wait in their topic (its retention)"
+        ),
+    )
+    history_consumer_group: str = Field(
+        "bitrix-dispatcher-history", description="Kafka consumer group of the history consumer"
+    )
+    history_max_records: int = Field(
+        100,
+        ge=1,
+        le=1000,
+        description=(
+            "History events per poll batch: small, so that the history's Bitrix24 requests take little of a "
+            "portal's REST budget at a time next to live traffic"
+        ),
+    )
     consumer_catch_up_records: int = Field(
         5000,
         ge=1,

@@ -719,3 +719,62 @@ async def test_an_identity_change_of_an_unknown_customer_posts_nothing(h: Harnes
     rec = identity_change("4999", change_type="user_changed_number", wa_id="4998")
     assert await h.run([rec]) == ["ok"]
     assert h.bitrix.calls == []
+
+
+def history_line(wa_id: str, n: int, *, business: bool = False, text: str = "") -> Received:
+    item = events_pb2.HistoryMessage(
+        phone_number_id="100",
+        wa_id=wa_id,
+        wamid=f"wamid.h{wa_id}.{n}",
+        from_business=business,
+        type="text",
+        text=text or f"old {n}",
+        status="READ",
+        phase=1,
+        chunk_order=1,
+        progress=100,
+    )
+    item.sent_at.FromSeconds(1_794_492_180 + n * 60)  # 12.11.2026 14:03 UTC
+    env = new_envelope(
+        f"wa-history:{item.wamid}", f"100:{wa_id}", events_pb2.PLATFORM_WHATSAPP, history_message=item
+    )
+    return received(env, n)
+
+
+async def test_history_becomes_ordered_system_lines_once_and_never_a_customer_message(h: Harness) -> None:
+    conv = h.fakes.mapper.add_conversation("100", "4917", "Anna", bitrix_chat_id="1807")
+    records = [history_line("4917", n, business=n % 2 == 1) for n in range(4)]
+    assert await h.run(records) == ["ok"] * 4
+    calls = [c for c in h.bitrix.calls if c.method == "im.message.add"]
+    assert [c.params["MESSAGE"] for c in calls] == [
+        "🕘 12.11.2026 14:03 UTC — customer: old 0",
+        "🕘 12.11.2026 14:04 UTC — business: old 1",
+        "🕘 12.11.2026 14:05 UTC — customer: old 2",
+        "🕘 12.11.2026 14:06 UTC — business: old 3",
+    ]
+    assert {(c.params["DIALOG_ID"], c.params["SYSTEM"]) for c in calls} == {("chat1807", "Y")}
+    assert h.bitrix.sent_messages() == []  # nothing as the customer's own message
+    assert h.fakes.mapper.links == {}  # no message link: not a customer message
+    assert not h.fakes.mapper.conversations[conv.id].HasField("last_customer_message_at")  # no 24-h window
+    again = [history_line("4917", n, business=n % 2 == 1) for n in range(4)]
+    assert await h.run(again) == ["duplicate"] * 4
+    assert len([c for c in h.bitrix.calls if c.method == "im.message.add"]) == 4
+
+
+async def test_history_of_a_customer_never_seen_creates_the_conversation(h: Harness) -> None:
+    assert await h.run([history_line("4960", 1)]) == ["ok"]
+    conv = h.fakes.mapper.by_customer("100", "4960")
+    assert conv is not None  # GetOrCreateConversation
+    (line,) = h.bitrix.sent_messages()  # no Bitrix24 chat known yet: the connector, marked as history
+    assert line["chat"]["id"] == conv.external_chat_id
+    assert line["message"]["text"].startswith("🕘 ") and "— customer: old 1" in line["message"]["text"]
+    assert h.fakes.mapper.links == {}
+
+
+async def test_a_history_line_that_will_be_retried_holds_the_later_ones_of_its_conversation(
+    h: Harness,
+) -> None:
+    h.fakes.mapper.add_conversation("100", "4917", "Anna", bitrix_chat_id="1807")
+    h.fakes.mapper.fail["CheckProcessed"] = [grpc.StatusCode.UNAVAILABLE]
+    assert await h.run([history_line("4917", n) for n in range(3)]) == ["retry", "held", "held"]
+    assert h.bitrix.calls == []
