@@ -9,7 +9,8 @@ is a crash between sending a request and recording its events: that request's me
 Beside the consumer run the offline-event reconciler (offline_events.py): operator messages whose Bitrix24
 event never reached the web, drained from each portal's offline queue into the b24-to-wa topic; and the
 history consumer (history.py): the coexistence history import from its own topic, wa-history, with its own
-consumer group and small batches, so that it never delays live traffic (it shares the portals' REST pacing).
+consumer group and small batches, so that it never delays live traffic (it shares the portals' REST pacers,
+where its calls yield to live ones).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from functools import partial
 
 from zaptrix.clients import Clients
@@ -102,8 +104,10 @@ def history_consumer_for(
     portals: PortalClient,
     producer: EventProducer,
 ) -> EventConsumer:
-    """The history import's consumer: its own topic and group, small batches, the same portal pacing."""
+    """The history import's consumer: its own topic and group, small batches, the same portal pacers, where
+    its calls are background calls (they yield to live traffic)."""
     small = kafka.model_copy(update={"consumer_max_records": settings.history_max_records})
+    portals = replace(portals, background=True)  # same deps, REST client and pacers; its own token cache
     return EventConsumer(
         small,
         topics_for(Flow.WA_HISTORY, kafka.topic_prefix),
