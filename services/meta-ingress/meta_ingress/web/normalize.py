@@ -682,7 +682,7 @@ def history_messages(change: Change, chunk: dict[str, Any], media_url: MediaUrl)
                 wa_id=customer,
                 wamid=rendered.wamid,
                 sent_at=rendered.sent_at,
-                from_business=bool(sender) and sender != customer,
+                from_business=(bool(sender) and sender != customer) or "to" in msg,
                 type=rendered.type,
                 text=text or f"[{rendered.type}]",
                 status=status if status in HISTORY_STATUSES else "",
