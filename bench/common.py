@@ -458,7 +458,7 @@ async def system(
         await conn.execute(f'CREATE DATABASE "{db}"')
     finally:
         await conn.close()
-    topics = [*topics_for(Flow.WA_TO_B24, prefix).all(), *topics_for(Flow.B24_TO_WA, prefix).all()]
+    topics = [t for flow in Flow for t in topics_for(flow, prefix).all()]
     kafka = KafkaSettings(bootstrap_servers=env.kafka, topic_prefix=prefix)
     await ensure_topics(kafka, topics)
     kport = int(env.kafka.rpartition(":")[2])

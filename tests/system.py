@@ -52,9 +52,7 @@ async def system(
 
     prefix = f"e2e{uuid.uuid4().hex[:6]}"
     kafka = KafkaSettings(bootstrap_servers=kafka_bootstrap, topic_prefix=prefix)
-    await ensure_topics(
-        kafka, [*topics_for(Flow.WA_TO_B24, prefix).all(), *topics_for(Flow.B24_TO_WA, prefix).all()]
-    )
+    await ensure_topics(kafka, [t for flow in Flow for t in topics_for(flow, prefix).all()])
 
     otlp_port = free_port()
     server, receiver = await start_receiver(otlp_port)

@@ -94,7 +94,7 @@ def test_custom_resources_are_well_formed(render: Callable[..., Rendered]) -> No
     topics = rendered.of_kind("KafkaTopic")
     assert sorted(t["spec"]["topicName"] for t in topics) == sorted(
         f"zaptrix.{flow}{variant}.v1"
-        for flow in ("wa-to-b24", "b24-to-wa")
+        for flow in ("wa-to-b24", "b24-to-wa", "wa-history")
         for variant in ("", ".retry", ".dlq")
     )
     for t in topics:

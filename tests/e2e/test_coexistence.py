@@ -113,3 +113,25 @@ async def test_contact_sync_renames_the_chat(system: System) -> None:
         return chat is not None and chat["name"] == "Anna Schmidt"
 
     await eventually(renamed, 20, "the chat renamed from the business app's contact sync")
+
+
+async def test_the_history_import_fills_the_chat_in_order_beside_live_traffic(system: System) -> None:
+    wa_id = await customer(system, "Guten Tag")
+    old = [f"Alte Nachricht {i}" for i in range(6)]  # even: the customer's, odd: the business's
+    history = system.graph.post(f"/_sandbox/customers/{wa_id}/history", json={"texts": old, "chunk_size": 2})
+    answer, _ = await asyncio.gather(history, customer_says(system, wa_id, type="text", text="Live, jetzt"))
+    assert answer.status_code == 200 and len(answer.json()["chunks"]) == 3, answer.text
+    assert {c["gateway_status"] for c in answer.json()["chunks"]} == {200}
+    live = await wait_for_messages(system, wa_id, 2)
+    assert [m["text"] for m in live] == ["Guten Tag", "Live, jetzt"]  # the live message as the customer's
+
+    async def imported() -> bool:
+        return len([m for m in await chat_messages(system, wa_id) if "Alte Nachricht" in m["text"]]) == 6
+
+    await eventually(imported, 30, "the six history lines in the chat")
+    lines = [m for m in await chat_messages(system, wa_id) if "Alte Nachricht" in m["text"]]
+    assert {m["direction"] for m in lines} == {"system"}  # im.message.add SYSTEM=Y
+    assert [m["text"].rsplit(": ", 1)[1] for m in lines] == old  # in order
+    assert all(m["text"].startswith("🕘 ") for m in lines)
+    assert ["— business:" in m["text"] for m in lines] == [False, True] * 3
+    assert await sent_to(system, wa_id) == []  # nothing of it went to WhatsApp

@@ -110,6 +110,19 @@ async def test_a_number_change_keeps_the_same_bitrix24_chat(system: System) -> N
     texts = [m.get("text") for m in after.get("messages") or []]
     assert "Vor dem Wechsel" in texts and "Nach dem Wechsel" in texts
 
+    # The operator is told, once, as a system line (not the customer's words).
+    notice = f"changed their number from +{old_phone} to +{new_phone}"
+
+    async def told() -> bool:
+        chat = await chat_with(system, "Nach dem Wechsel")
+        return chat is not None and any(notice in (m.get("text") or "") for m in chat.get("messages") or [])
+
+    await eventually(told, what="the number change shown in the chat")
+    chat = await chat_with(system, "Nach dem Wechsel")
+    assert chat is not None
+    lines = [m for m in chat["messages"] if notice in (m.get("text") or "")]
+    assert [m["direction"] for m in lines] == ["system"], lines
+
     resp = await system.bitrix.post(
         "/_sandbox/portals/sandbox-member-1/operator-messages",
         json={"chat_id": after["external_chat_id"], "text": "Neue Nummer notiert."},

@@ -67,7 +67,7 @@ async def env(
     kafka_bootstrap: str, fakes: Fakes, tmp_path_factory: pytest.TempPathFactory, processes: None
 ) -> AsyncIterator[Env]:
     prefix = f"zt-sec-{uuid.uuid4().hex[:8]}"
-    names = topics_for(Flow.WA_TO_B24, prefix).all() + topics_for(Flow.B24_TO_WA, prefix).all()
+    names = [t for flow in Flow for t in topics_for(flow, prefix).all()]
     await ensure_topics(KafkaSettings(bootstrap_servers=kafka_bootstrap), names, partitions=1)
     otlp_port = free_port()
     server, receiver = await start_receiver(otlp_port)

@@ -76,9 +76,31 @@ async def test_preferences_contact_sync_and_history(graph: httpx.AsyncClient, st
     assert first["history_context"]["status"] and int(first["timestamp"]) < int(second["timestamp"])
 
 
+async def test_history_comes_in_several_chunks_or_declined(
+    graph: httpx.AsyncClient, stub: GatewayStub
+) -> None:
+    texts = ["a", "b", "c", "d", "e"]
+    r = await graph.post(
+        f"/_sandbox/customers/{WA}/history", json={"texts": texts, "chunk_size": 2, "phase": 0}
+    )
+    assert r.status_code == 200 and len(r.json()["chunks"]) == 3
+    hooks = stub.on("/webhooks/meta")
+    chunks = [h.json()["entry"][0]["changes"][0]["value"]["history"][0] for h in hooks]
+    assert [c["metadata"]["chunk_order"] for c in chunks] == [1, 2, 3]
+    assert [c["metadata"]["progress"] for c in chunks] == [33, 66, 100]
+    assert {c["metadata"]["phase"] for c in chunks} == {0}
+    bodies = [m["text"]["body"] for c in chunks for t in c["threads"] for m in t["messages"]]
+    assert bodies == texts and all(t["id"] == WA for c in chunks for t in c["threads"])
+    stub.clear()
+    await graph.post(f"/_sandbox/customers/{WA}/history", json={"declined": True})
+    [chunk] = signed_change(stub)["value"]["history"]
+    assert "threads" not in chunk and chunk["errors"][0]["code"] == 2593109
+
+
 async def test_bad_requests_are_400(graph: httpx.AsyncClient, stub: GatewayStub) -> None:
     assert (
         await graph.post(f"/_sandbox/customers/{WA}/preferences", json={"value": "maybe"})
     ).status_code == 400
     assert (await graph.post(f"/_sandbox/customers/{WA}/echo", json={})).status_code == 400
+    assert (await graph.post(f"/_sandbox/customers/{WA}/history", json={"texts": []})).status_code == 400
     assert stub.on("/webhooks/meta") == []

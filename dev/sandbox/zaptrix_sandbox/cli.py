@@ -18,7 +18,8 @@ zaptrix-dev business-app echo --to 491701234567 "Sent from the phone"      (smb_
 zaptrix-dev business-app edit --to 491701234567 --original <wamid> "fixed"  (customer edit)
 zaptrix-dev business-app revoke --to 491701234567 --original <wamid>       (customer revoke)
 zaptrix-dev business-app contact-sync --to 491701234567 "Anna Schmidt"     (smb_app_state_sync)
-zaptrix-dev business-app history --to 491701234567 "hi" "hello, Anna"      (history chunk)
+zaptrix-dev business-app history --to 491701234567 --chunk-size 2 "hi" "hello, Anna" "ok?" "yes"
+                                                          (history: one webhook per chunk of 2)
 zaptrix-dev business-app marketing --to 491701234567 stop|resume          (user_preferences)
 """
 
@@ -394,6 +395,7 @@ def business_app(args: argparse.Namespace, client: httpx.Client) -> int:
         body["full_name"] = words
     elif args.case == "history":
         body["texts"] = list(args.text)
+        body["chunk_size"], body["declined"] = args.chunk_size, args.declined
     else:  # marketing stop|resume
         route, body["value"] = "preferences", words
     response = client.post(f"{args.graph_url}/_sandbox/customers/{args.to}/{route}", json=body)
@@ -461,13 +463,16 @@ def build_parser() -> argparse.ArgumentParser:
         ("edit", "the customer edits a message (--original)"),
         ("revoke", "the customer revokes a message (--original)"),
         ("contact-sync", "the app's contact sync gives the customer a name (smb_app_state_sync)"),
-        ("history", "a history chunk, one argument per message"),
+        ("history", "the history import, one argument per message (--chunk-size: per webhook)"),
         ("marketing", "the customer stops or resumes marketing messages: stop|resume (user_preferences)"),
     ]:
         one = cases.add_parser(case, help=what)
         one.add_argument("--to", required=True, help="customer wa_id")
         one.add_argument("--original", help="edit/revoke: the wamid of the customer's message")
         one.add_argument("--phone-number-id", help="business number (default: the first channel)")
+        if case == "history":
+            one.add_argument("--chunk-size", type=int, default=0, help="messages per chunk (0: one chunk)")
+            one.add_argument("--declined", action="store_true", help="the business declined sharing")
         one.add_argument("text", nargs="*")
         one.set_defaults(func=business_app)
 

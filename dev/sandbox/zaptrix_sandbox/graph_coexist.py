@@ -5,6 +5,7 @@ customer stopping or resuming marketing messages (user_preferences)."""
 
 from __future__ import annotations
 
+import json
 import time
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -51,10 +52,16 @@ class ContactSyncSpec(_Spec):
 
 
 class HistorySpec(_Spec):
-    texts: list[str] = Field(min_length=1, max_length=1000)  # oldest first; even: customer, odd: business
+    texts: list[str] = Field(
+        default_factory=list, max_length=1000
+    )  # oldest first; even: customer, odd: business
     phase: int = Field(1, ge=0, le=2)
-    chunk_order: int = 1
+    chunk_order: int = Field(1, ge=1)  # of the first chunk
+    # Messages per chunk: each chunk is its own webhook (chunk_order counting up, progress rising to
+    # ``progress`` with the last); 0: all in one chunk.
+    chunk_size: int = Field(0, ge=0, le=1000)
     progress: int = Field(100, ge=0, le=100)
+    declined: bool = False  # the business declined sharing: one chunk with errors[] (code 2593109)
 
 
 def _now(spec: _Spec) -> str:
@@ -109,7 +116,18 @@ def contact_sync_value(channel: Channel, wa_id: str, spec: ContactSyncSpec) -> d
     return value_of(channel, state_sync=[item])
 
 
-def history_value(channel: Channel, wa_id: str, spec: HistorySpec) -> dict[str, Any]:
+def history_values(channel: Channel, wa_id: str, spec: HistorySpec) -> list[dict[str, Any]]:
+    """The documented shape (history webhook reference): value.history[] chunks of {metadata: {phase,
+    chunk_order, progress}, threads: [{id: <customer>, messages: [...]}]}, each message with
+    history_context.status; the business's messages come from its number, with ``to``."""
+    if spec.declined:
+        error = {
+            "code": 2593109,
+            "title": "History sharing is turned off by the business",
+            "message": "History sharing is turned off by the business",
+            "error_data": {"details": "History sharing is turned off by the business"},
+        }
+        return [value_of(channel, history=[{"errors": [error]}])]
     start = int(_now(spec)) - 86400 * 30
     messages = []
     for i, text in enumerate(spec.texts):
@@ -125,11 +143,17 @@ def history_value(channel: Channel, wa_id: str, spec: HistorySpec) -> dict[str, 
                 "history_context": {"status": "READ" if business else "DELIVERED"},
             }
         )
-    chunk = {
-        "metadata": {"phase": spec.phase, "chunk_order": spec.chunk_order, "progress": spec.progress},
-        "threads": [{"id": wa_id, "messages": messages}],
-    }
-    return value_of(channel, history=[chunk])
+    size = spec.chunk_size or max(1, len(messages))
+    parts = [messages[i : i + size] for i in range(0, len(messages), size)] or [[]]
+    values = []
+    for n, part in enumerate(parts):
+        progress = spec.progress * (n + 1) // len(parts)
+        chunk = {
+            "metadata": {"phase": spec.phase, "chunk_order": spec.chunk_order + n, "progress": progress},
+            "threads": [{"id": wa_id, "messages": part}] if part else [],
+        }
+        values.append(value_of(channel, history=[chunk]))
+    return values
 
 
 def register(app: App, sb: GraphSandbox) -> None:
@@ -180,7 +204,20 @@ def register(app: App, sb: GraphSandbox) -> None:
             value = contact_sync_value(channel, wa_id, spec)
             return await deliver(kind, "smb_app_state_sync", channel, value, spec.signature)
         assert isinstance(spec, HistorySpec)
-        return await deliver(kind, "history", channel, history_value(channel, wa_id, spec), spec.signature)
+        if not spec.texts and not spec.declined:
+            return json_response({"error": "texts (one per message) or declined is required"}, 400)
+        answers = [
+            await deliver(kind, "history", channel, v, spec.signature)
+            for v in history_values(channel, wa_id, spec)
+        ]
+        chunks = [json.loads(a.body or b"{}") for a in answers]
+        return json_response(
+            {
+                "delivery_id": chunks[-1]["delivery_id"],
+                "gateway_status": max(c["gateway_status"] for c in chunks),
+                "chunks": chunks,
+            }
+        )
 
     @app.post("/_sandbox/customers/<wa_id>/echo")
     async def echo(request: Request, wa_id: str) -> HTTPResponse:

@@ -230,6 +230,25 @@ class DispatcherSettings(BitrixCommonSettings, DispatcherCommonSettings):
         9104, description="Port of /health, /ready and /metrics"
     )
     consumer_group: str = Field("bitrix-dispatcher", description="Kafka consumer group")
+    history_import: bool = Field(
+        True,
+        description=(
+            "Run the history consumer: the coexistence history import (topic <prefix>.wa-history.v1) becomes "
+            "marked system lines in the chats. Off: the history events wait in their topic (its retention)"
+        ),
+    )
+    history_consumer_group: str = Field(
+        "bitrix-dispatcher-history", description="Kafka consumer group of the history consumer"
+    )
+    history_max_records: int = Field(
+        100,
+        ge=1,
+        le=1000,
+        description=(
+            "History events per poll batch: small, so that the history's Bitrix24 requests take little of a "
+            "portal's REST budget at a time next to live traffic"
+        ),
+    )
     consumer_catch_up_records: int = Field(
         5000,
         ge=1,
@@ -273,8 +292,8 @@ class DispatcherSettings(BitrixCommonSettings, DispatcherCommonSettings):
     bitrix_echo_via: Literal["connector", "im"] = Field(
         "im",
         description=(
-            "How messages the business sent from the WhatsApp Business app (coexistence echoes) and consent "
-            "changes reach the chat: 'im' (im.message.add SYSTEM=Y: a system line, not the customer's, never "
+            "How messages the business sent from the WhatsApp Business app (coexistence echoes), consent "
+            "changes, customer identity changes and imported history reach the chat: 'im' (im.message.add SYSTEM=Y: a system line, not the customer's, never "
             "relayed back to WhatsApp; falls back to the connector when refused or the chat is not known "
             "yet) or 'connector' (imconnector.send.messages, shown under the customer with a 🏢 prefix)"
         ),

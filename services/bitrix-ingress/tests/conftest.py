@@ -41,7 +41,7 @@ async def kafka_prefix(kafka_bootstrap: str) -> str:
     """A fresh topic set per test: zt<hex>.{wa-to-b24,b24-to-wa}[.retry|.dlq].v1."""
     prefix = f"zt{uuid.uuid4().hex[:10]}"
     settings = KafkaSettings(bootstrap_servers=kafka_bootstrap, topic_prefix=prefix)
-    names = topics_for(Flow.WA_TO_B24, prefix).all() + topics_for(Flow.B24_TO_WA, prefix).all()
+    names = [t for flow in Flow for t in topics_for(flow, prefix).all()]
     await ensure_topics(settings, names, partitions=3)
     return prefix
 

@@ -679,3 +679,106 @@ async def test_a_sent_message_whose_recording_is_dead_lettered_gets_no_not_deliv
     assert published == []
     await hook(rec.envelope, "retries exhausted after 8 attempts: imconnector.send.messages: NOT_SENT")
     assert len(published) == 1  # a message that never reached Bitrix24 is still told about
+
+
+def identity_change(old: str, **kw: Any) -> Received:
+    change = events_pb2.CustomerIdentityChange(phone_number_id="100", previous_wa_id=old, **kw)
+    env = new_envelope(
+        f"wa-identity:{old}:{kw.get('user_id', '')}",
+        f"100:{old}",
+        events_pb2.PLATFORM_WHATSAPP,
+        customer_identity_change=change,
+    )
+    return received(env)
+
+
+async def test_a_number_change_is_posted_once_as_a_system_line(h: Harness) -> None:
+    h.fakes.mapper.add_conversation("100", "491731234567", "Jonas", bitrix_chat_id="1807")
+    change = {"change_type": "user_changed_number", "wa_id": "491739999999", "user_id": "US.2"}
+    rec = identity_change("491731234567", **change)
+    assert await h.run([rec]) == ["ok"]
+    (call,) = h.bitrix.calls
+    assert call.method == "im.message.add" and call.params["SYSTEM"] == "Y"
+    assert call.params["DIALOG_ID"] == "chat1807"
+    assert (
+        call.params["MESSAGE"] == "📱 The customer changed their number from +491731234567 to +491739999999."
+    )
+    assert h.fakes.mapper.processed[rec.envelope.event_id] == "notice:im"
+    assert await h.run([identity_change("491731234567", **change)]) == ["duplicate"]  # redelivered
+    assert len(h.bitrix.calls) == 1 and h.bitrix.sent_messages() == []
+
+
+async def test_a_new_account_id_before_the_chat_is_known_goes_through_the_connector(h: Harness) -> None:
+    conv = h.fakes.mapper.add_conversation("100", "4917", "Anna")  # no bitrix_chat_id yet
+    rec = identity_change("4917", change_type="user_changed_user_id", previous_user_id="US.1", user_id="US.2")
+    assert await h.run([rec]) == ["ok"]
+    (line,) = h.bitrix.sent_messages()
+    assert line["chat"]["id"] == conv.external_chat_id
+    assert line["message"]["text"] == (
+        "📋 Zaptrix: 🪪 The customer's WhatsApp account id changed (same person, same chat)."
+    )
+
+
+async def test_an_identity_change_of_an_unknown_customer_posts_nothing(h: Harness) -> None:
+    rec = identity_change("4999", change_type="user_changed_number", wa_id="4998")
+    assert await h.run([rec]) == ["ok"]
+    assert h.bitrix.calls == []
+
+
+def history_line(wa_id: str, n: int, *, business: bool = False, text: str = "") -> Received:
+    item = events_pb2.HistoryMessage(
+        phone_number_id="100",
+        wa_id=wa_id,
+        wamid=f"wamid.h{wa_id}.{n}",
+        from_business=business,
+        type="text",
+        text=text or f"old {n}",
+        status="READ",
+        phase=1,
+        chunk_order=1,
+        progress=100,
+    )
+    item.sent_at.FromSeconds(1_794_492_180 + n * 60)  # 12.11.2026 14:03 UTC
+    env = new_envelope(
+        f"wa-history:{item.wamid}", f"100:{wa_id}", events_pb2.PLATFORM_WHATSAPP, history_message=item
+    )
+    return received(env, n)
+
+
+async def test_history_becomes_ordered_system_lines_once_and_never_a_customer_message(h: Harness) -> None:
+    conv = h.fakes.mapper.add_conversation("100", "4917", "Anna", bitrix_chat_id="1807")
+    records = [history_line("4917", n, business=n % 2 == 1) for n in range(4)]
+    assert await h.run(records) == ["ok"] * 4
+    calls = [c for c in h.bitrix.calls if c.method == "im.message.add"]
+    assert [c.params["MESSAGE"] for c in calls] == [
+        "🕘 12.11.2026 14:03 UTC — customer: old 0",
+        "🕘 12.11.2026 14:04 UTC — business: old 1",
+        "🕘 12.11.2026 14:05 UTC — customer: old 2",
+        "🕘 12.11.2026 14:06 UTC — business: old 3",
+    ]
+    assert {(c.params["DIALOG_ID"], c.params["SYSTEM"]) for c in calls} == {("chat1807", "Y")}
+    assert h.bitrix.sent_messages() == []  # nothing as the customer's own message
+    assert h.fakes.mapper.links == {}  # no message link: not a customer message
+    assert not h.fakes.mapper.conversations[conv.id].HasField("last_customer_message_at")  # no 24-h window
+    again = [history_line("4917", n, business=n % 2 == 1) for n in range(4)]
+    assert await h.run(again) == ["duplicate"] * 4
+    assert len([c for c in h.bitrix.calls if c.method == "im.message.add"]) == 4
+
+
+async def test_history_of_a_customer_never_seen_creates_the_conversation(h: Harness) -> None:
+    assert await h.run([history_line("4960", 1)]) == ["ok"]
+    conv = h.fakes.mapper.by_customer("100", "4960")
+    assert conv is not None  # GetOrCreateConversation
+    (line,) = h.bitrix.sent_messages()  # no Bitrix24 chat known yet: the connector, marked as history
+    assert line["chat"]["id"] == conv.external_chat_id
+    assert line["message"]["text"].startswith("🕘 ") and "— customer: old 1" in line["message"]["text"]
+    assert h.fakes.mapper.links == {}
+
+
+async def test_a_history_line_that_will_be_retried_holds_the_later_ones_of_its_conversation(
+    h: Harness,
+) -> None:
+    h.fakes.mapper.add_conversation("100", "4917", "Anna", bitrix_chat_id="1807")
+    h.fakes.mapper.fail["CheckProcessed"] = [grpc.StatusCode.UNAVAILABLE]
+    assert await h.run([history_line("4917", n) for n in range(3)]) == ["retry", "held", "held"]
+    assert h.bitrix.calls == []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 
@@ -164,6 +165,30 @@ async def test_pacer_keeps_the_sustained_rate() -> None:
     elapsed = time.monotonic() - started
     # 5 at once, then 20 more at 20/s: about 1 s (never faster than the bucket drains)
     assert 0.9 <= elapsed < 1.6
+
+
+async def test_background_requests_yield_to_live_ones() -> None:
+    """The history import must not queue in front of live traffic at a portal's pacer."""
+    pacer = PortalPacer(RateSpec(rate=20.0, burst=4))
+    for _ in range(4):  # the bucket is full
+        await pacer.acquire()
+    order: list[str] = []
+
+    async def take(who: str, background: bool) -> None:
+        await pacer.acquire(background=background)
+        order.append(who)
+
+    history = asyncio.create_task(take("history", True))  # waiting first
+    await asyncio.sleep(0)
+    live = asyncio.create_task(take("live", False))
+    await asyncio.gather(history, live)
+    assert order == ["live", "history"]
+
+
+async def test_a_background_request_goes_when_nothing_live_waits() -> None:
+    pacer = PortalPacer(RateSpec(rate=20.0, burst=1))  # a bucket of one: no reserve, still served
+    await pacer.acquire(background=True)
+    await pacer.acquire(background=True)
 
 
 def test_rate_overrides() -> None:

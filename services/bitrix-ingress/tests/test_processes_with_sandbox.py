@@ -122,9 +122,7 @@ async def stack(
         fakes.mapper.bind(PNID, MEMBER, LINE)
         prefix = f"zt{uuid.uuid4().hex[:10]}"
         kafka = KafkaSettings(bootstrap_servers=kafka_bootstrap, topic_prefix=prefix)
-        await ensure_topics(
-            kafka, topics_for(Flow.WA_TO_B24, prefix).all() + topics_for(Flow.B24_TO_WA, prefix).all(), 3
-        )
+        await ensure_topics(kafka, [t for flow in Flow for t in topics_for(flow, prefix).all()], 3)
         web_port, ops_port = free_port(), free_port()
         common = {
             "ZAPTRIX_KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,

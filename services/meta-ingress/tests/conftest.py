@@ -39,7 +39,7 @@ def fresh(fakes: Fakes) -> Fakes:
 async def topic_prefix(kafka_bootstrap: str) -> str:
     prefix = f"zt-meta-{uuid.uuid4().hex[:8]}"
     settings = KafkaSettings(bootstrap_servers=kafka_bootstrap)
-    names = topics_for(Flow.WA_TO_B24, prefix).all() + topics_for(Flow.B24_TO_WA, prefix).all()
+    names = [t for flow in Flow for t in topics_for(flow, prefix).all()]
     await ensure_topics(settings, names, partitions=3)
     return prefix
 

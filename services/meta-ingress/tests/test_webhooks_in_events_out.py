@@ -135,6 +135,35 @@ async def test_multi_message_webhook_becomes_one_event_each(
     assert await inbound_by_number(web) == before + 3
 
 
+async def test_a_history_webhook_goes_to_its_own_topic(
+    web: Proc, fresh: Fakes, reader: TopicReader, kafka_bootstrap: str, topic_prefix: str
+) -> None:
+    """Thousands of old messages must never queue in front of live traffic: wa-history, not wa-to-b24."""
+    history = await TopicReader(kafka_bootstrap, topics_for(Flow.WA_HISTORY, topic_prefix).main).start()
+    await history.take(10_000, within=0.5)
+    old = [msg("text", {"body": f"old {i}"}) | {"history_context": {"status": "READ"}} for i in range(3)]
+    chunk = {
+        "metadata": {"phase": 0, "chunk_order": 1, "progress": 100},
+        "threads": [{"id": "16505551234", "messages": old}],
+    }
+    change = value() | {"history": [chunk]}
+    payload = {
+        "object": "whatsapp_business_account",
+        "entry": [{"id": WABA, "changes": [{"field": "history", "value": change}]}],
+    }
+    resp = await post(web, dump(payload))
+    assert resp.status_code == 200 and resp.json() == {"events": 3}, resp.text
+    records = await history.take(3)
+    await history.stop()
+    assert [r.envelope.history_message.text for r in records] == [
+        "old 0",
+        "old 1",
+        "old 2",
+    ]  # one key: in order
+    assert {r.key for r in records} == {f"{PNID}:16505551234".encode()}
+    assert await reader.take(1, within=1) == []  # nothing on the live topic
+
+
 async def test_bad_or_missing_signature_is_401_and_produces_nothing(
     web: Proc, fresh: Fakes, reader: TopicReader
 ) -> None:

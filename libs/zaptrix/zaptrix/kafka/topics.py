@@ -9,6 +9,9 @@ from enum import StrEnum
 class Flow(StrEnum):
     WA_TO_B24 = "wa-to-b24"  # customer messages and Meta statuses, consumed by the bitrix dispatcher
     B24_TO_WA = "b24-to-wa"  # operator messages and reads, consumed by the meta dispatcher
+    # Coexistence history import (thousands of old messages), consumed by the bitrix dispatcher's own
+    # history consumer: a topic of its own so that it never delays live traffic.
+    WA_HISTORY = "wa-history"
 
 
 @dataclass(frozen=True)

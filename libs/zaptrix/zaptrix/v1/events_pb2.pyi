@@ -59,6 +59,7 @@ class Envelope(_message.Message):
     CONSENT_CHANGE_FIELD_NUMBER: _builtins.int
     CUSTOMER_MESSAGE_CHANGE_FIELD_NUMBER: _builtins.int
     CONTACT_NAME_SYNC_FIELD_NUMBER: _builtins.int
+    HISTORY_MESSAGE_FIELD_NUMBER: _builtins.int
     event_id: _builtins.str
     """Stable id of the event; redeliveries carry the same id (dedupe key).
     WhatsApp message: "wa:<wamid>"; WhatsApp status: "wa-status:<wamid>:<status>";
@@ -99,6 +100,10 @@ class Envelope(_message.Message):
     def customer_message_change(self) -> Global___CustomerMessageChange: ...
     @_builtins.property
     def contact_name_sync(self) -> Global___ContactNameSync: ...
+    @_builtins.property
+    def history_message(self) -> Global___HistoryMessage:
+        """on its own topic, wa-history (never delays live traffic)"""
+
     def __init__(
         self,
         *,
@@ -120,12 +125,13 @@ class Envelope(_message.Message):
         consent_change: Global___ConsentChange | None = ...,
         customer_message_change: Global___CustomerMessageChange | None = ...,
         contact_name_sync: Global___ContactNameSync | None = ...,
+        history_message: Global___HistoryMessage | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["business_echo", b"business_echo", "consent_change", b"consent_change", "contact_name_sync", b"contact_name_sync", "customer_identity_change", b"customer_identity_change", "customer_message", b"customer_message", "customer_message_change", b"customer_message_change", "kind", b"kind", "line_removed", b"line_removed", "occurred_at", b"occurred_at", "operator_message", b"operator_message", "operator_message_delete", b"operator_message_delete", "operator_message_edit", b"operator_message_edit", "operator_read", b"operator_read", "send_failure", b"send_failure", "whatsapp_status", b"whatsapp_status", "window_closed", b"window_closed"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["business_echo", b"business_echo", "consent_change", b"consent_change", "contact_name_sync", b"contact_name_sync", "customer_identity_change", b"customer_identity_change", "customer_message", b"customer_message", "customer_message_change", b"customer_message_change", "history_message", b"history_message", "kind", b"kind", "line_removed", b"line_removed", "occurred_at", b"occurred_at", "operator_message", b"operator_message", "operator_message_delete", b"operator_message_delete", "operator_message_edit", b"operator_message_edit", "operator_read", b"operator_read", "send_failure", b"send_failure", "whatsapp_status", b"whatsapp_status", "window_closed", b"window_closed"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["business_echo", b"business_echo", "consent_change", b"consent_change", "contact_name_sync", b"contact_name_sync", "conversation_key", b"conversation_key", "customer_identity_change", b"customer_identity_change", "customer_message", b"customer_message", "customer_message_change", b"customer_message_change", "event_id", b"event_id", "kind", b"kind", "line_removed", b"line_removed", "occurred_at", b"occurred_at", "operator_message", b"operator_message", "operator_message_delete", b"operator_message_delete", "operator_message_edit", b"operator_message_edit", "operator_read", b"operator_read", "send_failure", b"send_failure", "source", b"source", "whatsapp_status", b"whatsapp_status", "window_closed", b"window_closed"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["business_echo", b"business_echo", "consent_change", b"consent_change", "contact_name_sync", b"contact_name_sync", "conversation_key", b"conversation_key", "customer_identity_change", b"customer_identity_change", "customer_message", b"customer_message", "customer_message_change", b"customer_message_change", "event_id", b"event_id", "history_message", b"history_message", "kind", b"kind", "line_removed", b"line_removed", "occurred_at", b"occurred_at", "operator_message", b"operator_message", "operator_message_delete", b"operator_message_delete", "operator_message_edit", b"operator_message_edit", "operator_read", b"operator_read", "send_failure", b"send_failure", "source", b"source", "whatsapp_status", b"whatsapp_status", "window_closed", b"window_closed"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["customer_message", "whatsapp_status", "operator_message", "operator_message_edit", "operator_message_delete", "operator_read", "send_failure", "line_removed", "window_closed", "customer_identity_change", "business_echo", "consent_change", "customer_message_change", "contact_name_sync"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["customer_message", "whatsapp_status", "operator_message", "operator_message_edit", "operator_message_delete", "operator_read", "send_failure", "line_removed", "window_closed", "customer_identity_change", "business_echo", "consent_change", "customer_message_change", "contact_name_sync", "history_message"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
@@ -520,6 +526,69 @@ class BusinessEcho(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___BusinessEcho: _TypeAlias = BusinessEcho  # noqa: Y015
+
+@_typing.final
+class HistoryMessage(_message.Message):
+    """Coexistence history import (webhook field history: value.history[].threads[].messages[]): one message
+    of the up-to-180-day chat history of the WhatsApp Business app, shown in the operator's chat as a
+    marked system line, never sent to WhatsApp and never counted as a new customer message. Published to
+    the wa-history topic, keyed by the conversation. event_id "wa-history:<wamid>".
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PHONE_NUMBER_ID_FIELD_NUMBER: _builtins.int
+    WA_ID_FIELD_NUMBER: _builtins.int
+    WAMID_FIELD_NUMBER: _builtins.int
+    SENT_AT_FIELD_NUMBER: _builtins.int
+    FROM_BUSINESS_FIELD_NUMBER: _builtins.int
+    TYPE_FIELD_NUMBER: _builtins.int
+    TEXT_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    PHASE_FIELD_NUMBER: _builtins.int
+    CHUNK_ORDER_FIELD_NUMBER: _builtins.int
+    PROGRESS_FIELD_NUMBER: _builtins.int
+    phone_number_id: _builtins.str
+    wa_id: _builtins.str
+    """the customer (threads[].id)"""
+    wamid: _builtins.str
+    from_business: _builtins.bool
+    """written by the business (from is not the customer)"""
+    type: _builtins.str
+    """the Cloud API message type (media_placeholder for media)"""
+    text: _builtins.str
+    """readable text, as for CustomerMessage"""
+    status: _builtins.str
+    """history_context.status: DELIVERED, READ, SENT, PLAYED, PENDING, ERROR"""
+    phase: _builtins.int
+    """metadata.phase: 0 (day 0-1), 1 (1-90), 2 (90-180)"""
+    chunk_order: _builtins.int
+    progress: _builtins.int
+    """0-100"""
+    @_builtins.property
+    def sent_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        phone_number_id: _builtins.str = ...,
+        wa_id: _builtins.str = ...,
+        wamid: _builtins.str = ...,
+        sent_at: _timestamp_pb2.Timestamp | None = ...,
+        from_business: _builtins.bool = ...,
+        type: _builtins.str = ...,
+        text: _builtins.str = ...,
+        status: _builtins.str = ...,
+        phase: _builtins.int = ...,
+        chunk_order: _builtins.int = ...,
+        progress: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["sent_at", b"sent_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk_order", b"chunk_order", "from_business", b"from_business", "phase", b"phase", "phone_number_id", b"phone_number_id", "progress", b"progress", "sent_at", b"sent_at", "status", b"status", "text", b"text", "type", b"type", "wa_id", b"wa_id", "wamid", b"wamid"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HistoryMessage: _TypeAlias = HistoryMessage  # noqa: Y015
 
 @_typing.final
 class ConsentChange(_message.Message):

@@ -8,6 +8,10 @@ per second sustained from this process. When Bitrix24 still answers QUERY_LIMIT_
 app on the same egress IP, another replica), the portal is paused with exponential backoff and
 jitter, honouring Retry-After (bounded: zaptrix.delays), and requests resume at the sustained rate.
 
+Background requests (the coexistence history import) yield to live traffic: they go only while no live
+request of the portal waits and at least half of the bucket is free, so an import never queues in front
+of a customer's message (docs/bitrix-ingress.md, "History import").
+
 Pacers exist only for portals token-keeper knows (PortalClient asks for the token first); the install
 path, where the member_id is not verified yet, can still name any portal, so the registry is a bounded LRU.
 """
@@ -52,16 +56,36 @@ class PortalPacer:
         self._limiter = AsyncLimiter(spec.burst, spec.burst / spec.rate)
         self.paused_until = 0.0
         self.penalties = 0
+        self._live_waiting = 0  # live (not background) requests waiting for this pacer
 
-    async def acquire(self) -> None:
+    async def acquire(self, *, background: bool = False) -> None:
         started = self._clock()
-        while True:
-            wait = self.paused_until - self._clock()
-            if wait <= 0:
-                break
-            await asyncio.sleep(wait)
-        await self._limiter.acquire()
+        if background:
+            await self._yield_to_live()
+        else:
+            self._live_waiting += 1
+        try:
+            while True:
+                wait = self.paused_until - self._clock()
+                if wait <= 0:
+                    break
+                await asyncio.sleep(wait)
+            await self._limiter.acquire()
+        finally:
+            if not background:
+                self._live_waiting -= 1
         PACER_WAIT.observe(self._clock() - started)
+
+    async def _yield_to_live(self) -> None:
+        """Wait until no live request waits, the portal is not paused and half the bucket is free."""
+        reserve = self.spec.burst // 2
+        # Polled: the bucket drains with time, and live requests come and go; nothing to wait on.
+        while (  # noqa: ASYNC110
+            self._live_waiting
+            or self.paused_until > self._clock()
+            or not self._limiter.has_capacity(1 + reserve)
+        ):
+            await asyncio.sleep(1 / self.spec.rate)
 
     def slow_down(self, retry_after: float | None = None) -> float:
         """Pause the portal after QUERY_LIMIT_EXCEEDED; returns the pause in seconds."""

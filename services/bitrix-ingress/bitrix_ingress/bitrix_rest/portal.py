@@ -80,6 +80,8 @@ class PortalClient:
     rate_limit_max_wait_s: float = 30.0
     backoff_initial_s: float = 0.5
     backoff_max_s: float = 5.0
+    # Background calls (the history import) yield to live ones at the portal's pacer (pacing.py).
+    background: bool = False
     _tokens: dict[str, Token] = field(default_factory=dict, init=False)
     _locks: dict[str, asyncio.Lock] = field(default_factory=dict, init=False)
 
@@ -187,7 +189,7 @@ class PortalClient:
         pacer = self.pacers.get(member_id)
         while True:
             self._refuse_long_pause(pacer, member_id, "")
-            await pacer.acquire()
+            await pacer.acquire(background=self.background)
             try:
                 result = await fn(token)
             except TokenError as exc:

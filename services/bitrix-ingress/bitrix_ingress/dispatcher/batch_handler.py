@@ -45,6 +45,7 @@ from bitrix_ingress.dispatcher.customer_messages import (
     finish_customers,
     prepare_customer,
 )
+from bitrix_ingress.dispatcher.history import prepare_history
 from bitrix_ingress.dispatcher.identity_changes import apply_identity_change
 from bitrix_ingress.dispatcher.notices import finish_notice, prepare_failure, reroute_refused_im
 from bitrix_ingress.dispatcher.portal_calls import Answered, HeldBehind, PortalCalls
@@ -63,6 +64,8 @@ from bitrix_ingress.metrics import DELIVERED, REQUESTS_PER_FLUSH, STATUSES
 from bitrix_ingress.settings import DispatcherSettings
 
 log = get_logger(__name__)
+# Event kinds whose order within a conversation matters: a later one waits behind one that will be retried.
+ORDERED = ("customer_message", "history_message")
 
 
 class BitrixDispatcher:
@@ -91,8 +94,8 @@ class BitrixDispatcher:
                 held = ""
                 for i in indices:
                     rec = batch[i]
-                    message = rec.event_type == "customer_message"
-                    if held and message:  # customer messages keep their order; statuses are independent
+                    message = rec.event_type in ORDERED
+                    if held and message:  # messages keep their order; statuses are independent
                         outcomes[i] = Outcome.held(
                             f"held behind an earlier message of this conversation: {held}"
                         )
@@ -243,12 +246,23 @@ class BitrixDispatcher:
                 )
             if kind == "customer_identity_change":
                 change = rec.envelope.customer_identity_change
-                return await apply_identity_change(rec, change, deps=deps, conversations=self.conversations)
+                return await apply_identity_change(
+                    rec,
+                    change,
+                    settings=settings,
+                    deps=deps,
+                    channels=channels,
+                    conversations=self.conversations,
+                )
             if kind == "send_failure":
                 sf = rec.envelope.send_failure
                 return await prepare_failure(rec, sf, settings=settings, deps=deps, channels=channels)
             if kind in ("customer_message_change", "contact_name_sync"):
                 return await prepare_change(
+                    rec, settings=settings, deps=deps, channels=channels, conversations=self.conversations
+                )
+            if kind == "history_message":
+                return await prepare_history(
                     rec, settings=settings, deps=deps, channels=channels, conversations=self.conversations
                 )
             if kind in ("business_echo", "consent_change"):
@@ -394,7 +408,7 @@ def _hold_behind_retries(
         waiting = False
         for i in indices:
             outcome = outcomes[i]
-            if outcome is None or batch[i].event_type != "customer_message":
+            if outcome is None or batch[i].event_type not in ORDERED:
                 continue
             if waiting and outcome.kind == "retry":
                 outcomes[i] = Outcome.held(

@@ -80,13 +80,37 @@ async def prepare_coexistence(
     conv = await conversations.get(channel, item.wa_id, "")
     if not conv.external_chat_id:
         return Outcome.dead(f"conversation {conv.id} has no external_chat_id")
+    return chat_line(
+        rec,
+        settings=settings,
+        channel=channel,
+        conv=conv,
+        source=source,
+        shown=shown,
+        connector_prefix="📋 Zaptrix: " if kind == "consent_change" else "",
+    )
+
+
+def chat_line(
+    rec: Received,
+    *,
+    settings: DispatcherSettings,
+    channel: mapper_pb2.Channel,
+    conv: mapper_pb2.Conversation,
+    source: str,
+    shown: str,
+    connector_prefix: str = "",
+) -> NoticeWork:
+    """A line in the conversation's chat that is not the customer's (echoes, consent, identity changes,
+    history): a system message when ZAPTRIX_BITRIX_ECHO_VIA=im and the chat is known, else through the
+    connector with ``connector_prefix`` (refused im calls fall back there too, notices.reroute_refused_im)."""
     via = "im" if settings.bitrix_echo_via == "im" and conv.bitrix_chat_id else "connector"
-    if via == "connector" and kind == "consent_change":
-        shown = f"📋 Zaptrix: {shown}"
+    if via == "connector":
+        shown = f"{connector_prefix}{shown}"
     return NoticeWork(
         rec=rec,
         member_id=channel.member_id,
-        conv_key=env.conversation_key,
+        conv_key=rec.envelope.conversation_key,
         connector=channel.connector_id or settings.connector_id,
         line=int(channel.line_id),
         source=source,

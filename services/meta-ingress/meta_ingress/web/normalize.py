@@ -63,8 +63,8 @@ class WebhookTooLarge(WebhookShapeError):
 
 # The change fields read here (research-2026-12.md 1.6, 1.11); any other field is counted and ignored.
 MESSAGES, ECHOES, PREFERENCES = "messages", "smb_message_echoes", "user_preferences"
-STATE_SYNC = "smb_app_state_sync"
-READ_FIELDS = (MESSAGES, ECHOES, PREFERENCES, STATE_SYNC)
+STATE_SYNC, HISTORY = "smb_app_state_sync", "history"
+READ_FIELDS = (MESSAGES, ECHOES, PREFERENCES, STATE_SYNC, HISTORY)
 # The lists of a change value that count against ``max_updates``.
 _ITEM_LISTS = ("messages", "statuses", "message_echoes", "user_preferences", "state_sync")
 CHANGE_TYPES = ("edit", "revoke")  # a customer's edit or revoke of an earlier message (coexistence)
@@ -108,10 +108,13 @@ class Normalized:
     # Statuses echoing one of our part ids (biz_opaque_callback_data): (mapper record id, wamid), see
     # sent_parts.py; the web records them for the dispatcher's reconciliation of ambiguous sends.
     confirmations: list[tuple[str, str]] = field(default_factory=list)
+    # HistoryMessage events (coexistence history import), for their own topic (wa-history): thousands of
+    # old messages must never queue in front of live traffic.
+    history: list[events_pb2.Envelope] = field(default_factory=list)
 
     @property
     def count(self) -> int:
-        return len(self.envelopes) + len(self.window_closed)
+        return len(self.envelopes) + len(self.window_closed) + len(self.history)
 
 
 def _obj(value: Any, where: str) -> dict[str, Any]:
@@ -196,10 +199,29 @@ def parse_envelope(payload: Any, max_updates: int = 1000, max_channels: int = 10
             if len(channels) > max_channels:
                 raise WebhookTooLarge(f"more than {max_channels} phone numbers")
             items += sum(len(v) for k in _ITEM_LISTS if isinstance(v := value.get(k), list))
+            if fld == HISTORY:
+                items += _history_size(value)
             if items > max_updates:
                 raise WebhookTooLarge(f"more than {max_updates} messages and statuses (and other items)")
             hook.changes.append(Change(pnid, _str(metadata.get("display_phone_number")), value, fld))
     return hook
+
+
+def _history_size(value: dict[str, Any]) -> int:
+    """The chunks, threads and messages of a history change (what counts against ``max_updates``); shapes
+    that are not lists count nothing here and are refused when normalized."""
+    chunks = value.get("history")
+    if not isinstance(chunks, list):
+        return 0
+    size = len(chunks)
+    for chunk in chunks:
+        threads = chunk.get("threads") if isinstance(chunk, dict) else None
+        if isinstance(threads, list):
+            size += len(threads)
+            for thread in threads:
+                messages = thread.get("messages") if isinstance(thread, dict) else None
+                size += len(messages) if isinstance(messages, list) else 0
+    return size
 
 
 def _id_at(value: Any, i: int, j: int) -> str:
@@ -618,6 +640,70 @@ def consent_change(change: Change, pref: dict[str, Any]) -> events_pb2.Envelope:
     return _envelope(event_id, change.phone_number_id, customer, at, consent_change=out)
 
 
+HISTORY_STATUSES = ("DELIVERED", "ERROR", "PENDING", "PLAYED", "READ", "SENT")
+
+
+def _chunk_number(value: Any, low: int, high: int, where: str) -> int:
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise WebhookShapeError(f"{where} must be a whole number from {low} to {high}")
+    return value
+
+
+def history_messages(change: Change, chunk: dict[str, Any], media_url: MediaUrl) -> list[events_pb2.Envelope]:
+    """One ``history[]`` chunk {metadata: {phase, chunk_order, progress}, threads: [{id, messages[]}]}
+    → one HistoryMessage per message, oldest first within each thread (keyed by the thread's customer).
+    A chunk carrying ``errors`` instead (the business declined sharing) has no threads: reported by the
+    caller as a system error. Messages are rendered with the customer-message rules; media arrives as
+    ``media_placeholder`` (its ids only in separate webhooks, for the last 14 days) and is named."""
+    meta = _sub(chunk.get("metadata"))
+    phase = _chunk_number(meta.get("phase"), 0, 2, "history[].metadata.phase")
+    order = _chunk_number(meta.get("chunk_order"), 0, 2**31 - 1, "history[].metadata.chunk_order")
+    progress = _chunk_number(meta.get("progress"), 0, 100, "history[].metadata.progress")
+    out: list[events_pb2.Envelope] = []
+    for i, thread in _items(chunk, "threads"):
+        customer = _id(thread.get("id"), f"history[].threads[{i}].id")
+        if len(customer) > 128:  # part of the Kafka key
+            raise WebhookShapeError(f"history[].threads[{i}].id is too long")
+        envs = []
+        for _, msg in _items(thread, "messages"):
+            sender = _str(msg.get("from"))
+            rendered = customer_message(change, {**msg, "from": customer}, {}, media_url, "").customer_message
+            text = rendered.text
+            for m in rendered.media:
+                label = f"📎 {m.kind}: {m.filename}"
+                text = f"{label}\n{text}" if text else label
+            if rendered.type == "media_placeholder":  # its file is not part of the import
+                text = "📎 a media file (not imported)"
+            status = _str(_sub(msg.get("history_context")).get("status")).upper()
+            item = events_pb2.HistoryMessage(
+                phone_number_id=change.phone_number_id,
+                wa_id=customer,
+                wamid=rendered.wamid,
+                sent_at=rendered.sent_at,
+                from_business=(bool(sender) and sender != customer) or "to" in msg,
+                type=rendered.type,
+                text=text or f"[{rendered.type}]",
+                status=status if status in HISTORY_STATUSES else "",
+                phase=phase,
+                chunk_order=order,
+                progress=progress,
+            )
+            envs.append(
+                _envelope(
+                    f"wa-history:{rendered.wamid}",
+                    change.phone_number_id,
+                    customer,
+                    item.sent_at.seconds,
+                    history_message=item,
+                )
+            )
+        envs.sort(key=lambda e: e.occurred_at.seconds)  # stable: same-second messages keep Meta's order
+        out.extend(envs)
+    return out
+
+
 def window_closed_event(st: events_pb2.WhatsAppStatus) -> events_pb2.Envelope | None:
     """A WindowClosed event when Meta reports 131047 (24-h window closed) for a send it had accepted."""
     if st.status != "failed" or not st.wa_id or not any(e.code == WINDOW_CLOSED for e in st.errors):
@@ -749,6 +835,14 @@ def _normalize(hook: Webhook, media_url: MediaUrl) -> Normalized:
                 if env is not None:
                     result.envelopes.append(env)
                     result.contact_syncs += 1
+            continue
+        if change.field == HISTORY:
+            for _, chunk in _items(value, "history"):
+                result.history.extend(history_messages(change, chunk, media_url))
+                for err in _errors(chunk.get("errors")):  # e.g. the business declined sharing its history
+                    result.system_errors.append(
+                        (change.phone_number_id, err.code, err.title, err.details or err.message)
+                    )
             continue
         if change.field == PREFERENCES:
             for _, pref in _items(value, "user_preferences"):

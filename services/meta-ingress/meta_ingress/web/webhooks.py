@@ -103,6 +103,7 @@ class Webhooks:
         self.lifetime = lifetime
         self.topics = topics_for(Flow.WA_TO_B24, kafka.topic_prefix)
         self.window_topics = topics_for(Flow.B24_TO_WA, kafka.topic_prefix)
+        self.history_topics = topics_for(Flow.WA_HISTORY, kafka.topic_prefix)
         self.media_secret = settings.media_secret_bytes()
         if settings.webhook_event_max_bytes + _RECORD_OVERHEAD > kafka.max_request_bytes:
             raise ValueError(
@@ -282,7 +283,7 @@ class Webhooks:
         """One event, one Kafka record: cut what would not fit (never a 503 loop over a huge message)."""
         limit = self.settings.webhook_event_max_bytes
         for result in results:
-            for env in result.envelopes:
+            for env in [*result.envelopes, *result.history]:
                 if fit(env, limit):
                     TRUNCATED.labels(event_type(env)).inc()
                     log.warning("event cut to fit one Kafka record", event_id=env.event_id[:120])
@@ -301,6 +302,8 @@ class Webhooks:
                     await producer.publish(self.topics.main, result.envelopes)
                 if result.window_closed:  # for the meta dispatcher: the re-engagement template
                     await producer.publish(self.window_topics.main, result.window_closed)
+                if result.history:  # the history import: its own topic, never in front of live events
+                    await producer.publish(self.history_topics.main, result.history)
                 await self._park(producer, held, parked)
         except (PublishError, KafkaError, TimeoutError) as exc:
             WEBHOOKS.labels("kafka_unavailable").inc()
@@ -317,9 +320,11 @@ class Webhooks:
     async def _park(self, producer: EventProducer, held: Normalized, parked: dict[str, str]) -> None:
         """Events of numbers that cannot take them go to their flow's dead-letter topic, as the consumers
         would put them, so that zaptrix-replay moves them back once the number is set up (docs/runbook.md)."""
-        for env, topics in [(e, self.topics) for e in held.envelopes] + [
-            (e, self.window_topics) for e in held.window_closed
-        ]:
+        for env, topics in (
+            [(e, self.topics) for e in held.envelopes]
+            + [(e, self.window_topics) for e in held.window_closed]
+            + [(e, self.history_topics) for e in held.history]
+        ):
             pnid = env.conversation_key.split(":", 1)[0]
             reason = parked.get(pnid, "unknown_channel")
             key, value, headers = encode(env)
