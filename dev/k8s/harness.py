@@ -91,16 +91,32 @@ class Harness:
         return r
 
     def template(self, release: str, ns: str, *values: str) -> list[Obj]:
-        return docs(self.helm("template", release, str(CHART), "-n", ns, *values).stdout)
+        return docs(
+            self.helm("template", release, str(CHART), "-n", ns, *self.kube_version(), *values).stdout
+        )
+
+    def kube_version(self) -> list[str]:
+        """`helm template` assumes Kubernetes 1.20 unless told: the live API server's version."""
+        if not self._kube_version:
+            info = json.loads(self.c.kubectl("version", "-o", "json").stdout)["serverVersion"]
+            self._kube_version = str(info["gitVersion"])
+        return ["--kube-version", self._kube_version]
+
+    _kube_version = ""
 
     def items(self, kind: str, ns: str, selector: str | None = None) -> list[Obj]:
         args = [kind, "-n", ns] + (["-l", selector] if selector else [])
         return list(self.c.get_json(*args)["items"])
 
     def namespace(self, name: str, restricted: bool = True) -> None:
-        labels = {RESTRICTED: "restricted", f"{RESTRICTED}-version": "latest"} if restricted else {}
-        ns = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": labels}}
-        self.c.kubectl("apply", "-f", "-", input=json.dumps(ns))
+        # The commands of docs/deploy.md, step 0.
+        if self.c.kubectl("get", "namespace", name, check=False).returncode != 0:
+            self.c.kubectl("create", "namespace", name)
+        if restricted:
+            self.c.kubectl(
+                "label", "--overwrite", "namespace", name,
+                f"{RESTRICTED}=restricted", f"{RESTRICTED}-version=latest",
+            )  # fmt: skip
         # The ServiceAccount controller creates "default" (the migration Jobs run as it).
         eventually(lambda: self._assert_sa(name), 60, f"default ServiceAccount in {name}")
 
@@ -112,13 +128,14 @@ class Harness:
         """What a platform team creates before `helm install` (docs/deploy.md): the application Secret,
         the image pull Secret and, in place of cert-manager, the gRPC TLS Secrets the Certificates name."""
         rendered = self.template(release, ns, *values)
-        secret_names = set()
+        secret_names, pull_secrets = set(), set()
         for d in rendered:
             for vol in _pod_spec(d).get("volumes", []):
                 if "secret" in vol:
                     secret_names.add(vol["secret"]["secretName"])
-            for ps in _pod_spec(d).get("imagePullSecrets", []):
-                self._pull_secret(ns, ps["name"])
+            pull_secrets |= {ps["name"] for ps in _pod_spec(d).get("imagePullSecrets", [])}
+        for name in sorted(pull_secrets):
+            self._pull_secret(ns, name)
         certs = {
             d["spec"]["secretName"]: d["spec"]["commonName"] for d in rendered if d["kind"] == "Certificate"
         }
@@ -134,12 +151,15 @@ class Harness:
             elif name.endswith("-grpc-tls"):
                 raise AssertionError(f"{name}: a TLS Secret without a Certificate (grpcTls.source=secret?)")
             else:
-                self._secret(ns, name, _app_secret(), "Opaque")
+                literals = [f"--from-literal={k}={v.decode()}" for k, v in _app_secret().items()]
+                self.c.kubectl("-n", ns, "create", "secret", "generic", name, *literals)
 
     def _pull_secret(self, ns: str, name: str) -> None:
-        auth = base64.b64encode(b"ci:ci").decode()
-        cfg = json.dumps({"auths": {"registry.example.com": {"auth": auth}}}).encode()
-        self._secret(ns, name, {".dockerconfigjson": cfg}, "kubernetes.io/dockerconfigjson")
+        # The commands of docs/deploy.md, step 0.
+        self.c.kubectl(
+            "-n", ns, "create", "secret", "docker-registry", name, "--docker-server=registry.example.com",
+            "--docker-username=ci", "--docker-password=ci",
+        )  # fmt: skip
 
     def _secret(self, ns: str, name: str, data: dict[str, bytes], type_: str) -> None:
         obj = {
@@ -463,7 +483,7 @@ def skaffold_render(h: Harness, profile: str, ns: str) -> str:
             for patch in p["patches"]:
                 if patch["path"] == "/deploy/helm/releases/0/valuesFiles":
                     release["valuesFiles"] = patch["value"]
-    args = ["template", release["name"], str(REPO / release["chartPath"]), "-n", ns]
+    args = ["template", release["name"], str(REPO / release["chartPath"]), "-n", ns, *h.kube_version()]
     for f in release.get("valuesFiles", []):
         args += ["-f", str(REPO / f)]
     for k, v in release.get("setValues", {}).items():
