@@ -203,6 +203,8 @@ class Cluster:
                 "ResourceQuota,DefaultTolerationSeconds,MutatingAdmissionWebhook,ValidatingAdmissionWebhook",
                 # Privileged pods are allowed cluster-wide: refusals come from Pod Security admission.
                 "--allow-privileged=true",
+                # Loopback is refused as the "kubernetes" Service endpoint: no in-cluster client needs it.
+                "--endpoint-reconciler-type=none",
                 "--profiling=false",
             ],
         )  # fmt: skip

@@ -418,7 +418,14 @@ class Harness:
             assert {"Deployment", "Job"} <= kinds, kinds
             # Every object names its namespace (the chart sets it): zaptrix, and kafka for the KafkaTopics.
             r = self.c.kubectl(
-                "apply", "--server-side", "--dry-run=server", "-f", "-", input=manifests, check=False
+                "apply",
+                "--server-side",
+                "--force-conflicts",
+                "--dry-run=server",
+                "-f",
+                "-",
+                input=manifests,
+                check=False,
             )
             assert r.returncode == 0, f"profile {profile}: {r.stderr.strip()[-2000:]}"
             assert "Warning" not in r.stderr, f"profile {profile}: {r.stderr.strip()[-2000:]}"
