@@ -314,7 +314,9 @@ class Harness:
     def upgrade(self, release: str, ns: str, values: list[str]) -> None:
         old = {d["metadata"]["name"]: _rs_of(self, ns, d) for d in self.items("deployments", ns)}
         with self.watch(ns) as events:
-            rv0 = int(self.c.get_json("deployments", "-n", ns)["metadata"]["resourceVersion"])
+            # The list's resourceVersion: every write after this point is part of the upgrade.
+            raw = self.c.kubectl("get", "--raw", f"/apis/apps/v1/namespaces/{ns}/deployments").stdout
+            rv0 = int(json.loads(raw)["metadata"]["resourceVersion"])
             self.helm(
                 "upgrade", release, str(CHART), "-n", ns, *values, "--set", "image.tag=0.1.1",
                 "--set", "config.logLevel=DEBUG", "--wait", "--timeout", "5m",
@@ -378,7 +380,8 @@ class Harness:
             "apiVersion": "v1",
             "kind": "Pod",
             "metadata": {"name": "unsafe-probe", "namespace": ns},
-            "spec": deploy["spec"]["template"]["spec"],
+            # The release's own ServiceAccount does not exist yet (ServiceAccount admission runs first).
+            "spec": {**deploy["spec"]["template"]["spec"], "serviceAccountName": "default"},
         }
         r = self.c.kubectl("apply", "--dry-run=server", "-f", "-", input=json.dumps(pod), check=False)
         assert r.returncode != 0, f"the API server admitted a pod with seccomp Unconfined: {r.stdout}"
