@@ -11,6 +11,7 @@ import base64
 import http.client
 import json
 import os
+import shutil
 import ssl
 import subprocess
 import sys
@@ -270,10 +271,12 @@ class Harness:
             assert r2.returncode == 0, f"{d['kind']}/{d['metadata']['name']} rendered but absent: {r2.stderr}"
         for kind, n in expect.items():
             assert counts.get(kind, 0) == n, f"{kind}: {counts.get(kind, 0)} rendered, expected {n}"
-        # HPA targets and PDB selectors match what was rendered (not only names).
-        for hpa in self.items("horizontalpodautoscalers", ns):
-            target = hpa["spec"]["scaleTargetRef"]["name"]
-            self.c.kubectl("get", "deployment", target, "-n", ns)
+        # HPAs, PDBs and NetworkPolicies as rendered: every field of the rendered spec is in the live
+        # object (which only adds defaults), so nothing was dropped or rewritten on the way in.
+        for d in manifest:
+            if d["kind"] in ("HorizontalPodAutoscaler", "PodDisruptionBudget", "NetworkPolicy"):
+                live = self.c.get_json(_kind_ref(d), d["metadata"]["name"], "-n", ns)
+                _assert_subset(d["spec"], live["spec"], f"{d['kind']}/{d['metadata']['name']}.spec")
         print(f"     {release} in {ns}: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
 
     baseline: dict[str, set[tuple[str, str, str]]] = {}
@@ -435,6 +438,20 @@ class Harness:
             print(f"     skaffold profile {profile}: {len(docs(manifests))} objects accepted (dry run)")
 
 
+def _assert_subset(want: Any, got: Any, where: str) -> None:
+    if isinstance(want, dict):
+        assert isinstance(got, dict), f"{where}: {got!r} is not a mapping"
+        for k, v in want.items():
+            assert k in got, f"{where}.{k} rendered but missing in the cluster"
+            _assert_subset(v, got[k], f"{where}.{k}")
+    elif isinstance(want, list):
+        assert isinstance(got, list) and len(got) == len(want), f"{where}: {got!r} != {want!r}"
+        for i, (w, g) in enumerate(zip(want, got, strict=True)):
+            _assert_subset(w, g, f"{where}[{i}]")
+    else:
+        assert want == got, f"{where}: rendered {want!r}, cluster has {got!r}"
+
+
 def _pod_spec(d: Obj) -> Obj:
     if d.get("kind") in ("Deployment", "Job"):
         return dict(d["spec"]["template"]["spec"])
@@ -512,6 +529,7 @@ def main() -> int:
     cluster = Cluster(tools=tools, kwok_stages=Path(os.environ["K8S_KWOK_STAGES"]))
     checks = Checks()
     keep = os.environ.get("K8S_TEST_KEEP") == "1"
+    h: Harness | None = None
     try:
         if not checks.run(
             "control plane: etcd, kube-apiserver, controller-manager, scheduler, kwok up", cluster.start
@@ -557,6 +575,8 @@ def main() -> int:
         )
     finally:
         cluster.stop(keep=keep)
+        if h is not None:
+            shutil.rmtree(h.work, ignore_errors=True)
         if keep:
             print(f"kept {cluster.root}")
     return _summary(checks)
