@@ -12,6 +12,7 @@ import http.client
 import json
 import os
 import shutil
+import signal
 import ssl
 import subprocess
 import sys
@@ -282,12 +283,15 @@ class Harness:
     baseline: dict[str, set[tuple[str, str, str]]] = {}
 
     def assert_available(self, ns: str) -> None:
-        deploys = self.items("deployments", ns)
-        assert deploys, f"no Deployment in {ns}"
+        assert self.items("deployments", ns), f"no Deployment in {ns}"
         self.c.kubectl("wait", "--for=condition=Available", "--timeout=180s", "deployment", "--all", "-n", ns)
-        for d in deploys:
-            st = d["status"]
-            assert st.get("availableReplicas") == d["spec"]["replicas"], f"{d['metadata']['name']}: {st}"
+
+        def all_replicas_available() -> None:
+            for d in self.items("deployments", ns):
+                st = d["status"]
+                assert st.get("availableReplicas") == d["spec"]["replicas"], f"{d['metadata']['name']}: {st}"
+
+        eventually(all_replicas_available, 120, "every replica available")
         pods = [p for p in self.items("pods", ns) if p["status"].get("phase") == "Running"]
         assert pods, "no Running pod"
         for p in pods:
@@ -525,6 +529,8 @@ def skaffold_render(h: Harness, profile: str, ns: str) -> str:
 
 
 def main() -> int:
+    # A TERM (CI's end, `kill`) unwinds like Ctrl-C, so the finally below stops the control plane.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     tools = {n: os.environ[f"K8S_TOOL_{n.upper().replace('-', '_')}"] for n in (
         "etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl", "kwok", "helm",
     )}  # fmt: skip
