@@ -19,6 +19,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -304,8 +305,9 @@ class Cluster:
             raise RuntimeError(f"kubectl {' '.join(args)} failed ({r.returncode}): {r.stderr.strip()}")
         return r
 
-    def get_json(self, *args: str) -> dict:  # type: ignore[type-arg]
-        return json.loads(self.kubectl("get", "-o", "json", *args).stdout)
+    def get_json(self, *args: str) -> dict[str, Any]:
+        data: dict[str, Any] = json.loads(self.kubectl("get", "-o", "json", *args).stdout)
+        return data
 
     def add_nodes(self, zones: tuple[str, ...] = ("zone-a", "zone-b", "zone-c")) -> list[str]:
         """One fake node per zone, big enough for every replica the chart asks for."""

@@ -218,7 +218,8 @@ class Harness:
             time.sleep(1)  # the last events of the block are in flight; nothing is asserted on time
             for conn in conns:
                 with suppress(Exception):
-                    conn.sock.shutdown(2)  # type: ignore[union-attr]
+                    if conn.sock is not None:
+                        conn.sock.shutdown(2)
                 conn.close()
 
     # -- checks -------------------------------------------------------------------------------------
