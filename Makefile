@@ -7,12 +7,13 @@ export UV_CACHE_DIR ?= $(ZAPTRIX_CACHE)/uv
 export UV_PYTHON_DOWNLOADS := never
 export UV_LINK_MODE := copy
 
-.PHONY: help run test test-fast check lint typecheck protos protos-check docs bench faults sync stack-up stack-down clean
+.PHONY: help run test test-fast k8s-test check lint typecheck protos protos-check docs bench faults sync stack-up stack-down clean
 
 help:
 	@echo "make run    - start the whole system locally (PostgreSQL, Kafka, Jaeger, all services, sandbox stand-ins)"
 	@echo "make test   - lint, type-check and run every test against real PostgreSQL and Kafka"
 	@echo "make test-fast - lint and run the tests that need no PostgreSQL, Kafka or processes (under a minute)"
+	@echo "make k8s-test - install the chart with helm into a throwaway control plane (etcd, kube-apiserver, kwok nodes)"
 	@echo "make bench  - run the benchmarks in bench/ (prints a table, writes bench/results/*.json)"
 	@echo "make faults - kill and freeze every component under load; count lost and duplicated messages (bench/results/faults.json)"
 	@echo "make protos - regenerate libs/zaptrix/zaptrix/v1 from protos/"
@@ -28,6 +29,10 @@ test:
 
 test-fast:
 	@dev/test-fast.sh
+
+# Heavier: builds etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl and kwok once.
+k8s-test: sync
+	@dev/k8s/k8s-test.sh
 
 check: sync lint typecheck protos-check
 
