@@ -370,8 +370,8 @@ class Harness:
 
     def refused(self, ns: str) -> None:
         bad = self.work / "breaks-restricted.yaml"
-        # The schema pins runAsNonRoot, privileged, capabilities...; seccompProfile is free-form, and
-        # Unconfined breaks the restricted profile: only admission stops it.
+        # seccomp Unconfined breaks the restricted profile. The values schema refuses it too (only
+        # RuntimeDefault/Localhost), so the manifests are broken after rendering: admission must stop them.
         bad.write_text(
             yaml.safe_dump(
                 {
