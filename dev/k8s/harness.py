@@ -557,13 +557,22 @@ def main() -> int:
         checks.run(
             "helm uninstall (default values) leaves nothing behind", lambda: h.uninstall("zaptrix", "zaptrix")
         )
+        tracing = ["--set", "tracing.inCluster.enabled=true"]
+        if checks.run(
+            "helm install with the in-cluster Jaeger and OpenTelemetry Collector (tracing.inCluster)",
+            lambda: h.install("zaptrix", "zaptrix-tracing", tracing, {"Deployment": 8}),
+        ):
+            checks.run(
+                "helm uninstall (in-cluster tracing) leaves nothing behind",
+                lambda: h.uninstall("zaptrix", "zaptrix-tracing"),
+            )
         prod = ["-f", str(PROD_VALUES)]
         if checks.run(
             "helm install (ci/production-values.yaml)",
             lambda: h.install(
                 "zaptrix", "zaptrix-prod", prod,
                 {"HorizontalPodAutoscaler": 4, "PodDisruptionBudget": 6, "NetworkPolicy": 6,
-                 "ServiceMonitor": 6, "KafkaTopic": 6, "Ingress": 1},
+                 "ServiceMonitor": 6, "PrometheusRule": 1, "KafkaTopic": 9, "Ingress": 1},  # 3 flows x 3
             ),
         ):  # fmt: skip
             checks.run(
