@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
+from asyncpg import Record
 from zaptrix.database import Database
 
 from mapper.errors import AlreadyExists, FailedPrecondition
@@ -52,13 +54,24 @@ class Resolved:
     merged: list[uuid.UUID]
 
 
+# The conversations any of the identifiers ($2 kinds, $3 values) names: by alias (primary-key look-ups,
+# one per identifier), or by key for a row written by an insert path that records no aliases.
+# With each row, the aliases it has (a person has a handful), so a caller can tell if anything is new.
+# A UNION of two index look-ups, not an OR (which PostgreSQL answers with a scan of every conversation).
 _FIND = f"""
-{_SELECT_CONVERSATION} WHERE id IN (
-    SELECT conversation_id FROM mapper.conversation_alias
-    WHERE phone_number_id = $1 AND (kind || ':' || value) = ANY($2::text[]))
-OR (phone_number_id = $1 AND meta_whatsapp_id = ANY($3::text[]) AND NOT EXISTS (
-    SELECT 1 FROM mapper.conversation_alias a WHERE a.conversation_id = conversation_mapping.id))
-ORDER BY created_at, id"""  # noqa: S608 (rows written by an insert path that records no aliases: the key)
+WITH found AS (
+    SELECT a.conversation_id AS id FROM unnest($2::text[], $3::text[]) AS u(k, v)
+    JOIN mapper.conversation_alias a ON a.phone_number_id = $1 AND a.kind = u.k AND a.value = u.v
+    UNION
+    SELECT c.id FROM mapper.conversation_mapping c
+    WHERE c.phone_number_id = $1 AND c.meta_whatsapp_id = ANY($3::text[])
+      AND NOT EXISTS (SELECT 1 FROM mapper.conversation_alias a WHERE a.conversation_id = c.id)
+)
+SELECT {CONVERSATION_COLUMNS}, ARRAY(
+    SELECT a.kind || ':' || a.value FROM mapper.conversation_alias a WHERE a.conversation_id = m.id
+) AS aliases
+FROM mapper.conversation_mapping m WHERE m.id IN (SELECT id FROM found)
+ORDER BY m.created_at, m.id"""  # noqa: S608
 
 _UPSERT_ALIASES = """
 INSERT INTO mapper.conversation_alias (phone_number_id, kind, value, conversation_id)
@@ -77,6 +90,29 @@ UPDATE mapper.conversation_mapping SET
     updated_at = now()
 WHERE id = $1
 RETURNING {CONVERSATION_COLUMNS}"""  # noqa: S608
+
+
+def _columns(row: Record) -> dict[str, Any]:
+    """A _FIND row without its aliases column: the conversation."""
+    return {k: v for k, v in row.items() if k != "aliases"}
+
+
+def _nothing_new(row: Record, identity: Identity, contact_name: str | None) -> bool:
+    """True when resolving would write nothing: every identifier is already an alias of the row (or its
+    key, for a row without aliases), the current address and username are the row's, and a name to
+    record only fills an empty one (which this row does not have)."""
+    known = set(row["aliases"]) or {f"{_kind_of_key(row['wa_id'])}:{row['wa_id']}"}
+    if any(f"{k}:{v}" not in known for k, v in identity.aliases()):
+        return False
+    current = (
+        (identity.phone, row["customer_phone"]),
+        (identity.user_id, row["customer_user_id"]),
+        (identity.parent_user_id, row["customer_parent_user_id"]),
+        (identity.username, row["customer_username"]),
+    )
+    if any(new is not None and new != have for new, have in current):
+        return False
+    return not contact_name or bool(row["contact_name"])
 
 
 def _kind_of_key(key: str) -> str:
@@ -103,12 +139,23 @@ async def resolve_identity(
         (k, v) for k, v in identity.aliases() + (previous.aliases() if previous else []) if k in MATCHING
     ]
     keys = sorted({f"{k}:{v}" for k, v in matching})
-    async with db.connection() as conn, conn.transaction():
-        for key in keys:  # sorted: no deadlock between two resolutions
+    find = (_FIND, phone_number_id, [k for k, _ in matching], [v for _, v in matching])
+    locks = [f"{phone_number_id}|{key}" for key in keys]
+    if previous is None and not replaces_phone:
+        # The common case, a known customer writing again: read only and no write. The shared locks wait
+        # for a resolution of these identifiers in flight (a merge), so the read after them sees its result.
+        async with db.connection() as conn:
             await conn.execute(
-                "SELECT pg_advisory_xact_lock(hashtextextended($1, 7))", f"{phone_number_id}|{key}"
+                "SELECT pg_advisory_xact_lock_shared(hashtextextended(k, 7)) FROM unnest($1::text[]) AS k",
+                locks,
             )
-        rows = await conn.fetch(_FIND, phone_number_id, keys, [v for _, v in matching])
+            rows = await conn.fetch(*find)
+        if len(rows) == 1 and _nothing_new(rows[0], identity, contact_name):
+            return Resolved(_conversation(_columns(rows[0])), False, [])
+    async with db.connection() as conn, conn.transaction():
+        for lock in locks:  # sorted: no deadlock between two resolutions
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 7))", lock)
+        rows = [_columns(r) for r in await conn.fetch(*find)]
         created = False
         if not rows:
             if external_chat_id is None or identity.key is None:

@@ -132,3 +132,33 @@ async def test_hostile_identifiers_are_refused(mapper: Mapper) -> None:
     await mapper.bind(CH, "portal-a")
     for bad in (ask(user_id="not a bsuid"), ask(user_id="US." + "1" * 200), ask(username="a b"), ask()):
         await expect_code(mapper.stub.GetOrCreateConversation(bad), grpc.StatusCode.INVALID_ARGUMENT)
+
+
+async def test_a_known_customer_writing_again_writes_nothing_and_new_details_are_still_recorded(
+    mapper: Mapper,
+) -> None:
+    await mapper.bind(CH, "portal-a")
+    first = (
+        await mapper.stub.GetOrCreateConversation(ask(wa_id="491701112233", contact_name="Ana"))
+    ).conversation
+
+    async def state() -> tuple[object, int]:
+        rows = await mapper.sql(
+            "SELECT c.updated_at, (SELECT count(*) FROM mapper.conversation_alias a"
+            " WHERE a.conversation_id = c.id) AS n FROM mapper.conversation_mapping c"
+        )
+        return rows[0]["updated_at"], rows[0]["n"]
+
+    before = await state()
+    for _ in range(3):  # the hot path: the same person again, nothing new about them
+        again = await mapper.stub.GetOrCreateConversation(ask(wa_id="491701112233", contact_name="Ana"))
+        assert not again.created and again.conversation.id == first.id
+    assert await state() == before
+    # Something new (a username, then a BSUID) is recorded as before.
+    named = await mapper.stub.GetOrCreateConversation(ask(wa_id="491701112233", username="ana.s"))
+    assert named.conversation.customer_username == "ana.s"
+    with_bsuid = await mapper.stub.GetOrCreateConversation(ask(wa_id="491701112233", user_id=BSUID))
+    assert with_bsuid.conversation.id == first.id and with_bsuid.conversation.customer_user_id == BSUID
+    assert (await state())[1] == before[1] + 2
+    by_bsuid = await mapper.stub.GetOrCreateConversation(ask(user_id=BSUID))
+    assert not by_bsuid.created and by_bsuid.conversation.id == first.id
