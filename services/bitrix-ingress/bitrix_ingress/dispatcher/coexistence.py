@@ -75,9 +75,25 @@ async def prepare_coexistence(
                 changed_at=item.at,
             )
         )
+    prefix = "📋 Zaptrix: " if kind == "consent_change" else ""
+    return await customer_chat_line(rec, settings, channel, conversations, item.wa_id, source, shown, prefix)
+
+
+async def customer_chat_line(
+    rec: Received,
+    settings: DispatcherSettings,
+    channel: mapper_pb2.Channel,
+    conversations: Conversations,
+    wa_id: str,
+    source: str,
+    shown: str,
+    connector_prefix: str = "",
+) -> Work | Outcome:
+    """chat_line in the chat of the channel's customer ``wa_id`` (the conversation is created for a customer
+    never seen before); dead when the channel is inactive."""
     if not channel.active:
-        return Outcome.dead(f"channel {item.phone_number_id} is inactive")
-    conv = await conversations.get(channel, item.wa_id, "")
+        return Outcome.dead(f"channel {channel.phone_number_id} is inactive")
+    conv = await conversations.get(channel, wa_id, "")
     if not conv.external_chat_id:
         return Outcome.dead(f"conversation {conv.id} has no external_chat_id")
     return chat_line(
@@ -87,7 +103,7 @@ async def prepare_coexistence(
         conv=conv,
         source=source,
         shown=shown,
-        connector_prefix="📋 Zaptrix: " if kind == "consent_change" else "",
+        connector_prefix=connector_prefix,
     )
 
 

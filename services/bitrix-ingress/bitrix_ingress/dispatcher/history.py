@@ -16,7 +16,7 @@ from zaptrix.v1 import events_pb2
 
 from bitrix_ingress.deps import Deps
 from bitrix_ingress.dispatcher.channels import Channels
-from bitrix_ingress.dispatcher.coexistence import chat_line
+from bitrix_ingress.dispatcher.coexistence import customer_chat_line
 from bitrix_ingress.dispatcher.conversations import Conversations
 from bitrix_ingress.dispatcher.work import Work
 from bitrix_ingress.settings import DispatcherSettings
@@ -47,18 +47,8 @@ async def prepare_history(
     if check.processed:
         return Outcome.duplicate()
     channel = await channels.get(item.phone_number_id)
-    if not channel.active:
-        return Outcome.dead(f"channel {item.phone_number_id} is inactive")
     # A customer we never saw live gets their conversation now (GetOrCreateConversation); their chat
     # still only gets these marked lines, and no customer message is recorded.
-    conv = await conversations.get(channel, item.wa_id, "")
-    if not conv.external_chat_id:
-        return Outcome.dead(f"conversation {conv.id} has no external_chat_id")
-    return chat_line(
-        rec,
-        settings=settings,
-        channel=channel,
-        conv=conv,
-        source="history",
-        shown=history_text(item),
+    return await customer_chat_line(
+        rec, settings, channel, conversations, item.wa_id, "history", history_text(item)
     )
