@@ -40,7 +40,10 @@ from test_chart_policies import test_pods_run_non_root_read_only_without_capabil
 
 Run = Callable[..., subprocess.CompletedProcess[str]]
 DASHBOARD = CHART / "dashboards" / "zaptrix.json"
-ALERT_TESTS = Path(__file__).parent / "prometheus" / "alerts-test.yaml"
+# Two files: the week-long cases are evaluated hourly, the others every minute.
+ALERT_TESTS = tuple(
+    Path(__file__).parent / "prometheus" / f for f in ("alerts-test.yaml", "alerts-week-test.yaml")
+)
 RULES_ON = ("prometheusRule.enabled=true",)
 TRACING_ON = ("tracing.inCluster.enabled=true",)
 # Every module that defines Prometheus metrics (prometheus_client registers them on import).
@@ -177,14 +180,15 @@ def test_alerts_pass_their_promtool_unit_tests(
     """tests/chart/prometheus/alerts-test.yaml: every alert fires on data that should raise it (with its exact
     labels and annotations) and stays quiet on data that should not."""
     (tmp_path / "rules.yaml").write_text(yaml.safe_dump(_rule_groups(render(sets=RULES_ON))))
-    shutil.copy(ALERT_TESTS, tmp_path / "alerts-test.yaml")
-    proc = _promtool(promtool, "test", "rules", "alerts-test.yaml", cwd=tmp_path)
+    for path in ALERT_TESTS:
+        shutil.copy(path, tmp_path / path.name)
+    proc = _promtool(promtool, "test", "rules", *(path.name for path in ALERT_TESTS), cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "SUCCESS" in proc.stdout + proc.stderr
 
 
 def test_every_alert_has_a_firing_and_a_quiet_unit_test(render: Callable[..., Rendered]) -> None:
-    cases = yaml.safe_load(ALERT_TESTS.read_text())["tests"]
+    cases = [case for path in ALERT_TESTS for case in yaml.safe_load(path.read_text())["tests"]]
     fires: set[str] = set()
     quiet: set[str] = set()
     for case in cases:
@@ -198,7 +202,7 @@ def test_a_wrong_expectation_fails_the_unit_tests(
     promtool: str, render: Callable[..., Rendered], tmp_path: Path
 ) -> None:
     """Guards the unit tests: an alert expected where it cannot fire makes promtool fail."""
-    tests = yaml.safe_load(ALERT_TESTS.read_text())
+    tests = yaml.safe_load(ALERT_TESTS[0].read_text())
     check = tests["tests"][0]["alert_rule_test"][0]
     check["exp_alerts"] = [{"exp_labels": {"severity": "warning", "topic": "zaptrix.wa-to-b24.dlq.v1"}}]
     (tmp_path / "rules.yaml").write_text(yaml.safe_dump(_rule_groups(render(sets=RULES_ON))))
