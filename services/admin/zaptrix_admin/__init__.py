@@ -1,0 +1,1 @@
+"""zaptrix-admin: the operator's one CLI. Each command group is a module with `register(subparsers)`."""
