@@ -75,3 +75,29 @@ async def test_every_call_is_observed_with_its_code_and_internal_errors_say_noth
         grpc.StatusCode.CANCELLED,
     ]
     assert {method for method, _ in seen} == {"Get"}
+
+
+async def test_a_failed_call_is_counted_before_its_answer_leaves() -> None:
+    """A caller that has seen the error must also see it counted (the mapper's INTERNAL test read the
+    counter right after the answer and, under load, found it not yet incremented)."""
+    seen: list[grpc.StatusCode] = []
+    rpc = rpc_decorator(TABLE, lambda _, code, __: seen.append(code))
+
+    class CountingContext(Context):
+        async def abort(self, code: grpc.StatusCode, message: str) -> None:
+            self.counted_when_aborting = list(seen)
+            await super().abort(code, message)
+
+    class Servicer:
+        @rpc
+        async def Get(self, request: str) -> str:
+            raise MissingRow("gone") if request == "missing" else ValueError("bug")
+
+    servicer: Any = Servicer()
+    for request, code in (("missing", grpc.StatusCode.NOT_FOUND), ("bug", grpc.StatusCode.INTERNAL)):
+        seen.clear()
+        ctx = CountingContext()
+        with pytest.raises(Aborted):
+            await servicer.Get(request, ctx)
+        assert ctx.counted_when_aborting == [code]
+        assert seen == [code]  # and only once

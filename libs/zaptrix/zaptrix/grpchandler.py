@@ -51,15 +51,16 @@ def rpc_decorator(
 
         @functools.wraps(handler)
         async def wrapper(self: S, request: Req, context: Any) -> Resp:
+            # Observed before the answer leaves (an abort sends it): whoever has the answer sees it counted.
             started = time.perf_counter()
-            code = grpc.StatusCode.OK
             try:
-                return await handler(self, request)
+                response = await handler(self, request)
             except asyncio.CancelledError:
-                code = grpc.StatusCode.CANCELLED
+                observe(method, grpc.StatusCode.CANCELLED, time.perf_counter() - started)
                 raise
             except Exception as exc:
                 code = status_of(exc, errors)
+                observe(method, code, time.perf_counter() - started)
                 if code is grpc.StatusCode.INTERNAL:
                     log.error("rpc failed", method=method, error_type=type(exc).__name__)
                     await _abort(context, code, "internal error")
@@ -68,8 +69,8 @@ def rpc_decorator(
                     # by the health watcher and the pool's reconnect loop, and counted by `observe`.
                     log.debug("rpc unavailable", method=method, error=str(exc))
                 await _abort(context, code, str(exc))
-            finally:
-                observe(method, code, time.perf_counter() - started)
+            observe(method, grpc.StatusCode.OK, time.perf_counter() - started)
+            return response
 
         return wrapper
 
