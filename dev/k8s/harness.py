@@ -77,9 +77,10 @@ def docs(text: str) -> list[Obj]:
 
 
 class Harness:
-    def __init__(self, cluster: Cluster, helm: str, crd_dir: Path) -> None:
+    def __init__(self, cluster: Cluster, helm: str, crd_dir: Path, skaffold: str) -> None:
         self.c = cluster
         self.helm_bin = helm
+        self.skaffold_bin = skaffold
         self.crd_dir = crd_dir
         self.work = Path(tempfile.mkdtemp(prefix="zaptrix-k8s-values-"))
 
@@ -498,35 +499,40 @@ def _app_secret() -> dict[str, bytes]:
 
 
 def skaffold_render(h: Harness, profile: str, ns: str) -> str:
-    """What `skaffold render -p PROFILE` prints for skaffold.yaml's helm deploy: skaffold runs
-    `helm template` with the release's values files, setValues and setValueTemplates (the image
-    references of the build filled in). No skaffold binary here (the module proxy does not serve
-    github.com/GoogleContainerTools/skaffold/v2), so that command is reproduced from skaffold.yaml."""
+    """`skaffold render -p PROFILE` of skaffold.yaml with the real skaffold binary (it runs the helm client
+    for the chart), given the image references a build would have produced (--build-artifacts: no Docker
+    engine here); production references carry a digest, as images pushed to a registry do."""
     cfg = yaml.safe_load((REPO / "skaffold.yaml").read_text())
-    release = cfg["deploy"]["helm"]["releases"][0]
-    for p in cfg["profiles"]:
-        if p["name"] == profile:
-            for patch in p["patches"]:
-                if patch["path"] == "/deploy/helm/releases/0/valuesFiles":
-                    release["valuesFiles"] = patch["value"]
-    args = ["template", release["name"], str(REPO / release["chartPath"]), "-n", ns, *h.kube_version()]
-    for f in release.get("valuesFiles", []):
-        args += ["-f", str(REPO / f)]
-    for k, v in release.get("setValues", {}).items():
-        args += ["--set", f"{k}={v}"]
-    built = {}
-    for a in cfg["build"]["artifacts"]:
-        key = a["image"].replace("-", "_")
-        built[f"IMAGE_REPO_{key}"] = f"registry.example.com/zaptrix/{a['image']}"
-        built[f"IMAGE_TAG_{key}"] = "0123abc"
-        built[f"IMAGE_DIGEST_{key}"] = "sha256:" + "ab" * 32 if profile == "production" else ""
-    for k, tmpl in release.get("setValueTemplates", {}).items():
-        value = tmpl
-        for var, v in built.items():
-            value = value.replace("{{." + var + "}}", v)
-        assert "{{" not in value, f"unknown template variable in {k}: {tmpl}"
-        args += ["--set", f"{k}={value}"]
-    return h.helm(*args).stdout
+    digest = "@sha256:" + "ab" * 32 if profile == "production" else ""
+    builds = [
+        {"imageName": a["image"], "tag": f"registry.example.com/zaptrix/{a['image']}:0123abc{digest}"}
+        for a in cfg["build"]["artifacts"]
+    ]
+    artifacts = h.work / f"skaffold-builds-{profile}.json"
+    artifacts.write_text(json.dumps({"builds": builds}))
+    # skaffold runs `helm` from PATH (ours is named helm-<version>: a link named helm in the work dir).
+    bin_dir = h.work / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    with suppress(FileExistsError):
+        (bin_dir / "helm").symlink_to(h.helm_bin)
+    env = {
+        **h.c.env(),
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+        "HOME": str(h.work),  # skaffold's global config and metrics prompt stay in the throwaway dir
+        "SKAFFOLD_UPDATE_CHECK": "false",
+        "SKAFFOLD_INTERACTIVE": "false",
+    }
+    args = ["render", "-f", str(REPO / "skaffold.yaml"), "-p", profile, "-n", ns]
+    args += [f"--build-artifacts={artifacts}", "--offline=true", "--digest-source=none"]
+    r = subprocess.run(
+        [h.skaffold_bin, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=300, check=False
+    )
+    assert r.returncode == 0, f"skaffold render -p {profile}: {(r.stderr or r.stdout).strip()[-2000:]}"
+    for b in builds:  # the built references reached the manifests, not the chart's defaults
+        assert b["tag"].split(":")[0] in r.stdout, (
+            f"{b['imageName']}: {b['tag']} not in the rendered manifests"
+        )
+    return r.stdout
 
 
 def main() -> int:
@@ -534,6 +540,7 @@ def main() -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     tools = {n: os.environ[f"K8S_TOOL_{n.upper().replace('-', '_')}"] for n in (
         "etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl", "kwok", "helm",
+        "skaffold",
     )}  # fmt: skip
     cluster = Cluster(tools=tools, kwok_stages=Path(os.environ["K8S_KWOK_STAGES"]))
     checks = Checks()
@@ -544,7 +551,7 @@ def main() -> int:
             "control plane: etcd, kube-apiserver, controller-manager, scheduler, kwok up", cluster.start
         ):
             return _summary(checks)
-        h = Harness(cluster, tools["helm"], Path(os.environ["K8S_PROMETHEUS_CRDS"]))
+        h = Harness(cluster, tools["helm"], Path(os.environ["K8S_PROMETHEUS_CRDS"]), tools["skaffold"])
         if not checks.run("three kwok nodes Ready", h.control_plane):
             return _summary(checks)
         checks.run("CRDs: ServiceMonitor, PrometheusRule (controller-gen), KafkaTopic, Certificate", h.crds)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Prints the path of a pinned control-plane tool, building it with Go into $ZAPTRIX_CACHE/bin once
 # (like dev/stack/tools.sh does for helm). Usage: tools.sh NAME, NAME one of
-#   etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kwok kwok-stages controller-gen
+#   etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kwok kwok-stages controller-gen skaffold
 set -euo pipefail
 STACK_NAME=k8s-tools
 # shellcheck source-path=SCRIPTDIR source=../stack/lib.sh
@@ -12,6 +12,19 @@ ETCD_VERSION=v3.7.3
 KWOK_VERSION=v0.8.0
 CONTROLLER_TOOLS_VERSION=v0.23.0
 PROMETHEUS_OPERATOR_VERSION=v0.95.2  # github.com/prometheus-operator/prometheus-operator/pkg/apis/monitoring
+SKAFFOLD_VERSION=v2.16.1     # the newest github.com/GoogleContainerTools/skaffold/v2 the module proxy serves here
+
+# MODULE VERSION: the module's own versioned replace directives ("old => new version"), which a wrapper
+# module must repeat (go install/build of a module with replaces refuses, or resolves other versions).
+module_replaces() {
+  local mod
+  mod=$(cd /tmp && go_env mod download -json "$1@$2" | python3 -c 'import json,sys; print(json.load(sys.stdin)["GoMod"])')
+  python3 - "$mod" <<'PY'
+import re, sys
+for old, new, version in re.findall(r"^replace\s+(\S+)\s+=>\s+(\S+)\s+(v\S+)\s*$", open(sys.argv[1]).read(), re.M):
+    print(f"{old} => {new} {version}")
+PY
+}
 
 # k8s.io/kubernetes replaces its k8s.io/* staging modules with ./staging/src/...; a wrapper module
 # cannot see those paths, so it replaces each one it requires with the published v0.x.y twin.
@@ -80,9 +93,15 @@ case "${1:-}" in
       rm -rf "$out"; mv "$out.tmp" "$out"
     fi
     printf '%s\n' "$out" ;;
+  skaffold)  # `skaffold render` of skaffold.yaml, the way a platform team previews a deploy
+    replaces=()
+    while IFS= read -r line; do replaces+=("$line"); done < <(module_replaces github.com/GoogleContainerTools/skaffold/v2 "$SKAFFOLD_VERSION")
+    GO_LDFLAGS="-X github.com/GoogleContainerTools/skaffold/v2/pkg/skaffold/version.version=$SKAFFOLD_VERSION" \
+      go_build_tool skaffold github.com/GoogleContainerTools/skaffold/v2 "$SKAFFOLD_VERSION" \
+      github.com/GoogleContainerTools/skaffold/v2/cmd/skaffold "${replaces[@]}" ;;
   controller-gen)
     go_build_tool controller-gen sigs.k8s.io/controller-tools "$CONTROLLER_TOOLS_VERSION" \
       sigs.k8s.io/controller-tools/cmd/controller-gen ;;
-  *) echo "usage: $0 etcd|kube-apiserver|kube-controller-manager|kube-scheduler|kubectl|kwok|controller-gen" >&2
+  *) echo "usage: $0 etcd|kube-apiserver|kube-controller-manager|kube-scheduler|kubectl|kwok|controller-gen|skaffold" >&2
      exit 2 ;;
 esac
