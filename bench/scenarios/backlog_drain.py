@@ -70,6 +70,9 @@ TIME_LIMIT_S = 420.0  # bench/run.py SCENARIOS: the runner's limit is this x max
 SETTLE_S = 3.0
 # BENCH_DRAIN_MAX_RECORDS: the restarted dispatcher's ZAPTRIX_KAFKA_CONSUMER_MAX_RECORDS (default: its own).
 MAX_RECORDS = int(os.environ.get("BENCH_DRAIN_MAX_RECORDS", "0") or 0)
+# BENCH_DRAIN_CATCH_UP_RECORDS: its ZAPTRIX_CONSUMER_CATCH_UP_RECORDS (the system passes no ZAPTRIX_* of
+# the caller's environment to its processes, so this is the way to vary it).
+CATCH_UP_RECORDS = int(os.environ.get("BENCH_DRAIN_CATCH_UP_RECORDS", "0") or 0)
 
 
 def portal(p: int) -> str:
@@ -230,7 +233,7 @@ async def run(env: BenchEnv) -> Result:
     # While it lags, the dispatcher polls its catch-up batch (never less than its normal poll batch).
     max_records = max(
         int(MAX_RECORDS or KafkaSettings.model_fields["consumer_max_records"].default),
-        int(DispatcherSettings.model_fields["consumer_catch_up_records"].default),
+        CATCH_UP_RECORDS or int(DispatcherSettings.model_fields["consumer_catch_up_records"].default),
     )
     run_id = uuid.uuid4().hex[:6]
     only = {"sandbox-bitrix", "mapper", "token-keeper", "bitrix-ingress", "bitrix-dispatcher"}
@@ -268,9 +271,10 @@ async def run(env: BenchEnv) -> Result:
         # starts again at its default pacing.
         await bitrix_config(bitrix, rate_limit_drain_per_s=LIMIT_RATE, rate_limit_burst=LIMIT_BURST)
         stats_before = await each_portal(bitrix, "stats")
-        sut.local.extra_env["bitrix-dispatcher"] = (
-            {"ZAPTRIX_KAFKA_CONSUMER_MAX_RECORDS": str(MAX_RECORDS)} if MAX_RECORDS else {}
-        )
+        sut.local.extra_env["bitrix-dispatcher"] = {
+            **({"ZAPTRIX_KAFKA_CONSUMER_MAX_RECORDS": str(MAX_RECORDS)} if MAX_RECORDS else {}),
+            **({"ZAPTRIX_CONSUMER_CATCH_UP_RECORDS": str(CATCH_UP_RECORDS)} if CATCH_UP_RECORDS else {}),
+        }
         proc = next(p for p in sut.local.definitions() if p.name == "bitrix-dispatcher")
         monitor = ProcessMonitor(stack_pids(env) | sut.pids())
         monitor.start()
