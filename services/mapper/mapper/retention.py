@@ -235,8 +235,12 @@ async def run(mapper: MapperSettings, settings: RetentionSettings, db_settings: 
         await db.close()
     if settings.retention_pushgateway_url:
         try:
+            namespace = settings.retention_push_namespace
             push_to_gateway(
-                settings.retention_pushgateway_url, job="zaptrix-mapper-retention", registry=REGISTRY
+                settings.retention_pushgateway_url,
+                job="zaptrix-mapper-retention",
+                registry=REGISTRY,
+                grouping_key={"namespace": namespace} if namespace else None,
             )
         except OSError as exc:
             log.warning("metrics not pushed", error=str(exc))

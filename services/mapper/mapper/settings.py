@@ -97,6 +97,11 @@ class RetentionSettings(CommonSettings):
         description="mapper-retention pushes its metrics (rows removed, last success) to this Prometheus"
         " Pushgateway when set (a CronJob pod lives too briefly to be scraped)",
     )
+    retention_push_namespace: str = Field(
+        "",
+        description="Grouping label `namespace` of the pushed metrics (the chart sets the pod's namespace, so"
+        " the ZaptrixRetentionStale alert finds them)",
+    )
 
 
 # Read by dev/config_docs.py (docs/configuration.md): what mapper-server, mapper-migrate and mapper-retention
