@@ -176,3 +176,28 @@ async def test_mapper_retention_runs_one_sweep_and_exits(mapper: Mapper) -> None
     )
     await asyncio.wait_for(bad.communicate(), 60)
     assert bad.returncode == 1  # an unmigrated database: the CronJob's run fails visibly
+
+
+async def test_the_server_sweeps_periodically_until_stopped(mapper: Mapper) -> None:
+    from mapper.retention import sweep_forever
+
+    await seed(mapper, "1001", "portal-a", "491", idle_days=1, link_days=[1, 100])
+    stopped = asyncio.Event()
+    task = asyncio.create_task(
+        sweep_forever(lambda: sweep_once(mapper.db, MapperSettings(), KEEP), 0.05, stopped)
+    )
+    try:
+        for _ in range(200):
+            if await count(mapper, "message_link") == 1:
+                break
+            await asyncio.sleep(0.05)
+        assert await count(mapper, "message_link") == 1
+        await seed(mapper, "1002", "portal-a", "492", idle_days=1, link_days=[120])  # a later old one too
+        for _ in range(200):
+            if await count(mapper, "message_link") == 1:
+                break
+            await asyncio.sleep(0.05)
+        assert await count(mapper, "message_link") == 1
+    finally:
+        stopped.set()
+        await asyncio.wait_for(task, 5)
