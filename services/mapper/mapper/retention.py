@@ -83,8 +83,16 @@ SELECT id FROM mapper.conversation_mapping WHERE member_id = $2 LIMIT $3 FOR UPD
 KEEP_OPT_OUTS = ["resume"]  # idle conversations: a "stop" stays (marketing stays refused)
 ALL_CONSENT = ["stop", "resume"]
 
+# A portal whose conversations moved after the uninstall (a message delivered or sent: Bitrix24 works for
+# it again) was reinstalled, even if that install never reached the mapper: it is kept, the mark dropped.
 _DUE_PORTALS = """
-SELECT member_id FROM mapper.portal_uninstall WHERE uninstalled_at < now() - $1::interval ORDER BY 1"""
+SELECT p.member_id,
+    EXISTS (SELECT 1 FROM mapper.conversation_mapping c
+            WHERE c.member_id = p.member_id AND c.last_message_at > p.uninstalled_at) AS active
+FROM mapper.portal_uninstall p WHERE p.uninstalled_at < now() - $1::interval ORDER BY 1"""
+_FORGET_UNINSTALL = (
+    "DELETE FROM mapper.portal_uninstall WHERE member_id = $1 AND uninstalled_at < now() - $2::interval"
+)
 
 # What is left of a portal once its conversations are gone; the uninstall mark goes last, in the same
 # statement, so a sweep that stops half way finds the portal again next time.
@@ -177,11 +185,17 @@ async def sweep_once(db: Database, mapper: MapperSettings, settings: RetentionSe
         idle = timedelta(days=settings.conversation_idle_days)
         query = _conversations(_IDLE)
         await _batches(db, sweep, query, (KEEP_OPT_OUTS, idle, batch), "conversation_mapping", batch, pause)
+    grace = timedelta(days=settings.uninstall_grace_days)
     async with db.connection() as conn:
-        due = [
-            r["member_id"]
-            for r in await conn.fetch(_DUE_PORTALS, timedelta(days=settings.uninstall_grace_days))
-        ]
+        due = []
+        for r in await conn.fetch(_DUE_PORTALS, grace):
+            if r["active"]:
+                await conn.execute(_FORGET_UNINSTALL, r["member_id"], grace)
+                log.warning(
+                    "kept a portal active since its uninstall (reinstalled)", member_id=r["member_id"]
+                )
+            else:
+                due.append(r["member_id"])
     for member_id in due:
         query = _conversations(_OF_PORTAL)
         await _batches(

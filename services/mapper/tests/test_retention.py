@@ -58,7 +58,7 @@ async def consent(mapper: Mapper, pnid: str, wa_id: str, value: str, category: s
 
 
 async def count(mapper: Mapper, table: str, where: str = "true", *args: object) -> int:
-    rows = await mapper.sql(f"SELECT count(*) AS n FROM mapper.{table} WHERE {where}", *args)  # noqa: S608
+    rows = await mapper.sql(f"SELECT count(*) AS n FROM mapper.{table} WHERE {where}", *args)
     return int(rows[0]["n"])
 
 
@@ -119,8 +119,9 @@ async def test_zero_days_keeps_a_kind_forever(mapper: Mapper) -> None:
 
 
 async def test_an_uninstalled_portal_goes_after_the_grace_period_and_only_it(mapper: Mapper) -> None:
-    await seed(mapper, "1001", "portal-a", "491", idle_days=1, link_days=[1, 2, 3])
-    await seed(mapper, "1002", "portal-a", "492", idle_days=2, link_days=[1])
+    # portal a: its last messages before the uninstall 31 days ago (nothing moved since)
+    await seed(mapper, "1001", "portal-a", "491", idle_days=32, link_days=[1, 2, 3])
+    await seed(mapper, "1002", "portal-a", "492", idle_days=40, link_days=[1])
     await seed(mapper, "2002", "portal-b", "491", idle_days=1, link_days=[1])
     await seed(mapper, "3003", "portal-c", "491", idle_days=1, link_days=[1])
     await consent(mapper, "1001", "491", "stop", "marketing_messages")
@@ -143,6 +144,10 @@ async def test_an_uninstalled_portal_goes_after_the_grace_period_and_only_it(map
     back = pb.SetPortalInstalledRequest(member_id="portal-c", installed=True)
     back.at.FromDatetime(now - timedelta(days=1))  # reinstalled: kept
     await mapper.stub.SetPortalInstalled(back)
+    # portal d was reinstalled but the install never reached the mapper: its chats moved since (a message
+    # delivered 1 day ago, after the uninstall 35 days ago), so it is kept too and its mark dropped.
+    await seed(mapper, "4004", "portal-d", "491", idle_days=1, link_days=[1])
+    await uninstall("portal-d", 35)
 
     await sweep_once(mapper.db, MapperSettings(), KEEP)
 
@@ -151,6 +156,7 @@ async def test_an_uninstalled_portal_goes_after_the_grace_period_and_only_it(map
         assert await count(mapper, table, "member_id = 'portal-b'") == 1, table
     assert await count(mapper, "customer_consent") == 0
     assert await count(mapper, "conversation_mapping", "member_id = 'portal-c'") == 1
+    assert await count(mapper, "conversation_mapping", "member_id = 'portal-d'") == 1
     marks = await mapper.sql("SELECT member_id FROM mapper.portal_uninstall ORDER BY 1")
     assert [r["member_id"] for r in marks] == ["portal-b"]
 
