@@ -47,7 +47,7 @@ def _recorded(status: str) -> str:
     return "read" if status == "played" else status
 
 
-def _with_pricing(
+def with_pricing(
     req: mapper_pb2.UpdateMessageStatusRequest, st: events_pb2.WhatsAppStatus
 ) -> mapper_pb2.UpdateMessageStatusRequest:
     """The status's pricing rides on its link update: the mapper counts it in the cost ledger, once per
@@ -61,7 +61,7 @@ def _with_pricing(
 async def _update(
     deps: Deps, rec: Received, updates: StatusUpdates | None, st: events_pb2.WhatsAppStatus, status: str
 ) -> None:
-    req = _with_pricing(mapper_pb2.UpdateMessageStatusRequest(wamid=st.wamid, whatsapp_status=status), st)
+    req = with_pricing(mapper_pb2.UpdateMessageStatusRequest(wamid=st.wamid, whatsapp_status=status), st)
     if updates is None:
         await deps.update_message_statuses([req])
     else:
@@ -198,7 +198,7 @@ async def finish_statuses(deps: Deps, works: list[StatusWork]) -> None:
     """The statuses one request reported to Bitrix24: each recorded as processed and on its link, all in
     one UpdateMessageStatuses (one transaction), retried in place to keep the duplicate window small."""
     updates = [
-        _with_pricing(
+        with_pricing(
             mapper_pb2.UpdateMessageStatusRequest(
                 wamid=w.st.wamid,
                 whatsapp_status=_recorded(w.st.status),
