@@ -1,9 +1,9 @@
 """The cost ledger: Meta's pricing of each delivered message, counted per portal, channel and month.
 
-Exactly once per wamid: the count and a dedupe record ``usage:<wamid>`` (processed_event) are written in
-one statement, inside the transaction of UpdateMessageStatuses that also records the status, so a webhook
-Meta sends again or an event Kafka delivers again finds the record and adds nothing. The record lives as
-long as every dedupe record (dedupe_retention_hours, past Meta's 7-day retries).
+Exactly once per wamid: the count and the mark on the message's link (``usage_counted``) are written in
+one statement, inside the transaction of UpdateMessageStatuses that also records the status (the link's
+row is locked by then), so a webhook Meta sends again, an event Kafka delivers again or a read weeks later
+finds the mark and adds nothing. The mark lives as long as the link; without a link nothing is counted.
 
 What is counted: the first delivered or read status of a message that carries a pricing object (Meta
 bills a message when it is delivered; a read whose delivered never came implies it). ``sent`` statuses
@@ -53,21 +53,17 @@ class UsageRow:
 # two batches). The counts returned are this statement's increments (for the metrics).
 _RECORD_USAGE = """
 WITH fresh AS (
-    INSERT INTO mapper.processed_event (event_id, result)
-    SELECT 'usage:' || u.wamid, 'usage'
+    UPDATE mapper.message_link AS m SET usage_counted = true
     FROM unnest($1::text[]) AS u(wamid)
-    WHERE EXISTS (SELECT 1 FROM mapper.message_link m WHERE m.wamid = u.wamid)
-    ORDER BY 1
-    ON CONFLICT (event_id) DO NOTHING
-    RETURNING substr(event_id, 7) AS wamid),
+    WHERE m.wamid = u.wamid AND NOT m.usage_counted
+    RETURNING m.wamid, m.member_id, m.conversation_id),
 counted AS (
     SELECT m.member_id, c.phone_number_id,
         date_trunc('month', u.at AT TIME ZONE 'UTC')::date AS month,
         u.category, u.pricing_type, u.pricing_model, u.billable, count(*) AS messages
     FROM unnest($1::text[], $2::timestamptz[], $3::bool[], $4::text[], $5::text[], $6::text[])
         AS u(wamid, at, billable, pricing_model, category, pricing_type)
-    JOIN fresh USING (wamid)
-    JOIN mapper.message_link m ON m.wamid = u.wamid
+    JOIN fresh m USING (wamid)
     JOIN mapper.conversation_mapping c ON c.id = m.conversation_id
     GROUP BY 1, 2, 3, 4, 5, 6, 7),
 upsert AS (

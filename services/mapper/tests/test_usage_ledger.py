@@ -101,14 +101,21 @@ async def test_a_message_is_counted_once_at_delivery_whatever_comes_again(mapper
         1,
     )
     assert counted("1001", "marketing", "true") >= 1
-    # The status's own dedupe record was written in the same transaction.
-    marks = await mapper.sql("SELECT event_id FROM mapper.processed_event ORDER BY 1")
-    assert [r["event_id"] for r in marks] == [
-        "usage:w.1",
-        "usage:w.2",
-        "usage:w.3",
-        "wa-status:w.1:delivered",
-    ]
+    # The mark is on the links (as long as they live), beside the status's own dedupe record.
+    marks = await mapper.sql("SELECT wamid FROM mapper.message_link WHERE usage_counted ORDER BY 1")
+    assert [r["wamid"] for r in marks] == ["w.1", "w.2", "w.3"]
+    processed = await mapper.sql("SELECT event_id FROM mapper.processed_event ORDER BY 1")
+    assert [r["event_id"] for r in processed] == ["wa-status:w.1:delivered"]
+
+
+async def test_a_read_long_after_the_dedupe_records_expired_adds_nothing(mapper: Mapper) -> None:
+    """A customer may read a message weeks later: the link's mark, not a dedupe record, keeps it counted."""
+    await linked(mapper, "1001", "portal-a", "4917", "late.1")
+    many = mapper.stub.UpdateMessageStatuses
+    await many(pb.UpdateMessageStatusesRequest(updates=[status("late.1", "delivered", MARKETING, NOV)]))
+    await mapper.sql("DELETE FROM mapper.processed_event")  # retention removed every dedupe record
+    await many(pb.UpdateMessageStatusesRequest(updates=[status("late.1", "read", MARKETING, NOV)]))
+    assert [r[-1] for r in await ledger(mapper)] == [1]
 
 
 async def test_concurrent_redeliveries_count_once(mapper: Mapper) -> None:

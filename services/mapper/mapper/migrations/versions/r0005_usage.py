@@ -2,8 +2,9 @@
 retention sweeps walk.
 
 The ledger holds only counts per (portal, channel, month, pricing fields): no wamid, no customer, so an
-erase never needs to touch it. Exactly-once counting uses a dedupe record "usage:<wamid>" in
-processed_event, written in the same transaction as the count.
+erase never needs to touch it. Exactly-once counting marks the message's link (usage_counted) in the same
+statement as the count: the mark lives as long as the link. Adding a column with a constant default
+rewrites nothing (PostgreSQL 11+).
 
 Revision ID: usage
 Revises: consent
@@ -20,6 +21,7 @@ branch_labels = None
 depends_on = None
 
 UPGRADE = """
+ALTER TABLE mapper.message_link ADD COLUMN usage_counted boolean NOT NULL DEFAULT false;
 CREATE TABLE mapper.usage_monthly (
     member_id        text NOT NULL,
     phone_number_id  text NOT NULL,
@@ -53,7 +55,8 @@ DROP INDEX mapper.conversation_mapping_member_idx;
 DROP INDEX mapper.conversation_mapping_activity_idx;
 DROP INDEX mapper.message_link_created_at_idx;
 DROP TABLE mapper.portal_uninstall;
-DROP TABLE mapper.usage_monthly
+DROP TABLE mapper.usage_monthly;
+ALTER TABLE mapper.message_link DROP COLUMN usage_counted
 """
 
 
