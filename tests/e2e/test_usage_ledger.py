@@ -6,6 +6,7 @@ webhook for the same status: a second Kafka record with the same event id)."""
 from __future__ import annotations
 
 import asyncio
+import uuid
 from typing import Any
 
 import asyncpg
@@ -83,3 +84,28 @@ async def test_a_reply_is_counted_once_in_the_ledger_whatever_meta_sends_again(s
     await eventually(read_recorded, timeout_s=30, what="the read status on the link")
     await asyncio.sleep(2)  # the redelivered events have been consumed by now (the read came after them)
     assert await service_messages(system) == before + 1
+
+
+async def test_an_uninstall_schedules_the_portals_removal_and_a_reinstall_cancels_it(system: System) -> None:
+    """ONAPPUNINSTALL through bitrix-ingress, Kafka and the meta dispatcher reaches the mapper (mutual TLS,
+    its caller row); the next install through the verified flow clears it."""
+    member = f"tenant-{uuid.uuid4().hex[:10]}"
+    resp = await system.bitrix.post(
+        "/_sandbox/portals", json={"member_id": member, "domain": f"{member}.bitrix24.com", "line_id": 5}
+    )
+    assert resp.status_code == 201, resp.text
+    assert (await system.bitrix.post(f"/_sandbox/portals/{member}/install")).json()["status_code"] == 200
+    gone = (await system.bitrix.post(f"/_sandbox/portals/{member}/uninstall")).json()
+    assert gone["status_code"] == 200, gone
+
+    async def marked() -> bool:
+        sql = "SELECT 1 FROM mapper.portal_uninstall WHERE member_id = $1"
+        return bool(await query(system, sql, member))
+
+    await eventually(marked, timeout_s=30, what=f"the uninstall of {member} recorded by the mapper")
+    assert (await system.bitrix.post(f"/_sandbox/portals/{member}/install")).json()["status_code"] == 200
+
+    async def cleared() -> bool:
+        return not await marked()
+
+    await eventually(cleared, timeout_s=30, what=f"the reinstall of {member} clearing the mark")
