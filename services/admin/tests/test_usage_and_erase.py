@@ -150,6 +150,16 @@ async def test_erase_removes_the_person_and_nobody_else(mapper_db: Seeded) -> No
     conv = await customer(mapper_db, "1001", "portal-a", "4917000001", user_id="DE.bsuid1")
     await customer(mapper_db, "1001", "portal-a", "4917000002")  # another customer of the same number
     await customer(mapper_db, "2002", "portal-b", "4917000001")  # the same phone on another portal's number
+    # Dedupe ids naming the person by phone or by their Bitrix24 message ids, and the same ids of portal b.
+    for event_id in (
+        "wa-consent:1001:4917000001:marketing_messages:1764000000:stop",
+        "b24:portal-a:101",
+        "b24-edit:portal-a:201:0a1b2c",
+        "wa-consent:2002:4917000001:marketing_messages:1764000000:stop",
+        "b24:portal-b:101",
+        "b24:portal-a:102",  # another customer's message
+    ):
+        await mapper_db.sql("INSERT INTO mapper.processed_event (event_id) VALUES ($1)", event_id)
     before = await snapshot(mapper_db)
     usage_before = before["usage_monthly"]
     with pytest.raises(UsageError, match="--yes"):  # no terminal to confirm on
@@ -158,7 +168,7 @@ async def test_erase_removes_the_person_and_nobody_else(mapper_db: Seeded) -> No
     doc = json.loads(out)
     assert code == 0
     assert doc["removed"] == {
-        "processed_event": 2,
+        "processed_event": 5,  # 2 statuses, the consent record, 2 of the portal's messages
         "customer_consent": 1,
         "message_link": 2,
         "conversation_alias": 2,  # phone and BSUID
@@ -181,15 +191,20 @@ async def test_erase_removes_the_person_and_nobody_else(mapper_db: Seeded) -> No
     # The other customer of the number and the same phone on portal b keep every row.
     for table in TABLES:
         gone = set(before[table]) - set(after[table])
-        assert all(
-            conv.id in row or "1001.4917000001" in "".join(row) or "4917000001" in row for row in gone
-        ), table
+        theirs = (conv.id, "1001.4917000001", "1001:4917000001", "portal-a:101", "portal-a:201")
+        assert all("4917000001" in row or any(mark in "|".join(row) for mark in theirs) for row in gone), (
+            table,
+            gone,
+        )
     others = await mapper_db.sql(
         "SELECT phone_number_id, meta_whatsapp_id FROM mapper.conversation_mapping ORDER BY 1, 2"
     )
     assert [tuple(r) for r in others] == [("1001", "4917000002"), ("2002", "4917000001")]
     assert len(await mapper_db.sql("SELECT 1 FROM mapper.message_link")) == 4
     assert len(await mapper_db.sql("SELECT 1 FROM mapper.customer_consent")) == 2
+    kept = {r["event_id"] for r in await mapper_db.sql("SELECT event_id FROM mapper.processed_event")}
+    assert {"wa-consent:2002:4917000001:marketing_messages:1764000000:stop", "b24:portal-b:101"} <= kept
+    assert "b24:portal-a:102" in kept and not {e for e in kept if "portal-a:101" in e or "portal-a:201" in e}
     # Erased: the next dry run finds nothing, and says so.
     code, out, _ = await admin(
         "--json", "erase", "--channel", "1001", "--customer", "4917000001", "--dry-run"

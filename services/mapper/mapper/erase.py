@@ -35,12 +35,16 @@ SELECT wamid, bitrix_message_id, bitrix_chat_id FROM mapper.message_link
 WHERE conversation_id = ANY($1::uuid[]) ORDER BY created_at"""
 
 _CONSENT_WHERE = "phone_number_id = $1 AND wa_id = ANY($2::text[])"
-_PROCESSED_WHERE = r"event_id LIKE ANY($1::text[]) OR result = ANY($2::text[])"
-
-
-def _like(value: str) -> str:
-    """`value` as a literal inside a LIKE pattern (backslash is PostgreSQL's default escape)."""
-    return value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+# Dedupe ids are "<kind>:<part 2>:<part 3>..." (normalize.py and web/events.py name them; no part holds a
+# colon). A record is the person's when its second part is one of their wamids (wa:<w>, wa-status:<w>:...,
+# wa-echo:<w>, ...), when its result is one (a send confirmation), or when (kind, part 2, part 3) is one of
+# theirs (wa-contact:<number>:<phone>:..., b24:<portal>:<message id>, ...). One pass over the table with
+# hashed look-ups, however many messages the person has (a LIKE per wamid would be quadratic).
+_PROCESSED_WHERE = """
+    split_part(event_id, ':', 2) IN (SELECT unnest($1::text[]))
+    OR result IN (SELECT unnest($1::text[]))
+    OR (split_part(event_id, ':', 1), split_part(event_id, ':', 2), split_part(event_id, ':', 3))
+        IN (SELECT * FROM unnest($2::text[], $3::text[], $4::text[]))"""
 
 
 @dataclass
@@ -66,26 +70,22 @@ class Person:
             values |= {c[k] for k in ("meta_whatsapp_id", "customer_phone", "customer_user_id") if c[k]}
         return sorted(values)
 
-    def dedupe_patterns(self) -> tuple[list[str], list[str]]:
-        """LIKE patterns of the dedupe ids naming the person (normalize.py, web/events.py name them), and
-        the wamids (a send confirmation keeps the wamid as its result)."""
-        pnid = _like(self.phone_number_id)
-        patterns: list[str] = []
+    def dedupe_keys(self) -> tuple[list[str], list[str], list[str], list[str]]:
+        """The arguments of _PROCESSED_WHERE: the person's wamids, and their (kind, part 2, part 3) keys as
+        three columns."""
         wamids = [link["wamid"] for link in self.links]
-        for w in map(_like, wamids):  # wa:<w>, wa-status:<w>:<status>, wa-echo:<w>, ...
-            patterns += [f"%:{w}", f"%:{w}:%"]
-        for v in map(_like, self.identifiers):  # wa-contact:<pnid>:<digits>:..., wa-consent:<pnid>:<id>:...
-            patterns += [f"wa-contact:{pnid}:{v}:%", f"wa-consent:{pnid}:{v}:%"]
+        keys: list[tuple[str, str, str]] = []
+        for v in self.identifiers:
+            keys += [("wa-contact", self.phone_number_id, v), ("wa-consent", self.phone_number_id, v)]
         for c in self.conversations:
-            member = _like(c["member_id"])
+            member = c["member_id"]
             if c["bitrix_chat_id"]:
-                patterns.append(f"b24-read:{member}:{_like(c['bitrix_chat_id'])}:%")
+                keys.append(("b24-read", member, c["bitrix_chat_id"]))
             for link in self.links:
                 if link["bitrix_message_id"]:
-                    m = _like(link["bitrix_message_id"])
-                    patterns += [f"b24:{member}:{m}", f"b24-edit:{member}:{m}:%", f"b24-del:{member}:{m}"]
-                    patterns.append(f"wa-fail:{member}:{m}:%")
-        return patterns, wamids
+                    m = link["bitrix_message_id"]
+                    keys += [(kind, member, m) for kind in ("b24", "b24-edit", "b24-del", "wa-fail")]
+        return wamids, [k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys]
 
     def elsewhere(self) -> list[dict[str, Any]]:
         """What Zaptrix cannot remove, with the ids needed to remove it there."""
@@ -135,7 +135,7 @@ async def find_person(conn: Any, phone_number_id: str, customer: str) -> Person:
     ids = person.conversation_ids
     person.aliases = [(r["kind"], r["value"]) for r in await conn.fetch(_ALIASES, ids)]
     person.links = [dict(r) for r in await conn.fetch(_LINKS, ids)]
-    patterns, wamids = person.dedupe_patterns()
+    dedupe = person.dedupe_keys()
     person.counts = {
         "conversation_mapping": len(ids),
         "message_link": len(person.links),
@@ -147,8 +147,7 @@ async def find_person(conn: Any, phone_number_id: str, customer: str) -> Person:
         ),
         "processed_event": await conn.fetchval(
             f"SELECT count(*) FROM mapper.processed_event WHERE {_PROCESSED_WHERE}",  # noqa: S608
-            patterns,
-            wamids,
+            *dedupe,
         ),
     }
     return person
@@ -160,12 +159,12 @@ async def erase_person(
     """Remove the person's rows (found by find_person on the same connection) in one transaction; `step`
     is told each table as it is done. Returns rows removed per table."""
     ids = person.conversation_ids
-    patterns, wamids = person.dedupe_patterns()
+    dedupe = person.dedupe_keys()
     statements: list[tuple[str, str, tuple[Any, ...]]] = [
         (
             "processed_event",
             f"DELETE FROM mapper.processed_event WHERE {_PROCESSED_WHERE}",  # noqa: S608
-            (patterns, wamids),
+            dedupe,
         ),
         (
             "customer_consent",
