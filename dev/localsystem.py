@@ -229,7 +229,13 @@ class LocalSystem:
             self._service(
                 "mapper",
                 "mapper-server",
-                db | {"ZAPTRIX_GRPC_PORT": str(p.mapper), "ZAPTRIX_METRICS_PORT": str(p.mapper_metrics)},
+                # The retention sweep (the chart's CronJob) as the server's periodic task: every 10 minutes.
+                db
+                | {
+                    "ZAPTRIX_GRPC_PORT": str(p.mapper),
+                    "ZAPTRIX_METRICS_PORT": str(p.mapper_metrics),
+                    "ZAPTRIX_RETENTION_INTERVAL_S": "600",
+                },
                 lambda: _grpc_serving(self.grpc_channel("mapper")),
             ),
             self._service(

@@ -39,7 +39,8 @@ class Rendered:
         return found[0]
 
     def workloads(self) -> list[Manifest]:
-        return [d for d in self.docs if d["kind"] in ("Deployment", "Job", "StatefulSet", "DaemonSet")]
+        kinds = ("Deployment", "Job", "StatefulSet", "DaemonSet", "CronJob")
+        return [d for d in self.docs if d["kind"] in kinds]
 
 
 def component_name(component: str) -> str:
@@ -59,4 +60,5 @@ def template_args(
 
 def pod_specs(rendered: Rendered) -> Iterator[tuple[Manifest, dict[str, Any]]]:
     for w in rendered.workloads():
-        yield w, w["spec"]["template"]["spec"]
+        spec = w["spec"]["jobTemplate"]["spec"] if w["kind"] == "CronJob" else w["spec"]
+        yield w, spec["template"]["spec"]

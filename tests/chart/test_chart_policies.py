@@ -150,7 +150,7 @@ def test_migrations_are_pre_install_and_pre_upgrade_hook_jobs(rendered: Rendered
 
 def test_each_secret_goes_only_to_its_users(rendered: Rendered) -> None:
     owner = {
-        "mapper-database-url": {"mapper", "mapper-migrate"},
+        "mapper-database-url": {"mapper", "mapper-migrate", "mapper-retention"},
         "token-keeper-database-url": {"token-keeper", "token-keeper-migrate"},
         "token-keeper-keys": {"token-keeper"},
         "media-url-secret": {"meta-ingress", "meta-dispatcher"},

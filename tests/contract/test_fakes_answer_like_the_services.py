@@ -280,6 +280,32 @@ async def test_the_first_result_of_an_event_stays(peers: Peers) -> None:
     assert (got.processed, got.result) == (True, "wamid.1")
 
 
+async def test_an_uninstall_is_kept_until_a_later_install(peers: Peers) -> None:
+    member = f"portal-{uuid.uuid4().hex[:8]}"
+    t0 = datetime(2026, 11, 1, 12, tzinfo=UTC)
+    set_ = peers.mapper.SetPortalInstalled
+    first = await set_(mpb.SetPortalInstalledRequest(member_id=member, installed=False, at=ts(t0)))
+    assert first.uninstalled_at.ToDatetime(tzinfo=UTC) == t0
+    assert first.purge_after.ToDatetime(tzinfo=UTC) == t0 + timedelta(days=30)  # the default grace
+    # A redelivered (later) uninstall keeps the first time; an install older than it changes nothing.
+    again = await set_(
+        mpb.SetPortalInstalledRequest(member_id=member, installed=False, at=ts(t0 + timedelta(hours=1)))
+    )
+    assert again.uninstalled_at.ToDatetime(tzinfo=UTC) == t0
+    stale = await set_(
+        mpb.SetPortalInstalledRequest(member_id=member, installed=True, at=ts(t0 - timedelta(hours=1)))
+    )
+    assert stale.HasField("uninstalled_at")
+    back = await set_(
+        mpb.SetPortalInstalledRequest(member_id=member, installed=True, at=ts(t0 + timedelta(days=2)))
+    )
+    assert not back.HasField("uninstalled_at") and not back.HasField("purge_after")
+    assert (
+        await code_of(set_(mpb.SetPortalInstalledRequest(installed=False)))
+        == grpc.StatusCode.INVALID_ARGUMENT
+    )
+
+
 async def test_record_delivery_is_all_or_nothing_and_idempotent(peers: Peers) -> None:
     conv = await conversation(peers, await bound(peers))
     event_id = f"evt:{uuid.uuid4()}"

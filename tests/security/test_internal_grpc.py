@@ -468,3 +468,19 @@ async def test_meta_dispatcher_records_a_delivery_but_cannot_change_the_conversa
     done = await stub.RecordDelivery(delivery(event), timeout=5)
     assert done.link.wamid == f"wamid.{event}" and not done.already_processed
     assert done.conversation.contact_name == conv.contact_name
+
+
+async def test_an_uninstall_and_a_reinstall_come_each_from_their_own_caller(servers: Servers) -> None:
+    """Only the meta dispatcher (consuming a verified ONAPPUNINSTALL) schedules a portal's data for removal,
+    and only bitrix-ingress-web (a verified install) cancels it: a process that could do both could keep a
+    removed portal's data or schedule a live portal's removal."""
+    member = f"portal-{uuid.uuid4().hex[:8]}"
+    gone = mapper_pb2.SetPortalInstalledRequest(member_id=member, installed=False)
+    back = mapper_pb2.SetPortalInstalledRequest(member_id=member, installed=True)
+    web, dispatcher = servers.mapper(grpcauth.BITRIX_INGRESS_WEB), servers.mapper(grpcauth.META_DISPATCHER)
+    assert await _code(web.SetPortalInstalled(gone, timeout=5)) == grpc.StatusCode.PERMISSION_DENIED
+    assert await _code(dispatcher.SetPortalInstalled(back, timeout=5)) == grpc.StatusCode.PERMISSION_DENIED
+    other = servers.mapper(grpcauth.META_INGRESS_WEB)
+    assert await _code(other.SetPortalInstalled(gone, timeout=5)) == grpc.StatusCode.PERMISSION_DENIED
+    assert (await dispatcher.SetPortalInstalled(gone, timeout=5)).HasField("purge_after")
+    assert not (await web.SetPortalInstalled(back, timeout=5)).HasField("uninstalled_at")

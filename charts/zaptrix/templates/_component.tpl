@@ -53,6 +53,15 @@ effective component config built by "zaptrix.componentConfig".
 {{- range $port, $envName := $c.portEnv -}}
 {{- $_ := set $data $envName (index $c.ports $port | toString) -}}
 {{- end -}}
+{{- if $c.retentionSettings -}}
+{{- /* The mapper's retention days: its server answers SetPortalInstalled with the grace period, and the
+retention CronJob reads this ConfigMap too. */ -}}
+{{- $r := $root.Values.retention -}}
+{{- $_ := set $data "ZAPTRIX_LINK_RETENTION_DAYS" ($r.linkRetentionDays | toString) -}}
+{{- $_ := set $data "ZAPTRIX_CONVERSATION_IDLE_DAYS" ($r.conversationIdleDays | toString) -}}
+{{- $_ := set $data "ZAPTRIX_UNINSTALL_GRACE_DAYS" ($r.uninstallGraceDays | toString) -}}
+{{- $_ := set $data "ZAPTRIX_RETENTION_BATCH" ($r.batch | toString) -}}
+{{- end -}}
 {{- range $k, $v := $c.env -}}
 {{- $_ := set $data $k ($v | toString) -}}
 {{- end -}}

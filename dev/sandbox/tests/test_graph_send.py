@@ -208,6 +208,7 @@ async def test_closed_window_fails_async_with_131047_but_template_passes(
     hooks = await stub.wait_for("/webhooks/meta", 2)
     sent = hooks[1].json()["entry"][0]["changes"][0]["value"]["statuses"][0]
     assert sent["status"] == "sent" and sent["pricing"]["category"] == "utility"
+    assert (sent["pricing"]["billable"], sent["pricing"]["type"]) == (True, "regular")  # outside the window
 
 
 async def test_window_error_can_be_synchronous(graph: httpx.AsyncClient) -> None:

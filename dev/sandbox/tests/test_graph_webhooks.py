@@ -111,7 +111,9 @@ async def test_status_webhooks_follow_a_send(graph: httpx.AsyncClient, stub: Gat
     assert [s["status"] for s in statuses] == ["sent", "delivered", "read"]
     assert all(s["id"] == wamid and s["recipient_id"] == "491701234567" for s in statuses)
     assert all(s["biz_opaque_callback_data"] == "b24:member-1:42#p1" for s in statuses)
-    assert statuses[0]["pricing"] == {"billable": True, "pricing_model": "CBP", "category": "service"}
+    # Per-message pricing (2026): a free-form reply inside the window is within the month's 1,000 free.
+    free = {"billable": False, "pricing_model": "PMP", "category": "service", "type": "free_customer_service"}
+    assert statuses[0]["pricing"] == statuses[1]["pricing"] == free
     assert statuses[0]["conversation"]["origin"] == {"type": "service"}
     assert "pricing" not in statuses[2]
     assert all(verifies(h.body, h.headers.get("X-Hub-Signature-256")) for h in hooks)

@@ -186,6 +186,8 @@ def build(
     wa_id = spec.user_id if hidden and spec.user_id else wa_id
     key = (channel.phone_number_id, wa_id)
     state.last_inbound[key] = time.time()  # a customer message opens/refreshes the 24 h window
+    if spec.referral is not None:  # a Click-to-WhatsApp ad: a free entry point (72 h)
+        state.pricing.came_from_ad(channel.phone_number_id, wa_id)
     state.inbound[wamid] = {"phone_number_id": channel.phone_number_id, "wa_id": wa_id, "message": message}
     if state.options.count_inbound_in_throughput:
         state.throughput(channel.phone_number_id).take_if_any()

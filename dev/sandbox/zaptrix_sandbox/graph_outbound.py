@@ -108,6 +108,13 @@ class Outbound:
         if req.type in MEDIA_TYPES and req.obj.get("id") and req.obj["id"] not in state.media:
             failure = failure or (131053, f"Media id {req.obj['id']} was not found.")
         wamid = new_wamid()
+        pricing = state.pricing.price(
+            pnid,
+            req.wa_id,
+            kind=str(req.type),
+            template_category=category if req.type == "template" else None,
+            window_open=state.window_open(pnid, req.wa_id),
+        )
         response = {
             "messaging_product": "whatsapp",
             "contacts": [
@@ -127,6 +134,7 @@ class Outbound:
                 to=req.to,
                 wa_id=req.wa_id,
                 type=req.type,
+                pricing=pricing,
             )
         )
         self.background.spawn(self._lifecycle(channel, sent, category, failure))
@@ -179,7 +187,8 @@ class Outbound:
             item["biz_opaque_callback_data"] = opaque
         if status in ("sent", "delivered"):
             item["conversation"] = self._conversation(sent, category)
-            item["pricing"] = {"billable": True, "pricing_model": "CBP", "category": category}
+            if sent.pricing is not None:  # per-message pricing (graph_pricing.py)
+                item["pricing"] = dict(sent.pricing)
         opaque = sent.payload.get("biz_opaque_callback_data") if isinstance(sent.payload, dict) else None
         if opaque:  # whatsapp.md: echoed in the status webhooks of that message
             item["biz_opaque_callback_data"] = opaque

@@ -8,6 +8,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from .graph_pricing import PricingBook
 from .graph_settings import Channel, GraphOptions
 from .ratelimit import TokenBucket
 
@@ -48,6 +49,7 @@ class Sent:
     media: dict[str, Any] | None = None  # what the stand-in downloaded from a `link`
     at: float = field(default_factory=time.time)
     answer_delay_s: float = 0.0  # a "slow" fault held the answer this long after the send was done
+    pricing: dict[str, Any] | None = None  # statuses[].pricing, decided at send (graph_pricing.py)
 
     def view(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -96,6 +98,7 @@ class GraphState:
         self._throughput: dict[str, TokenBucket] = {}
         self._pair: dict[tuple[str, str], TokenBucket] = {}
         self._seq = 0
+        self.pricing = PricingBook()
 
     def reset_limits(self) -> None:
         self._throughput.clear()

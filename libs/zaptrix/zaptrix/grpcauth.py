@@ -71,6 +71,7 @@ MAPPER_METHODS = (
     "FindConversationByIdentityAlias",
     "RecordCustomerConsent",
     "GetCustomerConsent",
+    "SetPortalInstalled",
 )
 
 
@@ -104,11 +105,14 @@ ALLOWED: dict[str, frozenset[str]] = {
         "RecordDelivery",
         # a marketing template is not sent to a customer who stopped marketing messages
         "GetCustomerConsent",
+        # ONAPPUNINSTALL (LineRemoved, line 0): the portal's data goes after the grace period
+        "SetPortalInstalled",
     ),
     # Event verification, app install (portal status, upsert), settings placement (line's channels),
     # outbound events (conversation and message lookups). REST calls during install use the caller's token.
+    # SetPortalInstalled: a verified install cancels a pending removal of the portal's data.
     BITRIX_INGRESS_WEB: _tk("VerifyApplicationToken", "GetPortalStatus", "UpsertPortal")
-    | _mapper("ListChannels", "FindConversation", "FindMessageLink"),
+    | _mapper("ListChannels", "FindConversation", "FindMessageLink", "SetPortalInstalled"),
     # Delivers to Bitrix24 with the portal's token; owns the conversation and delivery records.
     # ListPortals: the offline-event reconciler drains every installed portal's queue.
     BITRIX_DISPATCHER: _tk("GetAccessToken", "ReportTokenRejected", "ListPortals")
@@ -145,6 +149,9 @@ REQUEST_RULES: dict[tuple[str, str], Callable[[Any], bool]] = {
     (META_DISPATCHER, _MAPPER + "RecordDelivery"): lambda request: all(
         field.name == "id" for field, _ in request.conversation.ListFields()
     ),
+    # The uninstall event schedules a removal, a verified install cancels one: neither can do the other.
+    (META_DISPATCHER, _MAPPER + "SetPortalInstalled"): lambda request: not request.installed,
+    (BITRIX_INGRESS_WEB, _MAPPER + "SetPortalInstalled"): lambda request: bool(request.installed),
 }
 
 # Open to any caller that completed the TLS handshake: health checking and reflection.

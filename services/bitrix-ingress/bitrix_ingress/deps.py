@@ -192,6 +192,12 @@ class Deps:
             req.bitrix_status = bitrix_status
         return await self._unary(self.mapper.UpdateMessageStatus, req, "mapper UpdateMessageStatus")
 
+    async def set_portal_installed(self, member_id: str) -> mapper_pb2.SetPortalInstalledResponse:
+        """The app is installed (again) on the portal now: a pending removal of its data is cancelled."""
+        req = mapper_pb2.SetPortalInstalledRequest(member_id=member_id, installed=True)
+        req.at.GetCurrentTime()
+        return await self._unary(self.mapper.SetPortalInstalled, req, "mapper SetPortalInstalled")
+
     async def record_customer_consent(
         self, consent: mapper_pb2.CustomerConsent
     ) -> mapper_pb2.CustomerConsent:

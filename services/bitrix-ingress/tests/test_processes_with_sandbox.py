@@ -12,6 +12,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -182,8 +183,11 @@ async def stack(
 
 
 async def test_install_registers_the_connector_and_binds_events(stack: Stack) -> None:
+    # An earlier uninstall scheduled the portal's data for removal (mapper retention): the install cancels it.
+    stack.fakes.mapper.uninstalled[MEMBER] = datetime.now(UTC) - timedelta(days=3)
     for attempt in range(2):  # idempotent: a second install changes nothing and still succeeds
         resp = await stack.sandbox_post("/install")
+        assert MEMBER not in stack.fakes.mapper.uninstalled
         assert resp["gateway_status"] == 200, (resp, stack.web.log()[-3000:])
         upsert = stack.fakes.token_keeper.upserts[-1]
         assert upsert.member_id == MEMBER and upsert.application_token == "sandbox-app-token"

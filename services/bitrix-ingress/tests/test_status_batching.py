@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from bitrix_ingress.dispatcher import packing as dl
 from bitrix_ingress.formparse import as_list
 from test_batch_delivery import Harness, customer, h, status  # noqa: F401 (h: the fixture)
-from zaptrix.v1 import mapper_pb2
+from zaptrix.v1 import events_pb2, mapper_pb2
 from zaptrix_testing.fakes import Portal
 
 DELIVERY = "imconnector.send.status.delivery"
@@ -201,3 +203,43 @@ async def test_a_failed_status_update_retries_those_statuses_only(h: Harness) ->
     assert h.fakes.mapper.links[wamids[0]].whatsapp_status == ""
     assert await h.run([batch[0]]) == ["ok"]
     assert h.fakes.mapper.links[wamids[0]].whatsapp_status == "sent"
+
+
+async def test_pricing_rides_on_every_link_update_of_a_status(h: Harness, monkeypatch: Any) -> None:  # noqa: F811
+    """The cost ledger's input (mapper counts it once per wamid): the status reported to Bitrix24, the one
+    that only updates its link, and the retry that only records what an earlier attempt sent all carry the
+    status's pricing and time."""
+    import grpc
+    from bitrix_ingress.dispatcher import bookkeeping
+    from bitrix_ingress.dispatcher.sent_effects import SENT
+
+    pricing = events_pb2.Pricing(billable=True, pricing_model="PMP", category="marketing", type="regular")
+    reported_one, link_only = sent_reply(h, 1), sent_reply(h, 2)
+    h.fakes.mapper.links[link_only].bitrix_status = "delivered"  # its delivery was reported already
+
+    def updates() -> list[mapper_pb2.UpdateMessageStatusRequest]:
+        return [u for m, r in h.fakes.mapper.requests if m == "UpdateMessageStatuses" for u in r.updates]
+
+    batch = [
+        status(reported_one, "delivered", wa_id="49170001", pricing=pricing),
+        status(link_only, "delivered", wa_id="49170002", pricing=pricing),
+    ]
+    assert await h.run(batch) == ["ok", "ok"]
+    sent = {u.wamid: u for u in updates()}
+    assert sent[reported_one].pricing == pricing and sent[reported_one].processed.event_id
+    assert sent[link_only].pricing == pricing and sent[link_only].at.seconds == 1_700_000_100
+
+    # The mapper fails while recording a reported status: the retry only records it, pricing included.
+    third = sent_reply(h, 3)
+    monkeypatch.setattr(bookkeeping, "IN_PLACE_BUDGET_S", 0.2)
+    h.fakes.mapper.fail["UpdateMessageStatuses"] = [grpc.StatusCode.UNAVAILABLE] * 10_000
+    rec = status(third, "delivered", wa_id="49170003", pricing=pricing)
+    (outcome,) = await h.make().handle([rec])
+    assert outcome.kind == "retry" and SENT in rec.effects
+    h.fakes.mapper.fail.clear()
+    h.fakes.mapper.forget_calls()
+    (again,) = await h.make().handle([rec])
+    assert again.kind == "ok"
+    (late,) = [u for u in updates() if u.wamid == third]
+    assert late.pricing == pricing and late.whatsapp_status == "delivered"
+    assert reported(h).count(third) == 1  # reported to Bitrix24 once

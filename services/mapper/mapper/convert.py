@@ -13,6 +13,7 @@ from zaptrix.v1 import mapper_pb2 as pb
 
 from mapper.errors import InvalidArgument
 from mapper.identity import Identity
+from mapper.ledger import COUNTED_STATUSES, Priced
 from mapper.model import (
     BITRIX_STATUSES,
     CONSENT_VALUES,
@@ -167,6 +168,25 @@ def status_update(r: pb.UpdateMessageStatusRequest) -> tuple[str, str | None, st
     )
     b24 = status(r.bitrix_status, "bitrix_status", BITRIX_STATUSES) if r.HasField("bitrix_status") else None
     return required(r.wamid, "wamid"), wa, b24
+
+
+def priced(r: pb.UpdateMessageStatusRequest, now: datetime) -> Priced | None:
+    """The request's pricing for the cost ledger, or None: only a delivered or read status is counted
+    (Meta bills delivery; the dispatcher may send pricing with any status, the mapper decides)."""
+    if not r.HasField("pricing") or not r.HasField("whatsapp_status"):
+        return None
+    if r.whatsapp_status.lower() not in COUNTED_STATUSES:
+        return None
+    p = r.pricing
+    at = r.at.ToDatetime(tzinfo=UTC) if r.HasField("at") else now
+    return Priced(
+        wamid=required(r.wamid, "wamid"),
+        at=now if at > now + MAX_CLOCK_SKEW else at,  # a broken clock must not book next year
+        billable=p.billable,
+        pricing_model=checked(p.pricing_model, "pricing.pricing_model", 40),
+        category=checked(p.category, "pricing.category", 40),
+        pricing_type=checked(p.type, "pricing.type", 40),
+    )
 
 
 # --- output ----------------------------------------------------------------------------------------

@@ -28,3 +28,27 @@ IDENTITY_MERGES = Counter(
 )
 DEDUPE_EXPIRED = Counter("zaptrix_mapper_dedupe_expired_total", "Processed-event records deleted by expiry")
 DEDUPE_EXPIRY_ERRORS = Counter("zaptrix_mapper_dedupe_expiry_errors_total", "Expiry sweeps that failed")
+
+# Cost ledger. Labels: the channel (phone_number_id; a deployment has tens to a few hundred numbers, and
+# the portal follows from the channel, so it would add no series), Meta's category (about a dozen
+# values, bounded by meta-ingress to [a-z0-9_]{1,40}) and billable. Not the pricing type (it follows
+# from category and billable in practice) nor the month (Prometheus has time). Per-portal monthly
+# numbers come from the ledger table (zaptrix-admin usage), not from this counter.
+USAGE_MESSAGES = Counter(
+    "zaptrix_usage_messages_total",
+    "Delivered business messages counted in the cost ledger (once per wamid), by channel, category, billable",
+    ["phone_number_id", "category", "billable"],
+)
+
+# Retention (mapper-retention, or mapper-server with retention_interval_s): rows removed per table, and
+# when a whole sweep last succeeded (alert when it is stale: charts/zaptrix prometheusrule).
+RETENTION_REMOVED = Counter(
+    "zaptrix_retention_removed_total",
+    "Rows removed by the retention job (and erase), by table",
+    ["table"],
+)
+RETENTION_LAST_SUCCESS = Gauge(
+    "zaptrix_retention_last_success_timestamp_seconds",
+    "Unix time the last complete retention sweep finished",
+)
+RETENTION_ERRORS = Counter("zaptrix_retention_errors_total", "Retention sweeps that failed")

@@ -16,6 +16,7 @@ import asyncpg
 from zaptrix.database import Database
 
 from mapper.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from mapper.ledger import Priced, UsageRow, observe, record_usage
 from mapper.model import (
     BITRIX_STATUSES,
     WHATSAPP_STATUSES,
@@ -550,11 +551,15 @@ class Repository:
         return found
 
     async def update_message_statuses(
-        self, updates: list[tuple[str, str | None, str | None]], marks: list[tuple[str, str]] | None = None
+        self,
+        updates: list[tuple[str, str | None, str | None]],
+        marks: list[tuple[str, str]] | None = None,
+        priced: list[Priced] | None = None,
     ) -> dict[str, MessageLink]:
         """update_message_status for each (wamid, whatsapp_status, bitrix_status): one statement for the
         distinct wamids, the updates of one wamid merged (forward only: the highest of each status).
-        ``marks``: (event_id, result) recorded as processed in the same transaction (first result wins)."""
+        ``marks``: (event_id, result) recorded as processed in the same transaction (first result wins).
+        ``priced``: pricing objects counted in the cost ledger, once per wamid, in the same transaction."""
         merged: dict[str, tuple[str | None, str | None]] = {}
         for wamid, wa, b24 in updates:
             old_wa, old_b24 = merged.get(wamid, (None, None))
@@ -562,7 +567,8 @@ class Repository:
         changing = sorted(w for w, (wa, b24) in merged.items() if wa is not None or b24 is not None)
         found: dict[str, MessageLink] = {}
         marks = marks or []
-        if changing or marks:
+        added: list[UsageRow] = []
+        if changing or marks or priced:
             async with self.db.connection() as conn, conn.transaction():
                 if marks:  # in event_id order, as the links are in wamid order: no deadlock between batches
                     first = dict(reversed(marks))  # first result wins, as in one statement per mark
@@ -576,7 +582,10 @@ class Repository:
                     list(WHATSAPP_STATUSES),
                     list(BITRIX_STATUSES),
                 )
+                if priced:  # after the links: every transaction locks links, then ledger rows
+                    added = await record_usage(conn, priced)
             found.update((r["wamid"], _link(r)) for r in rows)
+            observe(added)
         rest = [w for w in merged if w not in changing]
         if rest:
             found.update(await self.links_by_wamids(rest))

@@ -16,12 +16,14 @@ and each is already one indexed statement.
 from __future__ import annotations
 
 import uuid
+from datetime import datetime, timedelta
 from typing import TypeVar
 
 from zaptrix.ttlcache import TtlCache
 
 from mapper.errors import FailedPrecondition, InvalidArgument, NotFound
 from mapper.identity import Identity, Resolved, conversation_by_alias, resolve_identity
+from mapper.ledger import Priced
 from mapper.metrics import CACHE_ENTRIES, CACHE_LOOKUPS, CONVERSATIONS_CREATED, IDENTITY_MERGES
 from mapper.model import (
     ChannelBinding,
@@ -34,7 +36,8 @@ from mapper.model import (
     new_external_chat_id,
 )
 from mapper.repository import Repository
-from mapper.settings import MapperSettings
+from mapper.retention import set_portal_installed
+from mapper.settings import MapperSettings, RetentionSettings
 
 V = TypeVar("V")
 
@@ -46,8 +49,11 @@ def _cache(name: str, max_entries: int, ttl_s: float) -> TtlCache[str, V]:
 
 
 class MapperService:
-    def __init__(self, repo: Repository, settings: MapperSettings) -> None:
+    def __init__(
+        self, repo: Repository, settings: MapperSettings, retention: RetentionSettings | None = None
+    ) -> None:
         self.repo = repo
+        self.uninstall_grace = timedelta(days=(retention or RetentionSettings()).uninstall_grace_days)
         self.channels: TtlCache[str, ChannelBinding] = _cache(
             "channel", settings.channel_cache_size, settings.channel_cache_ttl_s
         )
@@ -202,12 +208,15 @@ class MapperService:
         return await self.repo.update_message_status(wamid, whatsapp_status, bitrix_status)
 
     async def update_message_statuses(
-        self, updates: list[tuple[str, str | None, str | None]], marks: list[tuple[str, str]] | None = None
+        self,
+        updates: list[tuple[str, str | None, str | None]],
+        marks: list[tuple[str, str]] | None = None,
+        priced: list[Priced] | None = None,
     ) -> list[MessageLink]:
         """update_message_status for each, in one statement: the links as they are after the whole list,
         in order, leaving out the wamids without a link. ``marks``: (event_id, result) to MarkProcessed in
-        the same transaction."""
-        found = await self.repo.update_message_statuses(updates, marks or [])
+        the same transaction; ``priced``: counted in the cost ledger (once per wamid), in it too."""
+        found = await self.repo.update_message_statuses(updates, marks or [], priced or [])
         for event_id, result in marks or []:
             if self.processed.get(event_id) is None:
                 self.processed.put(event_id, result)
@@ -277,3 +286,13 @@ class MapperService:
             if not already:
                 self.processed.put(event_id, result)
         return done
+
+    # data lifecycle
+
+    async def set_portal_installed(
+        self, member_id: str, installed: bool, at: datetime
+    ) -> tuple[datetime | None, datetime | None]:
+        """Records an uninstall or a new install; returns since when the portal is uninstalled and when
+        the retention job will remove its data (both None: installed)."""
+        since = await set_portal_installed(self.repo.db, member_id, installed, at)
+        return since, None if since is None else since + self.uninstall_grace

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 
 import grpc
 from google.protobuf.message import Message
@@ -182,6 +183,14 @@ class MapperServicer(mapper_pb2_grpc.MapperServicer):
     @rpc
     async def UpdateMessageStatus(self, request: pb.UpdateMessageStatusRequest) -> pb.MessageLink:
         wamid, whatsapp_status, bitrix_status = convert.status_update(request)
+        priced = convert.priced(request, datetime.now(UTC))
+        if priced is not None:  # counted in the ledger in the status's transaction
+            found = await self.service.update_message_statuses(
+                [(wamid, whatsapp_status, bitrix_status)], priced=[priced]
+            )
+            if not found:
+                raise NotFound(f"no message link for wamid {wamid}")
+            return convert.link_pb(found[0])
         return convert.link_pb(
             await self.service.update_message_status(wamid, whatsapp_status, bitrix_status)
         )
@@ -264,8 +273,10 @@ class MapperServicer(mapper_pb2_grpc.MapperServicer):
             for i, u in enumerate(request.updates)
             if u.HasField("processed")
         ]
+        now = datetime.now(UTC)
+        priced = [p for u in request.updates if (p := convert.priced(u, now)) is not None]
         found = await self.service.update_message_statuses(
-            [convert.status_update(u) for u in request.updates], marks
+            [convert.status_update(u) for u in request.updates], marks, priced
         )
         return pb.UpdateMessageStatusesResponse(links=[convert.link_pb(link) for link in found])
 
@@ -304,6 +315,24 @@ class MapperServicer(mapper_pb2_grpc.MapperServicer):
             code = status_of(p, _CODES)
             results.append(pb.RecordDeliveryResult(error_code=code.value[0], error_details=str(p)))
         return pb.RecordDeliveriesResponse(results=results)
+
+    # data lifecycle
+
+    @rpc
+    async def SetPortalInstalled(
+        self, request: pb.SetPortalInstalledRequest
+    ) -> pb.SetPortalInstalledResponse:
+        member_id = convert.required(request.member_id, "member_id")
+        now = datetime.now(UTC)
+        at = request.at.ToDatetime(tzinfo=UTC) if request.HasField("at") else now
+        since, purge_after = await self.service.set_portal_installed(
+            member_id, request.installed, min(at, now)
+        )
+        out = pb.SetPortalInstalledResponse()
+        if since is not None and purge_after is not None:
+            out.uninstalled_at.FromDatetime(since)
+            out.purge_after.FromDatetime(purge_after)
+        return out
 
 
 def _delivery(request: pb.RecordDeliveryRequest) -> Delivery:

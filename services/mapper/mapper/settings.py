@@ -51,5 +51,64 @@ class MapperSettings(CommonSettings):
         return self
 
 
-# Read by dev/config_docs.py (docs/configuration.md): what mapper-server and mapper-migrate read.
-SETTINGS_CLASSES: list[type[BaseSettings]] = [MapperSettings, DatabaseSettings, GrpcServerSettings]
+class RetentionSettings(CommonSettings):
+    """How long the mapper keeps what it holds (the retention job, `mapper-retention`; see docs/mapper.md).
+
+    Dedupe records keep dedupe_retention_hours (MapperSettings above: past Meta's 7-day webhook retries);
+    the cost ledger (monthly counts, no personal data) is kept; 0 days keeps a kind forever."""
+
+    link_retention_days: int = Field(
+        90,
+        ge=0,
+        description="Delete message links (wamid <-> Bitrix24 message id, statuses) older than this. Past 30"
+        " days Meta refuses replies and reactions to a message anyway; a status, edit or delete of an older"
+        " message finds no link and is ignored. 0 keeps them",
+    )
+    conversation_idle_days: int = Field(
+        365,
+        ge=0,
+        description="Delete a conversation (mapping, aliases, consent, links) with no message for this long;"
+        " the customer writing again starts a new Open Lines chat (the CRM contact is found by phone)."
+        " 0 keeps them",
+    )
+    uninstall_grace_days: int = Field(
+        30,
+        ge=0,
+        description="After the app is uninstalled from a portal, delete the portal's channels, conversations,"
+        " links and ledger this many days later (a reinstall within the grace period keeps everything)",
+    )
+    retention_batch: int = Field(
+        500,
+        ge=1,
+        le=10_000,
+        description="Rows deleted per statement (each statement is short: no long locks)",
+    )
+    retention_pause_s: float = Field(
+        0.05, ge=0, le=10, description="Pause between two batches (lets RPCs through during a large sweep)"
+    )
+    retention_interval_s: float = Field(
+        0.0,
+        ge=0,
+        description="mapper-server runs the retention sweep this often (local `make run`: 600). 0: not in the"
+        " server; in Kubernetes the chart's CronJob runs mapper-retention",
+    )
+    retention_pushgateway_url: str = Field(
+        "",
+        description="mapper-retention pushes its metrics (rows removed, last success) to this Prometheus"
+        " Pushgateway when set (a CronJob pod lives too briefly to be scraped)",
+    )
+    retention_push_namespace: str = Field(
+        "",
+        description="Grouping label `namespace` of the pushed metrics (the chart sets the pod's namespace, so"
+        " the ZaptrixRetentionStale alert finds them)",
+    )
+
+
+# Read by dev/config_docs.py (docs/configuration.md): what mapper-server, mapper-migrate and mapper-retention
+# read.
+SETTINGS_CLASSES: list[type[BaseSettings]] = [
+    MapperSettings,
+    RetentionSettings,
+    DatabaseSettings,
+    GrpcServerSettings,
+]

@@ -17,7 +17,9 @@ TABLES = [
     "conversation_mapping",
     "customer_consent",
     "message_link",
+    "portal_uninstall",
     "processed_event",
+    "usage_monthly",
 ]
 
 

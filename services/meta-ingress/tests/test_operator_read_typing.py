@@ -100,3 +100,28 @@ async def test_a_message_already_marked_is_not_marked_again(
     env = events_pb2.Envelope(event_id=f"b24-read:{uuid.uuid4().hex}", operator_read=read)
     assert (await events.on_read(env, read)).kind == "ok"
     assert [m["typing_indicator"] for m in await _reads(graph, wa)] == [False, False, True]
+
+
+async def test_an_uninstall_schedules_the_portals_data_for_removal_and_a_line_removal_does_not(
+    events: OperatorEvents, fresh: Fakes
+) -> None:
+    """ONAPPUNINSTALL arrives as LineRemoved with line 0: the mapper records it (retention removes the
+    portal's data after the grace period); a redelivery keeps the first time; one removed line changes
+    nothing."""
+    line = events_pb2.Envelope(
+        event_id=f"b24-line-del:{uuid.uuid4().hex}",
+        line_removed=events_pb2.LineRemoved(member_id=MEMBER, connector_id="zaptrix", line_id=7),
+    )
+    assert (await events.on_line_removed(line)).kind == "ok"
+    assert MEMBER not in fresh.mapper.uninstalled
+    gone = events_pb2.Envelope(
+        event_id=f"b24-uninstall:{MEMBER}:1",
+        line_removed=events_pb2.LineRemoved(member_id=MEMBER, connector_id="zaptrix", line_id=0),
+    )
+    gone.occurred_at.FromSeconds(1_790_000_000)
+    assert (await events.on_line_removed(gone)).kind == "ok"
+    again = events_pb2.Envelope()
+    again.CopyFrom(gone)
+    again.occurred_at.FromSeconds(1_790_000_100)
+    assert (await events.on_line_removed(again)).kind == "ok"
+    assert fresh.mapper.uninstalled[MEMBER].timestamp() == 1_790_000_000

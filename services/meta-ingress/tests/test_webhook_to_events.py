@@ -615,3 +615,36 @@ def test_an_identity_change_with_a_forged_new_number_is_shown_not_applied() -> N
         }
     )
     assert out.envelopes[0].WhichOneof("kind") == "customer_message"
+
+
+def test_a_status_carries_its_pricing_object_into_the_event() -> None:
+    """Per-message pricing (2025/2026 shape): billable, pricing_model, category, type travel to the ledger;
+    values outside [a-z0-9_] or over 40 characters become "other" (they end as keys and metric labels)."""
+    priced = status(
+        "wamid.P",
+        "delivered",
+        pricing={
+            "billable": False,
+            "pricing_model": "PMP",
+            "category": "service",
+            "type": "free_customer_service",
+        },
+    )
+    odd = status("wamid.Q", "delivered", pricing={"billable": "true", "category": "x" * 41, "type": "a b"})
+    bare = status("wamid.R", "read", pricing="not an object")
+    result = run(webhook(value([], [priced, odd, bare])))
+    p, q, r = (e.whatsapp_status for e in result.envelopes)
+    assert p.HasField("pricing")
+    assert (p.pricing.billable, p.pricing.pricing_model, p.pricing.category, p.pricing.type) == (
+        False,
+        "PMP",
+        "service",
+        "free_customer_service",
+    )
+    assert (q.pricing.billable, q.pricing.pricing_model, q.pricing.category, q.pricing.type) == (
+        True,
+        "",
+        "other",
+        "other",
+    )
+    assert not r.HasField("pricing")

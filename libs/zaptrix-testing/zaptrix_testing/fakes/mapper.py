@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import grpc
@@ -30,6 +30,7 @@ class FakeMapper(Recorder, mapper_pb2_grpc.MapperServicer):
         self.links: dict[str, mapper_pb2.MessageLink] = {}  # by wamid
         self.processed: dict[str, str] = {}  # event id -> result
         self.consents: dict[tuple[str, str, str], mapper_pb2.CustomerConsent] = {}
+        self.uninstalled: dict[str, datetime] = {}  # member_id -> since (SetPortalInstalled)
         self._lock = asyncio.Lock()
 
     def clear(self) -> None:
@@ -39,6 +40,7 @@ class FakeMapper(Recorder, mapper_pb2_grpc.MapperServicer):
         self.links.clear()
         self.processed.clear()
         self.consents.clear()
+        self.uninstalled.clear()
         self.forget_calls()
 
     # --- test set-up -------------------------------------------------------------------------------
@@ -288,6 +290,26 @@ class FakeMapper(Recorder, mapper_pb2_grpc.MapperServicer):
         return mapper_pb2.UpdateMessageStatusesResponse(
             links=[self.links[u.wamid] for u in request.updates if u.wamid in self.links]
         )
+
+    # --- data lifecycle ------------------------------------------------------------------------------
+
+    async def SetPortalInstalled(self, request: Any, context: Any) -> mapper_pb2.SetPortalInstalledResponse:
+        """As the mapper: the earliest uninstall is kept; an install at or after it clears it. The grace
+        period is the mapper's default (30 days)."""
+        await self._enter("SetPortalInstalled", request, context, request.member_id)
+        if not request.member_id:
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, "member_id is required")
+        at = request.at.ToDatetime(tzinfo=UTC) if request.HasField("at") else datetime.now(UTC)
+        since = self.uninstalled.get(request.member_id)
+        if not request.installed:
+            self.uninstalled[request.member_id] = at if since is None else min(since, at)
+        elif since is not None and since <= at:
+            del self.uninstalled[request.member_id]
+        out = mapper_pb2.SetPortalInstalledResponse()
+        if (since := self.uninstalled.get(request.member_id)) is not None:
+            out.uninstalled_at.FromDatetime(since)
+            out.purge_after.FromDatetime(since + timedelta(days=30))
+        return out
 
     # --- dedupe ------------------------------------------------------------------------------------
 

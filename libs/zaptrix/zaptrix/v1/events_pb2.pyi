@@ -313,6 +313,7 @@ class WhatsAppStatus(_message.Message):
     ERRORS_FIELD_NUMBER: _builtins.int
     USER_ID_FIELD_NUMBER: _builtins.int
     PARENT_USER_ID_FIELD_NUMBER: _builtins.int
+    PRICING_FIELD_NUMBER: _builtins.int
     phone_number_id: _builtins.str
     wa_id: _builtins.str
     """recipient_id"""
@@ -328,6 +329,10 @@ class WhatsAppStatus(_message.Message):
     def at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def errors(self) -> _containers.RepeatedCompositeFieldContainer[Global___GraphError]: ...
+    @_builtins.property
+    def pricing(self) -> Global___Pricing:
+        """statuses[].pricing when Meta sent one (cost ledger)"""
+
     def __init__(
         self,
         *,
@@ -339,10 +344,11 @@ class WhatsAppStatus(_message.Message):
         errors: _abc.Iterable[Global___GraphError] | None = ...,
         user_id: _builtins.str = ...,
         parent_user_id: _builtins.str = ...,
+        pricing: Global___Pricing | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "pricing", b"pricing"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "errors", b"errors", "parent_user_id", b"parent_user_id", "phone_number_id", b"phone_number_id", "status", b"status", "user_id", b"user_id", "wa_id", b"wa_id", "wamid", b"wamid"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "errors", b"errors", "parent_user_id", b"parent_user_id", "phone_number_id", b"phone_number_id", "pricing", b"pricing", "status", b"status", "user_id", b"user_id", "wa_id", b"wa_id", "wamid", b"wamid"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -976,3 +982,40 @@ class LineRemoved(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___LineRemoved: _TypeAlias = LineRemoved  # noqa: Y015
+
+@_typing.final
+class Pricing(_message.Message):
+    """--- cost ledger (issue 16) ---------------------------------------------------------------------------
+
+    statuses[].pricing of a status webhook (per-message pricing since July 2025). Strings as Meta sends them
+    (lower case; bounded by meta-ingress), so a new category or type needs no new code to be counted.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BILLABLE_FIELD_NUMBER: _builtins.int
+    PRICING_MODEL_FIELD_NUMBER: _builtins.int
+    CATEGORY_FIELD_NUMBER: _builtins.int
+    TYPE_FIELD_NUMBER: _builtins.int
+    billable: _builtins.bool
+    pricing_model: _builtins.str
+    """PMP (per message) | CBP (conversation based, before July 2025)"""
+    category: _builtins.str
+    """marketing | utility | authentication | service | marketing_lite | ..."""
+    type: _builtins.str
+    """regular | free_customer_service | free_entry_point"""
+    def __init__(
+        self,
+        *,
+        billable: _builtins.bool = ...,
+        pricing_model: _builtins.str = ...,
+        category: _builtins.str = ...,
+        type: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["billable", b"billable", "category", b"category", "pricing_model", b"pricing_model", "type", b"type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Pricing: _TypeAlias = Pricing  # noqa: Y015

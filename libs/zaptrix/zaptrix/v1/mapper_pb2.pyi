@@ -9,6 +9,7 @@ from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from zaptrix.v1 import events_pb2 as _events_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -729,6 +730,8 @@ class UpdateMessageStatusRequest(_message.Message):
     WHATSAPP_STATUS_FIELD_NUMBER: _builtins.int
     BITRIX_STATUS_FIELD_NUMBER: _builtins.int
     PROCESSED_FIELD_NUMBER: _builtins.int
+    PRICING_FIELD_NUMBER: _builtins.int
+    AT_FIELD_NUMBER: _builtins.int
     wamid: _builtins.str
     whatsapp_status: _builtins.str
     bitrix_status: _builtins.str
@@ -738,6 +741,14 @@ class UpdateMessageStatusRequest(_message.Message):
         status reported to Bitrix24 costs no call of its own (the bitrix dispatcher's poll batch).
         """
 
+    @_builtins.property
+    def pricing(self) -> _events_pb2.Pricing:
+        """Cost ledger: the status's pricing, counted once per wamid (the first delivered or read status that
+        carries it; Meta bills a message when it is delivered) in the month of `at`, in the same transaction.
+        """
+
+    @_builtins.property
+    def at(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
         self,
         *,
@@ -745,10 +756,12 @@ class UpdateMessageStatusRequest(_message.Message):
         whatsapp_status: _builtins.str | None = ...,
         bitrix_status: _builtins.str | None = ...,
         processed: Global___MarkProcessedRequest | None = ...,
+        pricing: _events_pb2.Pricing | None = ...,
+        at: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_bitrix_status", b"_bitrix_status", "_whatsapp_status", b"_whatsapp_status", "bitrix_status", b"bitrix_status", "processed", b"processed", "whatsapp_status", b"whatsapp_status"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_bitrix_status", b"_bitrix_status", "_whatsapp_status", b"_whatsapp_status", "at", b"at", "bitrix_status", b"bitrix_status", "pricing", b"pricing", "processed", b"processed", "whatsapp_status", b"whatsapp_status"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_bitrix_status", b"_bitrix_status", "_whatsapp_status", b"_whatsapp_status", "bitrix_status", b"bitrix_status", "processed", b"processed", "wamid", b"wamid", "whatsapp_status", b"whatsapp_status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_bitrix_status", b"_bitrix_status", "_whatsapp_status", b"_whatsapp_status", "at", b"at", "bitrix_status", b"bitrix_status", "pricing", b"pricing", "processed", b"processed", "wamid", b"wamid", "whatsapp_status", b"whatsapp_status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__bitrix_status: _TypeAlias = _typing.Literal["bitrix_status"]  # noqa: Y015
     _WhichOneofArgType__bitrix_status: _TypeAlias = _typing.Literal["_bitrix_status", b"_bitrix_status"]  # noqa: Y015
@@ -1153,3 +1166,61 @@ class GetCustomerConsentRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetCustomerConsentRequest: _TypeAlias = GetCustomerConsentRequest  # noqa: Y015
+
+@_typing.final
+class SetPortalInstalledRequest(_message.Message):
+    """--- data lifecycle (issue 16, ledger/retention) ------------------------------------------------------"""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MEMBER_ID_FIELD_NUMBER: _builtins.int
+    INSTALLED_FIELD_NUMBER: _builtins.int
+    AT_FIELD_NUMBER: _builtins.int
+    member_id: _builtins.str
+    installed: _builtins.bool
+    @_builtins.property
+    def at(self) -> _timestamp_pb2.Timestamp:
+        """when Bitrix24 said so (the event's time)"""
+
+    def __init__(
+        self,
+        *,
+        member_id: _builtins.str = ...,
+        installed: _builtins.bool = ...,
+        at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "installed", b"installed", "member_id", b"member_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetPortalInstalledRequest: _TypeAlias = SetPortalInstalledRequest  # noqa: Y015
+
+@_typing.final
+class SetPortalInstalledResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    UNINSTALLED_AT_FIELD_NUMBER: _builtins.int
+    PURGE_AFTER_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def uninstalled_at(self) -> _timestamp_pb2.Timestamp:
+        """unset: the portal is installed"""
+
+    @_builtins.property
+    def purge_after(self) -> _timestamp_pb2.Timestamp:
+        """unset: nothing scheduled"""
+
+    def __init__(
+        self,
+        *,
+        uninstalled_at: _timestamp_pb2.Timestamp | None = ...,
+        purge_after: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["purge_after", b"purge_after", "uninstalled_at", b"uninstalled_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["purge_after", b"purge_after", "uninstalled_at", b"uninstalled_at"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetPortalInstalledResponse: _TypeAlias = SetPortalInstalledResponse  # noqa: Y015

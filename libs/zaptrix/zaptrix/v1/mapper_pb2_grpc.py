@@ -134,6 +134,11 @@ class MapperStub:
                 request_serializer=zaptrix_dot_v1_dot_mapper__pb2.GetCustomerConsentRequest.SerializeToString,
                 response_deserializer=zaptrix_dot_v1_dot_mapper__pb2.CustomerConsent.FromString,
                 _registered_method=True)
+        self.SetPortalInstalled = channel.unary_unary(
+                '/zaptrix.v1.Mapper/SetPortalInstalled',
+                request_serializer=zaptrix_dot_v1_dot_mapper__pb2.SetPortalInstalledRequest.SerializeToString,
+                response_deserializer=zaptrix_dot_v1_dot_mapper__pb2.SetPortalInstalledResponse.FromString,
+                _registered_method=True)
 
 
 class MapperServicer:
@@ -280,6 +285,15 @@ class MapperServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetPortalInstalled(self, request, context):
+        """Data lifecycle (issue 16, ledger/retention): the app was uninstalled from a portal (installed=false;
+        the retention job removes the portal's data after the grace period) or installed again (true:
+        nothing is removed). Idempotent; an older change than the recorded one is ignored.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MapperServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -382,6 +396,11 @@ def add_MapperServicer_to_server(servicer, server):
                     servicer.GetCustomerConsent,
                     request_deserializer=zaptrix_dot_v1_dot_mapper__pb2.GetCustomerConsentRequest.FromString,
                     response_serializer=zaptrix_dot_v1_dot_mapper__pb2.CustomerConsent.SerializeToString,
+            ),
+            'SetPortalInstalled': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetPortalInstalled,
+                    request_deserializer=zaptrix_dot_v1_dot_mapper__pb2.SetPortalInstalledRequest.FromString,
+                    response_serializer=zaptrix_dot_v1_dot_mapper__pb2.SetPortalInstalledResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -924,6 +943,33 @@ class Mapper:
             '/zaptrix.v1.Mapper/GetCustomerConsent',
             zaptrix_dot_v1_dot_mapper__pb2.GetCustomerConsentRequest.SerializeToString,
             zaptrix_dot_v1_dot_mapper__pb2.CustomerConsent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetPortalInstalled(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/zaptrix.v1.Mapper/SetPortalInstalled',
+            zaptrix_dot_v1_dot_mapper__pb2.SetPortalInstalledRequest.SerializeToString,
+            zaptrix_dot_v1_dot_mapper__pb2.SetPortalInstalledResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -79,6 +79,11 @@ class MapperStub:
     category. RecordCustomerConsent keeps the newest change (an older one arriving late is ignored).
     """
     GetCustomerConsent: _grpc.UnaryUnaryMultiCallable[_mapper_pb2.GetCustomerConsentRequest, _mapper_pb2.CustomerConsent]
+    SetPortalInstalled: _grpc.UnaryUnaryMultiCallable[_mapper_pb2.SetPortalInstalledRequest, _mapper_pb2.SetPortalInstalledResponse]
+    """Data lifecycle (issue 16, ledger/retention): the app was uninstalled from a portal (installed=false;
+    the retention job removes the portal's data after the grace period) or installed again (true:
+    nothing is removed). Idempotent; an older change than the recorded one is ignored.
+    """
 
 @_typing.type_check_only
 class MapperAsyncStub(MapperStub):
@@ -131,6 +136,11 @@ class MapperAsyncStub(MapperStub):
     category. RecordCustomerConsent keeps the newest change (an older one arriving late is ignored).
     """
     GetCustomerConsent: _aio.UnaryUnaryMultiCallable[_mapper_pb2.GetCustomerConsentRequest, _mapper_pb2.CustomerConsent]  # type: ignore[assignment]
+    SetPortalInstalled: _aio.UnaryUnaryMultiCallable[_mapper_pb2.SetPortalInstalledRequest, _mapper_pb2.SetPortalInstalledResponse]  # type: ignore[assignment]
+    """Data lifecycle (issue 16, ledger/retention): the app was uninstalled from a portal (installed=false;
+    the retention job removes the portal's data after the grace period) or installed again (true:
+    nothing is removed). Idempotent; an older change than the recorded one is ignored.
+    """
 
 class MapperServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -300,5 +310,16 @@ class MapperServicer(metaclass=_abc_1.ABCMeta):
         request: _mapper_pb2.GetCustomerConsentRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_mapper_pb2.CustomerConsent, _abc.Awaitable[_mapper_pb2.CustomerConsent]]: ...
+
+    @_abc_1.abstractmethod
+    def SetPortalInstalled(
+        self,
+        request: _mapper_pb2.SetPortalInstalledRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_mapper_pb2.SetPortalInstalledResponse, _abc.Awaitable[_mapper_pb2.SetPortalInstalledResponse]]:
+        """Data lifecycle (issue 16, ledger/retention): the app was uninstalled from a portal (installed=false;
+        the retention job removes the portal's data after the grace period) or installed again (true:
+        nothing is removed). Idempotent; an older change than the recorded one is ignored.
+        """
 
 def add_MapperServicer_to_server(servicer: MapperServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -13,10 +13,12 @@ from dataclasses import replace
 from typing import Any
 
 from zaptrix.kafka import Outcome, Received
+from zaptrix.v1 import mapper_pb2
 
 from bitrix_ingress.deps import Deps
 from bitrix_ingress.dispatcher import bookkeeping
 from bitrix_ingress.dispatcher.customer_messages import delivery_record
+from bitrix_ingress.dispatcher.statuses import with_pricing
 from bitrix_ingress.dispatcher.work import DeliverWork, NoticeWork, StatusWork, Work
 from bitrix_ingress.metrics import DELIVERED, STATUSES
 
@@ -58,6 +60,10 @@ async def record_sent(deps: Deps, rec: Received, result: str) -> Outcome:
     if kind == "whatsapp_status":  # a delivery/read report, or the notice of a failed message
         st = rec.envelope.whatsapp_status
         status = st.status.lower()
-        await deps.update_message_status(st.wamid, whatsapp_status=status, bitrix_status=status)
+        # With its pricing: the attempt that sent it may have failed before the ledger counted it.
+        update = mapper_pb2.UpdateMessageStatusRequest(
+            wamid=st.wamid, whatsapp_status=status, bitrix_status=status
+        )
+        await deps.update_message_statuses([with_pricing(update, st)])
         STATUSES.labels(status, "recorded_late").inc()
     return Outcome.ok()

@@ -47,11 +47,25 @@ def _recorded(status: str) -> str:
     return "read" if status == "played" else status
 
 
-async def _update(deps: Deps, rec: Received, updates: StatusUpdates | None, wamid: str, status: str) -> None:
+def with_pricing(
+    req: mapper_pb2.UpdateMessageStatusRequest, st: events_pb2.WhatsAppStatus
+) -> mapper_pb2.UpdateMessageStatusRequest:
+    """The status's pricing rides on its link update: the mapper counts it in the cost ledger, once per
+    wamid, in the same transaction (ledger.py), so a redelivered status adds nothing."""
+    if st.HasField("pricing"):
+        req.pricing.CopyFrom(st.pricing)
+        req.at.CopyFrom(st.at)
+    return req
+
+
+async def _update(
+    deps: Deps, rec: Received, updates: StatusUpdates | None, st: events_pb2.WhatsAppStatus, status: str
+) -> None:
+    req = with_pricing(mapper_pb2.UpdateMessageStatusRequest(wamid=st.wamid, whatsapp_status=status), st)
     if updates is None:
-        await deps.update_message_status(wamid, whatsapp_status=status)
+        await deps.update_message_statuses([req])
     else:
-        updates.append((rec, mapper_pb2.UpdateMessageStatusRequest(wamid=wamid, whatsapp_status=status)))
+        updates.append((rec, req))
 
 
 async def prepare_status(
@@ -69,7 +83,7 @@ async def prepare_status(
     """``links``/``processed``: the poll batch's FindMessageLinks and CheckProcessedMany answers (None
     when that call failed: each status then asks alone). ``updates``: where a status that only updates its
     link puts that update, for the batch's one UpdateMessageStatuses (its ``ok`` stands only once that
-    succeeded; None: UpdateMessageStatus at once)."""
+    succeeded; None: UpdateMessageStatuses of that one at once)."""
     status = st.status.lower()
     if status == "played":  # a voice note played: Bitrix24 has no such receipt, it is read
         status = "read"
@@ -100,19 +114,19 @@ async def prepare_status(
         return Outcome.ok()
     if status not in ("delivered", "read", "failed"):
         if status == "sent":
-            await _update(deps, rec, updates, st.wamid, "sent")
+            await _update(deps, rec, updates, st, "sent")
         STATUSES.labels(status or "empty", "recorded").inc()
         return Outcome.ok()
     already = link.bitrix_status in ("delivered", "read")
     if status == "delivered" and already:
-        await _update(deps, rec, updates, st.wamid, status)
+        await _update(deps, rec, updates, st, status)
         STATUSES.labels(status, "already_reported").inc()
         return Outcome.ok()
     method = dl.STATUS_DELIVERY
     reading = status == "read" and settings.bitrix_send_read_status
     if status == "read" and already:
         if not reading or link.bitrix_status == "read":
-            await _update(deps, rec, updates, st.wamid, status)
+            await _update(deps, rec, updates, st, status)
             STATUSES.labels(status, "already_reported").inc()
             return Outcome.ok()
         method, reading = dl.STATUS_READING, False
@@ -156,7 +170,7 @@ async def prepare_status(
         )
     if not link.bitrix_message_id or not link.bitrix_chat_id:
         log.warning("status for a message without Bitrix24 ids", wamid=st.wamid)
-        await _update(deps, rec, updates, st.wamid, status)
+        await _update(deps, rec, updates, st, status)
         STATUSES.labels(status, "no_bitrix_ids").inc()
         return Outcome.ok()
 
@@ -184,11 +198,14 @@ async def finish_statuses(deps: Deps, works: list[StatusWork]) -> None:
     """The statuses one request reported to Bitrix24: each recorded as processed and on its link, all in
     one UpdateMessageStatuses (one transaction), retried in place to keep the duplicate window small."""
     updates = [
-        mapper_pb2.UpdateMessageStatusRequest(
-            wamid=w.st.wamid,
-            whatsapp_status=_recorded(w.st.status),
-            bitrix_status=w.new_bitrix_status,
-            processed=mapper_pb2.MarkProcessedRequest(event_id=w.rec.envelope.event_id, result=w.method),
+        with_pricing(
+            mapper_pb2.UpdateMessageStatusRequest(
+                wamid=w.st.wamid,
+                whatsapp_status=_recorded(w.st.status),
+                bitrix_status=w.new_bitrix_status,
+                processed=mapper_pb2.MarkProcessedRequest(event_id=w.rec.envelope.event_id, result=w.method),
+            ),
+            w.st,
         )
         for w in works
     ]

@@ -491,6 +491,7 @@ class Install:
                 "install failed: bitrix24 refused the setup", reason=exc.reason, member_id=req.member_id
             )
             return problem(502, f"Bitrix24 refused the setup: {exc.code}")
+        await _keep_portal_data(ctx.deps, req.member_id)
         INSTALLS.labels(kind, "ok").inc()
         log.info("install done", member_id=req.member_id, changes=changes)
         if req.kind == "page":
@@ -571,6 +572,19 @@ class Install:
         return html_response(
             settings_page(settings=settings, req=req, active=activate, channels=channels, message=message)
         )
+
+
+async def _keep_portal_data(deps: Deps, member_id: str) -> None:
+    """A (re)install cancels the removal of the portal's data that an earlier uninstall scheduled (mapper
+    retention). Not worth failing the install for: should the mapper be out, the retention job also keeps
+    a portal whose conversations moved after the uninstall (docs/mapper.md, "Retention")."""
+    try:
+        answer = await deps.set_portal_installed(member_id)
+    except (RpcFailed, RpcNotFound) as exc:
+        log.warning("install not recorded with the mapper", member_id=member_id, reason=str(exc)[:200])
+        return
+    if answer.HasField("uninstalled_at"):  # an uninstall newer than this install: cannot be
+        log.warning("portal still marked uninstalled", member_id=member_id)
 
 
 def member_of(form: dict[str, Any]) -> str:

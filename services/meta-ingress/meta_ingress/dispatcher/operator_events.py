@@ -150,8 +150,11 @@ class OperatorEvents:
         log.warning("no message of the read could be marked as read", event_id=env.event_id)
         return Outcome.ok()
 
-    async def on_line_removed(self, lr: events_pb2.LineRemoved) -> Outcome:
+    async def on_line_removed(self, env: events_pb2.Envelope) -> Outcome:
+        lr = env.line_removed
         OPERATOR_EVENTS.labels("line_removed", "logged").inc()
+        if lr.line_id == 0:  # the app was uninstalled: its data goes after the grace period (retention)
+            await self.ctx.records.portal_uninstalled(lr.member_id, env.occurred_at)
         what = "the Bitrix24 app was uninstalled from the portal" if lr.line_id == 0 else "Open Line removed"
         log.warning(
             f"{what}: its channels no longer receive operator messages",

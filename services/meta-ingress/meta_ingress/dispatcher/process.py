@@ -72,7 +72,7 @@ class MetaDispatcher:
         if kind == "operator_read":
             return await self.others.on_read(env, env.operator_read)
         if kind == "line_removed":
-            return await self.others.on_line_removed(env.line_removed)
+            return await self.others.on_line_removed(env)
         if kind == "window_closed":
             return await self.window.on_window_closed(rec, env.window_closed)
         raise PermanentError(f"unexpected event type {kind} on the {Flow.B24_TO_WA} topic")

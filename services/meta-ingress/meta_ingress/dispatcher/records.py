@@ -83,6 +83,15 @@ class Records:
         )
         return str(consent.value) == "stop"
 
+    async def portal_uninstalled(self, member_id: str, at: Any) -> None:
+        """The app was uninstalled from the portal at `at` (a Timestamp): the mapper's retention job
+        removes the portal's data after the grace period (idempotent, so a redelivery changes nothing)."""
+        request = mapper_pb2.SetPortalInstalledRequest(member_id=member_id, installed=False, at=at)
+        await call(
+            "mapper SetPortalInstalled",
+            self.clients.mapper.SetPortalInstalled(request, timeout=self.clients.timeout),
+        )
+
     async def wamid_of(self, member_id: str, bitrix_message_id: str) -> str:
         """The wamid a Bitrix24 message was sent as ("" when not linked)."""
         request = mapper_pb2.FindMessageLinkRequest(

@@ -535,7 +535,33 @@ def status_event(change: Change, st: dict[str, Any]) -> events_pb2.Envelope:
     )
     out.at.seconds = at
     out.errors.extend(_errors(st.get("errors")))
+    pricing = _pricing(st.get("pricing"))
+    if pricing is not None:
+        out.pricing.CopyFrom(pricing)
     return _envelope(f"wa-status:{wamid}:{status}", pnid, recipient, at, whatsapp_status=out)
+
+
+def _pricing_word(value: Any) -> str:
+    """A pricing enum value as the ledger keeps it: lower case, short, [a-z0-9_] only (it becomes a
+    database key and a metric label; anything else is kept as "other", never as what was sent)."""
+    text = _str(value).strip().lower()
+    if not text:
+        return ""
+    return text if len(text) <= 40 and all(c.isalnum() or c == "_" for c in text) else "other"
+
+
+def _pricing(value: Any) -> events_pb2.Pricing | None:
+    """statuses[].pricing (billable, pricing_model, category, type), None when absent or not an object.
+    `billable` is a JSON boolean; a string "true" (seen from proxies) counts too."""
+    if not isinstance(value, dict):
+        return None
+    billable = value.get("billable")
+    return events_pb2.Pricing(
+        billable=billable is True or (isinstance(billable, str) and billable.lower() == "true"),
+        pricing_model=_pricing_word(value.get("pricing_model")).upper(),
+        category=_pricing_word(value.get("category")),
+        type=_pricing_word(value.get("type")),
+    )
 
 
 def business_echo(change: Change, echo: dict[str, Any], media_url: MediaUrl) -> events_pb2.Envelope:
