@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shlex
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Coroutine
@@ -246,6 +247,33 @@ class LocalSystem:
             ),
         ]
         return procs
+
+    def admin_env(self) -> dict[str, str]:
+        """The environment of `zaptrix-admin` against this system: the operator certificate (admin.zaptrix),
+        token-keeper's database and keys, Kafka, and the URLs a bind and a register check and hand out."""
+        p = self.ports
+        return (
+            self.base_env("zaptrix-admin")
+            | self.grpc_tls(grpcauth.ADMIN).env()
+            | {
+                "ZAPTRIX_DATABASE_URL": self.database_url,
+                "ZAPTRIX_TOKEN_KEEPER_KEYS": DEV_KEYS,
+                "ZAPTRIX_TOKEN_KEEPER_ACTIVE_KEY_ID": "dev1",
+                "ZAPTRIX_PUBLIC_BASE_URL": f"http://127.0.0.1:{p.bitrix_web}",
+                "ZAPTRIX_META_WEBHOOK_URL": f"http://127.0.0.1:{p.meta_web}/webhooks/meta",
+                "ZAPTRIX_LOG_LEVEL": "WARNING",
+            }
+            | ({"ZAPTRIX_GRAPH_API_BASE_URL": f"http://127.0.0.1:{p.graph}"} if self.sandbox else {})
+        )
+
+    def write_admin_env(self) -> Path:
+        """admin.env in the state dir: `set -a; . admin.env; set +a` and zaptrix-admin talks to this system."""
+        path = self.state_dir / "admin.env"
+        keep = ("ZAPTRIX_", "OTEL_")
+        lines = [f"{k}={shlex.quote(v)}" for k, v in sorted(self.admin_env().items()) if k.startswith(keep)]
+        path.write_text("\n".join(lines) + "\n")
+        path.chmod(0o600)
+        return path
 
     def _service(
         self, name: str, script: str, env: dict[str, str], ready: Callable[[], Awaitable[bool]]

@@ -14,9 +14,10 @@ from types import ModuleType
 
 from zaptrix.logging import configure_logging
 
+from zaptrix_admin import channels, dead_letters, portals, tokens
 from zaptrix_admin.output import Output, UsageError
 
-GROUPS: tuple[ModuleType, ...] = ()
+GROUPS: tuple[ModuleType, ...] = (portals, channels, tokens, dead_letters)
 
 
 def build_parser() -> argparse.ArgumentParser:
