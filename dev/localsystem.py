@@ -14,7 +14,7 @@ import os
 import shlex
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -64,10 +64,42 @@ class Ports:
     bitrix: int = 8091
 
     @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> Ports:
+        """`make run`'s ports: each from its variable (PORT_VARIABLES) when set, else the default. PG_PORT,
+        KAFKA_PORT and JAEGER_OTLP_GRPC_PORT are the ones dev/stack starts the infrastructure on."""
+        given: dict[str, int] = {}
+        for name, var in PORT_VARIABLES.items():
+            value = env.get(var, "").strip()
+            if not value:
+                continue
+            if not value.isdigit() or not 0 < int(value) < 65536:
+                raise ValueError(f"{var}={value!r} is not a port number")
+            given[name] = int(value)
+        return cls(**given)
+
+    @classmethod
     def random(cls, pg: int, kafka: int) -> Ports:
         """Free ports for everything we start ourselves (tests run beside a `make run`)."""
         names = [f for f in cls.__dataclass_fields__ if f not in ("pg", "kafka", "otlp")]
         return cls(pg=pg, kafka=kafka, otlp=None, **{n: free_port() for n in names})
+
+
+# The variable that moves each port of `make run` (docs/local-stack.md).
+PORT_VARIABLES = {
+    "pg": "PG_PORT",
+    "kafka": "KAFKA_PORT",
+    "otlp": "JAEGER_OTLP_GRPC_PORT",
+    "meta_web": "META_INGRESS_PORT",
+    "bitrix_web": "BITRIX_INGRESS_PORT",
+    "mapper": "MAPPER_PORT",
+    "token_keeper": "TOKEN_KEEPER_PORT",
+    "mapper_metrics": "MAPPER_METRICS_PORT",
+    "token_keeper_metrics": "TOKEN_KEEPER_METRICS_PORT",
+    "meta_dispatcher": "META_DISPATCHER_PORT",
+    "bitrix_dispatcher": "BITRIX_DISPATCHER_PORT",
+    "graph": "SANDBOX_GRAPH_PORT",
+    "bitrix": "SANDBOX_BITRIX_PORT",
+}
 
 
 @dataclass
@@ -153,6 +185,12 @@ class LocalSystem:
                 "ZAPTRIX_KAFKA_TOPIC_PREFIX": self.topic_prefix,
                 "ZAPTRIX_MAPPER_ADDR": f"127.0.0.1:{p.mapper}",
                 "ZAPTRIX_TOKEN_KEEPER_ADDR": f"127.0.0.1:{p.token_keeper}",
+                # Everything is reached on 127.0.0.1: nothing listens on the machine's other interfaces.
+                "ZAPTRIX_GRPC_BIND_ADDRESS": "127.0.0.1",
+                "ZAPTRIX_METRICS_BIND_ADDRESS": "127.0.0.1",
+                "ZAPTRIX_WEB_HOST": "127.0.0.1",
+                # grpcurl and friends list and call the methods (with the operator certificate).
+                "ZAPTRIX_GRPC_REFLECTION": "true",
                 "PYTHONUNBUFFERED": "1",
             }
         )

@@ -9,6 +9,7 @@ OpenTelemetry SDK itself (see docs/configuration.md).
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import types
@@ -372,8 +373,61 @@ class GrpcTlsSettings(ZaptrixSettings):
         )
 
 
+def bind_address(value: str) -> str:
+    """An IP address to listen on (0.0.0.0 / :: every interface, 127.0.0.1 / ::1 loopback only)."""
+    try:
+        return str(ipaddress.ip_address(value.strip("[]")))
+    except ValueError as exc:
+        raise ValueError(f"not an IP address to listen on: {value!r}") from exc
+
+
+def listen_on(address: str, port: int) -> str:
+    """host:port for a listener, IPv6 addresses in brackets."""
+    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+
+
+class MetricsSettings(ZaptrixSettings):
+    """Where the separate /metrics listener binds (mapper, token-keeper; the dispatchers' /health, /ready and
+    /metrics). Web processes serve /metrics on their web listener (ZAPTRIX_WEB_HOST)."""
+
+    model_config = SettingsConfigDict(env_prefix="ZAPTRIX_", extra="ignore", env_ignore_empty=True)
+
+    metrics_bind_address: str = Field(
+        "0.0.0.0",
+        description=(
+            "Address the metrics/ops listener binds: 0.0.0.0 every interface (containers: the kubelet and "
+            "Prometheus reach the pod IP), 127.0.0.1 loopback only (`make run`)"
+        ),
+    )
+
+    @field_validator("metrics_bind_address")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        return bind_address(value)
+
+
 class GrpcServerSettings(GrpcTlsSettings):
     """How mapper and token-keeper serve gRPC: mTLS (required in production) and the plaintext health port."""
+
+    grpc_bind_address: str = Field(
+        "0.0.0.0",
+        description=(
+            "Address the gRPC listeners (service and health port) bind: 0.0.0.0 every interface (containers), "
+            "127.0.0.1 loopback only (`make run`)"
+        ),
+    )
+    grpc_reflection: bool = Field(
+        False,
+        description=(
+            "Serve gRPC server reflection, so grpcurl and similar tools list and call the methods without the "
+            ".proto files; with mTLS still only for callers holding a certificate of Zaptrix's CA (on in `make run`)"
+        ),
+    )
+
+    @field_validator("grpc_bind_address")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        return bind_address(value)
 
     environment: Literal["dev", "test", "production"] = Field(
         "dev", description="(CommonSettings) production refuses to serve gRPC without mTLS"
