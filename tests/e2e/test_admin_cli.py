@@ -199,3 +199,27 @@ async def test_dead_letters_listed_by_portal_replayed_with_confirmation_and_audi
     assert (entry["actor"], entry["why"], entry["outcome"]) == ("ops:t", "line on", "replayed")
     shown = as_json(await admin(system, "--json", "dead-letters", "show", letter["id"]))
     assert shown["replayed"] and shown["event"]["customer_message"]["wamid"] == wamid
+
+
+async def test_tokens_and_the_old_entry_points_say_they_are_deprecated(system: System) -> None:
+    status = as_json(await admin(system, "--json", "tokens", "status"))
+    sandbox = {p["member_id"]: p for p in status["portals"]}[SANDBOX_MEMBER_ID]
+    live = (await system.bitrix.get(f"/_sandbox/portals/{SANDBOX_MEMBER_ID}")).json()
+    assert sandbox["state"] == "active" and sandbox["refresh_token_age_days"] >= 0
+    assert live["refresh_token"] not in json.dumps(status), "no secret in the status"
+    assert as_json(await admin(system, "--json", "tokens", "reauth")) == []
+    assert len(as_json(await admin(system, "--json", "tokens", "generate-key"))["key"]) == 44
+
+    for argv in (["token-keeper-admin", "status"], ["zaptrix-replay", "--flow", "wa-history", "--dry-run"]):
+        old = await asyncio.to_thread(
+            subprocess.run,
+            [console_script(argv[0]), *argv[1:]],
+            env=system.local.admin_env(),
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert old.returncode == 0, old.stderr + old.stdout
+        first = old.stderr.splitlines()[0]
+        assert "is deprecated" in first and "zaptrix-admin" in first, "one line on stderr, then as before"
