@@ -187,7 +187,7 @@ class WebSettings(BitrixCommonSettings, BitrixOAuthSettings):
         None,
         description=(
             "OAuth client_secret passed to token-keeper on install; empty keeps the one stored there "
-            "(token-keeper-admin)"
+            "(zaptrix-admin portals add)"
         ),
     )
     bitrix_oauth_server_endpoint: str = Field(
