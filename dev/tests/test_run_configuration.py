@@ -23,6 +23,9 @@ def test_kafka_port_reaches_every_service(tmp_path: Path) -> None:
             continue
         assert proc.env["ZAPTRIX_KAFKA_BOOTSTRAP_SERVERS"] == "127.0.0.1:29092", proc.name
     assert system.admin_env()["ZAPTRIX_KAFKA_BOOTSTRAP_SERVERS"] == "127.0.0.1:29092"
+    written = system.write_admin_env()  # what the banner tells the operator to source for zaptrix-admin
+    assert "ZAPTRIX_KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:29092" in written.read_text().splitlines()
+    assert "ZAPTRIX_GRPC_TLS_CERT_FILE=" in written.read_text() and written.stat().st_mode & 0o077 == 0
 
 
 def test_every_port_moves_with_its_variable(tmp_path: Path) -> None:
