@@ -305,10 +305,17 @@ class LocalSystem:
         )
 
     def write_admin_env(self) -> Path:
-        """admin.env in the state dir: `set -a; . admin.env; set +a` and zaptrix-admin talks to this system."""
+        """admin.env in the state dir: `set -a; . admin.env; set +a` and zaptrix-admin (and zaptrix-dev) talk
+        to this system."""
         path = self.state_dir / "admin.env"
         keep = ("ZAPTRIX_", "OTEL_")
-        lines = [f"{k}={shlex.quote(v)}" for k, v in sorted(self.admin_env().items()) if k.startswith(keep)]
+        env = self.admin_env()
+        if self.sandbox:  # zaptrix-dev too, wherever the stand-ins listen
+            env |= {
+                "ZAPTRIX_DEV_GRAPH_URL": f"http://127.0.0.1:{self.ports.graph}",
+                "ZAPTRIX_DEV_BITRIX_URL": f"http://127.0.0.1:{self.ports.bitrix}",
+            }
+        lines = [f"{k}={shlex.quote(v)}" for k, v in sorted(env.items()) if k.startswith(keep)]
         path.write_text("\n".join(lines) + "\n")
         path.chmod(0o600)
         return path

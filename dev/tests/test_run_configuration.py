@@ -26,6 +26,7 @@ def test_kafka_port_reaches_every_service(tmp_path: Path) -> None:
     written = system.write_admin_env()  # what the banner tells the operator to source for zaptrix-admin
     assert "ZAPTRIX_KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:29092" in written.read_text().splitlines()
     assert "ZAPTRIX_GRPC_TLS_CERT_FILE=" in written.read_text() and written.stat().st_mode & 0o077 == 0
+    assert f"ZAPTRIX_DEV_BITRIX_URL=http://127.0.0.1:{system.ports.bitrix}" in written.read_text()
 
 
 def test_every_port_moves_with_its_variable(tmp_path: Path) -> None:
