@@ -28,6 +28,7 @@ SHARED: list[type[BaseSettings]] = [
     shared.GrpcTlsSettings,
     shared.GrpcServerSettings,
     shared.GrpcClientSettings,
+    shared.MetricsSettings,
 ]
 OUT = Path(__file__).resolve().parent.parent / "docs" / "configuration.md"
 

@@ -11,9 +11,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shlex
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -63,10 +64,42 @@ class Ports:
     bitrix: int = 8091
 
     @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> Ports:
+        """`make run`'s ports: each from its variable (PORT_VARIABLES) when set, else the default. PG_PORT,
+        KAFKA_PORT and JAEGER_OTLP_GRPC_PORT are the ones dev/stack starts the infrastructure on."""
+        given: dict[str, int] = {}
+        for name, var in PORT_VARIABLES.items():
+            value = env.get(var, "").strip()
+            if not value:
+                continue
+            if not value.isdigit() or not 0 < int(value) < 65536:
+                raise ValueError(f"{var}={value!r} is not a port number")
+            given[name] = int(value)
+        return cls(**given)
+
+    @classmethod
     def random(cls, pg: int, kafka: int) -> Ports:
         """Free ports for everything we start ourselves (tests run beside a `make run`)."""
         names = [f for f in cls.__dataclass_fields__ if f not in ("pg", "kafka", "otlp")]
         return cls(pg=pg, kafka=kafka, otlp=None, **{n: free_port() for n in names})
+
+
+# The variable that moves each port of `make run` (docs/local-stack.md).
+PORT_VARIABLES = {
+    "pg": "PG_PORT",
+    "kafka": "KAFKA_PORT",
+    "otlp": "JAEGER_OTLP_GRPC_PORT",
+    "meta_web": "META_INGRESS_PORT",
+    "bitrix_web": "BITRIX_INGRESS_PORT",
+    "mapper": "MAPPER_PORT",
+    "token_keeper": "TOKEN_KEEPER_PORT",
+    "mapper_metrics": "MAPPER_METRICS_PORT",
+    "token_keeper_metrics": "TOKEN_KEEPER_METRICS_PORT",
+    "meta_dispatcher": "META_DISPATCHER_PORT",
+    "bitrix_dispatcher": "BITRIX_DISPATCHER_PORT",
+    "graph": "SANDBOX_GRAPH_PORT",
+    "bitrix": "SANDBOX_BITRIX_PORT",
+}
 
 
 @dataclass
@@ -152,6 +185,12 @@ class LocalSystem:
                 "ZAPTRIX_KAFKA_TOPIC_PREFIX": self.topic_prefix,
                 "ZAPTRIX_MAPPER_ADDR": f"127.0.0.1:{p.mapper}",
                 "ZAPTRIX_TOKEN_KEEPER_ADDR": f"127.0.0.1:{p.token_keeper}",
+                # Everything is reached on 127.0.0.1: nothing listens on the machine's other interfaces.
+                "ZAPTRIX_GRPC_BIND_ADDRESS": "127.0.0.1",
+                "ZAPTRIX_METRICS_BIND_ADDRESS": "127.0.0.1",
+                "ZAPTRIX_WEB_HOST": "127.0.0.1",
+                # grpcurl and friends list and call the methods (with the operator certificate).
+                "ZAPTRIX_GRPC_REFLECTION": "true",
                 "PYTHONUNBUFFERED": "1",
             }
         )
@@ -252,6 +291,40 @@ class LocalSystem:
             ),
         ]
         return procs
+
+    def admin_env(self) -> dict[str, str]:
+        """The environment of `zaptrix-admin` against this system: the operator certificate (admin.zaptrix),
+        token-keeper's database and keys, Kafka, and the URLs a bind and a register check and hand out."""
+        p = self.ports
+        return (
+            self.base_env("zaptrix-admin")
+            | self.grpc_tls(grpcauth.ADMIN).env()
+            | {
+                "ZAPTRIX_DATABASE_URL": self.database_url,
+                "ZAPTRIX_TOKEN_KEEPER_KEYS": DEV_KEYS,
+                "ZAPTRIX_TOKEN_KEEPER_ACTIVE_KEY_ID": "dev1",
+                "ZAPTRIX_PUBLIC_BASE_URL": f"http://127.0.0.1:{p.bitrix_web}",
+                "ZAPTRIX_META_WEBHOOK_URL": f"http://127.0.0.1:{p.meta_web}/webhooks/meta",
+                "ZAPTRIX_LOG_LEVEL": "WARNING",
+            }
+            | ({"ZAPTRIX_GRAPH_API_BASE_URL": f"http://127.0.0.1:{p.graph}"} if self.sandbox else {})
+        )
+
+    def write_admin_env(self) -> Path:
+        """admin.env in the state dir: `set -a; . admin.env; set +a` and zaptrix-admin (and zaptrix-dev) talk
+        to this system."""
+        path = self.state_dir / "admin.env"
+        keep = ("ZAPTRIX_", "OTEL_")
+        env = self.admin_env()
+        if self.sandbox:  # zaptrix-dev too, wherever the stand-ins listen
+            env |= {
+                "ZAPTRIX_DEV_GRAPH_URL": f"http://127.0.0.1:{self.ports.graph}",
+                "ZAPTRIX_DEV_BITRIX_URL": f"http://127.0.0.1:{self.ports.bitrix}",
+            }
+        lines = [f"{k}={shlex.quote(v)}" for k, v in sorted(env.items()) if k.startswith(keep)]
+        path.write_text("\n".join(lines) + "\n")
+        path.chmod(0o600)
+        return path
 
     def _service(
         self, name: str, script: str, env: dict[str, str], ready: Callable[[], Awaitable[bool]]

@@ -17,6 +17,7 @@ sys.path[:0] = [str(Path(__file__).resolve().parents[1] / "dev"), str(Path(__fil
 from localsystem import ROOT, LocalSystem, Ports  # noqa: E402
 from zaptrix.kafka import Flow, topics_for  # noqa: E402
 from zaptrix.kafka.admin import ensure_topics  # noqa: E402
+from zaptrix.kafka.topics import audit_topic  # noqa: E402
 from zaptrix.settings import KafkaSettings  # noqa: E402
 from zaptrix_testing.ports import free_port  # noqa: E402
 
@@ -52,7 +53,9 @@ async def system(
 
     prefix = f"e2e{uuid.uuid4().hex[:6]}"
     kafka = KafkaSettings(bootstrap_servers=kafka_bootstrap, topic_prefix=prefix)
-    await ensure_topics(kafka, [t for flow in Flow for t in topics_for(flow, prefix).all()])
+    await ensure_topics(
+        kafka, [*(t for flow in Flow for t in topics_for(flow, prefix).all()), audit_topic(prefix)]
+    )
 
     otlp_port = free_port()
     server, receiver = await start_receiver(otlp_port)

@@ -14,7 +14,8 @@ JAEGER_PID="$JAEGER_DIR/jaeger.pid"
 binary() {
   # Jaeger's go.mod has a replace directive, which `go install pkg@version` refuses;
   # go_build_tool repeats it in a wrapper module.
-  GO_LDFLAGS="-X github.com/jaegertracing/jaeger/internal/version.latestVersion=$JAEGER_VERSION" \
+  GO_BUILD_ABOUT="5-10 minutes on 2 cores" \
+    GO_LDFLAGS="-X github.com/jaegertracing/jaeger/internal/version.latestVersion=$JAEGER_VERSION" \
     go_build_tool jaeger github.com/jaegertracing/jaeger "$JAEGER_VERSION" \
     github.com/jaegertracing/jaeger/cmd/jaeger \
     'github.com/Shopify/sarama => github.com/Shopify/sarama v1.33.0'

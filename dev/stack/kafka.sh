@@ -18,6 +18,7 @@ TOPICS=(
   zaptrix.wa-to-b24.v1 zaptrix.wa-to-b24.retry.v1 zaptrix.wa-to-b24.dlq.v1
   zaptrix.b24-to-wa.v1 zaptrix.b24-to-wa.retry.v1 zaptrix.b24-to-wa.dlq.v1
   zaptrix.wa-history.v1 zaptrix.wa-history.retry.v1 zaptrix.wa-history.dlq.v1
+  zaptrix.admin-audit.v1
 )
 
 KAFKA_HOME="$ZAPTRIX_CACHE/kafka/$KAFKA_VERSION"
@@ -40,7 +41,7 @@ fetch() {
   [[ -f $KAFKA_LIBS/.complete ]] && return 0
   command -v java >/dev/null || die "java (17+) not found"
   command -v mvn >/dev/null || die "mvn not found"
-  log "fetching kafka_2.13 $KAFKA_VERSION and its runtime dependencies (first time only)"
+  log "fetching kafka_2.13 $KAFKA_VERSION and its runtime dependencies from Maven Central (first run only, usually 1-3 minutes; log $KAFKA_HOME/fetch.log)"
   mkdir -p "$KAFKA_HOME"
   cat >"$KAFKA_HOME/pom.xml" <<POM
 <project xmlns="http://maven.apache.org/POM/4.0.0">

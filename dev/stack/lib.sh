@@ -73,12 +73,37 @@ go_env() {
     GOFLAGS=-mod=mod GOTOOLCHAIN=local "$go" "$@"
 }
 
+# heartbeat WHAT ABOUT CMD...: runs CMD; every HEARTBEAT_S seconds (30) while it runs, logs how long WHAT has
+# taken so far and how long it usually takes (ABOUT), so that a long first run never looks hung.
+heartbeat() {
+  local what=$1 about=$2 every=${HEARTBEAT_S:-30} start=$SECONDS next pid rc=0; shift 2
+  next=$every
+  "$@" &
+  pid=$!
+  while kill -0 "$pid" 2>/dev/null; do
+    sleep 1
+    kill -0 "$pid" 2>/dev/null || break
+    if ((SECONDS - start >= next)); then
+      log "still $what: $(((SECONDS - start) / 60))m$(((SECONDS - start) % 60))s so far (usually $about)"
+      next=$((next + every))
+    fi
+  done
+  wait "$pid" || rc=$?
+  return "$rc"
+}
+
+_go_build() {  # WRAP_DIR OUT PKG
+  # shellcheck disable=SC2086 # GO_BUILD_FLAGS: several flags, split on purpose
+  (cd "$1" && go_env build ${GO_BUILD_FLAGS:-} -trimpath -ldflags="-s -w ${GO_LDFLAGS:-}" -o "$2" "$3")
+}
+
 # go_build_tool NAME MODULE VERSION PKG [REPLACE...]: builds PKG of MODULE@VERSION
 # into $ZAPTRIX_CACHE/bin/NAME-VERSION (once) and prints that path. Like
 # `go install PKG@VERSION`, but inside a small wrapper module so that upstream
 # replace directives (which go install refuses) can be repeated: pass them as
 # "old => new version". GO_LDFLAGS adds linker flags (e.g. -X version stamps);
-# GO_BUILD_FLAGS more build flags (e.g. -p 1 to keep a big build to one core).
+# GO_BUILD_FLAGS more build flags (e.g. -p 1 to keep a big build to one core); GO_BUILD_ABOUT how long the
+# first build usually takes (said at the start and with each heartbeat).
 go_build_tool() {
   local name=$1 module=$2 version=$3 pkg=$4 out wrap r gov; shift 4
   out="$ZAPTRIX_CACHE/bin/$name-$version"
@@ -89,10 +114,10 @@ go_build_tool() {
     gov=$(go_env env GOVERSION); gov=${gov#go}
     { printf 'module zaptrix.local/build/%s\n\ngo %s\n\nrequire %s %s\n' "$name" "$gov" "$module" "$version"
       for r in "$@"; do printf '\nreplace %s\n' "$r"; done; } >"$wrap/go.mod"
-    log "building $name $version with go (first time only, can take minutes)"
-    # shellcheck disable=SC2086 # GO_BUILD_FLAGS: several flags, split on purpose
-    (cd "$wrap" && go_env build ${GO_BUILD_FLAGS:-} -trimpath -ldflags="-s -w ${GO_LDFLAGS:-}" -o "$out.tmp" "$pkg") >&2 \
+    log "building $name $version from source with Go: first run only, usually ${GO_BUILD_ABOUT:-a few minutes} (modules are downloaded, then compiled); kept in $out"
+    heartbeat "building $name" "${GO_BUILD_ABOUT:-a few minutes}" _go_build "$wrap" "$out.tmp" "$pkg" >&2 \
       || die "building $name failed"
+    log "built $name $version"
     mv "$out.tmp" "$out"
   fi
   printf '%s\n' "$out"

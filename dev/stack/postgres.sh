@@ -20,7 +20,7 @@ pg_bindir() {
   if [[ -z $d || ! -x $d/initdb ]]; then
     [[ ${1:-} == install ]] || return 1
     [[ $EUID -eq 0 ]] || die "PostgreSQL server binaries missing; run: sudo apt-get install -y postgresql"
-    log "installing PostgreSQL server (apt-get)"
+    log "installing PostgreSQL server from Debian's packages (apt-get; first run only, usually under a minute)"
     { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; } >&2 \
       || die "apt-get install postgresql failed"
     d=$(find /usr/lib/postgresql -mindepth 2 -maxdepth 2 -name bin -type d | sort -V | tail -n 1)

@@ -13,17 +13,17 @@ PROMETHEUS_VERSION=v0.316.0
 
 case "${1:-}" in
   helm)
-    GO_LDFLAGS="-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" \
+    GO_BUILD_ABOUT="2-4 minutes on 2 cores" GO_LDFLAGS="-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" \
       go_build_tool helm helm.sh/helm/v3 "$HELM_VERSION" helm.sh/helm/v3/cmd/helm ;;
   kubeconform)
-    GO_LDFLAGS="-X main.version=$KUBECONFORM_VERSION" \
+    GO_BUILD_ABOUT="about a minute" GO_LDFLAGS="-X main.version=$KUBECONFORM_VERSION" \
       go_build_tool kubeconform github.com/yannh/kubeconform "$KUBECONFORM_VERSION" \
       github.com/yannh/kubeconform/cmd/kubeconform ;;
   promtool)
     # A large build (every service discovery package, ~10 CPU-minutes): niced, and one package at a time
     # outside CI, to spare a box others work on (24 min wall on 2 shared cores; CI has the machine to itself).
     renice -n 19 -p $$ >/dev/null
-    GO_BUILD_FLAGS=$([[ ${CI:-} == true ]] || echo "-p 1") GO_LDFLAGS="-X github.com/prometheus/common/version.Version=3.16.0" \
+    GO_BUILD_ABOUT="10-25 minutes on 2 shared cores" GO_BUILD_FLAGS=$([[ ${CI:-} == true ]] || echo "-p 1") GO_LDFLAGS="-X github.com/prometheus/common/version.Version=3.16.0" \
       go_build_tool promtool github.com/prometheus/prometheus "$PROMETHEUS_VERSION" \
       github.com/prometheus/prometheus/cmd/promtool ;;
   *) echo "usage: $0 helm|kubeconform|promtool" >&2; exit 2 ;;

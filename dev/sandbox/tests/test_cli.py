@@ -66,6 +66,11 @@ def test_cli_round_trip(
     assert cli.main([*urls, "customer-inbox", "--to", "491701234567"]) == 0
     assert "Hi Anna" in capsys.readouterr().out
     assert cli.main([*urls, "operator-says", "--chat", "nobody", "x"]) == 1
+    # The chat number `chats` prints first works as well as the external id.
+    number = out.split("== chat ", 1)[1].split(" ", 1)[0]
+    capsys.readouterr()
+    assert cli.main([*urls, "operator-says", "--chat", number, "--operator", "Klaus", "again"]) == 0, number
+    assert "Klaus:[/b][br] again" in capsys.readouterr().out
 
 
 def test_cli_adds_and_installs_a_portal_and_adds_a_number(

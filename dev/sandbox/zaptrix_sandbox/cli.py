@@ -5,7 +5,7 @@ zaptrix-dev customer-says --from 491701234567 --image [--file PATH] "caption"
 zaptrix-dev customer-says --bsuid US.13491208655302741918 --username anna.s "Hi"   (no phone shared)
 zaptrix-dev customer-changes-number --from 491701234567 --bsuid US.1349… --new-phone 491709999999 --new-bsuid US.77…
 zaptrix-dev customer-changes-bsuid --bsuid US.1349… --new-bsuid US.77…
-zaptrix-dev operator-says --chat <external chat id> "Hi Anna"
+zaptrix-dev operator-says --chat <chat number or external chat id, from `chats`> "Hi Anna"
 zaptrix-dev chats
 zaptrix-dev customer-inbox --to 491701234567
 zaptrix-dev marked-read --customer 491701234567        (what the business marked read on WhatsApp)
@@ -121,8 +121,22 @@ def customer_says(args: argparse.Namespace, client: httpx.Client) -> int:
     return 0 if data["status_code_from_gateway"] == 200 else 1
 
 
+def external_chat_id(args: argparse.Namespace, client: httpx.Client) -> str:
+    """--chat as `chats` prints it: the chat number (`== chat 12`) or the external id; an external id wins
+    when both could match. Unknown ids pass through for the stand-in to refuse."""
+    response = client.get(f"{args.bitrix_url}/_sandbox/portals/{args.portal}/chats")
+    if response.status_code != 200:
+        return str(args.chat)
+    chats = response.json()["chats"]
+    if any(c["external_chat_id"] == args.chat for c in chats):
+        return str(args.chat)
+    numbered = [c["external_chat_id"] for c in chats if str(c["chat_id"]) == args.chat.lstrip("#")]
+    return str(numbered[0]) if numbered else str(args.chat)
+
+
 def operator_says(args: argparse.Namespace, client: httpx.Client) -> int:
-    body: dict[str, Any] = {"chat_id": args.chat, "text": " ".join(args.text), "operator": args.operator}
+    chat = external_chat_id(args, client)
+    body: dict[str, Any] = {"chat_id": chat, "text": " ".join(args.text), "operator": args.operator}
     if args.file:
         file = Path(args.file)
         body["files"] = [{"name": file.name, "content_b64": base64.b64encode(file.read_bytes()).decode()}]
@@ -448,7 +462,11 @@ def build_parser() -> argparse.ArgumentParser:
         ch.set_defaults(func=customer_changes_identity, change=change)
 
     op = sub.add_parser("operator-says", help="a Bitrix24 operator answers in an Open Lines chat")
-    op.add_argument("--chat", required=True, help="external chat id (see `zaptrix-dev chats`)")
+    op.add_argument(
+        "--chat",
+        required=True,
+        help="the chat number or the external chat id, as `zaptrix-dev chats` shows them",
+    )
     op.add_argument("--operator", default="Sandbox Operator", help="operator name (signature prefix)")
     op.add_argument("--file", help="attach a file")
     op.add_argument("text", nargs="*")

@@ -26,7 +26,7 @@ from zaptrix.logging import get_logger
 from zaptrix.opsserver import serve_ops
 from zaptrix.process import run_async, run_process
 from zaptrix.retrying import until_stopped
-from zaptrix.settings import GrpcClientSettings, KafkaSettings
+from zaptrix.settings import GrpcClientSettings, KafkaSettings, MetricsSettings
 
 log = get_logger(__name__)
 
@@ -73,6 +73,7 @@ async def run_dispatcher(
         },
         ready=consumer_up,
         live=not_wedged,
+        host=MetricsSettings().metrics_bind_address,
     )
     try:
         producer = await start_producer(kafka, service, stopped)

@@ -14,12 +14,13 @@ from typing import TYPE_CHECKING
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
 
 from zaptrix.grpcauth import CallerAllowlist, InsecureGrpcError
 from zaptrix.health import DEPENDENCY_UP, Check, run_check
 from zaptrix.logging import get_logger
 from zaptrix.metrics import serve_metrics
-from zaptrix.settings import GrpcServerSettings
+from zaptrix.settings import GrpcServerSettings, MetricsSettings, listen_on
 
 if TYPE_CHECKING:  # the database runtime is the extra zaptrix[db]: only its users import it
     from zaptrix.database import Database
@@ -100,16 +101,19 @@ async def serve(
         credentials = grpc.ssl_server_credentials(
             [(key, cert)], root_certificates=ca, require_client_auth=True
         )
-        actual = server.add_secure_port(f"0.0.0.0:{port}", credentials)
+        actual = server.add_secure_port(listen_on(security.grpc_bind_address, port), credentials)
         if security.grpc_health_port:
             # Kubelet gRPC probes speak plaintext: a second server with nothing but the health service.
             health_server = grpc.aio.server()
             health_pb2_grpc.add_HealthServicer_to_server(servicer, health_server)
-            health_server.add_insecure_port(f"0.0.0.0:{security.grpc_health_port}")
+            health_server.add_insecure_port(listen_on(security.grpc_bind_address, security.grpc_health_port))
     else:
         log.warning("gRPC without mTLS: every caller may call every method (refused in production)")
-        actual = server.add_insecure_port(f"0.0.0.0:{port}")
-    serve_metrics(metrics_port)
+        actual = server.add_insecure_port(listen_on(security.grpc_bind_address, port))
+    if security.grpc_reflection:
+        # The allowlist lets any caller with a certificate of our CA reflect (grpcauth.OPEN_PREFIXES).
+        reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
+    serve_metrics(metrics_port, MetricsSettings().metrics_bind_address)
     await server.start()
     if health_server is not None:
         await health_server.start()
@@ -122,6 +126,8 @@ async def serve(
         metrics_port=metrics_port,
         mtls=security.tls_enabled,
         health_port=security.grpc_health_port if health_server else None,
+        address=security.grpc_bind_address,
+        reflection=security.grpc_reflection,
     )
     watcher = asyncio.create_task(_watch_dependencies(servicer, names, dependencies, health_period_s))
     stop = stopped or asyncio.Event()

@@ -54,7 +54,7 @@ def count_cross_tenant(service: str, kind: str) -> None:
     CROSS_TENANT_REFUSALS.labels(service, kind if kind in CROSS_TENANT_KINDS else "other").inc()
 
 
-def serve_metrics(port: int) -> None:
+def serve_metrics(port: int, address: str = "0.0.0.0") -> None:
     """Expose /metrics on its own port (for processes without an HTTP server). 0 disables."""
     if port:
-        start_http_server(port, addr="0.0.0.0")
+        start_http_server(port, addr=address)

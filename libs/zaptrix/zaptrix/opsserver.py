@@ -12,7 +12,12 @@ from zaptrix.health import Check, Probes, always
 
 
 async def serve_ops(
-    port: int, service: str, checks: Mapping[str, Check], ready: Check = always, live: Check = always
+    port: int,
+    service: str,
+    checks: Mapping[str, Check],
+    ready: Check = always,
+    live: Check = always,
+    host: str = "0.0.0.0",
 ) -> asyncio.Server:
     """/health (``live``; the body reports ``checks``), /ready (``ready``) and /metrics; see zaptrix.health."""
     probes = Probes(service, checks, ready=ready, live=live)
@@ -41,4 +46,4 @@ async def serve_ops(
         finally:
             writer.close()
 
-    return await asyncio.start_server(handle, host="0.0.0.0", port=port)
+    return await asyncio.start_server(handle, host=host, port=port)

@@ -9,7 +9,9 @@ OpenTelemetry SDK itself (see docs/configuration.md).
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
 import types
 import typing
 from collections.abc import Iterator
@@ -211,6 +213,60 @@ class BitrixOAuthSettings(CommonSettings):
         return self
 
 
+_GRAPH_VERSION = re.compile(r"^v\d+\.\d+$")
+# whatsapp.md A3: v20.0 is dead; anything older than v23.0 is refused so a stale env var cannot slip in.
+OLDEST_GRAPH_VERSION = (23, 0)
+
+
+class GraphApiSettings(CommonSettings):
+    """Where the Graph API is: meta-ingress sends through it; the number binding (zaptrix.binding, used by
+    the connector settings page and zaptrix-admin) checks a number's credentials against it."""
+
+    graph_api_base_url: str = Field(
+        "https://graph.facebook.com", description="Graph API base URL (the sandbox stand-in in dev)"
+    )
+    graph_api_version: str = Field(
+        "v25.0", description="Graph API version used in every path (v23.0 or later; see whatsapp.md A3)"
+    )
+    graph_connect_timeout_s: float = Field(3.0, gt=0, description="TCP/TLS connect timeout to the Graph API")
+    graph_timeout_s: float = Field(10.0, gt=0, description="Read timeout of one Graph API call")
+
+    @model_validator(mode="after")
+    def _check_graph(self) -> GraphApiSettings:
+        require_https(self.graph_api_base_url, self, what="ZAPTRIX_GRAPH_API_BASE_URL")
+        if not _GRAPH_VERSION.match(self.graph_api_version):
+            raise ValueError(f"graph_api_version must look like v24.0, got {self.graph_api_version!r}")
+        major, minor = (int(p) for p in self.graph_api_version[1:].split("."))
+        if (major, minor) < OLDEST_GRAPH_VERSION:
+            raise ValueError(
+                f"graph_api_version {self.graph_api_version} is older than v23.0 (whatsapp.md A3)"
+            )
+        return self
+
+    @property
+    def graph_root(self) -> str:
+        return f"{self.graph_api_base_url.rstrip('/')}/{self.graph_api_version}"
+
+
+class ChannelBindingSettings(GraphApiSettings):
+    """Binding a WhatsApp number to a portal's Open Line (zaptrix.binding): the Graph API, and the webhook URL
+    whose verification handshake is checked with the number's verify token."""
+
+    meta_webhook_url: str = Field(
+        "http://127.0.0.1:8080/webhooks/meta",
+        description=(
+            "The callback URL configured in the Meta app (meta-ingress's public GET/POST /webhooks/meta): "
+            "binding a number checks that it answers Meta's verification handshake with the number's "
+            "verify token (https in production)"
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _check_webhook_url(self) -> ChannelBindingSettings:
+        require_https(self.meta_webhook_url, self, what="ZAPTRIX_META_WEBHOOK_URL")
+        return self
+
+
 class KafkaSettings(ZaptrixSettings):
     """Read by the web services (producers) and the dispatchers (consumers and producers)."""
 
@@ -317,8 +373,61 @@ class GrpcTlsSettings(ZaptrixSettings):
         )
 
 
+def bind_address(value: str) -> str:
+    """An IP address to listen on (0.0.0.0 / :: every interface, 127.0.0.1 / ::1 loopback only)."""
+    try:
+        return str(ipaddress.ip_address(value.strip("[]")))
+    except ValueError as exc:
+        raise ValueError(f"not an IP address to listen on: {value!r}") from exc
+
+
+def listen_on(address: str, port: int) -> str:
+    """host:port for a listener, IPv6 addresses in brackets."""
+    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+
+
+class MetricsSettings(ZaptrixSettings):
+    """Where the separate /metrics listener binds (mapper, token-keeper; the dispatchers' /health, /ready and
+    /metrics). Web processes serve /metrics on their web listener (ZAPTRIX_WEB_HOST)."""
+
+    model_config = SettingsConfigDict(env_prefix="ZAPTRIX_", extra="ignore", env_ignore_empty=True)
+
+    metrics_bind_address: str = Field(
+        "0.0.0.0",
+        description=(
+            "Address the metrics/ops listener binds: 0.0.0.0 every interface (containers: the kubelet and "
+            "Prometheus reach the pod IP), 127.0.0.1 loopback only (`make run`)"
+        ),
+    )
+
+    @field_validator("metrics_bind_address")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        return bind_address(value)
+
+
 class GrpcServerSettings(GrpcTlsSettings):
     """How mapper and token-keeper serve gRPC: mTLS (required in production) and the plaintext health port."""
+
+    grpc_bind_address: str = Field(
+        "0.0.0.0",
+        description=(
+            "Address the gRPC listeners (service and health port) bind: 0.0.0.0 every interface (containers), "
+            "127.0.0.1 loopback only (`make run`)"
+        ),
+    )
+    grpc_reflection: bool = Field(
+        False,
+        description=(
+            "Serve gRPC server reflection, so grpcurl and similar tools list and call the methods without the "
+            ".proto files; with mTLS still only for callers holding a certificate of Zaptrix's CA (on in `make run`)"
+        ),
+    )
+
+    @field_validator("grpc_bind_address")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        return bind_address(value)
 
     environment: Literal["dev", "test", "production"] = Field(
         "dev", description="(CommonSettings) production refuses to serve gRPC without mTLS"

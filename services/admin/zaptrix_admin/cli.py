@@ -14,10 +14,10 @@ from types import ModuleType
 
 from zaptrix.logging import configure_logging
 
-from zaptrix_admin import erase, usage
+from zaptrix_admin import channels, dead_letters, erase, portals, tokens, usage
 from zaptrix_admin.output import Output, UsageError
 
-GROUPS: tuple[ModuleType, ...] = (usage, erase)
+GROUPS: tuple[ModuleType, ...] = (portals, channels, tokens, dead_letters, usage, erase)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,7 +27,18 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="group", required=True, metavar="GROUP")
     for group in GROUPS:
         group.register(sub)
+    _no_abbreviations(parser)
     return parser
+
+
+def _no_abbreviations(parser: argparse.ArgumentParser) -> None:
+    """argparse takes `--access-token X` for `--access-token-env X`: a secret typed into argv would be
+    accepted (and shown by `ps`). Only whole option names, in every (sub)command."""
+    parser.allow_abbrev = False
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                _no_abbreviations(child)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -27,6 +27,7 @@ from zaptrix.settings import (
     Formerly,
     GrpcClientSettings,
     KafkaSettings,
+    bind_address,
 )
 
 _ENDPOINT_REFUSALS = {
@@ -141,6 +142,10 @@ class BitrixCommonSettings(CommonSettings):
 class WebSettings(BitrixCommonSettings, BitrixOAuthSettings):
     """bitrix-ingress-web: Bitrix24 events, app install and the connector settings page."""
 
+    web_host: str = Field(
+        "0.0.0.0",
+        description="Listen address of the web process (0.0.0.0 every interface; 127.0.0.1 loopback only)",
+    )
     web_port: int = Field(8081, description="HTTP port of bitrix-ingress-web")
     public_base_url: str = Field(
         "",
@@ -182,7 +187,7 @@ class WebSettings(BitrixCommonSettings, BitrixOAuthSettings):
         None,
         description=(
             "OAuth client_secret passed to token-keeper on install; empty keeps the one stored there "
-            "(token-keeper-admin)"
+            "(zaptrix-admin portals add)"
         ),
     )
     bitrix_oauth_server_endpoint: str = Field(
@@ -207,6 +212,11 @@ class WebSettings(BitrixCommonSettings, BitrixOAuthSettings):
             "429 before any verification"
         ),
     )
+
+    @field_validator("web_host")
+    @classmethod
+    def _web_host(cls, value: str) -> str:
+        return bind_address(value)
 
     @model_validator(mode="after")
     def _check_public_url(self) -> WebSettings:

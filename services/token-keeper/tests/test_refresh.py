@@ -136,7 +136,7 @@ async def test_invalid_grant_marks_portal_needs_reauth_without_retrying(
     for _ in range(5):
         with pytest.raises(PortalUnusable, match="needs re-authorisation") as err:
             await service.get_access_token("tk-portal-4")
-    assert "invalid_grant" in str(err.value) and "token-keeper-admin" in str(err.value)
+    assert "invalid_grant" in str(err.value) and "zaptrix-admin portals add" in str(err.value)
     with pytest.raises(PortalUnusable):
         await service.report_token_rejected("tk-portal-4", "whatever", "expired_token")
     assert oauth_calls("invalid_grant") - grants == 1  # one call to Bitrix24, then no retry loop

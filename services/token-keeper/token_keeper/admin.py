@@ -1,4 +1,5 @@
-"""`token-keeper-admin`: operator CLI (add a portal or a channel, token status, key rotation).
+"""`token-keeper-admin` (deprecated: `zaptrix-admin portals|tokens|channels`; goes away in the next release):
+the token-keeper commands, which zaptrix-admin runs through the functions below (add_portal, status, ...).
 
 It talks to PostgreSQL directly through the same repository/service code as the server (same encryption, same
 row locks), so it works before any server runs (first portal), while servers are down, and for rotate-keys,
@@ -13,11 +14,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import getpass
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -80,14 +82,7 @@ def _table(rows: list[list[str]], header: list[str]) -> str:
     return "\n".join(lines)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="token-keeper-admin", description="Zaptrix token-keeper operator CLI")
-    p.add_argument("-v", "--verbose", action="store_true", help="log at INFO (default WARNING)")
-    sub = p.add_subparsers(dest="cmd", required=True)
-
-    ap = sub.add_parser(
-        "add-portal", help="add or update a Bitrix24 portal (secrets from env vars or prompt)"
-    )
+def add_portal_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--member-id", required=True)
     ap.add_argument("--domain", help="portal domain, e.g. example.bitrix24.com (new portals)")
     ap.add_argument("--client-endpoint", help="https://<portal>/rest/ (new portals)")
@@ -116,7 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ap.add_argument("--verify", action="store_true", help="refresh once now to prove the credentials work")
 
-    ac = sub.add_parser("add-channel", help="add or update a WhatsApp channel's credentials")
+
+def add_channel_arguments(ac: argparse.ArgumentParser) -> None:
     ac.add_argument("--phone-number-id", required=True)
     ac.add_argument("--waba-id", default="")
     ac.add_argument("--access-token-env", metavar="VAR", help="env var holding the Graph API access token")
@@ -124,6 +120,19 @@ def build_parser() -> argparse.ArgumentParser:
     ac.add_argument("--verify-token-env", metavar="VAR", help="env var holding the webhook verify token")
     ac.add_argument(
         "--prompt", action="store_true", help="prompt for every secret not given by an env var (empty keeps)"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="token-keeper-admin", description="Zaptrix token-keeper operator CLI")
+    p.add_argument("-v", "--verbose", action="store_true", help="log at INFO (default WARNING)")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    add_portal_arguments(
+        sub.add_parser("add-portal", help="add or update a Bitrix24 portal (secrets from env vars or prompt)")
+    )
+    add_channel_arguments(
+        sub.add_parser("add-channel", help="add or update a WhatsApp channel's credentials")
     )
 
     st = sub.add_parser("status", help="portals and channels: state, token ages, last error (no secrets)")
@@ -144,28 +153,41 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-async def _run(args: argparse.Namespace, settings: TokenKeeperSettings) -> int:
+DEPRECATED = "token-keeper-admin is deprecated and goes away in the next release: use `zaptrix-admin portals|tokens|channels`"
+# What the admin CLIs catch and print as `error: ...` (exit code 1).
+ERRORS = (UsageError, KeyConfigError, SchemaMissing, DatabaseUnavailable, TokenKeeperError)
+
+
+@contextlib.asynccontextmanager
+async def open_service(name: str = "token-keeper-admin") -> AsyncIterator[TokenService]:
+    """token-keeper's service on its database (ZAPTRIX_DATABASE_URL, ZAPTRIX_TOKEN_KEEPER_KEYS), as the
+    server has it: same encryption, same row locks."""
+    settings = TokenKeeperSettings()
     keyring = load_keyring(settings)
-    db = database(DatabaseSettings(), "token-keeper-admin")
+    db = database(DatabaseSettings(), name)
     await db.open_until_ready(within_s=5.0)
     oauth = BitrixOAuthClient(settings)
-    service = TokenService(db, Repository(keyring), oauth, settings)
     try:
-        handler = {
-            "add-portal": _add_portal,
-            "add-channel": _add_channel,
-            "status": _status,
-            "refresh": _refresh,
-            "mark-uninstalled": _mark_uninstalled,
-            "rotate-keys": _rotate_keys,
-        }[args.cmd]
-        return await handler(args, service)
+        yield TokenService(db, Repository(keyring), oauth, settings)
     finally:
         await oauth.aclose()
         await db.close()
 
 
-async def _add_portal(args: argparse.Namespace, service: TokenService) -> int:
+async def _run(args: argparse.Namespace) -> int:
+    async with open_service() as service:
+        handler = {
+            "add-portal": add_portal,
+            "add-channel": add_channel,
+            "status": status,
+            "refresh": refresh,
+            "mark-uninstalled": mark_uninstalled,
+            "rotate-keys": rotate_keys,
+        }[args.cmd]
+        return await handler(args, service)
+
+
+async def add_portal(args: argparse.Namespace, service: TokenService) -> int:
     required = not args.keep_secrets
     client_secret = read_secret(args.client_secret_env, "client secret", required=required)
     refresh_token = read_secret(args.refresh_token_env, "refresh token", required=required)
@@ -198,7 +220,7 @@ async def _add_portal(args: argparse.Namespace, service: TokenService) -> int:
     return 0
 
 
-async def _add_channel(args: argparse.Namespace, service: TokenService) -> int:
+async def add_channel(args: argparse.Namespace, service: TokenService) -> int:
     def secret(env: str | None, label: str) -> SecretStr | None:
         return read_secret(env, label, required=args.prompt and env is None) if (env or args.prompt) else None
 
@@ -226,7 +248,7 @@ async def _add_channel(args: argparse.Namespace, service: TokenService) -> int:
     return 0
 
 
-async def _status(args: argparse.Namespace, service: TokenService) -> int:
+async def status(args: argparse.Namespace, service: TokenService) -> int:
     now = utcnow()
     portals = await service.list_portals()
     async with service.db.connection() as conn:
@@ -318,7 +340,7 @@ async def _status(args: argparse.Namespace, service: TokenService) -> int:
     say(f"\nKEYS: active={service.repo.keyring.active_id}; rows by key id: {usage or '{}'}")
     if stale:
         say(
-            f"      {sum(stale.values())} row(s) not under the active key: run `token-keeper-admin rotate-keys`"
+            f"      {sum(stale.values())} row(s) not under the active key: run `zaptrix-admin tokens rotate-keys`"
         )
     needs = [p.member_id for p in portals if p.state == "needs_reauth"]
     if needs:
@@ -337,13 +359,13 @@ def _expiry(expires_at: datetime, now: datetime) -> str:
     return f"{left / 60:.0f}m left"
 
 
-async def _refresh(args: argparse.Namespace, service: TokenService) -> int:
+async def refresh(args: argparse.Namespace, service: TokenService) -> int:
     tok = await service.force_refresh(args.member_id)
     say(f"portal {args.member_id}: access token valid until {tok.expires_at.isoformat()}")
     return 0
 
 
-async def _mark_uninstalled(args: argparse.Namespace, service: TokenService) -> int:
+async def mark_uninstalled(args: argparse.Namespace, service: TokenService) -> int:
     async with service.db.connection() as conn:
         row = await service.repo.set_portal_state(conn, args.member_id, STATE_UNINSTALLED, now=utcnow())
     if row is None:
@@ -353,7 +375,7 @@ async def _mark_uninstalled(args: argparse.Namespace, service: TokenService) -> 
     return 0
 
 
-async def _rotate_keys(args: argparse.Namespace, service: TokenService) -> int:
+async def rotate_keys(args: argparse.Namespace, service: TokenService) -> int:
     repo = service.repo
     active = repo.keyring.active_id
     async with service.db.connection() as conn:
@@ -377,15 +399,15 @@ async def _rotate_keys(args: argparse.Namespace, service: TokenService) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    say(DEPRECATED, err=True)
     args = build_parser().parse_args(argv)
     if args.cmd == "generate-key":
         say(generate_key())
         return 0
-    settings = TokenKeeperSettings()
     configure_logging("token-keeper-admin", "INFO" if args.verbose else "WARNING")
     try:
-        return asyncio.run(_run(args, settings))
-    except (UsageError, KeyConfigError, SchemaMissing, DatabaseUnavailable, TokenKeeperError) as exc:
+        return asyncio.run(_run(args))
+    except ERRORS as exc:
         say(f"error: {exc}", err=True)
         return 1
 

@@ -191,5 +191,5 @@ def keyring_from_config(raw_keys: str | None, active_id: str | None, *, environm
 
 
 def generate_key() -> str:
-    """A fresh random AES-256 key, base64 (for `token-keeper-admin generate-key`)."""
+    """A fresh random AES-256 key, base64 (for `zaptrix-admin tokens generate-key`)."""
     return base64.b64encode(AESGCM.generate_key(bit_length=256)).decode()

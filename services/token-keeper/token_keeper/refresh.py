@@ -85,7 +85,7 @@ class AccessTokens:
             raise PortalUnusable(
                 f"portal {row.member_id} needs re-authorisation: Bitrix24 refused its refresh token "
                 f"({row.last_error or 'invalid_grant'}). Reinstall/reopen the app on the portal or run "
-                "`token-keeper-admin add-portal` with a new refresh token"
+                "`zaptrix-admin portals add` with a new refresh token (`zaptrix-admin tokens reauth`)"
             )
         if row.state == STATE_UNINSTALLED:
             raise PortalUnusable(f"portal {row.member_id} is uninstalled")
@@ -135,7 +135,7 @@ class AccessTokens:
         return issued
 
     async def force_refresh(self, member_id: str) -> IssuedToken:
-        """Operator-triggered refresh (token-keeper-admin refresh / add-portal --verify), same lock discipline."""
+        """Operator-triggered refresh (zaptrix-admin tokens refresh / portals add --verify), same lock discipline."""
         check_ident(member_id, "member_id")
         self._tokens.pop(member_id, None)
         return await self._refresh_shared(member_id, "admin", lambda _r, _now: True)
@@ -254,7 +254,7 @@ class AccessTokens:
             return None, PortalUnusable(
                 f"portal {member_id} needs re-authorisation: Bitrix24 refused the refresh token "
                 f"({_describe(exc)}). Reinstall/reopen the app on the portal or run "
-                "`token-keeper-admin add-portal` with a new refresh token"
+                "`zaptrix-admin portals add` with a new refresh token (`zaptrix-admin tokens reauth`)"
             )
         except (OAuthUnavailable, OAuthRejected) as exc:
             await self.ctx.repo.record_refresh_failure(

@@ -127,7 +127,7 @@ def main() -> None:
     run_process(
         SERVICE,
         settings.log_level,
-        lambda: serve_web(create_app(settings), "0.0.0.0", settings.web_port),
+        lambda: serve_web(create_app(settings), settings.web_host, settings.web_port),
         after_logging=quiet_http_client_logs,
     )
 

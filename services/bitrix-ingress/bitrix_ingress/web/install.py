@@ -473,7 +473,7 @@ class Install:
                 INSTALLS.labels(kind, "refused_by_token_keeper").inc()
                 log.error(
                     "install failed: token-keeper refused the portal (set ZAPTRIX_BITRIX_CLIENT_ID/SECRET or "
-                    "register the app's credentials with token-keeper-admin)",
+                    "register the app's credentials with zaptrix-admin portals add)",
                     reason=exc.reason,
                     member_id=req.member_id,
                 )

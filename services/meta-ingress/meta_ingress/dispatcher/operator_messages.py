@@ -215,7 +215,7 @@ class OperatorMessages:
         if action == Action.AUTH:
             TOKEN_ERRORS.labels(target.phone_number_id).inc()
             log.error(
-                "Graph API rejected the channel's access token: renew it with token-keeper-admin",
+                "Graph API rejected the channel's access token: renew it with zaptrix-admin channels bind",
                 phone_number_id=target.phone_number_id,
                 code=exc.code,
                 detail=exc.message[:200],

@@ -319,7 +319,7 @@ class Webhooks:
 
     async def _park(self, producer: EventProducer, held: Normalized, parked: dict[str, str]) -> None:
         """Events of numbers that cannot take them go to their flow's dead-letter topic, as the consumers
-        would put them, so that zaptrix-replay moves them back once the number is set up (docs/runbook.md)."""
+        would put them, so that zaptrix-admin dead-letters replay moves them back once the number is set up (docs/runbook.md)."""
         for env, topics in (
             [(e, self.topics) for e in held.envelopes]
             + [(e, self.window_topics) for e in held.window_closed]
