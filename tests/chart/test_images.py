@@ -190,7 +190,9 @@ def test_skaffold_builds_every_dockerfile_and_deploys_the_chart() -> None:
         assert a["docker"]["dockerfile"] == str(DOCKERFILE.relative_to(REPO))
         assert a["docker"]["buildArgs"] == {"SERVICE": a["image"]}, "the image of the service it is named for"
         assert "target" not in a["docker"], "the last stage is the image of SERVICE"
-    assert config["deploy"] == {"helm": {}}, "installed with helm (hooks run) from the manifests.helm releases"
+    assert config["deploy"] == {"helm": {}}, (
+        "installed with helm (hooks run) from the manifests.helm releases"
+    )
     (release,) = config["manifests"]["helm"]["releases"]
     assert (REPO / release["chartPath"]) == CHART
     templates = release["setValueTemplates"]

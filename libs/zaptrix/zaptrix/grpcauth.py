@@ -122,7 +122,12 @@ ALLOWED: dict[str, frozenset[str]] = {
         "GetChannelCredentials",
     )
     | _mapper(
-        "ListChannels", "FindConversation", "FindMessageLink", "GetChannel", "BindChannel", "SetPortalInstalled"
+        "ListChannels",
+        "FindConversation",
+        "FindMessageLink",
+        "GetChannel",
+        "BindChannel",
+        "SetPortalInstalled",
     ),
     # Delivers to Bitrix24 with the portal's token; owns the conversation and delivery records.
     # ListPortals: the offline-event reconciler drains every installed portal's queue.
