@@ -71,6 +71,10 @@ MAPPER_METHODS = (
     "FindConversationByIdentityAlias",
     "RecordCustomerConsent",
     "GetCustomerConsent",
+    # template catalogue (issue 16)
+    "ReplaceTemplates",
+    "ApplyTemplateUpdate",
+    "ListTemplates",
 )
 
 
@@ -104,11 +108,15 @@ ALLOWED: dict[str, frozenset[str]] = {
         "RecordDelivery",
         # a marketing template is not sent to a customer who stopped marketing messages
         "GetCustomerConsent",
+        # the template catalogue: syncs from the Graph API, template webhooks, /template validation
+        "ReplaceTemplates",
+        "ApplyTemplateUpdate",
+        "ListTemplates",
     ),
     # Event verification, app install (portal status, upsert), settings placement (line's channels),
     # outbound events (conversation and message lookups). REST calls during install use the caller's token.
     BITRIX_INGRESS_WEB: _tk("VerifyApplicationToken", "GetPortalStatus", "UpsertPortal")
-    | _mapper("ListChannels", "FindConversation", "FindMessageLink"),
+    | _mapper("ListChannels", "FindConversation", "FindMessageLink", "ListTemplates"),
     # Delivers to Bitrix24 with the portal's token; owns the conversation and delivery records.
     # ListPortals: the offline-event reconciler drains every installed portal's queue.
     BITRIX_DISPATCHER: _tk("GetAccessToken", "ReportTokenRejected", "ListPortals")

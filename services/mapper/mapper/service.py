@@ -22,6 +22,7 @@ from zaptrix.ttlcache import TtlCache
 
 from mapper.errors import FailedPrecondition, InvalidArgument, NotFound
 from mapper.identity import Identity, Resolved, conversation_by_alias, resolve_identity
+from mapper.templates import Catalogue
 from mapper.metrics import CACHE_ENTRIES, CACHE_LOOKUPS, CONVERSATIONS_CREATED, IDENTITY_MERGES
 from mapper.model import (
     ChannelBinding,
@@ -220,6 +221,11 @@ class MapperService:
 
     async def get_consent(self, phone_number_id: str, wa_id: str, category: str) -> Consent | None:
         return await self.repo.get_consent(phone_number_id, wa_id, category)
+
+    # template catalogue (issue 16): no cache, a paused template must leave the picker at once
+    @property
+    def templates(self) -> Catalogue:
+        return Catalogue(self.repo.db)
 
     # dedupe
 
