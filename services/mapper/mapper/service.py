@@ -22,7 +22,6 @@ from zaptrix.ttlcache import TtlCache
 
 from mapper.errors import FailedPrecondition, InvalidArgument, NotFound
 from mapper.identity import Identity, Resolved, conversation_by_alias, resolve_identity
-from mapper.templates import Catalogue
 from mapper.metrics import CACHE_ENTRIES, CACHE_LOOKUPS, CONVERSATIONS_CREATED, IDENTITY_MERGES
 from mapper.model import (
     ChannelBinding,
@@ -36,6 +35,7 @@ from mapper.model import (
 )
 from mapper.repository import Repository
 from mapper.settings import MapperSettings
+from mapper.templates import Catalogue
 
 V = TypeVar("V")
 

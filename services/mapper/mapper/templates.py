@@ -129,8 +129,7 @@ class Catalogue:
                 update.at,
             )
             rows = await conn.fetch(
-                "SELECT DISTINCT phone_number_id FROM mapper.message_template WHERE waba_id = $1"
-                " ORDER BY 1",
+                "SELECT DISTINCT phone_number_id FROM mapper.message_template WHERE waba_id = $1 ORDER BY 1",
                 update.waba_id,
             )
         return int(status.rsplit(" ", 1)[-1]), [r["phone_number_id"] for r in rows]

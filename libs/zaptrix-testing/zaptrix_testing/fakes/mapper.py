@@ -289,7 +289,9 @@ class FakeMapper(Recorder, mapper_pb2_grpc.MapperServicer):
             row.category = request.category or row.category
             row.updated_at.CopyFrom(request.at)
             updated += 1
-        channels = sorted({r.phone_number_id for r in self.templates.values() if r.waba_id == request.waba_id})
+        channels = sorted(
+            {r.phone_number_id for r in self.templates.values() if r.waba_id == request.waba_id}
+        )
         return mapper_pb2.ApplyTemplateUpdateResponse(updated=updated, phone_number_ids=channels)
 
     async def ListTemplates(self, request: Any, context: Any) -> mapper_pb2.ListTemplatesResponse:

@@ -30,6 +30,7 @@ from meta_ingress.dispatcher.send_plan import (
     text_payload,
     too_long_notice,
 )
+from meta_ingress.dispatcher.templates import Templates
 from meta_ingress.dispatcher.window import Window
 from meta_ingress.graph.errors import (
     Action,
@@ -41,6 +42,7 @@ from meta_ingress.graph.errors import (
     notice_for,
 )
 from meta_ingress.metrics import DUPLICATES, SEND_FAILURES, TOKEN_ERRORS
+from meta_ingress.template_command import is_command
 
 log = get_logger(__name__)
 AfterError = Literal["continue", "stop", "window"]
@@ -68,6 +70,7 @@ class OperatorMessages:
         self.ctx = ctx
         self.window = window
         self.files = files
+        self.templates = Templates(ctx, files)
 
     async def on_message(self, rec: Received, om: events_pb2.OperatorMessage) -> Outcome:
         event_id = rec.envelope.event_id
@@ -88,6 +91,8 @@ class OperatorMessages:
         if isinstance(target, BaseException):
             raise target
         notice = Notice.about(om, f"wa-fail:{om.member_id}:{om.bitrix_message_id}", target.conversation)
+        if is_command(om.text_bbcode):  # /template ...: typed, or sent by the picker page (issue 16)
+            return await self.templates.send(rec, target, om, notice)
         plan = plan_message(om.text_bbcode, list(om.files), om.reply_to_external_id)
         return await self.deliver(rec, target, plan, notice, link=True, reengage=True)
 
