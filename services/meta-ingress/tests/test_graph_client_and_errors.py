@@ -42,7 +42,8 @@ def graph_error(code: int | None, http: int = 400, subcode: int | None = None) -
         (200, 403, Action.FAULT),
         (368, 403, Action.FAULT),
         (131031, 403, Action.FAULT),
-        (132000, 400, Action.FAULT),
+        (132000, 400, Action.NOTIFY),  # a template the operator sent: they can fix the values
+        (132069, 400, Action.FAULT),
         (999999, 400, Action.FAULT),
         (999999, 502, Action.RETRY),
         (None, 502, Action.RETRY),
