@@ -256,7 +256,8 @@ def _apply(spec: Template, body: _Change) -> tuple[str, dict[str, Any]]:
             value["other_info"] = {"title": body.title, "description": f"{body.title} ({body.reason})"}
         return "message_template_status_update", value
     if isinstance(body, QualityChange):
-        previous, spec.quality = spec.quality, body.score
+        previous = spec.quality
+        spec.quality = body.score
         return "message_template_quality_update", {
             "previous_quality_score": previous,
             "new_quality_score": body.score,
@@ -267,8 +268,9 @@ def _apply(spec: Template, body: _Change) -> tuple[str, dict[str, Any]]:
             "correct_category": body.category.upper(),
             "category_update_timestamp": int(time.time()) + 86400,
         }
-    previous, spec.category = spec.category, body.category
+    old_category = spec.category
+    spec.category = body.category
     return "template_category_update", {
-        "previous_category": previous.upper(),
+        "previous_category": old_category.upper(),
         "new_category": body.category.upper(),
     }

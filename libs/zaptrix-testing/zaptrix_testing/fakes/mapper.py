@@ -157,6 +157,11 @@ class FakeMapper(Recorder, mapper_pb2_grpc.MapperServicer):
                     and conv.external_chat_id == request.portal_external_chat.external_chat_id
                     and conv.member_id == request.portal_external_chat.member_id
                 )
+                or (  # an Open Lines chat of the portal (the template picker)
+                    by == "bitrix_chat"
+                    and conv.bitrix_chat_id == request.bitrix_chat.bitrix_chat_id
+                    and conv.member_id == request.bitrix_chat.member_id
+                )
                 or (
                     by == "channel_customer"
                     and conv.phone_number_id == request.channel_customer.phone_number_id

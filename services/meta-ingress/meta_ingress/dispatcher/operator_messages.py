@@ -17,6 +17,7 @@ from typing import Literal
 
 from zaptrix.kafka import Outcome, PermanentError, Received, TransientError
 from zaptrix.logging import get_logger
+from zaptrix.template_command import is_command
 from zaptrix.v1 import events_pb2
 
 from meta_ingress.dispatcher.bitrix_files import BitrixFiles, PartFailed
@@ -42,7 +43,6 @@ from meta_ingress.graph.errors import (
     notice_for,
 )
 from meta_ingress.metrics import DUPLICATES, SEND_FAILURES, TOKEN_ERRORS
-from meta_ingress.template_command import is_command
 
 log = get_logger(__name__)
 AfterError = Literal["continue", "stop", "window"]
@@ -90,7 +90,9 @@ class OperatorMessages:
             return self._duplicate(event_id)
         if isinstance(target, BaseException):
             raise target
-        notice = Notice.about(om, f"wa-fail:{om.member_id}:{om.bitrix_message_id}", target.conversation)
+        # A picker send has no Bitrix24 message: its notices are named by its own event id.
+        about = om.bitrix_message_id or event_id
+        notice = Notice.about(om, f"wa-fail:{om.member_id}:{about}", target.conversation)
         if is_command(om.text_bbcode):  # /template ...: typed, or sent by the picker page (issue 16)
             return await self.templates.send(rec, target, om, notice)
         plan = plan_message(om.text_bbcode, list(om.files), om.reply_to_external_id)

@@ -6,13 +6,14 @@ from __future__ import annotations
 
 from zaptrix.kafka import Outcome, PermanentError, Received
 from zaptrix.logging import get_logger
+from zaptrix.template_command import CommandError, build, check_header_file, choose, parse, shape
 from zaptrix.v1 import events_pb2, mapper_pb2
 
 from meta_ingress.credentials import UnknownChannel
 from meta_ingress.dispatcher.bitrix_files import BitrixFiles, PartFailed
 from meta_ingress.dispatcher.context import Context, Target
 from meta_ingress.dispatcher.notices import Notice, graph_error
-from meta_ingress.dispatcher.send_plan import Part, normalize_mime
+from meta_ingress.dispatcher.send_plan import Part, base_payload, normalize_mime
 from meta_ingress.graph.errors import (
     Action,
     GraphApiError,
@@ -24,7 +25,6 @@ from meta_ingress.graph.errors import (
 )
 from meta_ingress.metrics import TEMPLATE_SENDS, TEMPLATE_UPDATES, TOKEN_ERRORS
 from meta_ingress.template_catalogue import CatalogueTooLarge, sync_channel
-from meta_ingress.template_command import CommandError, build, check_header_file, choose, parse, shape
 
 log = get_logger(__name__)
 # Codes after which the catalogue is out of date (unknown, paused or disabled at Meta): read it again.
@@ -51,10 +51,15 @@ class Templates:
             return Outcome.ok()
         try:
             cmd = parse(om.text_bbcode)
-            rows = await records.templates(target.channel.member_id, target.phone_number_id, cmd.name)
+            member, pnid = target.channel.member_id, target.phone_number_id
+            rows = await records.templates(member, pnid, cmd.name)
+            if not rows and not await records.templates(member, pnid, ""):  # never synced (a new binding)
+                await self._sync_quietly(member, pnid, "first_use")
+                rows = await records.templates(member, pnid, cmd.name)
             template = choose(rows, cmd, target.channel.template_language)
             header = await self._header(target, template, om)
-            payload = build(target.address, template, cmd, header)
+            payload = base_payload(target.address, "template")
+            payload["template"] = build(template, cmd, header)
         except CommandError as exc:
             return await self._refuse(event_id, notice, f"Template not sent: {exc}", "invalid")
         except PartFailed as exc:
@@ -76,6 +81,16 @@ class Templates:
         except (GraphApiError, GraphTransportError) as exc:
             return await self._graph_refused(exc, rec, target, notice, template)
         await records.link_and_mark(target.conversation.id, notice, wamid, event_id, wamid)
+        if (
+            not om.bitrix_message_id
+        ):  # sent from the picker: no message in the chat shows it, this notice does
+            await notify(
+                notice,
+                None,
+                f"Template “{template.name}” ({template.language}) was sent to the customer from the template "
+                f"picker: {om.text_bbcode[:500]}",
+                template_sent=True,
+            )
         TEMPLATE_SENDS.labels("sent").inc()
         log.info(
             "template sent",

@@ -1,4 +1,6 @@
-"""The operator's ``/template`` command and its check against the catalogue (issue 16). Pure, no I/O.
+"""The operator's ``/template`` command and its check against the catalogue (issue 16). Pure, no I/O:
+meta-dispatcher checks and sends with it, bitrix-ingress-web's template picker checks its form with it and
+writes the command it submits.
 
 Syntax (docs/templates.md)::
 
@@ -22,8 +24,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from zaptrix.v1 import mapper_pb2
-
-from meta_ingress.dispatcher.send_plan import base_payload
 
 COMMAND = re.compile(r"^\s*/template(?=\s|$)", re.IGNORECASE)
 _NAME = re.compile(r"[a-z0-9_]{1,512}")
@@ -185,12 +185,11 @@ def _param(name: str, value: str, named: bool) -> dict[str, str]:
 
 
 def build(
-    to: str,
     template: mapper_pb2.MessageTemplate,
     cmd: Command,
     header_media: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """The Graph ``type: template`` payload; CommandError when the values do not fit the template.
+    """The ``template`` object of a Graph ``type: template`` send; CommandError when the values do not fit.
     ``header_media``: {"id": ...} or {"link": ...} for a media header (checked by the caller's type rule)."""
     s = shape(template)
     if s.otp or template.category == "AUTHENTICATION":
@@ -276,11 +275,10 @@ def build(
     extra = list(keyed)  # every value used was taken out
     if extra:
         raise CommandError(f"“{template.name}” has no variable {', '.join(extra)}.")
-    payload = base_payload(to, "template")
-    payload["template"] = {"name": template.name, "language": {"code": template.language}}
+    out: dict[str, Any] = {"name": template.name, "language": {"code": template.language}}
     if components:
-        payload["template"]["components"] = components
-    return payload
+        out["components"] = components
+    return out
 
 
 def check_header_file(media: str, mime: str, name: str) -> None:
@@ -291,3 +289,12 @@ def check_header_file(media: str, mime: str, name: str) -> None:
             f"The file “{name}” ({mime or 'unknown type'}) cannot be the template's {media} header; "
             f"WhatsApp accepts {', '.join(sorted(allowed))}."
         )
+
+
+def command_text(name: str, language: str, values: list[str]) -> str:
+    """The ``/template`` line for a name, language and values (the picker's submission)."""
+    for v in values:
+        if "|" in v:
+            raise CommandError("A value cannot contain “|” (it separates the values).")
+    head = f"/template {name}@{language}" if language else f"/template {name}"
+    return f"{head} {' | '.join(values)}".rstrip() if values else head
