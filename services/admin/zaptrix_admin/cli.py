@@ -14,9 +14,10 @@ from types import ModuleType
 
 from zaptrix.logging import configure_logging
 
+from zaptrix_admin import templates
 from zaptrix_admin.output import Output, UsageError
 
-GROUPS: tuple[ModuleType, ...] = ()
+GROUPS: tuple[ModuleType, ...] = (templates,)
 
 
 def build_parser() -> argparse.ArgumentParser:
