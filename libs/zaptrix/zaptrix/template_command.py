@@ -116,7 +116,8 @@ def shape(template: mapper_pb2.MessageTemplate) -> Shape:
         elif kind == "BODY":
             out.body_vars = _variables(str(c.get("text", "")), named)
         elif kind == "BUTTONS":
-            for i, b in enumerate(c.get("buttons") or []):
+            buttons = c.get("buttons")
+            for i, b in enumerate(buttons if isinstance(buttons, list) else []):
                 if not isinstance(b, dict):
                     continue
                 btype = str(b.get("type", "")).upper()
