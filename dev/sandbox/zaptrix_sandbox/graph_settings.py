@@ -57,13 +57,24 @@ class GraphOptions(BaseModel):
     # whatsapp.md A6: 131047 "often arrives asynchronously as a failed status" -> default "async".
     window_error_mode: Literal["async", "sync"] = "async"
     templates: list[Template] = [
-        Template(name="hello_world"),
+        Template(name="hello_world", body_text="Hello from our team! Reply to continue the conversation."),
         Template(
-            name="order_update", languages=["en_US", "pt_BR"], body_params=2, header="TEXT", header_params=1
+            name="order_update",
+            languages=["en_US", "pt_BR"],
+            body_params=2,
+            header="TEXT",
+            header_params=1,
+            body_text="Your order {{1}} ships on {{2}}. Reply here if anything is wrong.",
         ),
-        Template(name="invoice_ready", body_params=1, header="DOCUMENT"),
         Template(
-            name="summer_sale", category="marketing", header="IMAGE", named_params=["first_name", "discount"]
+            name="invoice_ready", body_params=1, header="DOCUMENT", body_text="Invoice {{1}} is attached."
+        ),
+        Template(
+            name="summer_sale",
+            category="marketing",
+            header="IMAGE",
+            named_params=["first_name", "discount"],
+            body_text="Hi {{first_name}}, this week only: {{discount}} off everything.",
         ),
         Template(name="winter_sale", category="marketing", status="PAUSED", quality="RED"),
     ]

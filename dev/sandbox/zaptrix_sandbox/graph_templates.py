@@ -51,7 +51,7 @@ def components(t: Template) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     if t.header == "TEXT":
         out.append(
-            {"type": "HEADER", "format": "TEXT", "text": "Update {{1}}" if t.header_params else "Update"}
+            {"type": "HEADER", "format": "TEXT", "text": "Order {{1}}" if t.header_params else "Update"}
         )
     elif t.header:
         out.append({"type": "HEADER", "format": t.header})

@@ -24,7 +24,7 @@ label{display:block;font-weight:600;margin:6px 0 2px} input[type=text],select{wi
 padding:6px;border:1px solid #c6cdd3;border-radius:4px} button{margin-top:8px;background:#3bc8f5;border:0;
 color:#fff;font-weight:600;padding:7px 16px;border-radius:4px;cursor:pointer} .error{background:#fde7e7;
 border:1px solid #f3b1b1;padding:8px;border-radius:6px;margin:0 0 10px} .ok{background:#e3f6e8;border:1px solid
-#9fd9ae;padding:8px;border-radius:6px} .hint{color:#525c69;font-size:12px}
+#9fd9ae;padding:8px;border-radius:6px} .hint{display:block;color:#525c69;font-size:12px;margin-top:2px}
 """
 
 
