@@ -121,11 +121,11 @@ async def render(out: Path, logs: Path) -> None:
                 chromium,
                 *CHROMIUM_FLAGS,
                 f"--user-data-dir={profile}",
-                f"--screenshot={out.resolve()}",
+                f"--screenshot={out}",
                 "--window-size=560,1800",
                 f"{bitrix_url}/_sandbox/placements/open?{query}",
             ]
-            subprocess.run(cmd, check=True, timeout=120, capture_output=True)
+            await asyncio.to_thread(subprocess.run, cmd, check=True, timeout=120, capture_output=True)
         print(f"screenshot: {out}")
     finally:
         for proc in procs:
@@ -135,7 +135,7 @@ async def render(out: Path, logs: Path) -> None:
 
 
 def main() -> None:
-    out = Path(sys.argv[1] if len(sys.argv) > 1 else "docs/template-picker.png")
+    out = Path(sys.argv[1] if len(sys.argv) > 1 else "docs/template-picker.png").resolve()
     with tempfile.TemporaryDirectory(prefix="zaptrix-picker-") as logs:
         asyncio.run(render(out, Path(logs)))
 
