@@ -48,6 +48,10 @@ BUTTON = tpl(
 def test_the_syntax() -> None:
     assert is_command("/template x") and is_command("  /TEMPLATE x") and not is_command("/templates x")
     assert not is_command("please /template x")
+    # Bitrix24's operator signature (NEED_SIGNATURE) before the command
+    signed = "[b]Sandbox Operator:[/b][br] /template order_update@pt_BR 1 | 2"
+    assert is_command(signed) and parse(signed).values == ["1", "2"]
+    assert not is_command("[b]Ops:[/b][br] see /template x")
     cmd = parse("/template order_update@pt_BR 12345 | Friday ")
     assert (cmd.name, cmd.language, cmd.values) == ("order_update", "pt_BR", ["12345", "Friday"])
     assert parse("/template hello").values == []

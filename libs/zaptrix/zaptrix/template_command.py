@@ -25,7 +25,10 @@ from typing import Any
 
 from zaptrix.v1 import mapper_pb2
 
-COMMAND = re.compile(r"^\s*/template(?=\s|$)", re.IGNORECASE)
+# Bitrix24 prefixes an operator's text with their name when the connector has NEED_SIGNATURE (bitrix24.md:
+# "[b]<Operator name>:[/b][br] "): the command may follow it. Names are at most 25 characters (bitrix24.md).
+_SIGNATURE = r"(?:\[b\][^\[\]\n]{1,64}:\[/b\]\s*(?:\[br\]|\n)\s*)?"
+COMMAND = re.compile(r"^\s*" + _SIGNATURE + r"/template(?=\s|$)", re.IGNORECASE)
 _NAME = re.compile(r"[a-z0-9_]{1,512}")
 _LANGUAGE = re.compile(r"[A-Za-z]{2,3}(?:_[A-Za-z0-9]{2,4})?")
 _KEY = re.compile(r"^\s*([a-z_][a-z0-9_]{0,63})\s*=(.*)$", re.DOTALL)

@@ -78,7 +78,8 @@ async def sync_channel(
     progress: Progress | None = None,
 ) -> mapper_pb2.ReplaceTemplatesResponse:
     """Read the WABA's templates and store them as the channel's catalogue (``mapper``: a Mapper stub)."""
-    started = datetime.now(UTC)
+    # Whole seconds, as webhooks carry them: a webhook sent in the second the listing was read still applies.
+    started = datetime.now(UTC).replace(microsecond=0)
     rows = await fetch_templates(graph, waba_id, token, progress)
     request = mapper_pb2.ReplaceTemplatesRequest(
         phone_number_id=phone_number_id, waba_id=waba_id, templates=rows
