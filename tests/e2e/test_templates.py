@@ -54,7 +54,9 @@ async def test_a_template_command_is_sent_and_a_paused_template_is_refused(syste
     try:
         await eventually(sent_once, 45, "the template sent to the customer")
     except AssertionError:
-        raise AssertionError(f"chat: {await chat_messages(system, wa_id)}; sent: {await sent_to(system, wa_id)}") from None
+        raise AssertionError(
+            f"chat: {await chat_messages(system, wa_id)}; sent: {await sent_to(system, wa_id)}"
+        ) from None
     (send,) = await template_sent()
     assert send["http_status"] == 200
     assert send["payload"]["template"]["name"] == "order_update"

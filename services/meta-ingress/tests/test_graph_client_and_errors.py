@@ -62,6 +62,7 @@ def test_transport_errors_are_transient() -> None:
 
 def test_notices_are_specific() -> None:
     assert "24 hours" in notice_for(graph_error(131047))
+    assert "/template NAME" in notice_for(graph_error(131047))  # the 131047 notice offers the templates
     assert "not on WhatsApp" in notice_for(graph_error(131026))
     assert "access token" in notice_for(graph_error(190, 401))
     assert "administrator" in notice_for(graph_error(131031, 403))
