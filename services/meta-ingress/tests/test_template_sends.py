@@ -260,3 +260,13 @@ async def test_a_paused_template_leaves_at_once_and_a_new_approval_syncs(meta: H
     meta.graph.templates.append(listed("2", "fresh", [{"type": "BODY", "text": "new"}]))
     assert await meta.handle(status_update("2", "APPROVED", future + 2)) == Outcome.ok()
     assert catalogue(meta)["fresh"].status == "APPROVED"
+
+
+async def test_reinstated_is_approved_again_and_flagged_changes_no_status(meta: Harness) -> None:
+    await meta.sync(listed("1", "hello", [{"type": "BODY", "text": "hi"}]))
+    future = 4_000_000_000 // 2
+    assert await meta.handle(status_update("1", "PAUSED", future)) == Outcome.ok()
+    assert await meta.handle(status_update("1", "REINSTATED", future + 1)) == Outcome.ok()
+    assert catalogue(meta)["hello"].status == "APPROVED"
+    assert await meta.handle(status_update("1", "FLAGGED", future + 2)) == Outcome.ok()
+    assert catalogue(meta)["hello"].status == "APPROVED"

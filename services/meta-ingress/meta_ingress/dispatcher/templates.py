@@ -29,6 +29,9 @@ from meta_ingress.template_catalogue import CatalogueTooLarge, sync_channel
 log = get_logger(__name__)
 # Codes after which the catalogue is out of date (unknown, paused or disabled at Meta): read it again.
 STALE_CATALOGUE = frozenset({132001, 132015, 132016})
+# A status webhook's event as the template's status (research-2026-12.md 1.12): REINSTATED is approved again;
+# FLAGGED warns of a coming pause or disable (the template can still be sent), so it changes no status.
+STATUS_OF_EVENT = {"REINSTATED": "APPROVED", "FLAGGED": ""}
 
 
 class Templates:
@@ -214,8 +217,9 @@ class Templates:
         update = mapper_pb2.TemplateUpdate()
         if kind == "template_status_update":
             e = env.template_status_update
-            update = mapper_pb2.TemplateUpdate(waba_id=e.waba_id, template_id=e.template_id, status=e.event)
-            label, approved = "status", e.event == "APPROVED"
+            status = STATUS_OF_EVENT.get(e.event, e.event)
+            update = mapper_pb2.TemplateUpdate(waba_id=e.waba_id, template_id=e.template_id, status=status)
+            label, approved = "status", status == "APPROVED"
             if e.category:
                 update.category = e.category
         elif kind == "template_quality_update":
