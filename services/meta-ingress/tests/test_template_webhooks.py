@@ -8,6 +8,8 @@ from typing import Any
 
 import httpx
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from meta_ingress.web.normalize import Normalized, WebhookShapeError, normalize, parse_envelope
 from meta_support import WABA, Fakes, TopicReader, dump, msg, sign, value, webhook
 from zaptrix.kafka import Flow, topics_for
@@ -85,6 +87,33 @@ def test_quality_and_category_are_read_by_shape_whatever_the_field() -> None:
 def test_malformed_template_webhooks_are_shape_errors(val: Any) -> None:
     with pytest.raises(WebhookShapeError):
         run(hook("message_template_status_update", val))
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=4),
+    max_leaves=20,
+)
+_KEYS = st.sampled_from(
+    ["event", "message_template_id", "new_quality_score", "new_category", "correct_category", "other_info"]
+)
+
+
+@given(
+    st.sampled_from(["message_template_status_update", "template_category_update"]),
+    st.dictionaries(_KEYS, _JSON),
+)
+def test_hostile_template_values_are_events_or_shape_errors(field: str, val: dict[str, Any]) -> None:
+    try:
+        result = run(hook(field, val))
+    except WebhookShapeError:
+        return
+    (env,) = result.templates
+    assert env.WhichOneof("kind") in (
+        "template_status_update",
+        "template_quality_update",
+        "template_category_update",
+    )
 
 
 async def post(web: Proc, body: bytes, signature: str | None = None) -> httpx.Response:
