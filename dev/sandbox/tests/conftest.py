@@ -134,7 +134,28 @@ def graph_url(stub: GatewayStub, processes: None) -> Iterator[str]:
             "SANDBOX_GRAPH_PORT": str(port),
             "SANDBOX_GRAPH_WEBHOOK_URL": f"{stub.url}/webhooks/meta",
             "SANDBOX_GRAPH_WEBHOOK_RETRY_DELAYS_S": "[0.05, 0.1]",
-            "SANDBOX_GRAPH_TEMPLATES": '[{"name": "hello_world"}, {"name": "reopen", "languages": ["de"], "body_params": 1}]',
+            "SANDBOX_GRAPH_TEMPLATES": json.dumps(
+                [
+                    {"name": "hello_world"},
+                    {"name": "reopen", "languages": ["de"], "body_params": 1},
+                    # test_graph_templates.py
+                    {
+                        "name": "order_update",
+                        "languages": ["en_US", "pt_BR"],
+                        "body_params": 2,
+                        "header": "TEXT",
+                        "header_params": 1,
+                    },
+                    {"name": "invoice_ready", "body_params": 1, "header": "DOCUMENT"},
+                    {
+                        "name": "summer_sale",
+                        "category": "marketing",
+                        "header": "IMAGE",
+                        "named_params": ["first_name", "discount"],
+                    },
+                    {"name": "winter_sale", "category": "marketing", "status": "PAUSED", "quality": "RED"},
+                ]
+            ),
         },
         port,
     )

@@ -160,3 +160,29 @@ def test_business_app_edit_needs_the_original(graph_url: str, stub: GatewayStub)
     stub.clear()
     assert cli.main(["--graph-url", graph_url, "business-app", "edit", "--to", "1", "x"]) == 2
     assert stub.on("/webhooks/meta") == []
+
+
+def test_template_changes_post_the_webhooks(
+    graph_url: str, stub: GatewayStub, capsys: pytest.CaptureFixture[str]
+) -> None:
+    httpx.post(f"{graph_url}/_sandbox/reset").raise_for_status()
+    stub.clear()
+    assert cli.main(["--graph-url", graph_url, "template", "status", "hello_world", "paused"]) == 0
+    assert "status webhook(s)" in capsys.readouterr().out
+    assert cli.main(["--graph-url", graph_url, "template", "quality", "hello_world", "red"]) == 0
+    assert (
+        cli.main(["--graph-url", graph_url, "template", "category", "hello_world", "marketing", "--notice"])
+        == 0
+    )
+    fields = [h.json()["entry"][0]["changes"][0]["field"] for h in stub.on("/webhooks/meta")]
+    assert fields == [
+        "message_template_status_update",
+        "message_template_quality_update",
+        "template_category_update",
+    ]
+    assert cli.main(["--graph-url", graph_url, "template", "list"]) == 0
+    assert (
+        "hello_world" in capsys.readouterr().out
+        and "PAUSED" in httpx.get(f"{graph_url}/_sandbox/templates").text
+    )
+    assert cli.main(["--graph-url", graph_url, "template", "status", "nope", "paused"]) == 1

@@ -11,7 +11,7 @@ from sanic import Request
 from sanic.response import HTTPResponse
 from sanic.response import json as json_response
 
-from . import bitrix_crm, bitrix_im, bitrix_imconnector, bitrix_offline, bitrix_sim
+from . import bitrix_crm, bitrix_disk, bitrix_im, bitrix_imconnector, bitrix_offline, bitrix_sim
 from . import faults as fault_injection
 from .bitrix_oauth import handle_app_info, handle_token
 from .bitrix_rest import handle
@@ -20,7 +20,9 @@ from .bitrix_state import PortalState
 from .tasks import Background
 from .web import App, new_app
 
-assert bitrix_crm and bitrix_im and bitrix_imconnector  # imported for their @method registrations
+assert (
+    bitrix_crm and bitrix_disk and bitrix_im and bitrix_imconnector
+)  # imported for their @method registrations
 
 
 def _client() -> httpx.AsyncClient:
@@ -53,12 +55,14 @@ class BitrixSandbox:
         for spec in self.options.portals:
             portal = PortalState(spec, self.options)
             portal.issue(self.options)  # the installer's tokens, as handed over by ONAPPINSTALL
+            bitrix_disk.seed_drive(portal)
             self.portals[spec.member_id] = portal
 
     def add_portal(self, spec: PortalSpec) -> PortalState:
         """A portal added at run time (POST /_sandbox/portals); gone after /_sandbox/reset."""
         portal = PortalState(spec, self.options)
         portal.issue(self.options)  # the installer's tokens, handed over by ONAPPINSTALL
+        bitrix_disk.seed_drive(portal)
         self.portals[spec.member_id] = portal
         return portal
 
@@ -72,6 +76,8 @@ class BitrixSandbox:
             "client_endpoint": f"{self.base_url}/rest/",
             "line_id": p.spec.line_id,
             "connector_id": p.spec.connector_id,
+            "placements": p.placements,
+            "drive": {str(u): ids for u, ids in p.drive.items()},
             "access_token": p.current_access,
             "refresh_token": p.current_refresh,
             "connectors": {c.id: {"name": c.name, "flags": c.flags} for c in p.connectors.values()},
@@ -120,4 +126,5 @@ def create_app(settings: BitrixSettings | None = None, name: str = "sandbox_bitr
     bitrix_sim.register(app, sb)
     fault_injection.register(app, sb.faults)
     bitrix_offline.register(app, sb)
+    bitrix_disk.register(app, sb)
     return app

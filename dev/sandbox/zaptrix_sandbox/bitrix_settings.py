@@ -16,7 +16,7 @@ class PortalSpec(BaseModel):
     application_token: str = "sandbox-app-token"
     line_id: int = 1
     connector_id: str = "zaptrix_whatsapp"
-    scope: str = "imopenlines,imconnector,im,crm,placement"
+    scope: str = "imopenlines,imconnector,im,crm,placement,disk"
     # Start with the connector registered, active on the line and its data set, as after a finished install.
     preregistered: bool = True
     # Emulate the Open Line's CRM tracker: find or create a contact from user.phone (bitrix24.md §7).

@@ -104,6 +104,8 @@ class PortalState:
         self.requests: list[dict[str, Any]] = []
         self.events: list[dict[str, Any]] = []
         self.files: dict[str, tuple[bytes, str, str]] = {}  # id -> (data, mime, name) for operator files
+        self.drive: dict[int, list[str]] = {}  # user id -> file ids of their Bitrix24 Drive (bitrix_disk.py)
+        self.placements: list[dict[str, Any]] = []  # placement.bind (bitrix_disk.py)
         self.unmatched_statuses: list[dict[str, Any]] = []
         # Every imconnector.send.status.* item, in arrival order: {method, chat_id, message_id, ids, at}
         # (a yes/no flag per message could not show a receipt reported twice, or as the wrong kind).

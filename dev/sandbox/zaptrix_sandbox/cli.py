@@ -421,6 +421,33 @@ def business_app(args: argparse.Namespace, client: httpx.Client) -> int:
     return 0 if data["gateway_status"] == 200 else 1
 
 
+def template(args: argparse.Namespace, client: httpx.Client) -> int:
+    """Templates of the Graph stand-in (graph_templates.py): list them, or change one and post its webhook."""
+    if args.change == "list":
+        for t in client.get(f"{args.graph_url}/_sandbox/templates").json():
+            print(
+                f"{t['name']:<20} {t['language']:<6} {t['status']:<10} {t['category']:<14} {t['quality_score']['score']}"
+            )
+        return 0
+    body: dict[str, Any] = {}
+    if args.change == "status":
+        body["event"] = args.value.upper()
+    elif args.change == "quality":
+        body["score"] = args.value.upper()
+    else:
+        body["category"], body["notice"] = args.value.lower(), args.notice
+    if args.language:
+        body["language"] = args.language
+    response = client.post(f"{args.graph_url}/_sandbox/templates/{args.name}/{args.change}", json=body)
+    if response.status_code != 200:
+        print(f"not changed: {response.text}", file=sys.stderr)
+        return 1
+    hooks = response.json()["webhooks"]
+    statuses = ", ".join(f"{h['delivery_id']} HTTP {h['gateway_status']}" for h in hooks)
+    print(f"{args.name}: {args.change} webhook(s) {statuses}")
+    return 0 if all(h["gateway_status"] == 200 for h in hooks) else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="zaptrix-dev", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -493,6 +520,26 @@ def build_parser() -> argparse.ArgumentParser:
             one.add_argument("--declined", action="store_true", help="the business declined sharing")
         one.add_argument("text", nargs="*")
         one.set_defaults(func=business_app)
+
+    tp = sub.add_parser(
+        "template", help="the Graph stand-in's message templates: list, or change one (webhook)"
+    )
+    changes = tp.add_subparsers(dest="change", required=True)
+    changes.add_parser("list", help="every template, language, status, category and quality").set_defaults(
+        func=template
+    )
+    for change, what in [
+        ("status", "APPROVED, PAUSED, REJECTED, DISABLED, ... (message_template_status_update)"),
+        ("quality", "GREEN, YELLOW, RED, UNKNOWN (message_template_quality_update)"),
+        ("category", "utility, marketing, authentication (template_category_update; --notice: 24 h ahead)"),
+    ]:
+        one = changes.add_parser(change, help=what)
+        one.add_argument("name")
+        one.add_argument("value")
+        one.add_argument("--language", help="only this language's webhook")
+        if change == "category":
+            one.add_argument("--notice", action="store_true", help="the advance notice, nothing changes yet")
+        one.set_defaults(func=template)
 
     inbox = sub.add_parser("customer-inbox", help="what a customer received on WhatsApp")
     inbox.add_argument("--to", required=True, help="customer wa_id")

@@ -19,7 +19,7 @@ from sanic.response import HTTPResponse, raw
 from sanic.response import json as json_response
 
 from . import faults as fault_injection
-from . import graph_coexist, graph_sim
+from . import graph_coexist, graph_sim, graph_templates
 from .graph_errors import GraphError, no_object, param_error
 from .graph_outbound import Outbound, check_media
 from .graph_settings import Channel, GraphOptions, GraphSettings
@@ -313,5 +313,6 @@ def create_app(settings: GraphSettings | None = None, name: str = "sandbox_graph
     _register_api(app, sb)
     graph_sim.register(app, sb)
     graph_coexist.register(app, sb)
+    graph_templates.register(app, sb)
     fault_injection.register(app, sb.faults)
     return app

@@ -199,6 +199,8 @@ def register(app: App, sb: GraphSandbox) -> None:
             )
         if isinstance(spec, PreferenceSpec):
             value = preference_value(channel, wa_id, spec)
+            stopped = sb.state.marketing_stopped
+            (stopped.add if spec.value == "stop" else stopped.discard)((channel.phone_number_id, wa_id))
             return await deliver(kind, "user_preferences", channel, value, spec.signature)
         if isinstance(spec, ContactSyncSpec):
             value = contact_sync_value(channel, wa_id, spec)

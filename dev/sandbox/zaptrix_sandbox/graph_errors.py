@@ -14,11 +14,15 @@ TITLES: dict[int, str] = {
     130429: "Rate limit hit",
     131026: "Message undeliverable",
     131047: "Re-engagement message",
+    131050: "Unable to deliver the message: the user stopped marketing messages",
     131062: "BSUID recipient not supported",
     131053: "Media upload error",
     131056: "(Business Account, Consumer Account) pair rate limit hit",
     132000: "Number of parameters does not match the expected number of params",
     132001: "Template name does not exist in the translation",
+    132012: "Parameter format does not match format in the created template",
+    132015: "Template is Paused",
+    132016: "Template is Disabled",
 }
 
 

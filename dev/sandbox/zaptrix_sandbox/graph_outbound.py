@@ -12,6 +12,7 @@ import httpx
 from .graph_errors import GraphError, webhook_error
 from .graph_settings import Channel, Template
 from .graph_state import GraphState, Sent, new_wamid
+from .graph_templates import check_send
 from .graph_validate import MEDIA_TYPES, ReadRequest, SendRequest
 from .graph_webhooks import WebhookSender, envelope, value_of
 from .tasks import Background
@@ -48,20 +49,7 @@ class Outbound:
 
     # --- POST /messages ---------------------------------------------------------------------------
     def _template(self, obj: dict[str, Any]) -> Template:
-        name, lang = obj["name"], obj["language"]["code"]
-        spec = next((t for t in self.state.options.templates if t.name == name), None)
-        if spec is None or lang not in spec.languages:
-            raise GraphError(132001, details=f"template name ({name}) does not exist in {lang}")
-        given = sum(
-            len(c.get("parameters", [])) for c in obj.get("components", []) if c.get("type") == "body"
-        )
-        if given != spec.body_params:
-            raise GraphError(
-                132000,
-                details=f"body: number of localizable_params ({given}) does not match the "
-                f"expected number of params ({spec.body_params})",
-            )
-        return spec
+        return check_send(self.state.options.templates, obj)
 
     def send(self, channel: Channel, req: SendRequest, payload: Any) -> dict[str, Any]:
         """Admit or refuse a send; raises GraphError for synchronous refusals."""
@@ -90,6 +78,13 @@ class Outbound:
         failure: tuple[int, str] | None = None
         if req.wa_id in opts.not_on_whatsapp:
             failure = (131026, "Message Undeliverable.")
+        elif category.lower() == "marketing" and (pnid, req.wa_id) in state.marketing_stopped:
+            # reported in the failed status, as for other undeliverable sends (user_preferences "stop")
+            failure = (
+                131050,
+                "Unable to deliver the message. This recipient has chosen to stop receiving "
+                "marketing messages on WhatsApp from your business.",
+            )
         elif req.type != "template" and not state.window_open(pnid, req.wa_id):
             details = (
                 "Message failed to send because more than 24 hours have passed since the customer "

@@ -25,10 +25,21 @@ class Channel(BaseModel):
 
 
 class Template(BaseModel):
+    """A message template of the WABA (every language shares status and quality here). Listed by
+    GET /<waba_id>/message_templates, checked on sends; /_sandbox/templates/... changes it and posts the
+    template webhooks (graph_templates.py)."""
+
     name: str
     languages: list[str] = ["en_US"]
     body_params: int = 0  # a different count of body parameters -> 132000
     category: Literal["utility", "marketing", "authentication"] = "utility"
+    status: str = "APPROVED"  # APPROVED, PENDING, REJECTED, PAUSED, DISABLED, ... (Meta's words)
+    quality: Literal["GREEN", "YELLOW", "RED", "UNKNOWN"] = "GREEN"
+    header: Literal["", "TEXT", "IMAGE", "VIDEO", "DOCUMENT"] = ""
+    header_params: int = Field(0, ge=0, le=1)  # a TEXT header's variable
+    named_params: list[str] = []  # parameter_format NAMED: the body's {{name}} variables (body_params unused)
+    body_text: str = ""  # "" = generated from the variables
+    url_button: bool = False  # a URL button with one variable (index 0)
 
 
 class GraphOptions(BaseModel):
@@ -56,7 +67,28 @@ class GraphOptions(BaseModel):
     window_hours: float = 24.0
     # whatsapp.md A6: 131047 "often arrives asynchronously as a failed status" -> default "async".
     window_error_mode: Literal["async", "sync"] = "async"
-    templates: list[Template] = [Template(name="hello_world")]
+    templates: list[Template] = [
+        Template(name="hello_world", body_text="Hello from our team! Reply to continue the conversation."),
+        Template(
+            name="order_update",
+            languages=["en_US", "pt_BR"],
+            body_params=2,
+            header="TEXT",
+            header_params=1,
+            body_text="Your order {{1}} ships on {{2}}. Reply here if anything is wrong.",
+        ),
+        Template(
+            name="invoice_ready", body_params=1, header="DOCUMENT", body_text="Invoice {{1}} is attached."
+        ),
+        Template(
+            name="summer_sale",
+            category="marketing",
+            header="IMAGE",
+            named_params=["first_name", "discount"],
+            body_text="Hi {{first_name}}, this week only: {{discount}} off everything.",
+        ),
+        Template(name="winter_sale", category="marketing", status="PAUSED", quality="RED"),
+    ]
     # Offsets (s) after the send for the sent, delivered and read status webhooks.
     status_delays_s: list[float] = [0.05, 0.15, 0.3]
     auto_read: bool = True

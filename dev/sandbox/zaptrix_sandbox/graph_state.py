@@ -95,6 +95,8 @@ class GraphState:
         self.media: dict[str, Media] = {}
         self.deliveries: dict[str, Delivery] = {}
         self.expired_tokens: set[str] = set()
+        # customers who stopped marketing messages (user_preferences "stop"): marketing templates fail 131050
+        self.marketing_stopped: set[tuple[str, str]] = set()
         self._throughput: dict[str, TokenBucket] = {}
         self._pair: dict[tuple[str, str], TokenBucket] = {}
         self._seq = 0

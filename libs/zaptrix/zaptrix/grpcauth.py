@@ -72,6 +72,10 @@ MAPPER_METHODS = (
     "RecordCustomerConsent",
     "GetCustomerConsent",
     "SetPortalInstalled",
+    # template catalogue (issue 16)
+    "ReplaceTemplates",
+    "ApplyTemplateUpdate",
+    "ListTemplates",
 )
 
 
@@ -107,6 +111,10 @@ ALLOWED: dict[str, frozenset[str]] = {
         "GetCustomerConsent",
         # ONAPPUNINSTALL (LineRemoved, line 0): the portal's data goes after the grace period
         "SetPortalInstalled",
+        # the template catalogue: syncs from the Graph API, template webhooks, /template validation
+        "ReplaceTemplates",
+        "ApplyTemplateUpdate",
+        "ListTemplates",
     ),
     # Event verification, app install (portal status, upsert), settings placement (line's channels),
     # outbound events (conversation and message lookups). REST calls during install use the caller's token.
@@ -128,6 +136,7 @@ ALLOWED: dict[str, frozenset[str]] = {
         "GetChannel",
         "BindChannel",
         "SetPortalInstalled",
+        "ListTemplates",
     ),
     # Delivers to Bitrix24 with the portal's token; owns the conversation and delivery records.
     # ListPortals: the offline-event reconciler drains every installed portal's queue.

@@ -14,10 +14,10 @@ from types import ModuleType
 
 from zaptrix.logging import configure_logging
 
-from zaptrix_admin import channels, dead_letters, erase, portals, tokens, usage
+from zaptrix_admin import channels, dead_letters, erase, portals, templates, tokens, usage
 from zaptrix_admin.output import Output, UsageError
 
-GROUPS: tuple[ModuleType, ...] = (portals, channels, tokens, dead_letters, usage, erase)
+GROUPS: tuple[ModuleType, ...] = (portals, channels, tokens, dead_letters, templates, usage, erase)
 
 
 def build_parser() -> argparse.ArgumentParser:

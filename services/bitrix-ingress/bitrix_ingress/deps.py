@@ -135,6 +135,23 @@ class Deps:
         )
         return await self._unary(self.mapper.FindConversation, req, "mapper FindConversation")
 
+    async def find_chat_conversation(self, member_id: str, bitrix_chat_id: str) -> mapper_pb2.Conversation:
+        """The portal's conversation of an Open Lines chat (im chat id); RpcNotFound for another portal's."""
+        req = mapper_pb2.FindConversationRequest(
+            bitrix_chat=mapper_pb2.PortalChat(member_id=member_id, bitrix_chat_id=bitrix_chat_id)
+        )
+        return await self._unary(self.mapper.FindConversation, req, "mapper FindConversation")
+
+    async def list_templates(
+        self, member_id: str, phone_number_id: str, approved_only: bool = True, name: str = ""
+    ) -> list[mapper_pb2.MessageTemplate]:
+        """The channel's templates as its portal may see them (template catalogue, issue 16)."""
+        req = mapper_pb2.ListTemplatesRequest(
+            member_id=member_id, phone_number_id=phone_number_id, approved_only=approved_only, name=name
+        )
+        answer = await self._unary(self.mapper.ListTemplates, req, "mapper ListTemplates")
+        return list(answer.templates)
+
     async def find_conversation_by_id(self, conversation_id: str) -> mapper_pb2.Conversation:
         req = mapper_pb2.FindConversationRequest(id=conversation_id)
         return await self._unary(self.mapper.FindConversation, req, "mapper FindConversation")

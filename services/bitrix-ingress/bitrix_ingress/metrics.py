@@ -73,3 +73,11 @@ CRM = Counter("zaptrix_bitrix_crm_contacts_total", "First-contact CRM lookups by
 BATCH_FALLBACKS = Counter(
     "zaptrix_bitrix_batch_fallbacks_total", "Portals where imconnector.* was refused inside batch"
 )
+
+# --- template picker (issue 16) ---
+TEMPLATE_PICKER = Counter(
+    "zaptrix_bitrix_template_picker_total",
+    "Template picker requests by route (page, send) and outcome (shown, accepted, invalid, refused, malformed, "
+    "unavailable)",
+    ["route", "outcome"],
+)

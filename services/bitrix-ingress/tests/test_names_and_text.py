@@ -87,6 +87,7 @@ def test_notices_are_recognised() -> None:
 def test_failure_texts() -> None:
     window = events_pb2.GraphError(code=131047, title="Re-engagement message")
     assert "24 hours" in failure_text(window) and "template" in failure_text(window)
+    assert "/template NAME" in failure_text(window) and "templates button" in failure_text(window)
     assert "was sent instead" in failure_text(window, template_sent=True)
     other = events_pb2.GraphError(code=131026, title="Message undeliverable", details="not on WhatsApp")
     assert (

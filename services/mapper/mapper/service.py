@@ -38,6 +38,7 @@ from mapper.model import (
 from mapper.repository import Repository
 from mapper.retention import set_portal_installed
 from mapper.settings import MapperSettings, RetentionSettings
+from mapper.templates import Catalogue
 
 V = TypeVar("V")
 
@@ -229,6 +230,11 @@ class MapperService:
 
     async def get_consent(self, phone_number_id: str, wa_id: str, category: str) -> Consent | None:
         return await self.repo.get_consent(phone_number_id, wa_id, category)
+
+    # template catalogue (issue 16): no cache, a paused template must leave the picker at once
+    @property
+    def templates(self) -> Catalogue:
+        return Catalogue(self.repo.db)
 
     # dedupe
 

@@ -11,7 +11,7 @@ from zaptrix.grpchandler import StatusTable, rpc_decorator, status_of
 from zaptrix.v1 import mapper_pb2 as pb
 from zaptrix.v1 import mapper_pb2_grpc
 
-from mapper import convert
+from mapper import convert, templates
 from mapper.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -333,6 +333,46 @@ class MapperServicer(mapper_pb2_grpc.MapperServicer):
             out.uninstalled_at.FromDatetime(since)
             out.purge_after.FromDatetime(purge_after)
         return out
+
+    # --- template catalogue (issue 16, templates) ---------------------------------------------------
+
+    @rpc
+    async def ReplaceTemplates(self, request: pb.ReplaceTemplatesRequest) -> pb.ReplaceTemplatesResponse:
+        pnid = convert.required(request.phone_number_id, "phone_number_id")
+        waba_id = convert.required(request.waba_id, "waba_id")
+        synced_at = (
+            convert.timestamp(request.synced_at, "synced_at")
+            if request.HasField("synced_at")
+            else datetime.now(UTC)
+        )
+        rows = [templates.template(t, pnid, waba_id, synced_at) for t in request.templates]
+        stored, removed = await self.service.templates.replace(pnid, waba_id, rows, synced_at)
+        return pb.ReplaceTemplatesResponse(stored=stored, removed=removed)
+
+    @rpc
+    async def ApplyTemplateUpdate(self, request: pb.TemplateUpdate) -> pb.ApplyTemplateUpdateResponse:
+        if not request.HasField("at"):
+            raise InvalidArgument("at is required")
+        update = templates.Update(
+            waba_id=convert.required(request.waba_id, "waba_id"),
+            template_id=convert.required(request.template_id, "template_id"),
+            status=convert.checked(request.status, "status", 64),
+            quality=convert.checked(request.quality, "quality", 64),
+            category=convert.checked(request.category, "category", 64),
+            at=convert.timestamp(request.at, "at"),
+        )
+        updated, channels = await self.service.templates.apply(update)
+        return pb.ApplyTemplateUpdateResponse(updated=updated, phone_number_ids=channels)
+
+    @rpc
+    async def ListTemplates(self, request: pb.ListTemplatesRequest) -> pb.ListTemplatesResponse:
+        found = await self.service.templates.list(
+            convert.required(request.member_id, "member_id"),
+            convert.required(request.phone_number_id, "phone_number_id"),
+            request.approved_only,
+            convert.checked(request.name, "name", convert.MAX_TEXT),
+        )
+        return pb.ListTemplatesResponse(templates=[templates.template_pb(t) for t in found])
 
 
 def _delivery(request: pb.RecordDeliveryRequest) -> Delivery:

@@ -17,6 +17,7 @@ TABLES = [
     "conversation_mapping",
     "customer_consent",
     "message_link",
+    "message_template",
     "portal_uninstall",
     "processed_event",
     "usage_monthly",

@@ -168,3 +168,17 @@ FILE_FETCHES = Counter(
 FILE_SPOOL_BYTES = Gauge(
     "zaptrix_meta_file_spool_bytes", "Spool budget reserved by downloads and uploads in progress"
 )
+
+# --- template catalogue and template sends (issue 16) ---
+TEMPLATE_SENDS = Counter(
+    "zaptrix_meta_template_sends_total",
+    "Operator template sends (/template command or picker) by outcome: sent, invalid (refused before sending), "
+    "opted_out, refused (Graph error), duplicate",
+    ["outcome"],
+)
+TEMPLATE_UPDATES = Counter(
+    "zaptrix_meta_template_updates_total",
+    "Template webhooks and syncs applied to the catalogue, by kind (status, quality, category, sync) and "
+    "outcome (applied, stale, unknown_template, synced, failed)",
+    ["kind", "outcome"],
+)

@@ -42,7 +42,8 @@ def graph_error(code: int | None, http: int = 400, subcode: int | None = None) -
         (200, 403, Action.FAULT),
         (368, 403, Action.FAULT),
         (131031, 403, Action.FAULT),
-        (132000, 400, Action.FAULT),
+        (132000, 400, Action.NOTIFY),  # a template the operator sent: they can fix the values
+        (132069, 400, Action.FAULT),
         (999999, 400, Action.FAULT),
         (999999, 502, Action.RETRY),
         (None, 502, Action.RETRY),
@@ -61,6 +62,7 @@ def test_transport_errors_are_transient() -> None:
 
 def test_notices_are_specific() -> None:
     assert "24 hours" in notice_for(graph_error(131047))
+    assert "/template NAME" in notice_for(graph_error(131047))  # the 131047 notice offers the templates
     assert "not on WhatsApp" in notice_for(graph_error(131026))
     assert "access token" in notice_for(graph_error(190, 401))
     assert "administrator" in notice_for(graph_error(131031, 403))

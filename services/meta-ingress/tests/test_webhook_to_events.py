@@ -273,12 +273,12 @@ def test_other_fields_are_ignored_not_refused() -> None:
         "entry": [
             {
                 "id": "1",
-                "changes": [{"field": "message_template_status_update", "value": {"event": "APPROVED"}}],
+                "changes": [{"field": "phone_number_quality_update", "value": {"event": "FLAGGED"}}],
             }
         ],
     }
-    hook = parse_envelope(payload)
-    assert hook.channels == [] and hook.ignored_fields == ["message_template_status_update"]
+    hook = parse_envelope(payload)  # (template webhooks are read: test_template_webhooks.py)
+    assert hook.channels == [] and hook.ignored_fields == ["phone_number_quality_update"]
     assert run({"object": "whatsapp_business_account", "entry": []}).envelopes == []
 
 

@@ -31,6 +31,7 @@ class FakeMapper(Recorder, mapper_pb2_grpc.MapperServicer):
         self.processed: dict[str, str] = {}  # event id -> result
         self.consents: dict[tuple[str, str, str], mapper_pb2.CustomerConsent] = {}
         self.uninstalled: dict[str, datetime] = {}  # member_id -> since (SetPortalInstalled)
+        self.templates: dict[tuple[str, str], mapper_pb2.MessageTemplate] = {}  # (pnid, template id)
         self._lock = asyncio.Lock()
 
     def clear(self) -> None:
@@ -41,6 +42,7 @@ class FakeMapper(Recorder, mapper_pb2_grpc.MapperServicer):
         self.processed.clear()
         self.consents.clear()
         self.uninstalled.clear()
+        self.templates.clear()
         self.forget_calls()
 
     # --- test set-up -------------------------------------------------------------------------------
@@ -157,6 +159,11 @@ class FakeMapper(Recorder, mapper_pb2_grpc.MapperServicer):
                     and conv.external_chat_id == request.portal_external_chat.external_chat_id
                     and conv.member_id == request.portal_external_chat.member_id
                 )
+                or (  # an Open Lines chat of the portal (the template picker)
+                    by == "bitrix_chat"
+                    and conv.bitrix_chat_id == request.bitrix_chat.bitrix_chat_id
+                    and conv.member_id == request.bitrix_chat.member_id
+                )
                 or (
                     by == "channel_customer"
                     and conv.phone_number_id == request.channel_customer.phone_number_id
@@ -255,6 +262,58 @@ class FakeMapper(Recorder, mapper_pb2_grpc.MapperServicer):
         return self.consents.get(key) or mapper_pb2.CustomerConsent(
             phone_number_id=request.phone_number_id, wa_id=request.wa_id, category=request.category
         )
+
+    # template catalogue (issue 16)
+
+    async def ReplaceTemplates(self, request: Any, context: Any) -> mapper_pb2.ReplaceTemplatesResponse:
+        await self._enter("ReplaceTemplates", request, context, request.phone_number_id)
+        pnid = request.phone_number_id
+        await found(context, self.channels.get(pnid), f"phone_number_id {pnid}")
+        old = {k for k in self.templates if k[0] == pnid}
+        new = {(pnid, t.template_id) for t in request.templates}
+        for key in old - new:
+            del self.templates[key]
+        for t in request.templates:
+            row = mapper_pb2.MessageTemplate()
+            row.CopyFrom(t)
+            row.phone_number_id, row.waba_id = pnid, request.waba_id
+            row.parameter_format = row.parameter_format or "POSITIONAL"
+            row.updated_at.CopyFrom(request.synced_at if request.HasField("synced_at") else timestamp())
+            self.templates[(pnid, t.template_id)] = row
+        return mapper_pb2.ReplaceTemplatesResponse(stored=len(new), removed=len(old - new))
+
+    async def ApplyTemplateUpdate(self, request: Any, context: Any) -> mapper_pb2.ApplyTemplateUpdateResponse:
+        """As the mapper: every channel's row of the template, when not newer than the update."""
+        await self._enter("ApplyTemplateUpdate", request, context, request.template_id)
+        updated = 0
+        for row in self.templates.values():
+            if row.waba_id != request.waba_id or row.template_id != request.template_id:
+                continue
+            if row.updated_at.seconds > request.at.seconds:
+                continue
+            row.status = request.status or row.status
+            row.quality = request.quality or row.quality
+            row.category = request.category or row.category
+            row.updated_at.CopyFrom(request.at)
+            updated += 1
+        channels = sorted(
+            {r.phone_number_id for r in self.templates.values() if r.waba_id == request.waba_id}
+        )
+        return mapper_pb2.ApplyTemplateUpdateResponse(updated=updated, phone_number_ids=channels)
+
+    async def ListTemplates(self, request: Any, context: Any) -> mapper_pb2.ListTemplatesResponse:
+        await self._enter("ListTemplates", request, context, request.phone_number_id)
+        channel = self.channels.get(request.phone_number_id)
+        if channel is None or channel.member_id != request.member_id:
+            await abort(context, grpc.StatusCode.NOT_FOUND, "not a channel of this portal")
+        rows = [
+            t
+            for (pnid, _), t in sorted(self.templates.items(), key=lambda kv: (kv[1].name, kv[1].language))
+            if pnid == request.phone_number_id
+            and (not request.approved_only or t.status == "APPROVED")
+            and (not request.name or t.name == request.name)
+        ]
+        return mapper_pb2.ListTemplatesResponse(templates=rows)
 
     async def UpdateMessageStatus(self, request: Any, context: Any) -> mapper_pb2.MessageLink:
         await self._enter("UpdateMessageStatus", request, context, request.wamid)

@@ -60,6 +60,10 @@ class Envelope(_message.Message):
     CUSTOMER_MESSAGE_CHANGE_FIELD_NUMBER: _builtins.int
     CONTACT_NAME_SYNC_FIELD_NUMBER: _builtins.int
     HISTORY_MESSAGE_FIELD_NUMBER: _builtins.int
+    TEMPLATE_STATUS_UPDATE_FIELD_NUMBER: _builtins.int
+    TEMPLATE_QUALITY_UPDATE_FIELD_NUMBER: _builtins.int
+    TEMPLATE_CATEGORY_UPDATE_FIELD_NUMBER: _builtins.int
+    TEMPLATE_SYNC_REQUEST_FIELD_NUMBER: _builtins.int
     DEAD_LETTER_REPLAYED_FIELD_NUMBER: _builtins.int
     event_id: _builtins.str
     """Stable id of the event; redeliveries carry the same id (dedupe key).
@@ -106,6 +110,16 @@ class Envelope(_message.Message):
         """on its own topic, wa-history (never delays live traffic)"""
 
     @_builtins.property
+    def template_status_update(self) -> Global___TemplateStatusUpdate:
+        """Template catalogue (issue 16), numbers 50-54: on the b24-to-wa flow, consumed by the meta dispatcher."""
+
+    @_builtins.property
+    def template_quality_update(self) -> Global___TemplateQualityUpdate: ...
+    @_builtins.property
+    def template_category_update(self) -> Global___TemplateCategoryUpdate: ...
+    @_builtins.property
+    def template_sync_request(self) -> Global___TemplateSyncRequest: ...
+    @_builtins.property
     def dead_letter_replayed(self) -> Global___DeadLetterReplayed:
         """Admin (issue 18), numbers 60-64: the audit topic <prefix>.admin-audit.v1, never a flow's topic."""
 
@@ -131,13 +145,17 @@ class Envelope(_message.Message):
         customer_message_change: Global___CustomerMessageChange | None = ...,
         contact_name_sync: Global___ContactNameSync | None = ...,
         history_message: Global___HistoryMessage | None = ...,
+        template_status_update: Global___TemplateStatusUpdate | None = ...,
+        template_quality_update: Global___TemplateQualityUpdate | None = ...,
+        template_category_update: Global___TemplateCategoryUpdate | None = ...,
+        template_sync_request: Global___TemplateSyncRequest | None = ...,
         dead_letter_replayed: Global___DeadLetterReplayed | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["business_echo", b"business_echo", "consent_change", b"consent_change", "contact_name_sync", b"contact_name_sync", "customer_identity_change", b"customer_identity_change", "customer_message", b"customer_message", "customer_message_change", b"customer_message_change", "dead_letter_replayed", b"dead_letter_replayed", "history_message", b"history_message", "kind", b"kind", "line_removed", b"line_removed", "occurred_at", b"occurred_at", "operator_message", b"operator_message", "operator_message_delete", b"operator_message_delete", "operator_message_edit", b"operator_message_edit", "operator_read", b"operator_read", "send_failure", b"send_failure", "whatsapp_status", b"whatsapp_status", "window_closed", b"window_closed"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["business_echo", b"business_echo", "consent_change", b"consent_change", "contact_name_sync", b"contact_name_sync", "customer_identity_change", b"customer_identity_change", "customer_message", b"customer_message", "customer_message_change", b"customer_message_change", "dead_letter_replayed", b"dead_letter_replayed", "history_message", b"history_message", "kind", b"kind", "line_removed", b"line_removed", "occurred_at", b"occurred_at", "operator_message", b"operator_message", "operator_message_delete", b"operator_message_delete", "operator_message_edit", b"operator_message_edit", "operator_read", b"operator_read", "send_failure", b"send_failure", "template_category_update", b"template_category_update", "template_quality_update", b"template_quality_update", "template_status_update", b"template_status_update", "template_sync_request", b"template_sync_request", "whatsapp_status", b"whatsapp_status", "window_closed", b"window_closed"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["business_echo", b"business_echo", "consent_change", b"consent_change", "contact_name_sync", b"contact_name_sync", "conversation_key", b"conversation_key", "customer_identity_change", b"customer_identity_change", "customer_message", b"customer_message", "customer_message_change", b"customer_message_change", "dead_letter_replayed", b"dead_letter_replayed", "event_id", b"event_id", "history_message", b"history_message", "kind", b"kind", "line_removed", b"line_removed", "occurred_at", b"occurred_at", "operator_message", b"operator_message", "operator_message_delete", b"operator_message_delete", "operator_message_edit", b"operator_message_edit", "operator_read", b"operator_read", "send_failure", b"send_failure", "source", b"source", "whatsapp_status", b"whatsapp_status", "window_closed", b"window_closed"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["business_echo", b"business_echo", "consent_change", b"consent_change", "contact_name_sync", b"contact_name_sync", "conversation_key", b"conversation_key", "customer_identity_change", b"customer_identity_change", "customer_message", b"customer_message", "customer_message_change", b"customer_message_change", "dead_letter_replayed", b"dead_letter_replayed", "event_id", b"event_id", "history_message", b"history_message", "kind", b"kind", "line_removed", b"line_removed", "occurred_at", b"occurred_at", "operator_message", b"operator_message", "operator_message_delete", b"operator_message_delete", "operator_message_edit", b"operator_message_edit", "operator_read", b"operator_read", "send_failure", b"send_failure", "source", b"source", "template_category_update", b"template_category_update", "template_quality_update", b"template_quality_update", "template_status_update", b"template_status_update", "template_sync_request", b"template_sync_request", "whatsapp_status", b"whatsapp_status", "window_closed", b"window_closed"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["customer_message", "whatsapp_status", "operator_message", "operator_message_edit", "operator_message_delete", "operator_read", "send_failure", "line_removed", "window_closed", "customer_identity_change", "business_echo", "consent_change", "customer_message_change", "contact_name_sync", "history_message", "dead_letter_replayed"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["customer_message", "whatsapp_status", "operator_message", "operator_message_edit", "operator_message_delete", "operator_read", "send_failure", "line_removed", "window_closed", "customer_identity_change", "business_echo", "consent_change", "customer_message_change", "contact_name_sync", "history_message", "template_status_update", "template_quality_update", "template_category_update", "template_sync_request", "dead_letter_replayed"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
@@ -1088,3 +1106,172 @@ class DeadLetterReplayed(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DeadLetterReplayed: _TypeAlias = DeadLetterReplayed  # noqa: Y015
+
+@_typing.final
+class TemplateStatusUpdate(_message.Message):
+    """--- template catalogue (issue 16) ------------------------------------------------------------------
+    The WABA-level template webhooks. Keyed "waba:<waba_id>"; event_id
+    "wa-tpl-<kind>:<waba_id>:<template_id>:<entry time>:<new value>".
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WABA_ID_FIELD_NUMBER: _builtins.int
+    TEMPLATE_ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    LANGUAGE_FIELD_NUMBER: _builtins.int
+    EVENT_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    CATEGORY_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
+    AT_FIELD_NUMBER: _builtins.int
+    waba_id: _builtins.str
+    template_id: _builtins.str
+    """message_template_id"""
+    name: _builtins.str
+    language: _builtins.str
+    event: _builtins.str
+    """APPROVED, REJECTED, PAUSED, DISABLED, PENDING_DELETION, ..."""
+    reason: _builtins.str
+    category: _builtins.str
+    """message_template_category when sent"""
+    detail: _builtins.str
+    """other_info / rejection_info / disable_info, readable"""
+    @_builtins.property
+    def at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        waba_id: _builtins.str = ...,
+        template_id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        language: _builtins.str = ...,
+        event: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        category: _builtins.str = ...,
+        detail: _builtins.str = ...,
+        at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "category", b"category", "detail", b"detail", "event", b"event", "language", b"language", "name", b"name", "reason", b"reason", "template_id", b"template_id", "waba_id", b"waba_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TemplateStatusUpdate: _TypeAlias = TemplateStatusUpdate  # noqa: Y015
+
+@_typing.final
+class TemplateQualityUpdate(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WABA_ID_FIELD_NUMBER: _builtins.int
+    TEMPLATE_ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    LANGUAGE_FIELD_NUMBER: _builtins.int
+    PREVIOUS_QUALITY_FIELD_NUMBER: _builtins.int
+    NEW_QUALITY_FIELD_NUMBER: _builtins.int
+    AT_FIELD_NUMBER: _builtins.int
+    waba_id: _builtins.str
+    template_id: _builtins.str
+    name: _builtins.str
+    language: _builtins.str
+    previous_quality: _builtins.str
+    new_quality: _builtins.str
+    """GREEN, YELLOW, RED, UNKNOWN"""
+    @_builtins.property
+    def at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        waba_id: _builtins.str = ...,
+        template_id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        language: _builtins.str = ...,
+        previous_quality: _builtins.str = ...,
+        new_quality: _builtins.str = ...,
+        at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "language", b"language", "name", b"name", "new_quality", b"new_quality", "previous_quality", b"previous_quality", "template_id", b"template_id", "waba_id", b"waba_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TemplateQualityUpdate: _TypeAlias = TemplateQualityUpdate  # noqa: Y015
+
+@_typing.final
+class TemplateCategoryUpdate(_message.Message):
+    """Meta's category change: the advance notice (correct_category, 24 h ahead; nothing changes yet) or
+    the completed change (new_category).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WABA_ID_FIELD_NUMBER: _builtins.int
+    TEMPLATE_ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    LANGUAGE_FIELD_NUMBER: _builtins.int
+    PREVIOUS_CATEGORY_FIELD_NUMBER: _builtins.int
+    NEW_CATEGORY_FIELD_NUMBER: _builtins.int
+    CORRECT_CATEGORY_FIELD_NUMBER: _builtins.int
+    AT_FIELD_NUMBER: _builtins.int
+    waba_id: _builtins.str
+    template_id: _builtins.str
+    name: _builtins.str
+    language: _builtins.str
+    previous_category: _builtins.str
+    new_category: _builtins.str
+    """set once the change is done"""
+    correct_category: _builtins.str
+    """set on the advance notice"""
+    @_builtins.property
+    def at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        waba_id: _builtins.str = ...,
+        template_id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        language: _builtins.str = ...,
+        previous_category: _builtins.str = ...,
+        new_category: _builtins.str = ...,
+        correct_category: _builtins.str = ...,
+        at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "correct_category", b"correct_category", "language", b"language", "name", b"name", "new_category", b"new_category", "previous_category", b"previous_category", "template_id", b"template_id", "waba_id", b"waba_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TemplateCategoryUpdate: _TypeAlias = TemplateCategoryUpdate  # noqa: Y015
+
+@_typing.final
+class TemplateSyncRequest(_message.Message):
+    """Read a channel's templates from the Graph API again (install, channel binding). event_id
+    "tpl-sync:<phone_number_id>:<reason>:<time>"; keyed "<phone_number_id>:templates".
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MEMBER_ID_FIELD_NUMBER: _builtins.int
+    PHONE_NUMBER_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    member_id: _builtins.str
+    phone_number_id: _builtins.str
+    reason: _builtins.str
+    """install | bind | webhook | admin"""
+    def __init__(
+        self,
+        *,
+        member_id: _builtins.str = ...,
+        phone_number_id: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["member_id", b"member_id", "phone_number_id", b"phone_number_id", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TemplateSyncRequest: _TypeAlias = TemplateSyncRequest  # noqa: Y015

@@ -1224,3 +1224,236 @@ class SetPortalInstalledResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SetPortalInstalledResponse: _TypeAlias = SetPortalInstalledResponse  # noqa: Y015
+
+@_typing.final
+class MessageTemplate(_message.Message):
+    """--- template catalogue (issue 16, templates) -------------------------------------------------------"""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PHONE_NUMBER_ID_FIELD_NUMBER: _builtins.int
+    WABA_ID_FIELD_NUMBER: _builtins.int
+    TEMPLATE_ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    LANGUAGE_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    CATEGORY_FIELD_NUMBER: _builtins.int
+    QUALITY_FIELD_NUMBER: _builtins.int
+    COMPONENTS_JSON_FIELD_NUMBER: _builtins.int
+    PARAMETER_FORMAT_FIELD_NUMBER: _builtins.int
+    UPDATED_AT_FIELD_NUMBER: _builtins.int
+    phone_number_id: _builtins.str
+    waba_id: _builtins.str
+    template_id: _builtins.str
+    """Meta's template id (one per name and language)"""
+    name: _builtins.str
+    language: _builtins.str
+    """e.g. en_US, pt_BR"""
+    status: _builtins.str
+    """APPROVED, PENDING, REJECTED, PAUSED, DISABLED, ..."""
+    category: _builtins.str
+    """MARKETING, UTILITY, AUTHENTICATION"""
+    quality: _builtins.str
+    """GREEN, YELLOW, RED, UNKNOWN ("" never rated)"""
+    components_json: _builtins.str
+    """the components array as Meta lists it (JSON)"""
+    parameter_format: _builtins.str
+    """POSITIONAL (default) | NAMED"""
+    @_builtins.property
+    def updated_at(self) -> _timestamp_pb2.Timestamp:
+        """the latest sync or webhook applied"""
+
+    def __init__(
+        self,
+        *,
+        phone_number_id: _builtins.str = ...,
+        waba_id: _builtins.str = ...,
+        template_id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        language: _builtins.str = ...,
+        status: _builtins.str = ...,
+        category: _builtins.str = ...,
+        quality: _builtins.str = ...,
+        components_json: _builtins.str = ...,
+        parameter_format: _builtins.str = ...,
+        updated_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["updated_at", b"updated_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["category", b"category", "components_json", b"components_json", "language", b"language", "name", b"name", "parameter_format", b"parameter_format", "phone_number_id", b"phone_number_id", "quality", b"quality", "status", b"status", "template_id", b"template_id", "updated_at", b"updated_at", "waba_id", b"waba_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MessageTemplate: _TypeAlias = MessageTemplate  # noqa: Y015
+
+@_typing.final
+class ReplaceTemplatesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PHONE_NUMBER_ID_FIELD_NUMBER: _builtins.int
+    WABA_ID_FIELD_NUMBER: _builtins.int
+    TEMPLATES_FIELD_NUMBER: _builtins.int
+    SYNCED_AT_FIELD_NUMBER: _builtins.int
+    phone_number_id: _builtins.str
+    waba_id: _builtins.str
+    @_builtins.property
+    def templates(self) -> _containers.RepeatedCompositeFieldContainer[Global___MessageTemplate]: ...
+    @_builtins.property
+    def synced_at(self) -> _timestamp_pb2.Timestamp:
+        """when the listing was read (webhooks older than it lose)"""
+
+    def __init__(
+        self,
+        *,
+        phone_number_id: _builtins.str = ...,
+        waba_id: _builtins.str = ...,
+        templates: _abc.Iterable[Global___MessageTemplate] | None = ...,
+        synced_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["synced_at", b"synced_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["phone_number_id", b"phone_number_id", "synced_at", b"synced_at", "templates", b"templates", "waba_id", b"waba_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReplaceTemplatesRequest: _TypeAlias = ReplaceTemplatesRequest  # noqa: Y015
+
+@_typing.final
+class ReplaceTemplatesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STORED_FIELD_NUMBER: _builtins.int
+    REMOVED_FIELD_NUMBER: _builtins.int
+    stored: _builtins.int
+    removed: _builtins.int
+    def __init__(
+        self,
+        *,
+        stored: _builtins.int = ...,
+        removed: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["removed", b"removed", "stored", b"stored"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReplaceTemplatesResponse: _TypeAlias = ReplaceTemplatesResponse  # noqa: Y015
+
+@_typing.final
+class TemplateUpdate(_message.Message):
+    """One template webhook. Empty fields are left as stored."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WABA_ID_FIELD_NUMBER: _builtins.int
+    TEMPLATE_ID_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    QUALITY_FIELD_NUMBER: _builtins.int
+    CATEGORY_FIELD_NUMBER: _builtins.int
+    AT_FIELD_NUMBER: _builtins.int
+    waba_id: _builtins.str
+    template_id: _builtins.str
+    status: _builtins.str
+    """message_template_status_update.event"""
+    quality: _builtins.str
+    """message_template_quality_update.new_quality_score"""
+    category: _builtins.str
+    """template_category_update.new_category"""
+    @_builtins.property
+    def at(self) -> _timestamp_pb2.Timestamp:
+        """the webhook entry's time"""
+
+    def __init__(
+        self,
+        *,
+        waba_id: _builtins.str = ...,
+        template_id: _builtins.str = ...,
+        status: _builtins.str = ...,
+        quality: _builtins.str = ...,
+        category: _builtins.str = ...,
+        at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "category", b"category", "quality", b"quality", "status", b"status", "template_id", b"template_id", "waba_id", b"waba_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TemplateUpdate: _TypeAlias = TemplateUpdate  # noqa: Y015
+
+@_typing.final
+class ApplyTemplateUpdateResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    UPDATED_FIELD_NUMBER: _builtins.int
+    PHONE_NUMBER_IDS_FIELD_NUMBER: _builtins.int
+    updated: _builtins.int
+    """rows changed (0: unknown template, or an older update)"""
+    @_builtins.property
+    def phone_number_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """channels whose catalogue holds the WABA (for a re-sync)"""
+
+    def __init__(
+        self,
+        *,
+        updated: _builtins.int = ...,
+        phone_number_ids: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["phone_number_ids", b"phone_number_ids", "updated", b"updated"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ApplyTemplateUpdateResponse: _TypeAlias = ApplyTemplateUpdateResponse  # noqa: Y015
+
+@_typing.final
+class ListTemplatesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MEMBER_ID_FIELD_NUMBER: _builtins.int
+    PHONE_NUMBER_ID_FIELD_NUMBER: _builtins.int
+    APPROVED_ONLY_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    member_id: _builtins.str
+    """the portal asking: must be the channel's"""
+    phone_number_id: _builtins.str
+    approved_only: _builtins.bool
+    name: _builtins.str
+    """only this template name ("" all)"""
+    def __init__(
+        self,
+        *,
+        member_id: _builtins.str = ...,
+        phone_number_id: _builtins.str = ...,
+        approved_only: _builtins.bool = ...,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["approved_only", b"approved_only", "member_id", b"member_id", "name", b"name", "phone_number_id", b"phone_number_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListTemplatesRequest: _TypeAlias = ListTemplatesRequest  # noqa: Y015
+
+@_typing.final
+class ListTemplatesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TEMPLATES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def templates(self) -> _containers.RepeatedCompositeFieldContainer[Global___MessageTemplate]: ...
+    def __init__(
+        self,
+        *,
+        templates: _abc.Iterable[Global___MessageTemplate] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["templates", b"templates"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListTemplatesResponse: _TypeAlias = ListTemplatesResponse  # noqa: Y015

@@ -139,6 +139,21 @@ class MapperStub:
                 request_serializer=zaptrix_dot_v1_dot_mapper__pb2.SetPortalInstalledRequest.SerializeToString,
                 response_deserializer=zaptrix_dot_v1_dot_mapper__pb2.SetPortalInstalledResponse.FromString,
                 _registered_method=True)
+        self.ReplaceTemplates = channel.unary_unary(
+                '/zaptrix.v1.Mapper/ReplaceTemplates',
+                request_serializer=zaptrix_dot_v1_dot_mapper__pb2.ReplaceTemplatesRequest.SerializeToString,
+                response_deserializer=zaptrix_dot_v1_dot_mapper__pb2.ReplaceTemplatesResponse.FromString,
+                _registered_method=True)
+        self.ApplyTemplateUpdate = channel.unary_unary(
+                '/zaptrix.v1.Mapper/ApplyTemplateUpdate',
+                request_serializer=zaptrix_dot_v1_dot_mapper__pb2.TemplateUpdate.SerializeToString,
+                response_deserializer=zaptrix_dot_v1_dot_mapper__pb2.ApplyTemplateUpdateResponse.FromString,
+                _registered_method=True)
+        self.ListTemplates = channel.unary_unary(
+                '/zaptrix.v1.Mapper/ListTemplates',
+                request_serializer=zaptrix_dot_v1_dot_mapper__pb2.ListTemplatesRequest.SerializeToString,
+                response_deserializer=zaptrix_dot_v1_dot_mapper__pb2.ListTemplatesResponse.FromString,
+                _registered_method=True)
 
 
 class MapperServicer:
@@ -294,6 +309,28 @@ class MapperServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReplaceTemplates(self, request, context):
+        """Template catalogue (issue 16, templates): the message templates of each channel's WhatsApp Business
+        account. ReplaceTemplates stores a full sync (templates no longer listed are removed);
+        ApplyTemplateUpdate applies one template webhook (status, quality, category) to every channel holding
+        that template, newer than what is stored; ListTemplates answers only the portal bound to the channel.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ApplyTemplateUpdate(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListTemplates(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MapperServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -401,6 +438,21 @@ def add_MapperServicer_to_server(servicer, server):
                     servicer.SetPortalInstalled,
                     request_deserializer=zaptrix_dot_v1_dot_mapper__pb2.SetPortalInstalledRequest.FromString,
                     response_serializer=zaptrix_dot_v1_dot_mapper__pb2.SetPortalInstalledResponse.SerializeToString,
+            ),
+            'ReplaceTemplates': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReplaceTemplates,
+                    request_deserializer=zaptrix_dot_v1_dot_mapper__pb2.ReplaceTemplatesRequest.FromString,
+                    response_serializer=zaptrix_dot_v1_dot_mapper__pb2.ReplaceTemplatesResponse.SerializeToString,
+            ),
+            'ApplyTemplateUpdate': grpc.unary_unary_rpc_method_handler(
+                    servicer.ApplyTemplateUpdate,
+                    request_deserializer=zaptrix_dot_v1_dot_mapper__pb2.TemplateUpdate.FromString,
+                    response_serializer=zaptrix_dot_v1_dot_mapper__pb2.ApplyTemplateUpdateResponse.SerializeToString,
+            ),
+            'ListTemplates': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTemplates,
+                    request_deserializer=zaptrix_dot_v1_dot_mapper__pb2.ListTemplatesRequest.FromString,
+                    response_serializer=zaptrix_dot_v1_dot_mapper__pb2.ListTemplatesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -970,6 +1022,87 @@ class Mapper:
             '/zaptrix.v1.Mapper/SetPortalInstalled',
             zaptrix_dot_v1_dot_mapper__pb2.SetPortalInstalledRequest.SerializeToString,
             zaptrix_dot_v1_dot_mapper__pb2.SetPortalInstalledResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReplaceTemplates(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/zaptrix.v1.Mapper/ReplaceTemplates',
+            zaptrix_dot_v1_dot_mapper__pb2.ReplaceTemplatesRequest.SerializeToString,
+            zaptrix_dot_v1_dot_mapper__pb2.ReplaceTemplatesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ApplyTemplateUpdate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/zaptrix.v1.Mapper/ApplyTemplateUpdate',
+            zaptrix_dot_v1_dot_mapper__pb2.TemplateUpdate.SerializeToString,
+            zaptrix_dot_v1_dot_mapper__pb2.ApplyTemplateUpdateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListTemplates(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/zaptrix.v1.Mapper/ListTemplates',
+            zaptrix_dot_v1_dot_mapper__pb2.ListTemplatesRequest.SerializeToString,
+            zaptrix_dot_v1_dot_mapper__pb2.ListTemplatesResponse.FromString,
             options,
             channel_credentials,
             insecure,

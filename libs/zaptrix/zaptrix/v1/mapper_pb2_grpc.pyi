@@ -84,6 +84,14 @@ class MapperStub:
     the retention job removes the portal's data after the grace period) or installed again (true:
     nothing is removed). Idempotent; an older change than the recorded one is ignored.
     """
+    ReplaceTemplates: _grpc.UnaryUnaryMultiCallable[_mapper_pb2.ReplaceTemplatesRequest, _mapper_pb2.ReplaceTemplatesResponse]
+    """Template catalogue (issue 16, templates): the message templates of each channel's WhatsApp Business
+    account. ReplaceTemplates stores a full sync (templates no longer listed are removed);
+    ApplyTemplateUpdate applies one template webhook (status, quality, category) to every channel holding
+    that template, newer than what is stored; ListTemplates answers only the portal bound to the channel.
+    """
+    ApplyTemplateUpdate: _grpc.UnaryUnaryMultiCallable[_mapper_pb2.TemplateUpdate, _mapper_pb2.ApplyTemplateUpdateResponse]
+    ListTemplates: _grpc.UnaryUnaryMultiCallable[_mapper_pb2.ListTemplatesRequest, _mapper_pb2.ListTemplatesResponse]
 
 @_typing.type_check_only
 class MapperAsyncStub(MapperStub):
@@ -141,6 +149,14 @@ class MapperAsyncStub(MapperStub):
     the retention job removes the portal's data after the grace period) or installed again (true:
     nothing is removed). Idempotent; an older change than the recorded one is ignored.
     """
+    ReplaceTemplates: _aio.UnaryUnaryMultiCallable[_mapper_pb2.ReplaceTemplatesRequest, _mapper_pb2.ReplaceTemplatesResponse]  # type: ignore[assignment]
+    """Template catalogue (issue 16, templates): the message templates of each channel's WhatsApp Business
+    account. ReplaceTemplates stores a full sync (templates no longer listed are removed);
+    ApplyTemplateUpdate applies one template webhook (status, quality, category) to every channel holding
+    that template, newer than what is stored; ListTemplates answers only the portal bound to the channel.
+    """
+    ApplyTemplateUpdate: _aio.UnaryUnaryMultiCallable[_mapper_pb2.TemplateUpdate, _mapper_pb2.ApplyTemplateUpdateResponse]  # type: ignore[assignment]
+    ListTemplates: _aio.UnaryUnaryMultiCallable[_mapper_pb2.ListTemplatesRequest, _mapper_pb2.ListTemplatesResponse]  # type: ignore[assignment]
 
 class MapperServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -321,5 +337,31 @@ class MapperServicer(metaclass=_abc_1.ABCMeta):
         the retention job removes the portal's data after the grace period) or installed again (true:
         nothing is removed). Idempotent; an older change than the recorded one is ignored.
         """
+
+    @_abc_1.abstractmethod
+    def ReplaceTemplates(
+        self,
+        request: _mapper_pb2.ReplaceTemplatesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_mapper_pb2.ReplaceTemplatesResponse, _abc.Awaitable[_mapper_pb2.ReplaceTemplatesResponse]]:
+        """Template catalogue (issue 16, templates): the message templates of each channel's WhatsApp Business
+        account. ReplaceTemplates stores a full sync (templates no longer listed are removed);
+        ApplyTemplateUpdate applies one template webhook (status, quality, category) to every channel holding
+        that template, newer than what is stored; ListTemplates answers only the portal bound to the channel.
+        """
+
+    @_abc_1.abstractmethod
+    def ApplyTemplateUpdate(
+        self,
+        request: _mapper_pb2.TemplateUpdate,
+        context: _ServicerContext,
+    ) -> _typing.Union[_mapper_pb2.ApplyTemplateUpdateResponse, _abc.Awaitable[_mapper_pb2.ApplyTemplateUpdateResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ListTemplates(
+        self,
+        request: _mapper_pb2.ListTemplatesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_mapper_pb2.ListTemplatesResponse, _abc.Awaitable[_mapper_pb2.ListTemplatesResponse]]: ...
 
 def add_MapperServicer_to_server(servicer: MapperServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

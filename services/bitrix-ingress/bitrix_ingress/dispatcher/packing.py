@@ -168,7 +168,10 @@ def failure_text(
         if template_sent:
             reason += f" The re-engagement template{f' {template}' if template else ''} was sent instead."
         else:
-            reason += " Ask the customer to write first, or send a template."
+            reason += (
+                " Send an approved template with the WhatsApp templates button above the message box, or type"
+                " /template NAME value | value; or wait until the customer writes."
+            )
         return f"Not delivered to WhatsApp: {reason}"
     if code == BSUID_RECIPIENT_NOT_ALLOWED:
         return (

@@ -3,6 +3,7 @@
 POST /webhooks/bitrix24/outbound   connector events (operator_events.py)
 POST /webhooks/bitrix24/install    ONAPPINSTALL / a UI app's install page / ONAPPUNINSTALL (install.py)
 POST /webhooks/bitrix24/settings   the SETTING_CONNECTOR placement (install.py)
+POST /webhooks/bitrix24/templates  the IM_TEXTAREA template picker, and .../templates/send (template_picker.py)
 GET  /health /ready /metrics
 """
 
@@ -27,6 +28,7 @@ from bitrix_ingress.web.http import problem
 from bitrix_ingress.web.install import INSTALL_PATH, OUTBOUND_PATH, SETTINGS_PATH, Install
 from bitrix_ingress.web.operator_events import OperatorEvents
 from bitrix_ingress.web.resources import WebResources
+from bitrix_ingress.web.template_picker import SEND_PATH, TEMPLATES_PATH, TemplatePicker
 
 log = get_logger(__name__)
 SERVICE = "bitrix-ingress"
@@ -42,11 +44,12 @@ class Handlers:
     resources: WebResources
     events: OperatorEvents
     install: Install
+    templates: TemplatePicker
 
     @classmethod
     def build(cls, resources: WebResources) -> Handlers:
         install = Install(resources)
-        return cls(resources, OperatorEvents(resources, install), install)
+        return cls(resources, OperatorEvents(resources, install), install, TemplatePicker(resources))
 
     async def close(self) -> None:
         await self.resources.stop()
@@ -98,6 +101,12 @@ def create_app(
     async def connector_settings(request: Request) -> HTTPResponse:
         return await handlers().install.settings(request)
 
+    async def template_picker(request: Request) -> HTTPResponse:
+        return await handlers().templates.page_route(request)
+
+    async def template_send(request: Request) -> HTTPResponse:
+        return await handlers().templates.send_route(request)
+
     async def producer_started() -> bool:
         return await handlers().resources.producer.started()
 
@@ -110,6 +119,8 @@ def create_app(
     app.add_route(outbound, OUTBOUND_PATH, methods=["POST"], name="outbound")
     app.add_route(install, INSTALL_PATH, methods=["POST"], name="install")
     app.add_route(connector_settings, SETTINGS_PATH, methods=["POST"], name="settings")
+    app.add_route(template_picker, TEMPLATES_PATH, methods=["POST"], name="templates")
+    app.add_route(template_send, SEND_PATH, methods=["POST"], name="templates_send")
 
     @app.exception(Exception)
     async def _unhandled(request: Request, exc: Exception) -> HTTPResponse:

@@ -44,6 +44,7 @@ from bitrix_ingress.web.oauth_check import (
     VerifiedAuth,
 )
 from bitrix_ingress.web.resources import WebResources
+from bitrix_ingress.web.template_picker import ensure_placement, request_syncs
 
 log = get_logger(__name__)
 
@@ -457,6 +458,9 @@ class Install:
                 ctx.portals.forget_token(req.member_id)
                 log.info("portal stored", member_id=req.member_id, domain=auth.domain, kind=req.kind)
             changes = await ensure_setup(req.member_id, verified_token(auth), ctx.portals, settings)
+            # issue 16: the template picker in Open Lines chats, and the channels' template catalogues
+            changes += await ensure_placement(req.member_id, verified_token(auth), ctx.portals, settings)
+            await sync_templates_of(ctx, req.member_id)
         except Refused as exc:
             INSTALLS.labels(kind, "refused").inc()
             return await guard.refuse(request, "install", exc, req.member_id)
@@ -585,6 +589,13 @@ async def _keep_portal_data(deps: Deps, member_id: str) -> None:
         return
     if answer.HasField("uninstalled_at"):  # an uninstall newer than this install: cannot be
         log.warning("portal still marked uninstalled", member_id=member_id)
+
+
+async def sync_templates_of(resources: WebResources, member_id: str) -> None:
+    """Every channel of the portal has its template catalogue read again (meta-dispatcher, Graph API)."""
+    with contextlib.suppress(RpcFailed, RpcNotFound):
+        channels = (await resources.deps.list_channels(member_id)).channels
+        await request_syncs(resources, member_id, "install", [c.phone_number_id for c in channels])
 
 
 def member_of(form: dict[str, Any]) -> str:

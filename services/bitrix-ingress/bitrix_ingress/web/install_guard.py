@@ -20,7 +20,7 @@ from bitrix_ingress.web.oauth_check import RATE_LIMITED, REASONS, OAuthServer, R
 
 log = get_logger(__name__)
 
-ROUTES = ("install", "settings")
+ROUTES = ("install", "settings", "templates")
 REFUSALS = Counter(
     "zaptrix_install_refusals_total",
     "Install/settings requests refused before anything was stored, by route and reason",

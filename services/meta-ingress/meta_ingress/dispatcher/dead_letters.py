@@ -133,7 +133,8 @@ class DeadLetterNotices:
         if kind == "operator_message":
             om = env.operator_message
             conversation = await self.ctx.records.conversation(om.member_id, om.external_chat_id)
-            notice = Notice.about(om, f"wa-fail:{om.member_id}:{om.bitrix_message_id}", conversation)
+            about = om.bitrix_message_id or env.event_id  # a template picker send has no Bitrix24 message
+            notice = Notice.about(om, f"wa-fail:{om.member_id}:{about}", conversation)
             what = preview(om.text_bbcode, [f.name for f in om.files])
             return notice, f"your message '{what}' was not delivered: {words}."
         if kind == "operator_message_edit":

@@ -17,6 +17,7 @@ from typing import Literal
 
 from zaptrix.kafka import Outcome, PermanentError, Received, TransientError
 from zaptrix.logging import get_logger
+from zaptrix.template_command import is_command
 from zaptrix.v1 import events_pb2
 
 from meta_ingress.dispatcher.bitrix_files import BitrixFiles, PartFailed
@@ -30,6 +31,7 @@ from meta_ingress.dispatcher.send_plan import (
     text_payload,
     too_long_notice,
 )
+from meta_ingress.dispatcher.templates import Templates
 from meta_ingress.dispatcher.window import Window
 from meta_ingress.graph.errors import (
     Action,
@@ -68,6 +70,7 @@ class OperatorMessages:
         self.ctx = ctx
         self.window = window
         self.files = files
+        self.templates = Templates(ctx, files)
 
     async def on_message(self, rec: Received, om: events_pb2.OperatorMessage) -> Outcome:
         event_id = rec.envelope.event_id
@@ -87,7 +90,11 @@ class OperatorMessages:
             return self._duplicate(event_id)
         if isinstance(target, BaseException):
             raise target
-        notice = Notice.about(om, f"wa-fail:{om.member_id}:{om.bitrix_message_id}", target.conversation)
+        # A picker send has no Bitrix24 message: its notices are named by its own event id.
+        about = om.bitrix_message_id or event_id
+        notice = Notice.about(om, f"wa-fail:{om.member_id}:{about}", target.conversation)
+        if is_command(om.text_bbcode):  # /template ...: typed, or sent by the picker page (issue 16)
+            return await self.templates.send(rec, target, om, notice)
         plan = plan_message(om.text_bbcode, list(om.files), om.reply_to_external_id)
         return await self.deliver(rec, target, plan, notice, link=True, reengage=True)
 

@@ -75,6 +75,10 @@ class MetaDispatcher:
             return await self.others.on_line_removed(env)
         if kind == "window_closed":
             return await self.window.on_window_closed(rec, env.window_closed)
+        if kind in ("template_status_update", "template_quality_update", "template_category_update"):
+            return await self.messages.templates.on_update(rec)
+        if kind == "template_sync_request":
+            return await self.messages.templates.on_sync_request(env.template_sync_request)
         raise PermanentError(f"unexpected event type {kind} on the {Flow.B24_TO_WA} topic")
 
 

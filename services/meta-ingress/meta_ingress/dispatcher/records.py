@@ -92,6 +92,27 @@ class Records:
             self.clients.mapper.SetPortalInstalled(request, timeout=self.clients.timeout),
         )
 
+    async def templates(
+        self, member_id: str, phone_number_id: str, name: str
+    ) -> list[mapper_pb2.MessageTemplate]:
+        """The channel's templates of this name (every status and language), as the portal may see them."""
+        request = mapper_pb2.ListTemplatesRequest(
+            member_id=member_id, phone_number_id=phone_number_id, name=name
+        )
+        answer = await call(
+            "mapper ListTemplates", self.clients.mapper.ListTemplates(request, timeout=self.clients.timeout)
+        )
+        return list(answer.templates)
+
+    async def apply_template_update(
+        self, update: mapper_pb2.TemplateUpdate
+    ) -> mapper_pb2.ApplyTemplateUpdateResponse:
+        answer: mapper_pb2.ApplyTemplateUpdateResponse = await call(
+            "mapper ApplyTemplateUpdate",
+            self.clients.mapper.ApplyTemplateUpdate(update, timeout=self.clients.timeout),
+        )
+        return answer
+
     async def wamid_of(self, member_id: str, bitrix_message_id: str) -> str:
         """The wamid a Bitrix24 message was sent as ("" when not linked)."""
         request = mapper_pb2.FindMessageLinkRequest(

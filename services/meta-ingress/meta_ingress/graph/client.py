@@ -70,6 +70,10 @@ def error_from_response(response: httpx.Response, body: bytes | None = None) -> 
     )
 
 
+# What the template catalogue needs of each template (GET /<waba_id>/message_templates).
+TEMPLATE_FIELDS = "id,name,language,status,category,components,quality_score,parameter_format"
+
+
 class GraphClient:
     def __init__(self, settings: MetaSettings, transport: httpx.AsyncBaseTransport | None = None) -> None:
         self.settings = settings
@@ -131,6 +135,27 @@ class GraphClient:
         if not isinstance(wamid, str) or not wamid:
             raise GraphTransportError("messages: empty wamid", maybe_delivered=True)
         return wamid
+
+    async def message_templates(
+        self, waba_id: str, token: str, after: str = "", limit: int = 100
+    ) -> tuple[list[Any], str]:
+        """One page of GET /<waba_id>/message_templates: (templates, the cursor of the next page or "" on
+        the last one; Meta leaves ``paging.next`` out there)."""
+        params = {"fields": TEMPLATE_FIELDS, "limit": str(limit)}
+        if after:
+            params["after"] = after
+        data = await self._request(
+            "GET", "message_templates", f"{self.root}/{waba_id}/message_templates", token, params=params
+        )
+        items = data.get("data") if isinstance(data, dict) else None
+        if not isinstance(items, list):
+            raise GraphTransportError("message_templates: answer without a data array", maybe_delivered=False)
+        paging = data.get("paging")
+        paging = paging if isinstance(paging, dict) else {}
+        cursors = paging.get("cursors")
+        cursors = cursors if isinstance(cursors, dict) else {}
+        cursor = cursors.get("after") if paging.get("next") else ""
+        return items, cursor if isinstance(cursor, str) else ""
 
     async def mark_read(self, phone_number_id: str, token: str, wamid: str, typing: bool = False) -> None:
         payload: dict[str, Any] = {"messaging_product": "whatsapp", "status": "read", "message_id": wamid}

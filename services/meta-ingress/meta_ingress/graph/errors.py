@@ -75,8 +75,28 @@ NOTIFY_CODES = frozenset(
         131053,  # media upload error
         130472,  # the user's number is part of an experiment
         131055,  # method not allowed for this message
+        # Templates (an operator's /template send; the catalogue check catches most before sending):
+        132000,  # the number of parameters does not match the template
+        132001,  # the template does not exist in that language
+        132005,  # the text with the parameters is too long
+        132007,  # the parameters break the template's format rules
+        132012,  # a parameter has the wrong format (e.g. text where the header wants media)
+        132015,  # the template is paused (low quality)
+        132016,  # the template is disabled
     }
 )
+# The template errors an operator can act on, with the sentence they see (whatsapp.md A5; pywa errors.py).
+TEMPLATE_NOTICES: dict[int, str] = {
+    132000: "the number of values does not match the template's variables",
+    132001: "this template does not exist (in this language) for the WhatsApp number; the template list is "
+    "being refreshed",
+    132005: "the text with your values is longer than WhatsApp allows",
+    132007: "the values break WhatsApp's formatting rules for this template",
+    132012: "a value has the wrong format for the template (for example text where the header needs an "
+    "image or a document)",
+    132015: "the template is paused by WhatsApp because of its quality; it has been taken out of the picker",
+    132016: "the template is disabled by WhatsApp; it has been taken out of the picker",
+}
 MEDIA_CODES = frozenset({131052, 131053})
 # 3 capability, 10 / 200-299 permissions, 100 / 131008 / 131009 invalid parameters (our payload), 368 policy
 # block, 131031 account locked, 131042 payment, 131045 certificate, 133010 number not registered, 132xxx
@@ -140,8 +160,12 @@ def notice_for(exc: GraphApiError) -> str:
     if code == 131047:
         return (
             "Not delivered: more than 24 hours have passed since the customer last wrote, so WhatsApp only "
-            "allows template messages now. Your message will reach the customer once they reply."
+            "allows template messages now. Send an approved template with the Templates button above the "
+            "message box, or type /template NAME value | value. Your message will reach the customer once "
+            "they reply."
         )
+    if code is not None and code in TEMPLATE_NOTICES:
+        return f"Template not delivered: {TEMPLATE_NOTICES[code]} ({code}: {detail})."[:1000]
     if code == 131062:
         return (
             "Not delivered: this customer is known only by their WhatsApp username (no phone number "
@@ -158,7 +182,10 @@ def notice_for(exc: GraphApiError) -> str:
             "Not delivered: WhatsApp chose not to deliver this message now (per-user limit). Try again later."
         )
     if code == 131050:
-        return "Not delivered: the customer has stopped messages from this business."
+        return (
+            "Not delivered: the customer has stopped marketing messages from this business. Use a utility "
+            "template, or wait until the customer writes."
+        )
     if code == 131048:
         return "Not delivered: WhatsApp's spam rate limit was hit for this number. Try again later."
     if code == 131051:

@@ -31,6 +31,12 @@ from zaptrix import identity
 from zaptrix.v1 import events_pb2
 
 from meta_ingress.sent_parts import CONFIRMING_STATUSES, opaque_of, sent_record_id
+from meta_ingress.web.template_webhooks import (
+    TEMPLATE_FIELDS,
+    TemplateChange,
+    TemplateShapeError,
+    template_event,
+)
 
 MediaUrl = Callable[[str, str, str], str]  # (phone_number_id, media_id, filename) -> signed URL
 
@@ -84,6 +90,8 @@ class Change:
 class Webhook:
     changes: list[Change] = field(default_factory=list)
     ignored_fields: list[str] = field(default_factory=list)  # changes of other fields (not ours)
+    # WABA-level template webhooks (no phone number): status, quality, category (template_webhooks.py)
+    templates: list[TemplateChange] = field(default_factory=list)
 
     @property
     def channels(self) -> list[str]:
@@ -111,10 +119,13 @@ class Normalized:
     # HistoryMessage events (coexistence history import), for their own topic (wa-history): thousands of
     # old messages must never queue in front of live traffic.
     history: list[events_pb2.Envelope] = field(default_factory=list)
+    # Template webhooks (TemplateStatusUpdate, ...), for the b24-to-wa flow: the meta dispatcher keeps the
+    # template catalogue (mapper) current with them.
+    templates: list[events_pb2.Envelope] = field(default_factory=list)
 
     @property
     def count(self) -> int:
-        return len(self.envelopes) + len(self.window_closed) + len(self.history)
+        return len(self.envelopes) + len(self.window_closed) + len(self.history) + len(self.templates)
 
 
 def _obj(value: Any, where: str) -> dict[str, Any]:
@@ -190,6 +201,11 @@ def parse_envelope(payload: Any, max_updates: int = 1000, max_channels: int = 10
                 change = _obj(change, where)
                 value = _obj(change.get("value"), f"{where}.value")
             fld = _str(change.get("field"))
+            if fld in TEMPLATE_FIELDS:  # WABA-level: no metadata, the entry id names the account
+                waba = _id(entry.get("id"), f"entry[{i}].id")
+                value = _obj(change.get("value"), f"entry[{i}].changes[{j}].value")
+                hook.templates.append(TemplateChange(waba, _timestamp(entry.get("time")), fld, value))
+                continue
             if fld not in READ_FIELDS:
                 hook.ignored_fields.append(fld or "?")
                 continue
@@ -848,6 +864,11 @@ def normalize(hook: Webhook, media_url: MediaUrl) -> Normalized:
 
 def _normalize(hook: Webhook, media_url: MediaUrl) -> Normalized:
     result = Normalized()
+    for template in hook.templates:
+        try:
+            result.templates.append(template_event(template))
+        except TemplateShapeError as exc:
+            raise WebhookShapeError(str(exc)) from None
     for change in hook.changes:
         value = change.value
         if change.field == ECHOES:

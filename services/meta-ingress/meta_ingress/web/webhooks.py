@@ -174,14 +174,16 @@ class Webhooks:
             return error_response(400, "not a WhatsApp Cloud API webhook")
         for fld in hook.ignored_fields:
             _child(IGNORED_CHANGES, bounded(fld, KNOWN_FIELDS)).inc()
-        if not hook.channels:
+        if not hook.channels and not hook.templates:
             WEBHOOKS.labels("ignored").inc()
             return json_response({"events": 0, "ignored_changes": len(hook.ignored_fields)})
         routes = await self._routes(hook.channels, signer)
         if isinstance(routes, HTTPResponse):
             return routes
         if routes:
-            taken = Webhook([c for c in hook.changes if c.phone_number_id not in routes])
+            taken = Webhook(
+                [c for c in hook.changes if c.phone_number_id not in routes], templates=hook.templates
+            )
             parked = Webhook([c for c in hook.changes if c.phone_number_id in routes])
         else:  # the usual case: every channel takes its events, nothing to split or park
             taken, parked = hook, _NOTHING
@@ -304,6 +306,8 @@ class Webhooks:
                     await producer.publish(self.window_topics.main, result.window_closed)
                 if result.history:  # the history import: its own topic, never in front of live events
                     await producer.publish(self.history_topics.main, result.history)
+                if result.templates:  # for the meta dispatcher: the template catalogue (mapper)
+                    await producer.publish(self.window_topics.main, result.templates)
                 await self._park(producer, held, parked)
         except (PublishError, KafkaError, TimeoutError) as exc:
             WEBHOOKS.labels("kafka_unavailable").inc()

@@ -7,7 +7,7 @@ statement as the count: the mark lives as long as the link. Adding a column with
 rewrites nothing (PostgreSQL 11+).
 
 Revision ID: usage
-Revises: consent
+Revises: templates
 Create Date: 2026-12-04
 """
 
@@ -16,7 +16,7 @@ from __future__ import annotations
 from alembic import op
 
 revision = "usage"
-down_revision = "consent"
+down_revision = "templates"
 branch_labels = None
 depends_on = None
 
