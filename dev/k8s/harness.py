@@ -579,7 +579,7 @@ def main() -> int:
             lambda: h.install(
                 "zaptrix", "zaptrix-prod", prod,
                 {"HorizontalPodAutoscaler": 4, "PodDisruptionBudget": 6, "NetworkPolicy": 6,
-                 "ServiceMonitor": 6, "PrometheusRule": 1, "KafkaTopic": 9, "Ingress": 1},  # 3 flows x 3
+                 "ServiceMonitor": 6, "PrometheusRule": 1, "KafkaTopic": 10, "Ingress": 1},  # 3 flows x 3 + audit
             ),
         ):  # fmt: skip
             checks.run(
