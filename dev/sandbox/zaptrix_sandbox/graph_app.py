@@ -112,6 +112,41 @@ class GraphSandbox:
         return f"{self.settings.base_url()}/whatsapp_business/attachments/?{query}"
 
 
+# GET /<phone_number_id> answers these unless ?fields= names others (Graph's default field set).
+_DEFAULT_NUMBER_FIELDS = (
+    "verified_name",
+    "code_verification_status",
+    "display_phone_number",
+    "quality_rating",
+)
+
+
+def phone_number_view(channel: Channel, fields: str) -> dict[str, Any]:
+    """A number as Graph's WhatsAppBusinessPhoneNumber node: the asked-for fields that exist, and the id."""
+    every: dict[str, Any] = {
+        "verified_name": channel.verified_name,
+        "code_verification_status": channel.code_verification_status,
+        "display_phone_number": channel.display_phone_number,
+        "quality_rating": channel.quality_rating,
+        "messaging_limit_tier": channel.messaging_limit_tier,
+        "whatsapp_business_manager_messaging_limit": channel.whatsapp_business_manager_messaging_limit,
+        "throughput": {"level": channel.throughput_level},
+        "platform_type": "CLOUD_API",
+        "name_status": "APPROVED",
+        "status": "CONNECTED",
+    }
+    wanted = [f.strip() for f in fields.split(",") if f.strip()] or list(_DEFAULT_NUMBER_FIELDS)
+    unknown = [f for f in wanted if f not in every and f != "id"]
+    if unknown:
+        raise GraphError(
+            100,
+            f"(#100) Tried accessing nonexisting field ({unknown[0][:60]}) on node type (WhatsAppBusinessPhoneNumber)",
+        )
+    view = {f: every[f] for f in wanted if f in every}
+    view["id"] = channel.phone_number_id
+    return view
+
+
 def check_version(version: str) -> None:
     if not _VERSION.match(version):
         raise GraphError(2500, f"Unknown path components: /{version}", status=400)
@@ -185,14 +220,21 @@ def _register_api(app: App, sb: GraphSandbox) -> None:
         sb.state.media[media.id] = media
         return json_response({"id": media.id})
 
-    @app.get("/<version>/<media_id>")
-    async def media_info(request: Request, version: str, media_id: str) -> HTTPResponse:
+    @app.get("/<version>/<object_id>")
+    async def object_info(request: Request, version: str, object_id: str) -> HTTPResponse:
+        """GET /<media_id> (media URL) or GET /<phone_number_id> (the number's state), as Graph serves both
+        object kinds under one path."""
         check_version(version)
         token = sb.token(request)
-        media = sb.state.media.get(media_id)
+        number = sb.state.channel(object_id)
+        if number is not None:
+            if number.access_token != token:
+                raise no_object(object_id)
+            return json_response(phone_number_view(number, request.args.get("fields", "")))
+        media = sb.state.media.get(object_id)
         channel = sb.state.channel(media.phone_number_id) if media else None
         if media is None or channel is None or channel.access_token != token:
-            raise no_object(media_id)
+            raise no_object(object_id)
         return json_response(
             {
                 "messaging_product": "whatsapp",
@@ -203,6 +245,25 @@ def _register_api(app: App, sb: GraphSandbox) -> None:
                 "id": media.id,
             }
         )
+
+    @app.get("/<version>/<waba_id>/subscribed_apps")
+    async def subscribed_apps(request: Request, version: str, waba_id: str) -> HTTPResponse:
+        """The apps subscribed to a WABA's webhooks; only a token of one of the WABA's numbers may read it."""
+        check_version(version)
+        token = sb.token(request)
+        numbers = [c for c in sb.state.options.channels if c.waba_id == waba_id]
+        if not any(c.access_token == token for c in numbers):
+            raise no_object(waba_id)
+        apps = []
+        if any(c.app_subscribed for c in numbers):
+            options = sb.state.options
+            app_data = {
+                "id": options.app_id,
+                "name": options.app_name,
+                "link": f"https://www.facebook.com/games/?app_id={options.app_id}",
+            }
+            apps.append({"whatsapp_business_api_data": app_data})
+        return json_response({"data": apps})
 
     @app.delete("/<version>/<media_id>")
     async def media_delete(request: Request, version: str, media_id: str) -> HTTPResponse:

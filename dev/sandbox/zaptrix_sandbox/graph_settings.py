@@ -13,6 +13,15 @@ class Channel(BaseModel):
     display_phone_number: str
     access_token: str
     waba_id: str = "200000000000001"
+    # What GET /<phone_number_id> reports (whatsapp.md A5; Meta's WhatsAppBusinessPhoneNumber fields).
+    verified_name: str = "Zaptrix Sandbox"
+    quality_rating: Literal["GREEN", "YELLOW", "RED", "UNKNOWN"] = "GREEN"
+    messaging_limit_tier: str = "TIER_1K"  # deprecated by Meta, still answered
+    whatsapp_business_manager_messaging_limit: str = "TIER_2K"
+    throughput_level: Literal["STANDARD", "HIGH", "NOT_APPLICABLE"] = "STANDARD"
+    code_verification_status: str = "VERIFIED"
+    # Whether our app is subscribed to this number's WABA (GET /<waba_id>/subscribed_apps lists it).
+    app_subscribed: bool = True
 
 
 class Template(BaseModel):
@@ -27,6 +36,8 @@ class GraphOptions(BaseModel):
 
     webhook_url: str = "http://127.0.0.1:8080/webhooks/meta"
     app_secret: str = "sandbox-app-secret"
+    app_id: str = "300000000000001"  # the Meta app that subscribed_apps names
+    app_name: str = "Zaptrix Sandbox App"
     channels: list[Channel] = [
         Channel(
             phone_number_id="100000000000001",

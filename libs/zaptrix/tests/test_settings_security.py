@@ -98,8 +98,23 @@ def test_every_allowed_method_exists_and_web_rows_are_narrow() -> None:
     assert (grpcauth.META_INGRESS_WEB, "/zaptrix.v1.Mapper/MarkProcessed") in grpcauth.REQUEST_RULES
     for caller in (grpcauth.META_INGRESS_WEB, grpcauth.BITRIX_INGRESS_WEB):
         assert "/zaptrix.v1.TokenKeeper/GetAccessToken" not in grpcauth.ALLOWED[caller]
-        assert "/zaptrix.v1.TokenKeeper/UpsertChannelCredentials" not in grpcauth.ALLOWED[caller]
-        assert "/zaptrix.v1.Mapper/BindChannel" not in grpcauth.ALLOWED[caller]
+    assert (
+        "/zaptrix.v1.TokenKeeper/UpsertChannelCredentials" not in grpcauth.ALLOWED[grpcauth.META_INGRESS_WEB]
+    )
+    # bitrix-ingress-web binds numbers only from the connector settings page, for the verified portal
+    # (zaptrix.binding); nothing else in its row writes.
+    assert grpcauth.ALLOWED[grpcauth.BITRIX_INGRESS_WEB] == {
+        "/zaptrix.v1.TokenKeeper/VerifyApplicationToken",
+        "/zaptrix.v1.TokenKeeper/GetPortalStatus",
+        "/zaptrix.v1.TokenKeeper/UpsertPortal",
+        "/zaptrix.v1.TokenKeeper/UpsertChannelCredentials",
+        "/zaptrix.v1.TokenKeeper/GetChannelCredentials",
+        "/zaptrix.v1.Mapper/ListChannels",
+        "/zaptrix.v1.Mapper/FindConversation",
+        "/zaptrix.v1.Mapper/FindMessageLink",
+        "/zaptrix.v1.Mapper/GetChannel",
+        "/zaptrix.v1.Mapper/BindChannel",
+    }
 
 
 def test_method_lists_match_the_protos() -> None:

@@ -107,8 +107,17 @@ ALLOWED: dict[str, frozenset[str]] = {
     ),
     # Event verification, app install (portal status, upsert), settings placement (line's channels),
     # outbound events (conversation and message lookups). REST calls during install use the caller's token.
-    BITRIX_INGRESS_WEB: _tk("VerifyApplicationToken", "GetPortalStatus", "UpsertPortal")
-    | _mapper("ListChannels", "FindConversation", "FindMessageLink"),
+    # The connector settings page binds a number (zaptrix.binding: GetChannel, BindChannel,
+    # UpsertChannelCredentials) and checks its health with the stored WhatsApp token (GetChannelCredentials),
+    # always for the portal whose verified placement opened it.
+    BITRIX_INGRESS_WEB: _tk(
+        "VerifyApplicationToken",
+        "GetPortalStatus",
+        "UpsertPortal",
+        "UpsertChannelCredentials",
+        "GetChannelCredentials",
+    )
+    | _mapper("ListChannels", "FindConversation", "FindMessageLink", "GetChannel", "BindChannel"),
     # Delivers to Bitrix24 with the portal's token; owns the conversation and delivery records.
     # ListPortals: the offline-event reconciler drains every installed portal's queue.
     BITRIX_DISPATCHER: _tk("GetAccessToken", "ReportTokenRejected", "ListPortals")

@@ -10,6 +10,7 @@ OpenTelemetry SDK itself (see docs/configuration.md).
 from __future__ import annotations
 
 import os
+import re
 import types
 import typing
 from collections.abc import Iterator
@@ -208,6 +209,60 @@ class BitrixOAuthSettings(CommonSettings):
     @model_validator(mode="after")
     def _oauth_url_https(self) -> BitrixOAuthSettings:
         require_https(self.bitrix_oauth_url, self, what="ZAPTRIX_BITRIX_OAUTH_URL")
+        return self
+
+
+_GRAPH_VERSION = re.compile(r"^v\d+\.\d+$")
+# whatsapp.md A3: v20.0 is dead; anything older than v23.0 is refused so a stale env var cannot slip in.
+OLDEST_GRAPH_VERSION = (23, 0)
+
+
+class GraphApiSettings(CommonSettings):
+    """Where the Graph API is: meta-ingress sends through it; the number binding (zaptrix.binding, used by
+    the connector settings page and zaptrix-admin) checks a number's credentials against it."""
+
+    graph_api_base_url: str = Field(
+        "https://graph.facebook.com", description="Graph API base URL (the sandbox stand-in in dev)"
+    )
+    graph_api_version: str = Field(
+        "v25.0", description="Graph API version used in every path (v23.0 or later; see whatsapp.md A3)"
+    )
+    graph_connect_timeout_s: float = Field(3.0, gt=0, description="TCP/TLS connect timeout to the Graph API")
+    graph_timeout_s: float = Field(10.0, gt=0, description="Read timeout of one Graph API call")
+
+    @model_validator(mode="after")
+    def _check_graph(self) -> GraphApiSettings:
+        require_https(self.graph_api_base_url, self, what="ZAPTRIX_GRAPH_API_BASE_URL")
+        if not _GRAPH_VERSION.match(self.graph_api_version):
+            raise ValueError(f"graph_api_version must look like v24.0, got {self.graph_api_version!r}")
+        major, minor = (int(p) for p in self.graph_api_version[1:].split("."))
+        if (major, minor) < OLDEST_GRAPH_VERSION:
+            raise ValueError(
+                f"graph_api_version {self.graph_api_version} is older than v23.0 (whatsapp.md A3)"
+            )
+        return self
+
+    @property
+    def graph_root(self) -> str:
+        return f"{self.graph_api_base_url.rstrip('/')}/{self.graph_api_version}"
+
+
+class ChannelBindingSettings(GraphApiSettings):
+    """Binding a WhatsApp number to a portal's Open Line (zaptrix.binding): the Graph API, and the webhook URL
+    whose verification handshake is checked with the number's verify token."""
+
+    meta_webhook_url: str = Field(
+        "http://127.0.0.1:8080/webhooks/meta",
+        description=(
+            "The callback URL configured in the Meta app (meta-ingress's public GET/POST /webhooks/meta): "
+            "binding a number checks that it answers Meta's verification handshake with the number's "
+            "verify token (https in production)"
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _check_webhook_url(self) -> ChannelBindingSettings:
+        require_https(self.meta_webhook_url, self, what="ZAPTRIX_META_WEBHOOK_URL")
         return self
 
 

@@ -8,39 +8,28 @@ shared ``zaptrix.settings.KafkaSettings`` (``ZAPTRIX_KAFKA_*``) and ``GrpcClient
 
 from __future__ import annotations
 
-import re
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings
-from zaptrix.egress import InsecureUrlError, require_https
+from zaptrix.egress import InsecureUrlError
 from zaptrix.settings import (
-    CommonSettings,
     DispatcherCommonSettings,
     Formerly,
+    GraphApiSettings,
     GrpcClientSettings,
     KafkaSettings,
 )
 
-_VERSION = re.compile(r"^v\d+\.\d+$")
 # whatsapp.md A4: "Media IDs in webhooks expire after 7 days"; a signed URL never outlives its media id.
 MEDIA_ID_LIFETIME_S = 7 * 24 * 3600
-# whatsapp.md A3: v20.0 is dead; anything older than v23.0 is refused so a stale env var cannot slip in.
-OLDEST_GRAPH_VERSION = (23, 0)
 
 
-class MetaSettings(CommonSettings):
-    """What both processes read: the Graph API, credentials caching, signed media URLs."""
+class MetaSettings(GraphApiSettings):
+    """What both processes read: the Graph API (zaptrix.settings.GraphApiSettings and the pool size here),
+    credentials caching, signed media URLs."""
 
-    graph_api_base_url: str = Field(
-        "https://graph.facebook.com", description="Graph API base URL (the sandbox stand-in in dev)"
-    )
-    graph_api_version: str = Field(
-        "v25.0", description="Graph API version used in every path (v23.0 or later; see whatsapp.md A3)"
-    )
-    graph_connect_timeout_s: float = Field(3.0, gt=0, description="TCP/TLS connect timeout to the Graph API")
-    graph_timeout_s: float = Field(10.0, gt=0, description="Read timeout of one Graph API call")
     graph_max_connections: int = Field(200, ge=1, description="Connection pool size towards the Graph API")
 
     credentials_cache_ttl_s: float = Field(
@@ -81,15 +70,6 @@ class MetaSettings(CommonSettings):
 
     @model_validator(mode="after")
     def _check_meta(self) -> MetaSettings:
-        require_https(self.graph_api_base_url, self, what="ZAPTRIX_GRAPH_API_BASE_URL")
-        match = _VERSION.match(self.graph_api_version)
-        if not match:
-            raise ValueError(f"graph_api_version must look like v24.0, got {self.graph_api_version!r}")
-        major, minor = (int(p) for p in self.graph_api_version[1:].split("."))
-        if (major, minor) < OLDEST_GRAPH_VERSION:
-            raise ValueError(
-                f"graph_api_version {self.graph_api_version} is older than v23.0 (whatsapp.md A3)"
-            )
         public = urlsplit(self.public_base_url)
         if public.scheme not in ("http", "https") or not public.netloc:
             raise ValueError(f"public_base_url must be an absolute URL, got {self.public_base_url!r}")
@@ -99,10 +79,6 @@ class MetaSettings(CommonSettings):
         if self.environment == "production" and len(secret) < 32:
             raise ValueError("ZAPTRIX_MEDIA_URL_SECRET must be set (32+ characters) in production")
         return self
-
-    @property
-    def graph_root(self) -> str:
-        return f"{self.graph_api_base_url.rstrip('/')}/{self.graph_api_version}"
 
     def media_secret_bytes(self) -> bytes:
         """The signing key; outside production an unset secret falls back to a fixed dev key."""
