@@ -71,6 +71,7 @@ MAPPER_METHODS = (
     "FindConversationByIdentityAlias",
     "RecordCustomerConsent",
     "GetCustomerConsent",
+    "GetChannelActivity",
 )
 
 
@@ -117,7 +118,14 @@ ALLOWED: dict[str, frozenset[str]] = {
         "UpsertChannelCredentials",
         "GetChannelCredentials",
     )
-    | _mapper("ListChannels", "FindConversation", "FindMessageLink", "GetChannel", "BindChannel"),
+    | _mapper(
+        "ListChannels",
+        "FindConversation",
+        "FindMessageLink",
+        "GetChannel",
+        "BindChannel",
+        "GetChannelActivity",
+    ),
     # Delivers to Bitrix24 with the portal's token; owns the conversation and delivery records.
     # ListPortals: the offline-event reconciler drains every installed portal's queue.
     BITRIX_DISPATCHER: _tk("GetAccessToken", "ReportTokenRejected", "ListPortals")

@@ -19,6 +19,7 @@ from mapper.errors import AlreadyExists, FailedPrecondition, InvalidArgument, No
 from mapper.model import (
     BITRIX_STATUSES,
     WHATSAPP_STATUSES,
+    ChannelActivity,
     ChannelBinding,
     ChannelSpec,
     Consent,
@@ -107,6 +108,25 @@ ON CONFLICT (phone_number_id) DO UPDATE SET
     active = EXCLUDED.active,
     updated_at = now()
 RETURNING {CHANNEL_COLUMNS}"""  # noqa: S608
+
+# The 24-hour customer service window (whatsapp.md A6) opens with each customer message.
+_CHANNEL_ACTIVITY = """
+SELECT cb.phone_number_id, conv.last_inbound_at, sent.last_outbound_at,
+       coalesce(conv.open_windows, 0) AS open_windows, coalesce(conv.conversations, 0) AS conversations
+FROM mapper.channel_binding cb
+LEFT JOIN LATERAL (
+    SELECT max(c.last_customer_message_at) AS last_inbound_at,
+           count(*) FILTER (WHERE c.last_customer_message_at > now() - interval '24 hours') AS open_windows,
+           count(*) AS conversations
+    FROM mapper.conversation_mapping c WHERE c.phone_number_id = cb.phone_number_id
+) conv ON true
+LEFT JOIN LATERAL (
+    SELECT max(ml.created_at) AS last_outbound_at
+    FROM mapper.conversation_mapping c JOIN mapper.message_link ml ON ml.conversation_id = c.id
+    WHERE c.phone_number_id = cb.phone_number_id AND ml.direction = 'outbound'
+) sent ON true
+WHERE cb.member_id = $1 AND (cardinality($2::text[]) = 0 OR cb.phone_number_id = ANY($2::text[]))
+ORDER BY cb.phone_number_id"""
 
 # --- conversations ---------------------------------------------------------------------------------
 
@@ -361,6 +381,13 @@ class Repository:
                 member_id,
             )
         return [_channel(r) for r in rows]
+
+    async def channel_activity(self, member_id: str, phone_number_ids: list[str]) -> list[ChannelActivity]:
+        """Per number of the portal: the conversations' aggregates (the channel+customer index) and the latest
+        outbound link (message_link by conversation). A read for an admin's page, not the message path."""
+        async with self.db.connection() as conn:
+            rows = await conn.fetch(_CHANNEL_ACTIVITY, member_id, phone_number_ids)
+        return [ChannelActivity(**dict(r)) for r in rows]
 
     # conversations
 

@@ -24,6 +24,7 @@ from mapper.errors import FailedPrecondition, InvalidArgument, NotFound
 from mapper.identity import Identity, Resolved, conversation_by_alias, resolve_identity
 from mapper.metrics import CACHE_ENTRIES, CACHE_LOOKUPS, CONVERSATIONS_CREATED, IDENTITY_MERGES
 from mapper.model import (
+    ChannelActivity,
     ChannelBinding,
     ChannelSpec,
     Consent,
@@ -81,6 +82,9 @@ class MapperService:
 
     async def list_channels(self, member_id: str | None) -> list[ChannelBinding]:
         return await self.repo.list_channels(member_id)
+
+    async def channel_activity(self, member_id: str, phone_number_ids: list[str]) -> list[ChannelActivity]:
+        return await self.repo.channel_activity(member_id, phone_number_ids)
 
     # conversations
 

@@ -134,6 +134,11 @@ class MapperStub:
                 request_serializer=zaptrix_dot_v1_dot_mapper__pb2.GetCustomerConsentRequest.SerializeToString,
                 response_deserializer=zaptrix_dot_v1_dot_mapper__pb2.CustomerConsent.FromString,
                 _registered_method=True)
+        self.GetChannelActivity = channel.unary_unary(
+                '/zaptrix.v1.Mapper/GetChannelActivity',
+                request_serializer=zaptrix_dot_v1_dot_mapper__pb2.GetChannelActivityRequest.SerializeToString,
+                response_deserializer=zaptrix_dot_v1_dot_mapper__pb2.GetChannelActivityResponse.FromString,
+                _registered_method=True)
 
 
 class MapperServicer:
@@ -280,6 +285,14 @@ class MapperServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetChannelActivity(self, request, context):
+        """Connector settings page (issue 18): what a portal's number has been doing, for its health panel.
+        Scoped: only the numbers bound to member_id are answered (another portal's are left out).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MapperServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -382,6 +395,11 @@ def add_MapperServicer_to_server(servicer, server):
                     servicer.GetCustomerConsent,
                     request_deserializer=zaptrix_dot_v1_dot_mapper__pb2.GetCustomerConsentRequest.FromString,
                     response_serializer=zaptrix_dot_v1_dot_mapper__pb2.CustomerConsent.SerializeToString,
+            ),
+            'GetChannelActivity': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetChannelActivity,
+                    request_deserializer=zaptrix_dot_v1_dot_mapper__pb2.GetChannelActivityRequest.FromString,
+                    response_serializer=zaptrix_dot_v1_dot_mapper__pb2.GetChannelActivityResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -924,6 +942,33 @@ class Mapper:
             '/zaptrix.v1.Mapper/GetCustomerConsent',
             zaptrix_dot_v1_dot_mapper__pb2.GetCustomerConsentRequest.SerializeToString,
             zaptrix_dot_v1_dot_mapper__pb2.CustomerConsent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetChannelActivity(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/zaptrix.v1.Mapper/GetChannelActivity',
+            zaptrix_dot_v1_dot_mapper__pb2.GetChannelActivityRequest.SerializeToString,
+            zaptrix_dot_v1_dot_mapper__pb2.GetChannelActivityResponse.FromString,
             options,
             channel_credentials,
             insecure,

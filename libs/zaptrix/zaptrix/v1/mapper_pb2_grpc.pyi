@@ -79,6 +79,10 @@ class MapperStub:
     category. RecordCustomerConsent keeps the newest change (an older one arriving late is ignored).
     """
     GetCustomerConsent: _grpc.UnaryUnaryMultiCallable[_mapper_pb2.GetCustomerConsentRequest, _mapper_pb2.CustomerConsent]
+    GetChannelActivity: _grpc.UnaryUnaryMultiCallable[_mapper_pb2.GetChannelActivityRequest, _mapper_pb2.GetChannelActivityResponse]
+    """Connector settings page (issue 18): what a portal's number has been doing, for its health panel.
+    Scoped: only the numbers bound to member_id are answered (another portal's are left out).
+    """
 
 @_typing.type_check_only
 class MapperAsyncStub(MapperStub):
@@ -131,6 +135,10 @@ class MapperAsyncStub(MapperStub):
     category. RecordCustomerConsent keeps the newest change (an older one arriving late is ignored).
     """
     GetCustomerConsent: _aio.UnaryUnaryMultiCallable[_mapper_pb2.GetCustomerConsentRequest, _mapper_pb2.CustomerConsent]  # type: ignore[assignment]
+    GetChannelActivity: _aio.UnaryUnaryMultiCallable[_mapper_pb2.GetChannelActivityRequest, _mapper_pb2.GetChannelActivityResponse]  # type: ignore[assignment]
+    """Connector settings page (issue 18): what a portal's number has been doing, for its health panel.
+    Scoped: only the numbers bound to member_id are answered (another portal's are left out).
+    """
 
 class MapperServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -300,5 +308,15 @@ class MapperServicer(metaclass=_abc_1.ABCMeta):
         request: _mapper_pb2.GetCustomerConsentRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_mapper_pb2.CustomerConsent, _abc.Awaitable[_mapper_pb2.CustomerConsent]]: ...
+
+    @_abc_1.abstractmethod
+    def GetChannelActivity(
+        self,
+        request: _mapper_pb2.GetChannelActivityRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_mapper_pb2.GetChannelActivityResponse, _abc.Awaitable[_mapper_pb2.GetChannelActivityResponse]]:
+        """Connector settings page (issue 18): what a portal's number has been doing, for its health panel.
+        Scoped: only the numbers bound to member_id are answered (another portal's are left out).
+        """
 
 def add_MapperServicer_to_server(servicer: MapperServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
