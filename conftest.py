@@ -26,6 +26,7 @@ import asyncpg
 import pytest
 from zaptrix.kafka import EventProducer, Flow, FlowTopics, topics_for
 from zaptrix.kafka.admin import ensure_topics
+from zaptrix.kafka.topics import audit_topic
 from zaptrix.settings import KafkaSettings
 
 # The whole-system fixture (`system`), shared by tests/e2e and tests/security: registered once, so one
@@ -172,7 +173,7 @@ async def flow_kafka(kafka_bootstrap: str) -> AsyncIterator[Callable[[int], Awai
         prefix = f"t{uuid.uuid4().hex[:8]}"
         settings = KafkaSettings(bootstrap_servers=kafka_bootstrap, topic_prefix=prefix)
         topics = topics_for(Flow.WA_TO_B24, prefix)
-        await ensure_topics(settings, topics.all(), partitions=partitions)
+        await ensure_topics(settings, [*topics.all(), audit_topic(prefix)], partitions=partitions)
         producer = EventProducer(settings, client_id="test")
         await producer.start()
         producers.append(producer)

@@ -18,6 +18,7 @@ TOPICS=(
   zaptrix.wa-to-b24.v1 zaptrix.wa-to-b24.retry.v1 zaptrix.wa-to-b24.dlq.v1
   zaptrix.b24-to-wa.v1 zaptrix.b24-to-wa.retry.v1 zaptrix.b24-to-wa.dlq.v1
   zaptrix.wa-history.v1 zaptrix.wa-history.retry.v1 zaptrix.wa-history.dlq.v1
+  zaptrix.admin-audit.v1
 )
 
 KAFKA_HOME="$ZAPTRIX_CACHE/kafka/$KAFKA_VERSION"

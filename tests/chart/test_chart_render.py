@@ -93,9 +93,14 @@ def test_custom_resources_are_well_formed(render: Callable[..., Rendered]) -> No
 
     topics = rendered.of_kind("KafkaTopic")
     assert sorted(t["spec"]["topicName"] for t in topics) == sorted(
-        f"zaptrix.{flow}{variant}.v1"
-        for flow in ("wa-to-b24", "b24-to-wa", "wa-history")
-        for variant in ("", ".retry", ".dlq")
+        [
+            *(
+                f"zaptrix.{flow}{variant}.v1"
+                for flow in ("wa-to-b24", "b24-to-wa", "wa-history")
+                for variant in ("", ".retry", ".dlq")
+            ),
+            "zaptrix.admin-audit.v1",
+        ]
     )
     for t in topics:
         assert t["apiVersion"] == "kafka.strimzi.io/v1beta2"
@@ -107,6 +112,8 @@ def test_custom_resources_are_well_formed(render: Callable[..., Rendered]) -> No
         assert all(isinstance(v, str) for v in t["spec"]["config"].values())
     dlq = next(t for t in topics if t["spec"]["topicName"].endswith(".dlq.v1"))
     assert dlq["spec"]["config"]["retention.ms"] == "2592000000"
+    audit = next(t for t in topics if t["spec"]["topicName"].endswith(".admin-audit.v1"))
+    assert audit["spec"]["config"]["retention.ms"] == "-1", "the audit of replays is kept forever"
     # Review L9: acks=all is only as strong as min.insync.replicas, on every topic.
     for t in topics:
         assert int(t["spec"]["config"]["min.insync.replicas"]) >= 2, t["spec"]["topicName"]

@@ -23,7 +23,7 @@ from zaptrix.kafka import (
 )
 from zaptrix.kafka.effects import H_EFFECTS, MAX_EFFECTS, effects_header, read_effects
 from zaptrix.kafka.topics import FlowTopics
-from zaptrix.replay import replay
+from zaptrix.replay import replay_flow
 from zaptrix.settings import KafkaSettings
 from zaptrix.v1 import events_pb2
 
@@ -146,7 +146,7 @@ async def test_a_replayed_dead_letter_keeps_its_effects(
 
     await consume_until(lambda: len(seen) == 1)
     async with asyncio.timeout(20):
-        while not await replay(settings, Flow.WA_TO_B24, idle_s=1.0):
+        while not await replay_flow(settings, Flow.WA_TO_B24):
             pass
     await consume_until(lambda: len(seen) >= 2)
     assert seen == [{}, {"bitrix24.sent": '{"chat":"1807"}'}]

@@ -25,7 +25,7 @@ from zaptrix.kafka import (
     per_event,
 )
 from zaptrix.kafka.envelope import H_ATTEMPT, H_DLQ_REASON, H_DLQ_SOURCE, H_NOT_BEFORE, encode, header, now_ms
-from zaptrix.replay import replay
+from zaptrix.replay import replay_flow
 from zaptrix.settings import KafkaSettings
 from zaptrix.v1 import events_pb2
 
@@ -206,9 +206,9 @@ async def test_permanent_failure_and_garbage_go_to_the_dead_letter_topic_and_rep
     assert {header(h, H_DLQ_SOURCE) for _, h in dead} == {topics.main}
 
     # Once the cause is fixed, the operator replays the dead letters; the good one is handled again.
-    replayed = await replay(settings, Flow.WA_TO_B24, idle_s=1.0)
-    assert sorted(r for r, _ in replayed) == ["?", "wa:wamid.9"]
-    again = await replay(settings, Flow.WA_TO_B24, idle_s=1.0)
+    replayed = await replay_flow(settings, Flow.WA_TO_B24)
+    assert sorted(r.letter.event_id for r in replayed) == ["", "wa:wamid.9"]
+    again = await replay_flow(settings, Flow.WA_TO_B24)
     assert again == [], "a dead letter is replayed once"
     ok: list[str] = []
 

@@ -1,8 +1,7 @@
-"""zaptrix-replay: move dead letters back to their flow's main topic once the cause is fixed.
-
-Without --event-id it consumes the dead-letter topic as consumer group "zaptrix-replay.<flow>" and commits
-what it re-published, so each dead letter is replayed once. With --event-id it scans the whole
-dead-letter topic without committing and re-publishes only that event.
+"""zaptrix-replay (deprecated: use `zaptrix-admin dead-letters replay`; this entry point goes away in the
+next release). Moves a flow's dead letters back to its main topic through zaptrix.dead_letters: every
+replay audited, each dead letter replayed once (those with an audit entry are skipped) unless named by
+--event-id.
 """
 
 from __future__ import annotations
@@ -11,80 +10,51 @@ import argparse
 import asyncio
 import sys
 
-from aiokafka import AIOKafkaConsumer
-
-from zaptrix.kafka.connection import connection_kwargs
-from zaptrix.kafka.envelope import H_DLQ_REASON, H_EFFECTS, H_EVENT_ID, header, without_bookkeeping
-from zaptrix.kafka.producer import EventProducer
-from zaptrix.kafka.topics import Flow, topics_for
+from zaptrix.dead_letters import DeadLetters, Filter, ReplayResult, default_actor
+from zaptrix.kafka.topics import Flow
 from zaptrix.settings import KafkaSettings
 
+DEPRECATED = (
+    "zaptrix-replay is deprecated and goes away in the next release: use `zaptrix-admin dead-letters replay`"
+)
 
-async def replay(
+
+async def replay_flow(
     settings: KafkaSettings,
     flow: Flow,
     *,
     event_id: str | None = None,
     limit: int = 0,
     dry_run: bool = False,
-    idle_s: float = 3.0,
-) -> list[tuple[str, str]]:
-    """Returns (event id, dead-letter reason) of every record re-published (or that would be, if dry_run)."""
-    topics = topics_for(flow, settings.topic_prefix)
-    group = None if event_id or dry_run else f"zaptrix-replay.{flow.value}"
-    consumer = AIOKafkaConsumer(
-        topics.dlq,
-        group_id=group,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        **connection_kwargs(settings),
-    )
-    producer = EventProducer(settings, client_id="zaptrix-replay")
-    await consumer.start()
-    await producer.start()
-    done: list[tuple[str, str]] = []
-    try:
-        while not limit or len(done) < limit:
-            batches = await consumer.getmany(timeout_ms=int(idle_s * 1000), max_records=100)
-            if not batches:
-                break
-            for tp, records in batches.items():
-                for rec in records:
-                    headers = list(rec.headers or [])
-                    rid = header(headers, H_EVENT_ID) or "?"
-                    if event_id and rid != event_id:
-                        continue
-                    if limit and len(done) >= limit:
-                        break
-                    if not dry_run:
-                        # What already happened goes along (effects.py): a message the dead letter
-                        # had sent is recorded, not sent again.
-                        effects = [(k, v) for k, v in headers if k == H_EFFECTS]
-                        await producer.publish_raw(
-                            topics.main, rec.key, rec.value, [*without_bookkeeping(headers), *effects]
-                        )
-                    done.append((rid, header(headers, H_DLQ_REASON) or ""))
-                    if group:
-                        await consumer.commit({tp: rec.offset + 1})
-    finally:
-        await producer.stop()
-        await consumer.stop()
-    return done
+    actor: str = "",
+    why: str = "zaptrix-replay",
+) -> list[ReplayResult]:
+    """The flow's dead letters not yet replayed (or the one named), re-published and audited."""
+    dead = DeadLetters(settings)
+    where = Filter(flows=(flow,), event_id=event_id, replayed=None if event_id else False, limit=limit)
+    letters = await dead.find(where)
+    return await dead.replay(letters, actor=actor or default_actor(), why=why, dry_run=dry_run)
 
 
 def main() -> None:
+    sys.stderr.write(DEPRECATED + "\n")
     parser = argparse.ArgumentParser(prog="zaptrix-replay", description=__doc__)
     parser.add_argument("--flow", required=True, choices=[f.value for f in Flow])
-    parser.add_argument("--event-id", help="replay only this event (scans without committing)")
+    parser.add_argument("--event-id", help="replay only this event (even if replayed before)")
     parser.add_argument("--limit", type=int, default=0, help="at most this many (0: all)")
     parser.add_argument("--dry-run", action="store_true", help="list what would be replayed")
     args = parser.parse_args()
     done = asyncio.run(
-        replay(
+        replay_flow(
             KafkaSettings(), Flow(args.flow), event_id=args.event_id, limit=args.limit, dry_run=args.dry_run
         )
     )
+    for r in done:
+        verb = {"replayed": "replayed", "would_replay": "would replay", "failed": "FAILED to replay"}[
+            r.outcome
+        ]
+        sys.stdout.write(f"{verb} {r.letter.event_id or '?'}  (dead because: {r.letter.reason})\n")
     verb = "would replay" if args.dry_run else "replayed"
-    for rid, reason in done:
-        sys.stdout.write(f"{verb} {rid}  (dead because: {reason})\n")
-    sys.stdout.write(f"{len(done)} event(s) {verb}\n")
+    sys.stdout.write(f"{sum(r.outcome != 'failed' for r in done)} event(s) {verb}\n")
+    if any(r.outcome == "failed" for r in done):
+        sys.exit(1)

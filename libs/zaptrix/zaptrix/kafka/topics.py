@@ -27,3 +27,9 @@ class FlowTopics:
 def topics_for(flow: Flow, prefix: str = "zaptrix") -> FlowTopics:
     base = f"{prefix}.{flow.value}"
     return FlowTopics(main=f"{base}.v1", retry=f"{base}.retry.v1", dlq=f"{base}.dlq.v1")
+
+
+def audit_topic(prefix: str = "zaptrix") -> str:
+    """Admin actions (dead-letter replays, zaptrix.dead_letters): kept forever (retention.ms -1), keyed by
+    portal. Not a flow: nothing consumes it but the admin surfaces that show the audit."""
+    return f"{prefix}.admin-audit.v1"

@@ -60,6 +60,7 @@ class Envelope(_message.Message):
     CUSTOMER_MESSAGE_CHANGE_FIELD_NUMBER: _builtins.int
     CONTACT_NAME_SYNC_FIELD_NUMBER: _builtins.int
     HISTORY_MESSAGE_FIELD_NUMBER: _builtins.int
+    DEAD_LETTER_REPLAYED_FIELD_NUMBER: _builtins.int
     event_id: _builtins.str
     """Stable id of the event; redeliveries carry the same id (dedupe key).
     WhatsApp message: "wa:<wamid>"; WhatsApp status: "wa-status:<wamid>:<status>";
@@ -104,6 +105,10 @@ class Envelope(_message.Message):
     def history_message(self) -> Global___HistoryMessage:
         """on its own topic, wa-history (never delays live traffic)"""
 
+    @_builtins.property
+    def dead_letter_replayed(self) -> Global___DeadLetterReplayed:
+        """Admin (issue 18), numbers 60-64: the audit topic <prefix>.admin-audit.v1, never a flow's topic."""
+
     def __init__(
         self,
         *,
@@ -126,12 +131,13 @@ class Envelope(_message.Message):
         customer_message_change: Global___CustomerMessageChange | None = ...,
         contact_name_sync: Global___ContactNameSync | None = ...,
         history_message: Global___HistoryMessage | None = ...,
+        dead_letter_replayed: Global___DeadLetterReplayed | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["business_echo", b"business_echo", "consent_change", b"consent_change", "contact_name_sync", b"contact_name_sync", "customer_identity_change", b"customer_identity_change", "customer_message", b"customer_message", "customer_message_change", b"customer_message_change", "history_message", b"history_message", "kind", b"kind", "line_removed", b"line_removed", "occurred_at", b"occurred_at", "operator_message", b"operator_message", "operator_message_delete", b"operator_message_delete", "operator_message_edit", b"operator_message_edit", "operator_read", b"operator_read", "send_failure", b"send_failure", "whatsapp_status", b"whatsapp_status", "window_closed", b"window_closed"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["business_echo", b"business_echo", "consent_change", b"consent_change", "contact_name_sync", b"contact_name_sync", "customer_identity_change", b"customer_identity_change", "customer_message", b"customer_message", "customer_message_change", b"customer_message_change", "dead_letter_replayed", b"dead_letter_replayed", "history_message", b"history_message", "kind", b"kind", "line_removed", b"line_removed", "occurred_at", b"occurred_at", "operator_message", b"operator_message", "operator_message_delete", b"operator_message_delete", "operator_message_edit", b"operator_message_edit", "operator_read", b"operator_read", "send_failure", b"send_failure", "whatsapp_status", b"whatsapp_status", "window_closed", b"window_closed"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["business_echo", b"business_echo", "consent_change", b"consent_change", "contact_name_sync", b"contact_name_sync", "conversation_key", b"conversation_key", "customer_identity_change", b"customer_identity_change", "customer_message", b"customer_message", "customer_message_change", b"customer_message_change", "event_id", b"event_id", "history_message", b"history_message", "kind", b"kind", "line_removed", b"line_removed", "occurred_at", b"occurred_at", "operator_message", b"operator_message", "operator_message_delete", b"operator_message_delete", "operator_message_edit", b"operator_message_edit", "operator_read", b"operator_read", "send_failure", b"send_failure", "source", b"source", "whatsapp_status", b"whatsapp_status", "window_closed", b"window_closed"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["business_echo", b"business_echo", "consent_change", b"consent_change", "contact_name_sync", b"contact_name_sync", "conversation_key", b"conversation_key", "customer_identity_change", b"customer_identity_change", "customer_message", b"customer_message", "customer_message_change", b"customer_message_change", "dead_letter_replayed", b"dead_letter_replayed", "event_id", b"event_id", "history_message", b"history_message", "kind", b"kind", "line_removed", b"line_removed", "occurred_at", b"occurred_at", "operator_message", b"operator_message", "operator_message_delete", b"operator_message_delete", "operator_message_edit", b"operator_message_edit", "operator_read", b"operator_read", "send_failure", b"send_failure", "source", b"source", "whatsapp_status", b"whatsapp_status", "window_closed", b"window_closed"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["customer_message", "whatsapp_status", "operator_message", "operator_message_edit", "operator_message_delete", "operator_read", "send_failure", "line_removed", "window_closed", "customer_identity_change", "business_echo", "consent_change", "customer_message_change", "contact_name_sync", "history_message"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["customer_message", "whatsapp_status", "operator_message", "operator_message_edit", "operator_message_delete", "operator_read", "send_failure", "line_removed", "window_closed", "customer_identity_change", "business_echo", "consent_change", "customer_message_change", "contact_name_sync", "history_message", "dead_letter_replayed"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
@@ -976,3 +982,66 @@ class LineRemoved(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___LineRemoved: _TypeAlias = LineRemoved  # noqa: Y015
+
+@_typing.final
+class DeadLetterReplayed(_message.Message):
+    """--- Admin audit (issue 18) ---------------------------------------------------------------
+
+    One replay of one dead letter (zaptrix-admin dead-letters replay, the connector settings page), written
+    to <prefix>.admin-audit.v1 before the dead letter is re-published (outcome "replayed"), and once more with
+    outcome "failed" if the re-publishing then fails. Envelope: event_id "audit:replay:<uuid>",
+    conversation_key the portal's member_id ("-" when unknown), occurred_at when. Nothing secret: ids only.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEAD_LETTER_ID_FIELD_NUMBER: _builtins.int
+    FLOW_FIELD_NUMBER: _builtins.int
+    EVENT_ID_FIELD_NUMBER: _builtins.int
+    EVENT_TYPE_FIELD_NUMBER: _builtins.int
+    MEMBER_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    ACTOR_FIELD_NUMBER: _builtins.int
+    WHY_FIELD_NUMBER: _builtins.int
+    OUTCOME_FIELD_NUMBER: _builtins.int
+    TARGET_TOPIC_FIELD_NUMBER: _builtins.int
+    dead_letter_id: _builtins.str
+    """"<flow>:<partition>:<offset>" of the dead-letter topic"""
+    flow: _builtins.str
+    """wa-to-b24 | b24-to-wa | wa-history"""
+    event_id: _builtins.str
+    """the dead letter's zaptrix-event-id ("" when undecodable)"""
+    event_type: _builtins.str
+    member_id: _builtins.str
+    """the portal the dead letter belongs to ("" when unknown)"""
+    reason: _builtins.str
+    """why it was dead-lettered (zaptrix-dlq-reason)"""
+    actor: _builtins.str
+    """who: "cli:<os user>" or "portal:<member_id>:<bitrix user id>" """
+    why: _builtins.str
+    """the operator's note"""
+    outcome: _builtins.str
+    """replayed | failed"""
+    target_topic: _builtins.str
+    """where it was re-published"""
+    def __init__(
+        self,
+        *,
+        dead_letter_id: _builtins.str = ...,
+        flow: _builtins.str = ...,
+        event_id: _builtins.str = ...,
+        event_type: _builtins.str = ...,
+        member_id: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        actor: _builtins.str = ...,
+        why: _builtins.str = ...,
+        outcome: _builtins.str = ...,
+        target_topic: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "dead_letter_id", b"dead_letter_id", "event_id", b"event_id", "event_type", b"event_type", "flow", b"flow", "member_id", b"member_id", "outcome", b"outcome", "reason", b"reason", "target_topic", b"target_topic", "why", b"why"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeadLetterReplayed: _TypeAlias = DeadLetterReplayed  # noqa: Y015
