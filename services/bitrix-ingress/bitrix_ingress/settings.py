@@ -377,3 +377,9 @@ SETTINGS_CLASSES: list[type[BaseSettings]] = [
     KafkaSettings,
     GrpcClientSettings,
 ]
+
+# The classes each process reads (the chart tests validate each container's environment with them).
+PROCESS_SETTINGS: dict[str, list[type[BaseSettings]]] = {
+    "bitrix-ingress-web": [WebSettings, KafkaSettings, GrpcClientSettings],
+    "bitrix-dispatcher": [DispatcherSettings, KafkaSettings, GrpcClientSettings],
+}
