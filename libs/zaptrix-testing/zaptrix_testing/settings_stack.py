@@ -273,7 +273,7 @@ def click_and_wait(driver: Any, css: str, then: str) -> None:
 def screenshot(driver: Any, path: Path) -> None:
     """The whole slider: the top document, sized to the page inside the iframe."""
     driver.switch_to.default_content()
-    height = driver.execute_script("return document.documentElement.scrollHeight")
+    height = driver.execute_script("return document.body.scrollHeight")
     width = driver.get_window_size()["width"]
     driver.set_window_size(width, min(max(height + 120, 600), 4000))
     path.parent.mkdir(parents=True, exist_ok=True)
