@@ -55,10 +55,8 @@ def main() -> None:
         shot(laptop, "bad-credentials.png")
         bind(laptop, GOOD)
         shot(laptop, "good-bind.png")
+        stack.conversations()
         click_and_wait(laptop, 'form input[value="check"] ~ button', "#notice")
-        laptop.execute_script(  # type: ignore[attr-defined]
-            "document.querySelector('[data-number]').scrollIntoView()"
-        )
         shot(laptop, "health.png")
         stack.dead_letter("ERROR_ARGUMENT: The line with this ID is inactive", 1)
         stack.dead_letter("retries exhausted after 8 attempts: QUERY_LIMIT_EXCEEDED", 2)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +26,7 @@ from zaptrix.kafka.admin import ensure_topics
 from zaptrix.kafka.envelope import H_ATTEMPT, H_DLQ_AT, H_DLQ_REASON, H_DLQ_SOURCE, encode
 from zaptrix.kafka.topics import audit_topic
 from zaptrix.settings import KafkaSettings
-from zaptrix.v1 import events_pb2
+from zaptrix.v1 import events_pb2, mapper_pb2
 
 from zaptrix_testing.fakes import FakeTokenKeeper, GrpcFakes, Portal, start_fakes_in_thread
 from zaptrix_testing.ports import free_port
@@ -68,9 +69,28 @@ class SettingsStack:
 
     def reset(self) -> None:
         """No binding, no stored number credentials, the Graph stand-in as configured at start."""
-        self.fakes.mapper.channels.clear()
+        self.fakes.mapper.clear()
         self.fakes.token_keeper.channels.clear()
         httpx.post(f"{self.graph}/_sandbox/reset", timeout=10).raise_for_status()
+
+    def conversations(self) -> None:
+        """Two customers of the bound number (one wrote an hour ago, one 30 h ago) and a reply sent to the
+        first ten minutes ago: what the health panel's activity shows."""
+        mapper = self.fakes.mapper
+        recent = mapper.add_conversation(
+            SANDBOX_PHONE_NUMBER_ID, "4915100000001", "Anna", last_customer_ago_s=3600
+        )
+        mapper.add_conversation(
+            SANDBOX_PHONE_NUMBER_ID, "4915100000002", "Bruno", last_customer_ago_s=30 * 3600
+        )
+        reply = mapper_pb2.MessageLink(
+            conversation_id=recent.id,
+            direction=mapper_pb2.DIRECTION_OUTBOUND,
+            wamid="wamid.reply1",
+            member_id=self.member_id,
+        )
+        reply.created_at.seconds = int(time.time() - 600)
+        mapper.links[reply.wamid] = reply
 
     def stop(self) -> None:
         stop_all(self.procs)

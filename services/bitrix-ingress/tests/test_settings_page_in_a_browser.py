@@ -57,6 +57,11 @@ def test_binding_with_good_credentials_passes_every_check(stack: SettingsStack, 
     assert (channel.member_id, channel.line_id, channel.active) == (stack.member_id, 1, True)
     stored = stack.fakes.token_keeper.channels[SANDBOX_PHONE_NUMBER_ID]
     assert (stored.access_token, stored.verify_token) == (GOOD["access_token"], GOOD["verify_token"])
+    stack.conversations()
+    click_and_wait(admin, 'form input[value="check"] ~ button', "#notice")
+    card = admin.find_element(By.CSS_SELECTOR, f'[data-number="{SANDBOX_PHONE_NUMBER_ID}"]').text
+    assert "Open 24-hour windows\n1" in card and "Conversations\n2" in card  # from the mapper
+    assert card.count("UTC") == 2  # last message in and out
     page = admin.page_source
     for secret in ("access_token", "app_secret", "verify_token"):  # write-only: never shown again
         assert GOOD[secret] not in page

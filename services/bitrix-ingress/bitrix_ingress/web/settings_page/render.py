@@ -49,11 +49,12 @@ dl{display:grid;grid-template-columns:max-content 1fr;gap:4px 12px;margin:.5em 0
 dt{color:#525c69}dd{margin:0;overflow-wrap:anywhere}
 .scroll{overflow-x:auto}
 table{border-collapse:collapse;width:100%}
-th,td{text-align:left;padding:6px 8px;border-bottom:1px solid #dfe3e6;vertical-align:top;overflow-wrap:anywhere}
+th,td{text-align:left;padding:6px 8px;border-bottom:1px solid #dfe3e6;vertical-align:top;overflow-wrap:break-word}
+td button{white-space:nowrap}
 code{font-size:.9em;overflow-wrap:anywhere}
 @media (max-width:520px){main{padding:8px}dl{grid-template-columns:1fr}dt{margin-top:6px}
  table,thead,tbody,tr,th,td{display:block}thead{position:absolute;left:-9999px}
- tr{border-bottom:1px solid #dfe3e6;padding:6px 0}td{border:0;padding:2px 0}
+ tr{border-bottom:1px solid #dfe3e6;padding:6px 0}td{border:0;padding:2px 0;overflow-wrap:anywhere}
  td::before{content:attr(data-label);display:block;color:#525c69;font-size:.85em}}
 """
 
