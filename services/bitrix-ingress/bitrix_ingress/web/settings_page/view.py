@@ -19,6 +19,7 @@ log = get_logger(__name__)
 
 DEAD_LETTERS_SHOWN = 50
 DEAD_LETTER_SCAN_S = 8.0
+HEALTH_S = 8.0  # a slow Graph API or webhook URL costs the health panel, never the page (30 s response limit)
 
 TemplateCount = Callable[[str, str], Awaitable[tuple[int, str] | None]]
 """Hook for the template catalogue (issue 18's templates work): (member_id, phone_number_id) -> (count of
@@ -88,8 +89,8 @@ async def line_numbers(
         pid = view.channel.phone_number_id
         view.activity = by_id.get(pid)
         try:
-            view.health = await binder.health(session.member_id, pid)
-        except (RpcError, LookupError) as exc:
+            view.health = await asyncio.wait_for(binder.health(session.member_id, pid), HEALTH_S)
+        except (RpcError, LookupError, TimeoutError) as exc:
             log.warning("settings page: health not checked", phone_number_id=pid, error=str(exc))
         if template_count is not None:
             view.templates = await template_count(session.member_id, pid)
