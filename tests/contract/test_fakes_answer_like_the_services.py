@@ -301,6 +301,31 @@ async def test_channel_activity_counts_per_number_of_the_asking_portal_only(peer
     assert await code_of(no_portal) == grpc.StatusCode.INVALID_ARGUMENT
 
 
+async def test_unbind_removes_only_the_portals_own_unused_number(peers: Peers) -> None:
+    portal = f"portal-{uuid.uuid4().hex[:8]}"
+    free, used = await bound(peers, portal), await bound(peers, portal)
+    await conversation(peers, used)
+    unbind = peers.mapper.UnbindChannel
+    other = mpb.UnbindChannelRequest(phone_number_id=free.phone_number_id, member_id="portal-b")
+    assert await code_of(unbind(other)) == NOT_FOUND
+    in_use = mpb.UnbindChannelRequest(phone_number_id=used.phone_number_id, member_id=portal)
+    assert await code_of(unbind(in_use)) == grpc.StatusCode.FAILED_PRECONDITION
+    removed = await unbind(mpb.UnbindChannelRequest(phone_number_id=free.phone_number_id, member_id=portal))
+    assert removed.phone_number_id == free.phone_number_id and removed.member_id == portal
+    gone = peers.mapper.GetChannel(mpb.GetChannelRequest(phone_number_id=free.phone_number_id))
+    assert await code_of(gone) == NOT_FOUND
+    assert (await peers.mapper.GetChannel(mpb.GetChannelRequest(phone_number_id=used.phone_number_id))).active
+    assert await code_of(unbind(mpb.UnbindChannelRequest(phone_number_id=free.phone_number_id))) in (
+        grpc.StatusCode.INVALID_ARGUMENT,
+    )
+    # free again: another portal may bind it
+    moved = mpb.Channel()
+    moved.CopyFrom(free)
+    moved.member_id = "portal-b"
+    moved.ClearField("created_at")
+    assert (await peers.mapper.BindChannel(mpb.BindChannelRequest(channel=moved))).member_id == "portal-b"
+
+
 async def test_the_latest_customer_message_of_a_conversation_is_found(peers: Peers) -> None:
     conv = await conversation(peers, await bound(peers))
     find = peers.mapper.FindMessageLink

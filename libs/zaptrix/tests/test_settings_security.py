@@ -115,6 +115,7 @@ def test_every_allowed_method_exists_and_web_rows_are_narrow() -> None:
         "/zaptrix.v1.Mapper/GetChannel",
         "/zaptrix.v1.Mapper/BindChannel",
         "/zaptrix.v1.Mapper/GetChannelActivity",
+        "/zaptrix.v1.Mapper/UnbindChannel",
     }
 
 

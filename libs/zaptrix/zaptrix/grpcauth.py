@@ -72,6 +72,7 @@ MAPPER_METHODS = (
     "RecordCustomerConsent",
     "GetCustomerConsent",
     "GetChannelActivity",
+    "UnbindChannel",
 )
 
 
@@ -125,6 +126,7 @@ ALLOWED: dict[str, frozenset[str]] = {
         "GetChannel",
         "BindChannel",
         "GetChannelActivity",
+        "UnbindChannel",
     ),
     # Delivers to Bitrix24 with the portal's token; owns the conversation and delivery records.
     # ListPortals: the offline-event reconciler drains every installed portal's queue.

@@ -129,6 +129,20 @@ async def test_pausing_and_resuming_the_portals_own_number(page: Page) -> None:
     assert r.status_code == 200 and page.fakes.mapper.channels["100"].active
 
 
+async def test_unbinding_a_number_only_when_it_is_the_portals_and_unused(page: Page) -> None:
+    page.fakes.mapper.bind("100", "portal-a", 3)
+    page.fakes.mapper.bind("101", "portal-a", 3)
+    page.fakes.mapper.bind("200", "portal-b", 3)
+    page.fakes.mapper.add_conversation("101", "4915100000001")
+    r = await page.act(session=page.session(), action="unbind", phone_number_id="200")
+    assert r.status_code == 404 and "200" in page.fakes.mapper.channels
+    r = await page.act(session=page.session(), action="unbind", phone_number_id="101")
+    assert r.status_code == 409 and "101" in page.fakes.mapper.channels
+    r = await page.act(session=page.session(), action="unbind", phone_number_id="100")
+    assert r.status_code == 200 and "100" not in page.fakes.mapper.channels
+    assert 'data-number="100"' not in r.text and 'data-number="101"' in r.text
+
+
 async def test_the_page_shows_only_this_lines_numbers_and_says_what_failed(page: Page) -> None:
     page.fakes.mapper.bind("100", "portal-a", 3)
     page.fakes.mapper.bind("101", "portal-a", 4)  # another line of the same portal

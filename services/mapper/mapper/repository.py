@@ -382,6 +382,35 @@ class Repository:
             )
         return [_channel(r) for r in rows]
 
+    async def unbind_channel(self, phone_number_id: str, member_id: str) -> ChannelBinding | None:
+        """Delete the portal's binding of a number without conversations; None when it is not the portal's.
+        FOR UPDATE: a first message creating a conversation (FOR KEY SHARE on the binding) waits, then finds
+        no binding; or commits first, and this sees its conversation."""
+        async with self.db.connection() as conn, conn.transaction():
+            row = await conn.fetchrow(
+                f"SELECT {CHANNEL_COLUMNS} FROM mapper.channel_binding"  # noqa: S608
+                " WHERE phone_number_id = $1 AND member_id = $2 FOR UPDATE",
+                phone_number_id,
+                member_id,
+            )
+            if row is None:
+                return None
+            in_use = await conn.fetchval(
+                "SELECT EXISTS (SELECT 1 FROM mapper.conversation_mapping WHERE phone_number_id = $1)",
+                phone_number_id,
+            )
+            if in_use:
+                raise FailedPrecondition(
+                    f"phone_number_id {phone_number_id} has conversations: pause it instead (active=false)"
+                )
+            await conn.execute(
+                "DELETE FROM mapper.customer_consent WHERE phone_number_id = $1", phone_number_id
+            )
+            await conn.execute(
+                "DELETE FROM mapper.channel_binding WHERE phone_number_id = $1", phone_number_id
+            )
+        return _channel(row)
+
     async def channel_activity(self, member_id: str, phone_number_ids: list[str]) -> list[ChannelActivity]:
         """Per number of the portal: the conversations' aggregates (the channel+customer index) and the latest
         outbound link (message_link by conversation). A read for an admin's page, not the message path."""

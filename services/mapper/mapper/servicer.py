@@ -215,6 +215,12 @@ class MapperServicer(mapper_pb2_grpc.MapperServicer):
         found = await self.service.channel_activity(member_id, ids)
         return pb.GetChannelActivityResponse(channels=[convert.channel_activity_pb(a) for a in found])
 
+    @rpc
+    async def UnbindChannel(self, request: pb.UnbindChannelRequest) -> pb.Channel:
+        phone_number_id = convert.required(request.phone_number_id, "phone_number_id")
+        member_id = convert.required(request.member_id, "member_id")
+        return convert.channel_pb(await self.service.unbind_channel(phone_number_id, member_id))
+
     # dedupe
 
     @rpc

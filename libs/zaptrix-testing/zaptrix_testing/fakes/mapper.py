@@ -138,6 +138,22 @@ class FakeMapper(Recorder, mapper_pb2_grpc.MapperServicer):
                 activity.last_outbound_at.CopyFrom(max(sent, key=lambda t: t.ToNanoseconds()))
         return out
 
+    async def UnbindChannel(self, request: Any, context: Any) -> mapper_pb2.Channel:
+        await self._enter("UnbindChannel", request, context, request.phone_number_id)
+        if not request.phone_number_id or not request.member_id:
+            await abort(
+                context, grpc.StatusCode.INVALID_ARGUMENT, "phone_number_id and member_id are required"
+            )
+        channel = self.channels.get(request.phone_number_id)
+        if channel is None or channel.member_id != request.member_id:
+            await abort(context, grpc.StatusCode.NOT_FOUND, "channel not bound to this portal")
+        if any(c.phone_number_id == request.phone_number_id for c in self.conversations.values()):
+            await abort(context, grpc.StatusCode.FAILED_PRECONDITION, "the number has conversations")
+        del self.channels[request.phone_number_id]
+        for key in [k for k in self.consents if k[0] == request.phone_number_id]:
+            del self.consents[key]
+        return channel
+
     # --- conversations -----------------------------------------------------------------------------
 
     async def GetOrCreateConversation(

@@ -1240,3 +1240,26 @@ class GetChannelActivityResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetChannelActivityResponse: _TypeAlias = GetChannelActivityResponse  # noqa: Y015
+
+@_typing.final
+class UnbindChannelRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PHONE_NUMBER_ID_FIELD_NUMBER: _builtins.int
+    MEMBER_ID_FIELD_NUMBER: _builtins.int
+    phone_number_id: _builtins.str
+    member_id: _builtins.str
+    """required: the portal whose binding it must be"""
+    def __init__(
+        self,
+        *,
+        phone_number_id: _builtins.str = ...,
+        member_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["member_id", b"member_id", "phone_number_id", b"phone_number_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UnbindChannelRequest: _TypeAlias = UnbindChannelRequest  # noqa: Y015

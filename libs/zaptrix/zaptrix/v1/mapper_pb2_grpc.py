@@ -139,6 +139,11 @@ class MapperStub:
                 request_serializer=zaptrix_dot_v1_dot_mapper__pb2.GetChannelActivityRequest.SerializeToString,
                 response_deserializer=zaptrix_dot_v1_dot_mapper__pb2.GetChannelActivityResponse.FromString,
                 _registered_method=True)
+        self.UnbindChannel = channel.unary_unary(
+                '/zaptrix.v1.Mapper/UnbindChannel',
+                request_serializer=zaptrix_dot_v1_dot_mapper__pb2.UnbindChannelRequest.SerializeToString,
+                response_deserializer=zaptrix_dot_v1_dot_mapper__pb2.Channel.FromString,
+                _registered_method=True)
 
 
 class MapperServicer:
@@ -293,6 +298,15 @@ class MapperServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UnbindChannel(self, request, context):
+        """Remove the portal's binding of a number that has no conversations (then it may be bound anywhere);
+        NOT_FOUND when it is not bound to member_id, FAILED_PRECONDITION when it has conversations (pause it:
+        BindChannel with active=false keeps its history).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MapperServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -400,6 +414,11 @@ def add_MapperServicer_to_server(servicer, server):
                     servicer.GetChannelActivity,
                     request_deserializer=zaptrix_dot_v1_dot_mapper__pb2.GetChannelActivityRequest.FromString,
                     response_serializer=zaptrix_dot_v1_dot_mapper__pb2.GetChannelActivityResponse.SerializeToString,
+            ),
+            'UnbindChannel': grpc.unary_unary_rpc_method_handler(
+                    servicer.UnbindChannel,
+                    request_deserializer=zaptrix_dot_v1_dot_mapper__pb2.UnbindChannelRequest.FromString,
+                    response_serializer=zaptrix_dot_v1_dot_mapper__pb2.Channel.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -969,6 +988,33 @@ class Mapper:
             '/zaptrix.v1.Mapper/GetChannelActivity',
             zaptrix_dot_v1_dot_mapper__pb2.GetChannelActivityRequest.SerializeToString,
             zaptrix_dot_v1_dot_mapper__pb2.GetChannelActivityResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UnbindChannel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/zaptrix.v1.Mapper/UnbindChannel',
+            zaptrix_dot_v1_dot_mapper__pb2.UnbindChannelRequest.SerializeToString,
+            zaptrix_dot_v1_dot_mapper__pb2.Channel.FromString,
             options,
             channel_credentials,
             insecure,

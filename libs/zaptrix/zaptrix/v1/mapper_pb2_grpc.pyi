@@ -83,6 +83,11 @@ class MapperStub:
     """Connector settings page (issue 18): what a portal's number has been doing, for its health panel.
     Scoped: only the numbers bound to member_id are answered (another portal's are left out).
     """
+    UnbindChannel: _grpc.UnaryUnaryMultiCallable[_mapper_pb2.UnbindChannelRequest, _mapper_pb2.Channel]
+    """Remove the portal's binding of a number that has no conversations (then it may be bound anywhere);
+    NOT_FOUND when it is not bound to member_id, FAILED_PRECONDITION when it has conversations (pause it:
+    BindChannel with active=false keeps its history).
+    """
 
 @_typing.type_check_only
 class MapperAsyncStub(MapperStub):
@@ -138,6 +143,11 @@ class MapperAsyncStub(MapperStub):
     GetChannelActivity: _aio.UnaryUnaryMultiCallable[_mapper_pb2.GetChannelActivityRequest, _mapper_pb2.GetChannelActivityResponse]  # type: ignore[assignment]
     """Connector settings page (issue 18): what a portal's number has been doing, for its health panel.
     Scoped: only the numbers bound to member_id are answered (another portal's are left out).
+    """
+    UnbindChannel: _aio.UnaryUnaryMultiCallable[_mapper_pb2.UnbindChannelRequest, _mapper_pb2.Channel]  # type: ignore[assignment]
+    """Remove the portal's binding of a number that has no conversations (then it may be bound anywhere);
+    NOT_FOUND when it is not bound to member_id, FAILED_PRECONDITION when it has conversations (pause it:
+    BindChannel with active=false keeps its history).
     """
 
 class MapperServicer(metaclass=_abc_1.ABCMeta):
@@ -317,6 +327,17 @@ class MapperServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_mapper_pb2.GetChannelActivityResponse, _abc.Awaitable[_mapper_pb2.GetChannelActivityResponse]]:
         """Connector settings page (issue 18): what a portal's number has been doing, for its health panel.
         Scoped: only the numbers bound to member_id are answered (another portal's are left out).
+        """
+
+    @_abc_1.abstractmethod
+    def UnbindChannel(
+        self,
+        request: _mapper_pb2.UnbindChannelRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_mapper_pb2.Channel, _abc.Awaitable[_mapper_pb2.Channel]]:
+        """Remove the portal's binding of a number that has no conversations (then it may be bound anywhere);
+        NOT_FOUND when it is not bound to member_id, FAILED_PRECONDITION when it has conversations (pause it:
+        BindChannel with active=false keeps its history).
         """
 
 def add_MapperServicer_to_server(servicer: MapperServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 
 from sanic import HTTPResponse, Request
 from sanic import html as html_response
-from zaptrix.binding import ChannelBinder, InvalidBinding, NotThisPortals, NumberCredentials
+from zaptrix.binding import ChannelBinder, InvalidBinding, NotThisPortals, NumberCredentials, NumberInUse
 from zaptrix.dead_letters import AuditUnavailable, DeadLetterNotFound, DeadLetters, mapper_portals
 from zaptrix.logging import get_logger
 from zaptrix.rpc import RpcError, RpcNotFound
@@ -50,7 +50,18 @@ _REFUSAL_TEXT = {
     503: ("unavailable.title", "unavailable.text"),
 }
 ACTIONS = frozenset(
-    {"show", "bind", "check", "pause", "resume", "replay", "replay_confirmed", "line_on", "line_off"}
+    {
+        "show",
+        "bind",
+        "check",
+        "pause",
+        "resume",
+        "unbind",
+        "replay",
+        "replay_confirmed",
+        "line_on",
+        "line_off",
+    }
 )
 
 
@@ -220,6 +231,16 @@ class SettingsPage:
                 view.notice = Notice("error", "notice.not_yours")
                 return 404
             view.notice = Notice("ok", f"notice.{action}d", {"number": pid})
+        elif action == "unbind":
+            try:
+                await self.binder.unbind(s.member_id, pid)
+            except NotThisPortals:
+                view.notice = Notice("error", "notice.not_yours")
+                return 404
+            except NumberInUse:
+                view.notice = Notice("error", "notice.in_use", {"number": pid})
+                return 409
+            view.notice = Notice("ok", "notice.unbound", {"number": pid})
         elif action in ("replay", "replay_confirmed"):
             return await self._replay(action, get_str(form, "dead_letter"), view)
         elif action in ("line_on", "line_off"):

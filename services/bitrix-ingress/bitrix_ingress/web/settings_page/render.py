@@ -191,7 +191,8 @@ def _number(view: PageView, n: NumberView, t: Words) -> str:
         f'<h3 id="n-{escape(pid)}">{escape(title)}</h3><dl>{details}</dl>'
         f"<h4>{escape(t('health.title'))}</h4>{checks}"
         f'<div class="row">{_form(view, "check", t("number.check"), "secondary", phone_number_id=pid)}'
-        f"{toggle}</div></article>"
+        f"{toggle}{_form(view, 'unbind', t('number.unbind'), 'secondary', phone_number_id=pid)}</div>"
+        f'<p class="hint">{escape(t("number.unbind_hint"))}</p></article>'
     )
 
 
