@@ -33,7 +33,7 @@ from zaptrix.settings import KafkaSettings
 # system serves both. A plugin module rather than tests/conftest.py, whose module name would clash with
 # dev/sandbox/tests/conftest.py under --import-mode=importlib.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-pytest_plugins = ["tests.system"]
+pytest_plugins = ["tests.system", "zaptrix_testing.browser"]
 
 
 def _require(name: str) -> str:
@@ -95,7 +95,12 @@ def processes() -> None:
 
 # --- the lanes ------------------------------------------------------------------------------------
 # The fixture each need starts from; the marks are registered in pyproject.toml.
-_NEEDS = {"pg_server_url": "postgres", "kafka_bootstrap": "kafka", "processes": "processes"}
+_NEEDS = {
+    "pg_server_url": "postgres",
+    "kafka_bootstrap": "kafka",
+    "processes": "processes",
+    "browser": "browser",
+}
 
 
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the xdist_group marks

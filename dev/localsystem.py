@@ -263,6 +263,10 @@ class LocalSystem:
                 "ZAPTRIX_BITRIX_CLIENT_SECRET": SANDBOX_CLIENT_SECRET,
                 "ZAPTRIX_BITRIX_OAUTH_SERVER_ENDPOINT": f"http://127.0.0.1:{p.bitrix}/oauth/rest/",
                 "ZAPTRIX_BITRIX_OAUTH_URL": f"http://127.0.0.1:{p.bitrix}/oauth/token/",
+                # The settings page: the stand-in's BX24 SDK, its Graph API, and meta-ingress's webhook URL.
+                "ZAPTRIX_BITRIX_JS_SDK_URL": f"http://127.0.0.1:{p.bitrix}/api/v1/",
+                "ZAPTRIX_META_WEBHOOK_URL": f"http://127.0.0.1:{p.meta_web}/webhooks/meta",
+                **graph,
             }
         procs += [
             self._service(

@@ -34,6 +34,10 @@ export ZAPTRIX_TEST_KAFKA="127.0.0.1:$KAFKA_PORT"
 # Tools the chart tests need (built once into the cache).
 export ZAPTRIX_HELM; ZAPTRIX_HELM=$(dev/stack/tools.sh helm)
 export ZAPTRIX_PROMTOOL; ZAPTRIX_PROMTOOL=$(dev/stack/tools.sh promtool)
+# Headless Chromium and chromedriver (Debian packages) for the settings page's browser tests.
+step "chromium"
+read -r ZAPTRIX_CHROMIUM ZAPTRIX_CHROMEDRIVER < <(dev/stack/chromium.sh install)
+export ZAPTRIX_CHROMIUM ZAPTRIX_CHROMEDRIVER
 
 step "pytest"
 run pytest -p no:cacheprovider "$@"

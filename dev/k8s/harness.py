@@ -495,6 +495,7 @@ def _app_secret() -> dict[str, bytes]:
         "token-keeper-active-key-id": b"k1",
         "kafka-sasl-password": b"secret",
         "media-url-secret": base64.b64encode(os.urandom(32)),
+        "settings-session-secret": base64.b64encode(os.urandom(32)),
     }
 
 

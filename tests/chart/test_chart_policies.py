@@ -155,6 +155,7 @@ def test_each_secret_goes_only_to_its_users(rendered: Rendered) -> None:
         "token-keeper-keys": {"token-keeper"},
         "media-url-secret": {"meta-ingress", "meta-dispatcher"},
         "bitrix-client-secret": {"bitrix-ingress"},
+        "settings-session-secret": {"bitrix-ingress"},
     }
     for workload, spec in pod_specs(rendered):
         component = workload["metadata"]["labels"]["app.kubernetes.io/component"]

@@ -254,9 +254,11 @@ def test_optional_client_secret_is_mounted_only_when_it_exists(render: Callable[
         data = rendered.named("ConfigMap", f"{RELEASE}-zaptrix-bitrix-ingress")["data"]
         return {k for k in data if k.endswith("_FILE") and not k.startswith("ZAPTRIX_GRPC_TLS_")}
 
-    assert files(render()) == set()
+    always = {"ZAPTRIX_SETTINGS_SESSION_SECRET_FILE"}  # the settings page's session key (required)
+    assert files(render()) == always
     assert files(render(sets=("secrets.hasBitrixClientSecret=true",))) == {
-        "ZAPTRIX_BITRIX_CLIENT_SECRET_FILE"
+        "ZAPTRIX_BITRIX_CLIENT_SECRET_FILE",
+        *always,
     }
 
 

@@ -49,6 +49,7 @@ SECRET_SAMPLES = {
     "kafka-sasl-password": "kafka-password",
     "media-url-secret": "m" * 48,
     "bitrix-client-secret": "bitrix-client-secret",
+    "settings-session-secret": "s" * 48,
 }
 
 

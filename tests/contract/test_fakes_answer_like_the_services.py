@@ -254,6 +254,78 @@ async def test_a_link_is_found_by_wamid_or_bitrix_message_and_takes_statuses(pee
     assert await code_of(peers.mapper.UpdateMessageStatus(unknown)) == NOT_FOUND
 
 
+async def test_channel_activity_counts_per_number_of_the_asking_portal_only(peers: Peers) -> None:
+    portal = f"portal-{uuid.uuid4().hex[:8]}"
+    busy, quiet, foreign = (
+        await bound(peers, portal),
+        await bound(peers, portal),
+        await bound(peers, "portal-b"),
+    )
+    now = datetime.now(UTC).replace(microsecond=0)
+    recent, old = await conversation(peers, busy), await conversation(peers, busy)
+    for conv, at in ((recent, now - timedelta(hours=1)), (old, now - timedelta(hours=30))):
+        await peers.mapper.UpdateConversation(
+            mpb.UpdateConversationRequest(id=conv.id, last_customer_message_at=ts(at), last_message_at=ts(at))
+        )
+    await peers.mapper.LinkMessage(mpb.LinkMessageRequest(link=link_of(recent, f"wamid.{digits()}")))
+    await conversation(peers, foreign)
+    got = await peers.mapper.GetChannelActivity(mpb.GetChannelActivityRequest(member_id=portal))
+    by_id = {a.phone_number_id: a for a in got.channels}
+    assert set(by_id) == {busy.phone_number_id, quiet.phone_number_id}  # never portal-b's number
+    a = by_id[busy.phone_number_id]
+    assert (a.conversations, a.open_windows) == (2, 1)
+    assert a.last_inbound_at.ToDatetime(tzinfo=UTC) == now - timedelta(hours=1)
+    assert a.HasField("last_outbound_at")
+    assert abs(a.last_outbound_at.ToDatetime(tzinfo=UTC) - datetime.now(UTC)) < timedelta(minutes=1)
+    q = by_id[quiet.phone_number_id]
+    assert (
+        q.conversations,
+        q.open_windows,
+        q.HasField("last_inbound_at"),
+        q.HasField("last_outbound_at"),
+    ) == (
+        0,
+        0,
+        False,
+        False,
+    )
+    one = mpb.GetChannelActivityRequest(member_id=portal, phone_number_ids=[quiet.phone_number_id])
+    assert [c.phone_number_id for c in (await peers.mapper.GetChannelActivity(one)).channels] == [
+        quiet.phone_number_id
+    ]
+    asked_for_foreign = mpb.GetChannelActivityRequest(
+        member_id=portal, phone_number_ids=[foreign.phone_number_id]
+    )
+    assert not (await peers.mapper.GetChannelActivity(asked_for_foreign)).channels
+    no_portal = peers.mapper.GetChannelActivity(mpb.GetChannelActivityRequest())
+    assert await code_of(no_portal) == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_unbind_removes_only_the_portals_own_unused_number(peers: Peers) -> None:
+    portal = f"portal-{uuid.uuid4().hex[:8]}"
+    free, used = await bound(peers, portal), await bound(peers, portal)
+    await conversation(peers, used)
+    unbind = peers.mapper.UnbindChannel
+    other = mpb.UnbindChannelRequest(phone_number_id=free.phone_number_id, member_id="portal-b")
+    assert await code_of(unbind(other)) == NOT_FOUND
+    in_use = mpb.UnbindChannelRequest(phone_number_id=used.phone_number_id, member_id=portal)
+    assert await code_of(unbind(in_use)) == grpc.StatusCode.FAILED_PRECONDITION
+    removed = await unbind(mpb.UnbindChannelRequest(phone_number_id=free.phone_number_id, member_id=portal))
+    assert removed.phone_number_id == free.phone_number_id and removed.member_id == portal
+    gone = peers.mapper.GetChannel(mpb.GetChannelRequest(phone_number_id=free.phone_number_id))
+    assert await code_of(gone) == NOT_FOUND
+    assert (await peers.mapper.GetChannel(mpb.GetChannelRequest(phone_number_id=used.phone_number_id))).active
+    assert await code_of(unbind(mpb.UnbindChannelRequest(phone_number_id=free.phone_number_id))) in (
+        grpc.StatusCode.INVALID_ARGUMENT,
+    )
+    # free again: another portal may bind it
+    moved = mpb.Channel()
+    moved.CopyFrom(free)
+    moved.member_id = "portal-b"
+    moved.ClearField("created_at")
+    assert (await peers.mapper.BindChannel(mpb.BindChannelRequest(channel=moved))).member_id == "portal-b"
+
+
 async def test_the_latest_customer_message_of_a_conversation_is_found(peers: Peers) -> None:
     conv = await conversation(peers, await bound(peers))
     find = peers.mapper.FindMessageLink

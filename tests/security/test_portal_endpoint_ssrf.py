@@ -99,6 +99,8 @@ async def test_portal_name_resolving_to_a_private_address_is_refused() -> None:
 def test_install_endpoint_check_refuses_internal_and_foreign_endpoints(
     endpoint: str, suffixes: list[str]
 ) -> None:
-    settings = WebSettings(environment="production", bitrix_portal_host_suffixes=suffixes)  # type: ignore[call-arg]
+    settings = WebSettings(
+        environment="production", bitrix_portal_host_suffixes=suffixes, settings_session_secret="s" * 32
+    )  # type: ignore[call-arg]
     with pytest.raises(InsecureUrlError):
         check_portal_endpoint(endpoint, settings)

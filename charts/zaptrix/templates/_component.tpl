@@ -50,6 +50,9 @@ effective component config built by "zaptrix.componentConfig".
 {{- if and $c.publicUrl $publicUrl -}}
 {{- $_ := set $data "ZAPTRIX_PUBLIC_BASE_URL" $publicUrl -}}
 {{- end -}}
+{{- if and $c.metaWebhookUrl $publicUrl -}}
+{{- $_ := set $data "ZAPTRIX_META_WEBHOOK_URL" (printf "%s/webhooks/meta" $publicUrl) -}}
+{{- end -}}
 {{- range $port, $envName := $c.portEnv -}}
 {{- $_ := set $data $envName (index $c.ports $port | toString) -}}
 {{- end -}}

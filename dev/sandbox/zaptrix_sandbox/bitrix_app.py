@@ -11,7 +11,15 @@ from sanic import Request
 from sanic.response import HTTPResponse
 from sanic.response import json as json_response
 
-from . import bitrix_crm, bitrix_disk, bitrix_im, bitrix_imconnector, bitrix_offline, bitrix_sim
+from . import (
+    bitrix_crm,
+    bitrix_disk,
+    bitrix_im,
+    bitrix_imconnector,
+    bitrix_offline,
+    bitrix_placement,
+    bitrix_sim,
+)
 from . import faults as fault_injection
 from .bitrix_oauth import handle_app_info, handle_token
 from .bitrix_rest import handle
@@ -127,4 +135,5 @@ def create_app(settings: BitrixSettings | None = None, name: str = "sandbox_bitr
     fault_injection.register(app, sb.faults)
     bitrix_offline.register(app, sb)
     bitrix_disk.register(app, sb)
+    bitrix_placement.register(app, sb)
     return app

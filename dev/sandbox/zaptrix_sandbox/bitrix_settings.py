@@ -26,6 +26,8 @@ class PortalSpec(BaseModel):
     rate_limit_burst: float | None = None
     # Bitrix24 users with administrator rights (`profile` answers ADMIN=true); user 1 installs the app.
     admin_user_ids: list[int] = [1]
+    # The portal's interface language: LANG of placement POSTs (Bitrix24 codes: en, br, ru, de, ...).
+    language: str = "en"
     # feature.get(CODE=rest_offline_extended): whether event.offline.get may reserve (clear=0) instead of deleting.
     offline_extended: bool = True
     # Whether the app's user is a member of the Open Lines chats (im.message.add answers ACCESS_ERROR if not).

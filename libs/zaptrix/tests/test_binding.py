@@ -224,3 +224,27 @@ async def test_malformed_input_is_refused_before_anything_is_asked(
         await env.binder.bind("portal-a", 3, creds)
     assert refused.value.field_name == field
     assert not env.fakes.mapper.calls and not env.fakes.token_keeper.calls
+
+
+async def test_without_a_webhook_url_the_handshake_is_not_checked_and_says_so(env: Env) -> None:
+    env.binder.settings = env.binder.settings.model_copy(update={"meta_webhook_url": ""})
+    result = await env.binder.bind("portal-a", 3, GOOD)
+    hook = next(c for c in result.checks if c.check is Check.WEBHOOK_VERIFIED)
+    assert hook.outcome is Outcome.SKIPPED and "ZAPTRIX_META_WEBHOOK_URL" in hook.detail
+    assert result.bound and not result.ok  # bound, but not known to work
+
+
+async def test_unbind_only_the_portals_own_number_without_conversations(env: Env) -> None:
+    from zaptrix.binding import NumberInUse
+
+    await env.binder.bind("portal-a", 3, GOOD)
+    env.fakes.mapper.bind("100000000000009", "portal-b", 1)
+    with pytest.raises(NotThisPortals):
+        await env.binder.unbind("portal-a", "100000000000009")
+    env.fakes.mapper.add_conversation(NUMBER, "4915100000001")
+    with pytest.raises(NumberInUse):
+        await env.binder.unbind("portal-a", NUMBER)
+    env.fakes.mapper.conversations.clear()
+    removed = await env.binder.unbind("portal-a", NUMBER)
+    assert removed.phone_number_id == NUMBER and NUMBER not in env.fakes.mapper.channels
+    assert "100000000000009" in env.fakes.mapper.channels

@@ -114,6 +114,10 @@ def test_every_allowed_method_exists_and_web_rows_are_narrow() -> None:
         "/zaptrix.v1.Mapper/FindMessageLink",
         "/zaptrix.v1.Mapper/GetChannel",
         "/zaptrix.v1.Mapper/BindChannel",
+        "/zaptrix.v1.Mapper/ListTemplates",
+        "/zaptrix.v1.Mapper/SetPortalInstalled",
+        "/zaptrix.v1.Mapper/GetChannelActivity",
+        "/zaptrix.v1.Mapper/UnbindChannel",
     }
 
 

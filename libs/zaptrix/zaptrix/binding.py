@@ -24,10 +24,11 @@ from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Any
 
+import grpc
 import httpx
 
 from zaptrix.logging import get_logger
-from zaptrix.rpc import RpcNotFound, call
+from zaptrix.rpc import RpcNotFound, RpcPermanent, call
 from zaptrix.settings import ChannelBindingSettings, GraphApiSettings
 from zaptrix.v1 import mapper_pb2, token_keeper_pb2
 
@@ -171,6 +172,10 @@ class NotThisPortals(LookupError):
     """The number is not bound to the portal that asks (unknown, or another portal's: the same answer)."""
 
 
+class NumberInUse(Exception):
+    """The number has conversations: it can be paused, not unbound (its conversations keep it)."""
+
+
 class GraphRefused(Exception):
     """The Graph API answered with an error; ``code`` is Meta's error code (190: bad token)."""
 
@@ -258,6 +263,8 @@ class GraphProbe:
 
     async def webhook_answers(self, webhook_url: str, verify_token: str) -> CheckResult:
         """Play Meta's verification handshake against our webhook URL with this verify token."""
+        if not webhook_url:
+            return _skipped(Check.WEBHOOK_VERIFIED, "ZAPTRIX_META_WEBHOOK_URL is not set: not checked")
         challenge = secrets.token_hex(8)
         params = {"hub.mode": "subscribe", "hub.verify_token": verify_token, "hub.challenge": challenge}
         try:
@@ -481,6 +488,27 @@ class ChannelBinder:
         )
         return stored
 
+    async def unbind(self, member_id: str, phone_number_id: str) -> mapper_pb2.Channel:
+        """Remove the portal's binding of a number without conversations (its stored credentials stay until
+        a new bind replaces them). NotThisPortals when it is not the portal's, NumberInUse when it has
+        conversations (pause it instead)."""
+        try:
+            removed: mapper_pb2.Channel = await call(
+                "mapper UnbindChannel",
+                self.mapper.UnbindChannel(
+                    mapper_pb2.UnbindChannelRequest(phone_number_id=phone_number_id, member_id=member_id),
+                    timeout=self.timeout,
+                ),
+            )
+        except RpcNotFound as exc:
+            raise NotThisPortals(phone_number_id) from exc
+        except RpcPermanent as exc:
+            if exc.code == grpc.StatusCode.FAILED_PRECONDITION:
+                raise NumberInUse(phone_number_id) from exc
+            raise
+        log.info("number unbound", member_id=member_id, phone_number_id=phone_number_id)
+        return removed
+
     async def health(self, member_id: str, phone_number_id: str) -> NumberHealth:
         """The portal's own number, checked again with its stored credentials (token valid, app subscribed,
         webhook verified) and Graph's view of it (quality rating, messaging limit)."""
@@ -534,6 +562,7 @@ __all__ = [
     "NotThisPortals",
     "NumberCredentials",
     "NumberHealth",
+    "NumberInUse",
     "Outcome",
     "PhoneNumberInfo",
     "validate",

@@ -76,6 +76,8 @@ MAPPER_METHODS = (
     "ReplaceTemplates",
     "ApplyTemplateUpdate",
     "ListTemplates",
+    "GetChannelActivity",
+    "UnbindChannel",
 )
 
 
@@ -137,6 +139,8 @@ ALLOWED: dict[str, frozenset[str]] = {
         "BindChannel",
         "SetPortalInstalled",
         "ListTemplates",
+        "GetChannelActivity",
+        "UnbindChannel",
     ),
     # Delivers to Bitrix24 with the portal's token; owns the conversation and delivery records.
     # ListPortals: the offline-event reconciler drains every installed portal's queue.

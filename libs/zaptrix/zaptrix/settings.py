@@ -253,17 +253,18 @@ class ChannelBindingSettings(GraphApiSettings):
     whose verification handshake is checked with the number's verify token."""
 
     meta_webhook_url: str = Field(
-        "http://127.0.0.1:8080/webhooks/meta",
+        "",
         description=(
-            "The callback URL configured in the Meta app (meta-ingress's public GET/POST /webhooks/meta): "
-            "binding a number checks that it answers Meta's verification handshake with the number's "
-            "verify token (https in production)"
+            "The callback URL configured in the Meta app (meta-ingress's public GET/POST /webhooks/meta, e.g. "
+            "https://zaptrix.example.com/webhooks/meta): binding a number checks that it answers Meta's "
+            "verification handshake with the number's verify token; empty: that check is skipped and says so"
         ),
     )
 
     @model_validator(mode="after")
     def _check_webhook_url(self) -> ChannelBindingSettings:
-        require_https(self.meta_webhook_url, self, what="ZAPTRIX_META_WEBHOOK_URL")
+        if self.meta_webhook_url:
+            require_https(self.meta_webhook_url, self, what="ZAPTRIX_META_WEBHOOK_URL")
         return self
 
 

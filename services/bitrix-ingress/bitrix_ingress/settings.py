@@ -22,6 +22,7 @@ from zaptrix.egress import (
 )
 from zaptrix.settings import (
     BitrixOAuthSettings,
+    ChannelBindingSettings,
     CommonSettings,
     DispatcherCommonSettings,
     Formerly,
@@ -139,8 +140,9 @@ class BitrixCommonSettings(CommonSettings):
         return RateSpec.parse(spec) if spec else RateSpec(self.bitrix_rate_per_s, self.bitrix_burst)
 
 
-class WebSettings(BitrixCommonSettings, BitrixOAuthSettings):
-    """bitrix-ingress-web: Bitrix24 events, app install and the connector settings page."""
+class WebSettings(BitrixCommonSettings, BitrixOAuthSettings, ChannelBindingSettings):
+    """bitrix-ingress-web: Bitrix24 events, app install and the connector settings page (which binds numbers
+    with zaptrix.binding: the Graph API and Meta's webhook URL come from ChannelBindingSettings)."""
 
     web_host: str = Field(
         "0.0.0.0",
@@ -218,8 +220,32 @@ class WebSettings(BitrixCommonSettings, BitrixOAuthSettings):
     def _web_host(cls, value: str) -> str:
         return bind_address(value)
 
+    settings_session_secret: SecretStr = Field(
+        SecretStr(""),
+        description=(
+            "HMAC-SHA256 key of the connector settings page's session tokens (the same on every replica; "
+            "32+ random characters, required in production; empty outside production: a random key per "
+            "process)"
+        ),
+    )
+    settings_session_ttl_s: int = Field(
+        1800,
+        ge=60,
+        le=3600,
+        description="Lifetime of a settings page session (opened by a verified SETTING_CONNECTOR placement)",
+    )
+    bitrix_js_sdk_url: str = Field(
+        "https://api.bitrix24.com/api/v1/",
+        description=(
+            "The BX24 JS SDK the settings page loads inside Bitrix24's slider (the sandbox serves a stand-in)"
+        ),
+    )
+
     @model_validator(mode="after")
     def _check_public_url(self) -> WebSettings:
+        if self.environment == "production" and len(self.settings_session_secret.get_secret_value()) < 32:
+            raise ValueError("ZAPTRIX_SETTINGS_SESSION_SECRET must be set (32+ characters) in production")
+        require_https(self.bitrix_js_sdk_url, self, what="ZAPTRIX_BITRIX_JS_SDK_URL")
         if self.public_base_url:
             require_https(self.public_base_url, self, what="ZAPTRIX_PUBLIC_BASE_URL")
         require_https(self.bitrix_oauth_server_endpoint, self, what="ZAPTRIX_BITRIX_OAUTH_SERVER_ENDPOINT")
@@ -361,3 +387,9 @@ SETTINGS_CLASSES: list[type[BaseSettings]] = [
     KafkaSettings,
     GrpcClientSettings,
 ]
+
+# The classes each process reads (the chart tests validate each container's environment with them).
+PROCESS_SETTINGS: dict[str, list[type[BaseSettings]]] = {
+    "bitrix-ingress-web": [WebSettings, KafkaSettings, GrpcClientSettings],
+    "bitrix-dispatcher": [DispatcherSettings, KafkaSettings, GrpcClientSettings],
+}

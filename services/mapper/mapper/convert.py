@@ -18,6 +18,7 @@ from mapper.model import (
     BITRIX_STATUSES,
     CONSENT_VALUES,
     WHATSAPP_STATUSES,
+    ChannelActivity,
     ChannelBinding,
     ChannelSpec,
     Consent,
@@ -296,4 +297,13 @@ def consent_pb(c: Consent) -> pb.CustomerConsent:
         phone_number_id=c.phone_number_id, wa_id=c.wa_id, category=c.category, value=c.value, detail=c.detail
     )
     _set_ts(out.changed_at, c.changed_at)
+    return out
+
+
+def channel_activity_pb(a: ChannelActivity) -> pb.ChannelActivity:
+    out = pb.ChannelActivity(
+        phone_number_id=a.phone_number_id, open_windows=a.open_windows, conversations=a.conversations
+    )
+    _set_ts(out.last_inbound_at, a.last_inbound_at)
+    _set_ts(out.last_outbound_at, a.last_outbound_at)
     return out

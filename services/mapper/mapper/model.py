@@ -145,3 +145,14 @@ class Consent:
     value: str  # stop | resume
     detail: str
     changed_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelActivity:
+    """What a number has been doing (the connector settings page's health panel)."""
+
+    phone_number_id: str
+    last_inbound_at: datetime | None
+    last_outbound_at: datetime | None
+    open_windows: int
+    conversations: int

@@ -20,6 +20,7 @@ from mapper.ledger import Priced, UsageRow, observe, record_usage
 from mapper.model import (
     BITRIX_STATUSES,
     WHATSAPP_STATUSES,
+    ChannelActivity,
     ChannelBinding,
     ChannelSpec,
     Consent,
@@ -108,6 +109,25 @@ ON CONFLICT (phone_number_id) DO UPDATE SET
     active = EXCLUDED.active,
     updated_at = now()
 RETURNING {CHANNEL_COLUMNS}"""  # noqa: S608
+
+# The 24-hour customer service window (whatsapp.md A6) opens with each customer message.
+_CHANNEL_ACTIVITY = """
+SELECT cb.phone_number_id, conv.last_inbound_at, sent.last_outbound_at,
+       coalesce(conv.open_windows, 0) AS open_windows, coalesce(conv.conversations, 0) AS conversations
+FROM mapper.channel_binding cb
+LEFT JOIN LATERAL (
+    SELECT max(c.last_customer_message_at) AS last_inbound_at,
+           count(*) FILTER (WHERE c.last_customer_message_at > now() - interval '24 hours') AS open_windows,
+           count(*) AS conversations
+    FROM mapper.conversation_mapping c WHERE c.phone_number_id = cb.phone_number_id
+) conv ON true
+LEFT JOIN LATERAL (
+    SELECT max(ml.created_at) AS last_outbound_at
+    FROM mapper.conversation_mapping c JOIN mapper.message_link ml ON ml.conversation_id = c.id
+    WHERE c.phone_number_id = cb.phone_number_id AND ml.direction = 'outbound'
+) sent ON true
+WHERE cb.member_id = $1 AND (cardinality($2::text[]) = 0 OR cb.phone_number_id = ANY($2::text[]))
+ORDER BY cb.phone_number_id"""
 
 # --- conversations ---------------------------------------------------------------------------------
 
@@ -362,6 +382,42 @@ class Repository:
                 member_id,
             )
         return [_channel(r) for r in rows]
+
+    async def unbind_channel(self, phone_number_id: str, member_id: str) -> ChannelBinding | None:
+        """Delete the portal's binding of a number without conversations; None when it is not the portal's.
+        FOR UPDATE: a first message creating a conversation (FOR KEY SHARE on the binding) waits, then finds
+        no binding; or commits first, and this sees its conversation."""
+        async with self.db.connection() as conn, conn.transaction():
+            row = await conn.fetchrow(
+                f"SELECT {CHANNEL_COLUMNS} FROM mapper.channel_binding"  # noqa: S608
+                " WHERE phone_number_id = $1 AND member_id = $2 FOR UPDATE",
+                phone_number_id,
+                member_id,
+            )
+            if row is None:
+                return None
+            in_use = await conn.fetchval(
+                "SELECT EXISTS (SELECT 1 FROM mapper.conversation_mapping WHERE phone_number_id = $1)",
+                phone_number_id,
+            )
+            if in_use:
+                raise FailedPrecondition(
+                    f"phone_number_id {phone_number_id} has conversations: pause it instead (active=false)"
+                )
+            await conn.execute(
+                "DELETE FROM mapper.customer_consent WHERE phone_number_id = $1", phone_number_id
+            )
+            await conn.execute(
+                "DELETE FROM mapper.channel_binding WHERE phone_number_id = $1", phone_number_id
+            )
+        return _channel(row)
+
+    async def channel_activity(self, member_id: str, phone_number_ids: list[str]) -> list[ChannelActivity]:
+        """Per number of the portal: the conversations' aggregates (the channel+customer index) and the latest
+        outbound link (message_link by conversation). A read for an admin's page, not the message path."""
+        async with self.db.connection() as conn:
+            rows = await conn.fetch(_CHANNEL_ACTIVITY, member_id, phone_number_ids)
+        return [ChannelActivity(**dict(r)) for r in rows]
 
     # conversations
 

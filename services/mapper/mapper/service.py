@@ -26,6 +26,7 @@ from mapper.identity import Identity, Resolved, conversation_by_alias, resolve_i
 from mapper.ledger import Priced
 from mapper.metrics import CACHE_ENTRIES, CACHE_LOOKUPS, CONVERSATIONS_CREATED, IDENTITY_MERGES
 from mapper.model import (
+    ChannelActivity,
     ChannelBinding,
     ChannelSpec,
     Consent,
@@ -88,6 +89,19 @@ class MapperService:
 
     async def list_channels(self, member_id: str | None) -> list[ChannelBinding]:
         return await self.repo.list_channels(member_id)
+
+    async def unbind_channel(self, phone_number_id: str, member_id: str) -> ChannelBinding:
+        self.channels.invalidate(phone_number_id)  # before and after, as bind_channel
+        try:
+            removed = await self.repo.unbind_channel(phone_number_id, member_id)
+        finally:
+            self.channels.invalidate(phone_number_id)
+        if removed is None:
+            raise NotFound(f"channel {phone_number_id} is not bound to this portal")
+        return removed
+
+    async def channel_activity(self, member_id: str, phone_number_ids: list[str]) -> list[ChannelActivity]:
+        return await self.repo.channel_activity(member_id, phone_number_ids)
 
     # conversations
 

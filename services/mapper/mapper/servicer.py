@@ -211,6 +211,25 @@ class MapperServicer(mapper_pb2_grpc.MapperServicer):
             return pb.CustomerConsent(phone_number_id=phone_number_id, wa_id=wa_id, category=category)
         return convert.consent_pb(found)
 
+    # connector settings page
+
+    @rpc
+    async def GetChannelActivity(
+        self, request: pb.GetChannelActivityRequest
+    ) -> pb.GetChannelActivityResponse:
+        member_id = convert.required(request.member_id, "member_id")
+        if len(request.phone_number_ids) > MAX_BATCH:
+            raise InvalidArgument(f"at most {MAX_BATCH} phone_number_ids")
+        ids = [convert.required(p, "phone_number_ids[]") for p in request.phone_number_ids]
+        found = await self.service.channel_activity(member_id, ids)
+        return pb.GetChannelActivityResponse(channels=[convert.channel_activity_pb(a) for a in found])
+
+    @rpc
+    async def UnbindChannel(self, request: pb.UnbindChannelRequest) -> pb.Channel:
+        phone_number_id = convert.required(request.phone_number_id, "phone_number_id")
+        member_id = convert.required(request.member_id, "member_id")
+        return convert.channel_pb(await self.service.unbind_channel(phone_number_id, member_id))
+
     # dedupe
 
     @rpc

@@ -112,6 +112,52 @@ class FakeMapper(Recorder, mapper_pb2_grpc.MapperServicer):
             ]
         )
 
+    async def GetChannelActivity(self, request: Any, context: Any) -> mapper_pb2.GetChannelActivityResponse:
+        await self._enter("GetChannelActivity", request, context, request.member_id)
+        if not request.member_id:
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, "member_id is required")
+        window_start = time.time() - 24 * 3600
+        out = mapper_pb2.GetChannelActivityResponse()
+        for pid in sorted(self.channels):
+            if self.channels[pid].member_id != request.member_id or (
+                request.phone_number_ids and pid not in request.phone_number_ids
+            ):
+                continue
+            convs = [c for c in self.conversations.values() if c.phone_number_id == pid]
+            inbound = [c.last_customer_message_at for c in convs if c.HasField("last_customer_message_at")]
+            ids = {c.id for c in convs}
+            sent = [
+                link.created_at
+                for link in self.links.values()
+                if link.conversation_id in ids and link.direction == mapper_pb2.DIRECTION_OUTBOUND
+            ]
+            activity = out.channels.add(
+                phone_number_id=pid,
+                conversations=len(convs),
+                open_windows=sum(1 for t in inbound if t.ToSeconds() > window_start),
+            )
+            if inbound:
+                activity.last_inbound_at.CopyFrom(max(inbound, key=lambda t: t.ToNanoseconds()))
+            if sent:
+                activity.last_outbound_at.CopyFrom(max(sent, key=lambda t: t.ToNanoseconds()))
+        return out
+
+    async def UnbindChannel(self, request: Any, context: Any) -> mapper_pb2.Channel:
+        await self._enter("UnbindChannel", request, context, request.phone_number_id)
+        if not request.phone_number_id or not request.member_id:
+            await abort(
+                context, grpc.StatusCode.INVALID_ARGUMENT, "phone_number_id and member_id are required"
+            )
+        channel = self.channels.get(request.phone_number_id)
+        if channel is None or channel.member_id != request.member_id:
+            await abort(context, grpc.StatusCode.NOT_FOUND, "channel not bound to this portal")
+        if any(c.phone_number_id == request.phone_number_id for c in self.conversations.values()):
+            await abort(context, grpc.StatusCode.FAILED_PRECONDITION, "the number has conversations")
+        del self.channels[request.phone_number_id]
+        for key in [k for k in self.consents if k[0] == request.phone_number_id]:
+            del self.consents[key]
+        return channel
+
     # --- conversations -----------------------------------------------------------------------------
 
     async def GetOrCreateConversation(

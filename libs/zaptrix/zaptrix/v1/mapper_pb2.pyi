@@ -1457,3 +1457,113 @@ class ListTemplatesResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListTemplatesResponse: _TypeAlias = ListTemplatesResponse  # noqa: Y015
+
+@_typing.final
+class GetChannelActivityRequest(_message.Message):
+    """--- channel activity (connector settings page) -----------------------------------------------------------"""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MEMBER_ID_FIELD_NUMBER: _builtins.int
+    PHONE_NUMBER_IDS_FIELD_NUMBER: _builtins.int
+    member_id: _builtins.str
+    """required: the portal asking"""
+    @_builtins.property
+    def phone_number_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """empty: every number of the portal"""
+
+    def __init__(
+        self,
+        *,
+        member_id: _builtins.str = ...,
+        phone_number_ids: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["member_id", b"member_id", "phone_number_ids", b"phone_number_ids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetChannelActivityRequest: _TypeAlias = GetChannelActivityRequest  # noqa: Y015
+
+@_typing.final
+class ChannelActivity(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PHONE_NUMBER_ID_FIELD_NUMBER: _builtins.int
+    LAST_INBOUND_AT_FIELD_NUMBER: _builtins.int
+    LAST_OUTBOUND_AT_FIELD_NUMBER: _builtins.int
+    OPEN_WINDOWS_FIELD_NUMBER: _builtins.int
+    CONVERSATIONS_FIELD_NUMBER: _builtins.int
+    phone_number_id: _builtins.str
+    open_windows: _builtins.int
+    """conversations whose 24-hour customer service window is open"""
+    conversations: _builtins.int
+    """conversations of the number"""
+    @_builtins.property
+    def last_inbound_at(self) -> _timestamp_pb2.Timestamp:
+        """the customer's latest message on any conversation; unset: none"""
+
+    @_builtins.property
+    def last_outbound_at(self) -> _timestamp_pb2.Timestamp:
+        """the latest message sent to a customer (a linked outbound message)"""
+
+    def __init__(
+        self,
+        *,
+        phone_number_id: _builtins.str = ...,
+        last_inbound_at: _timestamp_pb2.Timestamp | None = ...,
+        last_outbound_at: _timestamp_pb2.Timestamp | None = ...,
+        open_windows: _builtins.int = ...,
+        conversations: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["last_inbound_at", b"last_inbound_at", "last_outbound_at", b"last_outbound_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["conversations", b"conversations", "last_inbound_at", b"last_inbound_at", "last_outbound_at", b"last_outbound_at", "open_windows", b"open_windows", "phone_number_id", b"phone_number_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ChannelActivity: _TypeAlias = ChannelActivity  # noqa: Y015
+
+@_typing.final
+class GetChannelActivityResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHANNELS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def channels(self) -> _containers.RepeatedCompositeFieldContainer[Global___ChannelActivity]: ...
+    def __init__(
+        self,
+        *,
+        channels: _abc.Iterable[Global___ChannelActivity] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["channels", b"channels"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetChannelActivityResponse: _TypeAlias = GetChannelActivityResponse  # noqa: Y015
+
+@_typing.final
+class UnbindChannelRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PHONE_NUMBER_ID_FIELD_NUMBER: _builtins.int
+    MEMBER_ID_FIELD_NUMBER: _builtins.int
+    phone_number_id: _builtins.str
+    member_id: _builtins.str
+    """required: the portal whose binding it must be"""
+    def __init__(
+        self,
+        *,
+        phone_number_id: _builtins.str = ...,
+        member_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["member_id", b"member_id", "phone_number_id", b"phone_number_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UnbindChannelRequest: _TypeAlias = UnbindChannelRequest  # noqa: Y015

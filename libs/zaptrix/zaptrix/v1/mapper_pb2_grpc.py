@@ -154,6 +154,16 @@ class MapperStub:
                 request_serializer=zaptrix_dot_v1_dot_mapper__pb2.ListTemplatesRequest.SerializeToString,
                 response_deserializer=zaptrix_dot_v1_dot_mapper__pb2.ListTemplatesResponse.FromString,
                 _registered_method=True)
+        self.GetChannelActivity = channel.unary_unary(
+                '/zaptrix.v1.Mapper/GetChannelActivity',
+                request_serializer=zaptrix_dot_v1_dot_mapper__pb2.GetChannelActivityRequest.SerializeToString,
+                response_deserializer=zaptrix_dot_v1_dot_mapper__pb2.GetChannelActivityResponse.FromString,
+                _registered_method=True)
+        self.UnbindChannel = channel.unary_unary(
+                '/zaptrix.v1.Mapper/UnbindChannel',
+                request_serializer=zaptrix_dot_v1_dot_mapper__pb2.UnbindChannelRequest.SerializeToString,
+                response_deserializer=zaptrix_dot_v1_dot_mapper__pb2.Channel.FromString,
+                _registered_method=True)
 
 
 class MapperServicer:
@@ -331,6 +341,23 @@ class MapperServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetChannelActivity(self, request, context):
+        """Connector settings page (issue 18): what a portal's number has been doing, for its health panel.
+        Scoped: only the numbers bound to member_id are answered (another portal's are left out).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UnbindChannel(self, request, context):
+        """Remove the portal's binding of a number that has no conversations (then it may be bound anywhere);
+        NOT_FOUND when it is not bound to member_id, FAILED_PRECONDITION when it has conversations (pause it:
+        BindChannel with active=false keeps its history).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MapperServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -453,6 +480,16 @@ def add_MapperServicer_to_server(servicer, server):
                     servicer.ListTemplates,
                     request_deserializer=zaptrix_dot_v1_dot_mapper__pb2.ListTemplatesRequest.FromString,
                     response_serializer=zaptrix_dot_v1_dot_mapper__pb2.ListTemplatesResponse.SerializeToString,
+            ),
+            'GetChannelActivity': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetChannelActivity,
+                    request_deserializer=zaptrix_dot_v1_dot_mapper__pb2.GetChannelActivityRequest.FromString,
+                    response_serializer=zaptrix_dot_v1_dot_mapper__pb2.GetChannelActivityResponse.SerializeToString,
+            ),
+            'UnbindChannel': grpc.unary_unary_rpc_method_handler(
+                    servicer.UnbindChannel,
+                    request_deserializer=zaptrix_dot_v1_dot_mapper__pb2.UnbindChannelRequest.FromString,
+                    response_serializer=zaptrix_dot_v1_dot_mapper__pb2.Channel.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1103,6 +1140,60 @@ class Mapper:
             '/zaptrix.v1.Mapper/ListTemplates',
             zaptrix_dot_v1_dot_mapper__pb2.ListTemplatesRequest.SerializeToString,
             zaptrix_dot_v1_dot_mapper__pb2.ListTemplatesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetChannelActivity(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/zaptrix.v1.Mapper/GetChannelActivity',
+            zaptrix_dot_v1_dot_mapper__pb2.GetChannelActivityRequest.SerializeToString,
+            zaptrix_dot_v1_dot_mapper__pb2.GetChannelActivityResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UnbindChannel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/zaptrix.v1.Mapper/UnbindChannel',
+            zaptrix_dot_v1_dot_mapper__pb2.UnbindChannelRequest.SerializeToString,
+            zaptrix_dot_v1_dot_mapper__pb2.Channel.FromString,
             options,
             channel_credentials,
             insecure,

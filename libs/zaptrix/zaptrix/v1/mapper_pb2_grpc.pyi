@@ -92,6 +92,15 @@ class MapperStub:
     """
     ApplyTemplateUpdate: _grpc.UnaryUnaryMultiCallable[_mapper_pb2.TemplateUpdate, _mapper_pb2.ApplyTemplateUpdateResponse]
     ListTemplates: _grpc.UnaryUnaryMultiCallable[_mapper_pb2.ListTemplatesRequest, _mapper_pb2.ListTemplatesResponse]
+    GetChannelActivity: _grpc.UnaryUnaryMultiCallable[_mapper_pb2.GetChannelActivityRequest, _mapper_pb2.GetChannelActivityResponse]
+    """Connector settings page (issue 18): what a portal's number has been doing, for its health panel.
+    Scoped: only the numbers bound to member_id are answered (another portal's are left out).
+    """
+    UnbindChannel: _grpc.UnaryUnaryMultiCallable[_mapper_pb2.UnbindChannelRequest, _mapper_pb2.Channel]
+    """Remove the portal's binding of a number that has no conversations (then it may be bound anywhere);
+    NOT_FOUND when it is not bound to member_id, FAILED_PRECONDITION when it has conversations (pause it:
+    BindChannel with active=false keeps its history).
+    """
 
 @_typing.type_check_only
 class MapperAsyncStub(MapperStub):
@@ -157,6 +166,15 @@ class MapperAsyncStub(MapperStub):
     """
     ApplyTemplateUpdate: _aio.UnaryUnaryMultiCallable[_mapper_pb2.TemplateUpdate, _mapper_pb2.ApplyTemplateUpdateResponse]  # type: ignore[assignment]
     ListTemplates: _aio.UnaryUnaryMultiCallable[_mapper_pb2.ListTemplatesRequest, _mapper_pb2.ListTemplatesResponse]  # type: ignore[assignment]
+    GetChannelActivity: _aio.UnaryUnaryMultiCallable[_mapper_pb2.GetChannelActivityRequest, _mapper_pb2.GetChannelActivityResponse]  # type: ignore[assignment]
+    """Connector settings page (issue 18): what a portal's number has been doing, for its health panel.
+    Scoped: only the numbers bound to member_id are answered (another portal's are left out).
+    """
+    UnbindChannel: _aio.UnaryUnaryMultiCallable[_mapper_pb2.UnbindChannelRequest, _mapper_pb2.Channel]  # type: ignore[assignment]
+    """Remove the portal's binding of a number that has no conversations (then it may be bound anywhere);
+    NOT_FOUND when it is not bound to member_id, FAILED_PRECONDITION when it has conversations (pause it:
+    BindChannel with active=false keeps its history).
+    """
 
 class MapperServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -363,5 +381,26 @@ class MapperServicer(metaclass=_abc_1.ABCMeta):
         request: _mapper_pb2.ListTemplatesRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_mapper_pb2.ListTemplatesResponse, _abc.Awaitable[_mapper_pb2.ListTemplatesResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def GetChannelActivity(
+        self,
+        request: _mapper_pb2.GetChannelActivityRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_mapper_pb2.GetChannelActivityResponse, _abc.Awaitable[_mapper_pb2.GetChannelActivityResponse]]:
+        """Connector settings page (issue 18): what a portal's number has been doing, for its health panel.
+        Scoped: only the numbers bound to member_id are answered (another portal's are left out).
+        """
+
+    @_abc_1.abstractmethod
+    def UnbindChannel(
+        self,
+        request: _mapper_pb2.UnbindChannelRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_mapper_pb2.Channel, _abc.Awaitable[_mapper_pb2.Channel]]:
+        """Remove the portal's binding of a number that has no conversations (then it may be bound anywhere);
+        NOT_FOUND when it is not bound to member_id, FAILED_PRECONDITION when it has conversations (pause it:
+        BindChannel with active=false keeps its history).
+        """
 
 def add_MapperServicer_to_server(servicer: MapperServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

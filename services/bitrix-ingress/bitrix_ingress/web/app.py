@@ -4,6 +4,8 @@ POST /webhooks/bitrix24/outbound   connector events (operator_events.py)
 POST /webhooks/bitrix24/install    ONAPPINSTALL / a UI app's install page / ONAPPUNINSTALL (install.py)
 POST /webhooks/bitrix24/settings   the SETTING_CONNECTOR placement (install.py)
 POST /webhooks/bitrix24/templates  the IM_TEXTAREA template picker, and .../templates/send (template_picker.py)
+POST /webhooks/bitrix24/settings   the SETTING_CONNECTOR placement: the connector settings page (settings_page/)
+POST /webhooks/bitrix24/settings/action   what the settings page does (bind, pause, replay, ...)
 GET  /health /ready /metrics
 """
 
@@ -28,6 +30,7 @@ from bitrix_ingress.web.http import problem
 from bitrix_ingress.web.install import INSTALL_PATH, OUTBOUND_PATH, SETTINGS_PATH, Install
 from bitrix_ingress.web.operator_events import OperatorEvents
 from bitrix_ingress.web.resources import WebResources
+from bitrix_ingress.web.settings_page import ACTION_PATH, SettingsPage
 from bitrix_ingress.web.template_picker import SEND_PATH, TEMPLATES_PATH, TemplatePicker
 
 log = get_logger(__name__)
@@ -45,13 +48,21 @@ class Handlers:
     events: OperatorEvents
     install: Install
     templates: TemplatePicker
+    settings_page: SettingsPage
 
     @classmethod
     def build(cls, resources: WebResources) -> Handlers:
         install = Install(resources)
-        return cls(resources, OperatorEvents(resources, install), install, TemplatePicker(resources))
+        return cls(
+            resources,
+            OperatorEvents(resources, install),
+            install,
+            TemplatePicker(resources),
+            SettingsPage(resources),
+        )
 
     async def close(self) -> None:
+        await self.settings_page.aclose()
         await self.resources.stop()
 
 
@@ -99,7 +110,10 @@ def create_app(
         return await handlers().events.at_install_url(request)
 
     async def connector_settings(request: Request) -> HTTPResponse:
-        return await handlers().install.settings(request)
+        return await handlers().settings_page.open(request)
+
+    async def settings_action(request: Request) -> HTTPResponse:
+        return await handlers().settings_page.act(request)
 
     async def template_picker(request: Request) -> HTTPResponse:
         return await handlers().templates.page_route(request)
@@ -121,6 +135,7 @@ def create_app(
     app.add_route(connector_settings, SETTINGS_PATH, methods=["POST"], name="settings")
     app.add_route(template_picker, TEMPLATES_PATH, methods=["POST"], name="templates")
     app.add_route(template_send, SEND_PATH, methods=["POST"], name="templates_send")
+    app.add_route(settings_action, ACTION_PATH, methods=["POST"], name="settings_action")
 
     @app.exception(Exception)
     async def _unhandled(request: Request, exc: Exception) -> HTTPResponse:

@@ -1,4 +1,4 @@
-"""App installation, connector registration, event binding and the connector settings page.
+"""App installation, connector registration and event binding (the settings page: web/settings_page/).
 
 Nothing in an install payload is trusted but its tokens, and those only after Bitrix24's OAuth server
 vouched for them (oauth_check.py); the two shapes an install arrives in and the checks made are described
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import html
-import json
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -28,11 +27,11 @@ from zaptrix.v1 import token_keeper_pb2
 from bitrix_ingress.bitrix_rest.client import BitrixError, TokenError
 from bitrix_ingress.bitrix_rest.portal import PortalClient, Token
 from bitrix_ingress.deps import Deps
-from bitrix_ingress.formparse import FormError, get_str
+from bitrix_ingress.formparse import get_str
 from bitrix_ingress.metrics import INSTALLS
 from bitrix_ingress.settings import WebSettings
 from bitrix_ingress.web.events import OUTBOUND_EVENTS
-from bitrix_ingress.web.http import problem, query, read_body
+from bitrix_ingress.web.http import problem, query
 from bitrix_ingress.web.install_guard import REFUSALS
 from bitrix_ingress.web.oauth_check import (
     BAD_OAUTH,
@@ -137,7 +136,7 @@ def parse_install(form: dict[str, Any], query: dict[str, Any]) -> InstallRequest
     return req
 
 
-async def require_admin(member_id: str, token: Token, portals: PortalClient) -> None:
+async def require_admin(member_id: str, token: Token, portals: PortalClient) -> str:
     """The token's user must administer the portal: installs come from the admin who installs the app
     (DOCS settings/app-installation); any other user's token (an employee opening the app) is refused.
     `profile` is in every app's basic scope and answers ADMIN (DOCS api-reference/common/users/profile)."""
@@ -150,9 +149,10 @@ async def require_admin(member_id: str, token: Token, portals: PortalClient) -> 
             raise Refused(NOT_ADMIN, f"profile: {exc.code}", 403) from exc
         raise Refused(PORTAL_UNAVAILABLE, f"profile: {exc.code}", 503) from exc
     admin = profile.get("ADMIN") if isinstance(profile, dict) else None
+    user = profile.get("ID") if isinstance(profile, dict) else None
     if admin not in (True, 1, "1", "Y", "y", "true"):
-        user = profile.get("ID") if isinstance(profile, dict) else None
         raise Refused(NOT_ADMIN, f"user {str(user)[:20]} is not an administrator", 403)
+    return str(user or "")[:20]
 
 
 async def verify_install(
@@ -314,115 +314,9 @@ Open Line.</p><ul>{items}</ul>
 </body></html>"""
 
 
-@dataclass
-class PlacementRequest:
-    member_id: str
-    auth_id: str
-    refresh_id: str
-    application_token: str
-    connector: str
-    line: int
-    active_status: bool
-    action: str
-    raw_options: str
-
-
-def parse_placement(form: dict[str, Any], query: dict[str, Any], settings: WebSettings) -> PlacementRequest:
-    merged = {**query, **form}
-    placement = get_str(merged, "PLACEMENT")
-    if placement and placement != "SETTING_CONNECTOR":
-        raise InstallRefused(f"unexpected PLACEMENT {placement[:40]!r}", 400)
-    raw = get_str(merged, "PLACEMENT_OPTIONS")
-    try:
-        options = json.loads(raw) if raw else {}
-    except ValueError as exc:
-        raise InstallRefused("PLACEMENT_OPTIONS is not JSON", 400) from exc
-    if not isinstance(options, dict):
-        raise InstallRefused("PLACEMENT_OPTIONS is not an object", 400)
-    connector = str(options.get("CONNECTOR") or "").lower()
-    if connector and connector != settings.connector_id:
-        raise InstallRefused(
-            f"this handler serves connector {settings.connector_id}, not {connector[:60]}", 400
-        )
-    try:
-        line = int(str(options.get("LINE") or "0"))
-    except ValueError as exc:
-        raise InstallRefused("PLACEMENT_OPTIONS.LINE is not an integer", 400) from exc
-    if line <= 0:
-        raise InstallRefused("PLACEMENT_OPTIONS.LINE is missing", 400)
-    member_id = get_str(merged, "member_id")
-    auth_id = get_str(merged, "AUTH_ID")
-    if not member_id or not auth_id:
-        raise InstallRefused("placement request without member_id/AUTH_ID", 401)
-    active = str(options.get("ACTIVE_STATUS", "")).lower() in ("1", "y", "true")
-    return PlacementRequest(
-        member_id=member_id,
-        auth_id=auth_id,
-        refresh_id=get_str(merged, "REFRESH_ID"),
-        application_token=get_str(merged, "APPLICATION_TOKEN"),
-        connector=settings.connector_id,
-        line=line,
-        active_status=active,
-        action=get_str(merged, "action").lower(),
-        raw_options=raw,
-    )
-
-
-def settings_page(
-    *,
-    settings: WebSettings,
-    req: PlacementRequest,
-    active: bool,
-    channels: list[tuple[str, str]],
-    message: str,
-) -> str:
-    esc = html.escape
-    rows = "".join(
-        f"<li>{esc(display or pid)} (phone_number_id {esc(pid)})</li>" for pid, display in channels
-    )
-    numbers = (
-        f"<ul>{rows}</ul>"
-        if rows
-        else (
-            "<p>No WhatsApp number is bound to this Open Line yet. Ask the Zaptrix operator to bind one "
-            f"(member_id <code>{esc(req.member_id)}</code>, line <code>{req.line}</code>).</p>"
-        )
-    )
-    toggle_action = "deactivate" if active else "activate"
-    toggle_label = "Disconnect this Open Line" if active else "Connect this Open Line"
-    fields = {
-        "member_id": req.member_id,
-        "AUTH_ID": req.auth_id,
-        "APPLICATION_TOKEN": req.application_token,
-        "PLACEMENT": "SETTING_CONNECTOR",
-        "PLACEMENT_OPTIONS": req.raw_options,
-        "action": toggle_action,
-    }
-    hidden = "".join(f'<input type="hidden" name="{esc(k)}" value="{esc(v)}">' for k, v in fields.items())
-    state = "connected" if active else "not connected"
-    return f"""<!doctype html>
-<html><head><meta charset="utf-8"><title>{esc(settings.connector_name)}</title></head>
-<body style="font-family:sans-serif">
-<h2>{esc(settings.connector_name)}</h2>
-<p>Open Line {req.line}: <b>{state}</b>. {esc(message)}</p>
-<h3>WhatsApp numbers on this line</h3>{numbers}
-<form method="post" action="{esc(settings.url(SETTINGS_PATH))}">{hidden}
-<button type="submit">{esc(toggle_label)}</button></form>
-</body></html>"""
-
-
-def connector_data(settings: WebSettings, line: int) -> dict[str, Any]:
-    return {
-        "ID": f"{settings.connector_id}_line{line}",
-        "URL": settings.public_base_url,
-        "URL_IM": settings.public_base_url,
-        "NAME": settings.connector_name,
-    }
-
-
 class Install:
-    """POST /webhooks/bitrix24/install (ONAPPINSTALL, or a UI app's install page) and
-    POST /webhooks/bitrix24/settings (the SETTING_CONNECTOR placement: activate the connector on a line)."""
+    """POST /webhooks/bitrix24/install (ONAPPINSTALL, or a UI app's install page). The SETTING_CONNECTOR
+    placement (POST /webhooks/bitrix24/settings) is the settings page's (web/settings_page/)."""
 
     def __init__(self, resources: WebResources) -> None:
         self.resources = resources
@@ -501,81 +395,6 @@ class Install:
         if req.kind == "page":
             return html_response(install_finish_page(auth.domain, changes))
         return json_response({"ok": True, "changes": changes})
-
-    async def settings(self, request: Request) -> HTTPResponse:
-        """The SETTING_CONNECTOR slider. Its AUTH_ID must be a token of our app on this portal, as the OAuth
-        server confirms (review L11: any user's or any other app's token used to be enough)."""
-        ctx, settings, guard = self.resources, self.resources.settings, self.resources.guard
-        limited = guard.rate_limited(request, "settings")
-        if limited is not None:
-            return limited
-        try:
-            form = read_body(request)
-            req = parse_placement(form, query(request), settings)
-        except FormError as exc:
-            REFUSALS.labels("settings", MALFORMED).inc()
-            return problem(400, str(exc))
-        except InstallRefused as exc:
-            REFUSALS.labels("settings", MALFORMED).inc()
-            return problem(exc.status, exc.reason)
-        try:
-            auth = await guard.oauth.verify(
-                member_id=req.member_id,
-                access_token=req.auth_id,
-                refresh_token=req.refresh_id,
-                claimed_expires_at=time.time() + 600,
-            )
-        except Refused as exc:
-            return await guard.refuse(request, "settings", exc, req.member_id)
-        try:
-            stored = await ctx.deps.get_portal_status(req.member_id)
-            if req.application_token:
-                verdict = await ctx.deps.verify_application_token(req.member_id, req.application_token)
-                if not verdict.valid:
-                    return problem(401, "wrong APPLICATION_TOKEN")
-            token = Token(req.member_id, auth.access_token, stored.client_endpoint, auth.expires_at)
-            activate = req.action != "deactivate"
-            await ctx.portals.call_with_token(
-                req.member_id,
-                token,
-                "imconnector.activate",
-                {"CONNECTOR": req.connector, "LINE": req.line, "ACTIVE": 1 if activate else 0},
-            )
-            if activate:
-                await ctx.portals.call_with_token(
-                    req.member_id,
-                    token,
-                    "imconnector.connector.data.set",
-                    {
-                        "CONNECTOR": req.connector,
-                        "LINE": req.line,
-                        "DATA": connector_data(settings, req.line),
-                    },
-                )
-            channels: list[tuple[str, str]] = []
-            with contextlib.suppress(RpcFailed, RpcNotFound):
-                listed = await ctx.deps.list_channels(req.member_id)
-                channels = [
-                    (c.phone_number_id, c.display_phone_number)
-                    for c in listed.channels
-                    if c.line_id == req.line
-                ]
-        except RpcNotFound:
-            return problem(401, "unknown portal: install the app first")
-        except TokenError:
-            return problem(401, "AUTH_ID is not valid on this portal")
-        except RpcFailed as exc:
-            log.error("settings page: dependency failed", reason=exc.reason)
-            return problem(503, "temporarily unavailable, reload the page")
-        except BitrixError as exc:  # the caller holds a verified token of our app on this portal
-            log.error("settings page: bitrix24 refused", reason=exc.reason, member_id=req.member_id)
-            return problem(502, f"Bitrix24 refused: {exc.code}")
-        INSTALLS.labels("settings", "activated" if activate else "deactivated").inc()
-        log.info("connector line configured", member_id=req.member_id, line=req.line, active=activate)
-        message = "Messages from the bound numbers arrive in this line." if activate else "Disconnected."
-        return html_response(
-            settings_page(settings=settings, req=req, active=activate, channels=channels, message=message)
-        )
 
 
 async def _keep_portal_data(deps: Deps, member_id: str) -> None:

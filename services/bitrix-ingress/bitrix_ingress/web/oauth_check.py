@@ -42,6 +42,7 @@ PORTAL_UNAVAILABLE = "portal_unavailable"  # the verified portal cannot be asked
 MALFORMED = "malformed"
 RATE_LIMITED = "rate_limited"
 NOT_CONFIGURED = "not_configured"  # ZAPTRIX_BITRIX_CLIENT_ID is not set: no install can be verified
+BAD_SESSION = "bad_session"  # a settings page action without a valid session token (forged or expired)
 REASONS = (
     BAD_OAUTH,
     OTHER_APP,
@@ -53,6 +54,7 @@ REASONS = (
     MALFORMED,
     RATE_LIMITED,
     NOT_CONFIGURED,
+    BAD_SESSION,
 )
 
 

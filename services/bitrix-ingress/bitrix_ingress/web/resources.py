@@ -24,6 +24,7 @@ class WebResources:
         self, settings: WebSettings, kafka: KafkaSettings, grpc_settings: GrpcClientSettings
     ) -> None:
         self.settings = settings
+        self.kafka = kafka
         self.topic = topics_for(Flow.B24_TO_WA, kafka.topic_prefix).main
         self.producer = BackgroundProducer(kafka, client_id="bitrix-ingress-web")
         self.clients = Clients(grpc_settings)
