@@ -55,7 +55,7 @@ async def test_the_lookup_is_an_index_scan(pool: asyncpg.Pool) -> None:
             r[0]
             for r in await conn.fetch(
                 f"""EXPLAIN SELECT * FROM {CHANNELS} WHERE waba_id = '1' AND app_secret_enc IS NOT NULL
-                    ORDER BY phone_number_id LIMIT 1"""  # noqa: S608
+                    ORDER BY phone_number_id LIMIT 1"""
             )
         )
     assert "channel_credentials_waba_idx" in plan, plan
