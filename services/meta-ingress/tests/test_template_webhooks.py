@@ -4,6 +4,7 @@ meta-ingress-web process into Kafka's b24-to-wa topic; malformed ones are 400, n
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from typing import Any
 
@@ -180,6 +181,11 @@ async def test_a_cold_pod_verifies_a_template_webhook_with_its_wabas_app_secret(
     # Another app's signature is still refused (the sandbox channel's secret is not this WABA's).
     forged = await post(web, body, sign(body))
     assert forged.status_code == 401 and forged.json() == {"error": _UNAUTHENTICATED}
+    # Cached like a channel: past its TTL (0.5 s here) and with token-keeper down, the stale entry serves.
+    fresh.token_keeper.down = True
+    await asyncio.sleep(0.6)
+    again = dump(hook("message_template_status_update", STATUS, time=1764000457, waba=waba))
+    assert (await post(web, again, sign(again, "cold-waba-secret"))).status_code == 200
 
 
 async def test_a_template_webhook_of_an_unknown_waba_is_401_like_a_bad_signature(
