@@ -546,3 +546,34 @@ async def test_channel_credentials_are_kept_per_field_and_verify_tokens_checked(
     check = tk.CheckVerifyToken
     assert (await check(tpb.CheckVerifyTokenRequest(verify_token=verify_token))).valid
     assert not (await check(tpb.CheckVerifyTokenRequest(verify_token="not-" + verify_token))).valid
+
+
+async def test_waba_app_secret_is_one_channels_of_that_waba(peers: Peers) -> None:
+    """GetWabaAppSecret: the app secret of the WABA's lowest phone_number_id holding one; NOT_FOUND for a
+    WABA with no such channel (none at all, or only channels without an app secret)."""
+    tk, waba, other = peers.token_keeper, digits(), digits()
+
+    async def waba_secret(waba_id: str) -> tpb.WabaAppSecret:
+        return await tk.GetWabaAppSecret(tpb.GetWabaAppSecretRequest(waba_id=waba_id))
+
+    assert await code_of(waba_secret(waba)) == NOT_FOUND
+    low, high = sorted([digits(), digits()])
+    upsert = tk.UpsertChannelCredentials
+    await upsert(tpb.UpsertChannelCredentialsRequest(phone_number_id=low, access_token="wa", waba_id=waba))
+    assert await code_of(waba_secret(waba)) == NOT_FOUND  # its only channel cannot sign
+    await upsert(
+        tpb.UpsertChannelCredentialsRequest(
+            phone_number_id=high, access_token="wa", app_secret="secret-high", waba_id=waba
+        )
+    )
+    await upsert(
+        tpb.UpsertChannelCredentialsRequest(phone_number_id=digits(), app_secret="secret-o", waba_id=other)
+    )
+    got = await waba_secret(waba)
+    assert (got.waba_id, got.phone_number_id, got.app_secret) == (waba, high, "secret-high")
+    await upsert(
+        tpb.UpsertChannelCredentialsRequest(phone_number_id=low, app_secret="secret-low", waba_id=waba)
+    )
+    got = await waba_secret(waba)
+    assert (got.phone_number_id, got.app_secret) == (low, "secret-low")
+    assert (await waba_secret(other)).app_secret == "secret-o"

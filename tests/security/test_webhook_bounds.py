@@ -140,7 +140,10 @@ async def status_of_oversized_post(env: Env, length: int) -> int:
 
 
 def credential_calls(env: Env) -> int:
-    return sum(c.startswith("GetChannelCredentials") for c in env.fakes.token_keeper.calls)
+    """token-keeper lookups of a signer: a channel's credentials, or a WABA's app secret."""
+    return sum(
+        c.startswith(("GetChannelCredentials", "GetWabaAppSecret")) for c in env.fakes.token_keeper.calls
+    )
 
 
 async def test_a_random_field_names_create_no_metric_labels(fresh: Env) -> None:
@@ -172,6 +175,15 @@ async def test_b_many_phone_number_ids_cost_one_lookup(fresh: Env) -> None:
     resp = await post(fresh, signed, sign(signed))
     assert resp.status_code in (400, 413), resp.text
     assert credential_calls(fresh) <= 1, credential_calls(fresh)
+    fresh.fakes.token_keeper.calls.clear()
+    # no number at all (a WABA's own webhook), many WABA ids: only the first entry's is asked for
+    change = {"field": "message_template_status_update", "value": {}}
+    wabas = dump(
+        {"object": "whatsapp_business_account", "entry": [{"id": i, "changes": [change]} for i in ids]}
+    )
+    resp = await post(fresh, wabas, sign(wabas, "not-the-secret"))
+    assert resp.status_code == 401
+    assert fresh.fakes.token_keeper.calls == [f"GetWabaAppSecret:{ids[0]}"]
 
 
 async def test_c_unknown_channel_and_bad_signature_look_the_same(fresh: Env) -> None:

@@ -93,6 +93,7 @@ def test_every_allowed_method_exists_and_web_rows_are_narrow() -> None:
     assert grpcauth.ALLOWED[grpcauth.META_INGRESS_WEB] == {
         "/zaptrix.v1.TokenKeeper/GetChannelCredentials",
         "/zaptrix.v1.TokenKeeper/CheckVerifyToken",
+        "/zaptrix.v1.TokenKeeper/GetWabaAppSecret",  # the app secret alone, for a WABA's own webhooks
         "/zaptrix.v1.Mapper/MarkProcessed",  # send confirmations only (REQUEST_RULES)
     }
     assert (grpcauth.META_INGRESS_WEB, "/zaptrix.v1.Mapper/MarkProcessed") in grpcauth.REQUEST_RULES
@@ -114,8 +115,8 @@ def test_every_allowed_method_exists_and_web_rows_are_narrow() -> None:
         "/zaptrix.v1.Mapper/FindMessageLink",
         "/zaptrix.v1.Mapper/GetChannel",
         "/zaptrix.v1.Mapper/BindChannel",
+        "/zaptrix.v1.Mapper/SetPortalInstalled",  # installed=True only (REQUEST_RULES)
         "/zaptrix.v1.Mapper/ListTemplates",
-        "/zaptrix.v1.Mapper/SetPortalInstalled",
         "/zaptrix.v1.Mapper/GetChannelActivity",
         "/zaptrix.v1.Mapper/UnbindChannel",
     }

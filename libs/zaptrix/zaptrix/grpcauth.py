@@ -49,6 +49,8 @@ TOKEN_KEEPER_METHODS = (
     "UpsertChannelCredentials",
     "GetChannelCredentials",
     "CheckVerifyToken",
+    # WABA-level webhooks on a cold pod (docs/meta-ingress.md)
+    "GetWabaAppSecret",
 )
 MAPPER_METHODS = (
     "BindChannel",
@@ -96,7 +98,9 @@ ALLOWED: dict[str, frozenset[str]] = {
     # Webhook signature check (app secret per phone_number_id) and Meta's GET verification handshake.
     # MarkProcessed: a status webhook echoing our part id records that Meta took the send (the dispatcher
     # reconciles an ambiguous send with it; meta_ingress/sent_parts.py).
-    META_INGRESS_WEB: _tk("GetChannelCredentials", "CheckVerifyToken") | _mapper("MarkProcessed"),
+    # GetWabaAppSecret: a WABA's own webhooks (templates) name no number; only the app secret comes back.
+    META_INGRESS_WEB: _tk("GetChannelCredentials", "CheckVerifyToken", "GetWabaAppSecret")
+    | _mapper("MarkProcessed"),
     # Sends through the Graph API with the channel's token; resolves and records conversations/links.
     # GetPortalStatus: the conversation's portal hosts, which operator file links may name (egress guard).
     # RecordDelivery: a sent reply's link + dedupe record in one call (no conversation change: rule below).

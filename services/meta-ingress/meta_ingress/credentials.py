@@ -19,8 +19,12 @@ from meta_ingress.settings import MetaSettings
 _PHONE_NUMBER_ID = re.compile(r"[0-9]{1,32}")
 
 
+# Cache keys of a WhatsApp Business Account's app secret (GetWabaAppSecret); a phone_number_id has no colon.
+_WABA = "waba:"
+
+
 class UnknownChannel(NotFoundError):
-    """token-keeper holds no credentials for this phone_number_id."""
+    """token-keeper holds no credentials for this phone_number_id (or no app secret for this WABA)."""
 
 
 def valid_phone_number_id(value: str) -> bool:
@@ -52,7 +56,34 @@ class CredentialsCache:
             negative_max_entries=settings.credentials_negative_max_entries,
         )
 
-    async def _load(self, phone_number_id: str) -> Credentials:
+    async def _load(self, key: str) -> Credentials:
+        if key.startswith(_WABA):
+            return await self._load_waba(key.removeprefix(_WABA))
+        return await self._load_channel(key)
+
+    async def _load_waba(self, waba_id: str) -> Credentials:
+        """Only the app secret: this entry verifies the WABA's webhooks and is no channel's credentials."""
+        request = token_keeper_pb2.GetWabaAppSecretRequest(waba_id=waba_id)
+        try:
+            resp = await call(
+                "token-keeper GetWabaAppSecret",
+                self._clients.token_keeper.GetWabaAppSecret(request, timeout=self._clients.timeout),
+            )
+        except RpcNotFound:
+            raise UnknownChannel(f"no app secret for WABA {waba_id}") from None
+        except RpcPermanent as exc:
+            if exc.code == grpc.StatusCode.INVALID_ARGUMENT:
+                raise UnknownChannel(f"invalid WABA id {waba_id[:40]!r}") from None
+            raise
+        return Credentials(
+            phone_number_id=resp.phone_number_id,
+            access_token="",
+            app_secret=resp.app_secret,
+            verify_token="",
+            waba_id=resp.waba_id or waba_id,
+        )
+
+    async def _load_channel(self, phone_number_id: str) -> Credentials:
         request = token_keeper_pb2.GetChannelCredentialsRequest(phone_number_id=phone_number_id)
         try:
             resp = await call(
@@ -90,6 +121,20 @@ class CredentialsCache:
         return next(
             (c.app_secret for c in self._cache.values() if c.waba_id == waba_id and c.app_secret), None
         )
+
+    async def waba_app_secret(self, waba_id: str) -> str:
+        """The app secret of a channel of this WhatsApp Business Account: a cached channel's (no call), else
+        token-keeper's GetWabaAppSecret, cached like a channel (negative answers too). Raises UnknownChannel,
+        or TransientError when token-keeper cannot be reached (and nothing cached)."""
+        if not valid_phone_number_id(waba_id):  # Meta's ids, WABA ones too, are decimal numbers
+            raise UnknownChannel(f"invalid WABA id {waba_id[:40]!r}")
+        cached = self.cached_app_secret(waba_id)
+        if cached:
+            return cached
+        secret = (await self._cache.get(_WABA + waba_id)).app_secret
+        if not secret:
+            raise UnknownChannel(f"no app secret for WABA {waba_id}")
+        return secret
 
     async def check_verify_token(self, token: str) -> bool:
         request = token_keeper_pb2.CheckVerifyTokenRequest(verify_token=token)

@@ -4,6 +4,8 @@ meta-ingress-web process into Kafka's b24-to-wa topic; malformed ones are 400, n
 
 from __future__ import annotations
 
+import asyncio
+import uuid
 from typing import Any
 
 import httpx
@@ -11,15 +13,16 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from meta_ingress.web.normalize import Normalized, WebhookShapeError, normalize, parse_envelope
+from meta_ingress.web.webhooks import _UNAUTHENTICATED
 from meta_support import WABA, Fakes, TopicReader, dump, msg, sign, value, webhook
 from zaptrix.kafka import Flow, topics_for
 from zaptrix_testing.processes import Proc
 
 
-def hook(field: str, val: Any, time: int = 1764000000) -> dict[str, Any]:
+def hook(field: str, val: Any, time: int = 1764000000, waba: str = WABA) -> dict[str, Any]:
     return {
         "object": "whatsapp_business_account",
-        "entry": [{"id": WABA, "time": time, "changes": [{"field": field, "value": val}]}],
+        "entry": [{"id": waba, "time": time, "changes": [{"field": field, "value": val}]}],
     }
 
 
@@ -128,7 +131,7 @@ async def test_signed_template_webhooks_reach_the_b24_to_wa_topic(
     reader = await TopicReader(kafka_bootstrap, topics_for(Flow.B24_TO_WA, topic_prefix).main).start()
     await reader.take(10_000, within=0.5)
     try:
-        # The WABA's app secret is known once a channel of it was seen (no phone number in these webhooks).
+        # A message webhook first: its channel's cached app secret then verifies the WABA's webhooks.
         assert (await post(web, dump(webhook(value([msg("text", {"body": "warm"})]))))).status_code == 200
         body = dump(hook("message_template_status_update", STATUS, time=1764000123))
         assert (await post(web, body, sign(body, "wrong"))).status_code == 401
@@ -143,3 +146,67 @@ async def test_signed_template_webhooks_reach_the_b24_to_wa_topic(
         assert refused.status_code == 400 and "SHINY" in refused.text
     finally:
         await reader.stop()
+
+
+def new_waba(fakes: Fakes, app_secret: str | None) -> str:
+    """A WABA this pod has never seen (unique ids), with one channel holding `app_secret` (None: no
+    channel at all) and, first by phone_number_id, one that cannot sign."""
+    waba = str(300_000_000_000_000 + uuid.uuid4().int % 10**14)
+    if app_secret is not None:
+        fakes.token_keeper.add_channel(waba[-9:] + "10", access_token="t", waba_id=waba)
+        fakes.token_keeper.add_channel(waba[-9:] + "20", app_secret=app_secret, waba_id=waba)
+    return waba
+
+
+async def test_a_cold_pod_verifies_a_template_webhook_with_its_wabas_app_secret(
+    web: Proc, fresh: Fakes, kafka_bootstrap: str, topic_prefix: str
+) -> None:
+    """No message of this WABA ever reached the pod: one GetWabaAppSecret, no GetChannelCredentials."""
+    waba = new_waba(fresh, "cold-waba-secret")
+    reader = await TopicReader(kafka_bootstrap, topics_for(Flow.B24_TO_WA, topic_prefix).main).start()
+    await reader.take(10_000, within=0.5)
+    try:
+        body = dump(hook("message_template_status_update", STATUS, time=1764000456, waba=waba))
+        resp = await post(web, body, sign(body, "cold-waba-secret"))
+        assert resp.status_code == 200, resp.text
+        records = [r for r in await reader.take(5, within=5) if r.envelope.HasField("template_status_update")]
+        assert [r.envelope.event_id for r in records] == [
+            f"wa-tpl-status:{waba}:1234567890:1764000456:PAUSED"
+        ]
+    finally:
+        await reader.stop()
+    # (meta-dispatcher shares the fake token-keeper: only these two methods are the web pod's here)
+    lookups = [c for c in fresh.token_keeper.calls if c.startswith(("GetWabaAppSecret", "GetChannelCred"))]
+    assert lookups == [f"GetWabaAppSecret:{waba}"]
+    # Another app's signature is still refused (the sandbox channel's secret is not this WABA's).
+    forged = await post(web, body, sign(body))
+    assert forged.status_code == 401 and forged.json() == {"error": _UNAUTHENTICATED}
+    # Cached like a channel: past its TTL (0.5 s here) and with token-keeper down, the stale entry serves.
+    fresh.token_keeper.down = True
+    await asyncio.sleep(0.6)
+    again = dump(hook("message_template_status_update", STATUS, time=1764000457, waba=waba))
+    assert (await post(web, again, sign(again, "cold-waba-secret"))).status_code == 200
+
+
+async def test_a_template_webhook_of_an_unknown_waba_is_401_like_a_bad_signature(
+    web: Proc, fresh: Fakes
+) -> None:
+    unknown, unsigned = new_waba(fresh, None), new_waba(fresh, "")
+    answers = []
+    for waba in (unknown, unsigned, WABA):
+        body = dump(hook("message_template_status_update", STATUS, waba=waba))
+        answers.append(await post(web, body, sign(body, "whatever")))
+    # The same answer whether the WABA is unknown, has no app secret or the signature is wrong: no oracle.
+    assert [(r.status_code, r.json()) for r in answers] == [(401, {"error": _UNAUTHENTICATED})] * 3
+    assert f"GetWabaAppSecret:{unknown}" in fresh.token_keeper.calls
+    assert f"GetWabaAppSecret:{unsigned}" in fresh.token_keeper.calls
+
+
+async def test_a_template_webhook_while_token_keeper_is_down_is_503(web: Proc, fresh: Fakes) -> None:
+    waba = new_waba(fresh, "down-waba-secret")
+    fresh.token_keeper.down = True
+    body = dump(hook("message_template_status_update", STATUS, waba=waba))
+    resp = await post(web, body, sign(body, "down-waba-secret"))
+    assert resp.status_code == 503, resp.text
+    fresh.token_keeper.down = False  # Meta retries: now it verifies
+    assert (await post(web, body, sign(body, "down-waba-secret"))).status_code == 200

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pydantic import SecretStr
 from zaptrix.logging import get_logger
 from zaptrix.ttlcache import TtlCache
 
@@ -58,6 +59,17 @@ class Channels:
         value = (row, decrypted(lambda: self.ctx.repo.channel_secrets(row), pid, "channel_credentials"))
         self._channels.put(pid, value)
         return value
+
+    async def waba_app_secret(self, waba_id: str) -> tuple[ChannelRow, SecretStr]:
+        """The app secret of one channel of the WABA (repository.channel_of_waba). Not cached here: meta-ingress
+        caches the answer, and it is asked only for a WABA that none of its cached channels belongs to."""
+        wid = check_ident(waba_id, "waba_id")
+        async with self.ctx.db.connection() as conn:
+            row = await self.ctx.repo.channel_of_waba(conn, wid)
+        secret = None if row is None else self._channel_secrets(row).app_secret
+        if row is None or secret is None:
+            raise NotFound(f"no channel with an app secret in WABA {wid}")
+        return row, secret
 
     async def check_verify_token(self, verify_token: str) -> bool:
         if not verify_token:

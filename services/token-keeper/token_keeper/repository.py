@@ -394,6 +394,16 @@ class Repository:
         assert row is not None
         return _channel_row(row)
 
+    async def channel_of_waba(self, conn: asyncpg.Connection, waba_id: str) -> ChannelRow | None:
+        """The channel of this WhatsApp Business Account with the lowest phone_number_id among those that
+        hold an app secret (one answer, the same on every replica): it signs the WABA's own webhooks."""
+        row = await conn.fetchrow(
+            f"""SELECT * FROM {CHANNELS} WHERE waba_id = $1 AND app_secret_enc IS NOT NULL
+                ORDER BY phone_number_id LIMIT 1""",  # noqa: S608
+            waba_id,
+        )
+        return None if row is None else _channel_row(row)
+
     async def channels_by_verify_hash(
         self, conn: asyncpg.Connection, hashes: list[bytes]
     ) -> list[ChannelRow]:

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from datetime import datetime
 
+from pydantic import SecretStr
 from zaptrix.database import Database
 from zaptrix.logging import get_logger
 
@@ -97,6 +98,9 @@ class TokenService:
 
     async def get_channel(self, phone_number_id: str) -> tuple[ChannelRow, ChannelSecrets]:
         return await self.channels.get(phone_number_id)
+
+    async def waba_app_secret(self, waba_id: str) -> tuple[ChannelRow, SecretStr]:
+        return await self.channels.waba_app_secret(waba_id)
 
     async def check_verify_token(self, verify_token: str) -> bool:
         return await self.channels.check_verify_token(verify_token)

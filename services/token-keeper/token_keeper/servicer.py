@@ -174,6 +174,13 @@ class TokenKeeperServicer(pb_grpc.TokenKeeperServicer):
         )
 
     @rpc
+    async def GetWabaAppSecret(self, request: pb.GetWabaAppSecretRequest) -> pb.WabaAppSecret:
+        row, secret = await self.service.waba_app_secret(request.waba_id)
+        return pb.WabaAppSecret(
+            waba_id=row.waba_id, phone_number_id=row.phone_number_id, app_secret=secret.get_secret_value()
+        )
+
+    @rpc
     async def CheckVerifyToken(self, request: pb.CheckVerifyTokenRequest) -> pb.CheckVerifyTokenResponse:
         return pb.CheckVerifyTokenResponse(valid=await self.service.check_verify_token(request.verify_token))
 

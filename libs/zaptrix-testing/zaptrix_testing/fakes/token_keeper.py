@@ -157,6 +157,18 @@ class FakeTokenKeeper(Recorder, token_keeper_pb2_grpc.TokenKeeperServicer):
         await self._enter("GetChannelCredentials", request, context, request.phone_number_id)
         return await found(context, self.channels.get(request.phone_number_id), "channel")
 
+    async def GetWabaAppSecret(self, request: Any, context: Any) -> Any:
+        """As the real one: the lowest phone_number_id of the WABA's channels that hold an app secret."""
+        await self._enter("GetWabaAppSecret", request, context, request.waba_id)
+        signers = sorted(
+            (c for c in self.channels.values() if c.waba_id == request.waba_id and c.app_secret),
+            key=lambda c: c.phone_number_id,
+        )
+        c = await found(context, signers[0] if request.waba_id and signers else None, "WABA")
+        return token_keeper_pb2.WabaAppSecret(
+            waba_id=c.waba_id, phone_number_id=c.phone_number_id, app_secret=c.app_secret
+        )
+
     async def CheckVerifyToken(self, request: Any, context: Any) -> Any:
         await self._enter("CheckVerifyToken", request, context)
         valid = any(c.verify_token == request.verify_token for c in self.channels.values())

@@ -472,3 +472,50 @@ class CheckVerifyTokenResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CheckVerifyTokenResponse: _TypeAlias = CheckVerifyTokenResponse  # noqa: Y015
+
+@_typing.final
+class GetWabaAppSecretRequest(_message.Message):
+    """GetWabaAppSecret: only the app secret (no access or verify token) of one channel of the WABA."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WABA_ID_FIELD_NUMBER: _builtins.int
+    waba_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        waba_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["waba_id", b"waba_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetWabaAppSecretRequest: _TypeAlias = GetWabaAppSecretRequest  # noqa: Y015
+
+@_typing.final
+class WabaAppSecret(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WABA_ID_FIELD_NUMBER: _builtins.int
+    PHONE_NUMBER_ID_FIELD_NUMBER: _builtins.int
+    APP_SECRET_FIELD_NUMBER: _builtins.int
+    waba_id: _builtins.str
+    phone_number_id: _builtins.str
+    """the channel whose app secret this is (the lowest id of the WABA's channels)"""
+    app_secret: _builtins.str
+    def __init__(
+        self,
+        *,
+        waba_id: _builtins.str = ...,
+        phone_number_id: _builtins.str = ...,
+        app_secret: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["app_secret", b"app_secret", "phone_number_id", b"phone_number_id", "waba_id", b"waba_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WabaAppSecret: _TypeAlias = WabaAppSecret  # noqa: Y015

@@ -79,6 +79,11 @@ class TokenKeeperStub:
                 request_serializer=zaptrix_dot_v1_dot_token__keeper__pb2.CheckVerifyTokenRequest.SerializeToString,
                 response_deserializer=zaptrix_dot_v1_dot_token__keeper__pb2.CheckVerifyTokenResponse.FromString,
                 _registered_method=True)
+        self.GetWabaAppSecret = channel.unary_unary(
+                '/zaptrix.v1.TokenKeeper/GetWabaAppSecret',
+                request_serializer=zaptrix_dot_v1_dot_token__keeper__pb2.GetWabaAppSecretRequest.SerializeToString,
+                response_deserializer=zaptrix_dot_v1_dot_token__keeper__pb2.WabaAppSecret.FromString,
+                _registered_method=True)
 
 
 class TokenKeeperServicer:
@@ -144,6 +149,14 @@ class TokenKeeperServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetWabaAppSecret(self, request, context):
+        """WhatsApp Business Account webhooks (template status/quality/category) name only the WABA id: the app
+        secret of a channel of that WABA verifies their signature. NOT_FOUND when no channel of it has one.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TokenKeeperServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -191,6 +204,11 @@ def add_TokenKeeperServicer_to_server(servicer, server):
                     servicer.CheckVerifyToken,
                     request_deserializer=zaptrix_dot_v1_dot_token__keeper__pb2.CheckVerifyTokenRequest.FromString,
                     response_serializer=zaptrix_dot_v1_dot_token__keeper__pb2.CheckVerifyTokenResponse.SerializeToString,
+            ),
+            'GetWabaAppSecret': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetWabaAppSecret,
+                    request_deserializer=zaptrix_dot_v1_dot_token__keeper__pb2.GetWabaAppSecretRequest.FromString,
+                    response_serializer=zaptrix_dot_v1_dot_token__keeper__pb2.WabaAppSecret.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -436,6 +454,33 @@ class TokenKeeper:
             '/zaptrix.v1.TokenKeeper/CheckVerifyToken',
             zaptrix_dot_v1_dot_token__keeper__pb2.CheckVerifyTokenRequest.SerializeToString,
             zaptrix_dot_v1_dot_token__keeper__pb2.CheckVerifyTokenResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetWabaAppSecret(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/zaptrix.v1.TokenKeeper/GetWabaAppSecret',
+            zaptrix_dot_v1_dot_token__keeper__pb2.GetWabaAppSecretRequest.SerializeToString,
+            zaptrix_dot_v1_dot_token__keeper__pb2.WabaAppSecret.FromString,
             options,
             channel_credentials,
             insecure,

@@ -46,6 +46,10 @@ class TokenKeeperStub:
     GetChannelCredentials: _grpc.UnaryUnaryMultiCallable[_token_keeper_pb2.GetChannelCredentialsRequest, _token_keeper_pb2.ChannelCredentials]
     CheckVerifyToken: _grpc.UnaryUnaryMultiCallable[_token_keeper_pb2.CheckVerifyTokenRequest, _token_keeper_pb2.CheckVerifyTokenResponse]
     """Meta's GET verification handshake: is this verify token one of ours?"""
+    GetWabaAppSecret: _grpc.UnaryUnaryMultiCallable[_token_keeper_pb2.GetWabaAppSecretRequest, _token_keeper_pb2.WabaAppSecret]
+    """WhatsApp Business Account webhooks (template status/quality/category) name only the WABA id: the app
+    secret of a channel of that WABA verifies their signature. NOT_FOUND when no channel of it has one.
+    """
 
 @_typing.type_check_only
 class TokenKeeperAsyncStub(TokenKeeperStub):
@@ -65,6 +69,10 @@ class TokenKeeperAsyncStub(TokenKeeperStub):
     GetChannelCredentials: _aio.UnaryUnaryMultiCallable[_token_keeper_pb2.GetChannelCredentialsRequest, _token_keeper_pb2.ChannelCredentials]  # type: ignore[assignment]
     CheckVerifyToken: _aio.UnaryUnaryMultiCallable[_token_keeper_pb2.CheckVerifyTokenRequest, _token_keeper_pb2.CheckVerifyTokenResponse]  # type: ignore[assignment]
     """Meta's GET verification handshake: is this verify token one of ours?"""
+    GetWabaAppSecret: _aio.UnaryUnaryMultiCallable[_token_keeper_pb2.GetWabaAppSecretRequest, _token_keeper_pb2.WabaAppSecret]  # type: ignore[assignment]
+    """WhatsApp Business Account webhooks (template status/quality/category) name only the WABA id: the app
+    secret of a channel of that WABA verifies their signature. NOT_FOUND when no channel of it has one.
+    """
 
 class TokenKeeperServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -135,5 +143,15 @@ class TokenKeeperServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_token_keeper_pb2.CheckVerifyTokenResponse, _abc.Awaitable[_token_keeper_pb2.CheckVerifyTokenResponse]]:
         """Meta's GET verification handshake: is this verify token one of ours?"""
+
+    @_abc_1.abstractmethod
+    def GetWabaAppSecret(
+        self,
+        request: _token_keeper_pb2.GetWabaAppSecretRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_token_keeper_pb2.WabaAppSecret, _abc.Awaitable[_token_keeper_pb2.WabaAppSecret]]:
+        """WhatsApp Business Account webhooks (template status/quality/category) name only the WABA id: the app
+        secret of a channel of that WABA verifies their signature. NOT_FOUND when no channel of it has one.
+        """
 
 def add_TokenKeeperServicer_to_server(servicer: TokenKeeperServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -221,21 +221,34 @@ class Webhooks:
     async def _signer(self, body: bytes, digest: bytes) -> str | HTTPResponse:
         """The app secret that signed the body, else the 401 (or 503 when token-keeper is unreachable).
 
-        Only the first named channel is looked up (one token-keeper call); when it is unknown, a cached
-        channel of the first entry's WhatsApp Business Account may vouch instead (no call). One HMAC."""
+        At most one token-keeper call, then one HMAC. A body naming a phone_number_id: that channel's secret
+        (one call), else a cached channel of the first entry's WhatsApp Business Account (no call). A body
+        naming none (the WABA's own webhooks: template status, quality, category) asks for the app secret
+        of a channel of that WABA (GetWabaAppSecret, one call, cached): a cold pod verifies them too."""
         pnid, waba = signature.signer_ids(body)
         secret = ""
-        if pnid is not None:
-            try:
-                secret = (await self.credentials.get(pnid)).app_secret
-            except UnknownChannel:
-                pass
-            except Exception as exc:
-                WEBHOOKS.labels("dependency_unavailable").inc()
-                level = log.warning if isinstance(exc, TransientError) else log.error
-                level("cannot load channel credentials", phone_number_id=pnid, error=str(exc))
-                return error_response(503, "credentials unavailable; Meta will retry")
-        secret = secret or self.credentials.cached_app_secret(waba or "") or ""
+        try:
+            if pnid is not None:
+                try:
+                    secret = (await self.credentials.get(pnid)).app_secret
+                except UnknownChannel:
+                    pass
+                secret = secret or self.credentials.cached_app_secret(waba or "") or ""
+            elif waba is not None:
+                try:
+                    secret = await self.credentials.waba_app_secret(waba)
+                except UnknownChannel:
+                    pass
+        except Exception as exc:
+            WEBHOOKS.labels("dependency_unavailable").inc()
+            level = log.warning if isinstance(exc, TransientError) else log.error
+            level(
+                "cannot load channel credentials",
+                phone_number_id=pnid,
+                waba_id=(waba or "")[:32],
+                error=str(exc),
+            )
+            return error_response(503, "credentials unavailable; Meta will retry")
         if not secret:
             WEBHOOKS.labels("unknown_channel").inc()
             SIGNATURE_FAILURES.labels("unknown_channel").inc()
