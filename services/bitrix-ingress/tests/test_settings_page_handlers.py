@@ -4,6 +4,7 @@ placement requests are parsed strictly; every answer is a page, never a 500."""
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from bitrix_ingress.web.app import create_app
 from bitrix_ingress.web.settings_page.session import SessionSigner
 from sanic import Sanic
 from zaptrix.settings import GrpcClientSettings, KafkaSettings
+from zaptrix.v1 import mapper_pb2
 from zaptrix_testing.fakes import FakeTokenKeeper, GrpcFakes, Portal, start_fakes
 from zaptrix_testing.ports import free_port
 
@@ -155,6 +157,23 @@ async def test_the_page_shows_only_this_lines_numbers_and_says_what_failed(page:
     csp = r.headers["content-security-policy"]
     assert "frame-ancestors" in csp and "form-action 'self'" in csp and "'unsafe-eval'" not in csp
     assert r.headers["cache-control"] == "no-store"
+
+
+async def test_each_number_shows_its_approved_template_count(page: Page) -> None:
+    page.fakes.mapper.bind("100", "portal-a", 3)
+    page.fakes.mapper.bind("101", "portal-a", 3)
+    for pnid, statuses in (("100", ["APPROVED", "APPROVED", "PAUSED"]), ("101", ["REJECTED"])):
+        templates = [
+            mapper_pb2.MessageTemplate(template_id=f"{pnid}-{i}", name=f"t{i}", language="en", status=status)
+            for i, status in enumerate(statuses)
+        ]
+        await page.fakes.mapper.ReplaceTemplates(
+            mapper_pb2.ReplaceTemplatesRequest(phone_number_id=pnid, waba_id="w", templates=templates), None
+        )
+    r = await page.act(session=page.session(), action="show")
+    assert r.status_code == 200
+    counts = re.findall(r'data-hook="templates">approved: (\d+) ', r.text)
+    assert counts == ["2", "0"], counts  # PAUSED and REJECTED are not offered
 
 
 async def test_a_malformed_bind_is_pointed_at_its_field_and_stores_nothing(page: Page) -> None:

@@ -169,10 +169,9 @@ def _number(view: PageView, n: NumberView, t: Words) -> str:
         ("number.conversations", str(a.conversations if a else 0)),
     ]
     if n.templates is None:
-        templates = escape(t("number.templates_soon"))
+        templates = escape(t("number.templates_unknown"))
     else:
-        count, url = n.templates
-        templates = f'{count} · <a href="{escape(url)}">{escape(t("number.templates_pick"))}</a>'
+        templates = escape(t("number.templates_count", count=str(n.templates)))
     details = "".join(f"<dt>{escape(t(k))}</dt><dd>{escape(v)}</dd>" for k, v in rows)
     details += f'<dt>{escape(t("number.templates"))}</dt><dd data-hook="templates">{templates}</dd>'
     checks = (

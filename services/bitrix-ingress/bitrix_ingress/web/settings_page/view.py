@@ -4,7 +4,6 @@ portal's dead letters, and the outcome of the action just taken."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from zaptrix.binding import BindResult, ChannelBinder, NumberHealth
@@ -21,18 +20,13 @@ DEAD_LETTERS_SHOWN = 50
 DEAD_LETTER_SCAN_S = 8.0
 HEALTH_S = 8.0  # a slow Graph API or webhook URL costs the health panel, never the page (30 s response limit)
 
-TemplateCount = Callable[[str, str], Awaitable[tuple[int, str] | None]]
-"""Hook for the template catalogue (issue 18's templates work): (member_id, phone_number_id) -> (count of
-approved templates, URL of the picker), or None while there is no catalogue. Unset: a placeholder."""
-template_count: TemplateCount | None = None
-
 
 @dataclass
 class NumberView:
     channel: mapper_pb2.Channel
     health: NumberHealth | None = None
     activity: mapper_pb2.ChannelActivity | None = None
-    templates: tuple[int, str] | None = None
+    templates: int | None = None  # approved templates in the catalogue; None: not known now
 
 
 @dataclass
@@ -92,8 +86,19 @@ async def line_numbers(
             view.health = await asyncio.wait_for(binder.health(session.member_id, pid), HEALTH_S)
         except (RpcError, LookupError, TimeoutError) as exc:
             log.warning("settings page: health not checked", phone_number_id=pid, error=str(exc))
-        if template_count is not None:
-            view.templates = await template_count(session.member_id, pid)
+        try:  # the catalogue the chat's picker and /template use (docs/templates.md)
+            listed: mapper_pb2.ListTemplatesResponse = await call(
+                "mapper ListTemplates",
+                mapper.ListTemplates(  # type: ignore[attr-defined]
+                    mapper_pb2.ListTemplatesRequest(
+                        member_id=session.member_id, phone_number_id=pid, approved_only=True
+                    ),
+                    timeout=rpc_timeout_s,
+                ),
+            )
+            view.templates = len(listed.templates)
+        except RpcError as exc:
+            log.warning("settings page: no template count", phone_number_id=pid, error=exc.reason)
 
     await asyncio.gather(*(fill(v) for v in views))
     return views
