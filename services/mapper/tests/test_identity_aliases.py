@@ -122,10 +122,14 @@ async def test_concurrent_first_messages_with_overlapping_identities_make_one_co
         ask(wa_id="5215512345678", user_id=BSUID),
         ask(wa_id="5215512345678"),
     ] * 10
-    answers = await asyncio.gather(*(mapper.stub.GetOrCreateConversation(r) for r in requests))
+    await asyncio.gather(*(mapper.stub.GetOrCreateConversation(r) for r in requests))
     rows = await mapper.sql("SELECT id::text FROM mapper.conversation_mapping")
     assert len(rows) == 1
-    assert {a.conversation.id for a in answers[-3:]} == {rows[0]["id"]}
+    # Which conversation an answer in flight names depends on the order the requests ran in (one may run
+    # before the merge and name a merged one: its links move with the merge); once they are done, every
+    # identifier finds the survivor. (Asserting on the last three answers of the batch failed under load.)
+    again = [await mapper.stub.GetOrCreateConversation(r) for r in requests[:3]]
+    assert {a.conversation.id for a in again} == {rows[0]["id"]}
 
 
 async def test_hostile_identifiers_are_refused(mapper: Mapper) -> None:
