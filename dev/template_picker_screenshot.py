@@ -27,21 +27,15 @@ from meta_ingress.settings import MetaSettings
 from meta_ingress.template_catalogue import sync_channel
 from zaptrix.clients import Clients
 from zaptrix.settings import GrpcClientSettings
+from zaptrix_testing.browser import FLAGS
 from zaptrix_testing.fakes import FakeMapper, FakeTokenKeeper, Portal
 from zaptrix_testing.fakes.serve import start_fakes_in_thread
 from zaptrix_testing.ports import free_port
 from zaptrix_testing.processes import Proc, console_script, start_process, wait_http
 
 MEMBER, PNID, WABA, CHAT = "sandbox-member-1", "100000000000001", "200000000000001", "1801"
-CHROMIUM_FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
+CHROMIUM_FLAGS = [  # the browser tests' flags (no network, no first-run work), then the shot's own
+    *FLAGS,
     "--hide-scrollbars",
     "--virtual-time-budget=8000",  # the opener's form POST and the picker's answer, then the shot
 ]
