@@ -24,6 +24,7 @@ from __future__ import annotations
 import getpass
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -422,10 +423,18 @@ def _int(text: str | None) -> int:
         return 0
 
 
-def _consumer(settings: KafkaSettings) -> AIOKafkaConsumer:
-    return AIOKafkaConsumer(
+@asynccontextmanager
+async def _consumer(settings: KafkaSettings) -> AsyncIterator[AIOKafkaConsumer]:
+    """A started reader that commits nothing, always closed: also when its start fails (Kafka down) or is
+    cancelled (the settings page gives up after a few seconds), which left a client open per attempt."""
+    consumer = AIOKafkaConsumer(
         group_id=None, enable_auto_commit=False, auto_offset_reset="earliest", **connection_kwargs(settings)
     )
+    try:
+        await consumer.start()
+        yield consumer
+    finally:
+        await consumer.stop()
 
 
 async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> list[int]:
@@ -437,9 +446,7 @@ async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> list[int]:
 
 async def _scan(settings: KafkaSettings, topic: str) -> AsyncIterator[ConsumerRecord[bytes, bytes]]:
     """Every record of `topic` up to the end offsets at the start (a missing topic has none)."""
-    consumer = _consumer(settings)
-    await consumer.start()
-    try:
+    async with _consumer(settings) as consumer:
         tps = [TopicPartition(topic, p) for p in await _partitions(consumer, topic)]
         if not tps:
             return
@@ -460,16 +467,12 @@ async def _scan(settings: KafkaSettings, topic: str) -> AsyncIterator[ConsumerRe
                     pending.discard(tp)
         if pending:
             log.warning("scan stopped before the end offsets", topic=topic, partitions=len(pending))
-    finally:
-        await consumer.stop()
 
 
 async def _read_one(
     settings: KafkaSettings, topic: str, partition: int, offset: int
 ) -> ConsumerRecord[bytes, bytes] | None:
-    consumer = _consumer(settings)
-    await consumer.start()
-    try:
+    async with _consumer(settings) as consumer:
         if partition not in await _partitions(consumer, topic):
             return None
         tp = TopicPartition(topic, partition)
@@ -484,8 +487,6 @@ async def _read_one(
             for rec in batch.get(tp, []):
                 return rec if rec.offset == offset else None
         return None
-    finally:
-        await consumer.stop()
 
 
 def describe(letters: Sequence[DeadLetter]) -> str:
