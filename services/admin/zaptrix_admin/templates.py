@@ -17,10 +17,10 @@ from typing import Any
 
 from zaptrix.clients import Clients
 from zaptrix.rpc import RpcNotFound, call
-from zaptrix.settings import GrpcClientSettings
 from zaptrix.template_command import shape
 from zaptrix.v1 import mapper_pb2, token_keeper_pb2
 
+from zaptrix_admin.connect import grpc_clients
 from zaptrix_admin.output import Output, UsageError
 
 
@@ -72,8 +72,7 @@ def row(t: mapper_pb2.MessageTemplate) -> dict[str, Any]:
 
 
 async def list_templates(args: argparse.Namespace, out: Output) -> int:
-    clients = Clients(GrpcClientSettings())
-    try:
+    async with grpc_clients() as clients:
         channel = await _channel(clients, args.channel)
         request = mapper_pb2.ListTemplatesRequest(
             member_id=channel.member_id,
@@ -84,8 +83,6 @@ async def list_templates(args: argparse.Namespace, out: Output) -> int:
         answer = await call(
             "mapper ListTemplates", clients.mapper.ListTemplates(request, timeout=clients.timeout)
         )
-    finally:
-        await clients.close()
     rows = [row(t) for t in answer.templates]
     header = ["name", "language", "status", "category", "quality", "variables", "header"]
     what = "templates" if args.all else "approved templates"
@@ -107,40 +104,39 @@ async def sync_templates(args: argparse.Namespace, out: Output) -> int:
     from meta_ingress.settings import MetaSettings
     from meta_ingress.template_catalogue import CatalogueTooLarge, sync_channel
 
-    clients = Clients(GrpcClientSettings())
     graph = GraphClient(MetaSettings())
     try:
-        await _channel(clients, args.channel)
-        try:
-            creds: token_keeper_pb2.ChannelCredentials = await call(
-                "token-keeper GetChannelCredentials",
-                clients.token_keeper.GetChannelCredentials(
-                    token_keeper_pb2.GetChannelCredentialsRequest(phone_number_id=args.channel),
-                    timeout=clients.timeout,
-                ),
-            )
-        except RpcNotFound:
-            raise UsageError(f"token-keeper has no credentials for {args.channel}") from None
-        if not creds.waba_id or not creds.access_token:
-            raise UsageError(f"channel {args.channel} has no waba_id or access token in token-keeper")
-        with out.progress(f"templates of WABA {creds.waba_id}", None) as bar:
-            task = bar.task_ids[0]
+        async with grpc_clients() as clients:
+            await _channel(clients, args.channel)
             try:
-                answer = await sync_channel(
-                    clients.mapper,
-                    graph,
-                    args.channel,
-                    creds.waba_id,
-                    creds.access_token,
-                    clients.timeout,
-                    progress=lambda n: bar.update(task, completed=n),
+                creds: token_keeper_pb2.ChannelCredentials = await call(
+                    "token-keeper GetChannelCredentials",
+                    clients.token_keeper.GetChannelCredentials(
+                        token_keeper_pb2.GetChannelCredentialsRequest(phone_number_id=args.channel),
+                        timeout=clients.timeout,
+                    ),
                 )
-            except (GraphApiError, GraphTransportError, CatalogueTooLarge) as exc:
-                out.error(f"the Graph API refused the listing: {describe(exc)}")
-                return 2
+            except RpcNotFound:
+                raise UsageError(f"token-keeper has no credentials for {args.channel}") from None
+            if not creds.waba_id or not creds.access_token:
+                raise UsageError(f"channel {args.channel} has no waba_id or access token in token-keeper")
+            with out.progress(f"templates of WABA {creds.waba_id}", None) as bar:
+                task = bar.task_ids[0]
+                try:
+                    answer = await sync_channel(
+                        clients.mapper,
+                        graph,
+                        args.channel,
+                        creds.waba_id,
+                        creds.access_token,
+                        clients.timeout,
+                        progress=lambda n: bar.update(task, completed=n),
+                    )
+                except (GraphApiError, GraphTransportError, CatalogueTooLarge) as exc:
+                    out.error(f"the Graph API refused the listing: {describe(exc)}")
+                    return 2
     finally:
         await graph.aclose()
-        await clients.close()
     result = {
         "channel": args.channel,
         "waba_id": creds.waba_id,
