@@ -12,7 +12,7 @@ export UV_LINK_MODE := copy
 help:
 	@echo "make run    - start the whole system locally (PostgreSQL, Kafka, Jaeger, all services, sandbox stand-ins)"
 	@echo "make test   - lint, type-check and run every test against real PostgreSQL and Kafka"
-	@echo "make test-fast - lint and run the tests that need no PostgreSQL, Kafka or processes (about 1.5 min on 2 cores)"
+	@echo "make test-fast - lint and run the tests that need no PostgreSQL, Kafka or processes (about a minute on 2 cores)"
 	@echo "make k8s-test - install the chart with helm into a throwaway control plane (etcd, kube-apiserver, kwok nodes)"
 	@echo "make bench  - run the benchmarks in bench/ (prints a table, writes bench/results/*.json)"
 	@echo "make faults - kill and freeze every component under load; count lost and duplicated messages (bench/results/faults.json)"
