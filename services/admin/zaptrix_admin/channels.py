@@ -18,11 +18,11 @@ from typing import Any
 from token_keeper.admin import UsageError as TkUsageError
 from token_keeper.admin import read_secret
 from zaptrix.binding import ChannelBinder, CheckResult, InvalidBinding, NotThisPortals, NumberCredentials
-from zaptrix.rpc import RpcError, RpcNotFound, call
+from zaptrix.rpc import RpcError, call
 from zaptrix.settings import ChannelBindingSettings
 from zaptrix.v1 import mapper_pb2
 
-from zaptrix_admin.connect import grpc_clients
+from zaptrix_admin.connect import bound_channel, grpc_clients
 from zaptrix_admin.output import Output, UsageError, confirm
 
 
@@ -85,19 +85,6 @@ async def _binder() -> AsyncIterator[ChannelBinder]:
             await binder.aclose()
 
 
-async def _channel(binder: ChannelBinder, phone_number_id: str) -> mapper_pb2.Channel:
-    try:
-        channel: mapper_pb2.Channel = await call(
-            "mapper GetChannel",
-            binder.mapper.GetChannel(
-                mapper_pb2.GetChannelRequest(phone_number_id=phone_number_id), timeout=binder.timeout
-            ),
-        )
-    except RpcNotFound as exc:
-        raise UsageError(f"number {phone_number_id} is not bound") from exc
-    return channel
-
-
 def _channel_dict(c: mapper_pb2.Channel) -> dict[str, Any]:
     return {
         "phone_number_id": c.phone_number_id,
@@ -146,7 +133,7 @@ async def list_channels(args: argparse.Namespace, out: Output) -> int:
 
 async def show_channel(args: argparse.Namespace, out: Output) -> int:
     async with _binder() as binder:
-        channel = await _channel(binder, args.phone_number_id)
+        channel = await bound_channel(binder.mapper, binder.timeout, args.phone_number_id)
         health = await binder.health(channel.member_id, channel.phone_number_id)
     doc = _channel_dict(channel) | {
         "checks": [
@@ -205,7 +192,7 @@ async def bind_channel(args: argparse.Namespace, out: Output) -> int:
 async def set_active(args: argparse.Namespace, out: Output) -> int:
     verb = "resume" if args.active else "pause"
     async with _binder() as binder:
-        channel = await _channel(binder, args.phone_number_id)
+        channel = await bound_channel(binder.mapper, binder.timeout, args.phone_number_id)
         if not confirm(
             out, f"{verb} number {args.phone_number_id} of portal {channel.member_id}?", assume_yes=args.yes
         ):

@@ -12,9 +12,14 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
+from typing import Any
 
 from zaptrix.clients import Clients
+from zaptrix.rpc import RpcNotFound, call
 from zaptrix.settings import GrpcClientSettings
+from zaptrix.v1 import mapper_pb2
+
+from zaptrix_admin.output import UsageError
 
 
 @contextlib.asynccontextmanager
@@ -24,3 +29,17 @@ async def grpc_clients() -> AsyncIterator[Clients]:
         yield clients
     finally:
         await clients.close()
+
+
+async def bound_channel(mapper: Any, rpc_timeout: float, phone_number_id: str) -> mapper_pb2.Channel:
+    """The mapper's binding of a number; an unbound one is the operator's mistake (a usage error)."""
+    try:
+        channel: mapper_pb2.Channel = await call(
+            "mapper GetChannel",
+            mapper.GetChannel(
+                mapper_pb2.GetChannelRequest(phone_number_id=phone_number_id), timeout=rpc_timeout
+            ),
+        )
+    except RpcNotFound:
+        raise UsageError(f"number {phone_number_id} is not bound") from None
+    return channel

@@ -15,12 +15,11 @@ import argparse
 import json
 from typing import Any
 
-from zaptrix.clients import Clients
 from zaptrix.rpc import RpcNotFound, call
 from zaptrix.template_command import shape
 from zaptrix.v1 import mapper_pb2, token_keeper_pb2
 
-from zaptrix_admin.connect import grpc_clients
+from zaptrix_admin.connect import bound_channel, grpc_clients
 from zaptrix_admin.output import Output, UsageError
 
 
@@ -35,19 +34,6 @@ def register(sub: Any) -> None:
     sync = commands.add_parser("sync", help="read the templates from the Graph API now")
     sync.add_argument("--channel", required=True, metavar="PHONE_NUMBER_ID")
     sync.set_defaults(handler=sync_templates)
-
-
-async def _channel(clients: Clients, pnid: str) -> mapper_pb2.Channel:
-    try:
-        channel: mapper_pb2.Channel = await call(
-            "mapper GetChannel",
-            clients.mapper.GetChannel(
-                mapper_pb2.GetChannelRequest(phone_number_id=pnid), timeout=clients.timeout
-            ),
-        )
-    except RpcNotFound:
-        raise UsageError(f"channel {pnid} is not bound (no such phone_number_id)") from None
-    return channel
 
 
 def variables(t: mapper_pb2.MessageTemplate) -> str:
@@ -73,7 +59,7 @@ def row(t: mapper_pb2.MessageTemplate) -> dict[str, Any]:
 
 async def list_templates(args: argparse.Namespace, out: Output) -> int:
     async with grpc_clients() as clients:
-        channel = await _channel(clients, args.channel)
+        channel = await bound_channel(clients.mapper, clients.timeout, args.channel)
         request = mapper_pb2.ListTemplatesRequest(
             member_id=channel.member_id,
             phone_number_id=args.channel,
@@ -107,7 +93,7 @@ async def sync_templates(args: argparse.Namespace, out: Output) -> int:
     graph = GraphClient(MetaSettings())
     try:
         async with grpc_clients() as clients:
-            await _channel(clients, args.channel)
+            await bound_channel(clients.mapper, clients.timeout, args.channel)
             try:
                 creds: token_keeper_pb2.ChannelCredentials = await call(
                     "token-keeper GetChannelCredentials",
