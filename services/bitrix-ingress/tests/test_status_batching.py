@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import uuid
 from typing import Any
@@ -254,6 +255,7 @@ async def test_pricing_rides_on_every_link_update_of_a_status(h: Harness, monkey
 # The portal's pacer at 1 request per PACED_S, burst 1: after one request the next waits PACED_S.
 PACED_S = 4.0
 PACED = {"bitrix_rate_per_s": 1 / PACED_S, "bitrix_burst": 1}
+QUICK = {"bitrix_rate_per_s": 2.0, "bitrix_burst": 1}  # the documented 2 req/s, after a spent burst
 
 
 def carried(harness: Harness, request: int) -> list[str]:
@@ -264,7 +266,7 @@ def carried(harness: Harness, request: int) -> list[str]:
 async def test_poll_batches_waiting_for_the_portal_share_its_next_request(h: Harness) -> None:  # noqa: F811
     """Issue 14: while the portal's pacer waits, the statuses of every poll batch in flight accumulate and
     go out in ONE request at its slot, not one request per poll batch."""
-    dispatcher = h.make(**PACED)
+    dispatcher = h.make(**QUICK)
     wamids = [sent_reply(h, n) for n in range(9)]
 
     def poll(ns: range) -> list[Received]:
@@ -276,6 +278,27 @@ async def test_poll_batches_waiting_for_the_portal_share_its_next_request(h: Har
     assert len(h.bitrix.requests) == 2  # was 3: each poll batch its own request, each waiting its slot
     assert sorted(reported(h)) == sorted(wamids)  # each once
     assert all(h.fakes.mapper.links[w].bitrix_status == "delivered" for w in wamids)
+
+
+async def test_a_batch_gone_while_waiting_for_the_portal_sends_nothing(h: Harness) -> None:  # noqa: F811
+    """A poll batch cancelled (its consumer stopping) before the portal's slot: its works leave the queue,
+    nothing of it reaches Bitrix24 unrecorded, the others' request goes as usual."""
+    dispatcher = h.make(**QUICK)
+    wamids = [sent_reply(h, n) for n in range(5)]
+
+    def poll(ns: range) -> list[Received]:
+        return [status(wamids[n], "delivered", wa_id=f"4917{n:04d}") for n in ns]
+
+    assert {o.kind for o in await dispatcher.handle(poll(range(1)))} == {"ok"}  # the burst's one request
+    gone = asyncio.create_task(dispatcher.handle(poll(range(1, 3))))
+    await eventually(lambda: dispatcher.calls._pending, 5, "the batch waiting for the portal's slot")
+    gone.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await gone
+    assert {o.kind for o in await dispatcher.handle(poll(range(3, 5)))} == {"ok"}
+    assert len(h.bitrix.requests) == 2 and carried(h, 1) == sorted(wamids[3:5])
+    assert sorted(reported(h)) == sorted([wamids[0], *wamids[3:5]])
+    assert all(not h.fakes.mapper.links[w].bitrix_status for w in wamids[1:3])  # redelivered, not lost
 
 
 async def test_statuses_arriving_over_several_polls_ride_in_the_portal_s_next_request(

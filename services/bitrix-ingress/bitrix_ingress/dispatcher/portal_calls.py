@@ -114,11 +114,15 @@ class PortalCalls:
                 entries = self._take(member_id)
                 if entries:
                     await self._send_together(member_id, entries)
+        except BaseException as exc:  # whatever happens, every waiting caller gets an answer
+            if isinstance(exc, Exception):
+                log.exception("portal sender failed", member_id=member_id)
+            for entry in self._pending.pop(member_id, []):
+                _settle(entry.done, exc)
+            if not isinstance(exc, Exception):
+                raise
         finally:
             self._senders.pop(member_id, None)
-            for entry in self._pending.pop(member_id, []):  # only when cancelled (a stop)
-                if not entry.done.done():
-                    entry.done.cancel()
 
     def _take(self, member_id: str) -> list[_Pending]:
         """What goes out now: the oldest pending works, and those behind them while all still fit in one
@@ -129,12 +133,18 @@ class PortalCalls:
             return []
         taken = [queue.pop(0)]
         works = list(taken[0].works)
-        while queue and len(self._requests(member_id, works + queue[0].works)) <= 1:
+        while queue and self._fits(member_id, works + queue[0].works):
             works += queue[0].works
             taken.append(queue.pop(0))
         if not queue:
             del self._pending[member_id]
         return taken
+
+    def _fits(self, member_id: str, works: list[Work]) -> bool:
+        try:
+            return len(self._requests(member_id, works)) <= 1
+        except Exception:  # what cannot be packed fails in its own send, with its caller's works only
+            return False
 
     async def _send_together(self, member_id: str, entries: list[_Pending]) -> None:
         owner = {work: entry for entry in entries for work in entry.works}
@@ -152,12 +162,7 @@ class PortalCalls:
             sent = await self._send_now(member_id, [w for e in entries for w in e.works], answered)
         except BaseException as exc:  # each caller gets it as its own failure; a cancellation cancels them
             for entry in entries:
-                if entry.done.done():
-                    continue
-                if isinstance(exc, Exception):
-                    entry.done.set_exception(exc)
-                else:
-                    entry.done.cancel()
+                _settle(entry.done, exc)
             if not isinstance(exc, Exception):
                 raise
             return
@@ -346,6 +351,16 @@ class PortalCalls:
                 out.update(res.results)
                 out.update(res.errors)
         return out, made
+
+
+def _settle(done: asyncio.Future[Sent], exc: BaseException) -> None:
+    """A waiting caller's answer when its works could not go out: the error, or cancelled with the sender."""
+    if done.done():
+        return
+    if isinstance(exc, Exception):
+        done.set_exception(exc)
+    else:
+        done.cancel()
 
 
 def _hold_broken(request: list[dl.Call], broken: dict[str, str], answers: Answers) -> list[dl.Call]:
