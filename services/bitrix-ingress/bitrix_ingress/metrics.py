@@ -52,7 +52,7 @@ MESSAGES_PER_CALL = Histogram(
 )
 REQUESTS_PER_FLUSH = Histogram(
     "zaptrix_bitrix_requests_per_portal_flush",
-    "HTTP requests one poll batch needed for one portal",
+    "HTTP requests that carried one poll batch's works for one portal (shared with the batches in flight)",
     buckets=(1, 2, 3, 5, 10, 20, 50),
 )
 DELIVERED = Counter(

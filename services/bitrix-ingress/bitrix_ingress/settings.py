@@ -311,6 +311,15 @@ class DispatcherSettings(BitrixCommonSettings, DispatcherCommonSettings):
     bitrix_batch_max_messages: int = Field(
         100, ge=1, description="Messages across one batch request (bounds its execution time)"
     )
+    bitrix_batch_max_statuses: int = Field(
+        200,
+        ge=1,
+        description=(
+            "Delivery/read marks across one batch request, counted apart from messages (a mark of an "
+            "existing message is light: no chat, no file download); each reply brings two, so at 2 req/s a "
+            "portal takes the receipts of 200 replies/s"
+        ),
+    )
     bitrix_rest_attempts: int = Field(
         3, ge=1, le=10, description="Attempts of one call on 5xx/transport errors before the event is retried"
     )

@@ -49,6 +49,22 @@ def test_pack_bounds_commands_and_messages() -> None:
     assert [len(r) for r in dl.pack(many, use_batch=True, max_commands=10, max_messages=100)] == [10, 10, 5]
 
 
+def test_status_marks_have_their_own_budget_per_request() -> None:
+    """A reply brings two marks (delivery, reading): counted against the message budget, 100 per request
+    would cap a portal's receipts below its replies. With max_statuses they count apart."""
+    delivery = dl.chunk(dl.STATUS_DELIVERY, {}, items(100), max_messages=50, max_files=50)
+    reading = dl.chunk(dl.STATUS_READING, {}, items(100), max_messages=50, max_files=50)
+    messages = dl.chunk(dl.SEND_MESSAGES, {}, items(100), max_messages=50, max_files=10)
+    calls = messages + delivery + reading
+    both = dl.pack(calls, use_batch=True, max_commands=10, max_messages=100, max_statuses=200)
+    assert [len(r) for r in both] == [6]  # 100 messages and 200 marks in one request
+    assert [c for r in both for c in r] == calls
+    shared = dl.pack(calls, use_batch=True, max_commands=10, max_messages=100)
+    assert [len(r) for r in shared] == [2, 2, 2]  # without: 100 of either kind per request
+    capped = dl.pack(delivery + reading, use_batch=True, max_commands=10, max_messages=100, max_statuses=100)
+    assert [len(r) for r in capped] == [2, 2]
+
+
 def test_split_keeps_order() -> None:
     call = dl.Call("imconnector.send.messages", {}, items(5))
     a, b = call.split()

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import re
+import uuid
 from typing import Any
 
 from bitrix_ingress.dispatcher import packing as dl
 from bitrix_ingress.formparse import as_list
 from test_batch_delivery import Harness, customer, h, status  # noqa: F401 (h: the fixture)
+from zaptrix.kafka import EventConsumer, EventProducer, Flow, Outcome, Received, topics_for
+from zaptrix.settings import KafkaSettings
 from zaptrix.v1 import events_pb2, mapper_pb2
 from zaptrix_testing.fakes import Portal
+from zaptrix_testing.waiting import eventually
 
 DELIVERY = "imconnector.send.status.delivery"
 READING = "imconnector.send.status.reading"
@@ -243,3 +250,118 @@ async def test_pricing_rides_on_every_link_update_of_a_status(h: Harness, monkey
     (late,) = [u for u in updates() if u.wamid == third]
     assert late.pricing == pricing and late.whatsapp_status == "delivered"
     assert reported(h).count(third) == 1  # reported to Bitrix24 once
+
+
+# The portal's pacer at 1 request per PACED_S, burst 1: after one request the next waits PACED_S.
+PACED_S = 4.0
+PACED = {"bitrix_rate_per_s": 1 / PACED_S, "bitrix_burst": 1}
+QUICK = {"bitrix_rate_per_s": 2.0, "bitrix_burst": 1}  # the documented 2 req/s, after a spent burst
+
+
+def carried(harness: Harness, request: int) -> list[str]:
+    """The wamids (of sent_reply) that the n-th HTTP request carried, as a single call or in a batch."""
+    return sorted(set(re.findall(r"wamid\.reply\d+x\d+", str(harness.bitrix.requests[request].params))))
+
+
+async def test_poll_batches_waiting_for_the_portal_share_its_next_request(h: Harness) -> None:  # noqa: F811
+    """Issue 14: while the portal's pacer waits, the statuses of every poll batch in flight accumulate and
+    go out in ONE request at its slot, not one request per poll batch."""
+    dispatcher = h.make(**QUICK)
+    wamids = [sent_reply(h, n) for n in range(9)]
+
+    def poll(ns: range) -> list[Received]:
+        return [status(wamids[n], "delivered", wa_id=f"4917{n:04d}") for n in ns]
+
+    assert {o.kind for o in await dispatcher.handle(poll(range(3)))} == {"ok"}  # the burst's one request
+    later = await asyncio.gather(dispatcher.handle(poll(range(3, 6))), dispatcher.handle(poll(range(6, 9))))
+    assert {o.kind for outcomes in later for o in outcomes} == {"ok"}
+    assert len(h.bitrix.requests) == 2  # was 3: each poll batch its own request, each waiting its slot
+    assert sorted(reported(h)) == sorted(wamids)  # each once
+    assert all(h.fakes.mapper.links[w].bitrix_status == "delivered" for w in wamids)
+
+
+async def test_a_batch_gone_while_waiting_for_the_portal_sends_nothing(h: Harness) -> None:  # noqa: F811
+    """A poll batch cancelled (its consumer stopping) before the portal's slot: its works leave the queue,
+    nothing of it reaches Bitrix24 unrecorded, the others' request goes as usual."""
+    dispatcher = h.make(**QUICK)
+    wamids = [sent_reply(h, n) for n in range(5)]
+
+    def poll(ns: range) -> list[Received]:
+        return [status(wamids[n], "delivered", wa_id=f"4917{n:04d}") for n in ns]
+
+    assert {o.kind for o in await dispatcher.handle(poll(range(1)))} == {"ok"}  # the burst's one request
+    gone = asyncio.create_task(dispatcher.handle(poll(range(1, 3))))
+    await eventually(lambda: dispatcher.calls._pending, 5, "the batch waiting for the portal's slot")
+    gone.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await gone
+    assert {o.kind for o in await dispatcher.handle(poll(range(3, 5)))} == {"ok"}
+    assert len(h.bitrix.requests) == 2 and carried(h, 1) == sorted(wamids[3:5])
+    assert sorted(reported(h)) == sorted([wamids[0], *wamids[3:5]])
+    assert all(not h.fakes.mapper.links[w].bitrix_status for w in wamids[1:3])  # redelivered, not lost
+
+
+async def test_statuses_arriving_over_several_polls_ride_in_the_portal_s_next_request(
+    h: Harness,  # noqa: F811
+    kafka_bootstrap: str,
+    kafka_prefix: str,
+) -> None:
+    """Issue 14, through the real consumer and Kafka: statuses arrive in three waves; the first goes out
+    at once, the next two come in separate polls while the portal's pacer waits, and its next request
+    carries both, each status exactly once, the offsets committed."""
+    kafka = KafkaSettings(bootstrap_servers=kafka_bootstrap, topic_prefix=kafka_prefix)
+    topics = topics_for(Flow.WA_TO_B24, kafka_prefix)
+    producer = EventProducer(kafka, client_id="test")
+    await producer.start()
+    wamids = [sent_reply(h, n) for n in range(9)]
+    waves = [
+        [status(wamids[n], "delivered", wa_id=f"4917{n:04d}") for n in range(k, k + 3)] for k in (0, 3, 6)
+    ]
+    dispatcher = h.make(**PACED)
+    polls: list[set[str]] = []
+
+    async def handle(batch: list[Received]) -> list[Outcome]:
+        polls.append({rec.envelope.whatsapp_status.wamid for rec in batch})
+        return await dispatcher.handle(batch)
+
+    group = f"g-{uuid.uuid4().hex[:6]}"
+    consumer = EventConsumer(kafka, topics, group, handle, producer, client_id="d")
+    stopped = asyncio.Event()
+    task = asyncio.create_task(consumer.run(stopped))
+
+    def polled(wave: list[Received]) -> bool:
+        return any({rec.envelope.whatsapp_status.wamid for rec in wave} <= p for p in polls)
+
+    try:
+        await producer.publish(topics.main, [rec.envelope for rec in waves[0]])
+        await eventually(lambda: len(h.bitrix.requests) == 1, 30, "the first wave's request")
+        await producer.publish(topics.main, [rec.envelope for rec in waves[1]])
+        await eventually(lambda: polled(waves[1]), PACED_S / 2, "the second wave polled")
+        await producer.publish(topics.main, [rec.envelope for rec in waves[2]])
+        await eventually(lambda: polled(waves[2]), PACED_S / 2, "the third wave polled")
+        assert len(h.bitrix.requests) == 1  # both waves polled while the portal's pacer waited
+        # One request per poll batch would report the third wave only a slot later, in a third request.
+        await eventually(lambda: sorted(reported(h)) == sorted(wamids), 30, "every status reported")
+    finally:
+        stopped.set()
+        await task
+        await producer.stop()
+    # The premise: the two waves came in separate polls (no poll batch held both).
+    assert not any({r.envelope.whatsapp_status.wamid for r in waves[1] + waves[2]} <= p for p in polls)
+    assert len(h.bitrix.requests) == 2 and carried(h, 1) == sorted(wamids[3:])
+    assert sorted(reported(h)) == sorted(wamids)  # each exactly once
+    committed = await _committed(kafka_bootstrap, group, topics.main)
+    assert committed == 9  # every offset committed once its outcome was recorded
+
+
+async def _committed(bootstrap: str, group: str, topic: str) -> int:
+    """The group's committed offsets on the topic, summed over its partitions."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        offsets = await admin.list_consumer_group_offsets(group)
+    finally:
+        await admin.close()
+    return sum(meta.offset for tp, meta in offsets.items() if tp.topic == topic)

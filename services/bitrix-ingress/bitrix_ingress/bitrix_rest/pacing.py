@@ -76,6 +76,24 @@ class PortalPacer:
                 self._live_waiting -= 1
         PACER_WAIT.observe(self._clock() - started)
 
+    async def room(self, *, background: bool = False) -> None:
+        """Wait until a request could take the bucket now, without taking it (it counts as waiting live
+        traffic meanwhile): the dispatcher packs what is pending for the portal at that moment
+        (dispatcher/portal_calls.py), so what arrives during the wait rides in the same request."""
+        if background:
+            await self._yield_to_live()
+            return
+        self._live_waiting += 1
+        try:
+            # Polled: aiolimiter tells whether there is room, not when; a step of a tenth of a pacing
+            # interval (50 ms at 2/s) costs a few wake-ups per waiting portal and little latency.
+            while (  # noqa: ASYNC110
+                wait := self.paused_until - self._clock()
+            ) > 0 or not self._limiter.has_capacity():
+                await asyncio.sleep(wait if wait > 0 else 0.1 / self.spec.rate)
+        finally:
+            self._live_waiting -= 1
+
     async def _yield_to_live(self) -> None:
         """Wait until no live request waits, the portal is not paused and half the bucket is free."""
         reserve = self.spec.burst // 2
@@ -122,6 +140,10 @@ class PacerRegistry:
         else:
             self._pacers.move_to_end(member_id)
         return pacer
+
+    def peek(self, member_id: str) -> PortalPacer | None:
+        """The portal's pacer if it has one (creates none)."""
+        return self._pacers.get(member_id)
 
     def __len__(self) -> int:
         return len(self._pacers)

@@ -156,6 +156,14 @@ class PortalClient:
         await pacer.acquire()
         return await self.rest.call(token.endpoint, token.access_token, method, params)
 
+    async def room(self, member_id: str) -> None:
+        """Until the portal's pacer would let a request go now (PortalPacer.room). A portal without a pacer
+        yet (its first request asks token-keeper first) has room; through a pause longer than we wait in
+        place it does not wait: the request itself then fails at once, as it would have."""
+        pacer = self.pacers.peek(member_id)
+        if pacer is not None and pacer.paused_for() <= self.rate_limit_max_wait_s:
+            await pacer.room(background=self.background)
+
     def _refuse_long_pause(self, pacer: PortalPacer, member_id: str, method: str) -> None:
         """A portal paused for longer than we wait in place: the event goes to the retry topic now instead
         of holding the whole poll batch (and the consumer's poll interval) behind one portal."""

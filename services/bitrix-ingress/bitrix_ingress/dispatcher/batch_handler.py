@@ -4,7 +4,8 @@
    and conversation from the mapper, what to send. Nothing leaves for Bitrix24 yet. An event an earlier
    attempt already sent (its effect came with the retry, sent_effects.py) is only recorded here.
 2. deliver (per portal concurrently, sequential inside a portal): first-contact CRM look-ups
-   (crm_contacts.py), then the portal's requests (portal_calls.py), one at a time.
+   (crm_contacts.py), then the portal's requests (portal_calls.py), one at a time; each request carries
+   what every poll batch in flight has pending for the portal when its pacer has room.
 3. record, as soon as THE REQUEST that carried an event has answered and before the next request of the
    portal goes out: the effect is noted on the record (it survives a failed recording), then one
    RecordDelivery per delivered customer message (processed record, message link and conversation in one

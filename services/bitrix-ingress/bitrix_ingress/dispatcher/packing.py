@@ -5,8 +5,9 @@ so 100 customer messages/s need ~50 messages per request. Messages for one (conn
 chunked into imconnector.send.messages calls of at most ``max_messages`` messages (and at most
 ``max_files`` messages with files, because Bitrix24 downloads files inside the request); several
 calls (other lines, delivery statuses, CRM look-ups) are packed into one ``batch`` request of at most
-``max_commands`` sub-calls and ``max_batch_messages`` messages. Order within a conversation is
-preserved: items keep their order inside a call, and calls keep their order across requests.
+``max_commands`` sub-calls, ``max_batch_messages`` messages and ``max_statuses`` delivery/read marks.
+Order within a conversation is preserved: items keep their order inside a call, and calls keep their
+order across requests.
 """
 
 from __future__ import annotations
@@ -269,19 +270,40 @@ def chunk(
     return calls
 
 
-def pack(calls: list[Call], *, use_batch: bool, max_commands: int, max_messages: int) -> list[list[Call]]:
-    """Group calls (in order) into HTTP requests: a list of one call is sent as is, more as a batch."""
+STATUS_METHODS = (STATUS_DELIVERY, STATUS_READING)
+
+
+def pack(
+    calls: list[Call],
+    *,
+    use_batch: bool,
+    max_commands: int,
+    max_messages: int,
+    max_statuses: int | None = None,
+) -> list[list[Call]]:
+    """Group calls (in order) into HTTP requests: a list of one call is sent as is, more as a batch.
+
+    With ``max_statuses``, status calls count against it instead of ``max_messages``: marking an existing
+    message delivered or read is light next to a new message (no chat, no file download), and a reply
+    brings two marks, so the message budget would cap a portal's receipts below its replies."""
     if not use_batch:
         return [[c] for c in calls]
     requests: list[list[Call]] = []
     current: list[Call] = []
-    weight = 0
+    messages = statuses = 0
     for call in calls:
-        if current and (len(current) >= max_commands or weight + call.weight > max_messages):
+        is_status = max_statuses is not None and call.method in STATUS_METHODS
+        m, st = (0, call.weight) if is_status else (call.weight, 0)
+        if current and (
+            len(current) >= max_commands
+            or messages + m > max_messages
+            or (max_statuses is not None and statuses + st > max_statuses)
+        ):
             requests.append(current)
-            current, weight = [], 0
+            current, messages, statuses = [], 0, 0
         current.append(call)
-        weight += call.weight
+        messages += m
+        statuses += st
     if current:
         requests.append(current)
     return requests

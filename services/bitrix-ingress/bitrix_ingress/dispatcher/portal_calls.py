@@ -7,13 +7,18 @@ is bisected, and a portal that refuses `batch` for imconnector gets single calls
 answer (Bitrix24's result, or the error) is returned to the caller; the works themselves are not changed.
 After each request, the caller's ``answered`` gets the answers of the works that request carried (it
 records them before the next request goes out); when it answers False, the rest is not sent.
+
+A portal's requests are shared by the poll batches in flight (``send``): at its pacer's slot a request
+carries everything pending for the portal by then, not one batch's part of it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from opentelemetry import trace
@@ -57,17 +62,115 @@ class Sent(NamedTuple):
     requests: int  # HTTP requests made
 
 
+@dataclass(eq=False)
+class _Pending:
+    """One caller's works waiting for the portal's next request (``send``)."""
+
+    works: list[Work]
+    answered: Answered | None
+    done: asyncio.Future[Sent]
+
+
 class PortalCalls:
     def __init__(self, settings: DispatcherSettings, portals: PortalClient) -> None:
         self.settings = settings
         self.portals = portals
         self._no_batch: set[str] = set()
+        self._pending: dict[str, list[_Pending]] = {}
+        self._senders: dict[str, asyncio.Task[None]] = {}
 
     def batch_allowed(self, member_id: str) -> bool:
         return self.settings.bitrix_use_batch and member_id not in self._no_batch
 
     async def send(self, member_id: str, works: Sequence[Work], answered: Answered | None = None) -> Sent:
-        """Send every work to the portal; an answer for each work that a request carried."""
+        """Send every work to the portal; an answer for each work that a request carried.
+
+        The works join the portal's queue. One sender per portal waits until the portal's pacer has room,
+        then packs what is queued by then, of every poll batch in flight, into one request. At 2 req/s a
+        request must carry all that arrived during the pacing interval (a reply brings three status
+        webhooks); one request per poll batch carried one batch's part, and a small batch spent a slot.
+        What the callers rely on holds: each caller's ``answered`` gets the answers of its own works right
+        after the request that carried them (before the portal's next request), the callers' works are
+        of different conversations (the consumer runs a key in one batch at a time), each in its order."""
+        if not works:
+            return Sent({}, 0)
+        entry = _Pending(list(works), answered, asyncio.get_running_loop().create_future())
+        self._pending.setdefault(member_id, []).append(entry)
+        if member_id not in self._senders:
+            self._senders[member_id] = asyncio.create_task(self._sender(member_id))
+        try:
+            return await asyncio.shield(entry.done)
+        except asyncio.CancelledError:
+            queue = self._pending.get(member_id, [])
+            if entry in queue:  # not taken yet: nothing of it goes out for a caller that is gone
+                queue.remove(entry)
+            raise
+
+    async def _sender(self, member_id: str) -> None:
+        """The portal's queue, one round per request slot, until it is empty."""
+        try:
+            while self._pending.get(member_id):
+                await self.portals.room(member_id)
+                entries = self._take(member_id)
+                if entries:
+                    await self._send_together(member_id, entries)
+        except BaseException as exc:  # whatever happens, every waiting caller gets an answer
+            if isinstance(exc, Exception):
+                log.exception("portal sender failed", member_id=member_id)
+            for entry in self._pending.pop(member_id, []):
+                _settle(entry.done, exc)
+            if not isinstance(exc, Exception):
+                raise
+        finally:
+            self._senders.pop(member_id, None)
+
+    def _take(self, member_id: str) -> list[_Pending]:
+        """What goes out now: the oldest pending works, and those behind them while all still fit in one
+        request (works that need several requests go alone). The rest waits for the next slot: a caller
+        whose works went in this request is not held until a second one has waited for its slot."""
+        queue = self._pending.get(member_id)
+        if not queue:
+            return []
+        taken = [queue.pop(0)]
+        works = list(taken[0].works)
+        while queue and self._fits(member_id, works + queue[0].works):
+            works += queue[0].works
+            taken.append(queue.pop(0))
+        if not queue:
+            del self._pending[member_id]
+        return taken
+
+    def _fits(self, member_id: str, works: list[Work]) -> bool:
+        try:
+            return len(self._requests(member_id, works)) <= 1
+        except Exception:  # what cannot be packed fails in its own send, with its caller's works only
+            return False
+
+    async def _send_together(self, member_id: str, entries: list[_Pending]) -> None:
+        owner = {work: entry for entry in entries for work in entry.works}
+
+        async def answered(carried: list[tuple[Work, Answer]]) -> bool:
+            """Each caller records its own works; False from any: the rest is not sent (the mapper is not
+            recording)."""
+            mine: dict[_Pending, list[tuple[Work, Answer]]] = {}
+            for work, answer in carried:
+                mine.setdefault(owner[work], []).append((work, answer))
+            oks = await asyncio.gather(*(e.answered(c) for e, c in mine.items() if e.answered is not None))
+            return all(oks)
+
+        try:
+            sent = await self._send_now(member_id, [w for e in entries for w in e.works], answered)
+        except BaseException as exc:  # each caller gets it as its own failure; a cancellation cancels them
+            for entry in entries:
+                _settle(entry.done, exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        for entry in entries:
+            answers = {w: sent.answers[w] for w in entry.works if w in sent.answers}
+            entry.done.set_result(Sent(answers, sent.requests))
+
+    async def _send_now(self, member_id: str, works: Sequence[Work], answered: Answered | None) -> Sent:
         answers: Answers = {}
         broken: dict[str, str] = {}
         made = 0
@@ -150,6 +253,7 @@ class PortalCalls:
             use_batch=self.batch_allowed(member_id),
             max_commands=settings.bitrix_batch_max_commands,
             max_messages=settings.bitrix_batch_max_messages,
+            max_statuses=settings.bitrix_batch_max_statuses,
         )
 
     async def _execute(self, member_id: str, calls: list[dl.Call], answers: Answers) -> int:
@@ -247,6 +351,16 @@ class PortalCalls:
                 out.update(res.results)
                 out.update(res.errors)
         return out, made
+
+
+def _settle(done: asyncio.Future[Sent], exc: BaseException) -> None:
+    """A waiting caller's answer when its works could not go out: the error, or cancelled with the sender."""
+    if done.done():
+        return
+    if isinstance(exc, Exception):
+        done.set_exception(exc)
+    else:
+        done.cancel()
 
 
 def _hold_broken(request: list[dl.Call], broken: dict[str, str], answers: Answers) -> list[dl.Call]:
