@@ -311,17 +311,19 @@ class Webhooks:
         if producer is None:
             WEBHOOKS.labels("kafka_unavailable").inc()
             return error_response(503, "Kafka is not reachable; Meta will retry")
+        # One deadline for every publish of this webhook, passed down: one timer per publish call, not two.
+        deadline = asyncio.get_running_loop().time() + self.settings.publish_timeout_s
         try:
-            async with asyncio.timeout(self.settings.publish_timeout_s):  # no extra task, unlike wait_for
-                if result.envelopes:
-                    await producer.publish(self.topics.main, result.envelopes)
-                if result.window_closed:  # for the meta dispatcher: the re-engagement template
-                    await producer.publish(self.window_topics.main, result.window_closed)
-                if result.history:  # the history import: its own topic, never in front of live events
-                    await producer.publish(self.history_topics.main, result.history)
-                if result.templates:  # for the meta dispatcher: the template catalogue (mapper)
-                    await producer.publish(self.window_topics.main, result.templates)
-                await self._park(producer, held, parked)
+            if result.envelopes:
+                await producer.publish(self.topics.main, result.envelopes, deadline)
+            if result.window_closed:  # for the meta dispatcher: the re-engagement template
+                await producer.publish(self.window_topics.main, result.window_closed, deadline)
+            if result.history:  # the history import: its own topic, never in front of live events
+                await producer.publish(self.history_topics.main, result.history, deadline)
+            if result.templates:  # for the meta dispatcher: the template catalogue (mapper)
+                await producer.publish(self.window_topics.main, result.templates, deadline)
+            if held.count:  # events of numbers that cannot take them (rare)
+                await self._park(producer, held, parked, deadline)
         except (PublishError, KafkaError, TimeoutError) as exc:
             WEBHOOKS.labels("kafka_unavailable").inc()
             log.warning("events not accepted by Kafka; answering 503", error=str(exc), events=result.count)
@@ -334,7 +336,9 @@ class Webhooks:
             )
         return None
 
-    async def _park(self, producer: EventProducer, held: Normalized, parked: dict[str, str]) -> None:
+    async def _park(
+        self, producer: EventProducer, held: Normalized, parked: dict[str, str], deadline: float
+    ) -> None:
         """Events of numbers that cannot take them go to their flow's dead-letter topic, as the consumers
         would put them, so that zaptrix-admin dead-letters replay moves them back once the number is set up (docs/runbook.md)."""
         for env, topics in (
@@ -351,7 +355,7 @@ class Webhooks:
                 (H_DLQ_SOURCE, topics.main.encode()),
                 (H_DLQ_AT, datetime.now(UTC).isoformat().encode()),
             ]
-            await producer.publish_raw(topics.dlq, key, value, headers)
+            await producer.publish_raw(topics.dlq, key, value, headers, deadline)
             PARKED.labels(reason).inc()
             DEAD_LETTERS.labels(topics.dlq, _PARK_TEXT[reason]).inc()
 
