@@ -11,6 +11,7 @@ from aiokafka.errors import KafkaError
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
+from zaptrix.deadlines import Deadlines
 from zaptrix.kafka.connection import connection_kwargs
 from zaptrix.kafka.envelope import Headers, encode, event_type
 from zaptrix.kafka.partitioner import KeyPartitioner
@@ -62,6 +63,7 @@ class EventProducer:
             **connection_kwargs(settings),
         )
         self._started = False
+        self._deadlines = Deadlines()  # one timer for every publish in flight, not one each
 
     async def start(self) -> None:
         await self._producer.start()
@@ -82,9 +84,8 @@ class EventProducer:
         when a webhook brings several, and no per-record context switch).
 
         ``deadline`` (the loop's clock, as asyncio.timeout_at; default: twice the request timeout from
-        now): every record sent and acknowledged by then, else PublishError (the span records it). One
-        timer for the sends and the acknowledgements of a call; a caller with several calls passes one
-        deadline to all."""
+        now): every record sent and acknowledged by then (at most a tick of zaptrix.deadlines late), else
+        PublishError (the span records it). A caller with several calls passes one deadline to all."""
         if not envelopes:
             return
         first = envelopes[0]
@@ -103,7 +104,7 @@ class EventProducer:
         context = trace.set_span_in_context(span)
         futures: list[asyncio.Future[object]] = []
         try:
-            async with asyncio.timeout_at(deadline or self._default_deadline()):
+            with self._deadlines.at(deadline or self._default_deadline()):
                 for env in envelopes:
                     key, value, headers = encode(env, context)
                     futures.append(await self._producer.send(topic, value=value, key=key, headers=headers))
@@ -133,7 +134,7 @@ class EventProducer:
         fut: asyncio.Future[object] | None = None
         meta: Any = None
         try:
-            async with asyncio.timeout_at(deadline or self._default_deadline()):
+            with self._deadlines.at(deadline or self._default_deadline()):
                 fut = await self._producer.send(topic, value=value, key=key, headers=headers)
                 meta = await fut
         except BaseException as exc:

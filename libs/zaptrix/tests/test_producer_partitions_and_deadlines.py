@@ -1,15 +1,17 @@
 """The producer's key partitioner puts a key on the partition Kafka's other clients would (murmur2, as the
 Java client and aiokafka): a conversation's events keep one partition, and so their order, whichever
-client or version wrote them."""
+client or version wrote them. And a publish's deadline bounds the whole publish (real Kafka)."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 
+import pytest
 from aiokafka.partitioner import DefaultPartitioner
 from hypothesis import given
 from hypothesis import strategies as st
-from zaptrix.kafka import EventProducer
+from zaptrix.kafka import EventProducer, PublishError
 from zaptrix.kafka.partitioner import KeyPartitioner, murmur2
 from zaptrix.kafka.topics import FlowTopics
 from zaptrix.settings import KafkaSettings
@@ -63,3 +65,14 @@ async def test_the_producer_writes_each_key_to_its_murmur2_partition(flow_kafka:
         key = f"100000000000001:4917{n:08d}".encode()
         partition, _ = await producer.publish_raw(topics.main, key, b"value", [])
         assert partition == DefaultPartitioner()(key, every, every)
+
+
+async def test_a_publish_kafka_cannot_take_ends_at_its_deadline(flow_kafka: FlowKafka) -> None:
+    """The deadline covers the sends too: a topic Kafka does not have (no auto-creation) is refused at the
+    caller's deadline, not after aiokafka's metadata wait (the request timeout, 5 s)."""
+    _, topics, producer = await flow_kafka(1)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with pytest.raises(PublishError):
+        await producer.publish_raw(f"{topics.main}-missing", b"k", b"v", [], deadline=started + 0.5)
+    assert loop.time() - started < 1.5
