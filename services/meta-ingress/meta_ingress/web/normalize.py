@@ -145,7 +145,7 @@ def _list(value: Any, where: str) -> list[Any]:
 def _str(value: Any) -> str:
     """A scalar as text ("" for missing or structured values)."""
     if value.__class__ is str:  # the usual case first (about 15 calls per message)
-        return value  # type: ignore[no-any-return]
+        return value
     if value is None or isinstance(value, dict | list):
         return ""
     if isinstance(value, bool):

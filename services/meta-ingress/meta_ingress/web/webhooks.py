@@ -153,9 +153,10 @@ class Webhooks:
             WEBHOOKS.labels("missing_signature").inc()
             SIGNATURE_FAILURES.labels("missing").inc()
             return _unauthenticated()
-        signer = await self._signer(body, digest)
-        if isinstance(signer, HTTPResponse):
-            return signer
+        signed = await self._signer(body, digest)
+        if isinstance(signed, HTTPResponse):
+            return signed
+        signer, scanned = signed
         # --- authenticated from here: the body is signed with the app secret `signer` ---
         try:
             hook = parse_envelope(
@@ -177,7 +178,7 @@ class Webhooks:
         if not hook.channels and not hook.templates:
             WEBHOOKS.labels("ignored").inc()
             return json_response({"events": 0, "ignored_changes": len(hook.ignored_fields)})
-        routes = await self._routes(hook.channels, signer)
+        routes = await self._routes(hook.channels, signer, scanned)
         if isinstance(routes, HTTPResponse):
             return routes
         if routes:
@@ -218,8 +219,9 @@ class Webhooks:
         _child(WEBHOOKS, "ok").inc()
         return _accepted(result.count, held.count)
 
-    async def _signer(self, body: bytes, digest: bytes) -> str | HTTPResponse:
-        """The app secret that signed the body, else the 401 (or 503 when token-keeper is unreachable).
+    async def _signer(self, body: bytes, digest: bytes) -> tuple[str, Credentials | None] | HTTPResponse:
+        """The app secret that signed the body (and the credentials of the channel the scan found, if
+        any), else the 401 (or 503 when token-keeper is unreachable).
 
         At most one token-keeper call, then one HMAC. A body naming a phone_number_id: that channel's secret
         (one call), else a cached channel of the first entry's WhatsApp Business Account (no call). A body
@@ -227,10 +229,12 @@ class Webhooks:
         of a channel of that WABA (GetWabaAppSecret, one call, cached): a cold pod verifies them too."""
         pnid, waba = signature.signer_ids(body)
         secret = ""
+        scanned: Credentials | None = None
         try:
             if pnid is not None:
                 try:
-                    secret = (await self.credentials.get(pnid)).app_secret
+                    scanned = await self.credentials.get(pnid)
+                    secret = scanned.app_secret
                 except UnknownChannel:
                     pass
                 secret = secret or self.credentials.cached_app_secret(waba or "") or ""
@@ -260,13 +264,18 @@ class Webhooks:
             SIGNATURE_FAILURES.labels("mismatch").inc()
             log.warning("webhook signature mismatch", phone_number_id=(pnid or "")[:32])
             return _unauthenticated()
-        return secret
+        return secret, scanned
 
-    async def _routes(self, channels: list[str], signer: str) -> dict[str, str] | HTTPResponse:
+    async def _routes(
+        self, channels: list[str], signer: str, scanned: Credentials | None
+    ) -> dict[str, str] | HTTPResponse:
         """The channels that cannot take their events, with the reason (parked); the others share `signer`.
-        At most webhook_max_channels lookups, for a body already authenticated."""
+        At most webhook_max_channels lookups, for a body already authenticated; none for the usual
+        webhook, whose one channel is the one `_signer` looked up (`scanned`)."""
         results: list[Credentials | BaseException]
-        if len(channels) == 1:  # the usual case: no gather, no tasks
+        if len(channels) == 1 and scanned is not None and scanned.phone_number_id == channels[0]:
+            results = [scanned]
+        elif len(channels) == 1:  # no gather, no tasks
             try:
                 results = [await self.credentials.get(channels[0])]
             except Exception as exc:
