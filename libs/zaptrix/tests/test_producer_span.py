@@ -76,3 +76,31 @@ async def test_a_refused_publish_raises_and_marks_its_span(spans: InMemorySpanEx
         await _producer(_FakeAioProducer(fail=True)).publish("t", [_event(1), _event(2)])
     (publish,) = [s for s in spans.get_finished_spans() if s.kind == SpanKind.PRODUCER]
     assert publish.status.status_code == StatusCode.ERROR
+
+
+class _SilentAioProducer(_FakeAioProducer):
+    """Takes the records, never acknowledges them (a broker that stopped answering)."""
+
+    async def send(self, topic: str, **record: Any) -> asyncio.Future[object]:
+        self.sent.append(record)
+        return asyncio.get_running_loop().create_future()
+
+
+async def test_a_publish_past_its_deadline_raises_in_time_and_marks_its_span(
+    spans: InMemorySpanExporter,
+) -> None:
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with pytest.raises(PublishError):
+        await _producer(_SilentAioProducer()).publish("t", [_event(1)], deadline=started + 0.2)
+    assert 0.15 < loop.time() - started < 1.0  # the caller's deadline, not twice the request timeout
+    (publish,) = [s for s in spans.get_finished_spans() if s.kind == SpanKind.PRODUCER]
+    assert publish.status.status_code == StatusCode.ERROR
+
+
+async def test_publish_raw_keeps_the_callers_deadline() -> None:
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with pytest.raises(PublishError):
+        await _producer(_SilentAioProducer()).publish_raw("t", b"k", b"v", [], deadline=started + 0.2)
+    assert 0.15 < loop.time() - started < 1.0

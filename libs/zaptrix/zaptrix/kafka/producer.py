@@ -11,8 +11,10 @@ from aiokafka.errors import KafkaError
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
+from zaptrix.deadlines import Deadlines
 from zaptrix.kafka.connection import connection_kwargs
 from zaptrix.kafka.envelope import Headers, encode, event_type
+from zaptrix.kafka.partitioner import KeyPartitioner
 from zaptrix.metrics import EVENTS_PRODUCED
 from zaptrix.settings import KafkaSettings
 from zaptrix.telemetry import LazyTracer
@@ -37,6 +39,12 @@ def _retrieve(fut: asyncio.Future[object]) -> None:
         fut.exception()
 
 
+def _read_later(futures: list[asyncio.Future[object]]) -> None:
+    """The others' outcomes are read, never "exception was never retrieved"."""
+    for fut in futures:
+        fut.add_done_callback(_retrieve)
+
+
 class PublishError(RuntimeError):
     """Kafka did not take the records in time; the caller must not acknowledge upstream (HTTP 503)."""
 
@@ -51,9 +59,11 @@ class EventProducer:
             linger_ms=settings.linger_ms,
             request_timeout_ms=settings.request_timeout_ms,
             max_request_size=settings.max_request_bytes,  # agrees with the topics' max.message.bytes
+            partitioner=KeyPartitioner(),  # aiokafka's partitions, hashed faster (partitioner.py)
             **connection_kwargs(settings),
         )
         self._started = False
+        self._deadlines = Deadlines()  # one timer for every publish in flight, not one each
 
     async def start(self) -> None:
         await self._producer.start()
@@ -64,12 +74,18 @@ class EventProducer:
             await self._producer.stop()
             self._started = False
 
-    async def publish(self, topic: str, envelopes: Sequence[events_pb2.Envelope]) -> None:
+    async def publish(
+        self, topic: str, envelopes: Sequence[events_pb2.Envelope], deadline: float | None = None
+    ) -> None:
         """Send all envelopes under one PRODUCER span, then wait for every acknowledgement.
 
         One span per call, not per envelope: every record's headers carry this span's context, so each
         message's trace continues from it on the consumer's side (same trace, one span fewer per event
-        when a webhook brings several, and no per-record context switch)."""
+        when a webhook brings several, and no per-record context switch).
+
+        ``deadline`` (the loop's clock, as asyncio.timeout_at; default: twice the request timeout from
+        now): every record sent and acknowledged by then (at most a tick of zaptrix.deadlines late), else
+        PublishError (the span records it). A caller with several calls passes one deadline to all."""
         if not envelopes:
             return
         first = envelopes[0]
@@ -86,44 +102,51 @@ class EventProducer:
             attributes["messaging.batch.message_count"] = len(envelopes)
         span = tracer().start_span(f"{topic} publish", kind=SpanKind.PRODUCER, attributes=attributes)
         context = trace.set_span_in_context(span)
+        futures: list[asyncio.Future[object]] = []
         try:
-            futures = []
-            for env in envelopes:
-                key, value, headers = encode(env, context)
-                futures.append(await self._producer.send(topic, value=value, key=key, headers=headers))
-            await self._await_acks(futures)
-        except (KafkaError, TimeoutError) as exc:
-            span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
-            raise PublishError(f"Kafka did not accept the events for {topic}: {exc!r}") from exc
+            with self._deadlines.at(deadline or self._default_deadline()):
+                for env in envelopes:
+                    key, value, headers = encode(env, context)
+                    futures.append(await self._producer.send(topic, value=value, key=key, headers=headers))
+                for fut in futures:  # in turn: no gather future, no wait_for task
+                    await fut
+        except BaseException as exc:
+            _read_later(futures)
+            if isinstance(exc, KafkaError | TimeoutError):
+                span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+                raise PublishError(f"Kafka did not accept the events for {topic}: {exc!r}") from exc
+            raise
         finally:
             span.end()
         for env in envelopes:
             _produced(topic, event_type(env)).inc()
 
     async def publish_raw(
-        self, topic: str, key: bytes | None, value: bytes | None, headers: Headers
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        headers: Headers,
+        deadline: float | None = None,
     ) -> tuple[int, int]:
         """Re-publish a record as is (retry, dead letter, replay); the headers already carry the trace.
-        Returns where it landed: (partition, offset)."""
+        Returns where it landed: (partition, offset). ``deadline`` as for publish()."""
+        fut: asyncio.Future[object] | None = None
+        meta: Any = None
         try:
-            fut = await self._producer.send(topic, value=value, key=key, headers=headers)
-            await self._await_acks([fut])
-        except (KafkaError, TimeoutError) as exc:
-            raise PublishError(f"Kafka did not accept the record for {topic}: {exc!r}") from exc
-        meta = fut.result()
+            with self._deadlines.at(deadline or self._default_deadline()):
+                fut = await self._producer.send(topic, value=value, key=key, headers=headers)
+                meta = await fut
+        except BaseException as exc:
+            if fut is not None:
+                _read_later([fut])
+            if isinstance(exc, KafkaError | TimeoutError):
+                raise PublishError(f"Kafka did not accept the record for {topic}: {exc!r}") from exc
+            raise
         return int(meta.partition), int(meta.offset)
 
-    async def _await_acks(self, futures: list[asyncio.Future[object]]) -> None:
-        """Every future resolved (the first failure raises), within twice the request timeout. Awaited in
-        turn under one asyncio.timeout: no gather future and no wait_for task per call."""
-        try:
-            async with asyncio.timeout(self.settings.request_timeout_ms / 1000 * 2):
-                for fut in futures:
-                    await fut
-        except BaseException:
-            for fut in futures:  # the others' outcomes are read, never "exception was never retrieved"
-                fut.add_done_callback(_retrieve)
-            raise
+    def _default_deadline(self) -> float:
+        return asyncio.get_running_loop().time() + self.settings.request_timeout_ms / 1000 * 2
 
     async def healthy(self, timeout_s: float = 2.0) -> bool:
         """True when a broker answers a metadata request now."""

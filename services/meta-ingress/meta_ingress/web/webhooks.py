@@ -153,9 +153,10 @@ class Webhooks:
             WEBHOOKS.labels("missing_signature").inc()
             SIGNATURE_FAILURES.labels("missing").inc()
             return _unauthenticated()
-        signer = await self._signer(body, digest)
-        if isinstance(signer, HTTPResponse):
-            return signer
+        signed = await self._signer(body, digest)
+        if isinstance(signed, HTTPResponse):
+            return signed
+        signer, scanned = signed
         # --- authenticated from here: the body is signed with the app secret `signer` ---
         try:
             hook = parse_envelope(
@@ -177,7 +178,7 @@ class Webhooks:
         if not hook.channels and not hook.templates:
             WEBHOOKS.labels("ignored").inc()
             return json_response({"events": 0, "ignored_changes": len(hook.ignored_fields)})
-        routes = await self._routes(hook.channels, signer)
+        routes = await self._routes(hook.channels, signer, scanned)
         if isinstance(routes, HTTPResponse):
             return routes
         if routes:
@@ -218,8 +219,9 @@ class Webhooks:
         _child(WEBHOOKS, "ok").inc()
         return _accepted(result.count, held.count)
 
-    async def _signer(self, body: bytes, digest: bytes) -> str | HTTPResponse:
-        """The app secret that signed the body, else the 401 (or 503 when token-keeper is unreachable).
+    async def _signer(self, body: bytes, digest: bytes) -> tuple[str, Credentials | None] | HTTPResponse:
+        """The app secret that signed the body (and the credentials of the channel the scan found, if
+        any), else the 401 (or 503 when token-keeper is unreachable).
 
         At most one token-keeper call, then one HMAC. A body naming a phone_number_id: that channel's secret
         (one call), else a cached channel of the first entry's WhatsApp Business Account (no call). A body
@@ -227,10 +229,12 @@ class Webhooks:
         of a channel of that WABA (GetWabaAppSecret, one call, cached): a cold pod verifies them too."""
         pnid, waba = signature.signer_ids(body)
         secret = ""
+        scanned: Credentials | None = None
         try:
             if pnid is not None:
                 try:
-                    secret = (await self.credentials.get(pnid)).app_secret
+                    scanned = await self.credentials.get(pnid)
+                    secret = scanned.app_secret
                 except UnknownChannel:
                     pass
                 secret = secret or self.credentials.cached_app_secret(waba or "") or ""
@@ -260,13 +264,18 @@ class Webhooks:
             SIGNATURE_FAILURES.labels("mismatch").inc()
             log.warning("webhook signature mismatch", phone_number_id=(pnid or "")[:32])
             return _unauthenticated()
-        return secret
+        return secret, scanned
 
-    async def _routes(self, channels: list[str], signer: str) -> dict[str, str] | HTTPResponse:
+    async def _routes(
+        self, channels: list[str], signer: str, scanned: Credentials | None
+    ) -> dict[str, str] | HTTPResponse:
         """The channels that cannot take their events, with the reason (parked); the others share `signer`.
-        At most webhook_max_channels lookups, for a body already authenticated."""
+        At most webhook_max_channels lookups, for a body already authenticated; none for the usual
+        webhook, whose one channel is the one `_signer` looked up (`scanned`)."""
         results: list[Credentials | BaseException]
-        if len(channels) == 1:  # the usual case: no gather, no tasks
+        if len(channels) == 1 and scanned is not None and scanned.phone_number_id == channels[0]:
+            results = [scanned]
+        elif len(channels) == 1:  # no gather, no tasks
             try:
                 results = [await self.credentials.get(channels[0])]
             except Exception as exc:
@@ -311,17 +320,19 @@ class Webhooks:
         if producer is None:
             WEBHOOKS.labels("kafka_unavailable").inc()
             return error_response(503, "Kafka is not reachable; Meta will retry")
+        # One deadline for every publish of this webhook, passed down: one timer per publish call, not two.
+        deadline = asyncio.get_running_loop().time() + self.settings.publish_timeout_s
         try:
-            async with asyncio.timeout(self.settings.publish_timeout_s):  # no extra task, unlike wait_for
-                if result.envelopes:
-                    await producer.publish(self.topics.main, result.envelopes)
-                if result.window_closed:  # for the meta dispatcher: the re-engagement template
-                    await producer.publish(self.window_topics.main, result.window_closed)
-                if result.history:  # the history import: its own topic, never in front of live events
-                    await producer.publish(self.history_topics.main, result.history)
-                if result.templates:  # for the meta dispatcher: the template catalogue (mapper)
-                    await producer.publish(self.window_topics.main, result.templates)
-                await self._park(producer, held, parked)
+            if result.envelopes:
+                await producer.publish(self.topics.main, result.envelopes, deadline)
+            if result.window_closed:  # for the meta dispatcher: the re-engagement template
+                await producer.publish(self.window_topics.main, result.window_closed, deadline)
+            if result.history:  # the history import: its own topic, never in front of live events
+                await producer.publish(self.history_topics.main, result.history, deadline)
+            if result.templates:  # for the meta dispatcher: the template catalogue (mapper)
+                await producer.publish(self.window_topics.main, result.templates, deadline)
+            if held.count:  # events of numbers that cannot take them (rare)
+                await self._park(producer, held, parked, deadline)
         except (PublishError, KafkaError, TimeoutError) as exc:
             WEBHOOKS.labels("kafka_unavailable").inc()
             log.warning("events not accepted by Kafka; answering 503", error=str(exc), events=result.count)
@@ -334,7 +345,9 @@ class Webhooks:
             )
         return None
 
-    async def _park(self, producer: EventProducer, held: Normalized, parked: dict[str, str]) -> None:
+    async def _park(
+        self, producer: EventProducer, held: Normalized, parked: dict[str, str], deadline: float
+    ) -> None:
         """Events of numbers that cannot take them go to their flow's dead-letter topic, as the consumers
         would put them, so that zaptrix-admin dead-letters replay moves them back once the number is set up (docs/runbook.md)."""
         for env, topics in (
@@ -351,7 +364,7 @@ class Webhooks:
                 (H_DLQ_SOURCE, topics.main.encode()),
                 (H_DLQ_AT, datetime.now(UTC).isoformat().encode()),
             ]
-            await producer.publish_raw(topics.dlq, key, value, headers)
+            await producer.publish_raw(topics.dlq, key, value, headers, deadline)
             PARKED.labels(reason).inc()
             DEAD_LETTERS.labels(topics.dlq, _PARK_TEXT[reason]).inc()
 
