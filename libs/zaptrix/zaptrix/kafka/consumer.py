@@ -7,9 +7,9 @@ one has finished: records whose key is still in flight wait for that batch. Per 
 contiguous prefix of finished batches is committed: an offset is committed only after every record before
 it has had its effect recorded or has been moved to the retry or dead-letter topic. A revocation waits for
 the work in flight before committing and handing the partitions over; a stop drains it. While a poll comes
-back full (the consumer lags), the next polls take up to ``catch_up_records`` records in flight over all
-batches (the budget bounds the memory a drain holds; a batch that finds the budget spent waits for room): a
-handler that packs records into requests (the bitrix dispatcher) then fills them. Each start of a batch is counted before handling (starts.py), so
+back full (the consumer lags), the next polls take up to ``catch_up_records`` records, each such batch alone
+in flight (what a drain holds in memory stays within that budget): a handler that packs records into
+requests (the bitrix dispatcher) then fills them. Each start of a batch is counted before handling (starts.py), so
 a record that kills its process reaches the dead-letter topic after ``crash_limit`` starts. Each record is handled inside a CONSUMER "<topic> process" span
 whose parent is the producer's context taken from the record headers, so one trace follows a message
 across Kafka. Retry records carry a not-before time, at most retry_max_s ahead; their partition is paused until it is due.
@@ -268,8 +268,8 @@ class EventConsumer:
         self.retry_max_s = retry_max_s
         self.crash_limit = crash_limit
         self.on_dead_letter = on_dead_letter
-        # Records in flight (over the batches in flight) while the consumer lags (a full poll); default: the
-        # normal poll batch.
+        # Records in flight while the consumer lags (a full poll): one batch of up to this many, alone;
+        # default: the normal poll batch.
         self.catch_up_records = max(catch_up_records or 0, settings.consumer_max_records)
         self.max_in_flight = settings.consumer_max_in_flight_batches
         self.last_poll_at = 0.0
@@ -286,7 +286,6 @@ class EventConsumer:
         # Overlap: batches in flight, the offsets each partition has in flight (in fetch order), the batch
         # that last took each key, and the lock that keeps a rebalance from racing a batch's start.
         self._tasks: set[asyncio.Task[None]] = set()
-        self._records: dict[asyncio.Task[None], int] = {}  # records each batch in flight handles
         self._segments: dict[TopicPartition, deque[_Segment]] = {}
         self._key_owner: dict[bytes, asyncio.Task[None]] = {}
         self._admit = asyncio.Lock()
@@ -301,7 +300,6 @@ class EventConsumer:
         self._marks = {}
         self._finished = {}
         self._tasks = set()
-        self._records = {}
         self._segments = {}
         self._key_owner = {}
         self._failure = None
@@ -364,13 +362,14 @@ class EventConsumer:
             log.info("consumer stopped", group=self.group_id)
 
     def _poll_size(self) -> int:
-        """Records for the next poll: the normal poll batch, or while lagging what the catch-up budget leaves
-        beside the batches in flight (0: none left, wait for a batch to finish)."""
+        """Records for the next poll: the normal poll batch, or while lagging a catch-up batch that runs
+        alone (0: wait for the batches in flight to finish). Alone, the whole budget goes to one handler
+        call, which fills each portal's request; two overlapping batches of half the budget each made
+        requests of half the size (more CPU per message) for the same memory (backlog_drain)."""
         normal = self.settings.consumer_max_records
-        if not self._lagging or self.catch_up_records <= normal or not self._tasks:
-            return self.catch_up_records if self._lagging else normal
-        room = self.catch_up_records - sum(self._records.values())
-        return room if room >= normal else 0
+        if not self._lagging or self.catch_up_records <= normal:
+            return normal
+        return 0 if self._tasks else self.catch_up_records
 
     # --- one poll batch -------------------------------------------------------------------------------
 
@@ -430,7 +429,6 @@ class EventConsumer:
                     free.append(rec)
         task = asyncio.create_task(self._run_batch(segments, free, waiting, after))
         self._tasks.add(task)
-        self._records[task] = len(free) + len(waiting)
         for rec in (*free, *waiting):
             if rec.key is not None:
                 self._key_owner[rec.key] = task
@@ -462,7 +460,6 @@ class EventConsumer:
 
     def _batch_done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
-        self._records.pop(task, None)
         for key in [k for k, owner in self._key_owner.items() if owner is task]:
             del self._key_owner[key]
         if not task.cancelled():
