@@ -73,6 +73,8 @@ MAX_RECORDS = int(os.environ.get("BENCH_DRAIN_MAX_RECORDS", "0") or 0)
 # BENCH_DRAIN_CATCH_UP_RECORDS: its ZAPTRIX_CONSUMER_CATCH_UP_RECORDS (the system passes no ZAPTRIX_* of
 # the caller's environment to its processes, so this is the way to vary it).
 CATCH_UP_RECORDS = int(os.environ.get("BENCH_DRAIN_CATCH_UP_RECORDS", "0") or 0)
+# BENCH_DRAIN_IN_FLIGHT: its ZAPTRIX_KAFKA_CONSUMER_MAX_IN_FLIGHT_BATCHES (default: its own).
+IN_FLIGHT = int(os.environ.get("BENCH_DRAIN_IN_FLIGHT", "0") or 0)
 
 
 def portal(p: int) -> str:
@@ -274,6 +276,7 @@ async def run(env: BenchEnv) -> Result:
         sut.local.extra_env["bitrix-dispatcher"] = {
             **({"ZAPTRIX_KAFKA_CONSUMER_MAX_RECORDS": str(MAX_RECORDS)} if MAX_RECORDS else {}),
             **({"ZAPTRIX_CONSUMER_CATCH_UP_RECORDS": str(CATCH_UP_RECORDS)} if CATCH_UP_RECORDS else {}),
+            **({"ZAPTRIX_KAFKA_CONSUMER_MAX_IN_FLIGHT_BATCHES": str(IN_FLIGHT)} if IN_FLIGHT else {}),
         }
         proc = next(p for p in sut.local.definitions() if p.name == "bitrix-dispatcher")
         monitor = ProcessMonitor(stack_pids(env) | sut.pids())

@@ -6,12 +6,13 @@ from __future__ import annotations
 import asyncio
 import gc
 from collections.abc import Callable, Coroutine
-from typing import Any
-
-from sanic import Sanic
+from typing import TYPE_CHECKING, Any
 
 from zaptrix.logging import configure_logging
 from zaptrix.telemetry import setup_telemetry, shutdown_telemetry
+
+if TYPE_CHECKING:  # not imported at run time: the dispatchers and gRPC servers serve no Sanic app (~7 MiB)
+    from sanic import Sanic
 
 
 def run_process(

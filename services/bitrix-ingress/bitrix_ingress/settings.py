@@ -286,12 +286,13 @@ class DispatcherSettings(BitrixCommonSettings, DispatcherCommonSettings):
         ),
     )
     consumer_catch_up_records: int = Field(
-        5000,
+        2500,
         ge=1,
         description=(
-            "Records per poll while the consumer lags (a poll came back full, e.g. after an outage), so one "
-            "request per portal carries up to bitrix_batch_max_messages; below ZAPTRIX_KAFKA_CONSUMER_MAX_RECORDS "
-            "it has no effect"
+            "Records per poll while the consumer lags (a poll came back full, e.g. after an outage), each "
+            "such batch alone in flight, so one request per portal carries many messages; it bounds the "
+            "memory of a drain (~15 KiB per record: its span, envelope, work and request item). Below "
+            "ZAPTRIX_KAFKA_CONSUMER_MAX_RECORDS it has no effect"
         ),
     )
     bitrix_max_messages_per_call: int = Field(
