@@ -19,6 +19,9 @@ from typing import Any
 from bench.common import BenchEnv, remember_pid, stop_subprocess
 
 ENABLED = os.environ.get("BENCH_PROFILE", "") not in ("", "0", "false")
+RATE = os.environ.get(
+    "BENCH_PROFILE_RATE", "100"
+)  # samples/s; more resolution costs the profiled process more
 
 
 def pyspy() -> str | None:
@@ -82,7 +85,7 @@ class Profiles:
                 "--duration",
                 str(max(1, round(seconds))),
                 "--rate",
-                "100",
+                RATE,
                 "--nonblocking",
                 "--format",
                 "raw",

@@ -11,7 +11,8 @@
 # what it started, also on failure or Ctrl-C. Results: bench/results/<scenario>.json and summary.json.
 #
 # Environment: BENCH (scenarios when no arguments are given), BENCH_SCALE (multiplies every duration;
-# 0.3 = a quick smoke run), BENCH_PROFILE=1 (py-spy profiles of the busy processes, installed on demand),
+# 0.3 = a quick smoke run), BENCH_PROFILE=1 (py-spy profiles of the busy processes, installed on demand;
+# BENCH_PROFILE_RATE samples/s, default 100),
 # BENCH_OUTBOUND_STATUSES=0 (switch the Graph stand-in's status webhooks off during outbound_throughput),
 # BENCH_RECORD_METRICS=1 (every process's /metrics each second into bench/results/<scenario>-metrics.jsonl,
 # for bench/dashboard_png.py: docs/observability.md),

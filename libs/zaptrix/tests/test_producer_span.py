@@ -104,3 +104,35 @@ async def test_publish_raw_keeps_the_callers_deadline() -> None:
     with pytest.raises(PublishError):
         await _producer(_SilentAioProducer()).publish_raw("t", b"k", b"v", [], deadline=started + 0.2)
     assert 0.15 < loop.time() - started < 1.0
+
+
+async def test_inside_the_callers_span_no_producer_span_and_the_records_carry_the_callers_context(
+    spans: InMemorySpanExporter,
+) -> None:
+    """A webhook's publish (own_span=False): one span per webhook; the records continue its trace."""
+    fake = _FakeAioProducer()
+    with trace.get_tracer("test").start_as_current_span("POST /webhooks/meta", kind=SpanKind.SERVER) as root:
+        await _producer(fake).publish("t", [_event(1), _event(2)], own_span=False)
+    assert [s.kind for s in spans.get_finished_spans()] == [SpanKind.SERVER]
+    for record in fake.sent:
+        parent = trace.get_current_span(extract_context(record["headers"])).get_span_context()
+        assert (parent.trace_id, parent.span_id) == (
+            root.get_span_context().trace_id,
+            root.get_span_context().span_id,
+        )
+
+
+async def test_inside_the_callers_span_a_refusal_is_an_event_of_that_span(
+    spans: InMemorySpanExporter,
+) -> None:
+    server_span = trace.get_tracer("test").start_as_current_span(
+        "POST /webhooks/meta", kind=SpanKind.SERVER, record_exception=False, set_status_on_exception=False
+    )
+    with server_span:
+        with pytest.raises(PublishError):
+            await _producer(_FakeAioProducer(fail=True)).publish("t", [_event(1)], own_span=False)
+    (server,) = spans.get_finished_spans()
+    (refused,) = [e for e in server.events if e.name == "publish refused"]
+    assert refused.attributes is not None
+    assert refused.attributes["messaging.destination.name"] == "t"
+    assert refused.attributes["error.type"] == "KafkaTimeoutError"

@@ -9,6 +9,7 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from opentelemetry import trace
+from opentelemetry.context import Context
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from zaptrix.deadlines import Deadlines
@@ -45,6 +46,23 @@ def _read_later(futures: list[asyncio.Future[object]]) -> None:
         fut.add_done_callback(_retrieve)
 
 
+def _attributes(topic: str, envelopes: Sequence[events_pb2.Envelope]) -> dict[str, str | int]:
+    """The PRODUCER span's messaging attributes: the message's id and key when it is one."""
+    attributes: dict[str, str | int] = {
+        "messaging.system": "kafka",
+        "messaging.operation.type": "send",
+        "messaging.destination.name": topic,
+    }
+    if len(envelopes) == 1:
+        first = envelopes[0]
+        attributes["messaging.message.id"] = first.event_id
+        attributes["messaging.kafka.message.key"] = first.conversation_key
+        attributes["zaptrix.event_type"] = event_type(first)
+    else:
+        attributes["messaging.batch.message_count"] = len(envelopes)
+    return attributes
+
+
 class PublishError(RuntimeError):
     """Kafka did not take the records in time; the caller must not acknowledge upstream (HTTP 503)."""
 
@@ -75,7 +93,12 @@ class EventProducer:
             self._started = False
 
     async def publish(
-        self, topic: str, envelopes: Sequence[events_pb2.Envelope], deadline: float | None = None
+        self,
+        topic: str,
+        envelopes: Sequence[events_pb2.Envelope],
+        deadline: float | None = None,
+        *,
+        own_span: bool = True,
     ) -> None:
         """Send all envelopes under one PRODUCER span, then wait for every acknowledgement.
 
@@ -83,25 +106,22 @@ class EventProducer:
         message's trace continues from it on the consumer's side (same trace, one span fewer per event
         when a webhook brings several, and no per-record context switch).
 
+        ``own_span=False``: the caller's span already covers this send, as a webhook's SERVER span does
+        (its answer waits for the acks): the records carry that span's context and a refusal is recorded
+        on it (an event); no PRODUCER span. At the ingress edge that is one span per webhook instead of two, the
+        dearest part of its CPU per webhook (docs/benchmarks.md).
+
         ``deadline`` (the loop's clock, as asyncio.timeout_at; default: twice the request timeout from
         now): every record sent and acknowledged by then (at most a tick of zaptrix.deadlines late), else
         PublishError (the span records it). A caller with several calls passes one deadline to all."""
         if not envelopes:
             return
-        first = envelopes[0]
-        attributes: dict[str, str | int] = {
-            "messaging.system": "kafka",
-            "messaging.operation.type": "send",
-            "messaging.destination.name": topic,
-        }
-        if len(envelopes) == 1:
-            attributes["messaging.message.id"] = first.event_id
-            attributes["messaging.kafka.message.key"] = first.conversation_key
-            attributes["zaptrix.event_type"] = event_type(first)
+        if own_span:
+            attributes = _attributes(topic, envelopes)
+            span = tracer().start_span(f"{topic} publish", kind=SpanKind.PRODUCER, attributes=attributes)
+            context: Context | None = trace.set_span_in_context(span)
         else:
-            attributes["messaging.batch.message_count"] = len(envelopes)
-        span = tracer().start_span(f"{topic} publish", kind=SpanKind.PRODUCER, attributes=attributes)
-        context = trace.set_span_in_context(span)
+            span, context = trace.get_current_span(), None  # the records carry the current context
         futures: list[asyncio.Future[object]] = []
         try:
             with self._deadlines.at(deadline or self._default_deadline()):
@@ -113,11 +133,18 @@ class EventProducer:
         except BaseException as exc:
             _read_later(futures)
             if isinstance(exc, KafkaError | TimeoutError):
-                span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+                if own_span:
+                    span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+                else:  # the caller's span: its own outcome (e.g. the 503) sets its status
+                    span.add_event(
+                        "publish refused",
+                        {"messaging.destination.name": topic, "error.type": type(exc).__name__},
+                    )
                 raise PublishError(f"Kafka did not accept the events for {topic}: {exc!r}") from exc
             raise
         finally:
-            span.end()
+            if own_span:
+                span.end()
         for env in envelopes:
             _produced(topic, event_type(env)).inc()
 

@@ -4,6 +4,7 @@ sends. The order of the checks, and why: docs/meta-ingress.md, "POST /webhooks/m
 from __future__ import annotations
 
 import asyncio
+import functools
 import hmac
 from datetime import UTC, datetime
 from typing import Any
@@ -322,15 +323,18 @@ class Webhooks:
             return error_response(503, "Kafka is not reachable; Meta will retry")
         # One deadline for every publish of this webhook, passed down: one timer per publish call, not two.
         deadline = asyncio.get_running_loop().time() + self.settings.publish_timeout_s
+        # The SERVER span covers the sends (the answer waits for the acks): the records carry its context,
+        # no PRODUCER span each (the dearest part of a webhook's CPU; docs/observability.md).
+        publish = functools.partial(producer.publish, deadline=deadline, own_span=False)
         try:
             if result.envelopes:
-                await producer.publish(self.topics.main, result.envelopes, deadline)
+                await publish(self.topics.main, result.envelopes)
             if result.window_closed:  # for the meta dispatcher: the re-engagement template
-                await producer.publish(self.window_topics.main, result.window_closed, deadline)
+                await publish(self.window_topics.main, result.window_closed)
             if result.history:  # the history import: its own topic, never in front of live events
-                await producer.publish(self.history_topics.main, result.history, deadline)
+                await publish(self.history_topics.main, result.history)
             if result.templates:  # for the meta dispatcher: the template catalogue (mapper)
-                await producer.publish(self.window_topics.main, result.templates, deadline)
+                await publish(self.window_topics.main, result.templates)
             if held.count:  # events of numbers that cannot take them (rare)
                 await self._park(producer, held, parked, deadline)
         except (PublishError, KafkaError, TimeoutError) as exc:
