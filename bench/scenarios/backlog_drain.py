@@ -381,7 +381,9 @@ async def run(env: BenchEnv) -> Result:
     cpu_rate = 1000 * (os.cpu_count() or 1) / all_ms if all_ms else float("inf")
     ceilings = {"Bitrix24's limit": platform_rate, "poll batch": poll_rate, "CPU": cpu_rate}
     bound = min(ceilings, key=lambda k: ceilings[k])
-    passed = caught_up and missing == 0 and twice == 0 and refused == 0 and bound == "Bitrix24's limit"
+    # Issue 14 asks how long the drain takes and what bounds it: both are the figure. The verdict judges
+    # what must hold whatever the bound: caught up, nothing refused, lost or delivered twice.
+    passed = caught_up and missing == 0 and twice == 0 and refused == 0
     res.verdict = verdict(passed)
     res.figure = (
         (
