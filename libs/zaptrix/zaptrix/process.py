@@ -8,6 +8,7 @@ import gc
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
+from zaptrix.gcpauses import watch_gc_pauses
 from zaptrix.logging import configure_logging
 from zaptrix.telemetry import setup_telemetry, shutdown_telemetry
 
@@ -20,6 +21,7 @@ def run_process(
 ) -> None:
     """Logging (then ``after_logging``, e.g. quieter library loggers) and telemetry set up, ``body()`` run."""
     configure_logging(service, log_level)
+    watch_gc_pauses()  # zaptrix_gc_pause_seconds
     if after_logging is not None:
         after_logging()
     setup_telemetry(service)
