@@ -44,6 +44,7 @@ NAME = "scaling"
 RATE = 100.0
 SECONDS = 10.0
 CUSTOMERS = 100  # per point, spread over its tenants (each tenant gets CUSTOMERS / N of them)
+SLOWEST = 12  # the slowest messages of each point, listed in the JSON
 COUNTS = (1, 10, 100)
 SERVICES = {"sandbox-bitrix", "mapper", "token-keeper", "meta-ingress", "bitrix-ingress", "bitrix-dispatcher"}
 DISPATCHER_PACING = {"ZAPTRIX_BITRIX_RATE_PER_S": "100000", "ZAPTRIX_BITRIX_BURST": "50"}
@@ -108,6 +109,20 @@ async def measure(
         await monitor.stop()
     accepted = report.ok
     latencies = [min(got[s.wamid]) - s.sent_at for s in accepted if s.wamid in got]
+    portal_of = {s.wamid: t.member_id for s, t in items}
+    # The tail in detail: when the slowest messages were sent and to which portal (a burst or a pattern?).
+    slowest = sorted(
+        (
+            (
+                round(1000 * (min(got[s.wamid]) - s.sent_at), 1),
+                round(s.sent_at - report.started_at, 2),
+                portal_of[s.wamid],
+            )
+            for s in accepted
+            if s.wamid in got
+        ),
+        reverse=True,
+    )[:SLOWEST]
     firsts = [min(got[s.wamid]) for s in accepted if s.wamid in got]
     lat = latency_summary_ms(latencies)
     n_ok = len(firsts)
@@ -139,6 +154,7 @@ async def measure(
         "p50_ms": lat["p50_ms"],
         "p99_ms": lat["p99_ms"],
         "latency_ms": lat,
+        "slowest": [{"latency_ms": ms, "sent_s": at, "portal": member} for ms, at, member in slowest],
         "cpu_us_per_msg": per_msg(services),
         "dispatcher_cpu_us_per_msg": per_msg(cpu.get("bitrix-dispatcher", 0.0)),
         "mapper_cpu_us_per_msg": per_msg(cpu.get("mapper", 0.0)),

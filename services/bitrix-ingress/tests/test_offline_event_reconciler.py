@@ -237,3 +237,46 @@ async def test_no_queue_is_read_while_kafka_is_down() -> None:
     producer.fail = False
     await offline.poll_all()
     assert [e.event_id for e in producer.published] == [f"b24:{MEMBER}:86006"]
+
+
+def _portal(member_id: str) -> token_keeper_pb2.PortalStatus:
+    return token_keeper_pb2.PortalStatus(
+        member_id=member_id, domain=f"{member_id}.bitrix24.com", state=token_keeper_pb2.PORTAL_STATE_ACTIVE
+    )
+
+
+async def test_a_round_spreads_the_portals_polls_over_the_interval() -> None:
+    """One REST call per portal at once stalled the messages behind it (bench scaling, 100 portals):
+    the n-th of N portals starts n x interval / N after the round began."""
+    offline, _, _, deps = reconciler()
+    deps.portals = [_portal(f"portal-{n}") for n in range(5)]
+    loop = asyncio.get_running_loop()
+    started: dict[str, float] = {}
+
+    async def poll(member_id: str, domain: str) -> None:
+        started[member_id] = loop.time()
+
+    offline.poll = poll  # type: ignore[method-assign]
+    begun = loop.time()
+    await offline.poll_all(spread_s=0.5)
+    offsets = [started[f"portal-{n}"] - begun for n in range(5)]
+    assert all(offset >= 0.09 * n for n, offset in enumerate(offsets)), offsets  # 0.1 s apart, not at once
+
+
+async def test_a_portal_later_in_the_round_is_not_read_once_kafka_is_gone() -> None:
+    """Without rest_offline_extended a read deletes: Kafka is asked again before a later portal's turn."""
+    offline, portals, producer, deps = reconciler(extended=False)
+    deps.portals = [_portal("portal-first"), _portal(MEMBER)]  # MEMBER's turn comes 0.1 s later
+    polled: list[str] = []
+    real_poll = offline.poll
+
+    async def poll(member_id: str, domain: str) -> None:
+        polled.append(member_id)
+        await real_poll(member_id, domain)
+        producer.fail = True  # Kafka goes away after the first portal's poll
+        offline._health = (True, -1e9)  # and the last answer about it is older than a second
+
+    offline.poll = poll  # type: ignore[method-assign]
+    await offline.poll_all(spread_s=0.2)
+    assert polled == ["portal-first"]  # MEMBER's queue was not read
+    assert len(calls(portals, "event.offline.get")) == 1  # the first portal's read only

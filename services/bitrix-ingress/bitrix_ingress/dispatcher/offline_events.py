@@ -52,6 +52,7 @@ PAGE = 50  # event.offline.get's default limit
 MAX_EVENT_DATA_CHARS = 1_000_000  # as the web's largest body: a bigger record is parked, never parsed
 MAX_MESSAGE_ID = 128
 FEATURE_TTL_S = 3600.0
+HEALTH_TTL_S = 1.0  # Kafka's health, asked again after this within a round spread over the interval
 
 
 @dataclass
@@ -101,33 +102,56 @@ class OfflineEvents:
         self.topic = topic
         self.chat_keys = chat_key_cache()
         self._extended: dict[str, tuple[bool, float]] = {}
+        self._health: tuple[bool, float] = (False, -HEALTH_TTL_S)  # (healthy, when asked: loop time)
 
     # --- the loop ---------------------------------------------------------------------------------
 
     async def run(self, stopped: asyncio.Event) -> None:
-        """Poll every portal until ``stopped``; a failure is logged and waits for the next poll."""
+        """Poll every portal once per interval until ``stopped``, their polls spread over the interval (not
+        all at once: a burst of one REST call per portal stalled the messages behind it, ~0.3 s at 100
+        portals on two cores); a failure is logged and waits for the next poll."""
         interval = self.settings.bitrix_offline_poll_s
         if interval <= 0:
             log.info("offline-event reconciler disabled (ZAPTRIX_BITRIX_OFFLINE_POLL_S=0)")
             return
+        loop = asyncio.get_running_loop()
         while not stopped.is_set():
+            started = loop.time()
             try:
-                await self.poll_all()
+                await self.poll_all(spread_s=interval)
             except Exception:  # never the end of the loop: the queue keeps the records
                 log.exception("offline-event poll failed")
+            # The next round one interval after this one began (each portal about once per interval).
+            wait = max(interval - (loop.time() - started), interval / 10)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stopped.wait(), interval)
+                await asyncio.wait_for(stopped.wait(), wait)
 
-    async def poll_all(self) -> None:
-        if not await self.producer.healthy():  # reading without clear=0 would delete what we cannot produce
+    async def poll_all(self, spread_s: float = 0.0) -> None:
+        """Drain every active portal's queue; the n-th of N portals starts n x spread_s / N later."""
+        if not await self._kafka_healthy(fresh=True):  # a read without clear=0 deletes what we cannot produce
             OFFLINE_POLLS.labels("kafka_unavailable").inc()
             log.warning("offline events not read: Kafka is unavailable")
             return
         listed = await self.deps.list_portals()
         active = [p for p in listed.portals if p.state == token_keeper_pb2.PORTAL_STATE_ACTIVE]
-        await asyncio.gather(*(self._poll_logged(p.member_id, p.domain) for p in active))
+        step = spread_s / len(active) if active else 0.0
+        await asyncio.gather(
+            *(self._poll_logged(p.member_id, p.domain, n * step) for n, p in enumerate(active))
+        )
 
-    async def _poll_logged(self, member_id: str, domain: str) -> None:
+    async def _kafka_healthy(self, fresh: bool = False) -> bool:
+        """The producer's health; within a spread round asked at most once a second (before each portal)."""
+        now = asyncio.get_running_loop().time()
+        if fresh or now - self._health[1] >= HEALTH_TTL_S:
+            self._health = (await self.producer.healthy(), now)
+        return self._health[0]
+
+    async def _poll_logged(self, member_id: str, domain: str, delay_s: float = 0.0) -> None:
+        if delay_s > 0:
+            await asyncio.sleep(delay_s)
+            if not await self._kafka_healthy():  # Kafka may have gone since the round began
+                OFFLINE_POLLS.labels("kafka_unavailable").inc()
+                return
         try:
             await self.poll(member_id, domain)
             OFFLINE_POLLS.labels("ok").inc()
