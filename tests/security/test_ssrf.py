@@ -9,6 +9,7 @@ allow-list lets exactly 127.0.0.1/32 through, so 127.0.0.2 stands in for an inte
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 import threading
 import time
@@ -61,16 +62,18 @@ def _serve(host: str) -> FileServer:
                 self.send_header("Content-Type", "application/pdf")
                 self.send_header("Content-Length", "100000")
                 self.end_headers()
-                for _ in range(600):
-                    self.wfile.write(b"x")
-                    self.wfile.flush()
-                    time.sleep(0.1)
+                with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # the fetcher gives up
+                    for _ in range(600):
+                        self.wfile.write(b"x")
+                        self.wfile.flush()
+                        time.sleep(0.1)
             elif self.path == "/big.pdf":  # no Content-Length: the size shows only while reading
                 self.send_response(200)
                 self.send_header("Content-Type", "application/pdf")
                 self.end_headers()
-                for _ in range(3 * CAP // len(CHUNK)):
-                    self.wfile.write(CHUNK)
+                with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # cut off at the cap
+                    for _ in range(3 * CAP // len(CHUNK)):
+                        self.wfile.write(CHUNK)
             else:
                 body = b"%PDF-1.4 tiny"
                 self.send_response(200)
