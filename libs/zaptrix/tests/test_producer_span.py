@@ -17,13 +17,15 @@ from zaptrix.settings import KafkaSettings
 from zaptrix.v1 import events_pb2
 
 
-class _FakeAioProducer:
+class _FakeSend:
+    """EventProducer._send (a record's way to Kafka) that keeps the records: these tests are about spans."""
+
     def __init__(self, fail: bool = False) -> None:
         self.sent: list[dict[str, Any]] = []
         self.fail = fail
 
-    async def send(self, topic: str, **record: Any) -> asyncio.Future[object]:
-        self.sent.append(record)
+    async def __call__(self, topic: str, key: bytes, value: bytes, headers: Any) -> asyncio.Future[object]:
+        self.sent.append({"key": key, "value": value, "headers": headers})
         fut: asyncio.Future[object] = asyncio.get_running_loop().create_future()
         if self.fail:
             fut.set_exception(KafkaTimeoutError())
@@ -32,9 +34,9 @@ class _FakeAioProducer:
         return fut
 
 
-def _producer(fake: _FakeAioProducer) -> EventProducer:
+def _producer(fake: _FakeSend) -> EventProducer:
     producer = EventProducer(KafkaSettings(), "test")
-    producer._producer = fake
+    producer._send = fake  # type: ignore[method-assign]
     return producer
 
 
@@ -50,7 +52,7 @@ def _event(n: int) -> events_pb2.Envelope:
 async def test_one_producer_span_per_publish_whose_context_every_record_carries(
     spans: InMemorySpanExporter,
 ) -> None:
-    fake = _FakeAioProducer()
+    fake = _FakeSend()
     with trace.get_tracer("test").start_as_current_span("POST /webhooks/meta", kind=SpanKind.SERVER) as root:
         await _producer(fake).publish("t", [_event(1), _event(2), _event(3)])
     (publish,) = [s for s in spans.get_finished_spans() if s.kind == SpanKind.PRODUCER]
@@ -64,7 +66,7 @@ async def test_one_producer_span_per_publish_whose_context_every_record_carries(
 
 
 async def test_a_single_event_publish_names_the_message(spans: InMemorySpanExporter) -> None:
-    await _producer(_FakeAioProducer()).publish("t", [_event(7)])
+    await _producer(_FakeSend()).publish("t", [_event(7)])
     (publish,) = [s for s in spans.get_finished_spans() if s.kind == SpanKind.PRODUCER]
     assert publish.attributes is not None
     assert publish.attributes["messaging.message.id"] == "wa:wamid.7"
@@ -73,16 +75,16 @@ async def test_a_single_event_publish_names_the_message(spans: InMemorySpanExpor
 
 async def test_a_refused_publish_raises_and_marks_its_span(spans: InMemorySpanExporter) -> None:
     with pytest.raises(PublishError):
-        await _producer(_FakeAioProducer(fail=True)).publish("t", [_event(1), _event(2)])
+        await _producer(_FakeSend(fail=True)).publish("t", [_event(1), _event(2)])
     (publish,) = [s for s in spans.get_finished_spans() if s.kind == SpanKind.PRODUCER]
     assert publish.status.status_code == StatusCode.ERROR
 
 
-class _SilentAioProducer(_FakeAioProducer):
+class _SilentSend(_FakeSend):
     """Takes the records, never acknowledges them (a broker that stopped answering)."""
 
-    async def send(self, topic: str, **record: Any) -> asyncio.Future[object]:
-        self.sent.append(record)
+    async def __call__(self, topic: str, key: bytes, value: bytes, headers: Any) -> asyncio.Future[object]:
+        self.sent.append({"key": key, "value": value, "headers": headers})
         return asyncio.get_running_loop().create_future()
 
 
@@ -92,7 +94,7 @@ async def test_a_publish_past_its_deadline_raises_in_time_and_marks_its_span(
     loop = asyncio.get_running_loop()
     started = loop.time()
     with pytest.raises(PublishError):
-        await _producer(_SilentAioProducer()).publish("t", [_event(1)], deadline=started + 0.2)
+        await _producer(_SilentSend()).publish("t", [_event(1)], deadline=started + 0.2)
     assert 0.15 < loop.time() - started < 1.0  # the caller's deadline, not twice the request timeout
     (publish,) = [s for s in spans.get_finished_spans() if s.kind == SpanKind.PRODUCER]
     assert publish.status.status_code == StatusCode.ERROR
@@ -102,7 +104,7 @@ async def test_publish_raw_keeps_the_callers_deadline() -> None:
     loop = asyncio.get_running_loop()
     started = loop.time()
     with pytest.raises(PublishError):
-        await _producer(_SilentAioProducer()).publish_raw("t", b"k", b"v", [], deadline=started + 0.2)
+        await _producer(_SilentSend()).publish_raw("t", b"k", b"v", [], deadline=started + 0.2)
     assert 0.15 < loop.time() - started < 1.0
 
 
@@ -110,7 +112,7 @@ async def test_inside_the_callers_span_no_producer_span_and_the_records_carry_th
     spans: InMemorySpanExporter,
 ) -> None:
     """A webhook's publish (own_span=False): one span per webhook; the records continue its trace."""
-    fake = _FakeAioProducer()
+    fake = _FakeSend()
     with trace.get_tracer("test").start_as_current_span("POST /webhooks/meta", kind=SpanKind.SERVER) as root:
         await _producer(fake).publish("t", [_event(1), _event(2)], own_span=False)
     assert [s.kind for s in spans.get_finished_spans()] == [SpanKind.SERVER]
@@ -130,7 +132,7 @@ async def test_inside_the_callers_span_a_refusal_is_an_event_of_that_span(
     )
     with server_span:
         with pytest.raises(PublishError):
-            await _producer(_FakeAioProducer(fail=True)).publish("t", [_event(1)], own_span=False)
+            await _producer(_FakeSend(fail=True)).publish("t", [_event(1)], own_span=False)
     (server,) = spans.get_finished_spans()
     (refused,) = [e for e in server.events if e.name == "publish refused"]
     assert refused.attributes is not None

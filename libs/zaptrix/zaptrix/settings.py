@@ -279,7 +279,11 @@ class KafkaSettings(ZaptrixSettings):
     sasl_username: str | None = None
     sasl_password: SecretStr | None = None
     topic_prefix: str = Field("zaptrix", description="Topics are <prefix>.<flow>[.retry|.dlq].v1")
-    linger_ms: int = Field(2, description="Producer linger: concurrent webhooks share a batch")
+    linger_ms: int = Field(
+        2,
+        description="Producer linger for keyless records; keyed events (all of zaptrix's) share per-partition "
+        "batches with no timer, the next batch filling while one is in flight",
+    )
     request_timeout_ms: int = Field(
         5000, description="Producer request timeout; past it the webhook gets 503"
     )

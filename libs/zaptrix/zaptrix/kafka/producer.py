@@ -13,6 +13,7 @@ from opentelemetry.context import Context
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from zaptrix.deadlines import Deadlines
+from zaptrix.kafka.batches import Landed, PartitionBatches
 from zaptrix.kafka.connection import connection_kwargs
 from zaptrix.kafka.envelope import Headers, encode, event_type
 from zaptrix.kafka.partitioner import KeyPartitioner
@@ -82,6 +83,8 @@ class EventProducer:
         )
         self._started = False
         self._deadlines = Deadlines()  # one timer for every publish in flight, not one each
+        # Keyed records go through per-partition batches (batches.py), not send() one by one.
+        self._batches = PartitionBatches(self._producer, KeyPartitioner(), settings.max_request_bytes)
 
     async def start(self) -> None:
         await self._producer.start()
@@ -89,6 +92,7 @@ class EventProducer:
 
     async def stop(self) -> None:
         if self._started:
+            await self._batches.close(self.settings.request_timeout_ms / 1000)
             await self._producer.stop()
             self._started = False
 
@@ -121,13 +125,14 @@ class EventProducer:
             span = tracer().start_span(f"{topic} publish", kind=SpanKind.PRODUCER, attributes=attributes)
             context: Context | None = trace.set_span_in_context(span)
         else:
-            span, context = trace.get_current_span(), None  # the records carry the current context
-        futures: list[asyncio.Future[object]] = []
+            context = None  # the records carry the current context
+        futures: list[asyncio.Future[Any]] = []
         try:
             with self._deadlines.at(deadline or self._default_deadline()):
                 for env in envelopes:
                     key, value, headers = encode(env, context)
-                    futures.append(await self._producer.send(topic, value=value, key=key, headers=headers))
+                    fut = self._batches.add(topic, key, value, headers)  # no coroutine when it can
+                    futures.append(fut if fut is not None else await self._send(topic, key, value, headers))
                 for fut in futures:  # in turn: no gather future, no wait_for task
                     await fut
         except BaseException as exc:
@@ -136,7 +141,7 @@ class EventProducer:
                 if own_span:
                     span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
                 else:  # the caller's span: its own outcome (e.g. the 503) sets its status
-                    span.add_event(
+                    trace.get_current_span().add_event(
                         "publish refused",
                         {"messaging.destination.name": topic, "error.type": type(exc).__name__},
                     )
@@ -158,19 +163,37 @@ class EventProducer:
     ) -> tuple[int, int]:
         """Re-publish a record as is (retry, dead letter, replay); the headers already carry the trace.
         Returns where it landed: (partition, offset). ``deadline`` as for publish()."""
-        fut: asyncio.Future[object] | None = None
-        meta: Any = None
+        fut: asyncio.Future[Any] | None = None
         try:
             with self._deadlines.at(deadline or self._default_deadline()):
-                fut = await self._producer.send(topic, value=value, key=key, headers=headers)
-                meta = await fut
+                fut = await self._send(topic, key, value, headers)
+                landed = await fut
         except BaseException as exc:
             if fut is not None:
                 _read_later([fut])
             if isinstance(exc, KafkaError | TimeoutError):
                 raise PublishError(f"Kafka did not accept the record for {topic}: {exc!r}") from exc
             raise
-        return int(meta.partition), int(meta.offset)
+        if isinstance(landed, tuple):
+            return landed
+        return int(landed.partition), int(landed.offset)  # aiokafka's RecordMetadata (a keyless record)
+
+    async def _send(
+        self, topic: str, key: bytes | None, value: bytes | None, headers: Headers
+    ) -> asyncio.Future[Landed] | asyncio.Future[Any]:
+        """The record's future: its partition's batch for a keyed record, aiokafka's send() otherwise."""
+        if key is None or value is None:
+            sent: asyncio.Future[Any] = await self._producer.send(
+                topic, value=value, key=key, headers=headers
+            )
+            return sent
+        fut = self._batches.add(topic, key, value, headers)
+        if fut is None:  # the topic's partitions are not known yet
+            await self._batches.partitions(topic)
+            fut = self._batches.add(topic, key, value, headers)
+        if fut is None:
+            raise PublishError(f"Kafka knows no partitions of {topic}")
+        return fut
 
     def _default_deadline(self) -> float:
         return asyncio.get_running_loop().time() + self.settings.request_timeout_ms / 1000 * 2
