@@ -183,3 +183,30 @@ async def test_random_missing_keys_never_evict_real_entries() -> None:
         await cache.get("random-4999")  # the newest missing keys are remembered
     assert calls.count("random-4999") == 1
     assert len(cache._missing) <= 100
+
+
+async def test_cached_answers_a_fresh_entry_without_a_load_and_counts_the_hit() -> None:
+    clock = Clock()
+    registry = CollectorRegistry()
+    counter = Counter("t_cached", "t", ["result"], registry=registry)
+    loads: list[str] = []
+
+    async def loader(key: str) -> int:
+        loads.append(key)
+        if key == "gone":
+            raise NotFoundError(key)
+        return 7
+
+    cache: AsyncTtlCache[str, int] = AsyncTtlCache(
+        loader, ttl_s=5, negative_ttl_s=60, stale_max_s=60, counter=counter, clock=clock
+    )
+    assert cache.cached("a") is None  # nothing yet: get() decides (and loads)
+    assert await cache.get("a") == 7
+    assert cache.cached("a") == 7
+    assert registry.get_sample_value("t_cached_total", {"result": "hit"}) == 1
+    with pytest.raises(NotFoundError):
+        await cache.get("gone")
+    assert cache.cached("gone") is None  # a negative entry is never an answer here
+    clock.now += 5
+    assert cache.cached("a") is None  # expired: get() reloads (or serves it stale on an error)
+    assert loads == ["a", "gone"]

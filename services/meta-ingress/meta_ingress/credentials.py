@@ -110,6 +110,12 @@ class CredentialsCache:
             raise UnknownChannel(f"invalid phone_number_id {phone_number_id[:40]!r}")
         return await self._cache.get(phone_number_id)
 
+    def cached(self, phone_number_id: str) -> Credentials | None:
+        """The channel's cached credentials, without a call or a coroutine (a webhook's usual case)."""
+        if not valid_phone_number_id(phone_number_id):  # never a WABA entry by another name
+            return None
+        return self._cache.cached(phone_number_id)
+
     def invalidate(self, phone_number_id: str) -> None:
         self._cache.invalidate(phone_number_id)
 

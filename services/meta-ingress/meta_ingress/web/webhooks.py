@@ -179,7 +179,11 @@ class Webhooks:
         if not hook.channels and not hook.templates:
             WEBHOOKS.labels("ignored").inc()
             return json_response({"events": 0, "ignored_changes": len(hook.ignored_fields)})
-        routes = await self._routes(hook.channels, signer, scanned)
+        channels = hook.channels
+        if scanned is not None and scanned.app_secret and channels == [scanned.phone_number_id]:
+            routes: dict[str, str] | HTTPResponse = {}  # the usual webhook: its one channel signed it
+        else:
+            routes = await self._routes(channels, signer, scanned)
         if isinstance(routes, HTTPResponse):
             return routes
         if routes:
@@ -234,7 +238,7 @@ class Webhooks:
         try:
             if pnid is not None:
                 try:
-                    scanned = await self.credentials.get(pnid)
+                    scanned = self.credentials.cached(pnid) or await self.credentials.get(pnid)
                     secret = scanned.app_secret
                 except UnknownChannel:
                     pass
