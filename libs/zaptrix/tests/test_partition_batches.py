@@ -1,15 +1,21 @@
 """EventProducer's per-partition batches (zaptrix.kafka.batches), against the real Kafka: concurrent publishes
 share batches, a key's records keep their order and land once each, a record too large is refused alone, a
-batch over the batch size splits, and stopping the producer leaves no publish waiting."""
+batch over the batch size splits, and stopping the producer leaves no publish waiting. And, as a unit, a
+stalled partition holds a bounded backlog."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.producer.message_accumulator import BatchBuilder
 from zaptrix.kafka import EventProducer, PublishError
+from zaptrix.kafka.batches import WAITING_BATCHES, PartitionBatches
+from zaptrix.kafka.partitioner import KeyPartitioner
 from zaptrix.kafka.topics import FlowTopics
 from zaptrix.settings import KafkaSettings
 
@@ -103,3 +109,42 @@ async def test_stopping_the_producer_leaves_no_publish_waiting(flow_kafka: FlowK
     assert sum(len(v) for v in stored.values()) == len(delivered) + 1
     with pytest.raises(PublishError):
         await producer.publish_raw(topics.main, b"k", b"after the stop", [])
+
+
+class _StalledBroker:
+    """aiokafka's producer as the batches see it, with a broker that acknowledges only when told to."""
+
+    def __init__(self) -> None:
+        self.client = SimpleNamespace(cluster=SimpleNamespace(partitions_for_topic=lambda topic: {0}))
+        self.in_flight: list[asyncio.Future[Any]] = []
+
+    def create_batch(self) -> BatchBuilder:
+        return BatchBuilder(16384, 0)  # aiokafka's batch size, no compression
+
+    async def send_batch(self, batch: BatchBuilder, topic: str, *, partition: int) -> asyncio.Future[Any]:
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.in_flight.append(fut)
+        return fut
+
+    def acknowledge(self) -> None:
+        self.in_flight.pop(0).set_result(SimpleNamespace(offset=0))
+
+
+async def test_a_stalled_partition_holds_a_bounded_backlog_and_makes_room_as_batches_leave() -> None:
+    broker = _StalledBroker()
+    batches = PartitionBatches(broker, KeyPartitioner(), 1_000_000)  # type: ignore[arg-type]
+    value = b"x" * 4000  # four to a 16 KiB batch
+    added = []
+    while (fut := batches.add("t", b"k", value, [])) is not None:
+        added.append(fut)
+        await asyncio.sleep(0)  # the sender takes the first batch and waits for its acknowledgement
+    assert len(broker.in_flight) == 1
+    assert 4 * WAITING_BATCHES <= len(added) <= 4 * (WAITING_BATCHES + 1)  # bounded, not a heap
+    waiting = asyncio.ensure_future(batches.room("t", b"k"))
+    await asyncio.sleep(0.05)
+    assert not waiting.done()  # no room while the broker holds the batch in flight
+    broker.acknowledge()
+    await asyncio.wait_for(waiting, 1)  # the next batch left: room for one more
+    assert batches.add("t", b"k", value, []) is not None
+    assert added[0].done() and added[0].result() == (0, 0)  # the acknowledged batch's record
+    assert not any(f.done() for f in added[1:])  # the next batch is in flight now, the others wait

@@ -10,6 +10,11 @@ algorithm): one record alone leaves at once, 30 concurrent webhooks share a batc
 Order: a partition's records leave in the order they were added, one batch after the other, each only after
 the previous one was acknowledged (aiokafka's idempotent producer numbers them). A batch Kafka refuses fails
 every record in it; the next batch is still sent.
+
+Bounded: behind the batch in flight a partition holds at most ``WAITING_BATCHES`` (16 KiB each, aiokafka's
+batch size); a record that would need one more waits for room (``room``) within its publish's deadline, as
+aiokafka's ``send()`` waits when its batch is full. A stalled broker so turns into 503s at the deadline, not
+into a growing heap of records nobody waits for.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from zaptrix.kafka.partitioner import KeyPartitioner
 
 Landed = tuple[int, int]  # (partition, offset)
 _TP = tuple[str, int]
+WAITING_BATCHES = 4
 
 
 class _Batch:
@@ -62,28 +68,31 @@ class PartitionBatches:
         self._max_request_bytes = max_request_bytes
         self._filling: dict[_TP, deque[_Batch]] = {}
         self._senders: dict[_TP, asyncio.Task[None]] = {}
+        self._room: dict[_TP, asyncio.Future[None]] = {}  # set when a full partition's sender takes a batch
         self.batches_sent = 0  # for tests and benchmarks: how well records coalesce
         self._closed = False
 
     def add(self, topic: str, key: bytes, value: bytes, headers: Headers) -> asyncio.Future[Landed] | None:
-        """The record's future, or None while the topic's partitions are not known yet (see ``partitions``)."""
+        """The record's future, or None when it cannot be added yet: the topic's partitions are not known,
+        or its partition is full (await ``room``, then add again)."""
         if self._closed:
             raise ProducerClosed()
-        partitions = self._producer.client.cluster.partitions_for_topic(topic)
-        if not partitions:
+        tp = self._partition_of(topic, key)
+        if tp is None:
             return None
         size = DefaultRecordBatchBuilder.estimate_size_in_bytes(key, value, headers)
         if size > self._max_request_bytes:  # as send() refuses it: Kafka would refuse the whole batch
             raise MessageSizeTooLargeError(
                 f"The message is {size} bytes when serialized, over max_request_size ({self._max_request_bytes})"
             )
-        tp = (topic, self._partitioner(key, list(partitions), ()))
         queue = self._filling.get(tp)
         if queue is None:
             queue = self._filling[tp] = deque()
         batch = queue[-1] if queue else None
         meta = batch.builder.append(timestamp=None, key=key, value=value, headers=headers) if batch else None
         if batch is None or meta is None:  # no open batch, or it is full: a new one (its first record fits)
+            if len(queue) >= WAITING_BATCHES:
+                return None
             batch = _Batch(self._producer.create_batch())
             queue.append(batch)
             meta = batch.builder.append(timestamp=None, key=key, value=value, headers=headers)
@@ -96,14 +105,31 @@ class PartitionBatches:
             )
         return fut
 
-    async def partitions(self, topic: str) -> None:
-        """Wait for the topic's metadata (aiokafka's wait, bounded by its request timeout)."""
-        await self._producer.partitions_for(topic)
+    def _partition_of(self, topic: str, key: bytes) -> _TP | None:
+        partitions = self._producer.client.cluster.partitions_for_topic(topic)
+        return (topic, self._partitioner(key, list(partitions), ())) if partitions else None
+
+    async def room(self, topic: str, key: bytes) -> None:
+        """Wait until a record of ``key`` can be added: the topic's metadata (aiokafka's wait), then room on
+        its partition. The caller bounds the wait (its publish's deadline)."""
+        tp = self._partition_of(topic, key)
+        if tp is None:
+            await self._producer.partitions_for(topic)
+            return
+        if len(self._filling.get(tp, ())) < WAITING_BATCHES:
+            return
+        room = self._room.get(tp)
+        if room is None:
+            room = self._room[tp] = asyncio.get_running_loop().create_future()
+        await asyncio.shield(room)  # one waiter's deadline does not cancel the others' wait
 
     async def _send(self, tp: _TP, queue: deque[_Batch]) -> None:
         try:
             while queue:
                 batch = queue.popleft()
+                room = self._room.pop(tp, None)
+                if room is not None:
+                    room.set_result(None)
                 batch.builder.close()  # sent now, not after linger_ms: the previous batch was the wait
                 try:
                     sent = await self._producer.send_batch(batch.builder, tp[0], partition=tp[1])
@@ -123,6 +149,9 @@ class PartitionBatches:
             del self._senders[tp]
             if not queue:
                 self._filling.pop(tp, None)
+            room = self._room.pop(tp, None)
+            if room is not None and not room.done():
+                room.set_result(None)  # (cancelled) the waiters look again
 
     async def close(self, timeout_s: float) -> None:
         """No more records; every batch added so far handed to aiokafka and answered, for at most

@@ -187,12 +187,10 @@ class EventProducer:
                 topic, value=value, key=key, headers=headers
             )
             return sent
-        fut = self._batches.add(topic, key, value, headers)
-        if fut is None:  # the topic's partitions are not known yet
-            await self._batches.partitions(topic)
-            fut = self._batches.add(topic, key, value, headers)
-        if fut is None:
-            raise PublishError(f"Kafka knows no partitions of {topic}")
+        while (fut := self._batches.add(topic, key, value, headers)) is None:
+            await self._batches.room(
+                topic, key
+            )  # metadata, or room on a full partition: the deadline bounds it
         return fut
 
     def _default_deadline(self) -> float:
