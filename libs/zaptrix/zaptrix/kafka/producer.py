@@ -188,9 +188,8 @@ class EventProducer:
             )
             return sent
         while (fut := self._batches.add(topic, key, value, headers)) is None:
-            await self._batches.room(
-                topic, key
-            )  # metadata, or room on a full partition: the deadline bounds it
+            # The topic's metadata, or room on a full partition; the caller's deadline bounds the wait.
+            await self._batches.room(topic, key)
         return fut
 
     def _default_deadline(self) -> float:

@@ -176,10 +176,10 @@ class Webhooks:
             return error_response(400, "not a WhatsApp Cloud API webhook")
         for fld in hook.ignored_fields:
             _child(IGNORED_CHANGES, bounded(fld, KNOWN_FIELDS)).inc()
-        if not hook.channels and not hook.templates:
+        channels = hook.channels
+        if not channels and not hook.templates:
             WEBHOOKS.labels("ignored").inc()
             return json_response({"events": 0, "ignored_changes": len(hook.ignored_fields)})
-        channels = hook.channels
         if scanned is not None and scanned.app_secret and channels == [scanned.phone_number_id]:
             routes: dict[str, str] | HTTPResponse = {}  # the usual webhook: its one channel signed it
         else:
