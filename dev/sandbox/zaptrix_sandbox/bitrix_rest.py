@@ -90,9 +90,11 @@ def request_params(request: Request) -> dict[str, Any]:
     return params
 
 
-def time_block(start: float) -> dict[str, Any]:
+def time_block(start: float, ctx: Ctx, name: str) -> dict[str, Any]:
+    """Bitrix24's `time` member; `operating` and `operating_reset_at` are those of `name` for ctx's app."""
     finish = time.time()
     fmt = "%Y-%m-%dT%H:%M:%S+00:00"
+    used = ctx.portal.operating
     return {
         "start": start,
         "finish": finish,
@@ -100,13 +102,14 @@ def time_block(start: float) -> dict[str, Any]:
         "processing": finish - start,
         "date_start": datetime.fromtimestamp(start, UTC).strftime(fmt),
         "date_finish": datetime.fromtimestamp(finish, UTC).strftime(fmt),
-        "operating_reset_at": int(start) + 600,
-        "operating": 0,
+        "operating_reset_at": used.reset_at(ctx.client_id, name),
+        "operating": used.operating(ctx.client_id, name),
     }
 
 
 def call(ctx: Ctx, name: str, params: dict[str, Any]) -> dict[str, Any]:
-    entry = METHODS.get(name.lower())
+    name = name.lower()
+    entry = METHODS.get(name)
     if entry is None:
         raise RestError("ERROR_METHOD_NOT_FOUND", "Method not found!", 404)
     scope, fn = entry
@@ -116,7 +119,17 @@ def call(ctx: Ctx, name: str, params: dict[str, Any]) -> dict[str, Any]:
             "The request requires higher privileges than provided by the access token",
             403,
         )
-    return fn(ctx, upper_keys(params))
+    if name == "batch":  # not counted itself: each nested call counts toward its own method
+        return fn(ctx, upper_keys(params))
+    used = ctx.portal.operating
+    if used.operating(ctx.client_id, name) > ctx.options.operating_limit_s:
+        raise RestError("OPERATION_TIME_LIMIT", f"Method is blocked due to operation time limit: {name}", 429)
+    started = time.perf_counter()
+    try:
+        return fn(ctx, upper_keys(params))
+    finally:
+        cost = ctx.options.operating_cost_s.get(name, 0.0)
+        used.charge(ctx.client_id, name, time.perf_counter() - started + cost)
 
 
 _RESULT_REF = re.compile(r"\$result\[([^\]]+)\]((?:\[[^\]]+\])*)")
@@ -164,7 +177,7 @@ def batch(ctx: Ctx, p: dict[str, Any]) -> dict[str, Any]:
         except RestError as err:
             errors[key] = err.body()
             outcome = {"status": err.status, "error": err.code}
-        times[key] = time_block(started)
+        times[key] = time_block(started, ctx, name.lower())
         ctx.portal.log_request(
             {"method": name.lower(), "via": "batch", "params": query, "at": started, **outcome}
         )
@@ -248,6 +261,6 @@ def handle(
         portal.log_request(
             {**record, "status": err.status, "error": err.code, "error_description": err.description}
         )
-        return json_response(err.body(), status=err.status)
+        return json_response({**err.body(), "time": time_block(start, ctx, name)}, status=err.status)
     portal.log_request({**record, "status": 200, "result": payload.get("result")})
-    return json_response({**payload, "time": time_block(start)})
+    return json_response({**payload, "time": time_block(start, ctx, name)})

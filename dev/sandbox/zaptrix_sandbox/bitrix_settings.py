@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -42,6 +42,13 @@ class BitrixOptions(BaseModel):
     refresh_token_ttl_days: float = Field(180.0, gt=0)  # bitrix24.md §5: 180 days
     rate_limit_drain_per_s: float = Field(2.0, gt=0)  # bitrix24.md §6: 2/s, burst 50 (non-Enterprise)
     rate_limit_burst: float = Field(50.0, ge=1)
+    # bitrix24.md §6, per app and method: execution seconds allowed within a sliding window of ten baskets
+    # (the docs' example: 480 s per 10 minutes); a method over it answers 429 OPERATION_TIME_LIMIT.
+    operating_limit_s: float = Field(480.0, gt=0)
+    operating_window_s: float = Field(600.0, gt=0)
+    # Simulated execution seconds added to each call of these methods (lower-case names), on top of the
+    # real handling time, so a test can drive a method over the limit at once.
+    operating_cost_s: dict[str, float] = {}
     # UNCONFIRMED whether a refresh invalidates the previous access token; default: it stays valid until expiry.
     revoke_access_on_refresh: bool = False
     # UNCONFIRMED: an unknown token gives invalid_token in practice; the docs list NO_AUTH_FOUND.
@@ -65,6 +72,11 @@ class BitrixOptions(BaseModel):
     # and client_endpoint; "minimal" only client_id, scope and expires (its real shape is UNCONFIRMED), so the
     # gateway must fall back to a refresh-token exchange to learn member_id and client_endpoint.
     oauth_app_info: Literal["full", "minimal"] = "full"
+
+    @field_validator("operating_cost_s")
+    @classmethod
+    def _lower_methods(cls, costs: dict[str, float]) -> dict[str, float]:
+        return {method.lower(): seconds for method, seconds in costs.items()}
 
 
 class BitrixSettings(BitrixOptions, BaseSettings):

@@ -8,6 +8,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from .bitrix_optime import OperatingTime
 from .bitrix_settings import BitrixOptions, PortalSpec
 from .ratelimit import LeakyBucket, PeakPerSecond
 
@@ -130,6 +131,7 @@ class PortalState:
             "offline": itertools.count(1),
         }
         self.bucket = LeakyBucket(1, 1)
+        self.operating = OperatingTime(options.operating_window_s)
         self.apply_limits(options)
         if spec.preregistered:
             self.connectors[spec.connector_id] = Connector(
@@ -144,6 +146,8 @@ class PortalState:
         drain = self.spec.rate_limit_drain_per_s or options.rate_limit_drain_per_s
         burst = self.spec.rate_limit_burst or options.rate_limit_burst
         self.bucket = LeakyBucket(drain, burst)
+        if options.operating_window_s != self.operating.window_s:  # the baskets change size: start afresh
+            self.operating = OperatingTime(options.operating_window_s)
 
     def next_id(self, kind: str) -> int:
         return next(self._ids[kind])
