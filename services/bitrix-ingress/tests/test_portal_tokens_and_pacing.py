@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 
 import httpx
 import pytest
-from bitrix_ingress.bitrix_rest.client import ArgumentError, BitrixRest, ServerError
+from bitrix_ingress.bitrix_rest.client import ArgumentError, BitrixRest, MethodBlocked, ServerError
 from bitrix_ingress.bitrix_rest.pacing import PacerRegistry, PortalPacer
 from bitrix_ingress.bitrix_rest.portal import (
     PortalClient,
@@ -155,6 +155,29 @@ async def test_server_errors_are_retried_a_bounded_number_of_times(deps: Deps) -
     with pytest.raises(ArgumentError):
         await pc.call("m1", "imconnector.send.messages", {})
     assert len(calls) == 1  # permanent: no retry
+
+
+async def test_a_blocked_method_is_not_retried_in_place(deps: Deps) -> None:
+    """OPERATION_TIME_LIMIT blocks one method until operating_reset_at: it goes up with that wait at once
+    (the event takes the retry topic), and the portal's other methods are not held back."""
+    calls: list[str] = []
+    reset = time.time() + 300
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        method = request.url.path.rsplit("/", 1)[-1]
+        calls.append(method)
+        if method == "imconnector.send.messages":
+            body = {"error": "OPERATION_TIME_LIMIT", "time": {"operating_reset_at": reset}}
+            return httpx.Response(429, json=body)
+        return httpx.Response(200, json={"result": "done"})
+
+    pc = portal_client(deps, handler, attempts=3)
+    with pytest.raises(MethodBlocked) as info:
+        await pc.call("m1", "imconnector.send.messages", {})
+    assert info.value.retry_after is not None and 290 < info.value.retry_after <= 300
+    assert await pc.call("m1", "crm.contact.list", {}) == "done"
+    assert calls == ["imconnector.send.messages", "crm.contact.list"]
+    assert pc.pacers.get("m1").paused_for() == 0
 
 
 async def test_pacer_keeps_the_sustained_rate() -> None:

@@ -275,6 +275,52 @@ async def test_expired_token_mid_flow(stack: Stack) -> None:
     assert stack.fakes.token_keeper.rejections[-1].error == "expired_token"
 
 
+async def test_send_messages_over_its_operating_time_waits_for_the_reset(stack: Stack) -> None:
+    """imconnector.send.messages over its operating-time limit (429 OPERATION_TIME_LIMIT, B24 §6): the
+    dispatcher asks the blocked method no more before operating_reset_at, then delivers each message once."""
+    send = "imconnector.send.messages"
+    config = f"{stack.sandbox}/_sandbox/config"
+    before = await stack.sandbox_get("/stats")
+    seen = len(await stack.sandbox_get("/requests"))
+    # A 10 s window of 1 s baskets; one call of the app's own (the dispatcher's app) costs 5 s of a 1 s limit.
+    await stack.http.post(
+        config, json={"operating_window_s": 10, "operating_limit_s": 1, "operating_cost_s": {send: 5}}
+    )
+    try:
+        token = (await stack.sandbox_get(""))["access_token"]
+        message = {"id": "wamid.warmup", "date": str(int(time.time())), "text": "warm-up"}
+        params = {"CONNECTOR": "zaptrix_whatsapp", "LINE": LINE, "auth": token}
+        params["MESSAGES"] = [{"user": {"id": "4913300000000"}, "message": message, "chat": {"id": "warmup"}}]
+        warmup = await stack.http.post(f"{stack.sandbox}/rest/{send}", json=params)
+        assert warmup.status_code == 200, warmup.text
+        reset_at = warmup.json()["time"]["operating_reset_at"]
+        await stack.http.post(config, json={"operating_cost_s": {}})  # the block stays until reset_at
+        customers = ("4913300000001", "4913300000002")
+        await stack.publish([await stack.customer_says(w, n) for n in range(3) for w in customers])
+        await eventually(lambda: _count(stack, "49133000000", 7), timeout_s=40)
+        delivered_at = time.time()
+    finally:
+        await stack.http.post(
+            config, json={"operating_window_s": 600, "operating_limit_s": 480, "operating_cost_s": {}}
+        )
+    calls = (await stack.sandbox_get("/requests"))[seen:]
+    blocked = [r for r in calls if r["method"] == send and r.get("error") == "OPERATION_TIME_LIMIT"]
+    print(
+        f"\n{len(blocked)} blocked calls; delivered {delivered_at - reset_at:.1f} s after operating_reset_at"
+    )
+    assert blocked, "the dispatcher never met the block"
+    # No message is offered to the blocked method twice before operating_reset_at (no retry in place).
+    offered = [m["message"]["id"] for r in blocked for m in r["params"]["MESSAGES"]]
+    assert len(offered) == len(set(offered)), [round(r["at"] - reset_at, 2) for r in blocked]
+    chats = await stack.chats("49133000000")
+    for wa_id in customers:
+        (chat,) = [c for c in chats.values() if c["user"]["id"] == wa_id]
+        client = [m for m in chat["messages"] if m["direction"] == "client"]
+        assert [m["external_ids"][0] for m in client] == [f"wamid.{wa_id}.{n}" for n in range(3)]
+        assert all(m["received_at"] >= reset_at for m in client)
+    assert (await stack.sandbox_get("/stats"))["duplicate_messages"] == before["duplicate_messages"]
+
+
 async def _count(stack: Stack, wa_id: str, n: int) -> bool:
     return len(await stack.client_messages(wa_id)) >= n
 

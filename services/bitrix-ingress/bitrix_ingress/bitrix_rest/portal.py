@@ -7,6 +7,9 @@ token-keeper (cached until a minute before expiry), wait for the portal's pacer,
   refreshes once across all replicas) and retry once with the token it returns;
 - ``QUERY_LIMIT_EXCEEDED`` -> pause the portal (backoff + jitter, Retry-After) and retry in place,
   for at most ``rate_limit_max_wait_s``; it is a signal to slow down, not a failure;
+- ``OPERATION_TIME_LIMIT`` -> no retry in place (the method stays blocked until ``operating_reset_at``,
+  minutes away): the error goes up with that wait and the event takes the retry topic; the portal's
+  other methods go on;
 - 5xx, timeouts, bad gateways -> a bounded number of attempts with exponential backoff and jitter
   (tenacity); then the error goes up and the event takes the retry topic;
 - anything permanent goes up at once.
@@ -28,6 +31,7 @@ from zaptrix.rpc import RpcNotFound
 from bitrix_ingress.bitrix_rest.client import (
     BatchResult,
     BitrixRest,
+    MethodBlocked,
     PermanentBitrixError,
     QueryLimitExceeded,
     TokenError,
@@ -63,7 +67,7 @@ class Token:
 
 def _retryable(exc: BaseException) -> bool:
     return isinstance(exc, TransientBitrixError) and not isinstance(
-        exc, QueryLimitExceeded | RateLimitWaitExceeded | TokenError | TokenRejectedTwice
+        exc, QueryLimitExceeded | RateLimitWaitExceeded | TokenError | TokenRejectedTwice | MethodBlocked
     )
 
 
