@@ -95,6 +95,26 @@ async def test_operation_time_limit_waits_until_reset() -> None:
     await c.aclose()
 
 
+async def test_a_blocked_nested_call_waits_until_its_reset(sandbox: str) -> None:
+    """Against the stand-in: a batch's nested call over its method's operating time is MethodBlocked with the
+    wait until operating_reset_at (from result_time), like a blocked single call; the others answer."""
+    async with httpx.AsyncClient() as http:
+        await http.post(
+            f"{sandbox}/_sandbox/config", json={"operating_limit_s": 1, "operating_cost_s": {"profile": 2}}
+        )
+        portal = (await http.get(f"{sandbox}/_sandbox/portals/sandbox-member-1")).json()
+    c = rest.BitrixRest()
+    out = await c.batch(
+        portal["client_endpoint"],
+        portal["access_token"],
+        {"a": ("profile", {}), "b": ("profile", {}), "s": ("scope", {})},
+    )
+    blocked = out.errors["b"]
+    assert isinstance(blocked, rest.MethodBlocked) and set(out.results) == {"a", "s"}
+    assert blocked.retry_after is not None and 0 < blocked.retry_after <= 600
+    await c.aclose()
+
+
 async def test_transport_errors_and_garbage_are_transient() -> None:
     def timeout(request: httpx.Request) -> httpx.Response:
         raise httpx.ReadTimeout("slow", request=request)

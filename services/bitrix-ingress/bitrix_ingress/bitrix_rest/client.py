@@ -190,9 +190,21 @@ def _retry_after(resp: httpx.Response, payload: Any, code: str) -> float | None:
     if delay is not None:
         return delay
     if code == "OPERATION_TIME_LIMIT" and isinstance(payload, dict):
-        timing = payload.get("time")
-        if isinstance(timing, dict) and timing.get("operating_reset_at"):
-            return seconds_until(timing["operating_reset_at"])
+        return _until_reset(payload.get("time"))
+    return None
+
+
+def _keyed(part: Any) -> Any:
+    """A batch answer's per-command map (PHP serialises an empty or numbered one as a list)."""
+    if isinstance(part, list):
+        return {str(i): v for i, v in enumerate(part)}
+    return part or {}
+
+
+def _until_reset(timing: Any) -> float | None:
+    """Seconds until a `time` block's operating_reset_at (when a blocked method is usable again)."""
+    if isinstance(timing, dict) and timing.get("operating_reset_at"):
+        return seconds_until(timing["operating_reset_at"])
     return None
 
 
@@ -274,12 +286,9 @@ class BitrixRest:
         outer = payload.get("result")
         if not isinstance(outer, dict):
             raise BadResponse("BAD_BATCH_RESPONSE", "batch result is not an object", method="batch")
-        results = outer.get("result") or {}
-        errors = outer.get("result_error") or {}
-        if isinstance(results, list):  # PHP serialises an empty map as []
-            results = {str(i): v for i, v in enumerate(results)}
-        if isinstance(errors, list):
-            errors = {str(i): v for i, v in enumerate(errors)}
+        results = _keyed(outer.get("result"))
+        errors = _keyed(outer.get("result_error"))
+        times = _keyed(outer.get("result_time"))
         out = BatchResult()
         for key, (method, _) in commands.items():
             if key in errors:
@@ -289,7 +298,9 @@ class BitrixRest:
                     desc = str(err.get("error_description") or "")
                 else:
                     code, desc = "UNKNOWN", str(err)
-                out.errors[key] = error_class(code)(code, desc, method=method)
+                # a nested call blocked by its method's operating time: its result_time says until when
+                wait = _until_reset(times.get(key)) if code == "OPERATION_TIME_LIMIT" else None
+                out.errors[key] = error_class(code)(code, desc, method=method, retry_after=wait)
                 EXTERNAL_CALLS.labels(PLATFORM, method, outcome_label(code)).inc()
             elif key in results:
                 out.results[key] = results[key]
