@@ -282,6 +282,8 @@ async def test_send_messages_over_its_operating_time_waits_for_the_reset(stack: 
     config = f"{stack.sandbox}/_sandbox/config"
     before = await stack.sandbox_get("/stats")
     seen = len(await stack.sandbox_get("/requests"))
+    knobs = ("operating_window_s", "operating_limit_s", "operating_cost_s")
+    restore = {k: v for k, v in (await stack.http.post(config, json={})).json().items() if k in knobs}
     # A 10 s window of 1 s baskets; one call of the app's own (the dispatcher's app) costs 5 s of a 1 s limit.
     await stack.http.post(
         config, json={"operating_window_s": 10, "operating_limit_s": 1, "operating_cost_s": {send: 5}}
@@ -300,9 +302,7 @@ async def test_send_messages_over_its_operating_time_waits_for_the_reset(stack: 
         await eventually(lambda: _count(stack, "49133000000", 7), timeout_s=40)
         delivered_at = time.time()
     finally:
-        await stack.http.post(
-            config, json={"operating_window_s": 600, "operating_limit_s": 480, "operating_cost_s": {}}
-        )
+        await stack.http.post(config, json=restore)
     calls = (await stack.sandbox_get("/requests"))[seen:]
     blocked = [r for r in calls if r["method"] == send and r.get("error") == "OPERATION_TIME_LIMIT"]
     print(
