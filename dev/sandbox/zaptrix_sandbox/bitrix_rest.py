@@ -222,6 +222,12 @@ def find_token(
     raise RestError("invalid_token", "The access token provided is invalid.", 401)
 
 
+_OVERLOADED = (
+    "REST API is blocked due to overload. This is a manual individual block, to remove it you need to contact "
+    "Bitrix24 technical support."
+)
+
+
 def handle(
     request: Request,
     name: str,
@@ -248,6 +254,9 @@ def handle(
         "at": start,
         "user_id": user_id,
     }
+    if portal.spec.member_id in options.overloaded_portals:  # answered before the leaky bucket (UNCONFIRMED)
+        portal.log_request({**record, "status": 503, "error": "OVERLOAD_LIMIT"})
+        return json_response({"error": "OVERLOAD_LIMIT", "error_description": _OVERLOADED}, status=503)
     if not portal.bucket.try_add():
         portal.rate_limited += 1
         portal.log_request({**record, "status": 503, "error": "QUERY_LIMIT_EXCEEDED"})

@@ -67,6 +67,9 @@ class BitrixOptions(BaseModel):
     # Fault injection: imconnector.send.messages answers ERROR_ARGUMENT (a permanent refusal) for a call
     # carrying a customer message whose text contains one of these strings.
     refuse_texts: list[str] = []
+    # Fault injection: Bitrix24's manual block of an app's REST API on these portals (member_id): every REST
+    # call answers 503 OVERLOAD_LIMIT (system errors page), until the list no longer names the portal.
+    overloaded_portals: list[str] = []
     oauth_domain: str = "oauth.bitrix.info"
     # The OAuth server's app.info answer (GET /oauth/rest/app.info): "full" names client_id, member_id, domain
     # and client_endpoint; "minimal" only client_id, scope and expires (its real shape is UNCONFIRMED), so the
