@@ -327,6 +327,15 @@ class DispatcherSettings(BitrixCommonSettings, DispatcherCommonSettings):
     bitrix_rate_limit_max_wait_s: float = Field(
         30.0, gt=0, description="Longest in-place wait on QUERY_LIMIT_EXCEEDED before the retry topic"
     )
+    bitrix_overload_wait_s: float = Field(
+        600.0,
+        ge=1,
+        le=900,
+        description=(
+            "After OVERLOAD_LIMIT (Bitrix24's manual block of a portal's REST API, lifted by its support): how "
+            "long nothing is asked of that portal before one request looks again; its events wait as long"
+        ),
+    )
     bitrix_notice_via: Literal["connector", "im"] = Field(
         "im",
         description=(

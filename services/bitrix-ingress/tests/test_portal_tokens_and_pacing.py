@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator
 
 import httpx
 import pytest
-from bitrix_ingress.bitrix_rest.client import ArgumentError, BitrixRest, MethodBlocked, ServerError
+from bitrix_ingress.bitrix_rest.blocks import OVERLOAD_WAIT_S, PROBE_S, Blocks
+from bitrix_ingress.bitrix_rest.client import (
+    ArgumentError,
+    BitrixRest,
+    MethodBlocked,
+    Overloaded,
+    ServerError,
+)
 from bitrix_ingress.bitrix_rest.pacing import PacerRegistry, PortalPacer
 from bitrix_ingress.bitrix_rest.portal import (
     PortalClient,
@@ -178,6 +186,136 @@ async def test_a_blocked_method_is_not_retried_in_place(deps: Deps) -> None:
     assert await pc.call("m1", "crm.contact.list", {}) == "done"
     assert calls == ["imconnector.send.messages", "crm.contact.list"]
     assert pc.pacers.get("m1").paused_for() == 0
+
+
+class Clock:
+    """A monotonic clock the test moves."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _method(request: httpx.Request) -> str:
+    return request.url.path.rsplit("/", 1)[-1]
+
+
+async def test_a_blocked_method_is_not_asked_again_before_its_reset(deps: Deps) -> None:
+    """After one OPERATION_TIME_LIMIT the method is refused here, with the wait left, until the reset: no
+    request spends the portal's budget on an answer known in advance. Other methods go on."""
+    calls: list[str] = []
+    blocked = {"on": True}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(_method(request))
+        if _method(request) == "imconnector.send.messages" and blocked["on"]:
+            body = {"error": "OPERATION_TIME_LIMIT", "time": {"operating_reset_at": time.time() + 120}}
+            return httpx.Response(429, json=body)
+        return httpx.Response(200, json={"result": "done"})
+
+    pc = portal_client(deps, handler)
+    pc.blocks = Blocks(clock=(clock := Clock()))
+    with pytest.raises(MethodBlocked):
+        await pc.call("m1", "imconnector.send.messages", {})
+    clock.now += 30
+    with pytest.raises(MethodBlocked) as info:
+        await pc.call("m1", "imconnector.send.messages", {})
+    assert info.value.retry_after is not None and 85 < info.value.retry_after <= 90
+    assert await pc.call("m1", "crm.contact.list", {}) == "done"
+    assert calls == ["imconnector.send.messages", "crm.contact.list"]
+    clock.now += 91  # the reset has passed: asked again
+    blocked["on"] = False
+    assert await pc.call("m1", "imconnector.send.messages", {}) == "done"
+    assert calls[-1] == "imconnector.send.messages" and len(calls) == 3
+
+
+async def test_a_batch_sends_only_the_commands_of_methods_not_blocked(deps: Deps) -> None:
+    """A nested OPERATION_TIME_LIMIT (its wait from result_time) keeps that method out of the next batches
+    until the reset; their other commands are sent, and a batch of blocked commands only sends nothing."""
+    sent: list[dict[str, str]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        cmd = json.loads(request.content)["cmd"]
+        sent.append(cmd)
+        results, errors, times = {}, {}, {}
+        for key, line in cmd.items():
+            if line.startswith("imconnector.send.messages?"):
+                errors[key] = {"error": "OPERATION_TIME_LIMIT", "error_description": "blocked"}
+                times[key] = {"operating_reset_at": time.time() + 60}
+            else:
+                results[key] = "ok"
+        body = {"result": {"result": results, "result_error": errors, "result_time": times}}
+        return httpx.Response(200, json=body)
+
+    pc = portal_client(deps, handler)
+    send = ("imconnector.send.messages", {"LINE": 1})
+    mark = ("imconnector.send.status.delivery", {"LINE": 1})
+    first = await pc.batch("m1", {"a": send, "b": mark})
+    assert isinstance(first.errors["a"], MethodBlocked) and first.results == {"b": "ok"}
+    second = await pc.batch("m1", {"c": send, "d": mark, "e": send})
+    assert len(sent) == 2 and list(sent[1]) == ["d"]
+    assert second.results == {"d": "ok"} and set(second.errors) == {"c", "e"}
+    assert all(
+        isinstance(e, MethodBlocked) and 55 < (e.retry_after or 0) <= 60 for e in second.errors.values()
+    )
+    only_blocked = await pc.batch("m1", {"f": send})
+    assert len(sent) == 2 and isinstance(only_blocked.errors["f"], MethodBlocked)
+
+
+async def test_overload_limit_holds_every_call_to_the_portal(deps: Deps) -> None:
+    """OVERLOAD_LIMIT (Bitrix24's manual block of the portal's REST API): one request, not retried in place;
+    nothing is asked of that portal for OVERLOAD_WAIT_S, then one request finds out whether it was lifted."""
+    calls: list[str] = []
+    overloaded = {"on": True}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(_method(request))
+        if overloaded["on"]:
+            return httpx.Response(503, json={"error": "OVERLOAD_LIMIT", "error_description": "blocked"})
+        return httpx.Response(200, json={"result": "done"})
+
+    pc = portal_client(deps, handler, attempts=3)
+    pc.blocks = Blocks(clock=(clock := Clock()))
+    with pytest.raises(Overloaded) as info:
+        await pc.call("m1", "imconnector.send.messages", {})
+    assert calls == ["imconnector.send.messages"]  # no retry in place
+    assert info.value.retry_after == OVERLOAD_WAIT_S  # the event's retry is due when we look again
+    for method in ("crm.contact.list", "imconnector.send.messages"):
+        with pytest.raises(Overloaded):
+            await pc.call("m1", method, {})
+    refused = await pc.batch("m1", {"a": ("crm.contact.list", {})})
+    assert isinstance(refused.errors["a"], Overloaded)
+    assert calls == ["imconnector.send.messages"]
+    clock.now += OVERLOAD_WAIT_S + 1
+    overloaded["on"] = False
+    assert await pc.call("m1", "crm.contact.list", {}) == "done"
+
+
+def test_after_the_overload_wait_one_call_looks_again_while_the_others_wait() -> None:
+    blocks = Blocks(clock=(clock := Clock()), overload_wait_s=600)
+    assert blocks.note("m1", Overloaded("OVERLOAD_LIMIT", status=503))
+    clock.now += 601
+    assert blocks.blocked("m1", "crm.contact.list") is None  # this one goes
+    waiting = blocks.blocked("m1", "imconnector.send.messages")
+    assert isinstance(waiting, Overloaded) and waiting.retry_after == PROBE_S
+    assert blocks.blocked("m2", "crm.contact.list") is None  # other portals are not held
+    # Refused again: another full wait (and no second "blocked" log line: the same block).
+    assert not blocks.note("m1", Overloaded("OVERLOAD_LIMIT", status=503))
+    assert (blocks.blocked("m1", "x") or Overloaded("")).retry_after == 600
+    clock.now += 601
+    assert blocks.blocked("m1", "x") is None
+    blocks.lifted("m1")  # it answered
+    assert blocks.blocked("m1", "y") is None and len(blocks) == 0
+
+
+def test_blocks_are_bounded() -> None:
+    blocks = Blocks(max_size=3)
+    for n in range(5):
+        blocks.note(f"m{n}", MethodBlocked("OPERATION_TIME_LIMIT", method="x", retry_after=60))
+    assert len(blocks) == 3
+    assert blocks.blocked("m0", "x") is None and blocks.blocked("m4", "x") is not None
 
 
 async def test_pacer_keeps_the_sustained_rate() -> None:

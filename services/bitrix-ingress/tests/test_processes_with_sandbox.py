@@ -8,6 +8,7 @@ real one does). Tests use distinct customers so they do not disturb each other.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import re
 import time
 import uuid
@@ -34,6 +35,7 @@ MEMBER = "sandbox-member-1"
 # cache the seeded token before the install test re-installs, so the expired-token test would count the
 # stale token's rejection too.
 NO_RECONCILER = {"ZAPTRIX_BITRIX_OFFLINE_POLL_S": "0"}
+OVERLOAD_WAIT_S = 3.0  # the dispatcher's wait after OVERLOAD_LIMIT (600 s in production)
 PNID = "100000000000001"
 LINE = 1
 
@@ -153,7 +155,13 @@ async def stack(
         )
         dispatcher = start_process(
             [console_script("bitrix-dispatcher")],
-            {**common, "ZAPTRIX_METRICS_PORT": str(ops_port), "ZAPTRIX_RETRY_BASE_S": "0.5", **NO_RECONCILER},
+            {
+                **common,
+                "ZAPTRIX_METRICS_PORT": str(ops_port),
+                "ZAPTRIX_RETRY_BASE_S": "0.5",
+                "ZAPTRIX_BITRIX_OVERLOAD_WAIT_S": str(OVERLOAD_WAIT_S),
+                **NO_RECONCILER,
+            },
             tmp / "dispatcher.log",
         )
         producer = EventProducer(kafka, client_id="test")
@@ -276,17 +284,19 @@ async def test_expired_token_mid_flow(stack: Stack) -> None:
 
 
 async def test_send_messages_over_its_operating_time_waits_for_the_reset(stack: Stack) -> None:
-    """imconnector.send.messages over its operating-time limit (429 OPERATION_TIME_LIMIT, B24 §6): the
-    dispatcher asks the blocked method no more before operating_reset_at, then delivers each message once."""
+    """imconnector.send.messages over its operating-time limit (429 OPERATION_TIME_LIMIT, B24 §6): after one
+    refusal the dispatcher asks the blocked method no more before operating_reset_at, whatever arrives
+    meanwhile, then delivers each message once."""
     send = "imconnector.send.messages"
     config = f"{stack.sandbox}/_sandbox/config"
     before = await stack.sandbox_get("/stats")
     seen = len(await stack.sandbox_get("/requests"))
     knobs = ("operating_window_s", "operating_limit_s", "operating_cost_s")
     restore = {k: v for k, v in (await stack.http.post(config, json={})).json().items() if k in knobs}
-    # A 10 s window of 1 s baskets; one call of the app's own (the dispatcher's app) costs 5 s of a 1 s limit.
+    # A 20 s window of 2 s baskets (time for a second customer to write during the block); one call of the
+    # app's own (the dispatcher's app) costs 5 s of a 1 s limit.
     await stack.http.post(
-        config, json={"operating_window_s": 10, "operating_limit_s": 1, "operating_cost_s": {send: 5}}
+        config, json={"operating_window_s": 20, "operating_limit_s": 1, "operating_cost_s": {send: 5}}
     )
     try:
         token = (await stack.sandbox_get(""))["access_token"]
@@ -298,7 +308,16 @@ async def test_send_messages_over_its_operating_time_waits_for_the_reset(stack: 
         reset_at = warmup.json()["time"]["operating_reset_at"]
         await stack.http.post(config, json={"operating_cost_s": {}})  # the block stays until reset_at
         customers = ("4913300000001", "4913300000002")
-        await stack.publish([await stack.customer_says(w, n) for n in range(3) for w in customers])
+        await stack.publish([await stack.customer_says(w, n) for n in range(3) for w in customers[:1]])
+
+        async def refused() -> bool:
+            calls = (await stack.sandbox_get("/requests"))[seen:]
+            return any(r["method"] == send and r.get("error") == "OPERATION_TIME_LIMIT" for r in calls)
+
+        await eventually(refused, timeout_s=10)
+        assert time.time() < reset_at - 2, "the block lifted before the second customer wrote"
+        # Written while the method is blocked: not offered to it before operating_reset_at.
+        await stack.publish([await stack.customer_says(customers[1], n) for n in range(3)])
         await eventually(lambda: _count(stack, "49133000000", 7), timeout_s=40)
         delivered_at = time.time()
     finally:
@@ -308,16 +327,48 @@ async def test_send_messages_over_its_operating_time_waits_for_the_reset(stack: 
     print(
         f"\n{len(blocked)} blocked calls; delivered {delivered_at - reset_at:.1f} s after operating_reset_at"
     )
-    assert blocked, "the dispatcher never met the block"
-    # No message is offered to the blocked method twice before operating_reset_at (no retry in place).
-    offered = [m["message"]["id"] for r in blocked for m in r["params"]["MESSAGES"]]
-    assert len(offered) == len(set(offered)), [round(r["at"] - reset_at, 2) for r in blocked]
+    # One refusal is enough: until operating_reset_at the method is not asked again (no retry in place, and
+    # the second customer's messages wait without a request).
+    assert len(blocked) == 1, [round(r["at"] - reset_at, 2) for r in blocked]
     chats = await stack.chats("49133000000")
     for wa_id in customers:
         (chat,) = [c for c in chats.values() if c["user"]["id"] == wa_id]
         client = [m for m in chat["messages"] if m["direction"] == "client"]
         assert [m["external_ids"][0] for m in client] == [f"wamid.{wa_id}.{n}" for n in range(3)]
         assert all(m["received_at"] >= reset_at for m in client)
+    assert (await stack.sandbox_get("/stats"))["duplicate_messages"] == before["duplicate_messages"]
+
+
+async def test_a_portal_under_overload_limit_is_asked_once_per_wait(stack: Stack) -> None:
+    """OVERLOAD_LIMIT (Bitrix24's manual block of the app's REST API on a portal): a refused request is not
+    retried in place, and nothing is asked of the portal until ZAPTRIX_BITRIX_OVERLOAD_WAIT_S has passed,
+    whatever arrives meanwhile; then one request looks again. Once lifted, each message is delivered once."""
+    config = f"{stack.sandbox}/_sandbox/config"
+    before = await stack.sandbox_get("/stats")
+    seen = len(await stack.sandbox_get("/requests"))
+
+    async def refusals() -> list[float]:
+        calls = (await stack.sandbox_get("/requests"))[seen:]
+        return [r["at"] for r in calls if r.get("error") == "OVERLOAD_LIMIT"]
+
+    await stack.http.post(config, json={"overloaded_portals": [MEMBER]})
+    try:
+        await stack.publish([await stack.customer_says("4913400000001", 0)])
+        await eventually(refusals, timeout_s=10)
+        # Written during the block: no request of their own.
+        await stack.publish([await stack.customer_says("4913400000002", n) for n in range(2)])
+
+        async def looked_again() -> bool:
+            return len(await refusals()) >= 2
+
+        await eventually(looked_again, timeout_s=OVERLOAD_WAIT_S + 10)  # after the wait, still blocked
+    finally:
+        await stack.http.post(config, json={"overloaded_portals": []})
+    refused = await refusals()
+    await eventually(lambda: _count(stack, "49134000000", 3), timeout_s=40)
+    gaps = [round(b - a, 2) for a, b in itertools.pairwise(refused)]
+    print(f"\n{len(refused)} refused requests, {gaps} s apart")
+    assert all(gap >= OVERLOAD_WAIT_S - 0.5 for gap in gaps), gaps
     assert (await stack.sandbox_get("/stats"))["duplicate_messages"] == before["duplicate_messages"]
 
 

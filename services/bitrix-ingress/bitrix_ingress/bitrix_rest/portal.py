@@ -9,7 +9,9 @@ token-keeper (cached until a minute before expiry), wait for the portal's pacer,
   for at most ``rate_limit_max_wait_s``; it is a signal to slow down, not a failure;
 - ``OPERATION_TIME_LIMIT`` -> no retry in place (the method stays blocked until ``operating_reset_at``,
   minutes away): the error goes up with that wait and the event takes the retry topic; the portal's
-  other methods go on;
+  other methods go on; until then that method is not asked again (blocks.py);
+- ``OVERLOAD_LIMIT`` (Bitrix24's manual block of the portal's REST API) -> no retry in place, and nothing
+  is asked of the portal for ``overload_wait_s`` (blocks.py);
 - 5xx, timeouts, bad gateways -> a bounded number of attempts with exponential backoff and jitter
   (tenacity); then the error goes up and the event takes the retry topic;
 - anything permanent goes up at once.
@@ -28,10 +30,13 @@ from zaptrix.egress import InsecureUrlError
 from zaptrix.logging import get_logger
 from zaptrix.rpc import RpcNotFound
 
+from bitrix_ingress.bitrix_rest.blocks import OVERLOAD_WAIT_S, Blocks
 from bitrix_ingress.bitrix_rest.client import (
     BatchResult,
+    BitrixError,
     BitrixRest,
     MethodBlocked,
+    Overloaded,
     PermanentBitrixError,
     QueryLimitExceeded,
     TokenError,
@@ -67,7 +72,13 @@ class Token:
 
 def _retryable(exc: BaseException) -> bool:
     return isinstance(exc, TransientBitrixError) and not isinstance(
-        exc, QueryLimitExceeded | RateLimitWaitExceeded | TokenError | TokenRejectedTwice | MethodBlocked
+        exc,
+        QueryLimitExceeded
+        | RateLimitWaitExceeded
+        | TokenError
+        | TokenRejectedTwice
+        | MethodBlocked
+        | Overloaded,
     )
 
 
@@ -82,12 +93,17 @@ class PortalClient:
     _: KW_ONLY
     attempts: int = 3
     rate_limit_max_wait_s: float = 30.0
+    overload_wait_s: float = OVERLOAD_WAIT_S
     backoff_initial_s: float = 0.5
     backoff_max_s: float = 5.0
     # Background calls (the history import) yield to live ones at the portal's pacer (pacing.py).
     background: bool = False
     _tokens: dict[str, Token] = field(default_factory=dict, init=False)
     _locks: dict[str, asyncio.Lock] = field(default_factory=dict, init=False)
+    blocks: Blocks = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.blocks = Blocks(overload_wait_s=self.overload_wait_s)
 
     # --- tokens -------------------------------------------------------------------------------
 
@@ -140,16 +156,57 @@ class PortalClient:
     # --- calls --------------------------------------------------------------------------------
 
     async def call(self, member_id: str, method: str, params: Mapping[str, Any]) -> Any:
-        return await self._run(
-            member_id, lambda tok: self.rest.call(tok.endpoint, tok.access_token, method, params)
-        )
+        self.blocks.refuse(member_id, method)
+        try:
+            result = await self._run(
+                member_id, lambda tok: self.rest.call(tok.endpoint, tok.access_token, method, params)
+            )
+        except BitrixError as exc:
+            self._blocked(member_id, [exc])
+            raise
+        self.blocks.lifted(member_id)
+        return result
 
     async def batch(
         self, member_id: str, commands: Mapping[str, tuple[str, Mapping[str, Any]]]
     ) -> BatchResult:
-        return await self._run(
-            member_id, lambda tok: self.rest.batch(tok.endpoint, tok.access_token, commands)
-        )
+        """One batch request; commands of a blocked method (or all, on a blocked portal) are answered
+        here with their block's error and not sent."""
+        allowed, refused = self.blocks.split(member_id, commands)
+        if not allowed:
+            return refused
+        try:
+            result = await self._run(
+                member_id, lambda tok: self.rest.batch(tok.endpoint, tok.access_token, allowed)
+            )
+        except BitrixError as exc:
+            self._blocked(member_id, [exc])
+            raise
+        self.blocks.lifted(member_id)
+        self._blocked(member_id, list(result.errors.values()))
+        result.errors.update(refused.errors)
+        return result
+
+    def _blocked(self, member_id: str, errors: list[BitrixError]) -> None:
+        """Remember the blocks Bitrix24 reported (blocks.py); say so once per block."""
+        for exc in errors:
+            if not self.blocks.note(member_id, exc):
+                continue
+            if isinstance(exc, Overloaded):
+                log.error(
+                    "Bitrix24 blocked the portal's REST API for this app (OVERLOAD_LIMIT, a manual block that "
+                    "Bitrix24 support lifts); nothing is asked of the portal until the wait is over",
+                    member_id=member_id,
+                    wait_s=round(exc.retry_after or 0),
+                )
+            else:
+                log.warning(
+                    "a method is blocked by its operating time (OPERATION_TIME_LIMIT); not asked again "
+                    "until operating_reset_at",
+                    member_id=member_id,
+                    method=exc.method,
+                    wait_s=round(exc.retry_after or 0),
+                )
 
     async def call_with_token(
         self, member_id: str, token: Token, method: str, params: Mapping[str, Any]

@@ -62,6 +62,7 @@ def wire(settings: DispatcherSettings, kafka: KafkaSettings) -> Wire:
                 settings,
                 attempts=settings.bitrix_rest_attempts,
                 rate_limit_max_wait_s=settings.bitrix_rate_limit_max_wait_s,
+                overload_wait_s=settings.bitrix_overload_wait_s,
             )
             topics = topics_for(Flow.WA_TO_B24, kafka.topic_prefix)
             offline = OfflineEvents(
