@@ -1,4 +1,5 @@
-"""The Bitrix24 stand-in's per-method operating-time limit (B24 §6): 429 OPERATION_TIME_LIMIT per app and method."""
+"""The Bitrix24 stand-in's per-method operating-time limit (B24 §6): 429 OPERATION_TIME_LIMIT per app and method;
+and its manual block (OVERLOAD_LIMIT, fault injection)."""
 
 from __future__ import annotations
 
@@ -120,3 +121,22 @@ async def test_the_default_limit_never_blocks_ordinary_traffic(bitrix: httpx.Asy
     fields = "start finish duration processing date_start date_finish operating operating_reset_at"
     assert sorted(timing) == sorted(fields.split())
     assert 0 < timing["operating"] < 5 and time.time() < timing["operating_reset_at"] <= time.time() + 601
+
+
+async def test_an_overloaded_portal_refuses_every_call_until_lifted(bitrix: httpx.AsyncClient) -> None:
+    """OVERLOAD_LIMIT (fault injection, Bitrix24's manual block): 503 with the documented code for every call
+    and batch of the named portal, nothing done, the leaky bucket untouched; other portals go on."""
+    token = await token_of(bitrix)
+    other = (await bitrix.get("/_sandbox/portals/sandbox-member-2")).json()["access_token"]
+    await configure(bitrix, overloaded_portals=[PORTAL], rate_limit_burst=2)
+    for _ in range(3):  # over the bucket of 2 if they counted: still OVERLOAD_LIMIT, not QUERY_LIMIT_EXCEEDED
+        refused = await send(bitrix, "4915100000001", f"wamid.over{_}", token)
+        assert refused.status_code == 503 and refused.json()["error"] == "OVERLOAD_LIMIT"
+        assert "manual individual block" in refused.json()["error_description"]
+    r = await bitrix.post("/rest/batch.json", json={"auth": token, "cmd": {"a": "profile"}})
+    assert r.status_code == 503 and r.json()["error"] == "OVERLOAD_LIMIT"
+    assert (await profile(bitrix, other)).status_code == 200
+    chats = (await bitrix.get(f"/_sandbox/portals/{PORTAL}/chats")).json()
+    assert not any("wamid.over" in str(chat) for chat in chats), "a refused call stored a message"
+    await configure(bitrix, overloaded_portals=[])
+    assert (await profile(bitrix, token)).status_code == 200
