@@ -288,6 +288,13 @@ async def test_overload_limit_holds_every_call_to_the_portal(deps: Deps) -> None
     refused = await pc.batch("m1", {"a": ("crm.contact.list", {})})
     assert isinstance(refused.errors["a"], Overloaded)
     assert calls == ["imconnector.send.messages"]
+    clock.now += OVERLOAD_WAIT_S + 1  # the wait is over: a whole batch is the one that looks again
+    with pytest.raises(Overloaded):  # refused again
+        await pc.batch("m1", {"a": ("crm.contact.list", {}), "b": ("profile", {})})
+    assert calls == ["imconnector.send.messages", "batch"]
+    with pytest.raises(Overloaded) as again:  # another full wait
+        await pc.call("m1", "profile", {})
+    assert again.value.retry_after == OVERLOAD_WAIT_S and len(calls) == 2
     clock.now += OVERLOAD_WAIT_S + 1
     overloaded["on"] = False
     assert await pc.call("m1", "crm.contact.list", {}) == "done"

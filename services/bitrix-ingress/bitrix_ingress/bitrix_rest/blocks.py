@@ -24,9 +24,7 @@ from typing import Any
 from bitrix_ingress.bitrix_rest.client import BatchResult, BitrixError, MethodBlocked, Overloaded
 
 OVERLOAD_WAIT_S = 600.0  # a manual block: no reset time is given; look again after this long (default)
-PROBE_S = (
-    30.0  # the others' wait for the answer of the call that looks again (unless overload_wait_s is less)
-)
+PROBE_S = 30.0  # the others' wait for the answer of the call that looks again (at most overload_wait_s)
 _WHOLE_PORTAL = ""  # the method of an OVERLOAD_LIMIT entry: every method
 
 
@@ -65,36 +63,34 @@ class Blocks:
     def blocked(self, member_id: str, method: str) -> BitrixError | None:
         """The error a call of ``method`` on the portal would get now, without asking, or None."""
         left = self._overload_left(member_id)
-        if left:
-            return Overloaded(
-                "OVERLOAD_LIMIT",
-                f"the portal's REST API was blocked by Bitrix24 (manual block); asking again in {left:.0f} s",
-                method=method,
-                retry_after=left,
-            )
-        left = self._left((member_id, method))
-        if left:
-            return MethodBlocked(
-                "OPERATION_TIME_LIMIT",
-                f"the method is blocked for another {left:.0f} s (operating time)",
-                method=method,
-                retry_after=left,
-            )
-        return None
+        return _overloaded(method, left) if left else self._method_blocked(member_id, method)
 
     def split(
         self, member_id: str, commands: Mapping[str, tuple[str, Mapping[str, Any]]]
     ) -> tuple[dict[str, tuple[str, Mapping[str, Any]]], BatchResult]:
-        """A batch's commands that may go now, and the answers of those that may not."""
+        """A batch's commands that may go now, and the answers of those that may not. The portal's
+        overload is looked at once: the whole batch is the call that looks again after the wait."""
         allowed: dict[str, tuple[str, Mapping[str, Any]]] = {}
         refused = BatchResult()
+        overload = self._overload_left(member_id)
         for key, (method, params) in commands.items():
-            exc = self.blocked(member_id, method)
+            exc = _overloaded(method, overload) if overload else self._method_blocked(member_id, method)
             if exc is None:
                 allowed[key] = (method, params)
             else:
                 refused.errors[key] = exc
         return allowed, refused
+
+    def _method_blocked(self, member_id: str, method: str) -> MethodBlocked | None:
+        left = self._left((member_id, method))
+        if not left:
+            return None
+        return MethodBlocked(
+            "OPERATION_TIME_LIMIT",
+            f"the method is blocked for another {left:.0f} s (operating time)",
+            method=method,
+            retry_after=left,
+        )
 
     def _overload_left(self, member_id: str) -> float:
         """Seconds the portal's REST API stays blocked for us. 0 when it is not, or when the wait is over and
@@ -130,6 +126,15 @@ class Blocks:
 
     def __len__(self) -> int:
         return len(self._until)
+
+
+def _overloaded(method: str, left: float) -> Overloaded:
+    return Overloaded(
+        "OVERLOAD_LIMIT",
+        f"the portal's REST API was blocked by Bitrix24 (manual block); asking again in {left:.0f} s",
+        method=method,
+        retry_after=left,
+    )
 
 
 __all__ = ["OVERLOAD_WAIT_S", "PROBE_S", "Blocks"]
