@@ -60,6 +60,8 @@ async def run_dispatcher(
         return producer is not None and await producer.healthy()
 
     async def not_wedged() -> bool:
+        if producer is not None and producer.wedged():  # zaptrix.kafka.wedges
+            return False
         return consumer is None or not consumer.running or consumer.healthy()
 
     ops = await serve_ops(

@@ -180,10 +180,11 @@ def add_ops_routes(
     service: str,
     checks: Mapping[str, Check],
     ready: Check = always,
+    live: Check = always,
 ) -> Probes:
-    """/health (200 while the process serves; the body reports ``checks``), /ready (200 while ``ready``:
-    the pod's own state, never its dependencies'; see zaptrix.health) and /metrics."""
-    probes = Probes(service, checks, ready=ready)
+    """/health (200 while the process serves and ``live``; the body reports ``checks``), /ready (200 while
+    ``ready``: the pod's own state, never its dependencies'; see zaptrix.health) and /metrics."""
+    probes = Probes(service, checks, ready=ready, live=live)
 
     async def health(_: Request) -> HTTPResponse:
         status, doc = await probes.health()

@@ -24,7 +24,7 @@ from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Literal, TypeVar
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
@@ -58,6 +58,7 @@ from zaptrix.kafka.holds import Holds, Pending, seq_of
 from zaptrix.kafka.producer import EventProducer, PublishError
 from zaptrix.kafka.starts import StartMark, read_marks
 from zaptrix.kafka.topics import FlowTopics
+from zaptrix.kafka.wedges import COORDINATOR_WAIT_S, ClientWedged, abandon, consumer_tasks, ended_tasks
 from zaptrix.logging import bounded_reason, get_logger
 from zaptrix.metrics import CONSUMER_LAG, DEAD_LETTERS, EVENT_AGE, EVENTS_HANDLED, HANDLE_SECONDS, REQUEUED
 from zaptrix.retrying import retry_until_stopped
@@ -65,6 +66,7 @@ from zaptrix.settings import KafkaSettings
 from zaptrix.v1 import events_pb2
 
 log = get_logger(__name__)
+T = TypeVar("T")
 tracer = trace.get_tracer("zaptrix.kafka")
 
 
@@ -324,6 +326,7 @@ class EventConsumer:
         try:
             while not stopped.is_set():
                 self._raise_failure()
+                self._raise_wedged(consumer)
                 await self._report_lag(consumer)
                 size = self._poll_size()
                 if len(self._tasks) >= self.max_in_flight or not size:  # bounded: wait for a batch to finish
@@ -351,14 +354,21 @@ class EventConsumer:
         finally:
             self.running = False
             await self._drain()
-            try:
+            ended = ended_tasks(consumer_tasks(consumer))
+            try:  # a wedged client commits nothing more: no wait for it
+                if ended:
+                    raise ClientWedged(", ".join(ended))
                 await asyncio.wait_for(self._flush(consumer), timeout=STOP_GRACE_S)
             except Exception:  # handled again after the restart (the effects are deduplicated)
                 log.warning("finished offsets not committed at the stop", group=self.group_id)
             try:  # leaving the group needs the broker; do not let an outage hold the shutdown
-                await asyncio.wait_for(consumer.stop(), timeout=STOP_GRACE_S * 2)
+                await asyncio.wait_for(consumer.stop(), timeout=STOP_GRACE_S if ended else STOP_GRACE_S * 2)
             except TimeoutError:
                 log.warning("consumer did not stop cleanly in time", group=self.group_id)
+                await abandon(consumer)
+            except Exception as exc:  # a background task's error, re-raised by aiokafka's close
+                log.warning("consumer stopped with an error", group=self.group_id, error=repr(exc))
+                await abandon(consumer)
             log.info("consumer stopped", group=self.group_id)
 
     def _poll_size(self) -> int:
@@ -389,7 +399,9 @@ class EventConsumer:
             return
         unknown = [tp for tp in ready if tp not in self._marks]
         if unknown:
-            self._marks.update(await read_marks(consumer, unknown))
+            self._marks.update(
+                await self._bounded(read_marks(consumer, unknown), "reading committed offsets")
+            )
         suspects = [tp for tp in ready if self._starts(tp, ready[tp][0].offset)]
         if suspects:  # handled alone: nothing else in flight
             await self._drain()
@@ -470,6 +482,34 @@ class EventConsumer:
         while self._tasks:
             await asyncio.wait(set(self._tasks))
 
+    def _raise_wedged(self, consumer: AIOKafkaConsumer) -> None:
+        """aiokafka's background tasks end only with the consumer: one that ended leaves it waiting forever
+        (wedges.py). run() ends with ClientWedged; the caller starts it again with a fresh client."""
+        ended = ended_tasks(consumer_tasks(consumer))
+        if ended:
+            raise ClientWedged(f"the Kafka consumer's background tasks ended: {', '.join(ended)}")
+
+    async def _bounded(self, call: Awaitable[T], what: str) -> T:
+        """A coordinator call, watched: it ends run() with ClientWedged (so that a fresh client takes over)
+        as soon as one of aiokafka's background tasks has ended, or when it has waited COORDINATOR_WAIT_S
+        (a broker outage that long included)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + COORDINATOR_WAIT_S
+        call_task = asyncio.ensure_future(call)
+        try:
+            while True:
+                done, _ = await asyncio.wait({call_task}, timeout=min(1.0, deadline - loop.time()))
+                if done:
+                    return call_task.result()
+                consumer = self._consumer
+                ended = ended_tasks(consumer_tasks(consumer)) if consumer is not None else []
+                if ended:
+                    raise ClientWedged(f"{what} waits on ended background tasks: {', '.join(ended)}")
+                if loop.time() >= deadline:
+                    raise ClientWedged(f"{what} did not finish within {COORDINATOR_WAIT_S:g} s")
+        finally:
+            call_task.cancel()
+
     def _raise_failure(self) -> None:
         if self._failure is not None:
             failure, self._failure = self._failure, None
@@ -530,9 +570,10 @@ class EventConsumer:
     async def _commit(
         self, consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, tuple[int, StartMark | None]]
     ) -> None:
-        await consumer.commit(
+        commit = consumer.commit(
             {tp: (offset, mark.encode() if mark else "") for tp, (offset, mark) in offsets.items()}
         )
+        await self._bounded(commit, "a commit")
         for tp, (_, mark) in offsets.items():
             self._marks[tp] = mark
 

@@ -17,11 +17,14 @@ from zaptrix.kafka.batches import Landed, PartitionBatches
 from zaptrix.kafka.connection import connection_kwargs
 from zaptrix.kafka.envelope import Headers, encode, event_type
 from zaptrix.kafka.partitioner import KeyPartitioner
+from zaptrix.kafka.wedges import abandon, ended_tasks, producer_tasks
+from zaptrix.logging import get_logger
 from zaptrix.metrics import EVENTS_PRODUCED
 from zaptrix.settings import KafkaSettings
 from zaptrix.telemetry import LazyTracer
 from zaptrix.v1 import events_pb2
 
+log = get_logger(__name__)
 tracer = LazyTracer("zaptrix.kafka")
 
 
@@ -93,7 +96,13 @@ class EventProducer:
     async def stop(self) -> None:
         if self._started:
             await self._batches.close(self.settings.request_timeout_ms / 1000)
-            await self._producer.stop()
+            try:
+                await self._producer.stop()
+            except Exception as exc:  # a wedged client re-raises its ended background task's error
+                if not self.wedged():
+                    raise
+                log.warning("Kafka producer stopped with an error", error=repr(exc))
+                await abandon(self._producer)
             self._started = False
 
     async def publish(
@@ -192,12 +201,17 @@ class EventProducer:
             await self._batches.room(topic, key)
         return fut
 
+    def wedged(self) -> list[str]:
+        """aiokafka's background tasks that ended while the producer runs (wedges.py): it can send nothing
+        more, and only a new process (a new client) recovers."""
+        return ended_tasks(producer_tasks(self._producer)) if self._started else []
+
     def _default_deadline(self) -> float:
         return asyncio.get_running_loop().time() + self.settings.request_timeout_ms / 1000 * 2
 
     async def healthy(self, timeout_s: float = 2.0) -> bool:
-        """True when a broker answers a metadata request now."""
-        if not self._started:
+        """True when a broker answers a metadata request now and the client is not wedged."""
+        if not self._started or self.wedged():
             return False
         try:
             await asyncio.wait_for(self._producer.client.fetch_all_metadata(), timeout=timeout_s)

@@ -64,6 +64,12 @@ class BackgroundProducer:
             return None
         return task.result()
 
+    async def unwedged(self) -> bool:
+        """The web process's liveness: false only once its started producer is wedged (aiokafka's
+        background tasks ended, zaptrix.kafka.wedges): it can hand off nothing more until restarted."""
+        producer = self.producer
+        return producer is None or not producer.wedged()
+
     async def started(self) -> bool:
         """The web process's readiness: Kafka has answered once, so events can be handed off durably. A
         later broker outage does not undo it: every replica shares that outage, and an unready pod would

@@ -124,11 +124,15 @@ def create_app(
     async def producer_started() -> bool:
         return await handlers().resources.producer.started()
 
+    async def producer_unwedged() -> bool:
+        return await handlers().resources.producer.unwedged()
+
     add_ops_routes(
         app,
         SERVICE,
         {"kafka": kafka_check, "token_keeper": tk_check, "mapper": mapper_check},
         ready=producer_started,
+        live=producer_unwedged,
     )
     app.add_route(outbound, OUTBOUND_PATH, methods=["POST"], name="outbound")
     app.add_route(install, INSTALL_PATH, methods=["POST"], name="install")

@@ -61,11 +61,15 @@ def create_app(
     async def producer_started() -> bool:
         return await lifetime.resources.producer.started()
 
+    async def producer_unwedged() -> bool:
+        return await lifetime.resources.producer.unwedged()
+
     add_ops_routes(
         app,
         SERVICE,
         checks={"kafka": kafka_up, "token_keeper": token_keeper_up},
         ready=producer_started,
+        live=producer_unwedged,
     )
     app.add_route(hooks.verify, "/webhooks/meta", methods=["GET"], name="webhook_verify")
     app.add_route(hooks.receive, "/webhooks/meta", methods=["POST"], name="webhook_receive")
