@@ -70,7 +70,8 @@ def _make_the_next_lookup_fail(client: Any, coordinator: Any) -> None:
     coordinator.coordinator_dead()
 
 
-async def test_a_consumer_whose_client_wedged_is_replaced_and_goes_on(kafka: Kafka) -> None:
+def _recording(kafka: Kafka) -> tuple[EventConsumer, list[str]]:
+    """A consumer of its own group, and the event ids it has handled."""
     settings, topics, producer = kafka
     handled: list[str] = []
 
@@ -80,6 +81,12 @@ async def test_a_consumer_whose_client_wedged_is_replaced_and_goes_on(kafka: Kaf
     consumer = EventConsumer(
         settings, topics, f"g{uuid.uuid4().hex[:6]}", per_event(handle), producer, client_id="t"
     )
+    return consumer, handled
+
+
+async def test_a_consumer_whose_client_wedged_is_replaced_and_goes_on(kafka: Kafka) -> None:
+    _, topics, producer = kafka
+    consumer, handled = _recording(kafka)
     stopped = asyncio.Event()
     restarts = until_stopped(stopped, "consumer stopped with an error, restarting")
     task = asyncio.create_task(restarts(consumer.run, stopped))
@@ -109,16 +116,9 @@ async def test_a_commit_that_never_answers_ends_the_run(
     kafka: Kafka, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A wedge that ends no background task: every coordinator call is bounded (COORDINATOR_WAIT_S)."""
-    settings, topics, producer = kafka
+    _, topics, producer = kafka
     monkeypatch.setattr(consumer_module, "COORDINATOR_WAIT_S", 1.0)
-    handled: list[str] = []
-
-    async def handle(rec: Received) -> None:
-        handled.append(rec.envelope.event_id)
-
-    consumer = EventConsumer(
-        settings, topics, f"g{uuid.uuid4().hex[:6]}", per_event(handle), producer, client_id="t"
-    )
+    consumer, handled = _recording(kafka)
     stopped = asyncio.Event()
     task = asyncio.create_task(consumer.run(stopped))
     await producer.publish(topics.main, [_event(1)])
@@ -158,16 +158,11 @@ async def test_a_wedged_producer_is_unhealthy_and_not_live(kafka: Kafka) -> None
 
 async def test_the_background_tasks_are_where_wedges_py_looks(kafka: Kafka) -> None:
     """The attribute names are aiokafka's, not an API: an upgrade that moves them fails here."""
-    settings, topics, producer = kafka
+    producer = kafka[2]
     tasks = producer_tasks(producer._producer)
     assert [name for name, task in tasks if isinstance(task, asyncio.Task)] == ["_sync_task", "_sender_task"]
 
-    async def handle(_: Received) -> None:
-        return None
-
-    consumer = EventConsumer(
-        settings, topics, f"g{uuid.uuid4().hex[:6]}", per_event(handle), producer, client_id="t"
-    )
+    consumer, _ = _recording(kafka)
     stopped = asyncio.Event()
     task = asyncio.create_task(consumer.run(stopped))
     try:
