@@ -482,12 +482,12 @@ class EventConsumer:
         while self._tasks:
             await asyncio.wait(set(self._tasks))
 
-    def _raise_wedged(self, consumer: AIOKafkaConsumer) -> None:
+    def _raise_wedged(self, consumer: AIOKafkaConsumer, what: str = "the Kafka consumer") -> None:
         """aiokafka's background tasks end only with the consumer: one that ended leaves it waiting forever
         (wedges.py). run() ends with ClientWedged; the caller starts it again with a fresh client."""
         ended = ended_tasks(consumer_tasks(consumer))
         if ended:
-            raise ClientWedged(f"the Kafka consumer's background tasks ended: {', '.join(ended)}")
+            raise ClientWedged(f"{what} waits on ended background tasks: {', '.join(ended)}")
 
     async def _bounded(self, call: Awaitable[T], what: str) -> T:
         """A coordinator call, watched: it ends run() with ClientWedged (so that a fresh client takes over)
@@ -501,10 +501,8 @@ class EventConsumer:
                 done, _ = await asyncio.wait({call_task}, timeout=min(1.0, deadline - loop.time()))
                 if done:
                     return call_task.result()
-                consumer = self._consumer
-                ended = ended_tasks(consumer_tasks(consumer)) if consumer is not None else []
-                if ended:
-                    raise ClientWedged(f"{what} waits on ended background tasks: {', '.join(ended)}")
+                if self._consumer is not None:
+                    self._raise_wedged(self._consumer, what)
                 if loop.time() >= deadline:
                     raise ClientWedged(f"{what} did not finish within {COORDINATOR_WAIT_S:g} s")
         finally:

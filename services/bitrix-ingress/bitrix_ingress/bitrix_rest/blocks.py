@@ -62,8 +62,7 @@ class Blocks:
 
     def blocked(self, member_id: str, method: str) -> BitrixError | None:
         """The error a call of ``method`` on the portal would get now, without asking, or None."""
-        left = self._overload_left(member_id)
-        return _overloaded(method, left) if left else self._method_blocked(member_id, method)
+        return self._refusal(member_id, method, self._overload_left(member_id))
 
     def split(
         self, member_id: str, commands: Mapping[str, tuple[str, Mapping[str, Any]]]
@@ -74,12 +73,17 @@ class Blocks:
         refused = BatchResult()
         overload = self._overload_left(member_id)
         for key, (method, params) in commands.items():
-            exc = _overloaded(method, overload) if overload else self._method_blocked(member_id, method)
+            exc = self._refusal(member_id, method, overload)
             if exc is None:
                 allowed[key] = (method, params)
             else:
                 refused.errors[key] = exc
         return allowed, refused
+
+    def _refusal(self, member_id: str, method: str, overload_left: float) -> BitrixError | None:
+        return (
+            _overloaded(method, overload_left) if overload_left else self._method_blocked(member_id, method)
+        )
 
     def _method_blocked(self, member_id: str, method: str) -> MethodBlocked | None:
         left = self._left((member_id, method))
@@ -106,8 +110,9 @@ class Blocks:
         return 0.0
 
     def _add(self, key: tuple[str, str], seconds: float) -> bool:
-        started = self._until.get(key, 0.0) <= self._clock()
-        until = self._clock() + seconds
+        now = self._clock()
+        started = self._until.get(key, 0.0) <= now
+        until = now + seconds
         self._until[key] = max(until, self._until.get(key, until))
         self._until.move_to_end(key)
         while len(self._until) > self.max_size:
