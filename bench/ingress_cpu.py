@@ -33,7 +33,7 @@ from zaptrix.kafka.admin import ensure_topics
 from zaptrix.kafka.connection import connection_kwargs
 from zaptrix.kafka.producer import EventProducer
 from zaptrix.lifetime import Lifetime
-from zaptrix.process import run_async, tune_for_serving
+from zaptrix.process import run_async, tune_gc_for_serving
 from zaptrix.settings import KafkaSettings
 from zaptrix.telemetry import setup_telemetry
 from zaptrix.web import _traced
@@ -112,7 +112,7 @@ async def main(args: argparse.Namespace) -> None:
 
     await burst(args.warmup)
     if args.gc == "serving":
-        tune_for_serving()  # what serve_web does once the server has started
+        tune_gc_for_serving()  # what serve_web does once the server has started
     elif args.gc == "freeze":
         gc.collect()
         gc.freeze()

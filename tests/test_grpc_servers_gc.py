@@ -6,7 +6,6 @@ zaptrix_gc_pause_seconds)."""
 from __future__ import annotations
 
 import gc
-import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -17,12 +16,10 @@ from zaptrix.process import WEB_GC_GEN0_THRESHOLD
 @pytest.fixture
 def restored_gc() -> Iterator[None]:
     threshold = gc.get_threshold()
-    interval = sys.getswitchinterval()
     gc.unfreeze()
     yield
     gc.unfreeze()
     gc.set_threshold(*threshold)
-    sys.setswitchinterval(interval)
 
 
 def _state_when_serving(module: Any, monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:

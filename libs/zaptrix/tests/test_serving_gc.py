@@ -1,24 +1,20 @@
-"""A serving process tunes the garbage collector and the GIL's switch interval once it serves
-(zaptrix.process.tune_for_serving)."""
+"""A web process tunes the garbage collector once it serves (zaptrix.process.tune_gc_for_serving)."""
 
 from __future__ import annotations
 
 import gc
-import sys
 from collections.abc import Iterator
 
 import pytest
-from zaptrix.process import SERVING_SWITCH_INTERVAL_S, WEB_GC_GEN0_THRESHOLD, tune_for_serving
+from zaptrix.process import WEB_GC_GEN0_THRESHOLD, tune_gc_for_serving
 
 
 @pytest.fixture
 def restored_gc() -> Iterator[None]:
     threshold = gc.get_threshold()
-    interval = sys.getswitchinterval()
     yield
     gc.unfreeze()
     gc.set_threshold(*threshold)
-    sys.setswitchinterval(interval)
 
 
 def test_the_startup_heap_is_frozen_and_the_young_generation_collected_less_often(restored_gc: None) -> None:
@@ -26,21 +22,11 @@ def test_the_startup_heap_is_frozen_and_the_young_generation_collected_less_ofte
     assert gc.get_freeze_count() == 0
     older = gc.get_threshold()[1:]
 
-    tune_for_serving()
+    tune_gc_for_serving()
 
     assert gc.get_freeze_count() > 0  # what existed at startup is out of the collector's reach
     assert gc.get_threshold() == (WEB_GC_GEN0_THRESHOLD, *older)
     assert gc.isenabled()  # cycles made while serving are still collected automatically
-
-
-def test_the_gil_changes_hands_sooner_while_serving(restored_gc: None) -> None:
-    """The span exporter's thread holds the GIL for ~15 ms a batch: the loop gets it back within 1 ms."""
-    sys.setswitchinterval(0.005)  # CPython's default
-
-    tune_for_serving()
-
-    assert sys.getswitchinterval() == pytest.approx(SERVING_SWITCH_INTERVAL_S)
-    assert SERVING_SWITCH_INTERVAL_S < 0.005
 
 
 def test_a_dispatcher_runs_with_the_collector_tuned(

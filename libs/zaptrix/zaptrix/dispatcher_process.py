@@ -24,7 +24,7 @@ from zaptrix.kafka import EventConsumer, EventProducer
 from zaptrix.kafka.producer_startup import start_producer
 from zaptrix.logging import get_logger
 from zaptrix.opsserver import serve_ops
-from zaptrix.process import run_async, run_process, tune_for_serving
+from zaptrix.process import run_async, run_process, tune_gc_for_serving
 from zaptrix.retrying import until_stopped
 from zaptrix.settings import GrpcClientSettings, KafkaSettings, MetricsSettings
 
@@ -112,7 +112,7 @@ def dispatcher_main(
     grpc_settings = GrpcClientSettings()
 
     def body() -> None:
-        tune_for_serving()
+        tune_gc_for_serving()
         run_async(lambda: run_dispatcher(service, ops_port, kafka, grpc_settings, wire(kafka)))
 
     run_process(service, log_level, body, after_logging)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import sys
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
@@ -49,35 +48,25 @@ def run_async(main: Callable[[], Coroutine[Any, Any, None]]) -> None:
 # at 10,000 (docs/benchmarks.md). Reference cycles still get collected, only ~14x less often.
 WEB_GC_GEN0_THRESHOLD = 10_000
 
-# How long a thread may hold the GIL while another waits for it (CPython's default: 5 ms). A serving process's
-# other busy thread is the span exporter: OpenTelemetry's BatchSpanProcessor encodes each batch of up to 512
-# spans in Python (~15 ms), and while it does, the event loop waits up to a whole interval for the GIL each
-# time it comes back from I/O. At 1 ms, meta-ingress at saturation with every span exported answered with a
-# p99 of 22.6 ms instead of 30-31 ms, at the same CPU per webhook (bench ingress, exported variant;
-# docs/benchmarks.md). With no second thread busy the interval changes nothing.
-SERVING_SWITCH_INTERVAL_S = 0.001
 
-
-def tune_for_serving() -> None:
+def tune_gc_for_serving() -> None:
     """Once everything is imported and started: the startup heap moves out of the collector's reach
-    (gc.freeze: it is never garbage), the young generation gets the larger threshold above, and the GIL
-    changes hands at the shorter interval above."""
+    (gc.freeze: it is never garbage) and the young generation gets the larger threshold above."""
     gc.collect()
     gc.freeze()
     _, gen1, gen2 = gc.get_threshold()
     gc.set_threshold(WEB_GC_GEN0_THRESHOLD, gen1, gen2)
-    sys.setswitchinterval(SERVING_SWITCH_INTERVAL_S)
 
 
 def serve_web(app: Sanic, host: str, port: int) -> None:  # type: ignore[type-arg]
     """A web process's Sanic app in this process (one worker; access logs come from instrument_sanic),
-    tuned for serving once it has started (tune_for_serving)."""
+    with the collector tuned for serving once it has started (tune_gc_for_serving)."""
 
-    async def tune(_: Sanic) -> None:  # type: ignore[type-arg]
-        tune_for_serving()
+    async def tune_gc(_: Sanic) -> None:  # type: ignore[type-arg]
+        tune_gc_for_serving()
 
-    app.after_server_start(tune)
+    app.after_server_start(tune_gc)
     app.run(host=host, port=port, single_process=True, access_log=False, motd=False)
 
 
-__all__ = ["run_async", "run_process", "serve_web", "tune_for_serving"]
+__all__ = ["run_async", "run_process", "serve_web", "tune_gc_for_serving"]

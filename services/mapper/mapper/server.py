@@ -10,7 +10,7 @@ from typing import Any
 from zaptrix.database import Database
 from zaptrix.grpcserver import serve_with_database
 from zaptrix.logging import get_logger
-from zaptrix.process import run_process, tune_for_serving
+from zaptrix.process import run_process, tune_gc_for_serving
 from zaptrix.settings import DatabaseSettings
 from zaptrix.v1 import mapper_pb2_grpc
 
@@ -73,7 +73,7 @@ def main() -> None:
     db_settings = DatabaseSettings()
 
     def body() -> None:
-        tune_for_serving()  # as the web and dispatcher processes (zaptrix.process)
+        tune_gc_for_serving()  # as the web and dispatcher processes (zaptrix.process)
         asyncio.run(run(settings, db_settings))
 
     run_process("mapper", settings.log_level, body)

@@ -8,7 +8,7 @@ import sys
 from zaptrix.database import Database, DatabaseUnavailable, SchemaMissing
 from zaptrix.grpcserver import serve_with_database
 from zaptrix.logging import get_logger
-from zaptrix.process import run_process, tune_for_serving
+from zaptrix.process import run_process, tune_gc_for_serving
 from zaptrix.settings import DatabaseSettings
 
 from token_keeper.crypto import KeyConfigError, Keyring
@@ -87,7 +87,7 @@ def main() -> None:
         except KeyConfigError as exc:
             log.error("refusing to start: encryption keys", reason=str(exc))
             sys.exit(2)
-        tune_for_serving()  # as the web and dispatcher processes (zaptrix.process)
+        tune_gc_for_serving()  # as the web and dispatcher processes (zaptrix.process)
         try:
             asyncio.run(run(settings, db, keyring))
         except SchemaMissing as exc:
